@@ -1,0 +1,69 @@
+"""The few calls that differ between Windows and POSIX, kept in one guarded place."""
+from __future__ import annotations
+
+import os
+import sys
+
+from .errors import LockedError
+
+WINDOWS = sys.platform == "win32"
+
+if WINDOWS:  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def fsync_dir(path: str) -> None:
+        """Windows has no directory fsync; NTFS journals metadata, renames are durable."""
+
+    def _lock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def fsync_dir(path: str) -> None:
+        """Make a create, rename or unlink inside ``path`` durable."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+class DirectoryLock:
+    """An exclusive lock on a data directory, released when the process dies."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, "LOCK")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | O_BINARY, 0o644)
+        try:
+            _lock(fd)
+        except OSError:
+            os.close(fd)
+            raise LockedError(f"{os.path.dirname(self.path)} is in use by another process (lock file {self.path})") from None
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                _unlock(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = None

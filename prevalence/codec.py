@@ -1,0 +1,195 @@
+"""Transactions and queries as plain data: a stable type name, a schema version, fields.
+
+Decoding never runs code: a name is looked up among classes the application defined
+(subclasses register themselves), and fields are built by cattrs with strict scalar
+checks, so bytes from a client cannot construct anything the application did not declare.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Callable
+
+import attrs
+import cattrs
+import msgpack
+from cattrs.preconf.msgpack import make_converter
+
+from .errors import CodecError
+
+__all__ = ["CODEC", "Codec", "TypeSpec", "type_name_of", "unpack"]
+
+
+def _strict(expected: type, *also: type) -> Callable[[Any, type], Any]:
+    accepted = (expected, *also)
+
+    def structure(value: Any, _cls: type) -> Any:
+        # bool is an int subclass; a True where a number belongs is a client bug, not a 1.
+        if isinstance(value, accepted) and not (isinstance(value, bool) and expected is not bool):
+            return value
+        raise TypeError(f"expected {expected.__name__}, got {type(value).__name__}")
+
+    return structure
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = make_converter(forbid_extra_keys=True)
+    conv.register_structure_hook(int, _strict(int))
+    conv.register_structure_hook(float, _strict(float, int))
+    conv.register_structure_hook(str, _strict(str))
+    conv.register_structure_hook(bool, _strict(bool))
+    conv.register_structure_hook(bytes, _strict(bytes))
+    return conv
+
+
+class TypeSpec:
+    """How one registered class is turned into plain data and back (built on first use)."""
+
+    __slots__ = ("cls", "name", "version", "unstructure", "structure")
+
+    def __init__(self, cls: type, converter: cattrs.Converter):
+        if not (dataclasses.is_dataclass(cls) or attrs.has(cls)):
+            raise CodecError(
+                f"{cls.__module__}.{cls.__qualname__} must be a dataclass or an attrs class "
+                "(decorate it with @dataclass(frozen=True) or @attrs.frozen)"
+            )
+        if not _is_frozen(cls):
+            raise CodecError(
+                f"{cls.__module__}.{cls.__qualname__} must be frozen: a journaled object "
+                "must not change after it was written (use @dataclass(frozen=True) or @attrs.frozen)"
+            )
+        self.cls = cls
+        self.name: str = cls.__prevalence_name__  # type: ignore[attr-defined]
+        self.version: int = cls.__prevalence_version__  # type: ignore[attr-defined]
+        self.unstructure = converter.get_unstructure_hook(cls)
+        self.structure = converter.get_structure_hook(cls)
+
+
+def _is_frozen(cls: type) -> bool:
+    if dataclasses.is_dataclass(cls):
+        return cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    return getattr(cls.__setattr__, "__name__", "") == "_frozen_setattrs"
+
+
+def type_name_of(cls: type) -> str:
+    return cls.__prevalence_name__  # type: ignore[attr-defined]
+
+
+class Codec:
+    """Registry of encodable classes plus the converter that (de)structures them."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type] = {}
+        self._specs: dict[type, TypeSpec] = {}
+        self._lock = threading.Lock()
+        self.converter = _make_converter()
+
+    def register(self, cls: type) -> None:
+        """Called for every subclass of Transaction and Query as it is created."""
+        name = cls.__prevalence_name__  # type: ignore[attr-defined]
+        with self._lock:
+            old = self._classes.get(name)
+            # A class decorated with @dataclass(slots=True) is created twice under one
+            # qualified name, and a reloaded module redefines its classes: the newest wins.
+            if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise CodecError(
+                    f"type name {name!r} of {cls.__module__}.{cls.__qualname__} is already used by "
+                    f"{old.__module__}.{old.__qualname__}; give one of them another name=..."
+                )
+            self._classes[name] = cls
+            if old is not None:
+                self._specs.pop(old, None)
+
+    def spec(self, cls: type) -> TypeSpec:
+        spec = self._specs.get(cls)
+        if spec is None:
+            if not hasattr(cls, "__prevalence_name__"):
+                raise CodecError(
+                    f"{cls.__module__}.{cls.__qualname__} is neither a prevalence.Transaction nor a prevalence.Query"
+                )
+            spec = self._specs[cls] = TypeSpec(cls, self.converter)
+        return spec
+
+    def lookup(self, name: str) -> type:
+        cls = self._classes.get(name)
+        if cls is None:
+            raise CodecError(
+                f"unknown type {name!r}: no Transaction or Query of that name is defined "
+                "(is the module that defines it imported?)"
+            )
+        return cls
+
+    # -- plain data -------------------------------------------------------------------
+    def to_plain(self, obj: Any) -> list:
+        """``[type name, version, fields]``: what the journal and the wire carry."""
+        spec = self.spec(type(obj))
+        try:
+            fields = spec.unstructure(obj)
+        except Exception as exc:  # a field holding something with no plain form
+            raise CodecError(f"{spec.name}: cannot encode: {exc}") from exc
+        return [spec.name, spec.version, fields]
+
+    def from_plain(self, plain: Any) -> Any:
+        if not (isinstance(plain, (list, tuple)) and len(plain) == 3):
+            raise CodecError(f"malformed object: expected [type, version, fields], got {_short(plain)}")
+        name, version, fields = plain
+        if not isinstance(name, str):
+            raise CodecError(f"malformed object: type name must be a string, got {_short(name)}")
+        cls = self.lookup(name)
+        spec = self.spec(cls)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise CodecError(f"{name}: malformed version {_short(version)}")
+        if not isinstance(fields, dict):
+            raise CodecError(f"{name}: fields must be a mapping, got {_short(fields)}")
+        if version != spec.version:
+            fields = self._upgrade(spec, version, fields)
+        try:
+            return spec.structure(fields, cls)
+        except cattrs.BaseValidationError as exc:
+            problems = "; ".join(m.replace(" @ $", " at " + name, 1) for m in cattrs.transform_error(exc))
+            raise CodecError(f"{name}: fields do not fit: {problems}") from None
+        except Exception as exc:
+            raise CodecError(f"{name}: fields do not fit: {exc}") from None
+
+    def _upgrade(self, spec: TypeSpec, version: int, fields: dict) -> dict:
+        if version > spec.version:
+            raise CodecError(
+                f"{spec.name}: written as version {version}, but this program only knows "
+                f"versions up to {spec.version} (run a newer release)"
+            )
+        upgrade = getattr(spec.cls, "upgrade", None)
+        if upgrade is None:
+            raise CodecError(
+                f"{spec.name}: written as version {version}, the class is version {spec.version} "
+                "and defines no upgrade(fields, version) classmethod"
+            )
+        try:
+            new = upgrade(dict(fields), version)
+        except Exception as exc:
+            raise CodecError(f"{spec.name}: upgrade from version {version} failed: {exc!r}") from exc
+        if not isinstance(new, dict):
+            raise CodecError(f"{spec.name}: upgrade from version {version} must return a dict")
+        return new
+
+    # -- bytes ------------------------------------------------------------------------
+    def dumps(self, obj: Any) -> bytes:
+        return msgpack.packb(self.to_plain(obj), use_bin_type=True)
+
+    def loads(self, data: bytes) -> Any:
+        return self.from_plain(unpack(data))
+
+
+def unpack(data: bytes) -> Any:
+    """msgpack decoding with the error turned into a CodecError; no extension types."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:
+        raise CodecError(f"malformed message ({len(data)} bytes): {exc}") from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+CODEC = Codec()  # the process-wide registry every Transaction and Query joins

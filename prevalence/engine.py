@@ -1,0 +1,231 @@
+"""The single-process engine: journal first, then apply; snapshots; recovery on open."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from . import _platform
+from .codec import CODEC
+from .entry import EntryKind
+from .errors import ClosedError, PrevalenceError
+from .journal import DEFAULT_SEGMENT_BYTES, Journal
+from .recovery import recover
+from .snapshots import SnapshotMeta, SnapshotStore
+from .state import StateMachine, encode_command
+
+log = logging.getLogger("prevalence.engine")
+
+_COMMAND = int(EntryKind.COMMAND)
+
+
+def _wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Engine:
+    """A root object made durable by a journal of transactions. Thread-safe.
+
+    Transactions run one at a time under a write lock: ``check``, append to the journal
+    buffer, ``execute``. The wait for the disk happens after the lock is released, so
+    concurrent writers share one fsync. A query never returns a state that is not yet
+    acknowledged: if it saw an entry still on its way to disk, it waits for that entry.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        root_factory: Callable[[], Any],
+        *,
+        fsync: str = "always",
+        snapshot_every: int | None = None,
+        snapshot_bytes: int | None = None,
+        keep_snapshots: int = 2,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        batch_interval: float = 0.005,
+        read_only: bool = False,
+        at_index: int | None = None,
+        clock: Callable[[], int] | None = None,
+    ):
+        if at_index is not None and not read_only:
+            raise PrevalenceError("a point-in-time view (at_index) must be opened with read_only=True")
+        self.path = os.path.abspath(path)
+        self.read_only = read_only
+        self._clock = clock or _wall_clock_us
+        self._snapshot_every = snapshot_every
+        self._snapshot_bytes = snapshot_bytes
+        self._closed = False
+        self._dirlock: _platform.DirectoryLock | None = None
+        self._journal: Journal | None = None
+        if not read_only:
+            os.makedirs(self.path, exist_ok=True)
+            self._dirlock = _platform.DirectoryLock(self.path)
+            self._dirlock.acquire()
+        elif not os.path.isdir(self.path):
+            raise PrevalenceError(f"{self.path} does not exist")
+        try:
+            self._journal = Journal(
+                os.path.join(self.path, "journal"),
+                fsync=fsync,
+                segment_bytes=segment_bytes,
+                batch_interval=batch_interval,
+                read_only=read_only,
+            )
+            self._snapshots = SnapshotStore(os.path.join(self.path, "snapshots"), keep=keep_snapshots, read_only=read_only)
+            self._sm, rec_warnings = recover(self._journal, self._snapshots, root_factory, upto=at_index)
+            self.warnings = self._journal.warnings + rec_warnings
+            if not read_only and self._sm.applied_index > self._journal.last_index:
+                # A snapshot newer than the journal's end (the journal was lost or reset):
+                # the snapshot is the state; the journal resumes after it.
+                msg = f"journal ends at {self._journal.last_index}, before the snapshot at {self._sm.applied_index}; resuming after the snapshot"
+                log.warning("%s", msg)
+                self.warnings.append(msg)
+                self._journal.reset(self._sm.applied_index + 1)
+        except BaseException:
+            self._release()
+            raise
+        self._snapshot_lock = threading.Lock()
+        self._snapshot_thread: threading.Thread | None = None
+        self._since_entries = 0
+        self._since_bytes = 0
+        self.snapshot_error: BaseException | None = None  # the last automatic snapshot's failure
+
+    # -- the API --------------------------------------------------------------------
+    def execute(self, tx: Any) -> Any:
+        """Journal ``tx``, apply it, and return its result once the entry is durable."""
+        plain = CODEC.to_plain(tx)  # a class that is not a journalable type fails here
+        if self.read_only:
+            raise PrevalenceError(f"{self.path} is open read-only: execute is not allowed")
+        sm = self._sm
+        journal = self._journal
+        sm.lock.acquire_write()
+        try:
+            if self._closed:
+                raise ClosedError(f"engine {self.path} is closed")
+            tx.check(sm.root)  # rejecting here journals nothing
+            index = journal.last_index + 1
+            ts = self._clock()
+            if ts < sm.timestamp_us:
+                ts = sm.timestamp_us  # the wall clock stepped back; ``now`` does not
+            data = encode_command(ts, plain)
+            journal.append(index, 0, _COMMAND, data)
+            result, exc = sm.apply_command(index, ts, tx)
+            self._since_entries += 1
+            self._since_bytes += len(data)
+            due = self._snapshot_due()
+        finally:
+            sm.lock.release_write()
+        journal.wait(index)
+        if due:
+            self._start_auto_snapshot()
+        if exc is not None:
+            raise exc
+        return result
+
+    def query(self, query: Any) -> Any:
+        """Run ``query.run(root)`` alongside other queries, never during a transaction."""
+        if self._closed:
+            raise ClosedError(f"engine {self.path} is closed")
+        sm = self._sm
+        sm.lock.acquire_read()
+        try:
+            result = query.run(sm.root)
+            seen = sm.applied_index
+        finally:
+            sm.lock.release_read()
+        if not self.read_only:
+            self._journal.wait(seen)
+        return result
+
+    def snapshot(self) -> SnapshotMeta:
+        """Write a snapshot of the current state and drop journal segments it makes redundant."""
+        if self.read_only:
+            raise PrevalenceError(f"{self.path} is open read-only: snapshot is not allowed")
+        if self._closed:
+            raise ClosedError(f"engine {self.path} is closed")
+        with self._snapshot_lock:
+            meta, body = self._sm.capture(term=self._term_at(self._sm.applied_index))
+            self._since_entries = self._since_bytes = 0
+            self._journal.sync()  # a snapshot never runs ahead of the journal on disk
+            meta = self._snapshots.write(meta, body)
+            kept = self._snapshots.indexes()
+            if kept:
+                removed = self._journal.compact(min(kept))
+                if removed:
+                    log.info("removed %d journal segment(s) covered by snapshot %d", removed, min(kept))
+            return meta
+
+    @property
+    def last_index(self) -> int:
+        """Index of the last transaction applied (0 before the first)."""
+        return self._sm.applied_index
+
+    @property
+    def journal(self) -> Journal:
+        return self._journal
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        t = self._snapshot_thread
+        if t is not None:
+            t.join()
+        self._sm.lock.acquire_write()
+        try:
+            self._closed = True
+        finally:
+            self._sm.lock.release_write()
+        self._release()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------
+    def _release(self) -> None:
+        try:
+            if self._journal is not None:
+                self._journal.close()
+        finally:
+            if self._dirlock is not None:
+                self._dirlock.release()
+                self._dirlock = None
+
+    def _term_at(self, index: int) -> int:
+        j = self._journal
+        return j.term(index) if j.first_index <= index <= j.last_index else 0
+
+    def _snapshot_due(self) -> bool:
+        if self._snapshot_thread is not None:
+            return False
+        return bool(
+            (self._snapshot_every and self._since_entries >= self._snapshot_every)
+            or (self._snapshot_bytes and self._since_bytes >= self._snapshot_bytes)
+        )
+
+    def _start_auto_snapshot(self) -> None:
+        with self._snapshot_lock:
+            if self._snapshot_thread is not None or self._closed:
+                return
+            self._snapshot_thread = threading.Thread(target=self._auto_snapshot, name="snapshot", daemon=True)
+            self._snapshot_thread.start()
+
+    def _auto_snapshot(self) -> None:
+        try:
+            meta = self.snapshot()
+            log.info("automatic snapshot at index %d (%d bytes)", meta.index, meta.size)
+            self.snapshot_error = None
+        except BaseException as exc:  # noqa: BLE001 - reported, and retried at the next threshold
+            self.snapshot_error = exc
+            log.error("automatic snapshot failed: %r", exc)
+        finally:
+            self._snapshot_thread = None
+
+
+def open_engine(path: str, root_factory: Callable[[], Any], **options: Any) -> Engine:
+    """Create or recover the engine stored in directory ``path``."""
+    return Engine(path, root_factory, **options)

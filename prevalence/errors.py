@@ -1,0 +1,35 @@
+"""The framework's errors. Each says what went wrong and where."""
+from __future__ import annotations
+
+
+class PrevalenceError(Exception):
+    """Base of every error the framework raises (a transaction's own exceptions excepted)."""
+
+
+class CodecError(PrevalenceError):
+    """A transaction or query could not be encoded or decoded (unknown type, bad fields)."""
+
+
+class JournalCorruptError(PrevalenceError):
+    """The journal is damaged before its tail; nothing was modified."""
+
+    def __init__(self, message: str, *, path: str, offset: int):
+        super().__init__(f"{path} at byte offset {offset}: {message}")
+        self.path = path
+        self.offset = offset
+
+
+class SnapshotError(PrevalenceError):
+    """No usable snapshot, or one could not be written."""
+
+
+class EngineHaltedError(PrevalenceError):
+    """The engine stopped accepting work after a write failure; reopen it to recover."""
+
+
+class ClosedError(PrevalenceError):
+    """The engine or journal was used after close()."""
+
+
+class LockedError(PrevalenceError):
+    """Another process holds the data directory."""

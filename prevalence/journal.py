@@ -1,0 +1,476 @@
+"""The journal: a segmented, append-only log of entries with group commit.
+
+Built to be the Raft log as well as the engine's journal: every entry carries an index and
+a term, a range is read by index through in-memory offsets, a suffix can be truncated
+(a follower dropping a conflicting tail), a prefix compacted (segments a snapshot covers),
+and the whole log reset to start after an installed snapshot.
+
+Concurrency: appends are cheap (frame into a memory buffer under a lock). ``wait(index)``
+makes an entry durable: the first waiting thread that finds no flush under way writes the
+whole buffer and fsyncs once for everybody (group commit); the others sleep until it is
+done. So with one writer there is no thread hand-off at all, and with many, one fsync
+covers many transactions.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import threading
+from array import array
+from typing import Iterable, Iterator
+
+from . import _platform
+from .entry import Entry
+from .errors import ClosedError, EngineHaltedError, JournalCorruptError, PrevalenceError
+from .segment import SEGMENT_HEADER, frame, parse_records, parse_segment_name, scan, segment_header, segment_name
+
+log = logging.getLogger("prevalence.journal")
+
+FSYNC_POLICIES = ("always", "batch", "never")
+DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
+
+
+class _Segment:
+    __slots__ = ("first", "path", "offsets", "size", "wfd", "rfile")
+
+    def __init__(self, first: int, path: str, offsets: array | None = None, size: int = SEGMENT_HEADER.size):
+        self.first = first
+        self.path = path
+        self.offsets = offsets if offsets is not None else array("Q")
+        self.size = size  # bytes including those still buffered in memory
+        self.wfd: int | None = None
+        self.rfile = None
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.offsets) - 1
+
+    def end_of(self, index: int) -> int:
+        """Byte offset just past record ``index`` (which must be in this segment)."""
+        k = index - self.first + 1
+        return self.offsets[k] if k < len(self.offsets) else self.size
+
+    def close(self) -> None:
+        if self.wfd is not None:
+            os.close(self.wfd)
+            self.wfd = None
+        if self.rfile is not None:
+            self.rfile.close()
+            self.rfile = None
+
+
+class Journal:
+    """Segmented log of :class:`Entry` with group commit; see the module docstring."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        fsync: str = "always",
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        batch_interval: float = 0.005,
+        read_only: bool = False,
+    ):
+        if fsync not in FSYNC_POLICIES:
+            raise PrevalenceError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
+        self.directory = os.path.abspath(directory)
+        self.fsync = fsync
+        self.read_only = read_only
+        self._segment_bytes = max(4096, int(segment_bytes))
+        self._cond = threading.Condition(threading.Lock())
+        self._read_lock = threading.Lock()
+        self._segments: list[_Segment] = []
+        self._term_starts: list[int] = []
+        self._term_values: list[int] = []
+        self._pending: list[tuple[_Segment, bytearray]] = []
+        self._writer: _Segment | None = None
+        self._flushing = False
+        self._failed: BaseException | None = None
+        self._closed = False
+        self.warnings: list[str] = []
+        if not read_only:
+            os.makedirs(self.directory, exist_ok=True)
+        self._recover()
+        self._next_index = self._segments[-1].last + 1 if self._segments else 1
+        self._written = self._synced = self._next_index - 1
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        if fsync == "batch" and not read_only:
+            self._batch_interval = batch_interval
+            self._timer = threading.Thread(target=self._batch_loop, name="journal-fsync", daemon=True)
+            self._timer.start()
+
+    # -- recovery ---------------------------------------------------------------------
+    def _recover(self) -> None:
+        if not os.path.isdir(self.directory):
+            return
+        firsts = sorted(f for f in map(parse_segment_name, os.listdir(self.directory)) if f is not None)
+        expected: int | None = None
+        for n, first in enumerate(firsts):
+            path = os.path.join(self.directory, segment_name(first))
+            with open(path, "rb") as f:
+                buf = f.read()
+            is_last = n == len(firsts) - 1
+            res = scan(path, buf, expected if expected is not None else first, last=is_last)
+            if res.torn is not None:
+                self._cut_tail(path, res.valid_bytes, res.file_bytes, res.torn, first)
+                if res.valid_bytes < SEGMENT_HEADER.size or not res.offsets:
+                    if not self.read_only:
+                        os.remove(path)
+                        _platform.fsync_dir(self.directory)
+                    continue
+            seg = _Segment(first, path, res.offsets, res.valid_bytes)
+            self._segments.append(seg)
+            for start, term in res.terms:
+                self._note_term(start, term)
+            expected = seg.last + 1
+        if self._segments and not self.read_only:
+            tail = self._segments[-1]
+            tail.wfd = os.open(tail.path, os.O_WRONLY | _platform.O_BINARY)
+            os.lseek(tail.wfd, 0, os.SEEK_END)
+            self._writer = tail
+
+    def _cut_tail(self, path: str, valid: int, size: int, why: str, first: int) -> None:
+        msg = f"{path}: cut off a torn tail at byte offset {valid} ({size - valid} bytes): {why}"
+        self.warnings.append(msg)
+        if self.read_only:
+            log.warning("%s (read-only: file left as it is)", msg)
+            return
+        log.warning("%s", msg)
+        with open(path, "r+b") as f:
+            f.truncate(valid)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _note_term(self, index: int, term: int) -> None:
+        if not self._term_values or self._term_values[-1] != term:
+            self._term_starts.append(index)
+            self._term_values.append(term)
+
+    # -- positions --------------------------------------------------------------------
+    @property
+    def first_index(self) -> int:
+        """The oldest index still held (``last_index + 1`` when the journal is empty)."""
+        return self._segments[0].first if self._segments else self._next_index
+
+    @property
+    def last_index(self) -> int:
+        """The newest index appended, durable or not (0 when nothing was ever written)."""
+        return self._next_index - 1
+
+    @property
+    def written_index(self) -> int:
+        return self._written
+
+    @property
+    def durable_index(self) -> int:
+        return self._synced
+
+    def term(self, index: int) -> int:
+        if not (self.first_index <= index <= self.last_index):
+            raise IndexError(f"index {index} is not in the journal ({self.first_index}..{self.last_index})")
+        k = bisect.bisect_right(self._term_starts, index) - 1
+        return self._term_values[k]
+
+    # -- appending --------------------------------------------------------------------
+    def append(self, index: int, term: int, kind: int, data: bytes) -> None:
+        """Buffer one entry; it is durable once ``wait(index)`` returns."""
+        rec = frame(index, term, kind, data)
+        with self._cond:
+            self._check_usable()
+            if index != self._next_index:
+                raise PrevalenceError(f"journal append out of order: got index {index}, expected {self._next_index}")
+            self._add(index, term, rec)
+
+    def extend(self, entries: Iterable[Entry]) -> None:
+        """Buffer several entries (a Raft batch) under one lock."""
+        with self._cond:
+            self._check_usable()
+            for e in entries:
+                if e.index != self._next_index:
+                    raise PrevalenceError(f"journal append out of order: got index {e.index}, expected {self._next_index}")
+                self._add(e.index, e.term, frame(e.index, e.term, e.kind, e.data))
+
+    def _add(self, index: int, term: int, rec: bytes) -> None:
+        seg = self._segments[-1] if self._segments else None
+        if seg is None or (seg.size >= self._segment_bytes and seg.offsets):
+            seg = _Segment(index, os.path.join(self.directory, segment_name(index)))
+            self._segments.append(seg)
+        seg.offsets.append(seg.size)
+        seg.size += len(rec)
+        if self._pending and self._pending[-1][0] is seg:
+            self._pending[-1][1].extend(rec)
+        else:
+            self._pending.append((seg, bytearray(rec)))
+        if not self._term_values or self._term_values[-1] != term:
+            self._term_starts.append(index)
+            self._term_values.append(term)
+        self._next_index = index + 1
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ClosedError(f"journal {self.directory} is closed")
+        if self.read_only:
+            raise PrevalenceError(f"journal {self.directory} was opened read-only")
+        if self._failed is not None:
+            raise EngineHaltedError(
+                f"journal {self.directory} stopped after a write failure ({self._failed!r}); "
+                "reopen it to recover from what is on disk"
+            )
+
+    # -- durability -------------------------------------------------------------------
+    def wait(self, index: int) -> None:
+        """Return once entry ``index`` is acknowledged under the fsync policy.
+
+        ``always``: on disk (fsynced). ``batch`` and ``never``: handed to the operating
+        system, so a crash of this process loses nothing; ``batch`` fsyncs every few ms.
+        """
+        self._flush(index, durable=self.fsync == "always")
+
+    def sync(self) -> None:
+        """Force everything appended so far onto the disk, whatever the policy."""
+        self._flush(self.last_index, durable=True)
+
+    def _flush(self, index: int, durable: bool) -> None:
+        if (self._synced if durable else self._written) >= index and self._failed is None:
+            return  # the common case for queries: nothing to wait for, no lock taken
+        with self._cond:
+            while True:
+                if self._failed is not None:
+                    self._check_usable()
+                if (self._synced if durable else self._written) >= index:
+                    return
+                if not self._flushing:
+                    break
+                self._cond.wait()
+            self._flushing = True
+            chunks, self._pending = self._pending, []
+            target = self._next_index - 1
+        do_sync = durable or self.fsync == "always"
+        try:
+            self._write(chunks, do_sync)
+        except BaseException as exc:
+            with self._cond:
+                self._failed = exc
+                self._flushing = False
+                self._cond.notify_all()
+            log.error("journal %s: write failed: %r", self.directory, exc)
+            raise EngineHaltedError(f"journal {self.directory}: write failed: {exc}") from exc
+        with self._cond:
+            self._written = max(self._written, target)
+            if do_sync:
+                self._synced = max(self._synced, target)
+            self._flushing = False
+            self._cond.notify_all()
+
+    def _write(self, chunks: list[tuple[_Segment, bytearray]], do_sync: bool) -> None:
+        """Write buffered chunks in order; called only by the thread holding the flush token."""
+        for seg, data in chunks:
+            if seg is not self._writer:
+                self._open_segment(seg)
+            view = memoryview(data)
+            while view:
+                n = os.write(seg.wfd, view)
+                view = view[n:]
+        if do_sync and self._writer is not None and self._writer.wfd is not None:
+            os.fsync(self._writer.wfd)
+
+    def _open_segment(self, seg: _Segment) -> None:
+        old = self._writer
+        if old is not None and old.wfd is not None:
+            os.fsync(old.wfd)  # an older segment is always complete on disk before a newer one exists
+            os.close(old.wfd)
+            old.wfd = None
+        fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _platform.O_BINARY, 0o644)
+        os.write(fd, segment_header(seg.first))
+        os.fsync(fd)
+        _platform.fsync_dir(self.directory)
+        seg.wfd = fd
+        self._writer = seg
+
+    def _batch_loop(self) -> None:
+        while not self._stop.wait(self._batch_interval):
+            if self._synced < self._next_index - 1 and not self._closed:
+                try:
+                    self._flush(self._next_index - 1, durable=True)
+                except PrevalenceError:
+                    return
+
+    # -- exclusive maintenance (truncate, compact, reset) -----------------------------
+    def _take_token(self) -> list[tuple[_Segment, bytearray]]:
+        with self._cond:
+            self._check_usable()
+            while self._flushing:
+                self._cond.wait()
+            self._flushing = True
+            chunks, self._pending = self._pending, []
+            return chunks
+
+    def _give_token(self) -> None:
+        with self._cond:
+            self._flushing = False
+            self._cond.notify_all()
+
+    def truncate_after(self, index: int) -> None:
+        """Remove every entry after ``index`` (a Raft follower dropping a conflicting suffix)."""
+        if index >= self.last_index:
+            return
+        if index < self.first_index - 1:
+            raise PrevalenceError(f"cannot truncate after {index}: entries before {self.first_index} were compacted")
+        chunks = self._take_token()
+        try:
+            self._write(chunks, False)
+            with self._read_lock, self._cond:
+                while self._segments and self._segments[-1].first > index:
+                    seg = self._segments.pop()
+                    seg.close()
+                    if os.path.exists(seg.path):
+                        os.remove(seg.path)
+                    if self._writer is seg:
+                        self._writer = None
+                if self._segments:
+                    seg = self._segments[-1]
+                    cut = seg.end_of(index)
+                    del seg.offsets[index - seg.first + 1 :]
+                    seg.size = cut
+                    if seg.wfd is None:
+                        seg.wfd = os.open(seg.path, os.O_WRONLY | _platform.O_BINARY)
+                        self._writer = seg
+                    os.ftruncate(seg.wfd, cut)
+                    os.lseek(seg.wfd, 0, os.SEEK_END)
+                    os.fsync(seg.wfd)
+                _platform.fsync_dir(self.directory)
+                k = bisect.bisect_right(self._term_starts, index)
+                del self._term_starts[k:], self._term_values[k:]
+                self._next_index = index + 1
+                self._written = min(self._written, index)
+                self._synced = min(self._synced, index)
+        finally:
+            self._give_token()
+
+    def compact(self, upto: int) -> int:
+        """Delete whole segments holding only entries <= ``upto``; returns how many.
+
+        The newest segment is never deleted, so the log keeps its last index.
+        """
+        removed = 0
+        chunks = self._take_token()
+        try:
+            self._write(chunks, False)
+            with self._read_lock, self._cond:
+                while len(self._segments) > 1 and self._segments[0].last <= upto:
+                    seg = self._segments.pop(0)
+                    seg.close()
+                    os.remove(seg.path)
+                    removed += 1
+                if removed:
+                    _platform.fsync_dir(self.directory)
+                    first = self.first_index
+                    k = max(0, bisect.bisect_right(self._term_starts, first) - 1)
+                    del self._term_starts[:k], self._term_values[:k]
+        finally:
+            self._give_token()
+        return removed
+
+    def reset(self, next_index: int) -> None:
+        """Drop every entry; the next append gets ``next_index`` (after installing a snapshot)."""
+        self._take_token()
+        try:
+            with self._read_lock, self._cond:
+                for seg in self._segments:
+                    seg.close()
+                    if os.path.exists(seg.path):
+                        os.remove(seg.path)
+                self._segments.clear()
+                self._writer = None
+                _platform.fsync_dir(self.directory)
+                self._term_starts.clear()
+                self._term_values.clear()
+                self._next_index = next_index
+                self._written = self._synced = next_index - 1
+        finally:
+            self._give_token()
+
+    # -- reading ----------------------------------------------------------------------
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        """Entries ``lo <= index < hi``; with ``max_bytes``, as many as fit (at least one)."""
+        if lo < self.first_index or hi > self._next_index or lo > hi:
+            raise IndexError(f"entries {lo}..{hi - 1} are not all in the journal ({self.first_index}..{self.last_index})")
+        if lo == hi:
+            return []
+        self._flush(hi - 1, durable=False)
+        out: list[Entry] = []
+        budget = max_bytes
+        with self._read_lock:
+            k = self._segment_at(lo)
+            while lo < hi:
+                seg = self._segments[k]
+                stop = min(hi, seg.last + 1)
+                start_off = seg.offsets[lo - seg.first]
+                truncated = False
+                if budget is not None:
+                    # the offsets tell how many records fit, without reading them
+                    limit = start_off + budget
+                    j = lo
+                    while j < stop and (seg.end_of(j) <= limit or (j == lo and not out)):
+                        j += 1
+                    if j == lo:
+                        break
+                    truncated, stop = j < stop, j
+                end_off = seg.end_of(stop - 1)
+                out.extend(parse_records(self._read(seg, start_off, end_off), seg.path, start_off))
+                if budget is not None:
+                    budget -= end_off - start_off
+                    if truncated or budget <= 0:
+                        break
+                lo = stop
+                k += 1
+        return out
+
+    def iter_entries(self, lo: int, hi: int | None = None, chunk: int = 4096) -> Iterator[Entry]:
+        """Stream entries from ``lo`` (for replay and dumps) without holding them all."""
+        hi = self._next_index if hi is None else min(hi, self._next_index)
+        lo = max(lo, self.first_index)
+        while lo < hi:
+            batch = self.entries(lo, min(hi, lo + chunk))
+            yield from batch
+            lo += len(batch)
+
+    def _segment_at(self, index: int) -> int:
+        firsts = [s.first for s in self._segments]
+        return bisect.bisect_right(firsts, index) - 1
+
+    def _read(self, seg: _Segment, start: int, end: int) -> bytes:
+        if seg.rfile is None:
+            seg.rfile = open(seg.path, "rb")
+        seg.rfile.seek(start)
+        data = seg.rfile.read(end - start)
+        if len(data) != end - start:
+            raise JournalCorruptError(f"short read ({len(data)} of {end - start} bytes)", path=seg.path, offset=start)
+        return data
+
+    def segment_files(self) -> list[str]:
+        return [s.path for s in self._segments]
+
+    # -- closing ----------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            if not self.read_only and self._failed is None:
+                self.sync()
+        finally:
+            self._stop.set()
+            if self._timer is not None:
+                self._timer.join()
+            with self._cond:
+                self._closed = True
+                for seg in self._segments:
+                    seg.close()
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

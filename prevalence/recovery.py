@@ -1,0 +1,79 @@
+"""Rebuilding the state at start-up: the newest usable snapshot plus the journal after it."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from .codec import CODEC, Codec
+from .errors import CodecError, PrevalenceError, SnapshotError
+from .journal import Journal
+from .snapshots import SnapshotStore
+from .state import StateMachine
+
+log = logging.getLogger("prevalence.recovery")
+
+
+def recover(
+    journal: Journal,
+    snapshots: SnapshotStore,
+    root_factory: Callable[[], Any],
+    *,
+    upto: int | None = None,
+    codec: Codec = CODEC,
+) -> tuple[StateMachine, list[str]]:
+    """The state as of ``upto`` (default: the end of the journal), and warnings on the way.
+
+    A damaged snapshot is skipped for an older one plus more journal. When no snapshot and
+    no journal prefix can rebuild the state, the error says which files were tried.
+    """
+    warnings: list[str] = []
+    first, last = journal.first_index, journal.last_index
+    target = last if upto is None else upto
+    damaged: list[str] = []
+    sm: StateMachine | None = None
+    for index in snapshots.indexes():
+        if index > target and upto is not None:
+            continue  # a point-in-time view before this snapshot
+        try:
+            meta, root = snapshots.load(index)
+        except SnapshotError as exc:
+            msg = f"skipping damaged snapshot: {exc}"
+            log.warning("%s", msg)
+            warnings.append(msg)
+            damaged.append(str(exc))
+            continue
+        if index < first - 1:
+            raise SnapshotError(
+                f"the newest usable snapshot ({meta.path}, index {index}) is older than the journal, "
+                f"which starts at index {first}: entries {index + 1}..{first - 1} are gone"
+                + (f"; damaged newer snapshots: {'; '.join(damaged)}" if damaged else "")
+            )
+        sm = StateMachine(root, index, meta.timestamp_us)
+        break
+    if sm is None:
+        if first > 1:
+            what = "the state" if upto is None else f"the state as of index {upto}"
+            why = f" (damaged: {'; '.join(damaged)})" if damaged else " (no snapshot at or before it)"
+            raise SnapshotError(
+                f"cannot rebuild {what}: the journal starts at index {first} and no usable snapshot covers "
+                f"entries 1..{first - 1}{why}"
+            )
+        sm = StateMachine(root_factory(), 0, 0)
+    if upto is not None and upto > last and upto > sm.applied_index:
+        raise PrevalenceError(f"index {upto} is beyond the end of the journal ({last})")
+    start = sm.applied_index + 1
+    if start <= target:
+        lock = sm.lock
+        lock.acquire_write()
+        try:
+            apply = sm.apply_entry
+            for entry in journal.iter_entries(start, target + 1):
+                try:
+                    _result, exc = apply(entry, codec)
+                except CodecError as err:
+                    raise CodecError(f"cannot replay journal entry {entry.index}: {err}") from None
+                if exc is not None:
+                    log.debug("replayed entry %d raised %r, as it did when first executed", entry.index, exc)
+        finally:
+            lock.release_write()
+    return sm, warnings

@@ -1,0 +1,185 @@
+"""Snapshots of the whole root: a pickled object graph with the index it is current at.
+
+Written to a temporary file, fsynced, renamed into place, checksummed. The plain C pickler
+is tried first because it is an order of magnitude faster than dill's pure-Python one;
+dill takes over for what pickle cannot handle (lambdas, nested functions, closures), and
+dill's loader, which is the C unpickler, reads both. Snapshot files are only ever read
+from the node's own disk (or, later, from an authenticated peer): unpickling runs code.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import pickle
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+from zlib import crc32
+
+import dill
+import msgpack
+
+from . import _platform
+from .errors import SnapshotError
+
+log = logging.getLogger("prevalence.snapshots")
+
+MAGIC = b"PVSN"
+FORMAT = 1
+_HEAD = struct.Struct("<4sHHI")  # magic, format, reserved, meta length
+_BODY = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+PREFIX, SUFFIX = "snapshot-", ".snap"
+
+
+@dataclass
+class SnapshotMeta:
+    index: int
+    term: int
+    timestamp_us: int
+    serializer: str
+    path: str = ""
+    size: int = 0
+    extra: dict = field(default_factory=dict)  # e.g. the Raft membership at ``index``
+
+
+def serialize(root: Any) -> tuple[bytes, str]:
+    """The root as bytes, and which serializer made them."""
+    try:
+        return pickle.dumps(root, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
+    except Exception as exc:  # pickle refuses lambdas, closures, some locals...
+        log.debug("pickle could not serialize the root (%s); using dill", exc)
+    try:
+        return dill.dumps(root, protocol=pickle.HIGHEST_PROTOCOL), "dill"
+    except Exception as exc:
+        raise SnapshotError(f"cannot serialize the root for a snapshot: {exc!r}") from exc
+
+
+def deserialize(body: bytes) -> Any:
+    # A million-object graph triggers the cyclic GC hundreds of times while it is built;
+    # nothing is garbage yet, so that work is wasted.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return dill.loads(body)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def encode_file(meta: SnapshotMeta, body: bytes) -> list[bytes]:
+    m = msgpack.packb(
+        {"index": meta.index, "term": meta.term, "timestamp_us": meta.timestamp_us,
+         "serializer": meta.serializer, "extra": meta.extra},
+        use_bin_type=True,
+    )
+    head = _HEAD.pack(MAGIC, FORMAT, 0, len(m)) + m + _BODY.pack(len(body))
+    crc = crc32(body, crc32(head))
+    return [head, body, _CRC.pack(crc)]
+
+
+def decode_file(path: str, data: bytes) -> tuple[SnapshotMeta, memoryview]:
+    """Validate a whole snapshot file; SnapshotError says what is wrong with it."""
+    if len(data) < _HEAD.size or data[:4] != MAGIC:
+        raise SnapshotError(f"{path}: not a snapshot file (bad magic)")
+    _m, fmt, _r, mlen = _HEAD.unpack_from(data, 0)
+    if fmt != FORMAT:
+        raise SnapshotError(f"{path}: unknown snapshot format {fmt}")
+    body_at = _HEAD.size + mlen + _BODY.size
+    if len(data) < body_at + _CRC.size:
+        raise SnapshotError(f"{path}: truncated ({len(data)} bytes)")
+    (blen,) = _BODY.unpack_from(data, _HEAD.size + mlen)
+    if len(data) != body_at + blen + _CRC.size:
+        raise SnapshotError(f"{path}: truncated or padded ({len(data)} bytes, expected {body_at + blen + _CRC.size})")
+    mv = memoryview(data)
+    (crc,) = _CRC.unpack_from(data, body_at + blen)
+    if crc32(mv[body_at : body_at + blen], crc32(mv[:body_at])) != crc:
+        raise SnapshotError(f"{path}: checksum mismatch (the file is damaged)")
+    try:
+        m = msgpack.unpackb(mv[_HEAD.size : _HEAD.size + mlen], raw=False)
+        meta = SnapshotMeta(m["index"], m["term"], m["timestamp_us"], m["serializer"], path, len(data), m.get("extra") or {})
+    except Exception as exc:
+        raise SnapshotError(f"{path}: damaged metadata: {exc}") from None
+    return meta, mv[body_at : body_at + blen]
+
+
+def snapshot_name(index: int) -> str:
+    return f"{PREFIX}{index:020d}{SUFFIX}"
+
+
+def parse_snapshot_name(name: str) -> int | None:
+    if not (name.startswith(PREFIX) and name.endswith(SUFFIX)):
+        return None
+    digits = name[len(PREFIX) : -len(SUFFIX)]
+    return int(digits) if len(digits) == 20 and digits.isdigit() else None
+
+
+class SnapshotStore:
+    """The snapshot files of one data directory, newest first; keeps ``keep`` of them."""
+
+    def __init__(self, directory: str, *, keep: int = 2, read_only: bool = False):
+        if keep < 1:
+            raise SnapshotError(f"keep must be at least 1, not {keep}")
+        self.directory = os.path.abspath(directory)
+        self.keep = keep
+        self.read_only = read_only
+        if not read_only:
+            os.makedirs(self.directory, exist_ok=True)
+            for name in os.listdir(self.directory):
+                if name.endswith(".tmp"):  # a snapshot that was being written when we died
+                    os.remove(os.path.join(self.directory, name))
+
+    def indexes(self) -> list[int]:
+        """Indexes of the snapshot files present, newest first (not yet validated)."""
+        if not os.path.isdir(self.directory):
+            return []
+        found = (parse_snapshot_name(n) for n in os.listdir(self.directory))
+        return sorted((i for i in found if i is not None), reverse=True)
+
+    def path_of(self, index: int) -> str:
+        return os.path.join(self.directory, snapshot_name(index))
+
+    def write(self, meta: SnapshotMeta, body: bytes) -> SnapshotMeta:
+        """Durably store a snapshot, then prune the oldest beyond ``keep``."""
+        if self.read_only:
+            raise SnapshotError(f"{self.directory} was opened read-only")
+        final = self.path_of(meta.index)
+        tmp = final + ".tmp"
+        parts = encode_file(meta, body)
+        try:
+            with open(tmp, "wb") as f:
+                for p in parts:
+                    f.write(p)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            _platform.fsync_dir(self.directory)
+        except OSError as exc:
+            raise SnapshotError(f"cannot write snapshot {final}: {exc}") from exc
+        meta.path, meta.size = final, sum(map(len, parts))
+        self.prune()
+        return meta
+
+    def prune(self) -> None:
+        for index in self.indexes()[self.keep :]:
+            try:
+                os.remove(self.path_of(index))
+            except OSError as exc:
+                log.warning("could not remove old snapshot %s: %s", self.path_of(index), exc)
+
+    def read(self, index: int) -> tuple[SnapshotMeta, memoryview]:
+        path = self.path_of(index)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise SnapshotError(f"{path}: cannot read: {exc}") from exc
+        return decode_file(path, data)
+
+    def load(self, index: int) -> tuple[SnapshotMeta, Any]:
+        meta, body = self.read(index)
+        try:
+            return meta, deserialize(body)
+        except Exception as exc:
+            raise SnapshotError(f"{meta.path}: cannot unpickle the root: {exc!r}") from exc

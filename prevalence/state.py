@@ -1,0 +1,84 @@
+"""The prevalent system: the root object, the index applied to it, and how entries apply.
+
+Shared by the single-process engine and (next) the Raft node, which applies committed
+entries here instead of executing directly.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgpack
+
+from .codec import CODEC, Codec, unpack
+from .entry import Entry, EntryKind
+from .errors import CodecError
+from .rwlock import RWLock
+from .snapshots import SnapshotMeta, serialize
+from .transaction import Context
+
+log = logging.getLogger("prevalence.state")
+
+_COMMAND = int(EntryKind.COMMAND)
+
+
+def encode_command(timestamp_us: int, plain: list) -> bytes:
+    """A COMMAND entry's data: ``[timestamp µs, type name, version, fields]``."""
+    return msgpack.packb([timestamp_us, *plain], use_bin_type=True)
+
+
+def decode_command(data: bytes, codec: Codec = CODEC) -> tuple[int, Any]:
+    """(timestamp µs, transaction) of a COMMAND entry's data; CodecError if malformed."""
+    items = unpack(data)
+    if not isinstance(items, list) or len(items) < 4 or not isinstance(items[0], int):
+        raise CodecError(f"malformed command entry: expected [timestamp, type, version, fields], got {items!r:.80}")
+    return items[0], codec.from_plain(items[1:4])
+
+
+def describe_command(data: bytes) -> dict:
+    """The plain content of a COMMAND entry, for dumps: no class needs to be importable."""
+    items = unpack(data)
+    if not isinstance(items, list) or len(items) < 4:
+        raise CodecError(f"malformed command entry: {items!r:.80}")
+    return {"timestamp_us": items[0], "type": items[1], "version": items[2], "fields": items[3]}
+
+
+class StateMachine:
+    """The root plus the bookkeeping that makes replay identical to the first run."""
+
+    def __init__(self, root: Any, applied_index: int = 0, timestamp_us: int = 0):
+        self.root = root
+        self.applied_index = applied_index
+        self.timestamp_us = timestamp_us  # newest entry time applied: ``now`` never decreases
+        self.lock = RWLock()
+
+    def apply_command(self, index: int, timestamp_us: int, tx: Any) -> tuple[Any, Exception | None]:
+        """Execute one journaled transaction; the caller holds the write lock.
+
+        Its exception is returned, not raised: the entry is applied either way, and the
+        changes it made before raising stay, exactly as they will on every replay.
+        """
+        try:
+            return tx.execute(self.root, Context(index, timestamp_us)), None
+        except Exception as exc:
+            return None, exc
+        finally:
+            self.applied_index = index
+            if timestamp_us > self.timestamp_us:
+                self.timestamp_us = timestamp_us
+
+    def apply_entry(self, entry: Entry, codec: Codec = CODEC) -> tuple[Any, Exception | None]:
+        if entry.kind != _COMMAND:  # a Raft no-op or membership change: nothing for the root
+            self.applied_index = entry.index
+            return None, None
+        timestamp_us, tx = decode_command(entry.data, codec)
+        return self.apply_command(entry.index, timestamp_us, tx)
+
+    def capture(self, term: int = 0) -> tuple[SnapshotMeta, bytes]:
+        """Serialize the root under the read lock: writers wait only for this."""
+        self.lock.acquire_read()
+        try:
+            body, serializer = serialize(self.root)
+            return SnapshotMeta(self.applied_index, term, self.timestamp_us, serializer), body
+        finally:
+            self.lock.release_read()
