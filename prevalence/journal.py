@@ -23,12 +23,34 @@ from typing import Iterable, Iterator
 from . import _platform
 from .entry import Entry
 from .errors import ClosedError, EngineHaltedError, JournalCorruptError, PrevalenceError
-from .segment import SEGMENT_HEADER, frame, parse_records, parse_segment_name, scan, segment_header, segment_name
+from .segment import SEGMENT_HEADER, ScanResult, frame, parse_records, parse_segment_name, scan, segment_header, segment_name
 
 log = logging.getLogger("prevalence.journal")
 
 FSYNC_POLICIES = ("always", "batch", "never")
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
+
+
+def scan_directory(directory: str) -> Iterator[tuple[str, ScanResult]]:
+    """Validate the segments of ``directory`` oldest first (see segment.scan).
+
+    Raises JournalCorruptError at the first damage that is not a torn tail of the newest
+    segment, or at a gap between segments.
+    """
+    if not os.path.isdir(directory):
+        return
+    firsts = sorted(f for f in map(parse_segment_name, os.listdir(directory)) if f is not None)
+    expected: int | None = None
+    for n, first in enumerate(firsts):
+        path = os.path.join(directory, segment_name(first))
+        with open(path, "rb") as f:
+            buf = f.read()
+        res = scan(path, buf, first if expected is None else expected, last=n == len(firsts) - 1)
+        yield path, res
+        if res.offsets:
+            expected = res.last_index + 1
+        elif expected is None:
+            expected = first
 
 
 class _Segment:
@@ -103,35 +125,24 @@ class Journal:
 
     # -- recovery ---------------------------------------------------------------------
     def _recover(self) -> None:
-        if not os.path.isdir(self.directory):
-            return
-        firsts = sorted(f for f in map(parse_segment_name, os.listdir(self.directory)) if f is not None)
-        expected: int | None = None
-        for n, first in enumerate(firsts):
-            path = os.path.join(self.directory, segment_name(first))
-            with open(path, "rb") as f:
-                buf = f.read()
-            is_last = n == len(firsts) - 1
-            res = scan(path, buf, expected if expected is not None else first, last=is_last)
+        for path, res in scan_directory(self.directory):
             if res.torn is not None:
-                self._cut_tail(path, res.valid_bytes, res.file_bytes, res.torn, first)
+                self._cut_tail(path, res.valid_bytes, res.file_bytes, res.torn)
                 if res.valid_bytes < SEGMENT_HEADER.size or not res.offsets:
                     if not self.read_only:
                         os.remove(path)
                         _platform.fsync_dir(self.directory)
                     continue
-            seg = _Segment(first, path, res.offsets, res.valid_bytes)
-            self._segments.append(seg)
+            self._segments.append(_Segment(res.first_index, path, res.offsets, res.valid_bytes))
             for start, term in res.terms:
                 self._note_term(start, term)
-            expected = seg.last + 1
         if self._segments and not self.read_only:
             tail = self._segments[-1]
             tail.wfd = os.open(tail.path, os.O_WRONLY | _platform.O_BINARY)
             os.lseek(tail.wfd, 0, os.SEEK_END)
             self._writer = tail
 
-    def _cut_tail(self, path: str, valid: int, size: int, why: str, first: int) -> None:
+    def _cut_tail(self, path: str, valid: int, size: int, why: str) -> None:
         msg = f"{path}: cut off a torn tail at byte offset {valid} ({size - valid} bytes): {why}"
         self.warnings.append(msg)
         if self.read_only:

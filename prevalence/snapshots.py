@@ -47,7 +47,11 @@ class SnapshotMeta:
 def serialize(root: Any) -> tuple[bytes, str]:
     """The root as bytes, and which serializer made them."""
     try:
-        return pickle.dumps(root, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
+        data = pickle.dumps(root, protocol=pickle.HIGHEST_PROTOCOL)
+        # Classes of a script run as __main__ are pickled by reference and could not be
+        # found by another program (or `prevalence state`); dill stores them by value.
+        if b"__main__" not in data:
+            return data, "pickle"
     except Exception as exc:  # pickle refuses lambdas, closures, some locals...
         log.debug("pickle could not serialize the root (%s); using dill", exc)
     try:

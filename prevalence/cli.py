@@ -1,0 +1,130 @@
+"""The ``prevalence`` command: offline tools for a data directory (more come with the cluster)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from . import tools
+from .errors import PrevalenceError
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, (bytes, bytearray)):
+        return obj.hex()
+    return repr(obj)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    r = tools.verify(args.path)
+    if args.json:
+        print(json.dumps({**r.__dict__, "ok": r.ok}, indent=2, default=_json_default))
+        return 0 if r.ok else 1
+    print(f"journal {r.journal}: {len(r.segments)} segment(s), entries {r.first_index}..{r.last_index}")
+    for t in r.torn:
+        print(f"  warning: torn tail {t}")
+    for s in r.snapshots:
+        print(f"  snapshot {s['index']}: " + ("ok" if s["ok"] else f"DAMAGED: {s['error']}"))
+    if r.error:
+        print(f"DAMAGED: {r.error}")
+        print("  (`prevalence journal repair` cuts the journal there, after a backup copy)")
+    print("ok" if r.ok else "damage found")
+    return 0 if r.ok else 1
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    for row in tools.dump(args.path, args.start, args.stop):
+        if args.json:
+            print(json.dumps(row, default=_json_default, sort_keys=True))
+        else:
+            fields = json.dumps(row["fields"], default=_json_default, sort_keys=True)
+            print(f"{row['index']}\t{row['time'] or '-'}\t{row['type']}\t{fields}")
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    r = tools.repair(args.path)
+    if r.damaged is None:
+        print(f"nothing to repair: the journal is sound up to index {r.kept_last_index}")
+        return 0
+    print(f"damage: {r.damaged}")
+    print(f"backup copy: {r.backup}")
+    if r.cut:
+        print(f"cut {r.cut}")
+    for f in r.removed_files:
+        print(f"removed {f}")
+    print(f"the journal now ends at index {r.kept_last_index}")
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    import os
+
+    from . import state_at
+    from .factory import load_object
+
+    if os.getcwd() not in sys.path:  # find the application's modules as `python -m` would
+        sys.path.insert(0, os.getcwd())
+
+    for module in args.imports or ():
+        load_object(module + ":__name__")
+    factory = load_object(args.root)
+    with state_at(args.path, factory, args.at) as view:
+        picture = view.query(_Describe())
+        print(json.dumps({"index": view.last_index, "root": picture}, indent=None if args.json else 2, default=_json_default))
+    return 0
+
+
+class _Describe:
+    """A query the engine runs like any other (not registered: it never travels)."""
+
+    def run(self, root: object) -> object:
+        return tools.describe(root)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prevalence", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    journal = sub.add_parser("journal", help="inspect or repair a journal").add_subparsers(dest="action", required=True)
+    v = journal.add_parser("verify", help="check every checksum and the index sequence; exit 1 on damage")
+    v.add_argument("path", help="data directory (or its journal/ directory)")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+    d = journal.add_parser("dump", help="one entry per line: index, time, type, fields")
+    d.add_argument("path")
+    d.add_argument("--from", dest="start", type=int, default=None, metavar="N")
+    d.add_argument("--to", dest="stop", type=int, default=None, metavar="M")
+    d.add_argument("--json", action="store_true", help="JSON lines")
+    d.set_defaults(func=cmd_dump)
+    r = journal.add_parser("repair", help="cut the journal at its first damage, after a backup copy")
+    r.add_argument("path")
+    r.set_defaults(func=cmd_repair)
+
+    s = sub.add_parser("state", help="print the state as of an index (read-only)")
+    s.add_argument("path", help="data directory")
+    s.add_argument("--root", required=True, metavar="MODULE:FACTORY", help="the root factory (its module defines the transactions)")
+    s.add_argument("--at", type=int, default=None, metavar="N", help="index (default: the newest)")
+    s.add_argument("--import", dest="imports", action="append", metavar="MODULE", help="also import MODULE (more transaction classes)")
+    s.add_argument("--json", action="store_true", help="one line of JSON")
+    s.set_defaults(func=cmd_state)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except PrevalenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `prevalence journal dump ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Offline tools on a data directory: verify, dump, repair, and the state as of an index.
+
+All of them read without modifying, except ``repair``, which copies the journal aside
+before it cuts anything.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+
+from . import _platform
+from .entry import EntryKind
+from .errors import CodecError, JournalCorruptError, PrevalenceError, SnapshotError
+from .journal import Journal, scan_directory
+from .segment import SEGMENT_HEADER
+from .snapshots import SnapshotStore
+from .state import describe_command
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def journal_dir(path: str) -> str:
+    """Accept either a data directory (holding ``journal/``) or the journal directory."""
+    sub = os.path.join(path, "journal")
+    if os.path.isdir(sub):
+        return sub
+    if os.path.isdir(path):
+        return path
+    raise PrevalenceError(f"{path} is not a directory")
+
+
+def data_dir(path: str) -> str:
+    path = os.path.abspath(path)
+    return os.path.dirname(path) if os.path.basename(path) == "journal" else path
+
+
+@dataclass
+class VerifyReport:
+    journal: str
+    segments: list[dict] = field(default_factory=list)
+    first_index: int = 0
+    last_index: int = 0
+    torn: list[str] = field(default_factory=list)
+    error: str | None = None
+    snapshots: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(s["ok"] for s in self.snapshots)
+
+
+def verify(path: str) -> VerifyReport:
+    jdir = journal_dir(path)
+    report = VerifyReport(jdir)
+    try:
+        for seg_path, res in scan_directory(jdir):
+            report.segments.append(
+                {"file": seg_path, "first": res.first_index, "last": res.last_index, "bytes": res.file_bytes}
+            )
+            if res.torn:
+                report.torn.append(f"{seg_path} at byte offset {res.valid_bytes}: {res.torn} (cut off at the next open)")
+    except JournalCorruptError as exc:
+        report.error = str(exc)
+    with_entries = [s for s in report.segments if s["last"] >= s["first"]]
+    if with_entries:
+        report.first_index, report.last_index = with_entries[0]["first"], with_entries[-1]["last"]
+    store = SnapshotStore(os.path.join(data_dir(path), "snapshots"), read_only=True)
+    for index in store.indexes():
+        try:
+            meta, _body = store.read(index)
+            report.snapshots.append({"index": index, "file": meta.path, "ok": True, "serializer": meta.serializer})
+        except SnapshotError as exc:
+            report.snapshots.append({"index": index, "file": store.path_of(index), "ok": False, "error": str(exc)})
+    return report
+
+
+def iso(timestamp_us: int) -> str:
+    return (_EPOCH + timedelta(microseconds=timestamp_us)).isoformat()
+
+
+def dump(path: str, start: int | None = None, stop: int | None = None) -> Iterator[dict]:
+    """Entries as plain dicts (index, term, time, type, version, fields); no app code needed."""
+    with Journal(journal_dir(path), read_only=True) as j:
+        lo = j.first_index if start is None else max(start, j.first_index)
+        hi = j.last_index if stop is None else min(stop, j.last_index)
+        for e in j.iter_entries(lo, hi + 1):
+            row: dict[str, Any] = {"index": e.index, "term": e.term}
+            if e.kind == EntryKind.COMMAND:
+                try:
+                    d = describe_command(e.data)
+                    row.update(time=iso(d["timestamp_us"]), type=d["type"], version=d["version"], fields=d["fields"])
+                except CodecError as exc:
+                    row.update(time=None, type="<undecodable>", version=None, fields={"error": str(exc)})
+            else:
+                kind = EntryKind(e.kind).name.lower() if e.kind in EntryKind._value2member_map_ else str(e.kind)
+                row.update(time=None, type=f"<{kind}>", version=None, fields={"bytes": len(e.data)})
+            yield row
+
+
+@dataclass
+class RepairResult:
+    damaged: str | None  # the error that was repaired, None when the journal was sound
+    backup: str | None = None
+    kept_last_index: int = 0
+    removed_files: list[str] = field(default_factory=list)
+    cut: str | None = None
+
+
+def repair(path: str) -> RepairResult:
+    """Cut the journal at its first damage, after copying it to ``journal.backup-<time>``."""
+    jdir = journal_dir(path)
+    lock = _platform.DirectoryLock(data_dir(path))
+    lock.acquire()
+    try:
+        kept = 0
+        try:
+            for _p, res in scan_directory(jdir):
+                kept = res.last_index if res.offsets else kept
+            j = Journal(jdir)  # a torn tail alone: opening cuts it off as usual
+            kept = j.last_index
+            j.close()
+            return RepairResult(damaged=None, kept_last_index=kept)
+        except JournalCorruptError as exc:
+            damage = exc
+        backup = f"{jdir}.backup-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.copytree(jdir, backup)
+        result = RepairResult(damaged=str(damage), backup=backup, kept_last_index=kept)
+        names = sorted(n for n in os.listdir(jdir) if n.endswith(".log"))
+        bad = os.path.basename(damage.path)
+        for name in names:
+            full = os.path.join(jdir, name)
+            if name < bad:
+                continue
+            if name == bad and damage.offset >= SEGMENT_HEADER.size:
+                with open(full, "r+b") as f:
+                    f.truncate(damage.offset)
+                    f.flush()
+                    os.fsync(f.fileno())
+                result.cut = f"{full} at byte offset {damage.offset}"
+            else:
+                os.remove(full)
+                result.removed_files.append(full)
+        _platform.fsync_dir(jdir)
+        with Journal(jdir) as j:
+            result.kept_last_index = j.last_index
+        return result
+    finally:
+        lock.release()
+
+
+def describe(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
+    """A plain-data picture of an object graph for printing (cycles and depth bounded)."""
+    seen = set() if seen is None else seen
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, bytes):
+        return obj.hex()
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if id(obj) in seen or depth > 12:
+        return f"<{type(obj).__name__} ...>"
+    seen = seen | {id(obj)}
+    if isinstance(obj, dict):
+        return {str(k): describe(v, depth + 1, seen) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+        return [describe(v, depth + 1, seen) for v in items]
+    attrs = getattr(obj, "__dict__", None)
+    if attrs is None and hasattr(obj, "__slots__"):
+        attrs = {s: getattr(obj, s) for s in obj.__slots__ if hasattr(obj, s)}
+    if attrs is not None:
+        return {"__type__": type(obj).__qualname__, **{k: describe(v, depth + 1, seen) for k, v in attrs.items()}}
+    return repr(obj)
