@@ -108,6 +108,7 @@ class Journal:
         self._pending: list[tuple[_Segment, bytearray]] = []
         self._writer: _Segment | None = None
         self._flushing = False
+        self._waiters = 0  # threads sleeping until a flush completes
         self._failed: BaseException | None = None
         self._closed = False
         self.warnings: list[str] = []
@@ -254,7 +255,9 @@ class Journal:
                     return
                 if not self._flushing:
                     break
+                self._waiters += 1
                 self._cond.wait()
+                self._waiters -= 1
             self._flushing = True
             chunks, self._pending = self._pending, []
             target = self._next_index - 1
@@ -273,7 +276,8 @@ class Journal:
             if do_sync:
                 self._synced = max(self._synced, target)
             self._flushing = False
-            self._cond.notify_all()
+            if self._waiters:
+                self._cond.notify_all()
 
     def _write(self, chunks: list[tuple[_Segment, bytearray]], do_sync: bool) -> None:
         """Write buffered chunks in order; called only by the thread holding the flush token."""
@@ -313,7 +317,9 @@ class Journal:
         with self._cond:
             self._check_usable()
             while self._flushing:
+                self._waiters += 1
                 self._cond.wait()
+                self._waiters -= 1
             self._flushing = True
             chunks, self._pending = self._pending, []
             return chunks

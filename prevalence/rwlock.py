@@ -1,7 +1,9 @@
 """A readers-writer lock: queries run together, transactions alone.
 
-Writer-preferring, so a stream of queries cannot starve transactions. Plain acquire and
-release methods, because the engine takes it once per transaction on its hot path.
+Writers queue on a plain lock, which new readers also pass through (a turnstile): a
+waiting writer therefore holds back new queries and cannot be starved, and writers
+waiting for each other block in C rather than in a Python condition loop. Plain acquire
+and release methods, because the engine takes it once per transaction on its hot path.
 """
 from __future__ import annotations
 
@@ -12,38 +14,31 @@ from typing import Iterator
 
 class RWLock:
     def __init__(self) -> None:
+        self._turnstile = threading.Lock()  # held by the writer, crossed by readers
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
 
     def acquire_read(self) -> None:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
+        with self._turnstile:
+            with self._cond:
+                self._readers += 1
 
     def release_read(self) -> None:
         with self._cond:
             self._readers -= 1
-            if not self._readers and self._writers_waiting:
+            if not self._readers:
                 self._cond.notify_all()
 
     def acquire_write(self) -> None:
-        with self._cond:
-            if not (self._writer or self._readers):
-                self._writer = True
-                return
-            self._writers_waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writer = True
+        self._turnstile.acquire()
+        # No new reader can enter now; wait for those already inside to leave.
+        if self._readers:
+            with self._cond:
+                while self._readers:
+                    self._cond.wait()
 
     def release_write(self) -> None:
-        with self._cond:
-            self._writer = False
-            self._cond.notify_all()
+        self._turnstile.release()
 
     @contextmanager
     def read(self) -> Iterator[None]:
