@@ -5,6 +5,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 from . import _platform
@@ -86,6 +87,8 @@ class Engine:
         except BaseException:
             self._release()
             raise
+        self._queue: deque[_Request] = deque()
+        self._queue_lock = threading.Lock()
         self._snapshot_lock = threading.Lock()
         self._snapshot_thread: threading.Thread | None = None
         self._since_entries = 0
@@ -94,35 +97,77 @@ class Engine:
 
     # -- the API --------------------------------------------------------------------
     def execute(self, tx: Any) -> Any:
-        """Journal ``tx``, apply it, and return its result once the entry is durable."""
+        """Journal ``tx``, apply it, and return its result once the entry is durable.
+
+        Concurrent callers are combined: they queue, and the thread at the head of the
+        queue applies the whole queue in order under one lock hold, waits for one
+        write and fsync for all of it, then wakes each caller with its own outcome and
+        hands the head to the next waiting caller. Each caller is woken once, and a lone
+        caller is never woken at all.
+        """
         plain = CODEC.to_plain(tx)  # a class that is not a journalable type fails here
         if self.read_only:
             raise PrevalenceError(f"{self.path} is open read-only: execute is not allowed")
+        req = _Request(tx, plain)
+        with self._queue_lock:
+            self._queue.append(req)
+            lead = len(self._queue) == 1
+        if not lead:
+            req.wake.acquire()  # released when served, or when made the head
+            if req.done:
+                return req.outcome()
+        with self._queue_lock:
+            batch = list(self._queue)
+        try:
+            self._apply_batch(batch)
+        except BaseException as exc:
+            for r in batch:  # not durable, or not applied: the batch's error is the outcome
+                if not r.rejected:
+                    r.exc = exc
+        finally:
+            with self._queue_lock:
+                for _ in batch:
+                    self._queue.popleft()
+                head = self._queue[0] if self._queue else None
+            for r in batch:
+                r.done = True
+                if r is not req:
+                    r.wake.release()
+            if head is not None:
+                head.wake.release()  # not done: it leads the next batch
+        if self._snapshot_due():
+            self._start_auto_snapshot()
+        return req.outcome()
+
+    def _apply_batch(self, batch: list["_Request"]) -> None:
         sm = self._sm
         journal = self._journal
+        last = 0
         sm.lock.acquire_write()
         try:
             if self._closed:
                 raise ClosedError(f"engine {self.path} is closed")
-            tx.check(sm.root)  # rejecting here journals nothing
-            index = journal.last_index + 1
-            ts = self._clock()
-            if ts < sm.timestamp_us:
-                ts = sm.timestamp_us  # the wall clock stepped back; ``now`` does not
-            data = encode_command(ts, plain)
-            journal.append(index, 0, _COMMAND, data)
-            result, exc = sm.apply_command(index, ts, tx)
-            self._since_entries += 1
-            self._since_bytes += len(data)
-            due = self._snapshot_due()
+            root = sm.root
+            for r in batch:
+                try:
+                    r.tx.check(root)  # rejecting here journals nothing
+                except Exception as exc:
+                    r.exc, r.rejected = exc, True
+                    continue
+                index = journal.last_index + 1
+                ts = self._clock()
+                if ts < sm.timestamp_us:
+                    ts = sm.timestamp_us  # the wall clock stepped back; ``now`` does not
+                data = encode_command(ts, r.plain)
+                journal.append(index, 0, _COMMAND, data)
+                r.result, r.exc = sm.apply_command(index, ts, r.tx)
+                self._since_entries += 1
+                self._since_bytes += len(data)
+                last = index
         finally:
             sm.lock.release_write()
-        journal.wait(index)
-        if due:
-            self._start_auto_snapshot()
-        if exc is not None:
-            raise exc
-        return result
+        if last:
+            journal.wait(last)
 
     def query(self, query: Any) -> Any:
         """Run ``query.run(root)`` alongside other queries, never during a transaction."""
@@ -224,6 +269,27 @@ class Engine:
             log.error("automatic snapshot failed: %r", exc)
         finally:
             self._snapshot_thread = None
+
+
+class _Request:
+    """One caller's transaction on its way through a combined batch."""
+
+    __slots__ = ("tx", "plain", "result", "exc", "rejected", "done", "wake")
+
+    def __init__(self, tx: Any, plain: list):
+        self.tx = tx
+        self.plain = plain
+        self.result: Any = None
+        self.exc: BaseException | None = None
+        self.rejected = False  # by check(): nothing journaled
+        self.done = False
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+    def outcome(self) -> Any:
+        if self.exc is not None:
+            raise self.exc
+        return self.result
 
 
 def open_engine(path: str, root_factory: Callable[[], Any], **options: Any) -> Engine:

@@ -212,3 +212,55 @@ def test_query_runs_alongside_queries_but_never_inside_a_transaction(tmp_path):
         t.join()
         q.join()
         assert seen == [1]
+
+
+def test_concurrent_batches_keep_each_callers_own_outcome(tmp_path):
+    """Rejections, failures and results all reach the right caller when calls are combined."""
+    outcomes: dict[tuple[int, int], object] = {}
+
+    def caller(t: int) -> None:
+        for i in range(40):
+            kind = (t + i) % 3
+            tx = Add(f"t{t}", 1) if kind == 0 else Add(f"t{t}", -1000) if kind == 1 else HalfThenFail(f"h{t}")
+            try:
+                outcomes[(t, i)] = db.execute(tx)
+            except (Rejected, Boom) as exc:
+                outcomes[(t, i)] = type(exc)
+
+    with prevalence.open(tmp_path, Store) as db:
+        threads = [threading.Thread(target=caller, args=(t,)) for t in range(16)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        live = db.query(Snapshot())
+        last = db.last_index
+    for (t, i), got in outcomes.items():
+        kind = (t + i) % 3
+        expected_type = int if kind == 0 else Rejected if kind == 1 else Boom
+        assert got is expected_type or isinstance(got, expected_type), (t, i, got)
+    adds = [[v for (tt, i), v in sorted(outcomes.items()) if tt == t and isinstance(v, int)] for t in range(16)]
+    assert all(a == list(range(1, len(a) + 1)) for a in adds)  # each caller got its own running total
+    assert last == sum(1 for (t, i) in outcomes if (t + i) % 3 != 1)  # rejected ones journaled nothing
+    with prevalence.open(tmp_path, Store) as db:
+        assert db.query(Snapshot()) == live
+
+
+def test_disk_failure_halts_the_engine_and_loses_nothing_acknowledged(tmp_path, monkeypatch):
+    import os
+
+    db = prevalence.open(tmp_path, Store)
+    db.execute(Put("a", 1))
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+    with pytest.raises(prevalence.EngineHaltedError, match="Input/output error"):
+        db.execute(Put("a", 2))
+    monkeypatch.setattr(os, "write", real_write)
+    with pytest.raises(prevalence.EngineHaltedError, match="reopen"):
+        db.execute(Put("a", 3))
+    with pytest.raises(prevalence.EngineHaltedError):
+        db.query(Get("a"))  # it would show the unacknowledged 2
+    db.close()
+    with prevalence.open(tmp_path, Store) as db:
+        assert db.query(Get("a")) == 1
+        assert db.execute(Put("a", 4)) == 4
