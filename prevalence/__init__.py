@@ -32,19 +32,8 @@ __all__ = [
 ]
 
 
-def open(  # noqa: A001 - the public name DESIGN.md fixes
-    path: str,
-    root_factory: Callable[[], Any],
-    *,
-    fsync: str = "always",
-    snapshot_every: int | None = None,
-    snapshot_bytes: int | None = None,
-    keep_snapshots: int = 2,
-    read_only: bool = False,
-    at_index: int | None = None,
-    **tuning: Any,
-) -> Engine:
-    """Create or recover the engine kept in directory ``path``.
+def open(path: str, root_factory: Callable[[], Any], **options: Any) -> Engine:  # noqa: A001 - DESIGN.md's name
+    """Create or recover the engine kept in directory ``path``; options as :class:`Engine`.
 
     ``fsync``: "always" (execute returns once the entry is on disk), "batch" (once the
     operating system has it; fsync every few ms) or "never" (left to the OS).
@@ -53,10 +42,7 @@ def open(  # noqa: A001 - the public name DESIGN.md fixes
     journal segments only they needed, are removed). ``read_only`` with ``at_index``: the
     state as of that index, for inspection; nothing on disk is touched.
     """
-    return Engine(
-        path, root_factory, fsync=fsync, snapshot_every=snapshot_every, snapshot_bytes=snapshot_bytes,
-        keep_snapshots=keep_snapshots, read_only=read_only, at_index=at_index, **tuning,
-    )
+    return Engine(path, root_factory, **options)
 
 
 def state_at(path: str, root_factory: Callable[[], Any], index: int | None = None) -> Engine:

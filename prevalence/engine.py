@@ -290,8 +290,3 @@ class _Request:
         if self.exc is not None:
             raise self.exc
         return self.result
-
-
-def open_engine(path: str, root_factory: Callable[[], Any], **options: Any) -> Engine:
-    """Create or recover the engine stored in directory ``path``."""
-    return Engine(path, root_factory, **options)
