@@ -146,11 +146,32 @@ class SnapshotStore:
 
     def write(self, meta: SnapshotMeta, body: bytes) -> SnapshotMeta:
         """Durably store a snapshot, then prune the oldest beyond ``keep``."""
+        parts = encode_file(meta, body)
+        meta.path, meta.size = self._install(meta.index, parts), sum(map(len, parts))
+        return meta
+
+    def write_encoded(self, data: bytes) -> SnapshotMeta:
+        """Store a whole snapshot file received from elsewhere (a Raft leader), validated first."""
+        meta, _body = decode_file("received snapshot", data)
+        meta.path, meta.size = self._install(meta.index, [data]), len(data)
+        return meta
+
+    def read_encoded(self, index: int) -> bytes:
+        """The whole file, validated, as it would be sent to a peer."""
+        path = self.path_of(index)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise SnapshotError(f"{path}: cannot read: {exc}") from exc
+        decode_file(path, data)
+        return data
+
+    def _install(self, index: int, parts: list[bytes]) -> str:
         if self.read_only:
             raise SnapshotError(f"{self.directory} was opened read-only")
-        final = self.path_of(meta.index)
+        final = self.path_of(index)
         tmp = final + ".tmp"
-        parts = encode_file(meta, body)
         try:
             with open(tmp, "wb") as f:
                 for p in parts:
@@ -161,9 +182,8 @@ class SnapshotStore:
             _platform.fsync_dir(self.directory)
         except OSError as exc:
             raise SnapshotError(f"cannot write snapshot {final}: {exc}") from exc
-        meta.path, meta.size = final, sum(map(len, parts))
         self.prune()
-        return meta
+        return final
 
     def prune(self) -> None:
         for index in self.indexes()[self.keep :]:

@@ -142,3 +142,17 @@ def test_leftover_temporary_snapshot_is_ignored_and_removed(tmp_path):
     with prevalence.open(tmp_path, Store) as db:
         assert db.query(Snapshot()) == live
     assert not tmp.exists()
+
+
+def test_snapshot_file_travels_whole_and_damage_is_refused(tmp_path):
+    from prevalence.snapshots import SnapshotStore
+
+    _fill(tmp_path / "a", 30, every=30)
+    src = SnapshotStore(tmp_path / "a" / "snapshots")
+    data = src.read_encoded(30)
+    dst = SnapshotStore(tmp_path / "b" / "snapshots")
+    with pytest.raises(prevalence.SnapshotError, match="checksum mismatch"):
+        dst.write_encoded(data[:-10] + bytes(10))
+    assert dst.indexes() == []
+    meta = dst.write_encoded(data)
+    assert meta.index == 30 and dst.load(30)[1].values == {"n": 30}
