@@ -20,11 +20,14 @@ def recover(
     *,
     upto: int | None = None,
     codec: Codec = CODEC,
+    check: bool = False,
 ) -> tuple[StateMachine, list[str]]:
     """The state as of ``upto`` (default: the end of the journal), and warnings on the way.
 
     A damaged snapshot is skipped for an older one plus more journal. When no snapshot and
     no journal prefix can rebuild the state, the error says which files were tried.
+    ``check``: run each transaction's ``check`` before it (a replicated log, where
+    entries are checked when applied rather than before they are journaled).
     """
     warnings: list[str] = []
     first, last = journal.first_index, journal.last_index
@@ -69,7 +72,7 @@ def recover(
             apply = sm.apply_entry
             for entry in journal.iter_entries(start, target + 1):
                 try:
-                    _result, exc = apply(entry, codec)
+                    _result, exc = apply(entry, codec, check=check)
                 except CodecError as err:
                     raise CodecError(f"cannot replay journal entry {entry.index}: {err}") from None
                 if exc is not None:

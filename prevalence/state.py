@@ -58,20 +58,32 @@ class StateMachine:
         Its exception is returned, not raised: the entry is applied either way, and the
         changes it made before raising stay, exactly as they will on every replay.
         """
+        if timestamp_us < self.timestamp_us:
+            # A new Raft leader whose clock is behind the old one's stamps: ``now`` still
+            # never decreases, and the clamp depends only on the log, so replay agrees.
+            timestamp_us = self.timestamp_us
         try:
             return tx.execute(self.root, Context(index, timestamp_us)), None
         except Exception as exc:
             return None, exc
         finally:
             self.applied_index = index
-            if timestamp_us > self.timestamp_us:
-                self.timestamp_us = timestamp_us
+            self.timestamp_us = timestamp_us
 
-    def apply_entry(self, entry: Entry, codec: Codec = CODEC) -> tuple[Any, Exception | None]:
+    def apply_entry(self, entry: Entry, codec: Codec = CODEC, *, check: bool = False) -> tuple[Any, Exception | None]:
+        """Apply a journaled entry. ``check=True`` runs the transaction's ``check`` first:
+        a replicated log holds entries checked only when applied, since the proposer's
+        view may have been stale; a rejection applies as nothing, on every replica alike."""
         if entry.kind != _COMMAND:  # a Raft no-op or membership change: nothing for the root
             self.applied_index = entry.index
             return None, None
         timestamp_us, tx = decode_command(entry.data, codec)
+        if check:
+            try:
+                tx.check(self.root)
+            except Exception as exc:
+                self.applied_index = entry.index
+                return None, exc
         return self.apply_command(entry.index, timestamp_us, tx)
 
     def capture(self, term: int = 0) -> tuple[SnapshotMeta, bytes]:

@@ -264,3 +264,24 @@ def test_disk_failure_halts_the_engine_and_loses_nothing_acknowledged(tmp_path, 
     with prevalence.open(tmp_path, Store) as db:
         assert db.query(Get("a")) == 1
         assert db.execute(Put("a", 4)) == 4
+
+
+def test_replicated_apply_checks_and_clamps_time_deterministically():
+    """Entries checked only when applied (the Raft path) and stamped by leaders with clocks apart."""
+    from prevalence.codec import CODEC
+    from prevalence.state import StateMachine, encode_command
+
+    def entry(index, ts, tx):
+        return prevalence.Entry(index, 1, prevalence.EntryKind.COMMAND, encode_command(ts, CODEC.to_plain(tx)))
+
+    log = [entry(1, 2_000, Stamp("a")), entry(2, 1_000, Stamp("b")), entry(3, 3_000, Add("k", -5)), entry(4, 3_000, Add("k", 2))]
+    runs = []
+    for _ in range(2):
+        sm = StateMachine(Store())
+        outcomes = [sm.apply_entry(e, check=True) for e in log]
+        runs.append((sm.root.state(), sm.applied_index))
+    assert runs[0] == runs[1]
+    (values, stamps), applied = runs[0]
+    assert applied == 4 and values == {"k": 2}
+    assert isinstance(outcomes[2][1], Rejected)  # rejected on apply: nothing changed
+    assert stamps[0][2] == stamps[1][2]  # the second leader's earlier clock was clamped
