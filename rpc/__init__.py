@@ -1,0 +1,21 @@
+"""RPyC networking: cluster secret, authentication, the peer transport between nodes."""
+from .auth import AuthenticationFailed, ConnectFailed, Identity, ServerAuthenticator, client_handshake
+from .secret import SecretError, generate_secret_file, load_secret
+from .transport import PeerServer, PeerTransport, TransportError, open_connection
+from .wire import HandshakeError
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConnectFailed",
+    "HandshakeError",
+    "Identity",
+    "PeerServer",
+    "PeerTransport",
+    "SecretError",
+    "ServerAuthenticator",
+    "TransportError",
+    "client_handshake",
+    "generate_secret_file",
+    "load_secret",
+    "open_connection",
+]

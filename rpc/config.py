@@ -1,0 +1,188 @@
+"""A node's TOML configuration, checked field by field with messages naming the field.
+
+    id = "n1"
+    listen = "127.0.0.1:7101"
+    data = "data/n1"                      # relative paths are relative to this file
+    root = "myapp.model:Bank"             # MODULE:FACTORY of the root object
+    secret_file = "cluster.secret"
+    fsync = "always"                      # always | batch | never
+    imports = ["myapp.commands"]          # optional: more modules defining transactions
+
+    [peers]                               # every voter at start, this node included
+    n1 = "127.0.0.1:7101"
+    n2 = "127.0.0.1:7102"
+
+    [timeouts]                            # optional
+    tick = 0.02                           # seconds per Raft tick
+    election_ticks = 10                   # election timeout: 10..20 ticks
+    heartbeat_ticks = 1
+
+    [snapshots]                           # optional
+    every = 10000                         # entries between automatic snapshots (0: never)
+    keep = 2
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from prevalence.errors import PrevalenceError
+
+FSYNC = ("always", "batch", "never")
+
+
+class ConfigError(PrevalenceError):
+    """The configuration file is missing, malformed, or has a wrong field."""
+
+
+@dataclass
+class NodeConfig:
+    path: str
+    id: str
+    listen: tuple[str, int]
+    data: str
+    root: str
+    secret_file: str
+    peers: dict[str, tuple[str, int]]
+    fsync: str = "always"
+    imports: list[str] = field(default_factory=list)
+    tick: float = 0.02
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_every: int = 10_000
+    keep_snapshots: int = 2
+
+
+def parse_address(text: Any, where: str) -> tuple[str, int]:
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(f"{where}: expected \"HOST:PORT\", got {text!r}")
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: expected \"HOST:PORT\" with a port from 1 to 65535, got {text!r}")
+    return host, int(port)
+
+
+def format_address(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Table:
+    def __init__(self, data: dict, path: str, prefix: str = ""):
+        self.data, self.path, self.prefix = data, path, prefix
+        self.seen: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self.path}: field '{self.prefix}{key}'"
+
+    def get(self, key: str, kind: type | tuple, default: Any = ..., *, check=None, hint: str = "") -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise ConfigError(f"{self.where(key)} is missing{hint}")
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(f"{self.where(key)} must be {names}, got {value!r}")
+        if check is not None:
+            problem = check(value)
+            if problem:
+                raise ConfigError(f"{self.where(key)} {problem}, got {value!r}")
+        return value
+
+    def table(self, key: str) -> "_Table":
+        value = self.get(key, dict, {})
+        return _Table(value, self.path, f"{self.prefix}{key}.")
+
+    def no_extras(self) -> None:
+        extra = sorted(set(self.data) - self.seen)
+        if extra:
+            raise ConfigError(f"{self.path}: unknown field(s) {', '.join(self.prefix + e for e in extra)}")
+
+
+def load_config(path: str) -> NodeConfig:
+    path = os.path.abspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    base = os.path.dirname(path)
+    t = _Table(data, path)
+
+    def rel(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+
+    positive = lambda v: None if v > 0 else "must be positive"  # noqa: E731
+    node_id = t.get("id", str, check=lambda v: None if v and len(v) <= 64 and v.isprintable() else "must be a short printable name")
+    listen = parse_address(t.get("listen", str), t.where("listen"))
+    cfg = NodeConfig(
+        path=path,
+        id=node_id,
+        listen=listen,
+        data=rel(t.get("data", str)),
+        root=t.get("root", str, check=lambda v: None if ":" in v else "must be MODULE:FACTORY"),
+        secret_file=rel(t.get("secret_file", str)),
+        peers={},
+        fsync=t.get("fsync", str, "always", check=lambda v: None if v in FSYNC else f"must be one of {', '.join(FSYNC)}"),
+        imports=t.get("imports", list, []),
+    )
+    if not all(isinstance(m, str) for m in cfg.imports):
+        raise ConfigError(f"{t.where('imports')} must be a list of module names")
+    peers = t.table("peers")
+    for pid in list(peers.data):
+        cfg.peers[pid] = parse_address(peers.get(pid, str), peers.where(pid))
+    if node_id not in cfg.peers:
+        raise ConfigError(f"{t.where('peers')} must list this node ({node_id!r}) with its address")
+    times = t.table("timeouts")
+    cfg.tick = float(times.get("tick", (int, float), cfg.tick, check=positive))
+    cfg.election_ticks = times.get("election_ticks", int, cfg.election_ticks, check=lambda v: None if v >= 3 else "must be at least 3")
+    cfg.heartbeat_ticks = times.get("heartbeat_ticks", int, cfg.heartbeat_ticks, check=positive)
+    if cfg.heartbeat_ticks >= cfg.election_ticks:
+        raise ConfigError(f"{times.where('heartbeat_ticks')} must be smaller than election_ticks")
+    times.no_extras()
+    snaps = t.table("snapshots")
+    cfg.snapshot_every = snaps.get("every", int, cfg.snapshot_every, check=lambda v: None if v >= 0 else "must be >= 0")
+    cfg.keep_snapshots = snaps.get("keep", int, cfg.keep_snapshots, check=positive)
+    snaps.no_extras()
+    t.no_extras()
+    return cfg
+
+
+def render_config(cfg: NodeConfig) -> str:
+    """The TOML text of a configuration (what `prevalence cluster up` writes)."""
+    def q(s: str) -> str:
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [
+        f"id = {q(cfg.id)}",
+        f"listen = {q(format_address(cfg.listen))}",
+        f"data = {q(cfg.data)}",
+        f"root = {q(cfg.root)}",
+        f"secret_file = {q(cfg.secret_file)}",
+        f"fsync = {q(cfg.fsync)}",
+        f"imports = [{', '.join(q(m) for m in cfg.imports)}]",
+        "",
+        "[peers]",
+        *(f"{q(p)} = {q(format_address(a))}" for p, a in cfg.peers.items()),
+        "",
+        "[timeouts]",
+        f"tick = {cfg.tick}",
+        f"election_ticks = {cfg.election_ticks}",
+        f"heartbeat_ticks = {cfg.heartbeat_ticks}",
+        "",
+        "[snapshots]",
+        f"every = {cfg.snapshot_every}",
+        f"keep = {cfg.keep_snapshots}",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,214 @@
+"""Handshake framing and message codec (the bytes exchanged before RPyC starts).
+
+A handshake frame is a 4-byte big-endian length N (1 <= N <= MAX_FRAME) followed by N
+bytes of msgpack: an array whose first element is the message tag. The decoder validates
+every field; anything else raises :class:`HandshakeError` and nothing more is read.
+
+This module also holds the codec of a ``deliver`` batch (a msgpack array of bin), the
+only payload format the peer transport puts on the wire.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Any
+
+import msgpack
+
+from prevalence.errors import PrevalenceError
+
+__all__ = [
+    "HandshakeError",
+    "MAX_FRAME",
+    "NONCE_SIZE",
+    "MAC_SIZE",
+    "MAX_ID_LEN",
+    "ROLES",
+    "HELLO",
+    "CHALLENGE",
+    "PROOF",
+    "OK",
+    "REFUSED",
+    "PROTOCOL_VERSION",
+    "encode_frame",
+    "decode_message",
+    "read_frame",
+    "write_frame",
+    "encode_batch",
+    "decode_batch",
+    "BatchError",
+]
+
+#: Largest handshake frame accepted (the largest legal message is far smaller).
+MAX_FRAME = 1024
+NONCE_SIZE = 32
+MAC_SIZE = 32
+MAX_ID_LEN = 128
+MAX_REASON_LEN = 200
+PROTOCOL_VERSION = 1
+ROLES = ("peer", "client")
+
+HELLO = "pvl-hello"          # client -> server: [tag, version, role, id, client_nonce]
+CHALLENGE = "pvl-challenge"  # server -> client: [tag, server_nonce]
+PROOF = "pvl-proof"          # client -> server: [tag, client_mac]
+OK = "pvl-ok"                # server -> client: [tag, server_mac]
+REFUSED = "pvl-refused"      # server -> client: [tag, reason]
+
+_HEADER = struct.Struct("!I")
+
+
+class HandshakeError(PrevalenceError):
+    """A handshake frame was oversized, truncated, malformed or not the one expected."""
+
+
+def _check_id(value: Any) -> str:
+    if type(value) is not str:
+        raise HandshakeError(f"identity must be a string, got {type(value).__name__}")
+    if not 1 <= len(value) <= MAX_ID_LEN:
+        raise HandshakeError(f"identity must be 1..{MAX_ID_LEN} characters, got {len(value)}")
+    if not value.isprintable():
+        raise HandshakeError("identity contains non-printable characters")
+    return value
+
+
+def _check_bytes(value: Any, size: int, what: str) -> bytes:
+    if type(value) is not bytes or len(value) != size:
+        got = f"{len(value)} bytes" if type(value) is bytes else type(value).__name__
+        raise HandshakeError(f"{what} must be {size} bytes, got {got}")
+    return value
+
+
+# expected tag -> (arity, validator of the fields after the tag)
+def _v_hello(fields: list) -> tuple:
+    version, role, ident, nonce = fields
+    if type(version) is not int:
+        raise HandshakeError(f"protocol version must be an integer, got {type(version).__name__}")
+    if role not in ROLES or type(role) is not str:
+        raise HandshakeError(f"role must be one of {ROLES}, got {role!r:.40}")
+    return version, role, _check_id(ident), _check_bytes(nonce, NONCE_SIZE, "client nonce")
+
+
+def _v_challenge(fields: list) -> tuple:
+    (nonce,) = fields
+    return (_check_bytes(nonce, NONCE_SIZE, "server nonce"),)
+
+
+def _v_mac(fields: list) -> tuple:
+    (mac,) = fields
+    return (_check_bytes(mac, MAC_SIZE, "proof"),)
+
+
+def _v_refused(fields: list) -> tuple:
+    (reason,) = fields
+    if type(reason) is not str:
+        raise HandshakeError("refusal reason must be a string")
+    return (reason[:MAX_REASON_LEN],)
+
+
+_SCHEMA = {
+    HELLO: (4, _v_hello),
+    CHALLENGE: (1, _v_challenge),
+    PROOF: (1, _v_mac),
+    OK: (1, _v_mac),
+    REFUSED: (1, _v_refused),
+}
+
+
+def encode_frame(tag: str, *fields: Any) -> bytes:
+    """One handshake frame: length header + msgpack [tag, *fields]."""
+    body = msgpack.packb([tag, *fields], use_bin_type=True)
+    if len(body) > MAX_FRAME:
+        raise HandshakeError(f"handshake frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_message(body: bytes, expected: tuple[str, ...]) -> tuple[str, tuple]:
+    """Decode and validate one frame body; return (tag, fields).
+
+    ``expected`` lists the acceptable tags. Raises :class:`HandshakeError` on anything else.
+    """
+    if len(body) > MAX_FRAME:
+        raise HandshakeError(f"handshake frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    try:
+        msg = msgpack.unpackb(
+            body,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=MAX_FRAME,
+            max_bin_len=MAX_FRAME,
+            max_array_len=16,
+            max_map_len=16,
+            max_ext_len=MAX_FRAME,
+        )
+    except Exception as exc:  # msgpack raises many types on garbage
+        raise HandshakeError(f"malformed handshake frame ({type(exc).__name__}: {str(exc)[:80]})") from None
+    if type(msg) is not list or not msg:
+        raise HandshakeError(f"malformed handshake frame (expected an array, got {type(msg).__name__})")
+    tag = msg[0]
+    if type(tag) is not str or tag not in expected:
+        raise HandshakeError(f"unexpected handshake message {tag!r:.40} (expected {' or '.join(expected)})")
+    arity, validate = _SCHEMA[tag]
+    if len(msg) - 1 != arity:
+        raise HandshakeError(f"handshake message {tag} has {len(msg) - 1} fields, expected {arity}")
+    return tag, validate(msg[1:])
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
+    chunks = []
+    while n > 0:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("handshake timed out")
+        sock.settimeout(left)
+        chunk = sock.recv(min(n, 65536))
+        if not chunk:
+            raise HandshakeError("connection closed during the handshake")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(sock: socket.socket, deadline: float, max_frame: int = MAX_FRAME) -> bytes:
+    """Read one frame body before ``deadline`` (time.monotonic()).
+
+    Raises HandshakeError (oversized, empty, closed) or socket.timeout / OSError.
+    """
+    (length,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, deadline))
+    if length == 0:
+        raise HandshakeError("empty handshake frame")
+    if length > max_frame:
+        raise HandshakeError(f"oversized handshake frame: {length} bytes announced, limit {max_frame}")
+    return _recv_exact(sock, length, deadline)
+
+
+def write_frame(sock: socket.socket, frame: bytes, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout("handshake timed out")
+    sock.settimeout(left)
+    sock.sendall(frame)
+
+
+# ---------------------------------------------------------------- deliver batches
+
+
+class BatchError(PrevalenceError):
+    """A deliver batch is not a msgpack array of byte strings."""
+
+
+def encode_batch(frames: list[bytes]) -> bytes:
+    return msgpack.packb(frames, use_bin_type=True)
+
+
+def decode_batch(blob: Any) -> list[bytes]:
+    if type(blob) is not bytes:
+        raise BatchError(f"a batch must be bytes, got {type(blob).__name__}")
+    try:
+        frames = msgpack.unpackb(blob, raw=False, use_list=True)
+    except Exception as exc:
+        raise BatchError(f"malformed batch ({type(exc).__name__}: {str(exc)[:80]})") from None
+    if type(frames) is not list or not all(type(f) is bytes for f in frames):
+        raise BatchError("a batch must be an array of byte strings")
+    return frames

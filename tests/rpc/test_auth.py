@@ -1,0 +1,226 @@
+import logging
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from rpyc.utils.authenticators import AuthenticationError
+
+from prevalence.errors import PrevalenceError
+from rpc import AuthenticationFailed, ConnectFailed, Identity, ServerAuthenticator, client_handshake
+from rpc.auth import _CLIENT_LABEL, _SERVER_LABEL, _mac, _transcript
+from rpc.wire import CHALLENGE, HELLO, OK, PROOF, REFUSED, decode_message, encode_frame, read_frame
+
+from .conftest import HOST, OTHER_SECRET, SECRET
+
+
+@pytest.fixture
+def listener():
+    """A bare TCP listener on 127.0.0.1: tests run a server side on its accepted socket."""
+    ls = socket.socket()
+    ls.bind((HOST, 0))
+    ls.listen(8)
+    yield ls
+    ls.close()
+
+
+def run_server_side(listener, func):
+    """Accept one connection and run func(sock) in a thread; returns a dict with the outcome."""
+    out = {}
+
+    def target():
+        sock, _ = listener.accept()
+        out["peer"] = sock.getpeername()
+        try:
+            out["result"] = func(sock)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test
+            out["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    out["thread"] = t
+    return out
+
+
+def connect(listener):
+    return socket.create_connection(listener.getsockname(), timeout=2)
+
+
+def test_mutual_handshake_gives_identity(listener):
+    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2))
+    with connect(listener) as sock:
+        client_handshake(sock, SECRET, "peer", "n1", timeout=2)
+        server["thread"].join(3)
+    assert "error" not in server
+    _, identity = server["result"]
+    assert identity == Identity("peer", "n1") == ("peer", "n1")
+
+
+def test_client_role(listener):
+    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2))
+    with connect(listener) as sock:
+        client_handshake(sock, SECRET, "client", "operator-7", timeout=2)
+        server["thread"].join(3)
+    assert server["result"][1] == ("client", "operator-7")
+
+
+def test_wrong_secret_refused_on_both_sides(listener, caplog):
+    caplog.set_level(logging.WARNING, logger="rpc.auth")
+    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2))
+    with connect(listener) as sock:
+        where = f"{HOST}:{listener.getsockname()[1]}"
+        with pytest.raises(AuthenticationFailed) as ei:
+            client_handshake(sock, OTHER_SECRET, "peer", "n1", timeout=2)
+        server["thread"].join(3)
+    assert where in str(ei.value) and "wrong cluster secret" in str(ei.value)
+    assert isinstance(ei.value, PrevalenceError) and ei.value.address == where
+    assert isinstance(server["error"], AuthenticationError)
+    client_addr = f"{server['peer'][0]}:{server['peer'][1]}"
+    lines = [r.getMessage() for r in caplog.records if r.name == "rpc.auth"]
+    assert any(client_addr in m and "wrong cluster secret" in m and "'n1'" in m for m in lines), lines
+
+
+def test_server_without_the_secret_is_not_trusted(listener, caplog):
+    """An impostor that accepts any proof but cannot compute its own is refused by the client."""
+    caplog.set_level(logging.WARNING, logger="rpc.auth")
+
+    def impostor(sock):
+        deadline = time.monotonic() + 2
+        read_frame(sock, deadline)
+        sock.sendall(encode_frame(CHALLENGE, b"s" * 32))
+        read_frame(sock, deadline)
+        sock.sendall(encode_frame(OK, b"\x00" * 32))
+        time.sleep(0.2)
+
+    run_server_side(listener, impostor)
+    with connect(listener) as sock:
+        with pytest.raises(AuthenticationFailed, match="failed to prove knowledge of the cluster secret") as ei:
+            client_handshake(sock, SECRET, "peer", "n1", timeout=2)
+    assert str(listener.getsockname()[1]) in str(ei.value)
+    assert any("failed to prove" in r.getMessage() for r in caplog.records)
+
+
+def test_recorded_proof_cannot_be_replayed(listener):
+    """Record a good client session, replay its HELLO and PROOF to a fresh server session."""
+    auth = ServerAuthenticator(SECRET, timeout=2)
+    server = run_server_side(listener, auth)
+    nonce = b"c" * 32
+    with connect(listener) as sock:
+        deadline = time.monotonic() + 2
+        sock.sendall(encode_frame(HELLO, 1, "peer", "n1", nonce))
+        _, (ns,) = decode_message(read_frame(sock, deadline), (CHALLENGE,))
+        proof = _mac(SECRET, _CLIENT_LABEL, _transcript(1, "peer", "n1", nonce, ns))
+        sock.sendall(encode_frame(PROOF, proof))
+        tag, _ = decode_message(read_frame(sock, deadline), (OK, REFUSED))
+        assert tag == OK
+    server["thread"].join(3)
+    assert "result" in server
+
+    server = run_server_side(listener, auth)
+    with connect(listener) as sock:
+        deadline = time.monotonic() + 2
+        sock.sendall(encode_frame(HELLO, 1, "peer", "n1", nonce))
+        _, (ns2,) = decode_message(read_frame(sock, deadline), (CHALLENGE,))
+        assert ns2 != ns
+        sock.sendall(encode_frame(PROOF, proof))
+        tag, (reason,) = decode_message(read_frame(sock, deadline), (OK, REFUSED))
+    server["thread"].join(3)
+    assert tag == REFUSED and reason == "authentication failed"
+    assert isinstance(server["error"], AuthenticationError)
+
+
+def test_server_proof_is_not_a_client_proof():
+    t = _transcript(1, "peer", "n1", b"a" * 32, b"b" * 32)
+    assert _mac(SECRET, _CLIENT_LABEL, t) != _mac(SECRET, _SERVER_LABEL, t)
+    # role and id are bound into the proof
+    assert _transcript(1, "client", "n1", b"a" * 32, b"b" * 32) != t
+
+
+def test_role_not_accepted(listener):
+    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2, roles=("peer",)))
+    with connect(listener) as sock:
+        with pytest.raises(AuthenticationFailed, match="role 'client' not accepted"):
+            client_handshake(sock, SECRET, "client", "c1", timeout=2)
+    server["thread"].join(3)
+    assert isinstance(server["error"], AuthenticationError)
+
+
+def test_silent_client_is_dropped_within_the_timeout(listener, caplog):
+    caplog.set_level(logging.WARNING, logger="rpc.auth")
+    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=0.3))
+    t0 = time.monotonic()
+    with connect(listener) as sock:
+        server["thread"].join(3)
+        elapsed = time.monotonic() - t0
+        assert sock.recv(10) == b""  # the server closed it
+    assert isinstance(server["error"], AuthenticationError)
+    assert 0.25 <= elapsed < 1.5
+    assert any("not completed within 0.3 s" in r.getMessage() for r in caplog.records)
+
+
+def test_slow_drip_client_is_bounded_by_one_deadline(listener):
+    """A client sending one byte at a time still gets cut at the handshake deadline."""
+    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=0.5))
+    t0 = time.monotonic()
+    with connect(listener) as sock:
+        frame = encode_frame(HELLO, 1, "peer", "n1", b"c" * 32)
+        try:
+            for byte in frame:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.1)
+                if not server["thread"].is_alive():
+                    break
+        except OSError:
+            pass
+        server["thread"].join(3)
+    assert isinstance(server["error"], AuthenticationError)
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_oversized_frame_refused(listener, caplog):
+    caplog.set_level(logging.WARNING, logger="rpc.auth")
+    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2))
+    with connect(listener) as sock:
+        sock.sendall(struct.pack("!I", 10_000_000))
+        server["thread"].join(3)
+    assert isinstance(server["error"], AuthenticationError)
+    assert "oversized handshake frame" in str(server["error"])
+    assert any("oversized" in r.getMessage() and HOST in r.getMessage() for r in caplog.records)
+
+
+def test_garbage_refused(listener):
+    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2))
+    with connect(listener) as sock:
+        sock.sendall(struct.pack("!I", 5) + b"\xc1\xc1\xc1\xc1\xc1")
+        server["thread"].join(3)
+    assert "malformed handshake frame" in str(server["error"])
+
+
+def test_client_handshake_timeout_names_the_address(listener):
+    # a "server" that accepts and never answers
+    server = run_server_side(listener, lambda s: time.sleep(0.6))
+    with connect(listener) as sock:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectFailed, match=rf"{HOST}:\d+: handshake not answered within 0.3 s"):
+            client_handshake(sock, SECRET, "peer", "n1", timeout=0.3)
+        assert time.monotonic() - t0 < 1.0
+    server["thread"].join(3)
+
+
+def test_client_refuses_garbage_from_server(listener):
+    run_server_side(listener, lambda s: (s.sendall(struct.pack("!I", 99999)), time.sleep(0.3)))
+    with connect(listener) as sock:
+        with pytest.raises(AuthenticationFailed, match="oversized"):
+            client_handshake(sock, SECRET, "peer", "n1", timeout=2)
+
+
+def test_client_validates_its_own_arguments():
+    a, b = socket.socketpair()
+    with a, b:
+        with pytest.raises(AuthenticationFailed, match="role"):
+            client_handshake(a, SECRET, "admin", "n1")
+        with pytest.raises(AuthenticationFailed, match="invalid peer id"):
+            client_handshake(a, SECRET, "peer", "")
+        with pytest.raises(PrevalenceError, match="too short"):
+            client_handshake(a, b"short", "peer", "n1")

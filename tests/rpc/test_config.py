@@ -1,0 +1,58 @@
+"""Node configuration files: round trip, and a clear message for every wrong field."""
+from __future__ import annotations
+
+import pytest
+
+from rpc.config import ConfigError, NodeConfig, load_config, render_config
+
+
+def good() -> NodeConfig:
+    return NodeConfig(path="", id="n1", listen=("127.0.0.1", 7101), data="data/n1", root="app.model:Grid",
+                      secret_file="cluster.secret", peers={"n1": ("127.0.0.1", 7101), "n2": ("127.0.0.1", 7102)})
+
+
+def write(tmp_path, text):
+    p = tmp_path / "node.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_round_trip_and_relative_paths(tmp_path):
+    cfg = load_config(write(tmp_path, render_config(good())))
+    assert cfg.id == "n1" and cfg.listen == ("127.0.0.1", 7101)
+    assert cfg.data == str(tmp_path / "data" / "n1")  # relative to the file
+    assert cfg.secret_file == str(tmp_path / "cluster.secret")
+    assert cfg.peers == good().peers and cfg.fsync == "always" and cfg.tick == 0.02
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ('id = "n1"', "", "field 'id' is missing"),
+        ('listen = "127.0.0.1:7101"', 'listen = "127.0.0.1"', "field 'listen': expected \"HOST:PORT\""),
+        ('listen = "127.0.0.1:7101"', 'listen = "127.0.0.1:99999"', "port from 1 to 65535"),
+        ('fsync = "always"', 'fsync = "often"', "field 'fsync' must be one of always, batch, never"),
+        ('root = "app.model:Grid"', 'root = "app.model"', "field 'root' must be MODULE:FACTORY"),
+        ("tick = 0.02", 'tick = "fast"', "field 'timeouts.tick' must be int or float"),
+        ("tick = 0.02", "tick = -1", "field 'timeouts.tick' must be positive"),
+        ("election_ticks = 10", "election_ticks = 1", "field 'timeouts.election_ticks' must be at least 3"),
+        ("heartbeat_ticks = 1", "heartbeat_ticks = 10", "heartbeat_ticks' must be smaller than election_ticks"),
+        ('"n1" = "127.0.0.1:7101"', "", "must list this node ('n1')"),
+        ('"n2" = "127.0.0.1:7102"', '"n2" = 7102', "field 'peers.n2' must be str"),
+        ("keep = 2", "keep = 2\nkep = 3", "unknown field(s) snapshots.kep"),
+        ('fsync = "always"', 'fsync = "always"\ncolour = "blue"', "unknown field(s) colour"),
+        ("every = 10000", "every = true", "field 'snapshots.every' must be int"),
+        ("[peers]", "[peers", "not valid TOML"),
+    ],
+)
+def test_every_wrong_field_is_named(tmp_path, old, new, message):
+    text = render_config(good())
+    assert old in text
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text.replace(old, new, 1)))
+    assert message in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(str(tmp_path / "nope.toml"))

@@ -1,0 +1,96 @@
+"""Optional TLS under the HMAC handshake, with a self-signed certificate made here."""
+import datetime
+import ipaddress
+import ssl
+
+import pytest
+
+from rpc import AuthenticationFailed, ConnectFailed, open_connection
+
+from .conftest import HOST, SECRET, Inbox
+
+x509 = pytest.importorskip("cryptography.x509")
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cert_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "prevalence-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = d / "node.crt", d / "node.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture
+def contexts(cert_files):
+    cert, key = cert_files
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    return server, client
+
+
+def test_transport_over_tls(make_server, make_transport, contexts):
+    server_ctx, client_ctx = contexts
+    inbox = Inbox()
+    srv = make_server(inbox, ssl_context=server_ctx)
+    t = make_transport("a", {"b": srv.address}, ssl_context=client_ctx)
+    for i in range(2000):
+        t.send("b", b"m%d" % i)
+    assert inbox.wait_count(2000)
+    assert inbox.payloads() == [b"m%d" % i for i in range(2000)]
+    conn = open_connection(srv.address, SECRET, role="peer", ident="x", ssl_context=client_ctx, request_timeout=2)
+    try:
+        assert isinstance(conn._channel.stream.sock, ssl.SSLSocket)
+        conn.root.deliver(b"\x91\xc4\x03tls")  # msgpack [b"tls"]
+        assert inbox.wait_for_payload(b"tls")
+    finally:
+        conn.close()
+
+
+def test_plain_client_to_tls_server_fails_cleanly(make_server, contexts):
+    server_ctx, _ = contexts
+    srv = make_server(Inbox(), ssl_context=server_ctx, handshake_timeout=1)
+    with pytest.raises((AuthenticationFailed, ConnectFailed)) as ei:
+        open_connection(srv.address, SECRET, role="peer", ident="x", handshake_timeout=1.5)
+    assert f"{HOST}:{srv.address[1]}" in str(ei.value)
+
+
+def test_untrusted_server_certificate_refused(make_server, contexts):
+    server_ctx, _ = contexts
+    srv = make_server(Inbox(), ssl_context=server_ctx)
+    strict = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)  # system CAs only
+    with pytest.raises(AuthenticationFailed, match="TLS handshake with .* failed"):
+        open_connection(srv.address, SECRET, role="peer", ident="x", ssl_context=strict)
+
+
+def test_closing_a_tls_server_drops_its_connections(make_server, make_transport, contexts):
+    from .conftest import wait_until
+
+    server_ctx, client_ctx = contexts
+    inbox = Inbox()
+    srv = make_server(inbox, ssl_context=server_ctx)
+    t = make_transport("a", {"b": srv.address}, ssl_context=client_ctx)
+    t.send("b", b"hi")
+    assert inbox.wait_for_payload(b"hi")
+    srv.close()
+    assert wait_until(lambda: not t.peer_status()["b"]["connected"], timeout=3)

@@ -1,0 +1,164 @@
+import socket
+import struct
+import time
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prevalence.errors import PrevalenceError
+from rpc.wire import (
+    CHALLENGE,
+    HELLO,
+    MAX_FRAME,
+    OK,
+    PROOF,
+    REFUSED,
+    BatchError,
+    HandshakeError,
+    decode_batch,
+    decode_message,
+    encode_batch,
+    encode_frame,
+    read_frame,
+)
+
+ALL_TAGS = (HELLO, CHALLENGE, PROOF, OK, REFUSED)
+
+
+class FakeSock:
+    """recv() from a fixed byte string in chunks; b"" (EOF) at the end."""
+
+    def __init__(self, data: bytes, chunk: int = 7):
+        self.data = data
+        self.chunk = chunk
+
+    def settimeout(self, t):
+        pass
+
+    def recv(self, n):
+        out, self.data = self.data[: min(n, self.chunk)], self.data[min(n, self.chunk):]
+        return out
+
+
+def body(frame: bytes) -> bytes:
+    return frame[4:]
+
+
+def test_roundtrip_every_message():
+    nonce = b"n" * 32
+    mac = b"m" * 32
+    assert decode_message(body(encode_frame(HELLO, 1, "peer", "n1", nonce)), (HELLO,)) == (
+        HELLO, (1, "peer", "n1", nonce))
+    assert decode_message(body(encode_frame(CHALLENGE, nonce)), (CHALLENGE,)) == (CHALLENGE, (nonce,))
+    assert decode_message(body(encode_frame(PROOF, mac)), (PROOF,)) == (PROOF, (mac,))
+    assert decode_message(body(encode_frame(OK, mac)), (OK, REFUSED)) == (OK, (mac,))
+    assert decode_message(body(encode_frame(REFUSED, "no")), (OK, REFUSED)) == (REFUSED, ("no",))
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ((1, "admin", "n1", b"n" * 32), "role"),
+        ((1, "peer", "", b"n" * 32), "identity"),
+        ((1, "peer", "x" * 129, b"n" * 32), "identity"),
+        ((1, "peer", "a\nb", b"n" * 32), "non-printable"),
+        ((1, "peer", "n1", b"short"), "client nonce"),
+        (("1", "peer", "n1", b"n" * 32), "version"),
+        ((1, "peer", "n1"), "fields"),
+    ],
+)
+def test_hello_validation(fields, match):
+    with pytest.raises(HandshakeError, match=match):
+        decode_message(body(encode_frame(HELLO, *fields)), (HELLO,))
+
+
+def test_unexpected_tag_is_refused():
+    with pytest.raises(HandshakeError, match="unexpected handshake message"):
+        decode_message(body(encode_frame(PROOF, b"m" * 32)), (HELLO,))
+
+
+def test_read_frame_rejects_oversized_announcement_without_reading_it():
+    sock = FakeSock(struct.pack("!I", MAX_FRAME + 1) + b"x" * 10)
+    with pytest.raises(HandshakeError, match="oversized handshake frame: 1025 bytes"):
+        read_frame(sock, time.monotonic() + 1)
+    assert sock.data == b"x" * 10  # nothing of the body was consumed
+
+
+def test_read_frame_empty_and_truncated():
+    with pytest.raises(HandshakeError, match="empty"):
+        read_frame(FakeSock(struct.pack("!I", 0)), time.monotonic() + 1)
+    with pytest.raises(HandshakeError, match="closed"):
+        read_frame(FakeSock(struct.pack("!I", 10) + b"abc"), time.monotonic() + 1)
+
+
+def test_read_frame_deadline():
+    a, b = socket.socketpair()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(socket.timeout):
+            read_frame(a, time.monotonic() + 0.2)
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_encode_refuses_oversized_frame():
+    with pytest.raises(HandshakeError, match="exceeds"):
+        encode_frame(REFUSED, "x" * 2000)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=2 * MAX_FRAME))
+def test_decoder_on_garbage_raises_only_handshake_error(data):
+    try:
+        tag, fields = decode_message(data, ALL_TAGS)
+    except HandshakeError as exc:
+        assert isinstance(exc, PrevalenceError) and str(exc)
+    else:
+        assert tag in ALL_TAGS and isinstance(fields, tuple)
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(allow_nan=False),
+                     st.text(max_size=40), st.binary(max_size=40))
+_values = st.recursive(_scalars, lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                       max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.sampled_from(ALL_TAGS), st.text(max_size=20), _scalars), st.lists(_values, max_size=6))
+def test_decoder_on_wellformed_msgpack_with_wrong_shapes(tag, fields):
+    data = msgpack.packb([tag, *fields], use_bin_type=True)
+    try:
+        got_tag, got = decode_message(data, ALL_TAGS)
+    except HandshakeError:
+        return
+    # accepted: must re-encode to exactly what was sent
+    assert body(encode_frame(got_tag, *got)) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000), st.integers(1, 64))
+def test_read_frame_on_garbage_stream(data, chunk):
+    try:
+        out = read_frame(FakeSock(data, chunk), time.monotonic() + 5)
+    except HandshakeError:
+        return
+    assert 1 <= len(out) <= MAX_FRAME and data[4:4 + len(out)] == out
+
+
+def test_batch_roundtrip():
+    frames = [b"", b"a", b"\x00" * 1000]
+    assert decode_batch(encode_batch(frames)) == frames
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), _values))
+def test_batch_decoder_on_garbage(blob):
+    try:
+        frames = decode_batch(blob)
+    except BatchError:
+        return
+    assert all(type(f) is bytes for f in frames)
