@@ -1,0 +1,31 @@
+"""Tunables of a Raft node, validated before use."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replication.errors import RaftError
+
+
+@dataclass(slots=True)
+class RaftConfig:
+    election_tick: int = 10  # followers campaign after [election_tick, 2*election_tick) ticks
+    heartbeat_tick: int = 1
+    max_size_per_msg: int = 1 << 20  # entry data bytes per Append (at least one entry)
+    max_inflight_msgs: int = 256  # pipelining window per follower
+    max_committed_size_per_ready: int = 16 << 20
+    snapshot_chunk_size: int = 1 << 16
+    pre_vote: bool = True
+    check_quorum: bool = True
+    lease_read: bool = False  # serve reads from a leader lease; needs check_quorum
+    lease_margin: int = 2  # ticks of clock drift the lease tolerates
+    applied: int = 0  # index the host's state machine is at on start (>= snapshot index)
+
+    def validate(self) -> None:
+        if self.heartbeat_tick < 1 or self.election_tick <= self.heartbeat_tick:
+            raise RaftError("need 1 <= heartbeat_tick < election_tick")
+        if self.lease_read and not self.check_quorum:
+            raise RaftError("lease_read requires check_quorum")
+        if not 0 <= self.lease_margin < self.election_tick:
+            raise RaftError("lease_margin must be in [0, election_tick)")
+        if self.max_inflight_msgs < 1 or self.max_size_per_msg < 1 or self.snapshot_chunk_size < 1:
+            raise RaftError("max_inflight_msgs, max_size_per_msg and snapshot_chunk_size must be positive")

@@ -1,0 +1,94 @@
+"""The follower's half of RaftNode: appends, heartbeats, snapshot chunks, TimeoutNow.
+
+Kept apart from core.py only for size; ``FollowerMixin`` has no state of its own and is
+only meaningful as a base of :class:`replication.core.RaftNode`.
+"""
+from __future__ import annotations
+
+from replication.messages import (
+    Append, AppendResp, Heartbeat, HeartbeatResp, InstallSnapshot, ReadIndexResp,
+    Snapshot, SnapshotResp, TimeoutNow,
+)
+from replication.ready import ReadState
+
+
+class FollowerMixin:
+    def _step_follower(self, m, t) -> None:
+        if t is Append:
+            self.election_elapsed = 0
+            self.leader = m.src
+            self._handle_append(m)
+        elif t is Heartbeat:
+            self.election_elapsed = 0
+            self.leader = m.src
+            if m.commit <= self.log.last_index():
+                self.log.commit_to(m.commit)
+            self._send(HeartbeatResp(self.id, m.src, self.term, m.ctx, m.seq))
+        elif t is InstallSnapshot:
+            self.election_elapsed = 0
+            self.leader = m.src
+            self._handle_snapshot_chunk(m)
+        elif t is TimeoutNow:
+            if self.promotable():
+                self._campaign(transfer=True)
+        elif t is ReadIndexResp:
+            self.read_states.append(ReadState(m.ctx, m.index))
+
+    def _handle_append(self, m) -> None:
+        log = self.log
+        if m.prev_index < log.committed:
+            self._send(AppendResp(self.id, m.src, self.term, log.committed))
+            return
+        ents = m.entries
+        if ents and (ents[0].index != m.prev_index + 1 or ents[-1].index != m.prev_index + len(ents)):
+            return  # malformed: ignore
+        if not log.match_term(m.prev_index, m.prev_term):
+            hint_index, hint_term = log.find_conflict_by_term(min(m.prev_index, log.last_index()), m.prev_term)
+            self._send(AppendResp(self.id, m.src, self.term, m.prev_index, True, hint_index, hint_term))
+            return
+        conflict = log.find_conflict(ents)
+        if conflict:
+            self._append_follower(ents[conflict - ents[0].index:])
+        last_new = m.prev_index + len(ents)
+        log.commit_to(min(m.commit, last_new))
+        self._send(AppendResp(self.id, m.src, self.term, last_new))
+
+    def _append_follower(self, ents: list) -> None:
+        first = ents[0].index
+        self.log.append(ents)
+        changed = self.configs.truncate(first) if self.configs.latest_index >= first else False
+        if self.configs.observe(ents) or changed:
+            self._membership_changed()
+
+    def _handle_snapshot_chunk(self, m) -> None:
+        log = self.log
+        meta = m.meta
+        if meta.index <= log.committed:  # already have it (or a newer state)
+            self._snap_rx = None
+            self._send(AppendResp(self.id, m.src, self.term, log.committed))
+            return
+        rx = self._snap_rx
+        if rx is not None and rx[0] != meta:
+            rx = None
+        if m.offset == 0 and (rx is None or len(rx[1]) < len(m.data)):
+            rx = (meta, bytearray())
+        have = len(rx[1]) if rx is not None else 0
+        if rx is None or m.offset != have:
+            self._snap_rx = rx
+            self._send(SnapshotResp(self.id, m.src, self.term, meta.index, have))
+            return
+        rx[1].extend(m.data)
+        self._snap_rx = rx
+        if not m.done:
+            self._send(SnapshotResp(self.id, m.src, self.term, meta.index, len(rx[1])))
+            return
+        self._snap_rx = None
+        snap = Snapshot(meta, bytes(rx[1]))
+        if log.match_term(meta.index, meta.term):
+            log.commit_to(meta.index)  # our log already has it: just fast-forward
+        else:
+            log.restore(snap)
+            self.configs.reset(meta.index, meta.membership)
+            self._membership_changed()
+        self._send(AppendResp(self.id, m.src, self.term, meta.index))
+

@@ -1,0 +1,205 @@
+"""The Raft log on disk: the prevalence journal, its snapshots, and a hard-state file.
+
+There is no second log: Raft entries are journal records (index, term, kind, data), the
+engine's snapshots are the Raft snapshots (their metadata carries the membership), and
+compaction removes the journal segments the kept snapshots cover.
+
+Durability: term and vote are fsynced (temp file, fsync, rename) whenever they change,
+before the Ready's persisted messages go out. The commit index is written with them but
+not on every advance: a stale commit on disk is safe (it only means re-learning it).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import Sequence
+from zlib import crc32
+
+import msgpack
+
+from prevalence import _platform
+from prevalence.entry import Entry
+from prevalence.journal import DEFAULT_SEGMENT_BYTES, Journal
+from prevalence.snapshots import SnapshotMeta as FileMeta
+from prevalence.snapshots import SnapshotStore, decode_file
+from replication.errors import CompactedError, RaftError, UnavailableError
+from replication.membership import Membership
+from replication.messages import HardState, Snapshot, SnapshotMeta
+
+HARD_STATE_FILE = "raft-state"
+_CRC = struct.Struct("<I")
+
+
+class HardStateFile:
+    """term, vote and commit in one small checksummed file, replaced atomically."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, HARD_STATE_FILE)
+        self.directory = directory
+
+    def load(self) -> HardState:
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return HardState()
+        body, tail = data[:-4], data[-4:]
+        if len(data) < 5 or _CRC.unpack(tail)[0] != crc32(body):
+            raise RaftError(f"{self.path}: damaged hard state file (checksum mismatch); the node cannot know "
+                            "its term and vote: rebuild it (docs/operations.md)")
+        try:
+            term, vote, commit = msgpack.unpackb(body)
+        except Exception as exc:
+            raise RaftError(f"{self.path}: malformed hard state: {exc}") from None
+        return HardState(term, vote, commit)
+
+    def store(self, hs: HardState) -> None:
+        body = msgpack.packb([hs.term, hs.vote, hs.commit])
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(body + _CRC.pack(crc32(body)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _platform.fsync_dir(self.directory)
+
+
+class JournalStorage:
+    """The Storage protocol (replication.storage) on a node's data directory."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        initial_membership: Membership = Membership(),
+        fsync: str = "always",
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        keep_snapshots: int = 2,
+    ):
+        self.directory = os.path.abspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self.journal = Journal(os.path.join(self.directory, "journal"), fsync=fsync, segment_bytes=segment_bytes)
+        self.snapshots = SnapshotStore(os.path.join(self.directory, "snapshots"), keep=keep_snapshots)
+        self._hs_file = HardStateFile(self.directory)
+        self.hard_state = self._hs_file.load()
+        self._snap = SnapshotMeta(0, 0, initial_membership)
+        for index in self.snapshots.indexes():  # newest valid one; damaged ones are skipped
+            try:
+                meta, _ = self.snapshots.read(index)
+            except Exception:
+                continue
+            self._snap = SnapshotMeta(meta.index, meta.term, Membership.from_wire(meta.extra["membership"]))
+            break
+        j = self.journal
+        if j.last_index < self._snap.index:
+            # A snapshot installed from the leader, and we stopped before the journal was
+            # reset: everything the journal holds is covered; the log resumes after it.
+            j.reset(self._snap.index + 1)
+        elif j.first_index > self._snap.index + 1:
+            self.journal.close()
+            raise RaftError(
+                f"{self.directory}: the journal starts at index {j.first_index} but the newest usable snapshot "
+                f"is at {self._snap.index}: entries {self._snap.index + 1}..{j.first_index - 1} are missing. "
+                "This node cannot rejoin with this data; rebuild it (docs/operations.md)"
+            )
+
+    # -- reads (the core) -----------------------------------------------------------
+    def initial_state(self) -> tuple[HardState, Membership]:
+        return self.hard_state, self._snap.membership
+
+    def first_index(self) -> int:
+        return self._snap.index + 1
+
+    def last_index(self) -> int:
+        return max(self.journal.last_index, self._snap.index)
+
+    def term(self, index: int) -> int:
+        if index == self._snap.index:
+            return self._snap.term
+        if index < self._snap.index:
+            raise CompactedError(index, self._snap.index + 1)
+        if index > self.journal.last_index:
+            raise UnavailableError(f"index {index} is past the last stored index {self.last_index()}")
+        return self.journal.term(index)
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
+        if lo <= self._snap.index:
+            raise CompactedError(lo, self._snap.index + 1)
+        if hi > self.last_index() + 1:
+            raise UnavailableError(f"entries up to {hi - 1} requested, last stored is {self.last_index()}")
+        if lo >= hi:
+            return []
+        return self.journal.entries(lo, hi, max_bytes)
+
+    def snapshot(self) -> Snapshot:
+        """The newest snapshot as the whole, self-checking file (what a follower installs)."""
+        if self._snap.index == 0:
+            return Snapshot(self._snap, b"")
+        try:
+            data = self.snapshots.read_encoded(self._snap.index)
+        except Exception as exc:
+            raise UnavailableError(f"snapshot {self._snap.index} cannot be read: {exc}") from exc
+        return Snapshot(self._snap, data)
+
+    # -- writes (the host, following the Ready contract) ------------------------------
+    def set_hard_state(self, hs: HardState) -> None:
+        old, self.hard_state = self.hard_state, hs
+        if (hs.term, hs.vote) != (old.term, old.vote):
+            self._hs_file.store(hs)
+
+    def truncate(self, from_index: int) -> None:
+        if from_index <= self._snap.index:
+            raise CompactedError(from_index, self._snap.index + 1)
+        self.journal.truncate_after(from_index - 1)
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Append; an overlap with stored entries replaces them (Raft's conflicting suffix)."""
+        if not entries:
+            return
+        if entries[0].index <= self._snap.index:
+            entries = [e for e in entries if e.index > self._snap.index]
+            if not entries:
+                return
+        first = entries[0].index
+        if first > self.last_index() + 1:
+            raise RaftError(f"gap in log: appending {first} after {self.last_index()}")
+        if first <= self.journal.last_index:
+            self.journal.truncate_after(first - 1)
+        self.journal.extend(entries)
+
+    def sync(self) -> None:
+        """Make every appended entry durable (before persisted messages are sent)."""
+        self.journal.wait(self.journal.last_index)
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        """Install a snapshot received from the leader: it replaces the whole log."""
+        if snap.meta.index < self._snap.index:
+            raise RaftError(f"snapshot {snap.meta.index} is older than the stored {self._snap.index}")
+        meta, _body = decode_file("snapshot from the leader", snap.data)
+        if meta.index != snap.meta.index:
+            raise RaftError(f"snapshot file is at index {meta.index}, the message says {snap.meta.index}")
+        self.snapshots.write_encoded(snap.data)
+        self._snap = snap.meta
+        self.journal.reset(snap.meta.index + 1)
+
+    def save_snapshot(self, meta: FileMeta, body: bytes, membership: Membership) -> SnapshotMeta:
+        """Store a snapshot the host took of its state machine at ``meta.index``."""
+        if meta.index <= self._snap.index:
+            raise RaftError(f"snapshot {meta.index} is not newer than {self._snap.index}")
+        if meta.index > self.last_index():
+            raise UnavailableError(f"snapshot index {meta.index} is past the last index {self.last_index()}")
+        meta.term = self.term(meta.index)
+        meta.extra = {**meta.extra, "membership": membership.to_wire()}
+        self.snapshots.write(meta, body)
+        self._snap = SnapshotMeta(meta.index, meta.term, membership)
+        return self._snap
+
+    def compact(self) -> int:
+        """Remove journal segments that every kept snapshot covers; returns how many."""
+        kept = self.snapshots.indexes()
+        return self.journal.compact(min(kept)) if kept else 0
+
+    def close(self) -> None:
+        if self.hard_state.commit:
+            self._hs_file.store(self.hard_state)  # a fresher commit saves replay next time
+        self.journal.close()

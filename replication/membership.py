@@ -1,0 +1,200 @@
+"""Cluster membership: who votes, who only replicates, and how it changes.
+
+Membership changes go through the log one server at a time (Raft dissertation, 4.1).
+A node uses the *latest configuration in its log*, committed or not: a change takes
+effect on a node as soon as the CONFIG entry is appended to its log, and reverts if that
+entry is truncated away. :class:`ConfigHistory` keeps the configurations found in the
+uncompacted log so that truncations and snapshots can find the one in force at an index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Iterable
+
+import msgpack
+
+from prevalence.entry import Entry, EntryKind
+from replication.errors import ConfigChangeRefused, DecodeError
+
+_CONFIG = int(EntryKind.CONFIG)
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Voters and learners, each a sorted tuple of node ids (sorted for determinism)."""
+
+    voters: tuple[str, ...] = ()
+    learners: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        voters = tuple(sorted(set(self.voters)))
+        learners = tuple(sorted(set(self.learners)))
+        if set(voters) & set(learners):
+            raise ConfigChangeRefused(f"nodes {sorted(set(voters) & set(learners))} are both voter and learner")
+        object.__setattr__(self, "voters", voters)
+        object.__setattr__(self, "learners", learners)
+
+    def members(self) -> tuple[str, ...]:
+        """Every node that receives the log, sorted."""
+        return tuple(sorted(self.voters + self.learners))
+
+    def is_voter(self, node_id: str) -> bool:
+        return node_id in self.voters
+
+    def is_member(self, node_id: str) -> bool:
+        return node_id in self.voters or node_id in self.learners
+
+    def to_wire(self) -> list:
+        return [list(self.voters), list(self.learners)]
+
+    @classmethod
+    def from_wire(cls, raw: object) -> "Membership":
+        """Validate plain data from msgpack; raises DecodeError on anything unexpected."""
+        if not isinstance(raw, (list, tuple)) or len(raw) != 2:
+            raise DecodeError("membership must be a [voters, learners] pair")
+        out = []
+        for part in raw:
+            if not isinstance(part, (list, tuple)) or len(part) > 10_000:
+                raise DecodeError("membership voters/learners must be lists of node ids")
+            for node in part:
+                if not isinstance(node, str) or not node or len(node) > 256:
+                    raise DecodeError(f"invalid node id in membership: {node!r:.60}")
+            out.append(tuple(part))
+        try:
+            return cls(out[0], out[1])
+        except ConfigChangeRefused as exc:
+            raise DecodeError(str(exc)) from None
+
+
+class ChangeType(IntEnum):
+    ADD_VOTER = 0
+    REMOVE_VOTER = 1  # removes a voter or a learner
+    ADD_LEARNER = 2
+    PROMOTE_LEARNER = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """One single-server change, proposed with ``RaftNode.propose_config_change``."""
+
+    op: ChangeType
+    node_id: str
+
+    @classmethod
+    def add_voter(cls, node_id: str) -> "ConfigChange":
+        return cls(ChangeType.ADD_VOTER, node_id)
+
+    @classmethod
+    def remove_voter(cls, node_id: str) -> "ConfigChange":
+        return cls(ChangeType.REMOVE_VOTER, node_id)
+
+    @classmethod
+    def add_learner(cls, node_id: str) -> "ConfigChange":
+        return cls(ChangeType.ADD_LEARNER, node_id)
+
+    @classmethod
+    def promote_learner(cls, node_id: str) -> "ConfigChange":
+        return cls(ChangeType.PROMOTE_LEARNER, node_id)
+
+
+def apply_change(current: Membership, change: ConfigChange) -> Membership:
+    """The membership after ``change``; refuses changes that make no sense."""
+    node = change.node_id
+    if not isinstance(node, str) or not node:
+        raise ConfigChangeRefused(f"invalid node id {node!r}")
+    voters, learners = set(current.voters), set(current.learners)
+    op = change.op
+    if op == ChangeType.ADD_VOTER:
+        if node in voters or node in learners:
+            raise ConfigChangeRefused(f"{node!r} is already a member; promote a learner instead")
+        voters.add(node)
+    elif op == ChangeType.ADD_LEARNER:
+        if node in voters or node in learners:
+            raise ConfigChangeRefused(f"{node!r} is already a member")
+        learners.add(node)
+    elif op == ChangeType.PROMOTE_LEARNER:
+        if node not in learners:
+            raise ConfigChangeRefused(f"{node!r} is not a learner")
+        learners.discard(node)
+        voters.add(node)
+    elif op == ChangeType.REMOVE_VOTER:
+        if node not in voters and node not in learners:
+            raise ConfigChangeRefused(f"{node!r} is not a member")
+        if voters == {node}:
+            raise ConfigChangeRefused(f"cannot remove {node!r}, the last voter")
+        voters.discard(node)
+        learners.discard(node)
+    else:
+        raise ConfigChangeRefused(f"unknown change type {op!r}")
+    return Membership(tuple(voters), tuple(learners))
+
+
+def encode_membership(m: Membership) -> bytes:
+    """The ``data`` of a CONFIG entry: the whole new configuration, not a delta."""
+    return msgpack.packb(m.to_wire(), use_bin_type=True)
+
+
+def decode_membership(data: bytes) -> Membership:
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise DecodeError(f"CONFIG entry does not hold a membership: {exc}") from None
+    return Membership.from_wire(raw)
+
+
+class ConfigHistory:
+    """The configurations of the log above the snapshot, to find the one in force.
+
+    ``base`` is the membership in force at ``base_index`` (the snapshot index); each
+    CONFIG entry after it is kept as ``(index, membership)`` until compaction.
+    """
+
+    __slots__ = ("base_index", "base", "changes")
+
+    def __init__(self, base_index: int, base: Membership) -> None:
+        self.base_index = base_index
+        self.base = base
+        self.changes: list[tuple[int, Membership]] = []
+
+    @property
+    def current(self) -> Membership:
+        return self.changes[-1][1] if self.changes else self.base
+
+    @property
+    def latest_index(self) -> int:
+        """Index of the latest config entry (or of the snapshot holding the base)."""
+        return self.changes[-1][0] if self.changes else self.base_index
+
+    def at(self, index: int) -> Membership:
+        result = self.base
+        for idx, m in self.changes:
+            if idx > index:
+                break
+            result = m
+        return result
+
+    def observe(self, entries: Iterable[Entry]) -> bool:
+        """Record CONFIG entries just appended; True if the current config changed."""
+        changed = False
+        for e in entries:
+            if e.kind == _CONFIG:
+                self.changes.append((e.index, decode_membership(e.data)))
+                changed = True
+        return changed
+
+    def truncate(self, from_index: int) -> bool:
+        """Forget configs at or after ``from_index`` (their entries were overwritten)."""
+        before = len(self.changes)
+        while self.changes and self.changes[-1][0] >= from_index:
+            self.changes.pop()
+        return len(self.changes) != before
+
+    def reset(self, index: int, membership: Membership) -> None:
+        self.base_index, self.base, self.changes = index, membership, []
+
+    def compact(self, index: int) -> None:
+        """Fold configs at or before ``index`` into the base (the log before is gone)."""
+        while self.changes and self.changes[0][0] <= index:
+            self.base = self.changes.pop(0)[1]
+        self.base_index = max(self.base_index, index)

@@ -1,0 +1,441 @@
+"""The node runtime: drives the pure Raft core with a clock, the journal and a transport.
+
+Threads:
+- ``raft``: owns the core. It takes inbound messages, proposals and read requests from
+  one queue, ticks from the monotonic clock, and handles each Ready in contract order:
+  send what may go at once (the leader's appends go out while it writes its own copy),
+  persist (snapshot, truncate, append, hard state; one fsync), send what needed the disk,
+  then hand committed entries to the applier.
+- ``apply``: applies committed entries to the state machine in order and completes the
+  waiting proposals and reads. Kept off the raft thread so that a slow transaction or a
+  snapshot being serialized never delays heartbeats.
+- ``snapshot``: serializes the state under the read lock and writes the file.
+
+The transport is anything with ``send(to, payload: bytes)`` that never blocks; the
+process entry point (``rpc``) supplies the RPyC one, tests may supply an in-memory one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from prevalence.codec import CODEC
+from prevalence.entry import Entry, EntryKind
+from prevalence.errors import ClosedError
+from prevalence.recovery import recover
+from prevalence.state import StateMachine, encode_command
+from replication.config import RaftConfig
+from replication.core import RaftNode
+from replication.errors import DecodeError, NotLeader, ProposalRefused, RaftError
+from replication.journal_storage import JournalStorage
+from replication.membership import ConfigChange, Membership
+from replication.messages import decode, encode
+from replication.ready import Ready, Role
+
+log = logging.getLogger("replication.node")
+
+_COMMAND = int(EntryKind.COMMAND)
+
+
+class Transport(Protocol):
+    def send(self, to: str, payload: bytes) -> None: ...
+
+
+class EntryLost(ProposalRefused):
+    """A proposal's index was taken by another leader's entry: it was not applied."""
+
+
+@dataclass
+class NodeOptions:
+    tick_interval: float = 0.02  # seconds per Raft tick
+    raft: RaftConfig = field(default_factory=lambda: RaftConfig(election_tick=10, heartbeat_tick=1))
+    fsync: str = "always"
+    snapshot_every: int = 10_000  # entries applied between automatic snapshots (0: never)
+    keep_snapshots: int = 2
+    segment_bytes: int = 16 * 1024 * 1024
+    max_batch: int = 512  # proposals taken into one Ready at most
+
+
+class Node:
+    """One cluster member: Raft core + journal + state machine + leader hooks."""
+
+    def __init__(
+        self,
+        node_id: str,
+        data_dir: str,
+        root_factory: Callable[[], Any],
+        transport: Transport,
+        *,
+        membership: Membership,
+        options: NodeOptions | None = None,
+        on_leader_start: Callable[[], None] | None = None,
+        on_leader_stop: Callable[[], None] | None = None,
+    ):
+        self.id = node_id
+        self.options = opts = options or NodeOptions()
+        self.transport = transport
+        self.on_leader_start = on_leader_start
+        self.on_leader_stop = on_leader_stop
+        self.storage = JournalStorage(
+            data_dir, initial_membership=membership, fsync=opts.fsync,
+            segment_bytes=opts.segment_bytes, keep_snapshots=opts.keep_snapshots,
+        )
+        hs, _m = self.storage.initial_state()
+        snap_index = self.storage.first_index() - 1
+        upto = max(min(hs.commit, self.storage.last_index()), snap_index)
+        self.sm, warnings = recover(self.storage.journal, self.storage.snapshots, root_factory, upto=upto, check=True)
+        for w in warnings:
+            log.warning("%s: %s", node_id, w)
+        cfg = RaftConfig(**{f: getattr(opts.raft, f) for f in opts.raft.__slots__})
+        cfg.applied = self.sm.applied_index
+        self.core = RaftNode(node_id, self.storage, cfg, random.Random(int.from_bytes(os.urandom(8), "big")))
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._apply_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting: dict[int, tuple[int, Future]] = {}  # index -> (term, future), raft thread only
+        self._apply_waiting: dict[int, tuple[int, Future]] = {}
+        self._reads: list[tuple[int, Future, Any]] = []
+        self._applied_cond = threading.Condition()
+        self._last_ts = self.sm.timestamp_us
+        self._snapshotting = False
+        self._last_snapshot_index = snap_index
+        self._stop = threading.Event()
+        self._failed: BaseException | None = None
+        self._role = Role.FOLLOWER
+        self._status = self.core.status()
+        self._raft_thread = threading.Thread(target=self._raft_loop, name=f"raft-{node_id}", daemon=True)
+        self._apply_thread = threading.Thread(target=self._apply_loop, name=f"apply-{node_id}", daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> "Node":
+        self._apply_thread.start()
+        self._raft_thread.start()
+        return self
+
+    def stop(self, transfer: bool = True, timeout: float = 2.0) -> None:
+        """Stop; a leader first hands leadership to the most up-to-date voter."""
+        if self._stop.is_set():
+            return
+        if transfer and self._role == Role.LEADER:
+            try:
+                self._call(self._transfer_to_best).result(timeout)
+                deadline = time.monotonic() + timeout
+                while self._role == Role.LEADER and time.monotonic() < deadline:
+                    time.sleep(self.options.tick_interval)
+            except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                log.info("%s: no leadership transfer before stopping: %s", self.id, exc)
+        self._stop.set()
+        self._inbox.put(("wake", None, None))
+        self._raft_thread.join()
+        self._apply_q.put(None)
+        self._apply_thread.join()
+        self.storage.close()
+        if self._role == Role.LEADER and self.on_leader_stop:
+            self.on_leader_stop()
+
+    # -- inputs from other threads ----------------------------------------------------
+    def receive(self, payload: bytes) -> None:
+        """A message from a peer (called by the transport's server threads)."""
+        self._inbox.put(("msg", payload, None))
+
+    def execute(self, tx: Any, timeout: float = 10.0) -> Any:
+        """Propose ``tx``; return its result once committed and applied here (leader only)."""
+        plain = CODEC.to_plain(tx)
+        fut: Future = Future()
+        self._inbox.put(("propose", plain, fut))
+        return fut.result(timeout)
+
+    def query(self, q: Any, timeout: float = 10.0, *, linearizable: bool = True) -> Any:
+        """Run ``q``; linearizable (ReadIndex) by default, else on the local state."""
+        if linearizable:
+            fut: Future = Future()
+            self._inbox.put(("read", q, fut))
+            return fut.result(timeout)
+        sm = self.sm
+        sm.lock.acquire_read()
+        try:
+            return q.run(sm.root)
+        finally:
+            sm.lock.release_read()
+
+    def change_membership(self, change: ConfigChange, timeout: float = 10.0) -> int:
+        return self._call(lambda: self.core.propose_config_change(change)).result(timeout)
+
+    def transfer_leadership(self, to: str, timeout: float = 10.0) -> None:
+        self._call(lambda: self.core.transfer_leadership(to)).result(timeout)
+
+    def snapshot(self, timeout: float = 60.0) -> int:
+        """Take a snapshot now; returns its index."""
+        fut: Future = Future()
+        self._apply_q.put(("snapshot", fut))
+        return fut.result(timeout)
+
+    def status(self) -> dict:
+        st = self._status
+        return {
+            "id": self.id, "role": st.role, "term": st.term, "leader": st.leader,
+            "commit_index": st.commit, "applied_index": self.sm.applied_index,
+            "first_index": st.first_index, "last_index": st.last_index,
+            "voters": list(st.voters), "learners": list(st.learners),
+        }
+
+    @property
+    def is_leader(self) -> bool:
+        return self._role == Role.LEADER
+
+    def _call(self, fn: Callable[[], Any]) -> Future:
+        fut: Future = Future()
+        self._inbox.put(("call", fn, fut))
+        return fut
+
+    def _transfer_to_best(self) -> None:
+        st = self.core.status()
+        voters = [p for p in st.voters if p != self.id]
+        if not voters:
+            raise RaftError("no other voter to hand leadership to")
+        best = max(voters, key=lambda p: (st.progress[p].match if p in st.progress else -1, p))
+        self.core.transfer_leadership(best)
+
+    # -- the raft thread --------------------------------------------------------------
+    def _raft_loop(self) -> None:
+        interval = self.options.tick_interval
+        next_tick = time.monotonic() + interval
+        try:
+            while not self._stop.is_set():
+                timeout = next_tick - time.monotonic()
+                if timeout > 0:
+                    try:
+                        self._handle_input(self._inbox.get(timeout=timeout))
+                    except queue.Empty:
+                        pass
+                self._drain_inbox()
+                now = time.monotonic()
+                if now >= next_tick:
+                    self.core.tick()
+                    next_tick += interval
+                    if now - next_tick > 5 * interval:  # we were paused: do not replay missed ticks
+                        next_tick = now + interval
+                while self.core.has_ready():
+                    rd = self.core.ready()
+                    self._handle_ready(rd)
+                    self.core.advance(rd)
+                self._status = self.core.status()
+        except BaseException as exc:  # a storage failure: stop rather than risk safety
+            self._failed = exc
+            log.exception("%s: raft loop stopped", self.id)
+            self._fail_all(exc)
+
+    def _drain_inbox(self) -> None:
+        proposals: list[tuple[list, Future]] = []
+        for _ in range(4096):
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item[0] == "propose":
+                proposals.append((item[1], item[2]))
+                if len(proposals) >= self.options.max_batch:
+                    self._propose(proposals)
+                    proposals = []
+            else:
+                self._handle_input(item)
+        if proposals:
+            self._propose(proposals)
+
+    def _handle_input(self, item: tuple) -> None:
+        kind, payload, fut = item
+        if kind == "msg":
+            try:
+                self.core.step(decode(payload))
+            except DecodeError as exc:
+                log.warning("%s: dropped a malformed peer message: %s", self.id, exc)
+        elif kind == "propose":
+            self._propose([(payload, fut)])
+        elif kind == "read":
+            ctx = os.urandom(16)
+            try:
+                self.core.read_index(ctx)
+                self._reads.append((ctx, fut, payload))
+            except RaftError as exc:
+                fut.set_exception(exc)
+        elif kind == "call":
+            try:
+                fut.set_result(payload())
+            except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+                fut.set_exception(exc)
+
+    def _propose(self, batch: list[tuple[list, Future]]) -> None:
+        ts = max(time.time_ns() // 1000, self._last_ts)
+        self._last_ts = ts
+        datas = [encode_command(ts, plain) for plain, _f in batch]
+        try:
+            first = self.core.propose_batch(datas)
+        except RaftError as exc:
+            for _p, fut in batch:
+                fut.set_exception(exc)
+            return
+        term = self.core.term
+        for k, (_p, fut) in enumerate(batch):
+            self._waiting[first + k] = (term, fut)
+
+    def _handle_ready(self, rd: Ready) -> None:
+        send = self.transport.send
+        for m in rd.messages:
+            send(m.dst, encode(m))
+        st = self.storage
+        if rd.snapshot is not None:
+            st.apply_snapshot(rd.snapshot)
+        if rd.truncate_from is not None:
+            st.truncate(rd.truncate_from)
+        if rd.entries:
+            st.append(rd.entries)
+        if rd.hard_state is not None:
+            st.set_hard_state(rd.hard_state)
+        if rd.entries or rd.snapshot is not None:
+            st.sync()
+        for m in rd.persisted_messages:
+            send(m.dst, encode(m))
+        if rd.soft_state is not None:
+            self._role_changed(rd.soft_state.role, rd.soft_state.leader)
+        if rd.snapshot is not None or rd.committed_entries:
+            waiting = {}
+            for e in rd.committed_entries:
+                w = self._waiting.pop(e.index, None)
+                if w is not None:
+                    waiting[e.index] = w
+            self._apply_q.put(("apply", (rd.snapshot, rd.committed_entries, waiting)))
+        for rs in rd.read_states:
+            for k, (ctx, fut, q) in enumerate(self._reads):
+                if ctx == rs.ctx:
+                    del self._reads[k]
+                    self._apply_q.put(("read", (rs.index, fut, q)))
+                    break
+
+    def _role_changed(self, role: Role, leader: str | None) -> None:
+        was, self._role = self._role, role
+        log.info("%s: %s in term %d (leader %s)", self.id, role, self.core.term, leader)
+        if was != Role.LEADER and role == Role.LEADER and self.on_leader_start:
+            self._apply_q.put(("hook", self.on_leader_start))
+        if was == Role.LEADER and role != Role.LEADER:
+            if self.on_leader_stop:
+                self._apply_q.put(("hook", self.on_leader_stop))
+            for _ctx, fut, _q in self._reads:  # a deposed leader cannot confirm them
+                fut.set_exception(NotLeader(self.id, leader))
+            self._reads.clear()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for _t, fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._waiting.clear()
+
+    # -- the apply thread ---------------------------------------------------------------
+    def _apply_loop(self) -> None:
+        while True:
+            item = self._apply_q.get()
+            if item is None:
+                return
+            kind, arg = item
+            try:
+                if kind == "apply":
+                    self._apply(*arg)
+                elif kind == "read":
+                    self._serve_read(*arg)
+                elif kind == "hook":
+                    arg()
+                elif kind == "snapshot":
+                    arg.set_result(self._take_snapshot())
+            except BaseException as exc:  # noqa: BLE001
+                log.exception("%s: apply thread: %s failed", self.id, kind)
+                if kind == "snapshot":
+                    arg.set_exception(exc)
+
+    def _apply(self, snapshot, entries: list[Entry], waiting: dict) -> None:
+        sm = self.sm
+        if snapshot is not None:
+            meta, root = self.storage.snapshots.load(snapshot.meta.index)
+            sm.lock.acquire_write()
+            try:
+                sm.root, sm.applied_index, sm.timestamp_us = root, meta.index, meta.timestamp_us
+            finally:
+                sm.lock.release_write()
+            self._last_snapshot_index = meta.index
+            log.info("%s: installed snapshot %d from the leader", self.id, meta.index)
+        sm.lock.acquire_write()
+        try:
+            for e in entries:
+                if e.index <= sm.applied_index:
+                    continue
+                result, exc = sm.apply_entry(e, check=True)
+                w = waiting.get(e.index)
+                if w is not None:
+                    term, fut = w
+                    if term != e.term:
+                        fut.set_exception(EntryLost(f"entry {e.index} was replaced by another leader's entry"))
+                    elif exc is not None:
+                        fut.set_exception(exc)
+                    else:
+                        fut.set_result(result)
+        finally:
+            sm.lock.release_write()
+        with self._applied_cond:
+            self._applied_cond.notify_all()
+        every = self.options.snapshot_every
+        if every and sm.applied_index - self._last_snapshot_index >= every:
+            self._take_snapshot()
+
+    def _serve_read(self, index: int, fut: Future, q: Any) -> None:
+        sm = self.sm
+        with self._applied_cond:
+            while sm.applied_index < index and not self._stop.is_set():
+                self._applied_cond.wait(0.1)
+        sm.lock.acquire_read()
+        try:
+            fut.set_result(q.run(sm.root))
+        except BaseException as exc:  # noqa: BLE001 - the query's own error
+            fut.set_exception(exc)
+        finally:
+            sm.lock.release_read()
+
+    def _take_snapshot(self) -> int:
+        """Serialize the state (apply waits, raft does not), store it, compact."""
+        meta, body = self.sm.capture()
+        if meta.index <= self._last_snapshot_index:
+            return self._last_snapshot_index
+        fut = self._call(lambda: self._save_snapshot(meta, body))
+        return fut.result()
+
+    def _save_snapshot(self, meta, body) -> int:
+        membership = self.core.snapshot_meta(meta.index).membership
+        self.storage.save_snapshot(meta, body, membership)
+        removed = self.storage.compact()
+        self.core.compact(meta.index)
+        self._last_snapshot_index = meta.index
+        log.info("%s: snapshot at %d (%d journal segment(s) removed)", self.id, meta.index, removed)
+        return meta.index
+
+
+class LocalNetwork:
+    """An in-process transport between nodes, for tests and single-machine experiments."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.cut: set[tuple[str, str]] = set()
+
+    def transport(self, src: str) -> "LocalNetwork._Port":
+        return LocalNetwork._Port(self, src)
+
+    class _Port:
+        def __init__(self, net: "LocalNetwork", src: str):
+            self.net, self.src = net, src
+
+        def send(self, to: str, payload: bytes) -> None:
+            node = self.net.nodes.get(to)
+            if node is not None and (self.src, to) not in self.net.cut:
+                node.receive(payload)

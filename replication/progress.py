@@ -1,0 +1,178 @@
+"""What a leader knows about each follower's log, and quorum arithmetic.
+
+A follower's progress is in one of three states (as in etcd's raft):
+PROBE     the leader does not know where the follower's log matches; it sends one
+          append per heartbeat interval and waits for the answer (or a heartbeat reply).
+REPLICATE the logs match up to ``match``; the leader streams appends optimistically,
+          at most ``max_inflight`` unacknowledged messages at a time (pipelining).
+SNAPSHOT  the follower needs entries the leader has compacted; the leader streams the
+          host's snapshot in chunks and sends no appends until the follower has it.
+"""
+from __future__ import annotations
+
+from collections import deque
+from enum import IntEnum
+
+from replication.messages import Snapshot
+
+
+class ProgressState(IntEnum):
+    PROBE = 0
+    REPLICATE = 1
+    SNAPSHOT = 2
+
+
+class Inflights:
+    """The last index of each unacknowledged append, oldest first (a bounded window)."""
+
+    __slots__ = ("capacity", "_q")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._q: deque[int] = deque()
+
+    def add(self, last_index: int) -> None:
+        self._q.append(last_index)
+
+    def free_le(self, index: int) -> None:
+        q = self._q
+        while q and q[0] <= index:
+            q.popleft()
+
+    def full(self) -> bool:
+        return len(self._q) >= self.capacity
+
+    def count(self) -> int:
+        return len(self._q)
+
+    def reset(self) -> None:
+        self._q.clear()
+
+
+class Progress:
+    __slots__ = (
+        "match", "next", "state", "probe_sent", "inflights", "recent_active",
+        "is_learner", "snapshot", "snap_offset", "lease_seq", "hb_match",
+    )
+
+    def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False) -> None:
+        self.match = 0
+        self.next = next_index
+        self.state = ProgressState.PROBE
+        self.probe_sent = False  # PROBE: an append is outstanding, wait for an answer
+        self.inflights = Inflights(max_inflight)
+        self.recent_active = True  # heard from within the last election timeout
+        self.is_learner = is_learner
+        self.snapshot: Snapshot | None = None  # SNAPSHOT: the one being sent
+        self.snap_offset = 0  # SNAPSHOT: bytes the follower has acknowledged
+        self.lease_seq = -1  # the leader tick of the newest heartbeat it answered
+        self.hb_match = -1  # match when the previous heartbeat answer came (stall check)
+
+    def _reset(self, state: ProgressState) -> None:
+        self.state = state
+        self.probe_sent = False
+        self.inflights.reset()
+        self.snapshot = None
+        self.snap_offset = 0
+
+    def become_probe(self) -> None:
+        if self.state == ProgressState.SNAPSHOT and self.snapshot is not None:
+            pending = self.snapshot.meta.index
+            self._reset(ProgressState.PROBE)
+            self.next = max(self.match + 1, pending + 1)
+        else:
+            self._reset(ProgressState.PROBE)
+            self.next = self.match + 1
+
+    def become_replicate(self) -> None:
+        self._reset(ProgressState.REPLICATE)
+        self.next = self.match + 1
+
+    def become_snapshot(self, snap: Snapshot) -> None:
+        self._reset(ProgressState.SNAPSHOT)
+        self.snapshot = snap
+
+    @property
+    def pending_snapshot(self) -> int:
+        return self.snapshot.meta.index if self.snapshot is not None else 0
+
+    def maybe_update(self, index: int) -> bool:
+        """A successful append response up to ``index``; False if it is stale."""
+        updated = False
+        if index > self.match:
+            self.match = index
+            updated = True
+            self.probe_sent = False
+        if self.next < index + 1:
+            self.next = index + 1
+        return updated
+
+    def maybe_decr_to(self, rejected: int, match_hint: int) -> bool:
+        """A rejection of the append at ``rejected``; False if the rejection is stale."""
+        if self.state == ProgressState.REPLICATE:
+            if rejected <= self.match:
+                return False
+            self.next = self.match + 1
+            return True
+        if self.next - 1 != rejected:
+            return False
+        self.next = max(min(rejected, match_hint + 1), self.match + 1)
+        self.probe_sent = False
+        return True
+
+    def stalled(self) -> bool:
+        """REPLICATE with appends outstanding, yet no progress between two heartbeat
+        answers: the appends were lost, so fall back to probing from ``match``."""
+        stalled = self.state == ProgressState.REPLICATE and self.match < self.next - 1 and self.match == self.hb_match
+        self.hb_match = self.match
+        return stalled
+
+    def is_paused(self) -> bool:
+        if self.state == ProgressState.PROBE:
+            return self.probe_sent
+        if self.state == ProgressState.REPLICATE:
+            return self.inflights.full()
+        return True
+
+    def sent_entries(self, count: int, last_index: int) -> None:
+        """Bookkeeping after sending an append carrying ``count`` entries."""
+        if self.state == ProgressState.REPLICATE:
+            if count:
+                self.next = last_index + 1
+                self.inflights.add(last_index)
+        elif self.state == ProgressState.PROBE:
+            self.probe_sent = True
+
+
+def quorum(n: int) -> int:
+    return n // 2 + 1
+
+
+def quorum_index(values: list[int]) -> int:
+    """The largest value that a majority of ``values`` reach (one value per voter)."""
+    if not values:
+        return 0
+    values.sort(reverse=True)
+    return values[quorum(len(values)) - 1]
+
+
+def committed_index(voters: tuple[str, ...], matches: dict[str, int]) -> int:
+    """The largest index stored on a majority of ``voters`` (learners never count)."""
+    return quorum_index([matches.get(v, 0) for v in voters])
+
+
+def vote_result(voters: tuple[str, ...], votes: dict[str, bool]) -> int:
+    """1 won, -1 lost, 0 still pending. Only voters count; learners never do."""
+    granted = rejected = 0
+    for v in voters:
+        r = votes.get(v)
+        if r is True:
+            granted += 1
+        elif r is False:
+            rejected += 1
+    q = quorum(len(voters))
+    if granted >= q:
+        return 1
+    if rejected > len(voters) - q:
+        return -1
+    return 0

@@ -1,0 +1,176 @@
+"""The node's view of the Raft log: stable entries in storage plus unstable ones.
+
+Entries appended by the core (a leader's proposals, a follower's appends, a received
+snapshot) are *unstable* until the host reports them durable through ``advance``.
+Unstable entries shadow storage from ``offset`` on: after a conflict a follower's new
+suffix replaces entries storage still holds, and the host truncates storage from
+``offset`` when it persists the Ready.
+"""
+from __future__ import annotations
+
+from prevalence.entry import Entry
+from replication.errors import CompactedError, RaftError, UnavailableError
+from replication.messages import Snapshot
+from replication.storage import Storage, limit_size
+
+
+class RaftLog:
+    __slots__ = ("storage", "unstable", "offset", "pending_snapshot", "committed", "applied")
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.unstable: list[Entry] = []
+        self.offset = storage.last_index() + 1  # index of unstable[0]
+        self.pending_snapshot: Snapshot | None = None
+        self.committed = storage.first_index() - 1
+        self.applied = storage.first_index() - 1
+
+    # ------------------------------------------------------------------ reading
+    def first_index(self) -> int:
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.meta.index + 1
+        return self.storage.first_index()
+
+    def last_index(self) -> int:
+        if self.unstable:
+            return self.unstable[-1].index
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.meta.index
+        return self.offset - 1
+
+    def last_term(self) -> int:
+        return self.term(self.last_index())
+
+    def term(self, index: int) -> int:
+        """Term at ``index``; CompactedError / UnavailableError outside the log."""
+        if index >= self.offset:
+            pos = index - self.offset
+            if pos < len(self.unstable):
+                return self.unstable[pos].term
+            raise UnavailableError(f"index {index} is past the last index {self.last_index()}")
+        snap = self.pending_snapshot
+        if snap is not None:
+            if index == snap.meta.index:
+                return snap.meta.term
+            raise CompactedError(index, snap.meta.index + 1)
+        return self.storage.term(index)
+
+    def match_term(self, index: int, term: int) -> bool:
+        try:
+            return self.term(index) == term
+        except (CompactedError, UnavailableError):
+            return False
+
+    def is_up_to_date(self, last_index: int, last_term: int) -> bool:
+        """Election restriction: is a candidate's log at least as up-to-date as ours?"""
+        my_term = self.last_term()
+        return last_term > my_term or (last_term == my_term and last_index >= self.last_index())
+
+    def slice(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
+        """Entries ``[lo, hi)`` within ``max_bytes`` (at least one)."""
+        if lo >= hi:
+            return []
+        if lo < self.first_index():
+            raise CompactedError(lo, self.first_index())
+        if hi > self.last_index() + 1:
+            raise UnavailableError(f"entries up to {hi - 1} requested, last is {self.last_index()}")
+        if lo >= self.offset:
+            return limit_size(self.unstable[lo - self.offset:hi - self.offset], max_bytes)
+        stored = self.storage.entries(lo, min(hi, self.offset), max_bytes)
+        if hi <= self.offset or (max_bytes is not None and len(stored) < min(hi, self.offset) - lo):
+            return stored
+        return limit_size(stored + self.unstable[:hi - self.offset], max_bytes)
+
+    def entries_from(self, lo: int, max_bytes: int | None) -> list[Entry]:
+        return self.slice(lo, self.last_index() + 1, max_bytes)
+
+    def find_conflict(self, entries: list[Entry]) -> int:
+        """Index of the first entry that is new or conflicts with ours, or 0 if none."""
+        if not entries:
+            return 0
+        last = self.last_index()
+        if entries[0].index > last:
+            return entries[0].index
+        for e in entries:
+            if e.index > last or not self.match_term(e.index, e.term):
+                return e.index
+        return 0
+
+    def find_conflict_by_term(self, index: int, term: int) -> tuple[int, int]:
+        """The largest ``i <= index`` whose term is ``<= term``, and that term.
+
+        A rejecting follower sends this as a hint, and the leader uses it to skip a
+        whole term of mismatching entries per round trip. Stops at the compaction
+        point, returning term 0 there (unknown).
+        """
+        while index > 0:
+            try:
+                t = self.term(index)
+            except (CompactedError, UnavailableError):
+                return index, 0
+            if t <= term:
+                return index, t
+            index -= 1
+        return 0, 0
+
+    def has_next_committed(self) -> bool:
+        return self.committed > max(self.applied, self.first_index() - 1)
+
+    def next_committed(self, max_bytes: int | None) -> list[Entry]:
+        lo = max(self.applied + 1, self.first_index())
+        if lo > self.committed:
+            return []
+        return self.slice(lo, self.committed + 1, max_bytes)
+
+    # ------------------------------------------------------------------ writing
+    def append(self, entries: list[Entry]) -> None:
+        """Add entries at ``entries[0].index``, replacing any suffix from there on."""
+        first = entries[0].index
+        if first <= self.committed:
+            raise RaftError(f"refusing to overwrite committed entry {first} (commit is {self.committed})")
+        end = self.offset + len(self.unstable)
+        if first == end:
+            self.unstable.extend(entries)
+        elif first <= self.offset:
+            self.unstable = list(entries)
+            self.offset = first
+        elif first < end:
+            del self.unstable[first - self.offset:]
+            self.unstable.extend(entries)
+        else:
+            raise RaftError(f"gap in log: appending {first} after {end - 1}")
+
+    def commit_to(self, index: int) -> bool:
+        if index > self.committed:
+            if index > self.last_index():
+                raise RaftError(f"commit {index} is past the last index {self.last_index()}")
+            self.committed = index
+            return True
+        return False
+
+    def maybe_commit(self, index: int, term: int) -> bool:
+        """Commit ``index`` only if its entry is of ``term`` (the Figure 8 rule)."""
+        if index > self.committed and self.match_term(index, term):
+            self.committed = index
+            return True
+        return False
+
+    def stable_to(self, index: int, term: int) -> None:
+        """The host made entries up to ``index`` durable (ignored if since replaced)."""
+        if index < self.offset:
+            return
+        pos = index - self.offset
+        if pos < len(self.unstable) and self.unstable[pos].term == term:
+            del self.unstable[:pos + 1]
+            self.offset = index + 1
+
+    def stable_snapshot_to(self, index: int) -> None:
+        if self.pending_snapshot is not None and self.pending_snapshot.meta.index == index:
+            self.pending_snapshot = None
+
+    def restore(self, snap: Snapshot) -> None:
+        """Replace the whole log with a received snapshot (made durable by the host)."""
+        self.pending_snapshot = snap
+        self.unstable = []
+        self.offset = snap.meta.index + 1
+        self.committed = snap.meta.index

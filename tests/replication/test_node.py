@@ -1,0 +1,112 @@
+"""The node runtime in one process: real journals and threads, an in-memory network."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from replication.membership import Membership
+from replication.node import LocalNetwork, Node, NodeOptions
+from tests.prevalence.domain import Add, Get, Rejected, Store
+
+
+class Cluster:
+    def __init__(self, tmp_path, n=3, **opts):
+        self.net = LocalNetwork()
+        self.base = tmp_path
+        self.ids = [f"n{i}" for i in range(1, n + 1)]
+        self.membership = Membership(tuple(self.ids))
+        self.opts = opts
+        for i in self.ids:
+            self.start(i)
+
+    def start(self, i):
+        node = Node(i, str(self.base / i), Store, self.net.transport(i), membership=self.membership,
+                    options=NodeOptions(**self.opts))
+        self.net.nodes[i] = node
+        return node.start()
+
+    def kill(self, i):
+        node = self.net.nodes.pop(i)
+        node.stop(transfer=False)
+
+    def leader(self, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leaders = [n for n in self.net.nodes.values() if n.is_leader]
+            if len(leaders) == 1:
+                return leaders[0]
+            time.sleep(0.01)
+        raise AssertionError("no single leader elected")
+
+    def converge(self, key, value, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(n.query(Get(key), linearizable=False) == value for n in self.net.nodes.values()):
+                return
+            time.sleep(0.02)
+        raise AssertionError({n.id: n.query(Get(key), linearizable=False) for n in self.net.nodes.values()})
+
+    def stop(self):
+        for n in list(self.net.nodes.values()):
+            n.stop(transfer=False)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    c.stop()
+
+
+def test_elect_execute_read_everywhere(cluster):
+    leader = cluster.leader()
+    for k in range(1, 51):
+        assert leader.execute(Add("x", 1)) == k
+    follower = next(n for n in cluster.net.nodes.values() if n is not leader)
+    assert follower.query(Get("x")) == 50  # linearizable through the leader's read index
+    with pytest.raises(Exception) as info:
+        follower.execute(Add("x", 1))
+    assert "not the leader" in str(info.value)
+    with pytest.raises(Rejected):
+        leader.execute(Add("x", -1000))  # check() runs when applied, on every replica
+    cluster.converge("x", 50)
+
+
+def test_leader_failover_keeps_every_acknowledged_transaction(cluster):
+    total = 0
+    for round_no in range(3):
+        leader = cluster.leader()
+        for _ in range(20):
+            total = leader.execute(Add("x", 1))
+        cluster.kill(leader.id)
+        new = cluster.leader()
+        assert new.id != leader.id
+        assert new.execute(Add("x", 0)) == total
+        cluster.start(leader.id)  # comes back and catches up
+        cluster.converge("x", total)
+
+
+def test_restarted_follower_catches_up_by_snapshot(tmp_path):
+    c = Cluster(tmp_path, snapshot_every=30, segment_bytes=4096)
+    try:
+        leader = c.leader()
+        lagging = next(i for i in c.ids if i != leader.id)
+        c.kill(lagging)
+        for _ in range(200):
+            leader.execute(Add("x", 1))
+        assert leader.storage.journal.first_index > 1  # compacted past what the follower has
+        node = c.start(lagging)
+        c.converge("x", 200)
+        assert node.storage.first_index() > 1  # it was sent a snapshot
+    finally:
+        c.stop()
+
+
+def test_graceful_stop_of_the_leader_hands_over(cluster):
+    leader = cluster.leader()
+    leader.execute(Add("x", 5))
+    node = cluster.net.nodes.pop(leader.id)
+    node.stop(transfer=True)
+    new = cluster.leader(timeout=1.0)
+    assert new.execute(Add("x", 1)) == 6

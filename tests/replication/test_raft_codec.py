@@ -1,0 +1,139 @@
+"""The wire codec: every message round-trips; garbage raises DecodeError, nothing else."""
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from prevalence.entry import Entry
+from replication.errors import DecodeError, RaftError
+from replication.membership import Membership
+from replication.messages import (
+    Append, AppendResp, Heartbeat, HeartbeatResp, InstallSnapshot, PreVote, PreVoteResp,
+    ReadIndex, ReadIndexResp, SnapshotMeta, SnapshotResp, TimeoutNow, Vote, VoteResp,
+    decode, encode,
+)
+
+ids = st.text(min_size=1, max_size=12)
+u64 = st.integers(min_value=0, max_value=(1 << 63) - 1)
+blobs = st.binary(max_size=64)
+
+
+@st.composite
+def entry_lists(draw):
+    start = draw(st.integers(min_value=1, max_value=1 << 40))
+    n = draw(st.integers(min_value=0, max_value=5))
+    return [Entry(start + i, draw(u64), draw(st.sampled_from([0, 1, 2])), draw(blobs)) for i in range(n)]
+
+
+memberships = st.builds(
+    lambda v, l: Membership(tuple(v), tuple(x for x in l if x not in v)),
+    st.lists(ids, max_size=4), st.lists(ids, max_size=3),
+)
+metas = st.builds(SnapshotMeta, u64, u64, memberships)
+
+messages = st.one_of(
+    st.builds(PreVote, ids, ids, u64, u64, u64),
+    st.builds(PreVoteResp, ids, ids, u64, st.booleans()),
+    st.builds(Vote, ids, ids, u64, u64, u64, st.booleans()),
+    st.builds(VoteResp, ids, ids, u64, st.booleans()),
+    st.builds(Append, ids, ids, u64, u64, u64, entry_lists(), u64),
+    st.builds(AppendResp, ids, ids, u64, u64, st.booleans(), u64, u64),
+    st.builds(Heartbeat, ids, ids, u64, u64, blobs, u64),
+    st.builds(HeartbeatResp, ids, ids, u64, blobs, u64),
+    st.builds(InstallSnapshot, ids, ids, u64, metas, u64, blobs, st.booleans()),
+    st.builds(SnapshotResp, ids, ids, u64, u64, u64),
+    st.builds(TimeoutNow, ids, ids, u64),
+    st.builds(ReadIndex, ids, ids, u64, blobs),
+    st.builds(ReadIndexResp, ids, ids, u64, blobs, u64),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages)
+def test_round_trip(msg):
+    data = encode(msg)
+    assert isinstance(data, bytes)
+    back = decode(data)
+    assert back == msg and type(back) is type(msg)
+    for e in getattr(back, "entries", []):
+        assert type(e) is Entry
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_garbage_bytes_raise_decode_error(data):
+    try:
+        decode(data)
+    except DecodeError:
+        pass
+
+
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1) | st.text(max_size=5) | st.binary(max_size=5),
+    lambda inner: st.lists(inner, max_size=6),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(min_value=0, max_value=15), st.lists(plain, max_size=9))
+def test_well_formed_msgpack_with_wrong_fields_raises_decode_error(code, fields):
+    try:
+        decode(msgpack.packb([code, *fields], use_bin_type=True))
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages, st.data())
+def test_mutated_messages_decode_or_raise_decode_error(msg, data):
+    raw = bytearray(encode(msg))
+    pos = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    raw[pos] = data.draw(st.integers(min_value=0, max_value=255))
+    try:
+        out = decode(bytes(raw))
+    except DecodeError:
+        return
+    assert type(out).__name__ in {t.__name__ for t in (type(msg), *map(type, [msg]))} or out is not None
+
+
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        (b"", "not a msgpack"),
+        (msgpack.packb({"a": 1}), "map"),
+        (msgpack.packb(7), "array"),
+        (msgpack.packb([99, "a"]), "unknown message type"),
+        (msgpack.packb([11, "a", "b"]), "needs 3 fields"),
+        (msgpack.packb([11, "a", "b", -1]), "non-negative"),
+        (msgpack.packb([11, "a", "b", True]), "integer"),
+        (msgpack.packb([11, "", "b", 1]), "node id"),
+        (msgpack.packb([5, "a", "b", 1, 0, 0, [[1, 1, 7, b""]], 0], use_bin_type=True), "unknown entry kind"),
+        (msgpack.packb([5, "a", "b", 1, 0, 0, [[1, 1, 1, b""], [3, 1, 1, b""]], 0], use_bin_type=True), "consecutive"),
+        (msgpack.packb([5, "a", "b", 1, 0, 0, [[1, 1, 1, "text"]], 0], use_bin_type=True), "bytes"),
+        (msgpack.packb([11, "a", "b", 1]) + b"\x00", "not a msgpack"),
+        (msgpack.packb(msgpack.ExtType(1, b"x")), "not a msgpack"),
+    ],
+)
+def test_decode_errors_name_the_problem(payload, fragment):
+    with pytest.raises(DecodeError, match=fragment):
+        decode(payload)
+
+
+def test_decode_error_is_a_raft_error_and_value_error():
+    with pytest.raises(RaftError):
+        decode(b"\xc1")
+    with pytest.raises(ValueError):
+        decode(b"\xc1")
+
+
+def test_deeply_nested_input_is_refused_cleanly():
+    deep = b"\x91" * 100_000 + b"\xc0"
+    with pytest.raises(DecodeError):
+        decode(deep)
+
+
+def test_encode_refuses_non_messages():
+    with pytest.raises(TypeError):
+        encode(object())
