@@ -326,7 +326,7 @@ class PeerServer:
                 port=port,
                 authenticator=authenticator,
                 protocol_config=dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=5.0),
-                logger=logging.getLogger("rpc.server"),
+                logger=logging.getLogger("rpc.rpyc"),  # RPyC logs every accept at INFO
                 listener_timeout=0.5,
             )
             self._server._listen()

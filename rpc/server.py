@@ -1,0 +1,89 @@
+"""One cluster node as an OS process: config -> secret, transport, Raft node, RPyC server."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+from prevalence.factory import load_object
+from replication.config import RaftConfig
+from replication.membership import Membership
+from replication.node import Node, NodeOptions
+from rpc.config import NodeConfig, format_address, load_config
+from rpc.secret import load_secret
+from rpc.service import ClientService
+from rpc.transport import PeerServer, PeerTransport
+
+log = logging.getLogger("rpc.server")
+
+
+class NodeProcess:
+    """Everything one node runs; ``start`` then ``stop`` (a leader hands over first)."""
+
+    def __init__(self, cfg: NodeConfig):
+        self.cfg = cfg
+        self.secret = load_secret(cfg.secret_file)
+        for module in cfg.imports:
+            load_object(module + ":__name__")
+        self.factory = load_object(cfg.root)
+        peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
+        self.transport = PeerTransport(cfg.id, self.secret, peers)
+        options = NodeOptions(
+            tick_interval=cfg.tick,
+            raft=RaftConfig(election_tick=cfg.election_ticks, heartbeat_tick=cfg.heartbeat_ticks),
+            fsync=cfg.fsync,
+            snapshot_every=cfg.snapshot_every,
+            keep_snapshots=cfg.keep_snapshots,
+        )
+        self.node = Node(cfg.id, cfg.data, self.factory, self.transport,
+                         membership=Membership(tuple(cfg.peers)), options=options)
+        self.server: PeerServer | None = None
+
+    def start(self) -> "NodeProcess":
+        host, port = self.cfg.listen
+        self.server = PeerServer(host, port, self.secret, lambda src, payload: self.node.receive(payload),
+                                 service_extra=lambda ident: ClientService(self, ident.id))
+        self.node.start()
+        log.info("node %s up on %s (pid %d, config %s)", self.cfg.id, format_address(self.cfg.listen),
+                 os.getpid(), self.cfg.path)
+        return self
+
+    def stop(self) -> None:
+        self.node.stop(transfer=True)
+        if self.server is not None:
+            self.server.close()
+        self.transport.close()
+        log.info("node %s stopped", self.cfg.id)
+
+    def address_of(self, node_id: str | None) -> str | None:
+        addr = self.cfg.peers.get(node_id) if node_id else None
+        return format_address(addr) if addr else None
+
+    def status(self) -> dict:
+        st = self.node.status()
+        st.update(address=format_address(self.cfg.listen), pid=os.getpid(), config=self.cfg.path,
+                  peers={p: {k: v for k, v in s.items() if k in ("connected", "queued", "dropped")}
+                         for p, s in self.transport.peer_status().items()})
+        return st
+
+
+def run(config_path: str) -> int:
+    """``prevalence node --config FILE``: run until SIGINT/SIGTERM, then stop cleanly."""
+    cfg = load_config(config_path)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {cfg.id} %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rpc.rpyc").setLevel(logging.WARNING)  # one line per accept is noise
+    process = NodeProcess(cfg).start()
+    done = threading.Event()
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        done.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not done.wait(0.5):
+        pass
+    process.stop()
+    return 0

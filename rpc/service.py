@@ -1,0 +1,80 @@
+"""What an authenticated client may call on a node: status, execute, query.
+
+Bytes in, bytes out (msgpack), never pickle. Replies are ``["ok", value]``,
+``["not_leader", leader_id, leader_address]``, ``["rejected"|"failed", type, message]``
+or ``["error", message]``. (The reconnecting client library, sessions and exactly-once
+retries come with issue 5; this is the node side they will build on.)
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import rpyc
+
+from prevalence.codec import CODEC
+from prevalence.errors import PrevalenceError
+from replication.errors import NotLeader, ProposalRefused
+
+if TYPE_CHECKING:
+    from rpc.server import NodeProcess
+
+log = logging.getLogger("rpc.service")
+
+DEFAULT_MAX_REQUEST = 1 << 20
+
+
+def _reply(*items: Any) -> bytes:
+    try:
+        return msgpack.packb(list(items), use_bin_type=True)
+    except (TypeError, ValueError) as exc:
+        return msgpack.packb(["error", f"the result cannot be sent as plain data: {exc}"])
+
+
+class ClientService(rpyc.Service):
+    """One per client connection; exposes only the methods below."""
+
+    _EXPOSED = ("status", "execute", "query")
+
+    def __init__(self, process: "NodeProcess", client_id: str, max_request: int = DEFAULT_MAX_REQUEST):
+        self._p = process
+        self._client = client_id
+        self._max = max_request
+
+    def _rpyc_getattr(self, name: str) -> Any:
+        if name in self._EXPOSED:
+            return getattr(self, "exposed_" + name)
+        raise AttributeError(f"{name!r} is not exposed to clients")
+
+    def _check(self, data: Any) -> bytes:
+        if not isinstance(data, bytes):
+            raise TypeError(f"expected bytes, got {type(data).__name__}")
+        if len(data) > self._max:
+            raise PrevalenceError(f"request of {len(data)} bytes is over the limit of {self._max} bytes")
+        return data
+
+    def exposed_status(self) -> bytes:
+        return _reply("ok", self._p.status())
+
+    def exposed_execute(self, data: bytes) -> bytes:
+        return self._run(data, lambda obj: self._p.node.execute(obj))
+
+    def exposed_query(self, data: bytes, linearizable: bool = True) -> bytes:
+        return self._run(data, lambda obj: self._p.node.query(obj, linearizable=bool(linearizable)))
+
+    def _run(self, data: Any, call) -> bytes:
+        try:
+            obj = CODEC.loads(self._check(data))
+            return _reply("ok", call(obj))
+        except NotLeader as exc:
+            return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
+        except ProposalRefused as exc:
+            return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
+        except PrevalenceError as exc:
+            return _reply("error", str(exc))
+        except TimeoutError:
+            return _reply("error", "timed out waiting for the cluster")
+        except Exception as exc:  # the transaction's or query's own exception
+            return _reply("failed", f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc))
+

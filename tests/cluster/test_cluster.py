@@ -1,0 +1,135 @@
+"""Real node processes on 127.0.0.1: elections, SIGKILLed leaders, SIGSTOPped leaders."""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import pytest
+
+from tests.cluster.harness import LocalCluster, Writer
+from tests.prevalence.domain import Snapshot, Stamp
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL/SIGSTOP")]
+
+
+@pytest.fixture
+def cluster3(tmp_path):
+    c = LocalCluster(tmp_path, 3)
+    yield c
+    c.stop()
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_cluster_elects_one_leader(tmp_path, n):
+    c = LocalCluster(tmp_path, n)
+    try:
+        leader = c.leader()
+        st = c.status()
+        assert sum(1 for r in st.values() if r["role"] == "leader") == 1
+        assert all(r["reachable"] for r in st.values())
+        assert c.call(leader, "execute", Stamp("first"))[0] == "ok"
+    finally:
+        c.stop()
+
+
+def test_sigkill_leader_repeatedly_under_load_loses_nothing_acknowledged(cluster3):
+    c = cluster3
+    w = Writer(c)
+    acked: list[str] = []
+    for round_no in range(4):
+        leader = c.leader()
+        stop_at = time.monotonic() + 0.6
+        seq = 0
+        while time.monotonic() < stop_at:
+            tag = f"r{round_no}-{seq}"
+            seq += 1
+            try:
+                w.execute(Stamp(tag), time.monotonic() + 5)
+                acked.append(tag)
+            except (ConnectionError, TimeoutError):
+                pass
+        c.kill(leader)  # SIGKILL, mid-load
+        t0 = time.monotonic()
+        new = c.leader(exclude={leader})
+        assert new != leader
+        for attempt in range(50):  # the first call may hit the dead leader's connection
+            tag = f"after-kill-{round_no}-{attempt}"
+            try:
+                w.execute(Stamp(tag), time.monotonic() + 5)
+                acked.append(tag)
+                break
+            except (ConnectionError, TimeoutError):
+                continue
+        assert time.monotonic() - t0 < 5
+        c.start(leader)  # it comes back and catches up
+    leader = c.leader()
+    reply = c.call(leader, "query", Snapshot())
+    assert reply[0] == "ok"
+    tags = [item[0] for item in reply[1][1]]
+    assert len(tags) == len(set(tags)), "a transaction applied twice"
+    missing = [t for t in acked if t not in set(tags)]
+    assert not missing, f"acknowledged but lost: {missing[:5]}"
+    assert len(acked) > 20
+    # every node converges to the same state
+    deadline = time.monotonic() + 10
+    while True:
+        st = c.status()
+        applied = {r["applied_index"] for r in st.values()}
+        if len(applied) == 1 and all(r["reachable"] for r in st.values()):
+            break
+        assert time.monotonic() < deadline, st
+        time.sleep(0.1)
+
+
+def test_hung_leader_is_replaced_and_steps_down_when_resumed(cluster3):
+    c = cluster3
+    leader = c.leader()
+    assert c.call(leader, "execute", Stamp("before"))[0] == "ok"
+    c.kill(leader, signal.SIGSTOP)  # no RST, no answers
+    try:
+        t0 = time.monotonic()
+        new = c.leader(exclude={leader}, timeout=5)
+        took = time.monotonic() - t0
+        assert took < 2.0, f"replacing a hung leader took {took:.2f} s"
+        assert c.call(new, "execute", Stamp("during"))[0] == "ok"
+    finally:
+        c.kill(leader, signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    while c.status()[leader]["role"] == "leader":
+        assert time.monotonic() < deadline, "the resumed old leader did not step down"
+        time.sleep(0.05)
+    reply = c.call(leader, "execute", Stamp("stale"))
+    assert reply[0] == "not_leader"  # it acknowledges nothing on its stale term
+
+
+def test_wrong_secret_is_refused_and_logged(cluster3, tmp_path):
+    from rpc.auth import AuthenticationFailed
+    from rpc.transport import open_connection
+
+    c = cluster3
+    c.leader()
+    nid = next(iter(c.configs))
+    with pytest.raises(AuthenticationFailed):
+        open_connection(c.configs[nid].listen, b"x" * 32, role="client", ident="intruder")
+    time.sleep(0.2)
+    assert "127.0.0.1" in c.log(nid) and ("refused" in c.log(nid).lower() or "authentic" in c.log(nid).lower())
+
+
+def test_corrupted_journal_refuses_to_start_with_a_clear_error(cluster3):
+    c = cluster3
+    leader = c.leader()
+    for k in range(30):
+        assert c.call(leader, "execute", Stamp(f"t{k}"))[0] == "ok"
+    victim = next(n for n in c.configs if n != leader)
+    c.kill(victim)
+    import glob
+    import os
+
+    seg = sorted(glob.glob(os.path.join(c.configs[victim].data, "journal", "*.log")))[0]
+    data = bytearray(open(seg, "rb").read())
+    data[100] ^= 0xFF
+    open(seg, "wb").write(bytes(data))
+    c.start(victim)
+    assert c.procs[victim].wait(20) != 0
+    assert "JournalCorruptError" in c.log(victim) or "byte offset" in c.log(victim)
