@@ -6,8 +6,10 @@ refusals in one place; the refusals a client should retry elsewhere derive from
 """
 from __future__ import annotations
 
+from prevalence.errors import PrevalenceError
 
-class RaftError(Exception):
+
+class RaftError(PrevalenceError):
     """Base class of every error raised by ``replication``."""
 
 

@@ -81,7 +81,7 @@ class JournalStorage:
         self.journal = Journal(os.path.join(self.directory, "journal"), fsync=fsync, segment_bytes=segment_bytes)
         self.snapshots = SnapshotStore(os.path.join(self.directory, "snapshots"), keep=keep_snapshots)
         self._hs_file = HardStateFile(self.directory)
-        self.hard_state = self._hs_file.load()
+        self.hard_state = self._stored = self._hs_file.load()
         self._snap = SnapshotMeta(0, 0, initial_membership)
         for index in self.snapshots.indexes():  # newest valid one; damaged ones are skipped
             try:
@@ -143,9 +143,10 @@ class JournalStorage:
 
     # -- writes (the host, following the Ready contract) ------------------------------
     def set_hard_state(self, hs: HardState) -> None:
-        old, self.hard_state = self.hard_state, hs
-        if (hs.term, hs.vote) != (old.term, old.vote):
+        self.hard_state = hs
+        if (hs.term, hs.vote) != (self._stored.term, self._stored.vote):
             self._hs_file.store(hs)
+            self._stored = hs
 
     def truncate(self, from_index: int) -> None:
         if from_index <= self._snap.index:
@@ -200,6 +201,7 @@ class JournalStorage:
         return self.journal.compact(min(kept)) if kept else 0
 
     def close(self) -> None:
-        if self.hard_state.commit:
+        if self.hard_state != self._stored:
             self._hs_file.store(self.hard_state)  # a fresher commit saves replay next time
+            self._stored = self.hard_state
         self.journal.close()

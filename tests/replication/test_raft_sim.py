@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_ci_500_seeds():
     """The CI soak: 400 seeds of 3 nodes and 100 of 5, all faults on (~20 s here)."""
-    started = time.monotonic()
     three, five = SimConfig(nodes=3, steps=400), SimConfig(nodes=5, steps=300)
     for seed in range(500):
         try:
@@ -27,7 +25,6 @@ def test_ci_500_seeds():
         except Violation as v:
             from replication.sim import report
             pytest.fail(report(v, seed))
-    assert time.monotonic() - started < 240
 
 
 def test_same_seed_same_trace():
