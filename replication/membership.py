@@ -22,18 +22,31 @@ _CONFIG = int(EntryKind.CONFIG)
 
 @dataclass(frozen=True, slots=True)
 class Membership:
-    """Voters and learners, each a sorted tuple of node ids (sorted for determinism)."""
+    """Voters and learners, each a sorted tuple of node ids (sorted for determinism),
+    and where to reach them: ``addresses`` holds sorted ``(node id, "host:port")`` pairs.
+
+    The addresses travel with the configuration through the log, so a node added at run
+    time is reachable by every member without editing their configuration files. The
+    core never reads them; the runtime gives them to the transport.
+    """
 
     voters: tuple[str, ...] = ()
     learners: tuple[str, ...] = ()
+    addresses: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         voters = tuple(sorted(set(self.voters)))
         learners = tuple(sorted(set(self.learners)))
         if set(voters) & set(learners):
             raise ConfigChangeRefused(f"nodes {sorted(set(voters) & set(learners))} are both voter and learner")
+        addresses = self.addresses.items() if isinstance(self.addresses, dict) else self.addresses
+        members = set(voters) | set(learners)
         object.__setattr__(self, "voters", voters)
         object.__setattr__(self, "learners", learners)
+        object.__setattr__(self, "addresses", tuple(sorted((n, a) for n, a in addresses if n in members)))
+
+    def address_of(self, node_id: str) -> str | None:
+        return dict(self.addresses).get(node_id)
 
     def members(self) -> tuple[str, ...]:
         """Every node that receives the log, sorted."""
@@ -46,15 +59,25 @@ class Membership:
         return node_id in self.voters or node_id in self.learners
 
     def to_wire(self) -> list:
-        return [list(self.voters), list(self.learners)]
+        if not self.addresses:
+            return [list(self.voters), list(self.learners)]
+        return [list(self.voters), list(self.learners), dict(self.addresses)]
 
     @classmethod
     def from_wire(cls, raw: object) -> "Membership":
         """Validate plain data from msgpack; raises DecodeError on anything unexpected."""
-        if not isinstance(raw, (list, tuple)) or len(raw) != 2:
-            raise DecodeError("membership must be a [voters, learners] pair")
+        if not isinstance(raw, (list, tuple)) or len(raw) not in (2, 3):
+            raise DecodeError("membership must be [voters, learners] or [voters, learners, addresses]")
+        addresses: dict = {}
+        if len(raw) == 3:
+            if not isinstance(raw[2], dict) or len(raw[2]) > 10_000:
+                raise DecodeError("membership addresses must be a mapping of node id to address")
+            for node, addr in raw[2].items():
+                if not (isinstance(node, str) and isinstance(addr, str) and 0 < len(addr) <= 300):
+                    raise DecodeError(f"invalid address entry in membership: {node!r:.60} -> {addr!r:.60}")
+            addresses = raw[2]
         out = []
-        for part in raw:
+        for part in raw[:2]:
             if not isinstance(part, (list, tuple)) or len(part) > 10_000:
                 raise DecodeError("membership voters/learners must be lists of node ids")
             for node in part:
@@ -62,7 +85,7 @@ class Membership:
                     raise DecodeError(f"invalid node id in membership: {node!r:.60}")
             out.append(tuple(part))
         try:
-            return cls(out[0], out[1])
+            return cls(out[0], out[1], tuple(addresses.items()))
         except ConfigChangeRefused as exc:
             raise DecodeError(str(exc)) from None
 
@@ -80,18 +103,19 @@ class ConfigChange:
 
     op: ChangeType
     node_id: str
+    address: str | None = None  # where the added node listens (kept in the membership)
 
     @classmethod
-    def add_voter(cls, node_id: str) -> "ConfigChange":
-        return cls(ChangeType.ADD_VOTER, node_id)
+    def add_voter(cls, node_id: str, address: str | None = None) -> "ConfigChange":
+        return cls(ChangeType.ADD_VOTER, node_id, address)
 
     @classmethod
     def remove_voter(cls, node_id: str) -> "ConfigChange":
         return cls(ChangeType.REMOVE_VOTER, node_id)
 
     @classmethod
-    def add_learner(cls, node_id: str) -> "ConfigChange":
-        return cls(ChangeType.ADD_LEARNER, node_id)
+    def add_learner(cls, node_id: str, address: str | None = None) -> "ConfigChange":
+        return cls(ChangeType.ADD_LEARNER, node_id, address)
 
     @classmethod
     def promote_learner(cls, node_id: str) -> "ConfigChange":
@@ -127,7 +151,10 @@ def apply_change(current: Membership, change: ConfigChange) -> Membership:
         learners.discard(node)
     else:
         raise ConfigChangeRefused(f"unknown change type {op!r}")
-    return Membership(tuple(voters), tuple(learners))
+    addresses = dict(current.addresses)
+    if change.address is not None:
+        addresses[node] = change.address
+    return Membership(tuple(voters), tuple(learners), tuple(addresses.items()))
 
 
 def encode_membership(m: Membership) -> bytes:

@@ -77,12 +77,14 @@ class Node:
         options: NodeOptions | None = None,
         on_leader_start: Callable[[], None] | None = None,
         on_leader_stop: Callable[[], None] | None = None,
+        on_membership: Callable[[Membership], None] | None = None,
     ):
         self.id = node_id
         self.options = opts = options or NodeOptions()
         self.transport = transport
         self.on_leader_start = on_leader_start
         self.on_leader_stop = on_leader_stop
+        self.on_membership = on_membership
         self.storage = JournalStorage(
             data_dir, initial_membership=membership, fsync=opts.fsync,
             segment_bytes=opts.segment_bytes, keep_snapshots=opts.keep_snapshots,
@@ -109,6 +111,7 @@ class Node:
         self._failed: BaseException | None = None
         self._role = Role.FOLLOWER
         self._status = self.core.status()
+        self.membership = self.core.membership
         self._raft_thread = threading.Thread(target=self._raft_loop, name=f"raft-{node_id}", daemon=True)
         self._apply_thread = threading.Thread(target=self._apply_loop, name=f"apply-{node_id}", daemon=True)
 
@@ -226,6 +229,12 @@ class Node:
                     self._handle_ready(rd)
                     self.core.advance(rd)
                 self._status = self.core.status()
+                if self.core.membership is not self.membership:
+                    self.membership = self.core.membership
+                    log.info("%s: membership now voters=%s learners=%s", self.id,
+                             ",".join(self.membership.voters), ",".join(self.membership.learners))
+                    if self.on_membership is not None:
+                        self.on_membership(self.membership)
         except BaseException as exc:  # a storage failure: stop rather than risk safety
             self._failed = exc
             log.exception("%s: raft loop stopped", self.id)

@@ -39,6 +39,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if any(r["reachable"] for r in rows) else 1
 
 
+def cmd_cluster_admin(args: argparse.Namespace) -> int:
+    from rpc.cluster import add_node, admin
+
+    if args.action == "add":
+        path = add_node(args.cluster, args.id, args.address, voter=args.voter)
+        print(f"{args.id} added as a {'voter' if args.voter else 'learner'}; start it with: prevalence node --config {path}")
+        if not args.voter:
+            print(f"once it has caught up: prevalence cluster promote --cluster {args.cluster} --id {args.id}")
+    elif args.action == "promote":
+        admin(args.cluster, "change_membership", "promote_learner", args.id)
+        print(f"{args.id} is now a voter")
+    elif args.action == "remove":
+        admin(args.cluster, "change_membership", "remove", args.id)
+        print(f"{args.id} removed from the membership; stop its process")
+    elif args.action == "transfer":
+        admin(args.cluster, "transfer_leadership", args.to)
+        print(f"leadership handed to {args.to}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = engine_cli.build_parser()
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
@@ -53,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--root", required=True, metavar="MODULE:FACTORY")
     up.add_argument("--import", dest="imports", action="append", metavar="MODULE")
     up.set_defaults(func=cmd_cluster_up)
+    add = c.add_parser("add", help="add a node to a running cluster (as a learner unless --voter)")
+    add.add_argument("--cluster", required=True, metavar="DIR")
+    add.add_argument("--id", required=True)
+    add.add_argument("--address", metavar="HOST:PORT", help="default: 127.0.0.1, the next port")
+    add.add_argument("--voter", action="store_true", help="count for the quorum at once")
+    add.set_defaults(func=cmd_cluster_admin)
+    for name, text in (("promote", "make a learner a voter"), ("remove", "remove a node from the membership")):
+        a = c.add_parser(name, help=text)
+        a.add_argument("--cluster", required=True, metavar="DIR")
+        a.add_argument("--id", required=True)
+        a.set_defaults(func=cmd_cluster_admin)
+    tr = c.add_parser("transfer", help="hand leadership to another voter")
+    tr.add_argument("--cluster", required=True, metavar="DIR")
+    tr.add_argument("--to", required=True, metavar="ID")
+    tr.set_defaults(func=cmd_cluster_admin)
     s = sub.add_parser("status", help="role, term and indexes of every node of a cluster directory")
     s.add_argument("--cluster", required=True, metavar="DIR")
     s.add_argument("--json", action="store_true")

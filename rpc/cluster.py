@@ -112,3 +112,65 @@ def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
             row["error"] = str(exc)
         rows.append(row)
     return rows
+
+
+def _client_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:
+    conn = open_connection(cfg.listen, secret, role="client", ident="admin", connect_timeout=0.5,
+                           handshake_timeout=1.0, request_timeout=timeout)
+    try:
+        return msgpack.unpackb(getattr(conn.root, method)(*args), raw=False)
+    finally:
+        conn.close()
+
+
+def admin(directory: str, method: str, *args: Any) -> Any:
+    """Send a maintenance call to the leader of the cluster configured in ``directory``."""
+    configs = {c.id: c for c in (load_config(p) for p in sorted(glob.glob(os.path.join(directory, "*.toml"))))}
+    if not configs:
+        raise ConfigError(f"{os.path.abspath(directory)}: no node configuration (*.toml) found")
+    secret = load_secret(os.path.join(directory, SECRET_NAME))
+    rows = cluster_status(directory)
+    order = [r["id"] for r in rows if r["role"] == "leader"] + [r["id"] for r in rows if r["reachable"]]
+    tried = []
+    for nid in order:
+        if nid in tried:
+            continue
+        tried.append(nid)
+        reply = _client_call(configs[nid], secret, method, *args)
+        if reply[0] == "ok":
+            return reply[1]
+        if reply[0] == "not_leader":
+            continue
+        raise ConfigError(f"{method} refused by {nid}: {reply[-1]}")
+    raise ConfigError(f"no leader accepted {method} (asked {', '.join(tried) or 'nobody: no node reachable'})")
+
+
+def add_node(directory: str, node_id: str, address: str | None = None, *, voter: bool = False) -> str:
+    """Write ``DIR/<id>.toml`` for a new node (join = true) and add it to the membership.
+
+    Without ``voter`` it joins as a learner: it catches up without counting for the
+    quorum, and ``promote`` makes it a voter once it has.
+    """
+    from rpc.config import parse_address
+
+    paths = sorted(glob.glob(os.path.join(directory, "*.toml")))
+    configs = [load_config(p) for p in paths]
+    if not configs:
+        raise ConfigError(f"{os.path.abspath(directory)}: no node configuration (*.toml) found")
+    if any(c.id == node_id for c in configs):
+        raise ConfigError(f"a node called {node_id!r} is already configured in {directory}")
+    listen = parse_address(address, "--address") if address else \
+        ("127.0.0.1", max(c.listen[1] for c in configs) + 1)
+    template = configs[0]
+    peers = {c.id: c.listen for c in configs}
+    peers[node_id] = listen
+    cfg = NodeConfig(path="", id=node_id, listen=listen, data=node_id, root=template.root,
+                     secret_file=SECRET_NAME, peers=peers, fsync=template.fsync, imports=template.imports,
+                     tick=template.tick, election_ticks=template.election_ticks,
+                     heartbeat_ticks=template.heartbeat_ticks, snapshot_every=template.snapshot_every,
+                     keep_snapshots=template.keep_snapshots, join=True)
+    path = os.path.join(directory, f"{node_id}.toml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render_config(cfg))
+    admin(directory, "change_membership", "add_voter" if voter else "add_learner", node_id, format_address(listen))
+    return path

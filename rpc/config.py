@@ -7,8 +7,10 @@
     secret_file = "cluster.secret"
     fsync = "always"                      # always | batch | never
     imports = ["myapp.commands"]          # optional: more modules defining transactions
+    join = false                          # true for a node added to a running cluster
 
     [peers]                               # every voter at start, this node included
+                                          # (join = true: the members to contact)
     n1 = "127.0.0.1:7101"
     n2 = "127.0.0.1:7102"
 
@@ -53,6 +55,7 @@ class NodeConfig:
     heartbeat_ticks: int = 1
     snapshot_every: int = 10_000
     keep_snapshots: int = 2
+    join: bool = False  # a node added at run time: its membership comes from the leader
 
 
 def parse_address(text: Any, where: str) -> tuple[str, int]:
@@ -135,6 +138,7 @@ def load_config(path: str) -> NodeConfig:
         peers={},
         fsync=t.get("fsync", str, "always", check=lambda v: None if v in FSYNC else f"must be one of {', '.join(FSYNC)}"),
         imports=t.get("imports", list, []),
+        join=t.get("join", bool, False),
     )
     if not all(isinstance(m, str) for m in cfg.imports):
         raise ConfigError(f"{t.where('imports')} must be a list of module names")
@@ -171,6 +175,7 @@ def render_config(cfg: NodeConfig) -> str:
         f"secret_file = {q(cfg.secret_file)}",
         f"fsync = {q(cfg.fsync)}",
         f"imports = [{', '.join(q(m) for m in cfg.imports)}]",
+        f"join = {'true' if cfg.join else 'false'}",
         "",
         "[peers]",
         *(f"{q(p)} = {q(format_address(a))}" for p, a in cfg.peers.items()),

@@ -11,7 +11,7 @@ from prevalence.factory import load_object
 from replication.config import RaftConfig
 from replication.membership import Membership
 from replication.node import Node, NodeOptions
-from rpc.config import NodeConfig, format_address, load_config
+from rpc.config import NodeConfig, format_address, load_config, parse_address
 from rpc.secret import load_secret
 from rpc.service import ClientService
 from rpc.transport import PeerServer, PeerTransport
@@ -37,8 +37,14 @@ class NodeProcess:
             snapshot_every=cfg.snapshot_every,
             keep_snapshots=cfg.keep_snapshots,
         )
-        self.node = Node(cfg.id, cfg.data, self.factory, self.transport,
-                         membership=Membership(tuple(cfg.peers)), options=options)
+        if cfg.join:  # added at run time: the leader's log says who the members are
+            membership = Membership()
+        else:
+            membership = Membership(tuple(cfg.peers), (),
+                                    tuple((p, format_address(a)) for p, a in cfg.peers.items()))
+        self.node = Node(cfg.id, cfg.data, self.factory, self.transport, membership=membership,
+                         options=options, on_membership=self._membership_changed)
+        self._membership_changed(self.node.membership)  # members added before a restart
         self.server: PeerServer | None = None
 
     def start(self) -> "NodeProcess":
@@ -57,9 +63,20 @@ class NodeProcess:
         self.transport.close()
         log.info("node %s stopped", self.cfg.id)
 
+    def _membership_changed(self, membership: Membership) -> None:
+        """Point the transport at the members the log names (added nodes included)."""
+        peers = {p: a for p, a in self.cfg.peers.items() if p != self.cfg.id}
+        for node_id, address in membership.addresses:
+            if node_id != self.cfg.id:
+                peers[node_id] = parse_address(address, f"membership address of {node_id}")
+        self.transport.set_peers(peers)
+
     def address_of(self, node_id: str | None) -> str | None:
-        addr = self.cfg.peers.get(node_id) if node_id else None
-        return format_address(addr) if addr else None
+        if not node_id:
+            return None
+        known = self.node.membership.address_of(node_id)
+        addr = self.cfg.peers.get(node_id)
+        return known or (format_address(addr) if addr else None)
 
     def status(self) -> dict:
         st = self.node.status()

@@ -15,7 +15,7 @@ import rpyc
 
 from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
-from replication.errors import NotLeader, ProposalRefused
+from replication.errors import ProposalRefused
 
 if TYPE_CHECKING:
     from rpc.server import NodeProcess
@@ -35,7 +35,7 @@ def _reply(*items: Any) -> bytes:
 class ClientService(rpyc.Service):
     """One per client connection; exposes only the methods below."""
 
-    _EXPOSED = ("status", "execute", "query")
+    _EXPOSED = ("status", "execute", "query", "change_membership", "transfer_leadership")
 
     def __init__(self, process: "NodeProcess", client_id: str, max_request: int = DEFAULT_MAX_REQUEST):
         self._p = process
@@ -63,13 +63,35 @@ class ClientService(rpyc.Service):
     def exposed_query(self, data: bytes, linearizable: bool = True) -> bytes:
         return self._run(data, lambda obj: self._p.node.query(obj, linearizable=bool(linearizable)))
 
+    def exposed_change_membership(self, op: str, node_id: str, address: str | None = None) -> bytes:
+        """Maintenance: add_voter, add_learner, promote_learner or remove (leader only)."""
+        from replication.membership import ChangeType, ConfigChange
+
+        kinds = {"add_voter": ChangeType.ADD_VOTER, "add_learner": ChangeType.ADD_LEARNER,
+                 "promote_learner": ChangeType.PROMOTE_LEARNER, "remove": ChangeType.REMOVE_VOTER}
+        if op not in kinds or not isinstance(node_id, str) or not (address is None or isinstance(address, str)):
+            return _reply("error", f"unknown membership change {op!r} (one of {', '.join(kinds)})")
+        change = ConfigChange(kinds[op], node_id, address)
+        return self._admin(lambda: self._p.node.change_membership(change))
+
+    def exposed_transfer_leadership(self, to: str) -> bytes:
+        return self._admin(lambda: self._p.node.transfer_leadership(str(to)))
+
+    def _admin(self, call) -> bytes:
+        try:
+            return _reply("ok", call())
+        except ProposalRefused as exc:
+            return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
+        except PrevalenceError as exc:
+            return _reply("error", str(exc))
+        except TimeoutError:
+            return _reply("error", "timed out waiting for the cluster")
+
     def _run(self, data: Any, call) -> bytes:
         try:
             obj = CODEC.loads(self._check(data))
             return _reply("ok", call(obj))
-        except NotLeader as exc:
-            return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
-        except ProposalRefused as exc:
+        except ProposalRefused as exc:  # not the leader, or handing leadership over
             return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
         except PrevalenceError as exc:
             return _reply("error", str(exc))

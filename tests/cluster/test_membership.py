@@ -1,0 +1,49 @@
+"""Membership and maintenance through the CLI, on real processes."""
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from rpc.cli import main
+from rpc.config import load_config
+from tests.cluster.harness import LocalCluster
+from tests.prevalence.domain import Snapshot, Stamp
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")]
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_add_promote_transfer_remove(tmp_path, capsys):
+    c = LocalCluster(tmp_path, 3)
+    try:
+        leader = c.leader()
+        for k in range(20):
+            assert c.call(leader, "execute", Stamp(f"t{k}"))[0] == "ok"
+        assert main(["cluster", "add", "--cluster", str(tmp_path), "--id", "n4"]) == 0
+        assert "added as a learner" in capsys.readouterr().out
+        c.configs["n4"] = load_config(str(tmp_path / "n4.toml"))
+        c.start("n4")
+        wait_for(lambda: c.status()["n4"]["applied_index"] == c.status()[leader]["applied_index"], what="n4 catch-up")
+        assert c.status()["n4"]["role"] == "follower"
+        assert main(["cluster", "promote", "--cluster", str(tmp_path), "--id", "n4"]) == 0
+        assert main(["cluster", "transfer", "--cluster", str(tmp_path), "--to", "n4"]) == 0
+        wait_for(lambda: c.status()["n4"]["role"] == "leader", what="n4 to lead")
+        assert c.call("n4", "execute", Stamp("from-n4"))[0] == "ok"
+        victim = "n1"
+        assert main(["cluster", "remove", "--cluster", str(tmp_path), "--id", victim]) == 0
+        c.kill(victim)
+        # 3 voters remain (n2, n3, n4): killing one more still leaves a majority
+        c.kill("n2")
+        assert c.call("n4", "execute", Stamp("after-removal"))[0] == "ok"
+        tags = [item[0] for item in c.call("n4", "query", Snapshot())[1][1]]
+        assert tags[-2:] == ["from-n4", "after-removal"] and len(tags) == 22
+    finally:
+        c.stop()
