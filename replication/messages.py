@@ -277,7 +277,7 @@ def decode(data: bytes) -> Message:
     try:
         raw = msgpack.unpackb(
             bytes(data), raw=False, strict_map_key=True, use_list=True,
-            max_ext_len=0, max_map_len=0,
+            max_ext_len=0, max_map_len=10_000,  # maps: membership addresses only
         )
     except Exception as exc:  # msgpack raises ValueError, ExtraData, FormatError, StackError...
         raise DecodeError(f"not a msgpack Raft message: {type(exc).__name__}: {exc}") from None

@@ -36,7 +36,7 @@ from replication.core import RaftNode
 from replication.errors import DecodeError, NotLeader, ProposalRefused, RaftError
 from replication.journal_storage import JournalStorage
 from replication.membership import ConfigChange, Membership
-from replication.messages import decode, encode
+from replication.messages import InstallSnapshot, decode, encode
 from replication.ready import Ready, Role
 
 log = logging.getLogger("replication.node")
@@ -105,7 +105,7 @@ class Node:
         self._reads: list[tuple[int, Future, Any]] = []
         self._applied_cond = threading.Condition()
         self._last_ts = self.sm.timestamp_us
-        self._snapshotting = False
+        self._snapshot_sent: dict[str, int] = {}  # peer -> index last announced in the log
         self._last_snapshot_index = snap_index
         self._stop = threading.Event()
         self._failed: BaseException | None = None
@@ -296,6 +296,9 @@ class Node:
     def _handle_ready(self, rd: Ready) -> None:
         send = self.transport.send
         for m in rd.messages:
+            if type(m) is InstallSnapshot and m.offset == 0 and self._snapshot_sent.get(m.dst) != m.meta.index:
+                self._snapshot_sent[m.dst] = m.meta.index
+                log.info("%s: sending snapshot %d to %s", self.id, m.meta.index, m.dst)
             send(m.dst, encode(m))
         st = self.storage
         if rd.snapshot is not None:

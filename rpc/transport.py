@@ -374,6 +374,9 @@ class _Link:
             pass
 
 
+DOWN_QUEUE_LIMIT = 64  # messages kept for a peer that is not connected
+
+
 class _Peer:
     def __init__(self, owner: "PeerTransport", peer_id: str, address: tuple[str, int]):
         self.owner = owner
@@ -404,7 +407,11 @@ class _Peer:
             q = self.queue
             q.append(payload)
             self.queued_bytes += len(payload)
-            while (len(q) > o.queue_limit or self.queued_bytes > o.queue_bytes_limit) and len(q) > 1:
+            # While the peer is down, keep only the newest few messages: an old backlog
+            # replayed on reconnect is stale by then (Raft resends what is still needed,
+            # and a node that fell far behind must get a snapshot, not the backlog).
+            limit = min(o.queue_limit, DOWN_QUEUE_LIMIT) if self.state == "down" else o.queue_limit
+            while (len(q) > limit or self.queued_bytes > o.queue_bytes_limit) and len(q) > 1:
                 self.queued_bytes -= len(q.popleft())  # drop the oldest: Raft resends
                 self.dropped += 1
             self.cond.notify()

@@ -160,3 +160,28 @@ def test_corrupted_journal_refuses_to_start_with_a_clear_error(cluster3):
     assert c.call(survivor, "execute", Stamp("after-rebuild"))[0] == "ok"
     tags = [item[0] for item in c.call(victim, "query", Snapshot())[1][1]]  # served from the rebuilt copy
     assert tags == [f"t{k}" for k in range(30)] + ["after-rebuild"]
+
+
+def test_node_down_while_others_compact_catches_up_by_snapshot(tmp_path):
+    c = LocalCluster(tmp_path, 3, snapshot_every=25)
+    try:
+        leader = c.leader()
+        lagging = next(n for n in c.configs if n != leader)
+        c.kill(lagging)
+        w = Writer(c)
+        for k in range(120):
+            w.execute(Stamp(f"t{k}"), time.monotonic() + 5)
+        c.start(lagging)
+        deadline = time.monotonic() + 15
+        while True:
+            st = c.status()
+            if st[lagging]["reachable"] and st[lagging]["applied_index"] == st[c.leader()]["applied_index"]:
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(0.1)
+        assert "installed snapshot" in c.log(lagging)
+        assert "sending snapshot" in c.log(c.leader())
+        tags = [item[0] for item in c.call(lagging, "query", Snapshot())[1][1]]
+        assert tags == [f"t{k}" for k in range(120)]
+    finally:
+        c.stop()

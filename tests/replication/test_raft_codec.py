@@ -102,7 +102,7 @@ def test_mutated_messages_decode_or_raise_decode_error(msg, data):
     "payload, fragment",
     [
         (b"", "not a msgpack"),
-        (msgpack.packb({"a": 1}), "map"),
+        (msgpack.packb({"a": 1}), "msgpack array"),
         (msgpack.packb(7), "array"),
         (msgpack.packb([99, "a"]), "unknown message type"),
         (msgpack.packb([11, "a", "b"]), "needs 3 fields"),
@@ -137,3 +137,13 @@ def test_deeply_nested_input_is_refused_cleanly():
 def test_encode_refuses_non_messages():
     with pytest.raises(TypeError):
         encode(object())
+
+
+def test_snapshot_message_with_member_addresses_round_trips():
+    """Addresses travel in the membership of snapshot metadata (regression: maps were refused)."""
+    from replication.membership import Membership
+    from replication.messages import InstallSnapshot, SnapshotMeta, decode, encode
+
+    m = Membership(("n1", "n2"), ("n3",), (("n1", "127.0.0.1:7101"), ("n3", "10.0.0.3:7100")))
+    msg = InstallSnapshot("n1", "n3", 4, SnapshotMeta(20, 3, m), 0, b"chunk", True)
+    assert decode(encode(msg)) == msg

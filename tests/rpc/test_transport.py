@@ -465,6 +465,18 @@ def test_queue_bound_drops_oldest(make_transport):
     assert st["queued_bytes"] <= 1000 and st["queued"] == 10 and st["dropped"] == 90
 
 
+def test_backlog_for_a_peer_that_is_down_stays_small(make_transport):
+    """A stale backlog replayed on reconnect helps nobody: keep only the newest few."""
+    from rpc.transport import DOWN_QUEUE_LIMIT
+
+    t = make_transport("a", {"b": (HOST, free_port())})  # nothing listens there
+    assert wait_until(lambda: t.peer_status()["b"]["last_error"] is not None, 5)
+    for i in range(1000):
+        t.send("b", b"%d" % i)
+    st = t.peer_status()["b"]
+    assert st["queued"] <= DOWN_QUEUE_LIMIT and st["dropped"] >= 1000 - DOWN_QUEUE_LIMIT
+
+
 def test_close_is_prompt_and_stops_threads(make_server, make_transport):
     srv = make_server(Inbox())
     before = len(threads_named("rpc-send-"))
