@@ -208,10 +208,17 @@ class Node:
     # -- the raft thread --------------------------------------------------------------
     def _raft_loop(self) -> None:
         interval = self.options.tick_interval
+        cfg = self.core.cfg
+        # An idle node need not wake for every tick: a leader wakes when a heartbeat is
+        # due, others a few times per election timeout, and each wake-up runs the ticks
+        # that fell due meanwhile. Messages and requests still wake it at once.
+        follower_ticks = max(1, cfg.election_tick // 3)
         next_tick = time.monotonic() + interval
+        self._status_due = 0.0
         try:
             while not self._stop.is_set():
-                timeout = next_tick - time.monotonic()
+                per_wake = cfg.heartbeat_tick if self._role == Role.LEADER else follower_ticks
+                timeout = next_tick + (per_wake - 1) * interval - time.monotonic()
                 if timeout > 0:
                     try:
                         self._handle_input(self._inbox.get(timeout=timeout))
@@ -219,16 +226,18 @@ class Node:
                         pass
                 self._drain_inbox()
                 now = time.monotonic()
-                if now >= next_tick:
+                if now - next_tick > 4 * cfg.election_tick * interval:
+                    next_tick = now  # we were paused (SIGSTOP, a frozen VM): no burst of ticks
+                while now >= next_tick:
                     self.core.tick()
                     next_tick += interval
-                    if now - next_tick > 5 * interval:  # we were paused: do not replay missed ticks
-                        next_tick = now + interval
                 while self.core.has_ready():
                     rd = self.core.ready()
                     self._handle_ready(rd)
                     self.core.advance(rd)
-                self._status = self.core.status()
+                if now >= self._status_due:  # for status(): cheap to read, not free to build
+                    self._status = self.core.status()
+                    self._status_due = now + 0.1
                 if self.core.membership is not self.membership:
                     self.membership = self.core.membership
                     log.info("%s: membership now voters=%s learners=%s", self.id,
@@ -331,6 +340,7 @@ class Node:
 
     def _role_changed(self, role: Role, leader: str | None) -> None:
         was, self._role = self._role, role
+        self._status_due = 0.0  # report the new role at once
         log.info("%s: %s in term %d (leader %s)", self.id, role, self.core.term, leader)
         if was != Role.LEADER and role == Role.LEADER and self.on_leader_start:
             self._apply_q.put(("hook", self.on_leader_start))

@@ -16,8 +16,8 @@
 
     [timeouts]                            # optional
     tick = 0.02                           # seconds per Raft tick
-    election_ticks = 10                   # election timeout: 10..20 ticks
-    heartbeat_ticks = 1
+    election_ticks = 10                   # election timeout: 10..20 ticks (0.2..0.4 s)
+    heartbeat_ticks = 5                   # a heartbeat every 0.1 s
 
     [snapshots]                           # optional
     every = 10000                         # entries between automatic snapshots (0: never)
@@ -52,7 +52,7 @@ class NodeConfig:
     imports: list[str] = field(default_factory=list)
     tick: float = 0.02
     election_ticks: int = 10
-    heartbeat_ticks: int = 1
+    heartbeat_ticks: int = 5
     snapshot_every: int = 10_000
     keep_snapshots: int = 2
     join: bool = False  # a node added at run time: its membership comes from the leader
