@@ -571,7 +571,7 @@ class _Peer:
             link.inflight = keep
             if keep and time.monotonic() - keep[0][1] > self.owner.request_timeout:
                 link.kill(f"no answer within {self.owner.request_timeout:g} s (peer hung?)")
-        if done:
+        if done and self.queue:  # the sender waits for room in the window only with work queued
             self.cond.notify_all()
         return done
 
@@ -604,7 +604,9 @@ class _Peer:
                         return "peer address changed"
                     if self.queue and len(link.inflight) < o.max_in_flight:
                         break
-                    self.cond.wait(0.05 if link.inflight else 1.0)
+                    # Waiting for window room: poll for overdue calls. Idle: sleep until a
+                    # send, a death (the reader notifies) or a second passes.
+                    self.cond.wait(0.05 if link.inflight and self.queue else 1.0)
                 frames = [self.queue.popleft()]
                 size = len(frames[0])
                 while self.queue and len(frames) < o.max_batch_frames and size + len(self.queue[0]) <= o.max_batch_bytes:
