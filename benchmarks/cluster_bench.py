@@ -54,7 +54,7 @@ from rpc.transport import open_connection  # noqa: E402
 from tests.prevalence.domain import Add  # noqa: E402
 
 DOMAIN_ROOT = "tests.prevalence.domain:Store"
-TIMEOUTS = dict(tick=0.02, election_ticks=10, heartbeat_ticks=5, fsync="always")  # the node defaults
+TIMEOUTS = dict(tick=0.025, election_ticks=10, heartbeat_ticks=5, fsync="always")  # the node defaults
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 

@@ -54,8 +54,8 @@ class EntryLost(ProposalRefused):
 
 @dataclass
 class NodeOptions:
-    tick_interval: float = 0.02  # seconds per Raft tick
-    raft: RaftConfig = field(default_factory=lambda: RaftConfig(election_tick=10, heartbeat_tick=1))
+    tick_interval: float = 0.025  # seconds per Raft tick
+    raft: RaftConfig = field(default_factory=lambda: RaftConfig(election_tick=10, heartbeat_tick=5))
     fsync: str = "always"
     snapshot_every: int = 10_000  # entries applied between automatic snapshots (0: never)
     keep_snapshots: int = 2

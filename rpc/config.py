@@ -15,9 +15,9 @@
     n2 = "127.0.0.1:7102"
 
     [timeouts]                            # optional
-    tick = 0.02                           # seconds per Raft tick
-    election_ticks = 10                   # election timeout: 10..20 ticks (0.2..0.4 s)
-    heartbeat_ticks = 5                   # a heartbeat every 0.1 s
+    tick = 0.025                          # seconds per Raft tick
+    election_ticks = 10                   # election timeout: 10..20 ticks (0.25..0.5 s)
+    heartbeat_ticks = 5                   # a heartbeat every 0.125 s
 
     [snapshots]                           # optional
     every = 10000                         # entries between automatic snapshots (0: never)
@@ -50,7 +50,7 @@ class NodeConfig:
     peers: dict[str, tuple[str, int]]
     fsync: str = "always"
     imports: list[str] = field(default_factory=list)
-    tick: float = 0.02
+    tick: float = 0.025
     election_ticks: int = 10
     heartbeat_ticks: int = 5
     snapshot_every: int = 10_000

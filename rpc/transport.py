@@ -578,7 +578,7 @@ class _Peer:
     def _read(self, link: _Link) -> None:
         """Reader thread: serves the connection so replies are dispatched as they arrive."""
         conn = link.conn
-        tick = min(0.25, self.owner.request_timeout / 4)
+        tick = min(0.5, self.owner.request_timeout / 2)  # also how often overdue calls are checked
         try:
             while link.dead is None:
                 conn.serve(tick)

@@ -47,7 +47,6 @@ class LocalCluster:
     def __init__(self, directory: str, nodes: int = 3, root: str = "tests.prevalence.domain:Store", **options: Any):
         self.dir = str(directory)
         base = free_port_block(nodes)
-        options.setdefault("tick", 0.02)
         self.paths = write_cluster(self.dir, nodes, base, root, **options)
         self.configs = {load_config(p).id: load_config(p) for p in self.paths}
         self.secret = load_secret(os.path.join(self.dir, "cluster.secret"))

@@ -22,7 +22,7 @@ def test_round_trip_and_relative_paths(tmp_path):
     assert cfg.id == "n1" and cfg.listen == ("127.0.0.1", 7101)
     assert cfg.data == str(tmp_path / "data" / "n1")  # relative to the file
     assert cfg.secret_file == str(tmp_path / "cluster.secret")
-    assert cfg.peers == good().peers and cfg.fsync == "always" and cfg.tick == 0.02
+    assert cfg.peers == good().peers and cfg.fsync == "always" and cfg.tick == 0.025
 
 
 @pytest.mark.parametrize(
@@ -33,8 +33,8 @@ def test_round_trip_and_relative_paths(tmp_path):
         ('listen = "127.0.0.1:7101"', 'listen = "127.0.0.1:99999"', "port from 1 to 65535"),
         ('fsync = "always"', 'fsync = "often"', "field 'fsync' must be one of always, batch, never"),
         ('root = "app.model:Grid"', 'root = "app.model"', "field 'root' must be MODULE:FACTORY"),
-        ("tick = 0.02", 'tick = "fast"', "field 'timeouts.tick' must be int or float"),
-        ("tick = 0.02", "tick = -1", "field 'timeouts.tick' must be positive"),
+        ("tick = 0.025", 'tick = "fast"', "field 'timeouts.tick' must be int or float"),
+        ("tick = 0.025", "tick = -1", "field 'timeouts.tick' must be positive"),
         ("election_ticks = 10", "election_ticks = 1", "field 'timeouts.election_ticks' must be at least 3"),
         ("heartbeat_ticks = 5", "heartbeat_ticks = 10", "heartbeat_ticks' must be smaller than election_ticks"),
         ('"n1" = "127.0.0.1:7101"', "", "must list this node ('n1')"),
