@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-from rpc.config import ConfigError, NodeConfig, format_address, load_config, render_config
+from rpc.config import ConfigError, NodeConfig, format_address, load_config, render_config, tls_contexts
 from rpc.secret import generate_secret_file, load_secret
 from rpc.transport import open_connection
 
@@ -100,7 +100,8 @@ def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
         row.update(id=cfg.id, address=format_address(cfg.listen), config=cfg.path, reachable=False)
         try:
             conn = open_connection(cfg.listen, secret, role="client", ident="status", connect_timeout=timeout,
-                                   handshake_timeout=timeout, request_timeout=timeout)
+                                   handshake_timeout=timeout, request_timeout=timeout,
+                                   ssl_context=tls_contexts(cfg)[1])
             try:
                 reply = msgpack.unpackb(conn.root.status(), raw=False)
             finally:
@@ -116,7 +117,7 @@ def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
 
 def _client_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:
     conn = open_connection(cfg.listen, secret, role="client", ident="admin", connect_timeout=0.5,
-                           handshake_timeout=1.0, request_timeout=timeout)
+                           handshake_timeout=1.0, request_timeout=timeout, ssl_context=tls_contexts(cfg)[1])
     try:
         return msgpack.unpackb(getattr(conn.root, method)(*args), raw=False)
     finally:
@@ -168,7 +169,8 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
                      secret_file=SECRET_NAME, peers=peers, fsync=template.fsync, imports=template.imports,
                      tick=template.tick, election_ticks=template.election_ticks,
                      heartbeat_ticks=template.heartbeat_ticks, snapshot_every=template.snapshot_every,
-                     keep_snapshots=template.keep_snapshots, join=True)
+                     keep_snapshots=template.keep_snapshots, join=True,
+                     tls_cert=template.tls_cert, tls_key=template.tls_key, tls_ca=template.tls_ca)
     path = os.path.join(directory, f"{node_id}.toml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(render_config(cfg))

@@ -22,6 +22,11 @@
     [snapshots]                           # optional
     every = 10000                         # entries between automatic snapshots (0: never)
     keep = 2
+
+    [tls]                                 # optional: encrypt peer and client traffic
+    cert = "n1.crt"                       # this node's certificate and key (PEM)
+    key = "n1.key"
+    ca = "cluster-ca.crt"                 # what signed every node's certificate
 """
 from __future__ import annotations
 
@@ -56,6 +61,9 @@ class NodeConfig:
     snapshot_every: int = 10_000
     keep_snapshots: int = 2
     join: bool = False  # a node added at run time: its membership comes from the leader
+    tls_cert: str | None = None  # PEM certificate and key this node presents
+    tls_key: str | None = None
+    tls_ca: str | None = None  # PEM bundle that signed the other nodes' certificates
 
 
 def parse_address(text: Any, where: str) -> tuple[str, int]:
@@ -158,8 +166,36 @@ def load_config(path: str) -> NodeConfig:
     cfg.snapshot_every = snaps.get("every", int, cfg.snapshot_every, check=lambda v: None if v >= 0 else "must be >= 0")
     cfg.keep_snapshots = snaps.get("keep", int, cfg.keep_snapshots, check=positive)
     snaps.no_extras()
+    tls = t.table("tls")
+    if tls.data:
+        cfg.tls_cert = rel(tls.get("cert", str))
+        cfg.tls_key = rel(tls.get("key", str))
+        cfg.tls_ca = rel(tls.get("ca", str))
+        for key in ("cert", "key", "ca"):
+            if not os.path.isfile(getattr(cfg, "tls_" + key)):
+                raise ConfigError(f"{tls.where(key)}: no such file {getattr(cfg, 'tls_' + key)}")
+    tls.no_extras()
     t.no_extras()
     return cfg
+
+
+def tls_contexts(cfg: NodeConfig):
+    """(server, client) SSL contexts of a node configured with [tls], else (None, None).
+
+    TLS encrypts and authenticates the server; the HMAC handshake inside it still
+    authenticates both sides with the cluster secret.
+    """
+    if not cfg.tls_cert:
+        return None, None
+    import ssl
+
+    try:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.tls_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{cfg.path}: [tls] files cannot be used: {exc}") from None
+    return server, client
 
 
 def render_config(cfg: NodeConfig) -> str:
@@ -190,4 +226,6 @@ def render_config(cfg: NodeConfig) -> str:
         f"keep = {cfg.keep_snapshots}",
         "",
     ]
+    if cfg.tls_cert:
+        lines += ["[tls]", f"cert = {q(cfg.tls_cert)}", f"key = {q(cfg.tls_key or '')}", f"ca = {q(cfg.tls_ca or '')}", ""]
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from prevalence.factory import load_object
 from replication.config import RaftConfig
 from replication.membership import Membership
 from replication.node import Node, NodeOptions
-from rpc.config import NodeConfig, format_address, load_config, parse_address
+from rpc.config import NodeConfig, format_address, load_config, parse_address, tls_contexts
 from rpc.secret import load_secret
 from rpc.service import ClientService
 from rpc.transport import PeerServer, PeerTransport
@@ -25,11 +25,12 @@ class NodeProcess:
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         self.secret = load_secret(cfg.secret_file)
+        self.server_tls, self.client_tls = tls_contexts(cfg)
         for module in cfg.imports:
             load_object(module + ":__name__")
         self.factory = load_object(cfg.root)
         peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
-        self.transport = PeerTransport(cfg.id, self.secret, peers)
+        self.transport = PeerTransport(cfg.id, self.secret, peers, ssl_context=self.client_tls)
         options = NodeOptions(
             tick_interval=cfg.tick,
             raft=RaftConfig(election_tick=cfg.election_ticks, heartbeat_tick=cfg.heartbeat_ticks),
@@ -50,7 +51,8 @@ class NodeProcess:
     def start(self) -> "NodeProcess":
         host, port = self.cfg.listen
         self.server = PeerServer(host, port, self.secret, lambda src, payload: self.node.receive(payload),
-                                 service_extra=lambda ident: ClientService(self, ident.id))
+                                 service_extra=lambda ident: ClientService(self, ident.id),
+                                 ssl_context=self.server_tls)
         self.node.start()
         log.info("node %s up on %s (pid %d, config %s)", self.cfg.id, format_address(self.cfg.listen),
                  os.getpid(), self.cfg.path)

@@ -13,7 +13,7 @@ import msgpack
 
 from prevalence.codec import CODEC
 from rpc.cluster import cluster_status, start_node, write_cluster
-from rpc.config import load_config
+from rpc.config import load_config, tls_contexts
 from rpc.secret import load_secret
 from rpc.transport import open_connection
 
@@ -82,7 +82,8 @@ class LocalCluster:
 
     def connect(self, nid: str, timeout: float = 2.0):
         return open_connection(self.configs[nid].listen, self.secret, role="client", ident="test",
-                               connect_timeout=0.5, handshake_timeout=1.0, request_timeout=timeout)
+                               connect_timeout=0.5, handshake_timeout=1.0, request_timeout=timeout,
+                               ssl_context=tls_contexts(self.configs[nid])[1])
 
     def call(self, nid: str, method: str, obj: Any, timeout: float = 2.0) -> list:
         conn = self.connect(nid, timeout)

@@ -56,3 +56,18 @@ def test_every_wrong_field_is_named(tmp_path, old, new, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no such configuration file"):
         load_config(str(tmp_path / "nope.toml"))
+
+
+def test_tls_section_names_missing_files(tmp_path):
+    text = render_config(good()) + '\n[tls]\ncert = "n1.crt"\nkey = "n1.key"\nca = "ca.crt"\n'
+    with pytest.raises(ConfigError, match=r"field 'tls.cert': no such file .*n1\.crt"):
+        load_config(write(tmp_path, text))
+    (tmp_path / "n1.crt").write_text("x")
+    (tmp_path / "n1.key").write_text("x")
+    (tmp_path / "ca.crt").write_text("x")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.tls_ca == str(tmp_path / "ca.crt")
+    from rpc.config import tls_contexts
+
+    with pytest.raises(ConfigError, match=r"\[tls\] files cannot be used"):
+        tls_contexts(cfg)  # not PEM

@@ -103,7 +103,8 @@ def test_send_never_blocks_and_dead_peer_does_not_stall_live_one(make_server, ma
     time.sleep(1.0)  # several reconnect attempts to the dead peer
     st = t.peer_status()["dead"]
     assert not st["connected"]
-    assert st["queued"] == 2000 and st["dropped"] == 1000  # oldest dropped, counted
+    # oldest dropped and counted (down to DOWN_QUEUE_LIMIT once the peer is known down)
+    assert st["queued"] <= 2000 and st["queued"] + st["dropped"] == 3000
     assert f"{HOST}:{dead_port}" in st["last_error"] and "cannot connect" in st["last_error"]
     down_lines = [r for r in caplog.records if "peer dead" in r.getMessage() and "down" in r.getMessage()]
     assert len(down_lines) == 1, [r.getMessage() for r in down_lines]  # one per transition, not per attempt
