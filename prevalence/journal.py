@@ -460,9 +460,16 @@ class Journal:
 
     def _read(self, seg: _Segment, start: int, end: int) -> bytes:
         if seg.rfile is None:
-            seg.rfile = open(seg.path, "rb")
+            # Unbuffered: a buffered reader would serve bytes it read ahead of a region
+            # that a truncation has since rewritten.
+            seg.rfile = open(seg.path, "rb", buffering=0)
         seg.rfile.seek(start)
         data = seg.rfile.read(end - start)
+        while len(data) < end - start:  # a raw read may return less than asked
+            more = seg.rfile.read(end - start - len(data))
+            if not more:
+                break
+            data += more
         if len(data) != end - start:
             raise JournalCorruptError(f"short read ({len(data)} of {end - start} bytes)", path=seg.path, offset=start)
         return data

@@ -281,3 +281,17 @@ def test_compact_removes_exactly_the_segments_wholly_covered(tmp_path):
         assert list(j.iter_entries(j.first_index)) == entries[firsts[2] - 1 :]
         assert j.compact(10_000) == len(firsts) - 3  # never the newest segment
         assert j.last_index == 400 and j.entries(400, 401) == entries[-1:]
+
+
+def test_reads_after_truncate_and_rewrite_see_the_new_records(tmp_path):
+    """Regression: a buffered read handle served the old bytes of a rewritten region."""
+    with Journal(tmp_path) as j:
+        fill(j, 20, term=1, size=30)
+        assert [e.term for e in j.entries(5, 6)] == [1]  # a buffered reader would keep what follows
+        j.truncate_after(10)
+        for i in range(11, 21):
+            j.append(i, 2, 1, b"new-%d" % i)
+        j.wait(20)
+        got = j.entries(5, 21)
+        assert [e.term for e in got] == [1] * 6 + [2] * 10
+        assert got[-1].data == b"new-20"
