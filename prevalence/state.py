@@ -15,6 +15,7 @@ from .entry import Entry, EntryKind
 from .errors import CodecError
 from .rwlock import RWLock
 from .snapshots import SnapshotMeta, serialize
+from .sessions import RegisterSession, Reply, SessionExpired, SessionTable
 from .transaction import Context
 
 log = logging.getLogger("prevalence.state")
@@ -22,16 +23,23 @@ log = logging.getLogger("prevalence.state")
 _COMMAND = int(EntryKind.COMMAND)
 
 
-def encode_command(timestamp_us: int, plain: list) -> bytes:
-    """A COMMAND entry's data: ``[timestamp µs, type name, version, fields]``."""
-    return msgpack.packb([timestamp_us, *plain], use_bin_type=True)
+def encode_command(timestamp_us: int, plain: list, session: tuple[int, int] | None = None) -> bytes:
+    """A COMMAND entry's data: ``[timestamp µs, type name, version, fields]``, followed by
+    ``session id, sequence number`` for a client command that must apply exactly once."""
+    items = [timestamp_us, *plain, *session] if session else [timestamp_us, *plain]
+    return msgpack.packb(items, use_bin_type=True)
+
+
+def _command_items(data: bytes) -> list:
+    items = unpack(data)
+    if not isinstance(items, list) or len(items) not in (4, 6) or not isinstance(items[0], int):
+        raise CodecError(f"malformed command entry: expected [timestamp, type, version, fields], got {items!r:.80}")
+    return items
 
 
 def decode_command(data: bytes, codec: Codec = CODEC) -> tuple[int, Any]:
     """(timestamp µs, transaction) of a COMMAND entry's data; CodecError if malformed."""
-    items = unpack(data)
-    if not isinstance(items, list) or len(items) < 4 or not isinstance(items[0], int):
-        raise CodecError(f"malformed command entry: expected [timestamp, type, version, fields], got {items!r:.80}")
+    items = _command_items(data)
     return items[0], codec.from_plain(items[1:4])
 
 
@@ -43,13 +51,18 @@ def describe_command(data: bytes) -> dict:
     return {"timestamp_us": items[0], "type": items[1], "version": items[2], "fields": items[3]}
 
 
+def _error_reply(kind: str, exc: Exception) -> Reply:
+    return (kind, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc))
+
+
 class StateMachine:
     """The root plus the bookkeeping that makes replay identical to the first run."""
 
-    def __init__(self, root: Any, applied_index: int = 0, timestamp_us: int = 0):
+    def __init__(self, root: Any, applied_index: int = 0, timestamp_us: int = 0, sessions: SessionTable | None = None):
         self.root = root
         self.applied_index = applied_index
         self.timestamp_us = timestamp_us  # newest entry time applied: ``now`` never decreases
+        self.sessions = sessions if sessions is not None else SessionTable()
         self.lock = RWLock()
 
     def apply_command(self, index: int, timestamp_us: int, tx: Any) -> tuple[Any, Exception | None]:
@@ -73,24 +86,62 @@ class StateMachine:
     def apply_entry(self, entry: Entry, codec: Codec = CODEC, *, check: bool = False) -> tuple[Any, Exception | None]:
         """Apply a journaled entry. ``check=True`` runs the transaction's ``check`` first:
         a replicated log holds entries checked only when applied, since the proposer's
-        view may have been stale; a rejection applies as nothing, on every replica alike."""
+        view may have been stale; a rejection applies as nothing, on every replica alike.
+
+        A command carrying a client session returns its :data:`Reply` as the result: the
+        first reply again for a retry, never a second apply.
+        """
         if entry.kind != _COMMAND:  # a Raft no-op or membership change: nothing for the root
             self.applied_index = entry.index
             return None, None
-        timestamp_us, tx = decode_command(entry.data, codec)
+        items = _command_items(entry.data)
+        timestamp_us, tx = items[0], codec.from_plain(items[1:4])
+        if len(items) == 6:
+            return self._apply_session_command(entry.index, timestamp_us, tx, items[4], items[5], check), None
         if check:
             try:
                 tx.check(self.root)
             except Exception as exc:
                 self.applied_index = entry.index
                 return None, exc
+        if type(tx) is RegisterSession:
+            self.sessions.register(entry.index, max(timestamp_us, self.timestamp_us))
         return self.apply_command(entry.index, timestamp_us, tx)
+
+    def _apply_session_command(self, index: int, ts: int, tx: Any, sid: Any, seq: Any, check: bool) -> Reply:
+        ts = max(ts, self.timestamp_us)
+        try:
+            if not (isinstance(sid, int) and isinstance(seq, int)):
+                raise SessionExpired(f"malformed session ({sid!r:.20}, {seq!r:.20})")
+            cached = self.sessions.duplicate(sid, seq, ts)
+        except SessionExpired as exc:
+            self.applied_index = index
+            return ("expired", str(exc))
+        if cached is not None:
+            self.applied_index = index
+            return cached
+        if check:
+            try:
+                tx.check(self.root)
+            except Exception as exc:
+                self.applied_index = index
+                self.sessions.record(sid, seq, ts, _error_reply("rejected", exc))
+                return self.sessions.sessions[sid][2]
+        result, exc = self.apply_command(index, ts, tx)
+        reply = ("ok", result) if exc is None else _error_reply("failed", exc)
+        try:
+            msgpack.packb(reply, use_bin_type=True)  # cached replies travel and are snapshotted
+        except (TypeError, ValueError) as err:
+            reply = ("error", f"applied at index {index}, but its result cannot be sent as plain data: {err}")
+        self.sessions.record(sid, seq, ts, reply)
+        return reply
 
     def capture(self, term: int = 0) -> tuple[SnapshotMeta, bytes]:
         """Serialize the root under the read lock: writers wait only for this."""
         self.lock.acquire_read()
         try:
             body, serializer = serialize(self.root)
-            return SnapshotMeta(self.applied_index, term, self.timestamp_us, serializer), body
+            extra = {"sessions": self.sessions.to_plain()} if self.sessions.sessions else {}
+            return SnapshotMeta(self.applied_index, term, self.timestamp_us, serializer, extra=extra), body
         finally:
             self.lock.release_read()

@@ -30,6 +30,7 @@ from prevalence.codec import CODEC
 from prevalence.entry import Entry, EntryKind
 from prevalence.errors import ClosedError
 from prevalence.recovery import recover
+from prevalence.sessions import SessionTable
 from prevalence.state import StateMachine, encode_command
 from replication.config import RaftConfig
 from replication.core import RaftNode
@@ -147,11 +148,15 @@ class Node:
         """A message from a peer (called by the transport's server threads)."""
         self._inbox.put(("msg", payload, None))
 
-    def execute(self, tx: Any, timeout: float = 10.0) -> Any:
-        """Propose ``tx``; return its result once committed and applied here (leader only)."""
+    def execute(self, tx: Any, timeout: float = 10.0, *, session: tuple[int, int] | None = None) -> Any:
+        """Propose ``tx``; return its result once committed and applied here (leader only).
+
+        With ``session=(id, seq)`` the result is the session :data:`Reply` (applied once,
+        replayed to retries) and the transaction's own errors come back inside it.
+        """
         plain = CODEC.to_plain(tx)
         fut: Future = Future()
-        self._inbox.put(("propose", plain, fut))
+        self._inbox.put(("propose", (plain, session), fut))
         return fut.result(timeout)
 
     def query(self, q: Any, timeout: float = 10.0, *, linearizable: bool = True) -> Any:
@@ -250,7 +255,7 @@ class Node:
             self._fail_all(exc)
 
     def _drain_inbox(self) -> None:
-        proposals: list[tuple[list, Future]] = []
+        proposals: list[tuple[tuple, Future]] = []
         for _ in range(4096):
             try:
                 item = self._inbox.get_nowait()
@@ -288,10 +293,10 @@ class Node:
             except BaseException as exc:  # noqa: BLE001 - delivered to the caller
                 fut.set_exception(exc)
 
-    def _propose(self, batch: list[tuple[list, Future]]) -> None:
+    def _propose(self, batch: list[tuple[tuple, Future]]) -> None:
         ts = max(time.time_ns() // 1000, self._last_ts)
         self._last_ts = ts
-        datas = [encode_command(ts, plain) for plain, _f in batch]
+        datas = [encode_command(ts, plain, session) for (plain, session), _f in batch]
         try:
             first = self.core.propose_batch(datas)
         except RaftError as exc:
@@ -385,6 +390,7 @@ class Node:
             sm.lock.acquire_write()
             try:
                 sm.root, sm.applied_index, sm.timestamp_us = root, meta.index, meta.timestamp_us
+                sm.sessions = SessionTable.from_plain(meta.extra.get("sessions"))
             finally:
                 sm.lock.release_write()
             self._last_snapshot_index = meta.index

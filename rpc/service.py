@@ -35,7 +35,7 @@ def _reply(*items: Any) -> bytes:
 class ClientService(rpyc.Service):
     """One per client connection; exposes only the methods below."""
 
-    _EXPOSED = ("status", "execute", "query", "change_membership", "transfer_leadership")
+    _EXPOSED = ("status", "execute", "query", "register_session", "change_membership", "transfer_leadership")
 
     def __init__(self, process: "NodeProcess", client_id: str, max_request: int = DEFAULT_MAX_REQUEST):
         self._p = process
@@ -57,11 +57,39 @@ class ClientService(rpyc.Service):
     def exposed_status(self) -> bytes:
         return _reply("ok", self._p.status())
 
-    def exposed_execute(self, data: bytes) -> bytes:
-        return self._run(data, lambda obj: self._p.node.execute(obj))
+    def exposed_register_session(self) -> bytes:
+        from prevalence.sessions import RegisterSession
 
-    def exposed_query(self, data: bytes, linearizable: bool = True) -> bytes:
-        return self._run(data, lambda obj: self._p.node.query(obj, linearizable=bool(linearizable)))
+        return self._admin(lambda: self._p.node.execute(RegisterSession()))
+
+    def exposed_execute(self, data: bytes, session_id: int | None = None, seq: int | None = None) -> bytes:
+        """Without a session: at most once per call. With one: exactly once across retries."""
+        if session_id is None:
+            return self._run(data, lambda obj: self._p.node.execute(obj))
+        if not (isinstance(session_id, int) and isinstance(seq, int) and seq > 0):
+            return _reply("error", "session id and sequence number must be positive integers")
+        try:
+            obj = CODEC.loads(self._check(data))
+            return _reply(*self._p.node.execute(obj, session=(session_id, seq)))
+        except ProposalRefused as exc:
+            return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
+        except PrevalenceError as exc:
+            return _reply("error", str(exc))
+        except TimeoutError:
+            return _reply("error", "timed out waiting for the cluster")
+
+    def exposed_query(self, data: bytes, consistency: Any = "linearizable") -> bytes:
+        """``linearizable`` (ReadIndex through the leader), ``leader`` (the leader's own
+        state, no confirmation round) or ``local`` (this node's state, possibly behind)."""
+        if isinstance(consistency, bool):  # older clients: True / False
+            consistency = "linearizable" if consistency else "local"
+        if consistency not in ("linearizable", "leader", "local"):
+            return _reply("error", f"unknown consistency {consistency!r}")
+        node = self._p.node
+        if consistency == "leader" and not node.is_leader:
+            leader = node.status()["leader"]
+            return _reply("not_leader", leader, self._p.address_of(leader))
+        return self._run(data, lambda obj: node.query(obj, linearizable=consistency == "linearizable"))
 
     def exposed_change_membership(self, op: str, node_id: str, address: str | None = None) -> bytes:
         """Maintenance: add_voter, add_learner, promote_learner or remove (leader only)."""

@@ -1,0 +1,78 @@
+"""Client sessions: a command is applied once, however often a client retries it.
+
+A client registers a session (a replicated entry; its index is the session id), then
+numbers its commands 1, 2, 3... within it. The state keeps each session's last number
+and reply, so a retry after a failover gets the first reply back instead of a second
+apply. Sessions idle for longer than ``IDLE_EXPIRY`` of *journaled* time are dropped,
+identically on every replica; a command on a dropped session is refused, never applied.
+(Raft dissertation, section 6.3.) One command at a time per session: a client that
+runs commands in parallel uses one session per concurrent caller.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PrevalenceError
+from .transaction import Context, Transaction
+
+IDLE_EXPIRY_US = 24 * 3600 * 1_000_000  # the same on every replica: part of the protocol
+
+Reply = tuple  # ("ok", value) | ("failed", type, message) | ("rejected", type, message)
+
+
+class SessionExpired(PrevalenceError):
+    """The session is unknown (expired or never registered): the command was not applied."""
+
+
+@dataclass(frozen=True)
+class RegisterSession(Transaction, name="prevalence.RegisterSession"):
+    """Opens a session; its id is the index of this entry."""
+
+    def execute(self, root: Any, ctx: Context) -> int:
+        return ctx.index
+
+
+class SessionTable:
+    __slots__ = ("sessions", "_next_sweep")
+
+    def __init__(self) -> None:
+        self.sessions: dict[int, list] = {}  # id -> [last seq, last active µs, last reply]
+        self._next_sweep = 0
+
+    def register(self, session_id: int, timestamp_us: int) -> None:
+        self.sessions[session_id] = [0, timestamp_us, None]
+
+    def duplicate(self, session_id: int, seq: int, timestamp_us: int) -> Reply | None:
+        """The cached reply if ``seq`` was applied already; raises if it cannot be applied."""
+        self.sweep(timestamp_us)
+        s = self.sessions.get(session_id)
+        if s is None:
+            raise SessionExpired(f"session {session_id} is unknown or expired: command {seq} was not applied")
+        if seq == s[0]:
+            return s[2]
+        if seq < s[0]:
+            raise SessionExpired(f"session {session_id}: command {seq} is older than the last one applied ({s[0]})")
+        return None
+
+    def record(self, session_id: int, seq: int, timestamp_us: int, reply: Reply) -> None:
+        self.sessions[session_id] = [seq, timestamp_us, reply]
+
+    def sweep(self, timestamp_us: int) -> None:
+        """Drop idle sessions; at most once per minute of journaled time (cheap, deterministic)."""
+        if timestamp_us < self._next_sweep:
+            return
+        self._next_sweep = timestamp_us + 60_000_000
+        cutoff = timestamp_us - IDLE_EXPIRY_US
+        for sid in [sid for sid, s in self.sessions.items() if s[1] < cutoff]:
+            del self.sessions[sid]
+
+    def to_plain(self) -> list:
+        return [[sid, s[0], s[1], list(s[2]) if s[2] is not None else None] for sid, s in sorted(self.sessions.items())]
+
+    @classmethod
+    def from_plain(cls, plain: list | None) -> "SessionTable":
+        t = cls()
+        for sid, seq, ts, reply in plain or ():
+            t.sessions[sid] = [seq, ts, tuple(reply) if reply is not None else None]
+        return t

@@ -1,0 +1,239 @@
+"""The client library: a connection to a cluster that finds the leader by itself.
+
+    with rpc.connect(["10.0.0.1:7100", "10.0.0.2:7100"], secret_file="cluster.secret") as c:
+        c.execute(Deposit("alice", 10))     # exactly once, survives failover
+        c.query(Balance("alice"))           # linearizable by default
+
+On a lost connection, a timeout or "not leader", the client moves to the leader it was
+told of (or tries the addresses it knows), reconnects with jittered backoff and retries
+the same command under the same session number until the call's deadline, so a command
+in flight during a failover is applied exactly once. Connecting is bounded (no OS connect
+retries), and a leader that stops answering without closing its connections is left
+after ``attempt_timeout`` seconds.
+"""
+from __future__ import annotations
+
+import importlib
+import random
+import threading
+import time
+from typing import Any, Iterable
+
+import msgpack
+
+from prevalence.codec import CODEC
+from prevalence.errors import PrevalenceError
+from prevalence.sessions import SessionExpired
+from rpc.config import format_address, parse_address
+from rpc.secret import check_secret, load_secret
+from rpc.transport import open_connection
+
+CONSISTENCY = ("linearizable", "leader", "local")
+
+
+class ClusterUnavailable(PrevalenceError):
+    """No leader answered before the call's deadline; the message says what was tried."""
+
+
+class RemoteTransactionError(PrevalenceError):
+    """A transaction's own exception whose type cannot be imported here."""
+
+    def __init__(self, type_name: str, message: str, *, rejected: bool):
+        kind = "rejected by check()" if rejected else "failed"
+        super().__init__(f"{type_name}: {message} ({kind})")
+        self.type_name, self.remote_message, self.rejected = type_name, message, rejected
+
+
+def _remote_exception(kind: str, type_name: str, message: str) -> BaseException:
+    """The same exception type when it can be imported here, else RemoteTransactionError.
+
+    ``exc.rejected`` is True when ``check()`` refused the transaction (nothing applied)
+    and False when ``execute`` raised (its changes before raising stay applied).
+    """
+    rejected = kind == "rejected"
+    module, _, qual = type_name.rpartition(".")
+    try:
+        cls: Any = importlib.import_module(module)
+        for part in qual.split("."):
+            cls = getattr(cls, part)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            exc = cls(message)
+            exc.rejected = rejected  # type: ignore[attr-defined]
+            return exc
+    except Exception:  # noqa: BLE001 - not importable, or not constructible from a message
+        pass
+    return RemoteTransactionError(type_name, message, rejected=rejected)
+
+
+class _Session:
+    __slots__ = ("id", "next_seq")
+
+    def __init__(self, sid: int):
+        self.id, self.next_seq = sid, 1
+
+
+class ClusterClient:
+    """Thread-safe; share one per process. Commands from parallel threads use separate
+    sessions from a small pool, so they run concurrently and each applies once."""
+
+    def __init__(self, addresses: Iterable[str], secret: bytes, *, timeout: float = 10.0,
+                 attempt_timeout: float = 1.5, ssl_context: Any = None):
+        self.addresses = [format_address(parse_address(a, "address")) for a in addresses]
+        if not self.addresses:
+            raise PrevalenceError("rpc.connect needs at least one address")
+        self._secret = check_secret(secret, "rpc.connect")
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self._ssl = ssl_context
+        self._lock = threading.Lock()
+        self._conn = None
+        self._conn_addr: str | None = None
+        self._hint: str | None = None
+        self._sessions: list[_Session] = []
+        self._closed = False
+
+    # -- the API ----------------------------------------------------------------------
+    @property
+    def leader(self) -> str | None:
+        """The address of the node this client believes leads (None before the first call)."""
+        return self._conn_addr or self._hint
+
+    def execute(self, tx: Any, *, timeout: float | None = None) -> Any:
+        """Run ``tx`` on the leader exactly once; its result, or its own exception."""
+        data = CODEC.dumps(tx)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        session = self._take_session(deadline)
+        seq = session.next_seq
+        try:
+            reply = self._call(deadline, "execute", data, session.id, seq)
+        except SessionExpired:
+            session = None  # type: ignore[assignment] - never reused
+            raise
+        finally:
+            if session is not None:
+                session.next_seq = seq + 1  # whether or not that command applied: never reused
+                with self._lock:
+                    self._sessions.append(session)
+        return self._outcome(reply)
+
+    def query(self, q: Any, consistency: str = "linearizable", *, timeout: float | None = None) -> Any:
+        """``linearizable``: confirmed by the leader (ReadIndex). ``leader``: the leader's
+        state without that round (stale only just after it lost leadership unknowingly).
+        ``local``: whichever node this client is connected to, possibly behind."""
+        if consistency not in CONSISTENCY:
+            raise PrevalenceError(f"consistency must be one of {', '.join(CONSISTENCY)}, not {consistency!r}")
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        reply = self._call(deadline, "query", CODEC.dumps(q), consistency, any_node=consistency == "local")
+        return self._outcome(reply)
+
+    def status(self) -> dict:
+        """The status of the node this client talks to (the leader when known)."""
+        return self._outcome(self._call(time.monotonic() + self.timeout, "status", any_node=True))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()
+
+    def __enter__(self) -> "ClusterClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------
+    def _take_session(self, deadline: float) -> _Session:
+        with self._lock:
+            if self._sessions:
+                return self._sessions.pop()
+        sid = self._outcome(self._call(deadline, "register_session"))
+        return _Session(sid)
+
+    def _outcome(self, reply: list) -> Any:
+        kind = reply[0]
+        if kind == "ok":
+            return reply[1]
+        if kind in ("failed", "rejected"):
+            raise _remote_exception(kind, reply[1], reply[2])
+        if kind == "expired":
+            raise SessionExpired(reply[1])
+        raise PrevalenceError(reply[-1])
+
+    def _call(self, deadline: float, method: str, *args: Any, any_node: bool = False) -> list:
+        tried: list[str] = []
+        backoff = 0.02
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed:
+                what = "closed" if self._closed else f"no leader answered within the deadline; tried {', '.join(tried[-8:]) or 'nothing'}"
+                raise ClusterUnavailable(f"{method}: {what}")
+            try:
+                conn, addr = self._connection(min(remaining, self.attempt_timeout))
+            except PrevalenceError as exc:
+                tried.append(f"{exc}")
+                time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, deadline - time.monotonic())))
+                backoff = min(backoff * 2, 0.5)
+                continue
+            try:
+                raw = getattr(conn.root, method)(*args)
+                reply = msgpack.unpackb(raw, raw=False)
+            except Exception as exc:  # connection lost, timed out (a hung node), refused
+                tried.append(f"{addr}: {type(exc).__name__}: {exc}"[:200])
+                with self._lock:
+                    if self._conn is conn:
+                        self._drop()
+                continue
+            if reply[0] == "not_leader" and not any_node:
+                tried.append(f"{addr}: not the leader (hint: {reply[1]} at {reply[2]})")
+                with self._lock:
+                    if self._conn is conn:
+                        self._drop()
+                    self._hint = reply[2]
+                if reply[2] is None:  # an election is under way
+                    time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, deadline - time.monotonic())))
+                    backoff = min(backoff * 2, 0.5)
+                continue
+            if reply[0] == "error" and "timed out waiting for the cluster" in str(reply[-1]):
+                tried.append(f"{addr}: {reply[-1]}")
+                continue  # the same command again: the session makes the retry safe
+            return reply
+
+    def _connection(self, attempt_timeout: float):
+        with self._lock:
+            if self._conn is not None:
+                return self._conn, self._conn_addr
+            order = ([self._hint] if self._hint else []) + [a for a in self.addresses if a != self._hint]
+            self._hint = None
+        errors = []
+        for addr in order:
+            try:
+                conn = open_connection(parse_address(addr, "address"), self._secret, role="client", ident="client",
+                                       connect_timeout=min(0.3, attempt_timeout), handshake_timeout=attempt_timeout,
+                                       request_timeout=attempt_timeout, ssl_context=self._ssl)
+            except PrevalenceError as exc:
+                errors.append(str(exc))
+                continue
+            with self._lock:
+                if addr not in self.addresses:
+                    self.addresses.append(addr)  # learnt from a hint: a member added later
+                self._drop()
+                self._conn, self._conn_addr = conn, addr
+            return conn, addr
+        raise PrevalenceError("; ".join(errors) or "no address to try")
+
+    def _drop(self) -> None:
+        conn, self._conn, self._conn_addr = self._conn, None, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - it is already broken
+                pass
+
+
+def connect(addresses: Iterable[str], *, secret: bytes | None = None, secret_file: str | None = None,
+            timeout: float = 10.0, attempt_timeout: float = 1.5, ssl_context: Any = None) -> ClusterClient:
+    """A client of the cluster at ``addresses`` ("host:port"), authenticated by the secret."""
+    if (secret is None) == (secret_file is None):
+        raise PrevalenceError("rpc.connect needs exactly one of secret= or secret_file=")
+    key = secret if secret is not None else load_secret(secret_file)
+    return ClusterClient(addresses, key, timeout=timeout, attempt_timeout=attempt_timeout, ssl_context=ssl_context)

@@ -1,0 +1,126 @@
+"""The reconnecting client against real node processes: failover, exactly once, errors."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import msgpack
+import pytest
+
+import rpc
+from prevalence.codec import CODEC
+from prevalence.errors import PrevalenceError
+from rpc.config import format_address
+from tests.cluster.harness import LocalCluster
+from tests.prevalence.domain import Add, Boom, Get, HalfThenFail, Rejected, Snapshot, Stamp
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LocalCluster(tmp_path, 3)
+    c.leader()
+    yield c
+    c.stop()
+
+
+def client_of(c: LocalCluster, **kw) -> rpc.ClusterClient:
+    return rpc.connect([format_address(cfg.listen) for cfg in c.configs.values()],
+                       secret_file=f"{c.dir}/cluster.secret", **kw)
+
+
+def test_execute_query_status_and_errors(cluster):
+    with client_of(cluster) as client:
+        assert client.execute(Add("x", 2)) == 2
+        assert client.query(Get("x")) == 2
+        assert client.query(Get("x"), consistency="leader") == 2
+        assert client.query(Get("x"), consistency="local") in (None, 2)  # any node, maybe behind
+        assert client.status()["role"] == "leader"
+        assert client.leader is not None
+        with pytest.raises(Rejected) as info:
+            client.execute(Add("x", -100))
+        assert info.value.rejected is True  # refused by check(): nothing applied
+        with pytest.raises(Boom) as info:
+            client.execute(HalfThenFail("y"))
+        assert info.value.rejected is False  # execute raised after changing the state
+        assert client.query(Get("y")) == 1
+        with pytest.raises(rpc.RemoteTransactionError, match="no_such_module.Oops"):
+            raise rpc.client._remote_exception("failed", "no_such_module.Oops", "gone")
+        with pytest.raises(PrevalenceError, match="consistency must be one of"):
+            client.query(Get("x"), consistency="eventual")
+
+
+def test_retry_of_an_applied_command_returns_the_first_reply(cluster):
+    leader = cluster.leader()
+    conn = cluster.connect(leader)
+    try:
+        sid = msgpack.unpackb(conn.root.register_session(), raw=False)[1]
+        data = CODEC.dumps(Add("n", 5))
+        first = msgpack.unpackb(conn.root.execute(data, sid, 1), raw=False)
+        again = msgpack.unpackb(conn.root.execute(data, sid, 1), raw=False)  # a retry after a lost reply
+        assert first == again == ["ok", 5]
+        assert msgpack.unpackb(conn.root.execute(data, sid, 2), raw=False) == ["ok", 10]
+        stale = msgpack.unpackb(conn.root.execute(data, sid, 1), raw=False)
+        assert stale[0] == "expired"  # older than the last one applied: refused, not applied
+        unknown = msgpack.unpackb(conn.root.execute(data, 999_999, 1), raw=False)
+        assert unknown[0] == "expired"
+        assert msgpack.unpackb(conn.root.query(CODEC.dumps(Get("n"))), raw=False) == ["ok", 10]
+    finally:
+        conn.close()
+
+
+def test_commands_ride_through_leader_sigkills_and_apply_exactly_once(cluster):
+    c = cluster
+    done: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(k: int) -> None:
+        with client_of(c) as client:
+            n = 0
+            while not stop.is_set():
+                tag = f"w{k}-{n}"
+                try:
+                    client.execute(Stamp(tag), timeout=15)
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+                    return
+                done.append(tag)
+                n += 1
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3):
+            time.sleep(0.7)
+            victim = c.leader()
+            c.kill(victim)
+            c.leader(exclude={victim})
+            time.sleep(0.3)
+            c.start(victim)
+        time.sleep(0.7)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[:3]  # the callers never saw the failovers
+    with client_of(c) as client:
+        tags = [item[0] for item in client.query(Snapshot())[1]]
+    assert len(tags) == len(set(tags)), "a command was applied twice"
+    assert set(done) <= set(tags), "an acknowledged command is missing"
+    assert len(set(tags) - set(done)) == 0  # nothing applied that no caller was told about
+    assert len(done) > 30
+
+
+def test_unreachable_cluster_is_a_clear_error(tmp_path):
+    from tests.cluster.harness import free_port_block
+
+    base = free_port_block(2)
+    client = rpc.connect([f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"], secret=b"s" * 32, timeout=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(rpc.ClusterUnavailable, match="tried .*127.0.0.1"):
+        client.execute(Add("x", 1))
+    assert time.monotonic() - t0 < 3
