@@ -158,14 +158,8 @@ class SnapshotStore:
 
     def read_encoded(self, index: int) -> bytes:
         """The whole file, validated, as it would be sent to a peer."""
-        path = self.path_of(index)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise SnapshotError(f"{path}: cannot read: {exc}") from exc
-        decode_file(path, data)
-        return data
+        meta, body = self.read(index)
+        return body.obj  # the memoryview's underlying bytes: the whole file
 
     def _install(self, index: int, parts: list[bytes]) -> str:
         if self.read_only:

@@ -68,15 +68,8 @@ class ClientService(rpyc.Service):
             return self._run(data, lambda obj: self._p.node.execute(obj))
         if not (isinstance(session_id, int) and isinstance(seq, int) and seq > 0):
             return _reply("error", "session id and sequence number must be positive integers")
-        try:
-            obj = CODEC.loads(self._check(data))
-            return _reply(*self._p.node.execute(obj, session=(session_id, seq)))
-        except ProposalRefused as exc:
-            return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
-        except PrevalenceError as exc:
-            return _reply("error", str(exc))
-        except TimeoutError:
-            return _reply("error", "timed out waiting for the cluster")
+        # the node returns the session's reply: the transaction's errors are inside it
+        return self._guard(lambda: self._p.node.execute(CODEC.loads(self._check(data)), session=(session_id, seq)))
 
     def exposed_query(self, data: bytes, consistency: Any = "linearizable") -> bytes:
         """``linearizable`` (ReadIndex through the leader), ``leader`` (the leader's own
@@ -106,25 +99,29 @@ class ClientService(rpyc.Service):
         return self._admin(lambda: self._p.node.transfer_leadership(str(to)))
 
     def _admin(self, call) -> bytes:
-        try:
-            return _reply("ok", call())
-        except ProposalRefused as exc:
-            return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
-        except PrevalenceError as exc:
-            return _reply("error", str(exc))
-        except TimeoutError:
-            return _reply("error", "timed out waiting for the cluster")
+        return self._guard(lambda: ("ok", call()))
 
     def _run(self, data: Any, call) -> bytes:
-        try:
+        """A call whose own exceptions (the transaction's or query's) are its reply."""
+        def outcome() -> tuple:
             obj = CODEC.loads(self._check(data))
-            return _reply("ok", call(obj))
+            try:
+                return ("ok", call(obj))
+            except (PrevalenceError, TimeoutError):
+                raise
+            except Exception as exc:
+                return ("failed", f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc))
+
+        return self._guard(outcome)
+
+    def _guard(self, reply) -> bytes:
+        """The framework's refusals as replies: redirect, error, time-out."""
+        try:
+            return _reply(*reply())
         except ProposalRefused as exc:  # not the leader, or handing leadership over
             return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
         except PrevalenceError as exc:
             return _reply("error", str(exc))
         except TimeoutError:
             return _reply("error", "timed out waiting for the cluster")
-        except Exception as exc:  # the transaction's or query's own exception
-            return _reply("failed", f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc))
 
