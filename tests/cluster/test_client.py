@@ -67,6 +67,11 @@ def test_retry_of_an_applied_command_returns_the_first_reply(cluster):
         unknown = msgpack.unpackb(conn.root.execute(data, 999_999, 1), raw=False)
         assert unknown[0] == "expired"
         assert msgpack.unpackb(conn.root.query(CODEC.dumps(Get("n"))), raw=False) == ["ok", 10]
+        big = msgpack.unpackb(conn.root.execute(b"\x91" + b"x" * (2 << 20), sid, 3), raw=False)
+        assert big[0] == "error" and "over the limit" in big[1]  # refused, the node keeps serving
+        garbage = msgpack.unpackb(conn.root.execute(b"\xc1garbage", sid, 3), raw=False)
+        assert garbage[0] == "error" and "malformed" in garbage[1]
+        assert msgpack.unpackb(conn.root.query(CODEC.dumps(Get("n"))), raw=False) == ["ok", 10]
     finally:
         conn.close()
 
