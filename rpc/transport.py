@@ -375,6 +375,7 @@ class _Link:
 
 
 DOWN_QUEUE_LIMIT = 64  # messages kept for a peer that is not connected
+DIRECT_SEND_LIMIT = 16 * 1024  # larger messages always go through the sender thread
 
 
 class _Peer:
@@ -397,6 +398,7 @@ class _Peer:
         self.link: _Link | None = None
         self.opening: rpyc.Connection | None = None
         self.stopping = False
+        self.sending = False  # a batch is between the queue and the wire (keeps FIFO order)
         self.thread = threading.Thread(target=self._run, name=f"rpc-send-{peer_id}", daemon=True)
 
     # -- called by other threads
@@ -415,6 +417,35 @@ class _Peer:
                 self.queued_bytes -= len(q.popleft())  # drop the oldest: Raft resends
                 self.dropped += 1
             self.cond.notify()
+
+    def send_now(self, payload: bytes) -> bool:
+        """Put a small message on the wire from the caller's thread when the link is idle.
+
+        Saves waking the sender thread for every heartbeat of an idle cluster. Only when
+        nothing is queued, in flight or being sent (order is kept) and the payload is
+        small enough that the socket buffer takes it without blocking.
+        """
+        with self.cond:
+            link = self.link
+            if (link is None or link.dead is not None or self.queue or link.inflight or self.sending
+                    or self.stopping or len(payload) > DIRECT_SEND_LIMIT):
+                return False
+            self.sending = True
+        try:
+            res = link.deliver(encode_batch([payload]))
+        except Exception as exc:  # noqa: BLE001 - the link is broken: queue it for the next one
+            link.kill(f"send failed: {exc or type(exc).__name__}")
+            with self.cond:
+                self.sending = False
+                self.cond.notify_all()
+            return False
+        with self.cond:
+            self.sending = False
+            link.inflight.append((res, time.monotonic(), 1))
+            self.sent += 1
+            if self.queue:
+                self.cond.notify_all()
+        return True
 
     def set_address(self, address) -> None:
         with self.cond:
@@ -602,7 +633,7 @@ class _Peer:
                         return link.dead
                     if self.address != link.address:
                         return "peer address changed"
-                    if self.queue and len(link.inflight) < o.max_in_flight:
+                    if self.queue and len(link.inflight) < o.max_in_flight and not self.sending:
                         break
                     # Waiting for window room: poll for overdue calls. Idle: sleep until a
                     # send, a death (the reader notifies) or a second passes.
@@ -614,14 +645,17 @@ class _Peer:
                     frames.append(frame)
                     size += len(frame)
                 self.queued_bytes -= size
+                self.sending = True
             try:
                 res = link.deliver(encode_batch(frames))
             except Exception as exc:
                 with self.cond:
+                    self.sending = False
                     self.failed += len(frames)
                 link.kill(f"send failed: {exc or type(exc).__name__}")
                 continue
             with self.cond:
+                self.sending = False
                 link.inflight.append((res, time.monotonic(), len(frames)))
                 self.sent += len(frames)
 
@@ -697,7 +731,8 @@ class PeerTransport:
             if n == 0 and not self._closed:
                 log.warning("dropping messages to unknown peer %r (not in the peer list)", to)
             return
-        peer.enqueue(payload)
+        if not peer.send_now(payload):
+            peer.enqueue(payload)
 
     def set_peers(self, peers: dict[str, tuple[str, int]]) -> None:
         """Replace the peer list: start senders for new peers, stop removed ones
