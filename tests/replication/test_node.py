@@ -110,3 +110,34 @@ def test_graceful_stop_of_the_leader_hands_over(cluster):
     node.stop(transfer=True)
     new = cluster.leader(timeout=1.0)
     assert new.execute(Add("x", 1)) == 6
+
+
+def test_leader_hooks_start_on_the_leader_only_and_stop_when_it_loses(tmp_path):
+    events: list[tuple[str, str]] = []
+    net = LocalNetwork()
+    ids = ["n1", "n2", "n3"]
+    m = Membership(tuple(ids))
+    for i in ids:
+        node = Node(i, str(tmp_path / i), Store, net.transport(i), membership=m,
+                    on_leader_start=lambda i=i: events.append(("start", i)),
+                    on_leader_stop=lambda i=i: events.append(("stop", i)))
+        net.nodes[i] = node
+        node.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not any(e[0] == "start" for e in events):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        first = next(i for kind, i in events if kind == "start")
+        assert net.nodes[first].is_leader and events == [("start", first)]
+        net.nodes[first].transfer_leadership(next(i for i in ids if i != first))
+        deadline = time.monotonic() + 5
+        while len(events) < 3:
+            assert time.monotonic() < deadline, events
+            time.sleep(0.01)
+        assert ("stop", first) in events  # the old leader's side effects stop...
+        second = [i for kind, i in events if kind == "start"][1]
+        assert second != first and net.nodes[second].is_leader  # ...and resume on the new one
+    finally:
+        for n in net.nodes.values():
+            n.stop(transfer=False)

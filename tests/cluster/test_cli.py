@@ -1,0 +1,60 @@
+"""`prevalence cluster up` and `prevalence status`, run as an operator would."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.cluster.harness import ROOT, free_port_block
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGTERM")]
+
+FIELDS = {"id", "address", "role", "term", "commit_index", "applied_index", "pid", "config", "reachable"}
+
+
+def status(directory) -> dict:
+    out = subprocess.run([sys.executable, "-m", "rpc.cli", "status", "--cluster", str(directory), "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout)
+
+
+def test_cluster_up_status_and_clean_stop(tmp_path):
+    base = free_port_block(3)
+    up = subprocess.Popen([sys.executable, "-m", "rpc.cli", "cluster", "up", "--nodes", "3", "--data", str(tmp_path),
+                           "--port", str(base), "--root", "tests.prevalence.domain:Store"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            nodes = status(tmp_path)["nodes"] if (tmp_path / "n3.toml").exists() else []
+            if nodes and sum(n["role"] == "leader" for n in nodes) == 1 and all(n["reachable"] for n in nodes):
+                break
+            assert time.monotonic() < deadline, nodes
+            time.sleep(0.2)
+        assert len(nodes) == 3 and all(set(n) == FIELDS for n in nodes)
+        assert sorted(n["address"] for n in nodes) == [f"127.0.0.1:{base + k}" for k in range(3)]
+        assert (tmp_path / "cluster.secret").exists()
+        pids = [n["pid"] for n in nodes]
+        table = subprocess.run([sys.executable, "-m", "rpc.cli", "status", "--cluster", str(tmp_path)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
+        assert "leader" in table and "reachable" in table.splitlines()[0]
+        # a node that dies is reported and not restarted
+        os.kill(pids[0], signal.SIGKILL)
+        time.sleep(1.0)
+        assert sum(n["reachable"] for n in status(tmp_path)["nodes"]) == 2
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=20)
+        assert up.returncode == 0
+        assert "exited with code" in out and "stopping the cluster" in out
+        for pid in pids[1:]:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
