@@ -184,6 +184,34 @@ class Node:
         self._apply_q.put(("snapshot", fut))
         return fut.result(timeout)
 
+    def wait_applied(self, index: int, timeout: float) -> bool:
+        """Block until the state machine has applied ``index`` (or ``timeout`` passes)."""
+        deadline = time.monotonic() + timeout
+        with self._applied_cond:
+            while self.sm.applied_index < index and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._applied_cond.wait(min(left, 0.1))
+        return self.sm.applied_index >= index
+
+    def committed_log(self, start: int, limit: int) -> tuple[int, list[Entry]]:
+        """Applied entries from ``start`` (at most ``limit``), for subscribers.
+
+        Returns ``(first_index, entries)``; when ``start`` was compacted away the
+        entries are empty and ``first_index`` says where the log now begins.
+        """
+        applied = self.sm.applied_index
+        first = self.storage.first_index()
+        if start < first:
+            return first, []
+        if start > applied:
+            return first, []
+        try:
+            return first, self.storage.entries(start, min(applied, start + limit - 1) + 1, 1 << 20)
+        except RaftError:  # compacted meanwhile
+            return self.storage.first_index(), []
+
     def status(self) -> dict:
         st = self._status
         return {

@@ -14,10 +14,12 @@ after ``attempt_timeout`` seconds.
 from __future__ import annotations
 
 import importlib
+import logging
 import random
 import threading
 import time
-from typing import Any, Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, NamedTuple
 
 import msgpack
 
@@ -29,6 +31,69 @@ from rpc.secret import check_secret, load_secret
 from rpc.transport import open_connection
 
 CONSISTENCY = ("linearizable", "leader", "local")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+log = logging.getLogger("rpc.client")
+
+
+class Event(NamedTuple):
+    """A committed transaction, as a subscriber sees it."""
+
+    index: int
+    time: datetime
+    type: str
+    fields: dict
+
+
+class Compacted(NamedTuple):
+    """The subscription asked for entries a snapshot has replaced; it resumes at ``first_index``."""
+
+    requested: int
+    first_index: int
+
+
+class Subscription:
+    """Delivers committed transactions in order to ``callback`` on a thread of its own.
+
+    It long-polls whichever node the client talks to, and after a failover resumes at
+    the index after the last one delivered: no gap, no duplicate. Close it when done.
+    """
+
+    def __init__(self, client: "ClusterClient", callback: Callable[[Any], None], start: int):
+        self._client, self._callback, self.index = client, callback, start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="subscription", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        c = self._client
+        while not self._stop.is_set() and not c._closed:
+            try:
+                reply = c._call(time.monotonic() + c.timeout, "read_log", self.index, 256, 1.0, any_node=True)
+            except ClusterUnavailable:
+                continue  # a long outage: keep trying, from the same index
+            if reply[0] == "compacted":
+                self._deliver(Compacted(self.index, reply[1]))
+                self.index = reply[1]
+            elif reply[0] == "ok":
+                for index, ts, type_name, fields in reply[2]:
+                    if self._stop.is_set():
+                        return
+                    self._deliver(Event(index, _EPOCH + timedelta(microseconds=ts), type_name, fields))
+                self.index = max(self.index, reply[1])
+            else:
+                log.warning("subscription: %s", reply[-1])
+                self._stop.wait(0.5)
+
+    def _deliver(self, item: Any) -> None:
+        try:
+            self._callback(item)
+        except Exception:  # noqa: BLE001 - the subscriber's bug must not end the stream
+            log.exception("subscription callback failed on %r", item)
+
+    def close(self) -> None:
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5)
 
 
 class ClusterUnavailable(PrevalenceError):
@@ -125,6 +190,13 @@ class ClusterClient:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         reply = self._call(deadline, "query", CODEC.dumps(q), consistency, any_node=consistency == "local")
         return self._outcome(reply)
+
+    def subscribe(self, callback: Callable[[Any], None], from_index: int | None = None) -> Subscription:
+        """Call ``callback(Event)`` for every committed transaction from ``from_index``
+        (default: the next one), in order, across failovers; ``callback(Compacted)`` if
+        that index was compacted away (the stream then goes on from the oldest kept)."""
+        start = from_index if from_index is not None else self.status()["applied_index"] + 1
+        return Subscription(self, callback, start)
 
     def status(self) -> dict:
         """The status of the node this client talks to (the leader when known)."""

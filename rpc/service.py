@@ -35,7 +35,8 @@ def _reply(*items: Any) -> bytes:
 class ClientService(rpyc.Service):
     """One per client connection; exposes only the methods below."""
 
-    _EXPOSED = ("status", "execute", "query", "register_session", "change_membership", "transfer_leadership")
+    _EXPOSED = ("status", "execute", "query", "register_session", "read_log", "change_membership",
+                "transfer_leadership")
 
     def __init__(self, process: "NodeProcess", client_id: str, max_request: int = DEFAULT_MAX_REQUEST):
         self._p = process
@@ -83,6 +84,31 @@ class ClientService(rpyc.Service):
             leader = node.status()["leader"]
             return _reply("not_leader", leader, self._p.address_of(leader))
         return self._run(data, lambda obj: node.query(obj, linearizable=consistency == "linearizable"))
+
+    def exposed_read_log(self, start: int, limit: int = 256, wait: float = 1.0) -> bytes:
+        """Committed transactions from index ``start``, waiting up to ``wait`` s for one
+        (a long poll: subscribers need no callback objects across the wire).
+
+        ``["ok", next_index, [[index, timestamp µs, type, fields], ...]]``, or
+        ``["compacted", first_index]`` when ``start`` is no longer in the log.
+        """
+        from prevalence.entry import EntryKind
+        from prevalence.state import describe_command
+
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, limit)) or start < 1:
+            return _reply("error", "start and limit must be positive integers")
+        node = self._p.node
+        node.wait_applied(start, max(0.0, min(float(wait), 5.0)))
+        first, entries = node.committed_log(start, max(1, min(limit, 4096)))
+        if start < first:
+            return _reply("compacted", first)
+        events = []
+        for e in entries:
+            if e.kind == EntryKind.COMMAND:
+                d = describe_command(e.data)
+                if not d["type"].startswith("prevalence."):  # sessions are bookkeeping, not events
+                    events.append([e.index, d["timestamp_us"], d["type"], d["fields"]])
+        return _reply("ok", entries[-1].index + 1 if entries else start, events)
 
     def exposed_change_membership(self, op: str, node_id: str, address: str | None = None) -> bytes:
         """Maintenance: add_voter, add_learner, promote_learner or remove (leader only)."""

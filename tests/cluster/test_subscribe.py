@@ -1,0 +1,72 @@
+"""Subscriptions: committed transactions in order, across a failover, and compaction."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+
+import rpc
+from rpc.config import format_address
+from tests.cluster.harness import LocalCluster
+from tests.prevalence.domain import Snapshot, Stamp
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")]
+
+
+def connect(c: LocalCluster) -> rpc.ClusterClient:
+    return rpc.connect([format_address(cfg.listen) for cfg in c.configs.values()], secret_file=f"{c.dir}/cluster.secret")
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_subscription_is_in_order_without_gaps_or_duplicates_across_a_failover(tmp_path):
+    c = LocalCluster(tmp_path, 3)
+    try:
+        c.leader()
+        seen: list[rpc.Event] = []
+        with connect(c) as client:
+            sub = client.subscribe(seen.append, from_index=1)
+            for k in range(20):
+                client.execute(Stamp(f"a{k}"))
+            victim = c.leader()
+            c.kill(victim)
+            for k in range(20):
+                client.execute(Stamp(f"b{k}"))  # the client rides through to the new leader
+            wanted = [f"a{k}" for k in range(20)] + [f"b{k}" for k in range(20)]
+            wait_for(lambda: len([e for e in seen if e.type == "test.Stamp"]) >= 40)
+            sub.close()
+            applied = [item[0] for item in client.query(Snapshot())[1]]
+        stamps = [e for e in seen if e.type == "test.Stamp"]
+        assert [e.fields["tag"] for e in stamps] == wanted == applied
+        indexes = [e.index for e in seen]
+        assert indexes == sorted(set(indexes))  # strictly increasing: no duplicate
+        assert all(e.time.tzinfo is not None for e in seen)
+    finally:
+        c.stop()
+
+
+def test_subscription_from_a_compacted_index_is_told_so(tmp_path):
+    c = LocalCluster(tmp_path, 3, snapshot_every=20)
+    try:
+        c.leader()
+        got: list = []
+        with connect(c) as client:
+            for k in range(60):
+                client.execute(Stamp(f"t{k}"))
+            sub = client.subscribe(got.append, from_index=1)
+            wait_for(lambda: any(isinstance(g, rpc.Event) and g.fields.get("tag") == "t59" for g in got))
+            sub.close()
+        assert isinstance(got[0], rpc.Compacted) and got[0].requested == 1 and got[0].first_index > 1
+        events = got[1:]
+        assert all(isinstance(e, rpc.Event) for e in events)
+        assert events[0].index >= got[0].first_index
+        assert [e.index for e in events] == sorted(e.index for e in events)
+    finally:
+        c.stop()
