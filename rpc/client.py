@@ -28,9 +28,10 @@ from prevalence.errors import PrevalenceError
 from prevalence.sessions import SessionExpired
 from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
-from rpc.transport import open_connection
+from rpc.transport import hard_close, open_connection
 
 CONSISTENCY = ("linearizable", "leader", "local")
+SUSPECT_FOR = 3.0  # seconds an address that failed us is tried after the others
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 log = logging.getLogger("rpc.client")
 
@@ -155,6 +156,7 @@ class ClusterClient:
         self._conn_addr: str | None = None
         self._hint: str | None = None
         self._sessions: list[_Session] = []
+        self._suspect: dict[str, float] = {}  # address -> until when it is tried last
         self._closed = False
 
     # -- the API ----------------------------------------------------------------------
@@ -252,6 +254,7 @@ class ClusterClient:
             except Exception as exc:  # connection lost, timed out (a hung node), refused
                 tried.append(f"{addr}: {type(exc).__name__}: {exc}"[:200])
                 with self._lock:
+                    self._suspect[addr] = time.monotonic() + SUSPECT_FOR
                     if self._conn is conn:
                         self._drop()
                 continue
@@ -260,8 +263,10 @@ class ClusterClient:
                 with self._lock:
                     if self._conn is conn:
                         self._drop()
-                    self._hint = reply[2]
-                if reply[2] is None:  # an election is under way
+                    # a follower may still name a leader that just stopped answering us
+                    suspect = reply[2] is not None and self._suspect.get(reply[2], 0) > time.monotonic()
+                    self._hint = None if suspect else reply[2]
+                if reply[2] is None or suspect:  # an election is under way
                     time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, deadline - time.monotonic())))
                     backoff = min(backoff * 2, 0.5)
                 continue
@@ -274,16 +279,22 @@ class ClusterClient:
         with self._lock:
             if self._conn is not None:
                 return self._conn, self._conn_addr
+            now = time.monotonic()
             order = ([self._hint] if self._hint else []) + [a for a in self.addresses if a != self._hint]
+            order.sort(key=lambda a: self._suspect.get(a, 0) > now)  # stable: suspects last
             self._hint = None
         errors = []
         for addr in order:
             try:
+                # a live node answers the handshake in milliseconds; a paused one never does
                 conn = open_connection(parse_address(addr, "address"), self._secret, role="client", ident="client",
-                                       connect_timeout=min(0.3, attempt_timeout), handshake_timeout=attempt_timeout,
+                                       connect_timeout=min(0.3, attempt_timeout),
+                                       handshake_timeout=min(0.5, attempt_timeout),
                                        request_timeout=attempt_timeout, ssl_context=self._ssl)
             except PrevalenceError as exc:
                 errors.append(str(exc))
+                with self._lock:
+                    self._suspect[addr] = time.monotonic() + SUSPECT_FOR
                 continue
             with self._lock:
                 if addr not in self.addresses:
@@ -296,10 +307,7 @@ class ClusterClient:
     def _drop(self) -> None:
         conn, self._conn, self._conn_addr = self._conn, None, None
         if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - it is already broken
-                pass
+            hard_close(conn)  # no polite close request: it would wait on a hung node
 
 
 def connect(addresses: Iterable[str], *, secret: bytes | None = None, secret_file: str | None = None,

@@ -1,0 +1,94 @@
+"""Malformed requests against a real node: each a clear error, the node keeps serving,
+the state does not change."""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import rpc
+from prevalence.codec import CODEC
+from rpc.config import format_address
+from tests.cluster.harness import LocalCluster
+from tests.prevalence.domain import Add, Get, Stamp
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGSTOP")]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    c = LocalCluster(tmp_path_factory.mktemp("bad"), 3)
+    leader = c.leader()
+    assert c.call(leader, "execute", Add("x", 7))[0] == "ok"
+    conn = c.connect(leader)
+    sid = msgpack.unpackb(conn.root.register_session(), raw=False)[1]
+    yield c, conn, sid
+    conn.close()
+    c.stop()
+
+
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10) | st.binary(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+def reply(conn, method, *args):
+    return msgpack.unpackb(getattr(conn.root, method)(*args), raw=False)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=200), plain.map(lambda v: msgpack.packb(v, use_bin_type=True))))
+def test_garbage_frames_are_refused_clearly(node, data):
+    c, conn, sid = node
+    for r in (reply(conn, "execute", data), reply(conn, "execute", data, sid, 10_000), reply(conn, "query", data)):
+        assert r[0] in ("error", "expired"), r
+        assert isinstance(r[-1], str) and r[-1]
+
+
+@pytest.mark.parametrize(
+    "plain_obj, message",
+    [
+        (["shop.Missing", 1, {}], "unknown type 'shop.Missing'"),
+        (["test.Add", 1, {"key": "x", "amount": "lots"}], "test.Add.amount"),
+        (["test.Add", 1, {"key": "x"}], "required field missing at test.Add.amount"),
+        (["test.Add", 1, {"key": "x", "amount": 1, "evil": 2}], "extra fields found (evil)"),
+        (["test.Add", 99, {"key": "x", "amount": 1}], "written as version 99"),
+    ],
+)
+def test_unknown_types_and_bad_fields_are_named(node, plain_obj, message):
+    c, conn, sid = node
+    r = reply(conn, "execute", msgpack.packb(plain_obj, use_bin_type=True), sid, 20_000)
+    assert r[0] == "error" and message in r[1], r
+
+
+def test_state_unchanged_and_node_still_serving_after_bad_input(node):
+    c, conn, sid = node
+    assert reply(conn, "query", CODEC.dumps(Get("x"))) == ["ok", 7]
+    assert reply(conn, "execute", CODEC.dumps(Add("x", 1))) == ["ok", 8]
+
+
+def test_client_leaves_a_hung_leader_within_two_seconds(tmp_path):
+    c = LocalCluster(tmp_path, 3)
+    try:
+        c.leader()
+        with rpc.connect([format_address(cfg.listen) for cfg in c.configs.values()],
+                         secret_file=f"{c.dir}/cluster.secret") as client:
+            client.execute(Stamp("before"))
+            hung = c.leader()
+            c.kill(hung, signal.SIGSTOP)  # no reset, no answers: the client's connection just goes quiet
+            try:
+                t0 = time.monotonic()
+                client.execute(Stamp("after"))
+                took = time.monotonic() - t0
+            finally:
+                c.kill(hung, signal.SIGCONT)
+        assert took < 2.0, f"the client took {took:.2f} s to leave the hung leader"
+    finally:
+        c.stop()
