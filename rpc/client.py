@@ -246,7 +246,7 @@ class ClusterClient:
             except PrevalenceError as exc:
                 tried.append(f"{exc}")
                 time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, deadline - time.monotonic())))
-                backoff = min(backoff * 2, 0.5)
+                backoff = min(backoff * 2, 0.25)  # nobody answered at all: back off, but not for long
                 continue
             try:
                 raw = getattr(conn.root, method)(*args)
@@ -266,9 +266,8 @@ class ClusterClient:
                     # a follower may still name a leader that just stopped answering us
                     suspect = reply[2] is not None and self._suspect.get(reply[2], 0) > time.monotonic()
                     self._hint = None if suspect else reply[2]
-                if reply[2] is None or suspect:  # an election is under way
-                    time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, deadline - time.monotonic())))
-                    backoff = min(backoff * 2, 0.5)
+                if reply[2] is None or suspect:  # an election is under way: it takes ~0.3 s
+                    time.sleep(min(random.uniform(0.02, 0.05), max(0.0, deadline - time.monotonic())))
                 continue
             if reply[0] == "error" and "timed out waiting for the cluster" in str(reply[-1]):
                 tried.append(f"{addr}: {reply[-1]}")
