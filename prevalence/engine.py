@@ -15,7 +15,7 @@ from .errors import ClosedError, PrevalenceError
 from .journal import DEFAULT_SEGMENT_BYTES, Journal
 from .recovery import recover
 from .snapshots import SnapshotMeta, SnapshotStore
-from .state import StateMachine, encode_command
+from .state import encode_command
 
 log = logging.getLogger("prevalence.engine")
 

@@ -28,10 +28,9 @@ from typing import Any, Callable, Protocol
 
 from prevalence.codec import CODEC
 from prevalence.entry import Entry, EntryKind
-from prevalence.errors import ClosedError
 from prevalence.recovery import recover
 from prevalence.sessions import SessionTable
-from prevalence.state import StateMachine, encode_command
+from prevalence.state import encode_command
 from replication.config import RaftConfig
 from replication.core import RaftNode
 from replication.errors import DecodeError, NotLeader, ProposalRefused, RaftError

@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -13,7 +12,8 @@ import msgpack
 
 from prevalence.codec import CODEC
 from rpc.cluster import cluster_status, start_node, write_cluster
-from rpc.config import load_config, tls_contexts
+import rpc
+from rpc.config import format_address, load_config, tls_contexts
 from rpc.secret import load_secret
 from rpc.transport import open_connection
 
@@ -92,6 +92,24 @@ class LocalCluster:
         finally:
             conn.close()
 
+    def client(self, **options: Any) -> rpc.ClusterClient:
+        """The real client library, over every node's address."""
+        return rpc.connect([format_address(cfg.listen) for cfg in self.configs.values()],
+                           secret_file=os.path.join(self.dir, "cluster.secret"), **options)
+
+    def wait_converged(self, node: str | None = None, timeout: float = 15.0) -> dict:
+        """Until every node (or ``node``) is reachable and applied as far as the leader."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            nodes = [node] if node else list(st)
+            leaders = [n for n, r in st.items() if r["role"] == "leader"]
+            if leaders and all(st[n]["reachable"] and st[n]["applied_index"] == st[leaders[0]]["applied_index"]
+                               for n in nodes):
+                return st
+            assert time.monotonic() < deadline, st
+            time.sleep(0.1)
+
     def log(self, nid: str) -> str:
         with open(os.path.join(self.dir, f"{nid}.log"), encoding="utf-8", errors="replace") as f:
             return f.read()
@@ -105,47 +123,3 @@ class LocalCluster:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 pass
-
-
-class Writer:
-    """Executes transactions against whoever is leader, following not-leader hints."""
-
-    def __init__(self, cluster: LocalCluster):
-        self.c = cluster
-        self.conn = None
-        self.node: str | None = None
-
-    def execute(self, tx: Any, deadline: float) -> Any:
-        """The result once acknowledged; raises TimeoutError if no leader acknowledges in time."""
-        nodes = list(self.c.configs)
-        k = 0
-        while time.monotonic() < deadline:
-            if self.conn is None:
-                self.node = self.node or nodes[k % len(nodes)]
-                k += 1
-                try:
-                    self.conn = self.c.connect(self.node, timeout=1.0)
-                except Exception:
-                    self.node = None
-                    time.sleep(0.02)
-                    continue
-            try:
-                reply = msgpack.unpackb(self.conn.root.execute(CODEC.dumps(tx)), raw=False)
-            except Exception:
-                self._drop(None)
-                raise ConnectionError("connection lost: outcome unknown")
-            if reply[0] == "ok":
-                return reply[1]
-            if reply[0] == "not_leader":
-                self._drop(reply[1])
-                time.sleep(0.02)
-                continue
-            raise RuntimeError(reply)
-        raise TimeoutError("no leader acknowledged in time")
-
-    def _drop(self, hint: str | None) -> None:
-        try:
-            self.conn.close()
-        except Exception:
-            pass
-        self.conn, self.node = None, hint

@@ -11,9 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import rpc
 from prevalence.codec import CODEC
-from rpc.config import format_address
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Get, Stamp
 
@@ -78,8 +76,7 @@ def test_client_leaves_a_hung_leader_within_two_seconds(tmp_path):
     c = LocalCluster(tmp_path, 3)
     try:
         c.leader()
-        with rpc.connect([format_address(cfg.listen) for cfg in c.configs.values()],
-                         secret_file=f"{c.dir}/cluster.secret") as client:
+        with c.client() as client:
             client.execute(Stamp("before"))
             hung = c.leader()
             c.kill(hung, signal.SIGSTOP)  # no reset, no answers: the client's connection just goes quiet

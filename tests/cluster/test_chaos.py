@@ -11,7 +11,6 @@ import time
 import pytest
 
 import rpc
-from rpc.config import format_address
 from replication.linearizability import KeyValueModel, Operation, check_history
 from tests.cluster.test_partition import ProxiedCluster
 from tests.prevalence.domain import Add, Get, Snapshot, Stamp
@@ -26,12 +25,10 @@ def test_linearizable_and_exactly_once_under_kills_and_partitions(tmp_path):
     tags_unknown: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
-    addresses = [format_address(cfg.listen) for cfg in c.configs.values()]
-    secret_file = f"{c.dir}/cluster.secret"
 
     def client(k: int) -> None:
         rng = random.Random(k)
-        with rpc.connect(addresses, secret_file=secret_file, timeout=4.0) as cl:
+        with c.client(timeout=4.0) as cl:
             n = 0
             while not stop.is_set():
                 key = rng.choice("ab")
@@ -89,7 +86,7 @@ def test_linearizable_and_exactly_once_under_kills_and_partitions(tmp_path):
         result = check_history(KeyValueModel(), history, timeout=60)
         assert result.ok, result.explanation
         assert len(history) > 50
-        with rpc.connect(addresses, secret_file=secret_file) as cl:
+        with c.client() as cl:
             tags = [item[0] for item in cl.query(Snapshot())[1]]
         assert len(tags) == len(set(tags)), "a command was applied twice"
         assert set(tags_acked) <= set(tags), "an acknowledged command is missing"

@@ -11,7 +11,6 @@ import pytest
 import rpc
 from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
-from rpc.config import format_address
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Boom, Get, HalfThenFail, Rejected, Snapshot, Stamp
 
@@ -26,13 +25,8 @@ def cluster(tmp_path):
     c.stop()
 
 
-def client_of(c: LocalCluster, **kw) -> rpc.ClusterClient:
-    return rpc.connect([format_address(cfg.listen) for cfg in c.configs.values()],
-                       secret_file=f"{c.dir}/cluster.secret", **kw)
-
-
 def test_execute_query_status_and_errors(cluster):
-    with client_of(cluster) as client:
+    with cluster.client() as client:
         assert client.execute(Add("x", 2)) == 2
         assert client.query(Get("x")) == 2
         assert client.query(Get("x"), consistency="leader") == 2
@@ -83,7 +77,7 @@ def test_commands_ride_through_leader_sigkills_and_apply_exactly_once(cluster):
     stop = threading.Event()
 
     def writer(k: int) -> None:
-        with client_of(c) as client:
+        with c.client() as client:
             n = 0
             while not stop.is_set():
                 tag = f"w{k}-{n}"
@@ -112,7 +106,7 @@ def test_commands_ride_through_leader_sigkills_and_apply_exactly_once(cluster):
         for t in threads:
             t.join(30)
     assert not errors, errors[:3]  # the callers never saw the failovers
-    with client_of(c) as client:
+    with c.client() as client:
         tags = [item[0] for item in client.query(Snapshot())[1]]
     assert len(tags) == len(set(tags)), "a command was applied twice"
     assert set(done) <= set(tags), "an acknowledged command is missing"

@@ -31,7 +31,7 @@ def test_add_promote_transfer_remove(tmp_path, capsys):
         assert "added as a learner" in capsys.readouterr().out
         c.configs["n4"] = load_config(str(tmp_path / "n4.toml"))
         c.start("n4")
-        wait_for(lambda: c.status()["n4"]["applied_index"] == c.status()[leader]["applied_index"], what="n4 catch-up")
+        c.wait_converged("n4")
         assert c.status()["n4"]["role"] == "follower"
         assert main(["cluster", "promote", "--cluster", str(tmp_path), "--id", "n4"]) == 0
         assert main(["cluster", "transfer", "--cluster", str(tmp_path), "--to", "n4"]) == 0

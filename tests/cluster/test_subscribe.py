@@ -2,21 +2,15 @@
 from __future__ import annotations
 
 import sys
-import threading
 import time
 
 import pytest
 
 import rpc
-from rpc.config import format_address
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Snapshot, Stamp
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")]
-
-
-def connect(c: LocalCluster) -> rpc.ClusterClient:
-    return rpc.connect([format_address(cfg.listen) for cfg in c.configs.values()], secret_file=f"{c.dir}/cluster.secret")
 
 
 def wait_for(predicate, timeout=15.0):
@@ -31,7 +25,7 @@ def test_subscription_is_in_order_without_gaps_or_duplicates_across_a_failover(t
     try:
         c.leader()
         seen: list[rpc.Event] = []
-        with connect(c) as client:
+        with c.client() as client:
             sub = client.subscribe(seen.append, from_index=1)
             for k in range(20):
                 client.execute(Stamp(f"a{k}"))
@@ -57,7 +51,7 @@ def test_subscription_from_a_compacted_index_is_told_so(tmp_path):
     try:
         c.leader()
         got: list = []
-        with connect(c) as client:
+        with c.client() as client:
             for k in range(60):
                 client.execute(Stamp(f"t{k}"))
             sub = client.subscribe(got.append, from_index=1)

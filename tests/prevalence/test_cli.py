@@ -9,7 +9,7 @@ import sys
 import prevalence
 from prevalence.cli import main
 from prevalence.segment import RECORD_HEADER, SEGMENT_HEADER
-from tests.prevalence.domain import Add, Put, Snapshot, Store
+from tests.prevalence.domain import Add, Put, Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
