@@ -4,9 +4,12 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import tomllib
 from typing import Any
 
 import msgpack
@@ -39,6 +42,29 @@ def write_cluster(directory: str, nodes: int, base_port: int, root: str, imports
     return paths
 
 
+def free_port_block(n: int, host: str = "127.0.0.1") -> int:
+    """A base port with ``n`` consecutive free ports (best effort: free when asked)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            base = s.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        socks: list[socket.socket] = []
+        try:
+            for k in range(n):
+                t = socket.socket()
+                socks.append(t)
+                t.bind((host, base + k))
+            return base
+        except OSError:
+            continue
+        finally:
+            for t in socks:
+                t.close()
+    raise ConfigError(f"no block of {n} free ports on {host}")
+
+
 def start_node(config_path: str, log_path: str | None = None) -> subprocess.Popen:
     out = open(log_path, "ab") if log_path else None
     kwargs: dict[str, Any] = {}
@@ -48,29 +74,34 @@ def start_node(config_path: str, log_path: str | None = None) -> subprocess.Pope
                             stdout=out, stderr=subprocess.STDOUT if out else None, **kwargs)
 
 
+def stop_on_signals() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM, for a foreground command that supervises nodes."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
+
+
 def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None) -> int:
     """Start the nodes, stay in the foreground, stop them all on Ctrl-C or SIGTERM."""
     paths = write_cluster(directory, nodes, base_port, root, imports)
     procs = {os.path.splitext(os.path.basename(p))[0]: start_node(p) for p in paths}
     print(f"started {nodes} nodes on 127.0.0.1:{base_port}..{base_port + nodes - 1}; "
           f"configs and secret in {os.path.abspath(directory)}; Ctrl-C stops them", flush=True)
-    stopping = False
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()
     reported: set[str] = set()
-    while not stopping:
+    while not stop.is_set():
         for nid, proc in procs.items():
             if proc.poll() is not None and nid not in reported:
                 reported.add(nid)
                 print(f"node {nid} exited with code {proc.returncode} (not restarted)", flush=True)
         if len(reported) == len(procs):
             return 1
-        time.sleep(0.2)
+        stop.wait(0.2)
     print("stopping the cluster...", flush=True)
     for proc in procs.values():
         if proc.poll() is None:
@@ -84,14 +115,30 @@ def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: l
     return 0
 
 
+def node_config_paths(directory: str) -> list[str]:
+    """The node configurations in ``directory``: its TOML files with ``id`` and ``listen``
+    (an application's own TOML files, such as a layout, may sit next to them)."""
+    paths = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.toml"))):
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            paths.append(path)  # load_config will say what is wrong with it
+            continue
+        if "id" in doc and "listen" in doc:
+            paths.append(path)
+    if not paths:
+        raise ConfigError(f"{os.path.abspath(directory)}: no node configuration (*.toml with id and listen) found")
+    return paths
+
+
 FIELDS = ("id", "address", "role", "term", "commit_index", "applied_index", "pid", "config", "reachable")
 
 
 def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
     """Ask every node configured in ``directory`` for its status (unreachable ones too)."""
-    paths = sorted(glob.glob(os.path.join(directory, "*.toml")))
-    if not paths:
-        raise ConfigError(f"{os.path.abspath(directory)}: no node configuration (*.toml) found")
+    paths = node_config_paths(directory)
     secret = load_secret(os.path.join(directory, SECRET_NAME))
     rows = []
     for path in paths:
@@ -126,9 +173,7 @@ def _client_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeou
 
 def admin(directory: str, method: str, *args: Any) -> Any:
     """Send a maintenance call to the leader of the cluster configured in ``directory``."""
-    configs = {c.id: c for c in (load_config(p) for p in sorted(glob.glob(os.path.join(directory, "*.toml"))))}
-    if not configs:
-        raise ConfigError(f"{os.path.abspath(directory)}: no node configuration (*.toml) found")
+    configs = {c.id: c for c in (load_config(p) for p in node_config_paths(directory))}
     secret = load_secret(os.path.join(directory, SECRET_NAME))
     rows = cluster_status(directory)
     order = [r["id"] for r in rows if r["role"] == "leader"] + [r["id"] for r in rows if r["reachable"]]
@@ -154,10 +199,7 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
     """
     from rpc.config import parse_address
 
-    paths = sorted(glob.glob(os.path.join(directory, "*.toml")))
-    configs = [load_config(p) for p in paths]
-    if not configs:
-        raise ConfigError(f"{os.path.abspath(directory)}: no node configuration (*.toml) found")
+    configs = [load_config(p) for p in node_config_paths(directory)]
     if any(c.id == node_id for c in configs):
         raise ConfigError(f"a node called {node_id!r} is already configured in {directory}")
     listen = parse_address(address, "--address") if address else \

@@ -23,6 +23,10 @@
     every = 10000                         # entries between automatic snapshots (0: never)
     keep = 2
 
+    [app]                                 # optional: an application hosted in the node
+    plugin = "app.node:attach"            # MODULE:FUNCTION called with (process, settings)
+    layout = "layout.toml"                # other keys are the plugin's own settings
+
     [tls]                                 # optional: encrypt peer and client traffic
     cert = "n1.crt"                       # this node's certificate and key (PEM)
     key = "n1.key"
@@ -64,6 +68,7 @@ class NodeConfig:
     tls_cert: str | None = None  # PEM certificate and key this node presents
     tls_key: str | None = None
     tls_ca: str | None = None  # PEM bundle that signed the other nodes' certificates
+    app: dict[str, Any] = field(default_factory=dict)  # [app]: plugin = MODULE:FUNCTION and its settings
 
 
 def parse_address(text: Any, where: str) -> tuple[str, int]:
@@ -175,6 +180,11 @@ def load_config(path: str) -> NodeConfig:
             if not os.path.isfile(getattr(cfg, "tls_" + key)):
                 raise ConfigError(f"{tls.where(key)}: no such file {getattr(cfg, 'tls_' + key)}")
     tls.no_extras()
+    app = t.table("app")
+    if app.data:
+        app.get("plugin", str, check=lambda v: None if ":" in v else "must be MODULE:FUNCTION")
+        cfg.app = dict(app.data)  # the plugin checks its own settings (paths relative to this file)
+        app.seen.update(app.data)
     t.no_extras()
     return cfg
 
@@ -198,10 +208,21 @@ def tls_contexts(cfg: NodeConfig):
     return server, client
 
 
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {v!r} to a configuration file")
+
+
 def render_config(cfg: NodeConfig) -> str:
     """The TOML text of a configuration (what `prevalence cluster up` writes)."""
-    def q(s: str) -> str:
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    q = _toml_value
 
     lines = [
         f"id = {q(cfg.id)}",
@@ -226,6 +247,8 @@ def render_config(cfg: NodeConfig) -> str:
         f"keep = {cfg.keep_snapshots}",
         "",
     ]
+    if cfg.app:
+        lines += ["[app]", *(f"{k} = {_toml_value(v)}" for k, v in cfg.app.items()), ""]
     if cfg.tls_cert:
         lines += ["[tls]", f"cert = {q(cfg.tls_cert)}", f"key = {q(cfg.tls_key or '')}", f"ca = {q(cfg.tls_ca or '')}", ""]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Any, Callable
 
 from prevalence.factory import load_object
 from replication.config import RaftConfig
@@ -20,10 +21,20 @@ log = logging.getLogger("rpc.server")
 
 
 class NodeProcess:
-    """Everything one node runs; ``start`` then ``stop`` (a leader hands over first)."""
+    """Everything one node runs; ``start`` then ``stop`` (a leader hands over first).
+
+    An application hosted in the node (``[app] plugin = MODULE:FUNCTION``) is called
+    with ``(process, settings)`` before the node starts; it may add ``leader_hooks``
+    (start, stop pairs run on the leader only) and ``handlers`` (name -> function of
+    bytes returning bytes, callable by authenticated clients through ``app_call``), and
+    return an object whose ``close()`` runs when the node stops.
+    """
 
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
+        self.leader_hooks: list[tuple[Callable[[], None], Callable[[], None]]] = []
+        self.handlers: dict[str, Callable[[bytes], bytes]] = {}
+        self._app: Any = None
         self.secret = load_secret(cfg.secret_file)
         self.server_tls, self.client_tls = tls_contexts(cfg)
         for module in cfg.imports:
@@ -44,11 +55,15 @@ class NodeProcess:
             membership = Membership(tuple(cfg.peers), (),
                                     tuple((p, format_address(a)) for p, a in cfg.peers.items()))
         self.node = Node(cfg.id, cfg.data, self.factory, self.transport, membership=membership,
-                         options=options, on_membership=self._membership_changed)
+                         options=options, on_membership=self._membership_changed,
+                         on_leader_start=lambda: self._run_hooks(0), on_leader_stop=lambda: self._run_hooks(1))
         self._membership_changed(self.node.membership)  # members added before a restart
         self.server: PeerServer | None = None
 
     def start(self) -> "NodeProcess":
+        if self.cfg.app:
+            settings = {k: v for k, v in self.cfg.app.items() if k != "plugin"}
+            self._app = load_object(self.cfg.app["plugin"])(self, settings)
         host, port = self.cfg.listen
         self.server = PeerServer(host, port, self.secret, lambda src, payload: self.node.receive(payload),
                                  service_extra=lambda ident: ClientService(self, ident.id),
@@ -60,10 +75,20 @@ class NodeProcess:
 
     def stop(self) -> None:
         self.node.stop(transfer=True)
+        if self._app is not None and hasattr(self._app, "close"):
+            self._app.close()
         if self.server is not None:
             self.server.close()
         self.transport.close()
         log.info("node %s stopped", self.cfg.id)
+
+    def _run_hooks(self, which: int) -> None:
+        """On the node's apply thread: hooks must hand long work to threads of their own."""
+        for hook in self.leader_hooks:
+            try:
+                hook[which]()
+            except Exception:  # noqa: BLE001 - one application's bug must not stop the node
+                log.exception("leader %s hook failed", "start" if which == 0 else "stop")
 
     def _membership_changed(self, membership: Membership) -> None:
         """Point the transport at the members the log names (added nodes included)."""

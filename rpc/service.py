@@ -36,7 +36,7 @@ class ClientService(rpyc.Service):
     """One per client connection; exposes only the methods below."""
 
     _EXPOSED = ("status", "execute", "query", "register_session", "read_log", "change_membership",
-                "transfer_leadership")
+                "transfer_leadership", "app_call")
 
     def __init__(self, process: "NodeProcess", client_id: str, max_request: int = DEFAULT_MAX_REQUEST):
         self._p = process
@@ -123,6 +123,21 @@ class ClientService(rpyc.Service):
 
     def exposed_transfer_leadership(self, to: str) -> bytes:
         return self._admin(lambda: self._p.node.transfer_leadership(str(to)))
+
+    def exposed_app_call(self, name: str, data: bytes = b"") -> bytes:
+        """A handler of the application hosted in this node (bytes in, bytes out)."""
+        handler = self._p.handlers.get(name) if isinstance(name, str) else None
+        if handler is None:
+            return _reply("error", f"this node has no application call {name!r}")
+        def call() -> tuple:
+            try:
+                return ("ok", handler(self._check(data)))
+            except (PrevalenceError, TimeoutError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the caller gets the reason, the node serves on
+                return ("error", f"{name}: {type(exc).__name__}: {exc}")
+
+        return self._guard(call)
 
     def _admin(self, call) -> bytes:
         return self._guard(lambda: ("ok", call()))
