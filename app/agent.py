@@ -1,0 +1,102 @@
+"""The node agent: the part of every PC that holds its actual settings, in memory only.
+
+It is what the old node software was: it does what it is told and forgets everything
+when it restarts (a new ``boot`` id says so). The master's controller reads it with
+``status`` and sets it with ``apply``; both are calls on the node's client port
+(``app_call``), so they need the cluster secret like any other client.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any
+
+import msgpack
+
+from app.settings import Value, normalize
+from prevalence.errors import PrevalenceError
+from rpc.config import parse_address
+from rpc.transport import hard_close, open_connection
+
+log = logging.getLogger("app.agent")
+
+
+class AgentError(PrevalenceError):
+    """An agent could not be reached, or refused what it was sent; the message says which."""
+
+
+class Agent:
+    def __init__(self, node_id: str):
+        self.node_id = node_id
+        self.boot = uuid.uuid4().hex[:12]
+        self.settings: dict[str, Value] = {}
+        self.pushes = 0
+        self._lock = threading.Lock()
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"id": self.node_id, "boot": self.boot, "settings": dict(self.settings), "pushes": self.pushes}
+
+    def apply(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Replace the settings (idempotent: the same push twice leaves the same state)."""
+        values = normalize(settings) if settings else {}
+        with self._lock:
+            if values != self.settings:
+                self.settings = values
+                self.pushes += 1
+                log.info("agent %s now runs %s", self.node_id, values)
+        return self.status()
+
+    def register(self, handlers: dict) -> None:
+        handlers["agent.status"] = lambda data: _pack(self.status())
+        handlers["agent.apply"] = lambda data: _pack(self.apply(_unpack_settings(data)))
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _unpack_settings(data: bytes) -> dict[str, Any]:
+    try:
+        value = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several types for bad bytes
+        raise AgentError(f"settings are not valid msgpack: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise AgentError(f"settings must be a map of names to values, got {type(value).__name__}")
+    return value
+
+
+class AgentLink:
+    """One kept-open connection to one agent; reconnects on the next call after a failure."""
+
+    def __init__(self, node_id: str, address: str, secret: bytes, *, timeout: float = 1.0, ssl_context=None):
+        self.node_id, self.address = node_id, address
+        self._secret, self._timeout, self._ssl = secret, timeout, ssl_context
+        self._conn = None
+
+    def status(self) -> dict[str, Any]:
+        return self._call("agent.status", b"")
+
+    def apply(self, settings: dict[str, Value]) -> dict[str, Any]:
+        return self._call("agent.apply", _pack(settings))
+
+    def _call(self, name: str, data: bytes) -> dict[str, Any]:
+        try:
+            if self._conn is None:
+                self._conn = open_connection(
+                    parse_address(self.address, f"node {self.node_id}"), self._secret, role="client",
+                    ident="controller", connect_timeout=min(0.5, self._timeout),
+                    handshake_timeout=self._timeout, request_timeout=self._timeout, ssl_context=self._ssl)
+            reply = msgpack.unpackb(self._conn.root.app_call(name, data), raw=False)
+        except Exception as exc:  # noqa: BLE001 - any failure on the wire means "unreachable now"
+            self.close()
+            raise AgentError(f"agent {self.node_id} at {self.address}: {exc}") from None
+        if reply[0] != "ok":
+            raise AgentError(f"agent {self.node_id} at {self.address} refused {name}: {reply[-1]}")
+        return msgpack.unpackb(reply[1], raw=False)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            hard_close(self._conn)
+            self._conn = None

@@ -1,0 +1,239 @@
+"""The ``grid`` command: run a local grid, show it, command it, and the failover demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Sequence
+
+from prevalence.errors import PrevalenceError
+
+DEFAULT_DIR = os.environ.get("GRID_CLUSTER", "grid-data")
+
+
+def open_client(cluster: str, secret_file: str | None = None, timeout: float = 10.0):
+    """A client of the grid: ``cluster`` is a local grid directory or HOST:PORT,HOST:PORT..."""
+    from rpc.client import ClusterClient
+    from rpc.cluster import SECRET_NAME, node_config_paths
+    from rpc.config import ConfigError, format_address, load_config
+    from rpc.secret import load_secret
+
+    if os.path.isdir(cluster):
+        addresses = [format_address(load_config(p).listen) for p in node_config_paths(cluster)]
+        secret = load_secret(secret_file or os.path.join(cluster, SECRET_NAME))
+    else:
+        addresses = [a.strip() for a in cluster.split(",") if a.strip()]
+        if not secret_file:
+            raise ConfigError(f"{cluster!r} is not a grid directory; give the addresses' --secret-file "
+                              "(or a directory made by `grid up`)")
+        secret = load_secret(secret_file)
+    return ClusterClient(addresses, secret, timeout=timeout)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from app.local import LocalGrid, write_grid
+    from rpc.cluster import node_config_paths
+
+    try:
+        node_config_paths(args.data)
+        print(f"starting the grid already configured in {os.path.abspath(args.data)}", flush=True)
+    except PrevalenceError:
+        write_grid(args.data, args.rows, args.columns, args.port)
+    grid = LocalGrid(args.data)
+    grid.start()
+    print(f"{len(grid.configs)} nodes on {', '.join(grid.addresses.values())}\n"
+          f"try: grid show --cluster {args.data}    (Ctrl-C stops the grid)", flush=True)
+    return _supervise(grid, None if args.no_restart else args.restart_after)
+
+
+def _supervise(grid, restart_after: float | None) -> int:
+    """Stay in the foreground; restart a dead node after ``restart_after`` s, like a PC rebooting."""
+    from rpc.cluster import stop_on_signals
+
+    stop = stop_on_signals()
+    died: dict[str, float] = {}
+    while not stop.is_set():
+        for nid in grid.configs:
+            if not grid.alive(nid) and nid not in died:
+                died[nid] = time.monotonic()
+                print(f"node {nid} died" + (f"; restarting it in {restart_after:g} s" if restart_after is not None
+                                             else " (not restarted)"), flush=True)
+            elif nid in died and restart_after is not None and time.monotonic() - died[nid] >= restart_after:
+                del died[nid]
+                grid.start(nid)
+                print(f"node {nid} restarted", flush=True)
+        stop.wait(0.2)
+    print("stopping the grid...", flush=True)
+    grid.stop()
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from app.model import GridView
+    from app.view import render, with_cluster
+
+    with open_client(args.cluster, args.secret_file) as client:
+        view = client.query(GridView(), args.consistency)
+        shown = with_cluster(view, client.status())
+    print(json.dumps(shown, indent=2) if args.json else render(shown))
+    return 0
+
+
+def _execute(args: argparse.Namespace, tx) -> object:
+    with open_client(args.cluster, args.secret_file) as client:
+        return client.execute(tx)
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    from app.model import SetSettings
+    from app.settings import parse_assignments
+
+    targets = [i for i in args.items if "=" not in i]
+    settings = parse_assignments([i for i in args.items if "=" in i])
+    changed = _execute(args, SetSettings(tuple(targets), settings))
+    print(f"set on {', '.join(changed)}; the master pushes it to their agents")
+    return 0
+
+
+def cmd_preset(args: argparse.Namespace) -> int:
+    from app.model import ApplyPreset, DefinePreset, DeletePreset, GridView
+    from app.settings import as_text, parse_assignments
+
+    if args.action == "define":
+        _execute(args, DefinePreset(args.name, parse_assignments(args.settings)))
+        print(f"preset {args.name} defined")
+    elif args.action == "apply":
+        changed = _execute(args, ApplyPreset(args.name, tuple(args.targets)))
+        print(f"preset {args.name} applied to {', '.join(changed)}")
+    elif args.action == "delete":
+        _execute(args, DeletePreset(args.name))
+        print(f"preset {args.name} deleted")
+    else:
+        with open_client(args.cluster, args.secret_file) as client:
+            presets = client.query(GridView())["presets"]
+        for name, values in presets.items():
+            print(f"{name}: {as_text(values)}")
+        if not presets:
+            print("no presets defined")
+    return 0
+
+
+def cmd_layout(args: argparse.Namespace) -> int:
+    from app.layout import read_layout
+    from app.model import LayoutUnchanged
+
+    layout = read_layout(args.file)
+    if args.action == "check":
+        print(f"{args.file}: valid, {layout.rows}x{layout.columns} grid with {len(layout.nodes)} nodes")
+        return 0
+    try:
+        result = _execute(args, layout)
+    except LayoutUnchanged:
+        print(f"{args.file}: already applied")
+        return 0
+    print(f"applied: added {result['added'] or 'none'}, removed {result['removed'] or 'none'}, "
+          f"changed {result['changed'] or 'none'}")
+    return 0
+
+
+def cmd_kill_master(args: argparse.Namespace) -> int:
+    from prevalence._platform import kill_hard
+    from rpc.config import ConfigError
+
+    with open_client(args.cluster, args.secret_file) as client:
+        st = client.status()
+    if st.get("role") != "leader":
+        raise ConfigError(f"no master found (asked {st.get('id')}, role {st.get('role')})")
+    if not st["address"].startswith(("127.", "localhost", "[::1]")):
+        raise ConfigError(f"the master {st['id']} runs at {st['address']}, not on this machine")
+    kill_hard(st["pid"])
+    print(f"killed the master {st['id']} (pid {st['pid']}, {st['address']}); the others elect a new one")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    return run_demo(rows=args.rows, columns=args.columns, keep_running=args.keep_running, data=args.data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grid", description="The grid of node PCs and its replicated master.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cluster_args(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--cluster", default=DEFAULT_DIR, metavar="DIR|ADDRESSES",
+                        help=f"a grid directory (from `grid up`) or HOST:PORT,... (default {DEFAULT_DIR}, or $GRID_CLUSTER)")
+        sp.add_argument("--secret-file", metavar="FILE", help="the cluster secret (default: DIR/cluster.secret)")
+        return sp
+
+    demo = sub.add_parser("demo", help="start a local 3x3 grid, kill its master, show it recover, clean up")
+    demo.add_argument("--keep-running", action="store_true", help="leave the grid up at the end (Ctrl-C stops it)")
+    demo.add_argument("--rows", type=int, default=3)
+    demo.add_argument("--columns", type=int, default=3)
+    demo.add_argument("--data", metavar="DIR", help="where to put the grid (default: a temporary directory)")
+    demo.set_defaults(func=cmd_demo)
+
+    up = sub.add_parser("up", help="run a local grid on 127.0.0.1 in the foreground (Ctrl-C stops it)")
+    up.add_argument("--data", default=DEFAULT_DIR, metavar="DIR", help=f"configs, secret, layout, data (default {DEFAULT_DIR})")
+    up.add_argument("--rows", type=int, default=3)
+    up.add_argument("--columns", type=int, default=3)
+    up.add_argument("--port", type=int, metavar="BASE", help="first port (default: a free block)")
+    up.add_argument("--restart-after", type=float, default=3.0, metavar="S",
+                    help="restart a node that dies after S seconds, as its PC would reboot (default 3)")
+    up.add_argument("--no-restart", action="store_true", help="leave dead nodes dead")
+    up.set_defaults(func=cmd_up)
+
+    show = cluster_args(sub.add_parser("show", help="the grid: desired vs actual settings, health, master"))
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--consistency", default="linearizable", choices=("linearizable", "leader", "local"))
+    show.set_defaults(func=cmd_show)
+
+    st = cluster_args(sub.add_parser("set", help="set settings on nodes: grid set n1 row:2 volume=40 power=on"))
+    st.add_argument("items", nargs="+", metavar="NODE|all|row:N|column:N|key=value")
+    st.set_defaults(func=cmd_set)
+
+    pr = sub.add_parser("preset", help="named sets of settings").add_subparsers(dest="action", required=True)
+    d = cluster_args(pr.add_parser("define", help="grid preset define NAME key=value..."))
+    d.add_argument("name")
+    d.add_argument("settings", nargs="+", metavar="key=value")
+    a = cluster_args(pr.add_parser("apply", help="grid preset apply NAME NODE|all|row:N|column:N..."))
+    a.add_argument("name")
+    a.add_argument("targets", nargs="+", metavar="NODE|all|row:N|column:N")
+    dl = cluster_args(pr.add_parser("delete", help="grid preset delete NAME"))
+    dl.add_argument("name")
+    ls = cluster_args(pr.add_parser("list", help="the presets and their settings"))
+    for sp in (d, a, dl, ls):
+        sp.set_defaults(func=cmd_preset)
+
+    lay = sub.add_parser("layout", help="check or apply a layout file").add_subparsers(dest="action", required=True)
+    lc = lay.add_parser("check", help="say whether FILE is a valid layout")
+    la = cluster_args(lay.add_parser("apply", help="apply FILE now (edits to a node's own file apply by themselves)"))
+    for sp in (lc, la):
+        sp.add_argument("file", metavar="FILE")
+        sp.set_defaults(func=cmd_layout)
+
+    km = cluster_args(sub.add_parser("kill-master", help="SIGKILL the master's process (local grids, for demos)"))
+    km.set_defaults(func=cmd_kill_master)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (PrevalenceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The reconciling controller: runs on the leader only, so there is one master acting.
+
+Each cycle it reads the grid (a linearizable read, so a new leader never acts on a
+state older than what its predecessor acknowledged), then for every node at once:
+asks the agent for its status; pushes the desired settings if the agent's differ
+(the push replaces the settings, so pushing twice is harmless; failures back off
+exponentially per node); and records what it saw as a ``MarkNode`` transaction, only
+when that differs from what the state already says. A node that has not answered for
+``down_after`` seconds is recorded down. A new leader's controller starts from the
+replicated state and simply carries on.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from app.agent import AgentError, AgentLink
+from app.model import MarkNode
+
+log = logging.getLogger("app.controller")
+
+
+@dataclass
+class _NodeState:
+    last_ok: float
+    push_at: float = 0.0  # no push before this (backoff after a failed one)
+    backoff: float = 0.0
+
+
+class Controller:
+    def __init__(self, read_view: Callable[[], dict], record: Callable[[Any], Any],
+                 link: Callable[[str, str], AgentLink], *, interval: float = 0.5, down_after: float = 1.0,
+                 max_backoff: float = 5.0, before_first: Callable[[dict], None] | None = None):
+        self._read, self._record, self._link = read_view, record, link
+        self.interval, self.down_after, self.max_backoff = interval, down_after, max_backoff
+        self._links: dict[str, AgentLink] = {}
+        self._nodes: dict[str, _NodeState] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="grid-agent")
+        self.cycles = 0
+        self._before_first = before_first
+
+    def start(self) -> "Controller":
+        self._thread = threading.Thread(target=self._run, name="grid-controller", daemon=True)
+        self._thread.start()
+        log.info("controller started: this node is the master")
+        return self
+
+    def stop(self, wait: float = 0.0) -> None:
+        """Ask the loop to end; ``wait`` > 0 also waits for it (not from the node's apply thread)."""
+        self._stop.set()
+        if wait and self._thread is not None:
+            self._thread.join(wait)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                began = time.monotonic()
+                try:
+                    self.cycle()
+                except Exception as exc:  # noqa: BLE001 - e.g. leadership lost mid-cycle
+                    if self._stop.is_set():
+                        break
+                    log.warning("controller cycle failed: %s", exc)
+                self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
+        finally:
+            for link in self._links.values():
+                link.close()
+            self._pool.shutdown(wait=False)
+            log.info("controller stopped")
+
+    def cycle(self) -> None:
+        view = self._read()
+        if self._before_first is not None:  # once, with the first view this leader trusts
+            first, self._before_first = self._before_first, None
+            first(view)
+            view = self._read()
+        now = time.monotonic()
+        nodes = {n["id"]: n for n in view["nodes"]}
+        for node_id in set(self._links) - set(nodes):  # removed from the grid
+            self._links.pop(node_id).close()
+            self._nodes.pop(node_id, None)
+        for node_id, n in nodes.items():
+            link = self._links.get(node_id)
+            if link is None or link.address != n["address"]:
+                if link is not None:
+                    link.close()
+                self._links[node_id] = self._link(node_id, n["address"])
+            self._nodes.setdefault(node_id, _NodeState(last_ok=now))
+        for future in [self._pool.submit(self._reconcile, n) for n in nodes.values()]:
+            future.result()
+        self.cycles += 1
+
+    def _reconcile(self, n: dict) -> None:
+        node_id, link, st = n["id"], self._links[n["id"]], self._nodes[n["id"]]
+        if self._stop.is_set():
+            return
+        try:
+            status = link.status()
+        except AgentError as exc:
+            if time.monotonic() - st.last_ok >= self.down_after and n["health"] != "down":
+                log.warning("node %s is down: %s", node_id, exc)
+                self._record(MarkNode(node_id, False, None, "", str(exc)))
+            return
+        st.last_ok = time.monotonic()
+        desired, detail = n["desired"], n["detail"]
+        if status["settings"] != desired and time.monotonic() >= st.push_at:
+            try:
+                status = link.apply(desired)
+                st.backoff = 0.0
+                restarted = n["boot"] and status["boot"] != n["boot"]
+                detail = "agent restarted: settings restored" if restarted else "settings pushed"
+                log.info("node %s: pushed %s", node_id, desired)
+            except AgentError as exc:
+                st.backoff = min(self.max_backoff, max(0.25, st.backoff * 2))
+                st.push_at = time.monotonic() + st.backoff * random.uniform(0.8, 1.2)
+                detail = f"push failed, retrying in {st.backoff:.1f} s: {exc}"
+                log.warning("node %s: %s", node_id, detail)
+        actual = status["settings"]
+        if n["health"] != "up" or n["actual"] != actual or n["boot"] != status["boot"] or detail != n["detail"]:
+            if n["health"] != "up":
+                log.info("node %s is up (agent boot %s)", node_id, status["boot"])
+            self._record(MarkNode(node_id, True, {k: str(v) for k, v in actual.items()}, status["boot"], detail))

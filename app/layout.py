@@ -1,0 +1,169 @@
+"""The layout file (grid size and nodes) and the watcher that turns edits into transactions.
+
+    [grid]
+    rows = 3
+    columns = 3
+
+    [nodes.n1]
+    address = "127.0.0.1:7101"   # where the node's agent answers
+    row = 1
+    column = 1
+
+The file is the operator's way to change the configuration: a saved edit is checked
+here and, if valid, becomes one replicated ``ApplyLayout``; an invalid edit is logged
+with the file and the problem and changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import tomllib
+from typing import Callable
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from app.model import ApplyLayout, GridError, NodeSpec, check_layout
+
+log = logging.getLogger("app.layout")
+
+
+class LayoutError(GridError):
+    """The layout file cannot be used; the message names the file and the problem."""
+
+
+def parse_layout(data: bytes, path: str = "layout.toml") -> ApplyLayout:
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise LayoutError(f"{path}: not valid TOML: {exc}") from None
+    extra = sorted(set(doc) - {"grid", "nodes"})
+    if extra:
+        raise LayoutError(f"{path}: unknown section(s) {', '.join(extra)} (expected [grid] and [nodes.ID])")
+    grid = _table(doc, "grid", path)
+    rows = _int(grid, "rows", f"{path}: [grid]")
+    columns = _int(grid, "columns", f"{path}: [grid]")
+    _no_extras(grid, {"rows", "columns"}, f"{path}: [grid]")
+    specs = []
+    for node_id, body in _table(doc, "nodes", path).items():
+        where = f"{path}: [nodes.{node_id}]"
+        if not isinstance(body, dict):
+            raise LayoutError(f"{where} must be a table with address, row and column")
+        address = body.get("address")
+        if not isinstance(address, str):
+            raise LayoutError(f"{where}: 'address' must be \"HOST:PORT\", got {address!r}")
+        specs.append(NodeSpec(node_id, address, _int(body, "row", where), _int(body, "column", where)))
+        _no_extras(body, {"address", "row", "column"}, where)
+    try:
+        check_layout(rows, columns, specs)
+    except GridError as exc:
+        raise LayoutError(f"{path}: {exc}") from None
+    return ApplyLayout(rows, columns, tuple(specs), hashlib.sha256(data).hexdigest()[:16])
+
+
+def read_layout(path: str) -> ApplyLayout:
+    try:
+        with open(path, "rb") as f:
+            return parse_layout(f.read(), path)
+    except OSError as exc:
+        raise LayoutError(f"{path}: cannot read the layout file: {exc.strerror or exc}") from None
+
+
+def render_layout(rows: int, columns: int, nodes: list[NodeSpec]) -> str:
+    lines = ["# The grid and its nodes. Save an edit and the running cluster applies it.",
+             "[grid]", f"rows = {rows}", f"columns = {columns}", ""]
+    for n in nodes:
+        lines += [f"[nodes.{n.id}]", f'address = "{n.address}"', f"row = {n.row}", f"column = {n.column}", ""]
+    return "\n".join(lines)
+
+
+def _table(doc: dict, key: str, path: str) -> dict:
+    value = doc.get(key)
+    if not isinstance(value, dict):
+        raise LayoutError(f"{path}: a [{key}] section is required")
+    return value
+
+
+def _int(table: dict, key: str, where: str) -> int:
+    value = table.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LayoutError(f"{where}: '{key}' must be a whole number, got {value!r}")
+    return value
+
+
+def _no_extras(table: dict, known: set[str], where: str) -> None:
+    extra = sorted(set(table) - known)
+    if extra:
+        raise LayoutError(f"{where}: unknown field(s) {', '.join(extra)} (expected {', '.join(sorted(known))})")
+
+
+class LayoutWatcher:
+    """Calls ``on_layout`` with each valid saved version of ``path``, ``on_error`` otherwise.
+
+    Editors save by rewriting or by renaming a temporary file over the original, so the
+    directory is watched and events for the file are debounced; an unchanged digest
+    (a touch, a second event for the same save) is not reported again.
+    """
+
+    def __init__(self, path: str, on_layout: Callable[[ApplyLayout], None],
+                 on_error: Callable[[str], None], debounce: float = 0.2):
+        self.path = os.path.abspath(path)
+        self._on_layout, self._on_error, self._debounce = on_layout, on_error, debounce
+        self._last_digest: str | None = None
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._observer.schedule(_Handler(self), os.path.dirname(self.path), recursive=False)
+
+    def start(self, current_digest: str | None = None) -> "LayoutWatcher":
+        """``current_digest``: the version already applied, so it is not reported again."""
+        self._last_digest = current_digest
+        self._observer.start()
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._timer:
+                self._timer.cancel()
+        self._observer.stop()
+        self._observer.join(2)
+
+    def _touched(self, event: FileSystemEvent) -> None:
+        paths = {os.path.abspath(os.fsdecode(p)) for p in (event.src_path, getattr(event, "dest_path", ""))
+                 if p}
+        if self.path not in paths or event.event_type in ("opened", "closed_no_write", "deleted"):
+            return
+        with self._lock:
+            if self._timer:
+                self._timer.cancel()
+            self._timer = threading.Timer(self._debounce, self._check)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _check(self) -> None:
+        try:
+            layout = read_layout(self.path)
+        except LayoutError as exc:
+            log.error("layout edit rejected, nothing changed: %s", exc)
+            self._on_error(str(exc))
+            return
+        if layout.digest == self._last_digest:
+            return
+        self._last_digest = layout.digest
+        try:
+            self._on_layout(layout)
+        except Exception as exc:  # noqa: BLE001 - reported, the watcher keeps watching
+            self._last_digest = None  # a later save of the same text is tried again
+            log.error("layout edit not applied: %s", exc)
+            self._on_error(f"{self.path}: {exc}")
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: LayoutWatcher):
+        self._w = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self._w._touched(event)

@@ -1,0 +1,133 @@
+"""The grid hosted in a cluster node: ``[app] plugin = "app.node:attach"`` in its config.
+
+Every PC runs one node process holding a cluster member, its agent, and a watcher of
+its copy of the layout file; the member that is the Raft leader also runs the
+controller (started and stopped by the leader hooks). Settings of the ``[app]`` table:
+
+    layout = "layout.toml"    # relative to the node's config file; optional
+    interval = 0.5            # seconds between controller cycles
+    down_after = 1.0          # seconds without an answer before a node is marked down
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from app.agent import Agent, AgentLink
+from app.controller import Controller
+from app.layout import LayoutWatcher, read_layout, LayoutError
+from app.model import ApplyLayout, GridError, GridView, LayoutUnchanged
+from prevalence.errors import PrevalenceError
+from rpc.config import ConfigError, format_address
+
+if TYPE_CHECKING:
+    from rpc.server import NodeProcess
+
+log = logging.getLogger("app.node")
+KNOWN = {"layout", "interval", "down_after"}
+
+
+def attach(process: "NodeProcess", settings: dict[str, Any]) -> "GridApp":
+    return GridApp(process, settings)
+
+
+class GridApp:
+    def __init__(self, process: "NodeProcess", settings: dict[str, Any]):
+        where = f"{process.cfg.path}: [app]"
+        extra = sorted(set(settings) - KNOWN)
+        if extra:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)} (known: {', '.join(sorted(KNOWN))})")
+        self.interval = _positive(settings, "interval", 0.5, where)
+        self.down_after = _positive(settings, "down_after", 1.0, where)
+        layout = settings.get("layout")
+        if layout is not None and not isinstance(layout, str):
+            raise ConfigError(f"{where}: 'layout' must be a file name, got {layout!r}")
+        self.layout_path = os.path.join(os.path.dirname(process.cfg.path), layout) if layout else None
+        self.process = process
+        self.agent = Agent(process.cfg.id)
+        self.agent.register(process.handlers)
+        self.controller: Controller | None = None
+        self._lock = threading.Lock()
+        self._client = None
+        process.leader_hooks.append((self._lead, self._follow))
+        self.watcher = None
+        if self.layout_path:
+            self.watcher = LayoutWatcher(self.layout_path, self._submit_layout, lambda message: None).start()
+
+    # -- leader hooks (on the node's apply thread: start and stop threads, never wait) -------
+    def _lead(self) -> None:
+        node = self.process.node
+        with self._lock:
+            if self.controller is not None:
+                self.controller.stop()
+            self.controller = Controller(
+                lambda: node.query(GridView(), timeout=5.0, linearizable=True),
+                lambda tx: node.execute(tx, timeout=5.0),
+                lambda node_id, address: AgentLink(node_id, address, self.process.secret,
+                                                   ssl_context=self.process.client_tls),
+                interval=self.interval, down_after=self.down_after,
+                before_first=self._first_layout).start()
+
+    def _follow(self) -> None:
+        with self._lock:
+            if self.controller is not None:
+                self.controller.stop()
+                self.controller = None
+
+    def _first_layout(self, view: dict) -> None:
+        """A grid that never had a layout takes the first leader's layout file."""
+        if view["layout_digest"] or not self.layout_path:
+            return
+        try:
+            layout = read_layout(self.layout_path)
+            result = self.process.node.execute(layout, timeout=5.0)
+            log.info("initial layout %s applied: %d nodes", self.layout_path, len(result["added"]))
+        except LayoutUnchanged:
+            pass
+        except (LayoutError, GridError) as exc:
+            log.error("initial layout not applied, nothing changed: %s", exc)
+
+    # -- the layout file -------------------------------------------------------------------
+    def _submit_layout(self, layout: ApplyLayout) -> None:
+        """Any node's watcher may submit: the leader applies it, the same edit seen by other
+        nodes (one machine, one file) is refused as unchanged."""
+        try:
+            result = self._cluster().execute(layout, timeout=10.0)
+        except LayoutUnchanged:
+            log.info("layout %s: already applied", self.layout_path)
+            return
+        except PrevalenceError as exc:
+            raise GridError(f"the cluster did not take the layout: {exc}") from None
+        log.info("layout %s applied: added %s, removed %s, changed %s", self.layout_path,
+                 result["added"] or "none", result["removed"] or "none", result["changed"] or "none")
+
+    def _cluster(self):
+        from rpc.client import ClusterClient
+
+        with self._lock:
+            if self._client is None:
+                cfg = self.process.cfg
+                addresses = [format_address(a) for a in cfg.peers.values()]
+                self._client = ClusterClient(addresses, self.process.secret, timeout=10.0,
+                                             ssl_context=self.process.client_tls)
+            return self._client
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+        with self._lock:
+            controller, self.controller = self.controller, None
+            client, self._client = self._client, None
+        if controller is not None:
+            controller.stop(wait=2.0)
+        if client is not None:
+            client.close()
+
+
+def _positive(settings: dict, key: str, default: float, where: str) -> float:
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{where}: '{key}' must be a positive number of seconds, got {value!r}")
+    return float(value)
