@@ -143,7 +143,10 @@ def cmd_kill_master(args: argparse.Namespace) -> int:
     from prevalence._platform import kill_hard
     from rpc.config import ConfigError
 
+    from app.model import GridView
+
     with open_client(args.cluster, args.secret_file) as client:
+        client.query(GridView(), "leader")  # the client now talks to the master
         st = client.status()
     if st.get("role") != "leader":
         raise ConfigError(f"no master found (asked {st.get('id')}, role {st.get('role')})")

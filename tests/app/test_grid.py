@@ -1,0 +1,207 @@
+"""The grid end to end: 9 real node processes on 127.0.0.1, killed with SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from app.agent import AgentLink
+from app.local import LocalGrid, grid_view, in_sync, write_grid
+from app.layout import read_layout, render_layout
+from app.model import GridError, GridView, SetSettings
+from rpc.client import ClusterClient
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL/SIGSTOP")]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("grid"))
+    write_grid(directory, 3, 3)
+    g = LocalGrid(directory)
+    g.start()
+    g.c = g.client(timeout=20.0)
+    try:
+        g.wait_for("layout applied, all in sync", lambda: (v := grid_view(g.c)) and v["layout_digest"] and in_sync(v), 60)
+        yield g
+    finally:
+        g.c.close()
+        g.stop()
+
+
+def local_view(g: LocalGrid, node_id: str) -> dict:
+    with ClusterClient([g.addresses[node_id]], g.secret, timeout=5.0) as c:
+        return c.query(GridView(), "local")
+
+
+def every_replica(g: LocalGrid, predicate, timeout: float = 20.0) -> None:
+    """``predicate(view)`` holds on the local state of every running node."""
+    g.wait_for("every replica", lambda: all(predicate(local_view(g, n)) for n in g.configs if g.alive(n)), timeout)
+
+
+def desired_of(view: dict) -> dict:
+    return {n["id"]: n["desired"] for n in view["nodes"]}
+
+
+def agent_settings(g: LocalGrid, node_id: str) -> dict:
+    link = AgentLink(node_id, g.addresses[node_id], g.secret)
+    try:
+        return link.status()["settings"]
+    finally:
+        link.close()
+
+
+def ensure_all_up(g: LocalGrid) -> None:
+    for nid in g.configs:
+        g.start(nid)
+    g.wait_for("all nodes up and in sync", lambda: in_sync(grid_view(g.c)), 30)
+
+
+def test_master_failover_keeps_the_state_and_the_controller_carries_on(grid):
+    g = grid
+    g.c.execute(SetSettings(("all",), {"power": "on", "content": "before"}))
+    g.c.execute(SetSettings(("row:1",), {"volume": "33"}))
+    g.wait_for("pushed", lambda: in_sync(grid_view(g.c)), 20)
+    before = desired_of(grid_view(g.c))
+    victim = g.leader()
+    g.kill(victim)
+    survivor = next(n for n in sorted(g.configs) if n != victim)
+    assert g.c.execute(SetSettings((survivor,), {"content": "after"})) == [survivor]  # rides through
+    before[survivor] = {**before[survivor], "content": "after"}
+    new_leader = g.wait_for("a new master", lambda: (lead := g.leader()) != victim and lead, 10)
+    assert new_leader != victim
+    # the state is intact on every surviving replica, and the new master's controller runs:
+    every_replica(g, lambda v: desired_of(v) == before)
+    g.wait_for("the dead master recorded down",
+               lambda: next(n for n in grid_view(g.c)["nodes"] if n["id"] == victim)["health"] == "down", 10)
+    assert agent_settings(g, survivor)["content"] == "after"
+    g.start(victim)  # it comes back as a follower, catches up, and its agent is restored
+    g.wait_for("the old master restored", lambda: in_sync(grid_view(g.c), [victim]), 30)
+    assert agent_settings(g, victim) == before[victim]
+    every_replica(g, lambda v: desired_of(v) == before)
+
+
+def test_a_restarted_agent_is_restored_to_its_desired_settings(grid):
+    g = grid
+    ensure_all_up(g)
+    leader = g.leader()
+    victim = next(n for n in sorted(g.configs) if n != leader)
+    g.c.execute(SetSettings((victim,), {"content": "restore me", "volume": "71", "brightness": "12"}))
+    g.wait_for("pushed", lambda: agent_settings(g, victim).get("content") == "restore me", 10)
+    old_boot = next(n for n in grid_view(g.c)["nodes"] if n["id"] == victim)["boot"]
+    g.kill(victim)
+    g.wait_for("recorded down", lambda: next(n for n in grid_view(g.c)["nodes"] if n["id"] == victim)["health"] == "down", 10)
+    g.start(victim)
+    wanted = next(n for n in grid_view(g.c)["nodes"] if n["id"] == victim)["desired"]
+    g.wait_for("the agent restored", lambda: agent_settings(g, victim) == wanted, 20)
+    node = g.wait_for("recorded up", lambda: (n := next(n for n in grid_view(g.c)["nodes"] if n["id"] == victim))
+                      and n["health"] == "up" and n["in_sync"] and n, 10)
+    assert node["boot"] != old_boot and node["detail"] == "agent restarted: settings restored"
+
+
+def test_a_hung_node_is_marked_down_and_recovers(grid):
+    g = grid
+    ensure_all_up(g)
+    leader = g.leader()
+    victim = next(n for n in sorted(g.configs, reverse=True) if n != leader)
+    os.kill(g.procs[victim].pid, signal.SIGSTOP)  # a PC that hangs without closing its connections
+    try:
+        g.wait_for("recorded down", lambda: next(n for n in grid_view(g.c)["nodes"] if n["id"] == victim)["health"] == "down", 15)
+    finally:
+        os.kill(g.procs[victim].pid, signal.SIGCONT)
+    g.wait_for("recorded up again", lambda: in_sync(grid_view(g.c), [victim]), 15)
+
+
+def test_a_layout_edit_is_applied_on_every_replica(grid):
+    g = grid
+    ensure_all_up(g)
+    path = os.path.join(g.dir, "layout.toml")
+    layout = read_layout(path)
+    nodes = {n.id: n for n in layout.nodes}
+    n8, n9 = nodes["n8"], nodes["n9"]  # swap two nodes, and widen the grid by a column
+    nodes["n8"], nodes["n9"] = n8.__class__("n8", n8.address, n9.row, n9.column), n9.__class__("n9", n9.address, n8.row, n8.column)
+    with open(path, "w") as f:
+        f.write(render_layout(3, 4, list(nodes.values())))
+    want = read_layout(path).digest
+
+    def applied(view: dict) -> bool:
+        pos = {n["id"]: (n["row"], n["column"]) for n in view["nodes"]}
+        return view["layout_digest"] == want and view["columns"] == 4 and pos["n8"] == (3, 3) and pos["n9"] == (3, 2)
+
+    every_replica(g, applied)
+
+
+def test_an_invalid_layout_edit_is_rejected_logged_and_changes_nothing(grid):
+    g = grid
+    ensure_all_up(g)
+    path = os.path.join(g.dir, "layout.toml")
+    before = grid_view(g.c)
+    with open(path, "a") as f:
+        f.write('\n[nodes.n10]\naddress = "127.0.0.1:1"\nrow = 1\ncolumn = 1\n')  # n1 is at (1, 1)
+
+    def logged() -> bool:
+        logs = [open(os.path.join(g.dir, "logs", f"{n}.log"), errors="replace").read() for n in g.configs]
+        return any("layout edit rejected, nothing changed" in t and "nodes n1 and n10 are both at (1, 1)" in t
+                   for t in logs)
+
+    g.wait_for("the rejection logged", logged, 10)
+    time.sleep(0.5)
+    after = grid_view(g.c)
+    assert (after["layout_digest"], desired_of(after), after["columns"]) == \
+        (before["layout_digest"], desired_of(before), before["columns"])
+
+
+def grid_cli(g: LocalGrid, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "GRID_CLUSTER": g.dir})
+
+
+def test_the_cli_shows_sets_and_refuses_bad_input_by_name(grid):
+    g = grid
+    ensure_all_up(g)
+    r = grid_cli(g, "set", "n2", "n3", "volume=44", "content=cli")
+    assert r.returncode == 0 and "set on n2, n3" in r.stdout, r.stderr
+    assert grid_cli(g, "preset", "define", "quiet", "volume=0").returncode == 0
+    r = grid_cli(g, "preset", "apply", "quiet", "column:1")
+    assert r.returncode == 0 and "applied to n1, n4, n7" in r.stdout, r.stderr
+    g.wait_for("pushed", lambda: in_sync(grid_view(g.c)), 10)
+    shown = json.loads(grid_cli(g, "show", "--json").stdout)
+    by_id = {n["id"]: n for n in shown["nodes"]}
+    assert by_id["n2"]["desired"]["volume"] == 44 and by_id["n2"]["actual"]["content"] == "cli"
+    assert by_id["n4"]["desired"]["volume"] == 0 and shown["presets"]["quiet"] == {"volume": 0}
+    assert [n["id"] for n in shown["nodes"] if n["master"]] == [shown["master"]] == [g.leader()]
+    table = grid_cli(g, "show").stdout
+    assert f"{shown['master']} (master)" in table and "in sync" in table
+    for args, message in [(("set", "n2", "volume=400"), "volume='400': must be from 0 to 100"),
+                          (("set", "n99", "volume=1"), "no node 'n99'"),
+                          (("set", "n2", "loudness=1"), "unknown setting 'loudness'"),
+                          (("set", "n2", "volume"), "no settings given"),
+                          (("preset", "apply", "nope", "all"), "no preset 'nope'"),
+                          (("show", "--cluster", "127.0.0.1:1"), "give the addresses' --secret-file")]:
+        r = grid_cli(g, *args)
+        assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    with pytest.raises(GridError, match="unknown setting"):
+        g.c.execute(SetSettings(("n1",), {"loudness": "1"}))  # the domain's own exception type
+
+
+def test_kill_master_from_the_cli(grid):
+    g = grid
+    ensure_all_up(g)
+    old = g.leader()
+    r = grid_cli(g, "kill-master")
+    assert r.returncode == 0 and f"killed the master {old}" in r.stdout, r.stderr
+    g.wait_for("a new master", lambda: g.leader() not in (None, old), 10)
+    assert g.procs[old].wait(5) == -signal.SIGKILL
+    ensure_all_up(g)
+
+
+def test_grid_demo_passes(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "app", "demo"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for line in ("[6/6] report", "election", "client reconnect", "node restore", "demo passed"):
+        assert line in r.stdout
