@@ -91,7 +91,9 @@ class AgentLink:
             reply = msgpack.unpackb(self._conn.root.app_call(name, data), raw=False)
         except Exception as exc:  # noqa: BLE001 - any failure on the wire means "unreachable now"
             self.close()
-            raise AgentError(f"agent {self.node_id} at {self.address}: {exc}") from None
+            text = str(exc)  # the transport's errors already start with the address
+            where = "" if text.startswith(self.address) else f" at {self.address}"
+            raise AgentError(f"agent {self.node_id}{where}: {text}") from None
         if reply[0] != "ok":
             raise AgentError(f"agent {self.node_id} at {self.address} refused {name}: {reply[-1]}")
         return msgpack.unpackb(reply[1], raw=False)

@@ -109,7 +109,8 @@ class Controller:
                 self._record(MarkNode(node_id, False, None, "", str(exc)))
             return
         st.last_ok = time.monotonic()
-        desired, detail = n["desired"], n["detail"]
+        desired = n["desired"]
+        detail = n["detail"] if n["health"] == "up" else "up again"
         if status["settings"] != desired and time.monotonic() >= st.push_at:
             try:
                 status = link.apply(desired)

@@ -205,3 +205,30 @@ def test_grid_demo_passes(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     for line in ("[6/6] report", "election", "client reconnect", "node restore", "demo passed"):
         assert line in r.stdout
+
+
+def test_grid_up_restarts_a_dead_node_and_stops_everything_on_sigterm(tmp_path):
+    data = str(tmp_path / "g")
+    up = subprocess.Popen([sys.executable, "-m", "app", "up", "--data", data, "--rows", "2", "--columns", "2",
+                           "--restart-after", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(data, "layout.toml")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        g = LocalGrid(data)  # only to reach the nodes `grid up` started
+        with g.client(timeout=20.0) as c:
+            g.wait_for("in sync", lambda: (v := grid_view(c)) and v["layout_digest"] and in_sync(v), 30)
+            st = c.status()
+            r = grid_cli(g, "kill-master")
+            assert r.returncode == 0, r.stderr
+            g.wait_for("the killed master restarted and in sync again",
+                       lambda: (n := next(n for n in grid_view(c)["nodes"] if n["id"] == st["id"]))
+                       and n["health"] == "up" and n["detail"] == "up again", 30)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=30)
+    assert up.returncode == 0, out
+    assert f"node {st['id']} died; restarting it in 0.5 s" in out and "stopping the grid" in out
+    with pytest.raises(Exception):
+        with ClusterClient(list(g.addresses.values()), g.secret, timeout=1.0) as c:
+            c.status()  # every node stopped with it
