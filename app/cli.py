@@ -17,6 +17,12 @@ DEFAULT_DIR = os.environ.get("GRID_CLUSTER", "grid-data")
 def open_client(cluster: str, secret_file: str | None = None, timeout: float = 10.0):
     """A client of the grid: ``cluster`` is a local grid directory or HOST:PORT,HOST:PORT..."""
     from rpc.client import ClusterClient
+
+    addresses, secret = cluster_addresses(cluster, secret_file)
+    return ClusterClient(addresses, secret, timeout=timeout)
+
+
+def cluster_addresses(cluster: str, secret_file: str | None = None) -> tuple[list[str], bytes]:
     from rpc.cluster import SECRET_NAME, node_config_paths
     from rpc.config import ConfigError, format_address, load_config
     from rpc.secret import load_secret
@@ -30,7 +36,7 @@ def open_client(cluster: str, secret_file: str | None = None, timeout: float = 1
             raise ConfigError(f"{cluster!r} is not a grid directory; give the addresses' --secret-file "
                               "(or a directory made by `grid up`)")
         secret = load_secret(secret_file)
-    return ClusterClient(addresses, secret, timeout=timeout)
+    return addresses, secret
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -163,6 +169,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(rows=args.rows, columns=args.columns, keep_running=args.keep_running, data=args.data)
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from app.ui.window import run
+    from rpc.client import ClusterClient
+
+    addresses, secret = cluster_addresses(args.cluster, args.secret_file)
+    return run(ClusterClient(addresses, secret, timeout=30.0), secret)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grid", description="The grid of node PCs and its replicated master.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
@@ -219,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (lc, la):
         sp.add_argument("file", metavar="FILE")
         sp.set_defaults(func=cmd_layout)
+
+    ui = cluster_args(sub.add_parser("ui", help="the operator's window: tiles, commands, rides through failover"))
+    ui.set_defaults(func=cmd_ui)
 
     km = cluster_args(sub.add_parser("kill-master", help="SIGKILL the master's process (local grids, for demos)"))
     km.set_defaults(func=cmd_kill_master)

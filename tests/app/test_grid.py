@@ -11,8 +11,9 @@ import time
 import pytest
 
 from app.agent import AgentLink
-from app.local import LocalGrid, grid_view, in_sync, write_grid
+from app.local import LocalGrid, grid_view, in_sync
 from app.layout import read_layout, render_layout
+from tests.app.gridproc import running_grid
 from app.model import GridError, GridView, SetSettings
 from rpc.client import ClusterClient
 
@@ -21,17 +22,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reas
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("grid"))
-    write_grid(directory, 3, 3)
-    g = LocalGrid(directory)
-    g.start()
-    g.c = g.client(timeout=20.0)
-    try:
-        g.wait_for("layout applied, all in sync", lambda: (v := grid_view(g.c)) and v["layout_digest"] and in_sync(v), 60)
+    with running_grid(str(tmp_path_factory.mktemp("grid"))) as g:
         yield g
-    finally:
-        g.c.close()
-        g.stop()
 
 
 def local_view(g: LocalGrid, node_id: str) -> dict:
