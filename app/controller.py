@@ -1,7 +1,7 @@
 """The reconciling controller: runs on the leader only, so there is one master acting.
 
-Each cycle it reads the grid (a linearizable read, so a new leader never acts on a
-state older than what its predecessor acknowledged), then for every node at once:
+Each cycle it reads the grid (the first time with a linearizable read, so a new leader
+never acts on a state older than what its predecessor acknowledged), then for every node at once:
 asks the agent for its status; pushes the desired settings if the agent's differ
 (the push replaces the settings, so pushing twice is harmless; failures back off
 exponentially per node); and records what it saw as a ``MarkNode`` transaction, only
@@ -33,7 +33,7 @@ class _NodeState:
 
 
 class Controller:
-    def __init__(self, read_view: Callable[[], dict], record: Callable[[Any], Any],
+    def __init__(self, read_view: Callable[[bool], dict], record: Callable[[Any], Any],
                  link: Callable[[str, str], AgentLink], *, interval: float = 0.5, down_after: float = 1.0,
                  max_backoff: float = 5.0, before_first: Callable[[dict], None] | None = None):
         self._read, self._record, self._link = read_view, record, link
@@ -76,11 +76,14 @@ class Controller:
             log.info("controller stopped")
 
     def cycle(self) -> None:
-        view = self._read()
+        # The first read of a term is linearizable: it waits until this leader has applied
+        # everything its predecessors committed. Later ones read the leader's own state,
+        # which is current for as long as it leads (the controller stops when it does not).
+        view = self._read(self.cycles == 0)
         if self._before_first is not None:  # once, with the first view this leader trusts
             first, self._before_first = self._before_first, None
             first(view)
-            view = self._read()
+            view = self._read(False)
         now = time.monotonic()
         nodes = {n["id"]: n for n in view["nodes"]}
         for node_id in set(self._links) - set(nodes):  # removed from the grid

@@ -63,7 +63,7 @@ class GridApp:
             if self.controller is not None:
                 self.controller.stop()
             self.controller = Controller(
-                lambda: node.query(GridView(), timeout=5.0, linearizable=True),
+                lambda first: node.query(GridView(), timeout=5.0, linearizable=first),
                 lambda tx: node.execute(tx, timeout=5.0),
                 lambda node_id, address: AgentLink(node_id, address, self.process.secret,
                                                    ssl_context=self.process.client_tls),
