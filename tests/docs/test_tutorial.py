@@ -61,6 +61,17 @@ def test_step1_embedded_and_recovered(tmp_path):
         assert db.query(Orders()) == before  # the same ids, codes and times: replay is deterministic
 
 
+def test_step1_the_script_twice(tmp_path):
+    script = os.path.join(EXAMPLES, "workorders.py")
+    runs = [subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True,
+                           timeout=30, env=_env()) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
+    assert "at index 0 with 0 orders" in runs[0].stdout and "at index 2 with 1 orders" in runs[1].stdout
+    assert "rejected by check(), nothing journaled: no work order 12345" in runs[0].stdout
+    dump = prevalence_cli("journal", "dump", str(tmp_path))
+    assert dump.returncode == 0 and dump.stdout.count("workorders.OpenOrder") == 2
+
+
 # -- step 2: the rules --------------------------------------------------------------------------
 def test_step2_check_rejects_before_journaling(tmp_path):
     with prevalence.open(str(tmp_path), Board) as db:
@@ -130,9 +141,9 @@ def test_step3_snapshots(tmp_path):
         for k in range(3):
             db.execute(OpenOrder(f"more {k}"))
     assert "snapshot-00000000000000000009.snap" in os.listdir(os.path.join(data, "snapshots"))
-    out = prevalence_cli("state", data, "--root", "workorders:Board", "--at", "5", "--json")
+    out = prevalence_cli("state", data, "--root", "workorders:Board", "--at", "2", "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["index"] == 5
+    assert json.loads(out.stdout)["index"] == 2
     dump = prevalence_cli("journal", "dump", data, "--from", "6")
     assert dump.returncode == 0 and "workorders.Assign" in dump.stdout
 
