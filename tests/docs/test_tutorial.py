@@ -159,13 +159,10 @@ def _wait(what, predicate, timeout=15.0):
         time.sleep(0.1)
 
 
-def _status(directory):
-    out = prevalence_cli("status", "--cluster", directory, "--json")
-    return json.loads(out.stdout)["nodes"] if out.stdout else []
-
-
 def _one_leader(directory):
-    nodes = _status(directory)
+    from rpc.cluster import cluster_status  # what `prevalence status` prints, without a process per poll
+
+    nodes = cluster_status(directory, timeout=0.5)
     leaders = [n for n in nodes if n["role"] == "leader"]
     return leaders[0] if len(leaders) == 1 and all(n["reachable"] for n in nodes) else None
 
@@ -190,6 +187,8 @@ def test_steps_4_and_5_cluster_client_and_leader_only_plugin(tmp_path, monkeypat
         _wait("a leader", lambda: os.path.exists(os.path.join(data, "n3.toml")) and _one_leader(data))
         table = prevalence_cli("status", "--cluster", data).stdout
         assert "leader" in table and "follower" in table
+        nodes_json = json.loads(prevalence_cli("status", "--cluster", data, "--json").stdout)["nodes"]
+        assert sorted(n["address"] for n in nodes_json) == addresses
 
         events = []
         with rpc.connect(addresses, secret_file=secret_file) as c:
