@@ -111,6 +111,12 @@ class Controller:
                 log.warning("node %s is down: %s", node_id, exc)
                 self._record(MarkNode(node_id, False, None, "", str(exc)))
             return
+        if status.get("id") != node_id:  # a wrong address in the layout: never drive another PC
+            if n["health"] != "down" or not n["detail"].startswith("wrong agent"):
+                log.error("node %s: %s answers as agent %r", node_id, n["address"], status.get("id"))
+                self._record(MarkNode(node_id, False, None, "",
+                                      f"wrong agent: {n['address']} answers as {status.get('id')!r}"))
+            return
         st.last_ok = time.monotonic()
         desired = n["desired"]
         detail = n["detail"] if n["health"] == "up" else "up again"

@@ -12,17 +12,24 @@ from prevalence import cli as engine_cli
 from prevalence.errors import PrevalenceError
 
 
+def _cwd_importable() -> None:
+    """The root factory's module, found from the current directory as `python -m` would
+    (the console script alone does not put it on the path)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     from rpc.server import run
 
+    _cwd_importable()
     return run(args.config)
 
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     from rpc.cluster import cluster_up
 
-    if os.getcwd() not in sys.path:  # the root factory's module, as `python -m` would find it
-        sys.path.insert(0, os.getcwd())
+    _cwd_importable()
     return cluster_up(args.data, args.nodes, args.port, args.root, args.imports)
 
 

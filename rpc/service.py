@@ -1,9 +1,10 @@
-"""What an authenticated client may call on a node: status, execute, query.
+"""What an authenticated client may call on a node: status, execute (with a session for
+exactly once), query, the committed log (subscriptions), maintenance, and the hosted
+application's handlers (``app_call``).
 
 Bytes in, bytes out (msgpack), never pickle. Replies are ``["ok", value]``,
 ``["not_leader", leader_id, leader_address]``, ``["rejected"|"failed", type, message]``
-or ``["error", message]``. (The reconnecting client library, sessions and exactly-once
-retries come with issue 5; this is the node side they will build on.)
+or ``["error", message]``; ``rpc.client`` turns them back into values and exceptions.
 """
 from __future__ import annotations
 

@@ -117,3 +117,16 @@ def test_a_node_removed_from_the_layout_is_forgotten(setup):
     db.execute(ApplyLayout(1, 2, (NodeSpec("a", "h:1", 1, 1),), "y"))
     c.cycle()
     assert set(nodes(db)) == {"a"} and not any(tx.id == "b" for tx in recorded[2:])
+
+
+def test_an_address_answering_as_another_agent_is_never_pushed(setup):
+    db, c, agents, links, recorded = setup
+    db.execute(SetSettings(("a",), {"volume": "1"}))
+    agents["a"] = Agent("b")  # the layout points a's address at b's PC
+    c.cycle()
+    a = nodes(db)["a"]
+    assert (a["health"], a["detail"]) == ("down", "wrong agent: h:1 answers as 'b'")
+    assert agents["a"].settings == {} and not links["a"].pushes
+    count = len(recorded)
+    c.cycle()
+    assert len(recorded) == count  # said once

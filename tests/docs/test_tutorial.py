@@ -30,8 +30,8 @@ EXAMPLES = os.path.join(ROOT, "examples")
 if EXAMPLES not in sys.path:
     sys.path.insert(0, EXAMPLES)
 
-import workorders  # noqa: E402  (examples/ is on the path, as the tutorial has the reader do)
-from workorders import (  # noqa: E402
+
+from workorders import (  # noqa: E402  (examples/ is on the path, as the tutorial has the reader do)
     Assign, Board, BoardError, Close, CloseAllUnchecked, OpenOrder, Orders, Undispatched,
 )
 

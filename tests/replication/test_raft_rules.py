@@ -399,7 +399,7 @@ def test_removed_leader_steps_down(make_cluster):
     c = make_cluster(["a", "b", "c"])
     a = c.nodes["a"]
     c.elect("a")
-    idx = a.propose_config_change(ConfigChange.remove_voter("a"))
+    a.propose_config_change(ConfigChange.remove_voter("a"))
     assert a.role == Role.LEADER  # still leads until the removal commits
     c.settle()
     c.tick_all(5)
