@@ -39,13 +39,20 @@ def write_cluster(directory: str, nodes: int, base_port: int, root: str, imports
     return paths
 
 
-def start_node(config_path: str, log_path: str | None = None) -> subprocess.Popen:
+def start_node(config_path: str, log_path: str | None = None, *, cwd: str | None = None,
+               preexec_fn: Any = None) -> subprocess.Popen:
+    """``python -m rpc.cli node --config FILE`` in ``cwd``, its output appended to ``log_path``."""
     out = open(log_path, "ab") if log_path else None
     kwargs: dict[str, Any] = {}
     if sys.platform == "win32":  # lets a console Ctrl-Break reach the node, not the parent
         kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-    return subprocess.Popen([sys.executable, "-m", "rpc.cli", "node", "--config", config_path],
-                            stdout=out, stderr=subprocess.STDOUT if out else None, **kwargs)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "rpc.cli", "node", "--config", config_path],
+                                stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
+                                cwd=cwd, preexec_fn=preexec_fn, **kwargs)
+    finally:
+        if out is not None:
+            out.close()  # the child has its own copy
 
 
 def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None) -> int:
