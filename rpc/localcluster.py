@@ -122,6 +122,21 @@ class LocalCluster:
         if sig == signal.SIGKILL:
             p.wait(10)
 
+    def kill_leaders(self, rounds: int, every: float = 0.7, down_for: float = 0.3) -> list[str]:
+        """``rounds`` times: wait ``every`` s, SIGKILL the leader, wait for another one,
+        restart the killed node ``down_for`` s later; then wait ``every`` s. The killed ids."""
+        killed = []
+        for _ in range(rounds):
+            time.sleep(every)
+            victim = self.leader()
+            self.kill(victim)
+            killed.append(victim)
+            self.leader(exclude={victim})
+            time.sleep(down_for)
+            self.start(victim)
+        time.sleep(every)
+        return killed
+
     def check_alive(self) -> None:
         """Raise, with the end of its log, if a started node has exited."""
         for nid, p in self.procs.items():
