@@ -155,6 +155,7 @@ class ClusterClient:
         self.attempt_timeout = attempt_timeout
         self._ssl = ssl_context
         self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()
         self._conn = None
         self._conn_addr: str | None = None
         self._hint: str | None = None
@@ -312,6 +313,15 @@ class ClusterClient:
             return reply
 
     def _connection(self, attempt_timeout: float):
+        with self._lock:
+            if self._conn is not None:
+                return self._conn, self._conn_addr
+        # One thread connects at a time; the others then share its connection instead of
+        # each replacing (and closing under the others) the one made just before.
+        with self._connect_lock:
+            return self._connect(attempt_timeout)
+
+    def _connect(self, attempt_timeout: float):
         with self._lock:
             if self._conn is not None:
                 return self._conn, self._conn_addr

@@ -139,3 +139,19 @@ def test_batches_across_leader_sigkills_apply_each_command_exactly_once(cluster)
     assert len(tags) == len(set(tags)), "a command was applied twice"
     assert set(tags) == set(done), "a command was lost, or applied without its caller being told"
     assert len(done) > 100
+
+
+def test_many_threads_starting_at_a_follower_all_reach_the_leader(cluster):
+    """16 threads' first calls (session registrations, not coalesced) all land on a
+    follower and move to the leader together without undoing each other's connection."""
+    import rpc
+    from rpc.config import format_address
+
+    leader = cluster.leader()
+    order = sorted(cluster.configs, key=lambda n: n == leader)  # followers first
+    for _round in range(3):
+        with rpc.connect([format_address(cluster.configs[n].listen) for n in order], secret=cluster.secret,
+                         timeout=10) as client:
+            results: list[int] = []
+            assert run_threads(16, lambda k: results.append(client.execute(Add("c", 1)))) == []
+            assert len(set(results)) == 16
