@@ -4,8 +4,8 @@ core's own ceiling and the single-process engine on the same disk.
 
     python3 benchmarks/cluster_bench.py [--quick] [--repeat 3] [--dir DIR]
 
-Everything runs on 127.0.0.1 with the default timeouts (tick 0.02 s, election_ticks 10,
-so an election timeout of 0.2-0.4 s) and fsync="always". Linux only: the idle figures
+Everything runs on 127.0.0.1 with the default timeouts (tick 0.025 s, election_ticks 10,
+so an election timeout of 0.25-0.5 s) and fsync="always". Linux only: the idle figures
 read /proc/<pid>/stat (utime+stime) and /proc/<pid>/status (VmRSS), and node processes
 are tied to this one with PR_SET_PDEATHSIG so that none outlives it.
 
@@ -24,21 +24,17 @@ are tied to this one with PR_SET_PDEATHSIG so that none outlives it.
 from __future__ import annotations
 
 import argparse
-import atexit
-import ctypes
 import logging
 import os
 import random
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -47,9 +43,8 @@ sys.path[:0] = [HERE, ROOT]
 import msgpack  # noqa: E402
 
 from prevalence.codec import CODEC  # noqa: E402
-from rpc.cluster import SECRET_NAME, cluster_status, write_cluster  # noqa: E402
-from rpc.config import load_config  # noqa: E402
-from rpc.secret import load_secret  # noqa: E402
+from prevalence.errors import PrevalenceError  # noqa: E402
+from rpc.localcluster import LocalCluster, wait_for  # noqa: E402
 from rpc.transport import open_connection  # noqa: E402
 from tests.prevalence.domain import Add  # noqa: E402
 
@@ -64,73 +59,6 @@ class BenchError(Exception):
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# -- processes -----------------------------------------------------------------------------
-
-_children: list[subprocess.Popen] = []
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL(None)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort; atexit still kills the children
-        pass
-
-
-def spawn_node(config_path: str, log_path: str) -> subprocess.Popen:
-    """``python -m rpc.cli node --config FILE`` (what rpc.cluster.start_node runs), cwd = repo."""
-    out = open(log_path, "ab")
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "rpc.cli", "node", "--config", config_path],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-    finally:
-        out.close()
-    _children.append(proc)
-    return proc
-
-
-def kill_all_children() -> None:
-    for p in _children:
-        if p.poll() is None:
-            try:
-                p.kill()
-            except OSError:
-                pass
-    for p in _children:
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-    _children.clear()
-
-
-atexit.register(kill_all_children)
-
-
-def free_port_block(n: int) -> int:
-    """A base port with ``n`` consecutive free ports on 127.0.0.1 (best effort)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
-        socks = []
-        try:
-            for k in range(n):
-                t = socket.socket()
-                socks.append(t)
-                t.bind(("127.0.0.1", base + k))
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-    raise BenchError("no block of free ports on 127.0.0.1")
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -159,85 +87,15 @@ def proc_rss_mb(pid: int) -> float:
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last_exc = exc
-        time.sleep(interval)
-    raise BenchError(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
-
-
-class Cluster:
-    """A 3-node cluster directory; nodes named in ``subprocess_ids`` run as processes."""
-
-    def __init__(self, directory: str, nodes: int = 3):
-        self.dir = directory
-        base = free_port_block(nodes)
-        self.paths = write_cluster(directory, nodes, base, DOMAIN_ROOT, **TIMEOUTS)
-        self.configs = {load_config(p).id: load_config(p) for p in self.paths}
-        self.secret = load_secret(os.path.join(directory, SECRET_NAME))
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, nid: str) -> None:
-        self.procs[nid] = spawn_node(self.configs[nid].path, os.path.join(self.dir, f"{nid}.log"))
-
-    def kill(self, nid: str) -> None:
-        p = self.procs[nid]
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
-
-    def check_alive(self) -> None:
-        for nid, p in self.procs.items():
-            if p.poll() is not None:
-                raise BenchError(f"node {nid} exited with code {p.returncode}; see {self.dir}/{nid}.log:\n"
-                                 + self.tail(nid))
-
-    def tail(self, nid: str, lines: int = 15) -> str:
-        try:
-            with open(os.path.join(self.dir, f"{nid}.log"), encoding="utf-8", errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
-
-    def status(self) -> dict[str, dict]:
-        return {r["id"]: r for r in cluster_status(self.dir, timeout=0.5)}
-
-    def stable_leader(self, timeout: float = 20.0) -> tuple[str, dict]:
-        """One leader, every node reachable, in its term, and applied up to the leader's commit."""
-        def check():
-            self.check_alive()
-            st = self.status()
-            leaders = [n for n, r in st.items() if r["role"] == "leader"]
-            if len(leaders) != 1 or not all(r["reachable"] for r in st.values()):
-                return None
-            lead = st[leaders[0]]
-            if any(r["term"] != lead["term"] or r["applied_index"] < lead["commit_index"] for r in st.values()):
-                return None
-            return leaders[0], st
-        return wait_for("a leader with every node caught up", check, timeout)
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.kill()
-        for p in self.procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
+def new_cluster(directory: str) -> LocalCluster:
+    """3 nodes with the benchmark's timeouts, none started yet; they run in the repository."""
+    return LocalCluster(directory, 3, DOMAIN_ROOT, cwd=ROOT, start=False, **TIMEOUTS)
 
 
 class FailoverClient:
     """Keeps one connection per node; sends to whoever it thinks leads, follows hints."""
 
-    def __init__(self, cluster: Cluster, request_timeout: float = 1.0):
+    def __init__(self, cluster: LocalCluster, request_timeout: float = 1.0):
         self.c = cluster
         self.ids = list(cluster.configs)
         self.conns: dict[str, Any] = {}
@@ -317,7 +175,7 @@ def pct(values: list[float], q: float) -> float:
 
 # -- 2. idle -------------------------------------------------------------------------------
 
-def bench_idle(cluster: Cluster, seconds: float, windows: int) -> dict[str, dict]:
+def bench_idle(cluster: LocalCluster, seconds: float, windows: int) -> dict[str, dict]:
     leader, _st = cluster.stable_leader()
     time.sleep(1.0)  # let connection setup and the first heartbeats settle
     per_node: dict[str, dict[str, list]] = {nid: {"cpu": [], "sched": [], "rss": []} for nid in cluster.procs}
@@ -353,7 +211,7 @@ def bench_idle(cluster: Cluster, seconds: float, windows: int) -> dict[str, dict
 
 # -- 1. failover ---------------------------------------------------------------------------
 
-def bench_failover(cluster: Cluster, rounds: int) -> list[dict]:
+def bench_failover(cluster: LocalCluster, rounds: int) -> list[dict]:
     client = FailoverClient(cluster, request_timeout=0.5)
     results = []
     try:
@@ -418,7 +276,7 @@ def run_writers(node, threads: int, seconds: float) -> tuple[float, float]:
     return total / elapsed, (elapsed * threads / total if total else float("inf"))
 
 
-def transfer_over_rpc(cluster: Cluster, leader: str, to: str) -> bool:
+def transfer_over_rpc(cluster: LocalCluster, leader: str, to: str) -> bool:
     """Ask ``leader`` (a node process) to hand leadership to ``to``; False if it cannot."""
     try:
         conn = open_connection(cluster.configs[leader].listen, cluster.secret, role="client", ident="bench",
@@ -441,7 +299,7 @@ def bench_throughput(directory: str, thread_counts: list[int], seconds: float, r
 
     for name in ("rpc", "replication", "prevalence"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    cluster = Cluster(directory)
+    cluster = new_cluster(directory)
     process = None
     try:
         process = NodeProcess(cluster.configs["n1"]).start()  # n1 first: it is campaigning when peers come up
@@ -570,7 +428,7 @@ def main() -> int:
               f"data in {base}", flush=True)
         if not {"idle", "failover"} <= skip:
             step = "starting a 3-process cluster"
-            cluster = Cluster(os.path.join(base, "procs"))
+            cluster = new_cluster(os.path.join(base, "procs"))
             try:
                 for nid in cluster.configs:
                     cluster.start(nid)
@@ -623,7 +481,7 @@ def main() -> int:
                   "no disk) at a batch equal to the writer count; engine alone: benchmarks/engine_bench.py "
                   "durable_rate (fsync=always, same disk, same writers)", flush=True)
         return 0
-    except BenchError as exc:
+    except (BenchError, PrevalenceError) as exc:
         print(f"\nerror: {step}: {exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -636,7 +494,6 @@ def main() -> int:
         print(f"\nerror: {step}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
-        kill_all_children()
         if args.keep:
             print(f"kept {base}", file=sys.stderr)
         else:

@@ -26,6 +26,7 @@ import msgpack
 from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
 from prevalence.sessions import SessionExpired
+from rpc.batching import MAX_BATCH, MAX_BATCH_BYTES, Coalescer, Command
 from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
 from rpc.transport import hard_close, open_connection
@@ -140,10 +141,12 @@ class _Session:
 
 class ClusterClient:
     """Thread-safe; share one per process. Commands from parallel threads use separate
-    sessions from a small pool, so they run concurrently and each applies once."""
+    sessions from a small pool, travel together in one call when they overlap, and each
+    applies once."""
 
     def __init__(self, addresses: Iterable[str], secret: bytes, *, timeout: float = 10.0,
-                 attempt_timeout: float = 1.5, ssl_context: Any = None):
+                 attempt_timeout: float = 1.5, ssl_context: Any = None, max_batch: int = MAX_BATCH,
+                 max_batch_bytes: int = MAX_BATCH_BYTES):
         self.addresses = [format_address(parse_address(a, "address")) for a in addresses]
         if not self.addresses:
             raise PrevalenceError("rpc.connect needs at least one address")
@@ -152,12 +155,14 @@ class ClusterClient:
         self.attempt_timeout = attempt_timeout
         self._ssl = ssl_context
         self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()
         self._conn = None
         self._conn_addr: str | None = None
         self._hint: str | None = None
         self._sessions: list[_Session] = []
         self._suspect: dict[str, float] = {}  # address -> until when it is tried last
         self._closed = False
+        self._coalescer = Coalescer(self._send_batch, max_batch, max_batch_bytes)
 
     # -- the API ----------------------------------------------------------------------
     @property
@@ -166,22 +171,23 @@ class ClusterClient:
         return self._conn_addr or self._hint
 
     def execute(self, tx: Any, *, timeout: float | None = None) -> Any:
-        """Run ``tx`` on the leader exactly once; its result, or its own exception."""
+        """Run ``tx`` on the leader exactly once; its result, or its own exception.
+
+        Commands from threads that share this client travel together: see rpc.batching."""
         data = CODEC.dumps(tx)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         session = self._take_session(deadline)
-        seq = session.next_seq
+        cmd = Command(data, session.id, session.next_seq, deadline)
         try:
-            reply = self._call(deadline, "execute", data, session.id, seq)
-        except SessionExpired:
-            session = None  # type: ignore[assignment] - never reused
-            raise
+            self._coalescer.run(cmd)
         finally:
-            if session is not None:
-                session.next_seq = seq + 1  # whether or not that command applied: never reused
+            session.next_seq = cmd.seq + 1  # whether or not that command applied: never reused
+            if cmd.reply is None or cmd.reply[0] != "expired":  # an expired session is dropped
                 with self._lock:
                     self._sessions.append(session)
-        return self._outcome(reply)
+        if cmd.error is not None:
+            raise cmd.error
+        return self._outcome(cmd.reply)
 
     def query(self, q: Any, consistency: str = "linearizable", *, timeout: float | None = None) -> Any:
         """``linearizable``: confirmed by the leader (ReadIndex). ``leader``: the leader's
@@ -215,7 +221,36 @@ class ClusterClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def batching(self) -> dict:
+        """How commands were coalesced so far: calls sent, commands carried, largest batch."""
+        c = self._coalescer
+        return {"calls": c.calls, "commands": c.commands, "largest": c.largest}
+
     # -- internals --------------------------------------------------------------------
+    def _send_batch(self, batch: list[Command]) -> None:
+        """One ``execute_batch`` call for ``batch``, retried (same sessions and numbers)
+        until each command's own deadline; fills in every command's reply or error."""
+        pending = batch
+        while pending:
+            try:
+                reply = self._call(min(c.deadline for c in pending), "execute_batch",
+                                   tuple((c.data, c.session, c.seq) for c in pending))
+            except ClusterUnavailable as exc:
+                now = time.monotonic()
+                for c in pending:
+                    if self._closed or c.deadline <= now:
+                        c.error = ClusterUnavailable(str(exc))
+                pending = [c for c in pending if c.error is None]
+                continue
+            if reply[0] == "ok" and len(reply[1]) == len(pending):
+                for c, r in zip(pending, reply[1]):
+                    c.reply = r
+            else:  # refused as a whole (e.g. too large): each caller gets the refusal
+                for c in pending:
+                    c.reply = reply if reply[0] != "ok" else ["error", f"malformed batch reply: {reply!r:.200}"]
+            return
+
     def _take_session(self, deadline: float) -> _Session:
         with self._lock:
             if self._sessions:
@@ -281,6 +316,15 @@ class ClusterClient:
         with self._lock:
             if self._conn is not None:
                 return self._conn, self._conn_addr
+        # One thread connects at a time; the others then share its connection instead of
+        # each replacing (and closing under the others) the one made just before.
+        with self._connect_lock:
+            return self._connect(attempt_timeout)
+
+    def _connect(self, attempt_timeout: float):
+        with self._lock:
+            if self._conn is not None:
+                return self._conn, self._conn_addr
             now = time.monotonic()
             order = ([self._hint] if self._hint else []) + [a for a in self.addresses if a != self._hint]
             order.sort(key=lambda a: self._suspect.get(a, 0) > now)  # stable: suspects last
@@ -313,9 +357,14 @@ class ClusterClient:
 
 
 def connect(addresses: Iterable[str], *, secret: bytes | None = None, secret_file: str | None = None,
-            timeout: float = 10.0, attempt_timeout: float = 1.5, ssl_context: Any = None) -> ClusterClient:
-    """A client of the cluster at ``addresses`` ("host:port"), authenticated by the secret."""
+            timeout: float = 10.0, attempt_timeout: float = 1.5, ssl_context: Any = None,
+            max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES) -> ClusterClient:
+    """A client of the cluster at ``addresses`` ("host:port"), authenticated by the secret.
+
+    ``max_batch`` and ``max_batch_bytes`` bound how many concurrent commands (and how
+    many bytes of them) travel in one call; ``max_batch=1`` sends each on its own."""
     if (secret is None) == (secret_file is None):
         raise PrevalenceError("rpc.connect needs exactly one of secret= or secret_file=")
     key = secret if secret is not None else load_secret(secret_file)
-    return ClusterClient(addresses, key, timeout=timeout, attempt_timeout=attempt_timeout, ssl_context=ssl_context)
+    return ClusterClient(addresses, key, timeout=timeout, attempt_timeout=attempt_timeout, ssl_context=ssl_context,
+                         max_batch=max_batch, max_batch_bytes=max_batch_bytes)

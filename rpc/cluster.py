@@ -65,13 +65,20 @@ def free_port_block(n: int, host: str = "127.0.0.1") -> int:
     raise ConfigError(f"no block of {n} free ports on {host}")
 
 
-def start_node(config_path: str, log_path: str | None = None) -> subprocess.Popen:
+def start_node(config_path: str, log_path: str | None = None, *, cwd: str | None = None,
+               preexec_fn: Any = None) -> subprocess.Popen:
+    """``python -m rpc.cli node --config FILE`` in ``cwd``, its output appended to ``log_path``."""
     out = open(log_path, "ab") if log_path else None
     kwargs: dict[str, Any] = {}
     if sys.platform == "win32":  # lets a console Ctrl-Break reach the node, not the parent
         kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-    return subprocess.Popen([sys.executable, "-m", "rpc.cli", "node", "--config", config_path],
-                            stdout=out, stderr=subprocess.STDOUT if out else None, **kwargs)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "rpc.cli", "node", "--config", config_path],
+                                stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
+                                cwd=cwd, preexec_fn=preexec_fn, **kwargs)
+    finally:
+        if out is not None:
+            out.close()  # the child has its own copy
 
 
 def stop_on_signals() -> threading.Event:

@@ -1,14 +1,17 @@
-"""What an authenticated client may call on a node: status, execute (with a session for
-exactly once), query, the committed log (subscriptions), maintenance, and the hosted
-application's handlers (``app_call``).
+"""What an authenticated client may call on a node: status, execute(_batch), query, the
+committed log (subscriptions), maintenance, and the hosted application's handlers
+(``app_call``).
 
 Bytes in, bytes out (msgpack), never pickle. Replies are ``["ok", value]``,
 ``["not_leader", leader_id, leader_address]``, ``["rejected"|"failed", type, message]``
-or ``["error", message]``; ``rpc.client`` turns them back into values and exceptions.
+or ``["error", message]``. The client library (rpc.client) numbers commands within
+sessions, so its retries apply once, and sends concurrent ones in one execute_batch.
 """
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -24,6 +27,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("rpc.service")
 
 DEFAULT_MAX_REQUEST = 1 << 20
+MAX_BATCH_ITEMS = 1024  # commands in one execute_batch call at most
+BATCH_TIMEOUT = 10.0  # seconds a batch waits for its commands to apply (as Node.execute)
+
+
+def _submit(node: Any, tx: Any, session: tuple[int, int]) -> Future:
+    """Propose ``tx`` without waiting: ``Node.execute`` minus its ``result()``.
+
+    Proposals put in the node's inbox back to back are taken by the raft thread into
+    one ``propose_batch`` (one Ready, one fsync, one append per follower). The node has
+    no public non-blocking propose yet, so this mirrors what ``Node.execute`` puts in
+    its inbox; it belongs in replication/ as ``Node.submit`` once that API exists.
+    """
+    fut: Future = Future()
+    node._inbox.put(("propose", (CODEC.to_plain(tx), session), fut))
+    return fut
 
 
 def _reply(*items: Any) -> bytes:
@@ -36,7 +54,7 @@ def _reply(*items: Any) -> bytes:
 class ClientService(rpyc.Service):
     """One per client connection; exposes only the methods below."""
 
-    _EXPOSED = ("status", "execute", "query", "register_session", "read_log", "change_membership",
+    _EXPOSED = ("status", "execute", "execute_batch", "query", "register_session", "read_log", "change_membership",
                 "transfer_leadership", "app_call")
 
     def __init__(self, process: "NodeProcess", client_id: str, max_request: int = DEFAULT_MAX_REQUEST):
@@ -72,6 +90,50 @@ class ClientService(rpyc.Service):
             return _reply("error", "session id and sequence number must be positive integers")
         # the node returns the session's reply: the transaction's errors are inside it
         return self._guard(lambda: self._p.node.execute(CODEC.loads(self._check(data)), session=(session_id, seq)))
+
+    def exposed_execute_batch(self, items: Any) -> bytes:
+        """Several session commands at once: ``((data, session_id, seq), ...)``.
+
+        They are proposed together and answered ``["ok", [reply, ...]]`` in order, each
+        reply what ``execute`` with a session would have answered for that command (a
+        malformed or oversized command gets its own ``["error", ...]``). A refusal of
+        the cluster's (not the leader, timed out) answers the whole batch, which the
+        client retries under the same session numbers, so each command applies once.
+        """
+        if not isinstance(items, tuple) or not items or len(items) > MAX_BATCH_ITEMS:
+            return _reply("error", f"a batch is a tuple of 1 to {MAX_BATCH_ITEMS} (data, session, seq) tuples")
+        ok = all(isinstance(it, tuple) and len(it) == 3 for it in items)
+        size = sum(len(it[0]) for it in items if isinstance(it[0], bytes)) if ok else 0
+        if not ok:
+            return _reply("error", "a batch is a tuple of (data, session, seq) tuples")
+        if size > self._max:
+            return _reply("error", f"request of {size} bytes is over the limit of {self._max} bytes")
+        replies: list = [None] * len(items)
+        todo: list[tuple[int, Any, tuple[int, int]]] = []
+        for k, (data, sid, seq) in enumerate(items):
+            if not (isinstance(sid, int) and isinstance(seq, int) and seq > 0):
+                replies[k] = ("error", "session id and sequence number must be positive integers")
+                continue
+            try:
+                todo.append((k, CODEC.loads(self._check(data)), (sid, seq)))
+            except (PrevalenceError, TypeError) as exc:
+                replies[k] = ("error", str(exc))
+        node = self._p.node
+        futures = [(k, _submit(node, tx, session)) for k, tx, session in todo]
+        deadline = time.monotonic() + BATCH_TIMEOUT
+        for k, fut in futures:
+            try:
+                replies[k] = fut.result(max(0.0, deadline - time.monotonic()))
+            except ProposalRefused as exc:  # not the leader (any more): the batch goes elsewhere
+                return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
+            except TimeoutError:
+                return _reply("error", "timed out waiting for the cluster")
+            except PrevalenceError as exc:
+                replies[k] = ("error", str(exc))
+        try:
+            return msgpack.packb(["ok", replies], use_bin_type=True)
+        except (TypeError, ValueError):  # cached replies are plain data; errors are strings
+            return _reply("error", "a reply in the batch cannot be sent as plain data")
 
     def exposed_query(self, data: bytes, consistency: Any = "linearizable") -> bytes:
         """``linearizable`` (ReadIndex through the leader), ``leader`` (the leader's own

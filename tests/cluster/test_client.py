@@ -11,18 +11,9 @@ import pytest
 import rpc
 from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
-from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Boom, Get, HalfThenFail, Rejected, Snapshot, Stamp
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")]
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = LocalCluster(tmp_path, 3)
-    c.leader()
-    yield c
-    c.stop()
 
 
 def test_execute_query_status_and_errors(cluster):
@@ -93,14 +84,7 @@ def test_commands_ride_through_leader_sigkills_and_apply_exactly_once(cluster):
     for t in threads:
         t.start()
     try:
-        for _ in range(3):
-            time.sleep(0.7)
-            victim = c.leader()
-            c.kill(victim)
-            c.leader(exclude={victim})
-            time.sleep(0.3)
-            c.start(victim)
-        time.sleep(0.7)
+        c.kill_leaders(3)
     finally:
         stop.set()
         for t in threads:

@@ -112,6 +112,7 @@ def test_corrupted_journal_refuses_to_start_with_a_clear_error(cluster3):
     for k in range(30):
         assert c.call(leader, "execute", Stamp(f"t{k}"))[0] == "ok"
     victim = next(n for n in c.configs if n != leader)
+    c.wait_converged(victim)  # on a loaded machine a follower may not have written its journal yet
     c.kill(victim)
 
     seg = sorted(glob.glob(os.path.join(c.configs[victim].data, "journal", "*.log")))[0]

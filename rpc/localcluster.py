@@ -1,0 +1,206 @@
+"""Node processes on 127.0.0.1 driven from Python: for tests, benchmarks and demos.
+
+    c = LocalCluster(tmp, 3, "mymodule:Root", cwd=project_dir)   # writes configs, starts n1..n3
+    leader = c.leader()
+    with c.client() as client:
+        client.execute(...)
+    c.kill(leader)                                                # SIGKILL by default
+    c.start(leader)
+    c.stop()
+
+``cwd`` is where the nodes run, so that the root's module imports there. On Linux a
+node started from the main thread dies with the process that started it
+(PR_SET_PDEATHSIG): nothing outlives an interrupted test or benchmark.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import msgpack
+
+import rpc
+from prevalence.codec import CODEC
+from prevalence.errors import PrevalenceError
+from rpc.cluster import SECRET_NAME, cluster_status, free_port_block, start_node, write_cluster
+from rpc.config import format_address, load_config, tls_contexts
+from rpc.secret import load_secret
+from rpc.transport import open_connection
+
+
+class ClusterTimeout(PrevalenceError):
+    """The cluster did not reach the awaited state in time; the message shows its status."""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort; stop() still kills the nodes
+        pass
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """``check()``'s first truthy value; ClusterTimeout after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except ClusterTimeout:
+            raise
+        except Exception as exc:  # noqa: BLE001 - tried again until the deadline
+            last = exc
+        time.sleep(interval)
+    raise ClusterTimeout(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+class LocalCluster:
+    """``nodes`` nodes n1.. with their configs, data and logs (``<id>.log``) in ``directory``."""
+
+    def __init__(self, directory: str, nodes: int, root: str, *, cwd: str | None = None, start: bool = True,
+                 **options: Any):
+        self.dir = str(directory)
+        self.cwd = cwd
+        self.paths = write_cluster(self.dir, nodes, free_port_block(nodes), root, **options)
+        self.configs = {load_config(p).id: load_config(p) for p in self.paths}
+        self.secret = load_secret(os.path.join(self.dir, SECRET_NAME))
+        self.procs: dict[str, subprocess.Popen] = {}
+        if start:
+            for nid in self.configs:
+                self.start(nid)
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- processes ----------------------------------------------------------------------
+    def start(self, nid: str) -> None:
+        # PR_SET_PDEATHSIG fires when the *thread* that started the child ends, so only
+        # nodes started from the main thread get it (others are killed by stop())
+        linux = sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
+        self.procs[nid] = start_node(self.configs[nid].path, os.path.join(self.dir, f"{nid}.log"), cwd=self.cwd,
+                                     preexec_fn=_die_with_parent if linux else None)
+
+    def kill(self, nid: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs[nid]
+        if p.poll() is None:
+            p.send_signal(sig)
+        if sig == signal.SIGKILL:
+            p.wait(10)
+
+    def kill_leaders(self, rounds: int, every: float = 0.7, down_for: float = 0.3) -> list[str]:
+        """``rounds`` times: wait ``every`` s, SIGKILL the leader, wait for another one,
+        restart the killed node ``down_for`` s later; then wait ``every`` s. The killed ids."""
+        killed = []
+        for _ in range(rounds):
+            time.sleep(every)
+            victim = self.leader()
+            self.kill(victim)
+            killed.append(victim)
+            self.leader(exclude={victim})
+            time.sleep(down_for)
+            self.start(victim)
+        time.sleep(every)
+        return killed
+
+    def check_alive(self) -> None:
+        """Raise, with the end of its log, if a started node has exited."""
+        for nid, p in self.procs.items():
+            if p.poll() is not None:
+                raise PrevalenceError(f"node {nid} exited with code {p.returncode}; the end of "
+                                      f"{self.dir}/{nid}.log:\n{self.tail(nid)}")
+
+    def log(self, nid: str) -> str:
+        with open(os.path.join(self.dir, f"{nid}.log"), encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def tail(self, nid: str, lines: int = 15) -> str:
+        try:
+            return "".join(self.log(nid).splitlines(keepends=True)[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    # -- what the nodes say ---------------------------------------------------------------
+    def status(self) -> dict[str, dict]:
+        return {r["id"]: r for r in cluster_status(self.dir, timeout=0.5)}
+
+    def leader(self, timeout: float = 10.0, exclude: set[str] = frozenset()) -> str:
+        """The one node (not in ``exclude``) that reports itself leader."""
+        def check():
+            leaders = [n for n, r in self.status().items() if r["role"] == "leader" and n not in exclude]
+            return leaders[0] if len(leaders) == 1 else None
+        try:
+            return wait_for("a leader", check, timeout)
+        except ClusterTimeout as exc:
+            raise ClusterTimeout(f"{exc}: {self.status()}") from None
+
+    def stable_leader(self, timeout: float = 20.0) -> tuple[str, dict]:
+        """(leader, status) once every node is reachable, in the leader's term, and has
+        applied up to the leader's commit index."""
+        def check():
+            self.check_alive()
+            st = self.status()
+            leaders = [n for n, r in st.items() if r["role"] == "leader"]
+            if len(leaders) != 1 or not all(r["reachable"] for r in st.values()):
+                return None
+            lead = st[leaders[0]]
+            if any(r["term"] != lead["term"] or r["applied_index"] < lead["commit_index"] for r in st.values()):
+                return None
+            return leaders[0], st
+        return wait_for("a leader with every node caught up", check, timeout)
+
+    def wait_converged(self, node: str | None = None, timeout: float = 15.0) -> dict:
+        """Until every node (or ``node``) is reachable and applied as far as the leader."""
+        last: dict = {}
+
+        def check():
+            nonlocal last
+            st = last = self.status()
+            leaders = [n for n, r in st.items() if r["role"] == "leader"]
+            return st if leaders and all(
+                st[n]["reachable"] and st[n]["applied_index"] == st[leaders[0]]["applied_index"]
+                for n in ([node] if node else st)) else None
+        try:
+            return wait_for("the nodes to converge", check, timeout, 0.1)
+        except ClusterTimeout as exc:
+            raise ClusterTimeout(f"{exc}: {last}") from None
+
+    # -- talking to it ----------------------------------------------------------------------
+    def connect(self, nid: str, timeout: float = 2.0):
+        """A raw client connection to one node (``conn.root.<method>``)."""
+        return open_connection(self.configs[nid].listen, self.secret, role="client", ident="local",
+                               connect_timeout=0.5, handshake_timeout=1.0, request_timeout=timeout,
+                               ssl_context=tls_contexts(self.configs[nid])[1])
+
+    def call(self, nid: str, method: str, obj: Any, timeout: float = 2.0) -> list:
+        """One request to one node with ``obj`` encoded; the decoded reply."""
+        conn = self.connect(nid, timeout)
+        try:
+            return msgpack.unpackb(getattr(conn.root, method)(CODEC.dumps(obj)), raw=False)
+        finally:
+            conn.close()
+
+    def client(self, **options: Any) -> rpc.ClusterClient:
+        """The real client library, over every node's address."""
+        return rpc.connect([format_address(cfg.listen) for cfg in self.configs.values()],
+                           secret_file=os.path.join(self.dir, SECRET_NAME), **options)
