@@ -48,7 +48,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"starting the grid already configured in {os.path.abspath(args.data)}", flush=True)
     except PrevalenceError:
         write_grid(args.data, args.rows, args.columns, args.port)
-    grid = LocalGrid(args.data)
+    grid = LocalGrid.open(args.data)
     grid.start()
     print(f"{len(grid.configs)} nodes on {', '.join(grid.addresses.values())}\n"
           f"try: grid show --cluster {args.data}    (Ctrl-C stops the grid)", flush=True)
@@ -73,7 +73,7 @@ def _supervise(grid, restart_after: float | None) -> int:
                 print(f"node {nid} restarted", flush=True)
         stop.wait(0.2)
     print("stopping the grid...", flush=True)
-    grid.stop()
+    grid.stop(graceful=True)
     return 0
 
 

@@ -16,6 +16,7 @@ import time
 
 from app.agent import AgentLink
 from app.local import LocalGrid, grid_view, in_sync, write_grid
+from rpc.localcluster import ClusterTimeout
 from app.model import ApplyPreset, DefinePreset, SetSettings
 from app.view import render, with_cluster
 
@@ -43,7 +44,7 @@ class Demo:
     def wait(self, what: str, predicate, timeout: float):
         try:
             return self.grid.wait_for(what, predicate, timeout)
-        except TimeoutError as exc:
+        except ClusterTimeout as exc:
             raise StepFailed(str(exc)) from None
 
     def view(self) -> dict:
@@ -54,7 +55,7 @@ class Demo:
         n = self.rows * self.columns
         self.step(f"starting a {self.rows}x{self.columns} grid: {n} node processes on 127.0.0.1 in {self.data}")
         write_grid(self.data, self.rows, self.columns)
-        self.grid = LocalGrid(self.data)
+        self.grid = LocalGrid.open(self.data)
         began = time.monotonic()
         self.grid.start()
         leader = self.wait("a master elected", self.grid.leader, 60)
@@ -80,21 +81,16 @@ class Demo:
     def kill_master(self) -> None:
         g = self.grid
         victim = g.leader()
-        if victim is None:
-            raise StepFailed("no master to kill")
         self.victim = victim
         self.step(f"SIGKILL the master {victim} (pid {g.procs[victim].pid}) while an operator command is sent")
         elected: dict[str, object] = {}
 
         def watch_election() -> None:
-            while "t" not in elected:
-                try:
-                    new = g.leader()
-                except Exception:  # noqa: BLE001 - nodes come and go; keep asking
-                    new = None
-                if new and new != victim:
-                    elected.update(t=time.monotonic(), id=new)
-                time.sleep(0.01)
+            try:
+                new = g.leader(timeout=15.0, exclude={victim})
+                elected.update(t=time.monotonic(), id=new)
+            except ClusterTimeout:
+                pass
 
         survivor = next(n for n in sorted(self.before) if n != victim)
         killed = time.monotonic()
@@ -178,7 +174,7 @@ def run_demo(rows: int = 3, columns: int = 3, keep_running: bool = False, data: 
     except Exception as exc:  # noqa: BLE001 - every failure is reported with its step
         failed = f"step {demo.step_no} failed: {type(exc).__name__}: {exc}"
     if failed:
-        print(f"demo FAILED, {failed}\n       node logs are in {directory}/logs", flush=True)
+        print(f"demo FAILED, {failed}\n       node logs are {directory}/n*.log", flush=True)
     if keep_running and not failed:
         from app.cli import _supervise
 

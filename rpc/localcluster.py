@@ -28,7 +28,7 @@ import msgpack
 import rpc
 from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
-from rpc.cluster import SECRET_NAME, cluster_status, free_port_block, start_node, write_cluster
+from rpc.cluster import SECRET_NAME, cluster_status, free_port_block, node_config_paths, start_node, write_cluster
 from rpc.config import format_address, load_config, tls_contexts
 from rpc.secret import load_secret
 from rpc.transport import open_connection
@@ -67,15 +67,30 @@ class LocalCluster:
 
     def __init__(self, directory: str, nodes: int, root: str, *, cwd: str | None = None, start: bool = True,
                  **options: Any):
-        self.dir = str(directory)
-        self.cwd = cwd
-        self.paths = write_cluster(self.dir, nodes, free_port_block(nodes), root, **options)
-        self.configs = {load_config(p).id: load_config(p) for p in self.paths}
-        self.secret = load_secret(os.path.join(self.dir, SECRET_NAME))
-        self.procs: dict[str, subprocess.Popen] = {}
+        write_cluster(str(directory), nodes, free_port_block(nodes), root, **options)
+        self._attach(directory, cwd)
         if start:
             for nid in self.configs:
                 self.start(nid)
+
+    @classmethod
+    def open(cls, directory: str, *, cwd: str | None = None) -> "LocalCluster":
+        """The cluster already configured in ``directory`` (nothing started)."""
+        self = cls.__new__(cls)
+        self._attach(directory, cwd)
+        return self
+
+    def _attach(self, directory: str, cwd: str | None) -> None:
+        self.dir = os.path.abspath(str(directory))
+        self.cwd = cwd
+        self.paths = node_config_paths(self.dir)
+        self.configs = {cfg.id: cfg for cfg in map(load_config, self.paths)}
+        self.secret = load_secret(os.path.join(self.dir, SECRET_NAME))
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {nid: format_address(cfg.listen) for nid, cfg in self.configs.items()}
 
     def __enter__(self) -> "LocalCluster":
         return self
@@ -91,12 +106,14 @@ class LocalCluster:
         self.procs[nid] = start_node(self.configs[nid].path, os.path.join(self.dir, f"{nid}.log"), cwd=self.cwd,
                                      preexec_fn=_die_with_parent if linux else None)
 
-    def kill(self, nid: str, sig: int = signal.SIGKILL) -> None:
+    def kill(self, nid: str, sig: int | None = None) -> None:
+        """SIGKILL (TerminateProcess on Windows) and wait, or send ``sig`` (SIGSTOP, ...)."""
         p = self.procs[nid]
-        if p.poll() is None:
-            p.send_signal(sig)
-        if sig == signal.SIGKILL:
+        if sig is None:
+            p.kill()
             p.wait(10)
+        elif p.poll() is None:
+            p.send_signal(sig)
 
     def kill_leaders(self, rounds: int, every: float = 0.7, down_for: float = 0.3) -> list[str]:
         """``rounds`` times: wait ``every`` s, SIGKILL the leader, wait for another one,
@@ -130,15 +147,21 @@ class LocalCluster:
         except OSError:
             return ""
 
-    def stop(self) -> None:
+    def alive(self, nid: str) -> bool:
+        return nid in self.procs and self.procs[nid].poll() is None
+
+    def stop(self, graceful: bool = False, timeout: float = 10.0) -> None:
+        """SIGKILL every node, or with ``graceful`` SIGTERM first (a leader hands over)."""
         for p in self.procs.values():
             if p.poll() is None:
-                p.kill()
+                p.terminate() if graceful else p.kill()
+        deadline = time.monotonic() + timeout
         for p in self.procs.values():
             try:
-                p.wait(10)
+                p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                pass
+                p.kill()
+                p.wait(5)
 
     # -- what the nodes say ---------------------------------------------------------------
     def status(self) -> dict[str, dict]:

@@ -11,7 +11,7 @@ from app.local import LocalGrid, grid_view, in_sync, write_grid
 def running_grid(directory: str, rows: int = 3, columns: int = 3) -> Iterator[LocalGrid]:
     """The grid with ``.c``, a client of it; every node process is stopped at the end."""
     write_grid(directory, rows, columns)
-    g = LocalGrid(directory)
+    g = LocalGrid.open(directory)
     g.start()
     g.c = g.client(timeout=20.0)
     try:

@@ -65,7 +65,7 @@ def test_master_failover_keeps_the_state_and_the_controller_carries_on(grid):
     survivor = next(n for n in sorted(g.configs) if n != victim)
     assert g.c.execute(SetSettings((survivor,), {"content": "after"})) == [survivor]  # rides through
     before[survivor] = {**before[survivor], "content": "after"}
-    new_leader = g.wait_for("a new master", lambda: (lead := g.leader()) != victim and lead, 10)
+    new_leader = g.leader(timeout=10, exclude={victim})
     assert new_leader != victim
     # the state is intact on every surviving replica, and the new master's controller runs:
     every_replica(g, lambda v: desired_of(v) == before)
@@ -137,7 +137,7 @@ def test_an_invalid_layout_edit_is_rejected_logged_and_changes_nothing(grid):
         f.write('\n[nodes.n10]\naddress = "127.0.0.1:1"\nrow = 1\ncolumn = 1\n')  # n1 is at (1, 1)
 
     def logged() -> bool:
-        logs = [open(os.path.join(g.dir, "logs", f"{n}.log"), errors="replace").read() for n in g.configs]
+        logs = [g.log(n) for n in g.configs]
         return any("layout edit rejected, nothing changed" in t and "nodes n1 and n10 are both at (1, 1)" in t
                    for t in logs)
 
@@ -187,7 +187,7 @@ def test_kill_master_from_the_cli(grid):
     old = g.leader()
     r = grid_cli(g, "kill-master")
     assert r.returncode == 0 and f"killed the master {old}" in r.stdout, r.stderr
-    g.wait_for("a new master", lambda: g.leader() not in (None, old), 10)
+    g.leader(timeout=10, exclude={old})
     assert g.procs[old].wait(5) == -signal.SIGKILL
     ensure_all_up(g)
 
@@ -207,7 +207,7 @@ def test_grid_up_restarts_a_dead_node_and_stops_everything_on_sigterm(tmp_path):
         deadline = time.monotonic() + 30
         while not os.path.exists(os.path.join(data, "layout.toml")) and time.monotonic() < deadline:
             time.sleep(0.1)
-        g = LocalGrid(data)  # only to reach the nodes `grid up` started
+        g = LocalGrid.open(data)  # only to reach the nodes `grid up` started
         with g.client(timeout=20.0) as c:
             g.wait_for("in sync", lambda: (v := grid_view(c)) and v["layout_digest"] and in_sync(v), 30)
             st = c.status()

@@ -5,10 +5,11 @@ import os
 from typing import Any
 
 from rpc import localcluster
-from rpc.cluster import free_port_block  # noqa: F401 - re-exported for the tests
+from rpc.cluster import free_port_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEST_ROOT = "tests.prevalence.domain:Store"
+__all__ = ["LocalCluster", "ROOT", "TEST_ROOT", "free_port_block"]
 
 
 class LocalCluster(localcluster.LocalCluster):
