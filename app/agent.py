@@ -23,7 +23,14 @@ log = logging.getLogger("app.agent")
 
 
 class AgentError(PrevalenceError):
-    """An agent could not be reached, or refused what it was sent; the message says which."""
+    """An agent could not be reached, or refused what it was sent; the message says which.
+
+    ``gone``: its host refused the connection, so no process listens there: down for
+    sure, unlike a time-out, which may be a slow network."""
+
+    def __init__(self, message: str, *, gone: bool = False):
+        super().__init__(message)
+        self.gone = gone
 
 
 class Agent:
@@ -93,7 +100,7 @@ class AgentLink:
             self.close()
             text = str(exc)  # the transport's errors already start with the address
             where = "" if text.startswith(self.address) else f" at {self.address}"
-            raise AgentError(f"agent {self.node_id}{where}: {text}") from None
+            raise AgentError(f"agent {self.node_id}{where}: {text}", gone=getattr(exc, "refused", False)) from None
         if reply[0] != "ok":
             raise AgentError(f"agent {self.node_id} at {self.address} refused {name}: {reply[-1]}")
         return msgpack.unpackb(reply[1], raw=False)

@@ -6,7 +6,8 @@ asks the agent for its status; pushes the desired settings if the agent's differ
 (the push replaces the settings, so pushing twice is harmless; failures back off
 exponentially per node); and records what it saw as a ``MarkNode`` transaction, only
 when that differs from what the state already says. A node that has not answered for
-``down_after`` seconds is recorded down. A new leader's controller starts from the
+``down_after`` seconds is recorded down, one whose host refuses the connection (no
+process listening: it crashed or is restarting) at once. A new leader's controller starts from the
 replicated state and simply carries on.
 """
 from __future__ import annotations
@@ -107,7 +108,8 @@ class Controller:
         try:
             status = link.status()
         except AgentError as exc:
-            if time.monotonic() - st.last_ok >= self.down_after and n["health"] != "down":
+            silent = time.monotonic() - st.last_ok >= self.down_after
+            if (exc.gone or silent) and n["health"] != "down":
                 log.warning("node %s is down: %s", node_id, exc)
                 self._record(MarkNode(node_id, False, None, "", str(exc)))
             return

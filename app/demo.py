@@ -9,6 +9,7 @@ agent running its desired settings, asked of the agent itself).
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -22,6 +23,10 @@ from app.view import render, with_cluster
 
 
 class StepFailed(Exception):
+    pass
+
+
+class PortTaken(StepFailed):
     pass
 
 
@@ -43,7 +48,7 @@ class Demo:
 
     def wait(self, what: str, predicate, timeout: float):
         try:
-            return self.grid.wait_for(what, predicate, timeout)
+            return self.grid.wait_for(what, predicate, timeout, fatal=(StepFailed,))
         except ClusterTimeout as exc:
             raise StepFailed(str(exc)) from None
 
@@ -54,15 +59,40 @@ class Demo:
     def start(self) -> None:
         n = self.rows * self.columns
         self.step(f"starting a {self.rows}x{self.columns} grid: {n} node processes on 127.0.0.1 in {self.data}")
-        write_grid(self.data, self.rows, self.columns)
-        self.grid = LocalGrid.open(self.data)
+        if os.path.isdir(self.data) and os.listdir(self.data):
+            raise StepFailed(f"{self.data} is not empty: the demo makes a new grid in an empty directory")
         began = time.monotonic()
-        self.grid.start()
-        leader = self.wait("a master elected", self.grid.leader, 60)
-        self.client = self.grid.client(timeout=15.0)
-        self.wait("the layout applied and every agent heard from",
-                  lambda: (v := grid_view(self.client)) and v["layout_digest"] and in_sync(v), 60)
+        for attempt in range(3):
+            write_grid(self.data, self.rows, self.columns)  # a new block of free ports each time
+            self.grid = LocalGrid.open(self.data)
+            self.grid.start()
+            self.client = self.grid.client(timeout=15.0)
+            try:
+                leader = self.wait("a master elected", lambda: self.alive() and self.grid.leader(timeout=60), 60)
+                self.wait("the layout applied and every agent heard from",
+                          lambda: self.alive() and (v := grid_view(self.client)) and v["layout_digest"]
+                          and in_sync(v), 60)
+                break
+            except PortTaken as exc:  # another program took a port between choosing and binding it
+                self.say(f"{exc}; trying other ports")
+                self.close()
+                for name in os.listdir(self.data):
+                    path = os.path.join(self.data, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        else:
+            raise StepFailed("no free block of ports after 3 tries")
         self.say(f"{n} nodes up in {time.monotonic() - began:.1f} s; master is {leader}")
+
+    def alive(self) -> bool:
+        """True, or the reason a node process ended (with the end of its log)."""
+        for nid in self.grid.configs:
+            proc = self.grid.procs.get(nid)
+            if proc is not None and proc.poll() is not None:
+                tail = self.grid.tail(nid, 5)
+                if "Address already in use" in tail:
+                    raise PortTaken(f"node {nid}'s port was taken by another program")
+                raise StepFailed(f"node {nid} exited with code {proc.returncode}; the end of its log:\n{tail}")
+        return True
 
     def command(self) -> None:
         self.step("operator commands: settings on nodes, a preset for row 2, volume for column 3")
@@ -174,7 +204,9 @@ def run_demo(rows: int = 3, columns: int = 3, keep_running: bool = False, data: 
     except Exception as exc:  # noqa: BLE001 - every failure is reported with its step
         failed = f"step {demo.step_no} failed: {type(exc).__name__}: {exc}"
     if failed:
-        print(f"demo FAILED, {failed}\n       node logs are {directory}/n*.log", flush=True)
+        print(f"demo FAILED, {failed}", flush=True)
+        if demo.grid is not None:
+            print(f"       node logs are {directory}/n*.log", flush=True)
     if keep_running and not failed:
         from app.cli import _supervise
 

@@ -42,8 +42,9 @@ class LocalGrid(LocalCluster):
                 super().start(node_id)
 
     @staticmethod
-    def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-        return wait_for(what, check, timeout, interval)
+    def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.05,
+                 fatal: tuple[type[BaseException], ...] = ()) -> Any:
+        return wait_for(what, check, timeout, interval, fatal)
 
 
 def in_sync(view: dict, nodes: list[str] | None = None) -> bool:

@@ -86,17 +86,19 @@ class Identity(NamedTuple):
 class AuthenticationFailed(PrevalenceError):
     """The other side refused our proof, failed to prove its own, or spoke garbage."""
 
-    def __init__(self, message: str, *, address: str | None = None):
+    def __init__(self, message: str, *, address: str | None = None, refused: bool = False):
         super().__init__(message)
         self.address = address
+        self.refused = refused  # the host answered that nothing listens there: the process is gone
 
 
 class ConnectFailed(PrevalenceError):
     """A connection could not be opened or the handshake did not complete in time."""
 
-    def __init__(self, message: str, *, address: str | None = None):
+    def __init__(self, message: str, *, address: str | None = None, refused: bool = False):
         super().__init__(message)
         self.address = address
+        self.refused = refused  # the host answered that nothing listens there: the process is gone
 
 
 def format_address(addr) -> str:

@@ -45,8 +45,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    """``check()``'s first truthy value; ClusterTimeout after ``timeout`` seconds."""
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.05,
+             fatal: tuple[type[BaseException], ...] = ()) -> Any:
+    """``check()``'s first truthy value; ClusterTimeout after ``timeout`` seconds. Other
+    exceptions from ``check`` are retried, but for ``fatal`` ones, raised at once."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while time.monotonic() < deadline:
@@ -54,7 +56,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
             value = check()
             if value:
                 return value
-        except ClusterTimeout:
+        except (ClusterTimeout, *fatal):
             raise
         except Exception as exc:  # noqa: BLE001 - tried again until the deadline
             last = exc

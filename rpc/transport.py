@@ -149,7 +149,8 @@ def open_connection(
     except socket.timeout:
         raise ConnectFailed(f"{where}: connect timed out after {connect_timeout:g} s", address=where) from None
     except OSError as exc:
-        raise ConnectFailed(f"{where}: cannot connect: {exc.strerror or exc}", address=where) from None
+        raise ConnectFailed(f"{where}: cannot connect: {exc.strerror or exc}", address=where,
+                            refused=isinstance(exc, ConnectionRefusedError)) from None
     try:
         tune_socket(sock)
         sock = client_handshake(sock, secret, role, ident, address=where, timeout=handshake_timeout,

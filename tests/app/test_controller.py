@@ -17,12 +17,16 @@ class Link:
     def __init__(self, agent: Agent, address: str):
         self.agent, self.address = agent, address
         self.down = False
+        self.gone = False  # a refused connection rather than silence
         self.refuse_pushes = 0
         self.pushes: list[float] = []
 
     def status(self) -> dict:
+        if self.gone:
+            raise AgentError(f"agent {self.agent.node_id} at {self.address}: cannot connect: Connection refused",
+                             gone=True)
         if self.down:
-            raise AgentError(f"agent {self.agent.node_id} at {self.address}: cannot connect: Connection refused")
+            raise AgentError(f"agent {self.agent.node_id} at {self.address}: connect timed out after 0.5 s")
         return self.agent.status()
 
     def apply(self, settings: dict) -> dict:
@@ -85,7 +89,7 @@ def test_a_silent_node_is_marked_down_after_down_after_and_restored_when_back(se
     time.sleep(0.35)
     c.cycle()
     b = nodes(db)["b"]
-    assert (b["health"], b["actual"]) == ("down", None) and "Connection refused" in b["detail"]
+    assert (b["health"], b["actual"]) == ("down", None) and "timed out" in b["detail"]
     agents["b"] = fresh = Agent("b")  # the PC rebooted: its agent is empty, with a new boot id
     links["b"].agent, links["b"].down = fresh, False
     c.cycle()
@@ -130,3 +134,12 @@ def test_an_address_answering_as_another_agent_is_never_pushed(setup):
     count = len(recorded)
     c.cycle()
     assert len(recorded) == count  # said once
+
+
+def test_a_refused_connection_is_down_at_once(setup):
+    db, c, agents, links, recorded = setup
+    c.cycle()
+    links["a"].gone = True
+    c.cycle()
+    a = nodes(db)["a"]
+    assert a["health"] == "down" and "Connection refused" in a["detail"]

@@ -71,7 +71,7 @@ def test_master_failover_keeps_the_state_and_the_controller_carries_on(grid):
     every_replica(g, lambda v: desired_of(v) == before)
     g.wait_for("the dead master recorded down",
                lambda: next(n for n in grid_view(g.c)["nodes"] if n["id"] == victim)["health"] == "down", 10)
-    assert agent_settings(g, survivor)["content"] == "after"
+    g.wait_for("the command pushed by the new master", lambda: agent_settings(g, survivor)["content"] == "after", 10)
     g.start(victim)  # it comes back as a follower, catches up, and its agent is restored
     g.wait_for("the old master restored", lambda: in_sync(grid_view(g.c), [victim]), 30)
     assert agent_settings(g, victim) == before[victim]
@@ -224,3 +224,32 @@ def test_grid_up_restarts_a_dead_node_and_stops_everything_on_sigterm(tmp_path):
     with pytest.raises(Exception):
         with ClusterClient(list(g.addresses.values()), g.secret, timeout=1.0) as c:
             c.status()  # every node stopped with it
+
+
+def test_the_demo_moves_to_other_ports_when_one_is_taken(tmp_path, monkeypatch, capsys):
+    import socket
+
+    import app.local
+    from app.demo import Demo
+    from rpc.cluster import free_port_block
+
+    squatter = socket.socket()
+    blocks = []
+
+    def first_block_has_a_squatter(n: int) -> int:
+        base = free_port_block(n)
+        if not blocks:
+            squatter.bind(("127.0.0.1", base + n - 1))  # the last node's port
+            squatter.listen()
+        blocks.append(base)
+        return base
+
+    monkeypatch.setattr(app.local, "free_port_block", first_block_has_a_squatter)
+    demo = Demo(str(tmp_path / "g"), 2, 2)
+    try:
+        demo.start()
+    finally:
+        demo.close()
+        squatter.close()
+    out = capsys.readouterr().out
+    assert len(blocks) == 2 and "node n4's port was taken by another program; trying other ports" in out
