@@ -19,6 +19,10 @@ class RaftConfig:
     lease_read: bool = False  # serve reads from a leader lease; needs check_quorum
     lease_margin: int = 2  # ticks of clock drift the lease tolerates
     applied: int = 0  # index the host's state machine is at on start (>= snapshot index)
+    # The host may keep several Readies' writes in flight and reports each one durable
+    # with persisted(rd) (etcd's async storage writes); advance() then no longer means
+    # "written". See replication/ready.py.
+    async_storage_writes: bool = False
 
     def validate(self) -> None:
         if self.heartbeat_tick < 1 or self.election_tick <= self.heartbeat_tick:

@@ -10,8 +10,12 @@ handed in, so a seeded host replays exactly.
 Design choices, each documented in docs/raft.md:
 - a configuration takes effect on a node when its CONFIG entry is *appended* to its
   log (dissertation 4.1) and reverts if that entry is truncated;
-- the leader counts its own log only once the host reports it durable (``advance``),
-  so a commit always means "on disk on a majority";
+- the leader counts its own log only once the host reports it durable (``advance``, or
+  ``persisted`` with async storage writes), so a commit always means "on disk on a
+  majority";
+- a new commit index reaches followers on the next Append or heartbeat, or at the next
+  tick at the latest; it is not worth a message of its own at once (the leader, which
+  answers the client, already knows it);
 - leader-only operations raise NotLeader on other nodes (no proposal forwarding).
 """
 from __future__ import annotations
@@ -55,12 +59,14 @@ class RaftNode(FollowerMixin, LeaderMixin):
         hs, membership = storage.initial_state()
         self.log = log = RaftLog(storage)
         first, last = storage.first_index(), storage.last_index()
-        log.committed = max(hs.commit, first - 1)
+        # What the host applied was committed, even if the commit on disk lags behind it
+        # (with async writes a node applies before the hard state carrying that commit
+        # is written; a snapshot of the state machine can then be newer than it).
+        log.committed = max(hs.commit, first - 1, config.applied)
         if log.committed > last:
-            raise RaftError(f"persisted commit {hs.commit} is past the last stored index {last}")
+            raise RaftError(f"persisted commit {hs.commit} or applied index {config.applied} "
+                            f"is past the last stored index {last}")
         log.applied = max(config.applied, first - 1)
-        if log.applied > log.committed:
-            raise RaftError(f"applied {config.applied} is past the commit index {log.committed}")
         self.configs = ConfigHistory(first - 1, membership)
         lo = first
         while lo <= last:
@@ -95,6 +101,7 @@ class RaftNode(FollowerMixin, LeaderMixin):
         self._prev_hs = hs
         self._prev_soft = SoftState(None, FOLLOWER)
         self._outstanding = False
+        self._written_upto = storage.last_index()  # async writes: last index handed out
         self._become_follower(self.term, None)
 
     # ================================================================ host inputs
@@ -219,13 +226,16 @@ class RaftNode(FollowerMixin, LeaderMixin):
             return False
         self._flush()
         log = self.log
-        if self.msgs or self.msgs_after or log.unstable or log.pending_snapshot is not None:
+        if self.msgs or self.msgs_after:
+            return True
+        sync = not self.cfg.async_storage_writes
+        if log.has_unhanded() if not sync else (log.unstable or log.pending_snapshot is not None):
             return True
         if HardState(self.term, self.vote, log.committed) != self._prev_hs:
             return True
         if self._prev_soft.leader != self.leader or self._prev_soft.role != self.role:
             return True
-        if log.has_next_committed():
+        if log.has_next_committed(sync):
             return True
         applied = log.applied
         return any(rs.index <= applied for rs in self.read_states)
@@ -242,13 +252,24 @@ class RaftNode(FollowerMixin, LeaderMixin):
             rd.hard_state = self._prev_hs = hs
         if self._prev_soft.leader != self.leader or self._prev_soft.role != self.role:
             rd.soft_state = self._prev_soft = SoftState(self.leader, self.role)
-        rd.snapshot = log.pending_snapshot
-        if log.unstable:
-            rd.entries = list(log.unstable)
-            if rd.snapshot is None and log.offset <= self.storage.last_index():
-                rd.truncate_from = log.offset
-        if log.has_next_committed():
-            rd.committed_entries = log.next_committed(self.cfg.max_committed_size_per_ready)
+        sync = not self.cfg.async_storage_writes
+        if sync:
+            rd.snapshot = log.pending_snapshot
+            if log.unstable:
+                rd.entries = list(log.unstable)
+                if rd.snapshot is None and log.offset <= self.storage.last_index():
+                    rd.truncate_from = log.offset
+        else:  # only what no earlier Ready handed out; those writes may still be under way
+            rd.snapshot = log.pending_snapshot if not log.snap_in_progress else None
+            rd.entries = log.take_unhanded()
+            if rd.snapshot is not None:
+                self._written_upto = rd.snapshot.meta.index
+            if rd.entries:
+                if rd.snapshot is None and rd.entries[0].index <= self._written_upto:
+                    rd.truncate_from = rd.entries[0].index
+                self._written_upto = rd.entries[-1].index
+        if log.has_next_committed(sync):
+            rd.committed_entries = log.next_committed(self.cfg.max_committed_size_per_ready, sync)
         if self.read_states:
             applied = log.applied
             rd.read_states = [rs for rs in self.read_states if rs.index <= applied]
@@ -260,10 +281,27 @@ class RaftNode(FollowerMixin, LeaderMixin):
         return rd
 
     def advance(self, rd: Ready) -> None:
-        """The host persisted, sent and applied ``rd``."""
+        """The host persisted, sent and applied ``rd`` (with async storage writes: sent
+        its messages, queued its writes in order, and took its entries to apply)."""
         if not self._outstanding:
             raise RaftError("advance() called without an outstanding Ready")
         self._outstanding = False
+        if not self.cfg.async_storage_writes:
+            self._stable(rd)
+        if rd.committed_entries:
+            self.log.applied = max(self.log.applied, rd.committed_entries[-1].index)
+
+    def persisted(self, rd: Ready) -> None:
+        """Async storage writes: ``rd``'s writes are durable (reported in Ready order).
+
+        The host has sent ``rd.persisted_messages`` and installed ``rd.snapshot`` in its
+        state machine. A leader now counts these entries of its own toward the commit.
+        """
+        if not self.cfg.async_storage_writes:
+            raise RaftError("persisted() is for async_storage_writes; advance() covers it otherwise")
+        self._stable(rd)
+
+    def _stable(self, rd: Ready) -> None:
         log = self.log
         if rd.snapshot is not None:
             log.stable_snapshot_to(rd.snapshot.meta.index)
@@ -275,8 +313,6 @@ class RaftNode(FollowerMixin, LeaderMixin):
                 pr = self.prs.get(self.id)
                 if pr is not None and pr.maybe_update(last.index):
                     self._maybe_commit()
-        if rd.committed_entries:
-            log.applied = max(log.applied, rd.committed_entries[-1].index)
 
     # ================================================================ elections
     def _randomize(self) -> None:

@@ -144,9 +144,18 @@ class JournalStorage:
     # -- writes (the host, following the Ready contract) ------------------------------
     def set_hard_state(self, hs: HardState) -> None:
         self.hard_state = hs
-        if (hs.term, hs.vote) != (self._stored.term, self._stored.vote):
+        if self.hard_state_needs_write(hs):
             self._hs_file.store(hs)
             self._stored = hs
+
+    def hard_state_needs_write(self, hs: HardState) -> bool:
+        """Term or vote changed: the file must be replaced (and fsynced) before acks go out."""
+        return (hs.term, hs.vote) != (self._stored.term, self._stored.vote)
+
+    def note_commit(self, hs: HardState) -> None:
+        """A commit-only change: kept in memory, written with the next term/vote change or
+        at close (a stale commit on disk only means re-learning it)."""
+        self.hard_state = hs
 
     def truncate(self, from_index: int) -> None:
         if from_index <= self._snap.index:
@@ -201,7 +210,7 @@ class JournalStorage:
         return self.journal.compact(min(kept)) if kept else 0
 
     def close(self) -> None:
+        self.journal.close()  # synced first: the commit stored below never passes the journal
         if self.hard_state != self._stored:
             self._hs_file.store(self.hard_state)  # a fresher commit saves replay next time
             self._stored = self.hard_state
-        self.journal.close()

@@ -75,6 +75,26 @@ class LeaderMixin:
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self._bcast_heartbeat(self.readonly.last_ctx() or b"")
+        else:
+            self._send_commit()
+
+    def commit_unsent(self) -> bool:
+        """Does a follower not know the commit index yet? (The host then ticks soon.)"""
+        if self.role != Role.LEADER:
+            return False
+        committed, prs = self.log.committed, self.prs
+        return any(prs[p].commit_behind(committed) for p in self.peers)
+
+    def _send_commit(self) -> None:
+        """A commit index that no Append carried since: tell it now (an empty Append).
+
+        A commit does not go out at once on its own: under load the next Append carries
+        it anyway, and the leader, which answers clients, already knows it.
+        """
+        committed = self.log.committed
+        for p in self.peers:
+            if self.prs[p].commit_behind(committed):
+                self._send_append(p, True)
 
     def _quorum_active(self) -> bool:
         voters = self.membership.voters
@@ -95,7 +115,9 @@ class LeaderMixin:
         committed = self.log.committed
         for p in self.peers:
             pr = self.prs[p]
-            self.msgs.append(Heartbeat(self.id, p, self.term, min(pr.match, committed), ctx, self.clock))
+            commit = min(pr.match, committed)
+            pr.sent_commit = max(pr.sent_commit, commit)
+            self.msgs.append(Heartbeat(self.id, p, self.term, commit, ctx, self.clock))
 
     # ---------------------------------------------------------------- replication
     def _flush(self) -> None:
@@ -125,9 +147,10 @@ class LeaderMixin:
             pr.next = log.last_index() + 1  # confused progress: probe again from our end
             pr.become_probe()
             return False
-        if not ents and not send_if_empty:
-            return False
+        if not ents and not send_if_empty and pr.state != _PROBE:
+            return False  # (a probe goes out even empty: its answer tells where the logs match)
         self.msgs.append(Append(self.id, to, self.term, prev, prev_term, ents, log.committed))
+        pr.sent_commit = log.committed
         pr.sent_entries(len(ents), ents[-1].index if ents else prev)
         return True
 
@@ -160,7 +183,6 @@ class LeaderMixin:
         prs = self.prs
         if not self.log.maybe_commit(quorum_index([prs[v].match if v in prs else 0 for v in voters]), self.term):
             return False
-        self._bcast_commit = True
         if self.pending_reads and self.log.committed >= self.term_start:
             pending, self.pending_reads = self.pending_reads, []
             for ctx, requester in pending:
@@ -171,6 +193,7 @@ class LeaderMixin:
 
     def _step_down_removed(self) -> None:
         """Our removal is committed: tell everyone the commit, hand over, step down."""
+        self._bcast_commit = True
         self._flush()
         last = self.log.last_index()
         for v in self.membership.voters:
@@ -271,6 +294,9 @@ class LeaderMixin:
             self.read_states.append(ReadState(ctx, index))
         else:
             self.msgs.append(ReadIndexResp(self.id, requester, self.term, ctx, index))
+            pr = self.prs.get(requester)
+            if pr is not None and pr.commit_behind(index):
+                self._send_append(requester, True)  # it serves the read once it knows index
 
     def _lease_valid(self) -> bool:
         """Lease read: a quorum answered heartbeats sent at tick >= s, so no other

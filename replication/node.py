@@ -1,11 +1,14 @@
 """The node runtime: drives the pure Raft core with a clock, the journal and a transport.
 
 Threads:
-- ``raft``: owns the core. It takes inbound messages, proposals and read requests from
-  one queue, ticks from the monotonic clock, and handles each Ready in contract order:
-  send what may go at once (the leader's appends go out while it writes its own copy),
-  persist (snapshot, truncate, append, hard state; one fsync), send what needed the disk,
-  then hand committed entries to the applier.
+- ``raft``: owns the core. It takes inbound messages, proposals, read requests and the
+  writer's reports from one queue, ticks from the monotonic clock, and handles each
+  Ready: committed entries (durable here already) to the applier, messages out at once
+  (the leader's appends go out while its own copy is written), and the writes to the
+  writer. It never waits for the disk.
+- ``write`` (``replication.persist``): writes Readies in order, one fsync per batch, then
+  sends what needed the disk (acks, votes) and reports back; a leader counts its own
+  entries toward a commit only then.
 - ``apply``: applies committed entries to the state machine in order and completes the
   waiting proposals and reads. Kept off the raft thread so that a slow transaction or a
   snapshot being serialized never delays heartbeats.
@@ -29,27 +32,26 @@ from typing import Any, Callable, Protocol
 from prevalence.codec import CODEC
 from prevalence.entry import Entry, EntryKind
 from prevalence.recovery import recover
-from prevalence.sessions import SessionTable
 from prevalence.state import encode_command
 from replication.config import RaftConfig
 from replication.core import RaftNode
-from replication.errors import DecodeError, NotLeader, ProposalRefused, RaftError
+from replication.errors import DecodeError, NotLeader, RaftError
 from replication.journal_storage import JournalStorage
 from replication.membership import ConfigChange, Membership
 from replication.messages import InstallSnapshot, decode, encode
+from replication.apply import ApplierMixin, EntryLost
+from replication.persist import WriteJob, Writer
 from replication.ready import Ready, Role
 
 log = logging.getLogger("replication.node")
+
+__all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]
 
 _COMMAND = int(EntryKind.COMMAND)
 
 
 class Transport(Protocol):
     def send(self, to: str, payload: bytes) -> None: ...
-
-
-class EntryLost(ProposalRefused):
-    """A proposal's index was taken by another leader's entry: it was not applied."""
 
 
 @dataclass
@@ -63,7 +65,7 @@ class NodeOptions:
     max_batch: int = 512  # proposals taken into one Ready at most
 
 
-class Node:
+class Node(ApplierMixin):
     """One cluster member: Raft core + journal + state machine + leader hooks."""
 
     def __init__(
@@ -97,6 +99,7 @@ class Node:
             log.warning("%s: %s", node_id, w)
         cfg = RaftConfig(**{f: getattr(opts.raft, f) for f in opts.raft.__slots__})
         cfg.applied = self.sm.applied_index
+        cfg.async_storage_writes = True
         self.core = RaftNode(node_id, self.storage, cfg, random.Random(int.from_bytes(os.urandom(8), "big")))
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._apply_q: queue.SimpleQueue = queue.SimpleQueue()
@@ -114,10 +117,14 @@ class Node:
         self.membership = self.core.membership
         self._raft_thread = threading.Thread(target=self._raft_loop, name=f"raft-{node_id}", daemon=True)
         self._apply_thread = threading.Thread(target=self._apply_loop, name=f"apply-{node_id}", daemon=True)
+        self._writer = Writer(self.storage, transport.send, self._writes_done,
+                              lambda exc: self._inbox.put(("failed", exc, None)), f"write-{node_id}")
+        self._written_tv = (hs.term, hs.vote)  # term and vote as last handed to the writer
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> "Node":
         self._apply_thread.start()
+        self._writer.start()
         self._raft_thread.start()
         return self
 
@@ -136,6 +143,7 @@ class Node:
         self._stop.set()
         self._inbox.put(("wake", None, None))
         self._raft_thread.join()
+        self._writer.stop()
         self._apply_q.put(None)
         self._apply_thread.join()
         self.storage.close()
@@ -250,6 +258,8 @@ class Node:
         try:
             while not self._stop.is_set():
                 per_wake = cfg.heartbeat_tick if self._role == Role.LEADER else follower_ticks
+                if per_wake > 1 and self.core.commit_unsent():
+                    per_wake = 1  # followers learn a new commit within a tick
                 timeout = next_tick + (per_wake - 1) * interval - time.monotonic()
                 if timeout > 0:
                     try:
@@ -265,8 +275,10 @@ class Node:
                     next_tick += interval
                 while self.core.has_ready():
                     rd = self.core.ready()
-                    self._handle_ready(rd)
+                    written = self._handle_ready(rd)
                     self.core.advance(rd)
+                    if written:
+                        self.core.persisted(rd)
                 if now >= self._status_due:  # for status(): cheap to read, not free to build
                     self._status = self.core.status()
                     self._status_due = now + 0.1
@@ -314,6 +326,11 @@ class Node:
                 self._reads.append((ctx, fut, payload))
             except RaftError as exc:
                 fut.set_exception(exc)
+        elif kind == "persisted":
+            for rd in payload:
+                self.core.persisted(rd)
+        elif kind == "failed":
+            raise payload
         elif kind == "call":
             try:
                 fut.set_result(payload())
@@ -334,41 +351,65 @@ class Node:
         for k, (_p, fut) in enumerate(batch):
             self._waiting[first + k] = (term, fut)
 
-    def _handle_ready(self, rd: Ready) -> None:
-        send = self.transport.send
-        for m in rd.messages:
-            if type(m) is InstallSnapshot and m.offset == 0 and self._snapshot_sent.get(m.dst) != m.meta.index:
-                self._snapshot_sent[m.dst] = m.meta.index
-                log.info("%s: sending snapshot %d to %s", self.id, m.meta.index, m.dst)
-            send(m.dst, encode(m))
-        st = self.storage
-        if rd.snapshot is not None:
-            st.apply_snapshot(rd.snapshot)
-        if rd.truncate_from is not None:
-            st.truncate(rd.truncate_from)
-        if rd.entries:
-            st.append(rd.entries)
-        if rd.hard_state is not None:
-            st.set_hard_state(rd.hard_state)
-        if rd.entries or rd.snapshot is not None:
-            st.sync()
-        for m in rd.persisted_messages:
-            send(m.dst, encode(m))
+    def _handle_ready(self, rd: Ready) -> bool:
+        """Returns whether ``rd`` was written here, on the raft thread (else: later)."""
         if rd.soft_state is not None:
             self._role_changed(rd.soft_state.role, rd.soft_state.leader)
+        apply = None
         if rd.snapshot is not None or rd.committed_entries:
             waiting = {}
             for e in rd.committed_entries:
                 w = self._waiting.pop(e.index, None)
                 if w is not None:
                     waiting[e.index] = w
-            self._apply_q.put(("apply", (rd.snapshot, rd.committed_entries, waiting)))
+            apply = ("apply", (rd.snapshot, rd.committed_entries, waiting))
+            if rd.snapshot is None:  # committed entries are durable here: apply them first
+                self._apply_q.put(apply)
+        send = self.transport.send
+        for m in rd.messages:
+            if type(m) is InstallSnapshot and m.offset == 0 and self._snapshot_sent.get(m.dst) != m.meta.index:
+                self._snapshot_sent[m.dst] = m.meta.index
+                log.info("%s: sending snapshot %d to %s", self.id, m.meta.index, m.dst)
+            send(m.dst, encode(m))
+        hs = rd.hard_state
+        tv_changed = hs is not None and (hs.term, hs.vote) != self._written_tv
+        if (rd.entries or rd.snapshot is not None or rd.truncate_from is not None or tv_changed
+                or (rd.persisted_messages and not self._writer.idle)):
+            if tv_changed:
+                self._written_tv = (hs.term, hs.vote)
+            # a received snapshot is installed in the state machine once it is on disk
+            job = WriteJob(rd, apply if rd.snapshot is not None else None)
+            # A leader writes on the writer thread, in parallel with replicating; a
+            # follower, whose ack must wait for the fsync anyway, writes right here
+            # when no earlier write is under way (a hand-off would only add a wake-up).
+            if self._role == Role.LEADER or not self._writer.idle:
+                self._writer.submit(job)
+                written = False
+            else:
+                self._writer.write_now(job)
+                written = True
+                if job.after is not None:
+                    self._apply_q.put(job.after)
+        else:  # nothing to make durable, and no earlier write to wait for
+            if hs is not None:
+                self.storage.note_commit(hs)
+            for m in rd.persisted_messages:
+                send(m.dst, encode(m))
+            written = True
         for rs in rd.read_states:
             for k, (ctx, fut, q) in enumerate(self._reads):
                 if ctx == rs.ctx:
                     del self._reads[k]
                     self._apply_q.put(("read", (rs.index, fut, q)))
                     break
+        return written
+
+    def _writes_done(self, jobs: list[WriteJob]) -> None:
+        """On the writer thread: installs wait for their write; the core learns it next."""
+        for job in jobs:
+            if job.after is not None:
+                self._apply_q.put(job.after)
+        self._inbox.put(("persisted", [job.rd for job in jobs], None))
 
     def _role_changed(self, role: Role, leader: str | None) -> None:
         was, self._role = self._role, role
@@ -389,75 +430,6 @@ class Node:
                 fut.set_exception(exc)
         self._waiting.clear()
 
-    # -- the apply thread ---------------------------------------------------------------
-    def _apply_loop(self) -> None:
-        while True:
-            item = self._apply_q.get()
-            if item is None:
-                return
-            kind, arg = item
-            try:
-                if kind == "apply":
-                    self._apply(*arg)
-                elif kind == "read":
-                    self._serve_read(*arg)
-                elif kind == "hook":
-                    arg()
-                elif kind == "snapshot":
-                    arg.set_result(self._take_snapshot())
-            except BaseException as exc:  # noqa: BLE001
-                log.exception("%s: apply thread: %s failed", self.id, kind)
-                if kind == "snapshot":
-                    arg.set_exception(exc)
-
-    def _apply(self, snapshot, entries: list[Entry], waiting: dict) -> None:
-        sm = self.sm
-        if snapshot is not None:
-            meta, root = self.storage.snapshots.load(snapshot.meta.index)
-            sm.lock.acquire_write()
-            try:
-                sm.root, sm.applied_index, sm.timestamp_us = root, meta.index, meta.timestamp_us
-                sm.sessions = SessionTable.from_plain(meta.extra.get("sessions"))
-            finally:
-                sm.lock.release_write()
-            self._last_snapshot_index = meta.index
-            log.info("%s: installed snapshot %d from the leader", self.id, meta.index)
-        sm.lock.acquire_write()
-        try:
-            for e in entries:
-                if e.index <= sm.applied_index:
-                    continue
-                result, exc = sm.apply_entry(e, check=True)
-                w = waiting.get(e.index)
-                if w is not None:
-                    term, fut = w
-                    if term != e.term:
-                        fut.set_exception(EntryLost(f"entry {e.index} was replaced by another leader's entry"))
-                    elif exc is not None:
-                        fut.set_exception(exc)
-                    else:
-                        fut.set_result(result)
-        finally:
-            sm.lock.release_write()
-        with self._applied_cond:
-            self._applied_cond.notify_all()
-        every = self.options.snapshot_every
-        if every and sm.applied_index - self._last_snapshot_index >= every:
-            self._take_snapshot()
-
-    def _serve_read(self, index: int, fut: Future, q: Any) -> None:
-        sm = self.sm
-        with self._applied_cond:
-            while sm.applied_index < index and not self._stop.is_set():
-                self._applied_cond.wait(0.1)
-        sm.lock.acquire_read()
-        try:
-            fut.set_result(q.run(sm.root))
-        except BaseException as exc:  # noqa: BLE001 - the query's own error
-            fut.set_exception(exc)
-        finally:
-            sm.lock.release_read()
-
     def _take_snapshot(self) -> int:
         """Serialize the state (apply waits, raft does not), store it, compact."""
         meta, body = self.sm.capture()
@@ -467,6 +439,7 @@ class Node:
         return fut.result()
 
     def _save_snapshot(self, meta, body) -> int:
+        self._writer.drain()  # the journal is reorganised below: no write under way
         membership = self.core.snapshot_meta(meta.index).membership
         self.storage.save_snapshot(meta, body, membership)
         removed = self.storage.compact()

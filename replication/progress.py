@@ -52,7 +52,7 @@ class Inflights:
 class Progress:
     __slots__ = (
         "match", "next", "state", "probe_sent", "inflights", "recent_active",
-        "is_learner", "snapshot", "snap_offset", "lease_seq", "hb_match",
+        "is_learner", "snapshot", "snap_offset", "lease_seq", "hb_match", "sent_commit",
     )
 
     def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False) -> None:
@@ -67,6 +67,7 @@ class Progress:
         self.snap_offset = 0  # SNAPSHOT: bytes the follower has acknowledged
         self.lease_seq = -1  # the leader tick of the newest heartbeat it answered
         self.hb_match = -1  # match when the previous heartbeat answer came (stall check)
+        self.sent_commit = 0  # the newest commit index sent to it (Append or Heartbeat)
 
     def _reset(self, state: ProgressState) -> None:
         self.state = state
@@ -126,6 +127,10 @@ class Progress:
         stalled = self.state == ProgressState.REPLICATE and self.match < self.next - 1 and self.match == self.hb_match
         self.hb_match = self.match
         return stalled
+
+    def commit_behind(self, committed: int) -> bool:
+        """Could telling it ``committed`` advance its commit? Only up to what it has."""
+        return self.sent_commit < min(committed, self.match)
 
     def is_paused(self) -> bool:
         if self.state == ProgressState.PROBE:

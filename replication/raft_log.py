@@ -5,6 +5,10 @@ snapshot) are *unstable* until the host reports them durable through ``advance``
 Unstable entries shadow storage from ``offset`` on: after a conflict a follower's new
 suffix replaces entries storage still holds, and the host truncates storage from
 ``offset`` when it persists the Ready.
+
+With asynchronous storage writes the host may hold several writes in flight, so the
+log also tracks ``in_progress``: unstable entries below it were handed to the host in
+an earlier Ready and are being written; only those from it on go into the next one.
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ from replication.storage import Storage, limit_size
 
 
 class RaftLog:
-    __slots__ = ("storage", "unstable", "offset", "pending_snapshot", "committed", "applied")
+    __slots__ = ("storage", "unstable", "offset", "pending_snapshot", "committed", "applied",
+                 "in_progress", "snap_in_progress")
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -24,6 +29,8 @@ class RaftLog:
         self.pending_snapshot: Snapshot | None = None
         self.committed = storage.first_index() - 1
         self.applied = storage.first_index() - 1
+        self.in_progress = self.offset  # unstable entries below it are being written
+        self.snap_in_progress = False  # pending_snapshot is being written
 
     # ------------------------------------------------------------------ reading
     def first_index(self) -> int:
@@ -113,14 +120,34 @@ class RaftLog:
             index -= 1
         return 0, 0
 
-    def has_next_committed(self) -> bool:
-        return self.committed > max(self.applied, self.first_index() - 1)
+    def _apply_limit(self, allow_unstable: bool) -> int:
+        # With async writes a committed entry is applied only once it is durable here
+        # too: the state machine (and the snapshots taken of it) never runs ahead of
+        # this node's own log.
+        return self.committed if allow_unstable else min(self.committed, self.offset - 1)
 
-    def next_committed(self, max_bytes: int | None) -> list[Entry]:
+    def has_next_committed(self, allow_unstable: bool = True) -> bool:
+        return self._apply_limit(allow_unstable) > max(self.applied, self.first_index() - 1)
+
+    def next_committed(self, max_bytes: int | None, allow_unstable: bool = True) -> list[Entry]:
         lo = max(self.applied + 1, self.first_index())
-        if lo > self.committed:
+        hi = self._apply_limit(allow_unstable)
+        if lo > hi:
             return []
-        return self.slice(lo, self.committed + 1, max_bytes)
+        return self.slice(lo, hi + 1, max_bytes)
+
+    def has_unhanded(self) -> bool:
+        """Anything the host has not been given to write yet (async writes)?"""
+        return self.in_progress < self.offset + len(self.unstable) or (
+            self.pending_snapshot is not None and not self.snap_in_progress)
+
+    def take_unhanded(self) -> list[Entry]:
+        """The unstable entries not yet handed to the host; they are in progress now."""
+        ents = self.unstable[self.in_progress - self.offset:]
+        self.in_progress = self.offset + len(self.unstable)
+        if self.pending_snapshot is not None:
+            self.snap_in_progress = True
+        return ents
 
     # ------------------------------------------------------------------ writing
     def append(self, entries: list[Entry]) -> None:
@@ -139,6 +166,8 @@ class RaftLog:
             self.unstable.extend(entries)
         else:
             raise RaftError(f"gap in log: appending {first} after {end - 1}")
+        if first < self.in_progress:
+            self.in_progress = first  # a replaced suffix must be written again
 
     def commit_to(self, index: int) -> bool:
         if index > self.committed:
@@ -163,14 +192,17 @@ class RaftLog:
         if pos < len(self.unstable) and self.unstable[pos].term == term:
             del self.unstable[:pos + 1]
             self.offset = index + 1
+            self.in_progress = max(self.in_progress, self.offset)
 
     def stable_snapshot_to(self, index: int) -> None:
         if self.pending_snapshot is not None and self.pending_snapshot.meta.index == index:
             self.pending_snapshot = None
+            self.snap_in_progress = False
 
     def restore(self, snap: Snapshot) -> None:
         """Replace the whole log with a received snapshot (made durable by the host)."""
         self.pending_snapshot = snap
+        self.snap_in_progress = False
         self.unstable = []
-        self.offset = snap.meta.index + 1
+        self.offset = self.in_progress = snap.meta.index + 1
         self.committed = snap.meta.index

@@ -15,6 +15,12 @@ The contract (see also docs/raft.md). The host handles one Ready at a time:
    order (they are committed, possibly in this very Ready's ``entries``).
 5. Serve ``read_states``: each is safe to answer now, since applied >= its index.
 6. Call ``advance(ready)``; only then ask for the next Ready.
+
+With ``RaftConfig.async_storage_writes`` the writes of step 2 may still be under way
+when ``advance`` is called and the next Ready taken: they are queued in Ready order, and
+once one is durable the host sends its ``persisted_messages``, installs its
+``snapshot`` and calls ``persisted(ready)``. ``committed_entries`` are then always
+durable on this node already, so step 4 may run at once (docs/raft.md).
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ and the host half of the Ready contract, including a torn last write on a crash.
 from __future__ import annotations
 
 import random
+from collections import deque
 from typing import TYPE_CHECKING
 
 import msgpack
@@ -81,7 +82,9 @@ class SimHost:
         self.paused_until = 0
         self.tick_period = 100
         self.torn_next_write = False
-        self.writing: tuple | None = None  # (ready, ops) being written
+        # writes handed to the "disk", in order: (ready, ops). The head is being written;
+        # with async storage writes more may wait behind it (sync: at most one).
+        self.writes: deque[tuple] = deque()
         self.incarnation = 0
         self.pending: dict[int, tuple[str, int]] = {}  # index -> (client, seq) proposed here
         self.reads: dict[bytes, tuple[str, str]] = {}  # ctx -> (client, key)
@@ -100,15 +103,15 @@ class SimHost:
         self.sim.check.on_restart(self)
 
     def crash(self) -> None:
-        """Lose everything not on disk; a write in flight is torn (a random prefix of
-        its operations reached the disk)."""
-        if self.writing is not None:
-            ops = self.writing[1]
+        """Lose everything not on disk; the write in flight is torn (a random prefix of
+        its operations reached the disk) and writes queued behind it are lost."""
+        if self.writes:
+            ops = self.writes[0][1]
             k = self.sim.rng.randrange(len(ops) + 1)
             self._write(ops[:k])
-            self.sim.trace(f"{self.id} crashes mid-write: {k}/{len(ops)} writes done")
+            self.sim.trace(f"{self.id} crashes mid-write: {k}/{len(ops)} writes done, {len(self.writes) - 1} queued lost")
             self.sim.count("torn_write")
-            self.writing = None
+            self.writes.clear()
         self.incarnation += 1
         self.node = None
         self.torn_next_write = False
@@ -118,15 +121,19 @@ class SimHost:
 
     # ---------------------------------------------------------------- the Ready loop
     def process(self) -> None:
-        """Handle Readies until none is left or a disk write is in flight.
+        """Handle Readies until none is left (sync writes: or a disk write is in flight).
 
-        Immediate messages leave at once; the write takes a random disk latency
-        during which the node keeps receiving messages (the core allows stepping
-        between ready() and advance()); when it completes, the persisted messages
-        leave, committed entries are applied and the Ready is advanced.
+        Immediate messages leave at once; a write takes a random disk latency during
+        which the node keeps receiving messages; when it completes, the persisted
+        messages leave. Sync writes (the core's default): the Ready is then applied and
+        advanced, one write at a time. Async writes (``async_storage_writes``): the
+        Ready is advanced at once, its committed entries (durable here already) are
+        applied at once, and writes queue up in order; each completion is reported
+        with ``persisted``, which is when a leader counts its own entries.
         """
         sim = self.sim
-        while self.node is not None and self.writing is None and self.node.has_ready():
+        async_writes = self.config.async_storage_writes
+        while self.node is not None and (async_writes or not self.writes) and self.node.has_ready():
             rd = self.node.ready()
             sim.check.on_ready(self, rd)
             for m in rd.messages:
@@ -140,28 +147,53 @@ class SimHost:
                 ops.append(("append", e))
             if rd.hard_state is not None:
                 ops.append(("hardstate", rd.hard_state))
-            if self.torn_next_write and ops:
-                self.writing = (rd, ops)
+            if async_writes:
+                if ops or (self.writes and rd.persisted_messages):
+                    self._queue_write(rd, ops)
+                else:
+                    for m in rd.persisted_messages:
+                        sim.send(m)
+                if self.node is None:
+                    return  # crashed in that write
+                self._applied(rd)
+                self.node.advance(rd)
+                continue
+            self._queue_write(rd, ops)
+            if self.writes and self.node is not None:
+                return  # the disk is busy: the rest waits for write_done
+
+    def _queue_write(self, rd, ops: list) -> None:
+        self.writes.append((rd, ops))
+        if len(self.writes) == 1:
+            self._start_write()
+
+    def _start_write(self) -> None:
+        """Begin the head write: a crash may be due in it, or it takes a disk latency."""
+        sim = self.sim
+        while self.writes:
+            ops = self.writes[0][1]
+            if self.torn_next_write and ops and (self.torn_next_write is True or self._changes_vote(ops)):
                 self.crash()  # dies in the middle of this write
                 return
             latency = sim.disk_latency() if ops else 0
             if latency:
-                self.writing = (rd, ops)
                 sim.schedule(sim.now + latency, "write_done", (self.id, self.incarnation))
                 return
-            self._complete(rd, ops)
+            self._complete(*self.writes.popleft())
+
+    def _changes_vote(self, ops: list) -> bool:
+        hs = self.disk.hard_state
+        return any(k == "hardstate" and (a.term, a.vote) != (hs.term, hs.vote) for k, a in ops)
 
     def write_done(self, incarnation: int) -> None:
-        if incarnation != self.incarnation or self.writing is None:
+        if incarnation != self.incarnation or not self.writes:
             return
-        rd, ops = self.writing
-        self.writing = None
-        self._complete(rd, ops)
+        self._complete(*self.writes.popleft())
+        self._start_write()
         self.process()
 
     def _complete(self, rd, ops: list) -> None:
         sim = self.sim
-        node = self.node
         self._write(ops)
         for m in rd.persisted_messages:
             sim.send(m)
@@ -172,13 +204,19 @@ class SimHost:
             for idx in [i for i in self.pending if i <= rd.snapshot.meta.index]:
                 client, seq = self.pending.pop(idx)
                 sim.attempt_failed(client, seq, self.id)
+        if self.config.async_storage_writes:
+            self.node.persisted(rd)
+            return
+        self._applied(rd)
+        self.node.advance(rd)
+
+    def _applied(self, rd) -> None:
         for e in rd.committed_entries:
             self._apply(e)
         for rs in rd.read_states:
             req = self.reads.pop(rs.ctx, None)
             if req is not None:
-                sim.read_done(req[0], rs.ctx, self.sm.data.get(req[1]), self.id)
-        node.advance(rd)
+                self.sim.read_done(req[0], rs.ctx, self.sm.data.get(req[1]), self.id)
 
     def _write(self, ops: list) -> None:
         disk = self.disk

@@ -1,0 +1,92 @@
+"""The node's apply thread: committed entries into the state machine, in order.
+
+Kept off the raft thread so that a slow transaction or a snapshot being serialized never
+delays heartbeats. A mixin of :class:`replication.node.Node` (split out for size only);
+it reads the node's ``sm``, ``storage``, ``_apply_q`` and ``_applied_cond``.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from typing import Any
+
+from prevalence.entry import Entry
+from prevalence.sessions import SessionTable
+from replication.errors import ProposalRefused
+
+log = logging.getLogger("replication.node")
+
+
+class EntryLost(ProposalRefused):
+    """A proposal's index was taken by another leader's entry: it was not applied."""
+
+
+class ApplierMixin:
+    def _apply_loop(self) -> None:
+        while True:
+            item = self._apply_q.get()
+            if item is None:
+                return
+            kind, arg = item
+            try:
+                if kind == "apply":
+                    self._apply(*arg)
+                elif kind == "read":
+                    self._serve_read(*arg)
+                elif kind == "hook":
+                    arg()
+                elif kind == "snapshot":
+                    arg.set_result(self._take_snapshot())
+            except BaseException as exc:  # noqa: BLE001
+                log.exception("%s: apply thread: %s failed", self.id, kind)
+                if kind == "snapshot":
+                    arg.set_exception(exc)
+
+    def _apply(self, snapshot, entries: list[Entry], waiting: dict) -> None:
+        sm = self.sm
+        if snapshot is not None:
+            meta, root = self.storage.snapshots.load(snapshot.meta.index)
+            sm.lock.acquire_write()
+            try:
+                sm.root, sm.applied_index, sm.timestamp_us = root, meta.index, meta.timestamp_us
+                sm.sessions = SessionTable.from_plain(meta.extra.get("sessions"))
+            finally:
+                sm.lock.release_write()
+            self._last_snapshot_index = meta.index
+            log.info("%s: installed snapshot %d from the leader", self.id, meta.index)
+        sm.lock.acquire_write()
+        try:
+            for e in entries:
+                if e.index <= sm.applied_index:
+                    continue
+                result, exc = sm.apply_entry(e, check=True)
+                w = waiting.get(e.index)
+                if w is not None:
+                    term, fut = w
+                    if term != e.term:
+                        fut.set_exception(EntryLost(f"entry {e.index} was replaced by another leader's entry"))
+                    elif exc is not None:
+                        fut.set_exception(exc)
+                    else:
+                        fut.set_result(result)
+        finally:
+            sm.lock.release_write()
+        with self._applied_cond:
+            self._applied_cond.notify_all()
+        every = self.options.snapshot_every
+        if every and sm.applied_index - self._last_snapshot_index >= every:
+            self._take_snapshot()
+
+    def _serve_read(self, index: int, fut: Future, q: Any) -> None:
+        sm = self.sm
+        with self._applied_cond:
+            while sm.applied_index < index and not self._stop.is_set():
+                self._applied_cond.wait(0.1)
+        sm.lock.acquire_read()
+        try:
+            fut.set_result(q.run(sm.root))
+        except BaseException as exc:  # noqa: BLE001 - the query's own error
+            fut.set_exception(exc)
+        finally:
+            sm.lock.release_read()
+
