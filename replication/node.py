@@ -161,10 +161,17 @@ class Node(ApplierMixin):
         With ``session=(id, seq)`` the result is the session :data:`Reply` (applied once,
         replayed to retries) and the transaction's own errors come back inside it.
         """
-        plain = CODEC.to_plain(tx)
+        return self.submit(tx, session=session).result(timeout)
+
+    def submit(self, tx: Any, *, session: tuple[int, int] | None = None) -> Future:
+        """Propose ``tx`` without waiting; the future completes as :meth:`execute` returns.
+
+        Proposals submitted back to back are taken by the raft thread into one batch
+        (one Ready, one fsync, one append per follower).
+        """
         fut: Future = Future()
-        self._inbox.put(("propose", (plain, session), fut))
-        return fut.result(timeout)
+        self._inbox.put(("propose", (CODEC.to_plain(tx), session), fut))
+        return fut
 
     def query(self, q: Any, timeout: float = 10.0, *, linearizable: bool = True) -> Any:
         """Run ``q``; linearizable (ReadIndex) by default, else on the local state."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -29,19 +28,6 @@ log = logging.getLogger("rpc.service")
 DEFAULT_MAX_REQUEST = 1 << 20
 MAX_BATCH_ITEMS = 1024  # commands in one execute_batch call at most
 BATCH_TIMEOUT = 10.0  # seconds a batch waits for its commands to apply (as Node.execute)
-
-
-def _submit(node: Any, tx: Any, session: tuple[int, int]) -> Future:
-    """Propose ``tx`` without waiting: ``Node.execute`` minus its ``result()``.
-
-    Proposals put in the node's inbox back to back are taken by the raft thread into
-    one ``propose_batch`` (one Ready, one fsync, one append per follower). The node has
-    no public non-blocking propose yet, so this mirrors what ``Node.execute`` puts in
-    its inbox; it belongs in replication/ as ``Node.submit`` once that API exists.
-    """
-    fut: Future = Future()
-    node._inbox.put(("propose", (CODEC.to_plain(tx), session), fut))
-    return fut
 
 
 def _reply(*items: Any) -> bytes:
@@ -119,7 +105,7 @@ class ClientService(rpyc.Service):
             except (PrevalenceError, TypeError) as exc:
                 replies[k] = ("error", str(exc))
         node = self._p.node
-        futures = [(k, _submit(node, tx, session)) for k, tx, session in todo]
+        futures = [(k, node.submit(tx, session=session)) for k, tx, session in todo]
         deadline = time.monotonic() + BATCH_TIMEOUT
         for k, fut in futures:
             try:
