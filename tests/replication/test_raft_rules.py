@@ -496,3 +496,37 @@ def test_status_reports_what_the_cli_needs(make_cluster):
     assert d["commit"] == 1 and d["applied"] == 1
     assert set(d["progress"]) == {"a", "b", "c"} and d["progress"]["b"]["state"] == "replicate"
     assert c.nodes["b"].status().role == "follower"
+
+
+@pytest.mark.parametrize("vote_sent_before_durable", [False, True])
+def test_a_vote_lost_in_a_crash_elects_two_leaders_unless_sent_only_once_durable(
+        make_cluster, monkeypatch, vote_sent_before_durable):
+    """The staged interleaving the simulator reaches only rarely: c grants a, crashes
+    before its vote is on disk, restarts and grants b in the same term. Only a host that
+    sent the grant before the write (the mutated core) lets both become leader."""
+    from replication import core
+
+    if vote_sent_before_durable:
+        monkeypatch.setattr(core, "_AFTER_PERSIST", (AppendResp,))
+    c = make_cluster(["a", "b", "c"], config=RaftConfig(election_tick=10, heartbeat_tick=1, pre_vote=False))
+    for i in ("a", "b"):  # both time out into term 1 and vote for themselves
+        c.nodes[i].election_elapsed = c.nodes[i].randomized_timeout - 1
+        c.tick(i)
+    a_vote = next(m for m in c.inflight if isinstance(m, Vote) and m.src == "a" and m.dst == "c")
+    b_vote = next(m for m in c.inflight if isinstance(m, Vote) and m.src == "b" and m.dst == "c")
+    c.inflight.clear()
+    voter = c.nodes["c"]
+    voter.step(a_vote)
+    rd = voter.ready()
+    assert rd.hard_state is not None and rd.hard_state.vote == "a"
+    sent = list(rd.messages)  # what may go before the write: then c loses power
+    c.restart("c")
+    c.drop = lambda m: {m.src, m.dst} == {"a", "b"}  # a's news does not reach b first
+    for m in sent:
+        c.nodes[m.dst].step(m)
+    c.process_all()
+    c.nodes["c"].step(b_vote)  # c's disk says it never voted in term 1
+    c.process("c")
+    c.settle()
+    leaders = sorted(i for i, n in c.nodes.items() if n.role == Role.LEADER and n.term == 1)
+    assert leaders == (["a", "b"] if vote_sent_before_durable else ["b"])
