@@ -171,6 +171,7 @@ class LeaderMixin:
         chunk = snap.data[off:off + self.cfg.snapshot_chunk_size]
         done = off + len(chunk) >= len(snap.data)
         self.msgs.append(InstallSnapshot(self.id, to, self.term, snap.meta, off, chunk, done))
+        pr.snap_moved_at = self.clock
 
     def _send_timeout_now(self, to: str) -> None:
         self.lease_disabled = True  # the target may win without waiting for our lease
@@ -218,7 +219,10 @@ class LeaderMixin:
             if m.seq > pr.lease_seq:
                 pr.lease_seq = m.seq
             if pr.state == _SNAPSHOT:
-                self._send_chunk(m.src, pr)  # retransmit the chunk it has not acked
+                # Retransmit the unacked chunk only if the transfer stood still for two
+                # heartbeat intervals (a chunk lost); a moving transfer needs no duplicate.
+                if self.clock - pr.snap_moved_at >= 2 * self.cfg.heartbeat_tick:
+                    self._send_chunk(m.src, pr)
             elif pr.stalled():
                 pr.become_probe()
                 self._send_append(m.src, False)
@@ -227,9 +231,11 @@ class LeaderMixin:
             if m.ctx:
                 self._handle_read_ack(m.src, m.ctx)
         elif t is SnapshotResp:
-            if pr.state == _SNAPSHOT and m.index == pr.pending_snapshot and m.next_offset < len(pr.snapshot.data):
-                pr.snap_offset = m.next_offset
-                self._send_chunk(m.src, pr)
+            if pr.state == _SNAPSHOT and m.index == pr.pending_snapshot:
+                pr.snap_moved_at = self.clock  # the last chunk's ack too: it is being installed
+                if m.next_offset < len(pr.snapshot.data):
+                    pr.snap_offset = m.next_offset
+                    self._send_chunk(m.src, pr)
         elif t is ReadIndex:
             self._leader_read(m.ctx, m.src)
 

@@ -52,7 +52,7 @@ class Inflights:
 class Progress:
     __slots__ = (
         "match", "next", "state", "probe_sent", "inflights", "recent_active",
-        "is_learner", "snapshot", "snap_offset", "lease_seq", "hb_match", "sent_commit",
+        "is_learner", "snapshot", "snap_offset", "snap_moved_at", "lease_seq", "hb_match", "sent_commit",
     )
 
     def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False) -> None:
@@ -65,6 +65,7 @@ class Progress:
         self.is_learner = is_learner
         self.snapshot: Snapshot | None = None  # SNAPSHOT: the one being sent
         self.snap_offset = 0  # SNAPSHOT: bytes the follower has acknowledged
+        self.snap_moved_at = 0  # SNAPSHOT: leader tick when a chunk last went out or was acked
         self.lease_seq = -1  # the leader tick of the newest heartbeat it answered
         self.hb_match = -1  # match when the previous heartbeat answer came (stall check)
         self.sent_commit = 0  # the newest commit index sent to it (Append or Heartbeat)
@@ -75,6 +76,7 @@ class Progress:
         self.inflights.reset()
         self.snapshot = None
         self.snap_offset = 0
+        self.snap_moved_at = 0
 
     def become_probe(self) -> None:
         if self.state == ProgressState.SNAPSHOT and self.snapshot is not None:

@@ -395,6 +395,37 @@ def test_snapshot_catch_up_of_lagging_follower_in_chunks(make_cluster):
     assert c.commands("c")[-1] == b"after"
 
 
+def test_a_moving_snapshot_transfer_is_not_duplicated_by_heartbeats_but_a_lost_chunk_is_resent(make_cluster):
+    c = make_cluster(["a", "b", "c"], config=RaftConfig(snapshot_chunk_size=7, heartbeat_tick=1))
+    c.elect("a")
+    c.isolate("c")
+    for i in range(20):
+        c.propose("a", b"e%d" % i)
+    c.settle()
+    c.snapshot("a", data=b"0123456789" * 3)  # 30 bytes: chunks at 0, 7, 14, 21, 28
+    c.heal()
+    sent = []
+    lost = set()
+
+    def watch(m):
+        if type(m) is InstallSnapshot:
+            sent.append(m.offset)
+            if m.offset == 14 and 14 not in lost:  # the first copy of one chunk is lost
+                lost.add(14)
+                return True
+        return False
+
+    c.drop = watch
+    for _ in range(12):  # one message round per heartbeat: acks and heartbeats interleave
+        c.tick("a")
+        c.deliver()
+        c.deliver()
+    assert sent.count(14) == 2  # lost once, resent once the transfer stood still
+    assert all(sent.count(off) == 1 for off in (0, 7, 21, 28)), repr(sent)
+    installed = [rd.snapshot for rd in c.readies["c"] if rd.snapshot is not None]
+    assert len(installed) == 1 and installed[0].data == b"0123456789" * 3
+
+
 def test_removed_leader_steps_down(make_cluster):
     c = make_cluster(["a", "b", "c"])
     a = c.nodes["a"]
