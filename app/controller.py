@@ -121,7 +121,7 @@ class Controller:
             return
         st.last_ok = time.monotonic()
         desired = n["desired"]
-        detail = n["detail"] if n["health"] == "up" else "up again"
+        detail = {"up": n["detail"], "down": "up again"}.get(n["health"], "")
         if status["settings"] != desired and time.monotonic() >= st.push_at:
             try:
                 status = link.apply(desired)
