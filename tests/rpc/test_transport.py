@@ -66,7 +66,7 @@ def test_batches_use_few_calls(make_server, make_transport):
 
     inbox = CountingInbox()
     srv = make_server(inbox)
-    import rpc.transport as tr
+    import rpc.peer_server as tr
 
     original = tr._PeerService.exposed_deliver
 
@@ -468,7 +468,7 @@ def test_queue_bound_drops_oldest(make_transport):
 
 def test_backlog_for_a_peer_that_is_down_stays_small(make_transport):
     """A stale backlog replayed on reconnect helps nobody: keep only the newest few."""
-    from rpc.transport import DOWN_QUEUE_LIMIT
+    from rpc.peer_sender import DOWN_QUEUE_LIMIT
 
     t = make_transport("a", {"b": (HOST, free_port())})  # nothing listens there
     assert wait_until(lambda: t.peer_status()["b"]["last_error"] is not None, 5)

@@ -1,0 +1,191 @@
+"""The receiving side of the peer transport: :class:`PeerServer`.
+
+An RPyC ``ThreadedServer`` behind :class:`rpc.auth.ServerAuthenticator`. A connection
+authenticated as ``("peer", id)`` may call exactly one thing, ``deliver(batch)``; a
+``("client", id)`` connection gets whatever service ``service_extra`` builds for it
+(nothing by default). See ``docs/transport.md``.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from typing import Callable
+
+import rpyc
+from rpyc.utils.server import ThreadedServer
+
+from .auth import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, Identity, ServerAuthenticator, format_address
+from .secret import check_secret
+from .transport import SAFE_PROTOCOL_CONFIG, SERVER_WRITE_TIMEOUT, TransportError, _channel, hard_close, tune_socket
+from .wire import BatchError, decode_batch
+
+log = logging.getLogger("rpc.transport")
+
+
+class _PeerService(rpyc.Service):
+    """What a connection authenticated as ("peer", id) may call: deliver, nothing else."""
+
+    def __init__(self, identity: Identity, on_message: Callable[[str, bytes], None], where: str):
+        self._identity = identity
+        self._on_message = on_message
+        self._where = where
+
+    def _rpyc_getattr(self, name):
+        if name == "deliver":
+            return self.exposed_deliver
+        raise AttributeError(f"{name!r} is not exposed to peers")
+
+    def exposed_deliver(self, batch) -> None:
+        try:
+            frames = decode_batch(batch)
+        except BatchError as exc:
+            log.warning("peer %s at %s sent a bad batch: %s", self._identity.id, self._where, exc)
+            raise ValueError(str(exc)) from None
+        sender = self._identity.id
+        for frame in frames:
+            try:
+                self._on_message(sender, frame)
+            except Exception:
+                # the Raft core's problem, not the peer's: log here, never send it back
+                log.exception("on_message failed for a message from peer %s", sender)
+
+    def on_connect(self, conn):
+        log.debug("inbound connection from peer %s at %s", self._identity.id, self._where)
+
+    def on_disconnect(self, conn):
+        log.debug("inbound connection from peer %s at %s closed", self._identity.id, self._where)
+
+
+class _DenyService(rpyc.Service):
+    """Authenticated, but nothing is exposed (a client role while no client service exists)."""
+
+    def _rpyc_getattr(self, name):
+        raise AttributeError(f"{name!r} is not exposed to this role")
+
+
+class _RoleRouter(rpyc.Service):
+    """Builds the per-connection service from the authenticated role.
+
+    The hook for the client-facing service: ``service_extra(identity)`` returns the
+    ``rpyc.Service`` object a ("client", id) connection talks to.
+    """
+
+    def __init__(self, on_message, service_extra):
+        self._on_message = on_message
+        self._service_extra = service_extra
+
+    def _connect(self, channel, config={}):  # noqa: B006 (RPyC's signature)
+        identity = config.get("credentials")
+        endpoints = config.get("endpoints") or (None, None)
+        where = format_address(endpoints[1]) if endpoints[1] else "?"
+        if isinstance(identity, Identity) and identity.role == "peer":
+            service = _PeerService(identity, self._on_message, where)
+        elif isinstance(identity, Identity) and identity.role == "client" and self._service_extra:
+            service = self._service_extra(identity)
+        else:
+            service = _DenyService()
+        conn = service._protocol(service, channel, config)
+        service.on_connect(conn)
+        return conn
+
+
+class _Server(ThreadedServer):
+    """ThreadedServer with our socket options, no zlib, and a close() that also drops
+    TLS connections (RPyC only tracks the raw sockets, which TLS wrapping detaches)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._conns: set = set()
+        self._conns_lock = threading.Lock()
+
+    def _accept_method(self, sock):
+        tune_socket(sock)
+        super()._accept_method(sock)
+
+    def _serve_client(self, sock, credentials):
+        # bounded writes: a reply to a party that stopped reading fails instead of
+        # holding this thread forever (reads just retry on timeout inside RPyC)
+        sock.settimeout(SERVER_WRITE_TIMEOUT)
+        config = dict(self.protocol_config, credentials=credentials,
+                      endpoints=(sock.getsockname(), sock.getpeername()), logger=self.logger)
+        conn = self.service._connect(_channel(sock), config)
+        with self._conns_lock:
+            if not self.active:
+                hard_close(conn)
+                return
+            self._conns.add(conn)
+        try:
+            conn.serve_all()
+        except Exception as exc:
+            # the socket closed under us: normal at server shutdown or when the peer dies
+            if self.active:
+                log.debug("inbound connection from %s ended: %s", format_address(config["endpoints"][1]), exc)
+        finally:
+            with self._conns_lock:
+                self._conns.discard(conn)
+            hard_close(conn)
+
+    def close(self):
+        super().close()
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn._channel.stream.close()  # the serving thread then finishes the cleanup
+            except Exception:
+                pass
+
+
+class PeerServer:
+    """Listen on ``(host, port)`` for authenticated peers (and, later, clients).
+
+    ``on_message(from_node_id, payload)`` is called for every frame a peer delivers, in
+    order per connection, on that connection's server thread; exceptions it raises are
+    logged and not sent back. Port 0 picks a free port (see :attr:`address`). The server
+    is listening when the constructor returns.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        secret: bytes,
+        on_message: Callable[[str, bytes], None],
+        *,
+        service_extra: Callable[[Identity], rpyc.Service] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
+    ):
+        secret = check_secret(secret, f"peer server {host}:{port}")
+        authenticator = ServerAuthenticator(secret, timeout=handshake_timeout, ssl_context=ssl_context)
+        try:
+            self._server = _Server(
+                _RoleRouter(on_message, service_extra),
+                hostname=host,
+                port=port,
+                authenticator=authenticator,
+                protocol_config=dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=5.0),
+                logger=logging.getLogger("rpc.rpyc"),  # RPyC logs every accept at INFO
+                listener_timeout=0.5,
+            )
+            self._server._listen()
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {format_address((host, port))}: {exc.strerror or exc}") from None
+        self.address: tuple[str, int] = (self._server.host, self._server.port)
+        self._thread = threading.Thread(target=self._server.start, name=f"rpc-server-{self.address[1]}",
+                                        daemon=True)
+        self._thread.start()
+        log.info("listening on %s", format_address(self.address))
+
+    def close(self) -> None:
+        """Stop accepting and close every connection (returns within ~0.5 s)."""
+        self._server.close()
+        self._thread.join(2.0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
