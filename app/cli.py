@@ -170,8 +170,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from app.ui.window import run
     from rpc.client import ClusterClient
+    from rpc.config import ConfigError
+
+    try:
+        from app.ui.window import run
+    except ImportError as exc:  # some Linux Pythons ship Tk separately
+        raise ConfigError(f"the window needs Tk, which this Python lacks ({exc}); on Debian: apt install python3-tk")
 
     addresses, secret = cluster_addresses(args.cluster, args.secret_file)
     return run(ClusterClient(addresses, secret, timeout=30.0), secret)

@@ -185,7 +185,13 @@ class GridWindow:
 
 
 def run(client: Any, secret: bytes) -> int:
-    root = tk.Tk()
+    try:
+        root = tk.Tk()
+    except tk.TclError as exc:  # no display (a server, an SSH session without X forwarding)
+        from rpc.config import ConfigError
+
+        client.close()
+        raise ConfigError(f"cannot open a window: {exc}") from None
     GridWindow(root, UiSession(client, secret).start())
     root.mainloop()
     return 0
