@@ -52,7 +52,7 @@ def recover(
                 f"which starts at index {first}: entries {index + 1}..{first - 1} are gone"
                 + (f"; damaged newer snapshots: {'; '.join(damaged)}" if damaged else "")
             )
-        sm = StateMachine(root, index, meta.timestamp_us, SessionTable.from_plain(meta.extra.get("sessions")))
+        sm = StateMachine(root, index, meta.timestamp_us, SessionTable.from_plain(meta.extra.get("sessions"), meta.extra.get("session_expiry_us")))
         break
     if sm is None:
         if first > 1:

@@ -3,8 +3,10 @@
 A client registers a session (a replicated entry; its index is the session id), then
 numbers its commands 1, 2, 3... within it. The state keeps each session's last number
 and reply, so a retry after a failover gets the first reply back instead of a second
-apply. Sessions idle for longer than ``IDLE_EXPIRY`` of *journaled* time are dropped,
-identically on every replica; a command on a dropped session is refused, never applied.
+apply. Sessions idle for longer than the expiry (24 h of *journaled* time unless a
+``SetSessionExpiry`` transaction changed it: a replicated setting, so every replica
+drops the same sessions at the same entry) are dropped; a command on a dropped session
+is refused, never applied.
 (Raft dissertation, section 6.3.) One command at a time per session: a client that
 runs commands in parallel uses one session per concurrent caller.
 """
@@ -16,7 +18,8 @@ from typing import Any
 from .errors import PrevalenceError
 from .transaction import Context, Transaction
 
-IDLE_EXPIRY_US = 24 * 3600 * 1_000_000  # the same on every replica: part of the protocol
+IDLE_EXPIRY_US = 24 * 3600 * 1_000_000  # the default; SetSessionExpiry changes it, on every replica
+MIN_EXPIRY_S, MAX_EXPIRY_S = 60, 366 * 24 * 3600
 
 Reply = tuple  # ("ok", value) | ("failed", type, message) | ("rejected", type, message)
 
@@ -33,12 +36,32 @@ class RegisterSession(Transaction, name="prevalence.RegisterSession"):
         return ctx.index
 
 
-class SessionTable:
-    __slots__ = ("sessions", "_next_sweep")
+@dataclass(frozen=True)
+class SetSessionExpiry(Transaction, name="prevalence.SetSessionExpiry"):
+    """How long a session may stay idle (journaled time) before its retries are refused.
 
-    def __init__(self) -> None:
+    Too short and a client that pauses loses its exactly-once guarantee (its next
+    command is refused as expired, never applied twice); too long and the table of
+    sessions grows with every client that went away."""
+
+    seconds: int
+
+    def check(self, root: Any) -> None:
+        if not MIN_EXPIRY_S <= self.seconds <= MAX_EXPIRY_S:
+            raise ValueError(f"session expiry must be from {MIN_EXPIRY_S} s to {MAX_EXPIRY_S // 86400} days, "
+                             f"got {self.seconds} s")
+
+    def execute(self, root: Any, ctx: Context) -> int:
+        return self.seconds  # the state machine sets it: the session table is not the root's
+
+
+class SessionTable:
+    __slots__ = ("sessions", "_next_sweep", "idle_expiry_us")
+
+    def __init__(self, idle_expiry_us: int = IDLE_EXPIRY_US) -> None:
         self.sessions: dict[int, list] = {}  # id -> [last seq, last active µs, last reply]
         self._next_sweep = 0
+        self.idle_expiry_us = idle_expiry_us
 
     def register(self, session_id: int, timestamp_us: int) -> None:
         self.sessions[session_id] = [0, timestamp_us, None]
@@ -63,7 +86,7 @@ class SessionTable:
         if timestamp_us < self._next_sweep:
             return
         self._next_sweep = timestamp_us + 60_000_000
-        cutoff = timestamp_us - IDLE_EXPIRY_US
+        cutoff = timestamp_us - self.idle_expiry_us
         for sid in [sid for sid, s in self.sessions.items() if s[1] < cutoff]:
             del self.sessions[sid]
 
@@ -71,8 +94,8 @@ class SessionTable:
         return [[sid, s[0], s[1], list(s[2]) if s[2] is not None else None] for sid, s in sorted(self.sessions.items())]
 
     @classmethod
-    def from_plain(cls, plain: list | None) -> "SessionTable":
-        t = cls()
+    def from_plain(cls, plain: list | None, idle_expiry_us: int | None = None) -> "SessionTable":
+        t = cls(idle_expiry_us or IDLE_EXPIRY_US)
         for sid, seq, ts, reply in plain or ():
             t.sessions[sid] = [seq, ts, tuple(reply) if reply is not None else None]
         return t

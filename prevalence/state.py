@@ -15,7 +15,7 @@ from .entry import Entry, EntryKind
 from .errors import CodecError
 from .rwlock import RWLock
 from .snapshots import SnapshotMeta, serialize
-from .sessions import RegisterSession, Reply, SessionExpired, SessionTable
+from .sessions import IDLE_EXPIRY_US, RegisterSession, Reply, SessionExpired, SessionTable, SetSessionExpiry
 from .transaction import Context
 
 log = logging.getLogger("prevalence.state")
@@ -76,6 +76,8 @@ class StateMachine:
             # never decreases, and the clamp depends only on the log, so replay agrees.
             timestamp_us = self.timestamp_us
         try:
+            if type(tx) is SetSessionExpiry:  # a setting of the sessions, which the root does not hold
+                self.sessions.idle_expiry_us = tx.seconds * 1_000_000
             return tx.execute(self.root, Context(index, timestamp_us)), None
         except Exception as exc:
             return None, exc
@@ -142,6 +144,8 @@ class StateMachine:
         try:
             body, serializer = serialize(self.root)
             extra = {"sessions": self.sessions.to_plain()} if self.sessions.sessions else {}
+            if self.sessions.idle_expiry_us != IDLE_EXPIRY_US:
+                extra["session_expiry_us"] = self.sessions.idle_expiry_us
             return SnapshotMeta(self.applied_index, term, self.timestamp_us, serializer, extra=extra), body
         finally:
             self.lock.release_read()

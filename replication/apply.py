@@ -49,7 +49,7 @@ class ApplierMixin:
             sm.lock.acquire_write()
             try:
                 sm.root, sm.applied_index, sm.timestamp_us = root, meta.index, meta.timestamp_us
-                sm.sessions = SessionTable.from_plain(meta.extra.get("sessions"))
+                sm.sessions = SessionTable.from_plain(meta.extra.get("sessions"), meta.extra.get("session_expiry_us"))
             finally:
                 sm.lock.release_write()
             self._last_snapshot_index = meta.index

@@ -60,6 +60,24 @@ def cmd_cluster_admin(args: argparse.Namespace) -> int:
     elif args.action == "remove":
         admin(args.cluster, "change_membership", "remove", args.id)
         print(f"{args.id} removed from the membership; stop its process")
+    elif args.action == "sessions":
+        from prevalence.sessions import SetSessionExpiry
+        from rpc.client import ClusterClient
+        from rpc.cluster import SECRET_NAME, node_config_paths
+        from rpc.config import format_address, load_config
+        from rpc.secret import load_secret
+
+        from rpc.config import ConfigError
+
+        tx = SetSessionExpiry(args.idle_expiry)
+        try:
+            tx.check(None)  # the nodes check it too; this names the problem without a round trip
+        except ValueError as exc:
+            raise ConfigError(f"--idle-expiry: {exc}") from None
+        addresses = [format_address(load_config(p).listen) for p in node_config_paths(args.cluster)]
+        with ClusterClient(addresses, load_secret(os.path.join(args.cluster, SECRET_NAME))) as client:
+            client.execute(tx)
+        print(f"client sessions now expire after {args.idle_expiry} s without a command (journaled time)")
     elif args.action == "transfer":
         admin(args.cluster, "transfer_leadership", args.to)
         print(f"leadership handed to {args.to}")
@@ -91,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--cluster", required=True, metavar="DIR")
         a.add_argument("--id", required=True)
         a.set_defaults(func=cmd_cluster_admin)
+    se = c.add_parser("sessions", help="how long an idle client session keeps its exactly-once guarantee")
+    se.add_argument("--cluster", required=True, metavar="DIR")
+    se.add_argument("--idle-expiry", required=True, type=int, metavar="SECONDS",
+                    help="60 s to 366 days (default 24 h); a replicated setting")
+    se.set_defaults(func=cmd_cluster_admin)
     tr = c.add_parser("transfer", help="hand leadership to another voter")
     tr.add_argument("--cluster", required=True, metavar="DIR")
     tr.add_argument("--to", required=True, metavar="ID")

@@ -108,6 +108,7 @@ class NodeProcess:
     def status(self) -> dict:
         st = self.node.status()
         st.update(address=format_address(self.cfg.listen), pid=os.getpid(), config=self.cfg.path,
+                  session_expiry_s=self.node.sm.sessions.idle_expiry_us // 1_000_000,
                   peers={p: {k: v for k, v in s.items() if k in ("connected", "queued", "dropped")}
                          for p, s in self.transport.peer_status().items()})
         return st

@@ -43,6 +43,23 @@ def test_cluster_up_status_and_clean_stop(tmp_path):
         table = subprocess.run([sys.executable, "-m", "rpc.cli", "status", "--cluster", str(tmp_path)],
                                cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
         assert "leader" in table and "reachable" in table.splitlines()[0]
+        # the sessions' idle expiry is a replicated setting, checked before it applies
+        def sessions(value: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "rpc.cli", "cluster", "sessions", "--cluster", str(tmp_path),
+                                   "--idle-expiry", value], cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+        bad = sessions("5")
+        assert bad.returncode == 1 and "session expiry must be from 60 s" in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
+        assert sessions("600").returncode == 0
+        import rpc
+
+        for node in nodes:  # every replica holds it
+            with rpc.connect([node["address"]], secret_file=str(tmp_path / "cluster.secret")) as c:
+                deadline = time.monotonic() + 5
+                while c.status()["session_expiry_s"] != 600:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
         # a node that dies is reported and not restarted
         os.kill(pids[0], signal.SIGKILL)
         time.sleep(1.0)

@@ -63,3 +63,31 @@ def test_sessions_survive_snapshot_and_replay(tmp_path):
         sm2, _ = recover(j, store, Store, check=True)  # from the snapshot: sessions included
     assert sm2.apply_entry(entry(3, HOUR, Add("x", 5), (1, 1)), check=True)[0] == ("ok", 5)
     assert sm2.root.values == {"x": 5}
+
+
+def test_the_idle_expiry_is_a_replicated_setting_kept_by_snapshots(tmp_path):
+    from prevalence.sessions import SetSessionExpiry
+    from prevalence.snapshots import SnapshotStore
+
+    minute = 60_000_000
+    sm = StateMachine(Store())
+    sm.apply_entry(entry(1, HOUR, RegisterSession()), check=True)
+    reply, _ = sm.apply_entry(entry(2, HOUR, SetSessionExpiry(5), (1, 1)), check=True)
+    assert reply[0] == "rejected" and "from 60 s to 366 days, got 5 s" in reply[2]
+    assert sm.apply_entry(entry(3, HOUR, SetSessionExpiry(600), (1, 2)), check=True)[0] == ("ok", 600)
+    sm.apply_entry(entry(4, HOUR, RegisterSession()), check=True)
+    # 11 minutes of journaled silence: past 600 s, far below the 24 h default
+    reply, _ = sm.apply_entry(entry(5, HOUR + 11 * minute, Add("x", 1), (4, 1)), check=True)
+    assert reply[0] == "expired" and "x" not in sm.root.values
+    store = SnapshotStore(tmp_path / "snapshots")
+    sm.apply_entry(entry(6, HOUR + 11 * minute, RegisterSession()), check=True)
+    meta, body = sm.capture()
+    store.write(meta, body)
+    with prevalence.Journal(tmp_path / "journal") as j:
+        j.extend([entry(k, HOUR, RegisterSession()) for k in range(1, 7)])  # the snapshot covers them
+        j.sync()
+        restored, _ = recover(j, store, Store, check=True)
+    assert restored.sessions.idle_expiry_us == 600 * 1_000_000  # travels in the snapshot
+    later = HOUR + 11 * minute + 12 * minute
+    reply, _ = restored.apply_entry(entry(7, later, Add("x", 1), (6, 1)), check=True)
+    assert reply[0] == "expired"
