@@ -64,6 +64,14 @@ class StateMachine:
         self.timestamp_us = timestamp_us  # newest entry time applied: ``now`` never decreases
         self.sessions = sessions if sessions is not None else SessionTable()
         self.lock = RWLock()
+        # Indexes of commands that changed nothing: refused by check(), a retry of a
+        # command already applied, a command on an expired session. The same on every
+        # replica (it follows from the log), so subscribers everywhere can skip them.
+        self.skipped: set[int] = set()
+
+    def forget_skipped(self, below: int) -> None:
+        """Drop what is known of entries before ``below`` (compacted: nobody reads them)."""
+        self.skipped = {i for i in self.skipped if i >= below}
 
     def apply_command(self, index: int, timestamp_us: int, tx: Any) -> tuple[Any, Exception | None]:
         """Execute one journaled transaction; the caller holds the write lock.
@@ -105,6 +113,7 @@ class StateMachine:
                 tx.check(self.root)
             except Exception as exc:
                 self.applied_index = entry.index
+                self.skipped.add(entry.index)
                 return None, exc
         if type(tx) is RegisterSession:
             self.sessions.register(entry.index, max(timestamp_us, self.timestamp_us))
@@ -118,15 +127,18 @@ class StateMachine:
             cached = self.sessions.duplicate(sid, seq, ts)
         except SessionExpired as exc:
             self.applied_index = index
+            self.skipped.add(index)
             return ("expired", str(exc))
         if cached is not None:
             self.applied_index = index
+            self.skipped.add(index)
             return cached
         if check:
             try:
                 tx.check(self.root)
             except Exception as exc:
                 self.applied_index = index
+                self.skipped.add(index)
                 self.sessions.record(sid, seq, ts, _error_reply("rejected", exc))
                 return self.sessions.sessions[sid][2]
         result, exc = self.apply_command(index, ts, tx)

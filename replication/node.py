@@ -443,7 +443,9 @@ class Node(ApplierMixin):
         if meta.index <= self._last_snapshot_index:
             return self._last_snapshot_index
         fut = self._call(lambda: self._save_snapshot(meta, body))
-        return fut.result()
+        index = fut.result()
+        self.sm.forget_skipped(self.storage.first_index())  # here, on the apply thread
+        return index
 
     def _save_snapshot(self, meta, body) -> int:
         self._writer.drain()  # the journal is reorganised below: no write under way

@@ -38,7 +38,7 @@ log = logging.getLogger("rpc.client")
 
 
 class Event(NamedTuple):
-    """A committed transaction, as a subscriber sees it."""
+    """A committed and applied transaction, as a subscriber sees it."""
 
     index: int
     time: datetime
@@ -54,7 +54,8 @@ class Compacted(NamedTuple):
 
 
 class Subscription:
-    """Delivers committed transactions in order to ``callback`` on a thread of its own.
+    """Delivers applied transactions in order to ``callback`` on a thread of its own:
+    each once, and none that changed nothing (refused by check, a retry, an expired session).
 
     It long-polls whichever node the client talks to, and after a failover resumes at
     the index after the last one delivered: no gap, no duplicate. Close it when done.
@@ -200,7 +201,7 @@ class ClusterClient:
         return self._outcome(reply)
 
     def subscribe(self, callback: Callable[[Any], None], from_index: int | None = None) -> Subscription:
-        """Call ``callback(Event)`` for every committed transaction from ``from_index``
+        """Call ``callback(Event)`` for every applied transaction from ``from_index``
         (default: the next one), in order, across failovers; ``callback(Compacted)`` if
         that index was compacted away (the stream then goes on from the oldest kept)."""
         start = from_index if from_index is not None else self.status()["applied_index"] + 1

@@ -135,8 +135,10 @@ class ClientService(rpyc.Service):
         return self._run(data, lambda obj: node.query(obj, linearizable=consistency == "linearizable"))
 
     def exposed_read_log(self, start: int, limit: int = 256, wait: float = 1.0) -> bytes:
-        """Committed transactions from index ``start``, waiting up to ``wait`` s for one
-        (a long poll: subscribers need no callback objects across the wire).
+        """Applied transactions from index ``start``, waiting up to ``wait`` s for one
+        (a long poll: subscribers need no callback objects across the wire). Entries that
+        changed nothing are left out: commands refused by ``check()``, retries of a
+        command already applied, commands on an expired session.
 
         ``["ok", next_index, [[index, timestamp µs, type, fields], ...]]``, or
         ``["compacted", first_index]`` when ``start`` is no longer in the log.
@@ -152,8 +154,9 @@ class ClientService(rpyc.Service):
         if start < first:
             return _reply("compacted", first)
         events = []
+        skipped = node.sm.skipped
         for e in entries:
-            if e.kind == EntryKind.COMMAND:
+            if e.kind == EntryKind.COMMAND and e.index not in skipped:  # applied, and only once
                 d = describe_command(e.data)
                 if not d["type"].startswith("prevalence."):  # sessions are bookkeeping, not events
                     events.append([e.index, d["timestamp_us"], d["type"], d["fields"]])

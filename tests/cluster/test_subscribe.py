@@ -64,3 +64,35 @@ def test_subscription_from_a_compacted_index_is_told_so(tmp_path):
         assert [e.index for e in events] == sorted(e.index for e in events)
     finally:
         c.stop()
+
+
+def test_subscribers_see_each_applied_command_once_and_no_refused_one(tmp_path):
+    import msgpack
+
+    from prevalence.codec import CODEC
+    from tests.prevalence.domain import Add, Rejected
+
+    c = LocalCluster(tmp_path, 3)
+    try:
+        leader = c.leader()
+        seen: list = []
+        with c.client() as client:
+            sub = client.subscribe(seen.append, from_index=1)
+            conn = c.connect(leader)
+            try:
+                sid = msgpack.unpackb(conn.root.register_session(), raw=False)[1]
+                data = CODEC.dumps(Add("k", 5))
+                first = msgpack.unpackb(conn.root.execute(data, sid, 1), raw=False)
+                retry = msgpack.unpackb(conn.root.execute(data, sid, 1), raw=False)  # a second log entry
+            finally:
+                conn.close()
+            assert first == retry == ["ok", 5]
+            with pytest.raises(Rejected):
+                client.execute(Add("k", -50))  # journaled, refused by check() when applied
+            client.execute(Add("k", 1))
+            wait_for(lambda: any(e.type == "test.Add" and e.fields["amount"] == 1 for e in seen))
+            sub.close()
+        adds = [(e.fields["key"], e.fields["amount"]) for e in seen if e.type == "test.Add"]
+        assert adds == [("k", 5), ("k", 1)]
+    finally:
+        c.stop()
