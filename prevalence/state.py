@@ -68,10 +68,12 @@ class StateMachine:
         # command already applied, a command on an expired session. The same on every
         # replica (it follows from the log), so subscribers everywhere can skip them.
         self.skipped: set[int] = set()
+        self.skipped_from = applied_index + 1  # known for entries applied here, not those a snapshot holds
 
     def forget_skipped(self, below: int) -> None:
         """Drop what is known of entries before ``below`` (compacted: nobody reads them)."""
         self.skipped = {i for i in self.skipped if i >= below}
+        self.skipped_from = max(self.skipped_from, below)
 
     def apply_command(self, index: int, timestamp_us: int, tx: Any) -> tuple[Any, Exception | None]:
         """Execute one journaled transaction; the caller holds the write lock.

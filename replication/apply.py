@@ -50,7 +50,7 @@ class ApplierMixin:
             try:
                 sm.root, sm.applied_index, sm.timestamp_us = root, meta.index, meta.timestamp_us
                 sm.sessions = SessionTable.from_plain(meta.extra.get("sessions"), meta.extra.get("session_expiry_us"))
-                sm.skipped = set()  # what it knew is about entries the snapshot replaced
+                sm.skipped, sm.skipped_from = set(), meta.index + 1  # the snapshot replaced what it knew
             finally:
                 sm.lock.release_write()
             self._last_snapshot_index = meta.index

@@ -216,7 +216,9 @@ class Node(ApplierMixin):
         entries are empty and ``first_index`` says where the log now begins.
         """
         applied = self.sm.applied_index
-        first = self.storage.first_index()
+        # entries a snapshot covers may still be in the journal, but whether they changed
+        # anything is known only for entries applied here: subscribers start after them
+        first = max(self.storage.first_index(), self.sm.skipped_from)
         if start < first:
             return first, []
         if start > applied:
