@@ -5,6 +5,7 @@ Only the Tk thread touches widgets; it drains the session's ``updates`` every 50
 """
 from __future__ import annotations
 
+import gc
 import queue
 import tkinter as tk
 from tkinter import ttk
@@ -192,6 +193,10 @@ def run(client: Any, secret: bytes) -> int:
 
         client.close()
         raise ConfigError(f"cannot open a window: {exc}") from None
-    GridWindow(root, UiSession(client, secret).start())
+    window = GridWindow(root, UiSession(client, secret).start())
     root.mainloop()
+    # Tk objects must be freed on this thread: a collection on a worker thread that is
+    # still finishing a call would make Tcl abort the process.
+    del window, root
+    gc.collect()
     return 0

@@ -3,6 +3,7 @@ the master killed, the window recovering by itself. A screenshot after the failo
 saved to ``$TEST_ARTIFACTS`` (default ``test-artifacts/``)."""
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -57,11 +58,10 @@ def window(display, grid):
     root = tk.Tk()
     w = GridWindow(root, UiSession(grid.client(timeout=30.0), grid.secret).start())
     w.states = []
-    handle = w.handle
 
-    def recording(update):
+    def recording(update, handle=w.handle, states=w.states):
         if update[0] == "connection":
-            w.states.append(update[1:])
+            states.append(update[1:])
         handle(update)
 
     w.handle = recording
@@ -69,6 +69,11 @@ def window(display, grid):
         yield w
     finally:
         w.close()
+        # Tk objects must die on the Tk thread: collect the window's reference cycles
+        # here, before a garbage collection on one of the next window's worker threads
+        # finds them (Tcl aborts the process when another thread deletes them).
+        del w, recording, root
+        gc.collect()
 
 
 def pump(w, what: str, predicate, timeout: float = 20.0):
