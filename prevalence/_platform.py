@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Callable
 
 from .errors import LockedError
 
@@ -75,3 +76,26 @@ def kill_hard(pid: int) -> None:
 
     # On Windows os.kill with any signal but the console ones is TerminateProcess.
     os.kill(pid, signal.SIGTERM if WINDOWS else signal.SIGKILL)
+
+
+def child_dies_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes a child process die with this one (Linux), else None.
+
+    Linux's PR_SET_PDEATHSIG fires when the *thread* that started the child ends, so it
+    is offered only on the main thread. Elsewhere the caller must stop its children.
+    """
+    import threading
+
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+
+    def hook() -> None:  # runs in the child between fork and exec
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except Exception:  # noqa: BLE001 - best effort; the parent still stops its children
+            pass
+
+    return hook

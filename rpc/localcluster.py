@@ -14,12 +14,8 @@ node started from the main thread dies with the process that started it
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
-import sys
-import threading
 import time
 from typing import Any, Callable
 
@@ -27,6 +23,7 @@ import msgpack
 
 import rpc
 from prevalence.codec import CODEC
+from prevalence._platform import child_dies_with_parent
 from prevalence.errors import PrevalenceError
 from rpc.cluster import SECRET_NAME, cluster_status, free_port_block, node_config_paths, start_node, write_cluster
 from rpc.config import format_address, load_config, tls_contexts
@@ -36,13 +33,6 @@ from rpc.transport import open_connection
 
 class ClusterTimeout(PrevalenceError):
     """The cluster did not reach the awaited state in time; the message shows its status."""
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort; stop() still kills the nodes
-        pass
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.05,
@@ -102,11 +92,8 @@ class LocalCluster:
 
     # -- processes ----------------------------------------------------------------------
     def start(self, nid: str) -> None:
-        # PR_SET_PDEATHSIG fires when the *thread* that started the child ends, so only
-        # nodes started from the main thread get it (others are killed by stop())
-        linux = sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
         self.procs[nid] = start_node(self.configs[nid].path, os.path.join(self.dir, f"{nid}.log"), cwd=self.cwd,
-                                     preexec_fn=_die_with_parent if linux else None)
+                                     preexec_fn=child_dies_with_parent())
 
     def kill(self, nid: str, sig: int | None = None) -> None:
         """SIGKILL (TerminateProcess on Windows) and wait, or send ``sig`` (SIGSTOP, ...)."""
