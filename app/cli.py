@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -248,16 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (PrevalenceError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
+    from prevalence.cli import run
+
+    # ValueError too: the grid's own refusals (GridError, SettingsError) come back as such
+    return run(build_parser().parse_args(argv), errors=(PrevalenceError, ValueError))
 
 
 if __name__ == "__main__":

@@ -114,16 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def run(args: argparse.Namespace, *, configure_logging: bool = True,
+        errors: tuple[type[BaseException], ...] = (PrevalenceError,)) -> int:
+    """Run a parsed command (``args.func``) as the command-line tools do: ``errors`` as one
+    line on stderr and exit code 1, never a traceback; a closed pipe ends it quietly."""
+    if configure_logging:
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except PrevalenceError as exc:
+    except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `prevalence journal dump ... | head`
         return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

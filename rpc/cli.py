@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from typing import Sequence
 
 from prevalence import cli as engine_cli
-from prevalence.errors import PrevalenceError
 
 
 def _cwd_importable() -> None:
@@ -127,16 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in ("node",):
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except PrevalenceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
+    return engine_cli.run(args, configure_logging=args.command != "node")  # a node sets up its own
 
 
 if __name__ == "__main__":
