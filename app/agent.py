@@ -17,7 +17,7 @@ import msgpack
 from app.settings import Value, normalize
 from prevalence.errors import PrevalenceError
 from rpc.config import parse_address
-from rpc.transport import hard_close, open_connection
+from rpc.transport import NodeLink
 
 log = logging.getLogger("app.agent")
 
@@ -75,12 +75,12 @@ def _unpack_settings(data: bytes) -> dict[str, Any]:
 
 
 class AgentLink:
-    """One kept-open connection to one agent; reconnects on the next call after a failure."""
+    """The controller's connection to one agent (an ``rpc.transport.NodeLink``)."""
 
     def __init__(self, node_id: str, address: str, secret: bytes, *, timeout: float = 1.0, ssl_context=None):
         self.node_id, self.address = node_id, address
-        self._secret, self._timeout, self._ssl = secret, timeout, ssl_context
-        self._conn = None
+        self._link = NodeLink(parse_address(address, f"node {node_id}"), secret, ident="controller",
+                              timeout=timeout, ssl_context=ssl_context)
 
     def status(self) -> dict[str, Any]:
         return self._call("agent.status", b"")
@@ -90,14 +90,8 @@ class AgentLink:
 
     def _call(self, name: str, data: bytes) -> dict[str, Any]:
         try:
-            if self._conn is None:
-                self._conn = open_connection(
-                    parse_address(self.address, f"node {self.node_id}"), self._secret, role="client",
-                    ident="controller", connect_timeout=min(0.5, self._timeout),
-                    handshake_timeout=self._timeout, request_timeout=self._timeout, ssl_context=self._ssl)
-            reply = msgpack.unpackb(self._conn.root.app_call(name, data), raw=False)
+            reply = self._link.call("app_call", name, data)
         except Exception as exc:  # noqa: BLE001 - any failure on the wire means "unreachable now"
-            self.close()
             text = str(exc)  # the transport's errors already start with the address
             where = "" if text.startswith(self.address) else f" at {self.address}"
             raise AgentError(f"agent {self.node_id}{where}: {text}", gone=getattr(exc, "refused", False)) from None
@@ -106,6 +100,4 @@ class AgentLink:
         return msgpack.unpackb(reply[1], raw=False)
 
     def close(self) -> None:
-        if self._conn is not None:
-            hard_close(self._conn)
-            self._conn = None
+        self._link.close()

@@ -12,11 +12,10 @@ import time
 import tomllib
 from typing import Any
 
-import msgpack
 
 from rpc.config import ConfigError, NodeConfig, format_address, load_config, render_config, tls_contexts
 from rpc.secret import generate_secret_file, load_secret
-from rpc.transport import open_connection
+from rpc.transport import NodeLink
 
 SECRET_NAME = "cluster.secret"
 
@@ -153,13 +152,9 @@ def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
         row: dict[str, Any] = dict.fromkeys(FIELDS)
         row.update(id=cfg.id, address=format_address(cfg.listen), config=cfg.path, reachable=False)
         try:
-            conn = open_connection(cfg.listen, secret, role="client", ident="status", connect_timeout=timeout,
-                                   handshake_timeout=timeout, request_timeout=timeout,
-                                   ssl_context=tls_contexts(cfg)[1])
-            try:
-                reply = msgpack.unpackb(conn.root.status(), raw=False)
-            finally:
-                conn.close()
+            with NodeLink(cfg.listen, secret, ident="status", timeout=timeout, connect_timeout=timeout,
+                          ssl_context=tls_contexts(cfg)[1]) as link:
+                reply = link.call("status")
             if reply[0] == "ok":
                 st = reply[1]
                 row.update({k: st.get(k) for k in FIELDS if k in st}, reachable=True)
@@ -170,12 +165,8 @@ def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
 
 
 def _client_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:
-    conn = open_connection(cfg.listen, secret, role="client", ident="admin", connect_timeout=0.5,
-                           handshake_timeout=1.0, request_timeout=timeout, ssl_context=tls_contexts(cfg)[1])
-    try:
-        return msgpack.unpackb(getattr(conn.root, method)(*args), raw=False)
-    finally:
-        conn.close()
+    with NodeLink(cfg.listen, secret, ident="admin", timeout=timeout, ssl_context=tls_contexts(cfg)[1]) as link:
+        return link.call(method, *args)
 
 
 def admin(directory: str, method: str, *args: Any) -> Any:

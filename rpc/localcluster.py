@@ -19,7 +19,6 @@ import subprocess
 import time
 from typing import Any, Callable
 
-import msgpack
 
 import rpc
 from prevalence.codec import CODEC
@@ -28,7 +27,7 @@ from prevalence.errors import PrevalenceError
 from rpc.cluster import SECRET_NAME, cluster_status, free_port_block, node_config_paths, start_node, write_cluster
 from rpc.config import format_address, load_config, tls_contexts
 from rpc.secret import load_secret
-from rpc.transport import open_connection
+from rpc.transport import NodeLink, open_connection
 
 
 class ClusterTimeout(PrevalenceError):
@@ -206,11 +205,10 @@ class LocalCluster:
 
     def call(self, nid: str, method: str, obj: Any, timeout: float = 2.0) -> list:
         """One request to one node with ``obj`` encoded; the decoded reply."""
-        conn = self.connect(nid, timeout)
-        try:
-            return msgpack.unpackb(getattr(conn.root, method)(CODEC.dumps(obj)), raw=False)
-        finally:
-            conn.close()
+        cfg = self.configs[nid]
+        with NodeLink(cfg.listen, self.secret, ident="local", timeout=timeout,
+                      ssl_context=tls_contexts(cfg)[1]) as link:
+            return link.call(method, CODEC.dumps(obj))
 
     def client(self, **options: Any) -> rpc.ClusterClient:
         """The real client library, over every node's address."""

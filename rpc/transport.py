@@ -19,7 +19,9 @@ import logging
 import socket
 import ssl
 import sys
+from typing import Any
 
+import msgpack
 import rpyc
 from rpyc.core.channel import Channel
 from rpyc.core.stream import SocketStream
@@ -35,6 +37,7 @@ __all__ = [
     "PeerTransport",
     "open_connection",
     "hard_close",
+    "NodeLink",
     "tune_socket",
     "SAFE_PROTOCOL_CONFIG",
 ]
@@ -167,6 +170,46 @@ def hard_close(conn: rpyc.Connection) -> None:
         conn.close()  # now fails fast on the closed stream and just cleans up
     except Exception:
         pass
+
+
+class NodeLink:
+    """A client connection to one particular node (not to whichever leads: that is
+    ``rpc.client``), opened on the first call, kept open between calls, and opened
+    again on the next call after a failure.
+
+    ``call`` returns the node's decoded reply (``["ok", ...]`` or a refusal) and
+    raises what the connection raised (:class:`ConnectFailed` says whether it was
+    refused) after closing it.
+    """
+
+    def __init__(self, address: tuple[str, int], secret: bytes, *, ident: str = "client", timeout: float = 1.0,
+                 connect_timeout: float | None = None, ssl_context: ssl.SSLContext | None = None):
+        self.address = address
+        self._secret, self._ident, self._timeout, self._ssl = secret, ident, timeout, ssl_context
+        self._connect_timeout = min(0.5, timeout) if connect_timeout is None else connect_timeout
+        self._conn: rpyc.Connection | None = None
+
+    def call(self, method: str, *args: Any) -> list:
+        try:
+            if self._conn is None:
+                self._conn = open_connection(self.address, self._secret, role="client", ident=self._ident,
+                                             connect_timeout=self._connect_timeout, handshake_timeout=self._timeout,
+                                             request_timeout=self._timeout, ssl_context=self._ssl)
+            return msgpack.unpackb(getattr(self._conn.root, method)(*args), raw=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            hard_close(self._conn)
+            self._conn = None
+
+    def __enter__(self) -> "NodeLink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # The two sides, in modules of their own; imported here so that ``rpc.transport``

@@ -21,12 +21,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import msgpack
-
 from app.model import ApplyPreset, GridView, SetSettings
 from app.view import with_cluster
 from rpc.config import parse_address
-from rpc.transport import hard_close, open_connection
+from rpc.transport import NodeLink
 
 log = logging.getLogger("app.ui")
 
@@ -135,15 +133,15 @@ class MasterWatch:
     """Which node is master, asked of the master itself over a connection kept open."""
 
     def __init__(self, addresses: list[str], secret: bytes, ssl_context: Any = None, timeout: float = 1.0):
-        self.addresses, self._secret, self._ssl, self._timeout = list(addresses), secret, ssl_context, timeout
-        self._conn = None
-        self._address: str | None = None
+        self._links = [NodeLink(parse_address(a, "address"), secret, ident="ui", timeout=timeout,
+                                connect_timeout=min(0.3, timeout), ssl_context=ssl_context) for a in addresses]
+        self._master: NodeLink | None = None  # the link to the node that said it leads
         self.master: str | None = None
 
     def check(self) -> tuple[str, str]:
-        if self._conn is not None:
+        if self._master is not None:
             try:
-                st = self._status(self._conn)
+                st = _status(self._master)
                 if st["role"] == "leader":
                     return ("connected", f"connected to master {st['id']} at {st['address']}, term {st['term']}")
                 lost = f"{st['id']} is no longer master"
@@ -151,33 +149,25 @@ class MasterWatch:
                 lost = f"lost master {self.master}: {describe(exc)}"
             self.close()
             return ("reconnecting", f"reconnecting: {lost}")
-        for address in self.addresses:  # no master known: ask each node once
-            conn = None
+        for link in self._links:  # no master known: ask each node once
             try:
-                conn = self._open(address)
-                st = self._status(conn)
-                if st["role"] == "leader":
-                    self._conn, self._address, self.master = conn, address, st["id"]
-                    return ("connected", f"connected to master {st['id']} at {st['address']}, term {st['term']}")
-                conn.close()
+                st = _status(link)
             except Exception:  # noqa: BLE001 - that node is down too: try the next
-                if conn is not None:
-                    hard_close(conn)
+                continue
+            if st["role"] == "leader":
+                self._master, self.master = link, st["id"]
+                return ("connected", f"connected to master {st['id']} at {st['address']}, term {st['term']}")
+            link.close()
         return ("reconnecting", "reconnecting: no master yet, an election is running")
 
-    def _open(self, address: str):
-        return open_connection(parse_address(address, "address"), self._secret, role="client", ident="ui",
-                               connect_timeout=min(0.3, self._timeout), handshake_timeout=self._timeout,
-                               request_timeout=self._timeout, ssl_context=self._ssl)
-
-    @staticmethod
-    def _status(conn) -> dict:
-        reply = msgpack.unpackb(conn.root.status(), raw=False)
-        if reply[0] != "ok":
-            raise ConnectionError(reply[-1])
-        return reply[1]
-
     def close(self) -> None:
-        if self._conn is not None:
-            hard_close(self._conn)
-            self._conn = None
+        for link in self._links:
+            link.close()
+        self._master = None
+
+
+def _status(link: NodeLink) -> dict:
+    reply = link.call("status")
+    if reply[0] != "ok":
+        raise ConnectionError(reply[-1])
+    return reply[1]
