@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Sequence
 
 from prevalence.errors import PrevalenceError
@@ -51,29 +50,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     grid.start()
     print(f"{len(grid.configs)} nodes on {', '.join(grid.addresses.values())}\n"
           f"try: grid show --cluster {args.data}    (Ctrl-C stops the grid)", flush=True)
-    return _supervise(grid, None if args.no_restart else args.restart_after)
-
-
-def _supervise(grid, restart_after: float | None) -> int:
-    """Stay in the foreground; restart a dead node after ``restart_after`` s, like a PC rebooting."""
-    from rpc.cluster import stop_on_signals
-
-    stop = stop_on_signals()
-    died: dict[str, float] = {}
-    while not stop.is_set():
-        for nid in grid.configs:
-            if not grid.alive(nid) and nid not in died:
-                died[nid] = time.monotonic()
-                print(f"node {nid} died" + (f"; restarting it in {restart_after:g} s" if restart_after is not None
-                                             else " (not restarted)"), flush=True)
-            elif nid in died and restart_after is not None and time.monotonic() - died[nid] >= restart_after:
-                del died[nid]
-                grid.start(nid)
-                print(f"node {nid} restarted", flush=True)
-        stop.wait(0.2)
-    print("stopping the grid...", flush=True)
-    grid.stop(graceful=True)
-    return 0
+    return grid.supervise(None if args.no_restart else args.restart_after, name="grid")
 
 
 def cmd_show(args: argparse.Namespace) -> int:

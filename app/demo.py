@@ -208,12 +208,10 @@ def run_demo(rows: int = 3, columns: int = 3, keep_running: bool = False, data: 
         if demo.grid is not None:
             print(f"       node logs are {directory}/n*.log", flush=True)
     if keep_running and not failed:
-        from app.cli import _supervise
-
         print(f"the grid keeps running in {directory}: try `grid show --cluster {directory}`, "
               "`grid kill-master --cluster ...`; Ctrl-C stops it", flush=True)
         demo.client.close()
-        return _supervise(demo.grid, 3.0)
+        return demo.grid.supervise(3.0, name="grid")
     demo.close()
     if failed:
         return 1

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 from typing import Any
 
@@ -94,31 +93,15 @@ def stop_on_signals() -> threading.Event:
 
 def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None) -> int:
     """Start the nodes, stay in the foreground, stop them all on Ctrl-C or SIGTERM."""
-    paths = write_cluster(directory, nodes, base_port, root, imports)
-    procs = {os.path.splitext(os.path.basename(p))[0]: start_node(p) for p in paths}
+    from rpc.localcluster import LocalCluster
+
+    write_cluster(directory, nodes, base_port, root, imports)
+    cluster = LocalCluster.open(directory, log_files=False)  # the nodes log to this terminal
+    for nid in cluster.configs:
+        cluster.start(nid)
     print(f"started {nodes} nodes on 127.0.0.1:{base_port}..{base_port + nodes - 1}; "
           f"configs and secret in {os.path.abspath(directory)}; Ctrl-C stops them", flush=True)
-    stop = stop_on_signals()
-    reported: set[str] = set()
-    while not stop.is_set():
-        for nid, proc in procs.items():
-            if proc.poll() is not None and nid not in reported:
-                reported.add(nid)
-                print(f"node {nid} exited with code {proc.returncode} (not restarted)", flush=True)
-        if len(reported) == len(procs):
-            return 1
-        stop.wait(0.2)
-    print("stopping the cluster...", flush=True)
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.terminate()  # SIGTERM: a node hands over leadership and exits cleanly
-    deadline = time.monotonic() + 10
-    for proc in procs.values():
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return 0
+    return cluster.supervise()
 
 
 def node_config_paths(directory: str) -> list[str]:

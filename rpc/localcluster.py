@@ -24,7 +24,9 @@ import rpc
 from prevalence.codec import CODEC
 from prevalence._platform import child_dies_with_parent
 from prevalence.errors import PrevalenceError
-from rpc.cluster import SECRET_NAME, cluster_status, free_port_block, node_config_paths, start_node, write_cluster
+from rpc.cluster import (
+    SECRET_NAME, cluster_status, free_port_block, node_config_paths, start_node, stop_on_signals, write_cluster,
+)
 from rpc.config import format_address, load_config, tls_contexts
 from rpc.secret import load_secret
 from rpc.transport import NodeLink, open_connection
@@ -65,15 +67,17 @@ class LocalCluster:
                 self.start(nid)
 
     @classmethod
-    def open(cls, directory: str, *, cwd: str | None = None) -> "LocalCluster":
-        """The cluster already configured in ``directory`` (nothing started)."""
+    def open(cls, directory: str, *, cwd: str | None = None, log_files: bool = True) -> "LocalCluster":
+        """The cluster already configured in ``directory`` (nothing started). Without
+        ``log_files`` the nodes write to this process's output instead of ``<id>.log``."""
         self = cls.__new__(cls)
-        self._attach(directory, cwd)
+        self._attach(directory, cwd, log_files)
         return self
 
-    def _attach(self, directory: str, cwd: str | None) -> None:
+    def _attach(self, directory: str, cwd: str | None, log_files: bool = True) -> None:
         self.dir = os.path.abspath(str(directory))
         self.cwd = cwd
+        self.log_files = log_files
         self.paths = node_config_paths(self.dir)
         self.configs = {cfg.id: cfg for cfg in map(load_config, self.paths)}
         self.secret = load_secret(os.path.join(self.dir, SECRET_NAME))
@@ -91,8 +95,8 @@ class LocalCluster:
 
     # -- processes ----------------------------------------------------------------------
     def start(self, nid: str) -> None:
-        self.procs[nid] = start_node(self.configs[nid].path, os.path.join(self.dir, f"{nid}.log"), cwd=self.cwd,
-                                     preexec_fn=child_dies_with_parent())
+        log = os.path.join(self.dir, f"{nid}.log") if self.log_files else None
+        self.procs[nid] = start_node(self.configs[nid].path, log, cwd=self.cwd, preexec_fn=child_dies_with_parent())
 
     def kill(self, nid: str, sig: int | None = None) -> None:
         """SIGKILL (TerminateProcess on Windows) and wait, or send ``sig`` (SIGSTOP, ...)."""
@@ -134,6 +138,33 @@ class LocalCluster:
             return "".join(self.log(nid).splitlines(keepends=True)[-lines:])
         except OSError:
             return ""
+
+    def supervise(self, restart_after: float | None = None, name: str = "cluster") -> int:
+        """Stay in the foreground until Ctrl-C or SIGTERM, then stop every node gracefully.
+
+        A node that dies is reported, and restarted ``restart_after`` seconds later (as
+        its PC would reboot) unless that is None. Returns 1 if every node died for good.
+        """
+        stop = stop_on_signals()
+        died: dict[str, float] = {}
+        while not stop.is_set():
+            for nid in self.configs:
+                if nid not in died and not self.alive(nid):
+                    died[nid] = time.monotonic()
+                    code = self.procs[nid].returncode if nid in self.procs else None
+                    print(f"node {nid} died; restarting it in {restart_after:g} s (exit code {code})"
+                          if restart_after is not None else f"node {nid} exited with code {code} (not restarted)",
+                          flush=True)
+                elif nid in died and restart_after is not None and time.monotonic() - died[nid] >= restart_after:
+                    del died[nid]
+                    self.start(nid)
+                    print(f"node {nid} restarted", flush=True)
+            if restart_after is None and len(died) == len(self.configs):
+                return 1
+            stop.wait(0.2)
+        print(f"stopping the {name}...", flush=True)
+        self.stop(graceful=True)
+        return 0
 
     def alive(self, nid: str) -> bool:
         return nid in self.procs and self.procs[nid].poll() is None
