@@ -17,7 +17,7 @@ import time
 
 from app.agent import AgentLink
 from app.local import LocalGrid, grid_view, in_sync, write_grid
-from rpc.localcluster import ClusterTimeout
+from rpc.localcluster import ClusterTimeout, NodeExited
 from app.model import ApplyPreset, DefinePreset, SetSettings
 from app.view import render, with_cluster
 
@@ -85,13 +85,12 @@ class Demo:
 
     def alive(self) -> bool:
         """True, or the reason a node process ended (with the end of its log)."""
-        for nid in self.grid.configs:
-            proc = self.grid.procs.get(nid)
-            if proc is not None and proc.poll() is not None:
-                tail = self.grid.tail(nid, 5)
-                if "Address already in use" in tail:
-                    raise PortTaken(f"node {nid}'s port was taken by another program")
-                raise StepFailed(f"node {nid} exited with code {proc.returncode}; the end of its log:\n{tail}")
+        try:
+            self.grid.check_alive()
+        except NodeExited as exc:
+            if "Address already in use" in exc.tail:
+                raise PortTaken(f"node {exc.node}'s port was taken by another program") from None
+            raise StepFailed(str(exc)) from None
         return True
 
     def command(self) -> None:

@@ -7,13 +7,13 @@ its log (``n1.log``).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 from app.layout import render_layout
 from app.model import GridView, NodeSpec
 from rpc.client import ClusterClient
 from rpc.cluster import free_port_block, write_cluster
-from rpc.localcluster import LocalCluster, wait_for
+from rpc.localcluster import LocalCluster
 
 LAYOUT_NAME = "layout.toml"
 PLUGIN = "app.node:attach"
@@ -40,11 +40,6 @@ class LocalGrid(LocalCluster):
         for node_id in [nid] if nid else list(self.configs):
             if not self.alive(node_id):
                 super().start(node_id)
-
-    @staticmethod
-    def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.05,
-                 fatal: tuple[type[BaseException], ...] = ()) -> Any:
-        return wait_for(what, check, timeout, interval, fatal)
 
 
 def in_sync(view: dict, nodes: list[str] | None = None) -> bool:

@@ -36,6 +36,14 @@ class ClusterTimeout(PrevalenceError):
     """The cluster did not reach the awaited state in time; the message shows its status."""
 
 
+class NodeExited(PrevalenceError):
+    """A node process of the cluster has ended; ``tail`` is the end of its log."""
+
+    def __init__(self, node: str, code: int | None, log_path: str, tail: str):
+        super().__init__(f"node {node} exited with code {code}; the end of {log_path}:\n{tail}")
+        self.node, self.code, self.tail = node, code, tail
+
+
 def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.05,
              fatal: tuple[type[BaseException], ...] = ()) -> Any:
     """``check()``'s first truthy value; ClusterTimeout after ``timeout`` seconds. Other
@@ -87,6 +95,8 @@ class LocalCluster:
     def addresses(self) -> dict[str, str]:
         return {nid: format_address(cfg.listen) for nid, cfg in self.configs.items()}
 
+    wait_for = staticmethod(wait_for)
+
     def __enter__(self) -> "LocalCluster":
         return self
 
@@ -123,11 +133,10 @@ class LocalCluster:
         return killed
 
     def check_alive(self) -> None:
-        """Raise, with the end of its log, if a started node has exited."""
+        """Raise :class:`NodeExited`, with the end of its log, if a started node has exited."""
         for nid, p in self.procs.items():
             if p.poll() is not None:
-                raise PrevalenceError(f"node {nid} exited with code {p.returncode}; the end of "
-                                      f"{self.dir}/{nid}.log:\n{self.tail(nid)}")
+                raise NodeExited(nid, p.returncode, os.path.join(self.dir, f"{nid}.log"), self.tail(nid))
 
     def log(self, nid: str) -> str:
         with open(os.path.join(self.dir, f"{nid}.log"), encoding="utf-8", errors="replace") as f:
