@@ -28,16 +28,28 @@ class SessionExpired(PrevalenceError):
     """The session is unknown (expired or never registered): the command was not applied."""
 
 
+class SessionCommand(Transaction):
+    """A transaction on the session table, which the state machine holds beside the root:
+    it applies ``on_sessions`` instead of ``execute``."""
+
+    def on_sessions(self, table: "SessionTable", ctx: Context) -> Any:
+        raise NotImplementedError
+
+    def execute(self, root: Any, ctx: Context) -> Any:  # only reached without a state machine
+        raise TypeError(f"{type(self).__name__} changes the session table, not the root")
+
+
 @dataclass(frozen=True)
-class RegisterSession(Transaction, name="prevalence.RegisterSession"):
+class RegisterSession(SessionCommand, name="prevalence.RegisterSession"):
     """Opens a session; its id is the index of this entry."""
 
-    def execute(self, root: Any, ctx: Context) -> int:
+    def on_sessions(self, table: "SessionTable", ctx: Context) -> int:
+        table.register(ctx.index, ctx.timestamp_us)
         return ctx.index
 
 
 @dataclass(frozen=True)
-class SetSessionExpiry(Transaction, name="prevalence.SetSessionExpiry"):
+class SetSessionExpiry(SessionCommand, name="prevalence.SetSessionExpiry"):
     """How long a session may stay idle (journaled time) before its retries are refused.
 
     Too short and a client that pauses loses its exactly-once guarantee (its next
@@ -51,8 +63,9 @@ class SetSessionExpiry(Transaction, name="prevalence.SetSessionExpiry"):
             raise ValueError(f"session expiry must be from {MIN_EXPIRY_S} s to {MAX_EXPIRY_S // 86400} days, "
                              f"got {self.seconds} s")
 
-    def execute(self, root: Any, ctx: Context) -> int:
-        return self.seconds  # the state machine sets it: the session table is not the root's
+    def on_sessions(self, table: "SessionTable", ctx: Context) -> int:
+        table.idle_expiry_us = self.seconds * 1_000_000
+        return self.seconds
 
 
 class SessionTable:

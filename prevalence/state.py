@@ -15,7 +15,7 @@ from .entry import Entry, EntryKind
 from .errors import CodecError
 from .rwlock import RWLock
 from .snapshots import SnapshotMeta, serialize
-from .sessions import IDLE_EXPIRY_US, RegisterSession, Reply, SessionExpired, SessionTable, SetSessionExpiry
+from .sessions import IDLE_EXPIRY_US, Reply, SessionCommand, SessionExpired, SessionTable
 from .transaction import Context
 
 log = logging.getLogger("prevalence.state")
@@ -86,9 +86,10 @@ class StateMachine:
             # never decreases, and the clamp depends only on the log, so replay agrees.
             timestamp_us = self.timestamp_us
         try:
-            if type(tx) is SetSessionExpiry:  # a setting of the sessions, which the root does not hold
-                self.sessions.idle_expiry_us = tx.seconds * 1_000_000
-            return tx.execute(self.root, Context(index, timestamp_us)), None
+            ctx = Context(index, timestamp_us)
+            if isinstance(tx, SessionCommand):  # the session table, which the root does not hold
+                return tx.on_sessions(self.sessions, ctx), None
+            return tx.execute(self.root, ctx), None
         except Exception as exc:
             return None, exc
         finally:
@@ -117,8 +118,6 @@ class StateMachine:
                 self.applied_index = entry.index
                 self.skipped.add(entry.index)
                 return None, exc
-        if type(tx) is RegisterSession:
-            self.sessions.register(entry.index, max(timestamp_us, self.timestamp_us))
         return self.apply_command(entry.index, timestamp_us, tx)
 
     def _apply_session_command(self, index: int, ts: int, tx: Any, sid: Any, seq: Any, check: bool) -> Reply:
