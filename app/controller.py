@@ -132,8 +132,8 @@ class Controller:
             except AgentError as exc:
                 st.backoff = min(self.max_backoff, max(0.25, st.backoff * 2))
                 st.push_at = time.monotonic() + st.backoff * random.uniform(0.8, 1.2)
-                detail = f"push failed, retrying in {st.backoff:.1f} s: {exc}"
-                log.warning("node %s: %s", node_id, detail)
+                detail = f"push failed, retrying: {exc}"  # the same text each retry: journaled once
+                log.warning("node %s: %s (next try in %.1f s)", node_id, detail, st.backoff)
         actual = status["settings"]
         if n["health"] != "up" or n["actual"] != actual or n["boot"] != status["boot"] or detail != n["detail"]:
             if n["health"] != "up":

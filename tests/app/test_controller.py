@@ -143,3 +143,16 @@ def test_a_refused_connection_is_down_at_once(setup):
     c.cycle()
     a = nodes(db)["a"]
     assert a["health"] == "down" and "Connection refused" in a["detail"]
+
+
+def test_retries_of_a_failing_push_are_journaled_once(setup):
+    db, c, agents, links, recorded = setup
+    c.cycle()
+    links["a"].refuse_pushes = 3
+    db.execute(SetSettings(("a",), {"volume": "9"}))
+    deadline = time.monotonic() + 5
+    while not nodes(db)["a"]["in_sync"] and time.monotonic() < deadline:
+        c.cycle()
+        time.sleep(0.02)
+    details = [tx.detail for tx in recorded if tx.id == "a"]
+    assert details[1:] == ["push failed, retrying: push refused", "settings pushed"]
