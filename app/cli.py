@@ -21,13 +21,14 @@ def open_client(cluster: str, secret_file: str | None = None, timeout: float = 1
 
 
 def cluster_addresses(cluster: str, secret_file: str | None = None) -> tuple[list[str], bytes]:
-    from rpc.cluster import SECRET_NAME, node_config_paths
-    from rpc.config import ConfigError, format_address, load_config
+    from rpc.config import ConfigError
+    from rpc.localcluster import LocalCluster
     from rpc.secret import load_secret
 
     if os.path.isdir(cluster):
-        addresses = [format_address(load_config(p).listen) for p in node_config_paths(cluster)]
-        secret = load_secret(secret_file or os.path.join(cluster, SECRET_NAME))
+        local = LocalCluster.open(cluster)
+        addresses = list(local.addresses.values())
+        secret = load_secret(secret_file) if secret_file else local.secret
     else:
         addresses = [a.strip() for a in cluster.split(",") if a.strip()]
         if not secret_file:

@@ -60,20 +60,15 @@ def cmd_cluster_admin(args: argparse.Namespace) -> int:
         print(f"{args.id} removed from the membership; stop its process")
     elif args.action == "sessions":
         from prevalence.sessions import SetSessionExpiry
-        from rpc.client import ClusterClient
-        from rpc.cluster import SECRET_NAME, node_config_paths
-        from rpc.config import format_address, load_config
-        from rpc.secret import load_secret
-
         from rpc.config import ConfigError
+        from rpc.localcluster import LocalCluster
 
         tx = SetSessionExpiry(args.idle_expiry)
         try:
             tx.check(None)  # the nodes check it too; this names the problem without a round trip
         except ValueError as exc:
             raise ConfigError(f"--idle-expiry: {exc}") from None
-        addresses = [format_address(load_config(p).listen) for p in node_config_paths(args.cluster)]
-        with ClusterClient(addresses, load_secret(os.path.join(args.cluster, SECRET_NAME))) as client:
+        with LocalCluster.open(args.cluster).client() as client:
             client.execute(tx)
         print(f"client sessions now expire after {args.idle_expiry} s without a command (journaled time)")
     elif args.action == "transfer":
