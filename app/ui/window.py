@@ -62,7 +62,6 @@ class GridWindow:
         self.view: dict | None = None
         self.selected: set[str] = set()
         self.tiles: dict[str, Tile] = {}
-        self.messages: list[str] = []
         root.title("Grid operator")
         root.protocol("WM_DELETE_WINDOW", self.close)
 
@@ -155,7 +154,6 @@ class GridWindow:
             self.say(update[1], error=True)
 
     def say(self, text: str, error: bool = False) -> None:
-        self.messages.append(text)
         self.message.config(text=text, fg="#b00020" if error else "black")
 
     def show(self, view: dict) -> None:
