@@ -150,7 +150,7 @@ class FailoverClient:
                 self.target = hint if hint in self.ids and hint != nid else None
                 time.sleep(0.01)
                 continue
-            if reply[0] == "error":  # e.g. "timed out waiting for the cluster" during an election
+            if reply[0] in ("error", "unavailable"):  # e.g. no quorum in time during an election
                 self.target = None
                 time.sleep(0.01)
                 continue

@@ -308,7 +308,7 @@ class ClusterClient:
                 if reply[2] is None or suspect:  # an election is under way: it takes ~0.3 s
                     time.sleep(min(random.uniform(0.02, 0.05), max(0.0, deadline - time.monotonic())))
                 continue
-            if reply[0] == "error" and "timed out waiting for the cluster" in str(reply[-1]):
+            if reply[0] == "unavailable":
                 tried.append(f"{addr}: {reply[-1]}")
                 continue  # the same command again: the session makes the retry safe
             return reply

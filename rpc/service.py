@@ -3,8 +3,9 @@ committed log (subscriptions), maintenance, and the hosted application's handler
 (``app_call``).
 
 Bytes in, bytes out (msgpack), never pickle. Replies are ``["ok", value]``,
-``["not_leader", leader_id, leader_address]``, ``["rejected"|"failed", type, message]``
-or ``["error", message]``. The client library (rpc.client) numbers commands within
+``["not_leader", leader_id, leader_address]``, ``["rejected"|"failed", type, message]``,
+``["unavailable", message]`` (no quorum in time: the same request may be retried) or
+``["error", message]``. The client library (rpc.client) numbers commands within
 sessions, so its retries apply once, and sends concurrent ones in one execute_batch.
 """
 from __future__ import annotations
@@ -113,7 +114,7 @@ class ClientService(rpyc.Service):
             except ProposalRefused as exc:  # not the leader (any more): the batch goes elsewhere
                 return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
             except TimeoutError:
-                return _reply("error", "timed out waiting for the cluster")
+                return _reply("unavailable", "timed out waiting for the cluster")
             except PrevalenceError as exc:
                 replies[k] = ("error", str(exc))
         try:
@@ -216,5 +217,5 @@ class ClientService(rpyc.Service):
         except PrevalenceError as exc:
             return _reply("error", str(exc))
         except TimeoutError:
-            return _reply("error", "timed out waiting for the cluster")
+            return _reply("unavailable", "timed out waiting for the cluster")
 
