@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = c.add_parser("add", help="add a node to a running cluster (as a learner unless --voter)")
     add.add_argument("--cluster", required=True, metavar="DIR")
     add.add_argument("--id", required=True)
-    add.add_argument("--address", metavar="HOST:PORT", help="default: 127.0.0.1, the next port")
+    add.add_argument("--address", metavar="HOST:PORT", help="default: 127.0.0.1, the next free port after the others")
     add.add_argument("--voter", action="store_true", help="count for the quorum at once")
     add.set_defaults(func=cmd_cluster_admin)
     for name, text in (("promote", "make a learner a voter"), ("remove", "remove a node from the membership")):

@@ -63,6 +63,19 @@ def free_port_block(n: int, host: str = "127.0.0.1") -> int:
     raise ConfigError(f"no block of {n} free ports on {host}")
 
 
+def next_free_port(port: int, host: str = "127.0.0.1") -> int:
+    """``port``, or the first one above it that nothing holds now (a client's outgoing
+    connection may sit on the port after the last node's)."""
+    for candidate in range(port, 65536):
+        with socket.socket() as s:
+            try:
+                s.bind((host, candidate))
+                return candidate
+            except OSError:
+                continue
+    raise ConfigError(f"no free port on {host} from {port} up")
+
+
 def start_node(config_path: str, log_path: str | None = None, *, cwd: str | None = None,
                preexec_fn: Any = None) -> subprocess.Popen:
     """``python -m rpc.cli node --config FILE`` in ``cwd``, its output appended to ``log_path``."""
@@ -184,7 +197,7 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
     if any(c.id == node_id for c in configs):
         raise ConfigError(f"a node called {node_id!r} is already configured in {directory}")
     listen = parse_address(address, "--address") if address else \
-        ("127.0.0.1", max(c.listen[1] for c in configs) + 1)
+        ("127.0.0.1", next_free_port(max(c.listen[1] for c in configs) + 1))
     template = configs[0]
     peers = {c.id: c.listen for c in configs}
     peers[node_id] = listen
