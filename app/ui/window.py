@@ -181,6 +181,12 @@ class GridWindow:
         self.root.after_cancel(self._after)
         self.session.close()
         self.root.destroy()
+        # No reference cycle may keep Tk objects alive: the last reference must go on this
+        # thread (reference counting), not in a garbage collection on a worker thread,
+        # where deleting the Tcl interpreter aborts the process.
+        for tile in self.tiles.values():
+            tile.window = None
+        self.tiles = {}
 
 
 def run(client: Any, secret: bytes) -> int:

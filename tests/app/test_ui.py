@@ -69,9 +69,7 @@ def window(display, grid):
         yield w
     finally:
         w.close()
-        # Tk objects must die on the Tk thread: collect the window's reference cycles
-        # here, before a garbage collection on one of the next window's worker threads
-        # finds them (Tcl aborts the process when another thread deletes them).
+        w.handle = None  # the recording wrapper holds the window: no cycle may outlive the test
         del w, recording, root
         gc.collect()
 
