@@ -187,7 +187,22 @@ class Node(ApplierMixin):
             sm.lock.release_read()
 
     def change_membership(self, change: ConfigChange, timeout: float = 10.0) -> int:
-        return self._call(lambda: self.core.propose_config_change(change)).result(timeout)
+        """Propose ``change`` and return its index once it is committed and applied here.
+
+        Returning on the append alone would let an operator stop a removed node, or count
+        on a promoted voter, while the change could still be lost with this leader.
+        """
+        deadline = time.monotonic() + timeout
+        done: Future = Future()
+
+        def propose() -> int:
+            index = self.core.propose_config_change(change)
+            self._waiting[index] = (self.core.term, done)
+            return index
+
+        index = self._call(propose).result(timeout)
+        done.result(max(0.0, deadline - time.monotonic()))
+        return index
 
     def transfer_leadership(self, to: str, timeout: float = 10.0) -> None:
         self._call(lambda: self.core.transfer_leadership(to)).result(timeout)

@@ -176,11 +176,15 @@ def admin(directory: str, method: str, *args: Any) -> Any:
         if nid in tried:
             continue
         tried.append(nid)
-        reply = _client_call(configs[nid], secret, method, *args)
+        # the node waits up to 10 s for the change to commit; give it time to say so
+        reply = _client_call(configs[nid], secret, method, *args, timeout=15.0)
         if reply[0] == "ok":
             return reply[1]
         if reply[0] == "not_leader":
             continue
+        if reply[0] == "unavailable":
+            raise ConfigError(f"{method} not confirmed by {nid}: {reply[-1]} (no quorum?); it may still take "
+                              "effect: check with `prevalence cluster status` before acting on it")
         raise ConfigError(f"{method} refused by {nid}: {reply[-1]}")
     raise ConfigError(f"no leader accepted {method} (asked {', '.join(tried) or 'nobody: no node reachable'})")
 

@@ -141,3 +141,24 @@ def test_leader_hooks_start_on_the_leader_only_and_stop_when_it_loses(tmp_path):
     finally:
         for n in net.nodes.values():
             n.stop(transfer=False)
+
+
+def test_membership_change_is_reported_only_once_committed(cluster):
+    """An operator told "removed" stops that node; told "promoted" counts on it. Neither
+    may be said of a change a leader only appended: cut off, it could still lose it."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from replication.apply import EntryLost
+    from replication.membership import ConfigChange
+
+    leader = cluster.leader()
+    leader.execute(Add("x", 1))
+    others = [i for i in cluster.ids if i != leader.id]
+    cluster.net.cut |= {(leader.id, o) for o in others}
+    with pytest.raises((FutureTimeout, EntryLost)):
+        leader.change_membership(ConfigChange.remove_voter(others[0]), timeout=1.0)
+    cluster.net.cut.clear()
+    new = cluster.leader()
+    assert new.id in others  # the change was lost with the old leader's term
+    assert new.change_membership(ConfigChange.remove_voter(leader.id), timeout=5.0) > 0
+    assert leader.id not in new.core.membership.voters

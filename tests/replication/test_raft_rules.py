@@ -561,3 +561,30 @@ def test_a_vote_lost_in_a_crash_elects_two_leaders_unless_sent_only_once_durable
     c.settle()
     leaders = sorted(i for i, n in c.nodes.items() if n.role == Role.LEADER and n.term == 1)
     assert leaders == (["a", "b"] if vote_sent_before_durable else ["b"])
+
+
+@pytest.mark.parametrize("knows", ["b", "c"])
+def test_leader_lost_right_after_a_promotion_commits_survivors_still_elect(make_cluster, knows):
+    """The promotion of learner c commits on a with one ack; a dies before anyone learns
+    of the commit. Whichever of b and c holds the entry, the two must elect a leader:
+    in a's configuration they are a majority (the case `prevalence cluster promote`
+    followed at once by losing the old leader)."""
+    c = make_cluster(["a", "b", "c"], voters=["a", "b"], learners=["c"])
+    a = c.nodes["a"]
+    c.elect("a")
+    c.propose("a", b"x")
+    c.tick_all(3)
+    idx = a.propose_config_change(ConfigChange.promote_learner("c"))
+    c.process("a")
+    other = "c" if knows == "b" else "b"
+    c.drop = lambda m: m.dst == other or m.src == other  # the promotion reaches `knows` only
+    c.settle()
+    assert a.log.committed >= idx
+    assert c.nodes[other].log.last_index() < idx
+    c.isolate("a")  # a is gone
+    for _ in range(40):
+        c.tick_all(1)
+        if c.nodes["b"].role == Role.LEADER or c.nodes["c"].role == Role.LEADER:
+            break
+    assert {c.nodes["b"].role, c.nodes["c"].role} == {Role.LEADER, Role.FOLLOWER}, (
+        c.nodes["b"].status(), c.nodes["c"].status())
