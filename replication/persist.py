@@ -41,7 +41,11 @@ class WriteJob:
 
 
 class Writer:
-    """Writes jobs in order on its own thread; ``on_done(jobs)`` or ``on_error(exc)`` after."""
+    """Writes jobs in order on its own thread; ``on_done(jobs)`` or ``on_error(exc)`` after.
+
+    ``after_batch()`` runs once a batch no longer counts as pending, so it may do work that
+    waits in :meth:`drain` (the node runs its Raft work there: a combining lock).
+    """
 
     def __init__(
         self,
@@ -50,11 +54,13 @@ class Writer:
         on_done: Callable[[list[WriteJob]], None],
         on_error: Callable[[BaseException], None],
         name: str,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
         self.storage = storage
         self._send = send
         self._on_done = on_done
         self._on_error = on_error
+        self._after_batch = after_batch
         self._cond = threading.Condition()
         self._queue: deque[WriteJob] = deque()
         self._pending = 0  # submitted, persisted messages not yet sent
@@ -131,6 +137,8 @@ class Writer:
             with cond:
                 self._pending -= len(jobs)
                 cond.notify_all()
+            if self._after_batch is not None:
+                self._after_batch()  # may do the node's raft work: only once drain() can return
 
     def _write(self, jobs: list[WriteJob]) -> None:
         st = self.storage

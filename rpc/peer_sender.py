@@ -13,13 +13,14 @@ import ssl
 import threading
 import time
 from collections import deque
+from typing import Callable
 
 import rpyc
 
 from .auth import ConnectFailed, format_address
 from .secret import check_secret
 from .transport import TransportError, hard_close, open_connection
-from .wire import encode_batch
+from .wire import BatchError, decode_batch, encode_batch
 
 log = logging.getLogger("rpc.transport")
 
@@ -104,6 +105,7 @@ class _Peer:
             self.sending = True
         try:
             res = link.deliver(encode_batch([payload]))
+            self._watch_reply(res)
         except Exception as exc:  # noqa: BLE001 - the link is broken: queue it for the next one
             link.kill(f"send failed: {exc or type(exc).__name__}")
             with self.cond:
@@ -117,6 +119,27 @@ class _Peer:
             if self.queue:
                 self.cond.notify_all()
         return True
+
+    def _watch_reply(self, res) -> None:
+        if self.owner.on_reply is not None:
+            res.add_callback(self._on_reply)
+
+    def _on_reply(self, res) -> None:
+        """A deliver call's reply carries the peer's answers to it (see ``on_reply``).
+
+        Runs on the reader thread as the reply is dispatched, or on the sender's if it
+        came first."""
+        if res._is_exc or not res._obj:
+            return
+        try:
+            frames = decode_batch(res._obj)
+        except BatchError as exc:
+            log.warning("peer %s at %s replied with a bad batch: %s", self.id, format_address(self.address), exc)
+            return
+        try:
+            self.owner.on_reply(self.id, frames)
+        except Exception:  # the receiver's problem, not the link's
+            log.exception("on_reply failed for messages from peer %s", self.id)
 
     def set_address(self, address) -> None:
         with self.cond:
@@ -319,6 +342,7 @@ class _Peer:
                 self.sending = True
             try:
                 res = link.deliver(encode_batch(frames))
+                self._watch_reply(res)
             except Exception as exc:
                 with self.cond:
                     self.sending = False
@@ -382,6 +406,8 @@ class PeerTransport:
         self._peers: dict[str, _Peer] = {}
         self._unknown: dict[str, int] = {}
         self._closed = False
+        # on_reply(peer id, frames): what a peer answered to a delivery, for the receiver
+        self.on_reply: Callable[[str, list[bytes]], None] | None = None
         self.set_peers(peers)
 
     def send(self, to: str, payload: bytes) -> None:

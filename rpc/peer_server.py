@@ -18,17 +18,21 @@ from rpyc.utils.server import ThreadedServer
 from .auth import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, Identity, ServerAuthenticator, format_address
 from .secret import check_secret
 from .transport import SAFE_PROTOCOL_CONFIG, SERVER_WRITE_TIMEOUT, TransportError, _channel, hard_close, tune_socket
-from .wire import BatchError, decode_batch
+from .wire import BatchError, decode_batch, encode_batch
 
 log = logging.getLogger("rpc.transport")
+
+OnBatch = Callable[[str, list[bytes]], "list[bytes] | None"]
 
 
 class _PeerService(rpyc.Service):
     """What a connection authenticated as ("peer", id) may call: deliver, nothing else."""
 
-    def __init__(self, identity: Identity, on_message: Callable[[str, bytes], None], where: str):
+    def __init__(self, identity: Identity, on_message: Callable[[str, bytes], None], where: str,
+                 on_batch: OnBatch | None = None):
         self._identity = identity
         self._on_message = on_message
+        self._on_batch = on_batch
         self._where = where
 
     def _rpyc_getattr(self, name):
@@ -36,13 +40,20 @@ class _PeerService(rpyc.Service):
             return self.exposed_deliver
         raise AttributeError(f"{name!r} is not exposed to peers")
 
-    def exposed_deliver(self, batch) -> None:
+    def exposed_deliver(self, batch) -> bytes | None:
         try:
             frames = decode_batch(batch)
         except BatchError as exc:
             log.warning("peer %s at %s sent a bad batch: %s", self._identity.id, self._where, exc)
             raise ValueError(str(exc)) from None
         sender = self._identity.id
+        if self._on_batch is not None:
+            try:
+                replies = self._on_batch(sender, frames)
+            except Exception:
+                log.exception("on_batch failed for messages from peer %s", sender)
+                return None
+            return encode_batch(replies) if replies else None
         for frame in frames:
             try:
                 self._on_message(sender, frame)
@@ -71,16 +82,17 @@ class _RoleRouter(rpyc.Service):
     ``rpyc.Service`` object a ("client", id) connection talks to.
     """
 
-    def __init__(self, on_message, service_extra):
+    def __init__(self, on_message, service_extra, on_batch=None):
         self._on_message = on_message
         self._service_extra = service_extra
+        self._on_batch = on_batch
 
     def _connect(self, channel, config={}):  # noqa: B006 (RPyC's signature)
         identity = config.get("credentials")
         endpoints = config.get("endpoints") or (None, None)
         where = format_address(endpoints[1]) if endpoints[1] else "?"
         if isinstance(identity, Identity) and identity.role == "peer":
-            service = _PeerService(identity, self._on_message, where)
+            service = _PeerService(identity, self._on_message, where, self._on_batch)
         elif isinstance(identity, Identity) and identity.role == "client" and self._service_extra:
             service = self._service_extra(identity)
         else:
@@ -142,7 +154,10 @@ class PeerServer:
 
     ``on_message(from_node_id, payload)`` is called for every frame a peer delivers, in
     order per connection, on that connection's server thread; exceptions it raises are
-    logged and not sent back. Port 0 picks a free port (see :attr:`address`). The server
+    logged and not sent back. With ``on_batch(from_node_id, frames)`` instead, the
+    frames of one delivery come together and the frames it returns for that peer go
+    back as the reply (see ``PeerTransport.on_reply``): an ack then costs the two nodes
+    no message of its own. Port 0 picks a free port (see :attr:`address`). The server
     is listening when the constructor returns.
     """
 
@@ -151,8 +166,9 @@ class PeerServer:
         host: str,
         port: int,
         secret: bytes,
-        on_message: Callable[[str, bytes], None],
+        on_message: Callable[[str, bytes], None] | None,
         *,
+        on_batch: OnBatch | None = None,
         service_extra: Callable[[Identity], rpyc.Service] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float = DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
@@ -161,7 +177,7 @@ class PeerServer:
         authenticator = ServerAuthenticator(secret, timeout=handshake_timeout, ssl_context=ssl_context)
         try:
             self._server = _Server(
-                _RoleRouter(on_message, service_extra),
+                _RoleRouter(on_message, service_extra, on_batch),
                 hostname=host,
                 port=port,
                 authenticator=authenticator,

@@ -65,7 +65,11 @@ class NodeProcess:
             settings = {k: v for k, v in self.cfg.app.items() if k != "plugin"}
             self._app = load_object(self.cfg.app["plugin"])(self, settings)
         host, port = self.cfg.listen
-        self.server = PeerServer(host, port, self.secret, lambda src, payload: self.node.receive(payload),
+        # a peer's answer to what we delivered may come back as the reply (an ack after
+        # an fsync done on the receiving thread): no message of its own either way
+        self.transport.on_reply = lambda src, frames: self.node.receive_batch(frames)
+        self.server = PeerServer(host, port, self.secret, None,
+                                 on_batch=lambda src, frames: self.node.receive_batch(frames, reply_to=src),
                                  service_extra=lambda ident: ClientService(self, ident.id),
                                  ssl_context=self.server_tls)
         self.node.start()

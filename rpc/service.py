@@ -106,7 +106,7 @@ class ClientService(rpyc.Service):
             except (PrevalenceError, TypeError) as exc:
                 replies[k] = ("error", str(exc))
         node = self._p.node
-        futures = [(k, node.submit(tx, session=session)) for k, tx, session in todo]
+        futures = zip([k for k, _tx, _s in todo], node.submit_many([(tx, session) for _k, tx, session in todo]))
         deadline = time.monotonic() + BATCH_TIMEOUT
         for k, fut in futures:
             try:

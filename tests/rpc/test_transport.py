@@ -497,3 +497,34 @@ def test_server_port_in_use_is_a_clear_error(make_server):
     srv = make_server(Inbox())
     with pytest.raises(TransportError, match=rf"cannot listen on {HOST}:{srv.address[1]}"):
         PeerServer(HOST, srv.address[1], SECRET, Inbox())
+
+
+def test_answers_ride_back_on_the_reply(make_server, make_transport, caplog):
+    """A receiver's answers to a delivery (a Raft ack) go back as that call's reply and
+    reach the sender's on_reply in order; a malformed reply is logged and dropped."""
+    got = []
+
+    def answer(src, frames):
+        return [b"ack:" + f for f in frames]
+
+    srv = make_server(None, on_batch=answer)
+    t = make_transport("a", {"b": srv.address})
+    t.on_reply = lambda peer, frames: got.extend((peer, f) for f in frames)
+    for i in range(200):
+        t.send("b", b"m%d" % i)
+    assert wait_until(lambda: len(got) == 200)
+    assert got == [("b", b"ack:m%d" % i) for i in range(200)]
+
+    import rpc.peer_server as ps
+
+    original = ps.encode_batch
+    ps.encode_batch = lambda frames: b"\xff not a batch"
+    try:
+        with caplog.at_level(logging.WARNING, logger="rpc.transport"):
+            t.send("b", b"x")
+            assert wait_until(lambda: "replied with a bad batch" in caplog.text)
+    finally:
+        ps.encode_batch = original
+    t.send("b", b"after")
+    assert wait_until(lambda: got[-1:] == [("b", b"ack:after")])
+    assert t.peer_status()["b"]["connected"]
