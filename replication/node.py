@@ -476,33 +476,37 @@ class Node(ApplierMixin):
                 if w is not None:
                     waiting[e.index] = w
             apply = ("apply", (rd.snapshot, rd.committed_entries, waiting))
-            if rd.snapshot is None:  # committed entries are durable here: apply them first
-                self._apply_q.put(apply)
+        hs = rd.hard_state
+        tv_changed = hs is not None and (hs.term, hs.vote) != self._written_tv
+        write = (rd.entries or rd.snapshot is not None or rd.truncate_from is not None or tv_changed
+                 or (rd.persisted_messages and not self._writer.idle))
+        # A leader writes on the writer thread, in parallel with replicating; a follower,
+        # whose ack must wait for the fsync anyway, writes right here when no earlier
+        # write is under way (a hand-off would only add a wake-up).
+        inline = write and self._role != Role.LEADER and self._writer.idle
+        if apply is not None and rd.snapshot is None and not inline:
+            self._apply_q.put(apply)  # durable here already: apply while the rest goes on
         send = self._send_out
         for m in rd.messages:
             if type(m) is InstallSnapshot and m.offset == 0 and self._snapshot_sent.get(m.dst) != m.meta.index:
                 self._snapshot_sent[m.dst] = m.meta.index
                 log.info("%s: sending snapshot %d to %s", self.id, m.meta.index, m.dst)
             send(m.dst, encode(m))
-        hs = rd.hard_state
-        tv_changed = hs is not None and (hs.term, hs.vote) != self._written_tv
-        if (rd.entries or rd.snapshot is not None or rd.truncate_from is not None or tv_changed
-                or (rd.persisted_messages and not self._writer.idle)):
+        if write:
             if tv_changed:
                 self._written_tv = (hs.term, hs.vote)
             # a received snapshot is installed in the state machine once it is on disk
             job = WriteJob(rd, apply if rd.snapshot is not None else None)
-            # A leader writes on the writer thread, in parallel with replicating; a
-            # follower, whose ack must wait for the fsync anyway, writes right here
-            # when no earlier write is under way (a hand-off would only add a wake-up).
-            if self._role == Role.LEADER or not self._writer.idle:
+            if not inline:
                 self._writer.submit(job)
                 written = False
             else:
                 self._writer.write_now(job)
                 written = True
-                if job.after is not None:
-                    self._apply_q.put(job.after)
+                # the ack is out (or captured for the reply): only now wake the applier,
+                # which would otherwise compete with this thread for the interpreter
+                if apply is not None:
+                    self._apply_q.put(apply)
         else:  # nothing to make durable, and no earlier write to wait for
             if hs is not None:
                 self.storage.note_commit(hs)
