@@ -7,6 +7,9 @@ it reads the node's ``sm``, ``storage``, ``_apply_q`` and ``_applied_cond``.
 from __future__ import annotations
 
 import logging
+import queue
+import time
+from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
@@ -23,11 +26,28 @@ class EntryLost(ProposalRefused):
 
 class ApplierMixin:
     def _apply_loop(self) -> None:
+        q = self._apply_q
+        delay = self.options.follower_apply_delay
+        backlog: deque = deque()
         while True:
-            item = self._apply_q.get()
+            item = backlog.popleft() if backlog else q.get()
             if item is None:
                 return
             kind, arg = item
+            if kind == "apply" and delay > 0 and not self.is_leader and not backlog:
+                # A follower is in no hurry to apply, but its acks are: let the entries of
+                # the next few appends gather and apply them in one go, instead of taking
+                # the interpreter (and on a shared machine a core) after every append.
+                time.sleep(delay)
+                while True:
+                    try:
+                        backlog.append(q.get_nowait())
+                    except queue.Empty:
+                        break
+            if kind == "apply" and arg[0] is None:
+                while backlog and backlog[0] is not None and backlog[0][0] == "apply" and backlog[0][1][0] is None:
+                    more = backlog.popleft()[1]
+                    arg = (None, arg[1] + more[1], {**arg[2], **more[2]})
             try:
                 if kind == "apply":
                     self._apply(*arg)

@@ -67,6 +67,7 @@ class NodeOptions:
     keep_snapshots: int = 2
     segment_bytes: int = 16 * 1024 * 1024
     max_batch: int = 512  # proposals taken into one Ready at most
+    follower_apply_delay: float = 0.002  # seconds a follower lets committed entries gather
 
 
 class Node(ApplierMixin):
