@@ -29,7 +29,7 @@ from prevalence.sessions import SessionExpired
 from rpc.batching import MAX_BATCH, MAX_BATCH_BYTES, Coalescer, Command
 from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
-from rpc.transport import hard_close, open_connection
+from rpc.transport import hard_close, open_connection, remote_method
 
 CONSISTENCY = ("linearizable", "leader", "local")
 SUSPECT_FOR = 1.0  # seconds an address that failed us is tried after the others (about two elections)
@@ -285,7 +285,7 @@ class ClusterClient:
                 backoff = min(backoff * 2, 0.25)  # nobody answered at all: back off, but not for long
                 continue
             try:
-                raw = getattr(conn.root, method)(*args)
+                raw = remote_method(conn, method)(*args)
                 reply = msgpack.unpackb(raw, raw=False)
             except Exception as exc:  # connection lost, timed out (a hung node), refused
                 tried.append(f"{addr}: {type(exc).__name__}: {exc}"[:200])

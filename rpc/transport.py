@@ -172,6 +172,19 @@ def hard_close(conn: rpyc.Connection) -> None:
         pass
 
 
+def remote_method(conn: rpyc.Connection, name: str) -> Any:
+    """``conn.root.<name>``, looked up once per connection.
+
+    Each attribute of a netref is a remote ``getattr``, a round trip of its own: a call
+    written ``conn.root.execute(...)`` costs two round trips, this one.
+    """
+    cache = conn.__dict__.setdefault("_prevalence_methods", {})
+    method = cache.get(name)
+    if method is None:
+        method = cache[name] = getattr(conn.root, name)
+    return method
+
+
 class NodeLink:
     """A client connection to one particular node (not to whichever leads: that is
     ``rpc.client``), opened on the first call, kept open between calls, and opened
@@ -195,7 +208,7 @@ class NodeLink:
                 self._conn = open_connection(self.address, self._secret, role="client", ident=self._ident,
                                              connect_timeout=self._connect_timeout, handshake_timeout=self._timeout,
                                              request_timeout=self._timeout, ssl_context=self._ssl)
-            return msgpack.unpackb(getattr(self._conn.root, method)(*args), raw=False)
+            return msgpack.unpackb(remote_method(self._conn, method)(*args), raw=False)
         except BaseException:
             self.close()
             raise

@@ -37,6 +37,27 @@ def test_execute_query_status_and_errors(cluster):
             client.query(Get("x"), consistency="eventual")
 
 
+def test_a_command_costs_one_round_trip(cluster):
+    """A call through ``conn.root.method`` is a remote getattr and then the call: two
+    round trips. The client looks each method up once per connection."""
+    with cluster.client() as client:
+        client.execute(Add("x", 1))
+        client.query(Get("x"))
+        conn, _addr = client._connection(1.0)
+        requests = []
+        original = conn.sync_request
+
+        def counting(handler, *args):
+            requests.append(handler)
+            return original(handler, *args)
+
+        conn.sync_request = counting
+        for _ in range(5):
+            client.execute(Add("x", 1))
+        assert client.query(Get("x")) == 6
+        assert len(requests) == 6, requests
+
+
 def test_retry_of_an_applied_command_returns_the_first_reply(cluster):
     leader = cluster.leader()
     conn = cluster.connect(leader)
