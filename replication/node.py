@@ -52,6 +52,8 @@ log = logging.getLogger("replication.node")
 __all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]
 
 _COMMAND = int(EntryKind.COMMAND)
+SLOW_WRITE = 0.1  # seconds: an inline follower write this slow...
+SLOW_WRITE_BACKOFF = 10.0  # ...sends the next ones to the writer thread for this long
 
 
 class Transport(Protocol):
@@ -126,6 +128,7 @@ class Node(ApplierMixin):
         self._wake = threading.Event()  # the raft thread's: a tick may be due sooner
         self._capture: tuple[int, str, list[bytes]] | None = None  # (thread, peer, replies)
         self._long_sleep = False  # the raft thread sleeps past the next tick
+        self._inline_off_until = 0.0  # a slow disk: follower writes go to the writer until then
         self._status_due = 0.0
         self._writer = Writer(self.storage, self._send_out, self._writes_done, self._write_failed,
                               f"write-{node_id}", after_batch=self._kick)
@@ -484,7 +487,8 @@ class Node(ApplierMixin):
         # A leader writes on the writer thread, in parallel with replicating; a follower,
         # whose ack must wait for the fsync anyway, writes right here when no earlier
         # write is under way (a hand-off would only add a wake-up).
-        inline = write and self._role != Role.LEADER and self._writer.idle
+        inline = (write and self._role != Role.LEADER and self._writer.idle
+                  and time.monotonic() >= self._inline_off_until)
         if apply is not None and rd.snapshot is None and not inline:
             self._apply_q.put(apply)  # durable here already: apply while the rest goes on
         send = self._send_out
@@ -502,7 +506,9 @@ class Node(ApplierMixin):
                 self._writer.submit(job)
                 written = False
             else:
+                started = time.monotonic()
                 self._writer.write_now(job)
+                self._check_inline_write(time.monotonic() - started)
                 written = True
                 # the ack is out (or captured for the reply): only now wake the applier,
                 # which would otherwise compete with this thread for the interpreter
@@ -521,6 +527,15 @@ class Node(ApplierMixin):
                     self._apply_q.put(("read", (rs.index, fut, q)))
                     break
         return written
+
+    def _check_inline_write(self, seconds: float) -> None:
+        """A slow disk must not hold up the thread that received the append: its reply
+        (our ack) is what tells the leader this link is alive, and after the transport's
+        request timeout (1 s) the leader would drop the link as hung."""
+        if seconds >= SLOW_WRITE:
+            self._inline_off_until = time.monotonic() + SLOW_WRITE_BACKOFF
+            log.warning("%s: a journal write took %.2f s: writing on the writer thread for the next %.0f s",
+                        self.id, seconds, SLOW_WRITE_BACKOFF)
 
     def _writes_done(self, jobs: list[WriteJob]) -> None:
         """On the writer thread: installs wait for their write; the core learns it next."""

@@ -1,6 +1,7 @@
 """The node runtime in one process: real journals and threads, an in-memory network."""
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -162,3 +163,38 @@ def test_membership_change_is_reported_only_once_committed(cluster):
     assert new.id in others  # the change was lost with the old leader's term
     assert new.change_membership(ConfigChange.remove_voter(leader.id), timeout=5.0) > 0
     assert leader.id not in new.core.membership.voters
+
+
+def test_a_follower_on_a_slow_disk_writes_off_the_receiving_thread(tmp_path, caplog, monkeypatch):
+    """A follower acks on the thread that received the append after writing there; when
+    its disk is slow it moves its writes to the writer thread, so that the transport
+    (which takes a delivery unanswered for 1 s for a hung peer) is not held up."""
+    import logging
+
+    import replication.node as node_mod
+    from replication.journal_storage import JournalStorage
+
+    c = Cluster(tmp_path)
+    try:
+        leader = c.leader()
+        leader.execute(Add("x", 1))
+        follower = next(n for n in c.net.nodes.values() if n is not leader)
+        original = JournalStorage.sync
+        threads = []
+
+        def slow_sync(self):
+            if self is follower.storage:
+                threads.append(threading.current_thread().name)
+                time.sleep(node_mod.SLOW_WRITE + 0.02)
+            return original(self)
+
+        monkeypatch.setattr(JournalStorage, "sync", slow_sync)
+        with caplog.at_level(logging.WARNING, logger="replication.node"):
+            for _ in range(3):
+                leader.execute(Add("x", 1))
+        assert f"{follower.id}: a journal write took" in caplog.text
+        writer = f"write-{follower.id}"
+        assert threads[0] != writer and threads[1:] and set(threads[1:]) == {writer}, threads
+        c.converge("x", 4)
+    finally:
+        c.stop()
