@@ -144,10 +144,10 @@ class SnapshotStore:
     def path_of(self, index: int) -> str:
         return os.path.join(self.directory, snapshot_name(index))
 
-    def write(self, meta: SnapshotMeta, body: bytes) -> SnapshotMeta:
-        """Durably store a snapshot, then prune the oldest beyond ``keep``."""
+    def write(self, meta: SnapshotMeta, body: bytes, *, prune: bool = True) -> SnapshotMeta:
+        """Durably store a snapshot, then (unless told not to) prune the oldest beyond ``keep``."""
         parts = encode_file(meta, body)
-        meta.path, meta.size = self._install(meta.index, parts), sum(map(len, parts))
+        meta.path, meta.size = self._install(meta.index, parts, prune), sum(map(len, parts))
         return meta
 
     def write_encoded(self, data: bytes) -> SnapshotMeta:
@@ -161,7 +161,7 @@ class SnapshotStore:
         meta, body = self.read(index)
         return body.obj  # the memoryview's underlying bytes: the whole file
 
-    def _install(self, index: int, parts: list[bytes]) -> str:
+    def _install(self, index: int, parts: list[bytes], prune: bool = True) -> str:
         if self.read_only:
             raise SnapshotError(f"{self.directory} was opened read-only")
         final = self.path_of(index)
@@ -176,7 +176,8 @@ class SnapshotStore:
             _platform.fsync_dir(self.directory)
         except OSError as exc:
             raise SnapshotError(f"cannot write snapshot {final}: {exc}") from exc
-        self.prune()
+        if prune:
+            self.prune()
         return final
 
     def prune(self) -> None:

@@ -194,14 +194,30 @@ class JournalStorage:
 
     def save_snapshot(self, meta: FileMeta, body: bytes, membership: Membership) -> SnapshotMeta:
         """Store a snapshot the host took of its state machine at ``meta.index``."""
+        self.write_snapshot(meta, body, membership, self.snapshot_term(meta.index))
+        return self.publish_snapshot(meta, membership)
+
+    # The same in three steps, for a host that writes the file off the thread that
+    # drives the core: the term is looked up and the snapshot published there, the
+    # file (the slow part) is written anywhere in between.
+    def snapshot_term(self, index: int) -> int:
+        if index <= self._snap.index:
+            raise RaftError(f"snapshot {index} is not newer than {self._snap.index}")
+        if index > self.last_index():
+            raise UnavailableError(f"snapshot index {index} is past the last index {self.last_index()}")
+        return self.term(index)
+
+    def write_snapshot(self, meta: FileMeta, body: bytes, membership: Membership, term: int) -> None:
+        """Write the file; it is not this storage's snapshot until :meth:`publish_snapshot`."""
+        meta.term = term
+        meta.extra = {**meta.extra, "membership": membership.to_wire()}
+        self.snapshots.write(meta, body, prune=False)  # the published one may still be read
+
+    def publish_snapshot(self, meta: FileMeta, membership: Membership) -> SnapshotMeta:
         if meta.index <= self._snap.index:
             raise RaftError(f"snapshot {meta.index} is not newer than {self._snap.index}")
-        if meta.index > self.last_index():
-            raise UnavailableError(f"snapshot index {meta.index} is past the last index {self.last_index()}")
-        meta.term = self.term(meta.index)
-        meta.extra = {**meta.extra, "membership": membership.to_wire()}
-        self.snapshots.write(meta, body)
         self._snap = SnapshotMeta(meta.index, meta.term, membership)
+        self.snapshots.prune()
         return self._snap
 
     def compact(self) -> int:

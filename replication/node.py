@@ -568,15 +568,19 @@ class Node(ApplierMixin):
         meta, body = self.sm.capture()
         if meta.index <= self._last_snapshot_index:
             return self._last_snapshot_index
-        fut = self._call(lambda: self._save_snapshot(meta, body))
-        index = fut.result()
+        # The file is written here, outside the core lock: whichever thread steps the
+        # core next (on a follower, one whose reply to the leader is its ack) must not
+        # wait for a large write.
+        term, membership = self._call(
+            lambda: (self.storage.snapshot_term(meta.index), self.core.snapshot_meta(meta.index).membership)).result()
+        self.storage.write_snapshot(meta, body, membership, term)
+        index = self._call(lambda: self._publish_snapshot(meta, membership)).result()
         self.sm.forget_skipped(self.storage.first_index())  # here, on the apply thread
         return index
 
-    def _save_snapshot(self, meta, body) -> int:
+    def _publish_snapshot(self, meta, membership) -> int:
         self._writer.drain()  # the journal is reorganised below: no write under way
-        membership = self.core.snapshot_meta(meta.index).membership
-        self.storage.save_snapshot(meta, body, membership)
+        self.storage.publish_snapshot(meta, membership)
         removed = self.storage.compact()
         self.core.compact(meta.index)
         self._last_snapshot_index = meta.index

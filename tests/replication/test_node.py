@@ -198,3 +198,31 @@ def test_a_follower_on_a_slow_disk_writes_off_the_receiving_thread(tmp_path, cap
         c.converge("x", 4)
     finally:
         c.stop()
+
+
+def test_snapshot_files_are_written_on_the_apply_thread(tmp_path, monkeypatch):
+    """Whichever thread steps the core must not wait for a snapshot file to be written:
+    on a follower that thread's reply to the leader is its ack."""
+    from prevalence.snapshots import SnapshotStore
+
+    original = SnapshotStore.write
+    writers = []
+
+    def recording(self, meta, body, **kw):
+        writers.append(threading.current_thread().name)
+        return original(self, meta, body, **kw)
+
+    monkeypatch.setattr(SnapshotStore, "write", recording)
+    c = Cluster(tmp_path, snapshot_every=20)
+    try:
+        leader = c.leader()
+        for _ in range(100):
+            leader.execute(Add("x", 1))
+        c.converge("x", 100)
+        deadline = time.monotonic() + 5
+        while len(writers) < 3 * 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(writers) >= 3 * 4, writers  # every node took snapshots
+        assert all(name.startswith("apply-") for name in writers), writers
+    finally:
+        c.stop()
