@@ -487,8 +487,8 @@ class Node(ApplierMixin):
         # A leader writes on the writer thread, in parallel with replicating; a follower,
         # whose ack must wait for the fsync anyway, writes right here when no earlier
         # write is under way (a hand-off would only add a wake-up).
-        inline = (write and self._role != Role.LEADER and self._writer.idle
-                  and time.monotonic() >= self._inline_off_until)
+        inline = (write and self._role != Role.LEADER and self._writer.idle and rd.snapshot is None
+                  and time.monotonic() >= self._inline_off_until)  # (a snapshot is a large write)
         if apply is not None and rd.snapshot is None and not inline:
             self._apply_q.put(apply)  # durable here already: apply while the rest goes on
         send = self._send_out
