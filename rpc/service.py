@@ -105,22 +105,20 @@ class ClientService(rpyc.Service):
                 todo.append((k, CODEC.loads(self._check(data)), (sid, seq)))
             except (PrevalenceError, TypeError) as exc:
                 replies[k] = ("error", str(exc))
-        node = self._p.node
-        futures = zip([k for k, _tx, _s in todo], node.submit_many([(tx, session) for _k, tx, session in todo]))
-        deadline = time.monotonic() + BATCH_TIMEOUT
-        for k, fut in futures:
-            try:
-                replies[k] = fut.result(max(0.0, deadline - time.monotonic()))
-            except ProposalRefused as exc:  # not the leader (any more): the batch goes elsewhere
-                return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
-            except TimeoutError:
-                return _reply("unavailable", "timed out waiting for the cluster")
-            except PrevalenceError as exc:
-                replies[k] = ("error", str(exc))
-        try:
-            return msgpack.packb(["ok", replies], use_bin_type=True)
-        except (TypeError, ValueError):  # cached replies are plain data; errors are strings
-            return _reply("error", "a reply in the batch cannot be sent as plain data")
+        futures = self._p.node.submit_many([(tx, session) for _k, tx, session in todo])
+
+        def outcome() -> tuple:
+            deadline = time.monotonic() + BATCH_TIMEOUT
+            for (k, _tx, _s), fut in zip(todo, futures):
+                try:
+                    replies[k] = fut.result(max(0.0, deadline - time.monotonic()))
+                except ProposalRefused:
+                    raise  # not the leader (any more): the whole batch goes elsewhere
+                except PrevalenceError as exc:
+                    replies[k] = ("error", str(exc))
+            return ("ok", replies)
+
+        return self._guard(outcome)
 
     def exposed_query(self, data: bytes, consistency: Any = "linearizable") -> bytes:
         """``linearizable`` (ReadIndex through the leader), ``leader`` (the leader's own
