@@ -40,26 +40,23 @@ def write_cluster(directory: str, nodes: int, base_port: int, root: str, imports
     return paths
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
 def free_port_block(n: int, host: str = "127.0.0.1") -> int:
     """A base port with ``n`` consecutive free ports (best effort: free when asked)."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind((host, 0))
             base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
-        socks: list[socket.socket] = []
-        try:
-            for k in range(n):
-                t = socket.socket()
-                socks.append(t)
-                t.bind((host, base + k))
+        if base + n < 65535 and all(_port_free(host, base + k) for k in range(n)):
             return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
     raise ConfigError(f"no block of {n} free ports on {host}")
 
 
@@ -67,12 +64,8 @@ def next_free_port(port: int, host: str = "127.0.0.1") -> int:
     """``port``, or the first one above it that nothing holds now (a client's outgoing
     connection may sit on the port after the last node's)."""
     for candidate in range(port, 65536):
-        with socket.socket() as s:
-            try:
-                s.bind((host, candidate))
-                return candidate
-            except OSError:
-                continue
+        if _port_free(host, candidate):
+            return candidate
     raise ConfigError(f"no free port on {host} from {port} up")
 
 
