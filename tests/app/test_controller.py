@@ -99,15 +99,20 @@ def test_a_silent_node_is_marked_down_after_down_after_and_restored_when_back(se
                                                                    "agent restarted: settings restored")
 
 
-def test_failed_pushes_back_off_and_are_retried(setup):
-    db, c, agents, links, recorded = setup
+def set_with_refused_pushes(db, c, links, refused: int = 3) -> None:
+    """Node a's agent refuses the next ``refused`` pushes of a new setting; cycle until in sync."""
     c.cycle()
-    links["a"].refuse_pushes = 3
+    links["a"].refuse_pushes = refused
     db.execute(SetSettings(("a",), {"volume": "9"}))
     deadline = time.monotonic() + 5
     while not nodes(db)["a"]["in_sync"] and time.monotonic() < deadline:
         c.cycle()
         time.sleep(0.02)
+
+
+def test_failed_pushes_back_off_and_are_retried(setup):
+    db, c, agents, links, recorded = setup
+    set_with_refused_pushes(db, c, links)
     pushes = links["a"].pushes
     assert nodes(db)["a"]["in_sync"] and len(pushes) == 4
     gaps = [b - a for a, b in zip(pushes, pushes[1:])]
@@ -147,12 +152,6 @@ def test_a_refused_connection_is_down_at_once(setup):
 
 def test_retries_of_a_failing_push_are_journaled_once(setup):
     db, c, agents, links, recorded = setup
-    c.cycle()
-    links["a"].refuse_pushes = 3
-    db.execute(SetSettings(("a",), {"volume": "9"}))
-    deadline = time.monotonic() + 5
-    while not nodes(db)["a"]["in_sync"] and time.monotonic() < deadline:
-        c.cycle()
-        time.sleep(0.02)
+    set_with_refused_pushes(db, c, links)
     details = [tx.detail for tx in recorded if tx.id == "a"]
     assert details[1:] == ["push failed, retrying: push refused", "settings pushed"]
