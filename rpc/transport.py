@@ -38,6 +38,7 @@ __all__ = [
     "open_connection",
     "hard_close",
     "NodeLink",
+    "remote_method",
     "tune_socket",
     "SAFE_PROTOCOL_CONFIG",
 ]
