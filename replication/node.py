@@ -343,16 +343,7 @@ class Node(ApplierMixin):
         # that fell due meanwhile.
         follower_ticks = max(1, cfg.election_tick // 3)
         next_tick = time.monotonic() + interval
-        while not self._stop.is_set() and self._failed is None:
-            with self._core_lock:
-                per_wake = cfg.heartbeat_tick if self._role == Role.LEADER else follower_ticks
-                if per_wake > 1 and self.core.commit_unsent():
-                    per_wake = 1  # followers learn a new commit within a tick
-                self._long_sleep = per_wake > 1
-            timeout = next_tick + (per_wake - 1) * interval - time.monotonic()
-            if timeout > 0:
-                self._wake.wait(timeout)
-                self._wake.clear()
+        while True:
             with self._core_lock:
                 if self._stop.is_set() or self._failed is not None:
                     return
@@ -368,8 +359,16 @@ class Node(ApplierMixin):
                 except BaseException as exc:  # noqa: BLE001
                     self._crash(exc)
                     return
+                per_wake = cfg.heartbeat_tick if self._role == Role.LEADER else follower_ticks
+                if per_wake > 1 and self.core.commit_unsent():
+                    per_wake = 1  # followers learn a new commit within a tick
+                self._long_sleep = per_wake > 1
             if not self._inbox.empty():
                 self._kick()
+            timeout = next_tick + (per_wake - 1) * interval - time.monotonic()
+            if timeout > 0:
+                self._wake.wait(timeout)
+                self._wake.clear()
 
     def _process_ready(self) -> None:
         """Handle the core's Readies; core lock held."""
