@@ -91,9 +91,7 @@ class Writer:
         the writer thread would only add a thread wake-up to the leader's commit path.
         """
         self._write([job])
-        send = self._send
-        for m in job.rd.persisted_messages:
-            send(m.dst, encode(m))
+        self._send_persisted([job])
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every submitted job is written (e.g. before storage is reorganised)."""
@@ -129,16 +127,20 @@ class Writer:
                     cond.notify_all()
                 self._on_error(exc)
                 return
-            send = self._send
-            for job in jobs:
-                for m in job.rd.persisted_messages:
-                    send(m.dst, encode(m))
+            self._send_persisted(jobs)
             self._on_done(jobs)  # before going idle: reports stay in order with inline writes
             with cond:
                 self._pending -= len(jobs)
                 cond.notify_all()
             if self._after_batch is not None:
                 self._after_batch()  # may do the node's raft work: only once drain() can return
+
+    def _send_persisted(self, jobs: list[WriteJob]) -> None:
+        """What promised the disk (acks, votes) may go now that it is written."""
+        send = self._send
+        for job in jobs:
+            for m in job.rd.persisted_messages:
+                send(m.dst, encode(m))
 
     def _write(self, jobs: list[WriteJob]) -> None:
         st = self.storage
