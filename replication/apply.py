@@ -1,7 +1,7 @@
 """The node's apply thread: committed entries into the state machine, in order.
 
-Kept off the raft thread so that a slow transaction or a snapshot being serialized never
-delays heartbeats. A mixin of :class:`replication.node.Node` (split out for size only);
+Kept off the threads that step the Raft core, so that a slow transaction or a snapshot
+being serialized never delays heartbeats or acks. A mixin of :class:`replication.node.Node` (split out for size only);
 it reads the node's ``sm``, ``storage``, ``_apply_q`` and ``_applied_cond``.
 """
 from __future__ import annotations
@@ -24,6 +24,11 @@ class EntryLost(ProposalRefused):
     """A proposal's index was taken by another leader's entry: it was not applied."""
 
 
+def _plain_apply(item: tuple | None) -> bool:
+    """Committed entries with no snapshot to install first."""
+    return item is not None and item[0] == "apply" and item[1][0] is None
+
+
 class ApplierMixin:
     def _apply_loop(self) -> None:
         q = self._apply_q
@@ -44,10 +49,13 @@ class ApplierMixin:
                         backlog.append(q.get_nowait())
                     except queue.Empty:
                         break
-            if kind == "apply" and arg[0] is None:
-                while backlog and backlog[0] is not None and backlog[0][0] == "apply" and backlog[0][1][0] is None:
-                    more = backlog.popleft()[1]
-                    arg = (None, arg[1] + more[1], {**arg[2], **more[2]})
+            if kind == "apply" and arg[0] is None and _plain_apply(backlog[0] if backlog else None):
+                entries, waiting = list(arg[1]), dict(arg[2])  # consecutive batches: one lock hold
+                while _plain_apply(backlog[0] if backlog else None):
+                    _s, more, more_waiting = backlog.popleft()[1]
+                    entries.extend(more)
+                    waiting.update(more_waiting)
+                arg = (None, entries, waiting)
             try:
                 if kind == "apply":
                     self._apply(*arg)
