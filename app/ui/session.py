@@ -143,7 +143,7 @@ class MasterWatch:
             try:
                 st = _status(self._master)
                 if st["role"] == "leader":
-                    return ("connected", f"connected to master {st['id']} at {st['address']}, term {st['term']}")
+                    return _connected(st)
                 lost = f"{st['id']} is no longer master"
             except Exception as exc:  # noqa: BLE001 - a dead or hung master: look for the next
                 lost = f"lost master {self.master}: {describe(exc)}"
@@ -156,7 +156,7 @@ class MasterWatch:
                 continue
             if st["role"] == "leader":
                 self._master, self.master = link, st["id"]
-                return ("connected", f"connected to master {st['id']} at {st['address']}, term {st['term']}")
+                return _connected(st)
             link.close()
         return ("reconnecting", "reconnecting: no master yet, an election is running")
 
@@ -164,6 +164,10 @@ class MasterWatch:
         for link in self._links:
             link.close()
         self._master = None
+
+
+def _connected(st: dict) -> tuple[str, str]:
+    return ("connected", f"connected to master {st['id']} at {st['address']}, term {st['term']}")
 
 
 def _status(link: NodeLink) -> dict:
