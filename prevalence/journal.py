@@ -82,6 +82,10 @@ class _Segment:
             self.rfile = None
 
 
+def _first(seg: _Segment) -> int:
+    return seg.first
+
+
 class Journal:
     """Segmented log of :class:`Entry` with group commit; see the module docstring."""
 
@@ -455,8 +459,7 @@ class Journal:
             lo += len(batch)
 
     def _segment_at(self, index: int) -> int:
-        firsts = [s.first for s in self._segments]
-        return bisect.bisect_right(firsts, index) - 1
+        return bisect.bisect_right(self._segments, index, key=_first) - 1
 
     def _read(self, seg: _Segment, start: int, end: int) -> bytes:
         if seg.rfile is None:

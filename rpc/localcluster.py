@@ -195,10 +195,15 @@ class LocalCluster:
     def status(self) -> dict[str, dict]:
         return {r["id"]: r for r in cluster_status(self.dir, timeout=0.5)}
 
+    @staticmethod
+    def _leaders(st: dict[str, dict]) -> list[str]:
+        """Who says it leads (two, briefly, across a term change)."""
+        return [n for n, r in st.items() if r["role"] == "leader"]
+
     def leader(self, timeout: float = 10.0, exclude: set[str] = frozenset()) -> str:
         """The one node (not in ``exclude``) that reports itself leader."""
         def check():
-            leaders = [n for n, r in self.status().items() if r["role"] == "leader" and n not in exclude]
+            leaders = [n for n in self._leaders(self.status()) if n not in exclude]
             return leaders[0] if len(leaders) == 1 else None
         try:
             return wait_for("a leader", check, timeout)
@@ -211,7 +216,7 @@ class LocalCluster:
         def check():
             self.check_alive()
             st = self.status()
-            leaders = [n for n, r in st.items() if r["role"] == "leader"]
+            leaders = self._leaders(st)
             if len(leaders) != 1 or not all(r["reachable"] for r in st.values()):
                 return None
             lead = st[leaders[0]]
@@ -227,7 +232,7 @@ class LocalCluster:
         def check():
             nonlocal last
             st = last = self.status()
-            leaders = [n for n, r in st.items() if r["role"] == "leader"]
+            leaders = self._leaders(st)
             return st if leaders and all(
                 st[n]["reachable"] and st[n]["applied_index"] == st[leaders[0]]["applied_index"]
                 for n in ([node] if node else st)) else None
