@@ -319,20 +319,29 @@ class Node(ApplierMixin):
             if not self._core_lock.acquire(blocking=False):
                 return
             try:
-                if self._stop.is_set() or self._failed is not None:
-                    return
                 if capture is not None:
                     self._capture = (threading.get_ident(), capture[0], capture[1])
-                self._drain_inbox()
-                self._process_ready()
-            except BaseException as exc:  # a storage failure: stop rather than risk safety
-                self._crash(exc)
-                return
+                running = self._step_locked()
             finally:
                 self._capture = None
                 self._core_lock.release()
-            if self._inbox.empty():
+            if not running or self._inbox.empty():
                 return
+
+    def _step_locked(self, tick: Callable[[], None] | None = None) -> bool:
+        """Drain the inbox, run ``tick``, handle the Readies; core lock held. False once
+        the node is stopping or has failed (a storage failure stops it: no risk to safety)."""
+        if self._stop.is_set() or self._failed is not None:
+            return False
+        try:
+            self._drain_inbox()
+            if tick is not None:
+                tick()
+            self._process_ready()
+        except BaseException as exc:  # noqa: BLE001
+            self._crash(exc)
+            return False
+        return True
 
     def _raft_loop(self) -> None:
         """Ticks, and what no other thread stepped (nobody needs to wait for this one)."""
@@ -343,21 +352,19 @@ class Node(ApplierMixin):
         # that fell due meanwhile.
         follower_ticks = max(1, cfg.election_tick // 3)
         next_tick = time.monotonic() + interval
+
+        def run_ticks() -> None:  # the ticks that fell due
+            nonlocal next_tick
+            now = time.monotonic()
+            if now - next_tick > 4 * cfg.election_tick * interval:
+                next_tick = now  # we were paused (SIGSTOP, a frozen VM): no burst of ticks
+            while now >= next_tick:
+                self.core.tick()
+                next_tick += interval
+
         while True:
             with self._core_lock:
-                if self._stop.is_set() or self._failed is not None:
-                    return
-                try:
-                    self._drain_inbox()
-                    now = time.monotonic()
-                    if now - next_tick > 4 * cfg.election_tick * interval:
-                        next_tick = now  # we were paused (SIGSTOP, a frozen VM): no burst of ticks
-                    while now >= next_tick:
-                        self.core.tick()
-                        next_tick += interval
-                    self._process_ready()
-                except BaseException as exc:  # noqa: BLE001
-                    self._crash(exc)
+                if not self._step_locked(run_ticks):
                     return
                 per_wake = cfg.heartbeat_tick if self._role == Role.LEADER else follower_ticks
                 if per_wake > 1 and self.core.commit_unsent():
