@@ -75,6 +75,11 @@ class StateMachine:
         self.skipped = {i for i in self.skipped if i >= below}
         self.skipped_from = max(self.skipped_from, below)
 
+    def _skip(self, index: int) -> None:
+        """Entry ``index`` is applied, and changed nothing."""
+        self.applied_index = index
+        self.skipped.add(index)
+
     def apply_command(self, index: int, timestamp_us: int, tx: Any) -> tuple[Any, Exception | None]:
         """Execute one journaled transaction; the caller holds the write lock.
 
@@ -115,8 +120,7 @@ class StateMachine:
             try:
                 tx.check(self.root)
             except Exception as exc:
-                self.applied_index = entry.index
-                self.skipped.add(entry.index)
+                self._skip(entry.index)
                 return None, exc
         return self.apply_command(entry.index, timestamp_us, tx)
 
@@ -127,19 +131,16 @@ class StateMachine:
                 raise SessionExpired(f"malformed session ({sid!r:.20}, {seq!r:.20})")
             cached = self.sessions.duplicate(sid, seq, ts)
         except SessionExpired as exc:
-            self.applied_index = index
-            self.skipped.add(index)
+            self._skip(index)
             return ("expired", str(exc))
         if cached is not None:
-            self.applied_index = index
-            self.skipped.add(index)
+            self._skip(index)
             return cached
         if check:
             try:
                 tx.check(self.root)
             except Exception as exc:
-                self.applied_index = index
-                self.skipped.add(index)
+                self._skip(index)
                 self.sessions.record(sid, seq, ts, _error_reply("rejected", exc))
                 return self.sessions.sessions[sid][2]
         result, exc = self.apply_command(index, ts, tx)
