@@ -39,8 +39,9 @@ class ClusterTimeout(PrevalenceError):
 class NodeExited(PrevalenceError):
     """A node process of the cluster has ended; ``tail`` is the end of its log."""
 
-    def __init__(self, node: str, code: int | None, log_path: str, tail: str):
-        super().__init__(f"node {node} exited with code {code}; the end of {log_path}:\n{tail}")
+    def __init__(self, node: str, code: int | None, log_path: str | None, tail: str):
+        where = f"the end of {log_path}:\n{tail}" if log_path else "its output went to this process's"
+        super().__init__(f"node {node} exited with code {code}; {where}")
         self.node, self.code, self.tail = node, code, tail
 
 
@@ -136,7 +137,8 @@ class LocalCluster:
         """Raise :class:`NodeExited`, with the end of its log, if a started node has exited."""
         for nid, p in self.procs.items():
             if p.poll() is not None:
-                raise NodeExited(nid, p.returncode, os.path.join(self.dir, f"{nid}.log"), self.tail(nid))
+                log_path = os.path.join(self.dir, f"{nid}.log") if self.log_files else None
+                raise NodeExited(nid, p.returncode, log_path, self.tail(nid) if log_path else "")
 
     def log(self, nid: str) -> str:
         with open(os.path.join(self.dir, f"{nid}.log"), encoding="utf-8", errors="replace") as f:

@@ -10,7 +10,8 @@ import time
 import pytest
 
 import rpc
-from tests.cluster.harness import LocalCluster
+from rpc import localcluster
+from tests.cluster.harness import ROOT, LocalCluster
 from tests.prevalence.domain import Snapshot, Stamp
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL/SIGSTOP")]
@@ -34,6 +35,31 @@ def test_cluster_elects_one_leader(tmp_path, n):
         assert c.call(leader, "execute", Stamp("first"))[0] == "ok"
     finally:
         c.stop()
+
+
+def test_a_dead_node_is_reported_with_the_end_of_its_log(tmp_path):
+    c = LocalCluster(tmp_path, 3)
+    try:
+        c.leader()
+        c.check_alive()  # all up: nothing to report
+        c.kill("n2")
+        with pytest.raises(localcluster.NodeExited) as info:
+            c.check_alive()
+        err = info.value
+        assert err.node == "n2" and err.code == -signal.SIGKILL
+        assert os.path.join(str(tmp_path), "n2.log") in str(err) and "node n2 up on" in err.tail
+    finally:
+        c.stop()
+    # nodes writing to this process's output: no log file is named, and none is read
+    quiet = localcluster.LocalCluster.open(str(tmp_path), cwd=ROOT, log_files=False)
+    try:
+        quiet.start("n1")
+        quiet.kill("n1")
+        with pytest.raises(localcluster.NodeExited, match="its output went to this process's") as info:
+            quiet.check_alive()
+        assert "n1.log" not in str(info.value) and info.value.tail == ""
+    finally:
+        quiet.stop()
 
 
 def test_sigkill_leader_repeatedly_under_load_loses_nothing_acknowledged(cluster3):
