@@ -211,6 +211,34 @@ class ClusterClient:
         """The status of the node this client talks to (the leader when known)."""
         return self._outcome(self._call(time.monotonic() + self.timeout, "status", any_node=True))
 
+    def app_call(self, address: str, name: str, data: bytes = b"", *, timeout: float | None = None) -> bytes:
+        """Call ``name``, a handler that the application hosted in the node at ``address``
+        added to ``process.handlers``: bytes in, the handler's bytes out.
+
+        Such a call belongs to that one node (its agent's status, say), so it is not
+        retried elsewhere: a node that cannot be reached, has no such handler, or whose
+        handler failed raises PrevalenceError naming the node and the reason."""
+        addr = parse_address(address, "address")
+        where = f"{format_address(addr)}: app_call {name!r}"
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise PrevalenceError(f"{where}: data must be bytes, not {type(data).__name__}")
+        wait = self.timeout if timeout is None else timeout
+        try:
+            conn = open_connection(addr, self._secret, role="client", ident="client",
+                                   connect_timeout=min(1.0, wait), handshake_timeout=min(2.0, wait),
+                                   request_timeout=wait, ssl_context=self._ssl)
+        except PrevalenceError as exc:
+            raise PrevalenceError(f"{where}: {exc}") from None
+        try:
+            reply = msgpack.unpackb(remote_method(conn, "app_call")(name, bytes(data)), raw=False)
+        except Exception as exc:  # noqa: BLE001 - lost, timed out, refused: all mean "no answer"
+            raise PrevalenceError(f"{where}: {type(exc).__name__}: {exc}") from None
+        finally:
+            hard_close(conn)
+        if reply[0] != "ok":
+            raise PrevalenceError(f"{where}: {reply[-1]}")
+        return reply[1]
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

@@ -128,3 +128,32 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path):
     with pytest.raises(rpc.ClusterUnavailable, match="tried .*127.0.0.1"):
         client.execute(Add("x", 1))
     assert time.monotonic() - t0 < 3
+
+
+def test_app_call_reaches_the_named_node_and_reports_its_refusals(tmp_path):
+    from tests.cluster.harness import LocalCluster, free_port_block
+
+    c = LocalCluster(tmp_path, 3, app={"plugin": "tests.cluster.plugin:attach"})
+    try:
+        c.leader()
+        with c.client() as client:
+            for nid, address in c.addresses.items():  # each node's own handler, followers too
+                assert client.app_call(address, "test.whoami", b"hi") == nid.encode() + b":hi"
+            address = c.addresses["n1"]
+            with pytest.raises(PrevalenceError, match=f"{address}: app_call 'nope': this node has no application call 'nope'"):
+                client.app_call(address, "nope")
+            with pytest.raises(PrevalenceError, match=r"test.fail: ValueError: refused b'x'"):
+                client.app_call(address, "test.fail", b"x")
+            with pytest.raises(PrevalenceError, match="over the limit"):
+                client.app_call(address, "test.whoami", b"x" * (2 << 20))
+            with pytest.raises(PrevalenceError, match="data must be bytes, not str"):
+                client.app_call(address, "test.whoami", "text")
+            dead = f"127.0.0.1:{free_port_block(1)}"
+            t0 = time.monotonic()
+            with pytest.raises(PrevalenceError, match=f"{dead}: app_call 'test.whoami'"):
+                client.app_call(dead, "test.whoami")
+            assert time.monotonic() - t0 < 3
+            assert client.app_call(address, "test.whoami") == b"n1:"  # the node serves on
+            assert client.execute(Add("x", 1)) == 1  # and the client's own connection too
+    finally:
+        c.stop()

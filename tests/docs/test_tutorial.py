@@ -172,7 +172,6 @@ def _one_leader(directory):
 def test_steps_4_and_5_cluster_client_and_leader_only_plugin(tmp_path, monkeypatch):
     import rpc
     from rpc.cluster import free_port_block, start_node, write_cluster
-    from rpc.transport import open_connection
 
     data = str(tmp_path / "board-cluster")
     base = free_port_block(3)
@@ -256,15 +255,7 @@ def test_steps_4_and_5_cluster_client_and_leader_only_plugin(tmp_path, monkeypat
             assert {o["dispatched_by"] for o in c.query(Orders())} == {leader["id"]}
 
             def dispatcher(address):
-                host, port = address.rsplit(":", 1)
-                conn = open_connection((host, int(port)), rpc.load_secret(secret_file), role="client",
-                                       ident="tutorial")
-                try:
-                    reply = msgpack.unpackb(conn.root.app_call("workorders.dispatcher", b""), raw=False)
-                finally:
-                    conn.close()
-                assert reply[0] == "ok", reply
-                return msgpack.unpackb(reply[1], raw=False)
+                return msgpack.unpackb(c.app_call(address, "workorders.dispatcher"))
 
             assert dispatcher(leader["address"]) == {"node": leader["id"], "leading": True, "sent": total}
             follower = next(a for a in addresses if a != leader["address"])
