@@ -40,6 +40,17 @@ else:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the OS takes the source ports of outgoing connections from."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+                low, high = (int(x) for x in f.read().split())
+            return low, high
+        except (OSError, ValueError):
+            return 32768, 60999  # the kernel's default
+    return 49152, 65535  # Windows and macOS: IANA's dynamic range
+
 O_BINARY = getattr(os, "O_BINARY", 0)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import threading
 import tomllib
 from typing import Any
 
-
+from prevalence._platform import ephemeral_ports
 from rpc.config import ConfigError, NodeConfig, format_address, load_config, render_config, tls_contexts
 from rpc.secret import generate_secret_file, load_secret
 from rpc.transport import NodeLink
@@ -50,12 +51,22 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def free_port_block(n: int, host: str = "127.0.0.1") -> int:
-    """A base port with ``n`` consecutive free ports (best effort: free when asked)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((host, 0))
-            base = s.getsockname()[1]
-        if base + n < 65535 and all(_port_free(host, base + k) for k in range(n)):
+    """A base port with ``n`` consecutive free ports (best effort: free when asked).
+
+    Taken below (or else above) the range the OS gives outgoing connections their source
+    ports from: a port in that range can be taken by any connection, such as the other
+    nodes dialling this one, before its node listens on it."""
+    low, high = ephemeral_ports()
+    spans = [(max(10_000, low - 16_384), low - n), (high + 1, 65_535 - n)]
+    spans = [(a, b) for a, b in spans if a <= b]
+    for _ in range(100):
+        if spans:
+            base = random.randint(*random.choice(spans))
+        else:  # the OS may use every port: take whatever it gives now
+            with socket.socket() as s:
+                s.bind((host, 0))
+                base = s.getsockname()[1]
+        if base + n <= 65_535 and all(_port_free(host, base + k) for k in range(n)):
             return base
     raise ConfigError(f"no block of {n} free ports on {host}")
 
