@@ -51,6 +51,7 @@ def ephemeral_ports() -> tuple[int, int]:
             return 32768, 60999  # the kernel's default
     return 49152, 65535  # Windows and macOS: IANA's dynamic range
 
+
 O_BINARY = getattr(os, "O_BINARY", 0)
 
 
