@@ -29,7 +29,7 @@ from prevalence.sessions import SessionExpired
 from rpc.batching import MAX_BATCH, MAX_BATCH_BYTES, Coalescer, Command
 from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
-from rpc.transport import hard_close, open_connection, remote_method
+from rpc.transport import NodeLink, hard_close, open_connection, remote_method
 
 CONSISTENCY = ("linearizable", "leader", "local")
 SUSPECT_FOR = 1.0  # seconds an address that failed us is tried after the others (about two elections)
@@ -223,18 +223,13 @@ class ClusterClient:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise PrevalenceError(f"{where}: data must be bytes, not {type(data).__name__}")
         wait = self.timeout if timeout is None else timeout
-        try:
-            conn = open_connection(addr, self._secret, role="client", ident="client",
-                                   connect_timeout=min(1.0, wait), handshake_timeout=min(2.0, wait),
-                                   request_timeout=wait, ssl_context=self._ssl)
-        except PrevalenceError as exc:
-            raise PrevalenceError(f"{where}: {exc}") from None
-        try:
-            reply = msgpack.unpackb(remote_method(conn, "app_call")(name, bytes(data)), raw=False)
-        except Exception as exc:  # noqa: BLE001 - lost, timed out, refused: all mean "no answer"
-            raise PrevalenceError(f"{where}: {type(exc).__name__}: {exc}") from None
-        finally:
-            hard_close(conn)
+        with NodeLink(addr, self._secret, timeout=wait, ssl_context=self._ssl) as link:
+            try:
+                reply = link.call("app_call", name, bytes(data))
+            except PrevalenceError as exc:  # could not connect: the message says why
+                raise PrevalenceError(f"{where}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - lost, timed out, refused: all mean "no answer"
+                raise PrevalenceError(f"{where}: {type(exc).__name__}: {exc}") from None
         if reply[0] != "ok":
             raise PrevalenceError(f"{where}: {reply[-1]}")
         return reply[1]
