@@ -192,14 +192,9 @@ class JournalStorage:
         self._snap = snap.meta
         self.journal.reset(snap.meta.index + 1)
 
-    def save_snapshot(self, meta: FileMeta, body: bytes, membership: Membership) -> SnapshotMeta:
-        """Store a snapshot the host took of its state machine at ``meta.index``."""
-        self.write_snapshot(meta, body, membership, self.snapshot_term(meta.index))
-        return self.publish_snapshot(meta, membership)
-
-    # The same in three steps, for a host that writes the file off the thread that
-    # drives the core: the term is looked up and the snapshot published there, the
-    # file (the slow part) is written anywhere in between.
+    # A snapshot the host took of its state machine is stored in three steps, so that the
+    # file (the slow part) can be written off the thread that drives the core: the term
+    # is looked up and the snapshot published there, the file written anywhere between.
     def snapshot_term(self, index: int) -> int:
         if index <= self._snap.index:
             raise RaftError(f"snapshot {index} is not newer than {self._snap.index}")

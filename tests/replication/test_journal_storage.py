@@ -21,6 +21,12 @@ from replication.storage import MemoryStorage
 M = Membership(("a", "b", "c"))
 
 
+def save_snapshot(disk: JournalStorage, meta: FileMeta, body: bytes) -> None:
+    """The node's three steps (it writes the file off the core's thread)."""
+    disk.write_snapshot(meta, body, M, disk.snapshot_term(meta.index))
+    disk.publish_snapshot(meta, M)
+
+
 def snapshot_file(index: int, term: int, membership: Membership) -> bytes:
     meta = FileMeta(index, term, 123, "pickle", extra={"membership": membership.to_wire()})
     return b"".join(encode_file(meta, b"state at %d" % index))
@@ -61,7 +67,7 @@ class StorageAgreement(RuleBasedStateMachine):
         i = data.draw(st.integers(self.mem.first_index(), self.mem.last_index()))
         self.mem.create_snapshot(SnapshotMeta(i, self.mem.term(i), M), b"s")
         self.mem.compact(i)
-        self.disk.save_snapshot(FileMeta(i, 0, 0, "pickle"), b"body", M)
+        save_snapshot(self.disk, FileMeta(i, 0, 0, "pickle"), b"body")
         self.disk.compact()
 
     @rule(ahead=st.integers(-5, 20), learner=st.booleans())
@@ -126,7 +132,7 @@ def test_damaged_hard_state_refuses_to_start(tmp_path):
 def test_missing_entries_between_snapshot_and_journal_refuse_to_start(tmp_path):
     s = JournalStorage(tmp_path, initial_membership=M, segment_bytes=4096)
     s.append([Entry(i, 1, 1, b"x" * 100) for i in range(1, 200)])
-    s.save_snapshot(FileMeta(150, 0, 0, "pickle"), b"body", M)
+    save_snapshot(s, FileMeta(150, 0, 0, "pickle"), b"body")
     s.compact()
     s.close()
     for f in (tmp_path / "snapshots").iterdir():
