@@ -1,8 +1,9 @@
 """The node's apply thread: committed entries into the state machine, in order.
 
 Kept off the threads that step the Raft core, so that a slow transaction or a snapshot
-being serialized never delays heartbeats or acks. A mixin of :class:`replication.node.Node` (split out for size only);
-it reads the node's ``sm``, ``storage``, ``_apply_q`` and ``_applied_cond``.
+being serialized never delays heartbeats or acks. A mixin of
+:class:`replication.node.Node` (split out for size only); it reads the node's ``sm``,
+``storage``, ``_apply_q`` and ``_applied_cond``.
 """
 from __future__ import annotations
 
