@@ -18,17 +18,19 @@ from .errors import (
     EngineHaltedError,
     JournalCorruptError,
     LockedError,
+    OutcomeUnknown,
     PrevalenceError,
     SnapshotError,
 )
 from .journal import Journal
+from .sessions import SessionExpired
 from .snapshots import SnapshotMeta
 from .transaction import Context, Query, Transaction
 
 __all__ = [
     "open", "state_at", "Engine", "Transaction", "Query", "Context", "Entry", "EntryKind", "Journal",
     "SnapshotMeta", "CODEC", "Codec", "PrevalenceError", "CodecError", "JournalCorruptError",
-    "SnapshotError", "EngineHaltedError", "ClosedError", "LockedError",
+    "SnapshotError", "EngineHaltedError", "ClosedError", "LockedError", "OutcomeUnknown", "SessionExpired",
 ]
 
 

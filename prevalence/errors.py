@@ -23,6 +23,11 @@ class SnapshotError(PrevalenceError):
     """No usable snapshot, or one could not be written."""
 
 
+class OutcomeUnknown(PrevalenceError):
+    """A command may or may not have been applied, and nobody can tell any more (its
+    session expired before the retry): look at the state before sending it again."""
+
+
 class EngineHaltedError(PrevalenceError):
     """The engine stopped accepting work after a write failure; reopen it to recover."""
 

@@ -7,7 +7,6 @@ from typing import Any, Callable
 from .codec import CODEC, Codec
 from .errors import CodecError, PrevalenceError, SnapshotError
 from .journal import Journal
-from .sessions import SessionTable
 from .snapshots import SnapshotStore
 from .state import StateMachine
 
@@ -52,7 +51,7 @@ def recover(
                 f"which starts at index {first}: entries {index + 1}..{first - 1} are gone"
                 + (f"; damaged newer snapshots: {'; '.join(damaged)}" if damaged else "")
             )
-        sm = StateMachine(root, index, meta.timestamp_us, SessionTable.from_plain(meta.extra.get("sessions"), meta.extra.get("session_expiry_us")))
+        sm = StateMachine.from_snapshot(meta, root)
         break
     if sm is None:
         if first > 1:

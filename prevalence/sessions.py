@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PrevalenceError
+from .errors import OutcomeUnknown
 from .transaction import Context, Transaction
 
 IDLE_EXPIRY_US = 24 * 3600 * 1_000_000  # the default; SetSessionExpiry changes it, on every replica
@@ -24,8 +24,9 @@ MIN_EXPIRY_S, MAX_EXPIRY_S = 60, 366 * 24 * 3600
 Reply = tuple  # ("ok", value) | ("failed", type, message) | ("rejected", type, message)
 
 
-class SessionExpired(PrevalenceError):
-    """The session is unknown (expired or never registered): the command was not applied."""
+class SessionExpired(OutcomeUnknown):
+    """The session is unknown (expired, or never registered): the command is refused now,
+    but an earlier attempt of it may have applied before the session expired."""
 
 
 class SessionCommand(Transaction):
@@ -53,7 +54,7 @@ class SetSessionExpiry(SessionCommand, name="prevalence.SetSessionExpiry"):
     """How long a session may stay idle (journaled time) before its retries are refused.
 
     Too short and a client that pauses loses its exactly-once guarantee (its next
-    command is refused as expired, never applied twice); too long and the table of
+    command is refused as expired, with an unknown outcome, never applied twice); too long and the table of
     sessions grows with every client that went away."""
 
     seconds: int
@@ -69,38 +70,46 @@ class SetSessionExpiry(SessionCommand, name="prevalence.SetSessionExpiry"):
 
 
 class SessionTable:
-    __slots__ = ("sessions", "_next_sweep", "idle_expiry_us")
+    """Sessions by id: ``[last seq, last active µs, last reply]``.
+
+    Whether a session has expired is a function of the table and the journaled time of
+    the entry being applied, nothing else, so every replica, however it got its state
+    (the whole log, a snapshot, a restart), decides alike. :meth:`sweep` only collects
+    what that function already calls expired."""
+
+    __slots__ = ("sessions", "idle_expiry_us")
 
     def __init__(self, idle_expiry_us: int = IDLE_EXPIRY_US) -> None:
-        self.sessions: dict[int, list] = {}  # id -> [last seq, last active µs, last reply]
-        self._next_sweep = 0
+        self.sessions: dict[int, list] = {}
         self.idle_expiry_us = idle_expiry_us
 
     def register(self, session_id: int, timestamp_us: int) -> None:
         self.sessions[session_id] = [0, timestamp_us, None]
 
-    def duplicate(self, session_id: int, seq: int, timestamp_us: int) -> Reply | None:
-        """The cached reply if ``seq`` was applied already; raises if it cannot be applied."""
-        self.sweep(timestamp_us)
+    def _live(self, session_id: int, now_us: int) -> list | None:
         s = self.sessions.get(session_id)
+        return None if s is None or s[1] < now_us - self.idle_expiry_us else s
+
+    def duplicate(self, session_id: int, seq: int, now_us: int) -> Reply | None:
+        """The cached reply if ``seq`` was applied already; raises if it cannot be applied."""
+        s = self._live(session_id, now_us)
         if s is None:
-            raise SessionExpired(f"session {session_id} is unknown or expired: command {seq} was not applied")
+            raise SessionExpired(
+                f"session {session_id} is unknown or expired (idle for more than {self.idle_expiry_us // 1_000_000} s "
+                f"of journaled time): whether command {seq} was applied is unknown")
         if seq == s[0]:
             return s[2]
         if seq < s[0]:
-            raise SessionExpired(f"session {session_id}: command {seq} is older than the last one applied ({s[0]})")
+            raise SessionExpired(f"session {session_id}: command {seq} is older than the last one applied ({s[0]}); "
+                                 "its outcome is no longer known")
         return None
 
     def record(self, session_id: int, seq: int, timestamp_us: int, reply: Reply) -> None:
         self.sessions[session_id] = [seq, timestamp_us, reply]
 
-    def sweep(self, timestamp_us: int) -> None:
-        """Drop idle sessions; at most once per minute of journaled time (cheap, deterministic)."""
-        if timestamp_us < self._next_sweep:
-            return
-        self._next_sweep = timestamp_us + 60_000_000
-        cutoff = timestamp_us - self.idle_expiry_us
-        for sid in [sid for sid, s in self.sessions.items() if s[1] < cutoff]:
+    def sweep(self, now_us: int) -> None:
+        """Forget the sessions that have expired by ``now_us`` (garbage collection only)."""
+        for sid in [sid for sid in self.sessions if self._live(sid, now_us) is None]:
             del self.sessions[sid]
 
     def to_plain(self) -> list:

@@ -21,6 +21,7 @@ from .transaction import Context
 log = logging.getLogger("prevalence.state")
 
 _COMMAND = int(EntryKind.COMMAND)
+SWEEP_US = 60_000_000  # expired sessions are forgotten when journaled time enters a new minute
 
 
 def encode_command(timestamp_us: int, plain: list, session: tuple[int, int] | None = None) -> bytes:
@@ -70,6 +71,13 @@ class StateMachine:
         self.skipped: set[int] = set()
         self.skipped_from = applied_index + 1  # known for entries applied here, not those a snapshot holds
 
+    @classmethod
+    def from_snapshot(cls, meta: SnapshotMeta, root: Any) -> "StateMachine":
+        """The state a snapshot holds: the root, its index and journaled time, the sessions."""
+        extra = meta.extra
+        sessions = SessionTable.from_plain(extra.get("sessions"), extra.get("session_expiry_us"))
+        return cls(root, meta.index, meta.timestamp_us, sessions)
+
     def forget_skipped(self, below: int) -> None:
         """Drop what is known of entries before ``below`` (compacted: nobody reads them)."""
         self.skipped = {i for i in self.skipped if i >= below}
@@ -80,16 +88,28 @@ class StateMachine:
         self.applied_index = index
         self.skipped.add(index)
 
+    def journal_time(self, timestamp_us: int) -> int:
+        """The time an entry stamped ``timestamp_us`` applies at: never before the last one.
+
+        A new leader whose clock is behind the old one's stamps: ``now`` still never
+        decreases, and the clamp depends only on the log, so replay agrees. When that
+        time enters a new minute the expired sessions are collected: also a function
+        of the log alone, so every replica's table holds the same sessions.
+        """
+        prev = self.timestamp_us
+        if timestamp_us < prev:
+            return prev
+        if timestamp_us // SWEEP_US != prev // SWEEP_US:
+            self.sessions.sweep(timestamp_us)
+        return timestamp_us
+
     def apply_command(self, index: int, timestamp_us: int, tx: Any) -> tuple[Any, Exception | None]:
         """Execute one journaled transaction; the caller holds the write lock.
 
         Its exception is returned, not raised: the entry is applied either way, and the
         changes it made before raising stay, exactly as they will on every replay.
         """
-        if timestamp_us < self.timestamp_us:
-            # A new Raft leader whose clock is behind the old one's stamps: ``now`` still
-            # never decreases, and the clamp depends only on the log, so replay agrees.
-            timestamp_us = self.timestamp_us
+        timestamp_us = self.journal_time(timestamp_us)
         try:
             ctx = Context(index, timestamp_us)
             if isinstance(tx, SessionCommand):  # the session table, which the root does not hold
@@ -125,7 +145,7 @@ class StateMachine:
         return self.apply_command(entry.index, timestamp_us, tx)
 
     def _apply_session_command(self, index: int, ts: int, tx: Any, sid: Any, seq: Any, check: bool) -> Reply:
-        ts = max(ts, self.timestamp_us)
+        ts = self.journal_time(ts)
         try:
             if not (isinstance(sid, int) and isinstance(seq, int)):
                 raise SessionExpired(f"malformed session ({sid!r:.20}, {seq!r:.20})")

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from prevalence.entry import Entry
-from prevalence.sessions import SessionTable
+from prevalence.state import StateMachine
 from replication.errors import ProposalRefused
 
 log = logging.getLogger("replication.node")
@@ -75,11 +75,11 @@ class ApplierMixin:
         sm = self.sm
         if snapshot is not None:
             meta, root = self.storage.snapshots.load(snapshot.meta.index)
+            new = StateMachine.from_snapshot(meta, root)
             sm.lock.acquire_write()
-            try:
-                sm.root, sm.applied_index, sm.timestamp_us = root, meta.index, meta.timestamp_us
-                sm.sessions = SessionTable.from_plain(meta.extra.get("sessions"), meta.extra.get("session_expiry_us"))
-                sm.skipped, sm.skipped_from = set(), meta.index + 1  # the snapshot replaced what it knew
+            try:  # in place: other threads hold this object (the snapshot replaced what it knew)
+                sm.root, sm.applied_index, sm.timestamp_us, sm.sessions = new.root, new.applied_index, new.timestamp_us, new.sessions
+                sm.skipped, sm.skipped_from = new.skipped, new.skipped_from
             finally:
                 sm.lock.release_write()
             self._last_snapshot_index = meta.index
