@@ -34,6 +34,14 @@ class TransferInProgress(ProposalRefused):
     """The leader is handing leadership over and refuses new proposals meanwhile."""
 
 
+class NodeHalted(ProposalRefused):
+    """This node stopped (a disk or internal failure) with the request unfinished.
+
+    A command it had proposed may still commit through the other nodes: its outcome is
+    theirs to tell, so a client retries it on the new leader under the same session
+    number, and gets the first result if it did apply."""
+
+
 class ConfigChangeRefused(RaftError):
     """A membership change was refused (invalid, or another one is pending)."""
 

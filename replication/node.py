@@ -39,7 +39,7 @@ from prevalence.recovery import recover
 from prevalence.state import encode_command
 from replication.config import RaftConfig
 from replication.core import RaftNode
-from replication.errors import DecodeError, NotLeader, RaftError
+from replication.errors import DecodeError, NodeHalted, NotLeader, RaftError
 from replication.journal_storage import JournalStorage
 from replication.membership import ConfigChange, Membership
 from replication.messages import InstallSnapshot, decode, encode
@@ -331,7 +331,10 @@ class Node(ApplierMixin):
     def _step_locked(self, tick: Callable[[], None] | None = None) -> bool:
         """Drain the inbox, run ``tick``, handle the Readies; core lock held. False once
         the node is stopping or has failed (a storage failure stops it: no risk to safety)."""
-        if self._stop.is_set() or self._failed is not None:
+        if self._failed is not None:
+            self._refuse_queued()
+            return False
+        if self._stop.is_set():
             return False
         try:
             self._drain_inbox()
@@ -402,8 +405,23 @@ class Node(ApplierMixin):
     def _crash(self, exc: BaseException) -> None:
         self._failed = exc
         log.exception("%s: raft loop stopped", self.id, exc_info=exc)
-        self._fail_all(exc)
+        # What this node proposed may still commit through the others: "failed" would be
+        # untrue, so the waiting callers hear a refusal they retry on the new leader.
+        self._fail_all(NodeHalted(f"node {self.id!r} stopped ({exc}); the command's outcome is decided by "
+                                  "the other nodes: retry it on the new leader"))
+        self._refuse_queued()
         self._wake.set()
+
+    def _refuse_queued(self) -> None:
+        """After a failure: whatever is still queued will never be stepped."""
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            fut = item[2]
+            if fut is not None and not fut.done():
+                fut.set_exception(NodeHalted(f"node {self.id!r} stopped ({self._failed}): retry on the new leader"))
 
     def _send_out(self, to: str, payload: bytes) -> None:
         c = self._capture

@@ -3,9 +3,11 @@ committed log (subscriptions), maintenance, and the hosted application's handler
 (``app_call``).
 
 Bytes in, bytes out (msgpack), never pickle. Replies are ``["ok", value]``,
-``["not_leader", leader_id, leader_address]``, ``["rejected"|"failed", type, message]``,
-``["unavailable", message]`` (no quorum in time: the same request may be retried) or
-``["error", message]``. The client library (rpc.client) numbers commands within
+``["not_leader", leader_id, leader_address]`` (also when this node stopped with the
+command unfinished: it may commit elsewhere, and a retry under the same session number
+learns its outcome), ``["rejected"|"failed", type, message]``, ``["expired", message]``
+(the session expired: the command's outcome is unknown), ``["unavailable", message]``
+(no quorum in time: the same request may be retried) or ``["error", message]``. The client library (rpc.client) numbers commands within
 sessions, so its retries apply once, and sends concurrent ones in one execute_batch.
 """
 from __future__ import annotations
@@ -18,8 +20,8 @@ import msgpack
 import rpyc
 
 from prevalence.codec import CODEC
-from prevalence.errors import PrevalenceError
-from replication.errors import ProposalRefused
+from prevalence.errors import OutcomeUnknown, PrevalenceError
+from replication.errors import NodeHalted, ProposalRefused
 
 if TYPE_CHECKING:
     from rpc.server import NodeProcess
@@ -72,11 +74,17 @@ class ClientService(rpyc.Service):
     def exposed_execute(self, data: bytes, session_id: int | None = None, seq: int | None = None) -> bytes:
         """Without a session: at most once per call. With one: exactly once across retries."""
         if session_id is None:
-            return self._run(data, lambda obj: self._p.node.execute(obj))
+            return self._run(data, self._execute_once)
         if not (isinstance(session_id, int) and isinstance(seq, int) and seq > 0):
             return _reply("error", "session id and sequence number must be positive integers")
         # the node returns the session's reply: the transaction's errors are inside it
         return self._guard(lambda: self._p.node.execute(CODEC.loads(self._check(data)), session=(session_id, seq)))
+
+    def _execute_once(self, tx: Any) -> Any:
+        try:
+            return self._p.node.execute(tx)
+        except NodeHalted as exc:  # it may still commit elsewhere: a retry could apply it twice
+            raise OutcomeUnknown(f"{exc}; sent without a session, its outcome is unknown") from None
 
     def exposed_execute_batch(self, items: Any) -> bytes:
         """Several session commands at once: ``((data, session_id, seq), ...)``.

@@ -10,7 +10,7 @@ import pytest
 
 import rpc
 from prevalence.codec import CODEC
-from prevalence.errors import PrevalenceError
+from prevalence.errors import OutcomeUnknown, PrevalenceError
 from tests.prevalence.domain import Add, Boom, Get, HalfThenFail, Rejected, Snapshot, Stamp
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")]
@@ -80,6 +80,18 @@ def test_retry_of_an_applied_command_returns_the_first_reply(cluster):
         assert msgpack.unpackb(conn.root.query(CODEC.dumps(Get("n"))), raw=False) == ["ok", 10]
     finally:
         conn.close()
+
+
+def test_a_command_on_an_expired_session_raises_outcome_unknown_and_the_client_carries_on(cluster):
+    """The state cannot tell whether an earlier attempt applied before the session went,
+    so the client says "unknown", not "not applied", and opens a new session next."""
+    with cluster.client() as client:
+        assert client.execute(Add("e", 1)) == 1
+        client._sessions[:] = [rpc.client._Session(999_999)]  # as if it expired meanwhile
+        with pytest.raises(OutcomeUnknown, match="whether command 1 was applied is unknown"):
+            client.execute(Add("e", 1))
+        assert client.execute(Add("e", 1)) == 2  # a fresh session
+        assert client.query(Get("e")) == 2
 
 
 def test_commands_ride_through_leader_sigkills_and_apply_exactly_once(cluster):
