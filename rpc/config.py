@@ -5,7 +5,7 @@
     data = "data/n1"                      # relative paths are relative to this file
     root = "myapp.model:Bank"             # MODULE:FACTORY of the root object
     secret_file = "cluster.secret"
-    fsync = "always"                      # always | batch | never
+    fsync = "always"                      # always | unsafe-no-fsync (tests, benchmarks)
     imports = ["myapp.commands"]          # optional: more modules defining transactions
     join = false                          # true for a node added to a running cluster
 
@@ -40,8 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prevalence.errors import PrevalenceError
-
-FSYNC = ("always", "batch", "never")
 
 
 class ConfigError(PrevalenceError):
@@ -79,6 +77,17 @@ def parse_address(text: Any, where: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}: expected \"HOST:PORT\" with a port from 1 to 65535, got {text!r}")
     return host, int(port)
+
+
+def check_fsync(mode: Any, where: str) -> str:
+    """``mode`` if a node offers it (replication.journal_storage.NODE_FSYNC_MODES); else a
+    one-line ConfigError naming the choice."""
+    from replication.journal_storage import fsync_mode_problem  # here: clients import this module
+
+    problem = fsync_mode_problem(mode)
+    if problem is not None:
+        raise ConfigError(f"{where} {problem}")
+    return mode
 
 
 def format_address(addr: tuple[str, int]) -> str:
@@ -149,7 +158,7 @@ def load_config(path: str) -> NodeConfig:
         root=t.get("root", str, check=lambda v: None if ":" in v else "must be MODULE:FACTORY"),
         secret_file=rel(t.get("secret_file", str)),
         peers={},
-        fsync=t.get("fsync", str, "always", check=lambda v: None if v in FSYNC else f"must be one of {', '.join(FSYNC)}"),
+        fsync=check_fsync(t.get("fsync", str, "always"), t.where("fsync")),
         imports=t.get("imports", list, []),
         join=t.get("join", bool, False),
     )
@@ -223,7 +232,7 @@ def _toml_value(v: Any) -> str:
 def render_config(cfg: NodeConfig) -> str:
     """The TOML text of a configuration (what `prevalence cluster up` writes)."""
     q = _toml_value
-
+    check_fsync(cfg.fsync, f"{cfg.path or 'node ' + repr(cfg.id)}: field 'fsync'")  # before a node is started on it
     lines = [
         f"id = {q(cfg.id)}",
         f"listen = {q(format_address(cfg.listen))}",

@@ -86,6 +86,9 @@ class StorageAgreement(RuleBasedStateMachine):
     def reopen(self):
         self.disk.close()
         self.disk = JournalStorage(self.dir, initial_membership=M, segment_bytes=4096)
+        # close() synced the journal; the stored commit never names more than that log
+        hs = self.mem.hard_state
+        self.mem.set_hard_state(HardState(hs.term, hs.vote, min(hs.commit, self.mem.last_index())))
 
     @invariant()
     def agree(self):
