@@ -68,6 +68,9 @@ class NodeConfig:
     tls_ca: str | None = None  # PEM bundle that signed the other nodes' certificates
     app: dict[str, Any] = field(default_factory=dict)  # [app]: plugin = MODULE:FUNCTION and its settings
 
+    def __post_init__(self) -> None:
+        check_fsync(self.fsync, f"{self.path or 'node ' + repr(self.id)}: field 'fsync'")
+
 
 def parse_address(text: Any, where: str) -> tuple[str, int]:
     if not isinstance(text, str) or ":" not in text:
@@ -232,7 +235,7 @@ def _toml_value(v: Any) -> str:
 def render_config(cfg: NodeConfig) -> str:
     """The TOML text of a configuration (what `prevalence cluster up` writes)."""
     q = _toml_value
-    check_fsync(cfg.fsync, f"{cfg.path or 'node ' + repr(cfg.id)}: field 'fsync'")  # before a node is started on it
+    cfg.__post_init__()  # fields may have changed since: no node is started on a refused fsync
     lines = [
         f"id = {q(cfg.id)}",
         f"listen = {q(format_address(cfg.listen))}",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from rpc.cluster import write_cluster
 from rpc.config import ConfigError, NodeConfig, load_config, render_config
 
 
@@ -74,12 +75,15 @@ def test_unsafe_no_fsync_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["batch", "never", "often"])
-def test_a_config_with_a_refused_fsync_is_never_written(mode):
+def test_a_config_with_a_refused_fsync_is_never_written(tmp_path, mode):
     # `prevalence cluster up` / LocalCluster(fsync=...): refused before any node starts
     cfg = good()
     cfg.fsync = mode
-    with pytest.raises(ConfigError, match=f"field 'fsync'.*{mode}"):
+    with pytest.raises(ConfigError, match=f"node 'n1': field 'fsync'.*{mode}"):
         render_config(cfg)
+    with pytest.raises(ConfigError, match=f"node 'n1': field 'fsync'.*{mode}"):
+        write_cluster(str(tmp_path), 3, 7101, "app.model:Grid", fsync=mode)
+    assert not list(tmp_path.glob("*.toml"))  # not even an empty file
 
 
 def test_missing_file(tmp_path):
