@@ -69,6 +69,10 @@ class NodeConfig:
     app: dict[str, Any] = field(default_factory=dict)  # [app]: plugin = MODULE:FUNCTION and its settings
 
     def __post_init__(self) -> None:
+        self.check_fsync()
+
+    def check_fsync(self) -> None:
+        """A node refuses an fsync setting that would ack before the disk (ConfigError)."""
         check_fsync(self.fsync, f"{self.path or 'node ' + repr(self.id)}: field 'fsync'")
 
 
@@ -235,7 +239,7 @@ def _toml_value(v: Any) -> str:
 def render_config(cfg: NodeConfig) -> str:
     """The TOML text of a configuration (what `prevalence cluster up` writes)."""
     q = _toml_value
-    cfg.__post_init__()  # fields may have changed since: no node is started on a refused fsync
+    cfg.check_fsync()  # again: the field may have changed since the config was built
     lines = [
         f"id = {q(cfg.id)}",
         f"listen = {q(format_address(cfg.listen))}",
