@@ -4,9 +4,18 @@ There is no second log: Raft entries are journal records (index, term, kind, dat
 engine's snapshots are the Raft snapshots (their metadata carries the membership), and
 compaction removes the journal segments the kept snapshots cover.
 
-Durability: term and vote are fsynced (temp file, fsync, rename) whenever they change,
+Durability: :meth:`JournalStorage.sync` fsyncs every appended entry, whatever the
+journal's own policy, so the acknowledgements and votes sent after it promise only what
+is on disk. Term and vote are fsynced (temp file, fsync, rename) whenever they change,
 before the Ready's persisted messages go out. The commit index is written with them but
-not on every advance: a stale commit on disk is safe (it only means re-learning it).
+not on every advance: a stale commit on disk is safe (it only means re-learning it); a
+commit past the durable journal is not, so the stored one is capped at what is durable.
+
+The ``fsync`` setting of a node (:data:`NODE_FSYNC_MODES`): ``"always"`` (the default),
+or ``"unsafe-no-fsync"``, which hands entries to the operating system without fsyncing
+them, so that acknowledged entries and the logs that votes relied on can be lost at a
+power failure or OS crash: for tests and benchmarks only. The engine's ``"batch"`` and
+``"never"`` are refused: they would acknowledge before the disk has the entry.
 """
 from __future__ import annotations
 
@@ -28,6 +37,19 @@ from replication.messages import HardState, Snapshot, SnapshotMeta
 
 HARD_STATE_FILE = "raft-state"
 _CRC = struct.Struct("<I")
+
+NODE_FSYNC_MODES = ("always", "unsafe-no-fsync")
+
+
+def fsync_mode_problem(mode: object) -> str | None:
+    """Why ``mode`` is not a cluster node's fsync setting (one line), or None if it is one."""
+    if mode in NODE_FSYNC_MODES:
+        return None
+    if mode in ("batch", "never"):
+        return (f'= "{mode}" is not offered on a cluster node: it acknowledges entries and votes before '
+                'they are on disk; use "always" (the default), or "unsafe-no-fsync" for tests and '
+                "benchmarks only (docs/operations.md)")
+    return f'must be "always" or "unsafe-no-fsync", got {mode!r}'
 
 
 class HardStateFile:
@@ -77,8 +99,16 @@ class JournalStorage:
         keep_snapshots: int = 2,
     ):
         self.directory = os.path.abspath(directory)
+        problem = fsync_mode_problem(fsync)
+        if problem is not None:
+            raise RaftError(f"{self.directory}: fsync {problem}")
+        self.fsync = fsync
+        self._unsafe_no_fsync = fsync == "unsafe-no-fsync"
         os.makedirs(self.directory, exist_ok=True)
-        self.journal = Journal(os.path.join(self.directory, "journal"), fsync=fsync, segment_bytes=segment_bytes)
+        # "never": sync() then only writes to the OS; "always" fsyncs on reads of unwritten
+        # entries too (sync() fsyncs in any case, see there)
+        self.journal = Journal(os.path.join(self.directory, "journal"),
+                               fsync="never" if self._unsafe_no_fsync else "always", segment_bytes=segment_bytes)
         self.snapshots = SnapshotStore(os.path.join(self.directory, "snapshots"), keep=keep_snapshots)
         self._hs_file = HardStateFile(self.directory)
         self.hard_state = self._stored = self._hs_file.load()
@@ -145,8 +175,19 @@ class JournalStorage:
     def set_hard_state(self, hs: HardState) -> None:
         self.hard_state = hs
         if self.hard_state_needs_write(hs):
-            self._hs_file.store(hs)
-            self._stored = hs
+            self._store(hs)
+
+    def _capped(self, hs: HardState) -> HardState:
+        """``hs`` with its commit capped at the durable log: the file is fsynced at once,
+        the entries maybe later (or never, after a write failure), and a commit on disk
+        past what survived would name entries that a restart does not have."""
+        durable = max(self.journal.durable_index, self._snap.index)
+        return hs if hs.commit <= durable else HardState(hs.term, hs.vote, durable)
+
+    def _store(self, hs: HardState) -> None:
+        hs = self._capped(hs)
+        self._hs_file.store(hs)
+        self._stored = hs
 
     def hard_state_needs_write(self, hs: HardState) -> bool:
         """Term or vote changed: the file must be replaced (and fsynced) before acks go out."""
@@ -178,8 +219,16 @@ class JournalStorage:
         self.journal.extend(entries)
 
     def sync(self) -> None:
-        """Make every appended entry durable (before persisted messages are sent)."""
-        self.journal.wait(self.journal.last_index)
+        """Make every appended entry durable (before persisted messages are sent).
+
+        ``journal.sync()``, not ``journal.wait()``: what ``wait`` promises depends on the
+        journal's policy, and an acknowledgement must never promise less than the disk.
+        With ``fsync="unsafe-no-fsync"`` the entries are only handed to the OS.
+        """
+        if self._unsafe_no_fsync:
+            self.journal.wait(self.journal.last_index)
+        else:
+            self.journal.sync()
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         """Install a snapshot received from the leader: it replaces the whole log."""
@@ -221,7 +270,8 @@ class JournalStorage:
         return self.journal.compact(min(kept)) if kept else 0
 
     def close(self) -> None:
-        self.journal.close()  # synced first: the commit stored below never passes the journal
-        if self.hard_state != self._stored:
-            self._hs_file.store(self.hard_state)  # a fresher commit saves replay next time
-            self._stored = self.hard_state
+        # The journal is synced first (unless a write failed: then its durable index says
+        # what is on disk), and the commit stored below is capped at it.
+        self.journal.close()
+        if self._capped(self.hard_state) != self._stored:
+            self._store(self.hard_state)  # a fresher commit saves replay next time

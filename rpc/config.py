@@ -5,7 +5,7 @@
     data = "data/n1"                      # relative paths are relative to this file
     root = "myapp.model:Bank"             # MODULE:FACTORY of the root object
     secret_file = "cluster.secret"
-    fsync = "always"                      # always | batch | never
+    fsync = "always"                      # always | unsafe-no-fsync (tests, benchmarks)
     imports = ["myapp.commands"]          # optional: more modules defining transactions
     join = false                          # true for a node added to a running cluster
 
@@ -41,8 +41,6 @@ from typing import Any
 
 from prevalence.errors import PrevalenceError
 
-FSYNC = ("always", "batch", "never")
-
 
 class ConfigError(PrevalenceError):
     """The configuration file is missing, malformed, or has a wrong field."""
@@ -70,6 +68,13 @@ class NodeConfig:
     tls_ca: str | None = None  # PEM bundle that signed the other nodes' certificates
     app: dict[str, Any] = field(default_factory=dict)  # [app]: plugin = MODULE:FUNCTION and its settings
 
+    def __post_init__(self) -> None:
+        self.check_fsync()
+
+    def check_fsync(self) -> None:
+        """A node refuses an fsync setting that would ack before the disk (ConfigError)."""
+        check_fsync(self.fsync, f"{self.path or 'node ' + repr(self.id)}: field 'fsync'")
+
 
 def parse_address(text: Any, where: str) -> tuple[str, int]:
     if not isinstance(text, str) or ":" not in text:
@@ -79,6 +84,17 @@ def parse_address(text: Any, where: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}: expected \"HOST:PORT\" with a port from 1 to 65535, got {text!r}")
     return host, int(port)
+
+
+def check_fsync(mode: Any, where: str) -> str:
+    """``mode`` if a node offers it (replication.journal_storage.NODE_FSYNC_MODES); else a
+    one-line ConfigError naming the choice."""
+    from replication.journal_storage import fsync_mode_problem  # here: clients import this module
+
+    problem = fsync_mode_problem(mode)
+    if problem is not None:
+        raise ConfigError(f"{where} {problem}")
+    return mode
 
 
 def format_address(addr: tuple[str, int]) -> str:
@@ -149,7 +165,7 @@ def load_config(path: str) -> NodeConfig:
         root=t.get("root", str, check=lambda v: None if ":" in v else "must be MODULE:FACTORY"),
         secret_file=rel(t.get("secret_file", str)),
         peers={},
-        fsync=t.get("fsync", str, "always", check=lambda v: None if v in FSYNC else f"must be one of {', '.join(FSYNC)}"),
+        fsync=check_fsync(t.get("fsync", str, "always"), t.where("fsync")),
         imports=t.get("imports", list, []),
         join=t.get("join", bool, False),
     )
@@ -223,7 +239,7 @@ def _toml_value(v: Any) -> str:
 def render_config(cfg: NodeConfig) -> str:
     """The TOML text of a configuration (what `prevalence cluster up` writes)."""
     q = _toml_value
-
+    cfg.check_fsync()  # again: the field may have changed since the config was built
     lines = [
         f"id = {q(cfg.id)}",
         f"listen = {q(format_address(cfg.listen))}",

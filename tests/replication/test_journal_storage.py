@@ -1,6 +1,7 @@
 """The journal-backed Raft storage behaves exactly like MemoryStorage, across reopens."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 
@@ -10,10 +11,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from prevalence.entry import Entry
+from prevalence.errors import EngineHaltedError
 from prevalence.snapshots import SnapshotMeta as FileMeta
 from prevalence.snapshots import encode_file
 from replication.errors import CompactedError, RaftError, UnavailableError
-from replication.journal_storage import JournalStorage
+from replication.journal_storage import HardStateFile, JournalStorage
 from replication.membership import Membership
 from replication.messages import HardState, Snapshot, SnapshotMeta
 from replication.storage import MemoryStorage
@@ -84,6 +86,9 @@ class StorageAgreement(RuleBasedStateMachine):
     def reopen(self):
         self.disk.close()
         self.disk = JournalStorage(self.dir, initial_membership=M, segment_bytes=4096)
+        # close() synced the journal; the stored commit never names more than that log
+        hs = self.mem.hard_state
+        self.mem.set_hard_state(HardState(hs.term, hs.vote, min(hs.commit, self.mem.last_index())))
 
     @invariant()
     def agree(self):
@@ -139,3 +144,101 @@ def test_missing_entries_between_snapshot_and_journal_refuse_to_start(tmp_path):
         f.unlink()  # the snapshot is lost; the journal no longer starts at 1
     with pytest.raises(RaftError, match="are missing"):
         JournalStorage(tmp_path, initial_membership=M)
+
+
+# -- durability: a cluster node promises only what is on disk ---------------------------
+
+def fsync_spy(monkeypatch) -> list[tuple[int, int]]:
+    """(fd, size of its file at that moment) for every os.fsync from here on."""
+    calls: list[tuple[int, int]] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        calls.append((fd, os.fstat(fd).st_size))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return calls
+
+
+def fsynced_in_full(storage: JournalStorage, calls: list[tuple[int, int]]) -> bool:
+    """The newest segment was fsynced holding every byte appended to it."""
+    seg = storage.journal._segments[-1]
+    size = os.path.getsize(seg.path)
+    return (seg.wfd, size) in calls
+
+
+def entries(lo: int, hi: int, term: int = 1) -> list[Entry]:
+    return [Entry(i, term, 1, b"x" * 50) for i in range(lo, hi + 1)]
+
+
+def test_sync_makes_every_appended_entry_durable(tmp_path, monkeypatch):
+    s = JournalStorage(tmp_path, initial_membership=M)
+    s.append(entries(1, 5))
+    calls = fsync_spy(monkeypatch)
+    s.sync()
+    assert fsynced_in_full(s, calls)
+    assert s.journal.durable_index == 5
+    s.close()
+
+
+@pytest.mark.parametrize("mode", ["batch", "never"])
+def test_modes_that_acknowledge_before_the_disk_are_refused(tmp_path, mode):
+    # The engine's "batch" and "never" hand entries to the OS only; a node that acked
+    # (AppendResp, votes) on that could lose acknowledged entries at a power failure.
+    with pytest.raises(RaftError) as info:
+        JournalStorage(tmp_path, initial_membership=M, fsync=mode)
+    msg = str(info.value)
+    assert f'"{mode}"' in msg and '"always"' in msg and '"unsafe-no-fsync"' in msg and "\n" not in msg
+
+
+def test_unknown_mode_is_refused(tmp_path):
+    with pytest.raises(RaftError, match='fsync must be "always" or "unsafe-no-fsync", got \'often\''):
+        JournalStorage(tmp_path, initial_membership=M, fsync="often")
+
+
+def test_unsafe_no_fsync_hands_entries_to_the_os_only(tmp_path, monkeypatch):
+    s = JournalStorage(tmp_path, initial_membership=M, fsync="unsafe-no-fsync")
+    s.append(entries(1, 5))
+    calls = fsync_spy(monkeypatch)
+    s.sync()
+    assert not fsynced_in_full(s, calls)  # what it gives up
+    assert s.journal.written_index == 5  # a crash of the process alone loses nothing
+    s.set_hard_state(HardState(2, "a", 5))
+    assert HardStateFile(str(tmp_path)).load().commit == 0  # nothing past the durable log
+    s.close()  # a clean stop syncs: the commit is kept
+    assert HardStateFile(str(tmp_path)).load() == HardState(2, "a", 5)
+
+
+def test_stored_commit_never_passes_the_durable_journal(tmp_path):
+    s = JournalStorage(tmp_path, initial_membership=M)
+    s.append(entries(1, 3))
+    s.sync()
+    s.append(entries(4, 6))  # not yet durable
+    s.set_hard_state(HardState(2, "a", 6))  # a term/vote change: stored at once
+    assert HardStateFile(str(tmp_path)).load() == HardState(2, "a", 3)
+    assert s.initial_state()[0] == HardState(2, "a", 6)  # the core's view is not clamped
+    s.sync()
+    s.close()
+    assert HardStateFile(str(tmp_path)).load() == HardState(2, "a", 6)
+
+
+def test_close_after_a_write_failure_stores_no_commit_past_the_durable_journal(tmp_path, monkeypatch):
+    s = JournalStorage(tmp_path, initial_membership=M)
+    s.append(entries(1, 3))
+    s.sync()
+    s.set_hard_state(HardState(2, "a", 3))
+    s.append(entries(4, 6))
+    with monkeypatch.context() as m:
+        def broken(fd, data):
+            raise OSError(28, "No space left on device")
+
+        m.setattr(os, "write", broken)
+        with pytest.raises(EngineHaltedError):
+            s.sync()
+    s.note_commit(HardState(2, "a", 6))
+    s.close()
+    assert HardStateFile(str(tmp_path)).load().commit <= 3
+    again = JournalStorage(tmp_path, initial_membership=M)
+    assert again.last_index() == 3 and again.initial_state()[0] == HardState(2, "a", 3)
+    again.close()

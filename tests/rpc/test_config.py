@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from rpc.cluster import write_cluster
 from rpc.config import ConfigError, NodeConfig, load_config, render_config
 
 
@@ -31,7 +32,8 @@ def test_round_trip_and_relative_paths(tmp_path):
         ('id = "n1"', "", "field 'id' is missing"),
         ('listen = "127.0.0.1:7101"', 'listen = "127.0.0.1"', "field 'listen': expected \"HOST:PORT\""),
         ('listen = "127.0.0.1:7101"', 'listen = "127.0.0.1:99999"', "port from 1 to 65535"),
-        ('fsync = "always"', 'fsync = "often"', "field 'fsync' must be one of always, batch, never"),
+        ('fsync = "always"', 'fsync = "often"', "field 'fsync' must be \"always\" or \"unsafe-no-fsync\", got 'often'"),
+        ('fsync = "always"', "fsync = false", "field 'fsync' must be str, got False"),
         ('root = "app.model:Grid"', 'root = "app.model"', "field 'root' must be MODULE:FACTORY"),
         ("tick = 0.025", 'tick = "fast"', "field 'timeouts.tick' must be int or float"),
         ("tick = 0.025", "tick = -1", "field 'timeouts.tick' must be positive"),
@@ -51,6 +53,37 @@ def test_every_wrong_field_is_named(tmp_path, old, new, message):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text.replace(old, new, 1)))
     assert message in str(info.value) and str(tmp_path) in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["batch", "never"])
+def test_fsync_modes_that_acknowledge_before_the_disk_are_refused(tmp_path, mode):
+    # The single-process engine offers them; a node would ack entries and votes that a
+    # power failure can take back. One line that names the choice and what to write.
+    text = render_config(good()).replace('fsync = "always"', f'fsync = "{mode}"')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    msg = str(info.value)
+    assert "\n" not in msg and str(tmp_path) in msg
+    assert f"field 'fsync' = \"{mode}\" is not offered on a cluster node" in msg
+    assert '"always"' in msg and '"unsafe-no-fsync"' in msg and "docs/operations.md" in msg
+
+
+def test_unsafe_no_fsync_round_trips(tmp_path):
+    cfg = good()
+    cfg.fsync = "unsafe-no-fsync"
+    assert load_config(write(tmp_path, render_config(cfg))).fsync == "unsafe-no-fsync"
+
+
+@pytest.mark.parametrize("mode", ["batch", "never", "often"])
+def test_a_config_with_a_refused_fsync_is_never_written(tmp_path, mode):
+    # `prevalence cluster up` / LocalCluster(fsync=...): refused before any node starts
+    cfg = good()
+    cfg.fsync = mode
+    with pytest.raises(ConfigError, match=f"node 'n1': field 'fsync'.*{mode}"):
+        render_config(cfg)
+    with pytest.raises(ConfigError, match=f"node 'n1': field 'fsync'.*{mode}"):
+        write_cluster(str(tmp_path), 3, 7101, "app.model:Grid", fsync=mode)
+    assert not list(tmp_path.glob("*.toml"))  # not even an empty file
 
 
 def test_missing_file(tmp_path):
