@@ -16,6 +16,7 @@ import replication.node as node_mod
 from prevalence.entry import Entry, EntryKind
 from replication.journal_storage import JournalStorage
 from replication.membership import Membership
+from replication.errors import RaftError
 from replication.messages import Append, AppendResp, decode, encode
 from replication.node import Node, NodeOptions
 from tests.prevalence.domain import Store
@@ -130,3 +131,105 @@ def test_a_report_queued_by_the_writer_reaches_the_core_before_a_later_inline_wr
     finally:
         release_writer.set()
         node.stop(transfer=False)
+
+
+def wait_for(cond, timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def acks(transport: Recorder) -> list[int]:
+    return [m.index for m in (decode(p) for _to, p in transport.sent) if type(m) is AppendResp]
+
+
+def test_a_report_out_of_sequence_stops_the_node(tmp_path, caplog):
+    """Two report paths, or a lost report, would let the core count the wrong entries
+    as stored: the node stops loudly instead of carrying on."""
+    transport = Recorder()
+    node = follower(tmp_path, transport)
+    try:
+        assert node.receive_batch([append(1)], reply_to="n1")
+        node._report_persisted([7])  # no write 7 was submitted
+        node._kick()
+        assert isinstance(node._failed, RaftError) and "out of order" in str(node._failed)
+        assert "raft loop stopped" in caplog.text
+        assert node.receive_batch([append(2)], reply_to="n1") == [] and acks(transport) == []
+    finally:
+        node.stop(transfer=False)
+
+
+@pytest.mark.parametrize("where", ["inline", "lane thread"])
+def test_a_failed_write_stops_the_node_before_any_ack(tmp_path, monkeypatch, where):
+    """A write that failed may have left nothing on disk: its ack must not go out, and
+    neither may any later one (the node stops; its service manager restarts it)."""
+    if where == "lane thread":
+        monkeypatch.setattr(node_mod, "SLOW_WRITE", 0.0)  # the first inline write sends the rest to the lane
+    original_sync = JournalStorage.sync
+    calls = []
+
+    def sync(self) -> None:
+        calls.append(threading.current_thread().name)
+        if len(calls) == (1 if where == "inline" else 2):
+            raise OSError(5, "Input/output error")
+        original_sync(self)
+
+    monkeypatch.setattr(JournalStorage, "sync", sync)
+    transport = Recorder()
+    node = follower(tmp_path, transport)
+    try:
+        index = 1
+        if where == "lane thread":
+            assert node.receive_batch([append(1)], reply_to="n1")
+            index = 2
+        replies = node.receive_batch([append(index)], reply_to="n1")
+        assert wait_for(lambda: node._failed is not None)
+        assert isinstance(node._failed, OSError)
+        assert calls[-1].startswith("write-") == (where == "lane thread")
+        assert replies == [] and acks(transport) == []
+        assert node.receive_batch([append(index + 1)], reply_to="n1") == [] and acks(transport) == []
+    finally:
+        node.stop(transfer=False)
+
+
+def test_the_lane_runs_work_inline_only_when_idle_and_reports_in_submission_order(tmp_path):
+    from replication.persist import DiskLane, DiskWork
+    from replication.ready import Ready
+
+    storage = JournalStorage(str(tmp_path / "j"), initial_membership=Membership(("a",)))
+    reports: list[tuple[str, list[int]]] = []
+    hold = threading.Event()
+    writing = threading.Event()
+    original_sync = storage.sync
+
+    def sync() -> None:
+        if threading.current_thread().name == "lane":
+            writing.set()
+            assert hold.wait(WAIT)
+        original_sync()
+
+    storage.sync = sync
+    lane = DiskLane(storage, lambda to, payload: None,
+                    lambda seqs: reports.append((threading.current_thread().name, seqs)),
+                    lambda exc: None, "lane")
+    lane.start()
+    try:
+        def work(seq: int) -> DiskWork:
+            return DiskWork(seq, Ready(entries=[Entry(seq, 1, int(EntryKind.NOOP), b"")]))
+
+        assert lane.submit(work(1)) is False  # to the lane thread, held in its fsync
+        assert writing.wait(WAIT)
+        assert lane.submit(work(2), inline=True) is False  # busy: queued behind 1, not run here
+        hold.set()
+        assert lane.drain(WAIT)
+        assert lane.submit(work(3), inline=True) is True  # idle: run on this thread
+        me = threading.current_thread().name
+        assert reports == [("lane", [1]), ("lane", [2]), (me, [3])]
+        assert storage.last_index() == 3
+    finally:
+        hold.set()
+        lane.stop()
+        storage.close()
