@@ -76,7 +76,9 @@ class DiskLane:
         self._report = report
         self._on_error = on_error
         self._after_batch = after_batch
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._work = threading.Condition(lock)  # the lane thread waits here for work
+        self._idle = threading.Condition(lock)  # drain() waits here
         self._queue: deque[DiskWork] = deque()
         self._busy = False  # a batch is being run (by the lane thread or inline)
         self._stopping = False
@@ -91,20 +93,18 @@ class DiskLane:
 
         Raises the lane's failure if a write failed before.
         """
-        with self._cond:
+        with self._work:
             if self._failed is not None:
                 raise self._failed
             if not inline or self._busy or self._queue:
                 self._queue.append(work)
-                self._cond.notify()
+                self._work.notify()
                 return False
             self._busy = True  # every earlier report is in ``report``'s queue already
         try:
             self._run([work])
         finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
+            self._done()
         return True
 
     def drain(self, timeout: float | None = None) -> bool:
@@ -113,25 +113,24 @@ class DiskLane:
         A barrier for reorganising storage (publishing a snapshot, compacting): the
         caller must keep new work from being submitted meanwhile (the core lock).
         """
-        with self._cond:
-            return self._cond.wait_for(
+        with self._idle:
+            return self._idle.wait_for(
                 lambda: (not self._queue and not self._busy) or self._failed is not None, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued, then end the thread."""
-        with self._cond:
+        with self._work:
             self._stopping = True
-            self._cond.notify_all()
+            self._work.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
     # -- the lane thread ----------------------------------------------------------------
     def _loop(self) -> None:
-        cond = self._cond
         while True:
-            with cond:
+            with self._work:
                 while (self._busy or not self._queue) and not self._stopping:
-                    cond.wait()
+                    self._work.wait()
                 if self._failed is not None or (self._stopping and not self._queue):
                     return
                 batch = list(self._queue)
@@ -143,11 +142,17 @@ class DiskLane:
                 self._on_error(exc)
                 return
             finally:
-                with cond:
-                    self._busy = False
-                    cond.notify_all()
+                self._done()
             if self._after_batch is not None:
                 self._after_batch()
+
+    def _done(self) -> None:
+        """A batch ended (its report is out): the lane may be idle now."""
+        with self._work:
+            self._busy = False
+            if self._queue:  # queued during an inline run; no wake-up otherwise
+                self._work.notify()
+            self._idle.notify_all()
 
     def _run(self, batch: list[DiskWork]) -> None:
         """Write, send what the writes promise, report: in that order, or fail for good."""
@@ -160,10 +165,10 @@ class DiskLane:
             self._report([work.seq for work in batch])
         except BaseException as exc:
             log.exception("disk lane failed")
-            with self._cond:
+            with self._work:
                 self._failed = exc
                 self._queue.clear()
-                self._cond.notify_all()
+                self._idle.notify_all()
             raise
 
     def _write(self, batch: list[DiskWork]) -> None:
