@@ -2,17 +2,18 @@
 
 Threads:
 - whoever has input steps the core: a combining lock (``_kick``). A transport thread
-  that receives a message, a client thread that proposes or reads, the writer reporting
+  that receives a message, a client thread that proposes or reads, the disk lane reporting
   a write: each queues its input and, if no other thread holds the core, drains the queue
   for everyone and handles the Readies: committed entries (durable here already) to the
   applier, messages out at once (the leader's appends go out while its own copy is
-  written), writes to the writer. A follower's ack made on the receiving thread goes
+  written), writes to the disk lane. A follower's ack made on the receiving thread goes
   back as the transport's reply to the delivery (``receive_batch``).
 - ``raft``: ticks from the monotonic clock (heartbeats, elections), and anything queued
   that nobody stepped. No thread waits for it on the commit path.
-- ``write`` (``replication.persist``): writes Readies in order, one fsync per batch, then
-  sends what needed the disk (acks, votes) and reports back; a leader counts its own
-  entries toward a commit only then.
+- ``write`` (``replication.persist``): the disk lane. Writes Readies in order, one fsync
+  per batch, then sends what needed the disk (acks, votes) and reports the writes' sequence
+  numbers through the inbox; a leader counts its own entries toward a commit only then.
+  A follower's write may run inline on an idle lane; it reports the same way.
 - ``apply``: applies committed entries to the state machine in order and completes the
   waiting proposals and reads. Kept off the raft thread so that a slow transaction or a
   snapshot being serialized never delays heartbeats.
@@ -29,6 +30,7 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -44,7 +46,7 @@ from replication.journal_storage import JournalStorage
 from replication.membership import ConfigChange, Membership
 from replication.messages import InstallSnapshot, decode, encode
 from replication.apply import ApplierMixin, EntryLost
-from replication.persist import WriteJob, Writer
+from replication.persist import DiskLane, DiskWork
 from replication.ready import Ready, Role
 
 log = logging.getLogger("replication.node")
@@ -53,7 +55,7 @@ __all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]
 
 _COMMAND = int(EntryKind.COMMAND)
 SLOW_WRITE = 0.1  # seconds: an inline follower write this slow...
-SLOW_WRITE_BACKOFF = 10.0  # ...sends the next ones to the writer thread for this long
+SLOW_WRITE_BACKOFF = 10.0  # ...sends the next ones to the disk lane thread for this long
 
 
 class Transport(Protocol):
@@ -128,16 +130,18 @@ class Node(ApplierMixin):
         self._wake = threading.Event()  # the raft thread's: a tick may be due sooner
         self._capture: tuple[int, str, list[bytes]] | None = None  # (thread, peer, replies)
         self._long_sleep = False  # the raft thread sleeps past the next tick
-        self._inline_off_until = 0.0  # a slow disk: follower writes go to the writer until then
+        self._inline_off_until = 0.0  # a slow disk: follower writes go to the disk lane thread until then
         self._status_due = 0.0
-        self._writer = Writer(self.storage, self._send_out, self._writes_done, self._write_failed,
+        self._disk = DiskLane(self.storage, self._send_out, self._report_persisted, self._write_failed,
                               f"write-{node_id}", after_batch=self._kick)
-        self._written_tv = (hs.term, hs.vote)  # term and vote as last handed to the writer
+        self._disk_seq = 0  # sequence number of the last DiskWork submitted
+        self._disk_inflight: deque[DiskWork] = deque()  # submitted, not yet reported; core lock
+        self._written_tv = (hs.term, hs.vote)  # term and vote as last handed to the disk lane
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> "Node":
         self._apply_thread.start()
-        self._writer.start()
+        self._disk.start()
         self._raft_thread.start()
         return self
 
@@ -158,7 +162,7 @@ class Node(ApplierMixin):
         self._raft_thread.join()
         with self._core_lock:  # no other thread is still stepping the core
             pass
-        self._writer.stop()
+        self._disk.stop()
         self._apply_q.put(None)
         self._apply_thread.join()
         self.storage.close()
@@ -384,10 +388,8 @@ class Node(ApplierMixin):
         """Handle the core's Readies; core lock held."""
         while self.core.has_ready():
             rd = self.core.ready()
-            written = self._handle_ready(rd)
+            self._handle_ready(rd)
             self.core.advance(rd)
-            if written:
-                self.core.persisted(rd)
         if self._long_sleep and self.core.commit_unsent():
             self._long_sleep = False
             self._wake.set()  # followers learn a new commit within a tick
@@ -434,6 +436,11 @@ class Node(ApplierMixin):
         self._inbox.put(("failed", exc, None))
         self._kick()
 
+    def _report_persisted(self, seqs: list[int]) -> None:
+        """The disk lane's report (any thread): queued like any input, so it reaches the
+        core after every report queued before it."""
+        self._inbox.put(("persisted", seqs, None))
+
     def _drain_inbox(self) -> None:
         proposals: list[tuple[tuple, Future]] = []
         for _ in range(4096):
@@ -468,8 +475,7 @@ class Node(ApplierMixin):
             except RaftError as exc:
                 fut.set_exception(exc)
         elif kind == "persisted":
-            for rd in payload:
-                self.core.persisted(rd)
+            self._persisted(payload)
         elif kind == "failed":
             raise payload
         elif kind == "call":
@@ -492,8 +498,7 @@ class Node(ApplierMixin):
         for k, (_p, fut) in enumerate(batch):
             self._waiting[first + k] = (term, fut)
 
-    def _handle_ready(self, rd: Ready) -> bool:
-        """Returns whether ``rd`` was written here, on the raft thread (else: later)."""
+    def _handle_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._role_changed(rd.soft_state.role, rd.soft_state.leader)
         apply = None
@@ -506,12 +511,14 @@ class Node(ApplierMixin):
             apply = ("apply", (rd.snapshot, rd.committed_entries, waiting))
         hs = rd.hard_state
         tv_changed = hs is not None and (hs.term, hs.vote) != self._written_tv
-        write = (rd.entries or rd.snapshot is not None or rd.truncate_from is not None or tv_changed
-                 or (rd.persisted_messages and not self._writer.idle))
-        # A leader writes on the writer thread, in parallel with replicating; a follower,
-        # whose ack must wait for the fsync anyway, writes right here when no earlier
-        # write is under way (a hand-off would only add a wake-up).
-        inline = (write and self._role != Role.LEADER and self._writer.idle and rd.snapshot is None
+        # What writes, or promises a write (acks, votes), is one disk lane item: its
+        # messages leave, and the core hears of it, only in Ready order (etcd's rule).
+        to_disk = (rd.entries or rd.snapshot is not None or rd.truncate_from is not None or tv_changed
+                   or rd.persisted_messages)
+        # A leader writes on the lane thread, in parallel with replicating; a follower,
+        # whose ack must wait for the fsync anyway, offers to write right here (the lane
+        # runs it here only if idle): a hand-off would only add a wake-up.
+        inline = (to_disk and self._role != Role.LEADER and rd.snapshot is None
                   and time.monotonic() >= self._inline_off_until)  # (a snapshot is a large write)
         if apply is not None and rd.snapshot is None and not inline:
             self._apply_q.put(apply)  # durable here already: apply while the rest goes on
@@ -521,36 +528,45 @@ class Node(ApplierMixin):
                 self._snapshot_sent[m.dst] = m.meta.index
                 log.info("%s: sending snapshot %d to %s", self.id, m.meta.index, m.dst)
             send(m.dst, encode(m))
-        if write:
+        if to_disk:
             if tv_changed:
                 self._written_tv = (hs.term, hs.vote)
+            self._disk_seq += 1
             # a received snapshot is installed in the state machine once it is on disk
-            job = WriteJob(rd, apply if rd.snapshot is not None else None)
-            if not inline:
-                self._writer.submit(job)
-                written = False
-            else:
-                started = time.monotonic()
-                self._writer.write_now(job)
+            work = DiskWork(self._disk_seq, rd, apply if rd.snapshot is not None else None)
+            self._disk_inflight.append(work)
+            started = time.monotonic()
+            if self._disk.submit(work, inline=inline):
                 self._check_inline_write(time.monotonic() - started)
-                written = True
-                # the ack is out (or captured for the reply): only now wake the applier,
-                # which would otherwise compete with this thread for the interpreter
-                if apply is not None:
-                    self._apply_q.put(apply)
-        else:  # nothing to make durable, and no earlier write to wait for
-            if hs is not None:
-                self.storage.note_commit(hs)
-            for m in rd.persisted_messages:
-                send(m.dst, encode(m))
-            written = True
+        elif hs is not None:  # a commit only: kept in memory, nothing to wait for
+            self.storage.note_commit(hs)
+        if inline and apply is not None:
+            # the ack is out (or captured for the reply): only now wake the applier,
+            # which would otherwise compete with this thread for the interpreter
+            self._apply_q.put(apply)
         for rs in rd.read_states:
             for k, (ctx, fut, q) in enumerate(self._reads):
                 if ctx == rs.ctx:
                     del self._reads[k]
                     self._apply_q.put(("read", (rs.index, fut, q)))
                     break
-        return written
+
+    def _persisted(self, seqs: list[int]) -> None:
+        """The disk lane's report: the one place the core learns that writes are durable.
+
+        Reports must come in submission order; anything else means two paths or a lost
+        write, and the core would count the wrong entries as stored: stop instead.
+        """
+        inflight = self._disk_inflight
+        for seq in seqs:
+            expected = inflight[0].seq if inflight else None
+            if seq != expected:
+                raise RaftError(f"{self.id}: the disk lane reported write {seq} while {expected} was next: "
+                                "durability reports out of order, stopping")
+            work = inflight.popleft()
+            if work.after is not None:
+                self._apply_q.put(work.after)
+            self.core.persisted(work.rd)
 
     def _check_inline_write(self, seconds: float) -> None:
         """A slow disk must not hold up the thread that received the append: its reply
@@ -558,15 +574,8 @@ class Node(ApplierMixin):
         request timeout (1 s) the leader would drop the link as hung."""
         if seconds >= SLOW_WRITE:
             self._inline_off_until = time.monotonic() + SLOW_WRITE_BACKOFF
-            log.warning("%s: a journal write took %.2f s: writing on the writer thread for the next %.0f s",
+            log.warning("%s: a journal write took %.2f s: writing on the disk lane thread for the next %.0f s",
                         self.id, seconds, SLOW_WRITE_BACKOFF)
-
-    def _writes_done(self, jobs: list[WriteJob]) -> None:
-        """On the writer thread: installs wait for their write; the core learns it next."""
-        for job in jobs:
-            if job.after is not None:
-                self._apply_q.put(job.after)
-        self._inbox.put(("persisted", [job.rd for job in jobs], None))
 
     def _role_changed(self, role: Role, leader: str | None) -> None:
         was, self._role = self._role, role
@@ -603,7 +612,7 @@ class Node(ApplierMixin):
         return index
 
     def _publish_snapshot(self, meta, membership) -> int:
-        self._writer.drain()  # the journal is reorganised below: no write under way
+        self._disk.drain()  # the journal is reorganised below: no write under way
         self.storage.publish_snapshot(meta, membership)
         removed = self.storage.compact()
         self.core.compact(meta.index)

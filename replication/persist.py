@@ -1,27 +1,34 @@
-"""The node's disk writer: persists Readies in order, off the raft thread.
+"""The node's disk lane: Readies' writes in Ready order, and one report path back.
 
-Why a thread of its own (etcd's "async storage writes"): while a write and its fsync are
-under way, the raft thread keeps stepping acknowledgements, collecting proposals into the
-next batch and sending the next appends. A leader's own entries therefore go to disk in
+Why a lane of its own (etcd's "async storage writes"): while a write and its fsync are
+under way, the core keeps stepping acknowledgements, collecting proposals into the next
+batch and sending the next appends. A leader's own entries therefore go to disk in
 parallel with their replication, and the leader counts itself toward a commit only when
-the writer reports them durable (``RaftNode.persisted``).
+the lane reports them durable (``RaftNode.persisted``).
 
-Each job is one Ready's writes. Jobs queued while a write is under way are written
-together, with one fsync. The order within the batch is the order of the Readies
-(snapshot, truncate, append, hard state for each), except that the journal is synced
-before a term/vote change is stored, so the hard state never names a commit that the
-journal does not hold. After the fsync the writer itself sends the jobs' persisted
-messages (acks, votes): they promise what is now on disk, and sending them here saves a
-hand-off back to the raft thread. Then it reports the jobs done, in order.
+Each item (:class:`DiskWork`) is one Ready's writes plus the messages that promise them
+(acks, votes), numbered 1, 2, 3... by the node. The lane is one FIFO: items queued while
+a write is under way are written together, with one fsync, in order (snapshot, truncate,
+append, hard state for each), except that the journal is synced before a term/vote
+change is stored, so the hard state never names a commit that the journal does not
+hold. After the fsync the lane sends each item's messages (they promise what is now on
+disk; sending them here saves a hand-off) and reports the sequence numbers through
+``report``, the node's inbox, before it may take the next item or be found idle. That
+ordering is what keeps reports in Ready order, whichever thread ran an item.
 
-The thread blocks on its queue when there is nothing to write: no idle CPU.
+Which thread runs an item is a strategy, not a path: ``submit(work, inline=True)`` on
+an idle lane runs the item on the caller's thread (a follower, whose ack must wait for
+the fsync anyway, saves a thread wake-up on the leader's commit path). Its report goes
+through ``report`` like any other, after any report the lane thread made before.
+
+The lane thread blocks on its queue when there is nothing to write: no idle CPU.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable
+from typing import Callable
 
 from replication.journal_storage import JournalStorage
 from replication.messages import encode
@@ -30,123 +37,145 @@ from replication.ready import Ready
 log = logging.getLogger("replication.persist")
 
 
-class WriteJob:
-    """One Ready's writes, plus what must wait for them (an apply item, or nothing)."""
+class DiskWork:
+    """One Ready's writes and what must follow them, numbered in Ready order.
 
-    __slots__ = ("rd", "after")
+    ``after`` is for the node (an apply item to queue once the write is reported, e.g.
+    a received snapshot's install); the lane never looks at it.
+    """
 
-    def __init__(self, rd: Ready, after: Any = None) -> None:
+    __slots__ = ("seq", "rd", "after")
+
+    def __init__(self, seq: int, rd: Ready, after: object = None) -> None:
+        self.seq = seq
         self.rd = rd
         self.after = after
 
 
-class Writer:
-    """Writes jobs in order on its own thread; ``on_done(jobs)`` or ``on_error(exc)`` after.
+class DiskLane:
+    """Runs :class:`DiskWork` in submission order, on its thread or inline when idle.
 
-    ``after_batch()`` runs once a batch no longer counts as pending, so it may do work that
-    waits in :meth:`drain` (the node runs its Raft work there: a combining lock).
+    ``report(seqs)`` gets each batch's sequence numbers once written and its messages
+    sent; ``on_error(exc)`` once a write failed (the lane then refuses further work,
+    so nothing can be acknowledged after a lost write). ``after_batch()`` runs on the
+    lane thread once a batch no longer counts as pending (the node steps its core
+    there: a combining lock).
     """
 
     def __init__(
         self,
         storage: JournalStorage,
         send: Callable[[str, bytes], None],
-        on_done: Callable[[list[WriteJob]], None],
+        report: Callable[[list[int]], None],
         on_error: Callable[[BaseException], None],
         name: str,
         after_batch: Callable[[], None] | None = None,
     ) -> None:
         self.storage = storage
         self._send = send
-        self._on_done = on_done
+        self._report = report
         self._on_error = on_error
         self._after_batch = after_batch
-        self._cond = threading.Condition()
-        self._queue: deque[WriteJob] = deque()
-        self._pending = 0  # submitted, persisted messages not yet sent
+        lock = threading.Lock()
+        self._work = threading.Condition(lock)  # the lane thread waits here for work
+        self._idle = threading.Condition(lock)  # drain() waits here
+        self._queue: deque[DiskWork] = deque()
+        self._busy = False  # a batch is being run (by the lane thread or inline)
         self._stopping = False
         self._failed: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    @property
-    def idle(self) -> bool:
-        """Nothing queued or being written: a Ready with nothing to write needs no job."""
-        return self._pending == 0
+    def submit(self, work: DiskWork, inline: bool = False) -> bool:
+        """Queue ``work``; returns whether it already ran here (``inline``, lane idle).
 
-    def submit(self, job: WriteJob) -> None:
-        with self._cond:
+        Raises the lane's failure if a write failed before.
+        """
+        with self._work:
             if self._failed is not None:
                 raise self._failed
-            self._queue.append(job)
-            self._pending += 1
-            self._cond.notify()
-
-    def write_now(self, job: WriteJob) -> None:
-        """Write ``job`` on the caller's thread; only while idle (order is kept).
-
-        A follower uses it: its ack must wait for this fsync anyway, and a hand-off to
-        the writer thread would only add a thread wake-up to the leader's commit path.
-        """
-        self._write([job])
-        self._send_persisted([job])
+            if not inline or self._busy or self._queue:
+                self._queue.append(work)
+                self._work.notify()
+                return False
+            self._busy = True  # every earlier report is in ``report``'s queue already
+        try:
+            self._run([work])
+        finally:
+            self._done()
+        return True
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted job is written (e.g. before storage is reorganised)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._pending == 0 or self._failed is not None, timeout)
+        """Wait until everything submitted is written and reported, or the lane failed.
+
+        A barrier for reorganising storage (publishing a snapshot, compacting): the
+        caller must keep new work from being submitted meanwhile (the core lock).
+        """
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: (not self._queue and not self._busy) or self._failed is not None, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued, then end the thread."""
-        with self._cond:
+        with self._work:
             self._stopping = True
-            self._cond.notify_all()
+            self._work.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    # -- the writer thread ------------------------------------------------------------
-    def _run(self) -> None:
-        cond = self._cond
+    # -- the lane thread ----------------------------------------------------------------
+    def _loop(self) -> None:
         while True:
-            with cond:
-                while not self._queue and not self._stopping:
-                    cond.wait()
-                if not self._queue:
+            with self._work:
+                while (self._busy or not self._queue) and not self._stopping:
+                    self._work.wait()
+                if self._failed is not None or (self._stopping and not self._queue):
                     return
-                jobs = list(self._queue)
+                batch = list(self._queue)
                 self._queue.clear()
+                self._busy = True
             try:
-                self._write(jobs)
-            except BaseException as exc:  # a storage failure: no ack may go out after it
-                log.exception("disk writer failed")
-                with cond:
-                    self._failed = exc
-                    self._queue.clear()
-                    cond.notify_all()
+                self._run(batch)
+            except BaseException as exc:  # noqa: BLE001 - reported; the lane is dead now
                 self._on_error(exc)
                 return
-            self._send_persisted(jobs)
-            self._on_done(jobs)  # before going idle: reports stay in order with inline writes
-            with cond:
-                self._pending -= len(jobs)
-                cond.notify_all()
+            finally:
+                self._done()
             if self._after_batch is not None:
-                self._after_batch()  # may do the node's raft work: only once drain() can return
+                self._after_batch()
 
-    def _send_persisted(self, jobs: list[WriteJob]) -> None:
-        """What promised the disk (acks, votes) may go now that it is written."""
-        send = self._send
-        for job in jobs:
-            for m in job.rd.persisted_messages:
-                send(m.dst, encode(m))
+    def _done(self) -> None:
+        """A batch ended (its report is out): the lane may be idle now."""
+        with self._work:
+            self._busy = False
+            if self._queue:  # queued during an inline run; no wake-up otherwise
+                self._work.notify()
+            self._idle.notify_all()
 
-    def _write(self, jobs: list[WriteJob]) -> None:
+    def _run(self, batch: list[DiskWork]) -> None:
+        """Write, send what the writes promise, report: in that order, or fail for good."""
+        try:
+            self._write(batch)
+            send = self._send
+            for work in batch:
+                for m in work.rd.persisted_messages:
+                    send(m.dst, encode(m))
+            self._report([work.seq for work in batch])
+        except BaseException as exc:
+            log.exception("disk lane failed")
+            with self._work:
+                self._failed = exc
+                self._queue.clear()
+                self._idle.notify_all()
+            raise
+
+    def _write(self, batch: list[DiskWork]) -> None:
         st = self.storage
         dirty = False
-        for job in jobs:
-            rd = job.rd
+        for work in batch:
+            rd = work.rd
             if rd.snapshot is not None:
                 st.apply_snapshot(rd.snapshot)
             if rd.truncate_from is not None:
