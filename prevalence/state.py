@@ -38,6 +38,21 @@ def _command_items(data: bytes) -> list:
     return items
 
 
+def command_stamp(data: bytes) -> int:
+    """A COMMAND entry's journal time, read without decoding the rest of the entry."""
+    u = msgpack.Unpacker(raw=False, max_buffer_size=len(data) or 1)
+    u.feed(data)
+    try:
+        if u.read_array_header() not in (4, 6):
+            raise ValueError("not a command entry")
+        ts = u.unpack()
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several kinds
+        raise CodecError(f"malformed command entry: {exc}") from None
+    if type(ts) is not int:
+        raise CodecError(f"malformed command entry: its time is {ts!r:.40}")
+    return ts
+
+
 def decode_command(data: bytes, codec: Codec = CODEC) -> tuple[int, Any]:
     """(timestamp µs, transaction) of a COMMAND entry's data; CodecError if malformed."""
     items = _command_items(data)

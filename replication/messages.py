@@ -101,6 +101,7 @@ class AppendResp:
     reject: bool = False
     hint_index: int = 0
     hint_term: int = 0
+    wall_us: int = 0  # the sender's wall clock when sent, for the journal's clock (0: not given)
 
 
 @dataclass(slots=True)
@@ -120,6 +121,7 @@ class HeartbeatResp:
     term: int
     ctx: bytes = b""
     seq: int = 0
+    wall_us: int = 0  # as AppendResp.wall_us
 
 
 @dataclass(slots=True)

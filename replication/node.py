@@ -38,13 +38,15 @@ from typing import Any, Callable, Protocol
 from prevalence.codec import CODEC
 from prevalence.entry import Entry, EntryKind
 from prevalence.recovery import recover
-from prevalence.state import encode_command
+from prevalence.errors import CodecError
+from prevalence.state import command_stamp, encode_command
 from replication.config import RaftConfig
 from replication.core import RaftNode
 from replication.errors import DecodeError, NodeHalted, NotLeader, RaftError
 from replication.journal_storage import JournalStorage
 from replication.membership import ConfigChange, Membership
-from replication.messages import InstallSnapshot, decode, encode
+from replication.clock import DEFAULT_MAX_OFFSET_US, JournalClock
+from replication.messages import AppendResp, HeartbeatResp, InstallSnapshot, decode, encode
 from replication.apply import ApplierMixin, EntryLost
 from replication.persist import DiskLane, DiskWork
 from replication.ready import Ready, Role
@@ -56,6 +58,24 @@ __all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]
 _COMMAND = int(EntryKind.COMMAND)
 SLOW_WRITE = 0.1  # seconds: an inline follower write this slow...
 SLOW_WRITE_BACKOFF = 10.0  # ...sends the next ones to the disk lane thread for this long
+
+
+_CLOCKED = (AppendResp, HeartbeatResp)  # follower replies that carry the sender's wall clock
+
+
+def _wall_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _newest_stamp(entries: list[Entry]) -> int:
+    """The journal time of the newest command among ``entries`` (0: none)."""
+    for e in reversed(entries):
+        if e.kind == _COMMAND:
+            try:
+                return command_stamp(e.data)
+            except CodecError:
+                return 0  # a malformed entry applies as an error; its stamp is no reference
+    return 0
 
 
 class Transport(Protocol):
@@ -72,6 +92,7 @@ class NodeOptions:
     segment_bytes: int = 16 * 1024 * 1024
     max_batch: int = 512  # proposals taken into one Ready at most
     follower_apply_delay: float = 0.002  # seconds a follower lets committed entries gather
+    max_clock_offset_us: int = DEFAULT_MAX_OFFSET_US  # a voter's clock further off the median is reported
 
 
 class Node(ApplierMixin):
@@ -89,8 +110,10 @@ class Node(ApplierMixin):
         on_leader_start: Callable[[], None] | None = None,
         on_leader_stop: Callable[[], None] | None = None,
         on_membership: Callable[[Membership], None] | None = None,
+        wall_clock: Callable[[], int] | None = None,
     ):
         self.id = node_id
+        self._wall = wall_clock or _wall_us  # µs since the epoch; tests skew it
         self.options = opts = options or NodeOptions()
         self.transport = transport
         self.on_leader_start = on_leader_start
@@ -116,7 +139,13 @@ class Node(ApplierMixin):
         self._apply_waiting: dict[int, tuple[int, Future]] = {}
         self._reads: list[tuple[int, Future, Any]] = []
         self._applied_cond = threading.Condition()
-        self._last_ts = self.sm.timestamp_us
+        self._clock = JournalClock(node_id, opts.max_clock_offset_us)
+        self._clock.saw_stamp(self.sm.timestamp_us)
+        tail = self.storage.last_index()
+        if tail > self.sm.applied_index:  # entries not applied yet carry stamps too
+            lo = max(self.sm.applied_index + 1, tail - 64)
+            self._clock.saw_stamp(_newest_stamp(self.storage.entries(lo, tail + 1, None)))
+        self._clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
         self._snapshot_sent: dict[str, int] = {}  # peer -> index last announced in the log
         self._last_snapshot_index = snap_index
         self._stop = threading.Event()
@@ -397,6 +426,8 @@ class Node(ApplierMixin):
         if now >= self._status_due:  # for status(): cheap to read, not free to build
             self._status = self.core.status()
             self._status_due = now + 0.1
+            if self._role == Role.LEADER:
+                self._report_clocks(now)
         if self.core.membership is not self.membership:
             self.membership = self.core.membership
             log.info("%s: membership now voters=%s learners=%s", self.id,
@@ -462,9 +493,13 @@ class Node(ApplierMixin):
         kind, payload, fut = item
         if kind == "msg":
             try:
-                self.core.step(decode(payload))
+                m = decode(payload)
             except DecodeError as exc:
                 log.warning("%s: dropped a malformed peer message: %s", self.id, exc)
+                return
+            if type(m) in _CLOCKED:
+                self._clock.observe(m.src, m.wall_us, time.monotonic())
+            self.core.step(m)
         elif kind == "propose":
             self._propose([(payload, fut)])
         elif kind == "read":
@@ -485,8 +520,7 @@ class Node(ApplierMixin):
                 fut.set_exception(exc)
 
     def _propose(self, batch: list[tuple[tuple, Future]]) -> None:
-        ts = max(time.time_ns() // 1000, self._last_ts)
-        self._last_ts = ts
+        ts = self._clock.stamp(self.membership.voters, self._wall(), time.monotonic())
         datas = [encode_command(ts, plain, session) for (plain, session), _f in batch]
         try:
             first = self.core.propose_batch(datas)
@@ -522,9 +556,17 @@ class Node(ApplierMixin):
                   and time.monotonic() >= self._inline_off_until)  # (a snapshot is a large write)
         if apply is not None and rd.snapshot is None and not inline:
             self._apply_q.put(apply)  # durable here already: apply while the rest goes on
+        if rd.entries and self._role != Role.LEADER:
+            self._clock.saw_stamp(_newest_stamp(rd.entries))  # a leader's stamps: ours never go below
+        wall = self._wall()
+        for m in rd.persisted_messages:
+            if type(m) is AppendResp:
+                m.wall_us = wall  # the leader's journal clock reads the voters' clocks
         send = self._send_out
         for m in rd.messages:
-            if type(m) is InstallSnapshot and m.offset == 0 and self._snapshot_sent.get(m.dst) != m.meta.index:
+            if type(m) is HeartbeatResp:
+                m.wall_us = wall
+            elif type(m) is InstallSnapshot and m.offset == 0 and self._snapshot_sent.get(m.dst) != m.meta.index:
                 self._snapshot_sent[m.dst] = m.meta.index
                 log.info("%s: sending snapshot %d to %s", self.id, m.meta.index, m.dst)
             send(m.dst, encode(m))
@@ -576,6 +618,18 @@ class Node(ApplierMixin):
             self._inline_off_until = time.monotonic() + SLOW_WRITE_BACKOFF
             log.warning("%s: a journal write took %.2f s: writing on the disk lane thread for the next %.0f s",
                         self.id, seconds, SLOW_WRITE_BACKOFF)
+
+    def _report_clocks(self, now: float) -> None:
+        """A voter whose wall clock is far from the others' is named in the log (once a
+        minute): the journal does not follow it, but its operator should fix it."""
+        voters = self.membership.voters
+        for node, offset in self._clock.outliers(voters, self._wall(), now).items():
+            if now - self._clock_warned.get(node, -1e9) >= 60.0:
+                self._clock_warned[node] = now
+                who = "this node's" if node == self.id else f"node {node!r}'s"
+                log.error("%s: %s wall clock is %+.3f s off the voters' median (more than %.3f s): the journal "
+                          "time follows the median; fix the clock (NTP / Windows Time)", self.id, who,
+                          offset / 1e6, self._clock.max_offset_us / 1e6)
 
     def _role_changed(self, role: Role, leader: str | None) -> None:
         was, self._role = self._role, role
