@@ -175,6 +175,10 @@ class SnapshotStore:
             os.replace(tmp, final)
             _platform.fsync_dir(self.directory)
         except OSError as exc:
+            try:
+                os.remove(tmp)  # no debris: a full disk keeps whatever space it had
+            except OSError:
+                pass
             raise SnapshotError(f"cannot write snapshot {final}: {exc}") from exc
         if prune:
             self.prune()

@@ -57,18 +57,21 @@ class ApplierMixin:
                     entries.extend(more)
                     waiting.update(more_waiting)
                 arg = (None, entries, waiting)
-            try:
-                if kind == "apply":
-                    self._apply(*arg)
-                elif kind == "read":
-                    self._serve_read(*arg)
-                elif kind == "hook":
+            # An entry that cannot be applied stops the node (the thread's guard): going
+            # on would leave this replica behind the log it acknowledges.
+            if kind == "apply":
+                self._apply(*arg)
+            elif kind == "read":
+                self._serve_read(*arg)
+            elif kind == "hook":
+                try:
                     arg()
-                elif kind == "snapshot":
+                except Exception:  # noqa: BLE001 - the application's hook, not the replica's state
+                    log.exception("%s: a leader hook failed", self.id)
+            elif kind == "snapshot":
+                try:
                     arg.set_result(self._take_snapshot())
-            except BaseException as exc:  # noqa: BLE001
-                log.exception("%s: apply thread: %s failed", self.id, kind)
-                if kind == "snapshot":
+                except Exception as exc:  # noqa: BLE001 - the caller hears why
                     arg.set_exception(exc)
 
     def _apply(self, snapshot, entries: list[Entry], waiting: dict) -> None:
@@ -105,7 +108,21 @@ class ApplierMixin:
             self._applied_cond.notify_all()
         every = self.options.snapshot_every
         if every and sm.applied_index - self._last_snapshot_index >= every:
+            self._automatic_snapshot()
+
+    def _automatic_snapshot(self) -> None:
+        """A snapshot the schedule asks for. Failing is not fatal (the journal still holds
+        everything), but retrying after every apply would spin: back off, up to 5 min."""
+        now = time.monotonic()
+        if now < self._snapshot_retry_at:
+            return
+        try:
             self._take_snapshot()
+            self._snapshot_backoff = 0.0
+        except Exception as exc:  # noqa: BLE001 - retried later; the node keeps serving
+            self._snapshot_backoff = min(max(2 * self._snapshot_backoff, 5.0), 300.0)
+            self._snapshot_retry_at = now + self._snapshot_backoff
+            log.error("%s: snapshot failed (next try in %.0f s): %s", self.id, self._snapshot_backoff, exc)
 
     def _serve_read(self, index: int, fut: Future, q: Any) -> None:
         sm = self.sm

@@ -111,9 +111,11 @@ class Node(ApplierMixin):
         on_leader_stop: Callable[[], None] | None = None,
         on_membership: Callable[[Membership], None] | None = None,
         wall_clock: Callable[[], int] | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ):
         self.id = node_id
         self._wall = wall_clock or _wall_us  # µs since the epoch; tests skew it
+        self.on_fatal = on_fatal  # a node process exits here (fail-stop); in-process nodes just halt
         self.options = opts = options or NodeOptions()
         self.transport = transport
         self.on_leader_start = on_leader_start
@@ -148,13 +150,17 @@ class Node(ApplierMixin):
         self._clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
         self._snapshot_sent: dict[str, int] = {}  # peer -> index last announced in the log
         self._last_snapshot_index = snap_index
+        self._snapshot_retry_at = 0.0  # after a failed automatic snapshot, not before this
+        self._snapshot_backoff = 0.0
         self._stop = threading.Event()
         self._failed: BaseException | None = None
         self._role = Role.FOLLOWER
         self._status = self.core.status()
         self.membership = self.core.membership
-        self._raft_thread = threading.Thread(target=self._raft_loop, name=f"raft-{node_id}", daemon=True)
-        self._apply_thread = threading.Thread(target=self._apply_loop, name=f"apply-{node_id}", daemon=True)
+        self._raft_thread = threading.Thread(target=self._guarded("raft", self._raft_loop), name=f"raft-{node_id}",
+                                             daemon=True)
+        self._apply_thread = threading.Thread(target=self._guarded("apply", self._apply_loop),
+                                              name=f"apply-{node_id}", daemon=True)
         self._core_lock = threading.Lock()  # whoever holds it steps the core (see _kick)
         self._wake = threading.Event()  # the raft thread's: a tick may be due sooner
         self._capture: tuple[int, str, list[bytes]] | None = None  # (thread, peer, replies)
@@ -364,20 +370,18 @@ class Node(ApplierMixin):
     def _step_locked(self, tick: Callable[[], None] | None = None) -> bool:
         """Drain the inbox, run ``tick``, handle the Readies; core lock held. False once
         the node is stopping or has failed (a storage failure stops it: no risk to safety)."""
+        if self._failed is None and not self._stop.is_set():
+            try:
+                self._drain_inbox()
+                if tick is not None:
+                    tick()
+                self._process_ready()
+                return True
+            except BaseException as exc:  # noqa: BLE001 - fail-stop: the node halts, its process exits
+                self._fatal("the raft loop failed", exc)
         if self._failed is not None:
-            self._refuse_queued()
-            return False
-        if self._stop.is_set():
-            return False
-        try:
-            self._drain_inbox()
-            if tick is not None:
-                tick()
-            self._process_ready()
-        except BaseException as exc:  # noqa: BLE001
-            self._crash(exc)
-            return False
-        return True
+            self._halt_locked()
+        return False
 
     def _raft_loop(self) -> None:
         """Ticks, and what no other thread stepped (nobody needs to wait for this one)."""
@@ -435,18 +439,37 @@ class Node(ApplierMixin):
             if self.on_membership is not None:
                 self.on_membership(self.membership)
 
-    def _crash(self, exc: BaseException) -> None:
-        self._failed = exc
-        log.exception("%s: raft loop stopped", self.id, exc_info=exc)
-        # What this node proposed may still commit through the others: "failed" would be
-        # untrue, so the waiting callers hear a refusal they retry on the new leader.
-        self._fail_all(NodeHalted(f"node {self.id!r} stopped ({exc}); the command's outcome is decided by "
-                                  "the other nodes: retry it on the new leader"))
-        self._refuse_queued()
-        self._wake.set()
+    def _guarded(self, what: str, body: Callable[[], None]) -> Callable[[], None]:
+        """A thread's body whose death halts the node (fail-stop), never leaves a zombie."""
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:  # noqa: BLE001 - fail-stop
+                self._fatal(f"the {what} thread died", exc)
 
-    def _refuse_queued(self) -> None:
-        """After a failure: whatever is still queued will never be stepped."""
+        return run
+
+    def _fatal(self, what: str, exc: BaseException) -> None:
+        """Fail-stop (any thread): the node steps its core no more, so it acknowledges and
+        votes no more; a node process exits (``on_fatal``) for its service manager to
+        restart it from its disk. Nothing is retried: after a failed write or fsync the
+        file's state is unknown (the PostgreSQL fsync lesson)."""
+        first = self._failed is None
+        if first:
+            self._failed = exc
+        log.critical("%s: stopping: %s: %s", self.id, what, exc, exc_info=exc)
+        self._wake.set()
+        if first and self.on_fatal is not None:
+            self.on_fatal(f"{what}: {exc}")
+        self._kick()  # fail what waits, unless the core lock's holder does
+
+    def _halt_locked(self) -> None:
+        """After a failure (core lock held): answer everything that waits or is queued.
+
+        What this node proposed may still commit through the others: "failed" would be
+        untrue, so the callers hear a refusal they retry on the new leader."""
+        self._fail_all(NodeHalted(f"node {self.id!r} stopped ({self._failed}); the command's outcome is decided "
+                                  "by the other nodes: retry it on the new leader"))
         while True:
             try:
                 item = self._inbox.get_nowait()
@@ -464,8 +487,7 @@ class Node(ApplierMixin):
             self.transport.send(to, payload)
 
     def _write_failed(self, exc: BaseException) -> None:
-        self._inbox.put(("failed", exc, None))
-        self._kick()
+        self._fatal("a journal write failed", exc)
 
     def _report_persisted(self, seqs: list[int]) -> None:
         """The disk lane's report (any thread): queued like any input, so it reaches the
@@ -511,8 +533,6 @@ class Node(ApplierMixin):
                 fut.set_exception(exc)
         elif kind == "persisted":
             self._persisted(payload)
-        elif kind == "failed":
-            raise payload
         elif kind == "call":
             try:
                 fut.set_result(payload())

@@ -83,7 +83,7 @@ class DiskLane:
         self._busy = False  # a batch is being run (by the lane thread or inline)
         self._stopping = False
         self._failed: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -126,6 +126,12 @@ class DiskLane:
             self._thread.join(timeout)
 
     # -- the lane thread ----------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - the lane thread must not die unnoticed
+            self._on_error(exc)
+
     def _loop(self) -> None:
         while True:
             with self._work:

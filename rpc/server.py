@@ -18,6 +18,7 @@ from rpc.service import ClientService
 from rpc.transport import PeerServer, PeerTransport
 
 log = logging.getLogger("rpc.server")
+EXIT_FATAL = 3  # a disk failure or a dead internal thread: restart the node from its disk
 
 
 class NodeProcess:
@@ -55,7 +56,7 @@ class NodeProcess:
             membership = Membership(tuple(cfg.peers), (),
                                     tuple((p, format_address(a)) for p, a in cfg.peers.items()))
         self.node = Node(cfg.id, cfg.data, self.factory, self.transport, membership=membership,
-                         options=options, on_membership=self._membership_changed,
+                         options=options, on_membership=self._membership_changed, on_fatal=self._fatal,
                          on_leader_start=lambda: self._run_hooks(0), on_leader_stop=lambda: self._run_hooks(1))
         self._membership_changed(self.node.membership)  # members added before a restart
         self.server: PeerServer | None = None
@@ -85,6 +86,17 @@ class NodeProcess:
             self.server.close()
         self.transport.close()
         log.info("node %s stopped", self.cfg.id)
+
+    def _fatal(self, reason: str) -> None:
+        """Fail-stop: exit now, non-zero, writing nothing more; the service manager
+        restarts the node, which recovers from its disk."""
+        log.critical("node %s stopping: %s (exit code %d)", self.cfg.id, reason, EXIT_FATAL)
+        for handler in logging.getLogger().handlers:
+            try:
+                handler.flush()
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
+        os._exit(EXIT_FATAL)
 
     def _run_hooks(self, which: int) -> None:
         """On the node's apply thread: hooks must hand long work to threads of their own."""

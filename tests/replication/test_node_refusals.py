@@ -3,6 +3,7 @@ true. A command that may have committed is never answered "failed" (issue 13, it
 from __future__ import annotations
 
 import errno
+import os
 import time
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from prevalence.errors import EngineHaltedError
 from prevalence.sessions import RegisterSession
 from replication.errors import ProposalRefused
-from tests.prevalence.domain import Add, Get
+from tests.prevalence.domain import Add, Get, Store
 from tests.replication.test_node import Cluster
 
 
@@ -51,3 +52,68 @@ def test_a_leader_whose_disk_fills_refuses_its_pending_commands_as_retryable(clu
     new = next(n for n in others if n.is_leader)
     assert new.execute(Add("x", 1), session=(sid, 2)) == ("ok", 2)
     assert new.query(Get("x")) == 2  # applied exactly once
+
+
+def test_an_apply_failure_halts_the_node_instead_of_leaving_a_replica_behind(tmp_path):
+    """A replica that cannot apply an entry must stop acknowledging and voting (its
+    process exits through on_fatal), not serve on with its state stuck."""
+    import threading
+
+    from replication.membership import Membership
+    from replication.node import Node, NodeOptions
+
+    fatal: list[str] = []
+    called = threading.Event()
+
+    class Recording(Cluster):
+        def start(self, i):
+            node = Node(i, str(self.base / i), Store,
+                        self.net.transport(i), membership=self.membership, options=NodeOptions(),
+                        on_fatal=lambda why, i=i: (fatal.append(f"{i}: {why}"), called.set()))
+            self.net.nodes[i] = node
+            return node.start()
+
+    c = Recording(tmp_path)
+    try:
+        leader = c.leader()
+        victim = next(n for n in c.net.nodes.values() if n is not leader)
+
+        def broken(*_a, **_kw):
+            raise RuntimeError("the state machine broke")
+
+        victim.sm.apply_entry = broken
+        assert leader.execute(Add("x", 1)) == 1  # the other two still commit
+        assert called.wait(2), "the apply failure went unnoticed"
+        assert fatal == [f"{victim.id}: the apply thread died: the state machine broke"]
+        with pytest.raises(ProposalRefused, match="stopped"):
+            victim.submit(Add("x", 1)).result(1)
+        assert leader.execute(Add("x", 1)) == 2
+    finally:
+        c.stop()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names an fd's file through /proc")
+def test_a_failed_automatic_snapshot_leaves_no_temp_file_and_backs_off(tmp_path, monkeypatch):
+    attempts = []
+    real_fsync = os.fsync
+
+    def failing_fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".snap.tmp"):
+            attempts.append(fd)
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    c = Cluster(tmp_path, snapshot_every=5)
+    try:
+        leader = c.leader()
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+        for _ in range(60):
+            leader.execute(Add("x", 1))
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        assert 1 <= len(attempts) <= 3 * len(c.net.nodes), attempts  # not one per apply batch
+        for n in c.net.nodes.values():
+            snaps = os.path.join(n.storage.directory, "snapshots")
+            assert not [f for f in os.listdir(snaps) if f.endswith(".tmp")]
+        assert leader.query(Get("x")) == 60
+    finally:
+        c.stop()

@@ -156,7 +156,7 @@ def test_a_report_out_of_sequence_stops_the_node(tmp_path, caplog):
         node._report_persisted([7])  # no write 7 was submitted
         node._kick()
         assert isinstance(node._failed, RaftError) and "out of order" in str(node._failed)
-        assert "raft loop stopped" in caplog.text
+        assert "stopping: the raft loop failed" in caplog.text
         assert node.receive_batch([append(2)], reply_to="n1") == [] and acks(transport) == []
     finally:
         node.stop(transfer=False)
