@@ -93,6 +93,9 @@ class NodeOptions:
     max_batch: int = 512  # proposals taken into one Ready at most
     follower_apply_delay: float = 0.002  # seconds a follower lets committed entries gather
     max_clock_offset_us: int = DEFAULT_MAX_OFFSET_US  # a voter's clock further off the median is reported
+    # seconds an index may stay committed but not durable on the leader before it hands
+    # leadership over (None: one election timeout; 0: never)
+    slow_disk_handover: float | None = None
 
 
 class Node(ApplierMixin):
@@ -150,6 +153,7 @@ class Node(ApplierMixin):
         self._clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
         self._snapshot_sent: dict[str, int] = {}  # peer -> index last announced in the log
         self._last_snapshot_index = snap_index
+        self._disk_lag: tuple[int, float] | None = None  # see _watch_own_disk
         self._snapshot_retry_at = 0.0  # after a failed automatic snapshot, not before this
         self._snapshot_backoff = 0.0
         self._stop = threading.Event()
@@ -432,6 +436,7 @@ class Node(ApplierMixin):
             self._status_due = now + 0.1
             if self._role == Role.LEADER:
                 self._report_clocks(now)
+                self._watch_own_disk(now)
         if self.core.membership is not self.membership:
             self.membership = self.core.membership
             log.info("%s: membership now voters=%s learners=%s", self.id,
@@ -638,6 +643,36 @@ class Node(ApplierMixin):
             self._inline_off_until = time.monotonic() + SLOW_WRITE_BACKOFF
             log.warning("%s: a journal write took %.2f s: writing on the disk lane thread for the next %.0f s",
                         self.id, seconds, SLOW_WRITE_BACKOFF)
+
+    def _watch_own_disk(self, now: float) -> None:
+        """A leader whose own disk is ``slow_disk_handover`` seconds behind the commit (the
+        followers commit without it) hands leadership to the most up-to-date voter: it
+        applies, and so answers, only what its own disk holds, so every client would wait
+        for its slowest fsync. Measured on one index at a time: an index committed at t
+        and still not durable here at t + limit, so a disk a few ms behind never counts."""
+        limit = self.options.slow_disk_handover
+        if limit is None:
+            limit = self.core.cfg.election_tick * self.options.tick_interval
+        core = self.core
+        me = core.prs.get(self.id)
+        lag = self._disk_lag  # (committed index, when it was seen committed and not durable here)
+        if not limit or me is None or core.lead_transferee is not None or (lag is not None and me.match >= lag[0]):
+            self._disk_lag = lag = None
+        if me is None or me.match >= core.log.committed:
+            return
+        if lag is None:
+            self._disk_lag = (core.log.committed, now)
+        elif now - lag[1] >= limit:
+            self._disk_lag = None
+            try:
+                self._transfer_to_best()
+            except RaftError as exc:
+                log.warning("%s: this node's disk lags the commit, and leadership cannot be handed over: %s",
+                            self.id, exc)
+                return
+            log.warning("%s: this node's disk is more than %.1f s behind the commit (durable %d, committed %d): "
+                        "handing leadership to %s", self.id, limit, me.match, core.log.committed,
+                        core.lead_transferee)
 
     def _report_clocks(self, now: float) -> None:
         """A voter whose wall clock is far from the others' is named in the log (once a
