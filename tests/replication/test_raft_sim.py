@@ -126,6 +126,55 @@ def test_sim_catches_async_writes_counted_when_queued_not_done(monkeypatch):
                                              "durability", "linearizability")
 
 
+@pytest.mark.parametrize("losers", [3, 2, 1])
+def test_durability_check_compares_acknowledged_writes_with_the_replicas_disks(monkeypatch, losers):
+    """Disks that lose the last acknowledged write (as disks lying about fsync would):
+    the end-of-run check must report it once a majority of the voters lost it, and
+    only then. (No faults, hence no snapshots: the write is a log entry everywhere.)"""
+    final_checks = Simulation._final_checks
+
+    def lose_then_check(sim):
+        index = sim.acked[-1][0]
+        for i in sim.ids[:losers]:
+            sim.hosts[i].disk.truncate(index)
+        final_checks(sim)
+
+    monkeypatch.setattr(Simulation, "_final_checks", lose_then_check)
+    cfg = SimConfig(faults=False, steps=100)
+    if losers == 1:
+        run_seed(3, cfg)  # two of three still hold it
+        return
+    with pytest.raises(Violation) as exc:
+        run_seed(3, cfg)
+    assert exc.value.invariant == "durability"
+
+
+def test_sim_catches_a_host_that_acknowledges_writes_once_on_its_own_disk(monkeypatch):
+    # the leader answers the client when the entry is on its own disk, not committed:
+    # a leader deposed before replicating loses acknowledged writes
+    import replication.sim_host as sim_host
+
+    write = sim_host.SimHost._write
+
+    def ack_on_local_write(host, ops):
+        write(host, ops)
+        for kind, e in ops:
+            if kind == "append" and e.kind == 1 and e.index in host.pending:
+                client, seq = host.pending.pop(e.index)
+                host.sim.write_done(client, seq, None, e, host.id)
+
+    monkeypatch.setattr(sim_host.SimHost, "_write", ack_on_local_write)
+    seen = []
+    for seed in range(100):
+        try:
+            run_seed(seed)
+        except Violation as v:
+            seen.append(v.invariant)
+            if v.invariant == "durability":
+                break
+    assert "durability" in seen, seen
+
+
 def test_sim_uses_both_write_modes():
     modes = {Simulation(seed).raft_cfg.async_storage_writes for seed in range(20)}
     assert modes == {True, False}
