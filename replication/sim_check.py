@@ -37,6 +37,11 @@ class Violation(Exception):
         self.detail = detail
 
 
+class Unknown(Violation):
+    """A check that could not decide within its budget. Not a pass: it fails the seed
+    like a violation and is reported as unknown."""
+
+
 class Checker:
     def __init__(self) -> None:
         self.leaders: dict[int, str] = {}  # term -> leader

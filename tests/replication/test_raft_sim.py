@@ -175,6 +175,31 @@ def test_sim_catches_a_host_that_acknowledges_writes_once_on_its_own_disk(monkey
     assert "durability" in seen, seen
 
 
+def test_a_linearizability_check_that_runs_out_of_budget_fails_the_seed(monkeypatch):
+    """"Unknown" is not a pass: the seed fails with its own invariant name."""
+    import replication.sim as sim
+    from replication.linearizability import LinearizabilityTimeout
+
+    def give_up(*args, **kwargs):
+        raise LinearizabilityTimeout("search budget exhausted")
+
+    monkeypatch.setattr(sim, "check_history", give_up)
+    with pytest.raises(Violation) as exc:
+        run_seed(3, SimConfig(faults=False, steps=100))
+    assert exc.value.invariant == "linearizability unknown"
+    assert "budget" in exc.value.detail
+
+
+def test_an_unknown_verdict_is_reported_as_such_with_the_seed():
+    from replication.sim import report
+
+    with pytest.raises(Violation) as exc:  # a real search, cut short: the same on any machine
+        run_seed(3, SimConfig(faults=False, steps=100, lin_steps=10))
+    text = report(exc.value, 3)
+    assert text.startswith("UNKNOWN seed=3 invariant=linearizability unknown")
+    assert "budget of 10 steps" in text and "reproduce: python -m replication.sim" in text
+
+
 def test_sim_uses_both_write_modes():
     modes = {Simulation(seed).raft_cfg.async_storage_writes for seed in range(20)}
     assert modes == {True, False}
