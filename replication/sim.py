@@ -3,18 +3,22 @@
     python -m replication.sim --seeds N --start S [--nodes K] [--steps M]
 
 runs seeds S..S+N-1 and prints ``N seeds, 0 violations``, or stops at the first
-violation, printing the seed, the invariant and the tail of the trace, and exits 1.
+violation (or unknown verdict), printing the seed, the invariant, the tail of the
+trace and the command that reproduces it, and exits 1.
 
 One run: K nodes (RaftNode + SimHost), clients, and a fault schedule, all driven by
 a single ``random.Random(seed)`` in virtual time (100 units = one base tick; each
-node ticks at its own, slightly skewed, period). For ``steps`` ticks faults are
+node ticks at its own, slightly skewed, period). The seed also draws pre_vote,
+check_quorum and lease_read (lease seeds: skew within lease_margin, no pauses). For
+``steps`` ticks faults are
 injected: message loss, duplication, long delays (reordering), symmetric and
 one-way partitions, an isolated leader, clogged links, crashes with torn writes and
 restarts, pauses; meanwhile membership changes, leadership transfers and snapshots
 happen. Then everything heals and a new proposal must commit within a bound
-(liveness). Safety invariants are checked at every step (see sim_check), and at the
-end the clients' history must be linearizable and every acknowledged write must be
-in the committed log.
+(liveness). Safety invariants are checked at every step (see sim_check); at the
+end every write acknowledged to a client must be on the disks of a majority of the
+voters, and the clients' history must be linearizable (a search that exhausts its
+step budget is an unknown verdict, which fails the seed too).
 """
 from __future__ import annotations
 
@@ -57,6 +61,18 @@ class SimConfig:
     async_writes: bool | None = None  # the core's async storage writes; None: drawn per seed
 
 
+def lease_skew(cfg: RaftConfig) -> int:
+    """The largest per-node tick period offset (in 1/100 ticks) lease reads tolerate.
+
+    A follower that answers a heartbeat refuses votes for at least election_tick - 1
+    of its periods after receiving it; the leader reads on that answer for at most
+    election_tick - lease_margin of its periods after sending it. With periods of
+    TICK +- k: (et - margin) * (TICK + k) <= (et - 1) * (TICK - k).
+    """
+    et, margin = cfg.election_tick, cfg.lease_margin
+    return max(0, TICK * (margin - 1) // (2 * et - margin - 1))
+
+
 class SimResult:
     def __init__(self, seed: int, trace_hash: str, stats: dict) -> None:
         self.seed, self.trace_hash, self.stats = seed, trace_hash, stats
@@ -82,25 +98,31 @@ class Simulation:
         self.lin_steps = 0
         self.acked: list[tuple[int, int, bytes]] = []  # (index, term, data) answered to a client
         self.final_voters: tuple[str, ...] = ()  # where the liveness probe committed
-        skew = cfg.faults and rng.random() < 0.7
-        pauses = cfg.faults and rng.random() < 0.7
-        self.pauses = pauses
-        lease = not skew and not pauses and rng.random() < 0.3
+        pre_vote = rng.random() < 0.75
+        check_quorum = rng.random() < 0.75
+        lease = check_quorum and rng.random() < 0.5
         raft_cfg = RaftConfig(
             election_tick=cfg.election_tick,
             heartbeat_tick=cfg.heartbeat_tick,
             max_size_per_msg=rng.choice([1, 64, 1 << 20]),
             max_inflight_msgs=rng.choice([1, 4, 256]),
             snapshot_chunk_size=rng.choice([16, 256, 1 << 16]),
+            pre_vote=pre_vote,
+            check_quorum=check_quorum,
             lease_read=lease,
             async_storage_writes=rng.random() < 0.75 if cfg.async_writes is None else cfg.async_writes,
         )
         self.raft_cfg = raft_cfg
+        # Lease reads assume bounded drift and no pauses: their seeds skew clocks only
+        # within what lease_margin tolerates, and never pause a node.
+        skew = cfg.faults and rng.random() < 0.7
+        max_skew = lease_skew(raft_cfg) if lease else 12
+        self.pauses = pauses = cfg.faults and not lease and rng.random() < 0.7
         membership = Membership(tuple(self.ids))
         self.hosts: dict[str, SimHost] = {}
         for i in self.ids:
             self.hosts[i] = SimHost(self, i, membership, raft_cfg)
-            self.hosts[i].tick_period = TICK + (rng.randint(-12, 12) if skew else 0)
+            self.hosts[i].tick_period = TICK + (rng.randint(-max_skew, max_skew) if skew else 0)
             self.schedule(rng.randrange(TICK), "tick", i)
         self.clients = {f"c{i}": Client(self, f"c{i}", keys=tuple(f"k{j}" for j in range(cfg.keys))) for i in range(cfg.clients)}
         for c in self.clients:
@@ -109,8 +131,8 @@ class Simulation:
         if cfg.faults:
             self.schedule(rng.randint(5, 30) * TICK, "fault", None)
             self.schedule(rng.randint(20, 60) * TICK, "admin", None)
-        self.trace(f"seed={seed} nodes={cfg.nodes} skew={skew} pauses={pauses} lease={lease} "
-                   f"max_size={raft_cfg.max_size_per_msg} inflight={raft_cfg.max_inflight_msgs} chunk={raft_cfg.snapshot_chunk_size} "
+        self.trace(f"seed={seed} nodes={cfg.nodes} pre_vote={pre_vote} check_quorum={check_quorum} lease_read={lease} "
+                   f"skew={max_skew if skew else 0} pauses={pauses} max_size={raft_cfg.max_size_per_msg} inflight={raft_cfg.max_inflight_msgs} chunk={raft_cfg.snapshot_chunk_size} "
                    f"async_writes={raft_cfg.async_storage_writes}")
 
     # ---------------------------------------------------------------- plumbing
@@ -385,6 +407,9 @@ class Simulation:
             self.schedule(self.now, "crash", node_id)
 
     def pause_node(self, node_id: str, ticks: int) -> None:
+        if self.raft_cfg.lease_read:  # a paused leader's clock stops: leases assume no pauses
+            self.trace(f"no pause of {node_id}: lease reads")
+            return
         self.hosts[node_id].paused_until = self.now + ticks * TICK
         self.trace(f"fault pause {node_id} for {ticks} ticks")
 

@@ -15,12 +15,15 @@ from replication.sim_check import Violation
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _ci_config(seed: int) -> SimConfig:
+    return SimConfig(nodes=3, steps=400) if seed < 400 else SimConfig(nodes=5, steps=300)
+
+
 def test_ci_500_seeds():
     """The CI soak: 400 seeds of 3 nodes and 100 of 5, all faults on (~20 s here)."""
-    three, five = SimConfig(nodes=3, steps=400), SimConfig(nodes=5, steps=300)
     for seed in range(500):
         try:
-            run_seed(seed, three if seed < 400 else five)
+            run_seed(seed, _ci_config(seed))
         except Violation as v:
             from replication.sim import report
             pytest.fail(report(v, seed))
@@ -198,6 +201,36 @@ def test_an_unknown_verdict_is_reported_as_such_with_the_seed():
     text = report(exc.value, 3)
     assert text.startswith("UNKNOWN seed=3 invariant=linearizability unknown")
     assert "budget of 10 steps" in text and "reproduce: python -m replication.sim" in text
+
+
+def test_ci_seeds_vary_the_election_options_and_often_read_from_leases():
+    sims = [Simulation(seed, _ci_config(seed)) for seed in range(500)]
+    options = [(s.raft_cfg.pre_vote, s.raft_cfg.check_quorum, s.raft_cfg.lease_read) for s in sims]
+    # every valid combination (lease reads need check_quorum), each in a fair share
+    for combo in [(p, q, r) for p in (True, False) for q in (True, False) for r in (True, False) if q or not r]:
+        assert options.count(combo) >= 25, (combo, options.count(combo))
+    assert sum(r for _, _, r in options) >= 150  # lease reads in at least 30% of the seeds
+    first = sims[0].trace_tail().splitlines()[0]
+    p, q, r = options[0]
+    assert f"pre_vote={p} check_quorum={q} lease_read={r}" in first
+
+
+def test_lease_seeds_serve_reads_from_the_lease(monkeypatch):
+    import replication.leader as leader
+
+    lease_valid, served = leader.LeaderMixin._lease_valid, []
+
+    def counted(node):
+        ok = lease_valid(node)
+        served.append(ok)
+        return ok
+
+    monkeypatch.setattr(leader.LeaderMixin, "_lease_valid", counted)
+    seeds = [seed for seed in range(40) if Simulation(seed).raft_cfg.lease_read][:4]
+    for seed in seeds:
+        served.clear()
+        run_seed(seed, SimConfig(steps=100))
+        assert served.count(True) >= 10, (seed, served.count(True), len(served))
 
 
 def test_sim_uses_both_write_modes():
