@@ -389,7 +389,7 @@ class RaftNode(FollowerMixin, LeaderMixin):
             self.vote == m.src
             or (self.vote is None and self.leader is None)
             or (pre and m.term > self.term)
-        ) and (not self._in_lease() or (not pre and m.transfer))
+        ) and (not self._in_lease() or (not pre and m.transfer))  # step() drops higher terms; same term here
         if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
             if pre:
                 self._send(PreVoteResp(self.id, m.src, m.term, False))
