@@ -92,9 +92,12 @@ class RaftNode(FollowerMixin, LeaderMixin):
         self.read_states: list[ReadState] = []  # waiting for applied >= index
         self.clock = 0  # ticks since start (lease bookkeeping)
         self.lease_disabled = False
-        # After a restart we do not know whether we were inside someone's lease: stay
-        # out of elections for one timeout (only matters for lease reads).
-        self.quiet_ticks = config.election_tick if config.lease_read else 0
+        # The tick at which a leader last reached us (Append, Heartbeat, snapshot), kept
+        # apart from self.leader, which a higher term clears: answering a heartbeat is a
+        # promise not to vote for an election timeout, whatever happens meanwhile.
+        # After a restart we do not know what we promised: count it as just heard (only
+        # lease reads depend on the promise, so only then).
+        self.heard_at: int | None = 0 if config.lease_read else None
         self._bcast = False
         self._bcast_commit = False
         self._snap_rx: tuple[SnapshotMeta, bytearray] | None = None
@@ -108,8 +111,6 @@ class RaftNode(FollowerMixin, LeaderMixin):
     def tick(self) -> None:
         """Advance logical time by one tick (the host calls it at a fixed period)."""
         self.clock += 1
-        if self.quiet_ticks:
-            self.quiet_ticks -= 1
         if self.role == LEADER:
             self._tick_leader()
             return
@@ -388,7 +389,7 @@ class RaftNode(FollowerMixin, LeaderMixin):
             self.vote == m.src
             or (self.vote is None and self.leader is None)
             or (pre and m.term > self.term)
-        )
+        ) and (not self._in_lease() or (not pre and m.transfer))  # step() drops higher terms; same term here
         if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
             if pre:
                 self._send(PreVoteResp(self.id, m.src, m.term, False))
@@ -440,11 +441,14 @@ class RaftNode(FollowerMixin, LeaderMixin):
             self._tally()
 
     def _in_lease(self) -> bool:
+        """Has a leader (or this node, leading) reached us within an election timeout?
+        Then (pre)votes are refused: CheckQuorum's protection against disruption, and
+        the promise a leader's lease reads rely on."""
         if not self.cfg.check_quorum:
             return False
-        if self.quiet_ticks > 0:
+        if self.role == LEADER:
             return True
-        return self.leader is not None and self.election_elapsed < self.cfg.election_tick
+        return self.heard_at is not None and self.clock - self.heard_at < self.cfg.election_tick
 
     def _membership_changed(self) -> None:
         self.membership = self.configs.current

@@ -14,19 +14,17 @@ from replication.ready import ReadState
 
 class FollowerMixin:
     def _step_follower(self, m, t) -> None:
-        if t is Append:
+        if t is Append or t is Heartbeat or t is InstallSnapshot:
             self.election_elapsed = 0
+            self.heard_at = self.clock
             self.leader = m.src
+        if t is Append:
             self._handle_append(m)
         elif t is Heartbeat:
-            self.election_elapsed = 0
-            self.leader = m.src
             if m.commit <= self.log.last_index():
                 self.log.commit_to(m.commit)
             self._send(HeartbeatResp(self.id, m.src, self.term, m.ctx, m.seq))
         elif t is InstallSnapshot:
-            self.election_elapsed = 0
-            self.leader = m.src
             self._handle_snapshot_chunk(m)
         elif t is TimeoutNow:
             if self.promotable():

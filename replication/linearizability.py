@@ -19,7 +19,9 @@ partition at a time (P-compositionality), which keeps the search small.
 Cost: linearizable histories are found almost greedily (1000 ops from 8
 clients: tens of ms).  Refuting a violation means exhausting the reachable
 configurations, which grows with concurrency and especially with unknown-outcome
-ops (they stay concurrent with everything after their call); hence the timeout.
+ops (they stay concurrent with everything after their call); hence the budget: a
+wall-clock ``timeout`` and/or a number of search steps (``max_steps``, which gives the
+same answer on any machine, as a seeded simulator needs).
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ _SHOWN = 20  # at most this many prefix operations are printed in an explanation
 
 
 class LinearizabilityTimeout(Exception):
-    """The search exceeded its time budget: the answer is unknown, not a violation."""
+    """The search exceeded its budget (time or steps): the answer is unknown, which
+    is neither a pass nor a violation."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Operation:
 class CheckResult:
     ok: bool
     explanation: str = ""
+    steps: int = 0  # search steps taken, over all partitions
 
 
 class Model(Protocol):
@@ -151,9 +155,10 @@ def partition(model, operations: Iterable[Operation]) -> dict[Hashable, list[Ope
 
 
 def check_history(model: Model, operations: Iterable[Operation], *,
-                  timeout: float | None = 10.0) -> CheckResult:
+                  timeout: float | None = 10.0, max_steps: int | None = None) -> CheckResult:
     """Is the history linearizable w.r.t. `model`?  Raises LinearizabilityTimeout
-    if the search takes longer than `timeout` seconds (None = no limit)."""
+    if the search takes longer than `timeout` seconds or `max_steps` steps in all
+    (None = no limit)."""
     ops = list(operations)
     for o in ops:
         if o.ret is not None and o.ret < o.call:
@@ -163,22 +168,25 @@ def check_history(model: Model, operations: Iterable[Operation], *,
         parts = partition(model, ops)
     else:
         parts = {None: ops}
+    steps = 0
     for key, sub in parts.items():
-        explanation = _check(model, sub, deadline)
+        explanation, used = _check(model, sub, deadline, None if max_steps is None else max_steps - steps)
+        steps += used
         if explanation:
             if len(parts) > 1 or key is not None:
                 explanation = f"In the sub-history of partition {key!r}:\n{explanation}"
-            return CheckResult(False, explanation)
-    return CheckResult(True, "")
+            return CheckResult(False, explanation, steps)
+    return CheckResult(True, "", steps)
 
 
-def _check(model, ops: list[Operation], deadline: float | None) -> str:
-    """Search one (sub-)history; return "" if linearizable, else an explanation."""
+def _check(model, ops: list[Operation], deadline: float | None, max_steps: int | None) -> tuple[str, int]:
+    """Search one (sub-)history; return ("" if linearizable, else an explanation;
+    the steps taken)."""
     n = len(ops)
     unknown = [o.ret is None for o in ops]
     required = n - sum(unknown)
     if required == 0:
-        return ""  # every operation is optional: the empty linearization works
+        return "", 0  # every operation is optional: the empty linearization works
     # Events ordered by time, calls before returns at equal times (touching
     # intervals count as concurrent), then by input position: deterministic.
     events = sorted([(o.call, 0, i) for i, o in enumerate(ops)]
@@ -200,11 +208,13 @@ def _check(model, ops: list[Operation], deadline: float | None) -> str:
     seen: set[tuple[int, Hashable]] = set()
     best: tuple | None = None  # (prefix op indices, state, open op indices, blocking op)
     entry, steps = nxt[head], 0
+    limit = math.inf if max_steps is None else max_steps
     while True:
         steps += 1
-        if deadline is not None and not steps & 1023 and time.monotonic() > deadline:
+        if steps > limit or (deadline is not None and not steps & 1023 and time.monotonic() > deadline):
+            what = f"budget of {max_steps} steps" if steps > limit else "timeout"
             raise LinearizabilityTimeout(
-                f"linearizability search of {n} operations exceeded its timeout "
+                f"linearizability search of {n} operations exceeded its {what} "
                 f"after {steps} steps (best prefix so far: {len(best[0]) if best else 0} ops)")
         if not is_ret[entry]:  # a candidate: try to linearize it next
             i = node_op[entry]
@@ -229,7 +239,7 @@ def _check(model, ops: list[Operation], deadline: float | None) -> str:
             if not unknown[i]:
                 required -= 1
                 if required == 0:
-                    return ""
+                    return "", steps
             entry = nxt[head]
             continue
         # The return of an op not yet linearized: dead end, backtrack.
@@ -241,7 +251,7 @@ def _check(model, ops: list[Operation], deadline: float | None) -> str:
                 x = nxt[x]
             best = ([s[0] for s in stack], state, open_ops, node_op[entry])
         if not stack:
-            return _explain(ops, *best)
+            return _explain(ops, *best), steps
         i, state, bits = stack.pop()
         for x in (ret_node[i], call_node[i]):  # relink in reverse order
             nxt[prv[x]] = prv[nxt[x]] = x

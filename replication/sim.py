@@ -3,18 +3,22 @@
     python -m replication.sim --seeds N --start S [--nodes K] [--steps M]
 
 runs seeds S..S+N-1 and prints ``N seeds, 0 violations``, or stops at the first
-violation, printing the seed, the invariant and the tail of the trace, and exits 1.
+violation (or unknown verdict), printing the seed, the invariant, the tail of the
+trace and the command that reproduces it, and exits 1.
 
 One run: K nodes (RaftNode + SimHost), clients, and a fault schedule, all driven by
 a single ``random.Random(seed)`` in virtual time (100 units = one base tick; each
-node ticks at its own, slightly skewed, period). For ``steps`` ticks faults are
+node ticks at its own, slightly skewed, period). The seed also draws pre_vote,
+check_quorum and lease_read (lease seeds: skew within lease_margin, no pauses). For
+``steps`` ticks faults are
 injected: message loss, duplication, long delays (reordering), symmetric and
 one-way partitions, an isolated leader, clogged links, crashes with torn writes and
 restarts, pauses; meanwhile membership changes, leadership transfers and snapshots
 happen. Then everything heals and a new proposal must commit within a bound
-(liveness). Safety invariants are checked at every step (see sim_check), and at the
-end the clients' history must be linearizable and every acknowledged write must be
-in the committed log.
+(liveness). Safety invariants are checked at every step (see sim_check); at the
+end every write acknowledged to a client must be on the disks of a majority of the
+voters, and the clients' history must be linearizable (a search that exhausts its
+step budget is an unknown verdict, which fails the seed too).
 """
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ from replication.errors import RaftError
 from replication.linearizability import KeyValueModel, LinearizabilityTimeout, check_history
 from replication.membership import ConfigChange, Membership
 from replication.messages import decode, encode
+from replication.progress import quorum
 from replication.ready import Role
-from replication.sim_check import Checker, Violation
+from replication.sim_check import Checker, Unknown, Violation
 from replication.sim_host import SimHost
 from replication.sim_net import Network
 from replication.sim_workload import TICK, Client
@@ -52,8 +57,20 @@ class SimConfig:
     election_tick: int = 10
     heartbeat_tick: int = 2
     trace_tail: int = 80
-    lin_timeout: float = 20.0
+    lin_steps: int = 1_000_000  # search budget of the linearizability check (seeds need < 1,000)
     async_writes: bool | None = None  # the core's async storage writes; None: drawn per seed
+
+
+def lease_skew(cfg: RaftConfig) -> int:
+    """The largest per-node tick period offset (in 1/100 ticks) lease reads tolerate.
+
+    A follower that answers a heartbeat refuses votes for at least election_tick - 1
+    of its periods after receiving it; the leader reads on that answer for at most
+    election_tick - lease_margin of its periods after sending it. With periods of
+    TICK +- k: (et - margin) * (TICK + k) <= (et - 1) * (TICK - k).
+    """
+    et, margin = cfg.election_tick, cfg.lease_margin
+    return max(0, TICK * (margin - 1) // (2 * et - margin - 1))
 
 
 class SimResult:
@@ -78,26 +95,34 @@ class Simulation:
         self.history: list = []
         self.counts: dict[str, int] = {}
         self.healed = False
-        self.acked: list[tuple[int, bytes]] = []
-        skew = cfg.faults and rng.random() < 0.7
-        pauses = cfg.faults and rng.random() < 0.7
-        self.pauses = pauses
-        lease = not skew and not pauses and rng.random() < 0.3
+        self.lin_steps = 0
+        self.acked: list[tuple[int, int, bytes]] = []  # (index, term, data) answered to a client
+        self.final_voters: tuple[str, ...] = ()  # where the liveness probe committed
+        pre_vote = rng.random() < 0.75
+        check_quorum = rng.random() < 0.75
+        lease = check_quorum and rng.random() < 0.5
         raft_cfg = RaftConfig(
             election_tick=cfg.election_tick,
             heartbeat_tick=cfg.heartbeat_tick,
             max_size_per_msg=rng.choice([1, 64, 1 << 20]),
             max_inflight_msgs=rng.choice([1, 4, 256]),
             snapshot_chunk_size=rng.choice([16, 256, 1 << 16]),
+            pre_vote=pre_vote,
+            check_quorum=check_quorum,
             lease_read=lease,
             async_storage_writes=rng.random() < 0.75 if cfg.async_writes is None else cfg.async_writes,
         )
         self.raft_cfg = raft_cfg
+        # Lease reads assume bounded drift and no pauses: their seeds skew clocks only
+        # within what lease_margin tolerates, and never pause a node.
+        skew = cfg.faults and rng.random() < 0.7
+        max_skew = lease_skew(raft_cfg) if lease else 12
+        self.pauses = pauses = cfg.faults and not lease and rng.random() < 0.7
         membership = Membership(tuple(self.ids))
         self.hosts: dict[str, SimHost] = {}
         for i in self.ids:
             self.hosts[i] = SimHost(self, i, membership, raft_cfg)
-            self.hosts[i].tick_period = TICK + (rng.randint(-12, 12) if skew else 0)
+            self.hosts[i].tick_period = TICK + (rng.randint(-max_skew, max_skew) if skew else 0)
             self.schedule(rng.randrange(TICK), "tick", i)
         self.clients = {f"c{i}": Client(self, f"c{i}", keys=tuple(f"k{j}" for j in range(cfg.keys))) for i in range(cfg.clients)}
         for c in self.clients:
@@ -106,8 +131,8 @@ class Simulation:
         if cfg.faults:
             self.schedule(rng.randint(5, 30) * TICK, "fault", None)
             self.schedule(rng.randint(20, 60) * TICK, "admin", None)
-        self.trace(f"seed={seed} nodes={cfg.nodes} skew={skew} pauses={pauses} lease={lease} "
-                   f"max_size={raft_cfg.max_size_per_msg} inflight={raft_cfg.max_inflight_msgs} chunk={raft_cfg.snapshot_chunk_size} "
+        self.trace(f"seed={seed} nodes={cfg.nodes} pre_vote={pre_vote} check_quorum={check_quorum} lease_read={lease} "
+                   f"skew={max_skew if skew else 0} pauses={pauses} max_size={raft_cfg.max_size_per_msg} inflight={raft_cfg.max_inflight_msgs} chunk={raft_cfg.snapshot_chunk_size} "
                    f"async_writes={raft_cfg.async_storage_writes}")
 
     # ---------------------------------------------------------------- plumbing
@@ -202,9 +227,14 @@ class Simulation:
 
     # ---------------------------------------------------------------- client hooks
     def write_done(self, client: str, seq: int, result, entry, node: str) -> None:
+        """A host answers a client's write with the log entry that carried it."""
         c = self.probe if client == "probe" else self.clients.get(client)
-        if c is not None and c.write_done(seq, result) and c.record:
-            self.acked.append((entry.index, entry.data))
+        if c is None or not c.write_done(seq, result):
+            return
+        if c.record:
+            self.acked.append((entry.index, entry.term, entry.data))
+        elif self.hosts[node].node is not None:
+            self.final_voters = self.hosts[node].node.membership.voters
 
     def read_done(self, client: str, ctx: bytes, value, node: str) -> None:
         c = self.clients.get(client)
@@ -354,7 +384,7 @@ class Simulation:
         self._final_checks()
         stats = {
             "steps": self.steps, "ops": len(self.history), "acked": len(self.acked),
-            "committed": self.check.max_committed, "terms": len(self.check.leaders),
+            "committed": self.check.max_committed, "terms": len(self.check.leaders), "lin_steps": self.lin_steps,
             **{k: self.counts[k] for k in sorted(self.counts)},
         }
         return SimResult(self.seed, self._hash.hexdigest(), stats)
@@ -377,24 +407,47 @@ class Simulation:
             self.schedule(self.now, "crash", node_id)
 
     def pause_node(self, node_id: str, ticks: int) -> None:
+        if self.raft_cfg.lease_read:  # a paused leader's clock stops: leases assume no pauses
+            self.trace(f"no pause of {node_id}: lease reads")
+            return
         self.hosts[node_id].paused_until = self.now + ticks * TICK
         self.trace(f"fault pause {node_id} for {ticks} ticks")
 
     def _final_checks(self) -> None:
-        committed = self.check.committed
-        for index, data in self.acked:
-            c = committed.get(index)
-            if c is None or c[2] != data:
-                raise Violation("durability", f"acknowledged write at index {index} is not in the committed log")
+        self._check_durability()
         for c in self.clients.values():
             c.finalize()
-        try:
-            result = check_history(KeyValueModel(), self.history, timeout=self.cfg.lin_timeout)
-        except LinearizabilityTimeout:
-            self.trace("linearizability check timed out (unknown)")
-            return
+        try:  # a step budget, not a timeout: the verdict must not depend on the machine
+            result = check_history(KeyValueModel(), self.history, timeout=None, max_steps=self.cfg.lin_steps)
+        except LinearizabilityTimeout as exc:
+            raise Unknown("linearizability unknown", f"{exc} (SimConfig.lin_steps={self.cfg.lin_steps})") from exc
+        self.lin_steps = result.steps
         if not result.ok:
             raise Violation("linearizability", result.explanation)
+
+    def _check_durability(self) -> None:
+        """Every write answered to a client is on the disks of a majority of the voters
+        that committed the liveness probe: as that log entry, or under a snapshot whose
+        log (rebuilt from the persist record) holds it. What the hosts applied plays no
+        part: an acknowledgement recorded as applied would prove nothing."""
+        voters = self.final_voters
+        for index, term, data in self.acked:
+            holders = [v for v in voters if self._holds(self.hosts[v].disk, index, term, data)]
+            if len(holders) < quorum(len(voters)):
+                raise Violation(
+                    "durability",
+                    f"the write acknowledged at index {index} (term {term}) is on the disks of "
+                    f"{len(holders)} of the voters {list(voters)} ({', '.join(holders) or 'none'}): no majority",
+                )
+
+    def _holds(self, disk, index: int, term: int, data: bytes) -> bool:
+        if index >= disk.first_index():
+            if index > disk.last_index():
+                return False
+            e = disk.entries(index, index + 1, None)[0]
+            return e.term == term and e.data == data
+        meta = disk.snapshot().meta  # compacted: look in the log the snapshot covers
+        return self.check.persisted_log(meta.index, meta.term).get(index) == (term, data)
 
 
 def run_seed(seed: int, cfg: SimConfig | None = None) -> SimResult:
@@ -413,7 +466,7 @@ def run_seed(seed: int, cfg: SimConfig | None = None) -> SimResult:
 
 def report(v: Violation, seed: int) -> str:
     sim = getattr(v, "sim", None)
-    lines = [f"VIOLATION seed={seed} invariant={v.invariant}", v.detail]
+    lines = [f"{'UNKNOWN' if isinstance(v, Unknown) else 'VIOLATION'} seed={seed} invariant={v.invariant}", v.detail]
     if sim is not None:
         lines.append(f"--- last {len(sim._trace)} trace lines (time in 1/100 ticks) ---")
         lines.append(sim.trace_tail())

@@ -12,6 +12,11 @@ is reported at the step that caused it:
   covered it; a leader of an older term may be elected late and legitimately lack
   newer commits);
 - snapshots taken at the same index hold the same state.
+
+It also keeps the persist record (every entry any node wrote to disk, with its
+predecessor's term), from which ``persisted_log`` rebuilds the log a snapshot covers:
+the end-of-run durability check looks there for acknowledged writes that a replica
+has compacted away.
 """
 from __future__ import annotations
 
@@ -32,6 +37,11 @@ class Violation(Exception):
         self.detail = detail
 
 
+class Unknown(Violation):
+    """A check that could not decide within its budget. Not a pass: it fails the seed
+    like a violation and is reported as unknown."""
+
+
 class Checker:
     def __init__(self) -> None:
         self.leaders: dict[int, str] = {}  # term -> leader
@@ -42,6 +52,7 @@ class Checker:
         self.max_committed = 0
         self.commit_term: dict[int, tuple[int, int]] = {}  # index -> (term committed in, entry term)
         self.commit_hw = 0  # highest index whose commit term is known
+        self._logs: dict[tuple[int, int], dict[int, tuple[int, bytes]]] = {}  # persisted_log cache
 
     def on_restart(self, host: "SimHost") -> None:
         self.applied[host.id] = host.disk.snapshot().meta.index
@@ -92,7 +103,7 @@ class Checker:
                 prev_term = -1
             key = (e.index, e.term)
             rec = seen.get(key)
-            if rec is None:
+            if rec is None or (rec[2] == -1 and prev_term != -1 and rec[:2] == (e.kind, e.data)):
                 seen[key] = (e.kind, e.data, prev_term)
             elif rec[0] != e.kind or rec[1] != e.data or (prev_term != -1 and rec[2] != -1 and rec[2] != prev_term):
                 raise Violation(
@@ -100,6 +111,21 @@ class Checker:
                     f"{host.id} stored index {e.index} term {e.term} as {(e.kind, e.data[:40], prev_term)}, "
                     f"elsewhere it is {(rec[0], rec[1][:40], rec[2])}",
                 )
+
+    def persisted_log(self, index: int, term: int) -> dict[int, tuple[int, bytes]]:
+        """index -> (term, data) of the log that ends with entry (index, term), as nodes
+        wrote it to disk (log matching makes it unique), back to where it is known."""
+        key = (index, term)
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = {}
+            while index > 0:
+                rec = self.entries.get((index, term))
+                if rec is None:
+                    break
+                log[index] = (term, rec[1])
+                index, term = index - 1, rec[2]
+        return log
 
     def on_apply(self, host: "SimHost", e) -> None:
         last = self.applied.get(host.id, 0)

@@ -101,6 +101,14 @@ class Cluster:
             if settle:
                 self.settle()
 
+    def fix_timeouts(self, **extra: int) -> None:
+        """Script the election timeouts: node ``i`` times out after election_tick +
+        ``extra[i]`` ticks, every time (the staged tests need exact timings)."""
+        for i, k in extra.items():
+            node = self.nodes[i]
+            node.rng = _FixedTimeout(k)
+            node.randomized_timeout = node.cfg.election_tick + k
+
     def restart(self, i: str) -> RaftNode:
         """Crash and restart node ``i``: volatile state is lost, storage is kept."""
         self.inflight = [m for m in self.inflight if m.dst != i and m.src != i]
@@ -109,27 +117,29 @@ class Cluster:
         return self.nodes[i]
 
     def campaign(self, i: str, expire_leases: bool = True) -> Role:
-        """Time ``i`` out once and let the votes flow; returns its role afterwards."""
+        """Time ``i`` out once and let the votes flow; returns its role afterwards.
+
+        With ``expire_leases`` the other followers vote as if an election timeout had
+        passed since a leader last reached them (``heard_at``), restart quiet included.
+        """
         node = self.nodes[i]
         saved = {}
         if expire_leases:
             for j, other in self.nodes.items():
                 if j != i and other.role != Role.LEADER:
-                    saved[j] = other.election_elapsed
-                    other.election_elapsed = max(other.election_elapsed, other.cfg.election_tick)
+                    saved[j] = other.heard_at
+                    other.heard_at = None
         node.election_elapsed = node.randomized_timeout - 1
         node.tick()
         self.settle()
-        for j, elapsed in saved.items():  # no real time passed for the others
-            if self.nodes[j].election_elapsed >= self.nodes[j].cfg.election_tick:
-                self.nodes[j].election_elapsed = elapsed
+        for j, heard in saved.items():  # no real time passed for the others
+            if self.nodes[j].heard_at is None:
+                self.nodes[j].heard_at = heard
         return node.role
 
     def elect(self, i: str, expire_leases: bool = True) -> None:
-        """Make ``i`` leader: time it out and let the votes flow.
-
-        With ``expire_leases`` the other followers behave as if an election timeout
-        passed without hearing from a leader (else CheckQuorum makes them ignore us).
+        """Make ``i`` leader: time it out and let the votes flow (see ``campaign``;
+        without ``expire_leases`` CheckQuorum makes followers of a live leader ignore us).
         """
         role = self.campaign(i, expire_leases)
         assert role == Role.LEADER, f"{i} failed to become leader: {self.nodes[i].status()}"
@@ -166,6 +176,17 @@ class Cluster:
     def log_terms(self, i: str) -> list[tuple[int, int]]:
         st = self.storage[i]
         return [(e.index, e.term) for e in st.entries(st.first_index(), st.last_index() + 1, None)]
+
+
+class _FixedTimeout(random.Random):
+    """An rng whose ``randrange`` (the core's only use: the timeout) is a constant."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__(k)
+        self.k = k
+
+    def randrange(self, *args, **kwargs) -> int:
+        return self.k
 
 
 @pytest.fixture

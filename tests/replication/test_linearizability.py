@@ -229,6 +229,20 @@ def test_timeout_raises_rather_than_reporting_a_violation():
         check_history(RegisterModel(), h, timeout=0.05)
 
 
+def test_a_step_budget_gives_the_same_answer_on_any_machine():
+    h = [op(f"w{i}", 0, None, "write", i) for i in range(16)]
+    h += [op("r", 1, 2, "read", None, "never written")]
+    with pytest.raises(LinearizabilityTimeout, match="budget of 5000 steps"):
+        check_history(RegisterModel(), h, timeout=None, max_steps=5000)
+    per_key = [op("a", 0, 1, "put", ("k", 1)), op("b", 2, 3, "get", "k", 1)]
+    one = check_history(KeyValueModel(), per_key, timeout=None, max_steps=5000)
+    two_keys = per_key + [op("a", 4, 5, "put", ("j", 1)), op("b", 6, 7, "get", "j", 1)]
+    both = check_history(KeyValueModel(), two_keys, timeout=None, max_steps=5000)
+    assert one.ok and both.ok and both.steps == 2 * one.steps
+    with pytest.raises(LinearizabilityTimeout):  # the budget is for all partitions together
+        check_history(KeyValueModel(), two_keys, timeout=None, max_steps=both.steps - 1)
+
+
 def test_timeout_none_means_no_limit():
     assert ok(RegisterModel(), [op("a", 0, 1, "write", 1)], timeout=None)
 

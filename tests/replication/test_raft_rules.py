@@ -11,7 +11,9 @@ import pytest
 from replication.config import RaftConfig
 from replication.errors import ConfigChangeRefused, NotLeader, TransferInProgress
 from replication.membership import ConfigChange
-from replication.messages import Append, AppendResp, Heartbeat, InstallSnapshot, TimeoutNow, Vote, VoteResp
+from replication.messages import (
+    Append, AppendResp, Heartbeat, InstallSnapshot, PreVote, PreVoteResp, TimeoutNow, Vote, VoteResp,
+)
 from replication.ready import ReadState, Role
 from prevalence.entry import Entry
 
@@ -351,9 +353,7 @@ def test_read_index_waits_for_new_leader_to_commit_in_its_term(make_cluster):
 def test_lease_read_needs_a_recent_quorum(make_cluster):
     c = make_cluster(["a", "b", "c"], config=RaftConfig(lease_read=True))
     a = c.nodes["a"]
-    for n in c.nodes.values():
-        n.quiet_ticks = 0
-    c.elect("a")
+    c.elect("a")  # (the followers' restart quiet period is expired by the harness)
     c.tick_all(2)
     a.read_index(b"lease")
     c.process("a")
@@ -363,6 +363,122 @@ def test_lease_read_needs_a_recent_quorum(make_cluster):
     a.read_index(b"late")
     c.process("a")
     assert [r.ctx for r in c.read_states["a"]] == [b"lease"]  # lease expired: falls back
+
+
+def test_lease_read_is_not_stale_after_a_follower_is_moved_to_a_higher_term(make_cluster):
+    """Issue 13, item 3, staged: three nodes ticking in lockstep, no clock skew.
+
+    c, cut off from leader a, wins b's pre-vote and becomes candidate of term 2; its
+    Vote to b is lost. b times out too and pre-votes; c's rejection (term 2) is held
+    back. a reaches b again, b renews a's lease and is then cut from a. The held
+    rejection moves b to term 2. c campaigns again: b must refuse, as it promised a
+    by answering its heartbeat, or c commits x=2 while a still serves x=1 from its
+    lease."""
+    c = make_cluster(["a", "b", "c"], config=RaftConfig(lease_read=True))
+    a, b, cn = c.nodes["a"], c.nodes["b"], c.nodes["c"]
+    c.fix_timeouts(a=0, b=9, c=9)
+    c.tick_all(10)
+    assert a.role == Role.LEADER and a.term == 1
+    x1 = c.propose("a", b"x=1")
+    c.tick_all(3)
+    c.fix_timeouts(b=5, c=0)
+    while a.election_elapsed != 0:  # start right after a's CheckQuorum: a stays leader
+        c.tick_all(1)
+    cuts = {("a", "c"), ("c", "a"), ("a", "b")}
+    lost, held = [], []
+
+    def drop(m) -> bool:
+        if (m.src, m.dst) in cuts:
+            return True
+        if (m.src, m.dst) == ("c", "b") and type(m) is Vote and not lost:
+            lost.append(m)
+            return True
+        if (m.src, m.dst) == ("c", "b") and type(m) is PreVoteResp and not held:
+            held.append(m)
+            return True
+        return False
+
+    c.drop = drop
+    served: dict[bytes, tuple[int, int]] = {}  # read ctx -> (tick served, index)
+    x2 = x2_committed_at = None
+    for t in range(1, 41):
+        c.tick_all(1)
+        if t == 10:
+            assert cn.role == Role.CANDIDATE and cn.term == 2 and lost  # b granted the pre-vote
+        if t == 15:
+            assert b.role == Role.PRE_CANDIDATE and held and held[0].term == 2
+            cuts.discard(("a", "b"))
+        if t == 16:
+            assert b.role == Role.FOLLOWER and b.leader == "a" and b.term == 1  # a's lease renewed
+            cuts.add(("b", "a"))
+            c.inflight.extend(held)  # delivered on the next tick
+        if cn.role == Role.LEADER and x2 is None:
+            x2 = c.propose("c", b"x=2")
+            c.settle()
+        if x2 is not None and x2_committed_at is None and cn.log.committed >= x2:
+            x2_committed_at = t
+        if a.role == Role.LEADER:
+            a.read_index(b"r%d" % t)
+            c.process("a")
+        for rs in c.read_states["a"]:
+            served.setdefault(rs.ctx, (t, rs.index))
+    assert any(t >= 16 and index == x1 for t, index in served.values()), "the renewed lease was used"
+    assert x2_committed_at is not None, "c wins once b's promise has run out"
+    stale = sorted((t, index) for t, index in served.values() if t >= x2_committed_at and index < x2)
+    assert not stale, f"a served index {stale[0][1]} (x=1) at tick {stale[0][0]}; x=2 committed at tick {x2_committed_at}"
+
+
+@pytest.mark.parametrize("knock", ["PreVoteResp", "AppendResp", "VoteResp"])
+def test_a_higher_term_message_does_not_release_a_follower_from_its_lease_promise(make_cluster, knock):
+    """A follower that heard from a leader refuses votes and pre-votes for an election
+    timeout, even after a message of a higher term (not a vote request) made it
+    forget who the leader is. A transfer's Vote still goes through."""
+    c = make_cluster(["a", "b", "c"])
+    c.elect("a")
+    c.tick_all(1)
+    b = c.nodes["b"]
+    c.isolate("b")
+    heard = b.clock
+    li, lt = b.log.last_index(), b.log.last_term()
+    msg = {"PreVoteResp": PreVoteResp("c", "b", 2, True), "AppendResp": AppendResp("c", "b", 2),
+           "VoteResp": VoteResp("c", "b", 2, True)}[knock]
+    b.step(msg)
+    assert b.term == 2 and b.leader is None and b.vote is None
+
+    def answers(m) -> list:
+        c.inflight.clear()
+        b.step(m)
+        c.process("b")
+        return [(type(r).__name__, r.term, r.reject) for r in c.inflight if r.src == "b"]
+
+    for _ in range(c.config.election_tick - 1):
+        assert answers(PreVote("c", "b", 3, li, lt)) == []  # ignored: a leader is alive
+        assert answers(Vote("c", "b", 3, li, lt)) == []
+        assert answers(Vote("c", "b", 2, li, lt)) == [("VoteResp", 2, True)]
+        assert b.term == 2 and b.vote is None
+        c.tick("b")
+    assert b.clock == heard + c.config.election_tick - 1
+    assert answers(Vote("c", "b", 3, li, lt, transfer=True)) == [("VoteResp", 3, False)]
+    assert b.vote == "c"
+    c.tick("b")  # one election timeout after hearing from a: free to vote again
+    assert answers(PreVote("a", "b", 4, li, lt)) == [("PreVoteResp", 4, False)]
+    assert answers(Vote("a", "b", 4, li, lt)) == [("VoteResp", 4, False)]
+
+
+@pytest.mark.parametrize("lease_read", [True, False])
+def test_a_restarted_node_stays_out_of_elections_for_a_timeout_only_with_lease_reads(make_cluster, lease_read):
+    """It may have answered a heartbeat just before the crash: with lease reads it keeps
+    that unknown promise, without them it votes at once."""
+    c = make_cluster(["a", "b", "c"], config=RaftConfig(lease_read=lease_read))
+    b = c.nodes["b"]
+    grants = []
+    for _ in range(c.config.election_tick + 1):
+        c.inflight.clear()
+        b.step(Vote("c", "b", b.term + 1, 0, 0))
+        c.process("b")
+        grants.append(any(type(m) is VoteResp and not m.reject for m in c.inflight))
+        c.tick("b")
+    assert grants == ([False] * c.config.election_tick + [True] if lease_read else [True] * (c.config.election_tick + 1))
 
 
 def test_lease_read_requires_check_quorum():

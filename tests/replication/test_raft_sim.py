@@ -15,12 +15,15 @@ from replication.sim_check import Violation
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _ci_config(seed: int) -> SimConfig:
+    return SimConfig(nodes=3, steps=400) if seed < 400 else SimConfig(nodes=5, steps=300)
+
+
 def test_ci_500_seeds():
     """The CI soak: 400 seeds of 3 nodes and 100 of 5, all faults on (~20 s here)."""
-    three, five = SimConfig(nodes=3, steps=400), SimConfig(nodes=5, steps=300)
     for seed in range(500):
         try:
-            run_seed(seed, three if seed < 400 else five)
+            run_seed(seed, _ci_config(seed))
         except Violation as v:
             from replication.sim import report
             pytest.fail(report(v, seed))
@@ -124,6 +127,110 @@ def test_sim_catches_async_writes_counted_when_queued_not_done(monkeypatch):
     # usually first seen as the core reading "stable" entries that the disk lacks
     assert v is not None and v.invariant in ("core error", "leader completeness", "state machine safety",
                                              "durability", "linearizability")
+
+
+@pytest.mark.parametrize("losers", [3, 2, 1])
+def test_durability_check_compares_acknowledged_writes_with_the_replicas_disks(monkeypatch, losers):
+    """Disks that lose the last acknowledged write (as disks lying about fsync would):
+    the end-of-run check must report it once a majority of the voters lost it, and
+    only then. (No faults, hence no snapshots: the write is a log entry everywhere.)"""
+    final_checks = Simulation._final_checks
+
+    def lose_then_check(sim):
+        index = sim.acked[-1][0]
+        for i in sim.ids[:losers]:
+            sim.hosts[i].disk.truncate(index)
+        final_checks(sim)
+
+    monkeypatch.setattr(Simulation, "_final_checks", lose_then_check)
+    cfg = SimConfig(faults=False, steps=100)
+    if losers == 1:
+        run_seed(3, cfg)  # two of three still hold it
+        return
+    with pytest.raises(Violation) as exc:
+        run_seed(3, cfg)
+    assert exc.value.invariant == "durability"
+
+
+def test_sim_catches_a_host_that_acknowledges_writes_once_on_its_own_disk(monkeypatch):
+    # the leader answers the client when the entry is on its own disk, not committed:
+    # a leader deposed before replicating loses acknowledged writes
+    import replication.sim_host as sim_host
+
+    write = sim_host.SimHost._write
+
+    def ack_on_local_write(host, ops):
+        write(host, ops)
+        for kind, e in ops:
+            if kind == "append" and e.kind == 1 and e.index in host.pending:
+                client, seq = host.pending.pop(e.index)
+                host.sim.write_done(client, seq, None, e, host.id)
+
+    monkeypatch.setattr(sim_host.SimHost, "_write", ack_on_local_write)
+    seen = []
+    for seed in range(100):
+        try:
+            run_seed(seed)
+        except Violation as v:
+            seen.append(v.invariant)
+            if v.invariant == "durability":
+                break
+    assert "durability" in seen, seen
+
+
+def test_a_linearizability_check_that_runs_out_of_budget_fails_the_seed(monkeypatch):
+    """"Unknown" is not a pass: the seed fails with its own invariant name."""
+    import replication.sim as sim
+    from replication.linearizability import LinearizabilityTimeout
+
+    def give_up(*args, **kwargs):
+        raise LinearizabilityTimeout("search budget exhausted")
+
+    monkeypatch.setattr(sim, "check_history", give_up)
+    with pytest.raises(Violation) as exc:
+        run_seed(3, SimConfig(faults=False, steps=100))
+    assert exc.value.invariant == "linearizability unknown"
+    assert "budget" in exc.value.detail
+
+
+def test_an_unknown_verdict_is_reported_as_such_with_the_seed():
+    from replication.sim import report
+
+    with pytest.raises(Violation) as exc:  # a real search, cut short: the same on any machine
+        run_seed(3, SimConfig(faults=False, steps=100, lin_steps=10))
+    text = report(exc.value, 3)
+    assert text.startswith("UNKNOWN seed=3 invariant=linearizability unknown")
+    assert "budget of 10 steps" in text and "reproduce: python -m replication.sim" in text
+
+
+def test_ci_seeds_vary_the_election_options_and_often_read_from_leases():
+    sims = [Simulation(seed, _ci_config(seed)) for seed in range(500)]
+    options = [(s.raft_cfg.pre_vote, s.raft_cfg.check_quorum, s.raft_cfg.lease_read) for s in sims]
+    # every valid combination (lease reads need check_quorum), each in a fair share
+    for combo in [(p, q, r) for p in (True, False) for q in (True, False) for r in (True, False) if q or not r]:
+        assert options.count(combo) >= 25, (combo, options.count(combo))
+    assert sum(r for _, _, r in options) >= 150  # lease reads in at least 30% of the seeds
+    first = sims[0].trace_tail().splitlines()[0]
+    p, q, r = options[0]
+    assert f"pre_vote={p} check_quorum={q} lease_read={r}" in first
+
+
+def test_lease_seeds_serve_reads_from_the_lease(monkeypatch):
+    import replication.leader as leader
+
+    lease_valid, served = leader.LeaderMixin._lease_valid, []
+
+    def counted(node):
+        ok = lease_valid(node)
+        served.append(ok)
+        return ok
+
+    monkeypatch.setattr(leader.LeaderMixin, "_lease_valid", counted)
+    seeds = [seed for seed in range(40) if Simulation(seed).raft_cfg.lease_read][:4]
+    for seed in seeds:
+        served.clear()
+        run_seed(seed, SimConfig(steps=100))
+        assert served.count(True) >= 10, (seed, served.count(True), len(served))
 
 
 def test_sim_uses_both_write_modes():
