@@ -74,7 +74,7 @@ class Membership:
                 raise DecodeError("membership addresses must be a mapping of node id to address")
             for node, addr in raw[2].items():
                 if not (isinstance(node, str) and isinstance(addr, str) and 0 < len(addr) <= 300):
-                    raise DecodeError(f"invalid address entry in membership: {node!r:.60} -> {addr!r:.60}")
+                    raise DecodeError(f"invalid address entry in membership: {type(node).__name__} -> {type(addr).__name__}")
             addresses = raw[2]
         out = []
         for part in raw[:2]:
@@ -82,7 +82,7 @@ class Membership:
                 raise DecodeError("membership voters/learners must be lists of node ids")
             for node in part:
                 if not isinstance(node, str) or not node or len(node) > 256:
-                    raise DecodeError(f"invalid node id in membership: {node!r:.60}")
+                    raise DecodeError(f"invalid node id in membership: a {type(node).__name__}")
             out.append(tuple(part))
         try:
             return cls(out[0], out[1], tuple(addresses.items()))

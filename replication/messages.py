@@ -211,21 +211,28 @@ def encode(msg: Message) -> bytes:
     return msgpack.packb(out, use_bin_type=True)
 
 
+def _show(v: object) -> str:
+    """A value for an error message, without recursing into hostile nesting."""
+    if v is None or type(v) in (int, bool, float, str, bytes):
+        return repr(v)[:60]
+    return f"a {type(v).__name__}"
+
+
 def _int(v: object, what: str) -> int:
     if type(v) is not int or v < 0 or v > _MAX_INT:
-        raise DecodeError(f"{what} must be a non-negative 64-bit integer, got {v!r:.60}")
+        raise DecodeError(f"{what} must be a non-negative 64-bit integer, got {_show(v)}")
     return v
 
 
 def _str(v: object, what: str) -> str:
     if type(v) is not str or not v or len(v) > 256:
-        raise DecodeError(f"{what} must be a non-empty node id string, got {v!r:.60}")
+        raise DecodeError(f"{what} must be a non-empty node id string, got {_show(v)}")
     return v
 
 
 def _bool(v: object, what: str) -> bool:
     if type(v) is not bool:
-        raise DecodeError(f"{what} must be a boolean, got {v!r:.60}")
+        raise DecodeError(f"{what} must be a boolean, got {_show(v)}")
     return v
 
 
@@ -287,10 +294,15 @@ def decode(data: bytes) -> Message:
         raise DecodeError("a Raft message must be a non-empty msgpack array")
     code = raw[0]
     if type(code) is not int or not 1 <= code <= len(_TYPES):
-        raise DecodeError(f"unknown message type code {code!r:.60}")
+        raise DecodeError(f"unknown message type code {_show(code)}")
     cls = _TYPES[code - 1]
     spec = _SCHEMA[cls]
     if len(raw) != len(spec) + 1:
         raise DecodeError(f"{cls.__name__} needs {len(spec)} fields, got {len(raw) - 1}")
-    values = [check(raw[i + 1], f"{cls.__name__}.{name}") for i, (name, check) in enumerate(spec)]
+    try:
+        values = [check(raw[i + 1], f"{cls.__name__}.{name}") for i, (name, check) in enumerate(spec)]
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hostile input: whatever breaks is a decode error
+        raise DecodeError(f"{cls.__name__}: malformed ({type(exc).__name__})") from None
     return cls(*values)

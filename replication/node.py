@@ -521,8 +521,9 @@ class Node(ApplierMixin):
         if kind == "msg":
             try:
                 m = decode(payload)
-            except DecodeError as exc:
-                log.warning("%s: dropped a malformed peer message: %s", self.id, exc)
+            except Exception as exc:  # noqa: BLE001 - hostile bytes never stop the loop
+                log.warning("%s: dropped a malformed peer message: %s", self.id,
+                            exc if isinstance(exc, DecodeError) else type(exc).__name__)
                 return
             if type(m) in _CLOCKED:
                 self._clock.observe(m.src, m.wall_us, time.monotonic())
@@ -546,15 +547,21 @@ class Node(ApplierMixin):
 
     def _propose(self, batch: list[tuple[tuple, Future]]) -> None:
         ts = self._clock.stamp(self.membership.voters, self._wall(), time.monotonic())
-        datas = [encode_command(ts, plain, session) for (plain, session), _f in batch]
+        datas, futures = [], []
+        for (plain, session), fut in batch:
+            try:  # one caller's unjournalable command (a session id past 64 bits) is its own error
+                datas.append(encode_command(ts, plain, session))
+                futures.append(fut)
+            except (TypeError, ValueError, OverflowError) as exc:
+                fut.set_exception(CodecError(f"cannot journal this command: {exc}"))
         try:
             first = self.core.propose_batch(datas)
         except RaftError as exc:
-            for _p, fut in batch:
+            for fut in futures:
                 fut.set_exception(exc)
             return
         term = self.core.term
-        for k, (_p, fut) in enumerate(batch):
+        for k, fut in enumerate(futures):
             self._waiting[first + k] = (term, fut)
 
     def _handle_ready(self, rd: Ready) -> None:

@@ -33,6 +33,11 @@ MAX_BATCH_ITEMS = 1024  # commands in one execute_batch call at most
 BATCH_TIMEOUT = 10.0  # seconds a batch waits for its commands to apply (as Node.execute)
 
 
+def _valid_session(sid: Any, seq: Any) -> bool:
+    """Exactly ints (no bool, no proxy posing as one) that the journal can hold."""
+    return type(sid) is int and type(seq) is int and 0 < sid < 1 << 63 and 0 < seq < 1 << 63
+
+
 def _reply(*items: Any) -> bytes:
     try:
         return msgpack.packb(list(items), use_bin_type=True)
@@ -75,8 +80,8 @@ class ClientService(rpyc.Service):
         """Without a session: at most once per call. With one: exactly once across retries."""
         if session_id is None:
             return self._run(data, self._execute_once)
-        if not (isinstance(session_id, int) and isinstance(seq, int) and seq > 0):
-            return _reply("error", "session id and sequence number must be positive integers")
+        if not _valid_session(session_id, seq):
+            return _reply("error", "session id and sequence number must be positive 63-bit integers")
         # the node returns the session's reply: the transaction's errors are inside it
         return self._guard(lambda: self._p.node.execute(CODEC.loads(self._check(data)), session=(session_id, seq)))
 
@@ -106,8 +111,8 @@ class ClientService(rpyc.Service):
         replies: list = [None] * len(items)
         todo: list[tuple[int, Any, tuple[int, int]]] = []
         for k, (data, sid, seq) in enumerate(items):
-            if not (isinstance(sid, int) and isinstance(seq, int) and seq > 0):
-                replies[k] = ("error", "session id and sequence number must be positive integers")
+            if not _valid_session(sid, seq):
+                replies[k] = ("error", "session id and sequence number must be positive 63-bit integers")
                 continue
             try:
                 todo.append((k, CODEC.loads(self._check(data)), (sid, seq)))

@@ -66,6 +66,19 @@ def test_unknown_types_and_bad_fields_are_named(node, plain_obj, message):
     assert r[0] == "error" and message in r[1], r
 
 
+@pytest.mark.parametrize("sid_seq", [(2**64, 1), (1, 2**64), (2**63, 1), (True, 1), (1, 0), (-5, 1)])
+def test_session_numbers_out_of_range_are_refused_and_the_node_keeps_serving(node, sid_seq):
+    """A session id past 64 bits once raised OverflowError inside the Raft loop."""
+    c, conn, sid = node
+    data = CODEC.dumps(Add("x", 1))
+    r = reply(conn, "execute", data, *sid_seq)
+    assert r[0] == "error" and "63-bit" in r[1], r
+    r = reply(conn, "execute_batch", ((data, *sid_seq),))
+    assert r[0] == "ok" and r[1][0][0] == "error", r
+    assert reply(conn, "query", CODEC.dumps(Get("x")))[0] == "ok"
+    assert reply(conn, "status")[0] == "ok"
+
+
 def test_state_unchanged_and_node_still_serving_after_bad_input(node):
     c, conn, sid = node
     assert reply(conn, "query", CODEC.dumps(Get("x"))) == ["ok", 7]

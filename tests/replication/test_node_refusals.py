@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from prevalence.errors import EngineHaltedError
+from prevalence.errors import CodecError, EngineHaltedError
 from prevalence.sessions import RegisterSession
 from replication.errors import ProposalRefused
 from tests.prevalence.domain import Add, Get, Store
@@ -117,3 +117,14 @@ def test_a_failed_automatic_snapshot_leaves_no_temp_file_and_backs_off(tmp_path,
         assert leader.query(Get("x")) == 60
     finally:
         c.stop()
+
+
+def test_a_command_the_journal_cannot_hold_fails_alone_and_the_node_serves_on(cluster):
+    """Before, a session id past 64 bits raised OverflowError inside the Raft loop."""
+    leader = cluster.leader()
+    bad = leader.submit(Add("x", 1), session=(2**64, 1))
+    good = leader.submit(Add("x", 1))
+    with pytest.raises(CodecError, match="cannot journal this command"):
+        bad.result(2)
+    assert good.result(2) == 1
+    assert leader.execute(Add("x", 1)) == 2

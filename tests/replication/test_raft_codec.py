@@ -147,3 +147,13 @@ def test_snapshot_message_with_member_addresses_round_trips():
     m = Membership(("n1", "n2"), ("n3",), (("n1", "127.0.0.1:7101"), ("n3", "10.0.0.3:7100")))
     msg = InstallSnapshot("n1", "n3", 4, SnapshotMeta(20, 3, m), 0, b"chunk", True)
     assert decode(encode(msg)) == msg
+
+
+@pytest.mark.parametrize("depth", [10, 500, 990, 1000, 1020])
+def test_deeply_nested_fields_are_a_decode_error_not_a_recursion_error(depth):
+    """A PreVote whose src nested ~1000 deep once killed a Raft loop through repr()."""
+    v: object = "x"
+    for _ in range(depth):
+        v = [v]
+    with pytest.raises(DecodeError, match="PreVote.src"):
+        decode(msgpack.packb([1, v, "n2", 1, 1, 1], use_bin_type=True))
