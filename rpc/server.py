@@ -8,6 +8,7 @@ import sys
 import threading
 from typing import Any, Callable
 
+from prevalence._platform import DirectoryLock
 from prevalence.factory import load_object
 from replication.config import RaftConfig
 from replication.membership import Membership
@@ -50,16 +51,28 @@ class NodeProcess:
             snapshot_every=cfg.snapshot_every,
             keep_snapshots=cfg.keep_snapshots,
         )
+        os.makedirs(cfg.data, exist_ok=True)
+        # before anything opens the journal: a second process on the same data (the same
+        # config started twice) is refused here, naming the pid that holds it
+        self._data_lock = DirectoryLock(cfg.data)
+        self._data_lock.acquire()
+        try:
+            self.node = self._open_node(cfg, options)
+        except BaseException:
+            self._data_lock.release()
+            raise
+        self._membership_changed(self.node.membership)  # members added before a restart
+        self.server: PeerServer | None = None
+
+    def _open_node(self, cfg: NodeConfig, options: NodeOptions) -> Node:
         if cfg.join:  # added at run time: the leader's log says who the members are
             membership = Membership()
         else:
             membership = Membership(tuple(cfg.peers), (),
                                     tuple((p, format_address(a)) for p, a in cfg.peers.items()))
-        self.node = Node(cfg.id, cfg.data, self.factory, self.transport, membership=membership,
-                         options=options, on_membership=self._membership_changed, on_fatal=self._fatal,
-                         on_leader_start=lambda: self._run_hooks(0), on_leader_stop=lambda: self._run_hooks(1))
-        self._membership_changed(self.node.membership)  # members added before a restart
-        self.server: PeerServer | None = None
+        return Node(cfg.id, cfg.data, self.factory, self.transport, membership=membership,
+                    options=options, on_membership=self._membership_changed, on_fatal=self._fatal,
+                    on_leader_start=lambda: self._run_hooks(0), on_leader_stop=lambda: self._run_hooks(1))
 
     def start(self) -> "NodeProcess":
         if self.cfg.app:
@@ -85,6 +98,7 @@ class NodeProcess:
         if self.server is not None:
             self.server.close()
         self.transport.close()
+        self._data_lock.release()
         log.info("node %s stopped", self.cfg.id)
 
     def _fatal(self, reason: str) -> None:
