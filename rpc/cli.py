@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--config", required=True, metavar="FILE", help="the node's TOML configuration")
     n.set_defaults(func=cmd_node)
     c = sub.add_parser("cluster", help="a local cluster on this machine").add_subparsers(dest="action", required=True)
-    up = c.add_parser("up", help="start N nodes on 127.0.0.1 in the foreground; Ctrl-C stops them")
+    up = c.add_parser("up", help="start N nodes on 127.0.0.1 in the foreground (an existing DIR: as configured "
+                      "there); Ctrl-C stops them")
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--data", required=True, metavar="DIR", help="configs, secret and data go here")
     up.add_argument("--port", type=int, default=7100, metavar="BASE", help="first port (default 7100)")

@@ -109,16 +109,55 @@ def stop_on_signals() -> threading.Event:
 
 
 def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None) -> int:
-    """Start the nodes, stay in the foreground, stop them all on Ctrl-C or SIGTERM."""
+    """Start the nodes, stay in the foreground, stop them all on Ctrl-C or SIGTERM.
+
+    A directory that already holds node configurations is started as configured: its
+    files may carry the user's edits, so they are never rewritten (the options that
+    differ from them are named, not applied)."""
     from rpc.localcluster import LocalCluster
 
-    write_cluster(directory, nodes, base_port, root, imports)
+    existing = _configured(directory)
+    if existing:
+        print(f"starting the cluster configured in {os.path.abspath(directory)} "
+              f"({', '.join(os.path.basename(c.path) for c in existing)} as they are)"
+              + _not_applied(existing, nodes, base_port, root, imports), flush=True)
+    else:
+        write_cluster(directory, nodes, base_port, root, imports)
     cluster = LocalCluster.open(directory, log_files=False)  # the nodes log to this terminal
     for nid in cluster.configs:
         cluster.start(nid)
-    print(f"started {nodes} nodes on 127.0.0.1:{base_port}..{base_port + nodes - 1}; "
+    ports = sorted(cfg.listen[1] for cfg in cluster.configs.values())
+    print(f"started {len(ports)} nodes on 127.0.0.1:{ports[0]}..{ports[-1]}; "
           f"configs and secret in {os.path.abspath(directory)}; Ctrl-C stops them", flush=True)
     return cluster.supervise()
+
+
+def _configured(directory: str) -> list[NodeConfig]:
+    """The node configurations already in ``directory`` (none for a new directory)."""
+    try:
+        paths = node_config_paths(directory)
+    except ConfigError:
+        return []
+    return [load_config(p) for p in paths]
+
+
+def _not_applied(configs: list[NodeConfig], nodes: int, base_port: int, root: str,
+                 imports: list[str] | None) -> str:
+    """'; not applied: --port 7100 (the files say 7200), ...' for the options the files overrule."""
+    differ = []
+    if nodes != len(configs):
+        differ.append(f"--nodes {nodes} (the files: {len(configs)})")
+    lowest = min(c.listen[1] for c in configs)
+    if base_port != lowest:
+        differ.append(f"--port {base_port} (the files: {lowest})")
+    roots = sorted({c.root for c in configs})
+    if [root] != roots:
+        differ.append(f"--root {root} (the files: {', '.join(roots)})")
+    wanted = sorted(imports or ())
+    had = sorted({m for c in configs for m in c.imports})
+    if wanted != had:
+        differ.append(f"--import {' '.join(wanted) or '(none)'} (the files: {' '.join(had) or '(none)'})")
+    return "; not applied: " + ", ".join(differ) if differ else ""
 
 
 def node_config_paths(directory: str) -> list[str]:
