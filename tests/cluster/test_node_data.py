@@ -1,12 +1,17 @@
-"""A node's data directory, on real processes: one process at a time owns it."""
+"""A node's data directory, on real processes: one process at a time owns it, and a
+voter whose data is gone does not come back with no memory."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
+from rpc.cli import main
+from rpc.config import load_config
 from tests.cluster.harness import ROOT, LocalCluster
 from tests.prevalence.domain import Snapshot, Stamp
 
@@ -36,5 +41,61 @@ def test_a_second_process_on_a_live_nodes_data_is_refused_with_the_holders_pid(t
         assert c.call("n1", "execute", Stamp("after"))[0] == "ok"
         tags = [item[0] for item in c.call("n1", "query", Snapshot())[1][1]]
         assert tags == ["before", "after"]
+    finally:
+        c.stop()
+
+
+def tags(c: LocalCluster, nid: str) -> list[str]:
+    return [item[0] for item in c.call(nid, "query", Snapshot())[1][1]]
+
+
+def last_line(c: LocalCluster, nid: str) -> str:
+    return c.log(nid).strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
+def test_a_wiped_voter_is_refused_and_the_documented_rebuild_brings_it_back(tmp_path):
+    c = LocalCluster(tmp_path, 3)
+    try:
+        lead = c.leader()
+        behind, wiped = sorted(n for n in c.configs if n != lead)
+        c.kill(behind)
+        acked = []
+        with c.client() as client:
+            until = time.monotonic() + 1.0
+            while time.monotonic() < until:
+                acked.append(client.execute(Stamp(f"w{len(acked)}"))[0])  # on `lead` and `wiped` only
+        c.kill(lead)
+        c.kill(wiped)
+        shutil.rmtree(c.configs[wiped].data)  # its disk replaced; its config unchanged
+        c.start(wiped)
+        c.start(behind)
+        # with no memory, `wiped` would vote for `behind`, whose log lacks every write above
+        c.wait_for("the wiped node to refuse, or an election without the writes",
+                   lambda: not c.alive(wiped) or c.status()[behind]["role"] == "leader", 10)
+        c.start(lead)
+        leader = c.leader(exclude={wiped})
+        c.wait_converged(lead)
+        lost = [t for t in acked if t not in tags(c, leader)]
+        assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes lost"
+        assert c.procs[wiped].wait(5) == 1
+        refusal = last_line(c, wiped)
+        assert refusal.startswith("error: ") and c.configs[wiped].data in refusal, c.tail(wiped)
+        assert "remove" in refusal and "learner" in refusal and "docs/operations.md" in refusal
+
+        # docs/operations.md, "Rebuilding a node": remove, wipe, add as a learner, promote
+        cluster = str(tmp_path)
+        assert main(["cluster", "remove", "--cluster", cluster, "--id", wiped]) == 0
+        address = c.addresses[wiped]
+        os.rename(c.configs[wiped].path, c.configs[wiped].path + ".old")
+        assert main(["cluster", "add", "--cluster", cluster, "--id", wiped, "--address", address]) == 0
+        c.configs[wiped] = load_config(os.path.join(cluster, f"{wiped}.toml"))
+        c.start(wiped)
+        c.wait_converged(wiped)
+        assert main(["cluster", "promote", "--cluster", cluster, "--id", wiped]) == 0
+        c.kill(lead)  # the rebuilt node now counts: it and `behind` elect, with every write
+        leader = c.leader(exclude={lead})
+        assert tags(c, leader)[:len(acked)] == acked
+        assert c.call(leader, "execute", Stamp("after"))[0] == "ok"
     finally:
         c.stop()
