@@ -11,6 +11,7 @@ from typing import Any, Callable
 from prevalence._platform import DirectoryLock
 from prevalence.factory import load_object
 from replication.config import RaftConfig
+from replication.journal_storage import NoDataError, node_data_identity
 from replication.membership import Membership
 from replication.node import Node, NodeOptions
 from rpc.config import NodeConfig, format_address, load_config, parse_address, tls_contexts
@@ -30,6 +31,10 @@ class NodeProcess:
     (start, stop pairs run on the leader only) and ``handlers`` (name -> function of
     bytes returning bytes, callable by authenticated clients through ``app_call``), and
     return an object whose ``close()`` runs when the node stops.
+
+    It starts only on data created for this node (a node never creates its data as it
+    starts: see ``replication.journal_storage.node_data_identity``), and holds the data
+    directory's lock while it runs.
     """
 
     def __init__(self, cfg: NodeConfig):
@@ -42,8 +47,29 @@ class NodeProcess:
         for module in cfg.imports:
             load_object(module + ":__name__")
         self.factory = load_object(cfg.root)
-        peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
-        self.transport = PeerTransport(cfg.id, self.secret, peers, ssl_context=self.client_tls)
+        if not os.path.isdir(cfg.data):
+            raise NoDataError(no_data_message(cfg))
+        # before anything opens the journal: a second process on the same data (the same
+        # config started twice) is refused here, naming the pid that holds it
+        self._data_lock = DirectoryLock(cfg.data)
+        self._data_lock.acquire()
+        try:
+            try:
+                self.identity = node_data_identity(cfg.data, cfg.id)
+            except NoDataError:
+                raise NoDataError(no_data_message(cfg)) from None
+            if self.identity.origin == "adopted":
+                log.info("%s: data in %s adopted (written before identity files)", cfg.id, cfg.data)
+            peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
+            self.transport = PeerTransport(cfg.id, self.secret, peers, ssl_context=self.client_tls)
+            self.node = self._open_node(cfg)
+        except BaseException:
+            self._data_lock.release()
+            raise
+        self._membership_changed(self.node.membership)  # members added before a restart
+        self.server: PeerServer | None = None
+
+    def _open_node(self, cfg: NodeConfig) -> Node:
         options = NodeOptions(
             tick_interval=cfg.tick,
             raft=RaftConfig(election_tick=cfg.election_ticks, heartbeat_tick=cfg.heartbeat_ticks),
@@ -51,20 +77,6 @@ class NodeProcess:
             snapshot_every=cfg.snapshot_every,
             keep_snapshots=cfg.keep_snapshots,
         )
-        os.makedirs(cfg.data, exist_ok=True)
-        # before anything opens the journal: a second process on the same data (the same
-        # config started twice) is refused here, naming the pid that holds it
-        self._data_lock = DirectoryLock(cfg.data)
-        self._data_lock.acquire()
-        try:
-            self.node = self._open_node(cfg, options)
-        except BaseException:
-            self._data_lock.release()
-            raise
-        self._membership_changed(self.node.membership)  # members added before a restart
-        self.server: PeerServer | None = None
-
-    def _open_node(self, cfg: NodeConfig, options: NodeOptions) -> Node:
         if cfg.join:  # added at run time: the leader's log says who the members are
             membership = Membership()
         else:
@@ -142,6 +154,15 @@ class NodeProcess:
                   peers={p: {k: v for k, v in s.items() if k in ("connected", "queued", "dropped")}
                          for p, s in self.transport.peer_status().items()})
         return st
+
+
+def no_data_message(cfg: NodeConfig) -> str:
+    """Why a node with no data does not start, and the two ways on (one line)."""
+    return (f"{cfg.path}: node {cfg.id!r} has no data in {cfg.data}, and a node never creates its data as it "
+            "starts: a voter that lost its data would vote with no memory of what it acknowledged. If it lost its "
+            "data, rebuild it: cluster remove, move the directory aside, cluster add (a learner), cluster promote "
+            f"(docs/operations.md, \"Rebuilding a node\"); if it has never run: prevalence node --config "
+            f"{cfg.path} --init")
 
 
 def run(config_path: str) -> int:

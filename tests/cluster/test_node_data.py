@@ -18,10 +18,10 @@ from tests.prevalence.domain import Snapshot, Stamp
 pytestmark = pytest.mark.slow
 
 
-def run_node(config_path: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-    """``prevalence node --config FILE`` to its end (one that refuses to start)."""
-    return subprocess.run([sys.executable, "-m", "rpc.cli", "node", "--config", config_path],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def run_node(config_path: str, *extra: str) -> subprocess.CompletedProcess:
+    """``prevalence node --config FILE ...`` to its end (one that refuses to start, or --init)."""
+    return subprocess.run([sys.executable, "-m", "rpc.cli", "node", "--config", config_path, *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
 
 
 def test_a_second_process_on_a_live_nodes_data_is_refused_with_the_holders_pid(tmp_path):
@@ -82,6 +82,10 @@ def test_a_wiped_voter_is_refused_and_the_documented_rebuild_brings_it_back(tmp_
         refusal = last_line(c, wiped)
         assert refusal.startswith("error: ") and c.configs[wiped].data in refusal, c.tail(wiped)
         assert "remove" in refusal and "learner" in refusal and "docs/operations.md" in refusal
+        # nor can it be re-created in place as a founder: the cluster has run
+        shortcut = run_node(c.configs[wiped].path, "--init")
+        assert shortcut.returncode == 1 and "this cluster has run" in shortcut.stderr, shortcut.stderr
+        assert not os.path.exists(c.configs[wiped].data)
 
         # docs/operations.md, "Rebuilding a node": remove, wipe, add as a learner, promote
         cluster = str(tmp_path)
@@ -97,5 +101,33 @@ def test_a_wiped_voter_is_refused_and_the_documented_rebuild_brings_it_back(tmp_
         leader = c.leader(exclude={lead})
         assert tags(c, leader)[:len(acked)] == acked
         assert c.call(leader, "execute", Stamp("after"))[0] == "ok"
+    finally:
+        c.stop()
+
+
+def test_a_hand_written_config_starts_after_an_explicit_init(tmp_path):
+    # on the PCs each node's config is written by hand: its first start is explicit
+    from rpc.cluster import SECRET_NAME, free_port_block
+    from rpc.config import NodeConfig, render_config
+    from rpc.secret import generate_secret_file
+
+    port = free_port_block(1)
+    generate_secret_file(str(tmp_path / SECRET_NAME))
+    path = str(tmp_path / "node.toml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render_config(NodeConfig(path="", id="n1", listen=("127.0.0.1", port), data="data",
+                                         root="tests.prevalence.domain:Store", secret_file=SECRET_NAME,
+                                         peers={"n1": ("127.0.0.1", port)})))
+    refused = run_node(path)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "--init" in refused.stderr
+    made = run_node(path, "--init")
+    assert made.returncode == 0 and "founds a new cluster" in made.stdout, made.stderr
+    c = LocalCluster.open(str(tmp_path), cwd=ROOT)
+    try:
+        c.start("n1")
+        c.leader()
+        assert c.call("n1", "execute", Stamp("first"))[0] == "ok"
+        again = run_node(path, "--init")
+        assert again.returncode == 1 and "already holds node data" in again.stderr
     finally:
         c.stop()
