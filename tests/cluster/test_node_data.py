@@ -2,8 +2,10 @@
 voter whose data is gone does not come back with no memory."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ import pytest
 
 from rpc.cli import main
 from rpc.config import load_config
+from rpc.localcluster import NodeExited
 from tests.cluster.harness import ROOT, LocalCluster
 from tests.prevalence.domain import Snapshot, Stamp
 
@@ -131,3 +134,56 @@ def test_a_hand_written_config_starts_after_an_explicit_init(tmp_path):
         assert again.returncode == 1 and "already holds node data" in again.stderr
     finally:
         c.stop()
+
+
+@contextlib.contextmanager
+def small_disk(path, size: str):
+    """A tmpfs of ``size`` mounted on ``path``: a real ENOSPC when it fills (root, Linux)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root on Linux")
+    os.makedirs(path)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield lambda bigger: subprocess.run(["mount", "-o", f"remount,size={bigger}", str(path)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(path)])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses SIGSTOP/SIGTERM")
+def test_a_full_disk_then_a_graceful_stop_does_not_brick_the_node(tmp_path):
+    # systemd, NSSM and Ctrl-C all stop a node gracefully, whatever state its disk is in
+    with small_disk(tmp_path / "n3", "1m") as grow:  # n3's data directory
+        c = LocalCluster(tmp_path, 3, start=False)
+        try:
+            c.start("n1")
+            c.start("n2")
+            c.leader()
+            c.start("n3")  # a follower
+            with c.client() as client:
+                client.execute(Stamp("first"))
+                c.wait_converged("n3")
+                disk = os.statvfs(tmp_path / "n3")
+                ballast = tmp_path / "n3" / "ballast"  # another program's file fills the disk...
+                ballast.write_bytes(b"\0" * (disk.f_bavail * disk.f_frsize - 65536))
+                c.kill("n3", signal.SIGSTOP)  # ...while n3 lags: the others commit without it
+                for k in range(300):  # past the leader's window of 256 messages in flight to n3...
+                    client.execute(Stamp(f"{k}"))
+                for k in range(10):  # ...so these reach it in one batch, with a commit covering them
+                    client.execute(Stamp(f"{k}" * 8192))
+                c.kill("n3", signal.SIGCONT)  # its write of that batch fails: the disk is full
+                c.wait_for("n3's disk to fill", lambda: "No space left on device" in c.log("n3"), 10)
+                ballast.unlink()  # the operator frees space and restarts the service: a graceful stop
+                if c.alive("n3"):
+                    c.kill("n3", signal.SIGTERM)
+                c.procs["n3"].wait(20)
+                grow("8m")  # room to catch up: the node must recover from its own disk
+                c.start("n3")
+                client.execute(Stamp("last"))
+                c.wait_for("n3 to serve again", lambda: c.check_alive() or c.status()["n3"]["reachable"], 10,
+                           fatal=(NodeExited,))  # not: "persisted commit N ... is past the last stored index"
+                c.wait_converged("n3")
+        finally:
+            c.stop()
