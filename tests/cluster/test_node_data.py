@@ -104,6 +104,11 @@ def test_a_wiped_voter_is_refused_and_the_documented_rebuild_brings_it_back(tmp_
         leader = c.leader(exclude={lead})
         assert tags(c, leader)[:len(acked)] == acked
         assert c.call(leader, "execute", Stamp("after"))[0] == "ok"
+        # its config now says join = true; should its data go again, that is no way back either
+        c.kill(wiped)
+        shutil.rmtree(c.configs[wiped].data)
+        again = run_node(c.configs[wiped].path, "--init")
+        assert again.returncode == 1 and f"counts {wiped!r} as a voter" in again.stderr, again.stderr
     finally:
         c.stop()
 
