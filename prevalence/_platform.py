@@ -9,6 +9,9 @@ from .errors import LockedError
 
 WINDOWS = sys.platform == "win32"
 
+_PID_WIDTH = 20  # the lock file holds its holder's pid, padded: always one whole write
+_LOCKED_BYTE = 64  # Windows locks a byte range; this one, past the pid (beyond EOF is allowed)
+
 if WINDOWS:  # pragma: no cover - exercised on Windows only
     import msvcrt
 
@@ -16,10 +19,12 @@ if WINDOWS:  # pragma: no cover - exercised on Windows only
         """Windows has no directory fsync; NTFS journals metadata, renames are durable."""
 
     def _lock(fd: int) -> None:
+        # a locked range cannot be read by others: lock one byte past the holder's pid
+        os.lseek(fd, _LOCKED_BYTE, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
 
     def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
+        os.lseek(fd, _LOCKED_BYTE, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 else:
@@ -56,7 +61,10 @@ O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class DirectoryLock:
-    """An exclusive lock on a data directory, released when the process dies."""
+    """An exclusive lock on a data directory, released when the process dies.
+
+    The lock file names its holder's pid, so that a refused process can say who holds it.
+    """
 
     def __init__(self, directory: str):
         self.path = os.path.join(directory, "LOCK")
@@ -68,14 +76,30 @@ class DirectoryLock:
             _lock(fd)
         except OSError:
             os.close(fd)
-            raise LockedError(f"{os.path.dirname(self.path)} is in use by another process (lock file {self.path})") from None
+            pid = self.holder()
+            raise LockedError(f"{os.path.dirname(self.path)} is in use by another process "
+                              f"(pid {pid if pid is not None else 'unknown'}; lock file {self.path})") from None
         self._fd = fd
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, str(os.getpid()).ljust(_PID_WIDTH).encode())
+        except OSError:  # a full disk: the lock holds all the same, only its pid goes unsaid
+            pass
+
+    def holder(self) -> int | None:
+        """The pid written by the process that holds (or last held) the lock, if any."""
+        try:
+            with open(self.path, "rb") as f:
+                text = f.read(_PID_WIDTH).strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
 
     def release(self) -> None:
         if self._fd is not None:
             try:
+                os.lseek(self._fd, 0, os.SEEK_SET)  # no stale pid for the next process to report
+                os.write(self._fd, b" " * _PID_WIDTH)
                 _unlock(self._fd)
             finally:
                 os.close(self._fd)

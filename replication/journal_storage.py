@@ -19,8 +19,12 @@ power failure or OS crash: for tests and benchmarks only. The engine's ``"batch"
 """
 from __future__ import annotations
 
+import json
 import os
 import struct
+import time
+import tomllib
+from dataclasses import dataclass
 from typing import Sequence
 from zlib import crc32
 
@@ -84,6 +88,121 @@ class HardStateFile:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         _platform.fsync_dir(self.directory)
+
+
+# -- a node's identity: whether its data directory was ever created ---------------------
+#
+# A node's data is created once, with the node (``create_node_data``): by the tool that
+# writes a new cluster's configurations, by ``cluster add``, or explicitly for a
+# hand-written configuration. A node process never creates it when it starts
+# (``node_data_identity`` refuses a missing one): a voter that lost its data and started
+# empty would vote with no memory of the entries it acknowledged, and a leader elected
+# with that vote can overwrite them. The file is TOML with a ``format`` number, so that
+# more of the node's identity (a cluster id) can be added to it.
+
+IDENTITY_FILE = "identity.toml"
+IDENTITY_FORMAT = 1
+ORIGINS = ("new-cluster", "join", "adopted")  # adopted: data from before identity files
+
+
+class NoDataError(RaftError):
+    """A node's data directory is missing or holds no node data."""
+
+
+@dataclass(frozen=True)
+class DataIdentity:
+    node: str  # the node id the data belongs to
+    origin: str  # how the data was created (ORIGINS)
+    created: str  # when, UTC, ISO 8601
+
+
+def holds_node_data(directory: str) -> bool:
+    """Anything a node wrote: its identity, hard state, a journal segment or a snapshot."""
+    if any(os.path.exists(os.path.join(directory, name)) for name in (IDENTITY_FILE, HARD_STATE_FILE)):
+        return True
+    for sub, suffix in (("journal", ".log"), ("snapshots", ".snap")):
+        try:
+            if any(name.endswith(suffix) for name in os.listdir(os.path.join(directory, sub))):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def create_node_data(directory: str, node_id: str, origin: str) -> DataIdentity:
+    """The data directory of a node that has never run: its identity and a term-0 hard
+    state (from then on a missing hard state is damage, not a first start). A directory
+    that already holds node data is refused: its votes and entries may count."""
+    if origin not in ORIGINS:
+        raise RaftError(f"origin must be one of {', '.join(ORIGINS)}, got {origin!r}")
+    directory = os.path.abspath(directory)
+    if holds_node_data(directory):
+        raise RaftError(f"{directory} already holds node data; a node's data is created once, with the node "
+                        "(a node that must start afresh is rebuilt: docs/operations.md, \"Rebuilding a node\")")
+    parent = os.path.dirname(directory)
+    os.makedirs(directory, exist_ok=True)
+    _platform.fsync_dir(parent)
+    HardStateFile(directory).store(HardState())
+    identity = DataIdentity(node_id, origin, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    _write_identity(directory, identity)  # last: the directory is a node's data once it is there
+    return identity
+
+
+def node_data_identity(directory: str, node_id: str) -> DataIdentity:
+    """The identity of the data a node is about to start on, after the checks that keep it
+    from starting on no data, on another node's data, or without its term and vote.
+
+    Data from before identity files is adopted (its identity is written now)."""
+    directory = os.path.abspath(directory)
+    path = os.path.join(directory, IDENTITY_FILE)
+    hard_state = os.path.join(directory, HARD_STATE_FILE)
+    if os.path.exists(path):
+        identity = _read_identity(path)
+        if identity.node != node_id:
+            raise RaftError(f"{directory} holds the data of node {identity.node!r} ({path}), not of {node_id!r}: "
+                            "check the configuration's data directory")
+    elif holds_node_data(directory):
+        identity = None
+    else:
+        raise NoDataError(f"{directory}: no node data")
+    if not os.path.exists(hard_state):
+        raise RaftError(f"{hard_state} is missing: the node would forget its term and vote; rebuild it "
+                        "(docs/operations.md, \"Rebuilding a node\")")
+    if identity is None:
+        identity = DataIdentity(node_id, "adopted", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        _write_identity(directory, identity)
+    return identity
+
+
+def _read_identity(path: str) -> DataIdentity:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RaftError(f"{path}: unreadable node identity: {exc}") from None
+    fmt = doc.get("format")
+    if not isinstance(fmt, int) or not 1 <= fmt <= IDENTITY_FORMAT:
+        raise RaftError(f"{path}: node identity format {fmt!r} is not one this version reads "
+                        f"(up to {IDENTITY_FORMAT})")
+    fields = {k: doc.get(k) for k in ("node", "origin", "created")}
+    if not all(isinstance(v, str) for v in fields.values()) or fields["origin"] not in ORIGINS:
+        raise RaftError(f"{path}: malformed node identity: {doc!r}")
+    return DataIdentity(**fields)
+
+
+def _write_identity(directory: str, identity: DataIdentity) -> None:
+    path = os.path.join(directory, IDENTITY_FILE)
+    text = (f"# This node's identity, written when its data was created. A node starts only on a\n"
+            f"# data directory that has one (docs/operations.md, \"Rebuilding a node\").\n"
+            f"format = {IDENTITY_FORMAT}\n"
+            + "".join(f"{k} = {json.dumps(getattr(identity, k))}\n" for k in ("node", "origin", "created")))
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _platform.fsync_dir(directory)
 
 
 class JournalStorage:

@@ -18,6 +18,11 @@ def _cwd_importable() -> None:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
+    if args.init:
+        from rpc.cluster import init_node
+
+        print(init_node(args.config))
+        return 0
     from rpc.server import run
 
     _cwd_importable()
@@ -82,9 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
     n = sub.add_parser("node", help="run one cluster node")
     n.add_argument("--config", required=True, metavar="FILE", help="the node's TOML configuration")
+    n.add_argument("--init", action="store_true",
+                   help="create the data of a node that has never run (a hand-written config), then exit")
     n.set_defaults(func=cmd_node)
     c = sub.add_parser("cluster", help="a local cluster on this machine").add_subparsers(dest="action", required=True)
-    up = c.add_parser("up", help="start N nodes on 127.0.0.1 in the foreground; Ctrl-C stops them")
+    up = c.add_parser("up", help="start N nodes on 127.0.0.1 in the foreground (an existing DIR: as configured "
+                      "there); Ctrl-C stops them")
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--data", required=True, metavar="DIR", help="configs, secret and data go here")
     up.add_argument("--port", type=int, default=7100, metavar="BASE", help="first port (default 7100)")

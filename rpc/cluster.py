@@ -13,6 +13,8 @@ import tomllib
 from typing import Any
 
 from prevalence._platform import ephemeral_ports
+from replication.errors import RaftError
+from replication.journal_storage import create_node_data, holds_node_data
 from rpc.config import ConfigError, NodeConfig, format_address, load_config, render_config, tls_contexts
 from rpc.secret import generate_secret_file, load_secret
 from rpc.transport import NodeLink
@@ -22,7 +24,12 @@ SECRET_NAME = "cluster.secret"
 
 def write_cluster(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None,
                   **options: Any) -> list[str]:
-    """Configs for ``nodes`` nodes on 127.0.0.1 ports ``base_port``..; returns their paths."""
+    """Configs for ``nodes`` nodes on 127.0.0.1 ports ``base_port``..; returns their paths.
+
+    A new cluster's nodes get their data directories here, with their configs: a node
+    never creates its data as it starts. Where some node already has data (the configs
+    of a cluster that ran, written again), none is created: a node whose data is missing
+    then is one that lost it, and it is refused at start until it is rebuilt."""
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     secret = os.path.join(directory, SECRET_NAME)
@@ -30,14 +37,19 @@ def write_cluster(directory: str, nodes: int, base_port: int, root: str, imports
         generate_secret_file(secret)
     ids = [f"n{i}" for i in range(1, nodes + 1)]
     peers = {nid: ("127.0.0.1", base_port + k) for k, nid in enumerate(ids)}
+    configs = [NodeConfig(path="", id=nid, listen=peers[nid], data=nid, root=root, secret_file=SECRET_NAME,
+                          peers=peers, imports=list(imports or ()), **options) for nid in ids]
+    texts = [render_config(cfg) for cfg in configs]  # every one checked before any file is written
     paths = []
-    for nid in ids:
-        cfg = NodeConfig(path="", id=nid, listen=peers[nid], data=nid, root=root, secret_file=SECRET_NAME,
-                         peers=peers, imports=list(imports or ()), **options)
+    for nid, text in zip(ids, texts):
         path = os.path.join(directory, f"{nid}.toml")
         with open(path, "w", encoding="utf-8") as f:
-            f.write(render_config(cfg))
+            f.write(text)
         paths.append(path)
+    data = [os.path.join(directory, nid) for nid in ids]
+    if not any(holds_node_data(d) for d in data):
+        for nid, d in zip(ids, data):
+            create_node_data(d, nid, "new-cluster")
     return paths
 
 
@@ -109,16 +121,55 @@ def stop_on_signals() -> threading.Event:
 
 
 def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None) -> int:
-    """Start the nodes, stay in the foreground, stop them all on Ctrl-C or SIGTERM."""
+    """Start the nodes, stay in the foreground, stop them all on Ctrl-C or SIGTERM.
+
+    A directory that already holds node configurations is started as configured: its
+    files may carry the user's edits, so they are never rewritten (the options that
+    differ from them are named, not applied)."""
     from rpc.localcluster import LocalCluster
 
-    write_cluster(directory, nodes, base_port, root, imports)
+    existing = _configured(directory)
+    if existing:
+        print(f"starting the cluster configured in {os.path.abspath(directory)} "
+              f"({', '.join(os.path.basename(c.path) for c in existing)} as they are)"
+              + _not_applied(existing, nodes, base_port, root, imports), flush=True)
+    else:
+        write_cluster(directory, nodes, base_port, root, imports)
     cluster = LocalCluster.open(directory, log_files=False)  # the nodes log to this terminal
     for nid in cluster.configs:
         cluster.start(nid)
-    print(f"started {nodes} nodes on 127.0.0.1:{base_port}..{base_port + nodes - 1}; "
+    ports = sorted(cfg.listen[1] for cfg in cluster.configs.values())
+    print(f"started {len(ports)} nodes on 127.0.0.1:{ports[0]}..{ports[-1]}; "
           f"configs and secret in {os.path.abspath(directory)}; Ctrl-C stops them", flush=True)
     return cluster.supervise()
+
+
+def _configured(directory: str) -> list[NodeConfig]:
+    """The node configurations already in ``directory`` (none for a new directory)."""
+    try:
+        paths = node_config_paths(directory)
+    except ConfigError:
+        return []
+    return [load_config(p) for p in paths]
+
+
+def _not_applied(configs: list[NodeConfig], nodes: int, base_port: int, root: str,
+                 imports: list[str] | None) -> str:
+    """'; not applied: --port 7100 (the files say 7200), ...' for the options the files overrule."""
+    differ = []
+    if nodes != len(configs):
+        differ.append(f"--nodes {nodes} (the files: {len(configs)})")
+    lowest = min(c.listen[1] for c in configs)
+    if base_port != lowest:
+        differ.append(f"--port {base_port} (the files: {lowest})")
+    roots = sorted({c.root for c in configs})
+    if [root] != roots:
+        differ.append(f"--root {root} (the files: {', '.join(roots)})")
+    wanted = sorted(imports or ())
+    had = sorted({m for c in configs for m in c.imports})
+    if wanted != had:
+        differ.append(f"--import {' '.join(wanted) or '(none)'} (the files: {' '.join(had) or '(none)'})")
+    return "; not applied: " + ", ".join(differ) if differ else ""
 
 
 def node_config_paths(directory: str) -> list[str]:
@@ -204,6 +255,10 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
     configs = [load_config(p) for p in node_config_paths(directory)]
     if any(c.id == node_id for c in configs):
         raise ConfigError(f"a node called {node_id!r} is already configured in {directory}")
+    data = os.path.join(os.path.abspath(directory), node_id)
+    if holds_node_data(data):
+        raise ConfigError(f"{data} already holds node data: move it aside first, the new node starts "
+                          "empty (docs/operations.md, \"Rebuilding a node\")")
     listen = parse_address(address, "--address") if address else \
         ("127.0.0.1", next_free_port(max(c.listen[1] for c in configs) + 1))
     template = configs[0]
@@ -218,5 +273,57 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
     path = os.path.join(directory, f"{node_id}.toml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(render_config(cfg))
+    create_node_data(data, node_id, "join")  # its one start from empty data, as the member added below
     admin(directory, "change_membership", "add_voter" if voter else "add_learner", node_id, format_address(listen))
     return path
+
+
+def init_node(config_path: str, timeout: float = 1.0) -> str:
+    """``prevalence node --config FILE --init``: create the data of a node that has never
+    run, for a configuration written by hand (on its own PC). Returns what was done.
+
+    Empty data starts only a founder of a cluster that has never run, or a node that
+    joins as the learner ``cluster add`` made. The peers that answer are asked, so that a
+    node that lost its data is not re-created in place of being rebuilt: a founder is
+    refused once the cluster has run (a node added later joins as a learner), a joining
+    node while the cluster counts it as a voter."""
+    cfg = load_config(config_path)
+    if holds_node_data(cfg.data):
+        raise RaftError(f"{cfg.data} already holds node data; --init is for a node that has never run")
+    for peer, st in _peer_statuses(cfg, timeout):
+        if not cfg.join and st.get("term", 0) > 0:
+            raise RaftError(
+                f"{cfg.path}: {peer} answers in term {st['term']}: this cluster has run, so {cfg.id!r} cannot found "
+                "it with empty data; a node that lost its data is rebuilt, a late one added, as a learner with "
+                "cluster add (docs/operations.md, \"Rebuilding a node\")")
+        if cfg.join and cfg.id in st.get("voters", ()):
+            raise RaftError(
+                f"{cfg.path}: {peer} counts {cfg.id!r} as a voter: a voter that lost its data is removed, then "
+                "added back as a learner (docs/operations.md, \"Rebuilding a node\")")
+    create_node_data(cfg.data, cfg.id, "join" if cfg.join else "new-cluster")
+    role = "joins the cluster as the member cluster add made" if cfg.join else "founds a new cluster with its [peers]"
+    return f"{cfg.id}: data created in {cfg.data} (it {role}); start it with: prevalence node --config {cfg.path}"
+
+
+def _peer_statuses(cfg: NodeConfig, timeout: float) -> list[tuple[str, dict]]:
+    """(id, status) of the peers in ``cfg`` that answer within ``timeout``, asked at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    secret = load_secret(cfg.secret_file)
+    client_tls = tls_contexts(cfg)[1]
+
+    def ask(item: tuple[str, tuple[str, int]]) -> tuple[str, dict] | None:
+        peer, address = item
+        try:
+            with NodeLink(address, secret, ident="init", timeout=timeout, connect_timeout=timeout,
+                          ssl_context=client_tls) as link:
+                reply = link.call("status")
+        except Exception:  # noqa: BLE001 - a peer that does not answer says nothing
+            return None
+        return (peer, reply[1]) if reply[0] == "ok" else None
+
+    others = [(p, a) for p, a in cfg.peers.items() if p != cfg.id]
+    if not others:
+        return []
+    with ThreadPoolExecutor(len(others)) as pool:
+        return [r for r in pool.map(ask, others) if r is not None]

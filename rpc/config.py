@@ -2,7 +2,8 @@
 
     id = "n1"
     listen = "127.0.0.1:7101"
-    data = "data/n1"                      # relative paths are relative to this file
+    data = "data/n1"                      # relative paths are relative to this file; created
+                                          # with the node, never by its start (--init)
     root = "myapp.model:Bank"             # MODULE:FACTORY of the root object
     secret_file = "cluster.secret"
     fsync = "always"                      # always | unsafe-no-fsync (tests, benchmarks)

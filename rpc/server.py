@@ -8,8 +8,10 @@ import sys
 import threading
 from typing import Any, Callable
 
+from prevalence._platform import DirectoryLock
 from prevalence.factory import load_object
 from replication.config import RaftConfig
+from replication.journal_storage import NoDataError, node_data_identity
 from replication.membership import Membership
 from replication.node import Node, NodeOptions
 from rpc.config import NodeConfig, format_address, load_config, parse_address, tls_contexts
@@ -29,6 +31,10 @@ class NodeProcess:
     (start, stop pairs run on the leader only) and ``handlers`` (name -> function of
     bytes returning bytes, callable by authenticated clients through ``app_call``), and
     return an object whose ``close()`` runs when the node stops.
+
+    It starts only on data created for this node (a node never creates its data as it
+    starts: see ``replication.journal_storage.node_data_identity``), and holds the data
+    directory's lock while it runs.
     """
 
     def __init__(self, cfg: NodeConfig):
@@ -41,8 +47,29 @@ class NodeProcess:
         for module in cfg.imports:
             load_object(module + ":__name__")
         self.factory = load_object(cfg.root)
-        peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
-        self.transport = PeerTransport(cfg.id, self.secret, peers, ssl_context=self.client_tls)
+        if not os.path.isdir(cfg.data):
+            raise NoDataError(no_data_message(cfg))
+        # before anything opens the journal: a second process on the same data (the same
+        # config started twice) is refused here, naming the pid that holds it
+        self._data_lock = DirectoryLock(cfg.data)
+        self._data_lock.acquire()
+        try:
+            try:
+                self.identity = node_data_identity(cfg.data, cfg.id)
+            except NoDataError:
+                raise NoDataError(no_data_message(cfg)) from None
+            if self.identity.origin == "adopted":
+                log.info("%s: data in %s adopted (written before identity files)", cfg.id, cfg.data)
+            peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
+            self.transport = PeerTransport(cfg.id, self.secret, peers, ssl_context=self.client_tls)
+            self.node = self._open_node(cfg)
+        except BaseException:
+            self._data_lock.release()
+            raise
+        self._membership_changed(self.node.membership)  # members added before a restart
+        self.server: PeerServer | None = None
+
+    def _open_node(self, cfg: NodeConfig) -> Node:
         options = NodeOptions(
             tick_interval=cfg.tick,
             raft=RaftConfig(election_tick=cfg.election_ticks, heartbeat_tick=cfg.heartbeat_ticks),
@@ -55,11 +82,9 @@ class NodeProcess:
         else:
             membership = Membership(tuple(cfg.peers), (),
                                     tuple((p, format_address(a)) for p, a in cfg.peers.items()))
-        self.node = Node(cfg.id, cfg.data, self.factory, self.transport, membership=membership,
-                         options=options, on_membership=self._membership_changed, on_fatal=self._fatal,
-                         on_leader_start=lambda: self._run_hooks(0), on_leader_stop=lambda: self._run_hooks(1))
-        self._membership_changed(self.node.membership)  # members added before a restart
-        self.server: PeerServer | None = None
+        return Node(cfg.id, cfg.data, self.factory, self.transport, membership=membership,
+                    options=options, on_membership=self._membership_changed, on_fatal=self._fatal,
+                    on_leader_start=lambda: self._run_hooks(0), on_leader_stop=lambda: self._run_hooks(1))
 
     def start(self) -> "NodeProcess":
         if self.cfg.app:
@@ -85,6 +110,7 @@ class NodeProcess:
         if self.server is not None:
             self.server.close()
         self.transport.close()
+        self._data_lock.release()
         log.info("node %s stopped", self.cfg.id)
 
     def _fatal(self, reason: str) -> None:
@@ -128,6 +154,15 @@ class NodeProcess:
                   peers={p: {k: v for k, v in s.items() if k in ("connected", "queued", "dropped")}
                          for p, s in self.transport.peer_status().items()})
         return st
+
+
+def no_data_message(cfg: NodeConfig) -> str:
+    """Why a node with no data does not start, and the two ways on (one line)."""
+    return (f"{cfg.path}: node {cfg.id!r} has no data in {cfg.data}, and a node never creates its data as it "
+            "starts: a voter that lost its data would vote with no memory of what it acknowledged. If it lost its "
+            "data, rebuild it: cluster remove, move the directory aside, cluster add (a learner), cluster promote "
+            f"(docs/operations.md, \"Rebuilding a node\"); if it has never run: prevalence node --config "
+            f"{cfg.path} --init")
 
 
 def run(config_path: str) -> int:

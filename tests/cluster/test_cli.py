@@ -75,3 +75,38 @@ def test_cluster_up_status_and_clean_stop(tmp_path):
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def up_until_started(directory, base: int, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`prevalence cluster up` in the background, once it says it started the nodes."""
+    up = subprocess.Popen([sys.executable, "-m", "rpc.cli", "cluster", "up", "--nodes", "3", "--data",
+                           str(directory), "--port", str(base), "--root", "tests.prevalence.domain:Store", *extra],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said = []
+    for line in up.stdout:
+        said.append(line)
+        if line.startswith("started "):
+            break
+    return up, "".join(said)
+
+
+def test_cluster_up_on_an_existing_directory_keeps_the_users_edits(tmp_path):
+    base = free_port_block(3)
+    up, _ = up_until_started(tmp_path, base)
+    up.send_signal(signal.SIGTERM)
+    up.communicate(timeout=20)
+    n1 = tmp_path / "n1.toml"
+    edited = "# n1 runs on the PC by the door\n" + n1.read_text().replace("tick = 0.025", "tick = 0.05  # busy PC")
+    n1.write_text(edited)
+    up, said = up_until_started(tmp_path, base + 10)  # a different --port: the files win
+    try:
+        assert n1.read_text() == edited
+        assert f"starting the cluster configured in {tmp_path}" in said and "as they are" in said, said
+        assert "--port" in said, said  # what was not applied is named
+        deadline = time.monotonic() + 10
+        while not all(n["reachable"] for n in status(tmp_path)["nodes"]):  # on the files' ports
+            assert time.monotonic() < deadline, status(tmp_path)
+            time.sleep(0.1)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.communicate(timeout=20)

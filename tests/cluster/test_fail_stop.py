@@ -40,16 +40,18 @@ def fill(path: str) -> str:
 
 @pytest.fixture
 def small_disk_cluster(tmp_path):
-    c = LocalCluster(tmp_path, 3, start=False)
-    disk = os.path.join(c.dir, "n1")
-    mount_tmpfs(disk, "16m")
+    disk = os.path.join(str(tmp_path), "n1")  # n1's data directory, mounted before the cluster
+    mount_tmpfs(disk, "16m")                   # creates its data there (a mount would hide it)
+    c = None
     try:
+        c = LocalCluster(tmp_path, 3, start=False)
         for nid in c.configs:
             c.start(nid)
         c.leader()
         yield c, disk
     finally:
-        c.stop()
+        if c is not None:
+            c.stop()
         subprocess.run(["umount", "-l", disk], capture_output=True)
 
 
