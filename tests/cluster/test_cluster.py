@@ -124,8 +124,7 @@ def test_wrong_secret_is_refused_and_logged(cluster3, tmp_path):
     from rpc.transport import open_connection
 
     c = cluster3
-    c.leader()
-    nid = next(iter(c.configs))
+    nid = c.leader()  # listening for sure (another node may still be starting on a loaded machine)
     with pytest.raises(AuthenticationFailed):
         open_connection(c.configs[nid].listen, b"x" * 32, role="client", ident="intruder")
     time.sleep(0.2)
