@@ -1,4 +1,6 @@
-"""The ``prevalence`` command: offline tools for a data directory (more come with the cluster)."""
+"""prevalence: run and inspect a replicated master. Cluster nodes and a local cluster
+(node, cluster, status) and offline tools for a node's or an engine's data directory
+(journal verify/dump/repair, state)."""
 from __future__ import annotations
 
 import argparse
@@ -73,8 +75,46 @@ def cmd_state(args: argparse.Namespace) -> int:
     factory = load_object(args.root)
     with state_at(args.path, factory, args.at) as view:
         picture = view.query(_Describe())
-        print(json.dumps({"index": view.last_index, "root": picture}, indent=None if args.json else 2, default=_json_default))
+        if args.json:
+            print(json.dumps({"index": view.last_index, "root": picture}, default=_json_default))
+        else:
+            print(f"state as of index {view.last_index}")
+            for line in _outline(picture):
+                print(line)
     return 0
+
+
+def _outline(value: object, indent: str = "") -> list[str]:
+    """Plain data as indented ``key: value`` lines, one scalar a line (YAML-like, for eyes)."""
+    if isinstance(value, dict):
+        items = [(str(k), v) for k, v in value.items() if k != "__type__"]
+        lines = [f"{indent}({value['__type__']})"] if "__type__" in value and not items else []
+        for k, v in items:
+            if isinstance(v, (dict, list)) and v:
+                lines.append(f"{indent}{k}:")
+                lines.extend(_outline(v, indent + "  "))
+            else:
+                lines.append(f"{indent}{k}: {_scalar(v)}")
+        return lines
+    if isinstance(value, list):
+        lines = []
+        for v in value:
+            if isinstance(v, (dict, list)) and v:
+                sub = _outline(v, indent + "  ")
+                lines.append(f"{indent}- {sub[0].lstrip()}")
+                lines.extend(sub[1:])
+            else:
+                lines.append(f"{indent}- {_scalar(v)}")
+        return lines
+    return [f"{indent}{_scalar(value)}"]
+
+
+def _scalar(v: object) -> str:
+    if isinstance(v, dict):
+        return "{}"
+    if isinstance(v, list):
+        return "[]"
+    return json.dumps(v, default=_json_default) if isinstance(v, str) and (not v or v != v.strip()) else str(v)
 
 
 class _Describe:
@@ -92,16 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     journal = sub.add_parser("journal", help="inspect or repair a journal").add_subparsers(dest="action", required=True)
     v = journal.add_parser("verify", help="check every checksum and the index sequence; exit 1 on damage")
     v.add_argument("path", help="data directory (or its journal/ directory)")
-    v.add_argument("--json", action="store_true")
+    v.add_argument("--json", action="store_true", help="the report as JSON")
     v.set_defaults(func=cmd_verify)
     d = journal.add_parser("dump", help="one entry per line: index, time, type, fields")
-    d.add_argument("path")
-    d.add_argument("--from", dest="start", type=int, default=None, metavar="N")
-    d.add_argument("--to", dest="stop", type=int, default=None, metavar="M")
+    d.add_argument("path", help="data directory (or its journal/ directory)")
+    d.add_argument("--from", dest="start", type=int, default=None, metavar="N", help="first index (default: the first kept)")
+    d.add_argument("--to", dest="stop", type=int, default=None, metavar="M", help="last index (default: the last)")
     d.add_argument("--json", action="store_true", help="JSON lines")
     d.set_defaults(func=cmd_dump)
     r = journal.add_parser("repair", help="cut the journal at its first damage, after a backup copy")
-    r.add_argument("path")
+    r.add_argument("path", help="data directory (or its journal/ directory)")
     r.set_defaults(func=cmd_repair)
 
     s = sub.add_parser("state", help="print the state as of an index (read-only)")
@@ -109,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", required=True, metavar="MODULE:FACTORY", help="the root factory (its module defines the transactions)")
     s.add_argument("--at", type=int, default=None, metavar="N", help="index (default: the newest)")
     s.add_argument("--import", dest="imports", action="append", metavar="MODULE", help="also import MODULE (more transaction classes)")
-    s.add_argument("--json", action="store_true", help="one line of JSON")
+    s.add_argument("--json", action="store_true", help="one line of JSON instead of the readable outline")
     s.set_defaults(func=cmd_state)
     return p
 

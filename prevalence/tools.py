@@ -16,7 +16,7 @@ from . import _platform
 from .entry import EntryKind
 from .errors import CodecError, JournalCorruptError, PrevalenceError, SnapshotError
 from .journal import Journal, scan_directory
-from .segment import SEGMENT_HEADER
+from .segment import SEGMENT_HEADER, parse_segment_name
 from .snapshots import SnapshotStore
 from .state import describe_command
 
@@ -55,6 +55,9 @@ class VerifyReport:
 
 def verify(path: str) -> VerifyReport:
     jdir = journal_dir(path)
+    has_segments = os.path.isdir(jdir) and any(parse_segment_name(n) is not None for n in os.listdir(jdir))
+    if not has_segments and not os.path.isdir(os.path.join(data_dir(path), "snapshots")):
+        raise PrevalenceError(f"no journal in {path}")
     report = VerifyReport(jdir)
     try:
         for seg_path, res in scan_directory(jdir):

@@ -95,3 +95,38 @@ def test_errors_are_one_line_not_tracebacks(tmp_path):
     )
     assert res.returncode == 1 and res.stderr.startswith("error: cannot import module 'no.such'")
     assert "Traceback" not in res.stderr
+
+
+def test_verify_of_a_directory_without_a_journal_says_so_and_fails(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["journal", "verify", str(tmp_path / "empty")]) == 1
+    assert f"error: no journal in {tmp_path / 'empty'}" in capsys.readouterr().err
+
+
+def test_state_prints_a_readable_form_and_json_only_when_asked(tmp_path):
+    make(tmp_path)
+    args = [sys.executable, "-m", "prevalence.cli", "state", str(tmp_path), "--root", "tests.prevalence.domain:Store"]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("state as of index 30\n")
+    assert "values:" in out and "  p: 28" in out  # one field a line, nested by indentation
+    assert not out.lstrip().startswith("{")
+
+
+def test_every_option_has_help_text():
+    from argparse import _HelpAction, _SubParsersAction
+
+    from prevalence.cli import build_parser  # the cluster commands' options: rpc.cli
+
+    missing = []
+
+    def walk(parser, where):
+        for action in parser._actions:
+            if isinstance(action, _SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{where} {name}")
+            elif not isinstance(action, _HelpAction) and not action.help:
+                missing.append(f"{where} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "prevalence")
+    assert not missing, missing
+    assert "offline tools for a data directory (more come with the cluster)" not in build_parser().description
