@@ -1,0 +1,176 @@
+"""Trust boundaries against real node processes (issue 15, items 1 and 2): a client key
+never acts as a peer or an admin, and a peer is bound to the membership and to its own id.
+
+Each forged message is what an attacker would send; the checks are on its effects: no
+code run from a forged snapshot, no term or leader change, the state unchanged.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import pytest
+
+from prevalence.codec import CODEC
+from prevalence.sessions import SetSessionExpiry
+from prevalence.snapshots import SnapshotMeta as FileMeta, encode_file
+from replication.membership import Membership
+from replication.messages import Heartbeat, InstallSnapshot, SnapshotMeta, encode
+from rpc.auth import AuthenticationFailed
+from rpc.secret import load_secret
+from rpc.transport import NodeLink, hard_close, open_connection, remote_method
+from rpc.wire import encode_batch
+from tests.cluster.harness import LocalCluster
+from tests.prevalence.domain import Add, Get
+
+pytestmark = pytest.mark.slow
+
+OPERATOR_KEY = "cluster.secret"  # the key file an operator's PC holds
+PEER_KEY = "cluster.secret"  # the key file only the node PCs hold
+
+
+class _RunsCode:
+    """A pickle whose loading creates ``path``: proof that a forged snapshot ran code."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def trio(tmp_path):
+    c = LocalCluster(tmp_path, 3)
+    leader, _ = c.stable_leader()
+    assert c.call(leader, "execute", Add("x", 7))[0] == "ok"
+    c.wait_converged()
+    yield c
+    c.stop()
+
+
+def key(c: LocalCluster, name: str) -> bytes:
+    return load_secret(os.path.join(c.dir, name))
+
+
+def roles(c: LocalCluster) -> tuple[str, list[str], dict]:
+    leader, st = c.stable_leader()
+    return leader, sorted(n for n in st if n != leader), st
+
+
+def deliver(c: LocalCluster, nid: str, secret: bytes, ident: str, *msgs) -> bool:
+    """Deliver raw Raft messages to ``nid`` as whatever the key lets us be; True if the
+    node took the delivery (what it then does with each message is another matter)."""
+    for role in ("peer", "client"):  # the role an attacker claims, then the one it has
+        try:
+            conn = open_connection(c.configs[nid].listen, secret, role=role, ident=ident, request_timeout=2.0)
+        except AuthenticationFailed:
+            continue
+        try:
+            remote_method(conn, "deliver")(encode_batch([encode(m) for m in msgs]))
+            return True
+        except Exception:  # noqa: BLE001 - not exposed to this role
+            return False
+        finally:
+            hard_close(conn)
+    return False
+
+
+def forged_snapshot(c: LocalCluster, src: str, dst: str, term: int, index: int, marker: str) -> InstallSnapshot:
+    membership = Membership(tuple(c.configs), ())
+    meta = FileMeta(index=index, term=term, timestamp_us=0, serializer="pickle",
+                    extra={"membership": membership.to_wire()})
+    data = b"".join(encode_file(meta, pickle.dumps(_RunsCode(marker))))
+    return InstallSnapshot(src, dst, term, SnapshotMeta(index, term, membership), 0, data, True)
+
+
+def assert_undisturbed(c: LocalCluster, leader: str, term: int, marker: str | None = None) -> None:
+    """A while later: same leader and term everywhere, no code ran, the state intact."""
+    time.sleep(1.0)
+    if marker is not None:
+        assert not os.path.exists(marker), "a forged snapshot ran code on a node"
+    c.check_alive()
+    st = c.status()
+    assert {n: (r["term"], r["role"]) for n, r in st.items()} == \
+        {n: (term, "leader" if n == leader else "follower") for n in st}, st
+    for nid, cfg in c.configs.items():
+        with NodeLink(cfg.listen, key(c, OPERATOR_KEY), ident="check", timeout=2.0) as link:
+            assert link.call("query", CODEC.dumps(Get("x")), "local") == ["ok", 7], nid
+    assert c.call(leader, "execute", Add("y", 1))[0] == "ok"
+
+
+def test_a_client_key_cannot_authenticate_as_a_peer(trio):
+    leader, followers, _ = roles(trio)
+    with pytest.raises(AuthenticationFailed):
+        conn = open_connection(trio.configs[leader].listen, key(trio, OPERATOR_KEY), role="peer",
+                               ident=followers[0], request_timeout=2.0)
+        hard_close(conn)
+    assert not deliver(trio, leader, key(trio, OPERATOR_KEY), followers[0])
+
+
+def test_a_forged_snapshot_from_a_client_is_never_loaded(trio, tmp_path):
+    leader, followers, st = roles(trio)
+    term, marker = st[leader]["term"], str(tmp_path / "pwned")
+    for f in followers:
+        snap = forged_snapshot(trio, "evil", f, term + 50, st[leader]["commit_index"] + 100, marker)
+        deliver(trio, f, key(trio, OPERATOR_KEY), "evil", snap)
+    assert_undisturbed(trio, leader, term, marker)
+
+
+def test_a_forged_heartbeat_from_a_client_moves_no_node(trio):
+    leader, followers, st = roles(trio)
+    term = st[leader]["term"]
+    for nid in trio.configs:
+        deliver(trio, nid, key(trio, OPERATOR_KEY), "evil", Heartbeat("evil", nid, term + 50))
+    assert_undisturbed(trio, leader, term)
+
+
+@pytest.mark.parametrize("ident", ["evil", "member"])
+def test_a_forged_heartbeat_from_a_non_member_moves_no_node(trio, ident):
+    """With the peer key: an id that is no member, or a member's id on a message that
+    claims to come from someone else."""
+    leader, followers, st = roles(trio)
+    term = st[leader]["term"]
+    for nid in trio.configs:
+        me = followers[0] if nid != followers[0] else followers[1]
+        assert deliver(trio, nid, key(trio, PEER_KEY), me if ident == "member" else "evil",
+                       Heartbeat("evil", nid, term + 50))
+    assert_undisturbed(trio, leader, term)
+
+
+def test_a_forged_snapshot_from_a_non_member_is_never_loaded(trio, tmp_path):
+    leader, followers, st = roles(trio)
+    term, marker = st[leader]["term"], str(tmp_path / "pwned")
+    for f in followers:
+        snap = forged_snapshot(trio, "evil", f, term + 50, st[leader]["commit_index"] + 100, marker)
+        assert deliver(trio, f, key(trio, PEER_KEY), "evil", snap)
+    assert_undisturbed(trio, leader, term, marker)
+
+
+def test_a_snapshot_comes_only_from_the_leader_of_its_term(trio, tmp_path):
+    """A member that is not the leader sends a snapshot in the current term: not installed."""
+    leader, (f1, f2), st = roles(trio)
+    term, marker = st[leader]["term"], str(tmp_path / "pwned")
+    snap = forged_snapshot(trio, f2, f1, term, st[leader]["commit_index"] + 100, marker)
+    assert deliver(trio, f1, key(trio, PEER_KEY), f2, snap)
+    assert_undisturbed(trio, leader, term, marker)
+
+
+def test_admin_calls_with_a_client_key_are_refused(trio):
+    leader, (f1, _f2), st = roles(trio)
+    term = st[leader]["term"]
+    cfg = trio.configs[leader]
+    with NodeLink(cfg.listen, key(trio, OPERATOR_KEY), ident="operator", timeout=15.0) as link:
+        refusals = [
+            link.call("change_membership", "add_learner", "n9", "127.0.0.1:9"),
+            link.call("change_membership", "remove", f1),
+            link.call("transfer_leadership", f1),
+            link.call("execute", CODEC.dumps(SetSessionExpiry(3600))),
+        ]
+    for reply in refusals:
+        assert reply[0] == "error" and "admin" in reply[1], refusals
+    with NodeLink(cfg.listen, key(trio, OPERATOR_KEY), ident="operator", timeout=5.0) as link:
+        now = link.call("status")[1]
+    assert (now["voters"], now["learners"], now["session_expiry_s"]) == (sorted(trio.configs), [], 86400), now
+    assert_undisturbed(trio, leader, term)
