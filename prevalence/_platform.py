@@ -106,6 +106,26 @@ class DirectoryLock:
                 self._fd = None
 
 
+def private_file_problem(mode: int, owner: int, me: int, *, directory: bool) -> str | None:
+    """Why a key file (or the directory holding it) is not private to this user, as a
+    clause ("is writable by ..."), or None.
+
+    POSIX: the owner must be this user or root, and nobody else may write it (a directory
+    with the sticky bit, like /tmp, lets others add files but not replace ours). Windows
+    has no such modes: the ACL to set is in docs/security.md, and None is returned.
+    """
+    if WINDOWS:  # pragma: no cover - exercised on Windows only
+        return None
+    import stat
+
+    if owner not in (me, 0):
+        return f"is owned by another user (uid {owner}), who could change it"
+    bits = stat.S_IMODE(mode)
+    if bits & 0o022 and not (directory and mode & stat.S_ISVTX):
+        return f"is writable by group or others (mode {bits:o})"
+    return None
+
+
 def kill_hard(pid: int) -> None:
     """End a process at once, as a power cut would: no handler, no clean-up in it runs."""
     import signal
