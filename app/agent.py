@@ -3,7 +3,7 @@
 It is what the old node software was: it does what it is told and forgets everything
 when it restarts (a new ``boot`` id says so). The master's controller reads it with
 ``status`` and sets it with ``apply``; both are calls on the node's client port
-(``app_call``), so they need the cluster secret like any other client.
+(``app_call``), so they need the client key like any other client.
 """
 from __future__ import annotations
 

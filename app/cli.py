@@ -33,7 +33,7 @@ def cluster_addresses(cluster: str, secret_file: str | None = None) -> tuple[lis
         addresses = [a.strip() for a in cluster.split(",") if a.strip()]
         if not secret_file:
             raise ConfigError(f"{cluster!r} is not a grid directory; give the addresses' --secret-file "
-                              "(or a directory made by `grid up`)")
+                              "(their client.secret), or a directory made by `grid up`")
         secret = load_secret(secret_file)
     return addresses, secret
 
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     def cluster_args(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--cluster", default=DEFAULT_DIR, metavar="DIR|ADDRESSES",
                         help=f"a grid directory (from `grid up`) or HOST:PORT,... (default {DEFAULT_DIR}, or $GRID_CLUSTER)")
-        sp.add_argument("--secret-file", metavar="FILE", help="the cluster secret (default: DIR/cluster.secret)")
+        sp.add_argument("--secret-file", metavar="FILE", help="the client key (default: DIR/client.secret)")
         return sp
 
     demo = sub.add_parser("demo", help="start a local 3x3 grid, kill its master, show it recover, clean up")
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     up = sub.add_parser("up", help="run a local grid on 127.0.0.1 in the foreground (Ctrl-C stops it)")
-    up.add_argument("--data", default=DEFAULT_DIR, metavar="DIR", help=f"configs, secret, layout, data (default {DEFAULT_DIR})")
+    up.add_argument("--data", default=DEFAULT_DIR, metavar="DIR", help=f"configs, key files, layout, data (default {DEFAULT_DIR})")
     up.add_argument("--rows", type=int, default=3)
     up.add_argument("--columns", type=int, default=3)
     up.add_argument("--port", type=int, metavar="BASE", help="first port (default: a free block)")

@@ -1,7 +1,7 @@
 """A grid on one machine: every node a separate process on 127.0.0.1 (``grid up``, ``grid demo``).
 
 The directory holds what a real deployment has on each PC: the node's config
-(``n1.toml``...), the cluster secret, the layout file and the node's data; here also
+(``n1.toml``...), the key files, the layout file and the node's data; here also
 its log (``n1.log``).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ PLUGIN = "app.node:attach"
 
 def write_grid(directory: str, rows: int = 3, columns: int = 3, base_port: int | None = None,
                **app: Any) -> list[str]:
-    """Configs, secret and layout for a ``rows`` x ``columns`` grid; returns the config paths."""
+    """Configs, key files and layout for a ``rows`` x ``columns`` grid; returns the config paths."""
     n = rows * columns
     base = base_port or free_port_block(n)
     paths = write_cluster(directory, n, base, "app.model:Grid", ["app.model"],

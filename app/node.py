@@ -65,7 +65,7 @@ class GridApp:
             self.controller = Controller(
                 lambda first: node.query(GridView(), timeout=5.0, linearizable=first),
                 lambda tx: node.execute(tx, timeout=5.0),
-                lambda node_id, address: AgentLink(node_id, address, self.process.secret,
+                lambda node_id, address: AgentLink(node_id, address, self.process.client_key,
                                                    ssl_context=self.process.client_tls),
                 interval=self.interval, down_after=self.down_after,
                 before_first=self._first_layout).start()
@@ -110,7 +110,7 @@ class GridApp:
             if self._client is None:
                 cfg = self.process.cfg
                 addresses = [format_address(a) for a in cfg.peers.values()]
-                self._client = ClusterClient(addresses, self.process.secret, timeout=10.0,
+                self._client = ClusterClient(addresses, self.process.client_key, timeout=10.0,
                                              ssl_context=self.process.client_tls)
             return self._client
 

@@ -1,20 +1,24 @@
 """Mutual HMAC-SHA256 challenge-response, run on the raw socket before RPyC starts.
 
-Message by message (frames as in :mod:`rpc.wire`; ``K`` is the cluster secret)::
+A node holds one key per role: ``peer`` (the other nodes), ``client`` (operator
+programs) and ``admin`` (cluster administration). Message by message (frames as in
+:mod:`rpc.wire`; ``K`` is the key the connecting party holds)::
 
-    client -> server  HELLO     [version, role, id, Nc]      Nc: 32 fresh random bytes
+    client -> server  HELLO     [version, id, Nc]            Nc: 32 fresh random bytes
     server -> client  CHALLENGE [Ns]                         Ns: 32 fresh random bytes
     client -> server  PROOF     [HMAC(K, "client-proof" | T)]
-    server -> client  OK        [HMAC(K, "server-proof" | T)]   or REFUSED [reason]
+    server -> client  OK        [HMAC(K, "server-proof" | T | role), role]   or REFUSED [reason]
 
-    T = msgpack(["pvl-auth", version, role, id, Nc, Ns])
+    T = msgpack(["pvl-auth", version, id, Nc, Ns])
 
-The server checks the client's proof before it proves anything itself, so an
-unauthenticated caller learns nothing keyed by K; the client then checks the server's
-proof, so it never talks RPyC to something that does not hold the secret either. Both
+The role is the one whose key the proof matches: the server tries each of its keys, so
+nobody can claim a role, only prove one, and the keys must differ. The server checks the
+client's proof before it proves anything itself, so an unauthenticated caller learns
+nothing keyed by K; the client then checks the server's proof (which binds the role
+granted), so it never talks RPyC to something that does not hold its key either. Both
 nonces are fresh per connection, so a recorded proof is useless in another session; the
 different labels keep a proof of one side from being reflected as the other side's; the
-role and id are inside T, so they cannot be changed in transit.
+id is inside T, so it cannot be changed in transit.
 
 The server side is an RPyC ``authenticator`` (:class:`ServerAuthenticator`); the client
 side is :func:`client_handshake`. Optionally both wrap the socket in TLS first.
@@ -28,14 +32,14 @@ import os
 import socket
 import ssl
 import time
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import msgpack
 from rpyc.utils.authenticators import AuthenticationError
 
 from prevalence.errors import PrevalenceError
 
-from .secret import check_secret
+from .secret import KEY_FILES, SecretError, check_secret, key_strength_problem
 from .wire import (
     CHALLENGE,
     HELLO,
@@ -61,6 +65,7 @@ __all__ = [
     "ServerAuthenticator",
     "client_handshake",
     "format_address",
+    "check_role_keys",
     "DEFAULT_SERVER_HANDSHAKE_TIMEOUT",
 ]
 
@@ -72,9 +77,15 @@ DEFAULT_SERVER_HANDSHAKE_TIMEOUT = 5.0
 _CLIENT_LABEL = b"client-proof\x00"
 _SERVER_LABEL = b"server-proof\x00"
 
+#: The roles a client accepts being granted for the role its key is meant for: an admin
+#: key also gives what a client key gives, so a client program may hold either.
+_GRANTS = {"peer": ("peer",), "client": ("client", "admin"), "admin": ("admin",)}
+
 
 class Identity(NamedTuple):
-    """Who authenticated: ``("peer", node_id)`` or ``("client", client_id)``.
+    """Who authenticated: ``("peer", node_id)``, ``("client", client_id)`` or
+    ``("admin", client_id)``; the role is the one whose key proved itself, the id is the
+    connecting party's word (a peer's is checked against the membership by the node).
 
     The server's RPyC connection holds it as ``conn._config["credentials"]``.
     """
@@ -110,12 +121,44 @@ def format_address(addr) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-def _transcript(version: int, role: str, ident: str, nc: bytes, ns: bytes) -> bytes:
-    return msgpack.packb(["pvl-auth", version, role, ident, nc, ns], use_bin_type=True)
+def _transcript(version: int, ident: str, nc: bytes, ns: bytes) -> bytes:
+    return msgpack.packb(["pvl-auth", version, ident, nc, ns], use_bin_type=True)
 
 
 def _mac(secret: bytes, label: bytes, transcript: bytes) -> bytes:
     return hmac.new(secret, label + transcript, hashlib.sha256).digest()
+
+
+def _server_mac(secret: bytes, transcript: bytes, role: str) -> bytes:
+    return _mac(secret, _SERVER_LABEL, transcript + msgpack.packb(role))
+
+
+def check_role_keys(keys: "Mapping[str, bytes] | bytes", where: str = "keys") -> dict[str, bytes]:
+    """The keys a server accepts, by role; a bare ``bytes`` is a peer key alone.
+
+    Refuses (SecretError) an unknown role, a short or guessable key, and two roles with
+    the same key: the role is told by which key proves itself, so one key for two roles
+    would give the weaker role's holders the stronger one.
+    """
+    if isinstance(keys, (bytes, bytearray, memoryview)):
+        keys = {"peer": bytes(keys)}
+    out: dict[str, bytes] = {}
+    for role, key in dict(keys).items():
+        if role not in ROLES:
+            raise SecretError(f"{where}: unknown role {role!r} (one of {', '.join(ROLES)})")
+        out[role] = check_secret(key, f"{where}: the {role} key")
+        problem = key_strength_problem(out[role])
+        if problem:
+            raise SecretError(f"{where}: the {role} key: {problem}")
+    if not out:
+        raise SecretError(f"{where}: no key given")
+    by_key: dict[bytes, str] = {}
+    for role, key in out.items():
+        if key in by_key:
+            raise SecretError(f"{where}: the {by_key[key]} and {role} keys are the same key: each role needs its own "
+                              f"({KEY_FILES[by_key[key]]} and {KEY_FILES[role]} must differ)")
+        by_key[key] = role
+    return out
 
 
 class _Refused(Exception):
@@ -125,26 +168,27 @@ class _Refused(Exception):
 class ServerAuthenticator:
     """RPyC server authenticator: ``auth(sock) -> (sock, Identity)``.
 
-    Refuses (``rpyc.utils.authenticators.AuthenticationError``) a wrong secret, a role not
-    in ``roles``, a malformed or oversized frame, and a party that does not complete the
-    handshake within ``timeout`` seconds (a deadline over the whole handshake, not per
-    read). Every refusal is logged on ``rpc.auth`` with the peer address, and the socket
-    is closed.
+    ``keys`` maps each role this server accepts to its key (see :func:`check_role_keys`);
+    the role granted is the one whose key the client's proof matches. Refuses
+    (``rpyc.utils.authenticators.AuthenticationError``) a proof that matches no key, a
+    malformed or oversized frame, and a party that does not complete the handshake
+    within ``timeout`` seconds (a deadline over the whole handshake, not per read).
+    Every refusal is logged on ``rpc.auth`` with the peer address, and the socket is
+    closed.
     """
 
     def __init__(
         self,
-        secret: bytes,
+        keys: "Mapping[str, bytes] | bytes",
         *,
         timeout: float = DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
-        roles: tuple[str, ...] = ROLES,
         max_frame: int = MAX_FRAME,
     ):
-        self._secret = check_secret(secret, "server authenticator")
+        self._keys = check_role_keys(keys, "server authenticator")
         self.timeout = float(timeout)
         self.ssl_context = ssl_context
-        self.roles = tuple(roles)
+        self.roles = tuple(self._keys)
         self.max_frame = int(max_frame)
 
     def __call__(self, sock: socket.socket):
@@ -189,22 +233,25 @@ class ServerAuthenticator:
 
     def _handshake(self, sock, deadline: float, claim: list):
         body = read_frame(sock, deadline, self.max_frame)
-        _, (version, role, ident, nc) = decode_message(body, (HELLO,))
-        claim.append(f" (claims {role} {ident!r})")
+        _, (version, ident, nc) = decode_message(body, (HELLO,))
         if version != PROTOCOL_VERSION:
             self._refuse(sock, deadline, f"unsupported handshake version {version}",
-                         f"unsupported handshake version {version} (this node speaks {PROTOCOL_VERSION})")
-        if role not in self.roles:
-            self._refuse(sock, deadline, f"role {role!r} not accepted here", f"role {role!r} not accepted here")
+                         f"unsupported handshake version {version} (this node speaks {PROTOCOL_VERSION}: "
+                         "a key per role, see docs/security.md)")
+        claim.append(f" (says it is {ident!r})")
         ns = os.urandom(NONCE_SIZE)
         write_frame(sock, encode_frame(CHALLENGE, ns), deadline)
         body = read_frame(sock, deadline, self.max_frame)
         _, (mac_c,) = decode_message(body, (PROOF,))
-        transcript = _transcript(version, role, ident, nc, ns)
-        if not hmac.compare_digest(mac_c, _mac(self._secret, _CLIENT_LABEL, transcript)):
-            self._refuse(sock, deadline, "wrong cluster secret (client proof does not match)",
-                         "authentication failed")
-        write_frame(sock, encode_frame(OK, _mac(self._secret, _SERVER_LABEL, transcript)), deadline)
+        transcript = _transcript(version, ident, nc, ns)
+        # every key is tried, each in constant time: which one matched is the role
+        matched = [role for role, key in self._keys.items()
+                   if hmac.compare_digest(mac_c, _mac(key, _CLIENT_LABEL, transcript))]
+        if len(matched) != 1:
+            self._refuse(sock, deadline, f"wrong key (the proof matches none of this node's {', '.join(self.roles)} "
+                         "keys)", "authentication failed")
+        role = matched[0]
+        write_frame(sock, encode_frame(OK, _server_mac(self._keys[role], transcript, role), role), deadline)
         return Identity(role, ident)
 
 
@@ -219,8 +266,11 @@ def client_handshake(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
 ) -> socket.socket:
-    """Authenticate a freshly connected socket as ``(role, ident)``; return the socket.
+    """Authenticate a freshly connected socket with ``secret``, the key of ``role``;
+    return the socket.
 
+    The server grants the role whose key the proof matches; a grant other than ``role``
+    (or, for ``"client"``, ``"admin"``) is refused here: the wrong key file is configured.
     With ``ssl_context`` the socket is wrapped in TLS first and the wrapped socket is
     returned. Raises :class:`AuthenticationFailed` (refused, bad server proof, garbage)
     or :class:`ConnectFailed` (timeout, connection lost), both naming ``address``.
@@ -245,26 +295,31 @@ def client_handshake(
             host = server_hostname or address.rsplit(":", 1)[0].strip("[]")
             sock = ssl_context.wrap_socket(sock, server_hostname=host)
         nc = os.urandom(NONCE_SIZE)
-        write_frame(sock, encode_frame(HELLO, PROTOCOL_VERSION, role, ident, nc), deadline)
+        write_frame(sock, encode_frame(HELLO, PROTOCOL_VERSION, ident, nc), deadline)
         tag, fields = decode_message(read_frame(sock, deadline), (CHALLENGE, REFUSED))
         if tag == REFUSED:
             raise AuthenticationFailed(f"{address} refused the connection: {fields[0]}", address=address)
         (ns,) = fields
-        transcript = _transcript(PROTOCOL_VERSION, role, ident, nc, ns)
+        transcript = _transcript(PROTOCOL_VERSION, ident, nc, ns)
         write_frame(sock, encode_frame(PROOF, _mac(secret, _CLIENT_LABEL, transcript)), deadline)
         tag, fields = decode_message(read_frame(sock, deadline), (OK, REFUSED))
         if tag == REFUSED:
             raise AuthenticationFailed(
                 f"{address} refused our authentication: {fields[0]} "
-                "(wrong cluster secret? it must be the same file on every node and client)",
+                f"(wrong key? a {role} uses the cluster's {KEY_FILES[role]})",
                 address=address,
             )
-        if not hmac.compare_digest(fields[0], _mac(secret, _SERVER_LABEL, transcript)):
-            log.warning("%s failed to prove the cluster secret: connection dropped", address)
+        mac_s, granted = fields
+        if not hmac.compare_digest(mac_s, _server_mac(secret, transcript, granted)):
+            log.warning("%s failed to prove it holds our key: connection dropped", address)
             raise AuthenticationFailed(
-                f"{address} failed to prove knowledge of the cluster secret (wrong secret or impostor)",
+                f"{address} failed to prove knowledge of our key (a node of another cluster, or an impostor)",
                 address=address,
             )
+        if granted not in _GRANTS[role]:
+            raise AuthenticationFailed(
+                f"{address} took our key for its {granted} key, not the {role} key: the wrong key file is "
+                f"configured here (a {role} uses {KEY_FILES[role]})", address=address)
     except AuthenticationFailed:
         raise
     except HandshakeError as exc:

@@ -73,12 +73,17 @@ def cmd_cluster_admin(args: argparse.Namespace) -> int:
             tx.check(None)  # the nodes check it too; this names the problem without a round trip
         except ValueError as exc:
             raise ConfigError(f"--idle-expiry: {exc}") from None
-        with LocalCluster.open(args.cluster).client() as client:
+        with LocalCluster.open(args.cluster).client(admin=True) as client:  # administration: the admin key
             client.execute(tx)
         print(f"client sessions now expire after {args.idle_expiry} s without a command (journaled time)")
     elif args.action == "transfer":
         admin(args.cluster, "transfer_leadership", args.to)
         print(f"leadership handed to {args.to}")
+    elif args.action == "keys":
+        from rpc.cluster import migrate_keys
+
+        done = migrate_keys(args.cluster)
+        print("\n".join(done) if done else f"{args.cluster}: every key file is there; nothing to do")
     return 0
 
 
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = c.add_parser("up", help="start N nodes on 127.0.0.1 in the foreground (an existing DIR: as configured "
                       "there); Ctrl-C stops them")
     up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--data", required=True, metavar="DIR", help="configs, secret and data go here")
+    up.add_argument("--data", required=True, metavar="DIR", help="configs, key files and data go here")
     up.add_argument("--port", type=int, default=7100, metavar="BASE", help="first port (default 7100)")
     up.add_argument("--root", required=True, metavar="MODULE:FACTORY")
     up.add_argument("--import", dest="imports", action="append", metavar="MODULE")
@@ -119,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--cluster", required=True, metavar="DIR")
     tr.add_argument("--to", required=True, metavar="ID")
     tr.set_defaults(func=cmd_cluster_admin)
+    ks = c.add_parser("keys", help="make the missing key files (peer, client, admin) in DIR and move its node "
+                      "configs off the one shared cluster.secret; run with the nodes stopped")
+    ks.add_argument("--cluster", required=True, metavar="DIR")
+    ks.set_defaults(func=cmd_cluster_admin)
     s = sub.add_parser("status", help="role, term and indexes of every node of a cluster directory")
     s.add_argument("--cluster", required=True, metavar="DIR")
     s.add_argument("--json", action="store_true")

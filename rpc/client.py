@@ -1,6 +1,6 @@
 """The client library: a connection to a cluster that finds the leader by itself.
 
-    with rpc.connect(["10.0.0.1:7100", "10.0.0.2:7100"], secret_file="cluster.secret") as c:
+    with rpc.connect(["10.0.0.1:7100", "10.0.0.2:7100"], secret_file="client.secret") as c:
         c.execute(Deposit("alice", 10))     # exactly once, survives failover
         c.query(Balance("alice"))           # linearizable by default
 
@@ -383,7 +383,8 @@ class ClusterClient:
 def connect(addresses: Iterable[str], *, secret: bytes | None = None, secret_file: str | None = None,
             timeout: float = 10.0, attempt_timeout: float = 1.5, ssl_context: Any = None,
             max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES) -> ClusterClient:
-    """A client of the cluster at ``addresses`` ("host:port"), authenticated by the secret.
+    """A client of the cluster at ``addresses`` ("host:port"), authenticated by the client
+    key (``client.secret``; the admin key also serves, and may change cluster settings).
 
     ``max_batch`` and ``max_batch_bytes`` bound how many concurrent commands (and how
     many bytes of them) travel in one call; ``max_batch=1`` sends each on its own."""

@@ -15,11 +15,73 @@ from typing import Any
 from prevalence._platform import ephemeral_ports
 from replication.errors import RaftError
 from replication.journal_storage import create_node_data, holds_node_data
-from rpc.config import ConfigError, NodeConfig, format_address, load_config, render_config, tls_contexts
-from rpc.secret import generate_secret_file, load_secret
+from prevalence._platform import private_file_problem
+from rpc.config import (
+    ConfigError, NodeConfig, format_address, load_config, migration_message, render_config, tls_contexts,
+)
+from rpc.secret import KEY_FILES, LEGACY_SECRET, SecretError, generate_secret_file, load_secret
 from rpc.transport import NodeLink
 
-SECRET_NAME = "cluster.secret"
+
+def write_keys(directory: str) -> list[str]:
+    """Make the key files of every role in ``directory`` that are missing; returns the
+    names made. Existing ones are kept only in a directory no one else can write: a key
+    file this command did not make there may be someone else's choice."""
+    made, kept = [], []
+    for name in KEY_FILES.values():
+        path = os.path.join(directory, name)
+        try:
+            generate_secret_file(path)  # O_EXCL: never over a file someone put there
+            made.append(name)
+        except SecretError:
+            if not os.path.isfile(path):
+                raise
+            kept.append(name)
+    if kept:
+        st = os.stat(directory)
+        me = os.geteuid() if hasattr(os, "geteuid") else -1
+        if st.st_mode & 0o022 or private_file_problem(st.st_mode, st.st_uid, me, directory=True):
+            raise SecretError(f"{directory}: others can write this directory, so its {', '.join(kept)} may not be "
+                              "ours: not reused (use a directory only you can write, or remove those files)")
+    return made
+
+
+def migrate_keys(directory: str) -> list[str]:
+    """``prevalence cluster keys``: the key files of every role in ``directory`` (those
+    missing are made), and its node configurations moved from the one shared
+    cluster.secret to them (the ``secret_file`` line becomes the three key lines; nothing
+    else in the file changes). Returns what was done, line by line. Run with every node
+    stopped: a node of this version speaks only to nodes that hold the same keys."""
+    import re
+
+    directory = os.path.abspath(directory)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700)  # a set of keys to copy to the PCs
+    done = [f"made {name}" for name in write_keys(directory)]
+    keys = "\n".join(f'{role}_secret = "{name}"' for role, name in KEY_FILES.items())
+    for path in sorted(glob.glob(os.path.join(directory, "*.toml"))):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        new, n = re.subn(r"^secret_file[ \t]*=.*$", lambda _m: keys, text, count=1, flags=re.M)
+        if n:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(new)
+            load_config(path)  # it reads as a node configuration again
+            done.append(f"{os.path.basename(path)}: secret_file replaced by peer_secret, client_secret, admin_secret")
+    legacy = os.path.join(directory, LEGACY_SECRET)
+    if os.path.exists(legacy):
+        os.remove(legacy)
+        done.append(f"removed {LEGACY_SECRET} (no node accepts it any more: give operators {KEY_FILES['client']})")
+    return done
+
+
+def directory_key(directory: str, role: str) -> bytes:
+    """The key of ``role`` in a cluster directory; a directory that still has only the
+    one shared cluster.secret is named as such (it needs `cluster keys`)."""
+    path = os.path.join(directory, KEY_FILES[role])
+    if not os.path.exists(path) and os.path.exists(os.path.join(directory, LEGACY_SECRET)):
+        raise SecretError(migration_message(os.path.abspath(directory)))
+    return load_secret(path)
 
 
 def write_cluster(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None,
@@ -31,13 +93,14 @@ def write_cluster(directory: str, nodes: int, base_port: int, root: str, imports
     of a cluster that ran, written again), none is created: a node whose data is missing
     then is one that lost it, and it is refused at start until it is rebuilt."""
     directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    secret = os.path.join(directory, SECRET_NAME)
-    if not os.path.exists(secret):
-        generate_secret_file(secret)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700)  # it holds the keys
+    if os.path.exists(os.path.join(directory, LEGACY_SECRET)):
+        raise SecretError(migration_message(directory))
+    write_keys(directory)
     ids = [f"n{i}" for i in range(1, nodes + 1)]
     peers = {nid: ("127.0.0.1", base_port + k) for k, nid in enumerate(ids)}
-    configs = [NodeConfig(path="", id=nid, listen=peers[nid], data=nid, root=root, secret_file=SECRET_NAME,
+    configs = [NodeConfig(path="", id=nid, listen=peers[nid], data=nid, root=root,
                           peers=peers, imports=list(imports or ()), **options) for nid in ids]
     texts = [render_config(cfg) for cfg in configs]  # every one checked before any file is written
     paths = []
@@ -139,8 +202,8 @@ def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: l
     for nid in cluster.configs:
         cluster.start(nid)
     ports = sorted(cfg.listen[1] for cfg in cluster.configs.values())
-    print(f"started {len(ports)} nodes on 127.0.0.1:{ports[0]}..{ports[-1]}; "
-          f"configs and secret in {os.path.abspath(directory)}; Ctrl-C stops them", flush=True)
+    print(f"started {len(ports)} nodes on 127.0.0.1:{ports[0]}..{ports[-1]}; configs and keys in "
+          f"{os.path.abspath(directory)} (clients use {KEY_FILES['client']}); Ctrl-C stops them", flush=True)
     return cluster.supervise()
 
 
@@ -196,7 +259,7 @@ FIELDS = ("id", "address", "role", "term", "commit_index", "applied_index", "pid
 def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
     """Ask every node configured in ``directory`` for its status (unreachable ones too)."""
     paths = node_config_paths(directory)
-    secret = load_secret(os.path.join(directory, SECRET_NAME))
+    secret = directory_key(directory, "client")
     rows = []
     for path in paths:
         cfg = load_config(path)
@@ -215,15 +278,17 @@ def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
     return rows
 
 
-def _client_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:
-    with NodeLink(cfg.listen, secret, ident="admin", timeout=timeout, ssl_context=tls_contexts(cfg)[1]) as link:
+def _admin_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:
+    with NodeLink(cfg.listen, secret, ident="admin", timeout=timeout, ssl_context=tls_contexts(cfg)[1],
+                  role="admin") as link:
         return link.call(method, *args)
 
 
 def admin(directory: str, method: str, *args: Any) -> Any:
-    """Send a maintenance call to the leader of the cluster configured in ``directory``."""
+    """Send a maintenance call, with the admin key, to the leader of the cluster
+    configured in ``directory``."""
     configs = {c.id: c for c in (load_config(p) for p in node_config_paths(directory))}
-    secret = load_secret(os.path.join(directory, SECRET_NAME))
+    secret = directory_key(directory, "admin")
     rows = cluster_status(directory)
     order = [r["id"] for r in rows if r["role"] == "leader"] + [r["id"] for r in rows if r["reachable"]]
     tried = []
@@ -232,7 +297,7 @@ def admin(directory: str, method: str, *args: Any) -> Any:
             continue
         tried.append(nid)
         # the node waits up to 10 s for the change to commit; give it time to say so
-        reply = _client_call(configs[nid], secret, method, *args, timeout=15.0)
+        reply = _admin_call(configs[nid], secret, method, *args, timeout=15.0)
         if reply[0] == "ok":
             return reply[1]
         if reply[0] == "not_leader":
@@ -264,8 +329,12 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
     template = configs[0]
     peers = {c.id: c.listen for c in configs}
     peers[node_id] = listen
+    here = os.path.abspath(directory)
+    keys = {f"{role}_secret": os.path.relpath(getattr(template, f"{role}_secret"), here)
+            if os.path.dirname(getattr(template, f"{role}_secret")) == here else getattr(template, f"{role}_secret")
+            for role in KEY_FILES}  # the other nodes' key files, named as in their configs
     cfg = NodeConfig(path="", id=node_id, listen=listen, data=node_id, root=template.root,
-                     secret_file=SECRET_NAME, peers=peers, fsync=template.fsync, imports=template.imports,
+                     peers=peers, fsync=template.fsync, imports=template.imports, **keys,
                      tick=template.tick, election_ticks=template.election_ticks,
                      heartbeat_ticks=template.heartbeat_ticks, snapshot_every=template.snapshot_every,
                      keep_snapshots=template.keep_snapshots, join=True, app=dict(template.app),
@@ -309,7 +378,7 @@ def _peer_statuses(cfg: NodeConfig, timeout: float) -> list[tuple[str, dict]]:
     """(id, status) of the peers in ``cfg`` that answer within ``timeout``, asked at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    secret = load_secret(cfg.secret_file)
+    secret = load_secret(cfg.client_secret)
     client_tls = tls_contexts(cfg)[1]
 
     def ask(item: tuple[str, tuple[str, int]]) -> tuple[str, dict] | None:

@@ -5,7 +5,9 @@
     data = "data/n1"                      # relative paths are relative to this file; created
                                           # with the node, never by its start (--init)
     root = "myapp.model:Bank"             # MODULE:FACTORY of the root object
-    secret_file = "cluster.secret"
+    peer_secret = "peer.secret"           # the key of each role (docs/security.md)
+    client_secret = "client.secret"
+    admin_secret = "admin.secret"
     fsync = "always"                      # always | unsafe-no-fsync (tests, benchmarks)
     imports = ["myapp.commands"]          # optional: more modules defining transactions
     join = false                          # true for a node added to a running cluster
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prevalence.errors import PrevalenceError
+from rpc.secret import KEY_FILES, LEGACY_SECRET
 
 
 class ConfigError(PrevalenceError):
@@ -54,8 +57,10 @@ class NodeConfig:
     listen: tuple[str, int]
     data: str
     root: str
-    secret_file: str
     peers: dict[str, tuple[str, int]]
+    peer_secret: str = KEY_FILES["peer"]  # the key files (relative: to the config file)
+    client_secret: str = KEY_FILES["client"]
+    admin_secret: str = KEY_FILES["admin"]
     fsync: str = "always"
     imports: list[str] = field(default_factory=list)
     tick: float = 0.025
@@ -164,12 +169,15 @@ def load_config(path: str) -> NodeConfig:
         listen=listen,
         data=rel(t.get("data", str)),
         root=t.get("root", str, check=lambda v: None if ":" in v else "must be MODULE:FACTORY"),
-        secret_file=rel(t.get("secret_file", str)),
         peers={},
         fsync=check_fsync(t.get("fsync", str, "always"), t.where("fsync")),
         imports=t.get("imports", list, []),
         join=t.get("join", bool, False),
     )
+    if "secret_file" in data:
+        raise ConfigError(migration_message(path))
+    for role in KEY_FILES:
+        setattr(cfg, f"{role}_secret", rel(t.get(f"{role}_secret", str)))
     if not all(isinstance(m, str) for m in cfg.imports):
         raise ConfigError(f"{t.where('imports')} must be a list of module names")
     peers = t.table("peers")
@@ -206,11 +214,19 @@ def load_config(path: str) -> NodeConfig:
     return cfg
 
 
+def migration_message(where: str) -> str:
+    """Why a configuration or directory with the one shared cluster.secret stops here (one line)."""
+    return (f"{where}: uses the one {LEGACY_SECRET} that nodes and clients shared, which let any client act as a "
+            f"node; each role now has its own key: peer_secret, client_secret and admin_secret. Stop every node, then "
+            f"run `prevalence cluster keys --cluster DIR` on the directory of the configs (or see docs/security.md, "
+            f"\"Moving from cluster.secret\")")
+
+
 def tls_contexts(cfg: NodeConfig):
     """(server, client) SSL contexts of a node configured with [tls], else (None, None).
 
     TLS encrypts and authenticates the server; the HMAC handshake inside it still
-    authenticates both sides with the cluster secret.
+    authenticates both sides with the key of their role.
     """
     if not cfg.tls_cert:
         return None, None
@@ -246,7 +262,9 @@ def render_config(cfg: NodeConfig) -> str:
         f"listen = {q(format_address(cfg.listen))}",
         f"data = {q(cfg.data)}",
         f"root = {q(cfg.root)}",
-        f"secret_file = {q(cfg.secret_file)}",
+        f"peer_secret = {q(cfg.peer_secret)}",
+        f"client_secret = {q(cfg.client_secret)}",
+        f"admin_secret = {q(cfg.admin_secret)}",
         f"fsync = {q(cfg.fsync)}",
         f"imports = [{', '.join(q(m) for m in cfg.imports)}]",
         f"join = {'true' if cfg.join else 'false'}",

@@ -25,10 +25,10 @@ from prevalence.codec import CODEC
 from prevalence._platform import child_dies_with_parent
 from prevalence.errors import PrevalenceError
 from rpc.cluster import (
-    SECRET_NAME, cluster_status, free_port_block, node_config_paths, start_node, stop_on_signals, write_cluster,
+    cluster_status, directory_key, free_port_block, node_config_paths, start_node, stop_on_signals, write_cluster,
 )
 from rpc.config import format_address, load_config, tls_contexts
-from rpc.secret import load_secret
+from rpc.secret import KEY_FILES
 from rpc.transport import NodeLink, open_connection
 
 
@@ -65,7 +65,9 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
 
 
 class LocalCluster:
-    """``nodes`` nodes n1.. with their configs, data and logs (``<id>.log``) in ``directory``."""
+    """``nodes`` nodes n1.. with their configs, keys, data and logs (``<id>.log``) in
+    ``directory``. ``secret`` is the client key (what an operator's program holds),
+    ``admin_key`` the admin key; the peer key stays with the nodes."""
 
     def __init__(self, directory: str, nodes: int, root: str, *, cwd: str | None = None, start: bool = True,
                  **options: Any):
@@ -89,7 +91,8 @@ class LocalCluster:
         self.log_files = log_files
         self.paths = node_config_paths(self.dir)
         self.configs = {cfg.id: cfg for cfg in map(load_config, self.paths)}
-        self.secret = load_secret(os.path.join(self.dir, SECRET_NAME))
+        self.secret = directory_key(self.dir, "client")
+        self.admin_key = directory_key(self.dir, "admin")
         self.procs: dict[str, subprocess.Popen] = {}
 
     @property
@@ -257,7 +260,8 @@ class LocalCluster:
                       ssl_context=tls_contexts(cfg)[1]) as link:
             return link.call(method, CODEC.dumps(obj))
 
-    def client(self, **options: Any) -> rpc.ClusterClient:
-        """The real client library, over every node's address."""
+    def client(self, *, admin: bool = False, **options: Any) -> rpc.ClusterClient:
+        """The real client library, over every node's address, with the client key (or
+        the admin key: what administration, such as the session expiry, needs)."""
         return rpc.connect([format_address(cfg.listen) for cfg in self.configs.values()],
-                           secret_file=os.path.join(self.dir, SECRET_NAME), **options)
+                           secret_file=os.path.join(self.dir, KEY_FILES["admin" if admin else "client"]), **options)

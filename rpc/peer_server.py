@@ -1,22 +1,21 @@
 """The receiving side of the peer transport: :class:`PeerServer`.
 
 An RPyC ``ThreadedServer`` behind :class:`rpc.auth.ServerAuthenticator`. A connection
-authenticated as ``("peer", id)`` may call exactly one thing, ``deliver(batch)``; a
-``("client", id)`` connection gets whatever service ``service_extra`` builds for it
-(nothing by default). See ``docs/transport.md``.
+authenticated with the peer key, ``("peer", id)``, may call exactly one thing,
+``deliver(batch)``; a ``("client", id)`` or ``("admin", id)`` connection gets whatever
+service ``service_extra`` builds for it (nothing by default). See ``docs/transport.md``.
 """
 from __future__ import annotations
 
 import logging
 import ssl
 import threading
-from typing import Callable
+from typing import Callable, Mapping
 
 import rpyc
 from rpyc.utils.server import ThreadedServer
 
 from .auth import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, Identity, ServerAuthenticator, format_address
-from .secret import check_secret
 from .transport import SAFE_PROTOCOL_CONFIG, SERVER_WRITE_TIMEOUT, TransportError, _channel, hard_close, tune_socket
 from .wire import BatchError, decode_batch, encode_batch
 
@@ -93,7 +92,7 @@ class _RoleRouter(rpyc.Service):
         where = format_address(endpoints[1]) if endpoints[1] else "?"
         if isinstance(identity, Identity) and identity.role == "peer":
             service = _PeerService(identity, self._on_message, where, self._on_batch)
-        elif isinstance(identity, Identity) and identity.role == "client" and self._service_extra:
+        elif isinstance(identity, Identity) and identity.role in ("client", "admin") and self._service_extra:
             service = self._service_extra(identity)
         else:
             service = _DenyService()
@@ -150,7 +149,8 @@ class _Server(ThreadedServer):
 
 
 class PeerServer:
-    """Listen on ``(host, port)`` for authenticated peers (and, later, clients).
+    """Listen on ``(host, port)`` for authenticated peers and clients, one key per role
+    in ``keys`` (``{"peer": ..., "client": ..., "admin": ...}``; bytes: peers only).
 
     ``on_message(from_node_id, payload)`` is called for every frame a peer delivers, in
     order per connection, on that connection's server thread; exceptions it raises are
@@ -165,7 +165,7 @@ class PeerServer:
         self,
         host: str,
         port: int,
-        secret: bytes,
+        keys: "Mapping[str, bytes] | bytes",
         on_message: Callable[[str, bytes], None] | None,
         *,
         on_batch: OnBatch | None = None,
@@ -173,8 +173,9 @@ class PeerServer:
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float = DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
     ):
-        secret = check_secret(secret, f"peer server {host}:{port}")
-        authenticator = ServerAuthenticator(secret, timeout=handshake_timeout, ssl_context=ssl_context)
+        # keys: role -> key (bytes alone: the peer key, peers only); the key that proves
+        # itself decides the role (rpc.auth)
+        authenticator = ServerAuthenticator(keys, timeout=handshake_timeout, ssl_context=ssl_context)
         try:
             self._server = _Server(
                 _RoleRouter(on_message, service_extra, on_batch),

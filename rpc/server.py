@@ -1,4 +1,4 @@
-"""One cluster node as an OS process: config -> secret, transport, Raft node, RPyC server."""
+"""One cluster node as an OS process: config -> keys, transport, Raft node, RPyC server."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,8 @@ from replication.journal_storage import NoDataError, node_data_identity
 from replication.membership import Membership
 from replication.node import Node, NodeOptions
 from rpc.config import NodeConfig, format_address, load_config, parse_address, tls_contexts
-from rpc.secret import load_secret
+from rpc.auth import check_role_keys
+from rpc.secret import KEY_FILES, load_secret
 from rpc.service import ClientService
 from rpc.transport import PeerServer, PeerTransport
 
@@ -42,7 +43,11 @@ class NodeProcess:
         self.leader_hooks: list[tuple[Callable[[], None], Callable[[], None]]] = []
         self.handlers: dict[str, Callable[[bytes], bytes]] = {}
         self._app: Any = None
-        self.secret = load_secret(cfg.secret_file)
+        # a key per role, all distinct; the node's own client calls (an application's
+        # controller, its layout watcher) use the client key
+        self.keys = check_role_keys({role: load_secret(getattr(cfg, f"{role}_secret")) for role in KEY_FILES},
+                                    cfg.path)
+        self.client_key = self.keys["client"]
         self.server_tls, self.client_tls = tls_contexts(cfg)
         for module in cfg.imports:
             load_object(module + ":__name__")
@@ -61,7 +66,7 @@ class NodeProcess:
             if self.identity.origin == "adopted":
                 log.info("%s: data in %s adopted (written before identity files)", cfg.id, cfg.data)
             peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
-            self.transport = PeerTransport(cfg.id, self.secret, peers, ssl_context=self.client_tls)
+            self.transport = PeerTransport(cfg.id, self.keys["peer"], peers, ssl_context=self.client_tls)
             self.node = self._open_node(cfg)
         except BaseException:
             self._data_lock.release()
@@ -94,7 +99,7 @@ class NodeProcess:
         # a peer's answer to what we delivered may come back as the reply (an ack after
         # an fsync done on the receiving thread): no message of its own either way
         self.transport.on_reply = lambda src, frames: self.node.receive_batch(frames)
-        self.server = PeerServer(host, port, self.secret, None,
+        self.server = PeerServer(host, port, self.keys, None,
                                  on_batch=lambda src, frames: self.node.receive_batch(frames, reply_to=src),
                                  service_extra=lambda ident: ClientService(self, ident.id),
                                  ssl_context=self.server_tls)

@@ -193,20 +193,23 @@ class NodeLink:
 
     ``call`` returns the node's decoded reply (``["ok", ...]`` or a refusal) and
     raises what the connection raised (:class:`ConnectFailed` says whether it was
-    refused) after closing it.
+    refused) after closing it. ``secret`` is the client key, or the admin key with
+    ``role="admin"``.
     """
 
     def __init__(self, address: tuple[str, int], secret: bytes, *, ident: str = "client", timeout: float = 1.0,
-                 connect_timeout: float | None = None, ssl_context: ssl.SSLContext | None = None):
+                 connect_timeout: float | None = None, ssl_context: ssl.SSLContext | None = None,
+                 role: str = "client"):
         self.address = address
         self._secret, self._ident, self._timeout, self._ssl = secret, ident, timeout, ssl_context
+        self._role = role
         self._connect_timeout = min(0.5, timeout) if connect_timeout is None else connect_timeout
         self._conn: rpyc.Connection | None = None
 
     def call(self, method: str, *args: Any) -> list:
         try:
             if self._conn is None:
-                self._conn = open_connection(self.address, self._secret, role="client", ident=self._ident,
+                self._conn = open_connection(self.address, self._secret, role=self._role, ident=self._ident,
                                              connect_timeout=self._connect_timeout, handshake_timeout=self._timeout,
                                              request_timeout=self._timeout, ssl_context=self._ssl)
             return msgpack.unpackb(remote_method(self._conn, method)(*args), raw=False)

@@ -46,13 +46,14 @@ NONCE_SIZE = 32
 MAC_SIZE = 32
 MAX_ID_LEN = 128
 MAX_REASON_LEN = 200
-PROTOCOL_VERSION = 1
-ROLES = ("peer", "client")
+#: 2: a key per role, the role told by the key that proves itself (1 had a claimed role).
+PROTOCOL_VERSION = 2
+ROLES = ("peer", "client", "admin")
 
-HELLO = "pvl-hello"          # client -> server: [tag, version, role, id, client_nonce]
+HELLO = "pvl-hello"          # client -> server: [tag, version, id, client_nonce]
 CHALLENGE = "pvl-challenge"  # server -> client: [tag, server_nonce]
 PROOF = "pvl-proof"          # client -> server: [tag, client_mac]
-OK = "pvl-ok"                # server -> client: [tag, server_mac]
+OK = "pvl-ok"                # server -> client: [tag, server_mac, role granted]
 REFUSED = "pvl-refused"      # server -> client: [tag, reason]
 
 _HEADER = struct.Struct("!I")
@@ -79,14 +80,19 @@ def _check_bytes(value: Any, size: int, what: str) -> bytes:
     return value
 
 
-# expected tag -> (arity, validator of the fields after the tag)
+# expected tag -> (arities, validator of the fields after the tag)
 def _v_hello(fields: list) -> tuple:
-    version, role, ident, nonce = fields
+    """(version, id, nonce); another version's hello is (version, None, None), for the
+    server to refuse by its version (version 1 had a fourth field, the claimed role)."""
+    version = fields[0]
     if type(version) is not int:
         raise HandshakeError(f"protocol version must be an integer, got {type(version).__name__}")
-    if role not in ROLES or type(role) is not str:
-        raise HandshakeError(f"role must be one of {ROLES}, got {role!r:.40}")
-    return version, role, _check_id(ident), _check_bytes(nonce, NONCE_SIZE, "client nonce")
+    if version != PROTOCOL_VERSION:
+        return version, None, None
+    if len(fields) != 3:
+        raise HandshakeError(f"handshake message {HELLO} has {len(fields)} fields, expected 3")
+    _, ident, nonce = fields
+    return version, _check_id(ident), _check_bytes(nonce, NONCE_SIZE, "client nonce")
 
 
 def _v_challenge(fields: list) -> tuple:
@@ -99,6 +105,13 @@ def _v_mac(fields: list) -> tuple:
     return (_check_bytes(mac, MAC_SIZE, "proof"),)
 
 
+def _v_ok(fields: list) -> tuple:
+    mac, role = fields
+    if type(role) is not str or role not in ROLES:
+        raise HandshakeError(f"granted role must be one of {ROLES}, got {role!r:.40}")
+    return _check_bytes(mac, MAC_SIZE, "proof"), role
+
+
 def _v_refused(fields: list) -> tuple:
     (reason,) = fields
     if type(reason) is not str:
@@ -107,11 +120,11 @@ def _v_refused(fields: list) -> tuple:
 
 
 _SCHEMA = {
-    HELLO: (4, _v_hello),
-    CHALLENGE: (1, _v_challenge),
-    PROOF: (1, _v_mac),
-    OK: (1, _v_mac),
-    REFUSED: (1, _v_refused),
+    HELLO: ((3, 4), _v_hello),
+    CHALLENGE: ((1,), _v_challenge),
+    PROOF: ((1,), _v_mac),
+    OK: ((2,), _v_ok),
+    REFUSED: ((1,), _v_refused),
 }
 
 
@@ -149,9 +162,9 @@ def decode_message(body: bytes, expected: tuple[str, ...]) -> tuple[str, tuple]:
     tag = msg[0]
     if type(tag) is not str or tag not in expected:
         raise HandshakeError(f"unexpected handshake message {tag!r:.40} (expected {' or '.join(expected)})")
-    arity, validate = _SCHEMA[tag]
-    if len(msg) - 1 != arity:
-        raise HandshakeError(f"handshake message {tag} has {len(msg) - 1} fields, expected {arity}")
+    arities, validate = _SCHEMA[tag]
+    if len(msg) - 1 not in arities:
+        raise HandshakeError(f"handshake message {tag} has {len(msg) - 1} fields, expected {arities[0]}")
     return tag, validate(msg[1:])
 
 

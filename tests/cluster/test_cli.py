@@ -38,7 +38,8 @@ def test_cluster_up_status_and_clean_stop(tmp_path):
             time.sleep(0.2)
         assert len(nodes) == 3 and all(set(n) == FIELDS for n in nodes)
         assert sorted(n["address"] for n in nodes) == [f"127.0.0.1:{base + k}" for k in range(3)]
-        assert (tmp_path / "cluster.secret").exists()
+        assert all((tmp_path / f"{role}.secret").exists() for role in ("peer", "client", "admin"))
+        assert not (tmp_path / "cluster.secret").exists()
         pids = [n["pid"] for n in nodes]
         table = subprocess.run([sys.executable, "-m", "rpc.cli", "status", "--cluster", str(tmp_path)],
                                cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
@@ -55,7 +56,7 @@ def test_cluster_up_status_and_clean_stop(tmp_path):
         import rpc
 
         for node in nodes:  # every replica holds it
-            with rpc.connect([node["address"]], secret_file=str(tmp_path / "cluster.secret")) as c:
+            with rpc.connect([node["address"]], secret_file=str(tmp_path / "client.secret")) as c:
                 deadline = time.monotonic() + 5
                 while c.status()["session_expiry_s"] != 600:
                     assert time.monotonic() < deadline

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import time
 
 import pytest
@@ -21,13 +23,13 @@ from rpc.auth import AuthenticationFailed
 from rpc.secret import load_secret
 from rpc.transport import NodeLink, hard_close, open_connection, remote_method
 from rpc.wire import encode_batch
-from tests.cluster.harness import LocalCluster
+from tests.cluster.harness import ROOT, LocalCluster, free_port_block
 from tests.prevalence.domain import Add, Get
 
 pytestmark = pytest.mark.slow
 
-OPERATOR_KEY = "cluster.secret"  # the key file an operator's PC holds
-PEER_KEY = "cluster.secret"  # the key file only the node PCs hold
+OPERATOR_KEY = "client.secret"  # the key file an operator's PC holds
+PEER_KEY = "peer.secret"  # the key file only the node PCs hold
 
 
 class _RunsCode:
@@ -174,3 +176,79 @@ def test_admin_calls_with_a_client_key_are_refused(trio):
         now = link.call("status")[1]
     assert (now["voters"], now["learners"], now["session_expiry_s"]) == (sorted(trio.configs), [], 86400), now
     assert_undisturbed(trio, leader, term)
+
+
+def test_admin_calls_with_the_admin_key_are_done(trio):
+    leader, (f1, _f2), _ = roles(trio)
+    with NodeLink(trio.configs[leader].listen, key(trio, "admin.secret"), ident="ops", timeout=15.0,
+                  role="admin") as link:
+        assert link.call("execute", CODEC.dumps(SetSessionExpiry(3600))) == ["ok", 3600]
+        assert link.call("transfer_leadership", f1) == ["ok", None]
+    assert trio.leader(exclude={leader}) == f1
+
+
+# -- a directory from before keys had roles
+
+
+def prevalence(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rpc.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_a_cluster_directory_with_the_one_cluster_secret_stops_then_moves_to_a_key_per_role(tmp_path):
+    from rpc.cluster import write_cluster
+    from rpc.secret import generate_secret_file
+
+    paths = write_cluster(str(tmp_path), 3, free_port_block(3), "tests.prevalence.domain:Store")
+    for path in paths:  # as the previous version wrote them
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f.read().splitlines() if not line.startswith(("peer_secret", "client_secret",
+                                                                                      "admin_secret"))]
+        lines.insert(4, 'secret_file = "cluster.secret"')
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n# the operator's note stays\n")
+    for role in ("peer", "client", "admin"):
+        os.remove(tmp_path / f"{role}.secret")
+    generate_secret_file(tmp_path / "cluster.secret")
+
+    for args in (["status", "--cluster", str(tmp_path)], ["node", "--config", paths[0]],
+                 ["cluster", "up", "--data", str(tmp_path), "--root", "tests.prevalence.domain:Store"]):
+        stopped = prevalence(*args)
+        assert stopped.returncode == 1 and stopped.stderr.count("\n") == 1, (args, stopped.stderr)
+        assert "cluster.secret" in stopped.stderr and "prevalence cluster keys" in stopped.stderr, stopped.stderr
+
+    moved = prevalence("cluster", "keys", "--cluster", str(tmp_path))
+    assert moved.returncode == 0, moved.stderr
+    assert "made peer.secret" in moved.stdout and "removed cluster.secret" in moved.stdout
+    assert not (tmp_path / "cluster.secret").exists()
+    assert all("# the operator's note stays" in open(p, encoding="utf-8").read() for p in paths)
+    c = LocalCluster.open(str(tmp_path), cwd=ROOT)
+    try:
+        for nid in c.configs:
+            c.start(nid)
+        assert c.call(c.leader(), "execute", Add("x", 1))[:2] == ["ok", 1]
+    finally:
+        c.stop()
+    again = prevalence("cluster", "keys", "--cluster", str(tmp_path))
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_cluster_up_never_reuses_key_files_in_a_directory_others_can_write(tmp_path):
+    from rpc.cluster import write_keys
+    from rpc.secret import SecretError, generate_secret_file
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp: anyone could have put a key file here first
+    generate_secret_file(shared / "peer.secret")
+    with pytest.raises(SecretError, match="others can write this directory, so its peer.secret may not be ours"):
+        write_keys(str(shared))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    os.chmod(fresh, 0o1777)
+    assert write_keys(str(fresh)) == ["peer.secret", "client.secret", "admin.secret"]  # made here: fine
+    own = tmp_path / "own"
+    own.mkdir(0o700)
+    generate_secret_file(own / "peer.secret")
+    assert write_keys(str(own)) == ["client.secret", "admin.secret"]  # a directory of ours: kept

@@ -115,16 +115,15 @@ def test_a_wiped_voter_is_refused_and_the_documented_rebuild_brings_it_back(tmp_
 
 def test_a_hand_written_config_starts_after_an_explicit_init(tmp_path):
     # on the PCs each node's config is written by hand: its first start is explicit
-    from rpc.cluster import SECRET_NAME, free_port_block
+    from rpc.cluster import free_port_block, write_keys
     from rpc.config import NodeConfig, render_config
-    from rpc.secret import generate_secret_file
 
     port = free_port_block(1)
-    generate_secret_file(str(tmp_path / SECRET_NAME))
+    write_keys(str(tmp_path))
     path = str(tmp_path / "node.toml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(render_config(NodeConfig(path="", id="n1", listen=("127.0.0.1", port), data="data",
-                                         root="tests.prevalence.domain:Store", secret_file=SECRET_NAME,
+                                         root="tests.prevalence.domain:Store",
                                          peers={"n1": ("127.0.0.1", port)})))
     refused = run_node(path)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "--init" in refused.stderr

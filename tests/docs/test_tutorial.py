@@ -176,7 +176,7 @@ def test_steps_4_and_5_cluster_client_and_leader_only_plugin(tmp_path, monkeypat
     data = str(tmp_path / "board-cluster")
     base = free_port_block(3)
     addresses = [f"127.0.0.1:{base + k}" for k in range(3)]
-    secret_file = os.path.join(data, "cluster.secret")
+    secret_file = os.path.join(data, "client.secret")
     # step 4: `prevalence cluster up --nodes 3 --data DIR --port BASE --root workorders:Board`
     up = subprocess.Popen([sys.executable, "-m", "rpc.cli", "cluster", "up", "--nodes", "3", "--data", data,
                            "--port", str(base), "--root", "workorders:Board"],

@@ -10,7 +10,10 @@ import pytest
 from rpc import PeerServer, PeerTransport
 
 HOST = "127.0.0.1"
-SECRET = b"0123456789abcdef0123456789abcdef"
+SECRET = b"0123456789abcdef0123456789abcdef"  # the peer key
+CLIENT_SECRET = b"1032547698badcfe1032547698badcfe"
+ADMIN_SECRET = b"23016745ab89efcd23016745ab89efcd"
+KEYS = {"peer": SECRET, "client": CLIENT_SECRET, "admin": ADMIN_SECRET}  # what a node holds
 OTHER_SECRET = b"fedcba9876543210fedcba9876543210"
 
 
@@ -59,7 +62,7 @@ class Inbox:
 def make_server():
     servers = []
 
-    def make(on_message=None, *, port=0, secret=SECRET, **kw):
+    def make(on_message=None, *, port=0, secret=KEYS, **kw):
         server = PeerServer(HOST, port, secret, on_message or Inbox(), **kw)
         servers.append(server)
         return server

@@ -8,11 +8,11 @@ import pytest
 from rpyc.utils.authenticators import AuthenticationError
 
 from prevalence.errors import PrevalenceError
-from rpc import AuthenticationFailed, ConnectFailed, Identity, ServerAuthenticator, client_handshake
-from rpc.auth import _CLIENT_LABEL, _SERVER_LABEL, _mac, _transcript
+from rpc import AuthenticationFailed, ConnectFailed, Identity, SecretError, ServerAuthenticator, client_handshake
+from rpc.auth import _CLIENT_LABEL, _mac, _server_mac, _transcript
 from rpc.wire import CHALLENGE, HELLO, OK, PROOF, REFUSED, decode_message, encode_frame, read_frame
 
-from .conftest import HOST, OTHER_SECRET, SECRET
+from .conftest import ADMIN_SECRET, CLIENT_SECRET, HOST, KEYS, OTHER_SECRET, SECRET
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def connect(listener):
 
 
 def test_mutual_handshake_gives_identity(listener):
-    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2))
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=2))
     with connect(listener) as sock:
         client_handshake(sock, SECRET, "peer", "n1", timeout=2)
         server["thread"].join(3)
@@ -58,27 +58,79 @@ def test_mutual_handshake_gives_identity(listener):
 
 
 def test_client_role(listener):
-    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2))
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=2))
     with connect(listener) as sock:
-        client_handshake(sock, SECRET, "client", "operator-7", timeout=2)
+        client_handshake(sock, CLIENT_SECRET, "client", "operator-7", timeout=2)
         server["thread"].join(3)
     assert server["result"][1] == ("client", "operator-7")
 
 
+@pytest.mark.parametrize("expected", ["admin", "client"])
+def test_the_admin_key_gets_the_admin_role(listener, expected):
+    """A client program may hold the admin key: it gets what a client gets, and more."""
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=2))
+    with connect(listener) as sock:
+        client_handshake(sock, ADMIN_SECRET, expected, "ops", timeout=2)
+        server["thread"].join(3)
+    assert server["result"][1] == ("admin", "ops")
+
+
+@pytest.mark.parametrize("key, granted", [(CLIENT_SECRET, "client"), (ADMIN_SECRET, "admin")])
+def test_the_role_is_the_key_s_not_the_one_claimed(listener, key, granted):
+    """A client or admin key asking for the peer role gets its own role, and the client
+    library says the wrong key file is configured; nothing in the handshake claims a role."""
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=2))
+    with connect(listener) as sock:
+        with pytest.raises(AuthenticationFailed, match=f"took our key for its {granted} key, not the peer key"):
+            client_handshake(sock, key, "peer", "n2", timeout=2)
+        server["thread"].join(3)
+    assert server["result"][1] == (granted, "n2")
+
+
+def test_a_client_key_is_refused_where_only_peers_are_accepted(listener):
+    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2))  # bytes alone: the peer key
+    with connect(listener) as sock:
+        with pytest.raises(AuthenticationFailed, match="refused our authentication"):
+            client_handshake(sock, CLIENT_SECRET, "client", "c1", timeout=2)
+    server["thread"].join(3)
+    assert isinstance(server["error"], AuthenticationError)
+
+
+def test_a_version_1_hello_claiming_a_role_is_refused_by_its_version(listener):
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=2))
+    with connect(listener) as sock:
+        sock.sendall(encode_frame(HELLO, 1, "peer", "n1", b"c" * 32))
+        tag, (reason,) = decode_message(read_frame(sock, time.monotonic() + 2), (CHALLENGE, REFUSED))
+    server["thread"].join(3)
+    assert tag == REFUSED and "unsupported handshake version 1" in reason and "docs/security.md" in reason
+
+
+@pytest.mark.parametrize("keys, match", [
+    ({"peer": SECRET, "client": SECRET}, "peer and client keys are the same key"),
+    ({"peer": SECRET, "admin": CLIENT_SECRET, "client": CLIENT_SECRET}, "admin and client keys are the same"),
+    ({"peer": b"x" * 32}, "peer key: key too weak"),
+    ({"root": SECRET}, "unknown role 'root'"),
+    ({}, "no key"),
+])
+def test_a_server_refuses_keys_that_would_blur_the_roles(keys, match):
+    with pytest.raises(SecretError, match=match):
+        ServerAuthenticator(keys)
+
+
 def test_wrong_secret_refused_on_both_sides(listener, caplog):
     caplog.set_level(logging.WARNING, logger="rpc.auth")
-    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2))
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=2))
     with connect(listener) as sock:
         where = f"{HOST}:{listener.getsockname()[1]}"
         with pytest.raises(AuthenticationFailed) as ei:
             client_handshake(sock, OTHER_SECRET, "peer", "n1", timeout=2)
         server["thread"].join(3)
-    assert where in str(ei.value) and "wrong cluster secret" in str(ei.value)
+    assert where in str(ei.value) and "wrong key" in str(ei.value)
     assert isinstance(ei.value, PrevalenceError) and ei.value.address == where
     assert isinstance(server["error"], AuthenticationError)
     client_addr = f"{server['peer'][0]}:{server['peer'][1]}"
     lines = [r.getMessage() for r in caplog.records if r.name == "rpc.auth"]
-    assert any(client_addr in m and "wrong cluster secret" in m and "'n1'" in m for m in lines), lines
+    assert any(client_addr in m and "wrong key" in m and "'n1'" in m for m in lines), lines
 
 
 def test_server_without_the_secret_is_not_trusted(listener, caplog):
@@ -90,12 +142,12 @@ def test_server_without_the_secret_is_not_trusted(listener, caplog):
         read_frame(sock, deadline)
         sock.sendall(encode_frame(CHALLENGE, b"s" * 32))
         read_frame(sock, deadline)
-        sock.sendall(encode_frame(OK, b"\x00" * 32))
+        sock.sendall(encode_frame(OK, b"\x00" * 32, "peer"))
         time.sleep(0.2)
 
     run_server_side(listener, impostor)
     with connect(listener) as sock:
-        with pytest.raises(AuthenticationFailed, match="failed to prove knowledge of the cluster secret") as ei:
+        with pytest.raises(AuthenticationFailed, match="failed to prove knowledge of our key") as ei:
             client_handshake(sock, SECRET, "peer", "n1", timeout=2)
     assert str(listener.getsockname()[1]) in str(ei.value)
     assert any("failed to prove" in r.getMessage() for r in caplog.records)
@@ -103,14 +155,14 @@ def test_server_without_the_secret_is_not_trusted(listener, caplog):
 
 def test_recorded_proof_cannot_be_replayed(listener):
     """Record a good client session, replay its HELLO and PROOF to a fresh server session."""
-    auth = ServerAuthenticator(SECRET, timeout=2)
+    auth = ServerAuthenticator(KEYS, timeout=2)
     server = run_server_side(listener, auth)
     nonce = b"c" * 32
     with connect(listener) as sock:
         deadline = time.monotonic() + 2
-        sock.sendall(encode_frame(HELLO, 1, "peer", "n1", nonce))
+        sock.sendall(encode_frame(HELLO, 2, "n1", nonce))
         _, (ns,) = decode_message(read_frame(sock, deadline), (CHALLENGE,))
-        proof = _mac(SECRET, _CLIENT_LABEL, _transcript(1, "peer", "n1", nonce, ns))
+        proof = _mac(SECRET, _CLIENT_LABEL, _transcript(2, "n1", nonce, ns))
         sock.sendall(encode_frame(PROOF, proof))
         tag, _ = decode_message(read_frame(sock, deadline), (OK, REFUSED))
         assert tag == OK
@@ -120,7 +172,7 @@ def test_recorded_proof_cannot_be_replayed(listener):
     server = run_server_side(listener, auth)
     with connect(listener) as sock:
         deadline = time.monotonic() + 2
-        sock.sendall(encode_frame(HELLO, 1, "peer", "n1", nonce))
+        sock.sendall(encode_frame(HELLO, 2, "n1", nonce))
         _, (ns2,) = decode_message(read_frame(sock, deadline), (CHALLENGE,))
         assert ns2 != ns
         sock.sendall(encode_frame(PROOF, proof))
@@ -131,24 +183,15 @@ def test_recorded_proof_cannot_be_replayed(listener):
 
 
 def test_server_proof_is_not_a_client_proof():
-    t = _transcript(1, "peer", "n1", b"a" * 32, b"b" * 32)
-    assert _mac(SECRET, _CLIENT_LABEL, t) != _mac(SECRET, _SERVER_LABEL, t)
-    # role and id are bound into the proof
-    assert _transcript(1, "client", "n1", b"a" * 32, b"b" * 32) != t
-
-
-def test_role_not_accepted(listener):
-    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2, roles=("peer",)))
-    with connect(listener) as sock:
-        with pytest.raises(AuthenticationFailed, match="role 'client' not accepted"):
-            client_handshake(sock, SECRET, "client", "c1", timeout=2)
-    server["thread"].join(3)
-    assert isinstance(server["error"], AuthenticationError)
+    t = _transcript(2, "n1", b"a" * 32, b"b" * 32)
+    assert _mac(SECRET, _CLIENT_LABEL, t) != _server_mac(SECRET, t, "peer")
+    assert _transcript(2, "n2", b"a" * 32, b"b" * 32) != t  # the id is bound into the proof
+    assert _server_mac(SECRET, t, "peer") != _server_mac(SECRET, t, "admin")  # and the role granted
 
 
 def test_silent_client_is_dropped_within_the_timeout(listener, caplog):
     caplog.set_level(logging.WARNING, logger="rpc.auth")
-    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=0.3))
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=0.3))
     t0 = time.monotonic()
     with connect(listener) as sock:
         server["thread"].join(3)
@@ -161,10 +204,10 @@ def test_silent_client_is_dropped_within_the_timeout(listener, caplog):
 
 def test_slow_drip_client_is_bounded_by_one_deadline(listener):
     """A client sending one byte at a time still gets cut at the handshake deadline."""
-    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=0.5))
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=0.5))
     t0 = time.monotonic()
     with connect(listener) as sock:
-        frame = encode_frame(HELLO, 1, "peer", "n1", b"c" * 32)
+        frame = encode_frame(HELLO, 2, "n1", b"c" * 32)
         try:
             for byte in frame:
                 sock.sendall(bytes([byte]))
@@ -180,7 +223,7 @@ def test_slow_drip_client_is_bounded_by_one_deadline(listener):
 
 def test_oversized_frame_refused(listener, caplog):
     caplog.set_level(logging.WARNING, logger="rpc.auth")
-    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2))
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=2))
     with connect(listener) as sock:
         sock.sendall(struct.pack("!I", 10_000_000))
         server["thread"].join(3)
@@ -190,7 +233,7 @@ def test_oversized_frame_refused(listener, caplog):
 
 
 def test_garbage_refused(listener):
-    server = run_server_side(listener, ServerAuthenticator(SECRET, timeout=2))
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=2))
     with connect(listener) as sock:
         sock.sendall(struct.pack("!I", 5) + b"\xc1\xc1\xc1\xc1\xc1")
         server["thread"].join(3)
@@ -219,7 +262,7 @@ def test_client_validates_its_own_arguments():
     a, b = socket.socketpair()
     with a, b:
         with pytest.raises(AuthenticationFailed, match="role"):
-            client_handshake(a, SECRET, "admin", "n1")
+            client_handshake(a, SECRET, "root", "n1")
         with pytest.raises(AuthenticationFailed, match="invalid peer id"):
             client_handshake(a, SECRET, "peer", "")
         with pytest.raises(PrevalenceError, match="too short"):

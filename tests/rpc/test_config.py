@@ -9,7 +9,7 @@ from rpc.config import ConfigError, NodeConfig, load_config, render_config
 
 def good() -> NodeConfig:
     return NodeConfig(path="", id="n1", listen=("127.0.0.1", 7101), data="data/n1", root="app.model:Grid",
-                      secret_file="cluster.secret", peers={"n1": ("127.0.0.1", 7101), "n2": ("127.0.0.1", 7102)})
+                      peers={"n1": ("127.0.0.1", 7101), "n2": ("127.0.0.1", 7102)})
 
 
 def write(tmp_path, text):
@@ -22,7 +22,8 @@ def test_round_trip_and_relative_paths(tmp_path):
     cfg = load_config(write(tmp_path, render_config(good())))
     assert cfg.id == "n1" and cfg.listen == ("127.0.0.1", 7101)
     assert cfg.data == str(tmp_path / "data" / "n1")  # relative to the file
-    assert cfg.secret_file == str(tmp_path / "cluster.secret")
+    assert (cfg.peer_secret, cfg.client_secret, cfg.admin_secret) == \
+        tuple(str(tmp_path / f"{role}.secret") for role in ("peer", "client", "admin"))
     assert cfg.peers == good().peers and cfg.fsync == "always" and cfg.tick == 0.025
 
 
@@ -45,6 +46,8 @@ def test_round_trip_and_relative_paths(tmp_path):
         ('fsync = "always"', 'fsync = "always"\ncolour = "blue"', "unknown field(s) colour"),
         ("every = 10000", "every = true", "field 'snapshots.every' must be int"),
         ("[peers]", "[peers", "not valid TOML"),
+        ('admin_secret = "admin.secret"', "", "field 'admin_secret' is missing"),
+        ('peer_secret = "peer.secret"', "peer_secret = 1", "field 'peer_secret' must be str"),
     ],
 )
 def test_every_wrong_field_is_named(tmp_path, old, new, message):
@@ -104,3 +107,17 @@ def test_tls_section_names_missing_files(tmp_path):
 
     with pytest.raises(ConfigError, match=r"\[tls\] files cannot be used"):
         tls_contexts(cfg)  # not PEM
+
+
+def test_a_config_with_the_one_shared_cluster_secret_names_the_way_on(tmp_path):
+    """Before keys had roles every config named cluster.secret, which any client held: it
+    stops with one line saying what to do, never starts with that weaker key."""
+    text = render_config(good())
+    for role in ("peer", "client", "admin"):
+        text = text.replace(f'{role}_secret = "{role}.secret"\n', "")
+    text = text.replace('root = "app.model:Grid"', 'root = "app.model:Grid"\nsecret_file = "cluster.secret"')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path) in message
+    assert "cluster.secret" in message and "prevalence cluster keys" in message and "docs/security.md" in message

@@ -13,7 +13,7 @@ from rpc import AuthenticationFailed, ConnectFailed, PeerServer, TransportError,
 from rpc.auth import ServerAuthenticator
 from rpc.wire import encode_batch
 
-from .conftest import HOST, OTHER_SECRET, SECRET, Inbox, free_port, wait_until
+from .conftest import ADMIN_SECRET, CLIENT_SECRET, HOST, KEYS, OTHER_SECRET, SECRET, Inbox, free_port, wait_until
 
 
 def closed_by_server(sock) -> bool:
@@ -234,7 +234,7 @@ def test_peer_that_accepts_but_never_answers(make_transport, make_server):
                 continue
             if authenticate:
                 try:
-                    s, _ = ServerAuthenticator(SECRET, timeout=2)(s)
+                    s, _ = ServerAuthenticator(KEYS, timeout=2)(s)
                 except Exception:
                     pass
             held.append(s)  # never read, never answer
@@ -280,7 +280,7 @@ def test_wrong_secret_refused_with_clear_errors(make_server, make_transport, cap
     inbox = Inbox()
     srv = make_server(inbox)
     where = f"{HOST}:{srv.address[1]}"
-    with pytest.raises(AuthenticationFailed, match=rf"{where} refused our authentication.*wrong cluster secret"):
+    with pytest.raises(AuthenticationFailed, match=rf"{where} refused our authentication.*wrong key"):
         open_connection(srv.address, OTHER_SECRET, role="peer", ident="intruder")
     t = make_transport("a", {"b": srv.address}, secret=OTHER_SECRET)
     t.send("b", b"nope")
@@ -290,7 +290,7 @@ def test_wrong_secret_refused_with_clear_errors(make_server, make_transport, cap
     time.sleep(0.2)
     assert inbox.messages == []
     server_lines = [r.getMessage() for r in caplog.records if r.name == "rpc.auth"]
-    assert any(m.startswith(f"refused connection from {HOST}:") and "'intruder'" in m and "wrong cluster secret" in m
+    assert any(m.startswith(f"refused connection from {HOST}:") and "'intruder'" in m and "wrong key" in m
                for m in server_lines), server_lines
     assert any("peer b at" in r.getMessage() and "down" in r.getMessage() for r in caplog.records)
 
@@ -324,7 +324,7 @@ def test_raw_garbage_and_silent_clients_are_dropped_server_keeps_serving(make_se
 def test_client_role_cannot_call_deliver(make_server):
     inbox = Inbox()
     srv = make_server(inbox)
-    conn = open_connection(srv.address, SECRET, role="client", ident="c1", request_timeout=2)
+    conn = open_connection(srv.address, CLIENT_SECRET, role="client", ident="c1", request_timeout=2)
     try:
         root = conn.root
         with pytest.raises(AttributeError):
@@ -389,12 +389,17 @@ def test_service_extra_hook_for_clients(make_server):
             return b"z" * 200_000
 
     srv = make_server(Inbox(), service_extra=ClientService)
-    conn = open_connection(srv.address, SECRET, role="client", ident="ui-1", request_timeout=2)
+    conn = open_connection(srv.address, CLIENT_SECRET, role="client", ident="ui-1", request_timeout=2)
     try:
         assert conn.root.whoami() == "client:ui-1"
         assert conn.root.big() == b"z" * 200_000
     finally:
         conn.close()
+    admin = open_connection(srv.address, ADMIN_SECRET, role="admin", ident="ops", request_timeout=2)
+    try:
+        assert admin.root.whoami() == "admin:ops"  # the same service, told the role
+    finally:
+        admin.close()
     peer = open_connection(srv.address, SECRET, role="peer", ident="n1", request_timeout=2)
     try:
         with pytest.raises(AttributeError):
@@ -423,7 +428,7 @@ def test_no_zlib_and_nodelay(make_server, make_transport, monkeypatch):
     t = make_transport("a", {"b": srv.address})
     t.send("b", b"\x00" * 100_000)  # client -> server
     assert inbox.wait_count(1)
-    conn = open_connection(srv.address, SECRET, role="client", ident="c", request_timeout=2)
+    conn = open_connection(srv.address, CLIENT_SECRET, role="client", ident="c", request_timeout=2)
     try:
         assert conn.root.big() == b"\x00" * 100_000
         sock = conn._channel.stream.sock

@@ -49,29 +49,39 @@ def body(frame: bytes) -> bytes:
 def test_roundtrip_every_message():
     nonce = b"n" * 32
     mac = b"m" * 32
-    assert decode_message(body(encode_frame(HELLO, 1, "peer", "n1", nonce)), (HELLO,)) == (
-        HELLO, (1, "peer", "n1", nonce))
+    assert decode_message(body(encode_frame(HELLO, 2, "n1", nonce)), (HELLO,)) == (HELLO, (2, "n1", nonce))
     assert decode_message(body(encode_frame(CHALLENGE, nonce)), (CHALLENGE,)) == (CHALLENGE, (nonce,))
     assert decode_message(body(encode_frame(PROOF, mac)), (PROOF,)) == (PROOF, (mac,))
-    assert decode_message(body(encode_frame(OK, mac)), (OK, REFUSED)) == (OK, (mac,))
+    assert decode_message(body(encode_frame(OK, mac, "admin")), (OK, REFUSED)) == (OK, (mac, "admin"))
     assert decode_message(body(encode_frame(REFUSED, "no")), (OK, REFUSED)) == (REFUSED, ("no",))
 
 
 @pytest.mark.parametrize(
     "fields, match",
     [
-        ((1, "admin", "n1", b"n" * 32), "role"),
-        ((1, "peer", "", b"n" * 32), "identity"),
-        ((1, "peer", "x" * 129, b"n" * 32), "identity"),
-        ((1, "peer", "a\nb", b"n" * 32), "non-printable"),
-        ((1, "peer", "n1", b"short"), "client nonce"),
-        (("1", "peer", "n1", b"n" * 32), "version"),
-        ((1, "peer", "n1"), "fields"),
+        ((2, "", b"n" * 32), "identity"),
+        ((2, "x" * 129, b"n" * 32), "identity"),
+        ((2, "a\nb", b"n" * 32), "non-printable"),
+        ((2, "n1", b"short"), "client nonce"),
+        (("2", "n1", b"n" * 32), "version"),
+        ((2, "peer", "n1", b"n" * 32), "fields"),  # version 2 has no claimed role
+        ((2, "n1"), "fields"),
     ],
 )
 def test_hello_validation(fields, match):
     with pytest.raises(HandshakeError, match=match):
         decode_message(body(encode_frame(HELLO, *fields)), (HELLO,))
+
+
+def test_an_older_hello_decodes_to_its_version_alone():
+    """Version 1 claimed a role; the server refuses it by its version, with a reason."""
+    assert decode_message(body(encode_frame(HELLO, 1, "peer", "n1", b"n" * 32)), (HELLO,)) == (HELLO, (1, None, None))
+
+
+@pytest.mark.parametrize("fields", [(b"m" * 32,), (b"m" * 32, "root"), (b"m" * 32, 1), (b"m" * 31, "peer")])
+def test_ok_validation(fields):
+    with pytest.raises(HandshakeError):
+        decode_message(body(encode_frame(OK, *fields)), (OK, REFUSED))
 
 
 def test_unexpected_tag_is_refused():
