@@ -279,7 +279,7 @@ def run_writers(node, threads: int, seconds: float) -> tuple[float, float]:
 def transfer_over_rpc(cluster: LocalCluster, leader: str, to: str) -> bool:
     """Ask ``leader`` (a node process) to hand leadership to ``to``; False if it cannot."""
     try:
-        conn = open_connection(cluster.configs[leader].listen, cluster.secret, role="client", ident="bench",
+        conn = open_connection(cluster.configs[leader].listen, cluster.admin_key, role="admin", ident="bench",
                                connect_timeout=0.5, handshake_timeout=1.0, request_timeout=10.0)
         try:
             reply = msgpack.unpackb(conn.root.transfer_leadership(to), raw=False)

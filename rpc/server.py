@@ -101,7 +101,8 @@ class NodeProcess:
         self.transport.on_reply = lambda src, frames: self.node.receive_batch(frames)
         self.server = PeerServer(host, port, self.keys, None,
                                  on_batch=lambda src, frames: self.node.receive_batch(frames, reply_to=src),
-                                 service_extra=lambda ident: ClientService(self, ident.id),
+                                 service_extra=lambda ident: ClientService(self, ident.id,
+                                                                           admin=ident.role == "admin"),
                                  ssl_context=self.server_tls)
         self.node.start()
         log.info("node %s up on %s (pid %d, config %s)", self.cfg.id, format_address(self.cfg.listen),

@@ -9,6 +9,9 @@ learns its outcome), ``["rejected"|"failed", type, message]``, ``["expired", mes
 (the session expired: the command's outcome is unknown), ``["unavailable", message]``
 (no quorum in time: the same request may be retried) or ``["error", message]``. The client library (rpc.client) numbers commands within
 sessions, so its retries apply once, and sends concurrent ones in one execute_batch.
+
+Administration (membership changes, leadership transfer, the session expiry) is for a
+connection authenticated with the admin key; the client key gets an error saying so.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import rpyc
 
 from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown, PrevalenceError
+from prevalence.sessions import SetSessionExpiry
 from replication.errors import NodeHalted, ProposalRefused
 
 if TYPE_CHECKING:
@@ -31,6 +35,11 @@ log = logging.getLogger("rpc.service")
 DEFAULT_MAX_REQUEST = 1 << 20
 MAX_BATCH_ITEMS = 1024  # commands in one execute_batch call at most
 BATCH_TIMEOUT = 10.0  # seconds a batch waits for its commands to apply (as Node.execute)
+
+
+#: Transactions that change how the cluster runs rather than the application's state:
+#: only a connection holding the admin key may send them.
+ADMIN_TRANSACTIONS: tuple[type, ...] = (SetSessionExpiry,)
 
 
 def _valid_session(sid: Any, seq: Any) -> bool:
@@ -45,16 +54,26 @@ def _reply(*items: Any) -> bytes:
         return msgpack.packb(["error", f"the result cannot be sent as plain data: {exc}"])
 
 
+_NEEDS_ADMIN = ("{what} is cluster administration: it needs the admin key (admin.secret); this connection "
+                "authenticated with the client key")
+
+
+def _not_admin(what: str) -> bytes:
+    return _reply("error", _NEEDS_ADMIN.format(what=what))
+
+
 class ClientService(rpyc.Service):
     """One per client connection; exposes only the methods below."""
 
     _EXPOSED = ("status", "execute", "execute_batch", "query", "register_session", "read_log", "change_membership",
                 "transfer_leadership", "app_call")
 
-    def __init__(self, process: "NodeProcess", client_id: str, max_request: int = DEFAULT_MAX_REQUEST):
+    def __init__(self, process: "NodeProcess", client_id: str, max_request: int = DEFAULT_MAX_REQUEST, *,
+                 admin: bool = False):
         self._p = process
         self._client = client_id
         self._max = max_request
+        self._is_admin = admin  # authenticated with the admin key (rpc.auth): administration allowed
 
     def _rpyc_getattr(self, name: str) -> Any:
         if name in self._EXPOSED:
@@ -83,7 +102,7 @@ class ClientService(rpyc.Service):
         if not _valid_session(session_id, seq):
             return _reply("error", "session id and sequence number must be positive 63-bit integers")
         # the node returns the session's reply: the transaction's errors are inside it
-        return self._guard(lambda: self._p.node.execute(CODEC.loads(self._check(data)), session=(session_id, seq)))
+        return self._guard(lambda: self._p.node.execute(self._load(data), session=(session_id, seq)))
 
     def _execute_once(self, tx: Any) -> Any:
         try:
@@ -115,7 +134,7 @@ class ClientService(rpyc.Service):
                 replies[k] = ("error", "session id and sequence number must be positive 63-bit integers")
                 continue
             try:
-                todo.append((k, CODEC.loads(self._check(data)), (sid, seq)))
+                todo.append((k, self._load(data), (sid, seq)))
             except (PrevalenceError, TypeError) as exc:
                 replies[k] = ("error", str(exc))
         futures = self._p.node.submit_many([(tx, session) for _k, tx, session in todo])
@@ -180,12 +199,16 @@ class ClientService(rpyc.Service):
 
         kinds = {"add_voter": ChangeType.ADD_VOTER, "add_learner": ChangeType.ADD_LEARNER,
                  "promote_learner": ChangeType.PROMOTE_LEARNER, "remove": ChangeType.REMOVE_VOTER}
+        if not self._is_admin:
+            return _not_admin("change_membership")
         if op not in kinds or not isinstance(node_id, str) or not (address is None or isinstance(address, str)):
             return _reply("error", f"unknown membership change {op!r} (one of {', '.join(kinds)})")
         change = ConfigChange(kinds[op], node_id, address)
         return self._admin(lambda: self._p.node.change_membership(change))
 
     def exposed_transfer_leadership(self, to: str) -> bytes:
+        if not self._is_admin:
+            return _not_admin("transfer_leadership")
         return self._admin(lambda: self._p.node.transfer_leadership(str(to)))
 
     def exposed_app_call(self, name: str, data: bytes = b"") -> bytes:
@@ -206,10 +229,18 @@ class ClientService(rpyc.Service):
     def _admin(self, call) -> bytes:
         return self._guard(lambda: ("ok", call()))
 
+    # -- the admin key's (issue 15) -------------------------------------------------------
+    def _load(self, data: Any) -> Any:
+        """The request decoded; an administrative transaction only from the admin key."""
+        obj = CODEC.loads(self._check(data))
+        if isinstance(obj, ADMIN_TRANSACTIONS) and not self._is_admin:
+            raise PrevalenceError(_NEEDS_ADMIN.format(what=type(obj).__name__))
+        return obj
+
     def _run(self, data: Any, call) -> bytes:
         """A call whose own exceptions (the transaction's or query's) are its reply."""
         def outcome() -> tuple:
-            obj = CODEC.loads(self._check(data))
+            obj = self._load(data)
             try:
                 return ("ok", call(obj))
             except (PrevalenceError, TimeoutError):
