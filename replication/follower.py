@@ -15,6 +15,8 @@ from replication.ready import ReadState
 class FollowerMixin:
     def _step_follower(self, m, t) -> None:
         if t is Append or t is Heartbeat or t is InstallSnapshot:
+            if self.leader is not None and m.src != self.leader:
+                return  # one leader per term: another member claiming to lead it is confused or forging
             self.election_elapsed = 0
             self.heard_at = self.clock
             self.leader = m.src

@@ -704,3 +704,31 @@ def test_leader_lost_right_after_a_promotion_commits_survivors_still_elect(make_
             break
     assert {c.nodes["b"].role, c.nodes["c"].role} == {Role.LEADER, Role.FOLLOWER}, (
         c.nodes["b"].status(), c.nodes["c"].status())
+
+
+@pytest.mark.parametrize("forged", ["snapshot", "heartbeat", "append"])
+def test_a_follower_takes_leader_messages_only_from_the_leader_of_its_term(make_cluster, forged):
+    """One leader per term: a member that is not it (confused, or forging) cannot install
+    a snapshot, move the commit index or take over the follower in the same term."""
+    from replication.messages import SnapshotMeta
+
+    c = make_cluster(["a", "b", "c"])
+    c.elect("a")
+    c.propose("a", b"x")
+    c.settle()
+    b = c.nodes["b"]
+    term, leader, commit = b.term, b.leader, b.log.committed
+    assert leader == "a"
+    meta = SnapshotMeta(commit + 100, term, b.membership)
+    msg = {"snapshot": InstallSnapshot("c", "b", term, meta, 0, b"forged state", True),
+           "heartbeat": Heartbeat("c", "b", term, commit + 5),
+           "append": Append("c", "b", term, b.log.last_index(), b.log.term(b.log.last_index()),
+                            [Entry(b.log.last_index() + 1, term, 1, b"forged")], commit + 1)}[forged]
+    b.step(msg)
+    c.process("b")
+    assert (b.term, b.leader, b.log.committed) == (term, "a", commit)
+    assert not any(rd.snapshot is not None for rd in c.readies["b"])
+    assert b"forged" not in c.commands("b") and all(m.dst != "c" or m.src != "b" for m in c.inflight)
+    c.propose("a", b"y")  # the real leader carries on
+    c.tick_all(3)
+    assert c.commands("b")[-1] == b"y"
