@@ -151,6 +151,7 @@ class Node(ApplierMixin):
             lo = max(self.sm.applied_index + 1, tail - 64)
             self._clock.saw_stamp(_newest_stamp(self.storage.entries(lo, tail + 1, None)))
         self._clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
+        self._refused_peers: dict[tuple[str, str], float] = {}  # (sender, why) -> when last logged
         self._snapshot_sent: dict[str, int] = {}  # peer -> index last announced in the log
         self._last_snapshot_index = snap_index
         self._disk_lag: tuple[int, float] | None = None  # see _watch_own_disk
@@ -209,17 +210,24 @@ class Node(ApplierMixin):
             self.on_leader_stop()
 
     # -- inputs from other threads ----------------------------------------------------
-    def receive(self, payload: bytes) -> None:
-        """A message from a peer (called by the transport's threads)."""
-        self._inbox.put(("msg", payload, None))
+    def receive(self, payload: bytes, sender: str | None = None) -> None:
+        """A message from a peer (called by the transport's threads); ``sender`` as in
+        :meth:`receive_batch`."""
+        self._inbox.put(("msg", (sender, payload), None))
         self._kick()
 
-    def receive_batch(self, payloads: list[bytes], reply_to: str | None = None) -> list[bytes]:
+    def receive_batch(self, payloads: list[bytes], reply_to: str | None = None, *,
+                      sender: str | None = None) -> list[bytes]:
         """Messages from a peer; with ``reply_to``, returns the messages for that peer
         that stepping them produced at once on this thread (an ack after an inline
-        fsync), for the transport to carry back as its reply instead of a message."""
+        fsync), for the transport to carry back as its reply instead of a message.
+
+        ``sender`` (default: ``reply_to``) is the peer id the transport authenticated:
+        a message that does not come from it, or from a peer that is no member, is
+        dropped (see :meth:`_admit`)."""
+        sender = reply_to if sender is None else sender
         for payload in payloads:
-            self._inbox.put(("msg", payload, None))
+            self._inbox.put(("msg", (sender, payload), None))
         replies: list[bytes] = []
         self._kick((reply_to, replies) if reply_to is not None else None)
         return replies
@@ -519,11 +527,14 @@ class Node(ApplierMixin):
     def _handle_input(self, item: tuple) -> None:
         kind, payload, fut = item
         if kind == "msg":
+            sender, payload = payload
             try:
                 m = decode(payload)
             except Exception as exc:  # noqa: BLE001 - hostile bytes never stop the loop
                 log.warning("%s: dropped a malformed peer message: %s", self.id,
                             exc if isinstance(exc, DecodeError) else type(exc).__name__)
+                return
+            if sender is not None and not self._admit(sender, m):
                 return
             if type(m) in _CLOCKED:
                 self._clock.observe(m.src, m.wall_us, time.monotonic())
@@ -544,6 +555,30 @@ class Node(ApplierMixin):
                 fut.set_result(payload())
             except BaseException as exc:  # noqa: BLE001 - delivered to the caller
                 fut.set_exception(exc)
+
+    def _admit(self, sender: str, m: Any) -> bool:
+        """Peers are bound to the membership: ``m`` must come from ``sender``, the peer id
+        the transport authenticated, and that peer must be a member (a node being added
+        is one as soon as its change is in the log; a node that knows no member yet, one
+        joining, takes its first leader from whoever reaches it). Else it is dropped, and
+        logged once a minute per sender and reason."""
+        if m.src != sender:
+            why = "sends messages that claim another sender"
+        else:
+            ms = self.core.membership
+            if ms.is_member(sender) or not (ms.voters or ms.learners):
+                return True
+            why = "is not a member"
+        now = time.monotonic()
+        key = (sender, why)
+        if now - self._refused_peers.get(key, -120.0) >= 60.0:
+            if len(self._refused_peers) > 256:
+                self._refused_peers.clear()
+            self._refused_peers[key] = now
+            src = m.src[:64] if type(m.src) is str else f"<{type(m.src).__name__}>"  # never repr() a hostile value
+            log.warning("%s: dropping messages from peer %r: it %s (%s from %r); peers are bound to the membership",
+                        self.id, sender[:64], why, type(m).__name__, src)
+        return False
 
     def _propose(self, batch: list[tuple[tuple, Future]]) -> None:
         ts = self._clock.stamp(self.membership.voters, self._wall(), time.monotonic())
@@ -754,4 +789,4 @@ class LocalNetwork:
         def send(self, to: str, payload: bytes) -> None:
             node = self.net.nodes.get(to)
             if node is not None and (self.src, to) not in self.net.cut:
-                node.receive(payload)
+                node.receive(payload, self.src)

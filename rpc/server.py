@@ -98,7 +98,7 @@ class NodeProcess:
         host, port = self.cfg.listen
         # a peer's answer to what we delivered may come back as the reply (an ack after
         # an fsync done on the receiving thread): no message of its own either way
-        self.transport.on_reply = lambda src, frames: self.node.receive_batch(frames)
+        self.transport.on_reply = lambda src, frames: self.node.receive_batch(frames, sender=src)
         self.server = PeerServer(host, port, self.keys, None,
                                  on_batch=lambda src, frames: self.node.receive_batch(frames, reply_to=src),
                                  service_extra=lambda ident: ClientService(self, ident.id,

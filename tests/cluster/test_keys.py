@@ -137,8 +137,10 @@ def test_a_forged_heartbeat_from_a_non_member_moves_no_node(trio, ident):
     for nid in trio.configs:
         me = followers[0] if nid != followers[0] else followers[1]
         assert deliver(trio, nid, key(trio, PEER_KEY), me if ident == "member" else "evil",
-                       Heartbeat("evil", nid, term + 50))
+                       *[Heartbeat("evil", nid, term + 50 + k) for k in range(20)])
     assert_undisturbed(trio, leader, term)
+    for nid in trio.configs:  # dropped, and said once, not once a message
+        assert trio.log(nid).count("dropping messages from peer") == 1, trio.tail(nid)
 
 
 def test_a_forged_snapshot_from_a_non_member_is_never_loaded(trio, tmp_path):
