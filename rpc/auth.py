@@ -32,7 +32,7 @@ import os
 import socket
 import ssl
 import time
-from typing import Mapping, NamedTuple
+from typing import Mapping, NamedTuple, Sequence
 
 import msgpack
 from rpyc.utils.authenticators import AuthenticationError
@@ -133,31 +133,39 @@ def _server_mac(secret: bytes, transcript: bytes, role: str) -> bytes:
     return _mac(secret, _SERVER_LABEL, transcript + msgpack.packb(role))
 
 
-def check_role_keys(keys: "Mapping[str, bytes] | bytes", where: str = "keys") -> dict[str, bytes]:
-    """The keys a server accepts, by role; a bare ``bytes`` is a peer key alone.
+def check_role_keys(keys: "Mapping[str, bytes | Sequence[bytes]] | bytes",
+                    where: str = "keys") -> dict[str, tuple[bytes, ...]]:
+    """The keys a server accepts, by role: ``{role: key}`` or ``{role: (key, also, ...)}``
+    (the first is the one the node itself uses; the others are also accepted, while a
+    key is being replaced). A bare ``bytes`` is a peer key alone.
 
-    Refuses (SecretError) an unknown role, a short or guessable key, and two roles with
-    the same key: the role is told by which key proves itself, so one key for two roles
+    Refuses (SecretError) an unknown role, a short or guessable key, and one key for
+    two roles: the role is told by which key proves itself, so one key for two roles
     would give the weaker role's holders the stronger one.
     """
     if isinstance(keys, (bytes, bytearray, memoryview)):
         keys = {"peer": bytes(keys)}
-    out: dict[str, bytes] = {}
-    for role, key in dict(keys).items():
+    out: dict[str, tuple[bytes, ...]] = {}
+    for role, given in dict(keys).items():
         if role not in ROLES:
             raise SecretError(f"{where}: unknown role {role!r} (one of {', '.join(ROLES)})")
-        out[role] = check_secret(key, f"{where}: the {role} key")
-        problem = key_strength_problem(out[role])
-        if problem:
-            raise SecretError(f"{where}: the {role} key: {problem}")
+        given = (given,) if isinstance(given, (bytes, bytearray, memoryview)) else tuple(given)
+        if not given:
+            raise SecretError(f"{where}: no {role} key given")
+        out[role] = tuple(check_secret(k, f"{where}: the {role} key") for k in given)
+        for k in out[role]:
+            problem = key_strength_problem(k)
+            if problem:
+                raise SecretError(f"{where}: the {role} key: {problem}")
     if not out:
         raise SecretError(f"{where}: no key given")
     by_key: dict[bytes, str] = {}
-    for role, key in out.items():
-        if key in by_key:
-            raise SecretError(f"{where}: the {by_key[key]} and {role} keys are the same key: each role needs its own "
-                              f"({KEY_FILES[by_key[key]]} and {KEY_FILES[role]} must differ)")
-        by_key[key] = role
+    for role, ks in out.items():
+        for k in ks:
+            if k in by_key and by_key[k] != role:
+                raise SecretError(f"{where}: the {by_key[k]} and {role} keys are the same key: each role needs its "
+                                  f"own ({KEY_FILES[by_key[k]]} and {KEY_FILES[role]} must differ)")
+            by_key[k] = role
     return out
 
 
@@ -168,8 +176,9 @@ class _Refused(Exception):
 class ServerAuthenticator:
     """RPyC server authenticator: ``auth(sock) -> (sock, Identity)``.
 
-    ``keys`` maps each role this server accepts to its key (see :func:`check_role_keys`);
-    the role granted is the one whose key the client's proof matches. Refuses
+    ``keys`` maps each role this server accepts to its key, or keys (see
+    :func:`check_role_keys`); the role granted is the one whose key the client's proof
+    matches. Refuses
     (``rpyc.utils.authenticators.AuthenticationError``) a proof that matches no key, a
     malformed or oversized frame, and a party that does not complete the handshake
     within ``timeout`` seconds (a deadline over the whole handshake, not per read).
@@ -179,7 +188,7 @@ class ServerAuthenticator:
 
     def __init__(
         self,
-        keys: "Mapping[str, bytes] | bytes",
+        keys: "Mapping[str, bytes | Sequence[bytes]] | bytes",
         *,
         timeout: float = DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
@@ -245,13 +254,13 @@ class ServerAuthenticator:
         _, (mac_c,) = decode_message(body, (PROOF,))
         transcript = _transcript(version, ident, nc, ns)
         # every key is tried, each in constant time: which one matched is the role
-        matched = [role for role, key in self._keys.items()
+        matched = [(role, key) for role, keys in self._keys.items() for key in keys
                    if hmac.compare_digest(mac_c, _mac(key, _CLIENT_LABEL, transcript))]
         if len(matched) != 1:
             self._refuse(sock, deadline, f"wrong key (the proof matches none of this node's {', '.join(self.roles)} "
                          "keys)", "authentication failed")
-        role = matched[0]
-        write_frame(sock, encode_frame(OK, _server_mac(self._keys[role], transcript, role), role), deadline)
+        role, key = matched[0]
+        write_frame(sock, encode_frame(OK, _server_mac(key, transcript, role), role), deadline)
         return Identity(role, ident)
 
 

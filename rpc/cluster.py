@@ -338,7 +338,8 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
                      tick=template.tick, election_ticks=template.election_ticks,
                      heartbeat_ticks=template.heartbeat_ticks, snapshot_every=template.snapshot_every,
                      keep_snapshots=template.keep_snapshots, join=True, app=dict(template.app),
-                     tls_cert=template.tls_cert, tls_key=template.tls_key, tls_ca=template.tls_ca)
+                     tls_cert=template.tls_cert, tls_key=template.tls_key, tls_ca=template.tls_ca,
+                     rotation=dict(template.rotation))
     path = os.path.join(directory, f"{node_id}.toml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(render_config(cfg))

@@ -30,6 +30,9 @@
     plugin = "app.node:attach"            # MODULE:FUNCTION called with (process, settings)
     layout = "layout.toml"                # other keys are the plugin's own settings
 
+    [rotation]                            # optional: a key also accepted per role while
+    client = "client.secret.new"          # that key is replaced (docs/security.md)
+
     [tls]                                 # optional: encrypt peer and client traffic
     cert = "n1.crt"                       # this node's certificate and key (PEM)
     key = "n1.key"
@@ -72,6 +75,7 @@ class NodeConfig:
     tls_cert: str | None = None  # PEM certificate and key this node presents
     tls_key: str | None = None
     tls_ca: str | None = None  # PEM bundle that signed the other nodes' certificates
+    rotation: dict[str, str] = field(default_factory=dict)  # [rotation]: role -> a key file also accepted
     app: dict[str, Any] = field(default_factory=dict)  # [app]: plugin = MODULE:FUNCTION and its settings
 
     def __post_init__(self) -> None:
@@ -196,6 +200,11 @@ def load_config(path: str) -> NodeConfig:
     cfg.snapshot_every = snaps.get("every", int, cfg.snapshot_every, check=lambda v: None if v >= 0 else "must be >= 0")
     cfg.keep_snapshots = snaps.get("keep", int, cfg.keep_snapshots, check=positive)
     snaps.no_extras()
+    rotation = t.table("rotation")
+    for role in KEY_FILES:
+        if role in rotation.data:
+            cfg.rotation[role] = rel(rotation.get(role, str))
+    rotation.no_extras()
     tls = t.table("tls")
     if tls.data:
         cfg.tls_cert = rel(tls.get("cert", str))
@@ -284,6 +293,8 @@ def render_config(cfg: NodeConfig) -> str:
     ]
     if cfg.app:
         lines += ["[app]", *(f"{k} = {_toml_value(v)}" for k, v in cfg.app.items()), ""]
+    if cfg.rotation:
+        lines += ["[rotation]", *(f"{role} = {q(path)}" for role, path in cfg.rotation.items()), ""]
     if cfg.tls_cert:
         lines += ["[tls]", f"cert = {q(cfg.tls_cert)}", f"key = {q(cfg.tls_key or '')}", f"ca = {q(cfg.tls_ca or '')}", ""]
     return "\n".join(lines)

@@ -165,7 +165,7 @@ class PeerServer:
         self,
         host: str,
         port: int,
-        keys: "Mapping[str, bytes] | bytes",
+        keys: "Mapping[str, bytes | tuple[bytes, ...]] | bytes",
         on_message: Callable[[str, bytes], None] | None,
         *,
         on_batch: OnBatch | None = None,

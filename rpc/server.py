@@ -43,11 +43,13 @@ class NodeProcess:
         self.leader_hooks: list[tuple[Callable[[], None], Callable[[], None]]] = []
         self.handlers: dict[str, Callable[[bytes], bytes]] = {}
         self._app: Any = None
-        # a key per role, all distinct; the node's own client calls (an application's
-        # controller, its layout watcher) use the client key
-        self.keys = check_role_keys({role: load_secret(getattr(cfg, f"{role}_secret")) for role in KEY_FILES},
-                                    cfg.path)
-        self.client_key = self.keys["client"]
+        # a key per role, all distinct, and a second one accepted while a key is being
+        # replaced ([rotation]); the node uses the first: to dial its peers (peer key), and
+        # for its own client calls, an application's controller or layout watcher (client key)
+        self.keys = check_role_keys({role: (load_secret(getattr(cfg, f"{role}_secret")),
+                                            *([load_secret(cfg.rotation[role])] if role in cfg.rotation else []))
+                                     for role in KEY_FILES}, cfg.path)
+        self.client_key = self.keys["client"][0]
         self.server_tls, self.client_tls = tls_contexts(cfg)
         for module in cfg.imports:
             load_object(module + ":__name__")
@@ -66,7 +68,7 @@ class NodeProcess:
             if self.identity.origin == "adopted":
                 log.info("%s: data in %s adopted (written before identity files)", cfg.id, cfg.data)
             peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
-            self.transport = PeerTransport(cfg.id, self.keys["peer"], peers, ssl_context=self.client_tls)
+            self.transport = PeerTransport(cfg.id, self.keys["peer"][0], peers, ssl_context=self.client_tls)
             self.node = self._open_node(cfg)
         except BaseException:
             self._data_lock.release()

@@ -105,7 +105,21 @@ def test_a_version_1_hello_claiming_a_role_is_refused_by_its_version(listener):
     assert tag == REFUSED and "unsupported handshake version 1" in reason and "docs/security.md" in reason
 
 
+def test_a_role_may_have_a_second_key_while_one_is_replaced(listener):
+    """[rotation]: the old and the new key of a role are both accepted, as that role."""
+    new_client = b"0f1e2d3c4b5a69780f1e2d3c4b5a6978"
+    auth = ServerAuthenticator({"peer": SECRET, "client": (CLIENT_SECRET, new_client), "admin": ADMIN_SECRET},
+                               timeout=2)
+    for key in (CLIENT_SECRET, new_client):
+        server = run_server_side(listener, auth)
+        with connect(listener) as sock:
+            client_handshake(sock, key, "client", "ui", timeout=2)
+            server["thread"].join(3)
+        assert server["result"][1] == ("client", "ui")
+
+
 @pytest.mark.parametrize("keys, match", [
+    ({"peer": (SECRET, CLIENT_SECRET), "client": CLIENT_SECRET}, "peer and client keys are the same key"),
     ({"peer": SECRET, "client": SECRET}, "peer and client keys are the same key"),
     ({"peer": SECRET, "admin": CLIENT_SECRET, "client": CLIENT_SECRET}, "admin and client keys are the same"),
     ({"peer": b"x" * 32}, "peer key: key too weak"),

@@ -48,6 +48,8 @@ def test_round_trip_and_relative_paths(tmp_path):
         ("[peers]", "[peers", "not valid TOML"),
         ('admin_secret = "admin.secret"', "", "field 'admin_secret' is missing"),
         ('peer_secret = "peer.secret"', "peer_secret = 1", "field 'peer_secret' must be str"),
+        ("keep = 2", 'keep = 2\n[rotation]\nroot = "x.secret"', "unknown field(s) rotation.root"),
+        ("keep = 2", "keep = 2\n[rotation]\npeer = 5", "field 'rotation.peer' must be str"),
     ],
 )
 def test_every_wrong_field_is_named(tmp_path, old, new, message):
@@ -107,6 +109,13 @@ def test_tls_section_names_missing_files(tmp_path):
 
     with pytest.raises(ConfigError, match=r"\[tls\] files cannot be used"):
         tls_contexts(cfg)  # not PEM
+
+
+def test_a_key_being_replaced_round_trips(tmp_path):
+    cfg = good()
+    cfg.rotation = {"peer": "peer.secret.new"}
+    again = load_config(write(tmp_path, render_config(cfg)))
+    assert again.rotation == {"peer": str(tmp_path / "peer.secret.new")}
 
 
 def test_a_config_with_the_one_shared_cluster_secret_names_the_way_on(tmp_path):
