@@ -243,6 +243,21 @@ def test_a_cluster_directory_with_the_one_cluster_secret_stops_then_moves_to_a_k
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
+def test_a_node_whose_files_give_two_roles_one_key_does_not_start(tmp_path):
+    """The key that proves itself is the role: one key for two roles would hand the
+    client key's holders the admin role."""
+    import shutil
+
+    from rpc.cluster import write_cluster
+
+    paths = write_cluster(str(tmp_path), 1, free_port_block(1), "tests.prevalence.domain:Store")
+    os.remove(tmp_path / "admin.secret")
+    shutil.copy(tmp_path / "client.secret", tmp_path / "admin.secret")
+    refused = prevalence("node", "--config", paths[0])
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "the client and admin keys are the same key" in refused.stderr, refused.stderr
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 def test_cluster_up_never_reuses_key_files_in_a_directory_others_can_write(tmp_path):
     from rpc.cluster import write_keys
