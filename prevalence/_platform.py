@@ -126,6 +126,15 @@ def private_file_problem(mode: int, owner: int, me: int, *, directory: bool) -> 
     return None
 
 
+def others_may_write(mode: int, owner: int, me: int) -> bool:
+    """Could another user (root aside) have put a file into this directory? POSIX: it is
+    not ours, or group or others may write it (sticky or not). Windows: the ACL decides,
+    unseen here (docs/security.md), so False."""
+    if WINDOWS:  # pragma: no cover - exercised on Windows only
+        return False
+    return owner not in (me, 0) or bool(mode & 0o022)
+
+
 def kill_hard(pid: int) -> None:
     """End a process at once, as a power cut would: no handler, no clean-up in it runs."""
     import signal

@@ -12,10 +12,9 @@ import threading
 import tomllib
 from typing import Any
 
-from prevalence._platform import ephemeral_ports
+from prevalence._platform import ephemeral_ports, others_may_write
 from replication.errors import RaftError
 from replication.journal_storage import create_node_data, holds_node_data
-from prevalence._platform import private_file_problem
 from rpc.config import (
     ConfigError, NodeConfig, format_address, load_config, migration_message, render_config, tls_contexts,
 )
@@ -39,8 +38,7 @@ def write_keys(directory: str) -> list[str]:
             kept.append(name)
     if kept:
         st = os.stat(directory)
-        me = os.geteuid() if hasattr(os, "geteuid") else -1
-        if st.st_mode & 0o022 or private_file_problem(st.st_mode, st.st_uid, me, directory=True):
+        if others_may_write(st.st_mode, st.st_uid, os.geteuid() if hasattr(os, "geteuid") else -1):
             raise SecretError(f"{directory}: others can write this directory, so its {', '.join(kept)} may not be "
                               "ours: not reused (use a directory only you can write, or remove those files)")
     return made
@@ -64,8 +62,9 @@ def migrate_keys(directory: str) -> list[str]:
             text = f.read()
         new, n = re.subn(r"^secret_file[ \t]*=.*$", lambda _m: keys, text, count=1, flags=re.M)
         if n:
-            with open(path, "w", encoding="utf-8") as f:
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
                 f.write(new)
+            os.replace(path + ".tmp", path)
             load_config(path)  # it reads as a node configuration again
             done.append(f"{os.path.basename(path)}: secret_file replaced by peer_secret, client_secret, admin_secret")
     legacy = os.path.join(directory, LEGACY_SECRET)
