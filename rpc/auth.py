@@ -51,6 +51,7 @@ from .wire import (
     REFUSED,
     ROLES,
     HandshakeError,
+    UnsupportedVersion,
     _check_id,
     decode_message,
     encode_frame,
@@ -242,11 +243,11 @@ class ServerAuthenticator:
 
     def _handshake(self, sock, deadline: float, claim: list):
         body = read_frame(sock, deadline, self.max_frame)
-        _, (version, ident, nc) = decode_message(body, (HELLO,))
-        if version != PROTOCOL_VERSION:
-            self._refuse(sock, deadline, f"unsupported handshake version {version}",
-                         f"unsupported handshake version {version} (this node speaks {PROTOCOL_VERSION}: "
-                         "a key per role, see docs/security.md)")
+        try:
+            _, (version, ident, nc) = decode_message(body, (HELLO,))
+        except UnsupportedVersion as exc:
+            self._refuse(sock, deadline, str(exc), f"{exc} (this node speaks {PROTOCOL_VERSION}: a key per role, "
+                         "see docs/security.md)")
         claim.append(f" (says it is {ident!r})")
         ns = os.urandom(NONCE_SIZE)
         write_frame(sock, encode_frame(CHALLENGE, ns), deadline)

@@ -20,6 +20,7 @@ from prevalence.errors import PrevalenceError
 
 __all__ = [
     "HandshakeError",
+    "UnsupportedVersion",
     "MAX_FRAME",
     "NONCE_SIZE",
     "MAC_SIZE",
@@ -63,6 +64,14 @@ class HandshakeError(PrevalenceError):
     """A handshake frame was oversized, truncated, malformed or not the one expected."""
 
 
+class UnsupportedVersion(HandshakeError):
+    """A hello of another protocol version (1 claimed a role): refused with a reason."""
+
+    def __init__(self, version: int):
+        super().__init__(f"unsupported handshake version {version}")
+        self.version = version
+
+
 def _check_id(value: Any) -> str:
     if type(value) is not str:
         raise HandshakeError(f"identity must be a string, got {type(value).__name__}")
@@ -82,13 +91,13 @@ def _check_bytes(value: Any, size: int, what: str) -> bytes:
 
 # expected tag -> (arities, validator of the fields after the tag)
 def _v_hello(fields: list) -> tuple:
-    """(version, id, nonce); another version's hello is (version, None, None), for the
+    """(version, id, nonce); another version's hello raises UnsupportedVersion, for the
     server to refuse by its version (version 1 had a fourth field, the claimed role)."""
     version = fields[0]
     if type(version) is not int:
         raise HandshakeError(f"protocol version must be an integer, got {type(version).__name__}")
     if version != PROTOCOL_VERSION:
-        return version, None, None
+        raise UnsupportedVersion(version)
     if len(fields) != 3:
         raise HandshakeError(f"handshake message {HELLO} has {len(fields)} fields, expected 3")
     _, ident, nonce = fields

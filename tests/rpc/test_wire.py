@@ -73,9 +73,13 @@ def test_hello_validation(fields, match):
         decode_message(body(encode_frame(HELLO, *fields)), (HELLO,))
 
 
-def test_an_older_hello_decodes_to_its_version_alone():
+def test_an_older_hello_is_told_by_its_version():
     """Version 1 claimed a role; the server refuses it by its version, with a reason."""
-    assert decode_message(body(encode_frame(HELLO, 1, "peer", "n1", b"n" * 32)), (HELLO,)) == (HELLO, (1, None, None))
+    from rpc.wire import UnsupportedVersion
+
+    with pytest.raises(UnsupportedVersion) as info:
+        decode_message(body(encode_frame(HELLO, 1, "peer", "n1", b"n" * 32)), (HELLO,))
+    assert info.value.version == 1 and isinstance(info.value, HandshakeError)
 
 
 @pytest.mark.parametrize("fields", [(b"m" * 32,), (b"m" * 32, "root"), (b"m" * 32, 1), (b"m" * 31, "peer")])
