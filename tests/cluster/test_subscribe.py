@@ -1,6 +1,7 @@
 """Subscriptions: committed transactions in order, across a failover, and compaction."""
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 
@@ -96,3 +97,40 @@ def test_subscribers_see_each_applied_command_once_and_no_refused_one(tmp_path):
         assert adds == [("k", 5), ("k", 1)]
     finally:
         c.stop()
+
+
+def _p50(call, samples: int) -> float:
+    times = []
+    for _ in range(samples):
+        began = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def test_an_open_subscription_does_not_slow_other_calls(cluster):
+    """Issue 16: the subscription's long poll shared the client's connection, so every
+    query and command queued behind it (0.6 ms became 1 s). p50 with a subscription
+    open must stay within 1.5x of without (plus 2 ms for a loaded CI machine's noise)."""
+    from tests.prevalence.domain import Add, Get
+
+    with cluster.client() as client:
+        for _ in range(20):  # warm up: connection, session, method lookups
+            client.execute(Add("w", 1))
+            client.query(Get("w"))
+        n = 41
+        medians = {}
+        for label in ("without", "with", "without again"):
+            sub = client.subscribe(lambda _e: None) if label == "with" else None
+            try:
+                if sub is not None:
+                    time.sleep(0.2)  # the long poll is now waiting on the node
+                medians[label] = (_p50(lambda: client.query(Get("w")), n), _p50(lambda: client.execute(Add("w", 1)), n))
+            finally:
+                if sub is not None:
+                    sub.close()
+        base_q = min(medians["without"][0], medians["without again"][0])
+        base_x = min(medians["without"][1], medians["without again"][1])
+        with_q, with_x = medians["with"]
+        assert with_q <= 1.5 * base_q + 0.002, medians
+        assert with_x <= 1.5 * base_x + 0.002, medians
