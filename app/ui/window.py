@@ -29,8 +29,15 @@ REDRAW_EVERY = 1.0  # seconds: what depends on time alone ("drifting") is redraw
 
 
 def apply_theme(root: tk.Tk) -> str:
-    ttk.Style(root).theme_use("clam")
-    return "clam"
+    """Sun Valley (sv-ttk, Windows 11's look) when installed, else Tk's "clam"."""
+    try:
+        import sv_ttk
+
+        sv_ttk.set_theme("light", root)
+        return "sun-valley-light"
+    except Exception:  # noqa: BLE001 - not installed or no PNG support: the plain theme works
+        ttk.Style(root).theme_use("clam")
+        return "clam"
 
 
 class Fonts:

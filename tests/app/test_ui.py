@@ -140,6 +140,7 @@ def save_screenshot(w, name: str) -> str:
 
 def test_the_window_shows_the_grid_and_sends_a_command(window, grid):
     w = window
+    assert w.theme == "sun-valley-light"  # the declared theme loads under Xvfb
     m = master(w)
     assert w.header.cget("bg") == HEADER_COLOURS["connected"] and f"master {m}" in w.header.cget("text")
     assert w.tiles[m].band.cget("bg") == MASTER_BAND and "★ MASTER" in tile_text(w, m)
