@@ -348,6 +348,8 @@ class ClusterClient:
                 raw = remote_method(conn, method)(*args)
                 reply = msgpack.unpackb(raw, raw=False)
             except Exception as exc:  # connection lost, timed out (a hung node), refused
+                if line.closed or self._closed:  # we closed it: the node is not to blame
+                    raise ClusterUnavailable(f"{method}: closed") from None
                 tried.append(f"{addr}: {type(exc).__name__}: {exc}"[:200])
                 with self._lock:
                     self._suspect[addr] = time.monotonic() + SUSPECT_FOR
