@@ -11,9 +11,9 @@ path) and hands what the workers put in ``updates`` to its view model (app.ui.mo
 
 The grid is re-read when the subscription delivers a committed transaction (many events
 in a burst cause one read), not on a timer. The subscription has a connection of its own
-(rpc.client), so it never delays the commands. A status call every 0.5 s to the master
+(rpc.client), so it never delays the commands. A status call every 0.3 s to the master
 itself tells who is master; when that fails every node is asked at once, so a failover
-shows at once and a cluster where no node answers within about a second.
+shows at once, and a cluster where no node answers within about two seconds.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ BACKFILL = 200  # log entries read back at start, so that the event strip shows 
 
 
 class UiSession:
-    def __init__(self, client: Any, secret: bytes, *, ssl_context: Any = None, status_every: float = 0.5):
+    def __init__(self, client: Any, secret: bytes, *, ssl_context: Any = None, status_every: float = 0.3):
         self.client = client
         self._secret, self._ssl = secret, ssl_context
         self.updates: queue.SimpleQueue = queue.SimpleQueue()
@@ -141,32 +141,40 @@ class UiSession:
 class MasterWatch:
     """Which node is master, asked of the master itself over a connection kept open.
 
-    When the master fails to answer, every node is asked at once (in parallel, each
-    bounded by ``timeout``), so "no node answers" is known within about ``timeout``
-    seconds. A master that stopped answering is asked again at each check until it does:
-    until then it is reported ``silent``, and the window shows it down."""
+    The master has ``timeout`` to answer (a busy PC is not taken for a dead one). When it
+    fails, every node is asked at once (in parallel, each bounded by ``sweep_timeout``: a
+    live node answers in milliseconds), so "no node answers" is known within about
+    ``timeout + sweep_timeout`` seconds even when the nodes hang rather than refuse. A master
+    that stopped answering is asked again at each check until it does: until then it is
+    reported ``silent``, and the window shows it down."""
 
-    def __init__(self, addresses: list[str], secret: bytes, ssl_context: Any = None, timeout: float = 1.0):
-        self._links = {a: NodeLink(parse_address(a, "address"), secret, ident="ui", timeout=timeout,
-                                   connect_timeout=min(0.3, timeout), ssl_context=ssl_context) for a in addresses}
+    def __init__(self, addresses: list[str], secret: bytes, ssl_context: Any = None, timeout: float = 1.0,
+                 sweep_timeout: float = 0.5):
+        def link(address: str, wait: float) -> NodeLink:
+            return NodeLink(parse_address(address, "address"), secret, ident="ui", timeout=wait,
+                            connect_timeout=min(0.3, wait), ssl_context=ssl_context)
+
+        self._link_to = lambda address: link(address, timeout)
+        self._links = {a: link(a, sweep_timeout) for a in addresses}
         self._pool = ThreadPoolExecutor(max_workers=len(self._links) + 2, thread_name_prefix="ui-watch")
-        self._master: tuple[str, str] | None = None  # (address, id) of the node that said it leads
+        self._master: tuple[str, str, NodeLink] | None = None  # address, id, link of the node that leads
         self._silent: dict[str, str] = {}  # id -> address of former masters that do not answer us
         self._probes: dict[str, Future] = {}  # id -> a status call to a silent former master
 
     def check(self) -> Link:
         self._probe_silent()
         if self._master is not None:
-            address, node = self._master
+            address, node, master = self._master
             try:
-                st = _status(self._links[address])
+                st = _status(master)
             except Exception as exc:  # noqa: BLE001 - a dead or hung master: look for the next
-                self._links[address].close()
+                master.close()
                 self._master = None
                 self._silent[node] = address
                 return Link("lost", node=node, reason=describe(exc), silent=self._silent_ids())
             if st["role"] == "leader":
                 return _connected(st, self._silent_ids())
+            master.close()
             self._master = None
             return Link("lost", node=node, reason="it is no longer the leader", silent=self._silent_ids())
         answers = self._sweep()
@@ -174,7 +182,7 @@ class MasterWatch:
         if leaders:
             st = max(leaders, key=lambda s: s["term"])
             address = next(a for a, s in answers.items() if s is st)
-            self._master = (address, st["id"])
+            self._master = (address, st["id"], self._link_to(address))
             self._silent.pop(st["id"], None)
             return _connected(st, self._silent_ids())
         if not answers:
@@ -207,7 +215,7 @@ class MasterWatch:
                     del self._silent[node]
                     continue
                 self._links[address].close()
-            if node not in self._probes and (self._master is None or self._master[0] != address):
+            if node not in self._probes:
                 self._probes[node] = self._pool.submit(_status, self._links[address])
 
     def _silent_ids(self) -> tuple[str, ...]:
@@ -217,6 +225,8 @@ class MasterWatch:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for link in self._links.values():
             link.close()
+        if self._master is not None:
+            self._master[2].close()
         self._master = None
 
 
