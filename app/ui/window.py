@@ -84,32 +84,41 @@ class Tile(tk.Frame):
             return
         self._shown = key
         band = MASTER_BAND if t.master else t.accent
-        outline = SELECTED if selected else MASTER_BAND if t.master else BOARD_BG
-        self.config(bg=t.colour, highlightbackground=outline)
         self.band.config(bg=band)
         self.title.config(text=("✓ " if selected else "") + t.id, bg=band)
-        self.role.config(text=MASTER_MARK if t.master else "", bg=band)
+        self.role.config(bg=band)
         self.health.config(text=t.words, fg=t.accent, bg=t.colour)
         self.detail.config(text=t.detail, bg=t.colour)
         self.desired.config(text=t.desired, bg=t.colour)
         self.actual.config(text=t.actual, bg=t.colour)
-        self._layout(force=True)
+        self._layout()
 
     def _resized(self, event: Any) -> None:
         if (event.width, event.height) != self._size:
             self._size = (event.width, event.height)
             self._layout()
 
-    def _layout(self, force: bool = False) -> None:
-        """What fits: every line in a large tile, fewer as it shrinks; fonts shrink too."""
+    def _layout(self) -> None:
+        """What fits: every line in a large tile, fewer as it shrinks, fonts and margins too;
+        a tile too small for any line is all band (its state's colour, or the master's)."""
         width, height = self._size
-        if width < 2:
+        if width < 2 or self._shown is None:
             return
+        t, selected = self._shown
         fonts = self.window.fonts
         size = 12 if height >= 150 and width >= 200 else 10 if height >= 90 and width >= 120 else 8
         body = {12: 10, 10: 9, 8: 7}[size]
-        self.title.config(font=fonts.title[size])
-        self.role.config(font=fonts.title[size])
+        tiny = width < 70 or height < 40
+        pad, thick = (1, 1) if tiny else (6, 3)
+        outline = SELECTED if selected else MASTER_BAND if t.master else BOARD_BG
+        self.config(highlightthickness=thick, highlightbackground=outline)
+        self.title.config(font=fonts.title[size], padx=pad)
+        mark, title_font = "", fonts.title[size]
+        for candidate in ((MASTER_MARK, "★", "") if t.master else ()):  # the band's colour says it too
+            mark = candidate
+            if title_font.measure(self.title.cget("text") + candidate) + 4 * pad + 2 * thick + 2 <= width:
+                break
+        self.role.config(text=mark, font=fonts.title[size], padx=pad)
         line = fonts.body[body].metrics("linespace")
         room = height - fonts.title[size].metrics("linespace") - 8
         wrap = max(20, width - 18)
@@ -117,10 +126,11 @@ class Tile(tk.Frame):
         shown = []
         for w in wanted:  # a line that may wrap counts as two
             need = line * (2 if w is not self.health and width < 260 else 1)
-            if room < need:
+            if tiny or room < need:
                 break
             room -= need
             shown.append(w)
+        self.config(bg=t.colour if shown else self.band.cget("bg"))
         for w in self.lines:
             w.config(wraplength=wrap, font=fonts.strong[body] if w is self.health else fonts.body[body])
             w.pack_forget()

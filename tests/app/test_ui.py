@@ -4,7 +4,7 @@ telling each truthfully and recovering by itself (issue 16).
 
 Each state's screenshot is saved to ``$TEST_ARTIFACTS/ui/`` (default
 ``test-artifacts/ui/``, ignored by git): steady, layout-refused, node-down,
-failover-in-progress, new-master, unreachable, and a 4-column grid at 1280 px.
+failover-in-progress, new-master, unreachable, a 4-column grid at 1280 px and a 32x32 one.
 """
 from __future__ import annotations
 
@@ -230,7 +230,8 @@ def test_tiles_follow_the_window_and_any_grid_size_fits(window, grid):
             assert t.winfo_width() > 20 and t.winfo_height() > 10, nid
             assert t.winfo_rootx() + t.winfo_width() <= w.board.winfo_rootx() + w.board.winfo_width(), nid
             assert t.winfo_rooty() + t.winfo_height() <= bottom, nid
-            assert nid in tile_text(w, nid)  # the id is always shown
+            assert nid in tile_text(w, nid)  # the id is always shown, whole
+            assert t.title.winfo_rootx() + t.title.winfo_reqwidth() <= t.winfo_rootx() + t.winfo_width(), nid
 
     try:
         w.root.geometry("1280x800")
@@ -247,6 +248,9 @@ def test_tiles_follow_the_window_and_any_grid_size_fits(window, grid):
         fits()
         layout(1, 9, [(1, k) for k in range(1, 10)])
         fits()
+        layout(32, 32, [(k * 3 + 1, 32 - k * 3) for k in range(8)] + [(32, 32)])
+        fits()
+        save_screenshot(w, "32x32.png")
     finally:
         grid.c.execute(read_layout(os.path.join(grid.dir, "layout.toml")))
     pump(w, "the 3x3 grid back", lambda: (w.screen.rows, w.screen.columns) == (3, 3))
