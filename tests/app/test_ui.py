@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -25,29 +23,6 @@ from tests.app.gridproc import running_grid
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses Xvfb and SIGKILL")]
 ARTIFACTS = os.path.join(os.environ.get("TEST_ARTIFACTS", "test-artifacts"), "ui")
-
-
-@pytest.fixture(scope="module")
-def display():
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (.ci/run installs Debian's xvfb)")
-    read, write = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write)
-    with os.fdopen(read) as f:
-        number = f.readline().strip()
-    old = os.environ.get("DISPLAY")
-    os.environ["DISPLAY"] = f":{number}"
-    try:
-        yield f":{number}"
-    finally:
-        xvfb.terminate()
-        xvfb.wait(10)
-        if old is None:
-            os.environ.pop("DISPLAY", None)
-        else:
-            os.environ["DISPLAY"] = old
 
 
 @pytest.fixture(scope="module")
