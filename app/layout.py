@@ -60,7 +60,7 @@ def parse_layout(data: bytes, path: str = "layout.toml") -> ApplyLayout:
         check_layout(rows, columns, specs)
     except GridError as exc:
         raise LayoutError(f"{path}: {exc}") from None
-    return ApplyLayout(rows, columns, tuple(specs), hashlib.sha256(data).hexdigest()[:16])
+    return ApplyLayout(rows, columns, tuple(specs), digest_of(data))
 
 
 def read_layout(path: str) -> ApplyLayout:
@@ -99,16 +99,23 @@ def _no_extras(table: dict, known: set[str], where: str) -> None:
         raise LayoutError(f"{where}: unknown field(s) {', '.join(extra)} (expected {', '.join(sorted(known))})")
 
 
+def digest_of(data: bytes) -> str:
+    """The short digest that names a version of a layout file (``ApplyLayout.digest``)."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 class LayoutWatcher:
-    """Calls ``on_layout`` with each valid saved version of ``path``, ``on_error`` otherwise.
+    """Calls ``on_layout`` with each valid saved version of ``path``, else
+    ``on_error(message, digest)`` (``digest`` of the refused content, "" if unreadable).
 
     Editors save by rewriting or by renaming a temporary file over the original, so the
     directory is watched and events for the file are debounced; an unchanged digest
-    (a touch, a second event for the same save) is not reported again.
+    (a touch, a second event for the same save) is not reported again, but the version
+    saved after a refused one always is (so that the refusal can be cleared).
     """
 
     def __init__(self, path: str, on_layout: Callable[[ApplyLayout], None],
-                 on_error: Callable[[str], None], debounce: float = 0.2):
+                 on_error: Callable[[str, str], None], debounce: float = 0.2):
         self.path = os.path.abspath(path)
         self._on_layout, self._on_error, self._debounce = on_layout, on_error, debounce
         self._last_digest: str | None = None
@@ -145,10 +152,16 @@ class LayoutWatcher:
 
     def _check(self) -> None:
         try:
-            layout = read_layout(self.path)
-        except LayoutError as exc:
+            with open(self.path, "rb") as f:
+                data = f.read()
+            digest = digest_of(data)
+            layout = parse_layout(data, self.path)
+        except (OSError, LayoutError) as exc:
+            if isinstance(exc, OSError):
+                exc, digest = LayoutError(f"{self.path}: cannot read the layout file: {exc.strerror or exc}"), ""
             log.error("layout edit rejected, nothing changed: %s", exc)
-            self._on_error(str(exc))
+            self._last_digest = None  # the next valid save is reported, even if it is the applied one
+            self._on_error(str(exc), digest)
             return
         if layout.digest == self._last_digest:
             return
@@ -158,7 +171,7 @@ class LayoutWatcher:
         except Exception as exc:  # noqa: BLE001 - reported, the watcher keeps watching
             self._last_digest = None  # a later save of the same text is tried again
             log.error("layout edit not applied: %s", exc)
-            self._on_error(f"{self.path}: {exc}")
+            self._on_error(f"{self.path}: {exc}", layout.digest)
 
 
 class _Handler(FileSystemEventHandler):

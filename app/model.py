@@ -48,8 +48,23 @@ class GridNode:
                 "in_sync": self.actual == self.desired, "boot": self.boot, "detail": self.detail}
 
 
+@dataclass
+class LayoutRefusal:
+    """A layout edit a node refused, kept until a valid layout is applied."""
+
+    node: str  # whose copy of the file it was
+    reason: str  # the file and the problem
+    digest: str  # of the refused content: the same file seen by other watchers is one refusal
+    at: datetime
+
+    def view(self) -> dict[str, Any]:
+        return {"node": self.node, "reason": self.reason, "digest": self.digest, "at": self.at.isoformat()}
+
+
 class Grid:
     """The root object of the master's state."""
+
+    layout_refusal: LayoutRefusal | None = None  # a class default: snapshots from before it existed
 
     def __init__(self) -> None:
         self.rows = 3
@@ -57,6 +72,7 @@ class Grid:
         self.nodes: dict[str, GridNode] = {}
         self.presets: dict[str, dict[str, Value]] = {}
         self.layout_digest = ""  # of the layout file last applied
+        self.layout_refusal = None
 
     def node(self, node_id: str) -> GridNode:
         try:
@@ -145,7 +161,8 @@ def _merge(root: Grid, targets: Iterable[str], values: dict[str, Value]) -> list
 @dataclass(frozen=True)
 class ApplyLayout(prevalence.Transaction, name="grid.ApplyLayout"):
     """The layout file's content: nodes not listed are removed, new ones added, others moved;
-    desired settings of the nodes that stay are kept."""
+    desired settings of the nodes that stay are kept. It clears a recorded refusal, so the
+    file saved back as it was after a refused edit is taken (changing nothing else)."""
 
     rows: int
     columns: int
@@ -153,7 +170,7 @@ class ApplyLayout(prevalence.Transaction, name="grid.ApplyLayout"):
     digest: str = ""
 
     def check(self, root: Grid) -> None:
-        if self.digest and self.digest == root.layout_digest:
+        if self.digest and self.digest == root.layout_digest and root.layout_refusal is None:
             raise LayoutUnchanged(f"layout {self.digest} is already applied")
         check_layout(self.rows, self.columns, self.nodes)
 
@@ -172,7 +189,26 @@ class ApplyLayout(prevalence.Transaction, name="grid.ApplyLayout"):
                 g.address, g.row, g.column = spec.address, spec.row, spec.column
                 changed.append(spec.id)
         root.rows, root.columns, root.layout_digest = self.rows, self.columns, self.digest
+        root.layout_refusal = None
         return {"added": added, "removed": removed, "changed": changed}
+
+
+@dataclass(frozen=True)
+class RefuseLayout(prevalence.Transaction, name="grid.RefuseLayout"):
+    """A node's watcher refused an edit of its layout file: recorded, so that operators see it
+    (``grid show``, the window) and not only that node's log. Nothing else changes."""
+
+    node: str
+    reason: str
+    digest: str = ""
+
+    def check(self, root: Grid) -> None:
+        r = root.layout_refusal
+        if r is not None and self.digest and r.digest == self.digest:
+            raise LayoutUnchanged(f"the refusal of layout {self.digest} is already recorded")
+
+    def execute(self, root: Grid, ctx: prevalence.Context) -> None:
+        root.layout_refusal = LayoutRefusal(self.node, self.reason[:2000], self.digest, ctx.now)
 
 
 @dataclass(frozen=True)
@@ -328,7 +364,8 @@ class GridView(prevalence.Query, name="grid.GridView"):
         nodes = sorted(root.nodes.values(), key=lambda g: (g.row, g.column, g.id))
         return {"rows": root.rows, "columns": root.columns, "nodes": [g.view() for g in nodes],
                 "presets": {k: dict(v) for k, v in sorted(root.presets.items())},
-                "layout_digest": root.layout_digest}
+                "layout_digest": root.layout_digest,
+                "layout_refused": None if root.layout_refusal is None else root.layout_refusal.view()}
 
 
 @dataclass(frozen=True)

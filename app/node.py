@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from app.agent import Agent, AgentLink
 from app.controller import Controller
 from app.layout import LayoutWatcher, read_layout, LayoutError
-from app.model import ApplyLayout, GridError, GridView, LayoutUnchanged
+from app.model import ApplyLayout, GridError, GridView, LayoutUnchanged, RefuseLayout
 from prevalence.errors import PrevalenceError
 from rpc.config import ConfigError, format_address
 
@@ -54,7 +54,7 @@ class GridApp:
         process.leader_hooks.append((self._lead, self._follow))
         self.watcher = None
         if self.layout_path:
-            self.watcher = LayoutWatcher(self.layout_path, self._submit_layout, lambda message: None).start()
+            self.watcher = LayoutWatcher(self.layout_path, self._submit_layout, self._refuse_layout).start()
 
     # -- leader hooks (on the node's apply thread: start and stop threads, never wait) -------
     def _lead(self) -> None:
@@ -88,6 +88,10 @@ class GridApp:
             pass
         except (LayoutError, GridError) as exc:
             log.error("initial layout not applied, nothing changed: %s", exc)
+            try:
+                self.process.node.execute(RefuseLayout(self.process.cfg.id, str(exc)), timeout=5.0)
+            except PrevalenceError as failed:
+                log.warning("the refusal of the initial layout was not recorded: %s", failed)
 
     # -- the layout file -------------------------------------------------------------------
     def _submit_layout(self, layout: ApplyLayout) -> None:
@@ -102,6 +106,16 @@ class GridApp:
             raise GridError(f"the cluster did not take the layout: {exc}") from None
         log.info("layout %s applied: added %s, removed %s, changed %s", self.layout_path,
                  result["added"] or "none", result["removed"] or "none", result["changed"] or "none")
+
+    def _refuse_layout(self, message: str, digest: str) -> None:
+        """Record the refusal in the replicated state, where ``grid show`` and the window
+        read it; the same file refused by several nodes' watchers is recorded once."""
+        try:
+            self._cluster().execute(RefuseLayout(self.process.cfg.id, message, digest), timeout=10.0)
+        except LayoutUnchanged:
+            pass
+        except (PrevalenceError, GridError) as exc:
+            log.warning("the layout refusal was not recorded (only this log has it): %s", exc)
 
     def _cluster(self):
         from rpc.client import ClusterClient

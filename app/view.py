@@ -32,6 +32,10 @@ def render(view: dict) -> str:
              as_text(n["desired"]), "-" if n["actual"] is None else as_text(n["actual"]),
              "yes" if n["in_sync"] else "no", n["detail"]] for n in view["nodes"]]
     lines.append(tabulate(rows, headers=["node", "pos", "health", "desired", "actual", "in sync", "detail"]))
+    refused = view.get("layout_refused")
+    if refused:
+        lines += ["", f"layout edit refused on {refused['node']} at {refused['at'][:19].replace('T', ' ')} UTC, "
+                      f"the grid keeps its layout: {refused['reason']}"]
     if view.get("presets"):
         lines += ["", "presets: " + "; ".join(f"{k}: {as_text(v)}" for k, v in view["presets"].items())]
     return "\n".join(lines)

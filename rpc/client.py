@@ -57,13 +57,16 @@ class Subscription:
     """Delivers applied transactions in order to ``callback`` on a thread of its own:
     each once, and none that changed nothing (refused by check, a retry, an expired session).
 
-    It long-polls whichever node the client talks to, and after a failover resumes at
-    the index after the last one delivered: no gap, no duplicate. Close it when done.
+    It long-polls a node (the leader when known) on a connection of its own: the node
+    serves one request at a time per connection, so a poll on the client's shared one
+    would hold up every call queued behind it. After a failover it resumes at the index
+    after the last one delivered: no gap, no duplicate. Close it when done.
     """
 
     def __init__(self, client: "ClusterClient", callback: Callable[[Any], None], start: int):
         self._client, self._callback, self.index = client, callback, start
         self._stop = threading.Event()
+        self._line = client._open_line()
         self._thread = threading.Thread(target=self._run, name="subscription", daemon=True)
         self._thread.start()
 
@@ -71,7 +74,8 @@ class Subscription:
         c = self._client
         while not self._stop.is_set() and not c._closed:
             try:
-                reply = c._call(time.monotonic() + c.timeout, "read_log", self.index, 256, 1.0, any_node=True)
+                reply = c._call(time.monotonic() + c.timeout, "read_log", self.index, 256, 1.0, any_node=True,
+                                line=self._line)
             except ClusterUnavailable:
                 continue  # a long outage: keep trying, from the same index
             if reply[0] == "compacted":
@@ -95,6 +99,7 @@ class Subscription:
 
     def close(self) -> None:
         self._stop.set()
+        self._client._close_line(self._line)  # wakes a poll in progress at once
         if threading.current_thread() is not self._thread:
             self._thread.join(5)
 
@@ -133,6 +138,21 @@ def _remote_exception(kind: str, type_name: str, message: str) -> BaseException:
     return RemoteTransactionError(type_name, message, rejected=rejected)
 
 
+class _Line:
+    """One connection of the client to the cluster and the lock that serialises making it.
+
+    Commands and queries share the client's main line; each subscription has a line of its
+    own, closed with it."""
+
+    __slots__ = ("conn", "addr", "connect_lock", "closed")
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.addr: str | None = None
+        self.connect_lock = threading.Lock()
+        self.closed = False
+
+
 class _Session:
     __slots__ = ("id", "next_seq")
 
@@ -156,9 +176,8 @@ class ClusterClient:
         self.attempt_timeout = attempt_timeout
         self._ssl = ssl_context
         self._lock = threading.Lock()
-        self._connect_lock = threading.Lock()
-        self._conn = None
-        self._conn_addr: str | None = None
+        self._main = _Line()
+        self._lines: list[_Line] = [self._main]  # the main line and every open subscription's
         self._hint: str | None = None
         self._sessions: list[_Session] = []
         self._suspect: dict[str, float] = {}  # address -> until when it is tried last
@@ -169,7 +188,7 @@ class ClusterClient:
     @property
     def leader(self) -> str | None:
         """The address of the node this client believes leads (None before the first call)."""
-        return self._conn_addr or self._hint
+        return self._main.addr or self._hint
 
     def execute(self, tx: Any, *, timeout: float | None = None) -> Any:
         """Run ``tx`` on the leader exactly once; its result, or its own exception.
@@ -237,7 +256,8 @@ class ClusterClient:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._drop()
+            for line in self._lines:
+                self._drop(line)
 
     def __enter__(self) -> "ClusterClient":
         return self
@@ -292,16 +312,33 @@ class ClusterClient:
             raise SessionExpired(reply[1])
         raise PrevalenceError(reply[-1])
 
-    def _call(self, deadline: float, method: str, *args: Any, any_node: bool = False) -> list:
+    def _open_line(self) -> _Line:
+        line = _Line()
+        with self._lock:
+            line.closed = self._closed
+            self._lines.append(line)
+        return line
+
+    def _close_line(self, line: _Line) -> None:
+        with self._lock:
+            line.closed = True
+            self._drop(line)
+            if line in self._lines:
+                self._lines.remove(line)
+
+    def _call(self, deadline: float, method: str, *args: Any, any_node: bool = False,
+              line: _Line | None = None) -> list:
+        line = line or self._main
         tried: list[str] = []
         backoff = 0.02
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._closed:
-                what = "closed" if self._closed else f"no leader answered within the deadline; tried {', '.join(tried[-8:]) or 'nothing'}"
+            if remaining <= 0 or self._closed or line.closed:
+                closed = self._closed or line.closed
+                what = "closed" if closed else f"no leader answered within the deadline; tried {', '.join(tried[-8:]) or 'nothing'}"
                 raise ClusterUnavailable(f"{method}: {what}")
             try:
-                conn, addr = self._connection(min(remaining, self.attempt_timeout))
+                conn, addr = self._connection(min(remaining, self.attempt_timeout), line)
             except PrevalenceError as exc:
                 tried.append(f"{exc}")
                 time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, deadline - time.monotonic())))
@@ -311,11 +348,13 @@ class ClusterClient:
                 raw = remote_method(conn, method)(*args)
                 reply = msgpack.unpackb(raw, raw=False)
             except Exception as exc:  # connection lost, timed out (a hung node), refused
+                if line.closed or self._closed:  # we closed it: the node is not to blame
+                    raise ClusterUnavailable(f"{method}: closed") from None
                 tried.append(f"{addr}: {type(exc).__name__}: {exc}"[:200])
                 with self._lock:
                     self._suspect[addr] = time.monotonic() + SUSPECT_FOR
-                    if self._conn is conn:
-                        self._drop()
+                    if line.conn is conn:
+                        self._drop(line)
                 continue
             if self._suspect:
                 with self._lock:
@@ -323,8 +362,8 @@ class ClusterClient:
             if reply[0] == "not_leader" and not any_node:
                 tried.append(f"{addr}: not the leader (hint: {reply[1]} at {reply[2]})")
                 with self._lock:
-                    if self._conn is conn:
-                        self._drop()
+                    if line.conn is conn:
+                        self._drop(line)
                     # a follower may still name a leader that just stopped answering us
                     suspect = reply[2] is not None and self._suspect.get(reply[2], 0) > time.monotonic()
                     self._hint = None if suspect else reply[2]
@@ -336,23 +375,27 @@ class ClusterClient:
                 continue  # the same command again: the session makes the retry safe
             return reply
 
-    def _connection(self, attempt_timeout: float):
+    def _connection(self, attempt_timeout: float, line: _Line | None = None):
+        line = line or self._main
         with self._lock:
-            if self._conn is not None:
-                return self._conn, self._conn_addr
+            if line.conn is not None:
+                return line.conn, line.addr
         # One thread connects at a time; the others then share its connection instead of
         # each replacing (and closing under the others) the one made just before.
-        with self._connect_lock:
-            return self._connect(attempt_timeout)
+        with line.connect_lock:
+            return self._connect(attempt_timeout, line)
 
-    def _connect(self, attempt_timeout: float):
+    def _connect(self, attempt_timeout: float, line: _Line):
         with self._lock:
-            if self._conn is not None:
-                return self._conn, self._conn_addr
+            if line.conn is not None:
+                return line.conn, line.addr
             now = time.monotonic()
-            order = ([self._hint] if self._hint else []) + [a for a in self.addresses if a != self._hint]
+            # the leader first when known: a subscription reads the freshest log there
+            first = self._hint if line is self._main else (self._hint or self._main.addr)
+            order = ([first] if first else []) + [a for a in self.addresses if a != first]
             order.sort(key=lambda a: self._suspect.get(a, 0) > now)  # stable: suspects last
-            self._hint = None
+            if line is self._main:
+                self._hint = None
         errors = []
         for addr in order:
             try:
@@ -369,13 +412,17 @@ class ClusterClient:
             with self._lock:
                 if addr not in self.addresses:
                     self.addresses.append(addr)  # learnt from a hint: a member added later
-                self._drop()
-                self._conn, self._conn_addr = conn, addr
+                self._drop(line)
+                if line.closed:  # closed while connecting: nobody would close this one
+                    hard_close(conn)
+                    raise PrevalenceError("closed")
+                line.conn, line.addr = conn, addr
             return conn, addr
         raise PrevalenceError("; ".join(errors) or "no address to try")
 
-    def _drop(self) -> None:
-        conn, self._conn, self._conn_addr = self._conn, None, None
+    def _drop(self, line: _Line | None = None) -> None:
+        line = line or self._main
+        conn, line.conn, line.addr = line.conn, None, None
         if conn is not None:
             hard_close(conn)  # no polite close request: it would wait on a hung node
 

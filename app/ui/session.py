@@ -2,15 +2,18 @@
 
 The window never touches the network: it calls ``set_settings``/``apply_preset``
 (queued, run one after the other on a worker thread through the client's exactly-once
-path) and reads what the workers put in ``updates``:
+path) and hands what the workers put in ``updates`` to its view model (app.ui.model):
 
-- ``("view", view)``     the grid with master and term, after any committed change;
-- ``("connection", state, text)``  state is connected | reconnecting | unreachable;
-- ``("busy", text)``, ``("result", text)``, ``("error", text)``  for commands.
+- ``("link", Link)``   who is master, or that a failover runs, or that no node answers;
+- ``("view", view)``   the grid (``GridView``), after any committed change;
+- ``("event", rpc.Event)``  each committed transaction, for the event strip;
+- ``("command", phase, text)``  busy | done | refused | failed, for the window's commands.
 
-The grid is re-read when the subscription delivers a committed transaction (many
-events in a burst cause one read), not on a timer. A small status call each second
-to the master itself tells the connection state; it is what notices a dead master first.
+The grid is re-read when the subscription delivers a committed transaction (many events
+in a burst cause one read), not on a timer. The subscription has a connection of its own
+(rpc.client), so it never delays the commands. A status call every 0.3 s to the master
+itself tells who is master; when that fails every node is asked at once, so a failover
+shows at once, and a cluster where no node answers within about two seconds.
 """
 from __future__ import annotations
 
@@ -18,30 +21,27 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from app.model import ApplyPreset, GridView, SetSettings
-from app.view import with_cluster
+from app.model import ApplyPreset, GridError, GridView, SetSettings
+from app.settings import SettingsError
+from app.ui.model import Link, describe
+from rpc.client import Compacted
 from rpc.config import parse_address
 from rpc.transport import NodeLink
 
 log = logging.getLogger("app.ui")
-
-
-def describe(exc: BaseException) -> str:
-    """An error as one line for the operator: its type and message, never a traceback."""
-    text = str(exc) or type(exc).__name__
-    return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
+BACKFILL = 200  # log entries read back at start, so that the event strip shows recent history
 
 
 class UiSession:
-    def __init__(self, client: Any, secret: bytes, *, ssl_context: Any = None, status_every: float = 0.5):
+    def __init__(self, client: Any, secret: bytes, *, ssl_context: Any = None, status_every: float = 0.3):
         self.client = client
         self._secret, self._ssl = secret, ssl_context
         self.updates: queue.SimpleQueue = queue.SimpleQueue()
         self.status_every = status_every
-        self.connection = ("reconnecting", "connecting...")
+        self.link = Link("connecting")
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._commands = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ui-command")
@@ -74,23 +74,35 @@ class UiSession:
 
     def _submit(self, what: str, tx: Any) -> None:
         def run() -> None:
-            self.updates.put(("busy", f"sending: {what}..."))
+            self.updates.put(("command", "busy", f"sending: {what}..."))
             try:
                 changed = self.client.execute(tx, timeout=30.0)
+            except (GridError, SettingsError) as exc:  # the grid's own refusal: nothing applied
+                self.updates.put(("command", "refused", f"{what}: {describe(exc)}"))
             except Exception as exc:  # noqa: BLE001 - shown in the window, the session goes on
-                self.updates.put(("error", f"{what}: {describe(exc)}"))
+                self.updates.put(("command", "failed", f"{what}: {describe(exc)}"))
             else:
-                self.updates.put(("result", f"done: {what} ({len(changed)} node{'s' if len(changed) != 1 else ''})"))
+                count = f"{len(changed)} node{'s' if len(changed) != 1 else ''}"
+                self.updates.put(("command", "done", f"done: {what} ({count})"))
                 self._dirty.set()
 
         self._commands.submit(run)
 
     # -- workers ---------------------------------------------------------------------------
     def _subscribe(self) -> None:
-        """Wake the refresher on every committed transaction (or a compaction notice)."""
+        """Committed transactions to the event strip, and a re-read of the grid after each
+        burst; it starts a little back in the log, so that the strip shows recent history."""
+        def delivered(item: Any) -> None:
+            if not isinstance(item, Compacted):
+                self.updates.put(("event", item))
+            self._dirty.set()
+
         while not self._stop.is_set():
             try:
-                self._subscription = self.client.subscribe(lambda _event: self._dirty.set())
+                applied = self.client.status()["applied_index"]
+                self._subscription = self.client.subscribe(delivered, from_index=max(1, applied - BACKFILL + 1))
+                if self._stop.is_set():
+                    self._subscription.close()
                 return
             except Exception as exc:  # noqa: BLE001 - no cluster yet: the monitor says so
                 log.info("subscription not started yet: %s", exc)
@@ -103,71 +115,123 @@ class UiSession:
                 return
             self._dirty.clear()
             try:
-                view = self.client.query(GridView(), timeout=10.0)
-                self.updates.put(("view", with_cluster(view, self.client.status())))
+                self.updates.put(("view", self.client.query(GridView(), timeout=10.0)))
             except Exception as exc:  # noqa: BLE001 - retried when the cluster is back
                 log.info("grid not read: %s", exc)
                 self._stop.wait(0.5)
                 self._dirty.set()
 
     def _monitor(self) -> None:
-        """Keep a status line open to the master itself: when it dies the call fails at once
-        and the window says so, however fast the election that follows."""
         watch = MasterWatch(self.client.addresses, self._secret, self._ssl)
         try:
             while not self._stop.is_set():
                 began = time.monotonic()
-                state = watch.check()
-                if state != self.connection:
-                    if state[0] == "connected" and self.connection[0] != "connected":
+                link = watch.check()
+                if link != self.link:
+                    if link.state == "connected" and (self.link.state != "connected" or self.link.master != link.master):
                         self._dirty.set()  # a new master: re-read the grid
-                    self.connection = state
-                    self.updates.put(("connection", *state))
-                wait = self.status_every if state[0] == "connected" else 0.1
+                    self.link = link
+                    self.updates.put(("link", link))
+                wait = self.status_every if link.state == "connected" else 0.15
                 self._stop.wait(max(0.0, wait - (time.monotonic() - began)))
         finally:
             watch.close()
 
 
 class MasterWatch:
-    """Which node is master, asked of the master itself over a connection kept open."""
+    """Which node is master, asked of the master itself over a connection kept open.
 
-    def __init__(self, addresses: list[str], secret: bytes, ssl_context: Any = None, timeout: float = 1.0):
-        self._links = [NodeLink(parse_address(a, "address"), secret, ident="ui", timeout=timeout,
-                                connect_timeout=min(0.3, timeout), ssl_context=ssl_context) for a in addresses]
-        self._master: NodeLink | None = None  # the link to the node that said it leads
-        self.master: str | None = None
+    The master has ``timeout`` to answer (a busy PC is not taken for a dead one). When it
+    fails, every node is asked at once (in parallel, each bounded by ``sweep_timeout``: a
+    live node answers in milliseconds), so "no node answers" is known within about
+    ``timeout + sweep_timeout`` seconds even when the nodes hang rather than refuse. A master
+    that stopped answering is asked again at each check until it does: until then it is
+    reported ``silent``, and the window shows it down."""
 
-    def check(self) -> tuple[str, str]:
+    def __init__(self, addresses: list[str], secret: bytes, ssl_context: Any = None, timeout: float = 1.0,
+                 sweep_timeout: float = 0.5):
+        def link(address: str, wait: float) -> NodeLink:
+            return NodeLink(parse_address(address, "address"), secret, ident="ui", timeout=wait,
+                            connect_timeout=min(0.3, wait), ssl_context=ssl_context)
+
+        self._link_to = lambda address: link(address, timeout)
+        self._links = {a: link(a, sweep_timeout) for a in addresses}
+        self._pool = ThreadPoolExecutor(max_workers=len(self._links) + 2, thread_name_prefix="ui-watch")
+        self._master: tuple[str, str, NodeLink] | None = None  # address, id, link of the node that leads
+        self._silent: dict[str, str] = {}  # id -> address of former masters that do not answer us
+        self._probes: dict[str, Future] = {}  # id -> a status call to a silent former master
+
+    def check(self) -> Link:
+        self._probe_silent()
         if self._master is not None:
+            address, node, master = self._master
             try:
-                st = _status(self._master)
-                if st["role"] == "leader":
-                    return _connected(st)
-                lost = f"{st['id']} is no longer master"
+                st = _status(master)
             except Exception as exc:  # noqa: BLE001 - a dead or hung master: look for the next
-                lost = f"lost master {self.master}: {describe(exc)}"
-            self.close()
-            return ("reconnecting", f"reconnecting: {lost}")
-        for link in self._links:  # no master known: ask each node once
-            try:
-                st = _status(link)
-            except Exception:  # noqa: BLE001 - that node is down too: try the next
-                continue
+                master.close()
+                self._master = None
+                self._silent[node] = address
+                return Link("lost", node=node, reason=describe(exc), silent=self._silent_ids())
             if st["role"] == "leader":
-                self._master, self.master = link, st["id"]
-                return _connected(st)
-            link.close()
-        return ("reconnecting", "reconnecting: no master yet, an election is running")
+                return _connected(st, self._silent_ids())
+            master.close()
+            self._master = None
+            return Link("lost", node=node, reason="it is no longer the leader", silent=self._silent_ids())
+        answers = self._sweep()
+        leaders = [st for st in answers.values() if st["role"] == "leader"]
+        if leaders:
+            st = max(leaders, key=lambda s: s["term"])
+            address = next(a for a, s in answers.items() if s is st)
+            self._master = (address, st["id"], self._link_to(address))
+            self._silent.pop(st["id"], None)
+            return _connected(st, self._silent_ids())
+        if not answers:
+            return Link("unreachable", of=len(self._links), silent=self._silent_ids())
+        return Link("searching", answering=len(answers), of=len(self._links), silent=self._silent_ids())
+
+    def _sweep(self) -> dict[str, dict]:
+        """Every node's status at once; the ones that answered, by address."""
+        busy = {self._silent[n] for n, f in self._probes.items() if not f.done() and n in self._silent}
+        futures = {a: self._pool.submit(_status, link) for a, link in self._links.items() if a not in busy}
+        answers = {}
+        for address, future in futures.items():
+            try:
+                answers[address] = future.result()
+            except Exception:  # noqa: BLE001 - that node does not answer: it is not counted
+                self._links[address].close()
+        for node, address in list(self._silent.items()):
+            if address in answers:
+                del self._silent[node]
+        return answers
+
+    def _probe_silent(self) -> None:
+        """Ask each silent former master again, without waiting: a hung one would stall the
+        watch for the whole handshake timeout. The answer is used at the next check."""
+        for node, address in list(self._silent.items()):
+            probe = self._probes.get(node)
+            if probe is not None and probe.done():
+                del self._probes[node]
+                if probe.exception() is None:
+                    del self._silent[node]
+                    continue
+                self._links[address].close()
+            if node not in self._probes:
+                self._probes[node] = self._pool.submit(_status, self._links[address])
+
+    def _silent_ids(self) -> tuple[str, ...]:
+        return tuple(sorted(self._silent))
 
     def close(self) -> None:
-        for link in self._links:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for link in self._links.values():
             link.close()
+        if self._master is not None:
+            self._master[2].close()
         self._master = None
 
 
-def _connected(st: dict) -> tuple[str, str]:
-    return ("connected", f"connected to master {st['id']} at {st['address']}, term {st['term']}")
+def _connected(st: dict, silent: tuple[str, ...]) -> Link:
+    return Link("connected", master=st["id"], address=st["address"], term=st["term"], silent=silent)
 
 
 def _status(link: NodeLink) -> dict:

@@ -133,6 +133,8 @@ def test_an_invalid_layout_edit_is_rejected_logged_and_changes_nothing(grid):
     ensure_all_up(g)
     path = os.path.join(g.dir, "layout.toml")
     before = grid_view(g.c)
+    with open(path) as f:
+        original = f.read()
     with open(path, "a") as f:
         f.write('\n[nodes.n10]\naddress = "127.0.0.1:1"\nrow = 1\ncolumn = 1\n')  # n1 is at (1, 1)
 
@@ -142,10 +144,19 @@ def test_an_invalid_layout_edit_is_rejected_logged_and_changes_nothing(grid):
                    for t in logs)
 
     g.wait_for("the rejection logged", logged, 10)
+    # issue 16: the refusal reaches operators through the replicated state, not only a log
+    refused = g.wait_for("the refusal in the state", lambda: grid_view(g.c)["layout_refused"], 10)
+    assert "nodes n1 and n10 are both at (1, 1)" in refused["reason"] and refused["node"] in g.configs
+    shown = grid_cli(g, "show")
+    assert "layout edit refused" in shown.stdout and "nodes n1 and n10 are both at (1, 1)" in shown.stdout
     time.sleep(0.5)
     after = grid_view(g.c)
     assert (after["layout_digest"], desired_of(after), after["columns"]) == \
         (before["layout_digest"], desired_of(before), before["columns"])
+    with open(path, "w") as f:  # saved back as it was: the refusal goes
+        f.write(original)
+    g.wait_for("the refusal cleared", lambda: grid_view(g.c)["layout_refused"] is None, 10)
+    assert grid_view(g.c)["layout_digest"] == before["layout_digest"]
 
 
 def grid_cli(g: LocalGrid, *args: str) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 """The layout file: every mistake named with the file and the field; the watcher reports saves."""
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -65,8 +66,8 @@ def test_watcher_reports_valid_saves_once_and_invalid_ones_as_errors(tmp_path):
         layouts.append(layout)
         seen.set()
 
-    def on_error(message):
-        errors.append(message)
+    def on_error(message, digest):
+        errors.append((message, digest))
         seen.set()
 
     watcher = LayoutWatcher(str(path), on_layout, on_error, debounce=0.05).start(parse_layout(GOOD).digest)
@@ -82,8 +83,14 @@ def test_watcher_reports_valid_saves_once_and_invalid_ones_as_errors(tmp_path):
             assert seen.wait(5), "the watcher did not report the save"
             time.sleep(0.2)  # any late duplicate event would arrive now
 
-        save(GOOD.replace(b"row = 2\n", b"row = 3\n"))
-        assert errors and "position (3, 2) is outside the 2x2 grid" in errors[-1] and not layouts
+        bad = GOOD.replace(b"row = 2\n", b"row = 3\n")
+        save(bad)
+        assert errors and "position (3, 2) is outside the 2x2 grid" in errors[-1][0] and not layouts
+        assert errors[-1][1] == hashlib.sha256(bad).hexdigest()[:16]  # which version was refused
+        # saved back as it was: reported, so that the refusal shown to operators can go
+        save(GOOD)
+        assert [layout.digest for layout in layouts] == [parse_layout(GOOD).digest]
+        layouts.clear()
         save(GOOD.replace(b"rows = 2", b"rows = 3"), atomic=True)
         assert [layout.rows for layout in layouts] == [3]
         seen.clear()

@@ -8,7 +8,7 @@ import prevalence
 from app.layout import parse_layout
 from app.model import (
     AddNode, ApplyLayout, ApplyPreset, DefinePreset, DeletePreset, Grid, GridError, GridView, LayoutUnchanged,
-    MarkNode, MoveNode, NodeDetail, NodeSpec, RemoveNode, SetSettings,
+    MarkNode, MoveNode, NodeDetail, NodeSpec, RefuseLayout, RemoveNode, SetSettings,
 )
 
 LAYOUT = ApplyLayout(3, 3, tuple(NodeSpec(f"n{k + 1}", f"127.0.0.1:{7101 + k}", k // 3 + 1, k % 3 + 1)
@@ -93,6 +93,25 @@ def test_layout_keeps_settings_of_nodes_that_stay(db):
         db.execute(ApplyLayout(2, 2, (NodeSpec("a", "h:1", 1, 1), NodeSpec("b", "h:2", 1, 1)), "d3"))
 
 
+def test_a_refused_layout_edit_is_in_the_state_until_a_valid_layout_is_applied(db):
+    """Issue 16: a refused edit was only in the node logs; operators read the state."""
+    assert db.query(GridView())["layout_refused"] is None
+    db.execute(RefuseLayout("n3", "layout.toml: nodes n1 and n10 are both at (1, 1)", "bad1"))
+    refused = db.query(GridView())["layout_refused"]
+    assert (refused["node"], refused["reason"]) == ("n3", "layout.toml: nodes n1 and n10 are both at (1, 1)")
+    assert refused["at"]  # when, in the journal's time
+    before = db.last_index
+    with pytest.raises(LayoutUnchanged):  # the same file seen by another node's watcher
+        db.execute(RefuseLayout("n7", "layout.toml: nodes n1 and n10 are both at (1, 1)", "bad1"))
+    assert db.last_index == before
+    # the file saved back as it was: the layout it names is applied already, but the
+    # refusal goes (nothing else changes)
+    assert db.execute(LAYOUT) == {"added": [], "removed": [], "changed": []}
+    assert db.query(GridView())["layout_refused"] is None
+    with pytest.raises(LayoutUnchanged):
+        db.execute(LAYOUT)
+
+
 def test_observations_track_health_and_clear_actual_when_down(db):
     db.execute(MarkNode("n1", True, {"volume": "40"}, "boot1", "settings pushed"))
     n1 = db.query(NodeDetail("n1"))
@@ -115,6 +134,8 @@ COMMANDS = st.one_of(
     st.builds(ApplyPreset, st.sampled_from(["p", "q"]), st.sampled_from([("all",), ("row:3",), ("n2",)])),
     st.builds(MoveNode, st.sampled_from(["n1", "n4"]), st.integers(1, 4), st.integers(1, 4)),
     st.builds(MarkNode, st.sampled_from(["n2", "n3"]), st.booleans(), st.just({"volume": "3"}), st.just("b")),
+    st.builds(RefuseLayout, st.sampled_from(["n1", "n2"]), st.just("bad"), st.sampled_from(["x", "y"])),
+    st.just(LAYOUT),
 )
 
 
