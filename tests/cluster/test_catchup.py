@@ -79,11 +79,13 @@ def test_a_follower_20000_entries_behind_rejoins_without_a_leader_change_or_a_co
             client.execute(Add("warm", 1))
             c.kill(follower)
             write(client, BEHIND)
+            target = c.status()[leader]["commit_index"]
             probe = OneAtATime(client)
             time.sleep(1.0)
             back = time.monotonic()
             c.start(follower)
-            c.wait_converged(follower, timeout=60)
+            c.wait_for(f"{follower} to apply the {BEHIND} entries it missed",
+                       lambda: c.status()[follower]["applied_index"] >= target, 60, 0.05)
             time.sleep(0.3)
             end = time.monotonic()
             probe.stop()
