@@ -151,7 +151,7 @@ class LeaderMixin:
             return False  # (a probe goes out even empty: its answer tells where the logs match)
         self.msgs.append(Append(self.id, to, self.term, prev, prev_term, ents, log.committed))
         pr.sent_commit = log.committed
-        pr.sent_entries(len(ents), ents[-1].index if ents else prev, sum(len(e.data) for e in ents))
+        pr.sent_entries(len(ents), ents[-1].index if ents else prev, sum(len(e.data) for e in ents), self.clock)
         return True
 
     def _send_snapshot(self, to: str, pr: Progress) -> bool:
@@ -215,7 +215,7 @@ class LeaderMixin:
         if t is AppendResp:
             self._handle_append_resp(m, pr)
         elif t is HeartbeatResp:
-            pr.probe_sent = False
+            pr.heartbeat_answered(m.seq)
             if m.seq > pr.lease_seq:
                 pr.lease_seq = m.seq
             if pr.state == _SNAPSHOT:

@@ -59,7 +59,7 @@ class Inflights:
 
 class Progress:
     __slots__ = (
-        "match", "next", "state", "probe_sent", "inflights", "recent_active",
+        "match", "next", "state", "probe_sent", "probe_sent_at", "inflights", "recent_active",
         "is_learner", "snapshot", "snap_offset", "snap_moved_at", "lease_seq", "hb_match", "sent_commit",
     )
 
@@ -69,6 +69,7 @@ class Progress:
         self.next = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False  # PROBE: an append is outstanding, wait for an answer
+        self.probe_sent_at = 0  # PROBE: the leader tick it went out
         self.inflights = Inflights(max_inflight, max_inflight_bytes)
         self.recent_active = True  # heard from within the last election timeout
         self.is_learner = is_learner
@@ -150,15 +151,24 @@ class Progress:
             return self.inflights.full()
         return True
 
-    def sent_entries(self, count: int, last_index: int, size: int = 0) -> None:
-        """Bookkeeping after sending an append carrying ``count`` entries of ``size``
-        bytes of data."""
+    def sent_entries(self, count: int, last_index: int, size: int = 0, now: int = 0) -> None:
+        """Bookkeeping after sending, at leader tick ``now``, an append carrying
+        ``count`` entries of ``size`` bytes of data."""
         if self.state == ProgressState.REPLICATE:
             if count:
                 self.next = last_index + 1
                 self.inflights.add(last_index, size)
         elif self.state == ProgressState.PROBE:
             self.probe_sent = True
+            self.probe_sent_at = now
+
+    def heartbeat_answered(self, sent_at: int) -> None:
+        """The answer to a heartbeat sent at leader tick ``sent_at``: the follower is
+        reachable, so a probe sent no later than that heartbeat may have been lost and
+        goes out again. Answers to older heartbeats (a backlog a returning follower
+        answers in one burst) say nothing about the probe: each would resend it."""
+        if sent_at >= self.probe_sent_at:
+            self.probe_sent = False
 
 
 def quorum(n: int) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from replication.config import RaftConfig
 from replication.errors import RaftError
-from replication.messages import Append
+from replication.messages import Append, Heartbeat
 from replication.progress import Inflights
 
 
@@ -58,5 +58,44 @@ def test_a_follower_far_behind_is_sent_a_bounded_window_at_a_time(make_cluster):
             c.deliver()
     assert worst <= window + msg  # never the backlog at once...
     assert rounds >= 15_000 // (window + msg)  # ...but window after window
+    c.settle()
+    assert c.commands("c") == c.commands("a")
+
+
+def test_answers_to_heartbeats_older_than_a_probe_do_not_resend_it(make_cluster):
+    """A returning follower answers the heartbeats queued for it in one burst. Each used
+    to resend the probe (a full Append): the burst cost a multiple of the backlog."""
+    c = make_cluster(["a", "b", "c"], config=RaftConfig(heartbeat_tick=1))
+    c.elect("a")
+    c.settle()
+    held = []
+
+    def cut_c(m) -> bool:  # c is unreachable; the heartbeats for it stay queued
+        if "c" not in (m.src, m.dst):
+            return False
+        if type(m) is Heartbeat:
+            held.append(m)
+        return True
+
+    c.drop = cut_c
+    for i in range(5):
+        c.propose("a", b"x%d" % i)
+        c.tick("a")
+        c.settle()
+    c.drop = lambda m: "c" in (m.src, m.dst)
+    c.tick("a")  # one more tick: every held heartbeat is older than what follows
+    c.settle()
+    c.heal()
+    assert len(held) >= 5
+    c.inflight.extend(held)
+    c.deliver()  # c answers them all at once
+    c.deliver()  # the leader steps the burst: c's appends were lost, so it probes
+    probes = [m for m in c.inflight if type(m) is Append and m.dst == "c"]
+    assert len(probes) == 1, probes
+    c.inflight = [m for m in c.inflight if m not in probes]  # the probe is lost too
+    c.tick("a")  # a heartbeat sent after the probe...
+    c.deliver()
+    c.deliver()  # ...answered: the probe may be lost, so it goes out again
+    assert len([m for m in c.inflight if type(m) is Append and m.dst == "c"]) == 1
     c.settle()
     assert c.commands("c") == c.commands("a")
