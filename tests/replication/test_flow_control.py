@@ -9,10 +9,28 @@ from __future__ import annotations
 
 import pytest
 
+from prevalence.entry import Entry
+from replication import raft_log
 from replication.config import RaftConfig
 from replication.errors import RaftError
+from replication.membership import Membership
 from replication.messages import Append, Heartbeat
 from replication.progress import Inflights
+from replication.raft_log import RaftLog
+from replication.storage import MemoryStorage
+
+
+def ents(lo: int, hi: int, term: int = 1, size: int = 10) -> list[Entry]:
+    return [Entry(i, term, 1, b"%d" % term * size) for i in range(lo, hi + 1)]
+
+
+def persist(st: MemoryStorage, log: RaftLog, truncate_from: int | None = None) -> None:
+    """The host's part: write the unstable entries, report them durable."""
+    if truncate_from is not None:
+        st.truncate(truncate_from)
+    st.append(log.unstable)
+    last = log.unstable[-1]
+    log.stable_to(last.index, last.term)
 
 
 def appended_bytes(msgs, to: str) -> int:
@@ -99,3 +117,31 @@ def test_answers_to_heartbeats_older_than_a_probe_do_not_resend_it(make_cluster)
     assert len([m for m in c.inflight if type(m) is Append and m.dst == "c"]) == 1
     c.settle()
     assert c.commands("c") == c.commands("a")
+
+
+def test_entries_just_made_stable_read_back_as_stored_even_after_a_conflict_replaced_them():
+    st = MemoryStorage(Membership(("a", "b", "c")))
+    log = RaftLog(st)
+    log.append(ents(1, 10))
+    persist(st, log)
+    assert log.slice(1, 11, None) == st.entries(1, 11, None)
+    assert log.slice(3, 11, 25) == ents(3, 4)  # the byte limit as storage applies it
+    log.append(ents(11, 12, term=2))  # unstable again, after the stable ones
+    assert log.slice(9, 13, None) == ents(9, 10) + ents(11, 12, term=2)
+    assert log.slice(10, 13, 15) == ents(10, 10)
+    log.append(ents(6, 8, term=3))  # a new leader's suffix replaces stable entries 6..12
+    assert log.slice(1, 9, None) == ents(1, 5) + ents(6, 8, term=3)
+    persist(st, log, truncate_from=6)
+    assert log.slice(1, 9, None) == st.entries(1, 9, None) == ents(1, 5) + ents(6, 8, term=3)
+
+
+def test_entries_kept_in_memory_are_bounded_and_older_ones_come_from_storage(monkeypatch):
+    monkeypatch.setattr(raft_log, "RECENT_BYTES", 10_000)
+    st = MemoryStorage(Membership(("a", "b", "c")))
+    log = RaftLog(st)
+    for lo in range(1, 500, 10):
+        log.append(ents(lo, lo + 9, size=100))
+        persist(st, log)
+        assert log.recent_bytes <= 10_000
+    assert log.slice(1, 501, None) == st.entries(1, 501, None)
+    assert log.slice(480, 501, None) == ents(480, 500, size=100)
