@@ -1,13 +1,16 @@
 """A returning follower is caught up without costing a failover (issue 14, item 6).
 
-A follower that was down while the others committed 20,000 entries comes back, and the
+A follower that was away while the others committed 20,000 entries comes back, and the
 leader sends it those entries (automatic snapshots are off, so it goes by the log). The
 clients must not notice: no election, and the leader keeps committing a one-at-a-time
-writer's commands throughout. benchmarks/catchup_bench.py measures the same with a real
+writer's commands throughout. Away means restarted (a rebooted PC) or stopped and
+resumed (SIGSTOP: it then answers everything queued for it at once). benchmarks/catchup_bench.py measures the same with a real
 network cut (docs/benchmarks.md, catch-up section).
 """
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 import time
 
@@ -69,7 +72,9 @@ def write(client, count: int, threads: int = 32) -> None:
         t.join()
 
 
-def test_a_follower_20000_entries_behind_rejoins_without_a_leader_change_or_a_commit_stall(tmp_path):
+@pytest.mark.parametrize("fault", ["restart", pytest.param("stop", marks=pytest.mark.skipif(
+    sys.platform == "win32", reason="SIGSTOP"))])
+def test_a_follower_20000_entries_behind_rejoins_without_a_leader_change_or_a_commit_stall(tmp_path, fault):
     c = LocalCluster(tmp_path, 3, snapshot_every=0)  # no snapshots: the catch-up goes by log entries
     try:
         leader, st = c.stable_leader()
@@ -77,13 +82,16 @@ def test_a_follower_20000_entries_behind_rejoins_without_a_leader_change_or_a_co
         follower = next(n for n in sorted(c.configs) if n != leader)
         with c.client() as client:
             client.execute(Add("warm", 1))
-            c.kill(follower)
+            c.kill(follower, signal.SIGSTOP if fault == "stop" else None)
             write(client, BEHIND)
             target = c.status()[leader]["commit_index"]
             probe = OneAtATime(client)
             time.sleep(1.0)
             back = time.monotonic()
-            c.start(follower)
+            if fault == "stop":
+                c.kill(follower, signal.SIGCONT)
+            else:
+                c.start(follower)
             c.wait_for(f"{follower} to apply the {BEHIND} entries it missed",
                        lambda: c.status()[follower]["applied_index"] >= target, 60, 0.05)
             time.sleep(0.3)
