@@ -10,8 +10,14 @@ from replication.errors import RaftError
 class RaftConfig:
     election_tick: int = 10  # followers campaign after [election_tick, 2*election_tick) ticks
     heartbeat_tick: int = 1
-    max_size_per_msg: int = 1 << 20  # entry data bytes per Append (at least one entry)
-    max_inflight_msgs: int = 256  # pipelining window per follower
+    # Flow control per follower (etcd's MaxSizePerMsg, MaxInflightMsgs, MaxInflightBytes),
+    # sized for Python: reading, encoding and decoding an entry cost microseconds each, and
+    # a leader does that for a follower under its core lock. A follower catching up is fed
+    # a window at a time, so heartbeats and the healthy followers' appends go out between
+    # windows (1 MiB Appends, unbounded in bytes, cost an election: docs/benchmarks.md).
+    max_size_per_msg: int = 16 << 10  # entry data bytes per Append (at least one entry)
+    max_inflight_msgs: int = 256  # unacknowledged Appends per follower
+    max_inflight_bytes: int = 64 << 10  # their entry data bytes (0: no limit)
     max_committed_size_per_ready: int = 16 << 20
     snapshot_chunk_size: int = 1 << 16
     pre_vote: bool = True
@@ -33,3 +39,5 @@ class RaftConfig:
             raise RaftError("lease_margin must be in [0, election_tick)")
         if self.max_inflight_msgs < 1 or self.max_size_per_msg < 1 or self.snapshot_chunk_size < 1:
             raise RaftError("max_inflight_msgs, max_size_per_msg and snapshot_chunk_size must be positive")
+        if self.max_inflight_bytes < 0:
+            raise RaftError("max_inflight_bytes must be >= 0 (0: no limit)")

@@ -37,7 +37,7 @@ class LeaderMixin:
         self._append_leader([Entry(index, self.term, _NOOP, b"")])
 
     def _new_progress(self, next_index: int) -> Progress:
-        return Progress(next_index, self.cfg.max_inflight_msgs)
+        return Progress(next_index, self.cfg.max_inflight_msgs, max_inflight_bytes=self.cfg.max_inflight_bytes)
 
     def _update_progress_set(self) -> None:
         """Make ``prs``/``peers`` follow the current membership (leader only)."""
@@ -151,7 +151,7 @@ class LeaderMixin:
             return False  # (a probe goes out even empty: its answer tells where the logs match)
         self.msgs.append(Append(self.id, to, self.term, prev, prev_term, ents, log.committed))
         pr.sent_commit = log.committed
-        pr.sent_entries(len(ents), ents[-1].index if ents else prev)
+        pr.sent_entries(len(ents), ents[-1].index if ents else prev, sum(len(e.data) for e in ents), self.clock)
         return True
 
     def _send_snapshot(self, to: str, pr: Progress) -> bool:
@@ -215,7 +215,7 @@ class LeaderMixin:
         if t is AppendResp:
             self._handle_append_resp(m, pr)
         elif t is HeartbeatResp:
-            pr.probe_sent = False
+            pr.heartbeat_answered(m.seq)
             if m.seq > pr.lease_seq:
                 pr.lease_seq = m.seq
             if pr.state == _SNAPSHOT:

@@ -4,7 +4,10 @@ A follower's progress is in one of three states (as in etcd's raft):
 PROBE     the leader does not know where the follower's log matches; it sends one
           append per heartbeat interval and waits for the answer (or a heartbeat reply).
 REPLICATE the logs match up to ``match``; the leader streams appends optimistically,
-          at most ``max_inflight`` unacknowledged messages at a time (pipelining).
+          at most ``max_inflight`` unacknowledged messages and ``max_inflight_bytes``
+          of entry data at a time (pipelining with flow control, as etcd's
+          MaxInflightMsgs and MaxInflightBytes): a follower far behind is fed a
+          bounded amount per acknowledgement, never its whole backlog at once.
 SNAPSHOT  the follower needs entries the leader has compacted; the leader streams the
           host's snapshot in chunks and sends no appends until the follower has it.
 """
@@ -23,44 +26,51 @@ class ProgressState(IntEnum):
 
 
 class Inflights:
-    """The last index of each unacknowledged append, oldest first (a bounded window)."""
+    """The unacknowledged appends, oldest first: the last index and the entry bytes of
+    each. Full at ``capacity`` messages or at ``max_bytes`` bytes (0: no byte limit)."""
 
-    __slots__ = ("capacity", "_q")
+    __slots__ = ("capacity", "max_bytes", "bytes", "_q")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = 0) -> None:
         self.capacity = capacity
-        self._q: deque[int] = deque()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._q: deque[tuple[int, int]] = deque()
 
-    def add(self, last_index: int) -> None:
-        self._q.append(last_index)
+    def add(self, last_index: int, size: int = 0) -> None:
+        self._q.append((last_index, size))
+        self.bytes += size
 
     def free_le(self, index: int) -> None:
         q = self._q
-        while q and q[0] <= index:
-            q.popleft()
+        while q and q[0][0] <= index:
+            self.bytes -= q.popleft()[1]
 
     def full(self) -> bool:
-        return len(self._q) >= self.capacity
+        return len(self._q) >= self.capacity or 0 < self.max_bytes <= self.bytes
 
     def count(self) -> int:
         return len(self._q)
 
     def reset(self) -> None:
         self._q.clear()
+        self.bytes = 0
 
 
 class Progress:
     __slots__ = (
-        "match", "next", "state", "probe_sent", "inflights", "recent_active",
+        "match", "next", "state", "probe_sent", "probe_sent_at", "inflights", "recent_active",
         "is_learner", "snapshot", "snap_offset", "snap_moved_at", "lease_seq", "hb_match", "sent_commit",
     )
 
-    def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False) -> None:
+    def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False,
+                 max_inflight_bytes: int = 0) -> None:
         self.match = 0
         self.next = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False  # PROBE: an append is outstanding, wait for an answer
-        self.inflights = Inflights(max_inflight)
+        self.probe_sent_at = 0  # PROBE: the leader tick it went out
+        self.inflights = Inflights(max_inflight, max_inflight_bytes)
         self.recent_active = True  # heard from within the last election timeout
         self.is_learner = is_learner
         self.snapshot: Snapshot | None = None  # SNAPSHOT: the one being sent
@@ -141,14 +151,24 @@ class Progress:
             return self.inflights.full()
         return True
 
-    def sent_entries(self, count: int, last_index: int) -> None:
-        """Bookkeeping after sending an append carrying ``count`` entries."""
+    def sent_entries(self, count: int, last_index: int, size: int = 0, now: int = 0) -> None:
+        """Bookkeeping after sending, at leader tick ``now``, an append carrying
+        ``count`` entries of ``size`` bytes of data."""
         if self.state == ProgressState.REPLICATE:
             if count:
                 self.next = last_index + 1
-                self.inflights.add(last_index)
+                self.inflights.add(last_index, size)
         elif self.state == ProgressState.PROBE:
             self.probe_sent = True
+            self.probe_sent_at = now
+
+    def heartbeat_answered(self, sent_at: int) -> None:
+        """The answer to a heartbeat sent at leader tick ``sent_at``: the follower is
+        reachable, so a probe sent no later than that heartbeat may have been lost and
+        goes out again. Answers to older heartbeats (a backlog a returning follower
+        answers in one burst) say nothing about the probe: each would resend it."""
+        if sent_at >= self.probe_sent_at:
+            self.probe_sent = False
 
 
 def quorum(n: int) -> int:
