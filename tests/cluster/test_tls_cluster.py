@@ -20,7 +20,8 @@ def test_cluster_over_tls(tmp_path):
     try:
         leader = c.leader()
         assert c.call(leader, "execute", Stamp("over tls"))[0] == "ok"
-        assert all(r["reachable"] for r in c.status().values())
+        # every node answers status over TLS (a node still starting on a loaded machine: wait for it)
+        c.wait_for("every node to answer status over TLS", lambda: all(r["reachable"] for r in c.status().values()), 15)
         from prevalence.errors import PrevalenceError
         from rpc.transport import open_connection
 
