@@ -101,8 +101,9 @@ class HardStateFile:
 # more of the node's identity (a cluster id) can be added to it.
 
 IDENTITY_FILE = "identity.toml"
-IDENTITY_FORMAT = 1
-ORIGINS = ("new-cluster", "join", "adopted")  # adopted: data from before identity files
+#: 2 adds the cluster id and epoch; format 1 files are read as "cluster unknown, epoch 0".
+IDENTITY_FORMAT = 2
+ORIGINS = ("new-cluster", "join", "adopted", "recovered", "restored")  # adopted: data from before identity files
 
 
 class NoDataError(RaftError):
@@ -114,6 +115,15 @@ class DataIdentity:
     node: str  # the node id the data belongs to
     origin: str  # how the data was created (ORIGINS)
     created: str  # when, UTC, ISO 8601
+    cluster: str = ""  # the random id of the cluster the data belongs to; "" unknown (older data, --init)
+    epoch: int = 0  # raised by `cluster recover`: data of an older epoch is refused by the peers
+
+
+def new_cluster_id() -> str:
+    """A random cluster id: two clusters that share a key still tell each other apart."""
+    import secrets
+
+    return secrets.token_hex(8)
 
 
 def holds_node_data(directory: str) -> bool:
@@ -129,7 +139,7 @@ def holds_node_data(directory: str) -> bool:
     return False
 
 
-def create_node_data(directory: str, node_id: str, origin: str) -> DataIdentity:
+def create_node_data(directory: str, node_id: str, origin: str, cluster: str = "", epoch: int = 0) -> DataIdentity:
     """The data directory of a node that has never run: its identity and a term-0 hard
     state (from then on a missing hard state is damage, not a first start). A directory
     that already holds node data is refused: its votes and entries may count."""
@@ -143,7 +153,7 @@ def create_node_data(directory: str, node_id: str, origin: str) -> DataIdentity:
     os.makedirs(directory, exist_ok=True)
     _platform.fsync_dir(parent)
     HardStateFile(directory).store(HardState())
-    identity = DataIdentity(node_id, origin, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    identity = DataIdentity(node_id, origin, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), cluster, epoch)
     _write_identity(directory, identity)  # last: the directory is a node's data once it is there
     return identity
 
@@ -187,7 +197,15 @@ def _read_identity(path: str) -> DataIdentity:
     fields = {k: doc.get(k) for k in ("node", "origin", "created")}
     if not all(isinstance(v, str) for v in fields.values()) or fields["origin"] not in ORIGINS:
         raise RaftError(f"{path}: malformed node identity: {doc!r}")
-    return DataIdentity(**fields)
+    cluster, epoch = doc.get("cluster", ""), doc.get("epoch", 0)
+    if not isinstance(cluster, str) or type(epoch) is not int or epoch < 0:
+        raise RaftError(f"{path}: malformed cluster id or epoch: {doc!r}")
+    return DataIdentity(**fields, cluster=cluster, epoch=epoch)
+
+
+def write_identity(directory: str, identity: DataIdentity) -> None:
+    """Replace a node's identity (``cluster recover`` moves a survivor to a new epoch)."""
+    _write_identity(os.path.abspath(directory), identity)
 
 
 def _write_identity(directory: str, identity: DataIdentity) -> None:
@@ -195,7 +213,8 @@ def _write_identity(directory: str, identity: DataIdentity) -> None:
     text = (f"# This node's identity, written when its data was created. A node starts only on a\n"
             f"# data directory that has one (docs/operations.md, \"Rebuilding a node\").\n"
             f"format = {IDENTITY_FORMAT}\n"
-            + "".join(f"{k} = {json.dumps(getattr(identity, k))}\n" for k in ("node", "origin", "created")))
+            + "".join(f"{k} = {json.dumps(getattr(identity, k))}\n"
+                      for k in ("node", "origin", "created", "cluster", "epoch")))
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

@@ -4,12 +4,19 @@ A node holds one key per role: ``peer`` (the other nodes), ``client`` (operator
 programs) and ``admin`` (cluster administration). Message by message (frames as in
 :mod:`rpc.wire`; ``K`` is the key the connecting party holds)::
 
-    client -> server  HELLO     [version, id, Nc]            Nc: 32 fresh random bytes
+    client -> server  HELLO     [version, id, Nc(, C, E)]    Nc: 32 fresh random bytes
     server -> client  CHALLENGE [Ns]                         Ns: 32 fresh random bytes
     client -> server  PROOF     [HMAC(K, "client-proof" | T)]
     server -> client  OK        [HMAC(K, "server-proof" | T | role), role]   or REFUSED [reason]
 
-    T = msgpack(["pvl-auth", version, id, Nc, Ns])
+    T = msgpack(["pvl-auth", version, id, Nc, Ns(, C, E)])
+
+A node adds its cluster id C and epoch E (from its data's identity.toml; a client
+program sends neither). Once the proof matched the peer key, a server whose own data
+names a cluster refuses a peer of another cluster id or another epoch, naming both:
+two clusters that share a peer key stay apart, and a node whose data predates a
+``cluster recover`` cannot rejoin before it is wiped. A side that knows no cluster id
+(data from before cluster ids, or made by ``--init``) is not compared.
 
 The role is the one whose key the proof matches: the server tries each of its keys, so
 nobody can claim a role, only prove one, and the keys must differ. The server checks the
@@ -60,6 +67,7 @@ from .wire import (
 )
 
 __all__ = [
+    "ClusterKey",
     "Identity",
     "AuthenticationFailed",
     "ConnectFailed",
@@ -122,8 +130,45 @@ def format_address(addr) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-def _transcript(version: int, ident: str, nc: bytes, ns: bytes) -> bytes:
-    return msgpack.packb(["pvl-auth", version, ident, nc, ns], use_bin_type=True)
+#: How a refusal for another cluster or epoch starts: the key was right, the data is not.
+CLUSTER_MISMATCH = "cluster mismatch: "
+
+
+class ClusterKey(bytes):
+    """The peer key of a node, bound to the cluster id and epoch of the node's data: the
+    handshake sends them with the node's hello and the server checks them. A bytes
+    value, so it travels wherever the peer key does (transport, server) unchanged."""
+
+    cluster: str
+    epoch: int
+
+    def __new__(cls, key: bytes, cluster: str, epoch: int = 0) -> "ClusterKey":
+        self = super().__new__(cls, key)
+        self.cluster, self.epoch = str(cluster), int(epoch)
+        return self
+
+
+def _cluster_of(key: bytes) -> tuple[str, int]:
+    return getattr(key, "cluster", ""), getattr(key, "epoch", 0)
+
+
+def cluster_mismatch(ident: str, theirs: tuple[str, int], ours: tuple[str, int]) -> str | None:
+    """Why a peer of cluster ``theirs`` must not talk to a node of ``ours`` (one line,
+    naming both), or None. Unknown ids ("") are not compared."""
+    if not theirs[0] or not ours[0] or theirs == ours:
+        return None
+    both = (f"{ident!r} is of cluster {theirs[0]} epoch {theirs[1]}, this node of cluster {ours[0]} "
+            f"epoch {ours[1]}")
+    if theirs[0] != ours[0]:
+        return f"{both}: another cluster that shares the peer key; check that node's data and configuration"
+    older = "its" if theirs[1] < ours[1] else "this node's"
+    return (f"{both}: {older} data is from before a `cluster recover`; wipe it and add the node back as a learner "
+            "(docs/operations.md)")
+
+
+def _transcript(version: int, ident: str, nc: bytes, ns: bytes, cluster: str = "", epoch: int = 0) -> bytes:
+    fields = ["pvl-auth", version, ident, nc, ns] + ([cluster, epoch] if cluster else [])
+    return msgpack.packb(fields, use_bin_type=True)
 
 
 def _mac(secret: bytes, label: bytes, transcript: bytes) -> bytes:
@@ -200,6 +245,7 @@ class ServerAuthenticator:
         self.ssl_context = ssl_context
         self.roles = tuple(self._keys)
         self.max_frame = int(max_frame)
+        self.cluster = _cluster_of(self._keys["peer"][0]) if "peer" in self._keys else ("", 0)
 
     def __call__(self, sock: socket.socket):
         try:
@@ -244,7 +290,7 @@ class ServerAuthenticator:
     def _handshake(self, sock, deadline: float, claim: list):
         body = read_frame(sock, deadline, self.max_frame)
         try:
-            _, (version, ident, nc) = decode_message(body, (HELLO,))
+            _, (version, ident, nc, cluster, epoch) = decode_message(body, (HELLO,))
         except UnsupportedVersion as exc:
             self._refuse(sock, deadline, str(exc), f"{exc} (this node speaks {PROTOCOL_VERSION}: a key per role, "
                          "see docs/security.md)")
@@ -253,7 +299,7 @@ class ServerAuthenticator:
         write_frame(sock, encode_frame(CHALLENGE, ns), deadline)
         body = read_frame(sock, deadline, self.max_frame)
         _, (mac_c,) = decode_message(body, (PROOF,))
-        transcript = _transcript(version, ident, nc, ns)
+        transcript = _transcript(version, ident, nc, ns, cluster, epoch)
         # every key is tried, each in constant time: which one matched is the role
         matched = [(role, key) for role, keys in self._keys.items() for key in keys
                    if hmac.compare_digest(mac_c, _mac(key, _CLIENT_LABEL, transcript))]
@@ -261,6 +307,10 @@ class ServerAuthenticator:
             self._refuse(sock, deadline, f"wrong key (the proof matches none of this node's {', '.join(self.roles)} "
                          "keys)", "authentication failed")
         role, key = matched[0]
+        if role == "peer":  # the key is right; the data behind it may belong elsewhere
+            mismatch = cluster_mismatch(ident, (cluster, epoch), self.cluster)
+            if mismatch:
+                self._refuse(sock, deadline, mismatch, CLUSTER_MISMATCH + mismatch)
         write_frame(sock, encode_frame(OK, _server_mac(key, transcript, role), role), deadline)
         return Identity(role, ident)
 
@@ -305,14 +355,18 @@ def client_handshake(
             host = server_hostname or address.rsplit(":", 1)[0].strip("[]")
             sock = ssl_context.wrap_socket(sock, server_hostname=host)
         nc = os.urandom(NONCE_SIZE)
-        write_frame(sock, encode_frame(HELLO, PROTOCOL_VERSION, ident, nc), deadline)
+        cluster, epoch = _cluster_of(secret) if role == "peer" else ("", 0)
+        hello = (PROTOCOL_VERSION, ident, nc) + ((cluster, epoch) if cluster else ())
+        write_frame(sock, encode_frame(HELLO, *hello), deadline)
         tag, fields = decode_message(read_frame(sock, deadline), (CHALLENGE, REFUSED))
         if tag == REFUSED:
             raise AuthenticationFailed(f"{address} refused the connection: {fields[0]}", address=address)
         (ns,) = fields
-        transcript = _transcript(PROTOCOL_VERSION, ident, nc, ns)
+        transcript = _transcript(PROTOCOL_VERSION, ident, nc, ns, cluster, epoch)
         write_frame(sock, encode_frame(PROOF, _mac(secret, _CLIENT_LABEL, transcript)), deadline)
         tag, fields = decode_message(read_frame(sock, deadline), (OK, REFUSED))
+        if tag == REFUSED and fields[0].startswith(CLUSTER_MISMATCH):
+            raise AuthenticationFailed(f"{address} refused us: {fields[0]}", address=address)
         if tag == REFUSED:
             raise AuthenticationFailed(
                 f"{address} refused our authentication: {fields[0]} "

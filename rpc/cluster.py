@@ -14,7 +14,7 @@ from typing import Any
 
 from prevalence._platform import ephemeral_ports, others_may_write
 from replication.errors import RaftError
-from replication.journal_storage import create_node_data, holds_node_data
+from replication.journal_storage import create_node_data, holds_node_data, new_cluster_id
 from rpc.config import (
     ConfigError, NodeConfig, format_address, load_config, migration_message, render_config, tls_contexts,
 )
@@ -110,8 +110,9 @@ def write_cluster(directory: str, nodes: int, base_port: int, root: str, imports
         paths.append(path)
     data = [os.path.join(directory, nid) for nid in ids]
     if not any(holds_node_data(d) for d in data):
+        cluster = new_cluster_id()  # one id for the nodes that found the cluster together
         for nid, d in zip(ids, data):
-            create_node_data(d, nid, "new-cluster")
+            create_node_data(d, nid, "new-cluster", cluster=cluster)
     return paths
 
 
@@ -277,6 +278,34 @@ def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
     return rows
 
 
+def cluster_status_full(directory: str, timeout: float = 1.0) -> list[dict]:
+    """The whole status of every node of ``directory`` that answers (cluster id and epoch
+    included, which the status table leaves out)."""
+    secret = directory_key(directory, "client")
+    out = []
+    for path in node_config_paths(directory):
+        cfg = load_config(path)
+        try:
+            with NodeLink(cfg.listen, secret, ident="status", timeout=timeout, connect_timeout=timeout,
+                          ssl_context=tls_contexts(cfg)[1]) as link:
+                reply = link.call("status")
+        except Exception:  # noqa: BLE001 - a node that does not answer says nothing
+            continue
+        if reply[0] == "ok":
+            out.append(reply[1])
+    return out
+
+
+def _cluster_of(statuses: list[dict]) -> tuple[str, int]:
+    """The cluster id and epoch a joining node takes from the members that answer: the
+    newest epoch's (a node left on an older one is refused by the others anyway)."""
+    known = [(st.get("epoch", 0), st.get("cluster", "")) for st in statuses if st.get("cluster")]
+    if not known:
+        return "", 0
+    epoch, cluster = max(known)
+    return cluster, epoch
+
+
 def _admin_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:
     with NodeLink(cfg.listen, secret, ident="admin", timeout=timeout, ssl_context=tls_contexts(cfg)[1],
                   role="admin") as link:
@@ -342,7 +371,8 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
     path = os.path.join(directory, f"{node_id}.toml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(render_config(cfg))
-    create_node_data(data, node_id, "join")  # its one start from empty data, as the member added below
+    cluster, epoch = _cluster_of([r for r in cluster_status_full(directory)])
+    create_node_data(data, node_id, "join", cluster=cluster, epoch=epoch)  # its one start from empty data
     admin(directory, "change_membership", "add_voter" if voter else "add_learner", node_id, format_address(listen))
     return path
 
@@ -359,7 +389,8 @@ def init_node(config_path: str, timeout: float = 1.0) -> str:
     cfg = load_config(config_path)
     if holds_node_data(cfg.data):
         raise RaftError(f"{cfg.data} already holds node data; --init is for a node that has never run")
-    for peer, st in _peer_statuses(cfg, timeout):
+    answers = _peer_statuses(cfg, timeout)
+    for peer, st in answers:
         if not cfg.join and st.get("term", 0) > 0:
             raise RaftError(
                 f"{cfg.path}: {peer} answers in term {st['term']}: this cluster has run, so {cfg.id!r} cannot found "
@@ -369,7 +400,8 @@ def init_node(config_path: str, timeout: float = 1.0) -> str:
             raise RaftError(
                 f"{cfg.path}: {peer} counts {cfg.id!r} as a voter: a voter that lost its data is removed, then "
                 "added back as a learner (docs/operations.md, \"Rebuilding a node\")")
-    create_node_data(cfg.data, cfg.id, "join" if cfg.join else "new-cluster")
+    cluster, epoch = _cluster_of([st for _, st in answers]) if cfg.join else ("", 0)
+    create_node_data(cfg.data, cfg.id, "join" if cfg.join else "new-cluster", cluster=cluster, epoch=epoch)
     role = "joins the cluster as the member cluster add made" if cfg.join else "founds a new cluster with its [peers]"
     return f"{cfg.id}: data created in {cfg.data} (it {role}); start it with: prevalence node --config {cfg.path}"
 

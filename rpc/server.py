@@ -15,7 +15,7 @@ from replication.journal_storage import NoDataError, node_data_identity
 from replication.membership import Membership
 from replication.node import Node, NodeOptions
 from rpc.config import NodeConfig, format_address, load_config, parse_address, tls_contexts
-from rpc.auth import check_role_keys
+from rpc.auth import ClusterKey, check_role_keys
 from rpc.secret import KEY_FILES, load_secret
 from rpc.service import ClientService
 from rpc.transport import PeerServer, PeerTransport
@@ -67,6 +67,9 @@ class NodeProcess:
                 raise NoDataError(no_data_message(cfg)) from None
             if self.identity.origin == "adopted":
                 log.info("%s: data in %s adopted (written before identity files)", cfg.id, cfg.data)
+            if self.identity.cluster:  # peers of another cluster or epoch are refused (rpc.auth)
+                self.keys["peer"] = tuple(ClusterKey(k, self.identity.cluster, self.identity.epoch)
+                                          for k in self.keys["peer"])
             peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
             self.transport = PeerTransport(cfg.id, self.keys["peer"][0], peers, ssl_context=self.client_tls)
             self.node = self._open_node(cfg)
@@ -158,6 +161,7 @@ class NodeProcess:
     def status(self) -> dict:
         st = self.node.status()
         st.update(address=format_address(self.cfg.listen), pid=os.getpid(), config=self.cfg.path,
+                  cluster=self.identity.cluster, epoch=self.identity.epoch,
                   session_expiry_s=self.node.sm.sessions.idle_expiry_us // 1_000_000,
                   peers={p: {k: v for k, v in s.items() if k in ("connected", "queued", "dropped")}
                          for p, s in self.transport.peer_status().items()})

@@ -46,12 +46,13 @@ MAX_FRAME = 1024
 NONCE_SIZE = 32
 MAC_SIZE = 32
 MAX_ID_LEN = 128
-MAX_REASON_LEN = 200
+MAX_REASON_LEN = 300
+MAX_CLUSTER_LEN = 64
 #: 2: a key per role, the role told by the key that proves itself (1 had a claimed role).
 PROTOCOL_VERSION = 2
 ROLES = ("peer", "client", "admin")
 
-HELLO = "pvl-hello"          # client -> server: [tag, version, id, client_nonce]
+HELLO = "pvl-hello"          # client -> server: [tag, version, id, client_nonce(, cluster, epoch)]
 CHALLENGE = "pvl-challenge"  # server -> client: [tag, server_nonce]
 PROOF = "pvl-proof"          # client -> server: [tag, client_mac]
 OK = "pvl-ok"                # server -> client: [tag, server_mac, role granted]
@@ -98,10 +99,15 @@ def _v_hello(fields: list) -> tuple:
         raise HandshakeError(f"protocol version must be an integer, got {type(version).__name__}")
     if version != PROTOCOL_VERSION:
         raise UnsupportedVersion(version)
-    if len(fields) != 3:
-        raise HandshakeError(f"handshake message {HELLO} has {len(fields)} fields, expected 3")
-    _, ident, nonce = fields
-    return version, _check_id(ident), _check_bytes(nonce, NONCE_SIZE, "client nonce")
+    if len(fields) not in (3, 5):
+        raise HandshakeError(f"handshake message {HELLO} has {len(fields)} fields, expected 3 or 5")
+    # a node says which cluster and epoch its data belongs to; a client program does not
+    _, ident, nonce, cluster, epoch = fields if len(fields) == 5 else (*fields, "", 0)
+    if type(cluster) is not str or len(cluster) > MAX_CLUSTER_LEN or not cluster.isprintable():
+        raise HandshakeError(f"cluster id must be a printable string of at most {MAX_CLUSTER_LEN} characters")
+    if type(epoch) is not int or not 0 <= epoch < 2**63:
+        raise HandshakeError("cluster epoch must be a non-negative integer")
+    return version, _check_id(ident), _check_bytes(nonce, NONCE_SIZE, "client nonce"), cluster, epoch
 
 
 def _v_challenge(fields: list) -> tuple:
@@ -129,7 +135,7 @@ def _v_refused(fields: list) -> tuple:
 
 
 _SCHEMA = {
-    HELLO: ((3, 4), _v_hello),
+    HELLO: ((3, 4, 5), _v_hello),
     CHALLENGE: ((1,), _v_challenge),
     PROOF: ((1,), _v_mac),
     OK: ((2,), _v_ok),

@@ -63,6 +63,19 @@ def test_a_lost_hard_state_is_damage_not_a_first_start(tmp_path):
 def test_an_identity_of_a_newer_format_is_refused(tmp_path):
     create_node_data(str(tmp_path), "n1", "new-cluster")
     path = tmp_path / IDENTITY_FILE
-    path.write_text(path.read_text().replace("format = 1", "format = 2"))
-    with pytest.raises(RaftError, match="node identity format 2 is not one this version reads"):
+    path.write_text(path.read_text().replace("format = 2", "format = 3"))
+    with pytest.raises(RaftError, match="node identity format 3 is not one this version reads"):
         node_data_identity(str(tmp_path), "n1")
+
+
+def test_the_cluster_id_and_epoch_are_kept_and_a_format_1_identity_still_reads(tmp_path):
+    made = create_node_data(str(tmp_path / "a"), "n1", "new-cluster", cluster="c0ffee", epoch=3)
+    assert node_data_identity(str(tmp_path / "a"), "n1") == made
+    assert (made.cluster, made.epoch) == ("c0ffee", 3)
+    create_node_data(str(tmp_path / "b"), "n1", "new-cluster")
+    path = tmp_path / "b" / IDENTITY_FILE
+    old = "".join(line + "\n" for line in path.read_text().splitlines()
+                  if not line.startswith(("cluster", "epoch"))).replace("format = 2", "format = 1")
+    path.write_text(old)
+    got = node_data_identity(str(tmp_path / "b"), "n1")
+    assert (got.cluster, got.epoch) == ("", 0)

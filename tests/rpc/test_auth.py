@@ -281,3 +281,51 @@ def test_client_validates_its_own_arguments():
             client_handshake(a, SECRET, "peer", "")
         with pytest.raises(PrevalenceError, match="too short"):
             client_handshake(a, b"short", "peer", "n1")
+
+
+def _peer_handshake(listener, server_key, client_key):
+    from rpc.auth import ClusterKey  # noqa: F401 - the keys below are ClusterKey or bytes
+
+    server = run_server_side(listener, ServerAuthenticator(dict(KEYS, peer=server_key), timeout=2))
+    try:
+        with connect(listener) as sock:
+            client_handshake(sock, client_key, "peer", "n2", timeout=2)
+    finally:
+        server["thread"].join(3)
+    return server
+
+
+@pytest.mark.parametrize("theirs, why", [(("b0b0b0b0", 0), "another cluster that shares the peer key"),
+                                         (("a1a1a1a1", 0), "its data is from before a `cluster recover`"),
+                                         (("a1a1a1a1", 2), "this node's data is from before a `cluster recover`")])
+def test_a_peer_of_another_cluster_or_epoch_is_refused_with_both_ids_despite_the_right_key(listener, theirs, why):
+    from rpc.auth import ClusterKey
+
+    with pytest.raises(AuthenticationFailed) as err:
+        _peer_handshake(listener, ClusterKey(SECRET, "a1a1a1a1", 1), ClusterKey(SECRET, *theirs))
+    message = str(err.value)
+    assert "cluster mismatch" in message and why in message and "wrong key" not in message
+    assert f"cluster {theirs[0]} epoch {theirs[1]}" in message and "cluster a1a1a1a1 epoch 1" in message
+
+
+def test_a_peer_or_client_without_a_cluster_id_is_not_compared(listener):
+    from rpc.auth import ClusterKey
+
+    server = _peer_handshake(listener, ClusterKey(SECRET, "a1a1a1a1", 1), SECRET)  # data from before cluster ids
+    assert server["result"][1] == Identity("peer", "n2")
+    server = run_server_side(listener, ServerAuthenticator(dict(KEYS, peer=ClusterKey(SECRET, "a1a1a1a1", 1)),
+                                                           timeout=2))
+    with connect(listener) as sock:
+        client_handshake(sock, CLIENT_SECRET, "client", "op", timeout=2)
+    server["thread"].join(3)
+    assert server["result"][1] == Identity("client", "op")
+
+
+def test_the_cluster_id_is_bound_into_the_proof(listener):
+    from rpc.auth import ClusterKey
+
+    # a hello whose cluster id was changed in transit no longer matches the proof
+    assert _transcript(2, "n1", b"n" * 32, b"s" * 32, "a1", 1) != _transcript(2, "n1", b"n" * 32, b"s" * 32, "b2", 1)
+    assert _transcript(2, "n1", b"n" * 32, b"s" * 32, "a1", 1) != _transcript(2, "n1", b"n" * 32, b"s" * 32, "a1", 2)
+    server = _peer_handshake(listener, ClusterKey(SECRET, "a1", 1), ClusterKey(SECRET, "a1", 1))
+    assert server["result"][1] == Identity("peer", "n2")

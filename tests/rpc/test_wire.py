@@ -49,7 +49,10 @@ def body(frame: bytes) -> bytes:
 def test_roundtrip_every_message():
     nonce = b"n" * 32
     mac = b"m" * 32
-    assert decode_message(body(encode_frame(HELLO, 2, "n1", nonce)), (HELLO,)) == (HELLO, (2, "n1", nonce))
+    # a client program's hello has no cluster id (read as unknown); a node's has its id and epoch
+    assert decode_message(body(encode_frame(HELLO, 2, "n1", nonce)), (HELLO,)) == (HELLO, (2, "n1", nonce, "", 0))
+    assert decode_message(body(encode_frame(HELLO, 2, "n1", nonce, "c1", 3)), (HELLO,)) == \
+        (HELLO, (2, "n1", nonce, "c1", 3))
     assert decode_message(body(encode_frame(CHALLENGE, nonce)), (CHALLENGE,)) == (CHALLENGE, (nonce,))
     assert decode_message(body(encode_frame(PROOF, mac)), (PROOF,)) == (PROOF, (mac,))
     assert decode_message(body(encode_frame(OK, mac, "admin")), (OK, REFUSED)) == (OK, (mac, "admin"))
