@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "configs off the one shared cluster.secret; run with the nodes stopped")
     ks.add_argument("--cluster", required=True, metavar="DIR")
     ks.set_defaults(func=cmd_cluster_admin)
+    from rpc.recovery import add_recover_parser  # disaster recovery: rpc/recovery.py
+
+    add_recover_parser(c)
     s = sub.add_parser("status", help="role, term and indexes of every node of a cluster directory")
     s.add_argument("--cluster", required=True, metavar="DIR")
     s.add_argument("--json", action="store_true")

@@ -1,0 +1,103 @@
+"""``prevalence cluster recover``: a cluster that lost a majority for good, restarted
+from one survivor's data as a one-voter cluster of a new epoch.
+
+Raft cannot elect without a majority, and nothing short of editing files brought such
+a cluster back. Recovery works on the stopped survivor's data only:
+
+- it keeps everything in that node's log, committed or not, and ends it with a CONFIG
+  entry naming the survivor as the only voter, in a term above any it has seen: on its
+  next start the node elects itself and commits the whole log. An entry that the old
+  majority acknowledged but that never reached the survivor is lost; an entry the
+  survivor held but that was never acknowledged is kept (its client saw no answer);
+- it raises the epoch in the survivor's ``identity.toml``: every node still holding data
+  of the old epoch is refused by the handshake (``rpc.auth``) until it is wiped and
+  added back as a learner (``cluster add``), so the old members cannot elect among
+  themselves and rejoin with a conflicting log.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from prevalence._platform import DirectoryLock
+from prevalence.entry import Entry, EntryKind
+from replication.errors import RaftError
+from replication.journal_storage import (
+    DataIdentity,
+    JournalStorage,
+    new_cluster_id,
+    node_data_identity,
+    write_identity,
+)
+from replication.membership import Membership, encode_membership
+from replication.messages import HardState
+from rpc.config import ConfigError, format_address, load_config
+
+__all__ = ["recover_survivor", "add_recover_parser"]
+
+
+def _survivor_config(directory: str, survivor: str):
+    path = os.path.join(os.path.abspath(directory), f"{survivor}.toml")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{directory}: no configuration {survivor}.toml: --survivor names a node configured there")
+    return load_config(path)
+
+
+def recover_survivor(directory: str, survivor: str) -> dict:
+    """Make the stopped ``survivor``'s data a one-voter cluster of the next epoch.
+
+    Returns what was kept: ``last_index``, ``last_term``, ``commit`` (the last index the
+    survivor knew committed), ``cluster``, ``epoch``. Changes nothing on refusal: a
+    running node (its data is locked), no or damaged data.
+    """
+    cfg = _survivor_config(directory, survivor)
+    if not os.path.isdir(cfg.data):
+        raise RaftError(f"{cfg.path}: node {survivor!r} has no data in {cfg.data}: it cannot be the survivor")
+    lock = DirectoryLock(cfg.data)
+    lock.acquire()  # the node must be stopped: refused with the holder's pid otherwise
+    try:
+        identity = node_data_identity(cfg.data, survivor)
+        storage = JournalStorage(cfg.data, fsync=cfg.fsync)
+        try:
+            hs = storage.hard_state
+            last = storage.last_index()
+            last_term = storage.term(last) if last else 0
+            term = max(hs.term, last_term) + 1
+            members = Membership((survivor,), (), ((survivor, format_address(cfg.listen)),))
+            storage.append([Entry(last + 1, term, int(EntryKind.CONFIG), encode_membership(members))])
+            storage.sync()
+            storage.set_hard_state(HardState(term, None, hs.commit))
+        finally:
+            storage.close()
+        cluster = identity.cluster or new_cluster_id()
+        epoch = identity.epoch + 1
+        # last: until the epoch is raised, running it again only appends another such entry
+        write_identity(cfg.data, DataIdentity(survivor, "recovered",
+                                              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), cluster, epoch))
+    finally:
+        lock.release()
+    return {"last_index": last, "last_term": last_term, "commit": hs.commit, "cluster": cluster, "epoch": epoch,
+            "config": cfg.path}
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    kept = recover_survivor(args.cluster, args.survivor)
+    uncommitted = kept["last_index"] - kept["commit"]
+    print(f"{args.survivor}: the one voter of cluster {kept['cluster']} epoch {kept['epoch']}, keeping its log up to "
+          f"index {kept['last_index']} term {kept['last_term']}"
+          + (f" ({uncommitted} entries after its last known commit {kept['commit']} kept as well)" if uncommitted
+             else ""))
+    print(f"start it: prevalence node --config {kept['config']}; then, for each other node: move its data and "
+          f"config aside, prevalence cluster add --cluster {args.cluster} --id ID --address HOST:PORT, start it, "
+          "prevalence cluster promote once it has caught up. A node of the old epoch is refused until wiped")
+    return 0
+
+
+def add_recover_parser(cluster_sub: argparse._SubParsersAction) -> None:
+    """``cluster recover``, registered under ``prevalence cluster``."""
+    r = cluster_sub.add_parser("recover", help="restart a cluster that lost a majority for good from one stopped "
+                               "survivor: a one-voter cluster of a new epoch (docs/operations.md)")
+    r.add_argument("--cluster", required=True, metavar="DIR")
+    r.add_argument("--survivor", required=True, metavar="ID", help="the node whose data is kept (stopped)")
+    r.set_defaults(func=cmd_recover)
