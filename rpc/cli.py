@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cluster", required=True, metavar="DIR")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+    from rpc.backup import add_backup_parsers  # backup, backup verify, restore: rpc/backup.py
+
+    add_backup_parsers(sub)
     return p
 
 

@@ -211,6 +211,16 @@ class ClientService(rpyc.Service):
             return _not_admin("transfer_leadership")
         return self._admin(lambda: self._p.node.transfer_leadership(str(to)))
 
+    # -- backups (rpc/backup.py): the whole state, so the admin key's --------------------
+    def exposed_backup(self) -> bytes:
+        if not self._is_admin:
+            return _not_admin("backup")
+        from rpc.backup import take_backup
+
+        return self._admin(lambda: take_backup(self._p))
+
+    _EXPOSED = _EXPOSED + ("backup",)
+
     def exposed_app_call(self, name: str, data: bytes = b"") -> bytes:
         """A handler of the application hosted in this node (bytes in, bytes out)."""
         handler = self._p.handlers.get(name) if isinstance(name, str) else None
