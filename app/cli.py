@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     km = cluster_args(sub.add_parser("kill-master", help="SIGKILL the master's process (local grids, for demos)"))
     km.set_defaults(func=cmd_kill_master)
+    from app.replace import add_parsers  # grid replace, grid recover: app/replace.py
+
+    add_parsers(sub, DEFAULT_DIR)
     return p
 
 
