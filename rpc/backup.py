@@ -23,6 +23,7 @@ from typing import Any
 
 from prevalence.errors import PrevalenceError
 from prevalence.snapshots import SnapshotStore, decode_file
+from replication.errors import NotLeader
 from replication.journal_storage import DataIdentity, HardStateFile, node_data_identity, write_identity
 from replication.membership import Membership
 from replication.messages import HardState
@@ -63,8 +64,9 @@ def take_backup(process: Any) -> bytes:
     """On the leader (``rpc.server.NodeProcess``): a backup file's bytes, at a snapshot
     that follows a linearizable read, so that no acknowledged write is missing."""
     node = process.node
-    if not node.is_leader:
-        raise PrevalenceError(f"{process.cfg.id} is not the leader: a backup is taken on the leader")
+    if not node.is_leader:  # answered as "not_leader": the caller asks the leader instead
+        raise NotLeader(f"{process.cfg.id} is not the leader: a backup is taken on the leader",
+                        node.status().get("leader"))
     node.query(_Barrier(), linearizable=True)
     node.snapshot()  # at the applied index, which the barrier put past every acknowledged write
     snap = node.storage.snapshot()
@@ -137,6 +139,8 @@ def restore_backup(path: str, directory: str, nodes: int = 3, base_port: int | N
     from rpc.config import load_config
 
     info, snapshot = read_backup(path)  # before anything is written
+    if nodes < 1:
+        raise BackupError(f"--nodes must be at least 1, got {nodes}")
     if os.path.isdir(directory) and os.listdir(directory):
         raise BackupError(f"{directory} is not empty: a backup is restored into a new directory")
     write_cluster(directory, nodes, base_port or free_port_block(nodes), info.root, list(info.imports))

@@ -110,3 +110,17 @@ def test_a_backup_needs_the_admin_key_and_is_never_written_over_a_file(tmp_path,
         assert "exists" in one_line_error(capsys) and existing.read_text() == "keep me"
     finally:
         c.stop()
+
+
+def test_a_follower_asked_for_a_backup_names_the_leader(tmp_path):
+    from rpc.transport import NodeLink
+
+    c = LocalCluster(tmp_path, 3)
+    try:
+        lead = c.leader()
+        follower = sorted(n for n in c.configs if n != lead)[0]
+        with NodeLink(c.configs[follower].listen, c.admin_key, role="admin", ident="admin") as link:
+            reply = link.call("backup")
+        assert reply[0] == "not_leader" and reply[1] == lead
+    finally:
+        c.stop()
