@@ -198,7 +198,8 @@ def _read_identity(path: str) -> DataIdentity:
     if not all(isinstance(v, str) for v in fields.values()) or fields["origin"] not in ORIGINS:
         raise RaftError(f"{path}: malformed node identity: {doc!r}")
     cluster, epoch = doc.get("cluster", ""), doc.get("epoch", 0)
-    if not isinstance(cluster, str) or type(epoch) is not int or epoch < 0:
+    if not isinstance(cluster, str) or len(cluster) > 64 or not cluster.isprintable() or type(epoch) is not int \
+            or epoch < 0:
         raise RaftError(f"{path}: malformed cluster id or epoch: {doc!r}")
     return DataIdentity(**fields, cluster=cluster, epoch=epoch)
 
