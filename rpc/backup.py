@@ -132,19 +132,52 @@ def fetch_backup(directory: str, out: str) -> BackupInfo:
     return info
 
 
-def restore_backup(path: str, directory: str, nodes: int = 3, base_port: int | None = None) -> tuple[BackupInfo, str]:
+def _addresses(given: list[str], nodes: int) -> dict[str, tuple[str, int]]:
+    """``--address n1=HOST:PORT``..., one per node n1..nN, or none."""
+    from rpc.config import parse_address
+
+    out = {}
+    for item in given:
+        nid, sep, address = item.partition("=")
+        if not sep:
+            raise BackupError(f"--address {item!r}: expected ID=HOST:PORT")
+        out[nid] = parse_address(address, f"--address {nid}")
+    wanted = {f"n{i}" for i in range(1, nodes + 1)}
+    if out and set(out) != wanted:
+        raise BackupError(f"--address: give one for each of {', '.join(sorted(wanted))} (got {', '.join(sorted(out))})")
+    return out
+
+
+def restore_backup(path: str, directory: str, nodes: int = 3, base_port: int | None = None,
+                   addresses: list[str] | None = None) -> tuple[BackupInfo, str]:
     """``prevalence restore``: a new cluster directory (configs, keys, data) whose nodes
-    start from the backup's state, under a new cluster id. Returns (backup, new id)."""
+    start from the backup's state, under a new cluster id. Returns (backup, new id).
+
+    With ``addresses`` (``["n1=10.0.0.1:7100", ...]``) the nodes are configured for
+    those addresses (PCs), which also travel in the restored membership; otherwise on
+    127.0.0.1 from ``base_port``."""
+    import dataclasses
+
     from rpc.cluster import free_port_block, node_config_paths, write_cluster
-    from rpc.config import load_config
+    from rpc.config import load_config, render_config
 
     info, snapshot = read_backup(path)  # before anything is written
     if nodes < 1:
         raise BackupError(f"--nodes must be at least 1, got {nodes}")
+    placed = _addresses(list(addresses or ()), nodes)
     if os.path.isdir(directory) and os.listdir(directory):
         raise BackupError(f"{directory} is not empty: a backup is restored into a new directory")
     write_cluster(directory, nodes, base_port or free_port_block(nodes), info.root, list(info.imports))
     configs = [load_config(p) for p in node_config_paths(directory)]
+    if placed:
+        for cfg in configs:
+            moved = dataclasses.replace(cfg, listen=placed[cfg.id], peers=dict(placed))
+            text = render_config(dataclasses.replace(moved, path="", data=os.path.basename(cfg.data),
+                                                     **{f"{r}_secret": os.path.basename(getattr(cfg, f"{r}_secret"))
+                                                        for r in ("peer", "client", "admin")}))
+            with open(cfg.path, "w", encoding="utf-8") as f:
+                f.write(text)
+        configs = [load_config(p) for p in node_config_paths(directory)]
     members = Membership(tuple(c.id for c in configs), (),
                          tuple((c.id, f"{c.listen[0]}:{c.listen[1]}") for c in configs))
     meta, body = decode_file(path, snapshot)
@@ -179,7 +212,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    info, cluster = restore_backup(args.file, args.data, args.nodes, args.port)
+    info, cluster = restore_backup(args.file, args.data, args.nodes, args.port, args.address)
     print(f"{args.data}: a new cluster {cluster} of {args.nodes} nodes seeded at index {info.index} term "
           f"{info.term} from {args.file}; start it: prevalence cluster up --data {args.data} --root {info.root}")
     return 0
@@ -200,5 +233,7 @@ def add_backup_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("file", metavar="FILE")
     r.add_argument("--data", required=True, metavar="DIR", help="a new directory: configs, keys and data")
     r.add_argument("--nodes", type=int, default=3)
-    r.add_argument("--port", type=int, metavar="BASE", help="first port (default: a free block)")
+    r.add_argument("--port", type=int, metavar="BASE", help="first port on 127.0.0.1 (default: a free block)")
+    r.add_argument("--address", action="append", metavar="ID=HOST:PORT",
+                   help="for the PCs: one per node n1..nN, instead of 127.0.0.1")
     r.set_defaults(func=cmd_restore)

@@ -125,3 +125,38 @@ def test_a_follower_asked_for_a_backup_names_the_leader(tmp_path):
         assert reply[0] == "not_leader" and reply[1] != follower, reply
     finally:
         c.stop()
+
+
+def test_restore_places_the_nodes_at_given_addresses_and_refuses_an_incomplete_list(tmp_path, capsys):
+    from rpc.cluster import free_port_block
+
+    c = LocalCluster(tmp_path / "a", 1)
+    backup = str(tmp_path / "b.backup")
+    restored = None
+    try:
+        c.leader()
+        with c.client() as client:
+            client.execute(Stamp("kept"))
+        assert main(["backup", "--cluster", c.dir, "--out", backup]) == 0
+        c.stop()
+        base = free_port_block(2)
+        placed = [f"n1=127.0.0.1:{base + 1}", f"n2=127.0.0.1:{base}"]  # not the 127.0.0.1 block restore picks
+        assert main(["restore", backup, "--data", str(tmp_path / "bad"), "--nodes", "2", "--address", placed[0]]) == 1
+        assert "give one for each of n1, n2" in one_line_error(capsys)
+        assert not os.path.exists(tmp_path / "bad")
+        assert main(["restore", backup, "--data", str(tmp_path / "r"), "--nodes", "2",
+                     "--address", placed[0], "--address", placed[1]]) == 0
+        restored = LocalCluster.open(str(tmp_path / "r"), cwd=ROOT)
+        assert restored.configs["n1"].listen == ("127.0.0.1", base + 1)
+        assert restored.configs["n2"].peers["n1"] == ("127.0.0.1", base + 1)
+        for nid in restored.configs:
+            restored.start(nid)
+        lead = restored.leader()
+        assert tags(restored, lead) == ["kept"]
+        with restored.client() as client:
+            client.execute(Stamp("two nodes"))
+        restored.wait_converged()
+    finally:
+        c.stop()
+        if restored is not None:
+            restored.stop()
