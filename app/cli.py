@@ -40,12 +40,17 @@ def cluster_addresses(cluster: str, secret_file: str | None = None) -> tuple[lis
 
 def cmd_up(args: argparse.Namespace) -> int:
     from app.local import LocalGrid, write_grid
-    from rpc.cluster import node_config_paths
+    from rpc.cluster import node_config_paths, refuse_if_running
+    from rpc.config import load_config
 
     try:
-        node_config_paths(args.data)
-        print(f"starting the grid already configured in {os.path.abspath(args.data)}", flush=True)
+        paths = node_config_paths(args.data)
     except PrevalenceError:
+        paths = []
+    if paths:
+        refuse_if_running([load_config(p) for p in paths], "grid", args.data)
+        print(f"starting the grid already configured in {os.path.abspath(args.data)}", flush=True)
+    else:
         write_grid(args.data, args.rows, args.columns, args.port)
     grid = LocalGrid.open(args.data)
     grid.start()

@@ -192,6 +192,7 @@ def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: l
 
     existing = _configured(directory)
     if existing:
+        refuse_if_running(existing, "cluster", directory)
         print(f"starting the cluster configured in {os.path.abspath(directory)} "
               f"({', '.join(os.path.basename(c.path) for c in existing)} as they are)"
               + _not_applied(existing, nodes, base_port, root, imports), flush=True)
@@ -204,6 +205,29 @@ def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: l
     print(f"started {len(ports)} nodes on 127.0.0.1:{ports[0]}..{ports[-1]}; configs and keys in "
           f"{os.path.abspath(directory)} (clients use {KEY_FILES['client']}); Ctrl-C stops them", flush=True)
     return cluster.supervise()
+
+
+def refuse_if_running(configs: list[NodeConfig], what: str, directory: str) -> None:
+    """ConfigError naming the nodes whose data another process holds (a node of the
+    same directory already running): starting them again could only fail, over and over."""
+    from prevalence._platform import DirectoryLock
+    from prevalence.errors import LockedError
+
+    running = []
+    for cfg in configs:
+        if not os.path.isdir(cfg.data):
+            continue
+        lock = DirectoryLock(cfg.data)
+        try:
+            lock.acquire()
+        except LockedError:
+            running.append(f"{cfg.id} pid {lock.holder() or 'unknown'}")
+        else:
+            lock.release()
+    if running:
+        shown = ", ".join(running[:3]) + (f" and {len(running) - 3} more" if len(running) > 3 else "")
+        raise ConfigError(f"{os.path.abspath(directory)}: the {what} is already running ({shown}); "
+                          "stop it first (Ctrl-C where it was started)")
 
 
 def _configured(directory: str) -> list[NodeConfig]:

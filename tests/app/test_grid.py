@@ -203,6 +203,26 @@ def test_kill_master_from_the_cli(grid):
     ensure_all_up(g)
 
 
+def test_grid_up_on_a_running_grid_refuses_at_once_and_touches_nothing(grid):
+    g = grid
+    ensure_all_up(g)
+    logs = {n: os.path.getsize(os.path.join(g.dir, f"{n}.log")) for n in g.configs}
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run([sys.executable, "-m", "app", "up", "--data", g.dir], capture_output=True, text=True,
+                           timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("grid up on a running grid did not refuse within 15 s")
+    took = time.monotonic() - t0
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "already running" in lines[0], r.stdout + r.stderr
+    assert g.dir in lines[0] and "pid" in lines[0] and took < 5.0
+    for n, size in logs.items():  # no second node process wrote to the running grid's logs
+        added = g.log(n).encode()[size:].decode(errors="replace")
+        assert "in use" not in added and "rpc.server: node" not in added, added
+    assert in_sync(grid_view(g.c)) and all(g.alive(n) for n in g.configs)
+
+
 def test_grid_demo_passes(tmp_path):
     r = subprocess.run([sys.executable, "-m", "app", "demo"], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr

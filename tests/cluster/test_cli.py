@@ -44,6 +44,11 @@ def test_cluster_up_status_and_clean_stop(tmp_path):
         table = subprocess.run([sys.executable, "-m", "rpc.cli", "status", "--cluster", str(tmp_path)],
                                cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
         assert "leader" in table and "reachable" in table.splitlines()[0]
+        again = subprocess.run([sys.executable, "-m", "rpc.cli", "cluster", "up", "--data", str(tmp_path),
+                                "--root", "tests.prevalence.domain:Store"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=15)  # a second `cluster up` on the running cluster
+        assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stdout + again.stderr
+        assert "the cluster is already running (n1 pid" in again.stderr
         # the sessions' idle expiry is a replicated setting, checked before it applies
         def sessions(value: str) -> subprocess.CompletedProcess:
             return subprocess.run([sys.executable, "-m", "rpc.cli", "cluster", "sessions", "--cluster", str(tmp_path),
