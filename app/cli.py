@@ -12,25 +12,41 @@ from prevalence.errors import PrevalenceError
 DEFAULT_DIR = os.environ.get("GRID_CLUSTER", "grid-data")
 
 
-def open_client(cluster: str, secret_file: str | None = None, timeout: float = 10.0):
+def named(cluster: str, source: str | None = None) -> str:
+    """``cluster`` and where it came from, for an error: --cluster, $GRID_CLUSTER or the default."""
+    if source == "$GRID_CLUSTER":
+        return f"{cluster} (from $GRID_CLUSTER; --cluster overrides it)"
+    if source == "default":
+        return f"{cluster} (the default: give --cluster or set $GRID_CLUSTER)"
+    return f"{cluster} (from --cluster; $GRID_CLUSTER sets the default)"
+
+
+def open_client(cluster: str, secret_file: str | None = None, timeout: float = 10.0, source: str | None = None):
     """A client of the grid: ``cluster`` is a local grid directory or HOST:PORT,HOST:PORT..."""
     from rpc.client import ClusterClient
 
-    addresses, secret = cluster_addresses(cluster, secret_file)
+    addresses, secret = cluster_addresses(cluster, secret_file, source)
     return ClusterClient(addresses, secret, timeout=timeout)
 
 
-def cluster_addresses(cluster: str, secret_file: str | None = None) -> tuple[list[str], bytes]:
+def cluster_addresses(cluster: str, secret_file: str | None = None,
+                      source: str | None = None) -> tuple[list[str], bytes]:
     from rpc.config import ConfigError
     from rpc.localcluster import LocalCluster
     from rpc.secret import load_secret
 
     if os.path.isdir(cluster):
-        local = LocalCluster.open(cluster)
+        try:
+            local = LocalCluster.open(cluster)
+        except ConfigError as exc:
+            raise ConfigError(f"{named(cluster, source)} is not a grid directory: {exc}") from None
         addresses = list(local.addresses.values())
         secret = load_secret(secret_file) if secret_file else local.secret
     else:
         addresses = [a.strip() for a in cluster.split(",") if a.strip()]
+        if not any(":" in a and a.rpartition(":")[2].isdigit() for a in addresses):
+            raise ConfigError(f"no grid directory {named(cluster, source)}: name a directory made by `grid up`, "
+                              "or HOST:PORT,... with --secret-file")
         if not secret_file:
             raise ConfigError(f"{cluster!r} is not a grid directory; give the addresses' --secret-file "
                               "(their client.secret), or a directory made by `grid up`")
@@ -63,7 +79,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from app.model import GridView
     from app.view import render, with_cluster
 
-    with open_client(args.cluster, args.secret_file) as client:
+    with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
         view = client.query(GridView(), args.consistency)
         shown = with_cluster(view, client.status())
     print(json.dumps(shown, indent=2) if args.json else render(shown))
@@ -71,7 +87,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _execute(args: argparse.Namespace, tx) -> object:
-    with open_client(args.cluster, args.secret_file) as client:
+    with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
         return client.execute(tx)
 
 
@@ -100,7 +116,7 @@ def cmd_preset(args: argparse.Namespace) -> int:
         _execute(args, DeletePreset(args.name))
         print(f"preset {args.name} deleted")
     else:
-        with open_client(args.cluster, args.secret_file) as client:
+        with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
             presets = client.query(GridView())["presets"]
         for name, values in presets.items():
             print(f"{name}: {as_text(values)}")
@@ -133,7 +149,7 @@ def cmd_kill_master(args: argparse.Namespace) -> int:
 
     from app.model import GridView
 
-    with open_client(args.cluster, args.secret_file) as client:
+    with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
         client.query(GridView(), "leader")  # the client now talks to the master
         st = client.status()
     if st.get("role") != "leader":
@@ -160,7 +176,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     except ImportError as exc:  # some Linux Pythons ship Tk separately
         raise ConfigError(f"the window needs Tk, which this Python lacks ({exc}); on Debian: apt install python3-tk")
 
-    addresses, secret = cluster_addresses(args.cluster, args.secret_file)
+    addresses, secret = cluster_addresses(args.cluster, args.secret_file, args.cluster_from)
     return run(ClusterClient(addresses, secret, timeout=30.0), secret)
 
 
@@ -170,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def cluster_args(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--cluster", default=DEFAULT_DIR, metavar="DIR|ADDRESSES",
+        sp.add_argument("--cluster", default=None, metavar="DIR|ADDRESSES",
                         help=f"a grid directory (from `grid up`) or HOST:PORT,... (default {DEFAULT_DIR}, or $GRID_CLUSTER)")
         sp.add_argument("--secret-file", metavar="FILE", help="the client key (default: DIR/client.secret)")
         return sp
@@ -229,11 +245,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _naming_the_cluster(func):
+    """``func``, whose "no leader answered" says which cluster, each cause once."""
+    def call(args: argparse.Namespace) -> int:
+        from rpc.client import ClusterUnavailable
+        from rpc.cluster import collapse_causes
+        from rpc.config import ConfigError
+
+        try:
+            return func(args)
+        except ClusterUnavailable as exc:
+            what, _, tried = str(exc).partition("; tried ")
+            raise ConfigError(f"no master of {named(args.cluster, args.cluster_from)} answered: "
+                              f"{collapse_causes(tried) if tried else what}") from None
+    return call
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from prevalence.cli import run
 
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "cluster"):
+        args.cluster_from = "--cluster" if args.cluster is not None else \
+            "$GRID_CLUSTER" if os.environ.get("GRID_CLUSTER") else "default"
+        args.cluster = args.cluster or os.environ.get("GRID_CLUSTER") or "grid-data"
+        args.func = _naming_the_cluster(args.func)
     # ValueError too: the grid's own refusals (GridError, SettingsError) come back as such
-    return run(build_parser().parse_args(argv), errors=(PrevalenceError, ValueError))
+    return run(args, errors=(PrevalenceError, ValueError))
 
 
 if __name__ == "__main__":

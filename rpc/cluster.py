@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -299,6 +300,32 @@ def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
             row["error"] = str(exc)
         rows.append(row)
     return rows
+
+
+_ADDRESS = r"(?:\[[^\]]+\]|[A-Za-z0-9_.-]+):\d+"
+_CAUSE = re.compile(rf"^({_ADDRESS}):?\s+")
+_SEPARATOR = re.compile(rf"[;,]\s+(?={_ADDRESS}[:\s])")
+
+
+def collapse_causes(causes: str | list[str]) -> str:
+    """The same cause, from many addresses and attempts, said once with a count:
+    "authentication failed (...) (72 times, from 9 addresses)". ``causes`` is a list of
+    "HOST:PORT: cause" texts, or one text of them joined by ", " or "; "."""
+    items = _SEPARATOR.split(causes) if isinstance(causes, str) else list(causes)
+    seen: dict[str, tuple[int, list[str]]] = {}
+    for item in (i.strip() for i in items if i.strip()):
+        m = _CAUSE.match(item)
+        address, cause = (m.group(1), item[m.end():]) if m else ("", item)
+        n, addresses = seen.get(cause, (0, []))
+        seen[cause] = (n + 1, addresses + [address] if address and address not in addresses else addresses)
+    parts = []
+    for cause, (n, addresses) in seen.items():
+        if n == 1:
+            parts.append(f"{addresses[0]}: {cause}" if addresses else cause)
+        else:
+            where = f", from {len(addresses)} address{'es' if len(addresses) != 1 else ''}" if addresses else ""
+            parts.append(f"{cause} ({n} times{where})")
+    return "; ".join(parts)
 
 
 def _admin_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:

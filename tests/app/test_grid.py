@@ -192,6 +192,26 @@ def test_the_cli_shows_sets_and_refuses_bad_input_by_name(grid):
         g.c.execute(SetSettings(("n1",), {"loudness": "1"}))  # the domain's own exception type
 
 
+def test_a_missing_or_wrong_cluster_is_named_in_one_short_line(grid, tmp_path):
+    g = grid
+    ensure_all_up(g)
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_bytes(os.urandom(32).hex().encode())
+    wrong.chmod(0o600)
+    r = grid_cli(g, "show", "--secret-file", str(wrong))  # every node refuses the key, again and again
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and len(lines[0]) < 300, r.stderr
+    assert "authentication failed" in lines[0] and lines[0].count("authentication failed") == 1
+    assert "$GRID_CLUSTER" in lines[0] and g.dir in lines[0]
+    for args, env, said in [(("show",), {"GRID_CLUSTER": str(tmp_path / "nope")}, "$GRID_CLUSTER"),
+                            (("show", "--cluster", str(tmp_path / "nope")), {}, "--cluster")]:
+        r = subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=60,
+                           env={**{k: v for k, v in os.environ.items() if k != "GRID_CLUSTER"}, **env})
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert str(tmp_path / "nope") in lines[0] and said in lines[0] and "--cluster" in lines[0], lines[0]
+
+
 def test_kill_master_from_the_cli(grid):
     g = grid
     ensure_all_up(g)
