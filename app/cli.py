@@ -193,15 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start a local 3x3 grid, kill its master, show it recover, clean up")
     demo.add_argument("--keep-running", action="store_true", help="leave the grid up at the end (Ctrl-C stops it)")
-    demo.add_argument("--rows", type=int, default=3)
-    demo.add_argument("--columns", type=int, default=3)
+    demo.add_argument("--rows", type=int, default=3, help="rows of the grid (default 3)")
+    demo.add_argument("--columns", type=int, default=3, help="columns of the grid (default 3)")
     demo.add_argument("--data", metavar="DIR", help="where to put the grid (default: a temporary directory)")
     demo.set_defaults(func=cmd_demo)
 
     up = sub.add_parser("up", help="run a local grid on 127.0.0.1 in the foreground (Ctrl-C stops it)")
     up.add_argument("--data", default=DEFAULT_DIR, metavar="DIR", help=f"configs, key files, layout, data (default {DEFAULT_DIR})")
-    up.add_argument("--rows", type=int, default=3)
-    up.add_argument("--columns", type=int, default=3)
+    up.add_argument("--rows", type=int, default=3, help="rows of a new grid (default 3)")
+    up.add_argument("--columns", type=int, default=3, help="columns of a new grid (default 3)")
     up.add_argument("--port", type=int, metavar="BASE", help="first port (default: a free block)")
     up.add_argument("--restart-after", type=float, default=3.0, metavar="S",
                     help="restart a node that dies after S seconds, as its PC would reboot (default 3)")
@@ -209,23 +209,25 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     show = cluster_args(sub.add_parser("show", help="the grid: desired vs actual settings, health, master"))
-    show.add_argument("--json", action="store_true")
-    show.add_argument("--consistency", default="linearizable", choices=("linearizable", "leader", "local"))
+    show.add_argument("--json", action="store_true", help="the whole view as JSON")
+    show.add_argument("--consistency", default="linearizable", choices=("linearizable", "leader", "local"),
+                      help="linearizable (default): confirmed by the master; local: the node asked, maybe behind")
     show.set_defaults(func=cmd_show)
 
     st = cluster_args(sub.add_parser("set", help="set settings on nodes: grid set n1 row:2 volume=40 power=on"))
-    st.add_argument("items", nargs="+", metavar="NODE|all|row:N|column:N|key=value")
+    st.add_argument("items", nargs="+", metavar="NODE|all|row:N|column:N|key=value",
+                    help="the nodes, then the settings")
     st.set_defaults(func=cmd_set)
 
     pr = sub.add_parser("preset", help="named sets of settings").add_subparsers(dest="action", required=True)
     d = cluster_args(pr.add_parser("define", help="grid preset define NAME key=value..."))
-    d.add_argument("name")
-    d.add_argument("settings", nargs="+", metavar="key=value")
+    d.add_argument("name", help="the preset's name")
+    d.add_argument("settings", nargs="+", metavar="key=value", help="the settings it sets")
     a = cluster_args(pr.add_parser("apply", help="grid preset apply NAME NODE|all|row:N|column:N..."))
-    a.add_argument("name")
-    a.add_argument("targets", nargs="+", metavar="NODE|all|row:N|column:N")
+    a.add_argument("name", help="a defined preset")
+    a.add_argument("targets", nargs="+", metavar="NODE|all|row:N|column:N", help="the nodes to apply it to")
     dl = cluster_args(pr.add_parser("delete", help="grid preset delete NAME"))
-    dl.add_argument("name")
+    dl.add_argument("name", help="a defined preset")
     ls = cluster_args(pr.add_parser("list", help="the presets and their settings"))
     for sp in (d, a, dl, ls):
         sp.set_defaults(func=cmd_preset)
@@ -234,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     lc = lay.add_parser("check", help="say whether FILE is a valid layout")
     la = cluster_args(lay.add_parser("apply", help="apply FILE now (edits to a node's own file apply by themselves)"))
     for sp in (lc, la):
-        sp.add_argument("file", metavar="FILE")
+        sp.add_argument("file", metavar="FILE", help="a layout TOML file (as grid up writes layout.toml)")
         sp.set_defaults(func=cmd_layout)
 
     ui = cluster_args(sub.add_parser("ui", help="the operator's window: tiles, commands, rides through failover"))
