@@ -55,7 +55,7 @@ def cluster_addresses(cluster: str, secret_file: str | None = None,
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from app.local import LocalGrid, write_grid
+    from app.local import LocalGrid, report_layout, write_grid
     from rpc.cluster import node_config_paths, refuse_if_running
     from rpc.config import load_config
 
@@ -70,9 +70,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         write_grid(args.data, args.rows, args.columns, args.port)
     grid = LocalGrid.open(args.data)
     grid.start()
-    print(f"{len(grid.configs)} nodes on {', '.join(grid.addresses.values())}\n"
+    print(f"{len(grid.configs)} nodes on {_span(grid.addresses.values())}\n"
           f"try: grid show --cluster {args.data}    (Ctrl-C stops the grid)", flush=True)
-    return grid.supervise(None if args.no_restart else args.restart_after, name="grid")
+    stop_reporting = report_layout(grid, lambda line: print(line, flush=True))
+    try:
+        return grid.supervise(None if args.no_restart else args.restart_after, name="grid")
+    finally:
+        stop_reporting()
+
+
+def _span(addresses) -> str:
+    """127.0.0.1:7100..7108 for consecutive ports of one host, else the list."""
+    hosts_ports = [a.rpartition(":") for a in addresses]
+    ports = sorted(int(p) for _, _, p in hosts_ports)
+    if len({h for h, _, _ in hosts_ports}) == 1 and ports == list(range(ports[0], ports[0] + len(ports))):
+        return f"{hosts_ports[0][0]}:{ports[0]}..{ports[-1]}"
+    return ", ".join(addresses)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

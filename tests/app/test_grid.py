@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -254,6 +255,9 @@ def test_grid_up_restarts_a_dead_node_and_stops_everything_on_sigterm(tmp_path):
     data = str(tmp_path / "g")
     up = subprocess.Popen([sys.executable, "-m", "app", "up", "--data", data, "--rows", "2", "--columns", "2",
                            "--restart-after", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(up.stdout), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 30
         while not os.path.exists(os.path.join(data, "layout.toml")) and time.monotonic() < deadline:
@@ -271,9 +275,17 @@ def test_grid_up_restarts_a_dead_node_and_stops_everything_on_sigterm(tmp_path):
             assert r.returncode == 0, r.stderr
             g.wait_for("the killed master restarted (a new agent boot) and up",
                        lambda: (n := node())["boot"] != boot and n["health"] == "up", 30)
+            # a refused layout edit is printed where the grid runs, not only in the nodes' logs
+            with open(os.path.join(data, "layout.toml"), "a") as f:
+                f.write('\n[nodes.n9]\naddress = "127.0.0.1:1"\nrow = 1\ncolumn = 1\n')
+            g.wait_for("the refusal printed by grid up",
+                       lambda: any("layout edit refused, nothing changed" in line and
+                                   "nodes n1 and n9 are both at (1, 1)" in line for line in said), 15)
     finally:
         up.send_signal(signal.SIGTERM)
-        out, _ = up.communicate(timeout=30)
+        up.wait(30)
+        reader.join(10)
+        out = "".join(said)
     assert up.returncode == 0, out
     assert f"node {st['id']} died; restarting it in 0.5 s" in out and "stopping the grid" in out
     with pytest.raises(Exception):
