@@ -37,15 +37,25 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import tabulate as _tabulate
     from tabulate import tabulate
 
-    from rpc.cluster import FIELDS, cluster_status
+    _tabulate.MIN_PADDING = 0  # headers no wider than their words: the table fits 80 columns
+
+    from rpc.cluster import FIELDS, cluster_status, unreachable_summary
 
     rows = cluster_status(args.cluster)
     if args.json:
         print(json.dumps({"nodes": [{k: r[k] for k in FIELDS} for r in rows]}, indent=2))
     else:
-        print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in rows], headers=FIELDS))
+        here = os.path.abspath(args.cluster)
+        shown = [{**r, "config": os.path.relpath(r["config"], here) if os.path.dirname(r["config"]) == here
+                  else r["config"], "reachable": "yes" if r["reachable"] else "no"} for r in rows]
+        headers = [{"commit_index": "commit", "applied_index": "applied"}.get(k, k) for k in FIELDS]
+        print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in shown], headers=headers))
+        summary = unreachable_summary(rows)  # why, each cause once
+        if summary:
+            print(summary)
     return 0 if any(r["reachable"] for r in rows) else 1
 
 

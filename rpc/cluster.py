@@ -328,6 +328,20 @@ def collapse_causes(causes: str | list[str]) -> str:
     return "; ".join(parts)
 
 
+def unreachable_summary(rows: list[dict]) -> str:
+    """'unreachable: n1, n3: cannot connect: ...' with the nodes that share a cause on one
+    line (the address, in the table already, taken off the cause); "" if all answered."""
+    causes: dict[str, list[str]] = {}
+    for r in rows:
+        if not r["reachable"]:
+            error = r.get("error") or "no answer"
+            m = _CAUSE.match(error)
+            causes.setdefault(error[m.end():] if m else error, []).append(r["id"])
+    def who(ids: list[str]) -> str:
+        return f"all {len(ids)} nodes" if len(ids) == len(rows) > 3 else ", ".join(ids)
+    return "\n".join(f"unreachable: {who(ids)}: {cause}" for cause, ids in causes.items())
+
+
 def _admin_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:
     with NodeLink(cfg.listen, secret, ident="admin", timeout=timeout, ssl_context=tls_contexts(cfg)[1],
                   role="admin") as link:
