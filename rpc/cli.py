@@ -33,7 +33,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     from rpc.cluster import cluster_up
 
     _cwd_importable()
-    return cluster_up(args.data, args.nodes, args.port, args.root, args.imports)
+    return cluster_up(args.data, args.nodes, args.port, args.root, args.imports, app=args.app)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the function or class that makes the empty root object")
     up.add_argument("--import", dest="imports", action="append", metavar="MODULE",
                     help="also import MODULE in every node (more transaction classes); repeatable")
+    up.add_argument("--app", metavar="MODULE[:FUNCTION]",
+                    help="host the application plugin MODULE:FUNCTION (default function: attach) in every node, "
+                         "as the config's [app] plugin")
     up.set_defaults(func=cmd_cluster_up)
     add = c.add_parser("add", help="add a node to a running cluster (as a learner unless --voter)")
     add.add_argument("--cluster", required=True, metavar="DIR", help=CLUSTER_HELP)

@@ -183,7 +183,8 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None) -> int:
+def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None,
+               app: str | None = None) -> int:
     """Start the nodes, stay in the foreground, stop them all on Ctrl-C or SIGTERM.
 
     A directory that already holds node configurations is started as configured: its
@@ -191,14 +192,15 @@ def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: l
     differ from them are named, not applied)."""
     from rpc.localcluster import LocalCluster
 
+    plugin = app if app is None or ":" in app else f"{app}:attach"  # --app MODULE: its attach()
     existing = _configured(directory)
     if existing:
         refuse_if_running(existing, "cluster", directory)
         print(f"starting the cluster configured in {os.path.abspath(directory)} "
               f"({', '.join(os.path.basename(c.path) for c in existing)} as they are)"
-              + _not_applied(existing, nodes, base_port, root, imports), flush=True)
+              + _not_applied(existing, nodes, base_port, root, imports, plugin), flush=True)
     else:
-        write_cluster(directory, nodes, base_port, root, imports)
+        write_cluster(directory, nodes, base_port, root, imports, **({"app": {"plugin": plugin}} if plugin else {}))
     cluster = LocalCluster.open(directory, log_files=False)  # the nodes log to this terminal
     for nid in cluster.configs:
         cluster.start(nid)
@@ -241,7 +243,7 @@ def _configured(directory: str) -> list[NodeConfig]:
 
 
 def _not_applied(configs: list[NodeConfig], nodes: int, base_port: int, root: str,
-                 imports: list[str] | None) -> str:
+                 imports: list[str] | None, plugin: str | None = None) -> str:
     """'; not applied: --port 7100 (the files say 7200), ...' for the options the files overrule."""
     differ = []
     if nodes != len(configs):
@@ -256,6 +258,9 @@ def _not_applied(configs: list[NodeConfig], nodes: int, base_port: int, root: st
     had = sorted({m for c in configs for m in c.imports})
     if wanted != had:
         differ.append(f"--import {' '.join(wanted) or '(none)'} (the files: {' '.join(had) or '(none)'})")
+    plugins = sorted({c.app.get("plugin", "") for c in configs} - {""})
+    if plugin is not None and [plugin] != plugins:
+        differ.append(f"--app {plugin} (the files: {', '.join(plugins) or 'none'})")
     return "; not applied: " + ", ".join(differ) if differ else ""
 
 
