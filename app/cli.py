@@ -12,25 +12,41 @@ from prevalence.errors import PrevalenceError
 DEFAULT_DIR = os.environ.get("GRID_CLUSTER", "grid-data")
 
 
-def open_client(cluster: str, secret_file: str | None = None, timeout: float = 10.0):
+def named(cluster: str, source: str | None = None) -> str:
+    """``cluster`` and where it came from, for an error: --cluster, $GRID_CLUSTER or the default."""
+    if source == "$GRID_CLUSTER":
+        return f"{cluster} (from $GRID_CLUSTER; --cluster overrides it)"
+    if source == "default":
+        return f"{cluster} (the default: give --cluster or set $GRID_CLUSTER)"
+    return f"{cluster} (from --cluster; $GRID_CLUSTER sets the default)"
+
+
+def open_client(cluster: str, secret_file: str | None = None, timeout: float = 10.0, source: str | None = None):
     """A client of the grid: ``cluster`` is a local grid directory or HOST:PORT,HOST:PORT..."""
     from rpc.client import ClusterClient
 
-    addresses, secret = cluster_addresses(cluster, secret_file)
+    addresses, secret = cluster_addresses(cluster, secret_file, source)
     return ClusterClient(addresses, secret, timeout=timeout)
 
 
-def cluster_addresses(cluster: str, secret_file: str | None = None) -> tuple[list[str], bytes]:
+def cluster_addresses(cluster: str, secret_file: str | None = None,
+                      source: str | None = None) -> tuple[list[str], bytes]:
     from rpc.config import ConfigError
     from rpc.localcluster import LocalCluster
     from rpc.secret import load_secret
 
     if os.path.isdir(cluster):
-        local = LocalCluster.open(cluster)
+        try:
+            local = LocalCluster.open(cluster)
+        except ConfigError as exc:
+            raise ConfigError(f"{named(cluster, source)} is not a grid directory: {exc}") from None
         addresses = list(local.addresses.values())
         secret = load_secret(secret_file) if secret_file else local.secret
     else:
         addresses = [a.strip() for a in cluster.split(",") if a.strip()]
+        if not any(":" in a and a.rpartition(":")[2].isdigit() for a in addresses):
+            raise ConfigError(f"no grid directory {named(cluster, source)}: name a directory made by `grid up`, "
+                              "or HOST:PORT,... with --secret-file")
         if not secret_file:
             raise ConfigError(f"{cluster!r} is not a grid directory; give the addresses' --secret-file "
                               "(their client.secret), or a directory made by `grid up`")
@@ -39,26 +55,44 @@ def cluster_addresses(cluster: str, secret_file: str | None = None) -> tuple[lis
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from app.local import LocalGrid, write_grid
-    from rpc.cluster import node_config_paths
+    from app.local import LocalGrid, report_layout, write_grid
+    from rpc.cluster import node_config_paths, refuse_if_running
+    from rpc.config import load_config
 
     try:
-        node_config_paths(args.data)
-        print(f"starting the grid already configured in {os.path.abspath(args.data)}", flush=True)
+        paths = node_config_paths(args.data)
     except PrevalenceError:
+        paths = []
+    if paths:
+        refuse_if_running([load_config(p) for p in paths], "grid", args.data)
+        print(f"starting the grid already configured in {os.path.abspath(args.data)}", flush=True)
+    else:
         write_grid(args.data, args.rows, args.columns, args.port)
     grid = LocalGrid.open(args.data)
     grid.start()
-    print(f"{len(grid.configs)} nodes on {', '.join(grid.addresses.values())}\n"
+    print(f"{len(grid.configs)} nodes on {_span(grid.addresses.values())}\n"
           f"try: grid show --cluster {args.data}    (Ctrl-C stops the grid)", flush=True)
-    return grid.supervise(None if args.no_restart else args.restart_after, name="grid")
+    stop_reporting = report_layout(grid, lambda line: print(line, flush=True))
+    try:
+        return grid.supervise(None if args.no_restart else args.restart_after, name="grid")
+    finally:
+        stop_reporting()
+
+
+def _span(addresses) -> str:
+    """127.0.0.1:7100..7108 for consecutive ports of one host, else the list."""
+    hosts_ports = [a.rpartition(":") for a in addresses]
+    ports = sorted(int(p) for _, _, p in hosts_ports)
+    if len({h for h, _, _ in hosts_ports}) == 1 and ports == list(range(ports[0], ports[0] + len(ports))):
+        return f"{hosts_ports[0][0]}:{ports[0]}..{ports[-1]}"
+    return ", ".join(addresses)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from app.model import GridView
     from app.view import render, with_cluster
 
-    with open_client(args.cluster, args.secret_file) as client:
+    with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
         view = client.query(GridView(), args.consistency)
         shown = with_cluster(view, client.status())
     print(json.dumps(shown, indent=2) if args.json else render(shown))
@@ -66,7 +100,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _execute(args: argparse.Namespace, tx) -> object:
-    with open_client(args.cluster, args.secret_file) as client:
+    with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
         return client.execute(tx)
 
 
@@ -95,7 +129,7 @@ def cmd_preset(args: argparse.Namespace) -> int:
         _execute(args, DeletePreset(args.name))
         print(f"preset {args.name} deleted")
     else:
-        with open_client(args.cluster, args.secret_file) as client:
+        with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
             presets = client.query(GridView())["presets"]
         for name, values in presets.items():
             print(f"{name}: {as_text(values)}")
@@ -128,7 +162,7 @@ def cmd_kill_master(args: argparse.Namespace) -> int:
 
     from app.model import GridView
 
-    with open_client(args.cluster, args.secret_file) as client:
+    with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
         client.query(GridView(), "leader")  # the client now talks to the master
         st = client.status()
     if st.get("role") != "leader":
@@ -155,7 +189,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     except ImportError as exc:  # some Linux Pythons ship Tk separately
         raise ConfigError(f"the window needs Tk, which this Python lacks ({exc}); on Debian: apt install python3-tk")
 
-    addresses, secret = cluster_addresses(args.cluster, args.secret_file)
+    addresses, secret = cluster_addresses(args.cluster, args.secret_file, args.cluster_from)
     return run(ClusterClient(addresses, secret, timeout=30.0), secret)
 
 
@@ -165,22 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def cluster_args(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--cluster", default=DEFAULT_DIR, metavar="DIR|ADDRESSES",
+        sp.add_argument("--cluster", default=None, metavar="DIR|ADDRESSES",
                         help=f"a grid directory (from `grid up`) or HOST:PORT,... (default {DEFAULT_DIR}, or $GRID_CLUSTER)")
         sp.add_argument("--secret-file", metavar="FILE", help="the client key (default: DIR/client.secret)")
         return sp
 
     demo = sub.add_parser("demo", help="start a local 3x3 grid, kill its master, show it recover, clean up")
     demo.add_argument("--keep-running", action="store_true", help="leave the grid up at the end (Ctrl-C stops it)")
-    demo.add_argument("--rows", type=int, default=3)
-    demo.add_argument("--columns", type=int, default=3)
+    demo.add_argument("--rows", type=int, default=3, help="rows of the grid (default 3)")
+    demo.add_argument("--columns", type=int, default=3, help="columns of the grid (default 3)")
     demo.add_argument("--data", metavar="DIR", help="where to put the grid (default: a temporary directory)")
     demo.set_defaults(func=cmd_demo)
 
     up = sub.add_parser("up", help="run a local grid on 127.0.0.1 in the foreground (Ctrl-C stops it)")
     up.add_argument("--data", default=DEFAULT_DIR, metavar="DIR", help=f"configs, key files, layout, data (default {DEFAULT_DIR})")
-    up.add_argument("--rows", type=int, default=3)
-    up.add_argument("--columns", type=int, default=3)
+    up.add_argument("--rows", type=int, default=3, help="rows of a new grid (default 3)")
+    up.add_argument("--columns", type=int, default=3, help="columns of a new grid (default 3)")
     up.add_argument("--port", type=int, metavar="BASE", help="first port (default: a free block)")
     up.add_argument("--restart-after", type=float, default=3.0, metavar="S",
                     help="restart a node that dies after S seconds, as its PC would reboot (default 3)")
@@ -188,23 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     show = cluster_args(sub.add_parser("show", help="the grid: desired vs actual settings, health, master"))
-    show.add_argument("--json", action="store_true")
-    show.add_argument("--consistency", default="linearizable", choices=("linearizable", "leader", "local"))
+    show.add_argument("--json", action="store_true", help="the whole view as JSON")
+    show.add_argument("--consistency", default="linearizable", choices=("linearizable", "leader", "local"),
+                      help="linearizable (default): confirmed by the master; local: the node asked, maybe behind")
     show.set_defaults(func=cmd_show)
 
     st = cluster_args(sub.add_parser("set", help="set settings on nodes: grid set n1 row:2 volume=40 power=on"))
-    st.add_argument("items", nargs="+", metavar="NODE|all|row:N|column:N|key=value")
+    st.add_argument("items", nargs="+", metavar="NODE|all|row:N|column:N|key=value",
+                    help="the nodes, then the settings")
     st.set_defaults(func=cmd_set)
 
     pr = sub.add_parser("preset", help="named sets of settings").add_subparsers(dest="action", required=True)
     d = cluster_args(pr.add_parser("define", help="grid preset define NAME key=value..."))
-    d.add_argument("name")
-    d.add_argument("settings", nargs="+", metavar="key=value")
+    d.add_argument("name", help="the preset's name")
+    d.add_argument("settings", nargs="+", metavar="key=value", help="the settings it sets")
     a = cluster_args(pr.add_parser("apply", help="grid preset apply NAME NODE|all|row:N|column:N..."))
-    a.add_argument("name")
-    a.add_argument("targets", nargs="+", metavar="NODE|all|row:N|column:N")
+    a.add_argument("name", help="a defined preset")
+    a.add_argument("targets", nargs="+", metavar="NODE|all|row:N|column:N", help="the nodes to apply it to")
     dl = cluster_args(pr.add_parser("delete", help="grid preset delete NAME"))
-    dl.add_argument("name")
+    dl.add_argument("name", help="a defined preset")
     ls = cluster_args(pr.add_parser("list", help="the presets and their settings"))
     for sp in (d, a, dl, ls):
         sp.set_defaults(func=cmd_preset)
@@ -213,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     lc = lay.add_parser("check", help="say whether FILE is a valid layout")
     la = cluster_args(lay.add_parser("apply", help="apply FILE now (edits to a node's own file apply by themselves)"))
     for sp in (lc, la):
-        sp.add_argument("file", metavar="FILE")
+        sp.add_argument("file", metavar="FILE", help="a layout TOML file (as grid up writes layout.toml)")
         sp.set_defaults(func=cmd_layout)
 
     ui = cluster_args(sub.add_parser("ui", help="the operator's window: tiles, commands, rides through failover"))
@@ -227,11 +263,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _naming_the_cluster(func):
+    """``func``, whose "no leader answered" says which cluster, each cause once."""
+    def call(args: argparse.Namespace) -> int:
+        from rpc.client import ClusterUnavailable
+        from rpc.cluster import collapse_causes
+        from rpc.config import ConfigError
+
+        try:
+            return func(args)
+        except ClusterUnavailable as exc:
+            what, _, tried = str(exc).partition("; tried ")
+            raise ConfigError(f"no master of {named(args.cluster, args.cluster_from)} answered: "
+                              f"{collapse_causes(tried) if tried else what}") from None
+    return call
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from prevalence.cli import run
 
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "cluster"):
+        args.cluster_from = "--cluster" if args.cluster is not None else \
+            "$GRID_CLUSTER" if os.environ.get("GRID_CLUSTER") else "default"
+        args.cluster = args.cluster or os.environ.get("GRID_CLUSTER") or "grid-data"
+        args.func = _naming_the_cluster(args.func)
     # ValueError too: the grid's own refusals (GridError, SettingsError) come back as such
-    return run(build_parser().parse_args(argv), errors=(PrevalenceError, ValueError))
+    return run(args, errors=(PrevalenceError, ValueError))
 
 
 if __name__ == "__main__":

@@ -43,19 +43,19 @@ def parse_layout(data: bytes, path: str = "layout.toml") -> ApplyLayout:
     if extra:
         raise LayoutError(f"{path}: unknown section(s) {', '.join(extra)} (expected [grid] and [nodes.ID])")
     grid = _table(doc, "grid", path)
+    _no_extras(grid, {"rows", "columns"}, f"{path}: [grid]")  # first: a misspelt key is named as such
     rows = _int(grid, "rows", f"{path}: [grid]")
     columns = _int(grid, "columns", f"{path}: [grid]")
-    _no_extras(grid, {"rows", "columns"}, f"{path}: [grid]")
     specs = []
     for node_id, body in _table(doc, "nodes", path).items():
         where = f"{path}: [nodes.{node_id}]"
         if not isinstance(body, dict):
             raise LayoutError(f"{where} must be a table with address, row and column")
+        _no_extras(body, {"address", "row", "column"}, where)
         address = body.get("address")
         if not isinstance(address, str):
             raise LayoutError(f"{where}: 'address' must be \"HOST:PORT\", got {address!r}")
         specs.append(NodeSpec(node_id, address, _int(body, "row", where), _int(body, "column", where)))
-        _no_extras(body, {"address", "row", "column"}, where)
     try:
         check_layout(rows, columns, specs)
     except GridError as exc:

@@ -7,7 +7,8 @@ its log (``n1.log``).
 from __future__ import annotations
 
 import os
-from typing import Any
+import threading
+from typing import Any, Callable
 
 from app.layout import render_layout
 from app.model import GridView, NodeSpec
@@ -50,3 +51,40 @@ def in_sync(view: dict, nodes: list[str] | None = None) -> bool:
 
 def grid_view(client: ClusterClient, consistency: str = "linearizable") -> dict:
     return client.query(GridView(), consistency)
+
+
+def report_layout(grid: LocalGrid, say: Callable[[str], None]) -> Callable[[], None]:
+    """Say every layout edit the cluster applies or refuses from now on (``grid up``: the
+    refusal otherwise shows only in the nodes' logs). Returns the function that stops it."""
+    stop = threading.Event()
+
+    def on_event(event: Any) -> None:
+        fields = getattr(event, "fields", None) or {}
+        if event.type == "grid.RefuseLayout":
+            say(f"layout edit refused, nothing changed: {fields.get('reason')}")
+        elif event.type == "grid.ApplyLayout":
+            say(f"layout applied: {fields.get('rows')}x{fields.get('columns')} grid, "
+                f"{len(fields.get('nodes') or ())} nodes")
+
+    held: list = []
+
+    def run() -> None:
+        while not stop.is_set():  # the nodes are starting: until one answers
+            client = grid.client(timeout=2.0)
+            try:
+                held[:] = [client, client.subscribe(on_event)]
+                return
+            except Exception:  # noqa: BLE001 - no master yet: try again
+                client.close()
+                stop.wait(0.5)
+
+    starter = threading.Thread(target=run, name="layout-report", daemon=True)
+    starter.start()
+
+    def close() -> None:
+        stop.set()
+        starter.join(5)
+        if held:
+            held[1].close()
+            held[0].close()
+    return close

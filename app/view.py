@@ -15,27 +15,69 @@ def with_cluster(view: dict, status: dict) -> dict:
     return {**view, "nodes": nodes, "master": leader, "term": status.get("term")}
 
 
+WIDTH = 80  # a terminal's
+
+
 def _cell(n: dict[str, Any]) -> str:
     mark = " (master)" if n.get("master") else ""
     state = n["health"] + ("" if n["health"] != "up" else ", in sync" if n["in_sync"] else ", pending")
     return f"{n['id']}{mark}\n{state}"
 
 
-def render(view: dict) -> str:
+def _short_cell(n: dict[str, Any]) -> str:
+    """n1* (master), n2! (not up), n3~ (pending), n4 (up, in sync)."""
+    mark = "*" if n.get("master") else ""
+    return n["id"] + mark + ("!" if n["health"] != "up" else "" if n["in_sync"] else "~")
+
+
+def _map(view: dict) -> list[str]:
+    """The grid as a map, in full, or compact if that is too wide, or a note if even that is."""
     by_pos = {(n["row"], n["column"]): n for n in view["nodes"]}
-    grid = [[_cell(by_pos[(r, c)]) if (r, c) in by_pos else "(empty)"
-             for c in range(1, view["columns"] + 1)] for r in range(1, view["rows"] + 1)]
-    lines = [f"grid {view['rows']}x{view['columns']}, master {view.get('master') or 'unknown'} "
-             f"(term {view.get('term', '?')})",
-             tabulate(grid, tablefmt="grid"), ""]
+    for cell, note in ((_cell, []), (_short_cell, ["* master, ! not up, ~ settings pending"])):
+        grid = [[cell(by_pos[(r, c)]) if (r, c) in by_pos else "-"
+                 for c in range(1, view["columns"] + 1)] for r in range(1, view["rows"] + 1)]
+        text = tabulate(grid, tablefmt="grid")
+        if max(len(line) for line in text.splitlines()) <= WIDTH:
+            return [text] + note
+    return [f"(a {view['rows']}x{view['columns']} map does not fit {WIDTH} columns; the table follows)"]
+
+
+def _lines(settings: dict[str, Any] | None) -> str:
+    """One setting a line: a cell stays narrow however many settings there are."""
+    return "\n".join(f"{k}={settings[k]}" for k in sorted(settings)) if settings else "-"
+
+
+def _difference(n: dict[str, Any]) -> str:
+    """What the agent runs, only where it differs from the desired settings."""
+    if n["actual"] is None:
+        return "unknown"
+    if n["actual"] == n["desired"]:
+        return "same"
+    diff = {k: v for k, v in n["actual"].items() if n["desired"].get(k) != v}
+    unset = [f"{k} unset" for k in sorted(n["desired"]) if k not in n["actual"]]
+    return "\n".join(filter(None, [_lines(diff) if diff else "", *unset]))
+
+
+def _table(view: dict) -> str:
+    headers = ["node", "pos", "health", "desired", "actual", "detail"]
     rows = [[n["id"] + (" *" if n.get("master") else ""), f"{n['row']},{n['column']}", n["health"],
-             as_text(n["desired"]), "-" if n["actual"] is None else as_text(n["actual"]),
-             "yes" if n["in_sync"] else "no", n["detail"]] for n in view["nodes"]]
-    lines.append(tabulate(rows, headers=["node", "pos", "health", "desired", "actual", "in sync", "detail"]))
+             _lines(n["desired"]), _difference(n), n["detail"] or ""] for n in view["nodes"]]
+    widths = [max(len(line) for r in rows for line in str(r[k]).splitlines() or [""]) or 1 for k in range(3, 6)]
+    while True:  # narrow the widest wrapped column until the table fits
+        text = tabulate(rows, headers=headers, maxcolwidths=[None, None, None, *widths])
+        k = max(range(3), key=lambda i: widths[i])
+        if max(len(line) for line in text.splitlines()) <= WIDTH or widths[k] <= 8:
+            return text
+        widths[k] -= 1
+
+
+def render(view: dict) -> str:
+    lines = [f"grid {view['rows']}x{view['columns']}, master {view.get('master') or 'unknown'} "
+             f"(term {view.get('term', '?')})", *_map(view), "", _table(view)]
     refused = view.get("layout_refused")
     if refused:
         lines += ["", f"layout edit refused on {refused['node']} at {refused['at'][:19].replace('T', ' ')} UTC, "
-                      f"the grid keeps its layout: {refused['reason']}"]
+                      f"the grid keeps its layout: {refused['reason']}"]  # a message: one line to grep
     if view.get("presets"):
-        lines += ["", "presets: " + "; ".join(f"{k}: {as_text(v)}" for k, v in view["presets"].items())]
+        lines += ["", "presets:"] + [f"  {k}: {as_text(v)}" for k, v in view["presets"].items()]
     return "\n".join(lines)

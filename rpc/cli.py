@@ -33,19 +33,29 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     from rpc.cluster import cluster_up
 
     _cwd_importable()
-    return cluster_up(args.data, args.nodes, args.port, args.root, args.imports)
+    return cluster_up(args.data, args.nodes, args.port, args.root, args.imports, app=args.app)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import tabulate as _tabulate
     from tabulate import tabulate
 
-    from rpc.cluster import FIELDS, cluster_status
+    _tabulate.MIN_PADDING = 0  # headers no wider than their words: the table fits 80 columns
+
+    from rpc.cluster import FIELDS, cluster_status, unreachable_summary
 
     rows = cluster_status(args.cluster)
     if args.json:
         print(json.dumps({"nodes": [{k: r[k] for k in FIELDS} for r in rows]}, indent=2))
     else:
-        print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in rows], headers=FIELDS))
+        here = os.path.abspath(args.cluster)
+        shown = [{**r, "config": os.path.relpath(r["config"], here) if os.path.dirname(r["config"]) == here
+                  else r["config"], "reachable": "yes" if r["reachable"] else "no"} for r in rows]
+        headers = [{"commit_index": "commit", "applied_index": "applied"}.get(k, k) for k in FIELDS]
+        print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in shown], headers=headers))
+        summary = unreachable_summary(rows)  # why, each cause once
+        if summary:
+            print(summary)
     return 0 if any(r["reachable"] for r in rows) else 1
 
 
@@ -87,6 +97,9 @@ def cmd_cluster_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+CLUSTER_HELP = "the cluster's directory: its node configs and key files (as `cluster up` wrote them)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = engine_cli.build_parser()
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
@@ -98,42 +111,47 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cluster", help="a local cluster on this machine").add_subparsers(dest="action", required=True)
     up = c.add_parser("up", help="start N nodes on 127.0.0.1 in the foreground (an existing DIR: as configured "
                       "there); Ctrl-C stops them")
-    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--nodes", type=int, default=3, help="how many nodes, n1.. (default 3)")
     up.add_argument("--data", required=True, metavar="DIR", help="configs, key files and data go here")
     up.add_argument("--port", type=int, default=7100, metavar="BASE", help="first port (default 7100)")
-    up.add_argument("--root", required=True, metavar="MODULE:FACTORY")
-    up.add_argument("--import", dest="imports", action="append", metavar="MODULE")
+    up.add_argument("--root", required=True, metavar="MODULE:FACTORY",
+                    help="the function or class that makes the empty root object")
+    up.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                    help="also import MODULE in every node (more transaction classes); repeatable")
+    up.add_argument("--app", metavar="MODULE[:FUNCTION]",
+                    help="host the application plugin MODULE:FUNCTION (default function: attach) in every node, "
+                         "as the config's [app] plugin")
     up.set_defaults(func=cmd_cluster_up)
     add = c.add_parser("add", help="add a node to a running cluster (as a learner unless --voter)")
-    add.add_argument("--cluster", required=True, metavar="DIR")
-    add.add_argument("--id", required=True)
+    add.add_argument("--cluster", required=True, metavar="DIR", help=CLUSTER_HELP)
+    add.add_argument("--id", required=True, help="the new node's id (its config is DIR/ID.toml)")
     add.add_argument("--address", metavar="HOST:PORT", help="default: 127.0.0.1, the next free port after the others")
     add.add_argument("--voter", action="store_true", help="count for the quorum at once")
     add.set_defaults(func=cmd_cluster_admin)
     for name, text in (("promote", "make a learner a voter"), ("remove", "remove a node from the membership")):
         a = c.add_parser(name, help=text)
-        a.add_argument("--cluster", required=True, metavar="DIR")
-        a.add_argument("--id", required=True)
+        a.add_argument("--cluster", required=True, metavar="DIR", help=CLUSTER_HELP)
+        a.add_argument("--id", required=True, help="the node's id")
         a.set_defaults(func=cmd_cluster_admin)
     se = c.add_parser("sessions", help="how long an idle client session keeps its exactly-once guarantee")
-    se.add_argument("--cluster", required=True, metavar="DIR")
+    se.add_argument("--cluster", required=True, metavar="DIR", help=CLUSTER_HELP)
     se.add_argument("--idle-expiry", required=True, type=int, metavar="SECONDS",
                     help="60 s to 366 days (default 24 h); a replicated setting")
     se.set_defaults(func=cmd_cluster_admin)
     tr = c.add_parser("transfer", help="hand leadership to another voter")
-    tr.add_argument("--cluster", required=True, metavar="DIR")
-    tr.add_argument("--to", required=True, metavar="ID")
+    tr.add_argument("--cluster", required=True, metavar="DIR", help=CLUSTER_HELP)
+    tr.add_argument("--to", required=True, metavar="ID", help="the voter to lead next")
     tr.set_defaults(func=cmd_cluster_admin)
     ks = c.add_parser("keys", help="make the missing key files (peer, client, admin) in DIR and move its node "
                       "configs off the one shared cluster.secret; run with the nodes stopped")
-    ks.add_argument("--cluster", required=True, metavar="DIR")
+    ks.add_argument("--cluster", required=True, metavar="DIR", help=CLUSTER_HELP)
     ks.set_defaults(func=cmd_cluster_admin)
     from rpc.recovery import add_recover_parser  # disaster recovery: rpc/recovery.py
 
     add_recover_parser(c)
     s = sub.add_parser("status", help="role, term and indexes of every node of a cluster directory")
-    s.add_argument("--cluster", required=True, metavar="DIR")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--cluster", required=True, metavar="DIR", help=CLUSTER_HELP)
+    s.add_argument("--json", action="store_true", help="an object whose nodes list holds every field")
     s.set_defaults(func=cmd_status)
     from rpc.backup import add_backup_parsers  # backup, backup verify, restore: rpc/backup.py
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -183,7 +184,8 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None) -> int:
+def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None,
+               app: str | None = None) -> int:
     """Start the nodes, stay in the foreground, stop them all on Ctrl-C or SIGTERM.
 
     A directory that already holds node configurations is started as configured: its
@@ -191,13 +193,15 @@ def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: l
     differ from them are named, not applied)."""
     from rpc.localcluster import LocalCluster
 
+    plugin = app if app is None or ":" in app else f"{app}:attach"  # --app MODULE: its attach()
     existing = _configured(directory)
     if existing:
+        refuse_if_running(existing, "cluster", directory)
         print(f"starting the cluster configured in {os.path.abspath(directory)} "
               f"({', '.join(os.path.basename(c.path) for c in existing)} as they are)"
-              + _not_applied(existing, nodes, base_port, root, imports), flush=True)
+              + _not_applied(existing, nodes, base_port, root, imports, plugin), flush=True)
     else:
-        write_cluster(directory, nodes, base_port, root, imports)
+        write_cluster(directory, nodes, base_port, root, imports, **({"app": {"plugin": plugin}} if plugin else {}))
     cluster = LocalCluster.open(directory, log_files=False)  # the nodes log to this terminal
     for nid in cluster.configs:
         cluster.start(nid)
@@ -205,6 +209,29 @@ def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: l
     print(f"started {len(ports)} nodes on 127.0.0.1:{ports[0]}..{ports[-1]}; configs and keys in "
           f"{os.path.abspath(directory)} (clients use {KEY_FILES['client']}); Ctrl-C stops them", flush=True)
     return cluster.supervise()
+
+
+def refuse_if_running(configs: list[NodeConfig], what: str, directory: str) -> None:
+    """ConfigError naming the nodes whose data another process holds (a node of the
+    same directory already running): starting them again could only fail, over and over."""
+    from prevalence._platform import DirectoryLock
+    from prevalence.errors import LockedError
+
+    running = []
+    for cfg in configs:
+        if not os.path.isdir(cfg.data):
+            continue
+        lock = DirectoryLock(cfg.data)
+        try:
+            lock.acquire()
+        except LockedError:
+            running.append(f"{cfg.id} pid {lock.holder() or 'unknown'}")
+        else:
+            lock.release()
+    if running:
+        shown = ", ".join(running[:3]) + (f" and {len(running) - 3} more" if len(running) > 3 else "")
+        raise ConfigError(f"{os.path.abspath(directory)}: the {what} is already running ({shown}); "
+                          "stop it first (Ctrl-C where it was started)")
 
 
 def _configured(directory: str) -> list[NodeConfig]:
@@ -217,7 +244,7 @@ def _configured(directory: str) -> list[NodeConfig]:
 
 
 def _not_applied(configs: list[NodeConfig], nodes: int, base_port: int, root: str,
-                 imports: list[str] | None) -> str:
+                 imports: list[str] | None, plugin: str | None = None) -> str:
     """'; not applied: --port 7100 (the files say 7200), ...' for the options the files overrule."""
     differ = []
     if nodes != len(configs):
@@ -232,6 +259,9 @@ def _not_applied(configs: list[NodeConfig], nodes: int, base_port: int, root: st
     had = sorted({m for c in configs for m in c.imports})
     if wanted != had:
         differ.append(f"--import {' '.join(wanted) or '(none)'} (the files: {' '.join(had) or '(none)'})")
+    plugins = sorted({c.app.get("plugin", "") for c in configs} - {""})
+    if plugin is not None and [plugin] != plugins:
+        differ.append(f"--app {plugin} (the files: {', '.join(plugins) or 'none'})")
     return "; not applied: " + ", ".join(differ) if differ else ""
 
 
@@ -304,6 +334,46 @@ def _cluster_of(statuses: list[dict]) -> tuple[str, int]:
         return "", 0
     epoch, cluster = max(known)
     return cluster, epoch
+
+
+_ADDRESS = r"(?:\[[^\]]+\]|[A-Za-z0-9_.-]+):\d+"
+_CAUSE = re.compile(rf"^({_ADDRESS}):?\s+")
+_SEPARATOR = re.compile(rf"[;,]\s+(?={_ADDRESS}[:\s])")
+
+
+def collapse_causes(causes: str | list[str]) -> str:
+    """The same cause, from many addresses and attempts, said once with a count:
+    "authentication failed (...) (72 times, from 9 addresses)". ``causes`` is a list of
+    "HOST:PORT: cause" texts, or one text of them joined by ", " or "; "."""
+    items = _SEPARATOR.split(causes) if isinstance(causes, str) else list(causes)
+    seen: dict[str, tuple[int, list[str]]] = {}
+    for item in (i.strip() for i in items if i.strip()):
+        m = _CAUSE.match(item)
+        address, cause = (m.group(1), item[m.end():]) if m else ("", item)
+        n, addresses = seen.get(cause, (0, []))
+        seen[cause] = (n + 1, addresses + [address] if address and address not in addresses else addresses)
+    parts = []
+    for cause, (n, addresses) in seen.items():
+        if n == 1:
+            parts.append(f"{addresses[0]}: {cause}" if addresses else cause)
+        else:
+            where = f", from {len(addresses)} address{'es' if len(addresses) != 1 else ''}" if addresses else ""
+            parts.append(f"{cause} ({n} times{where})")
+    return "; ".join(parts)
+
+
+def unreachable_summary(rows: list[dict]) -> str:
+    """'unreachable: n1, n3: cannot connect: ...' with the nodes that share a cause on one
+    line (the address, in the table already, taken off the cause); "" if all answered."""
+    causes: dict[str, list[str]] = {}
+    for r in rows:
+        if not r["reachable"]:
+            error = r.get("error") or "no answer"
+            m = _CAUSE.match(error)
+            causes.setdefault(error[m.end():] if m else error, []).append(r["id"])
+    def who(ids: list[str]) -> str:
+        return f"all {len(ids)} nodes" if len(ids) == len(rows) > 3 else ", ".join(ids)
+    return "\n".join(f"unreachable: {who(ids)}: {cause}" for cause, ids in causes.items())
 
 
 def _admin_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:

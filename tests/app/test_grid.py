@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -192,6 +193,26 @@ def test_the_cli_shows_sets_and_refuses_bad_input_by_name(grid):
         g.c.execute(SetSettings(("n1",), {"loudness": "1"}))  # the domain's own exception type
 
 
+def test_a_missing_or_wrong_cluster_is_named_in_one_short_line(grid, tmp_path):
+    g = grid
+    ensure_all_up(g)
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_bytes(os.urandom(32).hex().encode())
+    wrong.chmod(0o600)
+    r = grid_cli(g, "show", "--secret-file", str(wrong))  # every node refuses the key, again and again
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and len(lines[0]) < 300, r.stderr
+    assert "authentication failed" in lines[0] and lines[0].count("authentication failed") == 1
+    assert "$GRID_CLUSTER" in lines[0] and g.dir in lines[0]
+    for args, env, said in [(("show",), {"GRID_CLUSTER": str(tmp_path / "nope")}, "$GRID_CLUSTER"),
+                            (("show", "--cluster", str(tmp_path / "nope")), {}, "--cluster")]:
+        r = subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=60,
+                           env={**{k: v for k, v in os.environ.items() if k != "GRID_CLUSTER"}, **env})
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert str(tmp_path / "nope") in lines[0] and said in lines[0] and "--cluster" in lines[0], lines[0]
+
+
 def test_kill_master_from_the_cli(grid):
     g = grid
     ensure_all_up(g)
@@ -201,6 +222,26 @@ def test_kill_master_from_the_cli(grid):
     g.leader(timeout=10, exclude={old})
     assert g.procs[old].wait(5) == -signal.SIGKILL
     ensure_all_up(g)
+
+
+def test_grid_up_on_a_running_grid_refuses_at_once_and_touches_nothing(grid):
+    g = grid
+    ensure_all_up(g)
+    logs = {n: os.path.getsize(os.path.join(g.dir, f"{n}.log")) for n in g.configs}
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run([sys.executable, "-m", "app", "up", "--data", g.dir], capture_output=True, text=True,
+                           timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("grid up on a running grid did not refuse within 15 s")
+    took = time.monotonic() - t0
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "already running" in lines[0], r.stdout + r.stderr
+    assert g.dir in lines[0] and "pid" in lines[0] and took < 5.0
+    for n, size in logs.items():  # no second node process wrote to the running grid's logs
+        added = g.log(n).encode()[size:].decode(errors="replace")
+        assert "in use" not in added and "rpc.server: node" not in added, added
+    assert in_sync(grid_view(g.c)) and all(g.alive(n) for n in g.configs)
 
 
 def test_grid_demo_passes(tmp_path):
@@ -214,6 +255,9 @@ def test_grid_up_restarts_a_dead_node_and_stops_everything_on_sigterm(tmp_path):
     data = str(tmp_path / "g")
     up = subprocess.Popen([sys.executable, "-m", "app", "up", "--data", data, "--rows", "2", "--columns", "2",
                            "--restart-after", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(up.stdout), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 30
         while not os.path.exists(os.path.join(data, "layout.toml")) and time.monotonic() < deadline:
@@ -231,9 +275,17 @@ def test_grid_up_restarts_a_dead_node_and_stops_everything_on_sigterm(tmp_path):
             assert r.returncode == 0, r.stderr
             g.wait_for("the killed master restarted (a new agent boot) and up",
                        lambda: (n := node())["boot"] != boot and n["health"] == "up", 30)
+            # a refused layout edit is printed where the grid runs, not only in the nodes' logs
+            with open(os.path.join(data, "layout.toml"), "a") as f:
+                f.write('\n[nodes.n9]\naddress = "127.0.0.1:1"\nrow = 1\ncolumn = 1\n')
+            g.wait_for("the refusal printed by grid up",
+                       lambda: any("layout edit refused, nothing changed" in line and
+                                   "nodes n1 and n9 are both at (1, 1)" in line for line in said), 15)
     finally:
         up.send_signal(signal.SIGTERM)
-        out, _ = up.communicate(timeout=30)
+        up.wait(30)
+        reader.join(10)
+        out = "".join(said)
     assert up.returncode == 0, out
     assert f"node {st['id']} died; restarting it in 0.5 s" in out and "stopping the grid" in out
     with pytest.raises(Exception):

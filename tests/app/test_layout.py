@@ -43,6 +43,11 @@ def test_a_valid_layout():
     (lambda t: t.replace(b'"127.0.0.1:7102"', b'"no-port"'), "node b: address 'no-port' must be HOST:PORT"),
     (lambda t: t.replace(b'address = "127.0.0.1:7102"', b'address = 7102'), r"\[nodes.b\]: 'address' must be"),
     (lambda t: t + b"colour = 1\n", r"\[nodes.b\]: unknown field\(s\) colour"),
+    # a misspelt key is named as unknown, not as the key it stood in for being missing
+    (lambda t: t.replace(b"rows = 2", b"row = 2"), r"\[grid\]: unknown field\(s\) row \(expected columns, rows\)"),
+    (lambda t: t.replace(b'address = "127.0.0.1:7102"', b'adress = "127.0.0.1:7102"'),
+     r"\[nodes.b\]: unknown field\(s\) adress \(expected address, column, row\)"),
+    (lambda t: t.replace(b"row = 2\ncolumn = 2", b"row = 2\ncolumns = 2"), r"\[nodes.b\]: unknown field\(s\) columns"),
     (lambda t: t.replace(b"[nodes.b]", b"[nodes.\"b c\"]"), "node id 'b c' must be"),
     (lambda t: b"\xff\xfe" + t, "not valid TOML"),
 ])

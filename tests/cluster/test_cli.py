@@ -44,6 +44,11 @@ def test_cluster_up_status_and_clean_stop(tmp_path):
         table = subprocess.run([sys.executable, "-m", "rpc.cli", "status", "--cluster", str(tmp_path)],
                                cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
         assert "leader" in table and "reachable" in table.splitlines()[0]
+        again = subprocess.run([sys.executable, "-m", "rpc.cli", "cluster", "up", "--data", str(tmp_path),
+                                "--root", "tests.prevalence.domain:Store"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=15)  # a second `cluster up` on the running cluster
+        assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stdout + again.stderr
+        assert "the cluster is already running (n1 pid" in again.stderr
         # the sessions' idle expiry is a replicated setting, checked before it applies
         def sessions(value: str) -> subprocess.CompletedProcess:
             return subprocess.run([sys.executable, "-m", "rpc.cli", "cluster", "sessions", "--cluster", str(tmp_path),
@@ -72,6 +77,12 @@ def test_cluster_up_status_and_clean_stop(tmp_path):
         for pid in pids[1:]:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+        # every node stopped: the table fits a terminal and says why, each cause once
+        down = subprocess.run([sys.executable, "-m", "rpc.cli", "status", "--cluster", str(tmp_path)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=30)
+        lines = down.stdout.splitlines()
+        assert down.returncode == 1 and max(map(len, lines)) <= 80, down.stdout
+        assert lines[-1].startswith("unreachable: n1, n2, n3: ") and "cannot connect" in lines[-1], down.stdout
     finally:
         if up.poll() is None:
             up.kill()

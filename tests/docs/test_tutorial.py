@@ -1,5 +1,11 @@
 """docs/tutorial.md, step by step, so that the tutorial cannot rot.
 
+test_the_tutorial_runs_as_written runs every block of the tutorial, in order, as a
+reader would: the commands in a shell from the repository root, the scripts with
+python, the doctest with doctest; the quoted parts of examples/workorders.py are
+checked to be its text and then run together. The other tests check what the text
+claims, step by step.
+
 The embedded steps (1-3) run in this process; steps 4-5 run `prevalence cluster up`,
 `prevalence status` and real node processes with the tutorial's plugin, as the
 tutorial tells a reader to. Everything imports the tutorial's own module,
@@ -10,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 
 import msgpack
 import pytest
@@ -31,6 +39,7 @@ if EXAMPLES not in sys.path:
     sys.path.insert(0, EXAMPLES)
 
 
+from rpc.cluster import free_port_block  # noqa: E402
 from workorders import (  # noqa: E402  (examples/ is on the path, as the tutorial has the reader do)
     Assign, Board, BoardError, Close, CloseAllUnchecked, OpenOrder, Orders, Undispatched,
 )
@@ -281,3 +290,103 @@ def test_steps_4_and_5_cluster_client_and_leader_only_plugin(tmp_path, monkeypat
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+# -- the whole tutorial, as written --------------------------------------------------------------
+TUTORIAL = os.path.join(ROOT, "docs", "tutorial.md")
+FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
+
+
+def tutorial_blocks() -> list[tuple[str, str]]:
+    with open(TUTORIAL, encoding="utf-8") as f:
+        return [(m.group(1), m.group(2)) for m in FENCE.finditer(f.read())]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="runs the tutorial's POSIX shell commands")
+def test_the_tutorial_runs_as_written(tmp_path):
+    """Every block, in order. The reader's /tmp is tmp_path, the ports 7300.. and 7310..
+    free blocks; `prevalence` and `python3` are this checkout's and this interpreter's
+    (the console script would run the installed copy). `pip install` is the one line not
+    run: the test runs in the installed environment already."""
+    from workorders import Dispatcher
+
+    ports = {0: free_port_block(3), 1: free_port_block(3)}
+
+    def here(text: str) -> str:
+        text = text.replace("/tmp/", f"{tmp_path}/")
+        return re.sub(r"\b73([01])(\d)\b", lambda m: str(ports[int(m.group(1))] + int(m.group(2))), text)
+
+    with open(os.path.join(EXAMPLES, "workorders.py"), encoding="utf-8") as f:
+        module = f.read()
+    exports, excerpts, ran = [], [], []
+    running: list[subprocess.Popen] = []
+
+    def shell(command: str) -> subprocess.CompletedProcess:
+        script = "\n".join([*exports, command])
+        return subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    def stop(up: subprocess.Popen) -> None:
+        up.send_signal(signal.SIGINT)  # Ctrl-C, as the tutorial says
+        up.wait(20)
+
+    try:
+        for lang, body in tutorial_blocks():
+            body = here(body)
+            if lang == "sh":
+                for line in body.splitlines():
+                    command = line.split("  #")[0].strip()
+                    if not command or command.startswith("python3 -m pip install"):
+                        continue
+                    command = re.sub(r"^prevalence ", f"{sys.executable} -m rpc.cli ", command)
+                    command = re.sub(r"^python3 ", f"{sys.executable} ", command)
+                    if command.startswith("export "):
+                        exports.append(command)
+                    elif " cluster up " in command:  # the foreground command: in the background here
+                        for up in running:
+                            stop(up)
+                        data = re.search(r"--data (\S+)", command).group(1)
+                        log = open(os.path.join(tmp_path, f"up-{len(running)}.log"), "w")
+                        running.append(subprocess.Popen(["bash", "-c", "\n".join([*exports, "exec " + command])],
+                                                        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+                        _wait(f"a leader of {data}", lambda: os.path.exists(os.path.join(data, "n3.toml"))
+                              and _one_leader(data), 30)
+                    else:
+                        r = shell(command)
+                        assert r.returncode == 0, f"{line}\n{r.stdout}{r.stderr}"
+                    ran.append(line)
+            elif lang == "toml":
+                table = tomllib.loads(body)["app"]
+                assert table["plugin"] == "workorders:attach" and set(table) - {"plugin"} <= Dispatcher.KNOWN
+                ran.append(body)
+            elif body.startswith(">>>"):
+                path = os.path.join(tmp_path, "doctest.txt")
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(body)
+                r = shell(f"{sys.executable} -m doctest {path}")
+                assert r.returncode == 0, r.stdout + r.stderr
+                ran.append(body)
+            elif body.startswith(("import ", "from ")) and not body.startswith("from __future__"):
+                path = os.path.join(tmp_path, f"script-{len(ran)}.py")
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(body)
+                r = shell(f"{sys.executable} {path}")
+                assert r.returncode == 0, f"{body}\n{r.stdout}{r.stderr}"
+                ran.append(body)
+            else:  # a part of the module, quoted whole
+                for part in body.split("\n\n\n"):  # each top-level piece, as the module has it
+                    assert part.strip("\n") in module, f"not the text of examples/workorders.py:\n{part}"
+                excerpts.append(body)
+        # the quoted parts, run together, define the whole domain without the module
+        r = subprocess.run([sys.executable, "-c", "\n\n".join(excerpts) + "\nprint(sorted(Board().orders))"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=30, env=_env())
+        assert r.returncode == 0 and r.stdout == "[]\n", r.stderr
+        dispatch = os.path.join(tmp_path, "board-dispatch")
+        assert '[app]\nplugin = "workorders:attach"' in open(os.path.join(dispatch, "n1.toml")).read()
+        [sent] = os.listdir(os.path.join(dispatch, "outbox"))  # the one order of step 5, sent once
+        assert re.fullmatch(r"order-\d+\.json", sent)
+        assert len(excerpts) >= 4 and len(ran) >= 10
+    finally:
+        for up in running:
+            if up.poll() is None:
+                stop(up)

@@ -128,5 +128,10 @@ def test_every_option_has_help_text():
                 missing.append(f"{where} {'/'.join(action.option_strings) or action.dest}")
 
     walk(build_parser(), "prevalence")
-    assert not missing, missing
+    from app.cli import build_parser as grid_parser
+    from rpc.cli import build_parser as cluster_parser
+
+    walk(cluster_parser(), "prevalence")
+    walk(grid_parser(), "grid")
+    assert not missing, "no help text: " + ", ".join(missing)
     assert "offline tools for a data directory (more come with the cluster)" not in build_parser().description
