@@ -121,13 +121,13 @@ def add_parsers(sub: argparse._SubParsersAction, default_dir: str) -> None:
     """``grid replace`` and ``grid recover``, registered on ``grid``."""
     r = sub.add_parser("replace", help="a replaced PC: remove, wipe, add as learner, catch up, promote; refused "
                        "when it would cost the quorum")
-    r.add_argument("id", metavar="ID")
-    r.add_argument("--address", required=True, metavar="HOST:PORT")
+    r.add_argument("id", metavar="ID", help="the node whose PC was replaced")
+    r.add_argument("--address", required=True, metavar="HOST:PORT", help="where the replacement listens")
     r.add_argument("--cluster", default=default_dir, metavar="DIR", help="the grid directory")
     r.add_argument("--timeout", type=float, default=120.0, metavar="S", help="catch-up limit (default 120 s)")
     r.set_defaults(func=cmd_replace)
     rc = sub.add_parser("recover", help="a grid that lost a majority for good: one stopped survivor becomes the "
                         "one voter of a new epoch (docs/operations.md)")
-    rc.add_argument("--survivor", required=True, metavar="ID")
+    rc.add_argument("--survivor", required=True, metavar="ID", help="the node whose data is kept (stopped)")
     rc.add_argument("--cluster", default=default_dir, metavar="DIR", help="the grid directory")
     rc.set_defaults(func=cmd_recover)

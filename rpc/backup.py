@@ -222,17 +222,17 @@ def add_backup_parsers(sub: argparse._SubParsersAction) -> None:
     """``backup``, ``backup verify`` and ``restore``, registered on ``prevalence``."""
     b = sub.add_parser("backup", help="a consistent backup of a running cluster through its leader "
                        "(admin key); `backup verify FILE` checks one")
-    b.add_argument("--cluster", metavar="DIR")
-    b.add_argument("--out", metavar="FILE")
+    b.add_argument("--cluster", metavar="DIR", help="the cluster directory (its admin key and node addresses)")
+    b.add_argument("--out", metavar="FILE", help="the backup file to write (never over an existing one)")
     b.set_defaults(func=cmd_backup)
     bsub = b.add_subparsers(dest="backup_action")
     v = bsub.add_parser("verify", help="check a backup file: checksum, header, snapshot")
-    v.add_argument("file", metavar="FILE")
+    v.add_argument("file", metavar="FILE", help="the backup file")
     v.set_defaults(func=cmd_verify)
     r = sub.add_parser("restore", help="a new cluster (new cluster id) in a new directory from a backup")
-    r.add_argument("file", metavar="FILE")
+    r.add_argument("file", metavar="FILE", help="the backup file")
     r.add_argument("--data", required=True, metavar="DIR", help="a new directory: configs, keys and data")
-    r.add_argument("--nodes", type=int, default=3)
+    r.add_argument("--nodes", type=int, default=3, help="nodes of the new cluster (default 3)")
     r.add_argument("--port", type=int, metavar="BASE", help="first port on 127.0.0.1 (default: a free block)")
     r.add_argument("--address", action="append", metavar="ID=HOST:PORT",
                    help="for the PCs: one per node n1..nN, instead of 127.0.0.1")

@@ -98,6 +98,6 @@ def add_recover_parser(cluster_sub: argparse._SubParsersAction) -> None:
     """``cluster recover``, registered under ``prevalence cluster``."""
     r = cluster_sub.add_parser("recover", help="restart a cluster that lost a majority for good from one stopped "
                                "survivor: a one-voter cluster of a new epoch (docs/operations.md)")
-    r.add_argument("--cluster", required=True, metavar="DIR")
+    r.add_argument("--cluster", required=True, metavar="DIR", help="the cluster directory (node configs and keys)")
     r.add_argument("--survivor", required=True, metavar="ID", help="the node whose data is kept (stopped)")
     r.set_defaults(func=cmd_recover)
