@@ -8,6 +8,11 @@ queue up; when the call returns, the leader completes everyone it carried and ha
 lead to the first one queued, who sends everything queued so far as the next batch.
 It is the group commit of the engine's journal, on the client side.
 
+Pipelined commands (``submit``, behind ``execute_async``) have no thread waiting on
+them: when one of them is due to lead, a pump thread of the coalescer sends the batch
+instead, and each such command's ``callback`` is called once it is done. Synchronous
+and pipelined commands share the queue, so both fill the same batches.
+
 Every command keeps its own session and sequence number, so the node applies each one
 exactly once however often the batch is retried, and each caller gets its own result
 or exception. A batch is bounded by ``max_count`` commands and ``max_bytes`` of encoded
@@ -15,9 +20,12 @@ transactions (a single larger command goes alone, and the node judges its size).
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
+
+log = logging.getLogger("rpc.batching")
 
 #: Commands per call at most; beyond a few dozen the node's own batching gains little.
 MAX_BATCH = 64
@@ -28,13 +36,24 @@ MAX_BATCH_BYTES = 512 * 1024
 class Command:
     """One caller's command on its way: filled in with ``reply`` or ``error``."""
 
-    __slots__ = ("data", "session", "seq", "deadline", "reply", "error", "_event")
+    __slots__ = ("data", "session", "seq", "deadline", "reply", "error", "callback", "owner", "_event")
 
-    def __init__(self, data: bytes, session: int, seq: int, deadline: float):
+    def __init__(self, data: bytes, session: int, seq: int, deadline: float,
+                 callback: Callable[["Command"], None] | None = None, owner: Any = None):
         self.data, self.session, self.seq, self.deadline = data, session, seq, deadline
         self.reply: list | None = None
         self.error: BaseException | None = None
+        self.callback = callback  # set for a pipelined command: nobody waits on _event
+        self.owner = owner  # the submitter's own bookkeeping (its future, its session)
         self._event = threading.Event()  # set when done, or when handed the lead
+
+    def _finish(self) -> None:
+        self._event.set()
+        if self.callback is not None:
+            try:
+                self.callback(self)
+            except Exception:  # noqa: BLE001 - one caller's callback must not stop the others
+                log.exception("completing a pipelined command failed")
 
     @property
     def done(self) -> bool:
@@ -53,6 +72,8 @@ class Coalescer:
         self._lock = threading.Lock()
         self._queue: deque[Command] = deque()
         self._busy = False
+        self._pump: threading.Thread | None = None
+        self._pump_wake = threading.Event()
         self.calls = 0  # calls sent, and commands they carried (for benchmarks and tests)
         self.commands = 0
         self.largest = 0
@@ -68,7 +89,20 @@ class Coalescer:
             if cmd.done:
                 return
             # handed the lead: cmd is at the head of the queue
-        batch = self._take()  # cmd is at the head of the queue: always in this batch
+        self._lead(cmd)  # cmd is at the head of the queue: always in this batch
+
+    def submit(self, cmd: Command) -> None:
+        """Queue ``cmd`` (which has a ``callback``) and return at once; the pump thread
+        sends it when no call is in flight, else it boards the next batch."""
+        with self._lock:
+            self._queue.append(cmd)
+            lead = not self._busy
+            self._busy = True
+        if lead:
+            self._wake_pump()
+
+    def _lead(self, own: Command | None) -> None:
+        batch = self._take()
         try:
             self._send(batch)
         except BaseException as exc:  # noqa: BLE001 - every caller must hear of it
@@ -79,9 +113,23 @@ class Coalescer:
             for c in batch:
                 if not c.done:
                     c.error = RuntimeError("the batch call returned no reply for this command")
-                if c is not cmd:
-                    c._event.set()
+                if c is not own:
+                    c._finish()
             self._hand_over()
+
+    def _wake_pump(self) -> None:
+        with self._lock:
+            if self._pump is None:
+                self._pump = threading.Thread(target=self._pump_loop, name="rpc-pipeline", daemon=True)
+                self._pump.start()
+        self._pump_wake.set()
+
+    def _pump_loop(self) -> None:
+        """Leads for pipelined commands: woken only when it holds the lead."""
+        while True:
+            self._pump_wake.wait()
+            self._pump_wake.clear()
+            self._lead(None)
 
     def _take(self) -> list[Command]:
         with self._lock:
@@ -101,4 +149,7 @@ class Coalescer:
                 self._busy = False
                 return
             head = self._queue[0]
-        head._event.set()
+        if head.callback is None:
+            head._event.set()  # a waiting caller sends the next batch
+        else:
+            self._wake_pump()  # nobody waits on a pipelined command: the pump sends it

@@ -3,6 +3,7 @@
     with rpc.connect(["10.0.0.1:7100", "10.0.0.2:7100"], secret_file="client.secret") as c:
         c.execute(Deposit("alice", 10))     # exactly once, survives failover
         c.query(Balance("alice"))           # linearizable by default
+        f = c.execute_async(Deposit("bob", 5))  # a Future; one thread keeps hundreds in flight
 
 On a lost connection, a timeout or "not leader", the client moves to the leader it was
 told of (or tries the addresses it knows), reconnects with jittered backoff and retries
@@ -18,6 +19,7 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -183,6 +185,7 @@ class ClusterClient:
         self._suspect: dict[str, float] = {}  # address -> until when it is tried last
         self._closed = False
         self._coalescer = Coalescer(self._send_batch, max_batch, max_batch_bytes)
+        self._query_pool: ThreadPoolExecutor | None = None
 
     # -- the API ----------------------------------------------------------------------
     @property
@@ -201,13 +204,86 @@ class ClusterClient:
         try:
             self._coalescer.run(cmd)
         finally:
-            session.next_seq = cmd.seq + 1  # whether or not that command applied: never reused
-            if cmd.reply is None or cmd.reply[0] != "expired":  # an expired session is dropped
-                with self._lock:
-                    self._sessions.append(session)
+            self._release(session, cmd)
         if cmd.error is not None:
             raise cmd.error
         return self._outcome(cmd.reply)
+
+    # -- pipelining: execute_async / query_async ----------------------------------------
+    def execute_async(self, tx: Any, *, timeout: float | None = None) -> Future:
+        """Send ``tx`` without waiting: a Future of what ``execute`` would return or raise.
+
+        Exactly once and failover-safe like ``execute``; one thread can keep hundreds in
+        flight. They queue in this client and board the next call (up to ``max_batch``
+        each) when it leaves; a command gets its session and number when it boards, so
+        the pipeline holds at most ``max_batch`` sessions however many are queued.
+        ``timeout`` counts from now, time in the queue included. The future completes
+        on the client's sending thread: keep its done-callbacks short."""
+        future: Future = Future()
+        try:
+            data = CODEC.dumps(tx)
+        except Exception as exc:  # noqa: BLE001 - not encodable: this future fails, nothing is sent
+            future.set_exception(exc)
+            return future
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        cmd = Command(data, 0, 0, deadline, callback=self._complete_async, owner=[future, None])
+        self._coalescer.submit(cmd)
+        return future
+
+    def query_async(self, q: Any, consistency: str = "linearizable", *, timeout: float | None = None) -> Future:
+        """``query`` on a thread of this client's small pool: a Future of its result.
+
+        Queries are not batched: they share the client's connection, one at a time."""
+        if consistency not in CONSISTENCY:
+            raise PrevalenceError(f"consistency must be one of {', '.join(CONSISTENCY)}, not {consistency!r}")
+        with self._lock:
+            if self._closed:
+                raise ClusterUnavailable("query_async: closed")
+            if self._query_pool is None:
+                self._query_pool = ThreadPoolExecutor(4, thread_name_prefix="rpc-query")
+            pool = self._query_pool
+        return pool.submit(self.query, q, consistency, timeout=timeout)
+
+    def _board(self, cmd: Command) -> bool:
+        """A pipelined command boards a call: it gets a session and its number now
+        (False if it was cancelled, or no session could be had: cmd.error says why)."""
+        future, session = cmd.owner
+        if session is not None:
+            return True  # a retry of the same batch: same session, same number
+        if not future.set_running_or_notify_cancel():
+            cmd.error = CancelledError()
+            return False
+        try:
+            session = self._take_session(cmd.deadline)
+        except Exception as exc:  # noqa: BLE001 - this command's own failure
+            cmd.error = exc
+            return False
+        cmd.owner[1] = session
+        cmd.session, cmd.seq = session.id, session.next_seq
+        return True
+
+    def _complete_async(self, cmd: Command) -> None:
+        future, session = cmd.owner
+        if session is not None:
+            self._release(session, cmd)
+        try:
+            if cmd.error is not None:
+                future.set_exception(cmd.error)
+            else:
+                try:
+                    result = self._outcome(cmd.reply)
+                except Exception as exc:  # noqa: BLE001 - the transaction's own failure
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+        except InvalidStateError:  # cancelled by its owner before it boarded
+            pass
+
+    def _release(self, session: _Session, cmd: Command) -> None:
+        session.next_seq = cmd.seq + 1  # whether or not that command applied: never reused
+        if cmd.reply is None or cmd.reply[0] != "expired":  # an expired session is dropped
+            with self._lock:
+                self._sessions.append(session)
 
     def query(self, q: Any, consistency: str = "linearizable", *, timeout: float | None = None) -> Any:
         """``linearizable``: confirmed by the leader (ReadIndex). ``leader``: the leader's
@@ -258,6 +334,9 @@ class ClusterClient:
             self._closed = True
             for line in self._lines:
                 self._drop(line)
+            pool, self._query_pool = self._query_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def __enter__(self) -> "ClusterClient":
         return self
@@ -275,7 +354,7 @@ class ClusterClient:
     def _send_batch(self, batch: list[Command]) -> None:
         """One ``execute_batch`` call for ``batch``, retried (same sessions and numbers)
         until each command's own deadline; fills in every command's reply or error."""
-        pending = batch
+        pending = [c for c in batch if c.callback is None or self._board(c)]
         while pending:
             try:
                 reply = self._call(min(c.deadline for c in pending), "execute_batch",
