@@ -243,6 +243,15 @@ def test_steps_4_and_5_cluster_client_and_leader_only_plugin(tmp_path, monkeypat
         assert events[0].fields == {"title": "fix the door", "priority": 1}
         assert all(isinstance(e, rpc.Event) for e in events)
 
+        # "Many commands from one thread": execute_async
+        with rpc.connect(addresses, secret_file=secret_file) as c:
+            futures = [c.execute_async(OpenOrder(f"inspect floor {k}")) for k in range(100)]
+            ids = [f.result(30) for f in futures]
+            assert len(set(ids)) == 100 and ids == sorted(ids)  # each applied once, in the order sent
+            refused = c.execute_async(Close(999))
+            assert isinstance(refused.exception(30), BoardError) and refused.exception().rejected is True
+            assert len(c.query_async(Orders()).result(30)) == 131
+
         up.send_signal(signal.SIGTERM)  # Ctrl-C in the tutorial
         out, _ = up.communicate(timeout=20)
         assert up.returncode == 0 and "exited with code" in out and "stopping the cluster" in out
@@ -257,7 +266,7 @@ def test_steps_4_and_5_cluster_client_and_leader_only_plugin(tmp_path, monkeypat
         outbox = os.path.join(data, "outbox")
         with rpc.connect(addresses, secret_file=secret_file) as c:
             total = len(c.query(Orders()))
-            assert total == 31  # the state of step 4, recovered from each node's disk
+            assert total == 131  # the state of step 4, recovered from each node's disk
             _wait("every order dispatched", lambda: not c.query(Undispatched()), 20)
             assert len(os.listdir(outbox)) == total
             leader = _one_leader(data)
