@@ -88,10 +88,41 @@ def run_threads(call: Callable[[int], object], threads: int, seconds: float, pid
     return sum(counts) / elapsed, cpu
 
 
+def run_pipelined(submit: Callable[[Callable[[object], None]], None], in_flight: int, seconds: float,
+                  pids: list[int]) -> tuple[float, float]:
+    """(committed commands/s, CPU %) from one thread keeping ``in_flight`` commands
+    outstanding: ``submit(done)`` sends one, and ``done(error_or_None)`` is called when
+    it is committed and applied."""
+    slots = threading.Semaphore(in_flight)
+    finished = [0]
+    errors: list[object] = []
+
+    def done(err: object) -> None:
+        if err is not None:
+            errors.append(err)
+        finished[0] += 1
+        slots.release()
+
+    cpu0 = sum(proc_cpu_seconds(p) for p in pids)
+    start = time.perf_counter()
+    stop = start + seconds
+    while time.perf_counter() < stop:
+        slots.acquire()
+        submit(done)
+    for _ in range(in_flight):  # the tail: every command sent is counted once it completes
+        if not slots.acquire(timeout=60):
+            raise RuntimeError("pipelined commands did not complete within 60 s")
+    elapsed = time.perf_counter() - start
+    cpu = 100.0 * (sum(proc_cpu_seconds(p) for p in pids) - cpu0) / elapsed
+    if errors:
+        raise RuntimeError(f"{len(errors)} pipelined command(s) failed; first: {errors[0]!r}")
+    return finished[0] / elapsed, cpu
+
+
 # -- ours -------------------------------------------------------------------------------------
 
 def run_ours(directory: str, threads: list[int], seconds: float, failovers: int, *, fsync: str = "always",
-             max_batch: int = MAX_BATCH) -> dict:
+             max_batch: int = MAX_BATCH, pipeline: int = 0) -> dict:
     """{threads: (tx/s, CPU %), ("per_call", threads): commands per call, "failover": [s, ...]}"""
     out: dict = {}
     with LocalCluster(directory, 3, DOMAIN_ROOT, cwd=ROOT, fsync=fsync) as c:
@@ -106,6 +137,10 @@ def run_ours(directory: str, threads: list[int], seconds: float, failovers: int,
                 out[t] = run_threads(call, t, seconds, pids)
                 after = client.batching
                 out[("per_call", t)] = (after["commands"] - before["commands"]) / max(1, after["calls"] - before["calls"])
+            if pipeline:
+                def submit(done: Callable[[object], None]) -> None:
+                    client.execute_async(Add("pipelined", 1)).add_done_callback(lambda f: done(f.exception()))
+                out["pipelined"] = run_pipelined(submit, pipeline, seconds, pids)
             if failovers:
                 out["failover"] = client_failover(c, client, failovers)
     return out
@@ -200,7 +235,8 @@ class PsoCluster:
                 p.kill()
 
 
-def run_pysyncobj(directory: str, threads: list[int], seconds: float, failovers: int, *, batch: bool) -> dict:
+def run_pysyncobj(directory: str, threads: list[int], seconds: float, failovers: int, *, batch: bool,
+                  pipeline: int = 0) -> dict:
     out: dict = {}
     c = PsoCluster(directory, batch)
     try:
@@ -211,6 +247,12 @@ def run_pysyncobj(directory: str, threads: list[int], seconds: float, failovers:
         run_threads(call, max(threads), 0.5, pids)  # warm-up
         for t in threads:
             out[t] = run_threads(call, t, seconds, pids)
+        if pipeline:
+            from pysyncobj import FAIL_REASON
+
+            def submit(done: Callable[[object], None]) -> None:  # its callback API: no waiting thread
+                c.obj.add("pipelined", 1, callback=lambda _res, err: done(None if err == FAIL_REASON.SUCCESS else err))
+            out["pipelined"] = run_pipelined(submit, pipeline, seconds, pids)
         if failovers:
             out["failover"] = c.failover(failovers)
     finally:
@@ -220,11 +262,12 @@ def run_pysyncobj(directory: str, threads: list[int], seconds: float, failovers:
 
 #: (label, runner, options, thread counts: None = all of --threads, "top" = the largest only, failover?)
 SYSTEMS = [
-    ("ours, fsync=always", run_ours, {}, None, True),
+    ("ours, fsync=always", run_ours, {"pipeline": True}, None, True),
     ("ours, fsync=always, max_batch=1 (no coalescing)", run_ours, {"max_batch": 1}, "top", False),
     ("ours, fsync=unsafe-no-fsync", run_ours, {"fsync": "unsafe-no-fsync"}, None, False),
-    ("PySyncObj, appendEntriesUseBatch=False", run_pysyncobj, {"batch": False}, None, True),
-    ("PySyncObj, its defaults (appendEntriesUseBatch=True)", run_pysyncobj, {"batch": True}, None, False),
+    ("PySyncObj, appendEntriesUseBatch=False", run_pysyncobj, {"batch": False, "pipeline": True}, None, True),
+    ("PySyncObj, its defaults (appendEntriesUseBatch=True)", run_pysyncobj, {"batch": True, "pipeline": True}, None,
+     False),
 ]
 
 
@@ -236,6 +279,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; medians (default 3)")
     ap.add_argument("--threads", default="1,16", help="client thread counts (default 1,16)")
     ap.add_argument("--failovers", type=int, default=5, help="failover rounds per system (default 5; 0: none)")
+    ap.add_argument("--pipeline", type=int, default=1000,
+                    help="commands one thread keeps in flight (execute_async / PySyncObj's callbacks; 0: skip)")
     ap.add_argument("--dir", default=None, help="where the data goes (default: a temporary directory)")
     args = ap.parse_args()
     if not sys.platform.startswith("linux"):
@@ -255,7 +300,8 @@ def main() -> int:
         for r in range(args.repeat):
             for k, (label, fn, options, _which, failover) in enumerate(SYSTEMS):
                 fo = args.failovers if failover and r == args.repeat - 1 else 0  # once, after the last runs
-                res = fn(os.path.join(base, f"{k}-{r}"), counts[label], args.seconds, fo, **options)
+                opts = dict(options, pipeline=args.pipeline if options.get("pipeline") else 0)
+                res = fn(os.path.join(base, f"{k}-{r}"), counts[label], args.seconds, fo, **opts)
                 runs[label].append(res)
                 log(f"run {r + 1}/{args.repeat} {label}: " + ", ".join(
                     f"{t} thread(s) {res[t][0]:,.0f} tx/s" for t in counts[label]))
@@ -283,6 +329,15 @@ def main() -> int:
     print(tabulate(rows, headers=["system"] + [f"{t} client thread{'s' if t > 1 else ''}" for t in threads],
                    tablefmt="github", disable_numparse=True))
     ours = SYSTEMS[0][0]
+    piped = [label for label in runs if "pipelined" in runs[label][0]]
+    if piped:
+        print(f"\none thread, {args.pipeline:,} commands in flight (ours: execute_async; PySyncObj: callback=)\n")
+        print(tabulate([[label, f"{med(label, 'pipelined'):,.0f} ({med(label, 'pipelined', 1):.0f} %)"]
+                        for label in piped], headers=["system", "committed tx/s (CPU %)"], tablefmt="github",
+                       disable_numparse=True))
+        for label in piped:
+            if label != ours:
+                print(f"{ours} / {label}, pipelined: {med(ours, 'pipelined') / med(label, 'pipelined'):.2f}x")
     print()
     for label, fn, *_ in SYSTEMS:
         if fn is run_pysyncobj:
