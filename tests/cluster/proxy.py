@@ -9,7 +9,9 @@ import threading
 class LinkProxy:
     def __init__(self, target: tuple[str, int]):
         self.target = target
-        self.cut = False
+        self.cut = False  # both ways
+        self.cut_to_target = False  # one way: what the connecting side sends vanishes
+        self.cut_from_target = False  # one way: what the target sends back vanishes
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -32,16 +34,17 @@ class LinkProxy:
                 client.close()
                 continue
             self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, to_target in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(a, b, to_target), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, to_target: bool) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if not self.cut:  # while cut, bytes vanish: no reset, no answer
+                if not (self.cut or (self.cut_to_target if to_target else self.cut_from_target)):
+                    # while cut, bytes vanish: no reset, no answer
                     dst.sendall(data)
         except OSError:
             pass
