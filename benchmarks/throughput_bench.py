@@ -3,7 +3,7 @@
     pip install -e '.[bench]'          # PySyncObj
     python3 benchmarks/throughput_bench.py [--seconds 3] [--repeat 3] [--failovers 5]
 
-Ours: 3 node processes on 127.0.0.1 (``rpc.localcluster``), default timeouts and
+Ours: 3 node processes (and once 9, at the largest thread count) on 127.0.0.1 (``rpc.localcluster``), default timeouts and
 fsync="always"; this process is an external client (``rpc.connect``) whose 1 or 16
 threads share one client and call ``execute(Add(key, 1))``, so concurrent commands
 are coalesced into one call (rpc/batching.py). As a reference, the largest thread
@@ -122,10 +122,10 @@ def run_pipelined(submit: Callable[[Callable[[object], None]], None], in_flight:
 # -- ours -------------------------------------------------------------------------------------
 
 def run_ours(directory: str, threads: list[int], seconds: float, failovers: int, *, fsync: str = "always",
-             max_batch: int = MAX_BATCH, pipeline: int = 0) -> dict:
+             max_batch: int = MAX_BATCH, pipeline: int = 0, voters: int = 3) -> dict:
     """{threads: (tx/s, CPU %), ("per_call", threads): commands per call, "failover": [s, ...]}"""
     out: dict = {}
-    with LocalCluster(directory, 3, DOMAIN_ROOT, cwd=ROOT, fsync=fsync) as c:
+    with LocalCluster(directory, voters, DOMAIN_ROOT, cwd=ROOT, fsync=fsync) as c:
         c.stable_leader()
         pids = [os.getpid()] + [p.pid for p in c.procs.values()]
         with c.client(max_batch=max_batch) as client:
@@ -264,6 +264,7 @@ def run_pysyncobj(directory: str, threads: list[int], seconds: float, failovers:
 SYSTEMS = [
     ("ours, fsync=always", run_ours, {"pipeline": True}, None, True),
     ("ours, fsync=always, max_batch=1 (no coalescing)", run_ours, {"max_batch": 1}, "top", False),
+    ("ours, fsync=always, 9 voters", run_ours, {"voters": 9}, "top", False),
     ("ours, fsync=unsafe-no-fsync", run_ours, {"fsync": "unsafe-no-fsync"}, None, False),
     ("PySyncObj, appendEntriesUseBatch=False", run_pysyncobj, {"batch": False, "pipeline": True}, None, True),
     ("PySyncObj, its defaults (appendEntriesUseBatch=True)", run_pysyncobj, {"batch": True, "pipeline": True}, None,
@@ -329,6 +330,8 @@ def main() -> int:
     print(tabulate(rows, headers=["system"] + [f"{t} client thread{'s' if t > 1 else ''}" for t in threads],
                    tablefmt="github", disable_numparse=True))
     ours = SYSTEMS[0][0]
+    nine = "ours, fsync=always, 9 voters"
+    print(f"\n9 voters / 3 voters, ours at {max(threads)} threads: {med(nine, max(threads)) / med(ours, max(threads)):.2f}")
     piped = [label for label in runs if "pipelined" in runs[label][0]]
     if piped:
         print(f"\none thread, {args.pipeline:,} commands in flight (ours: execute_async; PySyncObj: callback=)\n")
