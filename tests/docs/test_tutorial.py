@@ -379,7 +379,8 @@ def test_the_tutorial_runs_as_written(tmp_path):
                 path = os.path.join(tmp_path, f"script-{len(ran)}.py")
                 with open(path, "w", encoding="utf-8") as f:
                     f.write(body)
-                r = shell(f"{sys.executable} {path}")
+                # this checkout's packages, not an installed copy's (the tutorial's PYTHONPATH has examples/ only)
+                r = shell(f'PYTHONPATH="$PYTHONPATH:{ROOT}" {sys.executable} {path}')
                 assert r.returncode == 0, f"{body}\n{r.stdout}{r.stderr}"
                 ran.append(body)
             else:  # a part of the module, quoted whole
