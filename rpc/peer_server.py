@@ -7,7 +7,9 @@ service ``service_extra`` builds for it (nothing by default). See ``docs/transpo
 """
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import ssl
 import threading
 from typing import Callable, Mapping
@@ -16,7 +18,10 @@ import rpyc
 from rpyc.utils.server import ThreadedServer
 
 from .auth import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, Identity, ServerAuthenticator, format_address
-from .transport import SAFE_PROTOCOL_CONFIG, SERVER_WRITE_TIMEOUT, TransportError, _channel, hard_close, tune_socket
+from .transport import (
+    CLIENT_MAX_FRAME, FRAME_TIMEOUT, MAX_CONNECTIONS, PEER_MAX_FRAME, SAFE_PROTOCOL_CONFIG, SERVER_WRITE_TIMEOUT,
+    TransportError, _channel, hard_close, tune_socket,
+)
 from .wire import BatchError, decode_batch, encode_batch
 
 log = logging.getLogger("rpc.transport")
@@ -101,26 +106,125 @@ class _RoleRouter(rpyc.Service):
         return conn
 
 
-class _Server(ThreadedServer):
-    """ThreadedServer with our socket options, no zlib, and a close() that also drops
-    TLS connections (RPyC only tracks the raw sockets, which TLS wrapping detaches)."""
+# accept() errors that only mean this one connection went away before it was taken
+_GONE = {getattr(errno, name) for name in ("EINTR", "EAGAIN", "EWOULDBLOCK", "ECONNABORTED", "EPROTO", "WSAECONNRESET",
+                                           "WSAECONNABORTED", "WSAEINTR", "WSAEWOULDBLOCK") if hasattr(errno, name)}
+ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX = 0.05, 1.0
 
-    def __init__(self, *args, **kwargs):
+
+class _Server(ThreadedServer):
+    """ThreadedServer with our socket options, bounded frames, a connection cap, an
+    accept loop that outlives a lack of file descriptors or threads, and a close()
+    that also drops TLS connections (RPyC only tracks the raw sockets, which TLS
+    wrapping detaches).
+
+    RPyC's own accept loop ends the server, silently, on the first accept() error
+    other than EINTR/EAGAIN: a node out of descriptors (EMFILE) would never listen
+    again. Here such an error is logged once, accepting backs off (50 ms doubling to
+    1 s) and resumes when descriptors are free again.
+    """
+
+    def __init__(self, *args, max_connections: int = MAX_CONNECTIONS, max_peer_frame: int = PEER_MAX_FRAME,
+                 max_client_frame: int = CLIENT_MAX_FRAME, frame_timeout: float = FRAME_TIMEOUT, **kwargs):
         super().__init__(*args, **kwargs)
         self._conns: set = set()
         self._conns_lock = threading.Lock()
+        self.max_connections = int(max_connections)
+        self.max_peer_frame = int(max_peer_frame)
+        self.max_client_frame = int(max_client_frame)
+        self.frame_timeout = float(frame_timeout)
+        self._open = 0  # connections accepted and not finished (in the handshake or served)
+        self._full = False  # the cap was hit and not yet logged as over
+        self._trouble: str | None = None  # why accept() fails, while it does
+        self._backoff = ACCEPT_BACKOFF_MIN
+        self._closing = threading.Event()
 
-    def _accept_method(self, sock):
-        tune_socket(sock)
-        super()._accept_method(sock)
+    def accept(self):
+        """Take one connection; an accept() error never ends the server."""
+        while self.active:
+            try:
+                sock, addr = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                if not self.active:
+                    raise EOFError("listener closed") from None
+                if exc.errno in _GONE:
+                    continue
+                self._accept_failed(exc)
+                continue
+            break
+        else:
+            return
+        if self._trouble is not None:
+            log.info("accepting connections on %s again", format_address((self.host, self.port)))
+            self._trouble = None
+            self._backoff = ACCEPT_BACKOFF_MIN
+        if not self.active:
+            sock.close()
+            return
+        self._take(sock)
+
+    def _accept_failed(self, exc: BaseException) -> None:
+        """Out of descriptors, memory or threads: say so once, wait, try again."""
+        if self._trouble is None:
+            log.warning("cannot accept connections on %s: %s; still listening, retrying until it recovers",
+                        format_address((self.host, self.port)), exc)
+            self._trouble = str(exc)
+        self._closing.wait(self._backoff)
+        self._backoff = min(ACCEPT_BACKOFF_MAX, self._backoff * 2)
+
+    def _take(self, sock) -> None:
+        with self._conns_lock:
+            full = self._open >= self.max_connections
+            if not full:
+                self._open += 1
+            log_full, self._full = full and not self._full, self._full or full
+        if full:
+            if log_full:
+                log.warning("connection limit (%d) reached on %s: closing new connections until some end",
+                            self.max_connections, format_address((self.host, self.port)))
+            sock.close()
+            return
+        try:
+            sock.setblocking(True)
+            tune_socket(sock)
+            self.clients.add(sock)
+            threading.Thread(target=self._run, args=(sock,), name="rpc-conn", daemon=True).start()
+        except Exception as exc:  # noqa: BLE001 - no thread (or the socket died): drop this one, keep listening
+            self.clients.discard(sock)
+            self._release()
+            try:
+                sock.close()
+            except OSError:
+                pass
+            self._accept_failed(exc)
+
+    def _run(self, sock) -> None:
+        try:
+            self._authenticate_and_serve_client(sock)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._conns_lock:
+            self._open -= 1
+            if self._open < self.max_connections:
+                self._full = False
 
     def _serve_client(self, sock, credentials):
         # bounded writes: a reply to a party that stopped reading fails instead of
-        # holding this thread forever (reads just retry on timeout inside RPyC)
+        # holding this thread forever (reads are bounded by the channel)
         sock.settimeout(SERVER_WRITE_TIMEOUT)
+        peer = sock.getpeername()
         config = dict(self.protocol_config, credentials=credentials,
-                      endpoints=(sock.getsockname(), sock.getpeername()), logger=self.logger)
-        conn = self.service._connect(_channel(sock), config)
+                      endpoints=(sock.getsockname(), peer), logger=self.logger)
+        if isinstance(credentials, Identity):
+            who = f"{credentials.role} {credentials.id!r} at {format_address(peer)}"
+            max_frame = self.max_peer_frame if credentials.role == "peer" else self.max_client_frame
+        else:
+            who, max_frame = f"unauthenticated {format_address(peer)}", self.max_client_frame
+        conn = self.service._connect(_channel(sock, max_frame, who, self.frame_timeout), config)
         with self._conns_lock:
             if not self.active:
                 hard_close(conn)
@@ -128,16 +232,21 @@ class _Server(ThreadedServer):
             self._conns.add(conn)
         try:
             conn.serve_all()
-        except Exception as exc:
+        except OSError as exc:
             # the socket closed under us: normal at server shutdown or when the peer dies
             if self.active:
-                log.debug("inbound connection from %s ended: %s", format_address(config["endpoints"][1]), exc)
+                log.debug("connection with %s ended: %s", who, exc)
+        except Exception as exc:  # noqa: BLE001 - malformed RPyC from an authenticated party
+            if self.active:
+                log.warning("connection with %s closed: malformed message (%s: %.200s)", who,
+                            type(exc).__name__, _text(exc))
         finally:
             with self._conns_lock:
                 self._conns.discard(conn)
             hard_close(conn)
 
     def close(self):
+        self._closing.set()
         super().close()
         with self._conns_lock:
             conns = list(self._conns)
@@ -146,6 +255,14 @@ class _Server(ThreadedServer):
                 conn._channel.stream.close()  # the serving thread then finishes the cleanup
             except Exception:
                 pass
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, or its type's name if even that fails (a hostile value inside)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - RecursionError included
+        return type(exc).__name__
 
 
 class PeerServer:
@@ -159,6 +276,10 @@ class PeerServer:
     back as the reply (see ``PeerTransport.on_reply``): an ack then costs the two nodes
     no message of its own. Port 0 picks a free port (see :attr:`address`). The server
     is listening when the constructor returns.
+
+    Input is bounded (docs/transport.md): at most ``max_connections`` at once, frames of
+    at most ``max_peer_frame`` / ``max_client_frame`` bytes by role, never compressed,
+    each arriving whole within ``frame_timeout`` seconds of its first byte.
     """
 
     def __init__(
@@ -172,6 +293,10 @@ class PeerServer:
         service_extra: Callable[[Identity], rpyc.Service] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float = DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        max_peer_frame: int = PEER_MAX_FRAME,
+        max_client_frame: int = CLIENT_MAX_FRAME,
+        frame_timeout: float = FRAME_TIMEOUT,
     ):
         # keys: role -> key (bytes alone: the peer key, peers only); the key that proves
         # itself decides the role (rpc.auth)
@@ -185,6 +310,10 @@ class PeerServer:
                 protocol_config=dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=5.0),
                 logger=logging.getLogger("rpc.rpyc"),  # RPyC logs every accept at INFO
                 listener_timeout=0.5,
+                max_connections=max_connections,
+                max_peer_frame=max_peer_frame,
+                max_client_frame=max_client_frame,
+                frame_timeout=frame_timeout,
             )
             self._server._listen()
         except OSError as exc:

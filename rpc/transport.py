@@ -15,10 +15,12 @@ with jittered exponential backoff. See ``docs/transport.md`` for the numbers.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import ssl
 import sys
+import time
 from typing import Any
 
 import msgpack
@@ -41,6 +43,13 @@ __all__ = [
     "remote_method",
     "tune_socket",
     "SAFE_PROTOCOL_CONFIG",
+    "BoundedChannel",
+    "FrameRefused",
+    "PEER_MAX_FRAME",
+    "CLIENT_MAX_FRAME",
+    "REPLY_MAX_FRAME",
+    "FRAME_TIMEOUT",
+    "MAX_CONNECTIONS",
 ]
 
 log = logging.getLogger("rpc.transport")
@@ -64,6 +73,22 @@ SAFE_PROTOCOL_CONFIG = dict(
 
 #: A server-side socket write that makes no progress for this long drops the connection.
 SERVER_WRITE_TIMEOUT = 10.0
+
+# Frame limits (bytes of one RPyC frame, checked against the announced length before
+# the body is read; see docs/transport.md for how they are sized).
+#: What a node reads from a peer: a deliver batch is at most max(1 MiB, one Raft
+#: message), a message at most an Append (max_size_per_msg 1 MiB + one entry of at most
+#: NodeOptions.max_entry_bytes, 8 MiB) or a snapshot chunk (64 KiB).
+PEER_MAX_FRAME = 16 << 20
+#: What a node reads from a client: a request carries at most 1 MiB of commands
+#: (rpc.service.DEFAULT_MAX_REQUEST) plus RPyC's framing.
+CLIENT_MAX_FRAME = 4 << 20
+#: What a client reads from a node: a reply (a query's result, a page of the log).
+REPLY_MAX_FRAME = 64 << 20
+#: Once the first byte of a frame has arrived, the whole frame must arrive within this.
+FRAME_TIMEOUT = 10.0
+#: Connections one listener holds at once (authenticated or not); more are closed at once.
+MAX_CONNECTIONS = 128
 
 
 class TransportError(PrevalenceError):
@@ -109,10 +134,83 @@ class _Stream(SocketStream):
         return super().poll(timeout)
 
 
-def _channel(sock: socket.socket) -> Channel:
+_RETRY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+class FrameRefused(EOFError):
+    """A frame from the other side was refused (too large, compressed, stalled); the
+    connection is closed. An EOFError, so that RPyC ends the connection quietly."""
+
+
+class BoundedChannel(Channel):
+    """RPyC's channel with its input bounded.
+
+    RPyC reads whatever length a frame header announces (up to 4 GiB) and inflates a
+    frame whenever the *sender* sets the compression flag. Here the header is checked
+    before anything else is read: a frame longer than ``max_frame`` or flagged as
+    compressed is refused, and so is one that does not arrive whole within
+    ``frame_timeout`` seconds of its first byte. Refusing closes the stream (the
+    framing cannot be resynchronised) and logs one line naming ``where``. What we send
+    is never compressed.
+    """
+
+    __slots__ = ("max_frame", "frame_timeout", "where")
+
+    def __init__(self, stream, max_frame: int, frame_timeout: float = FRAME_TIMEOUT, where: str = "?"):
+        super().__init__(stream, compress=False)
+        self.max_frame = int(max_frame)
+        self.frame_timeout = float(frame_timeout)
+        self.where = where
+
+    def recv(self) -> bytes:
+        deadline = time.monotonic() + self.frame_timeout
+        # RPyC polls before it calls recv: the header's first bytes are there already
+        length, compressed = self.FRAME_HEADER.unpack(self._read(self.FRAME_HEADER.size, deadline, True))
+        if compressed:
+            self._refuse(f"compressed frame ({length} bytes) refused: compression from the other side is not accepted")
+        if length > self.max_frame:
+            self._refuse(f"frame of {length} bytes announced, limit {self.max_frame}")
+        return self._read(length + len(self.FLUSHER), deadline, False)[:-len(self.FLUSHER)]
+
+    def _read(self, count: int, deadline: float, polled: bool) -> bytes:
+        """``count`` bytes before ``deadline``. The socket keeps its own timeout (it
+        bounds writes from other threads); each wait for data is bounded here by poll."""
+        stream = self.stream
+        sock = stream.sock
+        chunks = []
+        while count > 0:
+            if not polled:
+                left = deadline - time.monotonic()
+                if left <= 0 or not stream.poll(left):
+                    self._refuse(f"the other side stopped sending mid-frame for {self.frame_timeout:g} s")
+            polled = False
+            try:
+                buf = sock.recv(min(stream.MAX_IO_CHUNK, count))
+            except (socket.timeout, ssl.SSLWantReadError):
+                continue
+            except OSError as exc:
+                if exc.errno in _RETRY_ERRNOS:
+                    continue
+                stream.close()
+                raise EOFError(exc) from None
+            if not buf:
+                stream.close()
+                raise EOFError("connection closed by peer")
+            chunks.append(buf)
+            count -= len(buf)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _refuse(self, reason: str) -> None:
+        log.warning("connection with %s closed: %s", self.where, reason)
+        self.stream.close()
+        raise FrameRefused(f"{self.where}: {reason}")
+
+
+def _channel(sock: socket.socket, max_frame: int, where: str, frame_timeout: float | None = None) -> BoundedChannel:
     # compress=False: no zlib on what we send, whatever the size (frames are small or
     # already compact msgpack; zlib costs more CPU than a gigabit LAN saves).
-    return Channel(_Stream(sock), compress=False)
+    return BoundedChannel(_Stream(sock), max_frame, FRAME_TIMEOUT if frame_timeout is None else frame_timeout,
+                          where)
 
 
 def open_connection(
@@ -127,14 +225,19 @@ def open_connection(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     service=rpyc.VoidService,
+    max_frame: int | None = None,
 ) -> rpyc.Connection:
     """Connect, authenticate as ``(role, ident)`` and start RPyC over the socket.
 
     ``connect_timeout`` bounds the TCP connect (one attempt, no retries),
     ``handshake_timeout`` the authentication, ``request_timeout`` every later socket
-    write and RPyC's synchronous requests. Raises :class:`ConnectFailed` or
+    write and RPyC's synchronous requests. ``max_frame`` bounds what the node may send
+    back (default: :data:`PEER_MAX_FRAME` for a peer, :data:`REPLY_MAX_FRAME` for a
+    client); compressed frames are refused. Raises :class:`ConnectFailed` or
     :class:`AuthenticationFailed`, both naming the address.
     """
+    if max_frame is None:
+        max_frame = PEER_MAX_FRAME if role == "peer" else REPLY_MAX_FRAME
     where = format_address(address)
     try:
         sock = socket.create_connection(tuple(address), timeout=connect_timeout)
@@ -152,7 +255,7 @@ def open_connection(
         sock.settimeout(request_timeout)
         config = dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=request_timeout,
                       endpoints=(sock.getsockname(), sock.getpeername()))
-        return connect_channel(_channel(sock), service=service, config=config)
+        return connect_channel(_channel(sock, max_frame, where), service=service, config=config)
     except BaseException:
         try:
             sock.close()

@@ -1,0 +1,201 @@
+"""Bounded input against real node processes (issue 15, item 3): a compressed bomb and a
+frame announcing 4 GiB leave a node within idle RSS + 2 x the frame limit, and a node
+that runs out of file descriptors keeps listening."""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import zlib
+
+import msgpack
+import pytest
+
+from prevalence._platform import child_dies_with_parent
+from prevalence.codec import CODEC
+from rpc.auth import client_handshake
+from rpc.cluster import start_node
+import rpc.transport as transport
+from rpc.transport import NodeLink
+from tests.cluster.harness import ROOT, LocalCluster
+from tests.prevalence.domain import Add, Get
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, sets RLIMIT_NOFILE in a child")]
+
+HEADER = struct.Struct("!LB")  # RPyC's frame header: length, compressed flag
+# the frame limits by role (the defaults, also to run this against code without them)
+LIMIT = {"client": getattr(transport, "CLIENT_MAX_FRAME", 4 << 20), "peer": getattr(transport, "PEER_MAX_FRAME", 16 << 20)}
+
+
+def key(c: LocalCluster, role: str) -> bytes:
+    """The key a party of ``role`` holds (one cluster secret, or one per role)."""
+    return getattr(c, f"{role}_secret", None) or c.secret
+
+
+def proc_kb(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def reset_peak(pid: int) -> None:
+    """Start VmHWM (peak RSS) afresh from the current RSS (Linux >= 4.0)."""
+    with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")
+
+
+def authenticated(c: LocalCluster, nid: str, role: str) -> socket.socket:
+    sock = socket.create_connection(c.configs[nid].listen, timeout=2.0)
+    ident = "n2" if role == "peer" else "hostile"
+    return client_handshake(sock, key(c, role), role, ident, timeout=2.0)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except socket.timeout:
+            return False
+        except OSError:
+            return True
+
+
+def serves(c: LocalCluster, nid: str, value: int) -> bool:
+    """The node answers status and a real execute within 1 s each."""
+    with NodeLink(c.configs[nid].listen, key(c, "client"), timeout=1.0) as link:
+        assert link.call("status")[0] == "ok"
+        reply = link.call("execute", CODEC.dumps(Add("probe", 1)))
+    assert reply == ["ok", value], reply
+    return True
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    c = LocalCluster(tmp_path_factory.mktemp("bounds"), 1)
+    leader = c.leader()
+    c.probes = 0
+    yield c, leader
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    """128 MiB of zeros, compressed to ~130 KB."""
+    z = zlib.compressobj(9)
+    chunk = b"\0" * (1 << 20)
+    return b"".join(z.compress(chunk) for _ in range(128)) + z.flush()
+
+
+def idle_rss(pid: int) -> int:
+    time.sleep(0.3)
+    return proc_kb(pid, "VmRSS") * 1024
+
+
+@pytest.mark.parametrize("role", ["client", "peer"])
+def test_a_compressed_bomb_leaves_the_node_within_its_memory_bound(node, bomb, role):
+    """195 KB of compressed bytes once took a node to 619 MB in 1.6 s."""
+    c, nid = node
+    pid = c.procs[nid].pid
+    idle = idle_rss(pid)
+    reset_peak(pid)
+    sock = authenticated(c, nid, role)
+    try:
+        t0 = time.monotonic()
+        try:
+            sock.sendall(HEADER.pack(len(bomb), 1) + bomb + b"\n")
+        except OSError:
+            pass  # refused from the header on: what we want
+        closed = closed_within(sock, 10.0)
+        took = time.monotonic() - t0
+    finally:
+        sock.close()
+    peak = proc_kb(pid, "VmHWM") * 1024
+    assert peak <= idle + 2 * LIMIT[role], f"peak {peak >> 20} MiB, idle {idle >> 20} MiB"
+    assert closed and took < 1.0, (closed, took)
+    c.probes += 1
+    assert serves(c, nid, c.probes)
+
+
+@pytest.mark.parametrize("role", ["client", "peer"])
+def test_a_frame_announcing_4_gib_is_refused_at_its_header(node, role):
+    """RPyC read any announced length: a sender that announced 4 GiB and then trickled
+    (or went silent) grew the node, or held a thread, for as long as it liked."""
+    c, nid = node
+    pid = c.procs[nid].pid
+    idle = idle_rss(pid)
+    reset_peak(pid)
+    sock = authenticated(c, nid, role)
+    sent = 0
+
+    def push() -> None:  # 96 MiB of body, as fast as the node takes it
+        nonlocal sent
+        junk = b"\xaa" * (1 << 20)
+        try:
+            for _ in range(96):
+                sock.sendall(junk)
+                sent += len(junk)
+        except OSError:
+            pass
+
+    try:
+        sock.sendall(HEADER.pack(0xFFFFFFFF, 0))
+        pusher = threading.Thread(target=push, daemon=True)
+        pusher.start()
+        assert closed_within(sock, 1.0), "the node kept reading a 4 GiB frame"
+        pusher.join(10)
+    finally:
+        sock.close()
+    peak = proc_kb(pid, "VmHWM") * 1024
+    assert peak <= idle + 2 * LIMIT[role], f"peak {peak >> 20} MiB, idle {idle >> 20} MiB, {sent >> 20} MiB sent"
+    c.probes += 1
+    assert serves(c, nid, c.probes)
+
+
+def test_a_node_out_of_file_descriptors_keeps_listening(tmp_path):
+    """RPyC's accept loop closed the listener for good on EMFILE (reproduced with
+    ulimit -n 64 and 80 half-open connections): the node never listened again."""
+    c = LocalCluster(tmp_path, 1, start=False)
+    cfg = c.configs["n1"]
+    die_with_us = child_dies_with_parent()
+
+    def small_fd_limit() -> None:  # in the child, before exec
+        import resource
+
+        if die_with_us is not None:
+            die_with_us()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    c.procs["n1"] = start_node(cfg.path, os.path.join(c.dir, "n1.log"), cwd=ROOT, preexec_fn=small_fd_limit)
+    try:
+        c.leader()
+        assert serves(c, "n1", 1)
+        half_open = []
+        try:
+            for _ in range(100):  # connect, never speak: each holds a descriptor on the node
+                half_open.append(socket.create_connection(cfg.listen, timeout=2.0))
+            time.sleep(1.5)  # the node meets EMFILE meanwhile
+        finally:
+            for s in half_open:
+                s.close()
+        c.check_alive()
+        c.wait_for("the node to serve again", lambda: serves(c, "n1", 2), 10.0)
+        with NodeLink(cfg.listen, key(c, "client"), timeout=1.0) as link:
+            assert msgpack.unpackb(msgpack.packb(link.call("query", CODEC.dumps(Get("probe"))))) == ["ok", 2]
+        log = c.log("n1")
+        assert "Too many open files" in log
+        assert log.count("cannot accept connections") == 1, log  # once, not per attempt
+        assert "accepting connections on" in log and "again" in log
+    finally:
+        c.stop()
