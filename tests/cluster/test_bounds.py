@@ -21,7 +21,7 @@ from rpc.cluster import start_node
 import rpc.transport as transport
 from rpc.transport import NodeLink
 from tests.cluster.harness import ROOT, LocalCluster
-from tests.prevalence.domain import Add, Get
+from tests.prevalence.domain import Add, Get, Tags
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, sets RLIMIT_NOFILE in a child")]
@@ -197,5 +197,26 @@ def test_a_node_out_of_file_descriptors_keeps_listening(tmp_path):
         assert "Too many open files" in log
         assert log.count("cannot accept connections") == 1, log  # once, not per attempt
         assert "accepting connections on" in log and "again" in log
+    finally:
+        c.stop()
+
+
+def test_a_follower_far_behind_catches_up_within_the_frame_limits(tmp_path):
+    """A leader answering a follower's ack steps it on the receiving thread, and what it
+    then sends that follower goes back as the reply: after a probe succeeds, a whole
+    window of appends (up to 256 x 1 MiB). The reply is one frame, so it must stay under
+    the peer frame limit, or the follower refuses it and never catches up."""
+    c = LocalCluster(tmp_path, 3)
+    try:
+        leader = c.leader()
+        behind = next(n for n in c.configs if n != leader)
+        c.kill(behind)
+        blob = b"\x5a" * 700_000
+        with c.client(timeout=30) as client:
+            for k in range(40):  # 28 MB of log the follower lacks
+                client.execute(Tags(f"k{k}", blob=blob))
+        c.start(behind)
+        c.wait_converged(behind, timeout=30)
+        assert "bytes announced, limit" not in c.log(behind) + c.log(leader)
     finally:
         c.stop()
