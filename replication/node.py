@@ -58,6 +58,11 @@ __all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]
 _COMMAND = int(EntryKind.COMMAND)
 SLOW_WRITE = 0.1  # seconds: an inline follower write this slow...
 SLOW_WRITE_BACKOFF = 10.0  # ...sends the next ones to the disk lane thread for this long
+# What goes back as one delivery's reply at most (the transport's batch size): a peer
+# frame is bounded (rpc.transport.PEER_MAX_FRAME), and after a probe a leader may send a
+# follower a whole window of appends in one step. Past this, the step's messages to
+# that peer all go through the transport, in order.
+REPLY_BYTES = 1 << 20
 
 
 _CLOCKED = (AppendResp, HeartbeatResp)  # follower replies that carry the sender's wall clock
@@ -96,6 +101,9 @@ class NodeOptions:
     # seconds an index may stay committed but not durable on the leader before it hands
     # leadership over (None: one election timeout; 0: never)
     slow_disk_handover: float | None = None
+    # a journal entry larger than this is refused when proposed: an Append carries at most
+    # raft.max_size_per_msg plus one entry, and must fit a peer frame (16 MiB)
+    max_entry_bytes: int = 8 << 20
 
 
 class Node(ApplierMixin):
@@ -168,7 +176,7 @@ class Node(ApplierMixin):
                                               name=f"apply-{node_id}", daemon=True)
         self._core_lock = threading.Lock()  # whoever holds it steps the core (see _kick)
         self._wake = threading.Event()  # the raft thread's: a tick may be due sooner
-        self._capture: tuple[int, str, list[bytes]] | None = None  # (thread, peer, replies)
+        self._capture: list | None = None  # [thread, peer, replies, their bytes]; see _send_out
         self._long_sleep = False  # the raft thread sleeps past the next tick
         self._inline_off_until = 0.0  # a slow disk: follower writes go to the disk lane thread until then
         self._status_due = 0.0
@@ -366,12 +374,12 @@ class Node(ApplierMixin):
         thus stepped by the thread that received it, with no hand-off to a raft thread
         (each hand-off costs a wake-up of 0.1-0.15 ms on the commit path).
         """
+        held = None if capture is None else [threading.get_ident(), capture[0], capture[1], 0]
         while True:
             if not self._core_lock.acquire(blocking=False):
                 return
             try:
-                if capture is not None:
-                    self._capture = (threading.get_ident(), capture[0], capture[1])
+                self._capture = held  # kept across rounds: one budget, one path once spilled
                 running = self._step_locked()
             finally:
                 self._capture = None
@@ -495,9 +503,16 @@ class Node(ApplierMixin):
     def _send_out(self, to: str, payload: bytes) -> None:
         c = self._capture
         if c is not None and c[1] == to and c[0] == threading.get_ident():
-            c[2].append(payload)  # goes back as the reply to what the peer delivered
-        else:
-            self.transport.send(to, payload)
+            if c[3] + len(payload) <= REPLY_BYTES:
+                c[2].append(payload)  # goes back as the reply to what the peer delivered
+                c[3] += len(payload)
+                return
+            # over one batch: this step's messages to that peer all take the transport
+            for earlier in c[2]:
+                self.transport.send(to, earlier)
+            c[2].clear()
+            c[1] = None
+        self.transport.send(to, payload)
 
     def _write_failed(self, exc: BaseException) -> None:
         self._fatal("a journal write failed", exc)
@@ -583,12 +598,19 @@ class Node(ApplierMixin):
     def _propose(self, batch: list[tuple[tuple, Future]]) -> None:
         ts = self._clock.stamp(self.membership.voters, self._wall(), time.monotonic())
         datas, futures = [], []
+        limit = self.options.max_entry_bytes
         for (plain, session), fut in batch:
             try:  # one caller's unjournalable command (a session id past 64 bits) is its own error
-                datas.append(encode_command(ts, plain, session))
-                futures.append(fut)
+                data = encode_command(ts, plain, session)
             except (TypeError, ValueError, OverflowError) as exc:
                 fut.set_exception(CodecError(f"cannot journal this command: {exc}"))
+                continue
+            if len(data) > limit:
+                fut.set_exception(CodecError(f"cannot journal this command: {len(data)} bytes, over the limit of "
+                                             f"{limit} bytes for one entry"))
+                continue
+            datas.append(data)
+            futures.append(fut)
         try:
             first = self.core.propose_batch(datas)
         except RaftError as exc:
