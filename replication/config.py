@@ -20,6 +20,7 @@ class RaftConfig:
     max_inflight_bytes: int = 64 << 10  # their entry data bytes (0: no limit)
     max_committed_size_per_ready: int = 16 << 20
     snapshot_chunk_size: int = 1 << 16
+    max_snapshot_bytes: int = 1 << 30  # a follower drops a snapshot it is sent that grows past this
     pre_vote: bool = True
     check_quorum: bool = True
     lease_read: bool = False  # serve reads from a leader lease; needs check_quorum
@@ -37,7 +38,9 @@ class RaftConfig:
             raise RaftError("lease_read requires check_quorum")
         if not 0 <= self.lease_margin < self.election_tick:
             raise RaftError("lease_margin must be in [0, election_tick)")
-        if self.max_inflight_msgs < 1 or self.max_size_per_msg < 1 or self.snapshot_chunk_size < 1:
-            raise RaftError("max_inflight_msgs, max_size_per_msg and snapshot_chunk_size must be positive")
+        if (self.max_inflight_msgs < 1 or self.max_size_per_msg < 1 or self.snapshot_chunk_size < 1
+                or self.max_snapshot_bytes < 1):
+            raise RaftError("max_inflight_msgs, max_size_per_msg, snapshot_chunk_size and max_snapshot_bytes "
+                            "must be positive")
         if self.max_inflight_bytes < 0:
             raise RaftError("max_inflight_bytes must be >= 0 (0: no limit)")

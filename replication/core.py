@@ -100,7 +100,7 @@ class RaftNode(FollowerMixin, LeaderMixin):
         self.heard_at: int | None = 0 if config.lease_read else None
         self._bcast = False
         self._bcast_commit = False
-        self._snap_rx: tuple[SnapshotMeta, bytearray] | None = None
+        self._snap_rx: tuple[str, int, SnapshotMeta, bytearray] | None = None  # see follower.py
         self._prev_hs = hs
         self._prev_soft = SoftState(None, FOLLOWER)
         self._outstanding = False

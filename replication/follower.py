@@ -61,29 +61,34 @@ class FollowerMixin:
             self._membership_changed()
 
     def _handle_snapshot_chunk(self, m) -> None:
+        """Reassemble a snapshot from one sender, in one term, at most
+        ``cfg.max_snapshot_bytes``; chunks from anyone else start it over."""
         log = self.log
         meta = m.meta
         if meta.index <= log.committed:  # already have it (or a newer state)
             self._snap_rx = None
             self._send(AppendResp(self.id, m.src, self.term, log.committed))
             return
-        rx = self._snap_rx
-        if rx is not None and rx[0] != meta:
-            rx = None
-        if m.offset == 0 and (rx is None or len(rx[1]) < len(m.data)):
-            rx = (meta, bytearray())
-        have = len(rx[1]) if rx is not None else 0
+        rx = self._snap_rx  # (src, term, meta, bytes so far)
+        if rx is not None and (rx[0] != m.src or rx[1] != m.term or rx[2] != meta):
+            rx = None  # never mix two senders' bytes: equal metas need not mean equal bytes
+        if m.offset == 0 and (rx is None or len(rx[3]) < len(m.data)):
+            rx = (m.src, m.term, meta, bytearray())
+        have = len(rx[3]) if rx is not None else 0
         if rx is None or m.offset != have:
             self._snap_rx = rx
             self._send(SnapshotResp(self.id, m.src, self.term, meta.index, have))
             return
-        rx[1].extend(m.data)
+        if have + len(m.data) > self.cfg.max_snapshot_bytes:
+            self._snap_rx = None  # over the bound: dropped (docs/transport.md, "Bounds")
+            return
+        rx[3].extend(m.data)
         self._snap_rx = rx
         if not m.done:
-            self._send(SnapshotResp(self.id, m.src, self.term, meta.index, len(rx[1])))
+            self._send(SnapshotResp(self.id, m.src, self.term, meta.index, len(rx[3])))
             return
         self._snap_rx = None
-        snap = Snapshot(meta, bytes(rx[1]))
+        snap = Snapshot(meta, bytes(rx[3]))
         if log.match_term(meta.index, meta.term):
             log.commit_to(meta.index)  # our log already has it: just fast-forward
         else:
@@ -91,4 +96,3 @@ class FollowerMixin:
             self.configs.reset(meta.index, meta.membership)
             self._membership_changed()
         self._send(AppendResp(self.id, m.src, self.term, meta.index))
-
