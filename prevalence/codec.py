@@ -7,6 +7,7 @@ checks, so bytes from a client cannot construct anything the application did not
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import threading
 from typing import Any, Callable
 
@@ -110,6 +111,11 @@ class Codec:
             spec = self._specs[cls] = TypeSpec(cls, self.converter)
         return spec
 
+    def registered(self) -> list[type]:
+        """Every Transaction and Query class registered so far."""
+        with self._lock:
+            return list(self._classes.values())
+
     def lookup(self, name: str) -> type:
         cls = self._classes.get(name)
         if cls is None:
@@ -187,8 +193,17 @@ def unpack(data: bytes) -> Any:
         raise CodecError(f"malformed message ({len(data)} bytes): {exc}") from None
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A value for an error message: depth-limited, so hostile nesting cannot make the
+    message itself fail (a plain repr() raised RecursionError at ~1000 levels)."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still named
+        text = f"a {type(value).__name__}"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -1,5 +1,6 @@
 """RPyC networking: cluster secret, authentication, the peer transport between nodes."""
 from .client import ClusterClient, ClusterUnavailable, Compacted, Event, RemoteTransactionError, Subscription, connect
+from .client import register_exception
 from .auth import AuthenticationFailed, ConnectFailed, Identity, ServerAuthenticator, client_handshake
 from .secret import SecretError, generate_secret_file, load_secret
 from .transport import PeerServer, PeerTransport, TransportError, open_connection
@@ -13,6 +14,7 @@ __all__ = [
     "ClusterUnavailable",
     "RemoteTransactionError",
     "connect",
+    "register_exception",
     "AuthenticationFailed",
     "ConnectFailed",
     "HandshakeError",

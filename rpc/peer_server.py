@@ -15,6 +15,7 @@ import threading
 from typing import Callable, Mapping
 
 import rpyc
+from rpyc.core import consts
 from rpyc.utils.server import ThreadedServer
 
 from .auth import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, Identity, ServerAuthenticator, format_address
@@ -38,11 +39,12 @@ class _PeerService(rpyc.Service):
         self._on_message = on_message
         self._on_batch = on_batch
         self._where = where
+        self._deliver = self.exposed_deliver
 
     def _rpyc_getattr(self, name):
         if name == "deliver":
-            return self.exposed_deliver
-        raise AttributeError(f"{name!r} is not exposed to peers")
+            return self._deliver  # one object: RPyC holds each one it hands out
+        raise AttributeError(f"{name!r:.60} is not exposed to peers")
 
     def exposed_deliver(self, batch) -> bytes | None:
         try:
@@ -76,7 +78,22 @@ class _DenyService(rpyc.Service):
     """Authenticated, but nothing is exposed (a client role while no client service exists)."""
 
     def _rpyc_getattr(self, name):
-        raise AttributeError(f"{name!r} is not exposed to this role")
+        raise AttributeError(f"{name!r:.60} is not exposed to this role")
+
+
+class _PlainConnection(rpyc.Connection):
+    """The accepting side of a connection: the other side may hand us plain values only.
+
+    RPyC turns any argument that is not a brine value (bytes, str, int, float, bool,
+    None, tuples of them) into a netref, a proxy that calls back into the sender for
+    every use, isinstance() included. We never need one from a client or a peer, so a
+    request carrying one is refused before any method sees it."""
+
+    def _unbox(self, package):
+        if type(package) is tuple and len(package) == 2 and package[0] == consts.LABEL_REMOTE_REF:
+            raise TypeError("only plain values are accepted (bytes, str, int, float, bool, None and tuples of "
+                            "them), not a reference to an object of the caller's")
+        return super()._unbox(package)
 
 
 class _RoleRouter(rpyc.Service):
@@ -101,7 +118,7 @@ class _RoleRouter(rpyc.Service):
             service = self._service_extra(identity)
         else:
             service = _DenyService()
-        conn = service._protocol(service, channel, config)
+        conn = _PlainConnection(service, channel, config)
         service.on_connect(conn)
         return conn
 

@@ -16,6 +16,7 @@ connection authenticated with the admin key; the client key gets an error saying
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown, PrevalenceError
 from prevalence.sessions import SetSessionExpiry
 from replication.errors import NodeHalted, ProposalRefused
+from rpc.transport import REPLY_MAX_FRAME
 
 if TYPE_CHECKING:
     from rpc.server import NodeProcess
@@ -35,6 +37,15 @@ log = logging.getLogger("rpc.service")
 DEFAULT_MAX_REQUEST = 1 << 20
 MAX_BATCH_ITEMS = 1024  # commands in one execute_batch call at most
 BATCH_TIMEOUT = 10.0  # seconds a batch waits for its commands to apply (as Node.execute)
+MAX_REPLY = REPLY_MAX_FRAME - (64 << 10)  # what a client reads back at most, framing aside
+MAX_ID = 128  # characters of a node id (as in the handshake)
+MAX_NAME = 256  # characters of an address or an application call's name
+U63 = 1 << 63  # ids, sequence numbers and log indexes are below this (a signed 64-bit integer)
+
+# Every argument is checked by exact type: RPyC passes brine values (bytes, str, int,
+# float, bool, None, tuples) by value and anything else by reference, and isinstance()
+# on such a netref asks the client what its class is. The connection refuses references
+# anyway (rpc.peer_server._PlainConnection); these checks do not depend on it.
 
 
 #: Transactions that change how the cluster runs rather than the application's state:
@@ -44,14 +55,53 @@ ADMIN_TRANSACTIONS: tuple[type, ...] = (SetSessionExpiry,)
 
 def _valid_session(sid: Any, seq: Any) -> bool:
     """Exactly ints (no bool, no proxy posing as one) that the journal can hold."""
-    return type(sid) is int and type(seq) is int and 0 < sid < 1 << 63 and 0 < seq < 1 << 63
+    return type(sid) is int and type(seq) is int and 0 < sid < U63 and 0 < seq < U63
+
+
+def _text(exc: BaseException, limit: int = 1000) -> str:
+    """An exception as one bounded line, even when formatting it fails (RecursionError)."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:  # noqa: BLE001 - a message that cannot be formatted is still an error
+        text = ""
+    text = text or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _show(value: Any) -> str:
+    """A client's value in an error message: its repr if a short string, else its type."""
+    if type(value) is str:
+        return repr(value) if len(value) <= 40 else repr(value[:37]) + "..."
+    return f"a value of type {type(value).__name__}"
 
 
 def _reply(*items: Any) -> bytes:
     try:
-        return msgpack.packb(list(items), use_bin_type=True)
-    except (TypeError, ValueError) as exc:
-        return msgpack.packb(["error", f"the result cannot be sent as plain data: {exc}"])
+        data = msgpack.packb(list(items), use_bin_type=True)
+    except Exception as exc:  # noqa: BLE001 - TypeError, ValueError (nesting), OverflowError (ints)
+        return msgpack.packb(["error", f"the result cannot be sent as plain data: {_text(exc, 300)}"])
+    if len(data) > MAX_REPLY:
+        return msgpack.packb(["error", f"the result is {len(data)} bytes, over the limit of {MAX_REPLY} bytes "
+                                       "for one reply"])
+    return data
+
+
+_logged: dict[str, float] = {}
+
+
+def _log_unexpected(client: str, exc: BaseException) -> None:
+    """An error no check foresaw: logged at most once a minute per type (a hostile
+    client must not be able to flood the log)."""
+    kind = type(exc).__name__
+    now = time.monotonic()
+    if now - _logged.get(kind, -1e9) >= 60.0:
+        _logged[kind] = now
+        log.warning("request from client %r failed: %s: %s (answered as an error; further %s not logged for 60 s)",
+                    client, kind, _text(exc, 300), kind)
+
+
+def _valid_id(value: Any) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_ID and value.isprintable()
 
 
 _NEEDS_ADMIN = ("{what} is cluster administration: it needs the admin key (admin.secret); this connection "
@@ -77,18 +127,27 @@ class ClientService(rpyc.Service):
 
     def _rpyc_getattr(self, name: str) -> Any:
         if name in self._EXPOSED:
-            return getattr(self, "exposed_" + name)
-        raise AttributeError(f"{name!r} is not exposed to clients")
+            # one object per name: RPyC holds what it hands out until the client releases
+            # it, so a new bound method per lookup would let a client grow our memory
+            bound = self.__dict__.setdefault("_bound", {})
+            if name not in bound:
+                bound[name] = getattr(self, "exposed_" + name)
+            return bound[name]
+        raise AttributeError(f"{name!r:.60} is not exposed to clients")
 
     def _check(self, data: Any) -> bytes:
-        if not isinstance(data, bytes):
-            raise TypeError(f"expected bytes, got {type(data).__name__}")
+        if type(data) is not bytes:
+            raise PrevalenceError(f"expected the request as bytes, got {_show(data)}")
         if len(data) > self._max:
             raise PrevalenceError(f"request of {len(data)} bytes is over the limit of {self._max} bytes")
         return data
 
     def exposed_status(self) -> bytes:
-        return _reply("ok", self._p.status())
+        """This node's own status, from its live Raft loop: an error if it has failed."""
+        try:
+            return _reply("ok", self._p.status())
+        except Exception as exc:  # noqa: BLE001 - a failed or hung node never reports itself healthy
+            return _reply("error", f"node status unavailable: {_text(exc)}")
 
     def exposed_register_session(self) -> bytes:
         from prevalence.sessions import RegisterSession
@@ -119,10 +178,10 @@ class ClientService(rpyc.Service):
         the cluster's (not the leader, timed out) answers the whole batch, which the
         client retries under the same session numbers, so each command applies once.
         """
-        if not isinstance(items, tuple) or not items or len(items) > MAX_BATCH_ITEMS:
+        if type(items) is not tuple or not items or len(items) > MAX_BATCH_ITEMS:
             return _reply("error", f"a batch is a tuple of 1 to {MAX_BATCH_ITEMS} (data, session, seq) tuples")
-        ok = all(isinstance(it, tuple) and len(it) == 3 for it in items)
-        size = sum(len(it[0]) for it in items if isinstance(it[0], bytes)) if ok else 0
+        ok = all(type(it) is tuple and len(it) == 3 for it in items)
+        size = sum(len(it[0]) for it in items if type(it[0]) is bytes) if ok else 0
         if not ok:
             return _reply("error", "a batch is a tuple of (data, session, seq) tuples")
         if size > self._max:
@@ -135,11 +194,11 @@ class ClientService(rpyc.Service):
                 continue
             try:
                 todo.append((k, self._load(data), (sid, seq)))
-            except (PrevalenceError, TypeError) as exc:
-                replies[k] = ("error", str(exc))
-        futures = self._p.node.submit_many([(tx, session) for _k, tx, session in todo])
+            except Exception as exc:  # noqa: BLE001 - any decoding failure is this command's error
+                replies[k] = ("error", _text(exc))
 
         def outcome() -> tuple:
+            futures = self._p.node.submit_many([(tx, session) for _k, tx, session in todo])
             deadline = time.monotonic() + BATCH_TIMEOUT
             for (k, _tx, _s), fut in zip(todo, futures):
                 try:
@@ -147,7 +206,7 @@ class ClientService(rpyc.Service):
                 except ProposalRefused:
                     raise  # not the leader (any more): the whole batch goes elsewhere
                 except PrevalenceError as exc:
-                    replies[k] = ("error", str(exc))
+                    replies[k] = ("error", _text(exc))
             return ("ok", replies)
 
         return self._guard(outcome)
@@ -155,14 +214,17 @@ class ClientService(rpyc.Service):
     def exposed_query(self, data: bytes, consistency: Any = "linearizable") -> bytes:
         """``linearizable`` (ReadIndex through the leader), ``leader`` (the leader's own
         state, no confirmation round) or ``local`` (this node's state, possibly behind)."""
-        if isinstance(consistency, bool):  # older clients: True / False
+        if type(consistency) is bool:  # older clients: True / False
             consistency = "linearizable" if consistency else "local"
-        if consistency not in ("linearizable", "leader", "local"):
-            return _reply("error", f"unknown consistency {consistency!r}")
+        if type(consistency) is not str or consistency not in ("linearizable", "leader", "local"):
+            return _reply("error", f"unknown consistency {_show(consistency)} (one of linearizable, leader, local)")
         node = self._p.node
         if consistency == "leader" and not node.is_leader:
-            leader = node.status()["leader"]
-            return _reply("not_leader", leader, self._p.address_of(leader))
+            def redirect() -> tuple:
+                leader = node.status()["leader"]
+                return ("not_leader", leader, self._p.address_of(leader))
+
+            return self._guard(redirect)
         return self._run(data, lambda obj: node.query(obj, linearizable=consistency == "linearizable"))
 
     def exposed_read_log(self, start: int, limit: int = 256, wait: float = 1.0) -> bytes:
@@ -174,16 +236,21 @@ class ClientService(rpyc.Service):
         ``["ok", next_index, [[index, timestamp µs, type, fields], ...]]``, or
         ``["compacted", first_index]`` when ``start`` is no longer in the log.
         """
+        if not all(type(v) is int and 0 < v < U63 for v in (start, limit)):
+            return _reply("error", "start and limit must be positive 63-bit integers")
+        if type(wait) not in (int, float) or not math.isfinite(wait):
+            return _reply("error", "wait must be a number of seconds")
+        return self._guard(lambda: self._read_log(start, limit, wait))
+
+    def _read_log(self, start: int, limit: int, wait: float) -> tuple:
         from prevalence.entry import EntryKind
         from prevalence.state import describe_command
 
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, limit)) or start < 1:
-            return _reply("error", "start and limit must be positive integers")
         node = self._p.node
         node.wait_applied(start, max(0.0, min(float(wait), 5.0)))
         first, entries = node.committed_log(start, max(1, min(limit, 4096)))
         if start < first:
-            return _reply("compacted", first)
+            return ("compacted", first)
         events = []
         skipped = node.sm.skipped
         for e in entries:
@@ -191,7 +258,7 @@ class ClientService(rpyc.Service):
                 d = describe_command(e.data)
                 if not d["type"].startswith("prevalence."):  # sessions are bookkeeping, not events
                     events.append([e.index, d["timestamp_us"], d["type"], d["fields"]])
-        return _reply("ok", entries[-1].index + 1 if entries else start, events)
+        return ("ok", entries[-1].index + 1 if entries else start, events)
 
     def exposed_change_membership(self, op: str, node_id: str, address: str | None = None) -> bytes:
         """Maintenance: add_voter, add_learner, promote_learner or remove (leader only)."""
@@ -201,15 +268,21 @@ class ClientService(rpyc.Service):
                  "promote_learner": ChangeType.PROMOTE_LEARNER, "remove": ChangeType.REMOVE_VOTER}
         if not self._is_admin:
             return _not_admin("change_membership")
-        if op not in kinds or not isinstance(node_id, str) or not (address is None or isinstance(address, str)):
-            return _reply("error", f"unknown membership change {op!r} (one of {', '.join(kinds)})")
+        if type(op) is not str or op not in kinds:
+            return _reply("error", f"unknown membership change {_show(op)} (one of {', '.join(kinds)})")
+        if not _valid_id(node_id):
+            return _reply("error", f"node id must be 1-{MAX_ID} printable characters, got {_show(node_id)}")
+        if not (address is None or (type(address) is str and 0 < len(address) <= MAX_NAME)):
+            return _reply("error", f"address must be HOST:PORT (at most {MAX_NAME} characters), got {_show(address)}")
         change = ConfigChange(kinds[op], node_id, address)
         return self._admin(lambda: self._p.node.change_membership(change))
 
     def exposed_transfer_leadership(self, to: str) -> bytes:
         if not self._is_admin:
             return _not_admin("transfer_leadership")
-        return self._admin(lambda: self._p.node.transfer_leadership(str(to)))
+        if not _valid_id(to):
+            return _reply("error", f"node id must be 1-{MAX_ID} printable characters, got {_show(to)}")
+        return self._admin(lambda: self._p.node.transfer_leadership(to))
 
     # -- backups (rpc/backup.py): the whole state, so the admin key's --------------------
     def exposed_backup(self) -> bytes:
@@ -223,16 +296,16 @@ class ClientService(rpyc.Service):
 
     def exposed_app_call(self, name: str, data: bytes = b"") -> bytes:
         """A handler of the application hosted in this node (bytes in, bytes out)."""
-        handler = self._p.handlers.get(name) if isinstance(name, str) else None
+        handler = self._p.handlers.get(name) if type(name) is str and len(name) <= MAX_NAME else None
         if handler is None:
-            return _reply("error", f"this node has no application call {name!r}")
+            return _reply("error", f"this node has no application call {_show(name)}")
         def call() -> tuple:
             try:
                 return ("ok", handler(self._check(data)))
             except (PrevalenceError, TimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001 - the caller gets the reason, the node serves on
-                return ("error", f"{name}: {type(exc).__name__}: {exc}")
+                return ("error", f"{name}: {type(exc).__name__}: {_text(exc)}")
 
         return self._guard(call)
 
@@ -255,8 +328,8 @@ class ClientService(rpyc.Service):
                 return ("ok", call(obj))
             except (PrevalenceError, TimeoutError):
                 raise
-            except Exception as exc:
-                return ("failed", f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc))
+            except Exception as exc:  # noqa: BLE001 - the transaction's or query's own error
+                return ("failed", f"{type(exc).__module__}.{type(exc).__qualname__}", _text(exc, 10_000))
 
         return self._guard(outcome)
 
@@ -267,7 +340,10 @@ class ClientService(rpyc.Service):
         except ProposalRefused as exc:  # not the leader, or handing leadership over
             return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
         except PrevalenceError as exc:
-            return _reply("error", str(exc))
+            return _reply("error", _text(exc))
         except TimeoutError:
             return _reply("unavailable", "timed out waiting for the cluster")
+        except Exception as exc:  # noqa: BLE001 - RecursionError, OverflowError...: an answer, the node serves on
+            _log_unexpected(self._client, exc)
+            return _reply("error", f"{type(exc).__name__}: {_text(exc, 300)}")
 
