@@ -56,6 +56,7 @@ log = logging.getLogger("replication.node")
 __all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]
 
 _COMMAND = int(EntryKind.COMMAND)
+STATUS_TIMEOUT = 1.0  # seconds status() waits for the raft loop to answer
 SLOW_WRITE = 0.1  # seconds: an inline follower write this slow...
 SLOW_WRITE_BACKOFF = 10.0  # ...sends the next ones to the disk lane thread for this long
 # What goes back as one delivery's reply at most (the transport's batch size): a peer
@@ -168,7 +169,6 @@ class Node(ApplierMixin):
         self._stop = threading.Event()
         self._failed: BaseException | None = None
         self._role = Role.FOLLOWER
-        self._status = self.core.status()
         self.membership = self.core.membership
         self._raft_thread = threading.Thread(target=self._guarded("raft", self._raft_loop), name=f"raft-{node_id}",
                                              daemon=True)
@@ -179,7 +179,7 @@ class Node(ApplierMixin):
         self._capture: list | None = None  # [thread, peer, replies, their bytes]; see _send_out
         self._long_sleep = False  # the raft thread sleeps past the next tick
         self._inline_off_until = 0.0  # a slow disk: follower writes go to the disk lane thread until then
-        self._status_due = 0.0
+        self._checks_due = 0.0  # a leader's periodic checks (clocks, its own disk)
         self._disk = DiskLane(self.storage, self._send_out, self._report_persisted, self._write_failed,
                               f"write-{node_id}", after_batch=self._kick)
         self._disk_seq = 0  # sequence number of the last DiskWork submitted
@@ -337,8 +337,28 @@ class Node(ApplierMixin):
         except RaftError:  # compacted meanwhile
             return self.storage.first_index(), []
 
-    def status(self) -> dict:
-        st = self._status
+    def status(self, timeout: float = STATUS_TIMEOUT) -> dict:
+        """This node's view, taken by the live Raft loop, never a cache that outlives it.
+
+        Raises :class:`NodeHalted` once the node has failed or stopped (an in-process
+        node, or a node process in the moment before it exits) or its raft thread has
+        ended, and TimeoutError when the loop does not answer within ``timeout`` (hung):
+        a node that cannot step its core never reports itself healthy.
+        """
+        if self._failed is not None:
+            raise NodeHalted(f"node {self.id!r} has stopped: {self._failed}")
+        if self._stop.is_set():
+            raise NodeHalted(f"node {self.id!r} is stopped")
+        if self._raft_thread.ident is not None and not self._raft_thread.is_alive():
+            raise NodeHalted(f"node {self.id!r}: its raft thread has ended")
+        try:
+            return self._call(self._status_now).result(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"node {self.id!r}: its raft loop did not answer within {timeout:g} s") from None
+
+    def _status_now(self) -> dict:
+        """status() on a thread that holds the core lock."""
+        st = self.core.status()
         return {
             "id": self.id, "role": st.role, "term": st.term, "leader": st.leader,
             "commit_index": st.commit, "applied_index": self.sm.applied_index,
@@ -447,9 +467,8 @@ class Node(ApplierMixin):
             self._long_sleep = False
             self._wake.set()  # followers learn a new commit within a tick
         now = time.monotonic()
-        if now >= self._status_due:  # for status(): cheap to read, not free to build
-            self._status = self.core.status()
-            self._status_due = now + 0.1
+        if now >= self._checks_due:
+            self._checks_due = now + 0.1
             if self._role == Role.LEADER:
                 self._report_clocks(now)
                 self._watch_own_disk(now)
@@ -752,7 +771,7 @@ class Node(ApplierMixin):
 
     def _role_changed(self, role: Role, leader: str | None) -> None:
         was, self._role = self._role, role
-        self._status_due = 0.0  # report the new role at once
+        self._checks_due = 0.0  # a new leader checks at once
         log.info("%s: %s in term %d (leader %s)", self.id, role, self.core.term, leader)
         if was != Role.LEADER and role == Role.LEADER and self.on_leader_start:
             self._apply_q.put(("hook", self.on_leader_start))
