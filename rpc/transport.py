@@ -82,7 +82,7 @@ SERVER_WRITE_TIMEOUT = 10.0
 PEER_MAX_FRAME = 16 << 20
 #: What a node reads from a client: a request carries at most 1 MiB of commands
 #: (rpc.service.DEFAULT_MAX_REQUEST) plus RPyC's framing.
-CLIENT_MAX_FRAME = 4 << 20
+CLIENT_MAX_FRAME = 2 << 20
 #: What a client reads from a node: a reply (a query's result, a page of the log).
 REPLY_MAX_FRAME = 64 << 20
 #: Once the first byte of a frame has arrived, the whole frame must arrive within this.
@@ -135,6 +135,7 @@ class _Stream(SocketStream):
 
 
 _RETRY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK)
+_LARGE = 1 << 16  # frames from this size on are read in place
 
 
 class FrameRefused(EOFError):
@@ -170,7 +171,35 @@ class BoundedChannel(Channel):
             self._refuse(f"compressed frame ({length} bytes) refused: compression from the other side is not accepted")
         if length > self.max_frame:
             self._refuse(f"frame of {length} bytes announced, limit {self.max_frame}")
-        return self._read(length + len(self.FLUSHER), deadline, False)[:-len(self.FLUSHER)]
+        if length < _LARGE:
+            return self._read(length + len(self.FLUSHER), deadline, False)[:-len(self.FLUSHER)]
+        # a large frame: read in place and hand RPyC a view, not the two copies (chunks,
+        # then joined, then sliced) that its own reading makes
+        buf = memoryview(bytearray(length + len(self.FLUSHER)))
+        self._read_into(buf, deadline)
+        return buf[:length]
+
+    def _read_into(self, view: memoryview, deadline: float) -> None:
+        stream = self.stream
+        sock = stream.sock
+        got, count = 0, len(view)
+        while got < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or not stream.poll(left):
+                self._refuse(f"the other side stopped sending mid-frame for {self.frame_timeout:g} s")
+            try:
+                n = sock.recv_into(view[got:], min(stream.MAX_IO_CHUNK, count - got))
+            except (socket.timeout, ssl.SSLWantReadError):
+                continue
+            except OSError as exc:
+                if exc.errno in _RETRY_ERRNOS:
+                    continue
+                stream.close()
+                raise EOFError(exc) from None
+            if not n:
+                stream.close()
+                raise EOFError("connection closed by peer")
+            got += n
 
     def _read(self, count: int, deadline: float, polled: bool) -> bytes:
         """``count`` bytes before ``deadline``. The socket keeps its own timeout (it
