@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import sys
 import threading
 import time
@@ -14,62 +13,20 @@ import zlib
 import msgpack
 import pytest
 
+import rpc.transport as transport
 from prevalence._platform import child_dies_with_parent
 from prevalence.codec import CODEC
-from rpc.auth import client_handshake
 from rpc.cluster import start_node
-import rpc.transport as transport
 from rpc.transport import NodeLink
+from tests.cluster.attack import HEADER, authenticated, closed_within, key, proc_kb, reset_peak
 from tests.cluster.harness import ROOT, LocalCluster
 from tests.prevalence.domain import Add, Get, Tags
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, sets RLIMIT_NOFILE in a child")]
 
-HEADER = struct.Struct("!LB")  # RPyC's frame header: length, compressed flag
 # the frame limits by role (the defaults, also to run this against code without them)
 LIMIT = {"client": getattr(transport, "CLIENT_MAX_FRAME", 4 << 20), "peer": getattr(transport, "PEER_MAX_FRAME", 16 << 20)}
-
-
-def key(c: LocalCluster, role: str) -> bytes:
-    """The key a party of ``role`` holds (one cluster secret, or one per role)."""
-    return getattr(c, f"{role}_secret", None) or c.secret
-
-
-def proc_kb(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
-
-
-def reset_peak(pid: int) -> None:
-    """Start VmHWM (peak RSS) afresh from the current RSS (Linux >= 4.0)."""
-    with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as f:
-        f.write("5")
-
-
-def authenticated(c: LocalCluster, nid: str, role: str) -> socket.socket:
-    sock = socket.create_connection(c.configs[nid].listen, timeout=2.0)
-    ident = "n2" if role == "peer" else "hostile"
-    return client_handshake(sock, key(c, role), role, ident, timeout=2.0)
-
-
-def closed_within(sock: socket.socket, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        sock.settimeout(left)
-        try:
-            if sock.recv(65536) == b"":
-                return True
-        except socket.timeout:
-            return False
-        except OSError:
-            return True
 
 
 def serves(c: LocalCluster, nid: str, value: int) -> bool:

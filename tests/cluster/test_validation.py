@@ -14,8 +14,8 @@ from rpyc.utils.factory import connect_channel
 
 from prevalence.codec import CODEC
 from rpc.auth import client_handshake
-from rpc.transport import BoundedChannel, NodeLink, REPLY_MAX_FRAME
-from rpc.transport import _Stream
+from rpc.transport import REPLY_MAX_FRAME, BoundedChannel, NodeLink, _Stream
+from tests.cluster.attack import key
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Get
 
@@ -35,7 +35,7 @@ class FakeBytes(bytes):
 
 
 def client_key(c: LocalCluster) -> bytes:
-    return getattr(c, "client_secret", None) or c.secret
+    return key(c, "client")
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,20 @@ from rpc.auth import client_handshake
 from rpc.transport import SAFE_PROTOCOL_CONFIG
 from rpc.wire import encode_batch
 
-from .conftest import HOST, SECRET, Inbox, wait_until
+from . import conftest
+from .conftest import SECRET, Inbox, wait_until
 
 HEADER = struct.Struct("!LB")  # RPyC's frame header: length, compressed flag
 
 
+def key(role: str) -> bytes:
+    """The key of ``role`` (one secret for all, or a key per role)."""
+    return getattr(conftest, "KEYS", {}).get(role, SECRET)
+
+
 def authenticated(server, role: str = "peer", ident: str = "n9") -> socket.socket:
     sock = socket.create_connection(server.address, timeout=2.0)
-    return client_handshake(sock, SECRET, role, ident, timeout=2.0)
+    return client_handshake(sock, key(role), role, ident, timeout=2.0)
 
 
 def closed_within(sock: socket.socket, seconds: float) -> bool:
