@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 import threading
+import traceback
 from typing import Callable, Mapping
 
 import rpyc
@@ -94,6 +95,20 @@ class _PlainConnection(rpyc.Connection):
             raise TypeError("only plain values are accepted (bytes, str, int, float, bool, None and tuples of "
                             "them), not a reference to an object of the caller's")
         return super()._unbox(package)
+
+    def _dispatch_request(self, seq, raw_args):
+        # RPyC keeps the last failed request's traceback, whose frames (and so the
+        # request's arguments) form a cycle with it: only the cyclic GC would free them,
+        # much later. A client sending megabyte requests that fail grew a node by
+        # hundreds of MiB that way. The frames are cleared as soon as the error is sent.
+        super()._dispatch_request(seq, raw_args)
+        del raw_args  # this frame may outlive the call: the traceback's frames refer to it
+        self._forget_traceback()
+
+    def _forget_traceback(self) -> None:
+        tb, self._last_traceback = self._last_traceback, None
+        if tb is not None:
+            traceback.clear_frames(tb)
 
 
 class _RoleRouter(rpyc.Service):
