@@ -145,7 +145,7 @@ def main() -> int:
             pid = c.procs[nid].pid
             time.sleep(1.0)
             rows = []
-            bomb_name = f"{args.bomb_bytes / 1e9:g} GB compressed to {len(bomb) / 1e6:.2f} MB"
+            bomb_name = f"{args.bomb_bytes / 1e6:,.0f} MB of zeros compressed to {len(bomb) / 1e6:.2f} MB"
             for what in ("4 GiB announced", bomb_name):
                 for role in ("client", "peer"):
                     idle = kb(pid, "VmRSS")
