@@ -77,7 +77,7 @@ SERVER_WRITE_TIMEOUT = 10.0
 # Frame limits (bytes of one RPyC frame, checked against the announced length before
 # the body is read; see docs/transport.md for how they are sized).
 #: What a node reads from a peer: a deliver batch is at most max(1 MiB, one Raft
-#: message), a message at most an Append (max_size_per_msg 1 MiB + one entry of at most
+#: message), a message at most an Append (max_size_per_msg, 16 KiB, + one entry of at most
 #: NodeOptions.max_entry_bytes, 8 MiB) or a snapshot chunk (64 KiB).
 PEER_MAX_FRAME = 16 << 20
 #: What a node reads from a client: a request carries at most 1 MiB of commands

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prevalence.errors import CodecError
+from replication.config import RaftConfig
 from replication.messages import Append, AppendResp, decode, encode
 from tests.prevalence.domain import Get, Tags
 from tests.replication.test_node import Cluster
@@ -29,11 +30,21 @@ def test_an_entry_over_the_limit_is_refused_when_proposed(cluster):
     assert leader.query(Get("big")) is None
 
 
-def test_what_a_leader_returns_as_a_reply_is_at_most_one_batch(cluster):
+def test_what_a_leader_returns_as_a_reply_is_at_most_one_batch(tmp_path):
     """A follower's ack that arrives through a delivery is stepped on the receiving
     thread, and what the leader then sends that follower goes back as the reply: one
-    frame. After a probe succeeds that is a whole window of appends (here 28 MB), far
-    over the peer frame limit; the reply keeps to one batch, the rest goes as messages."""
+    frame. After a probe succeeds that is a whole window of appends: with the window
+    bounded by messages only (max_inflight_bytes=0, 1 MiB appends), 28 MB here, far over
+    the peer frame limit. The reply keeps to one batch, the rest goes as messages."""
+    raft = RaftConfig(election_tick=10, heartbeat_tick=5, max_size_per_msg=1 << 20, max_inflight_bytes=0)
+    cluster = Cluster(tmp_path, raft=raft)
+    try:
+        _reply_within_one_batch(cluster)
+    finally:
+        cluster.stop()
+
+
+def _reply_within_one_batch(cluster) -> None:
     leader = cluster.leader()
     lagging = next(i for i in cluster.ids if i != leader.id)
     cluster.net.cut |= {(leader.id, lagging), (lagging, leader.id)}
