@@ -83,8 +83,9 @@ PEER_MAX_FRAME = 16 << 20
 #: What a node reads from a client: a request carries at most 1 MiB of commands
 #: (rpc.service.DEFAULT_MAX_REQUEST) plus RPyC's framing.
 CLIENT_MAX_FRAME = 4 << 20
-#: What a client reads from a node: a reply (a query's result, a page of the log).
-REPLY_MAX_FRAME = 64 << 20
+#: What a client reads from a node: a reply (a query's result, a page of the log, a
+#: backup: a whole snapshot, which followers accept up to RaftConfig.max_snapshot_bytes).
+REPLY_MAX_FRAME = 1 << 30
 #: Once the first byte of a frame has arrived, the whole frame must arrive within this.
 FRAME_TIMEOUT = 10.0
 #: Connections one listener holds at once (authenticated or not); more are closed at once.
