@@ -113,9 +113,29 @@ class DiskLane:
         A barrier for reorganising storage (publishing a snapshot, compacting): the
         caller must keep new work from being submitted meanwhile (the core lock).
         """
+        if threading.current_thread() is self._thread:
+            return self._drain_here()
         with self._idle:
             return self._idle.wait_for(
                 lambda: (not self._queue and not self._busy) or self._failed is not None, timeout)
+
+    def _drain_here(self) -> bool:
+        """drain() on the lane thread (it steps the core after a batch, and the core may
+        publish a snapshot): nobody else would write what is queued, so write it here."""
+        while True:
+            with self._work:
+                if self._failed is not None or not self._queue:
+                    return self._failed is None
+                batch = list(self._queue)
+                self._queue.clear()
+                self._busy = True
+            try:
+                self._run(batch)
+            except BaseException as exc:  # noqa: BLE001 - the lane is dead: fail-stop, as in the loop
+                self._on_error(exc)
+                return False
+            finally:
+                self._done()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued, then end the thread."""
