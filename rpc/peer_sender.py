@@ -196,12 +196,15 @@ class _Peer:
     def _set_down(self, reason: str) -> None:
         with self.cond:
             self.last_error = reason
-            changed = self.state != "down"
+            was = self.state
+            changed = was != "down"
             self.state = "down"
             if changed:
                 self.since = time.time()
         if changed and not self.stopping:
-            log.warning("peer %s at %s down: %s", self.id, format_address(self.address), reason)
+            # a peer lost is news; one not reached yet (it is still starting) is not
+            log.log(logging.WARNING if was == "up" else logging.INFO, "peer %s at %s down: %s", self.id,
+                    format_address(self.address), reason)
 
     # -- the sender thread
 

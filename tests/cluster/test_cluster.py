@@ -187,3 +187,14 @@ def test_node_down_while_others_compact_catches_up_by_snapshot(tmp_path):
         assert tags == [f"t{k}" for k in range(120)]
     finally:
         c.stop()
+
+
+def test_a_normal_start_logs_no_warning(cluster3):
+    """Peers not listening yet at start are no news; a WARNING at every start teaches
+    operators to ignore warnings."""
+    c = cluster3
+    c.leader()
+    c.wait_converged()
+    for nid in c.configs:
+        warnings = [line for line in c.log(nid).splitlines() if " WARNING " in line]
+        assert not warnings, (nid, warnings)
