@@ -193,7 +193,7 @@ class _Peer:
         if changed:
             log.info("peer %s at %s up", self.id, format_address(self.address))
 
-    def _set_down(self, reason: str) -> None:
+    def _set_down(self, reason: str, starting: bool = False) -> None:
         with self.cond:
             self.last_error = reason
             was = self.state
@@ -202,8 +202,9 @@ class _Peer:
             if changed:
                 self.since = time.time()
         if changed and not self.stopping:
-            # a peer lost is news; one not reached yet (it is still starting) is not
-            log.log(logging.WARNING if was == "up" else logging.INFO, "peer %s at %s down: %s", self.id,
+            # a peer lost is news; one whose port is not open yet (still starting) is not
+            quiet = starting and was != "up"
+            log.log(logging.INFO if quiet else logging.WARNING, "peer %s at %s down: %s", self.id,
                     format_address(self.address), reason)
 
     # -- the sender thread
@@ -217,7 +218,8 @@ class _Peer:
                 try:
                     link = self._open(address)
                 except Exception as exc:  # ConnectFailed, AuthenticationFailed, remote errors
-                    self._set_down(str(exc))
+                    # nothing listening yet is no news at start; anything else (a wrong key) is
+                    self._set_down(str(exc), starting=isinstance(exc, ConnectFailed) and exc.refused)
                 else:
                     with self.cond:
                         self.link = link
