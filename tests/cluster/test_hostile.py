@@ -247,7 +247,7 @@ class _Zipping(Channel):
 
 
 EXPOSED = ["status", "execute", "execute_batch", "query", "register_session", "read_log", "change_membership",
-           "transfer_leadership", "app_call"]
+           "transfer_leadership", "app_call", "backup"]
 brine_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=40)
                  | st.binary(max_size=64))
 hostile_bytes = st.one_of(
@@ -536,3 +536,9 @@ def test_the_suite_ran_its_cases_and_the_node_stayed_small(target):
         print(f"\nhostile suite: {target.cases} cases, idle RSS {target.idle_rss >> 20} MiB, "
               f"peak after any case {target.peak_rss >> 20} MiB")
     assert target.cases >= sum(CASES.values()), target.cases
+
+
+def test_the_suite_attacks_every_method_a_client_can_call():
+    from rpc.service import ClientService
+
+    assert sorted(EXPOSED) == sorted(ClientService._EXPOSED)

@@ -12,14 +12,7 @@ from prevalence.errors import CodecError, EngineHaltedError
 from prevalence.sessions import RegisterSession
 from replication.errors import ProposalRefused
 from tests.prevalence.domain import Add, Get, Store
-from tests.replication.test_node import Cluster
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.stop()
+from tests.replication.test_node import Cluster, cluster  # noqa: F401 - the fixture
 
 
 def test_a_leader_whose_disk_fills_refuses_its_pending_commands_as_retryable(cluster):
