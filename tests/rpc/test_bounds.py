@@ -22,6 +22,7 @@ from rpc.wire import encode_batch
 
 from . import conftest
 from .conftest import SECRET, Inbox, wait_until
+from tests.cluster.attack import closed_within
 
 HEADER = struct.Struct("!LB")  # RPyC's frame header: length, compressed flag
 
@@ -35,22 +36,6 @@ def authenticated(server, role: str = "peer", ident: str = "n9") -> socket.socke
     sock = socket.create_connection(server.address, timeout=2.0)
     return client_handshake(sock, key(role), role, ident, timeout=2.0)
 
-
-def closed_within(sock: socket.socket, seconds: float) -> bool:
-    """True if the other side closes ``sock`` within ``seconds`` (whatever it sends first)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        sock.settimeout(left)
-        try:
-            if sock.recv(65536) == b"":
-                return True
-        except socket.timeout:
-            return False
-        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
-            return True
 
 
 class _Zipping(Channel):
