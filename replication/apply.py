@@ -11,7 +11,6 @@ import logging
 import queue
 import time
 from collections import deque
-from concurrent.futures import Future
 from typing import Any
 
 from prevalence.entry import Entry
@@ -95,13 +94,11 @@ class ApplierMixin:
                 result, exc = sm.apply_entry(e, check=True)
                 w = waiting.get(e.index)
                 if w is not None:
-                    term, fut = w
+                    term, token = w
                     if term != e.term:
-                        fut.set_exception(EntryLost(f"entry {e.index} was replaced by another leader's entry"))
-                    elif exc is not None:
-                        fut.set_exception(exc)
+                        self._complete(token, exc=EntryLost(f"entry {e.index} was replaced by another leader's entry"))
                     else:
-                        fut.set_result(result)
+                        self._complete(token, result, exc)
         finally:
             sm.lock.release_write()
         with self._applied_cond:
@@ -124,16 +121,20 @@ class ApplierMixin:
             self._snapshot_retry_at = now + self._snapshot_backoff
             log.error("%s: snapshot failed (next try in %.0f s): %s", self.id, self._snapshot_backoff, exc)
 
-    def _serve_read(self, index: int, fut: Future, q: Any) -> None:
+    def _serve_read(self, index: int, token: int, q: Any) -> None:
+        """A read the machine released: the core hands out a ReadState only once the
+        entries up to its index went to this lane, so they are applied by now."""
         sm = self.sm
-        with self._applied_cond:
-            while sm.applied_index < index and not self._stop.is_set():
-                self._applied_cond.wait(0.1)
+        if sm.applied_index < index:
+            raise RuntimeError(f"{self.id}: a read at index {index} reached the apply lane before that entry "
+                               f"(applied {sm.applied_index})")
         sm.lock.acquire_read()
         try:
-            fut.set_result(q.run(sm.root))
+            value = q.run(sm.root)
         except BaseException as exc:  # noqa: BLE001 - the query's own error
-            fut.set_exception(exc)
+            self._complete(token, exc=exc)
+        else:
+            self._complete(token, value)
         finally:
             sm.lock.release_read()
 

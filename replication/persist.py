@@ -32,24 +32,11 @@ from typing import Callable
 
 from replication.journal_storage import JournalStorage
 from replication.messages import encode
-from replication.ready import Ready
+from replication.runtime.events import DiskWork
+
+__all__ = ["DiskLane", "DiskWork"]
 
 log = logging.getLogger("replication.persist")
-
-
-class DiskWork:
-    """One Ready's writes and what must follow them, numbered in Ready order.
-
-    ``after`` is for the node (an apply item to queue once the write is reported, e.g.
-    a received snapshot's install); the lane never looks at it.
-    """
-
-    __slots__ = ("seq", "rd", "after")
-
-    def __init__(self, seq: int, rd: Ready, after: object = None) -> None:
-        self.seq = seq
-        self.rd = rd
-        self.after = after
 
 
 class DiskLane:

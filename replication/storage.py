@@ -112,6 +112,10 @@ class MemoryStorage:
     def set_hard_state(self, hs: HardState) -> None:
         self.hard_state = hs
 
+    def note_commit(self, hs: HardState) -> None:
+        """A commit-only change (nothing to make durable): as JournalStorage.note_commit."""
+        self.hard_state = hs
+
     def truncate(self, from_index: int) -> None:
         """Delete entries at and after ``from_index`` (a follower's conflicting suffix)."""
         offset = self._ents[0].index

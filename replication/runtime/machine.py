@@ -1,0 +1,376 @@
+"""NodeMachine: the node's decisions around the Raft core, as a pure state machine.
+
+A shell (threads in production, a seeded scheduler in a simulation) hands it events
+with the time, ``handle(events, now, wall_us)``, and carries out the effects it returns
+(:mod:`replication.runtime.events`) in order. It never reads a clock, a file or a
+socket, starts no thread and holds no Future: time, randomness and I/O results are
+arguments, callers are integer tokens.
+
+What it decides: which proposals go into one batch and the journal time they carry;
+which peer messages are admitted (peers are bound to the membership); how each Ready
+splits into messages, one numbered disk item and apply-lane items; that durability
+reports arrive in sequence; which reads are safe to serve; what a role change means
+for waiting callers and leader hooks; when the next tick is due; a leader's periodic
+checks (voters' clocks, its own disk lagging the commit).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from typing import Any, Iterable
+
+from prevalence.entry import Entry, EntryKind
+from prevalence.errors import CodecError
+from prevalence.state import command_stamp, encode_command
+from replication.clock import JournalClock
+from replication.core import RaftNode
+from replication.errors import DecodeError, NotLeader, RaftError
+from replication.messages import AppendResp, HeartbeatResp, InstallSnapshot, decode, encode
+from replication.ready import Ready, Role
+from replication.runtime.events import (
+    ApplyWork, Call, Complete, DiskWork, Effect, MembershipChanged, PeerMsg, Persisted, Propose, Read, Send,
+)
+
+log = logging.getLogger("replication.node")
+
+_COMMAND = int(EntryKind.COMMAND)
+_CLOCKED = (AppendResp, HeartbeatResp)  # follower replies that carry the sender's wall clock
+INBOX_BATCH = 4096  # events one handle() takes at most before it handles the Readies
+
+
+def newest_stamp(entries: list[Entry]) -> int:
+    """The journal time of the newest command among ``entries`` (0: none)."""
+    for e in reversed(entries):
+        if e.kind == _COMMAND:
+            try:
+                return command_stamp(e.data)
+            except CodecError:
+                return 0  # a malformed entry applies as an error; its stamp is no reference
+    return 0
+
+
+class NodeMachine:
+    """One node's runtime decisions; see the module docstring. Not thread-safe: one
+    owner at a time (the threaded shell's combining lock)."""
+
+    def __init__(self, node_id: str, core: RaftNode, *, tick_interval: float, max_batch: int,
+                 max_entry_bytes: int, slow_disk_handover: float | None, clock: JournalClock,
+                 rng: random.Random, now: float) -> None:
+        self.id = node_id
+        self.core = core
+        self.storage = core.storage
+        self.tick_interval = tick_interval
+        self.max_batch = max_batch
+        self.max_entry_bytes = max_entry_bytes
+        self.slow_disk_handover = slow_disk_handover
+        self.clock = clock
+        self.rng = rng
+        self.role = Role.FOLLOWER
+        self.membership = core.membership
+        hs, _ms = self.storage.initial_state()
+        self.written_tv = (hs.term, hs.vote)  # term and vote as last handed to the disk lane
+        self.waiting: dict[int, tuple[int, int]] = {}  # index -> (term, token)
+        self.reads: list[tuple[bytes, int, Any]] = []  # (ctx, token, query) awaiting a ReadState
+        self.disk_seq = 0  # sequence number of the last DiskWork emitted
+        self.disk_inflight: deque[DiskWork] = deque()  # emitted, not yet reported
+        self.snapshot_sent: dict[str, int] = {}  # peer -> index last announced in the log
+        self.disk_lag: tuple[int, float] | None = None  # see _watch_own_disk
+        self.checks_due = 0.0  # a leader's periodic checks
+        self.refused_peers: dict[tuple[str, str], float] = {}  # (sender, why) -> when last logged
+        self.clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
+        cfg = core.cfg
+        # An idle node need not wake for every tick: a leader wakes when a heartbeat is
+        # due, others a few times per election timeout; each wake runs the ticks due.
+        self._follower_ticks = max(1, cfg.election_tick // 3)
+        self.next_tick = now + tick_interval
+        self._out: list[Effect] = []
+
+    # -- the one entry point ----------------------------------------------------------------
+    def handle(self, events: Iterable[Any], now: float, wall_us: int, tick: bool = False) -> list[Effect]:
+        """Step ``events`` (and the ticks due at ``now`` if ``tick``), then every Ready;
+        returns the effects, in the order to carry them out."""
+        proposals: list[Propose] = []
+        for ev in events:
+            if type(ev) is Propose:
+                proposals.append(ev)
+                if len(proposals) >= self.max_batch:
+                    self._propose(proposals, now, wall_us)
+                    proposals = []
+            else:
+                self._input(ev, now)
+        if proposals:
+            self._propose(proposals, now, wall_us)
+        if tick:
+            self._run_ticks(now)
+        self._process_ready(now, wall_us)
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> float:
+        """When the shell must next hand the machine a tick (monotonic seconds)."""
+        per_wake = self.core.cfg.heartbeat_tick if self.role == Role.LEADER else self._follower_ticks
+        if per_wake > 1 and self.core.commit_unsent():
+            per_wake = 1  # followers learn a new commit within a tick
+        return self.next_tick + (per_wake - 1) * self.tick_interval
+
+    def halt(self, exc: BaseException) -> list[Effect]:
+        """The node stops: every caller waiting on an index hears ``exc``."""
+        self._fail_all(exc)
+        out, self._out = self._out, []
+        return out
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _input(self, ev: Any, now: float) -> None:
+        t = type(ev)
+        if t is PeerMsg:
+            try:
+                m = decode(ev.payload)
+            except Exception as exc:  # noqa: BLE001 - hostile bytes never stop the loop
+                log.warning("%s: dropped a malformed peer message: %s", self.id,
+                            exc if isinstance(exc, DecodeError) else type(exc).__name__)
+                return
+            if ev.sender is not None and not self._admit(ev.sender, m, now):
+                return
+            if type(m) in _CLOCKED:
+                self.clock.observe(m.src, m.wall_us, now)
+            self.core.step(m)
+        elif t is Persisted:
+            self._persisted(ev.seqs)
+        elif t is Read:
+            ctx = self.rng.randbytes(16)
+            try:
+                self.core.read_index(ctx)
+                self.reads.append((ctx, ev.token, ev.query))
+            except RaftError as exc:
+                self._out.append(Complete(ev.token, exc=exc))
+        elif t is Call:
+            try:
+                value = ev.fn()
+            except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+                self._out.append(Complete(ev.token, exc=exc))
+            else:
+                self._out.append(Complete(ev.token, value))
+        else:
+            raise RaftError(f"{self.id}: unknown event {t.__name__}")
+
+    def wait_for(self, index: int, token: int) -> None:
+        """Complete ``token`` when the entry at ``index`` (this term's) is applied here."""
+        self.waiting[index] = (self.core.term, token)
+
+    def _admit(self, sender: str, m: Any, now: float) -> bool:
+        """Peers are bound to the membership: ``m`` must come from ``sender``, the peer id
+        the transport authenticated, and that peer must be a member (a node being added
+        is one as soon as its change is in the log; a node that knows no member yet, one
+        joining, takes its first leader from whoever reaches it). Else it is dropped, and
+        logged once a minute per sender and reason."""
+        if m.src != sender:
+            why = "sends messages that claim another sender"
+        else:
+            ms = self.core.membership
+            if ms.is_member(sender) or not (ms.voters or ms.learners):
+                return True
+            why = "is not a member"
+        key = (sender, why)
+        if now - self.refused_peers.get(key, -120.0) >= 60.0:
+            if len(self.refused_peers) > 256:
+                self.refused_peers.clear()
+            self.refused_peers[key] = now
+            src = m.src[:64] if type(m.src) is str else f"<{type(m.src).__name__}>"  # never repr() a hostile value
+            log.warning("%s: dropping messages from peer %r: it %s (%s from %r); peers are bound to the membership",
+                        self.id, sender[:64], why, type(m).__name__, src)
+        return False
+
+    def _propose(self, batch: list[Propose], now: float, wall_us: int) -> None:
+        ts = self.clock.stamp(self.membership.voters, wall_us, now)
+        datas, tokens = [], []
+        limit = self.max_entry_bytes
+        out = self._out
+        for p in batch:
+            try:  # one caller's unjournalable command (a session id past 64 bits) is its own error
+                data = encode_command(ts, p.plain, p.session)
+            except (TypeError, ValueError, OverflowError) as exc:
+                out.append(Complete(p.token, exc=CodecError(f"cannot journal this command: {exc}")))
+                continue
+            if len(data) > limit:
+                out.append(Complete(p.token, exc=CodecError(
+                    f"cannot journal this command: {len(data)} bytes, over the limit of {limit} bytes for one entry")))
+                continue
+            datas.append(data)
+            tokens.append(p.token)
+        try:
+            first = self.core.propose_batch(datas)
+        except RaftError as exc:
+            out.extend(Complete(token, exc=exc) for token in tokens)
+            return
+        term = self.core.term
+        for k, token in enumerate(tokens):
+            self.waiting[first + k] = (term, token)
+
+    def _run_ticks(self, now: float) -> None:
+        interval = self.tick_interval
+        if now - self.next_tick > 4 * self.core.cfg.election_tick * interval:
+            self.next_tick = now  # we were paused (SIGSTOP, a frozen VM): no burst of ticks
+        while now >= self.next_tick:
+            self.core.tick()
+            self.next_tick += interval
+
+    # -- Readies -----------------------------------------------------------------------------
+    def _process_ready(self, now: float, wall_us: int) -> None:
+        core = self.core
+        while core.has_ready():
+            rd = core.ready()
+            self._handle_ready(rd, wall_us)
+            core.advance(rd)
+        if now >= self.checks_due:
+            self.checks_due = now + 0.1
+            if self.role == Role.LEADER:
+                self._report_clocks(now, wall_us)
+                self._watch_own_disk(now)
+        if core.membership is not self.membership:
+            self.membership = core.membership
+            log.info("%s: membership now voters=%s learners=%s", self.id,
+                     ",".join(self.membership.voters), ",".join(self.membership.learners))
+            self._out.append(MembershipChanged(self.membership))
+
+    def _handle_ready(self, rd: Ready, wall_us: int) -> None:
+        out = self._out
+        if rd.soft_state is not None:
+            self._role_changed(rd.soft_state.role, rd.soft_state.leader)
+        apply = None
+        if rd.snapshot is not None or rd.committed_entries:
+            waiting = {}
+            for e in rd.committed_entries:
+                w = self.waiting.pop(e.index, None)
+                if w is not None:
+                    waiting[e.index] = w
+            apply = ApplyWork(("apply", (rd.snapshot, rd.committed_entries, waiting)))
+        hs = rd.hard_state
+        tv_changed = hs is not None and (hs.term, hs.vote) != self.written_tv
+        # What writes, or promises a write (acks, votes), is one disk lane item: its
+        # messages leave, and the core hears of it, only in Ready order (etcd's rule).
+        to_disk = (rd.entries or rd.snapshot is not None or rd.truncate_from is not None or tv_changed
+                   or rd.persisted_messages)
+        # A leader writes on the lane thread, in parallel with replicating; a follower,
+        # whose ack must wait for the fsync anyway, may write on the thread at hand; its
+        # entries are applied after that write (the applier would compete for the
+        # interpreter meanwhile). A snapshot is a large write: always on the lane.
+        inline = bool(to_disk) and self.role != Role.LEADER and rd.snapshot is None
+        if apply is not None and rd.snapshot is None and not inline:
+            out.append(apply)  # durable here already: apply while the rest goes on
+        if rd.entries and self.role != Role.LEADER:
+            self.clock.saw_stamp(newest_stamp(rd.entries))  # a leader's stamps: ours never go below
+        for m in rd.persisted_messages:
+            if type(m) is AppendResp:
+                m.wall_us = wall_us  # the leader's journal clock reads the voters' clocks
+        for m in rd.messages:
+            if type(m) is HeartbeatResp:
+                m.wall_us = wall_us
+            elif type(m) is InstallSnapshot and m.offset == 0 and self.snapshot_sent.get(m.dst) != m.meta.index:
+                self.snapshot_sent[m.dst] = m.meta.index
+                log.info("%s: sending snapshot %d to %s", self.id, m.meta.index, m.dst)
+            out.append(Send(m.dst, encode(m)))
+        if to_disk:
+            if tv_changed:
+                self.written_tv = (hs.term, hs.vote)
+            self.disk_seq += 1
+            # a received snapshot is installed in the state machine once it is on disk
+            work = DiskWork(self.disk_seq, rd, apply if rd.snapshot is not None else None, inline)
+            self.disk_inflight.append(work)
+            out.append(work)
+        elif hs is not None:  # a commit only: kept in memory, nothing to wait for
+            self.storage.note_commit(hs)
+        if inline and apply is not None:
+            out.append(apply)
+        for rs in rd.read_states:
+            for k, (ctx, token, q) in enumerate(self.reads):
+                if ctx == rs.ctx:
+                    del self.reads[k]
+                    out.append(ApplyWork(("read", (rs.index, token, q))))
+                    break
+
+    def _persisted(self, seqs: list[int]) -> None:
+        """The disk lane's report: the one place the core learns that writes are durable.
+
+        Reports must come in submission order; anything else means two paths or a lost
+        write, and the core would count the wrong entries as stored: stop instead.
+        """
+        inflight = self.disk_inflight
+        for seq in seqs:
+            expected = inflight[0].seq if inflight else None
+            if seq != expected:
+                raise RaftError(f"{self.id}: the disk lane reported write {seq} while {expected} was next: "
+                                "durability reports out of order, stopping")
+            work = inflight.popleft()
+            if work.after is not None:
+                self._out.append(work.after)
+            self.core.persisted(work.rd)
+
+    def _role_changed(self, role: Role, leader: str | None) -> None:
+        was, self.role = self.role, role
+        self.checks_due = 0.0  # a new leader checks at once
+        log.info("%s: %s in term %d (leader %s)", self.id, role, self.core.term, leader)
+        if was != Role.LEADER and role == Role.LEADER:
+            self._out.append(ApplyWork(("hook", "start")))
+        if was == Role.LEADER and role != Role.LEADER:
+            self._out.append(ApplyWork(("hook", "stop")))
+            for _ctx, token, _q in self.reads:  # a deposed leader cannot confirm them
+                self._out.append(Complete(token, exc=NotLeader(self.id, leader)))
+            self.reads.clear()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self._out.extend(Complete(token, exc=exc) for _t, token in self.waiting.values())
+        self.waiting.clear()
+        self._out.extend(Complete(token, exc=exc) for _c, token, _q in self.reads)
+        self.reads.clear()
+
+    # -- a leader's periodic checks -------------------------------------------------------
+    def transfer_to_best(self) -> None:
+        """Hand leadership to the most up-to-date other voter."""
+        st = self.core.status()
+        voters = [p for p in st.voters if p != self.id]
+        if not voters:
+            raise RaftError("no other voter to hand leadership to")
+        best = max(voters, key=lambda p: (st.progress[p].match if p in st.progress else -1, p))
+        self.core.transfer_leadership(best)
+
+    def _watch_own_disk(self, now: float) -> None:
+        """A leader whose own disk is ``slow_disk_handover`` seconds behind the commit (the
+        followers commit without it) hands leadership to the most up-to-date voter: it
+        applies, and so answers, only what its own disk holds, so every client would wait
+        for its slowest fsync. Measured on one index at a time: an index committed at t
+        and still not durable here at t + limit, so a disk a few ms behind never counts."""
+        limit = self.slow_disk_handover
+        if limit is None:
+            limit = self.core.cfg.election_tick * self.tick_interval
+        core = self.core
+        me = core.prs.get(self.id)
+        lag = self.disk_lag  # (committed index, when it was seen committed and not durable here)
+        if not limit or me is None or core.lead_transferee is not None or (lag is not None and me.match >= lag[0]):
+            self.disk_lag = lag = None
+        if me is None or me.match >= core.log.committed:
+            return
+        if lag is None:
+            self.disk_lag = (core.log.committed, now)
+        elif now - lag[1] >= limit:
+            self.disk_lag = None
+            try:
+                self.transfer_to_best()
+            except RaftError as exc:
+                log.warning("%s: this node's disk lags the commit, and leadership cannot be handed over: %s",
+                            self.id, exc)
+                return
+            log.warning("%s: this node's disk is more than %.1f s behind the commit (durable %d, committed %d): "
+                        "handing leadership to %s", self.id, limit, me.match, core.log.committed,
+                        core.lead_transferee)
+
+    def _report_clocks(self, now: float, wall_us: int) -> None:
+        """A voter whose wall clock is far from the others' is named in the log (once a
+        minute): the journal does not follow it, but its operator should fix it."""
+        for node, offset in self.clock.outliers(self.membership.voters, wall_us, now).items():
+            if now - self.clock_warned.get(node, -1e9) >= 60.0:
+                self.clock_warned[node] = now
+                who = "this node's" if node == self.id else f"node {node!r}'s"
+                log.error("%s: %s wall clock is %+.3f s off the voters' median (more than %.3f s): the journal "
+                          "time follows the median; fix the clock (NTP / Windows Time)", self.id, who,
+                          offset / 1e6, self.clock.max_offset_us / 1e6)
