@@ -1,4 +1,4 @@
-"""The node's apply thread: committed entries into the state machine, in order.
+"""The node's apply lane: committed entries into the state machine, in order.
 
 Kept off the threads that step the Raft core, so that a slow transaction or a snapshot
 being serialized never delays heartbeats or acks. A mixin of
@@ -11,7 +11,7 @@ import logging
 import queue
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from prevalence.entry import Entry
 from prevalence.state import StateMachine
@@ -74,37 +74,13 @@ class ApplierMixin:
                     arg.set_exception(exc)
 
     def _apply(self, snapshot, entries: list[Entry], waiting: dict) -> None:
-        sm = self.sm
-        if snapshot is not None:
-            meta, root = self.storage.snapshots.load(snapshot.meta.index)
-            new = StateMachine.from_snapshot(meta, root)
-            sm.lock.acquire_write()
-            try:  # in place: other threads hold this object (the snapshot replaced what it knew)
-                sm.root, sm.applied_index, sm.timestamp_us, sm.sessions = new.root, new.applied_index, new.timestamp_us, new.sessions
-                sm.skipped, sm.skipped_from = new.skipped, new.skipped_from
-            finally:
-                sm.lock.release_write()
-            self._last_snapshot_index = meta.index
-            log.info("%s: installed snapshot %d from the leader", self.id, meta.index)
-        sm.lock.acquire_write()
-        try:
-            for e in entries:
-                if e.index <= sm.applied_index:
-                    continue
-                result, exc = sm.apply_entry(e, check=True)
-                w = waiting.get(e.index)
-                if w is not None:
-                    term, token = w
-                    if term != e.term:
-                        self._complete(token, exc=EntryLost(f"entry {e.index} was replaced by another leader's entry"))
-                    else:
-                        self._complete(token, result, exc)
-        finally:
-            sm.lock.release_write()
+        installed = self.applier.apply(snapshot, entries, waiting)
+        if installed is not None:
+            self._last_snapshot_index = installed
         with self._applied_cond:
             self._applied_cond.notify_all()
         every = self.options.snapshot_every
-        if every and sm.applied_index - self._last_snapshot_index >= every:
+        if every and self.sm.applied_index - self._last_snapshot_index >= every:
             self._automatic_snapshot()
 
     def _automatic_snapshot(self) -> None:
@@ -122,6 +98,55 @@ class ApplierMixin:
             log.error("%s: snapshot failed (next try in %.0f s): %s", self.id, self._snapshot_backoff, exc)
 
     def _serve_read(self, index: int, token: int, q: Any) -> None:
+        self.applier.serve_read(index, token, q)
+
+
+class Applier:
+    """The apply lane's work, whoever runs it (the apply thread, a simulator): committed
+    entries into the state machine in order, a received snapshot installed, reads
+    served, each caller answered through ``complete(token, value, exc)``. It never
+    waits: the machine hands it items in an order where each can be done at once."""
+
+    def __init__(self, node_id: str, sm: StateMachine, snapshots: Any,
+                 complete: Callable[[int, Any, BaseException | None], None]) -> None:
+        self.id = node_id
+        self.sm = sm
+        self.snapshots = snapshots
+        self.complete = complete
+
+    def apply(self, snapshot: Any, entries: list[Entry], waiting: dict) -> int | None:
+        """Returns the index of the snapshot installed first, if any."""
+        sm, complete = self.sm, self.complete
+        installed = None
+        if snapshot is not None:
+            meta, root = self.snapshots.load(snapshot.meta.index)
+            new = StateMachine.from_snapshot(meta, root)
+            sm.lock.acquire_write()
+            try:  # in place: other threads hold this object (the snapshot replaced what it knew)
+                sm.root, sm.applied_index, sm.timestamp_us, sm.sessions = new.root, new.applied_index, new.timestamp_us, new.sessions
+                sm.skipped, sm.skipped_from = new.skipped, new.skipped_from
+            finally:
+                sm.lock.release_write()
+            installed = meta.index
+            log.info("%s: installed snapshot %d from the leader", self.id, meta.index)
+        sm.lock.acquire_write()
+        try:
+            for e in entries:
+                if e.index <= sm.applied_index:
+                    continue
+                result, exc = sm.apply_entry(e, check=True)
+                w = waiting.get(e.index)
+                if w is not None:
+                    term, token = w
+                    if term != e.term:
+                        complete(token, None, EntryLost(f"entry {e.index} was replaced by another leader's entry"))
+                    else:
+                        complete(token, result, exc)
+        finally:
+            sm.lock.release_write()
+        return installed
+
+    def serve_read(self, index: int, token: int, q: Any) -> None:
         """A read the machine released: the core hands out a ReadState only once the
         entries up to its index went to this lane, so they are applied by now."""
         sm = self.sm
@@ -132,9 +157,8 @@ class ApplierMixin:
         try:
             value = q.run(sm.root)
         except BaseException as exc:  # noqa: BLE001 - the query's own error
-            self._complete(token, exc=exc)
+            self.complete(token, None, exc)
         else:
-            self._complete(token, value)
+            self.complete(token, value, None)
         finally:
             sm.lock.release_read()
-

@@ -48,7 +48,7 @@ from replication.errors import NodeHalted, RaftError
 from replication.journal_storage import JournalStorage
 from replication.membership import ConfigChange, Membership
 from replication.clock import DEFAULT_MAX_OFFSET_US, JournalClock
-from replication.apply import ApplierMixin, EntryLost
+from replication.apply import Applier, ApplierMixin, EntryLost
 from replication.persist import DiskLane
 from replication.ready import Role
 from replication.runtime.events import (
@@ -152,6 +152,7 @@ class Node(ApplierMixin):
         self._futures: dict[int, Future] = {}  # token -> the caller's Future
         self._tokens = itertools.count(1)
         self._apply_q: queue.SimpleQueue = queue.SimpleQueue()
+        self.applier = Applier(node_id, self.sm, self.storage.snapshots, self._complete)
         self._applied_cond = threading.Condition()
         self._last_snapshot_index = snap_index
         self._snapshot_retry_at = 0.0  # after a failed automatic snapshot, not before this

@@ -34,7 +34,7 @@ from replication.journal_storage import JournalStorage
 from replication.messages import encode
 from replication.runtime.events import DiskWork
 
-__all__ = ["DiskLane", "DiskWork"]
+__all__ = ["DiskLane", "DiskWork", "run_disk_batch", "write_batch"]
 
 log = logging.getLogger("replication.persist")
 
@@ -170,12 +170,7 @@ class DiskLane:
     def _run(self, batch: list[DiskWork]) -> None:
         """Write, send what the writes promise, report: in that order, or fail for good."""
         try:
-            self._write(batch)
-            send = self._send
-            for work in batch:
-                for m in work.rd.persisted_messages:
-                    send(m.dst, encode(m))
-            self._report([work.seq for work in batch])
+            run_disk_batch(self.storage, batch, self._send, self._report)
         except BaseException as exc:
             log.exception("disk lane failed")
             with self._work:
@@ -184,23 +179,38 @@ class DiskLane:
                 self._idle.notify_all()
             raise
 
-    def _write(self, batch: list[DiskWork]) -> None:
-        st = self.storage
-        dirty = False
-        for work in batch:
-            rd = work.rd
-            if rd.snapshot is not None:
-                st.apply_snapshot(rd.snapshot)
-            if rd.truncate_from is not None:
-                st.truncate(rd.truncate_from)
-            if rd.entries:
-                st.append(rd.entries)
-                dirty = True
-            hs = rd.hard_state
-            if hs is not None:
-                if dirty and st.hard_state_needs_write(hs):
-                    st.sync()
-                    dirty = False
-                st.set_hard_state(hs)
-        if dirty:
-            st.sync()
+
+def run_disk_batch(storage: JournalStorage, batch: list[DiskWork], send: Callable[[str, bytes], None],
+                   report: Callable[[list[int]], None]) -> None:
+    """The disk lane's work, whoever runs it (a lane thread, a simulator): write the
+    batch, then send the messages its writes promise (acks, votes), then report its
+    sequence numbers. An exception leaves nothing sent or reported."""
+    write_batch(storage, batch)
+    for work in batch:
+        for m in work.rd.persisted_messages:
+            send(m.dst, encode(m))
+    report([work.seq for work in batch])
+
+
+def write_batch(st: JournalStorage, batch: list[DiskWork]) -> None:
+    """Each item's snapshot, truncation, entries and hard state, in order, with one fsync
+    at the end; the journal is synced first whenever a term or vote change is stored,
+    so the hard state never names a commit the journal does not hold."""
+    dirty = False
+    for work in batch:
+        rd = work.rd
+        if rd.snapshot is not None:
+            st.apply_snapshot(rd.snapshot)
+        if rd.truncate_from is not None:
+            st.truncate(rd.truncate_from)
+        if rd.entries:
+            st.append(rd.entries)
+            dirty = True
+        hs = rd.hard_state
+        if hs is not None:
+            if dirty and st.hard_state_needs_write(hs):
+                st.sync()
+                dirty = False
+            st.set_hard_state(hs)
+    if dirty:
+        st.sync()
