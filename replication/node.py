@@ -36,29 +36,25 @@ import random
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from prevalence.codec import CODEC
 from prevalence.entry import Entry
-from prevalence.recovery import recover
-from replication.config import RaftConfig
-from replication.core import RaftNode
+from prevalence.fs import OS
 from replication.errors import NodeHalted, RaftError
-from replication.journal_storage import JournalStorage
 from replication.membership import ConfigChange, Membership
-from replication.clock import DEFAULT_MAX_OFFSET_US, JournalClock
 from replication.apply import Applier, ApplierMixin, EntryLost
 from replication.persist import DiskLane
 from replication.ready import Role
 from replication.runtime.events import (
     ApplyWork, Call, Complete, DiskWork, MembershipChanged, PeerMsg, Persisted, Propose, Read, Send,
 )
-from replication.runtime.machine import INBOX_BATCH, NodeMachine, newest_stamp
+from replication.runtime.assemble import NodeOptions, assemble
+from replication.runtime.machine import INBOX_BATCH
 
 log = logging.getLogger("replication.node")
 
-__all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]
+__all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]  # NodeOptions: runtime.assemble
 
 STATUS_TIMEOUT = 1.0  # seconds status() waits for the raft loop to answer
 SLOW_WRITE = 0.1  # seconds: an inline follower write this slow...
@@ -76,25 +72,6 @@ def _wall_us() -> int:
 
 class Transport(Protocol):
     def send(self, to: str, payload: bytes) -> None: ...
-
-
-@dataclass
-class NodeOptions:
-    tick_interval: float = 0.025  # seconds per Raft tick
-    raft: RaftConfig = field(default_factory=lambda: RaftConfig(election_tick=10, heartbeat_tick=5))
-    fsync: str = "always"
-    snapshot_every: int = 10_000  # entries applied between automatic snapshots (0: never)
-    keep_snapshots: int = 2
-    segment_bytes: int = 16 * 1024 * 1024
-    max_batch: int = 512  # proposals taken into one Ready at most
-    follower_apply_delay: float = 0.002  # seconds a follower lets committed entries gather
-    max_clock_offset_us: int = DEFAULT_MAX_OFFSET_US  # a voter's clock further off the median is reported
-    # seconds an index may stay committed but not durable on the leader before it hands
-    # leadership over (None: one election timeout; 0: never)
-    slow_disk_handover: float | None = None
-    # a journal entry larger than this is refused when proposed: an Append carries at most
-    # raft.max_size_per_msg plus one entry, and must fit a peer frame (16 MiB)
-    max_entry_bytes: int = 8 << 20
 
 
 class Node(ApplierMixin):
@@ -123,30 +100,9 @@ class Node(ApplierMixin):
         self.on_leader_start = on_leader_start
         self.on_leader_stop = on_leader_stop
         self.on_membership = on_membership
-        self.storage = JournalStorage(
-            data_dir, initial_membership=membership, fsync=opts.fsync,
-            segment_bytes=opts.segment_bytes, keep_snapshots=opts.keep_snapshots,
-        )
-        hs, _m = self.storage.initial_state()
-        snap_index = self.storage.first_index() - 1
-        upto = max(min(hs.commit, self.storage.last_index()), snap_index)
-        self.sm, warnings = recover(self.storage.journal, self.storage.snapshots, root_factory, upto=upto, check=True)
-        for w in warnings:
-            log.warning("%s: %s", node_id, w)
-        cfg = RaftConfig(**{f: getattr(opts.raft, f) for f in opts.raft.__slots__})
-        cfg.applied = self.sm.applied_index
-        cfg.async_storage_writes = True
-        self.core = RaftNode(node_id, self.storage, cfg, random.Random(int.from_bytes(os.urandom(8), "big")))
-        clock = JournalClock(node_id, opts.max_clock_offset_us)
-        clock.saw_stamp(self.sm.timestamp_us)
-        tail = self.storage.last_index()
-        if tail > self.sm.applied_index:  # entries not applied yet carry stamps too
-            lo = max(self.sm.applied_index + 1, tail - 64)
-            clock.saw_stamp(newest_stamp(self.storage.entries(lo, tail + 1, None)))
-        self.machine = NodeMachine(
-            node_id, self.core, tick_interval=opts.tick_interval, max_batch=opts.max_batch,
-            max_entry_bytes=opts.max_entry_bytes, slow_disk_handover=opts.slow_disk_handover, clock=clock,
-            rng=random.Random(int.from_bytes(os.urandom(8), "big")), now=time.monotonic())
+        parts = assemble(node_id, data_dir, root_factory, membership, opts, fs=OS,
+                         rng=random.Random(int.from_bytes(os.urandom(8), "big")), now=time.monotonic())
+        self.storage, self.sm, self.core, self.machine = parts.storage, parts.sm, parts.core, parts.machine
         self.membership = self.core.membership
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # events for the machine
         self._futures: dict[int, Future] = {}  # token -> the caller's Future
@@ -154,7 +110,7 @@ class Node(ApplierMixin):
         self._apply_q: queue.SimpleQueue = queue.SimpleQueue()
         self.applier = Applier(node_id, self.sm, self.storage.snapshots, self._complete)
         self._applied_cond = threading.Condition()
-        self._last_snapshot_index = snap_index
+        self._last_snapshot_index = self.storage.first_index() - 1
         self._snapshot_retry_at = 0.0  # after a failed automatic snapshot, not before this
         self._snapshot_backoff = 0.0
         self._stop = threading.Event()
