@@ -1,0 +1,558 @@
+"""Deterministic simulation of the node runtime that ships, on a simulated disk.
+
+    python -m replication.sim_runtime --seeds N [--start S] [--nodes K]
+
+Each node is built by :func:`replication.runtime.assemble.assemble`, as the threaded
+node builds it: the real ``JournalStorage`` (journal segments, hard-state file) on a
+:class:`~prevalence.simfs.SimFileSystem`, the real ``StateMachine`` with its session
+table recovered from that disk, the Raft core and the :class:`NodeMachine`. The disk
+lane runs :func:`replication.persist.run_disk_batch` and the apply lane
+:class:`replication.apply.Applier`, the code the node's threads run. What this module
+supplies is only what the threads, sockets and clocks supply in production: one heap
+of actions in virtual time, ordered by the seed, that interleaves each node's inbox
+drains, timers, disk-lane batches (of drawn size, after drawn latency) and apply-lane
+items in any order the real threads allow, while each lane stays FIFO.
+
+Faults, each seed drawing which ones and how often (swarm testing): message loss,
+duplication and delay; partitions; crashes at any moment, after which each file keeps
+its synced bytes and a random prefix of the rest (a torn write at any byte), and the
+node restarts from that disk; a failed fsync (the node stops: fail-stop, then restarts
+as its service manager would); slow disks; monotonic clocks that drift and wall clocks
+that drift and jump both ways.
+
+Clients use sessions as the real client does: a command keeps its (session, seq)
+across retries on any node, and a session is registered through the log. Checked:
+every replica's state and session table are identical at every applied index
+(digests); at the end every acknowledged command is applied exactly once on every
+node, nothing is applied that no client sent, and journal time never goes back.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import heapq
+import random
+import sys
+import time as _time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import prevalence
+from prevalence.codec import CODEC
+from prevalence.errors import PrevalenceError
+from prevalence.sessions import RegisterSession
+from prevalence.simfs import SimFileSystem
+from replication.apply import Applier
+from replication.config import RaftConfig
+from replication.errors import RaftError
+from replication.membership import Membership
+from replication.persist import run_disk_batch
+from replication.ready import Role
+from replication.runtime.assemble import NodeOptions, assemble
+from replication.runtime.events import ApplyWork, Complete, DiskWork, PeerMsg, Persisted, Propose, Send
+
+
+# -- the application the simulation runs ---------------------------------------------------
+class Lists:
+    """The simulated application's state: key -> the items appended, in order."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, list[str]] = {}
+
+
+@dataclass(frozen=True)
+class Push(prevalence.Transaction, name="sim.Push"):
+    key: str
+    item: str
+
+    def execute(self, root: Lists, ctx: prevalence.Context) -> int:
+        items = root.data.setdefault(self.key, [])
+        items.append(self.item)
+        return len(items)
+
+
+class Violation(Exception):
+    """An invariant broke: the seed fails."""
+
+
+# -- the simulation ---------------------------------------------------------------------------
+@dataclass
+class RtConfig:
+    nodes: int = 3
+    chaos: float = 6.0  # virtual seconds of faults
+    heal: float = 20.0  # then this long, healed, for every client to finish
+    clients: int = 3
+    ops: int = 40  # commands per client
+    keys: int = 3
+    tick: float = 0.025
+
+
+class SimNode:
+    """One node process: its parts, its inbox and its two lanes. A crash drops it all;
+    only its SimFileSystem survives, cut back to what a power cut leaves."""
+
+    def __init__(self, sim: "RuntimeSim", nid: str, fs: SimFileSystem, incarnation: int) -> None:
+        self.sim, self.id, self.fs, self.incarnation = sim, nid, fs, incarnation
+        clock = sim.clocks[nid]
+        parts = assemble(nid, f"/data/{nid}", Lists, Membership(tuple(sim.ids)), sim.opts, fs=fs,
+                         rng=random.Random(sim.rng.getrandbits(64)), now=clock.now(sim.t))
+        self.storage, self.sm, self.core, self.machine = parts
+        self.applier = Applier(nid, self.sm, self.storage.snapshots, sim.complete)
+        self.inbox: list = []
+        self.disk_q: deque[DiskWork] = deque()
+        self.apply_q: deque[tuple] = deque()
+        self.drain_at: float | None = None  # a drain is scheduled
+        self.disk_busy = self.apply_busy = False
+        self.timer_gen = 0
+        self.slow_disk = 0.0  # extra seconds per disk batch while the disk is slow
+        self.fail_fsync = False
+
+
+class Clock:
+    """A node's clocks: monotonic time drifts; wall time drifts and jumps both ways."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rate = 1.0 + rng.uniform(-0.01, 0.01)
+        self.offset = rng.uniform(0, 1000.0)
+        self.wall_base = 1_700_000_000_000_000 + int(rng.uniform(-2e6, 2e6))
+        self.jump_us = 0
+
+    def now(self, t: float) -> float:
+        return self.offset + t * self.rate
+
+    def to_global(self, local: float) -> float:
+        return (local - self.offset) / self.rate
+
+    def wall_us(self, t: float) -> int:
+        return self.wall_base + int(t * self.rate * 1e6) + self.jump_us
+
+
+class RuntimeSim:
+    def __init__(self, seed: int, cfg: RtConfig | None = None) -> None:
+        self.seed = seed
+        self.cfg = cfg = cfg or RtConfig()
+        self.rng = rng = random.Random(seed)
+        self.t = 0.0
+        self.heap: list = []
+        self.seq = 0
+        self.ids = [f"n{k + 1}" for k in range(cfg.nodes)]
+        raft = RaftConfig(election_tick=10, heartbeat_tick=2, pre_vote=rng.random() < 0.8)
+        raft.check_quorum = rng.random() < 0.7
+        self.opts = NodeOptions(tick_interval=cfg.tick, raft=raft, snapshot_every=0)
+        # swarm testing: each seed its own mix of faults
+        self.p_loss = rng.choice([0.0, 0.01, 0.05, 0.2])
+        self.p_dup = rng.choice([0.0, 0.02, 0.1])
+        self.max_delay = rng.choice([0.001, 0.01, 0.05])
+        self.crash_rate = rng.choice([0.0, 0.2, 0.6, 1.5])  # per virtual second, cluster-wide
+        self.partition_rate = rng.choice([0.0, 0.3, 1.0])
+        self.fsync_fail_rate = rng.choice([0.0, 0.0, 0.1])
+        self.slow_rate = rng.choice([0.0, 0.2])
+        self.jump_rate = rng.choice([0.0, 0.5])
+        self.clocks = {nid: Clock(rng) for nid in self.ids}
+        self.disks = {nid: SimFileSystem(random.Random(rng.getrandbits(64))) for nid in self.ids}
+        self.nodes: dict[str, SimNode | None] = {}
+        self.incarnations = {nid: 0 for nid in self.ids}
+        self.cut: set[frozenset] = set()
+        self.tokens = 0
+        self.owners: dict[int, Callable[[Any, BaseException | None], None]] = {}
+        self.digests: dict[int, tuple[str, str]] = {}  # applied index -> (digest, node)
+        self.trace: list[str] = []
+        self.leaders: dict[int, str] = {}  # term -> the node that led it
+        self.stamps: dict[str, int] = {nid: 0 for nid in self.ids}  # journal time last applied
+        self.stamp_index: dict[str, int] = {nid: 0 for nid in self.ids}
+        for nid in self.ids:
+            self.boot(nid)
+        self.clients = [SimClient(self, k) for k in range(cfg.clients)]
+
+    # -- the scheduler ------------------------------------------------------------------------
+    def at(self, when: float, fn: Callable, *args: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (when, self.rng.random(), self.seq, fn, args))
+
+    def run(self) -> None:
+        cfg = self.cfg
+        end_chaos = cfg.chaos
+        deadline = cfg.chaos + cfg.heal
+        self.at(0.0, self._fault_tick)
+        for c in self.clients:
+            self.at(self.rng.uniform(0.3, 1.0), c.start)
+        while self.heap:
+            when, _r, _s, fn, args = heapq.heappop(self.heap)
+            if when > deadline:
+                break
+            self.t = when
+            if self.t >= end_chaos and not getattr(self, "_healed", False):
+                self._heal()
+            fn(*args)
+            if all(c.finished for c in self.clients) and self.t >= end_chaos:
+                break
+        self._final_checks()
+
+    def note(self, text: str) -> None:
+        self.trace.append(f"{self.t:9.4f} {text}")
+        if len(self.trace) > 400:
+            del self.trace[:200]
+
+    # -- nodes --------------------------------------------------------------------------------
+    def boot(self, nid: str) -> None:
+        self.incarnations[nid] += 1
+        node = SimNode(self, nid, self.disks[nid], self.incarnations[nid])
+        self.nodes[nid] = node
+        self.note(f"{nid} boots (incarnation {node.incarnation}, applied {node.sm.applied_index})")
+        self._arm_timer(node)
+
+    def crash(self, nid: str, why: str) -> None:
+        node = self.nodes.get(nid)
+        if node is None:
+            return
+        self.nodes[nid] = None
+        self.disks[nid] = disk = self.disks[nid].crash()
+        disk.fail_fsync = False  # the fault was one fsync's
+        self.note(f"{nid} crashes ({why})")
+        self.at(self.t + self.rng.uniform(0.05, 1.0), self.boot, nid)
+
+    def alive(self, nid: str, incarnation: int) -> SimNode | None:
+        node = self.nodes.get(nid)
+        return node if node is not None and node.incarnation == incarnation else None
+
+    def post(self, node: SimNode, ev: Any) -> None:
+        node.inbox.append(ev)
+        if node.drain_at is None:
+            node.drain_at = self.t + self.rng.uniform(0.0, 0.0005)
+            self.at(node.drain_at, self._drain, node.id, node.incarnation, False)
+
+    def _drain(self, nid: str, incarnation: int, timer: bool, gen: int = -1) -> None:
+        node = self.alive(nid, incarnation)
+        if node is None or (timer and gen != node.timer_gen):
+            return
+        if not timer:
+            node.drain_at = None
+        events, node.inbox = node.inbox, []
+        clock = self.clocks[nid]
+        # the raft thread ticks; another thread's drain may find ticks due too
+        tick = timer or self.rng.random() < 0.5
+        try:
+            effects = node.machine.handle(events, clock.now(self.t), clock.wall_us(self.t), tick)
+        except RaftError as exc:
+            raise Violation(f"{nid}: the machine failed: {exc}") from exc
+        self._route(node, effects)
+        self._arm_timer(node)
+        m = node.machine
+        if m.role == Role.LEADER:  # election safety: one leader per term, ever
+            term = node.core.term
+            first = self.leaders.setdefault(term, nid)
+            if first != nid:
+                raise Violation(f"two leaders in term {term}: {first} and {nid}")
+
+    def _arm_timer(self, node: SimNode) -> None:
+        node.timer_gen += 1
+        when = max(self.t, self.clocks[node.id].to_global(node.machine.next_deadline()))
+        self.at(when, self._drain, node.id, node.incarnation, True, node.timer_gen)
+
+    def _route(self, node: SimNode, effects: list) -> None:
+        for eff in effects:
+            t = type(eff)
+            if t is Send:
+                self.send(node.id, eff.dst, eff.payload)
+            elif t is DiskWork:
+                node.disk_q.append(eff)
+                if eff.inline and not node.disk_busy and len(node.disk_q) == 1 and self.rng.random() < 0.7:
+                    self._disk_batch(node, inline=True)  # the receiving thread writes it
+                else:
+                    self._kick_disk(node)
+            elif t is ApplyWork:
+                node.apply_q.append(eff.item)
+                self._kick_apply(node)
+            elif t is Complete:
+                self.complete(eff.token, eff.value, eff.exc)
+
+    # -- the network ---------------------------------------------------------------------------
+    def send(self, src: str, dst: str, payload: bytes) -> None:
+        if frozenset((src, dst)) in self.cut or self.rng.random() < self.p_loss:
+            return
+        copies = 2 if self.rng.random() < self.p_dup else 1
+        for _ in range(copies):
+            self.at(self.t + self.rng.uniform(0.0001, self.max_delay), self._deliver, src, dst, payload)
+
+    def _deliver(self, src: str, dst: str, payload: bytes) -> None:
+        node = self.nodes.get(dst)
+        if node is not None and frozenset((src, dst)) not in self.cut:
+            self.post(node, PeerMsg(src, payload))
+
+    # -- the lanes -----------------------------------------------------------------------------
+    def _kick_disk(self, node: SimNode) -> None:
+        if not node.disk_busy and node.disk_q:
+            node.disk_busy = True
+            latency = self.rng.uniform(0.0002, 0.004) + node.slow_disk * self.rng.random()
+            self.at(self.t + latency, self._disk_step, node.id, node.incarnation)
+
+    def _disk_step(self, nid: str, incarnation: int) -> None:
+        node = self.alive(nid, incarnation)
+        if node is None:
+            return
+        node.disk_busy = False
+        self._disk_batch(node, inline=False)
+        self._kick_disk(node)
+
+    def _disk_batch(self, node: SimNode, inline: bool) -> None:
+        if not node.disk_q:
+            return
+        k = 1 if inline else self.rng.randint(1, len(node.disk_q))
+        batch = [node.disk_q.popleft() for _ in range(k)]
+        if node.fail_fsync:
+            node.fs.fail_fsync = True
+        try:
+            run_disk_batch(node.storage, batch, lambda dst, p: self.send(node.id, dst, p),
+                           lambda seqs: self.post(node, Persisted(seqs)))
+        except (OSError, PrevalenceError) as exc:  # fail-stop: the process exits, its service manager restarts it
+            self.crash(node.id, f"disk failure: {exc}")
+
+    def _kick_apply(self, node: SimNode) -> None:
+        if not node.apply_busy and node.apply_q:
+            node.apply_busy = True
+            self.at(self.t + self.rng.uniform(0.0, 0.003), self._apply_step, node.id, node.incarnation)
+
+    def _apply_step(self, nid: str, incarnation: int) -> None:
+        node = self.alive(nid, incarnation)
+        if node is None:
+            return
+        node.apply_busy = False
+        kind, arg = node.apply_q.popleft()
+        if kind == "apply":
+            node.applier.apply(*arg)
+            self._check_replica(node)
+        elif kind == "read":
+            node.applier.serve_read(*arg)
+        self._kick_apply(node)
+
+    def _check_replica(self, node: SimNode) -> None:
+        sm = node.sm
+        index = sm.applied_index
+        if sm.timestamp_us < self.stamps[node.id] and sm.applied_index > self.stamp_index[node.id]:
+            raise Violation(f"{node.id}: journal time went back at index {index}: "
+                            f"{sm.timestamp_us} after {self.stamps[node.id]}")
+        self.stamps[node.id], self.stamp_index[node.id] = sm.timestamp_us, index
+        digest = hashlib.sha256(repr((sorted(sm.root.data.items()), sm.sessions.to_plain(),
+                                      sm.timestamp_us)).encode()).hexdigest()[:16]
+        seen = self.digests.get(index)
+        if seen is None:
+            self.digests[index] = (digest, node.id)
+        elif seen[0] != digest:
+            raise Violation(f"replicas diverge at index {index}: {node.id} has state {digest}, "
+                            f"{seen[1]} had {seen[0]}")
+
+    # -- callers -------------------------------------------------------------------------------
+    def token(self, owner: Callable[[Any, BaseException | None], None]) -> int:
+        self.tokens += 1
+        self.owners[self.tokens] = owner
+        return self.tokens
+
+    def complete(self, token: int, value: Any, exc: BaseException | None) -> None:
+        owner = self.owners.pop(token, None)
+        if owner is not None:
+            owner(value, exc)
+
+    # -- faults --------------------------------------------------------------------------------
+    def _fault_tick(self) -> None:
+        if self.t >= self.cfg.chaos:
+            return
+        rng, dt = self.rng, 0.05
+        up = [n for n in self.ids if self.nodes.get(n) is not None]
+        if up and rng.random() < self.crash_rate * dt:
+            self.crash(rng.choice(up), "power cut")
+        if rng.random() < self.partition_rate * dt:
+            if self.cut and rng.random() < 0.5:
+                self.cut.clear()
+                self.note("partition healed")
+            else:
+                a = rng.choice(self.ids)
+                self.cut = {frozenset((a, b)) for b in self.ids if b != a}
+                self.note(f"{a} isolated")
+        up = [n for n in self.ids if self.nodes.get(n) is not None]
+        if up and rng.random() < self.fsync_fail_rate * dt:
+            victim = self.nodes[rng.choice(up)]
+            victim.fail_fsync = True
+            self.note(f"{victim.id}: its next fsync fails")
+        if up and rng.random() < self.slow_rate * dt:
+            victim = self.nodes[rng.choice(up)]
+            victim.slow_disk = rng.choice([0.0, 0.05, 0.5])
+        if rng.random() < self.jump_rate * dt:
+            nid = rng.choice(self.ids)
+            self.clocks[nid].jump_us += int(rng.uniform(-5e6, 5e6))
+            self.note(f"{nid}: wall clock jumps to {self.clocks[nid].jump_us / 1e6:+.1f} s")
+        self.at(self.t + dt, self._fault_tick)
+
+    def _heal(self) -> None:
+        self._healed = True
+        self.cut.clear()
+        for node in self.nodes.values():
+            if node is not None:
+                node.slow_disk = 0.0
+                node.fail_fsync = False
+        self.note("healed")
+
+    # -- the end -------------------------------------------------------------------------------
+    def _final_checks(self) -> None:
+        unfinished = [c.id for c in self.clients if not c.finished]
+        if unfinished:
+            raise Violation(f"liveness: clients {unfinished} did not finish within {self.cfg.heal:g} s of healing")
+        # let every node apply what is committed, then compare
+        for _ in range(200000):
+            if not self.heap:
+                break
+            when, _r, _s, fn, args = heapq.heappop(self.heap)
+            self.t = when
+            if fn in (self._fault_tick,) or fn.__name__ == "start":
+                continue
+            fn(*args)
+            if self._converged():
+                break
+        if not self._converged():
+            raise Violation("replicas did not converge after healing: " + ", ".join(
+                f"{n}={node.sm.applied_index if node else 'down'}" for n, node in self.nodes.items()))
+        sent = {item for c in self.clients for item in c.sent}
+        for nid, node in self.nodes.items():
+            data = node.sm.root.data
+            for key, items in data.items():
+                if len(items) != len(set(items)):
+                    dup = sorted({i for i in items if items.count(i) > 1})
+                    raise Violation(f"{nid}: a command applied twice: {key} holds {dup[:3]}")
+                strangers = set(items) - sent
+                if strangers:
+                    raise Violation(f"{nid}: {key} holds items no client sent: {sorted(strangers)[:3]}")
+            present = {(k, i) for k, items in data.items() for i in items}
+            for c in self.clients:
+                for key, item in c.acked:
+                    if (key, item) not in present:
+                        raise Violation(f"{nid}: acknowledged command {item} on {key} is missing")
+
+    def _converged(self) -> bool:
+        nodes = list(self.nodes.values())
+        if any(n is None for n in nodes):
+            return False
+        applied = {n.sm.applied_index for n in nodes}
+        commits = {n.core.log.committed for n in nodes}
+        return len(applied) == 1 and applied == commits and not any(n.apply_q for n in nodes)
+
+
+class SimClient:
+    """A client with one session, retrying each command under the same (session, seq)
+    on the node it believes leads, then on others, as rpc.client does."""
+
+    ATTEMPT = 0.5  # virtual seconds before an attempt is given up and retried elsewhere
+
+    def __init__(self, sim: RuntimeSim, k: int) -> None:
+        self.sim, self.id = sim, f"c{k + 1}"
+        self.target = sim.rng.choice(sim.ids)
+        self.session: int | None = None
+        self.seq = 0
+        self.op: tuple[str, str] | None = None
+        self.attempt = 0
+        self.sent: list[str] = []
+        self.acked: list[tuple[str, str]] = []
+        self.finished = False
+        self.done = 0
+
+    def start(self) -> None:
+        self._try()
+
+    def _try(self) -> None:
+        sim = self.sim
+        self.attempt += 1
+        attempt = self.attempt
+        node = sim.nodes.get(self.target)
+        if node is not None:
+            if self.session is None:
+                plain, session = CODEC.to_plain(RegisterSession()), None
+            else:
+                key, item = self.op
+                plain, session = CODEC.to_plain(Push(key, item)), (self.session, self.seq)
+            token = sim.token(lambda value, exc: self._answer(attempt, value, exc))
+            sim.post(node, Propose(plain, session, token))
+        sim.at(sim.t + self.ATTEMPT, self._timeout, attempt)
+
+    def _timeout(self, attempt: int) -> None:
+        if attempt == self.attempt and not self.finished:
+            self._elsewhere(None)
+
+    def _elsewhere(self, hint: str | None) -> None:
+        sim = self.sim
+        others = [n for n in sim.ids if n != self.target]
+        self.target = hint if hint in sim.ids and hint != self.target else sim.rng.choice(others)
+        sim.at(sim.t + sim.rng.uniform(0.005, 0.05), self._retry, self.attempt)
+
+    def _retry(self, attempt: int) -> None:
+        if attempt == self.attempt and not self.finished:
+            self._try()
+
+    def _answer(self, attempt: int, value: Any, exc: BaseException | None) -> None:
+        if attempt != self.attempt or self.finished:
+            return  # an answer to an attempt given up: the retry carries the same seq
+        self.attempt += 1
+        if exc is not None:
+            self._elsewhere(getattr(exc, "leader", None))
+            return
+        if self.session is None:
+            self.session = value
+            self._next()
+            return
+        kind = value[0]
+        if kind == "ok":
+            self.acked.append(self.op)
+            self.done += 1
+            self._next()
+        elif kind == "expired":  # the outcome is unknown: a new session, a new command
+            self.session = None
+            self.sim.at(self.sim.t + 0.01, self._retry, self.attempt)
+        else:
+            raise Violation(f"{self.id}: unexpected reply {value!r:.120}")
+
+    def _next(self) -> None:
+        sim = self.sim
+        if self.done >= sim.cfg.ops:
+            self.finished = True
+            return
+        self.seq += 1
+        key = f"k{sim.rng.randrange(sim.cfg.keys)}"
+        item = f"{self.id}:{self.session}:{self.seq}"
+        self.op = (key, item)
+        self.sent.append(item)
+        sim.at(sim.t + sim.rng.uniform(0.0, 0.02), self._retry, self.attempt)
+
+
+def run_seed(seed: int, cfg: RtConfig | None = None) -> tuple[bool, str]:
+    """One seed: (ok, what went wrong with the tail of its trace)."""
+    sim = RuntimeSim(seed, cfg)
+    try:
+        sim.run()
+    except Violation as exc:
+        return False, f"seed {seed}: {exc}\n" + "\n".join(sim.trace[-40:])
+    except Exception:  # noqa: BLE001 - the runtime itself failed: that fails the seed too
+        import traceback
+        return False, f"seed {seed}: the runtime raised\n{traceback.format_exc()}" + "\n".join(sim.trace[-20:])
+    return True, ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=100)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--nodes", type=int, default=3)
+    args = ap.parse_args(argv)
+    logging.disable(logging.CRITICAL)  # the nodes' own reports of the faults injected
+    cfg = RtConfig(nodes=args.nodes)
+    t0 = _time.monotonic()
+    for seed in range(args.start, args.start + args.seeds):
+        ok, why = run_seed(seed, cfg)
+        if not ok:
+            print(why)
+            print(f"reproduce: python -m replication.sim_runtime --seeds 1 --start {seed} --nodes {args.nodes}")
+            return 1
+    print(f"{args.seeds} seeds, 0 violations ({_time.monotonic() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
