@@ -160,6 +160,7 @@ class RuntimeSim:
         self.digests: dict[int, tuple[str, str]] = {}  # applied index -> (digest, node)
         self.trace: list[str] = []
         self.leaders: dict[int, str] = {}  # term -> the node that led it
+        self.leader_noted: dict[str, int] = {}
         self.stamps: dict[str, int] = {nid: 0 for nid in self.ids}  # journal time last applied
         self.stamp_index: dict[str, int] = {nid: 0 for nid in self.ids}
         for nid in self.ids:
@@ -243,6 +244,10 @@ class RuntimeSim:
         if m.role == Role.LEADER:  # election safety: one leader per term, ever
             term = node.core.term
             first = self.leaders.setdefault(term, nid)
+            if first == nid and self.leader_noted.get(nid) != term:
+                self.leader_noted[nid] = term
+                self.note(f"{nid} leads term {term} (last index {node.core.log.last_index()}, "
+                          f"commit {node.core.log.committed})")
             if first != nid:
                 raise Violation(f"two leaders in term {term}: {first} and {nid}")
 
@@ -429,12 +434,18 @@ class RuntimeSim:
                         raise Violation(f"{nid}: acknowledged command {item} on {key} is missing")
 
     def _converged(self) -> bool:
+        """A leader has committed everything in its log (its own term's entry included),
+        and every node has applied exactly that."""
         nodes = list(self.nodes.values())
         if any(n is None for n in nodes):
             return False
-        applied = {n.sm.applied_index for n in nodes}
-        commits = {n.core.log.committed for n in nodes}
-        return len(applied) == 1 and applied == commits and not any(n.apply_q for n in nodes)
+        leaders = [n for n in nodes if n.machine.role == Role.LEADER]
+        if len(leaders) != 1:
+            return False
+        log = leaders[0].core.log
+        if log.committed < log.last_index() or log.term(log.committed) != leaders[0].core.term:
+            return False
+        return all(n.sm.applied_index == log.committed and not n.apply_q for n in nodes)
 
 
 class SimClient:
@@ -501,6 +512,7 @@ class SimClient:
         kind = value[0]
         if kind == "ok":
             self.acked.append(self.op)
+            self.sim.note(f"{self.id}: {self.op[1]} acknowledged by {self.target}")
             self.done += 1
             self._next()
         elif kind == "expired":  # the outcome is unknown: a new session, a new command
