@@ -130,6 +130,7 @@ class Clock:
 
 
 class RuntimeSim:
+    MAX_STEPS = 2_000_000  # actions per run: a livelock in virtual time fails the seed
     def __init__(self, seed: int, cfg: RtConfig | None = None) -> None:
         self.seed = seed
         self.cfg = cfg = cfg or RtConfig()
@@ -148,6 +149,7 @@ class RuntimeSim:
         self.crash_rate = rng.choice([0.0, 0.2, 0.6, 1.5])  # per virtual second, cluster-wide
         self.partition_rate = rng.choice([0.0, 0.3, 1.0])
         self.fsync_fail_rate = rng.choice([0.0, 0.0, 0.1])
+        self.p_crash_unsynced = rng.choice([0.0, 0.0, 0.003, 0.02])  # per disk item emitted
         self.slow_rate = rng.choice([0.0, 0.2])
         self.jump_rate = rng.choice([0.0, 0.5])
         self.clocks = {nid: Clock(rng) for nid in self.ids}
@@ -179,10 +181,14 @@ class RuntimeSim:
         self.at(0.0, self._fault_tick)
         for c in self.clients:
             self.at(self.rng.uniform(0.3, 1.0), c.start)
+        steps = 0
         while self.heap:
             when, _r, _s, fn, args = heapq.heappop(self.heap)
             if when > deadline:
                 break
+            steps += 1
+            if steps > self.MAX_STEPS:
+                raise Violation(f"step budget of {self.MAX_STEPS} actions exhausted at t={when:.3f}")
             self.t = when
             if self.t >= end_chaos and not getattr(self, "_healed", False):
                 self._heal()
@@ -213,6 +219,10 @@ class RuntimeSim:
         disk.fail_fsync = False  # the fault was one fsync's
         self.note(f"{nid} crashes ({why})")
         self.at(self.t + self.rng.uniform(0.05, 1.0), self.boot, nid)
+
+    def _crash_if(self, nid: str, incarnation: int) -> None:
+        if self.alive(nid, incarnation) is not None and self.t < self.cfg.chaos:
+            self.crash(nid, "power cut with a write pending")
 
     def alive(self, nid: str, incarnation: int) -> SimNode | None:
         node = self.nodes.get(nid)
@@ -262,6 +272,8 @@ class RuntimeSim:
             if t is Send:
                 self.send(node.id, eff.dst, eff.payload)
             elif t is DiskWork:
+                if self.rng.random() < self.p_crash_unsynced:  # a power cut with this write pending
+                    self.at(self.t + self.rng.uniform(0.0, 0.0003), self._crash_if, node.id, node.incarnation)
                 node.disk_q.append(eff)
                 if eff.inline and not node.disk_busy and len(node.disk_q) == 1 and self.rng.random() < 0.7:
                     self._disk_batch(node, inline=True)  # the receiving thread writes it
