@@ -27,14 +27,14 @@ from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown, PrevalenceError
 from prevalence.sessions import SetSessionExpiry
 from replication.errors import NodeHalted, ProposalRefused
-from rpc.transport import REPLY_MAX_FRAME
+from rpc.transport import MAX_REQUEST, REPLY_MAX_FRAME
 
 if TYPE_CHECKING:
     from rpc.server import NodeProcess
 
 log = logging.getLogger("rpc.service")
 
-DEFAULT_MAX_REQUEST = 1 << 20
+DEFAULT_MAX_REQUEST = MAX_REQUEST
 MAX_BATCH_ITEMS = 1024  # commands in one execute_batch call at most
 BATCH_TIMEOUT = 10.0  # seconds a batch waits for its commands to apply (as Node.execute)
 MAX_REPLY = REPLY_MAX_FRAME - (64 << 10)  # what a client reads back at most, framing aside
