@@ -30,6 +30,7 @@ from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
 from prevalence.sessions import SessionExpired
 from rpc.batching import MAX_BATCH, MAX_BATCH_BYTES, Coalescer, Command
+from rpc.auth import AuthenticationFailed
 from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
 from rpc.transport import MAX_REQUEST, NodeLink, hard_close, open_connection, remote_method
@@ -479,6 +480,8 @@ class ClusterClient:
                 raise ClusterUnavailable(f"{method}: {what}")
             try:
                 conn, addr = self._connection(min(remaining, self.attempt_timeout), line)
+            except AuthenticationFailed:
+                raise  # every node answered and refused our key: no retry changes that
             except PrevalenceError as exc:
                 tried.append(f"{exc}")
                 time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, deadline - time.monotonic())))
@@ -541,6 +544,7 @@ class ClusterClient:
             if line is self._main:
                 self._hint = None
         errors = []
+        refused: list[AuthenticationFailed] = []
         for addr in order:
             try:
                 # a live node answers the handshake in milliseconds; a paused one never does
@@ -550,6 +554,8 @@ class ClusterClient:
                                        request_timeout=attempt_timeout, ssl_context=self._ssl)
             except PrevalenceError as exc:
                 errors.append(str(exc))
+                if isinstance(exc, AuthenticationFailed):
+                    refused.append(exc)
                 with self._lock:
                     self._suspect[addr] = time.monotonic() + SUSPECT_FOR
                 continue
@@ -562,6 +568,10 @@ class ClusterClient:
                     raise PrevalenceError("closed")
                 line.conn, line.addr = conn, addr
             return conn, addr
+        if refused and len(refused) == len(order):
+            first = str(refused[0])
+            others = f" (and the {len(refused) - 1} other node(s) the same)" if len(refused) > 1 else ""
+            raise AuthenticationFailed(f"{first}{others}")
         raise PrevalenceError("; ".join(errors) or "no address to try")
 
     def _drop(self, line: _Line | None = None) -> None:
