@@ -12,11 +12,12 @@ import queue
 import time
 from collections import deque
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable
 
-from prevalence.entry import Entry
+from prevalence.entry import Entry, EntryKind
 from prevalence.state import StateMachine
 from replication.errors import ProposalRefused
+from replication.membership import Membership, decode_membership
 
 log = logging.getLogger("replication.node")
 
@@ -30,7 +31,15 @@ def _plain_apply(item: tuple | None) -> bool:
     return item is not None and item[0] == "apply" and item[1][0] is None
 
 
+_CONFIG = int(EntryKind.CONFIG)
+
+
 class ApplierMixin:
+    #: Called on the apply thread, in log order, with the membership of each CONFIG entry
+    #: once it is applied and of each snapshot installed: what is committed for good (the
+    #: rpc layer keeps the cluster identity it carries). An exception stops the node.
+    on_config_applied: Callable[[Membership], None] | None = None
+
     def _apply_loop(self) -> None:
         q = self._apply_q
         delay = self.options.follower_apply_delay
@@ -87,11 +96,15 @@ class ApplierMixin:
                 sm.lock.release_write()
             self._last_snapshot_index = meta.index
             log.info("%s: installed snapshot %d from the leader", self.id, meta.index)
+        hook = self.on_config_applied
+        configs = [snapshot.meta.membership] if snapshot is not None and hook is not None else []
         sm.lock.acquire_write()
         try:
             for e in entries:
                 if e.index <= sm.applied_index:
                     continue
+                if e.kind == _CONFIG and hook is not None:
+                    configs.append(decode_membership(e.data))  # the core decoded it already
                 result, exc = sm.apply_entry(e, check=True)
                 w = waiting.get(e.index)
                 if w is not None:
@@ -104,6 +117,8 @@ class ApplierMixin:
                         fut.set_result(result)
         finally:
             sm.lock.release_write()
+        for membership in configs:  # off the lock: the hook may write a file
+            hook(membership)
         with self._applied_cond:
             self._applied_cond.notify_all()
         every = self.options.snapshot_every

@@ -414,7 +414,8 @@ def init_node(config_path: str, timeout: float = 1.0) -> str:
                 "added back as a learner (docs/operations.md, \"Rebuilding a node\")")
     cluster, epoch = _cluster_of([st for _, st in answers]) if cfg.join else ("", 0)
     create_node_data(cfg.data, cfg.id, "join" if cfg.join else "new-cluster", cluster=cluster, epoch=epoch)
-    role = "joins the cluster as the member cluster add made" if cfg.join else "founds a new cluster with its [peers]"
+    role = ("joins the cluster as the member cluster add made" if cfg.join else
+            "founds a new cluster with its [peers]; its first leader sets the cluster id")
     return f"{cfg.id}: data created in {cfg.data} (it {role}); start it with: prevalence node --config {cfg.path}"
 
 
