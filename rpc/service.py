@@ -284,15 +284,40 @@ class ClientService(rpyc.Service):
             return _reply("error", f"node id must be 1-{MAX_ID} printable characters, got {_show(to)}")
         return self._admin(lambda: self._p.node.transfer_leadership(to))
 
-    # -- backups (rpc/backup.py): the whole state, so the admin key's --------------------
-    def exposed_backup(self) -> bytes:
+    # -- backups (rpc/backup.py): the whole state, so the admin key's; streamed in chunks --
+    def exposed_backup_begin(self) -> bytes:
+        """Take a backup on the leader: ``["ok", [session, size, sha256 hex, chunk size]]``."""
         if not self._is_admin:
-            return _not_admin("backup")
-        from rpc.backup import take_backup
+            return _not_admin("backup_begin")
+        from rpc.backup import sessions_of
 
-        return self._admin(lambda: take_backup(self._p))
+        return self._guard(lambda: ("ok", list(sessions_of(self._p).begin(self._p))))
 
-    _EXPOSED = _EXPOSED + ("backup",)
+    def exposed_backup_chunk(self, session: str, offset: int) -> bytes:
+        """``["ok", bytes]``: at most one chunk of the backup from ``offset``."""
+        if not self._is_admin:
+            return _not_admin("backup_chunk")
+        from rpc.backup import session_id_problem, sessions_of
+
+        problem = session_id_problem(session)
+        if problem:
+            return _reply("error", problem)
+        if type(offset) is not int or not 0 <= offset < U63:
+            return _reply("error", f"offset must be a non-negative 63-bit integer, got {_show(offset)}")
+        return self._guard(lambda: ("ok", sessions_of(self._p).read(session, offset)))
+
+    def exposed_backup_end(self, session: str) -> bytes:
+        """Let the backup's snapshot go (it would expire anyway): ``["ok", ended?]``."""
+        if not self._is_admin:
+            return _not_admin("backup_end")
+        from rpc.backup import session_id_problem, sessions_of
+
+        problem = session_id_problem(session)
+        if problem:
+            return _reply("error", problem)
+        return self._guard(lambda: ("ok", sessions_of(self._p).end(session)))
+
+    _EXPOSED = _EXPOSED + ("backup_begin", "backup_chunk", "backup_end")
 
     def exposed_app_call(self, name: str, data: bytes = b"") -> bytes:
         """A handler of the application hosted in this node (bytes in, bytes out)."""
