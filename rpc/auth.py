@@ -47,6 +47,7 @@ import msgpack
 from rpyc.utils.authenticators import AuthenticationError
 
 from prevalence.errors import PrevalenceError
+from replication.membership import cluster_id_problem
 
 from .secret import KEY_FILES, SecretError, check_secret, key_strength_problem
 from .wire import (
@@ -318,6 +319,10 @@ class ServerAuthenticator:
             self._refuse(sock, deadline, str(exc), f"{exc} (this node speaks {PROTOCOL_VERSION}: a key per role, "
                          "see docs/security.md)")
         claim.append(f" (says it is {ident!r})")
+        problem = cluster_id_problem(cluster, epoch) if cluster else None  # as a log entry's; "": none yet
+        if problem:
+            self._refuse(sock, deadline, f"malformed cluster identity in the hello: {problem}",
+                         "malformed cluster identity")
         ns = os.urandom(NONCE_SIZE)
         write_frame(sock, encode_frame(CHALLENGE, ns), deadline)
         body = read_frame(sock, deadline, self.max_frame)

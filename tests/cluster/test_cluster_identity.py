@@ -101,7 +101,7 @@ def test_founders_initialised_one_by_one_take_one_id_from_the_log_and_refuse_ano
     from rpc.config import load_config
 
     write_keys(str(tmp_path))
-    port = free_port_block(4)
+    port = free_port_block(5)
     paths = hand_written(tmp_path, ["n1", "n2", "n3"], port, snapshot_every=20)
     for path in paths.values():
         init(path)  # each PC on its own: no peer answers, no id is made
@@ -142,6 +142,15 @@ def test_founders_initialised_one_by_one_take_one_id_from_the_log_and_refuse_ano
         assert "another cluster that shares the peer key" in line, line
         assert c.status()["n4"]["applied_index"] == 0, "the foreign node took the cluster's log"
         assert ids(c, ["n4"])["n4"] == (foreign, 0), "the foreign node's id changed"
+
+        # a learner whose fresh data has no id (made while no member answered): it learns it
+        five = hand_written(tmp_path, ["n1", "n2", "n3", "n4", "n5"], port, only=("n5",), join=True)["n5"]
+        create_node_data(str(tmp_path / "n5"), "n5", "join")
+        c.configs["n5"] = load_config(five)
+        admin(str(tmp_path), "change_membership", "add_learner", "n5", f"127.0.0.1:{port + 4}")
+        c.start("n5")
+        c.wait_for("n5 to learn the cluster id", lambda: ids(c, ["n5"])["n5"] == held, 20)
+        c.wait_converged("n5")
     finally:
         c.stop()
 
