@@ -1,0 +1,70 @@
+"""The cluster id in the log, on in-process nodes: only a committed SET_IDENTITY is ever
+written to identity.toml, so two leaders that each proposed one in turn (the first cut
+off before it committed) leave the whole cluster with the second's id."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from replication.errors import ConfigChangeRefused
+from replication.journal_storage import create_node_data, node_data_identity
+from replication.membership import ConfigChange, Membership
+from replication.node import LocalNetwork, Node, NodeOptions
+from rpc.auth import ClusterKey
+from rpc.identity import ClusterIdentity
+from tests.prevalence.domain import Add, Store
+
+
+def wait(what, check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_an_uncommitted_id_is_never_taken_and_the_next_leaders_wins_everywhere(tmp_path):
+    net = LocalNetwork()
+    ids = ["n1", "n2", "n3"]
+    members = Membership(tuple(ids))
+    keys: dict[str, ClusterKey] = {}
+    for nid in ids:
+        data = str(tmp_path / nid)
+        identity = create_node_data(data, nid, "new-cluster")  # as --init: no id
+        keys[nid] = ClusterKey(b"k" * 32)
+        node = Node(nid, data, Store, net.transport(nid), membership=members, options=NodeOptions(tick_interval=0.01))
+        ClusterIdentity(data, identity, [keys[nid]]).attach(node)
+        net.nodes[nid] = node.start()
+    try:
+        first = wait("a leader", lambda: next((n for n in net.nodes.values() if n.is_leader), None))
+        first.execute(Add("x", 1))  # its term's entry committed: it may change the configuration
+        others = [n for n in ids if n != first.id]
+        for other in others:  # cut off: what it appends now commits nowhere
+            net.cut |= {(first.id, other), (other, first.id)}
+        with pytest.raises(TimeoutError):
+            first.change_membership(ConfigChange.set_identity("first-uncommitted", 0), timeout=0.5)
+        assert first.membership.cluster == "first-uncommitted"  # in its log, not committed
+        second = wait("a leader among the others",
+                      lambda: next((net.nodes[n] for n in others if net.nodes[n].is_leader), None))
+        assert second.membership.cluster == ""  # its log never had the first one's entry
+        for _ in range(50):
+            try:
+                second.change_membership(ConfigChange.set_identity("second", 0), timeout=5.0)
+                break
+            except ConfigChangeRefused:  # its term's first entry not committed yet
+                time.sleep(0.05)
+        with pytest.raises(ConfigChangeRefused, match="already has the id second"):
+            second.change_membership(ConfigChange.set_identity("third", 0), timeout=5.0)
+        assert node_data_identity(str(tmp_path / first.id), first.id).cluster == ""  # never took its own
+        net.cut.clear()
+        wait("every node to hold the second id", lambda: all(
+            node_data_identity(str(tmp_path / n), n).cluster == "second" for n in ids))
+        # written first, then the keys rebound: every handshake checks it from then on
+        wait("every peer key to carry it", lambda: {k.cluster for k in keys.values()} == {"second"})
+        wait("the first leader to drop its entry", lambda: first.membership.cluster == "second")
+    finally:
+        for node in net.nodes.values():
+            node.stop(transfer=False)
