@@ -177,3 +177,24 @@ def test_membership_identity_on_the_wire_is_validated_and_set_only_once():
                      "ab", ["x" * 65, 0], {"ab": 0}):
         with pytest.raises(DecodeError):
             Membership.from_wire([["a"], [], {}, identity])
+
+
+def test_data_without_an_id_keeps_working_and_gets_one_at_the_first_election(tmp_path):
+    import dataclasses
+
+    from replication.journal_storage import write_identity
+
+    c = LocalCluster(tmp_path, 3, start=False)
+    try:
+        for nid, cfg in c.configs.items():  # data of an earlier version: no cluster id
+            write_identity(cfg.data, dataclasses.replace(node_data_identity(cfg.data, nid), cluster="", epoch=0))
+        for nid in c.configs:
+            c.start(nid)
+        c.leader()
+        with c.client() as client:
+            client.execute(Stamp("works"))
+        held = c.wait_for("one id on every node", lambda: len(set(ids(c, c.configs).values())) == 1
+                          and ids(c, ["n1"])["n1"][0] and ids(c, ["n1"])["n1"], 15)
+        assert held[1] == 0
+    finally:
+        c.stop()
