@@ -53,6 +53,8 @@ class ClusterIdentity:
         self._lock = threading.Lock()
         self._conflict: str | None = None  # the foreign id last reported
         self._node: "Node | None" = None
+        self._idle = threading.Event()  # no proposal of the id under way
+        self._idle.set()
         for key in self._keys:
             key.rebind(identity.cluster, identity.epoch)
 
@@ -98,9 +100,21 @@ class ClusterIdentity:
         """A leader hook (on the apply thread): set the id if the log has none, on a thread
         of its own (the change waits for its commit)."""
         if not node.membership.cluster:
+            self._idle.clear()
             threading.Thread(target=self._propose, args=(node,), name="cluster-id", daemon=True).start()
 
+    def wait_proposal(self, timeout: float) -> None:
+        """Until the id this leader proposes is committed (or given up): an operator's
+        membership change right after the first election is not refused as "pending"."""
+        self._idle.wait(timeout)
+
     def _propose(self, node: "Node") -> None:
+        try:
+            self._propose_until_set(node)
+        finally:
+            self._idle.set()
+
+    def _propose_until_set(self, node: "Node") -> None:
         deadline = time.monotonic() + PROPOSE_FOR
         while time.monotonic() < deadline and node.is_leader and not node.membership.cluster:
             cur = self.current

@@ -275,6 +275,9 @@ class ClientService(rpyc.Service):
         if not (address is None or (type(address) is str and 0 < len(address) <= MAX_NAME)):
             return _reply("error", f"address must be HOST:PORT (at most {MAX_NAME} characters), got {_show(address)}")
         change = ConfigChange(kinds[op], node_id, address)
+        identity = getattr(self._p, "cluster_identity", None)
+        if identity is not None:  # a new cluster's first leader sets its id first (rpc.identity)
+            identity.wait_proposal(5.0)
         return self._admin(lambda: self._p.node.change_membership(change))
 
     def exposed_transfer_leadership(self, to: str) -> bytes:
