@@ -114,11 +114,11 @@ class _Session:
 
     def read(self, offset: int, n: int) -> bytes:
         """Bytes ``offset``.. of head + data (at most ``n``), copying only those."""
+        head = len(self.head)
+        if offset >= head:
+            return self.data[offset - head:offset - head + n]
         out = self.head[offset:offset + n]
-        if len(out) < n:
-            start = max(0, offset - len(self.head))
-            out += self.data[start:start + n - len(out)]
-        return out
+        return out + self.data[:n - len(out)] if len(out) < n else out
 
 
 class BackupSessions:
