@@ -357,12 +357,15 @@ class ClientAttacker:
             self.conn = None
 
 
-@pytest.fixture(scope="module")
-def client_attacker(target):
-    a = ClientAttacker(target)
+def _attacking(a: ClientAttacker):
     yield a
     if a.conn is not None:
         a.drop(a.conn)
+
+
+@pytest.fixture(scope="module")
+def client_attacker(target):
+    yield from _attacking(ClientAttacker(target))
 
 
 @settings(max_examples=CASES["client"], **SETTINGS)
@@ -382,10 +385,7 @@ class AdminAttacker(ClientAttacker):
 
 @pytest.fixture(scope="module")
 def admin_attacker(target):
-    a = AdminAttacker(target)
-    yield a
-    if a.conn is not None:
-        a.drop(a.conn)
+    yield from _attacking(AdminAttacker(target))
 
 
 session_ids = st.one_of(st.text(alphabet="0123456789abcdef", min_size=32, max_size=32),  # well-formed, unknown
