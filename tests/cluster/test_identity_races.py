@@ -3,6 +3,7 @@ written to identity.toml, so two leaders that each proposed one in turn (the fir
 off before it committed) leave the whole cluster with the second's id."""
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -11,7 +12,7 @@ from replication.errors import ConfigChangeRefused
 from replication.journal_storage import create_node_data, node_data_identity
 from replication.membership import ConfigChange, Membership
 from replication.node import LocalNetwork, Node, NodeOptions
-from rpc.auth import ClusterKey
+from rpc.auth import AuthenticationFailed, ClusterKey
 from rpc.identity import ClusterIdentity
 from tests.prevalence.domain import Add, Store
 
@@ -68,3 +69,25 @@ def test_an_uncommitted_id_is_never_taken_and_the_next_leaders_wins_everywhere(t
     finally:
         for node in net.nodes.values():
             node.stop(transfer=False)
+
+
+def test_a_key_rebound_to_a_learnt_id_checks_every_later_handshake_and_a_malformed_id_is_refused():
+    from tests.rpc.test_auth import SECRET, _peer_handshake
+
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    try:
+        ours = ClusterKey(SECRET)  # a founder made by --init: no id yet
+        assert "error" not in _peer_handshake(ls, ours, ClusterKey(SECRET, "b0b0b0b0", 0))  # not compared
+        ours.rebind("a1a1a1a1", 0)  # learnt from the log: the same key object the server holds
+        with pytest.raises(AuthenticationFailed, match="cluster b0b0b0b0 epoch 0.*cluster a1a1a1a1 epoch 0"):
+            _peer_handshake(ls, ours, ClusterKey(SECRET, "b0b0b0b0", 0))
+        assert "error" not in _peer_handshake(ls, ours, ClusterKey(SECRET, "a1a1a1a1", 0))
+        for bad in ("a b", "é" * 3):  # printable, so past the wire's own check: refused by name
+            with pytest.raises(AuthenticationFailed, match="malformed cluster identity"):
+                _peer_handshake(ls, ClusterKey(SECRET), ClusterKey(SECRET, bad, 0))
+        with pytest.raises(AuthenticationFailed):  # the wire's check: too long, dropped unanswered
+            _peer_handshake(ls, ClusterKey(SECRET), ClusterKey(SECRET, "x" * 65, 0))
+    finally:
+        ls.close()
