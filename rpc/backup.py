@@ -242,12 +242,47 @@ def read_backup(path: str) -> tuple[BackupInfo, memoryview]:
     return info, snapshot
 
 
-def _begin_on_leader(directory: str) -> tuple[Any, list]:
-    """(connection to the leader, its backup_begin reply), asking the leader first and
+class _Link:
+    """The backup client's connection to one node (admin key, frames of 4 MiB at most),
+    opened again after a lost connection: the session there outlives it for
+    :data:`SESSION_IDLE` seconds, and a chunk is read again from its offset."""
+
+    def __init__(self, cfg: Any, secret: bytes):
+        self.cfg, self._secret, self._conn = cfg, secret, None
+
+    def call(self, method: str, *args: Any, attempts: int = 1) -> list:
+        from rpc.auth import ConnectFailed
+        from rpc.config import tls_contexts
+        from rpc.transport import open_connection, remote_method
+
+        for attempt in range(attempts):
+            try:
+                if self._conn is None:
+                    self._conn = open_connection(self.cfg.listen, self._secret, role="admin", ident="backup",
+                                                 request_timeout=300.0, ssl_context=tls_contexts(self.cfg)[1],
+                                                 max_frame=BACKUP_MAX_FRAME)
+                return _decode(remote_method(self._conn, method)(*args))
+            except (ConnectFailed, EOFError, OSError):
+                self.close()
+                if attempt + 1 >= attempts:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - a connection already gone
+                pass
+            self._conn = None
+
+
+def _begin_on_leader(directory: str) -> tuple[_Link, list]:
+    """(link to the leader, its backup_begin reply), asking the leader first and
     following its redirections; the admin key."""
     from rpc.cluster import cluster_status, directory_key, node_config_paths
-    from rpc.config import ConfigError, load_config, tls_contexts
-    from rpc.transport import open_connection, remote_method
+    from rpc.config import ConfigError, load_config
 
     configs = {c.id: c for c in (load_config(p) for p in node_config_paths(directory))}
     secret = directory_key(directory, "admin")
@@ -258,17 +293,15 @@ def _begin_on_leader(directory: str) -> tuple[Any, list]:
         if nid in tried:
             continue
         tried.append(nid)
-        cfg = configs[nid]
-        conn = open_connection(cfg.listen, secret, role="admin", ident="backup", request_timeout=300.0,
-                               ssl_context=tls_contexts(cfg)[1], max_frame=BACKUP_MAX_FRAME)
+        link = _Link(configs[nid], secret)
         try:
-            reply = _decode(remote_method(conn, "backup_begin")())
+            reply = link.call("backup_begin")
         except BaseException:
-            conn.close()
+            link.close()
             raise
         if reply[0] == "ok":
-            return (conn, cfg), reply[1]
-        conn.close()
+            return link, reply[1]
+        link.close()
         if reply[0] != "not_leader":
             raise BackupError(f"backup refused by {nid}: {reply[-1]}")
     raise ConfigError(f"no leader accepted the backup (asked {', '.join(tried) or 'nobody: no node reachable'})")
@@ -291,26 +324,25 @@ def fetch_backup(directory: str, out: str) -> BackupInfo:
     file): written to ``out.tmp``, checked (the SHA-256 over the whole stream, then the
     file as ``backup verify`` checks it), and only then renamed to ``out``."""
     from prevalence._platform import fsync_dir
-    from rpc.transport import remote_method
 
     if os.path.exists(out):
         raise BackupError(f"{out} exists: a backup is never written over a file")
-    (conn, cfg), begun = _begin_on_leader(directory)
+    link, begun = _begin_on_leader(directory)
     try:
         sid, size, sha256, chunk = begun
         if session_id_problem(sid) or not (type(size) is int and type(chunk) is int and type(sha256) is str
                                            and 0 < size and 0 < chunk <= BACKUP_MAX_FRAME // 2):
             raise ValueError(begun)
     except (TypeError, ValueError):
-        conn.close()
-        raise BackupError(f"{cfg.id} began the backup with a malformed answer") from None
+        link.close()
+        raise BackupError(f"{link.cfg.id} began the backup with a malformed answer") from None
     tmp = out + ".tmp"
     try:
         digest = hashlib.sha256()
         with open(tmp, "wb") as f:
             offset = 0
             while offset < size:
-                reply = _decode(remote_method(conn, "backup_chunk")(sid, offset))
+                reply = link.call("backup_chunk", sid, offset, attempts=3)
                 if reply[0] != "ok" or type(reply[1]) is not bytes:
                     raise BackupError(f"the backup stopped at byte {offset} of {size}: {reply[-1]}")
                 part = reply[1]
@@ -334,10 +366,10 @@ def fetch_backup(directory: str, out: str) -> BackupInfo:
         raise
     finally:
         try:
-            remote_method(conn, "backup_end")(sid)  # the node lets the snapshot go now
+            link.call("backup_end", sid)  # the node lets the snapshot go now
         except Exception:  # noqa: BLE001 - it expires on its own
             pass
-        conn.close()
+        link.close()
     os.replace(tmp, out)
     fsync_dir(os.path.dirname(os.path.abspath(out)))
     return info

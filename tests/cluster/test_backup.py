@@ -180,26 +180,32 @@ def test_a_backup_bigger_than_one_chunk_travels_in_chunks_and_restores(tmp_path,
                 client.execute(Stamp(tag))
         # one byte altered in transit, in the third chunk: the stream's SHA-256 catches it
         real = transport.remote_method
+        faults = {"alter": 2 * CHUNK}
 
-        def altering(conn, name):
+        def faulty(conn, name):
             method = real(conn, name)
             if name != "backup_chunk":
                 return method
 
             def call(sid, offset):
+                if faults.pop("drop", None) == offset:  # the connection lost once: read again
+                    conn.close()
+                    raise EOFError("connection lost")
                 reply = msgpack.unpackb(method(sid, offset), raw=False)
-                if offset == 2 * CHUNK:
+                if faults.get("alter") == offset:
                     reply[1] = reply[1][:9] + bytes([reply[1][9] ^ 1]) + reply[1][10:]
                 return msgpack.packb(reply, use_bin_type=True)
             return call
 
-        monkeypatch.setattr(transport, "remote_method", altering)
+        monkeypatch.setattr(transport, "remote_method", faulty)
         with pytest.raises(BackupError, match="does not match the leader's SHA-256"):
             fetch_backup(c.dir, backup)
         assert not os.path.exists(backup) and not os.path.exists(backup + ".tmp")
-        monkeypatch.setattr(transport, "remote_method", real)
 
+        faults.clear()
+        faults["drop"] = CHUNK  # a new connection, the same session, from the same offset
         assert main(["backup", "--cluster", c.dir, "--out", backup]) == 0
+        assert "drop" not in faults
         assert os.path.getsize(backup) > 4 * CHUNK and not os.path.exists(backup + ".tmp")
         info, _ = read_backup(backup)
         c.stop()
