@@ -11,7 +11,7 @@ from typing import Any, Callable
 from prevalence._platform import DirectoryLock
 from prevalence.factory import load_object
 from replication.config import RaftConfig
-from replication.journal_storage import NoDataError, node_data_identity
+from replication.journal_storage import DataIdentity, NoDataError, node_data_identity
 from replication.membership import Membership
 from replication.node import Node, NodeOptions
 from rpc.config import NodeConfig, format_address, load_config, parse_address, tls_contexts
@@ -84,7 +84,7 @@ class NodeProcess:
         self.server: PeerServer | None = None
 
     @property
-    def identity(self):
+    def identity(self) -> DataIdentity:
         """The identity of this node's data as it is now (the cluster id may come from the log)."""
         return self.cluster_identity.current
 
