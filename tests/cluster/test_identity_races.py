@@ -91,3 +91,26 @@ def test_a_key_rebound_to_a_learnt_id_checks_every_later_handshake_and_a_malform
             _peer_handshake(ls, ClusterKey(SECRET), ClusterKey(SECRET, "x" * 65, 0))
     finally:
         ls.close()
+
+
+def test_an_id_once_taken_changes_only_to_a_later_epoch_of_the_same_cluster(tmp_path, caplog):
+    data = str(tmp_path / "n1")
+    key = ClusterKey(b"k" * 32)
+    identity = ClusterIdentity(data, create_node_data(data, "n1", "new-cluster"), [key])
+
+    def held() -> tuple[str, int]:
+        on_disk = node_data_identity(data, "n1")
+        assert (on_disk.cluster, on_disk.epoch) == (key.cluster, key.epoch) == (identity.current.cluster,
+                                                                                 identity.current.epoch)
+        return on_disk.cluster, on_disk.epoch
+
+    identity.adopt(Membership(("n1",)))  # a configuration without an id: nothing
+    assert held() == ("", 0)
+    identity.adopt(Membership(("n1",), cluster="c1", epoch=0))
+    assert held() == ("c1", 0)
+    identity.adopt(Membership(("n1",), cluster="other", epoch=5))  # another cluster's: never taken
+    assert held() == ("c1", 0) and "the log names cluster other epoch 5" in caplog.text
+    identity.adopt(Membership(("n1",), cluster="c1", epoch=1))  # a `cluster recover`'s entry
+    assert held() == ("c1", 1)
+    identity.adopt(Membership(("n1",), cluster="c1", epoch=0))  # the older entry, replayed
+    assert held() == ("c1", 1)
