@@ -1,6 +1,7 @@
-"""The cluster id in the log, on in-process nodes: only a committed SET_IDENTITY is ever
+"""The cluster id in the log, in one process: only a committed SET_IDENTITY is ever
 written to identity.toml, so two leaders that each proposed one in turn (the first cut
-off before it committed) leave the whole cluster with the second's id."""
+off before it committed) leave the whole cluster with the second's id; a peer key rebound
+to a learnt id checks the next handshake; an id once taken changes only to a later epoch."""
 from __future__ import annotations
 
 import socket
