@@ -59,6 +59,24 @@ def ephemeral_ports() -> tuple[int, int]:
 
 O_BINARY = getattr(os, "O_BINARY", 0)
 
+if hasattr(os, "pread"):
+    pread = os.pread
+else:  # pragma: no cover - Windows: no pread; callers serialise reads of one fd
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, n)
+
+_DISK_FULL_WINERRORS = (39, 112)  # ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Did this error come from a full disk (or quota), as opposed to a failing one?"""
+    import errno
+
+    return isinstance(exc, OSError) and (
+        exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        or getattr(exc, "winerror", None) in _DISK_FULL_WINERRORS)
+
 
 class DirectoryLock:
     """An exclusive lock on a data directory, released when the process dies.

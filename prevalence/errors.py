@@ -38,3 +38,10 @@ class ClosedError(PrevalenceError):
 
 class LockedError(PrevalenceError):
     """Another process holds the data directory."""
+
+
+class DiskFull(PrevalenceError):
+    """A write found the disk full. Nothing was lost and nothing is poisoned: the journal
+    cut its file back to the last whole record and still holds what was not written, so
+    the same ``sync``/``wait`` (or snapshot write) succeeds once space returns. Refuse new
+    work meanwhile. Any other write or fsync failure halts the journal instead."""

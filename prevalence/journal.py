@@ -10,6 +10,21 @@ makes an entry durable: the first waiting thread that finds no flush under way w
 whole buffer and fsyncs once for everybody (group commit); the others sleep until it is
 done. So with one writer there is no thread hand-off at all, and with many, one fsync
 covers many transactions.
+
+Storage failures (docs/operations.md, "Storage failures"). All file I/O goes through an
+injected :class:`~prevalence.fs.FileSystem` (the OS by default, a simulated disk in tests):
+
+- An fsync that fails, or any other I/O error while the journal changes its files,
+  *poisons* the journal: the call raises :class:`EngineHaltedError` and every later
+  write, sync and read of unwritten entries raises it too. An fsync is never retried:
+  after a failed one the kernel may have dropped the dirty pages and marked them clean,
+  so a retry that "succeeds" proves nothing (PostgreSQL's "fsyncgate"). Reopening the
+  journal recovers from what is on disk.
+- A write that finds the disk full (ENOSPC) is not a failure of the disk: the segment
+  is cut back to the end of the last whole record written before, the unwritten records
+  stay buffered in memory, and :class:`DiskFull` is raised. The journal stays usable:
+  the same ``wait``/``sync`` retried once space returns writes them, and the files are
+  then byte for byte those of a journal that never filled.
 """
 from __future__ import annotations
 
@@ -22,7 +37,8 @@ from typing import Iterable, Iterator
 
 from . import _platform
 from .entry import Entry
-from .errors import ClosedError, EngineHaltedError, JournalCorruptError, PrevalenceError
+from .errors import ClosedError, DiskFull, EngineHaltedError, JournalCorruptError, PrevalenceError
+from .fs import CREATE, OS, READ, WRITE, FileSystem, make_dirs, read_file, read_range, write_all
 from .segment import SEGMENT_HEADER, ScanResult, frame, parse_records, parse_segment_name, scan, segment_header, segment_name
 
 log = logging.getLogger("prevalence.journal")
@@ -31,20 +47,19 @@ FSYNC_POLICIES = ("always", "batch", "never")
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 
 
-def scan_directory(directory: str) -> Iterator[tuple[str, ScanResult]]:
+def scan_directory(directory: str, fs: FileSystem = OS) -> Iterator[tuple[str, ScanResult]]:
     """Validate the segments of ``directory`` oldest first (see segment.scan).
 
     Raises JournalCorruptError at the first damage that is not a torn tail of the newest
     segment, or at a gap between segments.
     """
-    if not os.path.isdir(directory):
+    if not fs.isdir(directory):
         return
-    firsts = sorted(f for f in map(parse_segment_name, os.listdir(directory)) if f is not None)
+    firsts = sorted(f for f in map(parse_segment_name, fs.listdir(directory)) if f is not None)
     expected: int | None = None
     for n, first in enumerate(firsts):
         path = os.path.join(directory, segment_name(first))
-        with open(path, "rb") as f:
-            buf = f.read()
+        buf = read_file(fs, path)
         res = scan(path, buf, first if expected is None else expected, last=n == len(firsts) - 1)
         yield path, res
         if res.offsets:
@@ -53,16 +68,27 @@ def scan_directory(directory: str) -> Iterator[tuple[str, ScanResult]]:
             expected = first
 
 
+class _NoSpace(Exception):
+    """Internal: a write found the disk full; ``left`` are the chunks not written."""
+
+    def __init__(self, left: list, exc: OSError):
+        super().__init__(str(exc))
+        # copies: the traceback keeps views of the written buffers alive, and a bytearray
+        # with a live view cannot grow when the next append extends it
+        self.left, self.exc = [(seg, bytearray(data)) for seg, data in left], exc
+
+
 class _Segment:
-    __slots__ = ("first", "path", "offsets", "size", "wfd", "rfile")
+    __slots__ = ("first", "path", "offsets", "size", "written", "wfd", "rfd")
 
     def __init__(self, first: int, path: str, offsets: array | None = None, size: int = SEGMENT_HEADER.size):
         self.first = first
         self.path = path
         self.offsets = offsets if offsets is not None else array("Q")
         self.size = size  # bytes including those still buffered in memory
+        self.written = size  # bytes in the file (a new segment: once its header is written)
         self.wfd: int | None = None
-        self.rfile = None
+        self.rfd: int | None = None
 
     @property
     def last(self) -> int:
@@ -73,13 +99,13 @@ class _Segment:
         k = index - self.first + 1
         return self.offsets[k] if k < len(self.offsets) else self.size
 
-    def close(self) -> None:
+    def close(self, fs: FileSystem) -> None:
         if self.wfd is not None:
-            os.close(self.wfd)
-            self.wfd = None
-        if self.rfile is not None:
-            self.rfile.close()
-            self.rfile = None
+            fd, self.wfd = self.wfd, None
+            fs.close(fd)
+        if self.rfd is not None:
+            fd, self.rfd = self.rfd, None
+            fs.close(fd)
 
 
 def _first(seg: _Segment) -> int:
@@ -97,10 +123,12 @@ class Journal:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         batch_interval: float = 0.005,
         read_only: bool = False,
+        fs: FileSystem = OS,
     ):
         if fsync not in FSYNC_POLICIES:
             raise PrevalenceError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
         self.directory = os.path.abspath(directory)
+        self.fs = fs
         self.fsync = fsync
         self.read_only = read_only
         self._segment_bytes = max(4096, int(segment_bytes))
@@ -117,7 +145,7 @@ class Journal:
         self._closed = False
         self.warnings: list[str] = []
         if not read_only:
-            os.makedirs(self.directory, exist_ok=True)
+            make_dirs(fs, self.directory)
         self._recover()
         self._next_index = self._segments[-1].last + 1 if self._segments else 1
         self._written = self._synced = self._next_index - 1
@@ -130,21 +158,22 @@ class Journal:
 
     # -- recovery ---------------------------------------------------------------------
     def _recover(self) -> None:
-        for path, res in scan_directory(self.directory):
+        fs = self.fs
+        for path, res in scan_directory(self.directory, fs):
             if res.torn is not None:
                 self._cut_tail(path, res.valid_bytes, res.file_bytes, res.torn)
                 if res.valid_bytes < SEGMENT_HEADER.size or not res.offsets:
                     if not self.read_only:
-                        os.remove(path)
-                        _platform.fsync_dir(self.directory)
+                        fs.remove(path)
+                        fs.fsync_dir(self.directory)
                     continue
             self._segments.append(_Segment(res.first_index, path, res.offsets, res.valid_bytes))
             for start, term in res.terms:
                 self._note_term(start, term)
         if self._segments and not self.read_only:
             tail = self._segments[-1]
-            tail.wfd = os.open(tail.path, os.O_WRONLY | _platform.O_BINARY)
-            os.lseek(tail.wfd, 0, os.SEEK_END)
+            tail.wfd = fs.open(tail.path, WRITE)
+            fs.lseek(tail.wfd, 0, os.SEEK_END)
             self._writer = tail
 
     def _cut_tail(self, path: str, valid: int, size: int, why: str) -> None:
@@ -154,10 +183,12 @@ class Journal:
             log.warning("%s (read-only: file left as it is)", msg)
             return
         log.warning("%s", msg)
-        with open(path, "r+b") as f:
-            f.truncate(valid)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = self.fs.open(path, WRITE)
+        try:
+            self.fs.ftruncate(fd, valid)
+            self.fs.fsync(fd)
+        finally:
+            self.fs.close(fd)
 
     def _note_term(self, index: int, term: int) -> None:
         if not self._term_values or self._term_values[-1] != term:
@@ -270,11 +301,10 @@ class Journal:
             self._write(chunks, do_sync)
         except BaseException as exc:
             with self._cond:
-                self._failed = exc
                 self._flushing = False
                 self._cond.notify_all()
-            log.error("journal %s: write failed: %r", self.directory, exc)
-            raise EngineHaltedError(f"journal {self.directory}: write failed: {exc}") from exc
+                err = self._failure(exc)
+            raise err from (exc.exc if isinstance(exc, _NoSpace) else exc)
         with self._cond:
             self._written = max(self._written, target)
             if do_sync:
@@ -283,28 +313,61 @@ class Journal:
             if self._waiters:
                 self._cond.notify_all()
 
-    def _write(self, chunks: list[tuple[_Segment, bytearray]], do_sync: bool) -> None:
-        """Write buffered chunks in order; called only by the thread holding the flush token."""
-        for seg, data in chunks:
-            if seg is not self._writer:
-                self._open_segment(seg)
-            view = memoryview(data)
-            while view:
-                n = os.write(seg.wfd, view)
-                view = view[n:]
-        if do_sync and self._writer is not None and self._writer.wfd is not None:
-            os.fsync(self._writer.wfd)
+    def _failure(self, exc: BaseException) -> PrevalenceError:
+        """The error to raise for a failed write: DiskFull (the unwritten chunks go back
+        in front of the buffer), else the journal is poisoned. Called with ``_cond`` held."""
+        if isinstance(exc, _NoSpace):
+            self._pending[:0] = exc.left
+            log.warning("journal %s: disk full; %d chunk(s) kept for a retry", self.directory, len(exc.left))
+            return DiskFull(f"journal {self.directory}: disk full ({exc.exc}); nothing lost, retry once space returns")
+        if self._failed is None:
+            self._failed = exc
+        log.error("journal %s: write failed: %r", self.directory, exc)
+        return EngineHaltedError(f"journal {self.directory}: write failed: {exc}")
 
-    def _open_segment(self, seg: _Segment) -> None:
+    def _write(self, chunks: list[tuple[_Segment, bytearray]], do_sync: bool) -> None:
+        """Write buffered chunks in order; called only by the thread holding the flush token.
+
+        A full disk raises _NoSpace after cutting the file back to where the failed chunk
+        began (the end of a whole record); any other error propagates and poisons.
+        """
+        write = self.fs.write
+        for n, (seg, data) in enumerate(chunks):
+            if seg is not self._writer:
+                self._open_segment(seg, chunks[n:])
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[write(seg.wfd, view):]
+            except OSError as exc:
+                if not _platform.is_disk_full(exc):
+                    raise
+                self.fs.ftruncate(seg.wfd, seg.written)  # a shorter file needs no space
+                self.fs.lseek(seg.wfd, seg.written, os.SEEK_SET)
+                raise _NoSpace(chunks[n:], exc) from exc
+            seg.written += len(data)
+        if do_sync and self._writer is not None and self._writer.wfd is not None:
+            self.fs.fsync(self._writer.wfd)
+
+    def _open_segment(self, seg: _Segment, left: list) -> None:
+        fs = self.fs
         old = self._writer
         if old is not None and old.wfd is not None:
-            os.fsync(old.wfd)  # an older segment is always complete on disk before a newer one exists
-            os.close(old.wfd)
+            fs.fsync(old.wfd)  # an older segment is always complete on disk before a newer one exists
+            fs.close(old.wfd)
             old.wfd = None
-        fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _platform.O_BINARY, 0o644)
-        os.write(fd, segment_header(seg.first))
-        os.fsync(fd)
-        _platform.fsync_dir(self.directory)
+        fd = fs.open(seg.path, CREATE)
+        try:
+            write_all(fs, fd, segment_header(seg.first))
+        except OSError as exc:
+            fs.close(fd)
+            if not _platform.is_disk_full(exc):
+                raise
+            fs.remove(seg.path)  # recreated by the retry; a crash before would drop it as torn
+            raise _NoSpace(left, exc) from exc
+        seg.written = SEGMENT_HEADER.size
+        fs.fsync(fd)
+        fs.fsync_dir(self.directory)
         seg.wfd = fd
         self._writer = seg
 
@@ -313,6 +376,8 @@ class Journal:
             if self._synced < self._next_index - 1 and not self._closed:
                 try:
                     self._flush(self._next_index - 1, durable=True)
+                except DiskFull:
+                    continue  # retried at the next tick: space may have returned
                 except PrevalenceError:
                     return
 
@@ -324,14 +389,28 @@ class Journal:
                 self._waiters += 1
                 self._cond.wait()
                 self._waiters -= 1
+                self._check_usable()
             self._flushing = True
             chunks, self._pending = self._pending, []
             return chunks
 
-    def _give_token(self) -> None:
+    def _give_token(self, exc: BaseException | None = None) -> PrevalenceError | None:
+        """Release the flush token; for a failed operation, the error to raise (see _failure)."""
         with self._cond:
             self._flushing = False
             self._cond.notify_all()
+            return None if exc is None else self._failure(exc)
+
+    def _exclusive(self, work) -> None:
+        """Run ``work(chunks)`` holding the flush token; a failure poisons the journal,
+        except a full disk while writing what was buffered (DiskFull, nothing changed)."""
+        chunks = self._take_token()
+        try:
+            work(chunks)
+        except BaseException as exc:
+            err = self._give_token(exc)
+            raise err from (exc.exc if isinstance(exc, _NoSpace) else exc)
+        self._give_token()
 
     def truncate_after(self, index: int) -> None:
         """Remove every entry after ``index`` (a Raft follower dropping a conflicting suffix)."""
@@ -339,79 +418,80 @@ class Journal:
             return
         if index < self.first_index - 1:
             raise PrevalenceError(f"cannot truncate after {index}: entries before {self.first_index} were compacted")
-        chunks = self._take_token()
-        try:
-            self._write(chunks, False)
-            with self._read_lock, self._cond:
-                while self._segments and self._segments[-1].first > index:
-                    seg = self._segments.pop()
-                    seg.close()
-                    if os.path.exists(seg.path):
-                        os.remove(seg.path)
-                    if self._writer is seg:
-                        self._writer = None
-                if self._segments:
-                    seg = self._segments[-1]
-                    cut = seg.end_of(index)
-                    del seg.offsets[index - seg.first + 1 :]
-                    seg.size = cut
-                    if seg.wfd is None:
-                        seg.wfd = os.open(seg.path, os.O_WRONLY | _platform.O_BINARY)
-                        self._writer = seg
-                    os.ftruncate(seg.wfd, cut)
-                    os.lseek(seg.wfd, 0, os.SEEK_END)
-                    os.fsync(seg.wfd)
-                _platform.fsync_dir(self.directory)
-                k = bisect.bisect_right(self._term_starts, index)
-                del self._term_starts[k:], self._term_values[k:]
-                self._next_index = index + 1
-                self._written = min(self._written, index)
-                self._synced = min(self._synced, index)
-        finally:
-            self._give_token()
+        self._exclusive(lambda chunks: self._truncate(chunks, index))
+
+    def _truncate(self, chunks: list[tuple[_Segment, bytearray]], index: int) -> None:
+        fs = self.fs
+        self._write(chunks, False)
+        with self._read_lock, self._cond:
+            while self._segments and self._segments[-1].first > index:
+                seg = self._segments.pop()
+                seg.close(fs)
+                if fs.exists(seg.path):
+                    fs.remove(seg.path)
+                if self._writer is seg:
+                    self._writer = None
+            if self._segments:
+                seg = self._segments[-1]
+                cut = seg.end_of(index)
+                del seg.offsets[index - seg.first + 1 :]
+                seg.size = seg.written = cut
+                if seg.wfd is None:
+                    seg.wfd = fs.open(seg.path, WRITE)
+                    self._writer = seg
+                fs.ftruncate(seg.wfd, cut)
+                fs.lseek(seg.wfd, 0, os.SEEK_END)
+                fs.fsync(seg.wfd)
+            fs.fsync_dir(self.directory)
+            k = bisect.bisect_right(self._term_starts, index)
+            del self._term_starts[k:], self._term_values[k:]
+            self._next_index = index + 1
+            self._written = min(self._written, index)
+            self._synced = min(self._synced, index)
 
     def compact(self, upto: int) -> int:
         """Delete whole segments holding only entries <= ``upto``; returns how many.
 
         The newest segment is never deleted, so the log keeps its last index.
         """
-        removed = 0
-        chunks = self._take_token()
-        try:
+        removed = [0]
+
+        def work(chunks: list[tuple[_Segment, bytearray]]) -> None:
+            fs = self.fs
             self._write(chunks, False)
             with self._read_lock, self._cond:
                 while len(self._segments) > 1 and self._segments[0].last <= upto:
                     seg = self._segments.pop(0)
-                    seg.close()
-                    os.remove(seg.path)
-                    removed += 1
-                if removed:
-                    _platform.fsync_dir(self.directory)
+                    seg.close(fs)
+                    fs.remove(seg.path)
+                    removed[0] += 1
+                if removed[0]:
+                    fs.fsync_dir(self.directory)
                     first = self.first_index
                     k = max(0, bisect.bisect_right(self._term_starts, first) - 1)
                     del self._term_starts[:k], self._term_values[:k]
-        finally:
-            self._give_token()
-        return removed
+
+        self._exclusive(work)
+        return removed[0]
 
     def reset(self, next_index: int) -> None:
         """Drop every entry; the next append gets ``next_index`` (after installing a snapshot)."""
-        self._take_token()
-        try:
+        def work(_chunks: list[tuple[_Segment, bytearray]]) -> None:
+            fs = self.fs
             with self._read_lock, self._cond:
                 for seg in self._segments:
-                    seg.close()
-                    if os.path.exists(seg.path):
-                        os.remove(seg.path)
+                    seg.close(fs)
+                    if fs.exists(seg.path):
+                        fs.remove(seg.path)
                 self._segments.clear()
                 self._writer = None
-                _platform.fsync_dir(self.directory)
+                fs.fsync_dir(self.directory)
                 self._term_starts.clear()
                 self._term_values.clear()
                 self._next_index = next_index
                 self._written = self._synced = next_index - 1
-        finally:
-            self._give_token()
+
+        self._exclusive(work)
 
     # -- reading ----------------------------------------------------------------------
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
@@ -462,17 +542,11 @@ class Journal:
         return bisect.bisect_right(self._segments, index, key=_first) - 1
 
     def _read(self, seg: _Segment, start: int, end: int) -> bytes:
-        if seg.rfile is None:
-            # Unbuffered: a buffered reader would serve bytes it read ahead of a region
-            # that a truncation has since rewritten.
-            seg.rfile = open(seg.path, "rb", buffering=0)
-        seg.rfile.seek(start)
-        data = seg.rfile.read(end - start)
-        while len(data) < end - start:  # a raw read may return less than asked
-            more = seg.rfile.read(end - start - len(data))
-            if not more:
-                break
-            data += more
+        if seg.rfd is None:
+            # Unbuffered reads: a buffered reader would serve bytes it read ahead of a
+            # region that a truncation has since rewritten.
+            seg.rfd = self.fs.open(seg.path, READ)
+        data = read_range(self.fs, seg.rfd, start, end - start)
         if len(data) != end - start:
             raise JournalCorruptError(f"short read ({len(data)} of {end - start} bytes)", path=seg.path, offset=start)
         return data
@@ -494,7 +568,7 @@ class Journal:
             with self._cond:
                 self._closed = True
                 for seg in self._segments:
-                    seg.close()
+                    seg.close(self.fs)
 
     def __enter__(self) -> "Journal":
         return self

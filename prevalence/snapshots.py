@@ -1,6 +1,8 @@
 """Snapshots of the whole root: a pickled object graph with the index it is current at.
 
-Written to a temporary file, fsynced, renamed into place, checksummed. The plain C pickler
+Written to a temporary file, fsynced, renamed into place, checksummed, through an injected
+:class:`~prevalence.fs.FileSystem`. A full disk raises :class:`DiskFull` (the temp file is
+removed: the disk keeps the space it had; retry later); any other failure SnapshotError. The plain C pickler
 is tried first because it is an order of magnitude faster than dill's pure-Python one;
 dill takes over for what pickle cannot handle (lambdas, nested functions, closures), and
 dill's loader, which is the C unpickler, reads both. Snapshot files are only ever read
@@ -21,7 +23,8 @@ import dill
 import msgpack
 
 from . import _platform
-from .errors import SnapshotError
+from .errors import DiskFull, SnapshotError
+from .fs import OS, FileSystem, make_dirs, read_file, write_file_durably
 
 log = logging.getLogger("prevalence.snapshots")
 
@@ -122,23 +125,24 @@ def parse_snapshot_name(name: str) -> int | None:
 class SnapshotStore:
     """The snapshot files of one data directory, newest first; keeps ``keep`` of them."""
 
-    def __init__(self, directory: str, *, keep: int = 2, read_only: bool = False):
+    def __init__(self, directory: str, *, keep: int = 2, read_only: bool = False, fs: FileSystem = OS):
         if keep < 1:
             raise SnapshotError(f"keep must be at least 1, not {keep}")
         self.directory = os.path.abspath(directory)
         self.keep = keep
         self.read_only = read_only
+        self.fs = fs
         if not read_only:
-            os.makedirs(self.directory, exist_ok=True)
-            for name in os.listdir(self.directory):
+            make_dirs(fs, self.directory)
+            for name in fs.listdir(self.directory):
                 if name.endswith(".tmp"):  # a snapshot that was being written when we died
-                    os.remove(os.path.join(self.directory, name))
+                    fs.remove(os.path.join(self.directory, name))
 
     def indexes(self) -> list[int]:
         """Indexes of the snapshot files present, newest first (not yet validated)."""
-        if not os.path.isdir(self.directory):
+        if not self.fs.isdir(self.directory):
             return []
-        found = (parse_snapshot_name(n) for n in os.listdir(self.directory))
+        found = (parse_snapshot_name(n) for n in self.fs.listdir(self.directory))
         return sorted((i for i in found if i is not None), reverse=True)
 
     def path_of(self, index: int) -> str:
@@ -165,20 +169,11 @@ class SnapshotStore:
         if self.read_only:
             raise SnapshotError(f"{self.directory} was opened read-only")
         final = self.path_of(index)
-        tmp = final + ".tmp"
         try:
-            with open(tmp, "wb") as f:
-                for p in parts:
-                    f.write(p)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            _platform.fsync_dir(self.directory)
+            write_file_durably(self.fs, final, parts)  # no debris left on failure
         except OSError as exc:
-            try:
-                os.remove(tmp)  # no debris: a full disk keeps whatever space it had
-            except OSError:
-                pass
+            if _platform.is_disk_full(exc):
+                raise DiskFull(f"cannot write snapshot {final}: disk full ({exc}); retry once space returns") from exc
             raise SnapshotError(f"cannot write snapshot {final}: {exc}") from exc
         if prune:
             self.prune()
@@ -187,15 +182,14 @@ class SnapshotStore:
     def prune(self) -> None:
         for index in self.indexes()[self.keep :]:
             try:
-                os.remove(self.path_of(index))
+                self.fs.remove(self.path_of(index))
             except OSError as exc:
                 log.warning("could not remove old snapshot %s: %s", self.path_of(index), exc)
 
     def read(self, index: int) -> tuple[SnapshotMeta, memoryview]:
         path = self.path_of(index)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_file(self.fs, path)
         except OSError as exc:
             raise SnapshotError(f"{path}: cannot read: {exc}") from exc
         return decode_file(path, data)

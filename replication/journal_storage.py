@@ -16,6 +16,12 @@ or ``"unsafe-no-fsync"``, which hands entries to the operating system without fs
 them, so that acknowledged entries and the logs that votes relied on can be lost at a
 power failure or OS crash: for tests and benchmarks only. The engine's ``"batch"`` and
 ``"never"`` are refused: they would acknowledge before the disk has the entry.
+
+All file I/O goes through an injected :class:`~prevalence.fs.FileSystem` (``fs=``, the OS
+by default). Storage failures: :class:`~prevalence.errors.DiskFull` from ``sync``,
+``append``, ``truncate``, ``set_hard_state`` or a snapshot write means nothing was lost
+and the same call may be retried once space returns; any other error (EngineHaltedError
+from a failed fsync) means the journal is poisoned and the node must stop.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ import msgpack
 
 from prevalence import _platform
 from prevalence.entry import Entry
+from prevalence.errors import DiskFull
+from prevalence.fs import OS, FileSystem, make_dirs, read_file, write_file_durably
 from prevalence.journal import DEFAULT_SEGMENT_BYTES, Journal
 from prevalence.snapshots import SnapshotMeta as FileMeta
 from prevalence.snapshots import SnapshotStore, decode_file
@@ -59,14 +67,14 @@ def fsync_mode_problem(mode: object) -> str | None:
 class HardStateFile:
     """term, vote and commit in one small checksummed file, replaced atomically."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, fs: FileSystem = OS):
         self.path = os.path.join(directory, HARD_STATE_FILE)
         self.directory = directory
+        self.fs = fs
 
     def load(self) -> HardState:
         try:
-            with open(self.path, "rb") as f:
-                data = f.read()
+            data = read_file(self.fs, self.path)
         except FileNotFoundError:
             return HardState()
         body, tail = data[:-4], data[-4:]
@@ -77,17 +85,20 @@ class HardStateFile:
             term, vote, commit = msgpack.unpackb(body)
         except Exception as exc:
             raise RaftError(f"{self.path}: malformed hard state: {exc}") from None
+        if type(term) is not int or term < 0 or type(commit) is not int or commit < 0 \
+                or not (vote is None or isinstance(vote, str)):
+            raise RaftError(f"{self.path}: malformed hard state: {[term, vote, commit]!r:.200}")
         return HardState(term, vote, commit)
 
     def store(self, hs: HardState) -> None:
+        """Replace the file durably. A full disk raises DiskFull with the old file intact."""
         body = msgpack.packb([hs.term, hs.vote, hs.commit])
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(body + _CRC.pack(crc32(body)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _platform.fsync_dir(self.directory)
+        try:
+            write_file_durably(self.fs, self.path, [body + _CRC.pack(crc32(body))])
+        except OSError as exc:
+            if _platform.is_disk_full(exc):
+                raise DiskFull(f"cannot store the hard state {self.path}: disk full ({exc})") from exc
+            raise
 
 
 # -- a node's identity: whether its data directory was ever created ---------------------
@@ -126,39 +137,39 @@ def new_cluster_id() -> str:
     return secrets.token_hex(8)
 
 
-def holds_node_data(directory: str) -> bool:
+def holds_node_data(directory: str, *, fs: FileSystem = OS) -> bool:
     """Anything a node wrote: its identity, hard state, a journal segment or a snapshot."""
-    if any(os.path.exists(os.path.join(directory, name)) for name in (IDENTITY_FILE, HARD_STATE_FILE)):
+    if any(fs.exists(os.path.join(directory, name)) for name in (IDENTITY_FILE, HARD_STATE_FILE)):
         return True
     for sub, suffix in (("journal", ".log"), ("snapshots", ".snap")):
         try:
-            if any(name.endswith(suffix) for name in os.listdir(os.path.join(directory, sub))):
+            if any(name.endswith(suffix) for name in fs.listdir(os.path.join(directory, sub))):
                 return True
         except OSError:
             pass
     return False
 
 
-def create_node_data(directory: str, node_id: str, origin: str, cluster: str = "", epoch: int = 0) -> DataIdentity:
+def create_node_data(directory: str, node_id: str, origin: str, cluster: str = "", epoch: int = 0, *,
+                     fs: FileSystem = OS) -> DataIdentity:
     """The data directory of a node that has never run: its identity and a term-0 hard
     state (from then on a missing hard state is damage, not a first start). A directory
     that already holds node data is refused: its votes and entries may count."""
     if origin not in ORIGINS:
         raise RaftError(f"origin must be one of {', '.join(ORIGINS)}, got {origin!r}")
     directory = os.path.abspath(directory)
-    if holds_node_data(directory):
+    if holds_node_data(directory, fs=fs):
         raise RaftError(f"{directory} already holds node data; a node's data is created once, with the node "
                         "(a node that must start afresh is rebuilt: docs/operations.md, \"Rebuilding a node\")")
-    parent = os.path.dirname(directory)
-    os.makedirs(directory, exist_ok=True)
-    _platform.fsync_dir(parent)
-    HardStateFile(directory).store(HardState())
+    make_dirs(fs, directory)
+    fs.fsync_dir(os.path.dirname(directory))  # also when it existed, empty: it may be new
+    HardStateFile(directory, fs).store(HardState())
     identity = DataIdentity(node_id, origin, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), cluster, epoch)
-    _write_identity(directory, identity)  # last: the directory is a node's data once it is there
+    _write_identity(directory, identity, fs)  # last: the directory is a node's data once it is there
     return identity
 
 
-def node_data_identity(directory: str, node_id: str) -> DataIdentity:
+def node_data_identity(directory: str, node_id: str, *, fs: FileSystem = OS) -> DataIdentity:
     """The identity of the data a node is about to start on, after the checks that keep it
     from starting on no data, on another node's data, or without its term and vote.
 
@@ -166,29 +177,28 @@ def node_data_identity(directory: str, node_id: str) -> DataIdentity:
     directory = os.path.abspath(directory)
     path = os.path.join(directory, IDENTITY_FILE)
     hard_state = os.path.join(directory, HARD_STATE_FILE)
-    if os.path.exists(path):
-        identity = _read_identity(path)
+    if fs.exists(path):
+        identity = _read_identity(path, fs)
         if identity.node != node_id:
             raise RaftError(f"{directory} holds the data of node {identity.node!r} ({path}), not of {node_id!r}: "
                             "check the configuration's data directory")
-    elif holds_node_data(directory):
+    elif holds_node_data(directory, fs=fs):
         identity = None
     else:
         raise NoDataError(f"{directory}: no node data")
-    if not os.path.exists(hard_state):
+    if not fs.exists(hard_state):
         raise RaftError(f"{hard_state} is missing: the node would forget its term and vote; rebuild it "
                         "(docs/operations.md, \"Rebuilding a node\")")
     if identity is None:
         identity = DataIdentity(node_id, "adopted", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        _write_identity(directory, identity)
+        _write_identity(directory, identity, fs)
     return identity
 
 
-def _read_identity(path: str) -> DataIdentity:
+def _read_identity(path: str, fs: FileSystem = OS) -> DataIdentity:
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        doc = tomllib.loads(read_file(fs, path).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RaftError(f"{path}: unreadable node identity: {exc}") from None
     fmt = doc.get("format")
     if not isinstance(fmt, int) or not 1 <= fmt <= IDENTITY_FORMAT:
@@ -203,25 +213,19 @@ def _read_identity(path: str) -> DataIdentity:
     return DataIdentity(**fields, cluster=cluster, epoch=epoch)
 
 
-def write_identity(directory: str, identity: DataIdentity) -> None:
+def write_identity(directory: str, identity: DataIdentity, *, fs: FileSystem = OS) -> None:
     """Replace a node's identity (``cluster recover`` moves a survivor to a new epoch)."""
-    _write_identity(os.path.abspath(directory), identity)
+    _write_identity(os.path.abspath(directory), identity, fs)
 
 
-def _write_identity(directory: str, identity: DataIdentity) -> None:
+def _write_identity(directory: str, identity: DataIdentity, fs: FileSystem = OS) -> None:
     path = os.path.join(directory, IDENTITY_FILE)
     text = (f"# This node's identity, written when its data was created. A node starts only on a\n"
             f"# data directory that has one (docs/operations.md, \"Rebuilding a node\").\n"
             f"format = {IDENTITY_FORMAT}\n"
             + "".join(f"{k} = {json.dumps(getattr(identity, k))}\n"
                       for k in ("node", "origin", "created", "cluster", "epoch")))
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _platform.fsync_dir(directory)
+    write_file_durably(fs, path, [text.encode("utf-8")])
 
 
 class JournalStorage:
@@ -235,20 +239,23 @@ class JournalStorage:
         fsync: str = "always",
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = 2,
+        fs: FileSystem = OS,
     ):
         self.directory = os.path.abspath(directory)
+        self.fs = fs
         problem = fsync_mode_problem(fsync)
         if problem is not None:
             raise RaftError(f"{self.directory}: fsync {problem}")
         self.fsync = fsync
         self._unsafe_no_fsync = fsync == "unsafe-no-fsync"
-        os.makedirs(self.directory, exist_ok=True)
+        make_dirs(fs, self.directory)
         # "never": sync() then only writes to the OS; "always" fsyncs on reads of unwritten
         # entries too (sync() fsyncs in any case, see there)
         self.journal = Journal(os.path.join(self.directory, "journal"),
-                               fsync="never" if self._unsafe_no_fsync else "always", segment_bytes=segment_bytes)
-        self.snapshots = SnapshotStore(os.path.join(self.directory, "snapshots"), keep=keep_snapshots)
-        self._hs_file = HardStateFile(self.directory)
+                               fsync="never" if self._unsafe_no_fsync else "always", segment_bytes=segment_bytes,
+                               fs=fs)
+        self.snapshots = SnapshotStore(os.path.join(self.directory, "snapshots"), keep=keep_snapshots, fs=fs)
+        self._hs_file = HardStateFile(self.directory, fs)
         self.hard_state = self._stored = self._hs_file.load()
         self._snap = SnapshotMeta(0, 0, initial_membership)
         for index in self.snapshots.indexes():  # newest valid one; damaged ones are skipped

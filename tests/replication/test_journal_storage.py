@@ -231,7 +231,7 @@ def test_close_after_a_write_failure_stores_no_commit_past_the_durable_journal(t
     s.append(entries(4, 6))
     with monkeypatch.context() as m:
         def broken(fd, data):
-            raise OSError(28, "No space left on device")
+            raise OSError(5, "Input/output error")  # a full disk is DiskFull and resumes instead
 
         m.setattr(os, "write", broken)
         with pytest.raises(EngineHaltedError):
