@@ -76,6 +76,7 @@ class SimFileSystem:
         self.counts: Counter[str] = Counter()
         self.trace: list[tuple[str, object, int]] | None = [] if trace else None
         self.crashed = False
+        self._power_left: int | None = None  # operations until a power cut
         self._nodes: dict[str, _Dir | _File] = {}  # the current namespace
         self._durable: dict[str, _Dir | _File] = {}  # the namespace a crash would leave
         self._fds: dict[int, _Fd] = {}
@@ -84,6 +85,10 @@ class SimFileSystem:
 
     # -- bookkeeping ------------------------------------------------------------------
     def _op(self, name: str, what: object, n: int = 0) -> None:
+        if self._power_left is not None:
+            self._power_left -= 1
+            if self._power_left < 0:
+                self.crashed = True
         if self.crashed:
             raise _err(errno.EIO, "the simulated machine crashed; use the file system crash() returned")
         self.counts[name] += 1
@@ -117,6 +122,11 @@ class SimFileSystem:
         seen = {id(n): len(n.data) for n in self._nodes.values() if isinstance(n, _File)}
         seen.update((id(f.file), len(f.file.data)) for f in self._fds.values())  # unlinked but open
         return sum(seen.values())
+
+    def cut_power_after(self, n: int) -> None:
+        """The machine dies just before its ``n``-th next operation (0: the next one), which
+        raises like every later one; ``crash()`` then gives the disk it left."""
+        self._power_left = n
 
     def fill(self) -> None:
         """Make the disk full now: the next write that needs space fails."""
