@@ -12,6 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from prevalence.entry import Entry
 from prevalence.errors import EngineHaltedError
+from prevalence.fs import OS
 from prevalence.snapshots import SnapshotMeta as FileMeta
 from prevalence.snapshots import encode_file
 from replication.errors import CompactedError, RaftError, UnavailableError
@@ -35,11 +36,15 @@ def snapshot_file(index: int, term: int, membership: Membership) -> bytes:
 
 
 class StorageAgreement(RuleBasedStateMachine):
+    def make_fs(self):
+        return OS
+
     def __init__(self):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="jstorage-")
+        self.fs = self.make_fs()
         self.mem = MemoryStorage(M)
-        self.disk = JournalStorage(self.dir, initial_membership=M, segment_bytes=4096)
+        self.disk = JournalStorage(self.dir, initial_membership=M, segment_bytes=4096, fs=self.fs)
         self.term = 1
 
     @rule(back=st.integers(0, 8), n=st.integers(1, 30), bump=st.booleans(), size=st.integers(0, 300))
@@ -85,7 +90,7 @@ class StorageAgreement(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.disk.close()
-        self.disk = JournalStorage(self.dir, initial_membership=M, segment_bytes=4096)
+        self.disk = JournalStorage(self.dir, initial_membership=M, segment_bytes=4096, fs=self.fs)
         # close() synced the journal; the stored commit never names more than that log
         hs = self.mem.hard_state
         self.mem.set_hard_state(HardState(hs.term, hs.vote, min(hs.commit, self.mem.last_index())))
