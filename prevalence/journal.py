@@ -11,7 +11,7 @@ whole buffer and fsyncs once for everybody (group commit); the others sleep unti
 done. So with one writer there is no thread hand-off at all, and with many, one fsync
 covers many transactions.
 
-Storage failures (docs/operations.md, "Storage failures"). All file I/O goes through an
+Storage failures (docs/architecture.md, "Storage failures come in two kinds"). All file I/O goes through an
 injected :class:`~prevalence.fs.FileSystem` (the OS by default, a simulated disk in tests):
 
 - An fsync that fails, or any other I/O error while the journal changes its files,
@@ -32,40 +32,18 @@ import bisect
 import logging
 import os
 import threading
-from array import array
 from typing import Iterable, Iterator
 
 from . import _platform
 from .entry import Entry
 from .errors import ClosedError, DiskFull, EngineHaltedError, JournalCorruptError, PrevalenceError
-from .fs import CREATE, OS, READ, WRITE, FileSystem, make_dirs, read_file, read_range, write_all
-from .segment import SEGMENT_HEADER, ScanResult, frame, parse_records, parse_segment_name, scan, segment_header, segment_name
+from .fs import CREATE, OS, READ, WRITE, FileSystem, make_dirs, read_range, write_all
+from .segment import SEGMENT_HEADER, OpenSegment, frame, parse_records, scan_directory, segment_header, segment_name
 
 log = logging.getLogger("prevalence.journal")
 
 FSYNC_POLICIES = ("always", "batch", "never")
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
-
-
-def scan_directory(directory: str, fs: FileSystem = OS) -> Iterator[tuple[str, ScanResult]]:
-    """Validate the segments of ``directory`` oldest first (see segment.scan).
-
-    Raises JournalCorruptError at the first damage that is not a torn tail of the newest
-    segment, or at a gap between segments.
-    """
-    if not fs.isdir(directory):
-        return
-    firsts = sorted(f for f in map(parse_segment_name, fs.listdir(directory)) if f is not None)
-    expected: int | None = None
-    for n, first in enumerate(firsts):
-        path = os.path.join(directory, segment_name(first))
-        buf = read_file(fs, path)
-        res = scan(path, buf, first if expected is None else expected, last=n == len(firsts) - 1)
-        yield path, res
-        if res.offsets:
-            expected = res.last_index + 1
-        elif expected is None:
-            expected = first
 
 
 class _NoSpace(Exception):
@@ -78,37 +56,7 @@ class _NoSpace(Exception):
         self.left, self.exc = [(seg, bytearray(data)) for seg, data in left], exc
 
 
-class _Segment:
-    __slots__ = ("first", "path", "offsets", "size", "written", "wfd", "rfd")
-
-    def __init__(self, first: int, path: str, offsets: array | None = None, size: int = SEGMENT_HEADER.size):
-        self.first = first
-        self.path = path
-        self.offsets = offsets if offsets is not None else array("Q")
-        self.size = size  # bytes including those still buffered in memory
-        self.written = size  # bytes in the file (a new segment: once its header is written)
-        self.wfd: int | None = None
-        self.rfd: int | None = None
-
-    @property
-    def last(self) -> int:
-        return self.first + len(self.offsets) - 1
-
-    def end_of(self, index: int) -> int:
-        """Byte offset just past record ``index`` (which must be in this segment)."""
-        k = index - self.first + 1
-        return self.offsets[k] if k < len(self.offsets) else self.size
-
-    def close(self, fs: FileSystem) -> None:
-        if self.wfd is not None:
-            fd, self.wfd = self.wfd, None
-            fs.close(fd)
-        if self.rfd is not None:
-            fd, self.rfd = self.rfd, None
-            fs.close(fd)
-
-
-def _first(seg: _Segment) -> int:
+def _first(seg: OpenSegment) -> int:
     return seg.first
 
 
@@ -134,14 +82,15 @@ class Journal:
         self._segment_bytes = max(4096, int(segment_bytes))
         self._cond = threading.Condition(threading.Lock())
         self._read_lock = threading.Lock()
-        self._segments: list[_Segment] = []
+        self._segments: list[OpenSegment] = []
         self._term_starts: list[int] = []
         self._term_values: list[int] = []
-        self._pending: list[tuple[_Segment, bytearray]] = []
-        self._writer: _Segment | None = None
+        self._pending: list[tuple[OpenSegment, bytearray]] = []
+        self._writer: OpenSegment | None = None
         self._flushing = False
         self._waiters = 0  # threads sleeping until a flush completes
         self._failed: BaseException | None = None
+        self._full = False  # the last write found the disk full (said once, not per retry)
         self._closed = False
         self.warnings: list[str] = []
         if not read_only:
@@ -167,7 +116,7 @@ class Journal:
                         fs.remove(path)
                         fs.fsync_dir(self.directory)
                     continue
-            self._segments.append(_Segment(res.first_index, path, res.offsets, res.valid_bytes))
+            self._segments.append(OpenSegment(res.first_index, path, res.offsets, res.valid_bytes))
             for start, term in res.terms:
                 self._note_term(start, term)
         if self._segments and not self.read_only:
@@ -242,7 +191,7 @@ class Journal:
     def _add(self, index: int, term: int, rec: bytes) -> None:
         seg = self._segments[-1] if self._segments else None
         if seg is None or (seg.size >= self._segment_bytes and seg.offsets):
-            seg = _Segment(index, os.path.join(self.directory, segment_name(index)))
+            seg = OpenSegment(index, os.path.join(self.directory, segment_name(index)))
             self._segments.append(seg)
         seg.offsets.append(seg.size)
         seg.size += len(rec)
@@ -306,6 +255,9 @@ class Journal:
                 err = self._failure(exc)
             raise err from (exc.exc if isinstance(exc, _NoSpace) else exc)
         with self._cond:
+            if self._full:
+                self._full = False
+                log.warning("journal %s: writing again after a full disk", self.directory)
             self._written = max(self._written, target)
             if do_sync:
                 self._synced = max(self._synced, target)
@@ -318,14 +270,16 @@ class Journal:
         in front of the buffer), else the journal is poisoned. Called with ``_cond`` held."""
         if isinstance(exc, _NoSpace):
             self._pending[:0] = exc.left
-            log.warning("journal %s: disk full; %d chunk(s) kept for a retry", self.directory, len(exc.left))
+            if not self._full:
+                log.warning("journal %s: disk full; unwritten entries kept for a retry", self.directory)
+            self._full = True
             return DiskFull(f"journal {self.directory}: disk full ({exc.exc}); nothing lost, retry once space returns")
         if self._failed is None:
             self._failed = exc
         log.error("journal %s: write failed: %r", self.directory, exc)
         return EngineHaltedError(f"journal {self.directory}: write failed: {exc}")
 
-    def _write(self, chunks: list[tuple[_Segment, bytearray]], do_sync: bool) -> None:
+    def _write(self, chunks: list[tuple[OpenSegment, bytearray]], do_sync: bool) -> None:
         """Write buffered chunks in order; called only by the thread holding the flush token.
 
         A full disk raises _NoSpace after cutting the file back to where the failed chunk
@@ -349,7 +303,7 @@ class Journal:
         if do_sync and self._writer is not None and self._writer.wfd is not None:
             self.fs.fsync(self._writer.wfd)
 
-    def _open_segment(self, seg: _Segment, left: list) -> None:
+    def _open_segment(self, seg: OpenSegment, left: list) -> None:
         fs = self.fs
         old = self._writer
         if old is not None and old.wfd is not None:
@@ -382,7 +336,7 @@ class Journal:
                     return
 
     # -- exclusive maintenance (truncate, compact, reset) -----------------------------
-    def _take_token(self) -> list[tuple[_Segment, bytearray]]:
+    def _take_token(self) -> list[tuple[OpenSegment, bytearray]]:
         with self._cond:
             self._check_usable()
             while self._flushing:
@@ -420,7 +374,7 @@ class Journal:
             raise PrevalenceError(f"cannot truncate after {index}: entries before {self.first_index} were compacted")
         self._exclusive(lambda chunks: self._truncate(chunks, index))
 
-    def _truncate(self, chunks: list[tuple[_Segment, bytearray]], index: int) -> None:
+    def _truncate(self, chunks: list[tuple[OpenSegment, bytearray]], index: int) -> None:
         fs = self.fs
         self._write(chunks, False)
         with self._read_lock, self._cond:
@@ -456,7 +410,7 @@ class Journal:
         """
         removed = [0]
 
-        def work(chunks: list[tuple[_Segment, bytearray]]) -> None:
+        def work(chunks: list[tuple[OpenSegment, bytearray]]) -> None:
             fs = self.fs
             self._write(chunks, False)
             with self._read_lock, self._cond:
@@ -476,7 +430,7 @@ class Journal:
 
     def reset(self, next_index: int) -> None:
         """Drop every entry; the next append gets ``next_index`` (after installing a snapshot)."""
-        def work(_chunks: list[tuple[_Segment, bytearray]]) -> None:
+        def work(_chunks: list[tuple[OpenSegment, bytearray]]) -> None:
             fs = self.fs
             with self._read_lock, self._cond:
                 for seg in self._segments:
@@ -541,7 +495,7 @@ class Journal:
     def _segment_at(self, index: int) -> int:
         return bisect.bisect_right(self._segments, index, key=_first) - 1
 
-    def _read(self, seg: _Segment, start: int, end: int) -> bytes:
+    def _read(self, seg: OpenSegment, start: int, end: int) -> bytes:
         if seg.rfd is None:
             # Unbuffered reads: a buffered reader would serve bytes it read ahead of a
             # region that a truncation has since rewritten.

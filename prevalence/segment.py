@@ -12,10 +12,12 @@ import os
 import struct
 from array import array
 from dataclasses import dataclass, field
+from typing import Iterator
 from zlib import crc32
 
 from .entry import Entry
 from .errors import JournalCorruptError
+from .fs import OS, FileSystem, read_file
 
 SEGMENT_MAGIC = b"PVJL"
 SEGMENT_FORMAT = 1
@@ -157,3 +159,56 @@ def _valid_record_follows(buf: bytes, pos: int, bad_index: int) -> bool:
                 return True
         hit = buf.find(needle, hit + 1)
     return False
+
+
+def scan_directory(directory: str, fs: FileSystem = OS) -> Iterator[tuple[str, ScanResult]]:
+    """Validate the segments of ``directory`` oldest first (see segment.scan).
+
+    Raises JournalCorruptError at the first damage that is not a torn tail of the newest
+    segment, or at a gap between segments.
+    """
+    if not fs.isdir(directory):
+        return
+    firsts = sorted(f for f in map(parse_segment_name, fs.listdir(directory)) if f is not None)
+    expected: int | None = None
+    for n, first in enumerate(firsts):
+        path = os.path.join(directory, segment_name(first))
+        buf = read_file(fs, path)
+        res = scan(path, buf, first if expected is None else expected, last=n == len(firsts) - 1)
+        yield path, res
+        if res.offsets:
+            expected = res.last_index + 1
+        elif expected is None:
+            expected = first
+
+
+class OpenSegment:
+    """A segment of an open journal: where its records are, and its file descriptors."""
+
+    __slots__ = ("first", "path", "offsets", "size", "written", "wfd", "rfd")
+
+    def __init__(self, first: int, path: str, offsets: array | None = None, size: int = SEGMENT_HEADER.size):
+        self.first = first
+        self.path = path
+        self.offsets = offsets if offsets is not None else array("Q")
+        self.size = size  # bytes including those still buffered in memory
+        self.written = size  # bytes in the file (a new segment: once its header is written)
+        self.wfd: int | None = None
+        self.rfd: int | None = None
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.offsets) - 1
+
+    def end_of(self, index: int) -> int:
+        """Byte offset just past record ``index`` (which must be in this segment)."""
+        k = index - self.first + 1
+        return self.offsets[k] if k < len(self.offsets) else self.size
+
+    def close(self, fs: FileSystem) -> None:
+        if self.wfd is not None:
+            fd, self.wfd = self.wfd, None
+            fs.close(fd)
+        if self.rfd is not None:
+            fd, self.rfd = self.rfd, None
+            fs.close(fd)
