@@ -242,3 +242,31 @@ def test_a_snapshot_on_a_full_disk_is_disk_full_and_leaves_no_temp_file():
     fs.capacity = None
     store.write(SnapshotMeta(2, 0, 0, "pickle"), b"x" * 1000)
     assert SnapshotStore(SDIR, fs=fs.crash()).indexes() == [2, 1]
+
+
+def test_the_engine_on_a_full_disk_refuses_then_resumes(tmp_path, monkeypatch):
+    """What docs/architecture.md promises: the transaction refused with DiskFull is applied
+    in memory and becomes durable at the next successful flush; queries never show it
+    before that."""
+    import prevalence
+
+    from .domain import Get
+
+    db = prevalence.open(str(tmp_path), Store)
+    db.execute(Put("a", 1))
+    real = os.write
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(DiskFull):
+        db.execute(Put("a", 2))
+    with pytest.raises(DiskFull):
+        db.query(Get("a"))
+    monkeypatch.setattr(os, "write", real)
+    assert db.query(Get("a")) == 2  # written now
+    assert db.execute(Put("b", 3)) == 3
+    db.close()
+    with prevalence.open(str(tmp_path), Store) as again:
+        assert (again.query(Get("a")), again.query(Get("b"))) == (2, 3)
