@@ -270,3 +270,25 @@ def test_the_engine_on_a_full_disk_refuses_then_resumes(tmp_path, monkeypatch):
     db.close()
     with prevalence.open(str(tmp_path), Store) as again:
         assert (again.query(Get("a")), again.query(Get("b"))) == (2, 3)
+
+
+def test_the_batch_timer_keeps_retrying_a_full_disk_and_syncs_once_space_returns():
+    import time
+
+    fs = SimFileSystem(random.Random(8))
+    j = Journal(JDIR, fs=fs, fsync="batch", batch_interval=0.001)
+    j.append(*command(1, 1))
+    j.wait(1)
+    fs.fill()
+    j.append(*command(2, 2))
+    with pytest.raises(DiskFull):
+        j.wait(2)
+    writes, deadline = fs.counts["write"], time.monotonic() + 5
+    while fs.counts["write"] < writes + 3 and time.monotonic() < deadline:
+        time.sleep(0.002)  # until the timer has met the full disk a few times
+    fs.capacity = None
+    deadline = time.monotonic() + 5
+    while j.durable_index < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert j.durable_index == 2  # the timer did not give up at the first DiskFull
+    j.close()

@@ -201,3 +201,19 @@ def test_retrying_after_a_full_disk_leaves_the_files_of_a_disk_that_never_filled
     never = run(None)
     assert all(run(k) == never for k in (0, 120, 270))
     assert refused == [0, 120, 270]
+
+
+@pytest.mark.parametrize("fields", [[-1, None, 0], [1, 7, 0], [1, None, "x"], [1.5, None, 0]])
+def test_a_hard_state_with_a_valid_checksum_but_wrong_fields_is_refused(fields):
+    import msgpack
+    from zlib import crc32
+
+    from prevalence.fs import write_file_durably
+    from replication.errors import RaftError
+
+    fs = SimFileSystem(random.Random(0))
+    fs.makedirs(DIR)
+    body = msgpack.packb(fields)
+    write_file_durably(fs, DIR + "/raft-state", [body + crc32(body).to_bytes(4, "little")])
+    with pytest.raises(RaftError, match="malformed hard state"):
+        HardStateFile(DIR, fs).load()
