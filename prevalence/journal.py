@@ -77,6 +77,7 @@ class Journal:
             raise PrevalenceError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
         self.directory = os.path.abspath(directory)
         self.fs = fs
+        self._fs_write = fs.write  # bound once: the append path is hot
         self.fsync = fsync
         self.read_only = read_only
         self._segment_bytes = max(4096, int(segment_bytes))
@@ -285,7 +286,7 @@ class Journal:
         A full disk raises _NoSpace after cutting the file back to where the failed chunk
         began (the end of a whole record); any other error propagates and poisons.
         """
-        write = self.fs.write
+        write = self._fs_write
         for n, (seg, data) in enumerate(chunks):
             if seg is not self._writer:
                 self._open_segment(seg, chunks[n:])
