@@ -11,20 +11,15 @@ whole buffer and fsyncs once for everybody (group commit); the others sleep unti
 done. So with one writer there is no thread hand-off at all, and with many, one fsync
 covers many transactions.
 
-Storage failures (docs/architecture.md, "Storage failures come in two kinds"). All file I/O goes through an
-injected :class:`~prevalence.fs.FileSystem` (the OS by default, a simulated disk in tests):
-
-- An fsync that fails, or any other I/O error while the journal changes its files,
-  *poisons* the journal: the call raises :class:`EngineHaltedError` and every later
-  write, sync and read of unwritten entries raises it too. An fsync is never retried:
-  after a failed one the kernel may have dropped the dirty pages and marked them clean,
-  so a retry that "succeeds" proves nothing (PostgreSQL's "fsyncgate"). Reopening the
-  journal recovers from what is on disk.
-- A write that finds the disk full (ENOSPC) is not a failure of the disk: the segment
-  is cut back to the end of the last whole record written before, the unwritten records
-  stay buffered in memory, and :class:`DiskFull` is raised. The journal stays usable:
-  the same ``wait``/``sync`` retried once space returns writes them, and the files are
-  then byte for byte those of a journal that never filled.
+All file I/O goes through an injected :class:`~prevalence.fs.FileSystem`. Storage failures
+(docs/architecture.md): a failed fsync, or any I/O error while the journal changes its
+files, *poisons* it: EngineHaltedError now and for every later write. An fsync is never
+retried: after a failed one the kernel may have dropped the dirty pages, so a retry that
+"succeeds" proves nothing (PostgreSQL's "fsyncgate"); reopening recovers from the disk.
+A write that finds the disk full (ENOSPC) cuts the segment back to its last whole record,
+keeps the unwritten records buffered and raises DiskFull; the journal stays usable, and
+the same ``wait``/``sync`` retried once space returns leaves files byte for byte those of
+a journal that never filled.
 """
 from __future__ import annotations
 
@@ -32,7 +27,7 @@ import bisect
 import logging
 import os
 import threading
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from . import _platform
 from .entry import Entry
@@ -77,6 +72,7 @@ class Journal:
             raise PrevalenceError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
         self.directory = os.path.abspath(directory)
         self.fs = fs
+        self._fs_write = fs.write  # bound once: the append path is hot
         self.fsync = fsync
         self.read_only = read_only
         self._segment_bytes = max(4096, int(segment_bytes))
@@ -285,7 +281,7 @@ class Journal:
         A full disk raises _NoSpace after cutting the file back to where the failed chunk
         began (the end of a whole record); any other error propagates and poisons.
         """
-        write = self.fs.write
+        write = self._fs_write
         for n, (seg, data) in enumerate(chunks):
             if seg is not self._writer:
                 self._open_segment(seg, chunks[n:])
@@ -355,16 +351,17 @@ class Journal:
             self._cond.notify_all()
             return None if exc is None else self._failure(exc)
 
-    def _exclusive(self, work) -> None:
+    def _exclusive(self, work: Callable[[list], int | None]) -> int | None:
         """Run ``work(chunks)`` holding the flush token; a failure poisons the journal,
         except a full disk while writing what was buffered (DiskFull, nothing changed)."""
         chunks = self._take_token()
         try:
-            work(chunks)
+            result = work(chunks)
         except BaseException as exc:
             err = self._give_token(exc)
             raise err from (exc.exc if isinstance(exc, _NoSpace) else exc)
         self._give_token()
+        return result
 
     def truncate_after(self, index: int) -> None:
         """Remove every entry after ``index`` (a Raft follower dropping a conflicting suffix)."""
@@ -408,25 +405,23 @@ class Journal:
 
         The newest segment is never deleted, so the log keeps its last index.
         """
-        removed = [0]
-
-        def work(chunks: list[tuple[OpenSegment, bytearray]]) -> None:
-            fs = self.fs
+        def work(chunks: list[tuple[OpenSegment, bytearray]]) -> int:
+            fs, removed = self.fs, 0
             self._write(chunks, False)
             with self._read_lock, self._cond:
                 while len(self._segments) > 1 and self._segments[0].last <= upto:
                     seg = self._segments.pop(0)
                     seg.close(fs)
                     fs.remove(seg.path)
-                    removed[0] += 1
-                if removed[0]:
+                    removed += 1
+                if removed:
                     fs.fsync_dir(self.directory)
                     first = self.first_index
                     k = max(0, bisect.bisect_right(self._term_starts, first) - 1)
                     del self._term_starts[:k], self._term_values[:k]
+            return removed
 
-        self._exclusive(work)
-        return removed[0]
+        return self._exclusive(work) or 0
 
     def reset(self, next_index: int) -> None:
         """Drop every entry; the next append gets ``next_index`` (after installing a snapshot)."""

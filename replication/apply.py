@@ -13,9 +13,10 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from prevalence.entry import Entry
+from prevalence.entry import Entry, EntryKind
 from prevalence.state import StateMachine
 from replication.errors import ProposalRefused
+from replication.membership import Membership, decode_membership
 
 log = logging.getLogger("replication.node")
 
@@ -29,7 +30,15 @@ def _plain_apply(item: tuple | None) -> bool:
     return item is not None and item[0] == "apply" and item[1][0] is None
 
 
+_CONFIG = int(EntryKind.CONFIG)
+
+
 class ApplierMixin:
+    #: Called on the apply thread, in log order, with the membership of each CONFIG entry
+    #: once it is applied and of each snapshot installed: what is committed for good (the
+    #: rpc layer keeps the cluster identity it carries). An exception stops the node.
+    on_config_applied: Callable[[Membership], None] | None = None
+
     def _apply_loop(self) -> None:
         q = self._apply_q
         delay = self.options.follower_apply_delay
@@ -74,7 +83,7 @@ class ApplierMixin:
                     arg.set_exception(exc)
 
     def _apply(self, snapshot, entries: list[Entry], waiting: dict) -> None:
-        installed = self.applier.apply(snapshot, entries, waiting)
+        installed = self.applier.apply(snapshot, entries, waiting, self.on_config_applied)
         if installed is not None:
             self._last_snapshot_index = installed
         with self._applied_cond:
@@ -114,8 +123,11 @@ class Applier:
         self.snapshots = snapshots
         self.complete = complete
 
-    def apply(self, snapshot: Any, entries: list[Entry], waiting: dict) -> int | None:
-        """Returns the index of the snapshot installed first, if any."""
+    def apply(self, snapshot: Any, entries: list[Entry], waiting: dict,
+              on_config: Callable[[Membership], None] | None = None) -> int | None:
+        """Returns the index of the snapshot installed first, if any. ``on_config`` gets
+        the membership of the snapshot and of each CONFIG entry applied, in log order,
+        after the state machine's lock is released (it may write a file)."""
         sm, complete = self.sm, self.complete
         installed = None
         if snapshot is not None:
@@ -129,11 +141,14 @@ class Applier:
                 sm.lock.release_write()
             installed = meta.index
             log.info("%s: installed snapshot %d from the leader", self.id, meta.index)
+        configs = [snapshot.meta.membership] if snapshot is not None and on_config is not None else []
         sm.lock.acquire_write()
         try:
             for e in entries:
                 if e.index <= sm.applied_index:
                     continue
+                if e.kind == _CONFIG and on_config is not None:
+                    configs.append(decode_membership(e.data))  # the core decoded it already
                 result, exc = sm.apply_entry(e, check=True)
                 w = waiting.get(e.index)
                 if w is not None:
@@ -144,6 +159,8 @@ class Applier:
                         complete(token, result, exc)
         finally:
             sm.lock.release_write()
+        for membership in configs:
+            on_config(membership)
         return installed
 
     def serve_read(self, index: int, token: int, q: Any) -> None:

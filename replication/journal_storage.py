@@ -44,7 +44,7 @@ from prevalence.journal import DEFAULT_SEGMENT_BYTES, Journal
 from prevalence.snapshots import SnapshotMeta as FileMeta
 from prevalence.snapshots import SnapshotStore, decode_file
 from replication.errors import CompactedError, RaftError, UnavailableError
-from replication.membership import Membership
+from replication.membership import Membership, cluster_id_problem
 from replication.messages import HardState, Snapshot, SnapshotMeta
 
 HARD_STATE_FILE = "raft-state"
@@ -126,7 +126,7 @@ class DataIdentity:
     node: str  # the node id the data belongs to
     origin: str  # how the data was created (ORIGINS)
     created: str  # when, UTC, ISO 8601
-    cluster: str = ""  # the random id of the cluster the data belongs to; "" unknown (older data, --init)
+    cluster: str = ""  # the random id of the cluster the data belongs to; "" not known yet (rpc.identity)
     epoch: int = 0  # raised by `cluster recover`: data of an older epoch is refused by the peers
 
 
@@ -208,8 +208,7 @@ def _read_identity(path: str, fs: FileSystem = OS) -> DataIdentity:
     if not all(isinstance(v, str) for v in fields.values()) or fields["origin"] not in ORIGINS:
         raise RaftError(f"{path}: malformed node identity: {doc!r}")
     cluster, epoch = doc.get("cluster", ""), doc.get("epoch", 0)
-    if not isinstance(cluster, str) or len(cluster) > 64 or not cluster.isprintable() or type(epoch) is not int \
-            or epoch < 0:
+    if cluster_id_problem(cluster if cluster != "" else "-", epoch):  # "" is no id yet
         raise RaftError(f"{path}: malformed cluster id or epoch: {doc!r}")
     return DataIdentity(**fields, cluster=cluster, epoch=epoch)
 

@@ -8,6 +8,7 @@ uncompacted log so that truncations and snapshots can find the one in force at a
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Iterable
@@ -18,6 +19,20 @@ from prevalence.entry import Entry, EntryKind
 from replication.errors import ConfigChangeRefused, DecodeError
 
 _CONFIG = int(EntryKind.CONFIG)
+_CLUSTER_ID = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+MAX_EPOCH = (1 << 31) - 1
+
+
+def cluster_id_problem(cluster: object, epoch: object) -> str | None:
+    """Why ``(cluster, epoch)`` is not a cluster identity (one line), or None: an id of 1-64
+    letters, digits, ``_ . -`` and an epoch in 0..2**31-1, checked by exact type wherever
+    one is decoded (the log, a snapshot, the handshake, an identity file)."""
+    if type(cluster) is not str or not _CLUSTER_ID.fullmatch(cluster):
+        shown = repr(cluster[:20]) if type(cluster) is str else f"a {type(cluster).__name__}"
+        return f"a cluster id is 1-64 letters, digits, '_', '.' or '-', got {shown}"
+    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+        return f"a cluster epoch is an integer in 0..{MAX_EPOCH}, got a {type(epoch).__name__}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +43,18 @@ class Membership:
     The addresses travel with the configuration through the log, so a node added at run
     time is reachable by every member without editing their configuration files. The
     core never reads them; the runtime gives them to the transport.
+
+    ``cluster`` and ``epoch`` are the cluster's identity ("" until its first leader sets
+    it with :meth:`ConfigChange.set_identity`; ``cluster recover`` raises the epoch). They
+    travel the same way, in CONFIG entries and snapshots, so every node, one added or
+    offline at the time included, learns them from the log; the core never reads them.
     """
 
     voters: tuple[str, ...] = ()
     learners: tuple[str, ...] = ()
     addresses: tuple[tuple[str, str], ...] = ()
+    cluster: str = ""
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         voters = tuple(sorted(set(self.voters)))
@@ -59,6 +81,8 @@ class Membership:
         return node_id in self.voters or node_id in self.learners
 
     def to_wire(self) -> list:
+        if self.cluster:
+            return [list(self.voters), list(self.learners), dict(self.addresses), [self.cluster, self.epoch]]
         if not self.addresses:
             return [list(self.voters), list(self.learners)]
         return [list(self.voters), list(self.learners), dict(self.addresses)]
@@ -66,10 +90,18 @@ class Membership:
     @classmethod
     def from_wire(cls, raw: object) -> "Membership":
         """Validate plain data from msgpack; raises DecodeError on anything unexpected."""
-        if not isinstance(raw, (list, tuple)) or len(raw) not in (2, 3):
-            raise DecodeError("membership must be [voters, learners] or [voters, learners, addresses]")
+        if not isinstance(raw, (list, tuple)) or len(raw) not in (2, 3, 4):
+            raise DecodeError("membership must be [voters, learners(, addresses(, [cluster, epoch]))]")
         addresses: dict = {}
-        if len(raw) == 3:
+        cluster, epoch = "", 0
+        if len(raw) == 4:
+            if not isinstance(raw[3], (list, tuple)) or len(raw[3]) != 2:
+                raise DecodeError("membership identity must be [cluster id, epoch]")
+            cluster, epoch = raw[3]
+            problem = cluster_id_problem(cluster, epoch)
+            if problem:
+                raise DecodeError(f"membership identity: {problem}")
+        if len(raw) >= 3:
             if not isinstance(raw[2], dict) or len(raw[2]) > 10_000:
                 raise DecodeError("membership addresses must be a mapping of node id to address")
             for node, addr in raw[2].items():
@@ -85,7 +117,7 @@ class Membership:
                     raise DecodeError(f"invalid node id in membership: a {type(node).__name__}")
             out.append(tuple(part))
         try:
-            return cls(out[0], out[1], tuple(addresses.items()))
+            return cls(out[0], out[1], tuple(addresses.items()), cluster, epoch)
         except ConfigChangeRefused as exc:
             raise DecodeError(str(exc)) from None
 
@@ -95,6 +127,7 @@ class ChangeType(IntEnum):
     REMOVE_VOTER = 1  # removes a voter or a learner
     ADD_LEARNER = 2
     PROMOTE_LEARNER = 3
+    SET_IDENTITY = 4  # the cluster id and epoch, once (the first leader's first act)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +137,12 @@ class ConfigChange:
     op: ChangeType
     node_id: str
     address: str | None = None  # where the added node listens (kept in the membership)
+    epoch: int = 0  # SET_IDENTITY only: node_id holds the cluster id
+
+    @classmethod
+    def set_identity(cls, cluster: str, epoch: int) -> "ConfigChange":
+        """The cluster's identity, into a membership that has none (refused otherwise)."""
+        return cls(ChangeType.SET_IDENTITY, cluster, None, epoch)
 
     @classmethod
     def add_voter(cls, node_id: str, address: str | None = None) -> "ConfigChange":
@@ -125,6 +164,13 @@ class ConfigChange:
 def apply_change(current: Membership, change: ConfigChange) -> Membership:
     """The membership after ``change``; refuses changes that make no sense."""
     node = change.node_id
+    if change.op == ChangeType.SET_IDENTITY:
+        problem = cluster_id_problem(node, change.epoch)
+        if problem:
+            raise ConfigChangeRefused(problem)
+        if current.cluster:
+            raise ConfigChangeRefused(f"the cluster already has the id {current.cluster} (epoch {current.epoch})")
+        return Membership(current.voters, current.learners, current.addresses, node, change.epoch)
     if not isinstance(node, str) or not node:
         raise ConfigChangeRefused(f"invalid node id {node!r}")
     voters, learners = set(current.voters), set(current.learners)
@@ -154,7 +200,7 @@ def apply_change(current: Membership, change: ConfigChange) -> Membership:
     addresses = dict(current.addresses)
     if change.address is not None:
         addresses[node] = change.address
-    return Membership(tuple(voters), tuple(learners), tuple(addresses.items()))
+    return Membership(tuple(voters), tuple(learners), tuple(addresses.items()), current.cluster, current.epoch)
 
 
 def encode_membership(m: Membership) -> bytes:

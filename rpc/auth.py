@@ -16,7 +16,9 @@ program sends neither). Once the proof matched the peer key, a server whose own 
 names a cluster refuses a peer of another cluster id or another epoch, naming both:
 two clusters that share a peer key stay apart, and a node whose data predates a
 ``cluster recover`` cannot rejoin before it is wiped. A side that knows no cluster id
-(data from before cluster ids, or made by ``--init``) is not compared.
+yet is not compared: a founder made by ``--init`` before the cluster's first leader set
+the id in the log (``rpc.identity``), or data from before cluster ids. The id and epoch
+are validated (``replication.membership.cluster_id_problem``) before anything else.
 
 The role is the one whose key the proof matches: the server tries each of its keys, so
 nobody can claim a role, only prove one, and the keys must differ. The server checks the
@@ -45,6 +47,7 @@ import msgpack
 from rpyc.utils.authenticators import AuthenticationError
 
 from prevalence.errors import PrevalenceError
+from replication.membership import cluster_id_problem
 
 from .secret import KEY_FILES, SecretError, check_secret, key_strength_problem
 from .wire import (
@@ -137,19 +140,35 @@ CLUSTER_MISMATCH = "cluster mismatch: "
 class ClusterKey(bytes):
     """The peer key of a node, bound to the cluster id and epoch of the node's data: the
     handshake sends them with the node's hello and the server checks them. A bytes
-    value, so it travels wherever the peer key does (transport, server) unchanged."""
+    value, so it travels wherever the peer key does (transport, server) unchanged.
 
-    cluster: str
-    epoch: int
+    A node whose data has no id yet holds one bound to ("", 0) and :meth:`rebind` s it
+    when it learns the id from the log: every handshake after that, in both directions,
+    carries and checks it."""
 
-    def __new__(cls, key: bytes, cluster: str, epoch: int = 0) -> "ClusterKey":
+    _binding: tuple[str, int]
+
+    def __new__(cls, key: bytes, cluster: str = "", epoch: int = 0) -> "ClusterKey":
         self = super().__new__(cls, key)
-        self.cluster, self.epoch = str(cluster), int(epoch)
+        self._binding = (str(cluster), int(epoch))
         return self
+
+    def rebind(self, cluster: str, epoch: int) -> None:
+        """The cluster this key now speaks for (one assignment: a handshake sees the old
+        pair or the new one, never half of each)."""
+        self._binding = (str(cluster), int(epoch))
+
+    @property
+    def cluster(self) -> str:
+        return self._binding[0]
+
+    @property
+    def epoch(self) -> int:
+        return self._binding[1]
 
 
 def _cluster_of(key: bytes) -> tuple[str, int]:
-    return getattr(key, "cluster", ""), getattr(key, "epoch", 0)
+    return getattr(key, "_binding", ("", 0))
 
 
 def cluster_mismatch(ident: str, theirs: tuple[str, int], ours: tuple[str, int]) -> str | None:
@@ -245,7 +264,12 @@ class ServerAuthenticator:
         self.ssl_context = ssl_context
         self.roles = tuple(self._keys)
         self.max_frame = int(max_frame)
-        self.cluster = _cluster_of(self._keys["peer"][0]) if "peer" in self._keys else ("", 0)
+
+    @property
+    def cluster(self) -> tuple[str, int]:
+        """The cluster id and epoch of this node's data, read at each handshake: a node
+        that learns its id from the log starts checking at once."""
+        return _cluster_of(self._keys["peer"][0]) if "peer" in self._keys else ("", 0)
 
     def __call__(self, sock: socket.socket):
         try:
@@ -295,6 +319,10 @@ class ServerAuthenticator:
             self._refuse(sock, deadline, str(exc), f"{exc} (this node speaks {PROTOCOL_VERSION}: a key per role, "
                          "see docs/security.md)")
         claim.append(f" (says it is {ident!r})")
+        problem = cluster_id_problem(cluster, epoch) if cluster else None  # as a log entry's; "": none yet
+        if problem:
+            self._refuse(sock, deadline, f"malformed cluster identity in the hello: {problem}",
+                         "malformed cluster identity")
         ns = os.urandom(NONCE_SIZE)
         write_frame(sock, encode_frame(CHALLENGE, ns), deadline)
         body = read_frame(sock, deadline, self.max_frame)

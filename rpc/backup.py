@@ -10,6 +10,16 @@ The header names the cluster id and epoch, the snapshot's index and term, the
 application's root factory and imports, and when and where it was taken. The trailing
 SHA-256 covers everything before it; the snapshot file inside carries its own CRC.
 A backup is a pickle of the whole state: restore only a file from a trusted place.
+
+It travels in chunks (:data:`CHUNK` bytes, far below any frame limit), never as one
+reply: ``backup_begin`` takes the snapshot on the leader and opens a session that holds
+its bytes (the file itself may be pruned meanwhile) and their SHA-256;
+``backup_chunk(session, offset)`` reads one chunk, any number of times (a retry after a
+lost connection reads it again); ``backup_end`` lets it go. A session nobody asked for
+a chunk in :data:`SESSION_IDLE` seconds, or older than :data:`SESSION_LIFETIME`, is
+dropped, and at most :data:`MAX_SESSIONS` are open per node: a vanished or slow client
+does not pin the node's memory. The client checks the SHA-256 over the whole stream,
+writes to ``FILE.tmp`` and renames it to ``FILE`` only once complete and verified.
 """
 from __future__ import annotations
 
@@ -17,8 +27,11 @@ import argparse
 import hashlib
 import json
 import os
+import re
+import secrets
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prevalence.errors import PrevalenceError
@@ -28,11 +41,18 @@ from replication.journal_storage import DataIdentity, HardStateFile, node_data_i
 from replication.membership import Membership
 from replication.messages import HardState
 
-__all__ = ["BackupError", "BackupInfo", "take_backup", "read_backup", "fetch_backup", "restore_backup",
-           "add_backup_parsers"]
+__all__ = ["BackupError", "BackupInfo", "BackupSessions", "take_backup", "read_backup", "fetch_backup",
+           "restore_backup", "add_backup_parsers"]
 
 MAGIC = b"PVLBACKUP1\n"
 _DIGEST = 32
+CHUNK = 1 << 20  # bytes of one backup_chunk reply at most
+SESSION_IDLE = 60.0  # seconds a backup session lives without a chunk asked for
+SESSION_LIFETIME = 3600.0  # seconds a backup session lives at most
+MAX_SESSIONS = 2  # backup sessions open at once on one node
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
+#: What the backup client reads in one frame at most: one chunk and RPyC's framing.
+BACKUP_MAX_FRAME = 4 << 20
 
 
 class BackupError(PrevalenceError):
@@ -60,9 +80,10 @@ class _Barrier:
         return None
 
 
-def take_backup(process: Any) -> bytes:
-    """On the leader (``rpc.server.NodeProcess``): a backup file's bytes, at a snapshot
-    that follows a linearizable read, so that no acknowledged write is missing."""
+def take_backup(process: Any) -> tuple[bytes, bytes]:
+    """On the leader (``rpc.server.NodeProcess``): a backup file's bytes but the trailing
+    digest, as (header part, snapshot file), at a snapshot that follows a linearizable
+    read, so that no acknowledged write is missing. Two parts: the snapshot is not copied."""
     node = process.node
     if not node.is_leader:  # answered as "not_leader": the caller asks the leader instead
         raise NotLeader(f"{process.cfg.id} is not the leader: a backup is taken on the leader",
@@ -76,11 +97,118 @@ def take_backup(process: Any) -> bytes:
     header = {"format": 1, "cluster": ident.cluster, "epoch": ident.epoch, "index": meta.index, "term": meta.term,
               "root": process.cfg.root, "imports": list(process.cfg.imports),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "node": process.cfg.id}
-    blob = MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + data
-    return blob + hashlib.sha256(blob).digest()
+    return MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n", data
 
 
-def read_backup(path: str) -> tuple[BackupInfo, bytes]:
+@dataclass
+class _Session:
+    head: bytes
+    data: bytes
+    sha256: bytes
+    opened: float
+    used: float = field(default=0.0)
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.data)
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Bytes ``offset``.. of head + data (at most ``n``), copying only those."""
+        head = len(self.head)
+        if offset >= head:
+            return self.data[offset - head:offset - head + n]
+        out = self.head[offset:offset + n]
+        return out + self.data[:n - len(out)] if len(out) < n else out
+
+
+class BackupSessions:
+    """The backups one node is streaming (see the module): each holds one snapshot's
+    bytes until its client ends it or it expires."""
+
+    def __init__(self, idle: float = SESSION_IDLE, lifetime: float = SESSION_LIFETIME,
+                 max_sessions: int = MAX_SESSIONS, chunk: int = CHUNK):
+        self.idle, self.lifetime, self.max_sessions, self.chunk = idle, lifetime, max_sessions, chunk
+        self._sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+        self._reaper: threading.Thread | None = None
+
+    def begin(self, process: Any) -> tuple[str, int, str, int]:
+        """Take a backup (leader only); returns (session, size, sha256 hex, chunk size)."""
+        with self._lock:
+            self._sweep(time.monotonic())
+            if len(self._sessions) >= self.max_sessions:
+                raise BackupError(f"{len(self._sessions)} backups are already being taken from this node (at most "
+                                  f"{self.max_sessions}): try again once they end, or in {self.idle:g} s")
+        head, data = take_backup(process)  # outside the lock: it waits for a snapshot
+        digest = hashlib.sha256(head)
+        digest.update(data)
+        now = time.monotonic()
+        session = _Session(head, data, digest.digest(), now, now)
+        sid = secrets.token_hex(16)
+        with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                raise BackupError(f"backups are already being taken from this node (at most {self.max_sessions})")
+            self._sessions[sid] = session
+            if self._reaper is None or not self._reaper.is_alive():
+                self._reaper = threading.Thread(target=self._reap, name="backup-sessions", daemon=True)
+                self._reaper.start()
+        return sid, session.size, session.sha256.hex(), self.chunk
+
+    def read(self, sid: str, offset: int) -> bytes:
+        """One chunk of session ``sid`` from ``offset`` (validated by the caller's types)."""
+        with self._lock:
+            session = self._sessions.get(sid)
+            if session is None:
+                raise BackupError("no such backup session: it ended, or expired after "
+                                  f"{self.idle:g} s without a chunk asked for; take the backup again")
+            if not 0 <= offset < session.size:
+                raise BackupError(f"offset {offset} is outside the backup's {session.size} bytes")
+            session.used = time.monotonic()
+        return session.read(offset, self.chunk)
+
+    def end(self, sid: str) -> bool:
+        with self._lock:
+            return self._sessions.pop(sid, None) is not None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _sweep(self, now: float) -> None:
+        for sid, s in list(self._sessions.items()):
+            if now - s.used > self.idle or now - s.opened > self.lifetime:
+                del self._sessions[sid]
+
+    def _reap(self) -> None:
+        """Expires sessions whose client never comes back; ends when none is left."""
+        while True:
+            time.sleep(min(self.idle, 5.0) / 2)
+            with self._lock:
+                self._sweep(time.monotonic())
+                if not self._sessions:
+                    self._reaper = None
+                    return
+
+
+_registry_lock = threading.Lock()
+
+
+def sessions_of(process: Any) -> BackupSessions:
+    """The backup sessions of a node process (made on first use)."""
+    with _registry_lock:
+        sessions = getattr(process, "backup_sessions", None)
+        if sessions is None:
+            sessions = process.backup_sessions = BackupSessions()
+        return sessions
+
+
+def session_id_problem(sid: Any) -> str | None:
+    """Why ``sid`` is no backup session id (exactly a str of 32 lowercase hex digits)."""
+    if type(sid) is not str or not _SESSION_ID.fullmatch(sid):
+        return "a backup session id is 32 lowercase hex digits, as backup_begin returned it"
+    return None
+
+
+def read_backup(path: str) -> tuple[BackupInfo, memoryview]:
     """The header and the snapshot file of a backup, after every check; BackupError (one
     line naming the file) otherwise."""
     try:
@@ -90,16 +218,20 @@ def read_backup(path: str) -> tuple[BackupInfo, bytes]:
         raise BackupError(f"{path}: cannot read the backup: {exc.strerror or exc}") from None
     if not blob.startswith(MAGIC):
         raise BackupError(f"{path}: not a prevalence backup (bad magic)")
-    if len(blob) < len(MAGIC) + _DIGEST + 2 or hashlib.sha256(blob[:-_DIGEST]).digest() != blob[-_DIGEST:]:
+    whole = memoryview(blob)  # slices below copy nothing
+    digest = hashlib.sha256(whole[:-_DIGEST]).digest() if len(blob) >= len(MAGIC) + _DIGEST + 2 else b""
+    if digest != blob[-_DIGEST:]:
         raise BackupError(f"{path}: damaged backup (SHA-256 mismatch: truncated or altered); nothing restored")
-    body = blob[len(MAGIC):-_DIGEST]
-    line, sep, snapshot = body.partition(b"\n")
+    end = blob.find(b"\n", len(MAGIC), len(blob) - _DIGEST)
+    if end < 0:
+        raise BackupError(f"{path}: damaged backup header: no end of line")
     try:
-        h = json.loads(line)
+        h = json.loads(blob[len(MAGIC):end])
         info = BackupInfo(h["cluster"], h["epoch"], h["index"], h["term"], h["root"], tuple(h["imports"]),
-                          h["created"], h["node"], hashlib.sha256(blob[:-_DIGEST]).hexdigest())
+                          h["created"], h["node"], digest.hex())
     except (ValueError, KeyError, TypeError) as exc:
         raise BackupError(f"{path}: damaged backup header: {exc}") from None
+    snapshot = whole[end + 1:-_DIGEST]
     try:
         meta, _ = decode_file(path, snapshot)
     except PrevalenceError as exc:
@@ -110,25 +242,136 @@ def read_backup(path: str) -> tuple[BackupInfo, bytes]:
     return info, snapshot
 
 
+class _Link:
+    """The backup client's connection to one node (admin key, frames of 4 MiB at most),
+    opened again after a lost connection: the session there outlives it for
+    :data:`SESSION_IDLE` seconds, and a chunk is read again from its offset."""
+
+    def __init__(self, cfg: Any, secret: bytes):
+        self.cfg, self._secret, self._conn = cfg, secret, None
+
+    def call(self, method: str, *args: Any, attempts: int = 1) -> list:
+        from rpc.auth import ConnectFailed
+        from rpc.config import tls_contexts
+        from rpc.transport import open_connection, remote_method
+
+        for attempt in range(attempts):
+            try:
+                if self._conn is None:
+                    self._conn = open_connection(self.cfg.listen, self._secret, role="admin", ident="backup",
+                                                 request_timeout=300.0, ssl_context=tls_contexts(self.cfg)[1],
+                                                 max_frame=BACKUP_MAX_FRAME)
+                return _decode(remote_method(self._conn, method)(*args))
+            except (ConnectFailed, EOFError, OSError):
+                self.close()
+                if attempt + 1 >= attempts:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - a connection already gone
+                pass
+            self._conn = None
+
+
+def _begin_on_leader(directory: str) -> tuple[_Link, list]:
+    """(link to the leader, its backup_begin reply), asking the leader first and
+    following its redirections; the admin key."""
+    from rpc.cluster import cluster_status, directory_key, node_config_paths
+    from rpc.config import ConfigError, load_config
+
+    configs = {c.id: c for c in (load_config(p) for p in node_config_paths(directory))}
+    secret = directory_key(directory, "admin")
+    rows = cluster_status(directory)
+    order = [r["id"] for r in rows if r["role"] == "leader"] + [r["id"] for r in rows if r["reachable"]]
+    tried: list[str] = []
+    for nid in order:
+        if nid in tried:
+            continue
+        tried.append(nid)
+        link = _Link(configs[nid], secret)
+        try:
+            reply = link.call("backup_begin")
+        except BaseException:
+            link.close()
+            raise
+        if reply[0] == "ok":
+            return link, reply[1]
+        link.close()
+        if reply[0] != "not_leader":
+            raise BackupError(f"backup refused by {nid}: {reply[-1]}")
+    raise ConfigError(f"no leader accepted the backup (asked {', '.join(tried) or 'nobody: no node reachable'})")
+
+
+def _decode(raw: Any) -> list:
+    import msgpack
+
+    if type(raw) is not bytes:
+        raise BackupError("the node answered something other than bytes")
+    reply = msgpack.unpackb(raw, raw=False)
+    if type(reply) is not list or not reply:
+        raise BackupError("the node's reply is malformed")
+    return reply
+
+
 def fetch_backup(directory: str, out: str) -> BackupInfo:
     """``prevalence backup``: ask the leader of the cluster in ``directory`` (admin key)
-    for a backup and write it to ``out`` (never over an existing file), checked."""
-    from rpc.cluster import admin
+    for a backup and stream it, chunk by chunk, to ``out`` (never over an existing
+    file): written to ``out.tmp``, checked (the SHA-256 over the whole stream, then the
+    file as ``backup verify`` checks it), and only then renamed to ``out``."""
+    from prevalence._platform import fsync_dir
 
     if os.path.exists(out):
         raise BackupError(f"{out} exists: a backup is never written over a file")
-    blob = admin(directory, "backup")
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
+    link, begun = _begin_on_leader(directory)
     try:
+        sid, size, sha256, chunk = begun
+        if session_id_problem(sid) or not (type(size) is int and type(chunk) is int and type(sha256) is str
+                                           and 0 < size and 0 < chunk <= BACKUP_MAX_FRAME // 2):
+            raise ValueError(begun)
+    except (TypeError, ValueError):
+        link.close()
+        raise BackupError(f"{link.cfg.id} began the backup with a malformed answer") from None
+    tmp = out + ".tmp"
+    try:
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as f:
+            offset = 0
+            while offset < size:
+                reply = link.call("backup_chunk", sid, offset, attempts=3)
+                if reply[0] != "ok" or type(reply[1]) is not bytes:
+                    raise BackupError(f"the backup stopped at byte {offset} of {size}: {reply[-1]}")
+                part = reply[1]
+                if not part or len(part) > chunk or offset + len(part) > size:
+                    raise BackupError(f"the leader sent {len(part)} bytes at {offset} of {size}")
+                digest.update(part)
+                f.write(part)
+                offset += len(part)
+            if digest.hexdigest() != sha256:
+                raise BackupError("the backup as received does not match the leader's SHA-256 (altered in transit?); "
+                                  "nothing written")
+            f.write(digest.digest())
+            f.flush()
+            os.fsync(f.fileno())
         info, _ = read_backup(tmp)
-    except BackupError:
-        os.remove(tmp)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
         raise
+    finally:
+        try:
+            link.call("backup_end", sid)  # the node lets the snapshot go now
+        except Exception:  # noqa: BLE001 - it expires on its own
+            pass
+        link.close()
     os.replace(tmp, out)
+    fsync_dir(os.path.dirname(os.path.abspath(out)))
     return info
 
 
@@ -178,17 +421,17 @@ def restore_backup(path: str, directory: str, nodes: int = 3, base_port: int | N
             with open(cfg.path, "w", encoding="utf-8") as f:
                 f.write(text)
         configs = [load_config(p) for p in node_config_paths(directory)]
+    cluster = node_data_identity(configs[0].data, configs[0].id).cluster  # write_cluster's new id, one for all
+    # the snapshot's membership carries the new id: a node added later learns it there
     members = Membership(tuple(c.id for c in configs), (),
-                         tuple((c.id, f"{c.listen[0]}:{c.listen[1]}") for c in configs))
+                         tuple((c.id, f"{c.listen[0]}:{c.listen[1]}") for c in configs), cluster, 0)
     meta, body = decode_file(path, snapshot)
     meta.extra = {**meta.extra, "membership": members.to_wire()}
-    cluster = ""
     for cfg in configs:
         SnapshotStore(os.path.join(cfg.data, "snapshots")).write(meta, bytes(body))
         HardStateFile(cfg.data).store(HardState(info.term, None, info.index))
         made = node_data_identity(cfg.data, cfg.id)
-        cluster = made.cluster
-        write_identity(cfg.data, DataIdentity(cfg.id, "restored", made.created, made.cluster, 0))
+        write_identity(cfg.data, DataIdentity(cfg.id, "restored", made.created, cluster, 0))
     return info, cluster
 
 

@@ -30,7 +30,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:
-    from rpc.cluster import cluster_up
+    from rpc.localcluster import cluster_up
 
     _cwd_importable()
     return cluster_up(args.data, args.nodes, args.port, args.root, args.imports, app=args.app)

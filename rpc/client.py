@@ -30,9 +30,10 @@ from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
 from prevalence.sessions import SessionExpired
 from rpc.batching import MAX_BATCH, MAX_BATCH_BYTES, Coalescer, Command
+from rpc.auth import AuthenticationFailed
 from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
-from rpc.transport import NodeLink, hard_close, open_connection, remote_method
+from rpc.transport import MAX_REQUEST, NodeLink, hard_close, open_connection, remote_method
 
 CONSISTENCY = ("linearizable", "leader", "local")
 SUSPECT_FOR = 1.0  # seconds an address that failed us is tried after the others (about two elections)
@@ -125,6 +126,15 @@ class RemoteTransactionError(PrevalenceError):
 _EXCEPTIONS: dict[str, type] = {}  # "module.QualName" -> class, see register_exception
 _FRAMEWORK = ("prevalence", "replication", "rpc")
 MAX_TYPE_NAME = 200  # characters of a remote type name kept in a RemoteTransactionError
+
+
+def _request(data: bytes, what: str) -> bytes:
+    """``data`` if a node accepts it in one request: past its frame limit a node could
+    only drop the connection, and a retry would meet the same fate until the deadline."""
+    if len(data) > MAX_REQUEST:
+        raise PrevalenceError(f"{what} of {len(data)} bytes is over the limit of {MAX_REQUEST} bytes a node "
+                              "accepts per request")
+    return data
 
 
 def register_exception(cls: type) -> type:
@@ -247,7 +257,7 @@ class ClusterClient:
         """Run ``tx`` on the leader exactly once; its result, or its own exception.
 
         Commands from threads that share this client travel together: see rpc.batching."""
-        data = CODEC.dumps(tx)
+        data = _request(CODEC.dumps(tx), "command")
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         session = self._take_session(deadline)
         cmd = Command(data, session.id, session.next_seq, deadline)
@@ -271,8 +281,8 @@ class ClusterClient:
         on the client's sending thread: keep its done-callbacks short."""
         future: Future = Future()
         try:
-            data = CODEC.dumps(tx)
-        except Exception as exc:  # noqa: BLE001 - not encodable: this future fails, nothing is sent
+            data = _request(CODEC.dumps(tx), "command")
+        except Exception as exc:  # noqa: BLE001 - not encodable or too large: this future fails, nothing is sent
             future.set_exception(exc)
             return future
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -342,7 +352,8 @@ class ClusterClient:
         if consistency not in CONSISTENCY:
             raise PrevalenceError(f"consistency must be one of {', '.join(CONSISTENCY)}, not {consistency!r}")
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        reply = self._call(deadline, "query", CODEC.dumps(q), consistency, any_node=consistency == "local")
+        reply = self._call(deadline, "query", _request(CODEC.dumps(q), "query"), consistency,
+                           any_node=consistency == "local")
         return self._outcome(reply)
 
     def subscribe(self, callback: Callable[[Any], None], from_index: int | None = None) -> Subscription:
@@ -469,6 +480,8 @@ class ClusterClient:
                 raise ClusterUnavailable(f"{method}: {what}")
             try:
                 conn, addr = self._connection(min(remaining, self.attempt_timeout), line)
+            except AuthenticationFailed:
+                raise  # every node answered and refused our key: no retry changes that
             except PrevalenceError as exc:
                 tried.append(f"{exc}")
                 time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, deadline - time.monotonic())))
@@ -531,6 +544,7 @@ class ClusterClient:
             if line is self._main:
                 self._hint = None
         errors = []
+        refused: list[AuthenticationFailed] = []
         for addr in order:
             try:
                 # a live node answers the handshake in milliseconds; a paused one never does
@@ -540,6 +554,8 @@ class ClusterClient:
                                        request_timeout=attempt_timeout, ssl_context=self._ssl)
             except PrevalenceError as exc:
                 errors.append(str(exc))
+                if isinstance(exc, AuthenticationFailed):
+                    refused.append(exc)
                 with self._lock:
                     self._suspect[addr] = time.monotonic() + SUSPECT_FOR
                 continue
@@ -552,6 +568,10 @@ class ClusterClient:
                     raise PrevalenceError("closed")
                 line.conn, line.addr = conn, addr
             return conn, addr
+        if refused and len(refused) == len(order):
+            first = str(refused[0])
+            others = f" (and the {len(refused) - 1} other node(s) the same)" if len(refused) > 1 else ""
+            raise AuthenticationFailed(f"{first}{others}")
         raise PrevalenceError("; ".join(errors) or "no address to try")
 
     def _drop(self, line: _Line | None = None) -> None:

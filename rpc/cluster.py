@@ -184,33 +184,6 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None,
-               app: str | None = None) -> int:
-    """Start the nodes, stay in the foreground, stop them all on Ctrl-C or SIGTERM.
-
-    A directory that already holds node configurations is started as configured: its
-    files may carry the user's edits, so they are never rewritten (the options that
-    differ from them are named, not applied)."""
-    from rpc.localcluster import LocalCluster
-
-    plugin = app if app is None or ":" in app else f"{app}:attach"  # --app MODULE: its attach()
-    existing = _configured(directory)
-    if existing:
-        refuse_if_running(existing, "cluster", directory)
-        print(f"starting the cluster configured in {os.path.abspath(directory)} "
-              f"({', '.join(os.path.basename(c.path) for c in existing)} as they are)"
-              + _not_applied(existing, nodes, base_port, root, imports, plugin), flush=True)
-    else:
-        write_cluster(directory, nodes, base_port, root, imports, **({"app": {"plugin": plugin}} if plugin else {}))
-    cluster = LocalCluster.open(directory, log_files=False)  # the nodes log to this terminal
-    for nid in cluster.configs:
-        cluster.start(nid)
-    ports = sorted(cfg.listen[1] for cfg in cluster.configs.values())
-    print(f"started {len(ports)} nodes on 127.0.0.1:{ports[0]}..{ports[-1]}; configs and keys in "
-          f"{os.path.abspath(directory)} (clients use {KEY_FILES['client']}); Ctrl-C stops them", flush=True)
-    return cluster.supervise()
-
-
 def refuse_if_running(configs: list[NodeConfig], what: str, directory: str) -> None:
     """ConfigError naming the nodes whose data another process holds (a node of the
     same directory already running): starting them again could only fail, over and over."""
@@ -232,37 +205,6 @@ def refuse_if_running(configs: list[NodeConfig], what: str, directory: str) -> N
         shown = ", ".join(running[:3]) + (f" and {len(running) - 3} more" if len(running) > 3 else "")
         raise ConfigError(f"{os.path.abspath(directory)}: the {what} is already running ({shown}); "
                           "stop it first (Ctrl-C where it was started)")
-
-
-def _configured(directory: str) -> list[NodeConfig]:
-    """The node configurations already in ``directory`` (none for a new directory)."""
-    try:
-        paths = node_config_paths(directory)
-    except ConfigError:
-        return []
-    return [load_config(p) for p in paths]
-
-
-def _not_applied(configs: list[NodeConfig], nodes: int, base_port: int, root: str,
-                 imports: list[str] | None, plugin: str | None = None) -> str:
-    """'; not applied: --port 7100 (the files say 7200), ...' for the options the files overrule."""
-    differ = []
-    if nodes != len(configs):
-        differ.append(f"--nodes {nodes} (the files: {len(configs)})")
-    lowest = min(c.listen[1] for c in configs)
-    if base_port != lowest:
-        differ.append(f"--port {base_port} (the files: {lowest})")
-    roots = sorted({c.root for c in configs})
-    if [root] != roots:
-        differ.append(f"--root {root} (the files: {', '.join(roots)})")
-    wanted = sorted(imports or ())
-    had = sorted({m for c in configs for m in c.imports})
-    if wanted != had:
-        differ.append(f"--import {' '.join(wanted) or '(none)'} (the files: {' '.join(had) or '(none)'})")
-    plugins = sorted({c.app.get("plugin", "") for c in configs} - {""})
-    if plugin is not None and [plugin] != plugins:
-        differ.append(f"--app {plugin} (the files: {', '.join(plugins) or 'none'})")
-    return "; not applied: " + ", ".join(differ) if differ else ""
 
 
 def node_config_paths(directory: str) -> list[str]:
@@ -472,7 +414,8 @@ def init_node(config_path: str, timeout: float = 1.0) -> str:
                 "added back as a learner (docs/operations.md, \"Rebuilding a node\")")
     cluster, epoch = _cluster_of([st for _, st in answers]) if cfg.join else ("", 0)
     create_node_data(cfg.data, cfg.id, "join" if cfg.join else "new-cluster", cluster=cluster, epoch=epoch)
-    role = "joins the cluster as the member cluster add made" if cfg.join else "founds a new cluster with its [peers]"
+    role = ("joins the cluster as the member cluster add made" if cfg.join else
+            "founds a new cluster with its [peers]; its first leader sets the cluster id")
     return f"{cfg.id}: data created in {cfg.data} (it {role}); start it with: prevalence node --config {cfg.path}"
 
 

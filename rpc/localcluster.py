@@ -25,9 +25,10 @@ from prevalence.codec import CODEC
 from prevalence._platform import child_dies_with_parent
 from prevalence.errors import PrevalenceError
 from rpc.cluster import (
-    cluster_status, directory_key, free_port_block, node_config_paths, start_node, stop_on_signals, write_cluster,
+    cluster_status, directory_key, free_port_block, node_config_paths, refuse_if_running, start_node, stop_on_signals,
+    write_cluster,
 )
-from rpc.config import format_address, load_config, tls_contexts
+from rpc.config import ConfigError, NodeConfig, format_address, load_config, tls_contexts
 from rpc.secret import KEY_FILES
 from rpc.transport import NodeLink, open_connection
 
@@ -265,3 +266,61 @@ class LocalCluster:
         the admin key: what administration, such as the session expiry, needs)."""
         return rpc.connect([format_address(cfg.listen) for cfg in self.configs.values()],
                            secret_file=os.path.join(self.dir, KEY_FILES["admin" if admin else "client"]), **options)
+
+
+# -- `prevalence cluster up` (here, not in rpc.cluster: it runs a LocalCluster) ------------
+
+def cluster_up(directory: str, nodes: int, base_port: int, root: str, imports: list[str] | None = None,
+               app: str | None = None) -> int:
+    """Start the nodes, stay in the foreground, stop them all on Ctrl-C or SIGTERM.
+
+    A directory that already holds node configurations is started as configured: its
+    files may carry the user's edits, so they are never rewritten (the options that
+    differ from them are named, not applied)."""
+    plugin = app if app is None or ":" in app else f"{app}:attach"  # --app MODULE: its attach()
+    existing = _configured(directory)
+    if existing:
+        refuse_if_running(existing, "cluster", directory)
+        print(f"starting the cluster configured in {os.path.abspath(directory)} "
+              f"({', '.join(os.path.basename(c.path) for c in existing)} as they are)"
+              + _not_applied(existing, nodes, base_port, root, imports, plugin), flush=True)
+    else:
+        write_cluster(directory, nodes, base_port, root, imports, **({"app": {"plugin": plugin}} if plugin else {}))
+    cluster = LocalCluster.open(directory, log_files=False)  # the nodes log to this terminal
+    for nid in cluster.configs:
+        cluster.start(nid)
+    ports = sorted(cfg.listen[1] for cfg in cluster.configs.values())
+    print(f"started {len(ports)} nodes on 127.0.0.1:{ports[0]}..{ports[-1]}; configs and keys in "
+          f"{os.path.abspath(directory)} (clients use {KEY_FILES['client']}); Ctrl-C stops them", flush=True)
+    return cluster.supervise()
+
+
+def _configured(directory: str) -> list[NodeConfig]:
+    """The node configurations already in ``directory`` (none for a new directory)."""
+    try:
+        paths = node_config_paths(directory)
+    except ConfigError:
+        return []
+    return [load_config(p) for p in paths]
+
+
+def _not_applied(configs: list[NodeConfig], nodes: int, base_port: int, root: str,
+                 imports: list[str] | None, plugin: str | None = None) -> str:
+    """'; not applied: --port 7100 (the files say 7200), ...' for the options the files overrule."""
+    differ = []
+    if nodes != len(configs):
+        differ.append(f"--nodes {nodes} (the files: {len(configs)})")
+    lowest = min(c.listen[1] for c in configs)
+    if base_port != lowest:
+        differ.append(f"--port {base_port} (the files: {lowest})")
+    roots = sorted({c.root for c in configs})
+    if [root] != roots:
+        differ.append(f"--root {root} (the files: {', '.join(roots)})")
+    wanted = sorted(imports or ())
+    had = sorted({m for c in configs for m in c.imports})
+    if wanted != had:
+        differ.append(f"--import {' '.join(wanted) or '(none)'} (the files: {' '.join(had) or '(none)'})")
+    plugins = sorted({c.app.get("plugin", "") for c in configs} - {""})
+    if plugin is not None and [plugin] != plugins:
+        differ.append(f"--app {plugin} (the files: {', '.join(plugins) or 'none'})")
+    return "; not applied: " + ", ".join(differ) if differ else ""

@@ -9,10 +9,11 @@ a cluster back. Recovery works on the stopped survivor's data only:
   next start the node elects itself and commits the whole log. An entry that the old
   majority acknowledged but that never reached the survivor is lost; an entry the
   survivor held but that was never acknowledged is kept (its client saw no answer);
-- it raises the epoch in the survivor's ``identity.toml``: every node still holding data
-  of the old epoch is refused by the handshake (``rpc.auth``) until it is wiped and
-  added back as a learner (``cluster add``), so the old members cannot elect among
-  themselves and rejoin with a conflicting log.
+- it raises the epoch in the survivor's ``identity.toml`` and in that CONFIG entry's
+  membership (a node added later learns it from the log, ``rpc.identity``): every node
+  still holding data of the old epoch is refused by the handshake (``rpc.auth``) until it
+  is wiped and added back as a learner (``cluster add``), so the old members cannot
+  elect among themselves and rejoin with a conflicting log.
 """
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def _survivor_config(directory: str, survivor: str):
     return load_config(path)
 
 
+def _log_identity(storage: JournalStorage) -> tuple[str, int]:
+    """The cluster id and epoch of the latest configuration in the survivor's log
+    (committed or not: recovery keeps the whole log), ("", 0) if none names one."""
+    from replication.membership import decode_membership
+
+    found = storage.initial_state()[1]
+    first, last = storage.first_index(), storage.last_index()
+    for lo in range(first, last + 1, 4096):
+        for e in storage.entries(lo, min(lo + 4096, last + 1), None):
+            if e.kind == int(EntryKind.CONFIG):
+                found = decode_membership(e.data)
+    return found.cluster, found.epoch
+
+
 def recover_survivor(directory: str, survivor: str) -> dict:
     """Make the stopped ``survivor``'s data a one-voter cluster of the next epoch.
 
@@ -64,14 +79,18 @@ def recover_survivor(directory: str, survivor: str) -> dict:
             last = storage.last_index()
             last_term = storage.term(last) if last else 0
             term = max(hs.term, last_term) + 1
-            members = Membership((survivor,), (), ((survivor, format_address(cfg.listen)),))
+            # the log's own identity wins over the file's: the file may predate the entry
+            # that set it, applied but not yet written when the node stopped (rpc.identity)
+            in_log = _log_identity(storage)
+            cluster = in_log[0] or identity.cluster or new_cluster_id()
+            epoch = max((e for c, e in (in_log, (identity.cluster, identity.epoch)) if c == cluster), default=0) + 1
+            # the new epoch travels in the log too: a node added later with no id learns it there
+            members = Membership((survivor,), (), ((survivor, format_address(cfg.listen)),), cluster, epoch)
             storage.append([Entry(last + 1, term, int(EntryKind.CONFIG), encode_membership(members))])
             storage.sync()
             storage.set_hard_state(HardState(term, None, hs.commit))
         finally:
             storage.close()
-        cluster = identity.cluster or new_cluster_id()
-        epoch = identity.epoch + 1
         # last: until the epoch is raised, running it again only appends another such entry
         write_identity(cfg.data, DataIdentity(survivor, "recovered",
                                               time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), cluster, epoch))

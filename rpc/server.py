@@ -11,11 +11,12 @@ from typing import Any, Callable
 from prevalence._platform import DirectoryLock
 from prevalence.factory import load_object
 from replication.config import RaftConfig
-from replication.journal_storage import NoDataError, node_data_identity
+from replication.journal_storage import DataIdentity, NoDataError, node_data_identity
 from replication.membership import Membership
 from replication.node import Node, NodeOptions
 from rpc.config import NodeConfig, format_address, load_config, parse_address, tls_contexts
 from rpc.auth import ClusterKey, check_role_keys
+from rpc.identity import ClusterIdentity
 from rpc.secret import KEY_FILES, load_secret
 from rpc.service import ClientService
 from rpc.transport import PeerServer, PeerTransport
@@ -62,22 +63,30 @@ class NodeProcess:
         self._data_lock.acquire()
         try:
             try:
-                self.identity = node_data_identity(cfg.data, cfg.id)
+                identity = node_data_identity(cfg.data, cfg.id)
             except NoDataError:
                 raise NoDataError(no_data_message(cfg)) from None
-            if self.identity.origin == "adopted":
+            if identity.origin == "adopted":
                 log.info("%s: data in %s adopted (written before identity files)", cfg.id, cfg.data)
-            if self.identity.cluster:  # peers of another cluster or epoch are refused (rpc.auth)
-                self.keys["peer"] = tuple(ClusterKey(k, self.identity.cluster, self.identity.epoch)
-                                          for k in self.keys["peer"])
+            # peers of another cluster or epoch are refused (rpc.auth), once the data has an
+            # id: from its creation, or from the log (rpc.identity)
+            self.keys["peer"] = tuple(ClusterKey(k) for k in self.keys["peer"])
+            self.cluster_identity = ClusterIdentity(cfg.data, identity, self.keys["peer"])
             peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
             self.transport = PeerTransport(cfg.id, self.keys["peer"][0], peers, ssl_context=self.client_tls)
             self.node = self._open_node(cfg)
+            self.cluster_identity.attach(self.node)
+            self.leader_hooks.append((lambda: self.cluster_identity.on_leader_start(self.node), lambda: None))
         except BaseException:
             self._data_lock.release()
             raise
         self._membership_changed(self.node.membership)  # members added before a restart
         self.server: PeerServer | None = None
+
+    @property
+    def identity(self) -> DataIdentity:
+        """The identity of this node's data as it is now (the cluster id may come from the log)."""
+        return self.cluster_identity.current
 
     def _open_node(self, cfg: NodeConfig) -> Node:
         options = NodeOptions(

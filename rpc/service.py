@@ -27,14 +27,14 @@ from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown, PrevalenceError
 from prevalence.sessions import SetSessionExpiry
 from replication.errors import NodeHalted, ProposalRefused
-from rpc.transport import REPLY_MAX_FRAME
+from rpc.transport import MAX_REQUEST, REPLY_MAX_FRAME
 
 if TYPE_CHECKING:
     from rpc.server import NodeProcess
 
 log = logging.getLogger("rpc.service")
 
-DEFAULT_MAX_REQUEST = 1 << 20
+DEFAULT_MAX_REQUEST = MAX_REQUEST
 MAX_BATCH_ITEMS = 1024  # commands in one execute_batch call at most
 BATCH_TIMEOUT = 10.0  # seconds a batch waits for its commands to apply (as Node.execute)
 MAX_REPLY = REPLY_MAX_FRAME - (64 << 10)  # what a client reads back at most, framing aside
@@ -275,6 +275,9 @@ class ClientService(rpyc.Service):
         if not (address is None or (type(address) is str and 0 < len(address) <= MAX_NAME)):
             return _reply("error", f"address must be HOST:PORT (at most {MAX_NAME} characters), got {_show(address)}")
         change = ConfigChange(kinds[op], node_id, address)
+        identity = getattr(self._p, "cluster_identity", None)
+        if identity is not None:  # a new cluster's first leader sets its id first (rpc.identity)
+            identity.wait_proposal(5.0)
         return self._admin(lambda: self._p.node.change_membership(change))
 
     def exposed_transfer_leadership(self, to: str) -> bytes:
@@ -284,15 +287,40 @@ class ClientService(rpyc.Service):
             return _reply("error", f"node id must be 1-{MAX_ID} printable characters, got {_show(to)}")
         return self._admin(lambda: self._p.node.transfer_leadership(to))
 
-    # -- backups (rpc/backup.py): the whole state, so the admin key's --------------------
-    def exposed_backup(self) -> bytes:
+    # -- backups (rpc/backup.py): the whole state, so the admin key's; streamed in chunks --
+    def exposed_backup_begin(self) -> bytes:
+        """Take a backup on the leader: ``["ok", [session, size, sha256 hex, chunk size]]``."""
         if not self._is_admin:
-            return _not_admin("backup")
-        from rpc.backup import take_backup
+            return _not_admin("backup_begin")
+        from rpc.backup import sessions_of
 
-        return self._admin(lambda: take_backup(self._p))
+        return self._guard(lambda: ("ok", list(sessions_of(self._p).begin(self._p))))
 
-    _EXPOSED = _EXPOSED + ("backup",)
+    def exposed_backup_chunk(self, session: str, offset: int) -> bytes:
+        """``["ok", bytes]``: at most one chunk of the backup from ``offset``."""
+        if not self._is_admin:
+            return _not_admin("backup_chunk")
+        from rpc.backup import session_id_problem, sessions_of
+
+        problem = session_id_problem(session)
+        if problem:
+            return _reply("error", problem)
+        if type(offset) is not int or not 0 <= offset < U63:
+            return _reply("error", f"offset must be a non-negative 63-bit integer, got {_show(offset)}")
+        return self._guard(lambda: ("ok", sessions_of(self._p).read(session, offset)))
+
+    def exposed_backup_end(self, session: str) -> bytes:
+        """Let the backup's snapshot go (it would expire anyway): ``["ok", ended?]``."""
+        if not self._is_admin:
+            return _not_admin("backup_end")
+        from rpc.backup import session_id_problem, sessions_of
+
+        problem = session_id_problem(session)
+        if problem:
+            return _reply("error", problem)
+        return self._guard(lambda: ("ok", sessions_of(self._p).end(session)))
+
+    _EXPOSED = _EXPOSED + ("backup_begin", "backup_chunk", "backup_end")
 
     def exposed_app_call(self, name: str, data: bytes = b"") -> bytes:
         """A handler of the application hosted in this node (bytes in, bytes out)."""

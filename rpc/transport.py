@@ -47,6 +47,7 @@ __all__ = [
     "FrameRefused",
     "PEER_MAX_FRAME",
     "CLIENT_MAX_FRAME",
+    "MAX_REQUEST",
     "REPLY_MAX_FRAME",
     "FRAME_TIMEOUT",
     "MAX_CONNECTIONS",
@@ -80,8 +81,11 @@ SERVER_WRITE_TIMEOUT = 10.0
 #: message), a message at most an Append (max_size_per_msg, 16 KiB, + one entry of at most
 #: NodeOptions.max_entry_bytes, 8 MiB) or a snapshot chunk (64 KiB).
 PEER_MAX_FRAME = 16 << 20
-#: What a node reads from a client: a request carries at most 1 MiB of commands
-#: (rpc.service.DEFAULT_MAX_REQUEST) plus RPyC's framing.
+#: Bytes of data one client request carries at most (a command, a batch's commands, a
+#: query); a node answers a larger one with a one-line error, and the client refuses to
+#: send one (past CLIENT_MAX_FRAME a node could only drop the connection).
+MAX_REQUEST = 1 << 20
+#: What a node reads from a client: a request of at most MAX_REQUEST plus RPyC's framing.
 CLIENT_MAX_FRAME = 4 << 20
 #: What a client reads from a node: a reply (a query's result, a page of the log, a
 #: backup: a whole snapshot, which followers accept up to RaftConfig.max_snapshot_bytes).

@@ -102,8 +102,9 @@ def test_a_backup_needs_the_admin_key_and_is_never_written_over_a_file(tmp_path,
         from rpc.transport import NodeLink
 
         with NodeLink(c.configs[lead].listen, c.secret) as link:  # the client key
-            reply = link.call("backup")
-        assert reply[0] == "error" and "admin.secret" in reply[-1]
+            for method, args in (("backup_begin", ()), ("backup_chunk", ("0" * 32, 0)), ("backup_end", ("0" * 32,))):
+                reply = link.call(method, *args)
+                assert reply[0] == "error" and "admin.secret" in reply[-1], (method, reply)
         existing = tmp_path / "existing"
         existing.write_text("keep me")
         assert main(["backup", "--cluster", c.dir, "--out", str(existing)]) == 1
@@ -120,7 +121,7 @@ def test_a_follower_asked_for_a_backup_names_the_leader(tmp_path):
         lead, _ = c.stable_leader()
         follower = sorted(n for n in c.configs if n != lead)[0]
         with NodeLink(c.configs[follower].listen, c.admin_key, role="admin", ident="admin") as link:
-            reply = link.call("backup")
+            reply = link.call("backup_begin")
         # never a backup taken off a follower; the leader it knows (under load it may have moved)
         assert reply[0] == "not_leader" and reply[1] != follower, reply
     finally:
@@ -160,3 +161,93 @@ def test_restore_places_the_nodes_at_given_addresses_and_refuses_an_incomplete_l
         c.stop()
         if restored is not None:
             restored.stop()
+
+
+def test_a_backup_bigger_than_one_chunk_travels_in_chunks_and_restores(tmp_path, monkeypatch):
+    import msgpack
+
+    from rpc import transport
+    from rpc.backup import CHUNK, BackupError, fetch_backup, read_backup
+
+    c = LocalCluster(tmp_path / "a", 3)
+    backup = str(tmp_path / "big.backup")
+    restored = None
+    try:
+        c.leader()
+        big = [f"{i}:" + os.urandom(100_000).hex() for i in range(24)]  # ~4.8 MB of state: five chunks
+        with c.client() as client:
+            for tag in big:
+                client.execute(Stamp(tag))
+        # one byte altered in transit, in the third chunk: the stream's SHA-256 catches it
+        real = transport.remote_method
+        faults = {"alter": 2 * CHUNK}
+
+        def faulty(conn, name):
+            method = real(conn, name)
+            if name != "backup_chunk":
+                return method
+
+            def call(sid, offset):
+                if faults.pop("drop", None) == offset:  # the connection lost once: read again
+                    conn.close()
+                    raise EOFError("connection lost")
+                reply = msgpack.unpackb(method(sid, offset), raw=False)
+                if faults.get("alter") == offset:
+                    reply[1] = reply[1][:9] + bytes([reply[1][9] ^ 1]) + reply[1][10:]
+                return msgpack.packb(reply, use_bin_type=True)
+            return call
+
+        monkeypatch.setattr(transport, "remote_method", faulty)
+        with pytest.raises(BackupError, match="does not match the leader's SHA-256"):
+            fetch_backup(c.dir, backup)
+        assert not os.path.exists(backup) and not os.path.exists(backup + ".tmp")
+
+        faults.clear()
+        faults["drop"] = CHUNK  # a new connection, the same session, from the same offset
+        assert main(["backup", "--cluster", c.dir, "--out", backup]) == 0
+        assert "drop" not in faults
+        assert os.path.getsize(backup) > 4 * CHUNK and not os.path.exists(backup + ".tmp")
+        info, _ = read_backup(backup)
+        c.stop()
+        assert main(["restore", backup, "--data", str(tmp_path / "b"), "--nodes", "1"]) == 0
+        restored = LocalCluster.open(str(tmp_path / "b"), cwd=ROOT)
+        restored.start("n1")
+        lead = restored.leader()
+        assert restored.status()[lead]["applied_index"] >= info.index
+        with restored.client() as client:
+            assert [item[0] for item in client.query(Snapshot())[1]] == big
+    finally:
+        c.stop()
+        if restored is not None:
+            restored.stop()
+
+
+class _Process:
+    """What BackupSessions needs of a node process, for the sessions' own rules."""
+
+
+def test_backup_sessions_are_bounded_in_number_and_expire(monkeypatch):
+    import time
+
+    from rpc import backup
+    from rpc.backup import BackupError, BackupSessions
+
+    snapshot = os.urandom(2_500_000)
+    monkeypatch.setattr(backup, "take_backup", lambda process: (b"HEAD\n", snapshot))
+    sessions = BackupSessions(idle=0.3, lifetime=5.0, max_sessions=2, chunk=1 << 20)
+    sid, size, sha256, chunk = sessions.begin(_Process())
+    assert size == len(snapshot) + 5 and chunk == 1 << 20
+    got = b"".join(sessions.read(sid, offset) for offset in range(0, size, chunk))
+    assert got == b"HEAD\n" + snapshot and backup.hashlib.sha256(got).hexdigest() == sha256
+    assert sessions.read(sid, 3) == (b"HEAD\n" + snapshot)[3:3 + chunk]  # any offset, again: a retry
+    for bad in (-1, size):
+        with pytest.raises(BackupError, match="outside"):
+            sessions.read(sid, bad)
+    other, *_ = sessions.begin(_Process())
+    with pytest.raises(BackupError, match="already being taken"):
+        sessions.begin(_Process())
+    assert sessions.end(other) and not sessions.end(other)
+    time.sleep(1.0)  # nobody asks for a chunk: the session expires, its snapshot let go
+    assert len(sessions) == 0
+    with pytest.raises(BackupError, match="expired"):
+        sessions.read(sid, 0)

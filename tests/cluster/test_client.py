@@ -11,7 +11,7 @@ import pytest
 import rpc
 from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown, PrevalenceError
-from tests.prevalence.domain import Add, Boom, Get, HalfThenFail, Rejected, Snapshot, Stamp
+from tests.prevalence.domain import Add, Boom, Get, HalfThenFail, Rejected, Snapshot, Stamp, Tags
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")]
 
@@ -169,3 +169,20 @@ def test_app_call_reaches_the_named_node_and_reports_its_refusals(tmp_path):
             assert client.execute(Add("x", 1)) == 1  # and the client's own connection too
     finally:
         c.stop()
+
+
+def test_a_command_over_the_request_limit_is_refused_in_one_line_and_the_client_serves_on(cluster):
+    """Past the node's frame limit (4 MiB) a node can only drop the connection: the
+    client refuses such a command itself, at once, naming its size and the limit,
+    instead of retrying a dropped connection until its deadline."""
+    with cluster.client() as client:
+        for size in (2 << 20, 5 << 20, 64 << 20):
+            t0 = time.monotonic()
+            with pytest.raises(PrevalenceError, match=r"of \d+ bytes is over the limit of 1048576 bytes"):
+                client.execute(Tags("big", blob=b"x" * size), timeout=5)
+            assert time.monotonic() - t0 < 1.0
+            fut = client.execute_async(Tags("big", blob=b"x" * size), timeout=5)
+            with pytest.raises(PrevalenceError, match="over the limit"):
+                fut.result(1.0)
+        assert client.execute(Add("x", 1)) == 1  # the same client, its connection intact
+        assert client.query(Snapshot())[1] == []  # nothing of the refused commands was applied

@@ -247,7 +247,8 @@ class _Zipping(Channel):
 
 
 EXPOSED = ["status", "execute", "execute_batch", "query", "register_session", "read_log", "change_membership",
-           "transfer_leadership", "app_call", "backup"]
+           "transfer_leadership", "app_call", "backup_begin", "backup_chunk", "backup_end"]
+BACKUP = ["backup_begin", "backup_chunk", "backup_end"]
 brine_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=40)
                  | st.binary(max_size=64))
 hostile_bytes = st.one_of(
@@ -306,6 +307,8 @@ def _flatten(v: object):
 class ClientAttacker:
     """An authenticated client connection, made again when a case ends it."""
 
+    role = "client"
+
     def __init__(self, target: Target):
         self.target = target
         self.conn = None
@@ -317,8 +320,8 @@ class ClientAttacker:
             return connect_channel(_Zipping(SocketStream(sock), compress=True), service=rpyc.VoidService,
                                    config=dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=2.0))
         if self.conn is None or self.conn.closed:
-            self.conn = open_connection(self.target.c.configs[self.target.nid].listen, key(self.target.c, "client"),
-                                        role="client", ident="hostile", request_timeout=2.0)
+            self.conn = open_connection(self.target.c.configs[self.target.nid].listen, key(self.target.c, self.role),
+                                        role=self.role, ident="hostile", request_timeout=2.0)
         return self.conn
 
     def call(self, method: str, args: tuple, zipped: bool) -> object:
@@ -339,6 +342,8 @@ class ClientAttacker:
         reply = msgpack.unpackb(raw, raw=False)
         if method == "execute_batch" and reply[0] == "ok":  # each command answered on its own
             assert all(r[0] != "ok" for r in reply[1]), reply
+        elif method == "backup_end" and reply[0] == "ok":  # a well-formed id of no session: nothing ended
+            assert reply[1] is False, reply
         else:
             assert reply[0] != "ok" or method in ("status", "query", "read_log"), reply
         return reply
@@ -352,12 +357,15 @@ class ClientAttacker:
             self.conn = None
 
 
-@pytest.fixture(scope="module")
-def client_attacker(target):
-    a = ClientAttacker(target)
+def _attacking(a: ClientAttacker):
     yield a
     if a.conn is not None:
         a.drop(a.conn)
+
+
+@pytest.fixture(scope="module")
+def client_attacker(target):
+    yield from _attacking(ClientAttacker(target))
 
 
 @settings(max_examples=CASES["client"], **SETTINGS)
@@ -367,6 +375,37 @@ def test_client_methods(target, client_attacker, method, args, zipped):
     assume(not plausible_change(method, args))
     client_attacker.call(method, args, zipped)
     target.check((method, args, zipped))
+
+
+class AdminAttacker(ClientAttacker):
+    """The same with the admin key: the backup methods' own checks, past the key's."""
+
+    role = "admin"
+
+
+@pytest.fixture(scope="module")
+def admin_attacker(target):
+    yield from _attacking(AdminAttacker(target))
+
+
+session_ids = st.one_of(st.text(alphabet="0123456789abcdef", min_size=32, max_size=32),  # well-formed, unknown
+                        st.text(alphabet="0123456789abcdefABCDEF", min_size=31, max_size=33),
+                        st.just("0" * 32).map(FakeStr))
+backup_args = st.one_of(
+    st.lists(arg, max_size=3).map(tuple),
+    st.tuples(session_ids, st.integers(-(2**70), 2**70) | st.sampled_from([FakeInt(0), 0.0, True, None])),
+    st.tuples(session_ids),
+)
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(method=st.sampled_from(BACKUP[1:]), args=backup_args)
+def test_backup_methods_with_the_admin_key(target, admin_attacker, method, args):
+    """Session ids and offsets checked by exact type and range: no chunk read without a
+    session this connection began, and the node unchanged. (backup_begin takes no
+    argument and takes a backup: tests.cluster.test_backup.)"""
+    admin_attacker.call(method, args, False)
+    target.check((method, args))
 
 
 # ---------------------------------------------------------------------------- peer messages

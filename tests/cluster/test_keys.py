@@ -16,13 +16,15 @@ import time
 
 import pytest
 
+import rpc
+
 from prevalence.codec import CODEC
 from prevalence.sessions import SetSessionExpiry
 from prevalence.snapshots import SnapshotMeta as FileMeta, encode_file
 from replication.membership import Membership
 from replication.messages import Heartbeat, InstallSnapshot, SnapshotMeta, encode
 from rpc.auth import AuthenticationFailed
-from rpc.secret import load_secret
+from rpc.secret import generate_secret_file, load_secret
 from rpc.transport import NodeLink, hard_close, open_connection, remote_method
 from rpc.wire import encode_batch
 from tests.cluster.harness import ROOT, LocalCluster, free_port_block
@@ -165,6 +167,27 @@ def test_a_snapshot_comes_only_from_the_leader_of_its_term(trio, tmp_path):
     snap = forged_snapshot(trio, f2, f1, term, st[leader]["commit_index"] + 100, marker)
     assert deliver(trio, f1, key(trio, PEER_KEY), f2, snap)
     assert_undisturbed(trio, leader, term, marker)
+
+
+def test_a_client_with_a_key_every_node_refuses_fails_at_once_naming_the_key(trio, tmp_path):
+    """A wrong key is no outage: when every node answers and refuses our proof, retrying
+    until the deadline only hides the cause (``grid show`` sat 10 s on it)."""
+    wrong = tmp_path / "wrong.secret"
+    generate_secret_file(wrong)
+    addresses = [cfg.listen for cfg in trio.configs.values()]
+    for use_key in (load_secret(str(wrong)), key(trio, PEER_KEY)):
+        client = rpc.connect([f"{h}:{p}" for h, p in addresses], secret=use_key, timeout=10.0)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(AuthenticationFailed, match=r"(refused our authentication.*wrong key|took our key)"):
+                client.execute(Add("x", 1))
+            assert time.monotonic() - t0 < 2.0
+            with pytest.raises(AuthenticationFailed):
+                client.query(Get("x"))
+        finally:
+            client.close()
+    with rpc.connect([f"{h}:{p}" for h, p in addresses], secret=key(trio, OPERATOR_KEY)) as client:
+        assert client.query(Get("x")) == 7  # the right key works as before
 
 
 def test_admin_calls_with_a_client_key_are_refused(trio):

@@ -2,6 +2,7 @@
 disks for good and comes back from the survivor, keeping what the survivor had."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from replication.journal_storage import node_data_identity
+from replication.journal_storage import node_data_identity, write_identity
 from rpc.cli import main
 from rpc.cluster import add_node, admin
 from rpc.config import load_config
@@ -68,6 +69,9 @@ def test_a_cluster_that_lost_two_voters_for_good_recovers_from_the_survivor(tmp_
             if os.path.exists(c.configs[nid].data):
                 shutil.move(c.configs[nid].data, str(tmp_path / f"{nid}.wiped"))
             c.configs[nid] = load_config(add_node(c.dir, nid, address))
+            if nid == old:  # as if made while no member answered: no id, learnt from the log
+                made = node_data_identity(c.configs[nid].data, nid)
+                write_identity(c.configs[nid].data, dataclasses.replace(made, cluster="", epoch=0))
             c.start(nid)
             c.wait_for(f"{nid} to catch up", lambda nid=nid: c.status()[nid]["applied_index"]
                        >= c.status()[survivor]["commit_index"], 15)
@@ -77,6 +81,9 @@ def test_a_cluster_that_lost_two_voters_for_good_recovers_from_the_survivor(tmp_
         c.wait_converged()
         for nid in c.configs:
             assert tags(c, nid) == acked + ["after", "all back"]
+            # the new epoch from recover's CONFIG entry, past the old epoch's id entry in the log
+            ident = node_data_identity(c.configs[nid].data, nid)
+            assert (ident.cluster, ident.epoch) == (before.cluster, before.epoch + 1), nid
     finally:
         c.stop()
 

@@ -242,3 +242,53 @@ def test_a_snapshot_on_a_full_disk_is_disk_full_and_leaves_no_temp_file():
     fs.capacity = None
     store.write(SnapshotMeta(2, 0, 0, "pickle"), b"x" * 1000)
     assert SnapshotStore(SDIR, fs=fs.crash()).indexes() == [2, 1]
+
+
+def test_the_engine_on_a_full_disk_refuses_then_resumes(tmp_path, monkeypatch):
+    """What docs/architecture.md promises: the transaction refused with DiskFull is applied
+    in memory and becomes durable at the next successful flush; queries never show it
+    before that."""
+    import prevalence
+
+    from .domain import Get
+
+    db = prevalence.open(str(tmp_path), Store)
+    db.execute(Put("a", 1))
+    real = os.write
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(DiskFull):
+        db.execute(Put("a", 2))
+    with pytest.raises(DiskFull):
+        db.query(Get("a"))
+    monkeypatch.setattr(os, "write", real)
+    assert db.query(Get("a")) == 2  # written now
+    assert db.execute(Put("b", 3)) == 3
+    db.close()
+    with prevalence.open(str(tmp_path), Store) as again:
+        assert (again.query(Get("a")), again.query(Get("b"))) == (2, 3)
+
+
+def test_the_batch_timer_keeps_retrying_a_full_disk_and_syncs_once_space_returns():
+    import time
+
+    fs = SimFileSystem(random.Random(8))
+    j = Journal(JDIR, fs=fs, fsync="batch", batch_interval=0.001)
+    j.append(*command(1, 1))
+    j.wait(1)
+    fs.fill()
+    j.append(*command(2, 2))
+    with pytest.raises(DiskFull):
+        j.wait(2)
+    writes, deadline = fs.counts["write"], time.monotonic() + 5
+    while fs.counts["write"] < writes + 3 and time.monotonic() < deadline:
+        time.sleep(0.002)  # until the timer has met the full disk a few times
+    fs.capacity = None
+    deadline = time.monotonic() + 5
+    while j.durable_index < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert j.durable_index == 2  # the timer did not give up at the first DiskFull
+    j.close()

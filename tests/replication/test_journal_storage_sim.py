@@ -172,3 +172,48 @@ def test_a_failed_fsync_stops_the_storage_for_good():
         s.sync()
     with pytest.raises(EngineHaltedError):
         s.append([Entry(2, 1, 1, b"y")])
+
+
+@pytest.mark.parametrize("retry", ["sync", "append"])
+def test_retrying_after_a_full_disk_leaves_the_files_of_a_disk_that_never_filled(retry):
+    """The retry may be the same sync, or the whole disk work again (append, then sync)."""
+    refused = []
+
+    def run(fill_at: int | None) -> dict[str, bytes]:
+        fs = SimFileSystem(random.Random(9))
+        s = JournalStorage(DIR, initial_membership=M, segment_bytes=4096, fs=fs)
+        for k in range(0, 300, 30):
+            batch = [Entry(i, 1, 1, b"entry %d" % i) for i in range(k + 1, k + 31)]
+            if k == fill_at:
+                fs.fill()
+            s.append(batch)
+            try:
+                s.sync()
+            except DiskFull:
+                refused.append(k)
+                fs.capacity = None
+                if retry == "append":
+                    s.append(batch)
+                s.sync()
+        s.close()
+        return fs.files()
+
+    never = run(None)
+    assert all(run(k) == never for k in (0, 120, 270))
+    assert refused == [0, 120, 270]
+
+
+@pytest.mark.parametrize("fields", [[-1, None, 0], [1, 7, 0], [1, None, "x"], [1.5, None, 0]])
+def test_a_hard_state_with_a_valid_checksum_but_wrong_fields_is_refused(fields):
+    import msgpack
+    from zlib import crc32
+
+    from prevalence.fs import write_file_durably
+    from replication.errors import RaftError
+
+    fs = SimFileSystem(random.Random(0))
+    fs.makedirs(DIR)
+    body = msgpack.packb(fields)
+    write_file_durably(fs, DIR + "/raft-state", [body + crc32(body).to_bytes(4, "little")])
+    with pytest.raises(RaftError, match="malformed hard state"):
+        HardStateFile(DIR, fs).load()

@@ -1,0 +1,117 @@
+"""The cluster id in the log, in one process: only a committed SET_IDENTITY is ever
+written to identity.toml, so two leaders that each proposed one in turn (the first cut
+off before it committed) leave the whole cluster with the second's id; a peer key rebound
+to a learnt id checks the next handshake; an id once taken changes only to a later epoch."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from replication.errors import ConfigChangeRefused
+from replication.journal_storage import create_node_data, node_data_identity
+from replication.membership import ConfigChange, Membership
+from replication.node import LocalNetwork, Node, NodeOptions
+from rpc.auth import AuthenticationFailed, ClusterKey
+from rpc.identity import ClusterIdentity
+from tests.prevalence.domain import Add, Store
+
+
+def wait(what, check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_an_uncommitted_id_is_never_taken_and_the_next_leaders_wins_everywhere(tmp_path):
+    net = LocalNetwork()
+    ids = ["n1", "n2", "n3"]
+    members = Membership(tuple(ids))
+    keys: dict[str, ClusterKey] = {}
+    for nid in ids:
+        data = str(tmp_path / nid)
+        identity = create_node_data(data, nid, "new-cluster")  # as --init: no id
+        keys[nid] = ClusterKey(b"k" * 32)
+        node = Node(nid, data, Store, net.transport(nid), membership=members, options=NodeOptions(tick_interval=0.01))
+        ClusterIdentity(data, identity, [keys[nid]]).attach(node)
+        net.nodes[nid] = node.start()
+    try:
+        first = wait("a leader", lambda: next((n for n in net.nodes.values() if n.is_leader), None))
+        first.execute(Add("x", 1))  # its term's entry committed: it may change the configuration
+        others = [n for n in ids if n != first.id]
+        for other in others:  # cut off: what it appends now commits nowhere
+            net.cut |= {(first.id, other), (other, first.id)}
+        with pytest.raises(TimeoutError):
+            first.change_membership(ConfigChange.set_identity("first-uncommitted", 0), timeout=0.5)
+        assert first.membership.cluster == "first-uncommitted"  # in its log, not committed
+        second = wait("a leader among the others",
+                      lambda: next((net.nodes[n] for n in others if net.nodes[n].is_leader), None))
+        assert second.membership.cluster == ""  # its log never had the first one's entry
+        for _ in range(50):
+            try:
+                second.change_membership(ConfigChange.set_identity("second", 0), timeout=5.0)
+                break
+            except ConfigChangeRefused:  # its term's first entry not committed yet
+                time.sleep(0.05)
+        with pytest.raises(ConfigChangeRefused, match="already has the id second"):
+            second.change_membership(ConfigChange.set_identity("third", 0), timeout=5.0)
+        assert node_data_identity(str(tmp_path / first.id), first.id).cluster == ""  # never took its own
+        net.cut.clear()
+        wait("every node to hold the second id", lambda: all(
+            node_data_identity(str(tmp_path / n), n).cluster == "second" for n in ids))
+        # written first, then the keys rebound: every handshake checks it from then on
+        wait("every peer key to carry it", lambda: {k.cluster for k in keys.values()} == {"second"})
+        wait("the first leader to drop its entry", lambda: first.membership.cluster == "second")
+    finally:
+        for node in net.nodes.values():
+            node.stop(transfer=False)
+
+
+def test_a_key_rebound_to_a_learnt_id_checks_every_later_handshake_and_a_malformed_id_is_refused():
+    from tests.rpc.test_auth import SECRET, _peer_handshake
+
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    try:
+        ours = ClusterKey(SECRET)  # a founder made by --init: no id yet
+        assert "error" not in _peer_handshake(ls, ours, ClusterKey(SECRET, "b0b0b0b0", 0))  # not compared
+        ours.rebind("a1a1a1a1", 0)  # learnt from the log: the same key object the server holds
+        with pytest.raises(AuthenticationFailed, match="cluster b0b0b0b0 epoch 0.*cluster a1a1a1a1 epoch 0"):
+            _peer_handshake(ls, ours, ClusterKey(SECRET, "b0b0b0b0", 0))
+        assert "error" not in _peer_handshake(ls, ours, ClusterKey(SECRET, "a1a1a1a1", 0))
+        for bad in ("a b", "é" * 3):  # printable, so past the wire's own check: refused by name
+            with pytest.raises(AuthenticationFailed, match="malformed cluster identity"):
+                _peer_handshake(ls, ClusterKey(SECRET), ClusterKey(SECRET, bad, 0))
+        with pytest.raises(AuthenticationFailed):  # the wire's check: too long, dropped unanswered
+            _peer_handshake(ls, ClusterKey(SECRET), ClusterKey(SECRET, "x" * 65, 0))
+    finally:
+        ls.close()
+
+
+def test_an_id_once_taken_changes_only_to_a_later_epoch_of_the_same_cluster(tmp_path, caplog):
+    data = str(tmp_path / "n1")
+    key = ClusterKey(b"k" * 32)
+    identity = ClusterIdentity(data, create_node_data(data, "n1", "new-cluster"), [key])
+
+    def held() -> tuple[str, int]:
+        on_disk = node_data_identity(data, "n1")
+        assert (on_disk.cluster, on_disk.epoch) == (key.cluster, key.epoch) == (identity.current.cluster,
+                                                                                 identity.current.epoch)
+        return on_disk.cluster, on_disk.epoch
+
+    identity.adopt(Membership(("n1",)))  # a configuration without an id: nothing
+    assert held() == ("", 0)
+    identity.adopt(Membership(("n1",), cluster="c1", epoch=0))
+    assert held() == ("c1", 0)
+    identity.adopt(Membership(("n1",), cluster="other", epoch=5))  # another cluster's: never taken
+    assert held() == ("c1", 0) and "the log names cluster other epoch 5" in caplog.text
+    identity.adopt(Membership(("n1",), cluster="c1", epoch=1))  # a `cluster recover`'s entry
+    assert held() == ("c1", 1)
+    identity.adopt(Membership(("n1",), cluster="c1", epoch=0))  # the older entry, replayed
+    assert held() == ("c1", 1)
