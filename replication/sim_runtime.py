@@ -149,7 +149,7 @@ class RuntimeSim:
         self.crash_rate = rng.choice([0.0, 0.2, 0.6, 1.5])  # per virtual second, cluster-wide
         self.partition_rate = rng.choice([0.0, 0.3, 1.0])
         self.fsync_fail_rate = rng.choice([0.0, 0.0, 0.1])
-        self.p_crash_unsynced = rng.choice([0.0, 0.0, 0.003, 0.02])  # per disk item emitted
+        self.p_crash_unsynced = rng.choice([0.0, 0.003, 0.02, 0.05])  # per disk item emitted
         self.slow_rate = rng.choice([0.0, 0.2])
         self.jump_rate = rng.choice([0.0, 0.5])
         self.clocks = {nid: Clock(rng) for nid in self.ids}
@@ -161,6 +161,7 @@ class RuntimeSim:
         self.owners: dict[int, Callable[[Any, BaseException | None], None]] = {}
         self.digests: dict[int, tuple[str, str]] = {}  # applied index -> (digest, node)
         self.trace: list[str] = []
+        self.history = hashlib.sha256()  # of every action and note: one seed, one history
         self.leaders: dict[int, str] = {}  # term -> the node that led it
         self.leader_noted: dict[str, int] = {}
         self.stamps: dict[str, int] = {nid: 0 for nid in self.ids}  # journal time last applied
@@ -190,6 +191,7 @@ class RuntimeSim:
             if steps > self.MAX_STEPS:
                 raise Violation(f"step budget of {self.MAX_STEPS} actions exhausted at t={when:.3f}")
             self.t = when
+            self.history.update(f"{when:.9f} {fn.__name__}\n".encode())
             if self.t >= end_chaos and not getattr(self, "_healed", False):
                 self._heal()
             fn(*args)
@@ -198,6 +200,7 @@ class RuntimeSim:
         self._final_checks()
 
     def note(self, text: str) -> None:
+        self.history.update(f"{self.t:.6f} {text}\n".encode())
         self.trace.append(f"{self.t:9.4f} {text}")
         if len(self.trace) > 400:
             del self.trace[:200]
@@ -263,7 +266,9 @@ class RuntimeSim:
 
     def _arm_timer(self, node: SimNode) -> None:
         node.timer_gen += 1
-        when = max(self.t, self.clocks[node.id].to_global(node.machine.next_deadline()))
+        # a microsecond late, so that the node's clock has surely reached the deadline
+        # (rounding could otherwise wake it a hair early, forever at the same instant)
+        when = max(self.t, self.clocks[node.id].to_global(node.machine.next_deadline())) + 1e-6
         self.at(when, self._drain, node.id, node.incarnation, True, node.timer_gen)
 
     def _route(self, node: SimNode, effects: list) -> None:
