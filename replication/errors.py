@@ -42,6 +42,11 @@ class NodeHalted(ProposalRefused):
     number, and gets the first result if it did apply."""
 
 
+class NoDiskSpace(ProposalRefused):
+    """This node's disk is full: it journals nothing until space returns, and hands
+    leadership to a node that can. A refusal: nothing was proposed, retry elsewhere."""
+
+
 class ConfigChangeRefused(RaftError):
     """A membership change was refused (invalid, or another one is pending)."""
 

@@ -47,7 +47,7 @@ from replication.apply import Applier, ApplierMixin, EntryLost
 from replication.persist import DiskLane
 from replication.ready import Role
 from replication.runtime.events import (
-    ApplyWork, Call, Complete, DiskWork, MembershipChanged, PeerMsg, Persisted, Propose, Read, Send,
+    ApplyWork, Call, Complete, DiskState, DiskWork, MembershipChanged, PeerMsg, Persisted, Propose, Read, Send,
 )
 from replication.runtime.assemble import NodeOptions, assemble
 from replication.runtime.machine import INBOX_BATCH
@@ -125,7 +125,7 @@ class Node(ApplierMixin):
         self._capture: list | None = None  # [thread, peer, replies, their bytes]; see _send_out
         self._inline_off_until = 0.0  # a slow disk: follower writes go to the disk lane thread until then
         self._disk = DiskLane(self.storage, self._send_out, self._report_persisted, self._write_failed,
-                              f"write-{node_id}", after_batch=self._kick)
+                              f"write-{node_id}", after_batch=self._kick, on_full=self._disk_full)
 
     @property
     def _role(self) -> Role:
@@ -335,6 +335,7 @@ class Node(ApplierMixin):
             "commit_index": st.commit, "applied_index": self.sm.applied_index,
             "first_index": st.first_index, "last_index": st.last_index,
             "voters": list(st.voters), "learners": list(st.learners),
+            "disk_full": self.machine.disk_full,
         }
 
     @property
@@ -499,6 +500,11 @@ class Node(ApplierMixin):
         machine after every report queued before it."""
         self._inbox.put(Persisted(seqs))
 
+    def _disk_full(self, full: bool) -> None:
+        """The disk lane's news (any thread): the disk filled up, or has space again."""
+        self._inbox.put(DiskState(full))
+        self._kick()
+
     def _check_inline_write(self, seconds: float) -> None:
         """A slow disk must not hold up the thread that received the append: its reply
         (our ack) is what tells the leader this link is alive, and after the transport's
@@ -524,7 +530,9 @@ class Node(ApplierMixin):
         return index
 
     def _publish_snapshot(self, meta, membership) -> int:
-        self._disk.drain()  # the journal is reorganised below: no write under way
+        if not self._disk.drain():  # the journal is reorganised below: no write under way
+            raise RaftError(f"{self.id}: snapshot {meta.index} not published: the disk lane cannot write "
+                            "(disk full or failed)")
         self.storage.publish_snapshot(meta, membership)
         removed = self.storage.compact()
         self.core.compact(meta.index)

@@ -27,16 +27,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Callable
 
+from prevalence.errors import DiskFull
 from replication.journal_storage import JournalStorage
 from replication.messages import encode
 from replication.runtime.events import DiskWork
 
-__all__ = ["DiskLane", "DiskWork", "run_disk_batch", "write_batch"]
+__all__ = ["DiskLane", "DiskWork", "DiskWorker", "run_disk_batch", "write_batch"]
 
 log = logging.getLogger("replication.persist")
+
+DISK_FULL_RETRY = 1.0  # seconds between tries of a write the disk had no space for
 
 
 class DiskLane:
@@ -57,6 +61,7 @@ class DiskLane:
         on_error: Callable[[BaseException], None],
         name: str,
         after_batch: Callable[[], None] | None = None,
+        on_full: Callable[[bool], None] | None = None,
     ) -> None:
         self.storage = storage
         self._send = send
@@ -70,6 +75,8 @@ class DiskLane:
         self._busy = False  # a batch is being run (by the lane thread or inline)
         self._stopping = False
         self._failed: BaseException | None = None
+        self._worker = DiskWorker(storage, send, report, on_full)
+        self._retry_at = 0.0  # monotonic time of the next try while full
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def start(self) -> None:
@@ -83,19 +90,20 @@ class DiskLane:
         with self._work:
             if self._failed is not None:
                 raise self._failed
-            if not inline or self._busy or self._queue:
+            if not inline or self._busy or self._queue or self._worker.full:
                 self._queue.append(work)
                 self._work.notify()
                 return False
             self._busy = True  # every earlier report is in ``report``'s queue already
         try:
-            self._run([work])
+            written = self._run([work])
         finally:
             self._done()
-        return True
+        return written
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until everything submitted is written and reported, or the lane failed.
+        """Wait until everything submitted is written and reported (True), or the lane
+        failed or found the disk full (False).
 
         A barrier for reorganising storage (publishing a snapshot, compacting): the
         caller must keep new work from being submitted meanwhile (the core lock).
@@ -104,7 +112,8 @@ class DiskLane:
             return self._drain_here()
         with self._idle:
             return self._idle.wait_for(
-                lambda: (not self._queue and not self._busy) or self._failed is not None, timeout)
+                lambda: (not self._queue and not self._busy) or self._failed is not None or self._worker.full, timeout) \
+                and not self._worker.full and self._failed is None
 
     def _drain_here(self) -> bool:
         """drain() on the lane thread (it steps the core after a batch, and the core may
@@ -117,7 +126,8 @@ class DiskLane:
                 self._queue.clear()
                 self._busy = True
             try:
-                self._run(batch)
+                if not self._run(batch):
+                    return False  # the disk is full: the lane thread retries it
             except BaseException as exc:  # noqa: BLE001 - the lane is dead: fail-stop, as in the loop
                 self._on_error(exc)
                 return False
@@ -142,9 +152,14 @@ class DiskLane:
     def _loop(self) -> None:
         while True:
             with self._work:
-                while (self._busy or not self._queue) and not self._stopping:
-                    self._work.wait()
-                if self._failed is not None or (self._stopping and not self._queue):
+                while not self._stopping:
+                    if self._busy or not self._queue:
+                        self._work.wait()
+                    elif self._worker.full and time.monotonic() < self._retry_at:
+                        self._work.wait(self._retry_at - time.monotonic())
+                    else:
+                        break
+                if self._failed is not None or (self._stopping and (not self._queue or self._worker.full)):
                     return
                 batch = list(self._queue)
                 self._queue.clear()
@@ -167,10 +182,13 @@ class DiskLane:
                 self._work.notify()
             self._idle.notify_all()
 
-    def _run(self, batch: list[DiskWork]) -> None:
-        """Write, send what the writes promise, report: in that order, or fail for good."""
+    def _run(self, batch: list[DiskWork]) -> bool:
+        """Write, send what the writes promise, report: in that order, or fail for good.
+        False: the disk is full; the batch is back at the head of the queue and the lane
+        thread tries it again every DISK_FULL_RETRY seconds."""
         try:
-            run_disk_batch(self.storage, batch, self._send, self._report)
+            if self._worker.run(batch):
+                return True
         except BaseException as exc:
             log.exception("disk lane failed")
             with self._work:
@@ -178,6 +196,42 @@ class DiskLane:
                 self._queue.clear()
                 self._idle.notify_all()
             raise
+        with self._work:
+            self._queue.extendleft(reversed(batch))
+            self._retry_at = time.monotonic() + DISK_FULL_RETRY
+        return False
+
+
+class DiskWorker:
+    """The disk lane's work, whoever runs it (a lane thread, a simulator).
+
+    ``run(batch)`` writes the batch, sends the messages its writes promise, reports its
+    sequence numbers (:func:`run_disk_batch`) and returns True; or finds the disk full
+    and returns False: the journal cut the write back, nothing was lost or promised,
+    and the caller retries the same batch later. ``state(full)`` hears when the disk
+    fills and when a write succeeds again; any other error is raised (fail-stop)."""
+
+    def __init__(self, storage: JournalStorage, send: Callable[[str, bytes], None],
+                 report: Callable[[list[int]], None], state: Callable[[bool], None] | None = None) -> None:
+        self.storage, self.send, self.report, self.state = storage, send, report, state
+        self.full = False
+
+    def run(self, batch: list[DiskWork]) -> bool:
+        try:
+            run_disk_batch(self.storage, batch, self.send, self.report)
+        except DiskFull as exc:
+            if not self.full:
+                self.full = True
+                log.error("disk full: %s; retrying the write until space is freed", exc)
+                if self.state is not None:
+                    self.state(True)
+            return False
+        if self.full:
+            self.full = False
+            log.warning("disk has space again: writes resumed")
+            if self.state is not None:
+                self.state(False)
+        return True
 
 
 def run_disk_batch(storage: JournalStorage, batch: list[DiskWork], send: Callable[[str, bytes], None],

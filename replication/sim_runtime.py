@@ -6,7 +6,7 @@ Each node is built by :func:`replication.runtime.assemble.assemble`, as the thre
 node builds it: the real ``JournalStorage`` (journal segments, hard-state file) on a
 :class:`~prevalence.simfs.SimFileSystem`, the real ``StateMachine`` with its session
 table recovered from that disk, the Raft core and the :class:`NodeMachine`. The disk
-lane runs :func:`replication.persist.run_disk_batch` and the apply lane
+lane runs :class:`replication.persist.DiskWorker` and the apply lane
 :class:`replication.apply.Applier`, the code the node's threads run. What this module
 supplies is only what the threads, sockets and clocks supply in production: one heap
 of actions in virtual time, ordered by the seed, that interleaves each node's inbox
@@ -48,10 +48,10 @@ from replication.apply import Applier
 from replication.config import RaftConfig
 from replication.errors import RaftError
 from replication.membership import Membership
-from replication.persist import run_disk_batch
+from replication.persist import DiskWorker
 from replication.ready import Role
 from replication.runtime.assemble import NodeOptions, assemble
-from replication.runtime.events import ApplyWork, Complete, DiskWork, PeerMsg, Persisted, Propose, Send
+from replication.runtime.events import ApplyWork, Complete, DiskState, DiskWork, PeerMsg, Persisted, Propose, Send
 
 
 # -- the application the simulation runs ---------------------------------------------------
@@ -100,6 +100,8 @@ class SimNode:
                          rng=random.Random(sim.rng.getrandbits(64)), now=clock.now(sim.t))
         self.storage, self.sm, self.core, self.machine = parts
         self.applier = Applier(nid, self.sm, self.storage.snapshots, sim.complete)
+        self.disk = DiskWorker(self.storage, lambda dst, p: sim.send(nid, dst, p),
+                               lambda seqs: sim.post(self, Persisted(seqs)), lambda full: sim.post(self, DiskState(full)))
         self.inbox: list = []
         self.disk_q: deque[DiskWork] = deque()
         self.apply_q: deque[tuple] = deque()
@@ -151,6 +153,7 @@ class RuntimeSim:
         self.fsync_fail_rate = rng.choice([0.0, 0.0, 0.1])
         self.p_crash_unsynced = rng.choice([0.0, 0.003, 0.02, 0.05])  # per disk item emitted
         self.slow_rate = rng.choice([0.0, 0.2])
+        self.full_rate = rng.choice([0.0, 0.0, 0.5])
         self.jump_rate = rng.choice([0.0, 0.5])
         self.clocks = {nid: Clock(rng) for nid in self.ids}
         self.disks = {nid: SimFileSystem(random.Random(rng.getrandbits(64))) for nid in self.ids}
@@ -326,10 +329,15 @@ class RuntimeSim:
         if node.fail_fsync:
             node.fs.fail_fsync = True
         try:
-            run_disk_batch(node.storage, batch, lambda dst, p: self.send(node.id, dst, p),
-                           lambda seqs: self.post(node, Persisted(seqs)))
+            written = node.disk.run(batch)
         except (OSError, PrevalenceError) as exc:  # fail-stop: the process exits, its service manager restarts it
             self.crash(node.id, f"disk failure: {exc}")
+            return
+        if not written:  # the disk is full: the same batch again later
+            node.disk_q.extendleft(reversed(batch))
+            if not node.disk_busy:
+                node.disk_busy = True
+                self.at(self.t + self.rng.uniform(0.1, 1.0), self._disk_step, node.id, node.incarnation)
 
     def _kick_apply(self, node: SimNode) -> None:
         if not node.apply_busy and node.apply_q:
@@ -400,6 +408,15 @@ class RuntimeSim:
         if up and rng.random() < self.slow_rate * dt:
             victim = self.nodes[rng.choice(up)]
             victim.slow_disk = rng.choice([0.0, 0.05, 0.5])
+        up = [n for n in self.ids if self.nodes.get(n) is not None]
+        if up and rng.random() < self.full_rate * dt:
+            disk = self.disks[rng.choice(up)]
+            if disk.capacity is None:
+                disk.fill()
+                self.note("a disk fills up")
+            else:
+                disk.capacity = None
+                self.note("a disk has space again")
         if rng.random() < self.jump_rate * dt:
             nid = rng.choice(self.ids)
             self.clocks[nid].jump_us += int(rng.uniform(-5e6, 5e6))
@@ -409,6 +426,8 @@ class RuntimeSim:
     def _heal(self) -> None:
         self._healed = True
         self.cut.clear()
+        for disk in self.disks.values():
+            disk.capacity = None
         for node in self.nodes.values():
             if node is not None:
                 node.slow_disk = 0.0

@@ -46,11 +46,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     rows = cluster_status(args.cluster)
     if args.json:
-        print(json.dumps({"nodes": [{k: r[k] for k in FIELDS} for r in rows]}, indent=2))
+        print(json.dumps({"nodes": [{**{k: r[k] for k in FIELDS}, "disk_full": r.get("disk_full") is True}
+                                    for r in rows]}, indent=2))
     else:
         here = os.path.abspath(args.cluster)
         shown = [{**r, "config": os.path.relpath(r["config"], here) if os.path.dirname(r["config"]) == here
-                  else r["config"], "reachable": "yes" if r["reachable"] else "no"} for r in rows]
+                  else r["config"], "reachable": "yes" if r["reachable"] else "no",
+                  "role": f"{r['role']}, disk full" if r.get("disk_full") else r["role"]} for r in rows]
         headers = [{"commit_index": "commit", "applied_index": "applied"}.get(k, k) for k in FIELDS]
         print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in shown], headers=headers))
         summary = unreachable_summary(rows)  # why, each cause once

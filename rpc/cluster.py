@@ -243,7 +243,8 @@ def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
                 reply = link.call("status")
             if reply[0] == "ok":
                 st = reply[1]
-                row.update({k: st.get(k) for k in FIELDS if k in st}, reachable=True)
+                row.update({k: st.get(k) for k in FIELDS if k in st}, reachable=True,
+                           disk_full=st.get("disk_full") is True)
         except Exception as exc:  # noqa: BLE001 - reported as unreachable
             row["error"] = str(exc)
         rows.append(row)

@@ -51,6 +51,13 @@ class Persisted:
     seqs: list[int]
 
 
+@dataclass(slots=True)
+class DiskState:
+    """The disk lane found the disk full (a write refused with ENOSPC, nothing lost; it
+    retries the same write), or has written again since."""
+    full: bool
+
+
 # -- effects -----------------------------------------------------------------------------
 @dataclass(slots=True)
 class Send:
@@ -95,5 +102,5 @@ class MembershipChanged:
     membership: Membership
 
 
-Event = PeerMsg | Propose | Read | Call | Persisted
+Event = PeerMsg | Propose | Read | Call | Persisted | DiskState
 Effect = Send | DiskWork | ApplyWork | Complete | MembershipChanged

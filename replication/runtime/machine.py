@@ -25,11 +25,12 @@ from prevalence.errors import CodecError
 from prevalence.state import command_stamp, encode_command
 from replication.clock import JournalClock
 from replication.core import RaftNode
-from replication.errors import DecodeError, NotLeader, RaftError
+from replication.errors import DecodeError, NoDiskSpace, NotLeader, RaftError
 from replication.messages import AppendResp, HeartbeatResp, InstallSnapshot, decode, encode
 from replication.ready import Ready, Role
 from replication.runtime.events import (
-    ApplyWork, Call, Complete, DiskWork, Effect, MembershipChanged, PeerMsg, Persisted, Propose, Read, Send,
+    ApplyWork, Call, Complete, DiskState, DiskWork, Effect, MembershipChanged, PeerMsg, Persisted, Propose, Read,
+    Send,
 )
 
 log = logging.getLogger("replication.node")
@@ -76,6 +77,7 @@ class NodeMachine:
         self.disk_inflight: deque[DiskWork] = deque()  # emitted, not yet reported
         self.snapshot_sent: dict[str, int] = {}  # peer -> index last announced in the log
         self.disk_lag: tuple[int, float] | None = None  # see _watch_own_disk
+        self.disk_full = False  # the disk lane reported ENOSPC and retries: commands are refused
         self.checks_due = 0.0  # a leader's periodic checks
         self.refused_peers: dict[tuple[str, str], float] = {}  # (sender, why) -> when last logged
         self.clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
@@ -144,6 +146,8 @@ class NodeMachine:
                 self.reads.append((ctx, ev.token, ev.query))
             except RaftError as exc:
                 self._out.append(Complete(ev.token, exc=exc))
+        elif t is DiskState:
+            self._disk_state(ev.full)
         elif t is Call:
             try:
                 value = ev.fn()
@@ -153,6 +157,25 @@ class NodeMachine:
                 self._out.append(Complete(ev.token, value))
         else:
             raise RaftError(f"{self.id}: unknown event {t.__name__}")
+
+    def _disk_state(self, full: bool) -> None:
+        """A full disk loses nothing (the lane cut the write back and retries it), but
+        this node can journal nothing meanwhile: it refuses commands, still serves
+        reads, and a leader hands over at once to a voter that can write."""
+        if full == self.disk_full:
+            return
+        self.disk_full = full
+        if not full:
+            log.warning("%s: the disk has space again: writing and accepting commands", self.id)
+            return
+        log.error("%s: the disk is full: refusing commands and retrying the write until space is freed", self.id)
+        if self.role == Role.LEADER and self.core.lead_transferee is None:
+            try:
+                self.transfer_to_best()
+                log.warning("%s: handing leadership to %s (this node's disk is full)", self.id,
+                            self.core.lead_transferee)
+            except RaftError as exc:
+                log.warning("%s: this node's disk is full, and leadership cannot be handed over: %s", self.id, exc)
 
     def wait_for(self, index: int, token: int) -> None:
         """Complete ``token`` when the entry at ``index`` (this term's) is applied here."""
@@ -182,10 +205,15 @@ class NodeMachine:
         return False
 
     def _propose(self, batch: list[Propose], now: float, wall_us: int) -> None:
+        out = self._out
+        if self.disk_full:
+            hint = self.core.lead_transferee or (self.core.leader if self.core.leader != self.id else None)
+            refusal = NoDiskSpace(f"node {self.id!r} cannot journal commands: its disk is full", hint)
+            out.extend(Complete(p.token, exc=refusal) for p in batch)
+            return
         ts = self.clock.stamp(self.membership.voters, wall_us, now)
         datas, tokens = [], []
         limit = self.max_entry_bytes
-        out = self._out
         for p in batch:
             try:  # one caller's unjournalable command (a session id past 64 bits) is its own error
                 data = encode_command(ts, p.plain, p.session)

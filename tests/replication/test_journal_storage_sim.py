@@ -217,3 +217,37 @@ def test_a_hard_state_with_a_valid_checksum_but_wrong_fields_is_refused(fields):
     write_file_durably(fs, DIR + "/raft-state", [body + crc32(body).to_bytes(4, "little")])
     with pytest.raises(RaftError, match="malformed hard state"):
         HardStateFile(DIR, fs).load()
+
+
+def test_the_disk_worker_keeps_a_batch_on_a_full_disk_and_writes_it_once_space_returns():
+    """The disk lane's worker on a full disk: nothing written, sent or reported, the
+    news told once; the same batch later writes, sends and reports as if never full."""
+    import random as _random
+
+    from prevalence.entry import Entry, EntryKind
+    from prevalence.simfs import SimFileSystem
+    from replication.membership import Membership
+    from replication.messages import AppendResp
+    from replication.persist import DiskWorker
+    from replication.ready import Ready
+    from replication.runtime.events import DiskWork
+    from replication.storage import HardState
+
+    fs = SimFileSystem(_random.Random(1))
+    st = JournalStorage("/d", initial_membership=Membership(("n1", "n2", "n3")), fs=fs)
+    sent, reports, news = [], [], []
+    worker = DiskWorker(st, lambda dst, p: sent.append(dst), reports.append, news.append)
+    rd = Ready()
+    rd.entries = [Entry(i, 1, int(EntryKind.NOOP), b"x" * 100) for i in range(1, 4)]
+    rd.hard_state = HardState(1, "n1", 0)
+    rd.persisted_messages = [AppendResp("n2", "n1", 1, 3)]
+    batch = [DiskWork(1, rd)]
+    fs.fill()
+    assert worker.run(batch) is False and worker.run(batch) is False
+    assert (sent, reports, news) == ([], [], [True])
+    fs.capacity = None
+    assert worker.run(batch) is True
+    assert (sent, reports, news) == (["n1"], [[1]], [True, False])
+    assert [e.index for e in st.entries(1, 4, None)] == [1, 2, 3]
+    crashed = JournalStorage("/d", initial_membership=Membership(("n1", "n2", "n3")), fs=fs.crash())
+    assert crashed.last_index() == 3 and crashed.initial_state()[0] == HardState(1, "n1", 0)

@@ -247,3 +247,26 @@ def test_the_machine_imports_no_clock_thread_file_or_socket():
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+def test_a_full_disk_refuses_commands_hands_leadership_over_and_resumes():
+    from replication.errors import NoDiskSpace
+    from replication.runtime.events import DiskState
+
+    m3 = machine("n1", ("n1", "n2", "n3"))
+    sh = Shell(m3)
+    while m3.role != Role.LEADER:
+        sh.now += TICK
+        sh.step(tick=True)
+        while sh.sent:
+            msg = sh.sent.pop(0)
+            if type(msg) in (Vote, PreVote) and msg.dst == "n2":
+                resp = VoteResp if type(msg) is Vote else PreVoteResp
+                sh.step([PeerMsg("n2", encode(resp("n2", "n1", msg.term, False)))])
+        assert sh.now < 5.0
+    sh.step([PeerMsg("n2", encode(AppendResp("n2", "n1", m3.core.term, m3.core.log.last_index())))])
+    sh.step([DiskState(True), Propose(CODEC.to_plain(Add("x", 1)), (3, 1), 7)])
+    assert isinstance(sh.done[7].exc, NoDiskSpace) and "disk is full" in str(sh.done[7].exc)
+    assert m3.core.lead_transferee == "n2"  # handed to a voter that can write, at once
+    sh.step([DiskState(False), Propose(CODEC.to_plain(Add("x", 1)), (3, 1), 8)])
+    assert 8 not in sh.done or not isinstance(sh.done[8].exc, NoDiskSpace)

@@ -55,6 +55,6 @@ def test_the_simulation_catches_an_ack_sent_before_its_write(monkeypatch):
         persist.write_batch(storage, batch)
         report([work.seq for work in batch])
 
-    monkeypatch.setattr("replication.sim_runtime.run_disk_batch", acks_first)
+    monkeypatch.setattr(persist, "run_disk_batch", acks_first)
     found = next((seed for seed in range(300) if not run_seed(seed)[0]), None)
     assert found is not None, "300 seeds of a runtime acking before fsync passed"
