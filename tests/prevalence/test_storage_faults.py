@@ -292,3 +292,24 @@ def test_the_batch_timer_keeps_retrying_a_full_disk_and_syncs_once_space_returns
         time.sleep(0.005)
     assert j.durable_index == 2  # the timer did not give up at the first DiskFull
     j.close()
+
+
+def test_the_engine_says_a_transaction_refused_on_a_full_disk_is_applied_not_to_be_run_again(tmp_path, monkeypatch):
+    """The journal's DiskFull invites a retry of the same ``wait``; from ``execute`` the
+    transaction is already applied and buffered, so running it again would count it twice."""
+    import prevalence
+
+    from .domain import Add, Get
+
+    db = prevalence.open(str(tmp_path), Store)
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(DiskFull) as refused:
+        db.execute(Add("a", 5))
+    message = str(refused.value)
+    assert "applied" in message and "do not execute it again" in message and "index 1" in message
+    monkeypatch.setattr(os, "write", real)
+    assert db.query(Get("a")) == 5  # once, durable now: nothing to run again
+    db.close()
+    with prevalence.open(str(tmp_path), Store) as again:
+        assert again.query(Get("a")) == 5
