@@ -115,3 +115,32 @@ def test_an_id_once_taken_changes_only_to_a_later_epoch_of_the_same_cluster(tmp_
     assert held() == ("c1", 1)
     identity.adopt(Membership(("n1",), cluster="c1", epoch=0))  # the older entry, replayed
     assert held() == ("c1", 1)
+
+
+def test_a_node_with_no_id_that_met_a_later_epoch_never_takes_an_older_one_from_its_catch_up(tmp_path):
+    """A node wiped and added back after `cluster recover` catches up through the old
+    epoch's id (a snapshot from before the recover, or the old SET_IDENTITY entry) before
+    recover's own entry reaches it. Taking the old epoch there would make every later
+    handshake with the recovered leader fail both ways: one reconnect or restart in that
+    window and the node is cut off for good. The leader's hello already named the newer
+    epoch; the older one is skipped."""
+    from tests.rpc.test_auth import SECRET, _peer_handshake
+
+    data = str(tmp_path / "n2")
+    key = ClusterKey(SECRET)
+    identity = ClusterIdentity(data, create_node_data(data, "n2", "join"), [key])
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    try:
+        leader = ClusterKey(SECRET, "c1c1c1c1", 1)  # the survivor, after `cluster recover`
+        assert "error" not in _peer_handshake(ls, key, leader)
+        identity.adopt(Membership(("n1",), cluster="c1c1c1c1", epoch=0))  # its snapshot from before the recover
+        assert (key.cluster, key.epoch) == ("", 0) and node_data_identity(data, "n2").cluster == ""
+        assert "error" not in _peer_handshake(ls, key, leader)  # a reconnect meanwhile still passes
+        identity.adopt(Membership(("n1",), cluster="c1c1c1c1", epoch=1))  # recover's entry
+        assert (key.cluster, key.epoch) == ("c1c1c1c1", 1)
+        ident = node_data_identity(data, "n2")
+        assert (ident.cluster, ident.epoch) == ("c1c1c1c1", 1)
+    finally:
+        ls.close()
