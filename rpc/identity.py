@@ -65,10 +65,10 @@ class ClusterIdentity:
     def attach(self, node: "Node") -> None:
         """Before the node starts: take the identity of the committed configuration (the
         start-up replay applies entries without the hook), then follow what is applied."""
+        self._node = node  # first: the log's latest configuration is checked at start too
         configs = getattr(node.core, "configs", None)
         if configs is not None:
             self.adopt(configs.at(node.sm.applied_index))
-        self._node = node
         node.on_config_applied = self.adopt
 
     def adopt(self, membership: Membership) -> None:

@@ -144,3 +144,22 @@ def test_a_node_with_no_id_that_met_a_later_epoch_never_takes_an_older_one_from_
         assert (ident.cluster, ident.epoch) == ("c1c1c1c1", 1)
     finally:
         ls.close()
+
+
+def test_at_start_a_node_does_not_take_the_applied_epoch_when_its_log_holds_a_later_one(tmp_path):
+    """The restart inside that window: the node's log already holds recover's entry, not
+    yet applied; its start must not write the older epoch it applied before stopping."""
+    from types import SimpleNamespace
+
+    data = str(tmp_path / "n2")
+    key = ClusterKey(b"k" * 32)
+    identity = ClusterIdentity(data, create_node_data(data, "n2", "join"), [key])
+    applied = Membership(("n1",), cluster="c1c1c1c1", epoch=0)
+    node = SimpleNamespace(core=SimpleNamespace(configs=SimpleNamespace(at=lambda index: applied)),
+                           sm=SimpleNamespace(applied_index=7), membership=Membership(("n1",), cluster="c1c1c1c1",
+                                                                                        epoch=1))
+    identity.attach(node)
+    assert (key.cluster, key.epoch) == ("", 0) and node_data_identity(data, "n2").cluster == ""
+    node.on_config_applied(node.membership)
+    assert (key.cluster, key.epoch) == ("c1c1c1c1", 1) == (node_data_identity(data, "n2").cluster,
+                                                         node_data_identity(data, "n2").epoch)
