@@ -41,6 +41,7 @@ import os
 import socket
 import ssl
 import time
+import threading
 from typing import Mapping, NamedTuple, Sequence
 
 import msgpack
@@ -137,6 +138,9 @@ def format_address(addr) -> str:
 CLUSTER_MISMATCH = "cluster mismatch: "
 
 
+_SEEN_LOCK = threading.Lock()
+
+
 class ClusterKey(bytes):
     """The peer key of a node, bound to the cluster id and epoch of the node's data: the
     handshake sends them with the node's hello and the server checks them. A bytes
@@ -162,9 +166,10 @@ class ClusterKey(bytes):
 
     def saw(self, cluster: str, epoch: int) -> None:
         """A peer of ``cluster`` at ``epoch`` passed a handshake with this key."""
-        seen = self._seen
-        if epoch > seen.get(cluster, -1) and (cluster in seen or len(seen) < self._MAX_SEEN):
-            self._seen = {**seen, cluster: epoch}  # one assignment: readers see a whole dict
+        with _SEEN_LOCK:  # two handshakes at once: the lower epoch must not overwrite the higher
+            seen = self._seen
+            if epoch > seen.get(cluster, -1) and (cluster in seen or len(seen) < self._MAX_SEEN):
+                self._seen = {**seen, cluster: epoch}  # one assignment: readers see a whole dict
 
     def newest_seen(self, cluster: str) -> int:
         """The newest epoch of ``cluster`` a peer proved in a handshake here, -1 if none."""
