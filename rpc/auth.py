@@ -40,8 +40,8 @@ import logging
 import os
 import socket
 import ssl
-import time
 import threading
+import time
 from typing import Mapping, NamedTuple, Sequence
 
 import msgpack
