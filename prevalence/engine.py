@@ -11,7 +11,7 @@ from typing import Any, Callable
 from . import _platform
 from .codec import CODEC
 from .entry import EntryKind
-from .errors import ClosedError, PrevalenceError
+from .errors import ClosedError, DiskFull, PrevalenceError
 from .journal import DEFAULT_SEGMENT_BYTES, Journal
 from .recovery import recover
 from .snapshots import SnapshotMeta, SnapshotStore
@@ -167,7 +167,14 @@ class Engine:
         finally:
             sm.lock.release_write()
         if last:
-            journal.wait(last)
+            try:
+                journal.wait(last)
+            except DiskFull as exc:
+                # not the journal's "retry": these transactions are applied and still
+                # buffered, so running one again would apply (and journal) it twice
+                raise DiskFull(f"{self.path}: disk full: the transaction is applied (up to index {last}) but not yet "
+                               "durable; do not execute it again: it is written at the next successful flush (a "
+                               f"query or snapshot) once space returns ({exc})") from exc
 
     def query(self, query: Any) -> Any:
         """Run ``query.run(root)`` alongside other queries, never during a transaction."""

@@ -306,7 +306,12 @@ class Journal:
             fs.fsync(old.wfd)  # an older segment is always complete on disk before a newer one exists
             fs.close(old.wfd)
             old.wfd = None
-        fd = fs.open(seg.path, CREATE)
+        try:
+            fd = fs.open(seg.path, CREATE)  # a full disk may refuse the directory entry itself
+        except OSError as exc:
+            if not _platform.is_disk_full(exc):
+                raise
+            raise _NoSpace(left, exc) from exc
         try:
             write_all(fs, fd, segment_header(seg.first))
         except OSError as exc:

@@ -40,6 +40,7 @@ import logging
 import os
 import socket
 import ssl
+import threading
 import time
 from typing import Mapping, NamedTuple, Sequence
 
@@ -137,6 +138,9 @@ def format_address(addr) -> str:
 CLUSTER_MISMATCH = "cluster mismatch: "
 
 
+_SEEN_LOCK = threading.Lock()
+
+
 class ClusterKey(bytes):
     """The peer key of a node, bound to the cluster id and epoch of the node's data: the
     handshake sends them with the node's hello and the server checks them. A bytes
@@ -144,14 +148,32 @@ class ClusterKey(bytes):
 
     A node whose data has no id yet holds one bound to ("", 0) and :meth:`rebind` s it
     when it learns the id from the log: every handshake after that, in both directions,
-    carries and checks it."""
+    carries and checks it.
+
+    It also keeps the newest epoch of each cluster that a peer proved it holds in a
+    handshake accepted here (:meth:`newest_seen`): a node that learns its id from the log
+    must not take an epoch older than its leader's (``rpc.identity``)."""
 
     _binding: tuple[str, int]
+    _seen: dict[str, int]
+    _MAX_SEEN = 16  # clusters remembered: a key shared by more is a misconfiguration anyway
 
     def __new__(cls, key: bytes, cluster: str = "", epoch: int = 0) -> "ClusterKey":
         self = super().__new__(cls, key)
         self._binding = (str(cluster), int(epoch))
+        self._seen = {}
         return self
+
+    def saw(self, cluster: str, epoch: int) -> None:
+        """A peer of ``cluster`` at ``epoch`` passed a handshake with this key."""
+        with _SEEN_LOCK:  # two handshakes at once: the lower epoch must not overwrite the higher
+            seen = self._seen
+            if epoch > seen.get(cluster, -1) and (cluster in seen or len(seen) < self._MAX_SEEN):
+                self._seen = {**seen, cluster: epoch}  # one assignment: readers see a whole dict
+
+    def newest_seen(self, cluster: str) -> int:
+        """The newest epoch of ``cluster`` a peer proved in a handshake here, -1 if none."""
+        return self._seen.get(cluster, -1)
 
     def rebind(self, cluster: str, epoch: int) -> None:
         """The cluster this key now speaks for (one assignment: a handshake sees the old
@@ -339,6 +361,8 @@ class ServerAuthenticator:
             mismatch = cluster_mismatch(ident, (cluster, epoch), self.cluster)
             if mismatch:
                 self._refuse(sock, deadline, mismatch, CLUSTER_MISMATCH + mismatch)
+            if cluster and isinstance(key, ClusterKey):
+                key.saw(cluster, epoch)
         write_frame(sock, encode_frame(OK, _server_mac(key, transcript, role), role), deadline)
         return Identity(role, ident)
 

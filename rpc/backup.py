@@ -129,6 +129,7 @@ class BackupSessions:
                  max_sessions: int = MAX_SESSIONS, chunk: int = CHUNK):
         self.idle, self.lifetime, self.max_sessions, self.chunk = idle, lifetime, max_sessions, chunk
         self._sessions: dict[str, _Session] = {}
+        self._taking = 0  # begins taking their snapshot, not yet sessions (each holds a slot)
         self._lock = threading.Lock()
         self._reaper: threading.Thread | None = None
 
@@ -136,18 +137,26 @@ class BackupSessions:
         """Take a backup (leader only); returns (session, size, sha256 hex, chunk size)."""
         with self._lock:
             self._sweep(time.monotonic())
-            if len(self._sessions) >= self.max_sessions:
-                raise BackupError(f"{len(self._sessions)} backups are already being taken from this node (at most "
+            busy = len(self._sessions) + self._taking
+            if busy >= self.max_sessions:
+                raise BackupError(f"{busy} backups are already being taken from this node (at most "
                                   f"{self.max_sessions}): try again once they end, or in {self.idle:g} s")
-        head, data = take_backup(process)  # outside the lock: it waits for a snapshot
-        digest = hashlib.sha256(head)
-        digest.update(data)
+            # the slot is held while the snapshot is taken: each one in flight is a whole
+            # copy of the state in memory, so callers beyond the limit never take one
+            self._taking += 1
+        try:
+            head, data = take_backup(process)  # outside the lock: it waits for a snapshot
+            digest = hashlib.sha256(head)
+            digest.update(data)
+        except BaseException:
+            with self._lock:
+                self._taking -= 1
+            raise
         now = time.monotonic()
         session = _Session(head, data, digest.digest(), now, now)
         sid = secrets.token_hex(16)
         with self._lock:
-            if len(self._sessions) >= self.max_sessions:
-                raise BackupError(f"backups are already being taken from this node (at most {self.max_sessions})")
+            self._taking -= 1
             self._sessions[sid] = session
             if self._reaper is None or not self._reaper.is_alive():
                 self._reaper = threading.Thread(target=self._reap, name="backup-sessions", daemon=True)

@@ -18,7 +18,11 @@ cluster, the id lives in the replicated membership (``Membership.cluster``/``epo
   it. A founder offline at the time and a learner added with no id learn it the same
   way when they catch up;
 - a node's id, once set, changes only by a higher epoch of the same cluster (the entry
-  ``cluster recover`` writes). A different id in the log is never taken: it is logged
+  ``cluster recover`` writes). A node never takes an epoch older than one a peer of the
+  same cluster proved in a handshake (:meth:`ClusterKey.newest_seen`): after a recover, a
+  node added back with no id catches up through the old epoch's entries or snapshot
+  before recover's entry reaches it, and taking the old epoch there would refuse the
+  leader at its next connection. A different id in the log is never taken: it is logged
   as an error, and the peers of that id refuse this node, naming both ids.
 """
 from __future__ import annotations
@@ -61,10 +65,10 @@ class ClusterIdentity:
     def attach(self, node: "Node") -> None:
         """Before the node starts: take the identity of the committed configuration (the
         start-up replay applies entries without the hook), then follow what is applied."""
+        self._node = node  # first: the log's latest configuration is checked at start too
         configs = getattr(node.core, "configs", None)
         if configs is not None:
             self.adopt(configs.at(node.sm.applied_index))
-        self._node = node
         node.on_config_applied = self.adopt
 
     def adopt(self, membership: Membership) -> None:
@@ -89,6 +93,11 @@ class ClusterIdentity:
             latest = self._node.membership if self._node is not None else None
             if latest is not None and latest.cluster == cluster and latest.epoch > epoch:
                 return  # a later epoch is in the log already: taking this one would only refuse its leader
+            if epoch < max((key.newest_seen(cluster) for key in self._keys), default=-1):
+                # a peer of a later epoch (the leader after a `cluster recover`) already
+                # connected: this is an entry or snapshot from before the recover, met while
+                # catching up; taking it would refuse that leader at the next handshake
+                return
             new = dataclasses.replace(cur, cluster=cluster, epoch=epoch)
             write_identity(self.data_dir, new)  # durable before any handshake relies on it
             self.current = new

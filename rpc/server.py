@@ -169,8 +169,9 @@ class NodeProcess:
 
     def status(self) -> dict:
         st = self.node.status()
+        ident = self.identity  # read once: the apply thread may replace it between two reads
         st.update(address=format_address(self.cfg.listen), pid=os.getpid(), config=self.cfg.path,
-                  cluster=self.identity.cluster, epoch=self.identity.epoch,
+                  cluster=ident.cluster, epoch=ident.epoch,
                   session_expiry_s=self.node.sm.sessions.idle_expiry_us // 1_000_000,
                   peers={p: {k: v for k, v in s.items() if k in ("connected", "queued", "dropped")}
                          for p, s in self.transport.peer_status().items()})

@@ -251,3 +251,65 @@ def test_backup_sessions_are_bounded_in_number_and_expire(monkeypatch):
     assert len(sessions) == 0
     with pytest.raises(BackupError, match="expired"):
         sessions.read(sid, 0)
+
+
+def test_backups_begun_at_once_take_no_more_snapshots_than_sessions_allowed(monkeypatch):
+    """Each begin holds a whole snapshot in memory before its session is counted: admin
+    callers that begin together must be refused before taking one, not after, or N of
+    them pin N snapshots (and write N snapshot files) on a 2 GB PC."""
+    import time
+
+    from rpc import backup
+    from rpc.backup import BackupError, BackupSessions
+
+    running, most, lock = 0, 0, threading.Lock()
+    release = threading.Event()
+
+    def slow_take(process):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        release.wait(5.0)
+        with lock:
+            running -= 1
+        return b"HEAD\n", bytes(1000)
+
+    monkeypatch.setattr(backup, "take_backup", slow_take)
+    sessions = BackupSessions(idle=5.0, lifetime=5.0, max_sessions=2)
+    outcomes: list = []
+
+    def begin() -> None:
+        try:
+            outcomes.append(sessions.begin(_Process()))
+        except BackupError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=begin) for _ in range(6)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 2.0
+    while sum(isinstance(o, BackupError) for o in outcomes) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for t in threads:
+        t.join(10.0)
+    assert most <= 2, f"{most} snapshots taken at once for at most 2 sessions"
+    assert sum(type(o) is tuple for o in outcomes) == 2 and len(sessions) == 2
+
+
+def test_a_backup_begin_that_fails_gives_its_slot_back(monkeypatch):
+    from replication.errors import NotLeader
+    from rpc import backup
+    from rpc.backup import BackupSessions
+
+    def not_leader(process):
+        raise NotLeader("n1", "n2")
+
+    monkeypatch.setattr(backup, "take_backup", not_leader)
+    sessions = BackupSessions(max_sessions=1)
+    for _ in range(3):  # a follower asked again and again never fills its slots
+        with pytest.raises(NotLeader):
+            sessions.begin(_Process())
+    monkeypatch.setattr(backup, "take_backup", lambda process: (b"HEAD\n", b"x"))
+    assert sessions.begin(_Process())[1] == 6

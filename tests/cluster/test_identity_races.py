@@ -115,3 +115,51 @@ def test_an_id_once_taken_changes_only_to_a_later_epoch_of_the_same_cluster(tmp_
     assert held() == ("c1", 1)
     identity.adopt(Membership(("n1",), cluster="c1", epoch=0))  # the older entry, replayed
     assert held() == ("c1", 1)
+
+
+def test_a_node_with_no_id_that_met_a_later_epoch_never_takes_an_older_one_from_its_catch_up(tmp_path):
+    """A node wiped and added back after `cluster recover` catches up through the old
+    epoch's id (a snapshot from before the recover, or the old SET_IDENTITY entry) before
+    recover's own entry reaches it. Taking the old epoch there would make every later
+    handshake with the recovered leader fail both ways: one reconnect or restart in that
+    window and the node is cut off for good. The leader's hello already named the newer
+    epoch; the older one is skipped."""
+    from tests.rpc.test_auth import SECRET, _peer_handshake
+
+    data = str(tmp_path / "n2")
+    key = ClusterKey(SECRET)
+    identity = ClusterIdentity(data, create_node_data(data, "n2", "join"), [key])
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    try:
+        leader = ClusterKey(SECRET, "c1c1c1c1", 1)  # the survivor, after `cluster recover`
+        assert "error" not in _peer_handshake(ls, key, leader)
+        identity.adopt(Membership(("n1",), cluster="c1c1c1c1", epoch=0))  # its snapshot from before the recover
+        assert (key.cluster, key.epoch) == ("", 0) and node_data_identity(data, "n2").cluster == ""
+        assert "error" not in _peer_handshake(ls, key, leader)  # a reconnect meanwhile still passes
+        identity.adopt(Membership(("n1",), cluster="c1c1c1c1", epoch=1))  # recover's entry
+        assert (key.cluster, key.epoch) == ("c1c1c1c1", 1)
+        ident = node_data_identity(data, "n2")
+        assert (ident.cluster, ident.epoch) == ("c1c1c1c1", 1)
+    finally:
+        ls.close()
+
+
+def test_at_start_a_node_does_not_take_the_applied_epoch_when_its_log_holds_a_later_one(tmp_path):
+    """The restart inside that window: the node's log already holds recover's entry, not
+    yet applied; its start must not write the older epoch it applied before stopping."""
+    from types import SimpleNamespace
+
+    data = str(tmp_path / "n2")
+    key = ClusterKey(b"k" * 32)
+    identity = ClusterIdentity(data, create_node_data(data, "n2", "join"), [key])
+    applied = Membership(("n1",), cluster="c1c1c1c1", epoch=0)
+    node = SimpleNamespace(core=SimpleNamespace(configs=SimpleNamespace(at=lambda index: applied)),
+                           sm=SimpleNamespace(applied_index=7), membership=Membership(("n1",), cluster="c1c1c1c1",
+                                                                                        epoch=1))
+    identity.attach(node)
+    assert (key.cluster, key.epoch) == ("", 0) and node_data_identity(data, "n2").cluster == ""
+    node.on_config_applied(node.membership)
+    assert (key.cluster, key.epoch) == ("c1c1c1c1", 1) == (node_data_identity(data, "n2").cluster,
+                                                         node_data_identity(data, "n2").epoch)

@@ -231,6 +231,37 @@ def test_disk_full_while_rolling_over_to_a_new_segment_leaves_no_debris():
     assert [e.index for e in Journal(JDIR, fs=fs.crash()).iter_entries(1)] == list(range(1, i + 1))
 
 
+class _NoEntryFs(SimFileSystem):
+    """A full disk that cannot even hold a new directory entry (a full MFT on NTFS, no
+    free inode or directory block): creating a file is ENOSPC, not only writing one."""
+
+    no_new_files = False
+
+    def open(self, path, flags, mode=0o644):
+        if self.no_new_files and flags & os.O_CREAT and not self.exists(path):
+            raise OSError(28, "No space left on device", path)
+        return super().open(path, flags, mode)
+
+
+def test_a_full_disk_that_refuses_the_new_segment_file_is_disk_full_not_a_poisoned_journal():
+    fs = _NoEntryFs(random.Random(5))
+    j = Journal(JDIR, fs=fs, segment_bytes=4096)
+    i = 0
+    while True:
+        i += 1
+        j.append(*command(i, i))
+        if len(j.segment_files()) == 2:
+            break
+        j.sync()
+    fs.no_new_files = True
+    with pytest.raises(DiskFull):
+        j.sync()
+    fs.no_new_files = False
+    j.sync()  # usable: the same sync retried once space returns
+    j.close()
+    assert [e.index for e in Journal(JDIR, fs=fs.crash()).iter_entries(1)] == list(range(1, i + 1))
+
+
 def test_a_snapshot_on_a_full_disk_is_disk_full_and_leaves_no_temp_file():
     fs = SimFileSystem(random.Random(4))
     store = SnapshotStore(SDIR, fs=fs)
@@ -292,3 +323,24 @@ def test_the_batch_timer_keeps_retrying_a_full_disk_and_syncs_once_space_returns
         time.sleep(0.005)
     assert j.durable_index == 2  # the timer did not give up at the first DiskFull
     j.close()
+
+
+def test_the_engine_says_a_transaction_refused_on_a_full_disk_is_applied_not_to_be_run_again(tmp_path, monkeypatch):
+    """The journal's DiskFull invites a retry of the same ``wait``; from ``execute`` the
+    transaction is already applied and buffered, so running it again would count it twice."""
+    import prevalence
+
+    from .domain import Add, Get
+
+    db = prevalence.open(str(tmp_path), Store)
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(DiskFull) as refused:
+        db.execute(Add("a", 5))
+    message = str(refused.value)
+    assert "applied" in message and "do not execute it again" in message and "index 1" in message
+    monkeypatch.setattr(os, "write", real)
+    assert db.query(Get("a")) == 5  # once, durable now: nothing to run again
+    db.close()
+    with prevalence.open(str(tmp_path), Store) as again:
+        assert again.query(Get("a")) == 5
