@@ -165,6 +165,7 @@ class RuntimeSim:
         self.digests: dict[int, tuple[str, str]] = {}  # applied index -> (digest, node)
         self.trace: list[str] = []
         self.history = hashlib.sha256()  # of every action and note: one seed, one history
+        self.steps = 0  # actions run (events: deliveries, drains, timers, lane items, faults)
         self.leaders: dict[int, str] = {}  # term -> the node that led it
         self.leader_noted: dict[str, int] = {}
         self.stamps: dict[str, int] = {nid: 0 for nid in self.ids}  # journal time last applied
@@ -191,6 +192,7 @@ class RuntimeSim:
             if when > deadline:
                 break
             steps += 1
+            self.steps += 1
             if steps > self.MAX_STEPS:
                 raise Violation(f"step budget of {self.MAX_STEPS} actions exhausted at t={when:.3f}")
             self.t = when
@@ -572,14 +574,18 @@ class SimClient:
 
 def run_seed(seed: int, cfg: RtConfig | None = None) -> tuple[bool, str]:
     """One seed: (ok, what went wrong with the tail of its trace)."""
-    sim = RuntimeSim(seed, cfg)
+    return check(RuntimeSim(seed, cfg))
+
+
+def check(sim: RuntimeSim) -> tuple[bool, str]:
+    """Run ``sim``: (ok, what went wrong with the tail of its trace)."""
     try:
         sim.run()
     except Violation as exc:
-        return False, f"seed {seed}: {exc}\n" + "\n".join(sim.trace[-40:])
+        return False, f"seed {sim.seed}: {exc}\n" + "\n".join(sim.trace[-40:])
     except Exception:  # noqa: BLE001 - the runtime itself failed: that fails the seed too
         import traceback
-        return False, f"seed {seed}: the runtime raised\n{traceback.format_exc()}" + "\n".join(sim.trace[-20:])
+        return False, f"seed {sim.seed}: the runtime raised\n{traceback.format_exc()}" + "\n".join(sim.trace[-20:])
     return True, ""
 
 
@@ -591,14 +597,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.disable(logging.CRITICAL)  # the nodes' own reports of the faults injected
     cfg = RtConfig(nodes=args.nodes)
-    t0 = _time.monotonic()
+    t0, cpu0 = _time.monotonic(), _time.process_time()
+    steps = 0
     for seed in range(args.start, args.start + args.seeds):
-        ok, why = run_seed(seed, cfg)
+        sim = RuntimeSim(seed, cfg)
+        ok, why = check(sim)
+        steps += sim.steps
         if not ok:
             print(why)
             print(f"reproduce: python -m replication.sim_runtime --seeds 1 --start {seed} --nodes {args.nodes}")
             return 1
-    print(f"{args.seeds} seeds, 0 violations ({_time.monotonic() - t0:.1f} s)")
+    cpu = _time.process_time() - cpu0
+    print(f"{args.seeds} seeds, 0 violations ({_time.monotonic() - t0:.1f} s; {steps:,} simulated events, "
+          f"{steps / cpu:,.0f} per CPU second)")
     return 0
 
 
