@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _naming_the_cluster(func):
     """``func``, whose "no leader answered" says which cluster, each cause once."""
     def call(args: argparse.Namespace) -> int:
+        from rpc.auth import AuthenticationFailed
         from rpc.client import ClusterUnavailable
         from rpc.cluster import collapse_causes
         from rpc.config import ConfigError
@@ -276,6 +277,9 @@ def _naming_the_cluster(func):
             what, _, tried = str(exc).partition("; tried ")
             raise ConfigError(f"no master of {named(args.cluster, args.cluster_from)} answered: "
                               f"{collapse_causes(tried) if tried else what}") from None
+        except AuthenticationFailed as exc:  # every node refused the key: no retry helps
+            raise ConfigError(f"the nodes of {named(args.cluster, args.cluster_from)} refused the key: "
+                              f"{collapse_causes(str(exc))}") from None
     return call
 
 
