@@ -17,6 +17,7 @@ from prevalence.entry import Entry, EntryKind
 from prevalence.state import StateMachine
 from replication.errors import ProposalRefused
 from replication.membership import Membership, decode_membership
+from replication.runtime.events import SnapshotWritten
 
 log = logging.getLogger("replication.node")
 
@@ -77,34 +78,14 @@ class ApplierMixin:
                 except Exception:  # noqa: BLE001 - the application's hook, not the replica's state
                     log.exception("%s: a leader hook failed", self.id)
             elif kind == "snapshot":
-                try:
-                    arg.set_result(self._take_snapshot())
-                except Exception as exc:  # noqa: BLE001 - the caller hears why
-                    arg.set_exception(exc)
+                self._report_snapshot(self.applier.write_snapshot(*arg))
+            elif kind == "forget":
+                self.sm.forget_skipped(arg)
 
     def _apply(self, snapshot, entries: list[Entry], waiting: dict) -> None:
-        installed = self.applier.apply(snapshot, entries, waiting, self.on_config_applied)
-        if installed is not None:
-            self._last_snapshot_index = installed
+        self.applier.apply(snapshot, entries, waiting, self.on_config_applied)
         with self._applied_cond:
             self._applied_cond.notify_all()
-        every = self.options.snapshot_every
-        if every and self.sm.applied_index - self._last_snapshot_index >= every:
-            self._automatic_snapshot()
-
-    def _automatic_snapshot(self) -> None:
-        """A snapshot the schedule asks for. Failing is not fatal (the journal still holds
-        everything), but retrying after every apply would spin: back off, up to 5 min."""
-        now = time.monotonic()
-        if now < self._snapshot_retry_at:
-            return
-        try:
-            self._take_snapshot()
-            self._snapshot_backoff = 0.0
-        except Exception as exc:  # noqa: BLE001 - retried later; the node keeps serving
-            self._snapshot_backoff = min(max(2 * self._snapshot_backoff, 5.0), 300.0)
-            self._snapshot_retry_at = now + self._snapshot_backoff
-            log.error("%s: snapshot failed (next try in %.0f s): %s", self.id, self._snapshot_backoff, exc)
 
     def _serve_read(self, index: int, token: int, q: Any) -> None:
         self.applier.serve_read(index, token, q)
@@ -116,11 +97,11 @@ class Applier:
     served, each caller answered through ``complete(token, value, exc)``. It never
     waits: the machine hands it items in an order where each can be done at once."""
 
-    def __init__(self, node_id: str, sm: StateMachine, snapshots: Any,
+    def __init__(self, node_id: str, sm: StateMachine, storage: Any,
                  complete: Callable[[int, Any, BaseException | None], None]) -> None:
         self.id = node_id
         self.sm = sm
-        self.snapshots = snapshots
+        self.storage = storage
         self.complete = complete
 
     def apply(self, snapshot: Any, entries: list[Entry], waiting: dict,
@@ -131,7 +112,7 @@ class Applier:
         sm, complete = self.sm, self.complete
         installed = None
         if snapshot is not None:
-            meta, root = self.snapshots.load(snapshot.meta.index)
+            meta, root = self.storage.snapshots.load(snapshot.meta.index)
             new = StateMachine.from_snapshot(meta, root)
             sm.lock.acquire_write()
             try:  # in place: other threads hold this object (the snapshot replaced what it knew)
@@ -162,6 +143,19 @@ class Applier:
         for membership in configs:
             on_config(membership)
         return installed
+
+    def write_snapshot(self, index: int, term: int, membership: Membership) -> SnapshotWritten:
+        """Capture the state, applied exactly to ``index`` (the machine queued this item
+        right after that entry), and write its file; failing is an answer, not a crash:
+        the journal still holds everything."""
+        if self.sm.applied_index != index:
+            raise RuntimeError(f"{self.id}: a snapshot at {index} reached the apply lane at {self.sm.applied_index}")
+        try:
+            meta, body = self.sm.capture()
+            self.storage.write_snapshot(meta, body, membership, term)
+        except Exception as exc:  # noqa: BLE001 - told to the machine, which backs off
+            return SnapshotWritten(index, exc=exc)
+        return SnapshotWritten(index, meta, membership)
 
     def serve_read(self, index: int, token: int, q: Any) -> None:
         """A read the machine released: the core hands out a ReadState only once the

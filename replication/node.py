@@ -48,6 +48,7 @@ from replication.persist import DiskLane
 from replication.ready import Role
 from replication.runtime.events import (
     ApplyWork, Call, Complete, DiskState, DiskWork, MembershipChanged, PeerMsg, Persisted, Propose, Read, Send,
+    SnapshotWritten,
 )
 from replication.runtime.assemble import NodeOptions, assemble
 from replication.runtime.machine import INBOX_BATCH
@@ -108,11 +109,8 @@ class Node(ApplierMixin):
         self._futures: dict[int, Future] = {}  # token -> the caller's Future
         self._tokens = itertools.count(1)
         self._apply_q: queue.SimpleQueue = queue.SimpleQueue()
-        self.applier = Applier(node_id, self.sm, self.storage.snapshots, self._complete)
+        self.applier = Applier(node_id, self.sm, self.storage, self._complete)
         self._applied_cond = threading.Condition()
-        self._last_snapshot_index = self.storage.first_index() - 1
-        self._snapshot_retry_at = 0.0  # after a failed automatic snapshot, not before this
-        self._snapshot_backoff = 0.0
         self._stop = threading.Event()
         self._failed: BaseException | None = None
         self._raft_thread = threading.Thread(target=self._guarded("raft", self._raft_loop), name=f"raft-{node_id}",
@@ -274,8 +272,8 @@ class Node(ApplierMixin):
 
     def snapshot(self, timeout: float = 60.0) -> int:
         """Take a snapshot now; returns its index."""
-        fut: Future = Future()
-        self._apply_q.put(("snapshot", fut))
+        token, fut = self._token()
+        self._call(lambda: self.machine.request_snapshot(token)).result(timeout)
         return fut.result(timeout)
 
     def wait_applied(self, index: int, timeout: float) -> bool:
@@ -514,31 +512,10 @@ class Node(ApplierMixin):
             log.warning("%s: a journal write took %.2f s: writing on the disk lane thread for the next %.0f s",
                         self.id, seconds, SLOW_WRITE_BACKOFF)
 
-    def _take_snapshot(self) -> int:
-        """Serialize the state (apply waits, raft does not), store it, compact."""
-        meta, body = self.sm.capture()
-        if meta.index <= self._last_snapshot_index:
-            return self._last_snapshot_index
-        # The file is written here, outside the core lock: whichever thread steps the
-        # core next (on a follower, one whose reply to the leader is its ack) must not
-        # wait for a large write.
-        term, membership = self._call(
-            lambda: (self.storage.snapshot_term(meta.index), self.core.snapshot_meta(meta.index).membership)).result()
-        self.storage.write_snapshot(meta, body, membership, term)
-        index = self._call(lambda: self._publish_snapshot(meta, membership)).result()
-        self.sm.forget_skipped(self.storage.first_index())  # here, on the apply thread
-        return index
-
-    def _publish_snapshot(self, meta, membership) -> int:
-        if not self._disk.drain():  # the journal is reorganised below: no write under way
-            raise RaftError(f"{self.id}: snapshot {meta.index} not published: the disk lane cannot write "
-                            "(disk full or failed)")
-        self.storage.publish_snapshot(meta, membership)
-        removed = self.storage.compact()
-        self.core.compact(meta.index)
-        self._last_snapshot_index = meta.index
-        log.info("%s: snapshot at %d (%d journal segment(s) removed)", self.id, meta.index, removed)
-        return meta.index
+    def _report_snapshot(self, ev: SnapshotWritten) -> None:
+        """The apply thread wrote (or failed to write) a snapshot's file."""
+        self._inbox.put(ev)
+        self._kick()
 
 
 class LocalNetwork:

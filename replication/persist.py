@@ -241,8 +241,9 @@ def run_disk_batch(storage: JournalStorage, batch: list[DiskWork], send: Callabl
     sequence numbers. An exception leaves nothing sent or reported."""
     write_batch(storage, batch)
     for work in batch:
-        for m in work.rd.persisted_messages:
-            send(m.dst, encode(m))
+        if work.rd is not None:
+            for m in work.rd.persisted_messages:
+                send(m.dst, encode(m))
     report([work.seq for work in batch])
 
 
@@ -253,6 +254,14 @@ def write_batch(st: JournalStorage, batch: list[DiskWork]) -> None:
     dirty = False
     for work in batch:
         rd = work.rd
+        if rd is None:  # a snapshot of ours, its file written: publish it, then compact
+            if dirty:
+                st.sync()
+                dirty = False
+            if work.publish[0].index >= st.first_index():  # else a leader's snapshot covers it now
+                st.publish_snapshot(*work.publish)
+                st.compact()
+            continue
         if rd.snapshot is not None:
             st.apply_snapshot(rd.snapshot)
         if rd.truncate_from is not None:

@@ -99,7 +99,7 @@ class SimNode:
         parts = assemble(nid, f"/data/{nid}", Lists, Membership(tuple(sim.ids)), sim.opts, fs=fs,
                          rng=random.Random(sim.rng.getrandbits(64)), now=clock.now(sim.t))
         self.storage, self.sm, self.core, self.machine = parts
-        self.applier = Applier(nid, self.sm, self.storage.snapshots, sim.complete)
+        self.applier = Applier(nid, self.sm, self.storage, sim.complete)
         self.disk = DiskWorker(self.storage, lambda dst, p: sim.send(nid, dst, p),
                                lambda seqs: sim.post(self, Persisted(seqs)), lambda full: sim.post(self, DiskState(full)))
         self.inbox: list = []
@@ -143,7 +143,8 @@ class RuntimeSim:
         self.ids = [f"n{k + 1}" for k in range(cfg.nodes)]
         raft = RaftConfig(election_tick=10, heartbeat_tick=2, pre_vote=rng.random() < 0.8)
         raft.check_quorum = rng.random() < 0.7
-        self.opts = NodeOptions(tick_interval=cfg.tick, raft=raft, snapshot_every=0)
+        self.opts = NodeOptions(tick_interval=cfg.tick, raft=raft, snapshot_every=rng.choice([0, 10, 40]),
+                                keep_snapshots=rng.choice([1, 2]))
         # swarm testing: each seed its own mix of faults
         self.p_loss = rng.choice([0.0, 0.01, 0.05, 0.2])
         self.p_dup = rng.choice([0.0, 0.02, 0.1])
@@ -357,6 +358,10 @@ class RuntimeSim:
             self._check_replica(node)
         elif kind == "read":
             node.applier.serve_read(*arg)
+        elif kind == "snapshot":
+            self.post(node, node.applier.write_snapshot(*arg))
+        elif kind == "forget":
+            node.sm.forget_skipped(arg)
         self._kick_apply(node)
 
     def _check_replica(self, node: SimNode) -> None:

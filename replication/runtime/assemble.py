@@ -78,5 +78,5 @@ def assemble(node_id: str, data_dir: str, root_factory: Callable[[], Any], membe
     machine = NodeMachine(
         node_id, core, tick_interval=opts.tick_interval, max_batch=opts.max_batch,
         max_entry_bytes=opts.max_entry_bytes, slow_disk_handover=opts.slow_disk_handover, clock=clock,
-        rng=random.Random(rng.getrandbits(64)), now=now)
+        rng=random.Random(rng.getrandbits(64)), now=now, snapshot_every=opts.snapshot_every)
     return NodeParts(storage, sm, core, machine)

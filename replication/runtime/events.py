@@ -58,6 +58,16 @@ class DiskState:
     full: bool
 
 
+@dataclass(slots=True)
+class SnapshotWritten:
+    """The apply lane wrote the file of the snapshot the machine asked for (``meta`` as
+    written, with its term and membership), or failed to (``exc``)."""
+    index: int
+    meta: Any = None
+    membership: Membership | None = None
+    exc: BaseException | None = None
+
+
 # -- effects -----------------------------------------------------------------------------
 @dataclass(slots=True)
 class Send:
@@ -66,27 +76,33 @@ class Send:
 
 
 class DiskWork:
-    """One Ready's writes and what must follow them, numbered in Ready order.
+    """One Ready's writes and what must follow them, numbered in Ready order; or, with
+    ``rd`` None, a snapshot of this node's to publish (``publish``: its file's meta and
+    membership) and the journal to compact after it, in the same order.
 
     ``after`` is an apply-lane item the machine releases once the write is reported
     (a received snapshot's install); the disk lane never looks at it. ``inline``: the
     shell may run it on the thread at hand if its lane is idle (a follower, whose ack
     waits for the fsync anyway)."""
 
-    __slots__ = ("seq", "rd", "after", "inline")
+    __slots__ = ("seq", "rd", "after", "inline", "publish")
 
-    def __init__(self, seq: int, rd: Ready, after: object = None, inline: bool = False) -> None:
+    def __init__(self, seq: int, rd: Ready | None, after: object = None, inline: bool = False,
+                 publish: tuple[Any, Membership] | None = None) -> None:
         self.seq = seq
         self.rd = rd
         self.after = after
         self.inline = inline
+        self.publish = publish
 
 
 @dataclass(slots=True)
 class ApplyWork:
     """An apply-lane item, in lane order: ``("apply", (snapshot, entries, waiting))``
     with waiting = {index: (term, token)}, ``("read", (index, token, query))``,
-    ``("hook", "start" | "stop")``."""
+    ``("hook", "start" | "stop")``, ``("snapshot", (index, term, membership))``: capture
+    the state (applied exactly to ``index`` by then) and write its file, then post
+    :class:`SnapshotWritten`; ``("forget", first_index)``: the journal now starts there."""
     item: tuple
 
 
@@ -102,5 +118,5 @@ class MembershipChanged:
     membership: Membership
 
 
-Event = PeerMsg | Propose | Read | Call | Persisted | DiskState
+Event = PeerMsg | Propose | Read | Call | Persisted | DiskState | SnapshotWritten
 Effect = Send | DiskWork | ApplyWork | Complete | MembershipChanged

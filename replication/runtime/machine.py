@@ -30,7 +30,7 @@ from replication.messages import AppendResp, HeartbeatResp, InstallSnapshot, dec
 from replication.ready import Ready, Role
 from replication.runtime.events import (
     ApplyWork, Call, Complete, DiskState, DiskWork, Effect, MembershipChanged, PeerMsg, Persisted, Propose, Read,
-    Send,
+    Send, SnapshotWritten,
 )
 
 log = logging.getLogger("replication.node")
@@ -57,7 +57,7 @@ class NodeMachine:
 
     def __init__(self, node_id: str, core: RaftNode, *, tick_interval: float, max_batch: int,
                  max_entry_bytes: int, slow_disk_handover: float | None, clock: JournalClock,
-                 rng: random.Random, now: float) -> None:
+                 rng: random.Random, now: float, snapshot_every: int = 0) -> None:
         self.id = node_id
         self.core = core
         self.storage = core.storage
@@ -78,6 +78,11 @@ class NodeMachine:
         self.snapshot_sent: dict[str, int] = {}  # peer -> index last announced in the log
         self.disk_lag: tuple[int, float] | None = None  # see _watch_own_disk
         self.disk_full = False  # the disk lane reported ENOSPC and retries: commands are refused
+        self.snapshot_every = snapshot_every  # entries applied between automatic snapshots (0: never)
+        self.last_snapshot_index = self.storage.first_index() - 1
+        self.snapshotting: list[int] | None = None  # a snapshot under way: the tokens waiting for it
+        self.snapshot_retry_at = 0.0  # after a failed automatic snapshot, not before this
+        self.snapshot_backoff = 0.0
         self.checks_due = 0.0  # a leader's periodic checks
         self.refused_peers: dict[tuple[str, str], float] = {}  # (sender, why) -> when last logged
         self.clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
@@ -148,6 +153,8 @@ class NodeMachine:
                 self._out.append(Complete(ev.token, exc=exc))
         elif t is DiskState:
             self._disk_state(ev.full)
+        elif t is SnapshotWritten:
+            self._snapshot_written(ev, now)
         elif t is Call:
             try:
                 value = ev.fn()
@@ -250,6 +257,10 @@ class NodeMachine:
             rd = core.ready()
             self._handle_ready(rd, wall_us)
             core.advance(rd)
+        every = self.snapshot_every
+        if (every and self.snapshotting is None and now >= self.snapshot_retry_at
+                and core.log.applied - self.last_snapshot_index >= every):
+            self._snapshot(core.log.applied)
         if now >= self.checks_due:
             self.checks_due = now + 0.1
             if self.role == Role.LEADER:
@@ -330,8 +341,13 @@ class NodeMachine:
                 raise RaftError(f"{self.id}: the disk lane reported write {seq} while {expected} was next: "
                                 "durability reports out of order, stopping")
             work = inflight.popleft()
+            if work.rd is None:
+                self._snapshot_published(work.publish[0])
+                continue
             if work.after is not None:
                 self._out.append(work.after)
+            if work.rd.snapshot is not None:
+                self.last_snapshot_index = work.rd.snapshot.meta.index
             self.core.persisted(work.rd)
 
     def _role_changed(self, role: Role, leader: str | None) -> None:
@@ -351,6 +367,55 @@ class NodeMachine:
         self.waiting.clear()
         self._out.extend(Complete(token, exc=exc) for _c, token, _q in self.reads)
         self.reads.clear()
+
+    # -- snapshots of this node's state ------------------------------------------------------
+    def request_snapshot(self, token: int) -> None:
+        """A snapshot now (``Node.snapshot``): ``token`` completes with its index."""
+        if self.snapshotting is not None:
+            self.snapshotting.append(token)  # the one under way answers it too
+        elif self.core.log.applied <= self.last_snapshot_index:
+            self._out.append(Complete(token, self.last_snapshot_index))
+        else:
+            self._snapshot(self.core.log.applied, token)
+
+    def _snapshot(self, index: int, token: int | None = None) -> None:
+        """The apply lane reaches ``index`` right before this item (the core handed it the
+        entries up to there), captures the state there and writes the file off every lane
+        that steps the core; its publication then takes the disk lane, in order with the
+        writes, so nothing has to wait for the lane to drain."""
+        self.snapshotting = [] if token is None else [token]
+        meta = self.core.snapshot_meta(index)
+        self._out.append(ApplyWork(("snapshot", (index, meta.term, meta.membership))))
+
+    def _snapshot_written(self, ev: SnapshotWritten, now: float) -> None:
+        tokens = self.snapshotting or []
+        if ev.exc is not None:
+            # not fatal (the journal still holds everything), but retrying after every
+            # apply would spin: back off, up to 5 min
+            self.snapshotting = None
+            self.snapshot_backoff = min(max(2 * self.snapshot_backoff, 5.0), 300.0)
+            self.snapshot_retry_at = now + self.snapshot_backoff
+            log.error("%s: snapshot failed (next try in %.0f s): %s", self.id, self.snapshot_backoff, ev.exc)
+            self._out.extend(Complete(token, exc=ev.exc) for token in tokens)
+            return
+        if ev.index <= self.last_snapshot_index:  # a newer one came from the leader meanwhile
+            self.snapshotting = None
+            self._out.extend(Complete(token, self.last_snapshot_index) for token in tokens)
+            return
+        self.disk_seq += 1
+        work = DiskWork(self.disk_seq, None, publish=(ev.meta, ev.membership))
+        self.disk_inflight.append(work)
+        self._out.append(work)
+
+    def _snapshot_published(self, meta: Any) -> None:
+        if meta.index > self.last_snapshot_index:  # else the leader's, installed first, covers it
+            self.core.compact(meta.index)
+            self.last_snapshot_index = meta.index
+        self.snapshot_backoff = 0.0
+        tokens, self.snapshotting = self.snapshotting or [], None
+        log.info("%s: snapshot at %d", self.id, self.last_snapshot_index)
+        self._out.append(ApplyWork(("forget", self.storage.first_index())))
+        self._out.extend(Complete(token, self.last_snapshot_index) for token in tokens)
 
     # -- a leader's periodic checks -------------------------------------------------------
     def transfer_to_best(self) -> None:
