@@ -9,11 +9,12 @@ trace and the command that reproduces it, and exits 1.
 One run: K nodes (RaftNode + SimHost), clients, and a fault schedule, all driven by
 a single ``random.Random(seed)`` in virtual time (100 units = one base tick; each
 node ticks at its own, slightly skewed, period). The seed also draws pre_vote,
-check_quorum and lease_read (lease seeds: skew within lease_margin, no pauses). For
-``steps`` ticks faults are
-injected: message loss, duplication, long delays (reordering), symmetric and
-one-way partitions, an isolated leader, clogged links, crashes with torn writes and
-restarts, pauses; meanwhile membership changes, leadership transfers and snapshots
+check_quorum and lease_read (lease seeds: skew within lease_margin, no pauses), and
+its fault mix (sim_faults.FaultPlan). For ``steps`` ticks faults are injected:
+message loss, duplication, long delays (reordering), symmetric and one-way
+partitions, an isolated leader, clogged links, crashes with torn writes and
+restarts, pauses, crashes and cuts triggered by elections, commits and votes;
+meanwhile membership changes, leadership transfers and snapshots
 happen. Then everything heals and a new proposal must commit within a bound
 (liveness). Safety invariants are checked at every step (see sim_check); at the
 end every write acknowledged to a client must be on the disks of a majority of the
