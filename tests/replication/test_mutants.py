@@ -47,6 +47,8 @@ def test_the_simulator_catches_a_core_mutation(name, bound):
 
 
 def test_a_runtime_mutation_outside_the_simulator_is_reported_not_caught():
+    # Once the simulator runs apply.py (issue 17) this fails on purpose: the gate may
+    # then catch it, and this test and the table in docs/raft.md change with it.
     m = next(m for m in mutants.MUTATIONS if m.name == "snapshot_without_sessions")
-    res = mutants.run_mutation(m, seeds=2000)
+    res = mutants.run_mutation(m, seeds=50)
     assert not res["caught"] and res["seeds"] == 1 and "not run by the simulator" in res["invariant"]
