@@ -9,11 +9,12 @@ trace and the command that reproduces it, and exits 1.
 One run: K nodes (RaftNode + SimHost), clients, and a fault schedule, all driven by
 a single ``random.Random(seed)`` in virtual time (100 units = one base tick; each
 node ticks at its own, slightly skewed, period). The seed also draws pre_vote,
-check_quorum and lease_read (lease seeds: skew within lease_margin, no pauses). For
-``steps`` ticks faults are
-injected: message loss, duplication, long delays (reordering), symmetric and
-one-way partitions, an isolated leader, clogged links, crashes with torn writes and
-restarts, pauses; meanwhile membership changes, leadership transfers and snapshots
+check_quorum and lease_read (lease seeds: skew within lease_margin, no pauses), and
+its fault mix (sim_faults.FaultPlan). For ``steps`` ticks faults are injected:
+message loss, duplication, long delays (reordering), symmetric and one-way
+partitions, an isolated leader, clogged links, crashes with torn writes and
+restarts, pauses, crashes and cuts triggered by elections, commits and votes;
+meanwhile membership changes, leadership transfers and snapshots
 happen. Then everything heals and a new proposal must commit within a bound
 (liveness). Safety invariants are checked at every step (see sim_check); at the
 end every write acknowledged to a client must be on the disks of a majority of the
@@ -33,14 +34,19 @@ from dataclasses import dataclass
 from replication.config import RaftConfig
 from replication.errors import RaftError
 from replication.linearizability import KeyValueModel, LinearizabilityTimeout, check_history
-from replication.membership import ConfigChange, Membership
-from replication.messages import decode, encode
+from replication.membership import Membership
+from replication.messages import (
+    Append, Heartbeat, InstallSnapshot, PreVote, PreVoteResp, Vote, VoteResp, decode, encode,
+)
 from replication.progress import quorum
 from replication.ready import Role
 from replication.sim_check import Checker, Unknown, Violation
+from replication.sim_faults import FaultPlan, FaultsMixin, lease_skew
 from replication.sim_host import SimHost
 from replication.sim_net import Network
 from replication.sim_workload import TICK, Client
+
+__all__ = ["SimConfig", "SimResult", "Simulation", "check_seed", "lease_skew", "main", "report", "run_seed"]
 
 
 @dataclass
@@ -61,24 +67,12 @@ class SimConfig:
     async_writes: bool | None = None  # the core's async storage writes; None: drawn per seed
 
 
-def lease_skew(cfg: RaftConfig) -> int:
-    """The largest per-node tick period offset (in 1/100 ticks) lease reads tolerate.
-
-    A follower that answers a heartbeat refuses votes for at least election_tick - 1
-    of its periods after receiving it; the leader reads on that answer for at most
-    election_tick - lease_margin of its periods after sending it. With periods of
-    TICK +- k: (et - margin) * (TICK + k) <= (et - 1) * (TICK - k).
-    """
-    et, margin = cfg.election_tick, cfg.lease_margin
-    return max(0, TICK * (margin - 1) // (2 * et - margin - 1))
-
-
 class SimResult:
     def __init__(self, seed: int, trace_hash: str, stats: dict) -> None:
         self.seed, self.trace_hash, self.stats = seed, trace_hash, stats
 
 
-class Simulation:
+class Simulation(FaultsMixin):
     def __init__(self, seed: int, cfg: SimConfig | None = None) -> None:
         self.seed = seed
         self.cfg = cfg = cfg or SimConfig()
@@ -89,7 +83,7 @@ class Simulation:
         self.steps = 0
         self._trace: deque[str] = deque(maxlen=cfg.trace_tail)
         self._hash = hashlib.sha256()
-        self.check = Checker()
+        self.check = Checker(on_leader=self.on_leader, on_commit=self.on_commit)
         self.ids = [f"n{i}" for i in range(1, cfg.nodes + 1)]
         self.net = Network(rng, self.ids)
         self.history: list = []
@@ -118,6 +112,12 @@ class Simulation:
         skew = cfg.faults and rng.random() < 0.7
         max_skew = lease_skew(raft_cfg) if lease else 12
         self.pauses = pauses = cfg.faults and not lease and rng.random() < 0.7
+        self.check.check_quorum, self.check.election_tick = check_quorum, cfg.election_tick
+        self.plan = FaultPlan.draw(rng, pauses) if cfg.faults else FaultPlan()
+        # node -> its clock when a leader last reached it; a node (re)starting counts its
+        # start as that with lease reads (what the core assumes), else it knows of none
+        self.heard: dict[str, int | None] = {i: 0 if lease else None for i in self.ids}
+        self.net.delay = self.plan.delay
         membership = Membership(tuple(self.ids))
         self.hosts: dict[str, SimHost] = {}
         for i in self.ids:
@@ -134,6 +134,8 @@ class Simulation:
         self.trace(f"seed={seed} nodes={cfg.nodes} pre_vote={pre_vote} check_quorum={check_quorum} lease_read={lease} "
                    f"skew={max_skew if skew else 0} pauses={pauses} max_size={raft_cfg.max_size_per_msg} inflight={raft_cfg.max_inflight_msgs} chunk={raft_cfg.snapshot_chunk_size} "
                    f"async_writes={raft_cfg.async_storage_writes}")
+        if cfg.faults:
+            self.trace(self.plan.describe())
 
     # ---------------------------------------------------------------- plumbing
     def schedule(self, at: int, kind: str, arg) -> None:
@@ -153,10 +155,13 @@ class Simulation:
         return "\n".join(self._trace)
 
     def send(self, m) -> None:
+        self.check.on_send(m)
+        if type(m) is VoteResp and not m.reject:
+            self.on_vote_granted(m.src)
         times = self.net.deliveries(self.now, m.src, m.dst)
         payload = encode(m) if self.cfg.codec else m
         for t in times:
-            self.schedule(t, "msg", (m.dst, payload))
+            self.schedule(t, "msg", (m.dst, payload, m.src, self.hosts[m.src].incarnation, self.now))
 
     # ---------------------------------------------------------------- events
     def step(self) -> None:
@@ -164,16 +169,19 @@ class Simulation:
         self.now = at
         self.steps += 1
         if kind == "msg":
-            dst, payload = arg
+            dst, payload, src, inc, sent = arg
             host = self.hosts[dst]
             if host.node is None:
                 return
+            crashed = self.hosts[src].crash_times.get(inc)
+            if crashed is not None and crashed - sent < self.plan.outbox:
+                return  # still in the sender's buffers when it crashed: lost with it
             if host.paused_until > at:
                 self.schedule(host.paused_until + self.rng.randint(0, 20), "msg", arg)
                 return
             m = decode(payload) if self.cfg.codec else payload
             self._trace_msg(m)
-            host.node.step(m)
+            self._step(host, m)
             host.process()
         elif kind == "tick":
             host = self.hosts[arg]
@@ -203,13 +211,35 @@ class Simulation:
                 self.trace(f"{arg} crashes (no write came)")
                 host.crash()
             if host.node is None:
-                self.schedule(at + self.rng.randint(1, 30) * TICK, "restart", arg)
+                self.schedule(at + self.restart_delay(), "restart", arg)
+        elif kind == "kill":
+            if self.hosts[arg].node is not None and not self.healed:
+                self.trace(f"{arg} killed by a trigger")
+                self.crash_node(arg, torn=False)
         elif kind == "restart":
             host = self.hosts[arg]
             if host.node is None:
                 host.start()
+                self.heard[arg] = 0 if self.raft_cfg.lease_read else None
                 self.trace(f"{arg} restarts: term {host.node.term} commit {host.node.log.committed} last {host.node.log.last_index()}")
                 host.process()
+
+    def _step(self, host: SimHost, m) -> None:
+        """Deliver ``m``, noting for the lease-promise check when a leader reached the
+        node and whether the node granted a (pre)vote, from the messages themselves."""
+        node = host.node
+        t = type(m)
+        request = t is Vote or t is PreVote
+        if request:
+            before = (len(node.msgs), len(node.msgs_after))
+        node.step(m)
+        if t is Append or t is Heartbeat or t is InstallSnapshot:
+            if node.role == Role.FOLLOWER and node.leader == m.src and node.term == m.term:
+                self.heard[host.id] = node.clock
+        elif request:
+            new = node.msgs[before[0]:] + node.msgs_after[before[1]:]
+            if any(type(r) in (VoteResp, PreVoteResp) and r.dst == m.src and not r.reject for r in new):
+                self.check.on_vote_granted(host, m, self.heard.get(host.id))
 
     def _trace_msg(self, m) -> None:
         t = type(m).__name__
@@ -245,107 +275,6 @@ class Simulation:
         c = self.probe if client == "probe" else self.clients.get(client)
         if c is not None:
             c.attempt_failed(seq, node)
-
-    # ---------------------------------------------------------------- faults
-    def _leader(self) -> SimHost | None:
-        best = None
-        for i in self.ids:
-            h = self.hosts[i]
-            if h.node is not None and h.node.role == Role.LEADER and (best is None or h.node.term > best.node.term):
-                best = h
-        return best
-
-    def disk_latency(self) -> int:
-        """Time one Ready's write takes: often instant, else up to 1.5 ticks."""
-        return 0 if self.rng.random() < 0.5 else self.rng.randint(1, 150)
-
-    def _fault(self) -> None:
-        if self.healed:
-            return
-        rng, net, now = self.rng, self.net, self.now
-        self.schedule(now + rng.randint(3, 25) * TICK, "fault", None)
-        ids = self.ids
-        action = rng.choices(
-            ["heal", "partition", "isolate_leader", "one_way", "clog", "lossy", "crash", "crash_leader", "pause"],
-            weights=[5, 2, 2, 2, 2, 2, 2, 2, 2 if self.pauses else 0],
-        )[0]
-        if action == "heal":
-            net.heal()
-        elif action == "partition":
-            k = rng.randint(1, max(1, len(ids) // 2))
-            net.partition(rng.sample(ids, k))
-        elif action == "isolate_leader":
-            leader = self._leader()
-            if leader is not None:
-                net.isolate(leader.id)
-        elif action == "one_way":
-            a, b = rng.sample(ids, 2)
-            net.cut_one_way(a, b)
-        elif action == "clog":
-            a, b = rng.sample(ids, 2)
-            net.clog(a, b, now + rng.randint(5, 40) * TICK)
-        elif action == "lossy":
-            net.loss = rng.choice([0.0, 0.05, 0.2])
-            net.dup = rng.choice([0.0, 0.05, 0.2])
-            net.long_delay_p = rng.choice([0.0, 0.05, 0.2])
-        elif action in ("crash", "crash_leader"):
-            victim = self._leader() if action == "crash_leader" else self.hosts[rng.choice(ids)]
-            if victim is not None:
-                self.crash_node(victim.id, torn=rng.random() < 0.5)
-            return
-        elif action == "pause":
-            self.pause_node(rng.choice(ids), rng.randint(3, 40))
-            return
-        self.count(action)
-        self.trace(f"fault {action}: {net.describe()}")
-
-    def _admin(self) -> None:
-        if self.healed:
-            return
-        rng = self.rng
-        self.schedule(self.now + rng.choice([1, rng.randint(5, 40)]) * TICK, "admin", None)
-        self.admin(rng.choice(["membership", "transfer", "snapshot", "snapshot"]))
-
-    def admin(self, action: str) -> None:
-        """An operator action: "membership" change, leadership "transfer", "snapshot"."""
-        rng = self.rng
-        leader = self._leader()
-        try:
-            if action == "snapshot":
-                host = self.hosts[rng.choice(self.ids)]
-                if host.node is not None:
-                    idx = host.take_snapshot(keep=rng.randint(0, 5))
-                    if idx is not None:
-                        self.count("snapshot")
-                        self.trace(f"{host.id} snapshot at {idx}")
-                return
-            if leader is None or leader.paused_until > self.now:
-                return
-            node = leader.node
-            if action == "transfer":
-                others = [v for v in node.membership.voters if v != leader.id]
-                if others:
-                    to = rng.choice(others)
-                    node.transfer_leadership(to)
-                    self.count("transfer")
-                    self.trace(f"{leader.id} transfers leadership to {to}")
-            else:
-                m = node.membership
-                outside = [i for i in self.ids if not m.is_member(i)]
-                if m.learners and rng.random() < 0.7:
-                    change = ConfigChange.promote_learner(rng.choice(m.learners))
-                elif outside and rng.random() < 0.8:
-                    change = ConfigChange.add_learner(rng.choice(outside))
-                elif len(m.voters) > 2 or (len(m.voters) == 2 and rng.random() < 0.3):
-                    change = ConfigChange.remove_voter(rng.choice(m.voters))
-                else:
-                    return
-                idx = node.propose_config_change(change)
-                self.count(change.op.name)
-                self.trace(f"{leader.id} proposes {change.op.name} {change.node_id} at {idx}")
-            leader.process()
-        except RaftError as exc:
-            self.trace(f"admin {action} refused: {exc}")
 
     # ---------------------------------------------------------------- the run
     def heal_all(self) -> None:
@@ -389,30 +318,6 @@ class Simulation:
         }
         return SimResult(self.seed, self._hash.hexdigest(), stats)
 
-    # ---------------------------------------------------------------- fault primitives
-    def crash_node(self, node_id: str, torn: bool) -> None:
-        """Crash now (tearing a write in flight), or during the node's next write."""
-        victim = self.hosts[node_id]
-        if victim.node is None:
-            return
-        self.count("crash")
-        self.trace(f"fault crash {node_id} torn={torn}")
-        if torn:
-            # sometimes aim at the next write of a term or vote: the narrow window in
-            # which a vote already sent could be forgotten
-            victim.torn_next_write = "vote" if self.rng.random() < 0.3 else True
-            self.schedule(self.now + 3 * TICK, "crash", node_id)
-        else:
-            victim.crash()
-            self.schedule(self.now, "crash", node_id)
-
-    def pause_node(self, node_id: str, ticks: int) -> None:
-        if self.raft_cfg.lease_read:  # a paused leader's clock stops: leases assume no pauses
-            self.trace(f"no pause of {node_id}: lease reads")
-            return
-        self.hosts[node_id].paused_until = self.now + ticks * TICK
-        self.trace(f"fault pause {node_id} for {ticks} ticks")
-
     def _final_checks(self) -> None:
         self._check_durability()
         for c in self.clients.values():
@@ -448,6 +353,16 @@ class Simulation:
             return e.term == term and e.data == data
         meta = disk.snapshot().meta  # compacted: look in the log the snapshot covers
         return self.check.persisted_log(meta.index, meta.term).get(index) == (term, data)
+
+
+def check_seed(seed: int, cfg: SimConfig | None = None) -> Violation | None:
+    """Run one seed; the violation it found (an Unknown verdict included), or None.
+    For callers that run many seeds in one process (replication.mutants)."""
+    try:
+        run_seed(seed, cfg)
+    except Violation as v:
+        return v
+    return None
 
 
 def run_seed(seed: int, cfg: SimConfig | None = None) -> SimResult:

@@ -11,7 +11,20 @@ is reported at the step that caused it:
   below L (the term of a commit is that of the leader whose commit index first
   covered it; a leader of an older term may be elected late and legitimately lack
   newer commits);
-- snapshots taken at the same index hold the same state.
+- snapshots taken at the same index hold the same state;
+- safe commits: when a leader commits an entry, no disk lacking it is as up to date
+  as a majority of the voters' disks (such a node could be elected and overwrite it);
+- term origin: every term a node takes was started by a candidate (one that voted
+  for itself in it); a term raised by anything else (a pre-vote, say) disrupts;
+- commit before apply: a node applies only entries it knows to be committed;
+- votes survive crashes: a node that sent a vote (granted, or asked for itself) in
+  term T restarts in a later term or with that same vote (and never sends two votes
+  in one term). Acknowledged entries are not checked this way: the Ready's write order
+  (entries before the hard state) lets a torn write truncate a suffix for a newer
+  leader before that leader's term is stored; the end-of-run durability check and the
+  commit checks see acknowledgements that lied;
+- lease promise (check_quorum): a node grants no (pre)vote, except to a transfer's
+  candidate, within an election timeout of its clock after a leader reached it.
 
 It also keeps the persist record (every entry any node wrote to disk, with its
 predecessor's term), from which ``persisted_log`` rebuilds the log a snapshot covers:
@@ -23,11 +36,20 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
+from typing import Callable
+
 from replication.errors import CompactedError, UnavailableError
+from replication.messages import Vote, VoteResp
 from replication.ready import Role
 
 if TYPE_CHECKING:  # pragma: no cover
     from replication.sim_host import SimHost
+
+
+def _last(disk) -> tuple[int, int]:
+    """(term, index) of a disk's last entry: how elections compare logs."""
+    last = disk.last_index()
+    return disk.term(last), last
 
 
 class Violation(Exception):
@@ -43,7 +65,14 @@ class Unknown(Violation):
 
 
 class Checker:
-    def __init__(self) -> None:
+    def __init__(self, on_leader: Callable[["SimHost"], None] | None = None,
+                 on_commit: Callable[["SimHost"], None] | None = None) -> None:
+        self.on_leader, self.on_commit = on_leader, on_commit  # the simulation's hooks (triggered faults)
+        self.started: set[int] = {0}  # terms some candidate started (voted for itself in)
+        self.voted: dict[str, tuple[int, str]] = {}  # node -> newest (term, vote) it sent
+        self.check_quorum = False
+        self._leader_commit: dict[str, int] = {}  # node -> commit in its last hard state
+        self.election_tick = 10
         self.leaders: dict[int, str] = {}  # term -> leader
         self.entries: dict[tuple[int, int], tuple] = {}  # (index, term) -> (kind, data, prev term)
         self.committed: dict[int, tuple] = {}  # index -> (term, kind, data), from applies
@@ -56,14 +85,66 @@ class Checker:
 
     def on_restart(self, host: "SimHost") -> None:
         self.applied[host.id] = host.disk.snapshot().meta.index
+        node = host.node
+        voted = self.voted.get(host.id)
+        if voted is not None and (node.term < voted[0] or (node.term == voted[0] and node.vote != voted[1])):
+            raise Violation(
+                "vote durability",
+                f"{host.id} sent its vote for {voted[1]} in term {voted[0]}, and restarts in term "
+                f"{node.term} with vote {node.vote}: it may vote twice in one term",
+            )
+
+    def on_send(self, m) -> None:
+        """A message leaves a node: record what it promises about that node's disk."""
+        t = type(m)
+        if t is VoteResp:
+            if not m.reject:
+                self._vote_sent(m.src, m.term, m.dst)
+        elif t is Vote:
+            self._vote_sent(m.src, m.term, m.src)
+
+    def _vote_sent(self, node: str, term: int, vote: str) -> None:
+        old = self.voted.get(node)
+        if old is not None and old[0] == term and old[1] != vote:
+            raise Violation("election safety", f"{node} voted for {old[1]} and for {vote} in term {term}")
+        if old is None or term > old[0]:
+            self.voted[node] = (term, vote)
+
+    def on_vote_granted(self, host: "SimHost", m, was_heard: int | None) -> None:
+        """``host`` granted the (pre)vote request ``m``; ``was_heard`` is its clock when
+        a leader last reached it (tracked by the simulation, not read from the core)."""
+        if not self.check_quorum or was_heard is None or getattr(m, "transfer", False):
+            return
+        if host.node.clock - was_heard < self.election_tick:
+            raise Violation(
+                "lease promise",
+                f"{host.id} granted {type(m).__name__} to {m.src} (term {m.term}) {host.node.clock - was_heard} "
+                f"ticks after a leader reached it (election timeout {self.election_tick})",
+            )
 
     def on_ready(self, host: "SimHost", rd) -> None:
         node = host.node
-        if rd.hard_state is not None and node.role == Role.LEADER and rd.hard_state.commit > self.commit_hw:
-            log = node.log
-            for index in range(max(self.commit_hw + 1, log.first_index()), rd.hard_state.commit + 1):
-                self.commit_term[index] = (node.term, log.term(index))
-            self.commit_hw = rd.hard_state.commit
+        hs = rd.hard_state
+        if hs is not None:
+            if hs.vote == host.id:
+                self.started.add(hs.term)
+            elif hs.term not in self.started:
+                raise Violation("term origin", f"{host.id} moved to term {hs.term}, which no candidate started")
+            # usually the leader's; a leader deposed before this Ready, or a follower
+            # learning a commit first, records its own term: an upper bound of the
+            # committing leader's, which only makes the completeness check skip more
+            if hs.commit > self.commit_hw:
+                log = node.log
+                fresh = {}
+                for index in range(max(self.commit_hw + 1, log.first_index()), hs.commit + 1):
+                    fresh[index] = log.term(index)
+                    self.commit_term[index] = (node.term, fresh[index])
+                self.commit_hw = hs.commit
+                if node.role == Role.LEADER:
+                    self._check_electable(host, fresh)
+            if node.role == Role.LEADER and self.on_commit is not None and hs.commit > self._leader_commit.get(host.id, 0):
+                self.on_commit(host)
+            self._leader_commit[host.id] = hs.commit
         if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
             node = host.node
             term = node.term
@@ -72,6 +153,41 @@ class Checker:
                 raise Violation("election safety", f"{other} and {host.id} are both leader of term {term}")
             self.leaders[term] = host.id
             self._check_leader_log(host)
+            if self.on_leader is not None:
+                self.on_leader(host)
+
+    def _check_electable(self, host: "SimHost", fresh: dict[int, int]) -> None:
+        """A leader just committed ``fresh`` (index -> term): no disk that lacks one of
+        them may be at least as up to date as a majority of the voters' disks, or that
+        node could be elected and overwrite a committed entry. In Raft a commit quorum
+        holds the entry, and any log as up to date as one of them holds it too; this
+        sees the unsafe commit itself, not only the rare schedule that then elects such
+        a node (the Figure 8 interleaving)."""
+        hosts = host.sim.hosts
+        voters = host.node.membership.voters
+        last = {i: _last(h.disk) for i, h in hosts.items()}
+        for x, h in hosts.items():
+            lacking = [i for i, t in fresh.items() if not self._disk_has(h.disk, i, t)]
+            if not lacking:
+                continue
+            beaten = [v for v in voters if v in last and last[x] >= last[v]]
+            if len(beaten) >= len(voters) // 2 + 1:
+                i = lacking[0]
+                raise Violation(
+                    "unsafe commit",
+                    f"{host.id} (term {host.node.term}) committed index {i} of term {fresh[i]}, but {x}'s "
+                    f"disk lacks it and its log (last term, index) {last[x]} is as up to date as the voters "
+                    f"{beaten}: {x} could be elected and overwrite it",
+                )
+
+    def _disk_has(self, disk, index: int, term: int) -> bool:
+        if index > disk.last_index():
+            return False
+        if index >= disk.first_index() - 1:
+            return disk.term(index) == term
+        meta = disk.snapshot().meta
+        rec = self.persisted_log(meta.index, meta.term).get(index)
+        return rec is None or rec[0] == term  # unknown: assume it is there
 
     def _check_leader_log(self, host: "SimHost") -> None:
         log = host.node.log
@@ -128,6 +244,9 @@ class Checker:
         return log
 
     def on_apply(self, host: "SimHost", e) -> None:
+        if e.index > host.node.log.committed:
+            raise Violation("commit before apply",
+                            f"{host.id} applied index {e.index}, its commit index is {host.node.log.committed}")
         last = self.applied.get(host.id, 0)
         if e.index != last + 1:
             raise Violation("applied order", f"{host.id} applied index {e.index} after {last}")

@@ -86,6 +86,7 @@ class SimHost:
         # with async storage writes more may wait behind it (sync: at most one).
         self.writes: deque[tuple] = deque()
         self.incarnation = 0
+        self.crash_times: dict[int, int] = {}  # incarnation -> when it crashed
         self.pending: dict[int, tuple[str, int]] = {}  # index -> (client, seq) proposed here
         self.reads: dict[bytes, tuple[str, str]] = {}  # ctx -> (client, key)
         self.start()
@@ -112,6 +113,7 @@ class SimHost:
             self.sim.trace(f"{self.id} crashes mid-write: {k}/{len(ops)} writes done, {len(self.writes) - 1} queued lost")
             self.sim.count("torn_write")
             self.writes.clear()
+        self.crash_times[self.incarnation] = self.sim.now  # the end of that incarnation
         self.incarnation += 1
         self.node = None
         self.torn_next_write = False

@@ -110,10 +110,14 @@ class Identity(NamedTuple):
 class AuthenticationFailed(PrevalenceError):
     """The other side refused our proof, failed to prove its own, or spoke garbage."""
 
-    def __init__(self, message: str, *, address: str | None = None, refused: bool = False):
+    def __init__(self, message: str, *, address: str | None = None, refused: bool = False,
+                 key_refused: bool = False):
         super().__init__(message)
         self.address = address
         self.refused = refused  # the host answered that nothing listens there: the process is gone
+        # the node answered the handshake and refused our key (or proved it holds another):
+        # a configuration error that no retry changes, unlike a handshake cut short
+        self.key_refused = key_refused
 
 
 class ConnectFailed(PrevalenceError):
@@ -418,24 +422,24 @@ def client_handshake(
         write_frame(sock, encode_frame(PROOF, _mac(secret, _CLIENT_LABEL, transcript)), deadline)
         tag, fields = decode_message(read_frame(sock, deadline), (OK, REFUSED))
         if tag == REFUSED and fields[0].startswith(CLUSTER_MISMATCH):
-            raise AuthenticationFailed(f"{address} refused us: {fields[0]}", address=address)
+            raise AuthenticationFailed(f"{address} refused us: {fields[0]}", address=address, key_refused=True)
         if tag == REFUSED:
             raise AuthenticationFailed(
                 f"{address} refused our authentication: {fields[0]} "
                 f"(wrong key? a {role} uses the cluster's {KEY_FILES[role]})",
-                address=address,
+                address=address, key_refused=True,
             )
         mac_s, granted = fields
         if not hmac.compare_digest(mac_s, _server_mac(secret, transcript, granted)):
             log.warning("%s failed to prove it holds our key: connection dropped", address)
             raise AuthenticationFailed(
                 f"{address} failed to prove knowledge of our key (a node of another cluster, or an impostor)",
-                address=address,
+                address=address, key_refused=True,
             )
         if granted not in _GRANTS[role]:
             raise AuthenticationFailed(
                 f"{address} took our key for its {granted} key, not the {role} key: the wrong key file is "
-                f"configured here (a {role} uses {KEY_FILES[role]})", address=address)
+                f"configured here (a {role} uses {KEY_FILES[role]})", address=address, key_refused=True)
     except AuthenticationFailed:
         raise
     except HandshakeError as exc:

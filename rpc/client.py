@@ -554,7 +554,7 @@ class ClusterClient:
                                        request_timeout=attempt_timeout, ssl_context=self._ssl)
             except PrevalenceError as exc:
                 errors.append(str(exc))
-                if isinstance(exc, AuthenticationFailed):
+                if isinstance(exc, AuthenticationFailed) and exc.key_refused:
                     refused.append(exc)
                 with self._lock:
                     self._suspect[addr] = time.monotonic() + SUSPECT_FOR

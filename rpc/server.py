@@ -153,7 +153,15 @@ class NodeProcess:
                 log.exception("leader %s hook failed", "start" if which == 0 else "stop")
 
     def _membership_changed(self, membership: Membership) -> None:
-        """Point the transport at the members the log names (added nodes included)."""
+        """Point the transport at the members the log names (added nodes included).
+
+        Only when the members change: a change that sets the cluster id carries the
+        addresses as the proposing leader's configuration had them, and must not move
+        this node's links to another node's view of where its peers are."""
+        members = (membership.voters, membership.learners)
+        if members == getattr(self, "_members", None):
+            return
+        self._members = members
         peers = {p: a for p, a in self.cfg.peers.items() if p != self.cfg.id}
         for node_id, address in membership.addresses:
             if node_id != self.cfg.id:
