@@ -14,6 +14,8 @@ from collections import deque
 from typing import Any, Callable
 
 from prevalence.entry import Entry, EntryKind
+from prevalence.errors import SnapshotError
+from prevalence.snapshots import decode_file, deserialize
 from prevalence.state import StateMachine
 from replication.errors import ProposalRefused
 from replication.membership import Membership, decode_membership
@@ -112,7 +114,13 @@ class Applier:
         sm, complete = self.sm, self.complete
         installed = None
         if snapshot is not None:
-            meta, root = self.storage.snapshots.load(snapshot.meta.index)
+            # from the bytes received, not the file: a newer snapshot installed or taken
+            # meanwhile may have pruned it (the disk lane runs ahead of this one)
+            meta, body = decode_file(f"snapshot {snapshot.meta.index} from the leader", snapshot.data)
+            try:
+                root = deserialize(body)
+            except Exception as exc:
+                raise SnapshotError(f"snapshot {meta.index} from the leader: cannot unpickle the root: {exc!r}") from exc
             new = StateMachine.from_snapshot(meta, root)
             sm.lock.acquire_write()
             try:  # in place: other threads hold this object (the snapshot replaced what it knew)

@@ -47,11 +47,14 @@ from prevalence.simfs import SimFileSystem
 from replication.apply import Applier
 from replication.config import RaftConfig
 from replication.errors import RaftError
+from replication.linearizability import LinearizabilityTimeout, Operation, check_history, partition
 from replication.membership import Membership
 from replication.persist import DiskWorker
 from replication.ready import Role
 from replication.runtime.assemble import NodeOptions, assemble
-from replication.runtime.events import ApplyWork, Complete, DiskState, DiskWork, PeerMsg, Persisted, Propose, Send
+from replication.runtime.events import (
+    ApplyWork, Complete, DiskState, DiskWork, PeerMsg, Persisted, Propose, Read, Send,
+)
 
 
 # -- the application the simulation runs ---------------------------------------------------
@@ -71,6 +74,37 @@ class Push(prevalence.Transaction, name="sim.Push"):
         items = root.data.setdefault(self.key, [])
         items.append(self.item)
         return len(items)
+
+
+@dataclass(frozen=True)
+class Items(prevalence.Query, name="sim.Items"):
+    key: str
+
+    def run(self, root: Lists) -> tuple:
+        return tuple(root.data.get(self.key, ()))
+
+
+class ListsModel:
+    """The linearizability model of :class:`Lists`, one key at a time: push((key, item))
+    returns the list's new length, read(key) the items."""
+
+    def init(self) -> tuple:
+        return ()
+
+    def step(self, state: tuple, op: str, arg: Any, result: Any) -> tuple[bool, tuple]:
+        if op == "push":
+            new = state + (arg[1],)
+            return result is None or result == len(new), new
+        return result == state, state
+
+    def step_unknown(self, state: tuple, op: str, arg: Any) -> tuple:
+        return state + (arg[1],) if op == "push" else state
+
+    def partition_key(self, op: str, arg: Any) -> str:
+        return arg[0] if op == "push" else arg
+
+    def partition(self, operations: Any) -> dict:
+        return partition(self, operations)
 
 
 class Violation(Exception):
@@ -133,6 +167,7 @@ class Clock:
 
 class RuntimeSim:
     MAX_STEPS = 2_000_000  # actions per run: a livelock in virtual time fails the seed
+    LIN_STEPS = 1_000_000  # search steps of the linearizability check (counted, not timed)
     def __init__(self, seed: int, cfg: RtConfig | None = None) -> None:
         self.seed = seed
         self.cfg = cfg = cfg or RtConfig()
@@ -475,6 +510,13 @@ class RuntimeSim:
                 for key, item in c.acked:
                     if (key, item) not in present:
                         raise Violation(f"{nid}: acknowledged command {item} on {key} is missing")
+        history = [o for c in self.clients for o in c.history]
+        try:
+            verdict = check_history(ListsModel(), history, timeout=None, max_steps=self.LIN_STEPS)
+        except LinearizabilityTimeout:
+            raise Violation(f"linearizability unknown: the search took over {self.LIN_STEPS:,} steps") from None
+        if not verdict.ok:
+            raise Violation(f"the clients' history is not linearizable: {verdict.explanation[:2000]}")
 
     def _converged(self) -> bool:
         """A leader has committed everything in its log (its own term's entry included),
@@ -506,6 +548,9 @@ class SimClient:
         self.attempt = 0
         self.sent: list[str] = []
         self.acked: list[tuple[str, str]] = []
+        self.history: list[Operation] = []  # what this client saw, for the linearizability check
+        self.reading: str | None = None  # the key of a read under way
+        self.called = 0.0  # when the operation under way was first sent
         self.finished = False
         self.done = 0
 
@@ -517,7 +562,10 @@ class SimClient:
         self.attempt += 1
         attempt = self.attempt
         node = sim.nodes.get(self.target)
-        if node is not None:
+        if node is not None and self.reading is not None:
+            token = sim.token(lambda value, exc: self._answer(attempt, value, exc))
+            sim.post(node, Read(Items(self.reading), token))
+        elif node is not None:
             if self.session is None:
                 plain, session = CODEC.to_plain(RegisterSession()), None
             else:
@@ -548,17 +596,24 @@ class SimClient:
         if exc is not None:
             self._elsewhere(getattr(exc, "leader", None))
             return
+        if self.reading is not None:
+            self.history.append(Operation(self.id, self.called, self.sim.t, "read", self.reading, value))
+            self.reading = None
+            self._next()
+            return
         if self.session is None:
             self.session = value
             self._next()
             return
         kind = value[0]
         if kind == "ok":
+            self.history.append(Operation(self.id, self.called, self.sim.t, "push", self.op, value[1]))
             self.acked.append(self.op)
             self.sim.note(f"{self.id}: {self.op[1]} acknowledged by {self.target}")
             self.done += 1
             self._next()
         elif kind == "expired":  # the outcome is unknown: a new session, a new command
+            self.history.append(Operation(self.id, self.called, None, "push", self.op))
             self.session = None
             self.sim.at(self.sim.t + 0.01, self._retry, self.attempt)
         else:
@@ -569,8 +624,13 @@ class SimClient:
         if self.done >= sim.cfg.ops:
             self.finished = True
             return
-        self.seq += 1
         key = f"k{sim.rng.randrange(sim.cfg.keys)}"
+        self.called = sim.t
+        if sim.rng.random() < 0.3:  # a linearizable read (ReadIndex) of one key
+            self.reading = key
+            sim.at(sim.t + sim.rng.uniform(0.0, 0.02), self._retry, self.attempt)
+            return
+        self.seq += 1
         item = f"{self.id}:{self.session}:{self.seq}"
         self.op = (key, item)
         self.sent.append(item)

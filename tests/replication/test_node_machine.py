@@ -270,3 +270,35 @@ def test_a_full_disk_refuses_commands_hands_leadership_over_and_resumes():
     assert m3.core.lead_transferee == "n2"  # handed to a voter that can write, at once
     sh.step([DiskState(False), Propose(CODEC.to_plain(Add("x", 1)), (3, 1), 8)])
     assert 8 not in sh.done or not isinstance(sh.done[8].exc, NoDiskSpace)
+
+
+def test_a_received_snapshot_is_installed_from_its_bytes_even_once_its_file_was_pruned(tmp_path):
+    """The disk lane runs ahead of the apply lane: by the time an install is applied, a
+    newer snapshot may have pruned its file (keep_snapshots=1). The runtime simulator met
+    this as a missing file; the bytes received are what the state is built from."""
+    from prevalence.snapshots import SnapshotMeta as FileMeta, encode_file, serialize
+    from prevalence.state import StateMachine
+    from replication.apply import Applier
+    from replication.journal_storage import JournalStorage
+    from replication.messages import SnapshotMeta
+    from replication.storage import Snapshot
+    from tests.prevalence.domain import Store
+
+    st = JournalStorage(str(tmp_path / "n2"), initial_membership=Membership(("n1", "n2", "n3")), keep_snapshots=1)
+    root = Store()
+    root.values["x"] = 41
+    body, serializer = serialize(root)
+
+    def snap(index: int) -> Snapshot:
+        meta = FileMeta(index=index, term=1, timestamp_us=5, serializer=serializer,
+                        extra={"membership": Membership(("n1", "n2", "n3")).to_wire()})
+        return Snapshot(SnapshotMeta(index, 1, Membership(("n1", "n2", "n3"))), b"".join(encode_file(meta, body)))
+
+    first, newer = snap(31), snap(40)
+    st.apply_snapshot(first)
+    st.apply_snapshot(newer)  # keep_snapshots=1: the file of 31 is gone
+    assert 31 not in st.snapshots.indexes()
+    sm = StateMachine(Store())
+    done = []
+    Applier("n2", sm, st, lambda *a: done.append(a)).apply(first, [], {})
+    assert sm.applied_index == 31 and sm.root.values["x"] == 41
