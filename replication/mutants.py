@@ -11,12 +11,12 @@ seeds to first detection, the invariant that caught it and the time; the exit st
 non-zero if any mutation went unnoticed. An original text that is not found exactly
 once stops the gate: the list must follow the code, not rot silently.
 
-``layer`` says which part of the simulation a mutation needs: "core" mutations live in
-code the simulator runs today (the Raft core over MemoryStorage); "runtime" ones live
-in the node runtime, its storage or the state machine (node.py, persist.py,
-journal_storage.py, apply.py, prevalence/), which the simulator does not run yet
-(issue 17). Those are reported NOT CAUGHT, without running seeds when the mutated
-module is never even imported by the simulator.
+``layer`` says which simulator a mutation needs: "core" mutations live in the Raft core,
+which ``replication.sim`` runs over MemoryStorage; "runtime" ones live in the node
+runtime, its storage or the state machine (the machine, the disk and apply lanes,
+journal_storage.py, prevalence/), which ``replication.sim_runtime`` runs on a simulated
+disk. A mutated module the simulator never imports is reported NOT CAUGHT after one
+seed.
 """
 from __future__ import annotations
 
@@ -91,22 +91,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         "vote not persisted by storage (the hard state file keeps the term only)", "runtime"),
     Mutation(
         "lane_sends_before_write", "replication/persist.py",
-        "            self._write(batch)\n            send = self._send\n"
-        "            for work in batch:\n                for m in work.rd.persisted_messages:\n"
-        "                    send(m.dst, encode(m))\n",
-        "            send = self._send\n"
-        "            for work in batch:\n                for m in work.rd.persisted_messages:\n"
-        "                    send(m.dst, encode(m))\n            self._write(batch)\n",
+        "    write_batch(storage, batch)\n    for work in batch:\n        if work.rd is not None:\n"
+        "            for m in work.rd.persisted_messages:\n                send(m.dst, encode(m))\n",
+        "    for work in batch:\n        if work.rd is not None:\n"
+        "            for m in work.rd.persisted_messages:\n                send(m.dst, encode(m))\n"
+        "    write_batch(storage, batch)\n",
         "vote reply (and acks) sent by the disk lane before the write is durable", "runtime"),
     Mutation(
-        "ack_before_fsync", "replication/journal_storage.py",
-        "        if self._unsafe_no_fsync:\n            self.journal.wait(",
-        "        if True:\n            self.journal.wait(",
-        "append acknowledged before fsync (sync() only hands entries to the OS)", "runtime"),
+        "ack_before_fsync", "replication/persist.py",
+        "    if dirty:\n        st.sync()\n",
+        "    if dirty:\n        pass\n",
+        "append acknowledged before fsync (the disk lane's batch is never synced)", "runtime"),
     Mutation(
         "reports_out_of_order", "replication/persist.py",
-        "self._report([work.seq for work in batch])",
-        "self._report([work.seq for work in reversed(batch)])",
+        "    report([work.seq for work in batch])",
+        "    report([work.seq for work in reversed(batch)])",
         "writer reports persisted out of order", "runtime"),
     Mutation(
         "sweep_local_clock", "prevalence/state.py",
@@ -165,7 +164,7 @@ def run_mutation(m: Mutation, seeds: int, start: int = 0, root: Path = ROOT) -> 
         env = dict(os.environ, PYTHONPATH=str(tmp), PYTHONDONTWRITEBYTECODE="1")
         code = "import sys; from replication.mutants import worker; sys.exit(worker(sys.argv[1:]))"
         out = subprocess.run(
-            [sys.executable, "-c", code, str(tmp), m.file, str(start), str(seeds)],
+            [sys.executable, "-c", code, str(tmp), m.file, str(start), str(seeds), m.layer],
             cwd=tmp, env=env, capture_output=True, text=True,
         )
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
@@ -183,8 +182,24 @@ def run_mutation(m: Mutation, seeds: int, start: int = 0, root: Path = ROOT) -> 
 def worker(argv: list[str]) -> int:
     """In the mutated copy: run seeds until the first violation; print one JSON line."""
     tmp, rel, start, seeds = argv[0], argv[1], int(argv[2]), int(argv[3])
+    layer = argv[4] if len(argv) > 4 else "core"
     import replication
     from replication.sim import SimConfig, check_seed
+
+    if layer == "runtime":  # the node runtime that ships, on a simulated disk
+        import logging
+
+        from replication.sim_runtime import RtConfig, RuntimeSim, check
+        from replication.sim_runtime import Violation as RtViolation  # noqa: F401 - imported for the copy check
+
+        logging.disable(logging.CRITICAL)
+
+        def check_seed(seed, cfg):  # noqa: F811 - the runtime simulator's verdict in the core's shape
+            ok, why = check(RuntimeSim(seed, RtConfig(nodes=cfg.nodes)))
+            if ok:
+                return None
+            first = why.splitlines()[0] if why else "?"
+            return _Verdict(first.split(": ", 1)[-1][:80], why[:400])
 
     here = Path(replication.__file__).resolve()
     if not str(here).startswith(str(Path(tmp).resolve())):
@@ -208,6 +223,12 @@ def worker(argv: list[str]) -> int:
             return 0
     print(json.dumps({"caught": False, "seeds": seeds, "invariant": ""}))
     return 0
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    invariant: str
+    detail: str
 
 
 def table(results: list[dict]) -> str:
