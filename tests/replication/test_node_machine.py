@@ -77,6 +77,19 @@ class Shell:
         self.sent.extend(rd.persisted_messages)
         self._take(self.m.handle([Persisted([work.seq])], self.now, WALL, False))
 
+    def elect_with(self, voter: str) -> None:
+        """Win an election of three with ``voter`` granting every (pre)vote by hand."""
+        me = self.m.id
+        while self.m.role != Role.LEADER:
+            self.now += TICK
+            self.step(tick=True)
+            while self.sent:
+                msg = self.sent.pop(0)
+                if type(msg) in (Vote, PreVote) and msg.dst == voter:
+                    resp = VoteResp if type(msg) is Vote else PreVoteResp
+                    self.step([PeerMsg(voter, encode(resp(voter, me, msg.term, False)))])
+            assert self.now < 5.0, "no election"
+
     def elect(self) -> None:
         while self.m.role != Role.LEADER:
             self.now += TICK
@@ -171,15 +184,7 @@ def test_a_read_is_released_after_its_entries_and_a_deposed_leader_fails_its_rea
 
     m3 = machine("n1", ("n1", "n2", "n3"))
     sh3 = Shell(m3)
-    while m3.role != Role.LEADER:  # win the election by granting votes by hand
-        sh3.now += TICK
-        sh3.step(tick=True)
-        while sh3.sent:
-            msg = sh3.sent.pop(0)
-            if type(msg) in (Vote, PreVote) and msg.dst == "n2":
-                resp = VoteResp if type(msg) is Vote else PreVoteResp
-                sh3.step([PeerMsg("n2", encode(resp("n2", "n1", msg.term, False)))])
-        assert sh3.now < 5.0
+    sh3.elect_with("n2")
     sh3.step([Read("q", 42)])
     assert 42 not in sh3.done  # waits for a quorum's heartbeat answers
     sh3.step([PeerMsg("n2", encode(Heartbeat("n2", "n1", m3.core.term + 1, 0)))])
@@ -255,15 +260,7 @@ def test_a_full_disk_refuses_commands_hands_leadership_over_and_resumes():
 
     m3 = machine("n1", ("n1", "n2", "n3"))
     sh = Shell(m3)
-    while m3.role != Role.LEADER:
-        sh.now += TICK
-        sh.step(tick=True)
-        while sh.sent:
-            msg = sh.sent.pop(0)
-            if type(msg) in (Vote, PreVote) and msg.dst == "n2":
-                resp = VoteResp if type(msg) is Vote else PreVoteResp
-                sh.step([PeerMsg("n2", encode(resp("n2", "n1", msg.term, False)))])
-        assert sh.now < 5.0
+    sh.elect_with("n2")
     sh.step([PeerMsg("n2", encode(AppendResp("n2", "n1", m3.core.term, m3.core.log.last_index())))])
     sh.step([DiskState(True), Propose(CODEC.to_plain(Add("x", 1)), (3, 1), 7)])
     assert isinstance(sh.done[7].exc, NoDiskSpace) and "disk is full" in str(sh.done[7].exc)
