@@ -21,7 +21,7 @@ answers to callers), choosing only which thread runs what.
 - ``apply``: applies committed entries to the state machine in order and completes the
   waiting proposals and reads. Kept off the raft thread so that a slow transaction or a
   snapshot being serialized never delays heartbeats.
-- ``snapshot``: serializes the state under the read lock and writes the file.
+  It also captures a snapshot when the machine queues one, and writes its file.
 
 The transport is anything with ``send(to, payload: bytes)`` that never blocks; the
 process entry point (``rpc``) supplies the RPyC one, tests may supply an in-memory one.

@@ -21,6 +21,11 @@ an idle lane runs the item on the caller's thread (a follower, whose ack must wa
 the fsync anyway, saves a thread wake-up on the leader's commit path). Its report goes
 through ``report`` like any other, after any report the lane thread made before.
 
+A snapshot of the node's own state is published and the journal compacted by an item of
+the same lane, in order with the writes: nothing has to wait for the lane to drain. A
+full disk is not a failure: :class:`DiskWorker` leaves the batch unwritten, and the lane
+tries it again every DISK_FULL_RETRY seconds.
+
 The lane thread blocks on its queue when there is nothing to write: no idle CPU.
 """
 from __future__ import annotations
@@ -68,9 +73,7 @@ class DiskLane:
         self._report = report
         self._on_error = on_error
         self._after_batch = after_batch
-        lock = threading.Lock()
-        self._work = threading.Condition(lock)  # the lane thread waits here for work
-        self._idle = threading.Condition(lock)  # drain() waits here
+        self._work = threading.Condition(threading.Lock())  # the lane thread waits here for work
         self._queue: deque[DiskWork] = deque()
         self._busy = False  # a batch is being run (by the lane thread or inline)
         self._stopping = False
@@ -100,39 +103,6 @@ class DiskLane:
         finally:
             self._done()
         return written
-
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until everything submitted is written and reported (True), or the lane
-        failed or found the disk full (False).
-
-        A barrier for reorganising storage (publishing a snapshot, compacting): the
-        caller must keep new work from being submitted meanwhile (the core lock).
-        """
-        if threading.current_thread() is self._thread:
-            return self._drain_here()
-        with self._idle:
-            return self._idle.wait_for(
-                lambda: (not self._queue and not self._busy) or self._failed is not None or self._worker.full, timeout) \
-                and not self._worker.full and self._failed is None
-
-    def _drain_here(self) -> bool:
-        """drain() on the lane thread (it steps the core after a batch, and the core may
-        publish a snapshot): nobody else would write what is queued, so write it here."""
-        while True:
-            with self._work:
-                if self._failed is not None or not self._queue:
-                    return self._failed is None
-                batch = list(self._queue)
-                self._queue.clear()
-                self._busy = True
-            try:
-                if not self._run(batch):
-                    return False  # the disk is full: the lane thread retries it
-            except BaseException as exc:  # noqa: BLE001 - the lane is dead: fail-stop, as in the loop
-                self._on_error(exc)
-                return False
-            finally:
-                self._done()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued, then end the thread."""
@@ -180,7 +150,6 @@ class DiskLane:
             self._busy = False
             if self._queue:  # queued during an inline run; no wake-up otherwise
                 self._work.notify()
-            self._idle.notify_all()
 
     def _run(self, batch: list[DiskWork]) -> bool:
         """Write, send what the writes promise, report: in that order, or fail for good.
@@ -194,7 +163,6 @@ class DiskLane:
             with self._work:
                 self._failed = exc
                 self._queue.clear()
-                self._idle.notify_all()
             raise
         with self._work:
             self._queue.extendleft(reversed(batch))
