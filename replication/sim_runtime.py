@@ -42,7 +42,7 @@ from typing import Any, Callable
 import prevalence
 from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
-from prevalence.sessions import RegisterSession
+from prevalence.sessions import RegisterSession, SetSessionExpiry
 from prevalence.simfs import SimFileSystem
 from replication.apply import Applier
 from replication.config import RaftConfig
@@ -191,6 +191,11 @@ class RuntimeSim:
         self.slow_rate = rng.choice([0.0, 0.2])
         self.full_rate = rng.choice([0.0, 0.0, 0.5])
         self.jump_rate = rng.choice([0.0, 0.5])
+        # sessions that expire: a 60 s expiry (the shortest allowed) and the whole
+        # cluster's wall clock stepping forward by minutes (NTP after a wrong RTC), so
+        # that journal time crosses minute boundaries and idle sessions are swept
+        self.short_expiry = rng.random() < 0.4
+        self.leap_rate = rng.choice([0.2, 0.6]) if self.short_expiry else 0.0
         self.clocks = {nid: Clock(rng) for nid in self.ids}
         self.disks = {nid: SimFileSystem(random.Random(rng.getrandbits(64))) for nid in self.ids}
         self.nodes: dict[str, SimNode | None] = {}
@@ -222,6 +227,8 @@ class RuntimeSim:
         self.at(0.0, self._fault_tick)
         for c in self.clients:
             self.at(self.rng.uniform(0.3, 1.0), c.start)
+        if self.short_expiry:
+            self.at(0.2, self._set_expiry)
         steps = 0
         while self.heap:
             when, _r, _s, fn, args = heapq.heappop(self.heap)
@@ -459,11 +466,28 @@ class RuntimeSim:
             else:
                 disk.capacity = None
                 self.note("a disk has space again")
+        if rng.random() < self.leap_rate * dt:
+            leap = int(rng.uniform(40e6, 150e6))
+            for clock in self.clocks.values():
+                clock.jump_us += leap
+            self.note(f"every wall clock steps forward {leap / 1e6:.0f} s")
         if rng.random() < self.jump_rate * dt:
             nid = rng.choice(self.ids)
             self.clocks[nid].jump_us += int(rng.uniform(-5e6, 5e6))
             self.note(f"{nid}: wall clock jumps to {self.clocks[nid].jump_us / 1e6:+.1f} s")
         self.at(self.t + dt, self._fault_tick)
+
+    def _set_expiry(self) -> None:
+        """An operator sets the session expiry to 60 s; retried until a leader takes it."""
+        def answered(value: Any, exc: BaseException | None) -> None:
+            if exc is not None or value != 60:
+                self.at(self.t + 0.1, self._set_expiry)
+
+        node = self.nodes.get(self.rng.choice(self.ids))
+        if node is None:
+            self.at(self.t + 0.1, self._set_expiry)
+            return
+        self.post(node, Propose(CODEC.to_plain(SetSessionExpiry(60)), None, self.token(answered)))
 
     def _heal(self) -> None:
         self._healed = True

@@ -259,7 +259,7 @@ class NodeMachine:
             core.advance(rd)
         every = self.snapshot_every
         if (every and self.snapshotting is None and now >= self.snapshot_retry_at
-                and core.log.applied - self.last_snapshot_index >= every):
+                and core.log.applied - self.last_snapshot_index >= every and self._in_log(core.log.applied)):
             self._snapshot(core.log.applied)
         if now >= self.checks_due:
             self.checks_due = now + 0.1
@@ -373,10 +373,15 @@ class NodeMachine:
         """A snapshot now (``Node.snapshot``): ``token`` completes with its index."""
         if self.snapshotting is not None:
             self.snapshotting.append(token)  # the one under way answers it too
-        elif self.core.log.applied <= self.last_snapshot_index:
-            self._out.append(Complete(token, self.last_snapshot_index))
+        elif self.core.log.applied <= self.last_snapshot_index or not self._in_log(self.core.log.applied):
+            # nothing new, or the leader's snapshot being installed covers it
+            self._out.append(Complete(token, max(self.last_snapshot_index, self.core.log.first_index() - 1)))
         else:
             self._snapshot(self.core.log.applied, token)
+
+    def _in_log(self, index: int) -> bool:
+        """Still in the log: not covered by a snapshot from the leader on its way to disk."""
+        return index >= self.core.log.first_index() - 1
 
     def _snapshot(self, index: int, token: int | None = None) -> None:
         """The apply lane reaches ``index`` right before this item (the core handed it the
