@@ -80,6 +80,7 @@ class NodeProcess:
         except BaseException:
             self._data_lock.release()
             raise
+        self._members: tuple | None = None  # (voters, learners) the transport was last pointed at
         self._membership_changed(self.node.membership)  # members added before a restart
         self.server: PeerServer | None = None
 
@@ -159,7 +160,7 @@ class NodeProcess:
         addresses as the proposing leader's configuration had them, and must not move
         this node's links to another node's view of where its peers are."""
         members = (membership.voters, membership.learners)
-        if members == getattr(self, "_members", None):
+        if members == self._members:
             return
         self._members = members
         peers = {p: a for p, a in self.cfg.peers.items() if p != self.cfg.id}
