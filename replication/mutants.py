@@ -117,6 +117,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         "sm.sessions = new.root, new.applied_index, new.timestamp_us, new.sessions",
         "sm.sessions = new.root, new.applied_index, new.timestamp_us, sm.sessions",
         "snapshot install without the session table (the old table is kept)", "runtime"),
+    Mutation(
+        "client_reuses_seq", "replication/client_policy.py",
+        "session.next_seq = seq + 1  # whether or not that command applied",
+        "session.next_seq = seq  # whether or not that command applied",
+        "the client numbers its next command like the last one (the cluster answers it from the cache)",
+        "runtime"),
+    Mutation(
+        "client_keeps_expired_session", "replication/client_policy.py",
+        'if reply is None or reply[0] != "expired":',
+        "if True:",
+        "the client keeps a session the cluster expired (every command on it is refused)", "runtime"),
 )
 
 

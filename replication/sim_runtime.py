@@ -39,76 +39,20 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import prevalence
 from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
-from prevalence.sessions import RegisterSession, SetSessionExpiry
+from prevalence.sessions import SetSessionExpiry
 from prevalence.simfs import SimFileSystem
 from replication.apply import Applier
 from replication.config import RaftConfig
 from replication.errors import RaftError
-from replication.linearizability import LinearizabilityTimeout, Operation, check_history, partition
+from replication.linearizability import LinearizabilityTimeout, check_history
 from replication.membership import Membership
 from replication.persist import DiskWorker
 from replication.ready import Role
 from replication.runtime.assemble import NodeOptions, assemble
-from replication.runtime.events import (
-    ApplyWork, Complete, DiskState, DiskWork, PeerMsg, Persisted, Propose, Read, Send,
-)
-
-
-# -- the application the simulation runs ---------------------------------------------------
-class Lists:
-    """The simulated application's state: key -> the items appended, in order."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, list[str]] = {}
-
-
-@dataclass(frozen=True)
-class Push(prevalence.Transaction, name="sim.Push"):
-    key: str
-    item: str
-
-    def execute(self, root: Lists, ctx: prevalence.Context) -> int:
-        items = root.data.setdefault(self.key, [])
-        items.append(self.item)
-        return len(items)
-
-
-@dataclass(frozen=True)
-class Items(prevalence.Query, name="sim.Items"):
-    key: str
-
-    def run(self, root: Lists) -> tuple:
-        return tuple(root.data.get(self.key, ()))
-
-
-class ListsModel:
-    """The linearizability model of :class:`Lists`, one key at a time: push((key, item))
-    returns the list's new length, read(key) the items."""
-
-    def init(self) -> tuple:
-        return ()
-
-    def step(self, state: tuple, op: str, arg: Any, result: Any) -> tuple[bool, tuple]:
-        if op == "push":
-            new = state + (arg[1],)
-            return result is None or result == len(new), new
-        return result == state, state
-
-    def step_unknown(self, state: tuple, op: str, arg: Any) -> tuple:
-        return state + (arg[1],) if op == "push" else state
-
-    def partition_key(self, op: str, arg: Any) -> str:
-        return arg[0] if op == "push" else arg
-
-    def partition(self, operations: Any) -> dict:
-        return partition(self, operations)
-
-
-class Violation(Exception):
-    """An invariant broke: the seed fails."""
+from replication.runtime.events import ApplyWork, Complete, DiskState, DiskWork, PeerMsg, Persisted, Propose, Send
+from replication.sim_clients import Lists, ListsModel, SimClient, Violation
 
 
 # -- the simulation ---------------------------------------------------------------------------
@@ -559,110 +503,6 @@ class RuntimeSim:
         if log.committed < log.last_index() or log.term(log.committed) != leaders[0].core.term:
             return False
         return all(n.sm.applied_index == log.committed and not n.apply_q for n in nodes)
-
-
-class SimClient:
-    """A client with one session, retrying each command under the same (session, seq)
-    on the node it believes leads, then on others, as rpc.client does."""
-
-    ATTEMPT = 0.5  # virtual seconds before an attempt is given up and retried elsewhere
-
-    def __init__(self, sim: RuntimeSim, k: int) -> None:
-        self.sim, self.id = sim, f"c{k + 1}"
-        self.target = sim.rng.choice(sim.ids)
-        self.session: int | None = None
-        self.seq = 0
-        self.op: tuple[str, str] | None = None
-        self.attempt = 0
-        self.sent: list[str] = []
-        self.acked: list[tuple[str, str]] = []
-        self.history: list[Operation] = []  # what this client saw, for the linearizability check
-        self.reading: str | None = None  # the key of a read under way
-        self.called = 0.0  # when the operation under way was first sent
-        self.finished = False
-        self.done = 0
-
-    def start(self) -> None:
-        self._try()
-
-    def _try(self) -> None:
-        sim = self.sim
-        self.attempt += 1
-        attempt = self.attempt
-        node = sim.nodes.get(self.target)
-        if node is not None and self.reading is not None:
-            token = sim.token(lambda value, exc: self._answer(attempt, value, exc))
-            sim.post(node, Read(Items(self.reading), token))
-        elif node is not None:
-            if self.session is None:
-                plain, session = CODEC.to_plain(RegisterSession()), None
-            else:
-                key, item = self.op
-                plain, session = CODEC.to_plain(Push(key, item)), (self.session, self.seq)
-            token = sim.token(lambda value, exc: self._answer(attempt, value, exc))
-            sim.post(node, Propose(plain, session, token))
-        sim.at(sim.t + self.ATTEMPT, self._timeout, attempt)
-
-    def _timeout(self, attempt: int) -> None:
-        if attempt == self.attempt and not self.finished:
-            self._elsewhere(None)
-
-    def _elsewhere(self, hint: str | None) -> None:
-        sim = self.sim
-        others = [n for n in sim.ids if n != self.target]
-        self.target = hint if hint in sim.ids and hint != self.target else sim.rng.choice(others)
-        sim.at(sim.t + sim.rng.uniform(0.005, 0.05), self._retry, self.attempt)
-
-    def _retry(self, attempt: int) -> None:
-        if attempt == self.attempt and not self.finished:
-            self._try()
-
-    def _answer(self, attempt: int, value: Any, exc: BaseException | None) -> None:
-        if attempt != self.attempt or self.finished:
-            return  # an answer to an attempt given up: the retry carries the same seq
-        self.attempt += 1
-        if exc is not None:
-            self._elsewhere(getattr(exc, "leader", None))
-            return
-        if self.reading is not None:
-            self.history.append(Operation(self.id, self.called, self.sim.t, "read", self.reading, value))
-            self.reading = None
-            self._next()
-            return
-        if self.session is None:
-            self.session = value
-            self._next()
-            return
-        kind = value[0]
-        if kind == "ok":
-            self.history.append(Operation(self.id, self.called, self.sim.t, "push", self.op, value[1]))
-            self.acked.append(self.op)
-            self.sim.note(f"{self.id}: {self.op[1]} acknowledged by {self.target}")
-            self.done += 1
-            self._next()
-        elif kind == "expired":  # the outcome is unknown: a new session, a new command
-            self.history.append(Operation(self.id, self.called, None, "push", self.op))
-            self.session = None
-            self.sim.at(self.sim.t + 0.01, self._retry, self.attempt)
-        else:
-            raise Violation(f"{self.id}: unexpected reply {value!r:.120}")
-
-    def _next(self) -> None:
-        sim = self.sim
-        if self.done >= sim.cfg.ops:
-            self.finished = True
-            return
-        key = f"k{sim.rng.randrange(sim.cfg.keys)}"
-        self.called = sim.t
-        if sim.rng.random() < 0.3:  # a linearizable read (ReadIndex) of one key
-            self.reading = key
-            sim.at(sim.t + sim.rng.uniform(0.0, 0.02), self._retry, self.attempt)
-            return
-        self.seq += 1
-        item = f"{self.id}:{self.session}:{self.seq}"
-        self.op = (key, item)
-        self.sent.append(item)
-        sim.at(sim.t + sim.rng.uniform(0.0, 0.02), self._retry, self.attempt)
 
 
 def run_seed(seed: int, cfg: RtConfig | None = None) -> tuple[bool, str]:

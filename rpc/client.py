@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import builtins
 import logging
-import random
 import sys
 import threading
 import time
@@ -34,11 +33,9 @@ from rpc.auth import AuthenticationFailed
 from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
 from rpc.transport import MAX_REQUEST, NodeLink, hard_close, open_connection, remote_method
+from replication.client_policy import PROBE_AFTER, PROBE_EVERY, Attempts, Route, Session, SessionPool, leader_among
 
 CONSISTENCY = ("linearizable", "leader", "local")
-SUSPECT_FOR = 1.0  # seconds an address that failed us is tried after the others (about two elections)
-PROBE_AFTER = 0.25  # a call to the leader unanswered this long: ask the others who leads now
-PROBE_EVERY = 0.1  # and again this often until it answers, or a new leader is named
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 log = logging.getLogger("rpc.client")
 
@@ -214,13 +211,6 @@ class _Line:
         self.closed = False
 
 
-class _Session:
-    __slots__ = ("id", "next_seq")
-
-    def __init__(self, sid: int):
-        self.id, self.next_seq = sid, 1
-
-
 class ClusterClient:
     """Thread-safe; share one per process. Commands from parallel threads use separate
     sessions from a small pool, travel together in one call when they overlap, and each
@@ -229,8 +219,8 @@ class ClusterClient:
     def __init__(self, addresses: Iterable[str], secret: bytes, *, timeout: float = 10.0,
                  attempt_timeout: float = 1.5, ssl_context: Any = None, max_batch: int = MAX_BATCH,
                  max_batch_bytes: int = MAX_BATCH_BYTES):
-        self.addresses = [format_address(parse_address(a, "address")) for a in addresses]
-        if not self.addresses:
+        self._route = Route(format_address(parse_address(a, "address")) for a in addresses)
+        if not self._route.addresses:
             raise PrevalenceError("rpc.connect needs at least one address")
         self._secret = check_secret(secret, "rpc.connect")
         self.timeout = timeout
@@ -239,9 +229,7 @@ class ClusterClient:
         self._lock = threading.Lock()
         self._main = _Line()
         self._lines: list[_Line] = [self._main]  # the main line and every open subscription's
-        self._hint: str | None = None
-        self._sessions: list[_Session] = []
-        self._suspect: dict[str, float] = {}  # address -> until when it is tried last
+        self._sessions = SessionPool()
         self._closed = False
         self._coalescer = Coalescer(self._send_batch, max_batch, max_batch_bytes)
         self._query_pool: ThreadPoolExecutor | None = None
@@ -249,9 +237,14 @@ class ClusterClient:
 
     # -- the API ----------------------------------------------------------------------
     @property
+    def addresses(self) -> list[str]:
+        """The nodes this client knows: those it was given and leaders it was told of."""
+        return self._route.addresses
+
+    @property
     def leader(self) -> str | None:
         """The address of the node this client believes leads (None before the first call)."""
-        return self._main.addr or self._hint
+        return self._main.addr or self._route.hint
 
     def execute(self, tx: Any, *, timeout: float | None = None) -> Any:
         """Run ``tx`` on the leader exactly once; its result, or its own exception.
@@ -339,11 +332,9 @@ class ClusterClient:
         except InvalidStateError:  # cancelled by its owner before it boarded
             pass
 
-    def _release(self, session: _Session, cmd: Command) -> None:
-        session.next_seq = cmd.seq + 1  # whether or not that command applied: never reused
-        if cmd.reply is None or cmd.reply[0] != "expired":  # an expired session is dropped
-            with self._lock:
-                self._sessions.append(session)
+    def _release(self, session: Session, cmd: Command) -> None:
+        with self._lock:
+            self._sessions.release(session, cmd.seq, cmd.reply)
 
     def query(self, q: Any, consistency: str = "linearizable", *, timeout: float | None = None) -> Any:
         """``linearizable``: confirmed by the leader (ReadIndex). ``leader``: the leader's
@@ -436,12 +427,10 @@ class ClusterClient:
                     c.reply = reply if reply[0] != "ok" else ["error", f"malformed batch reply: {reply!r:.200}"]
             return
 
-    def _take_session(self, deadline: float) -> _Session:
+    def _take_session(self, deadline: float) -> Session:
         with self._lock:
-            if self._sessions:
-                return self._sessions.pop()
-        sid = self._outcome(self._call(deadline, "register_session"))
-        return _Session(sid)
+            session = self._sessions.take()
+        return session or Session(self._outcome(self._call(deadline, "register_session")))
 
     def _outcome(self, reply: list) -> Any:
         kind = reply[0]
@@ -469,23 +458,21 @@ class ClusterClient:
 
     def _call(self, deadline: float, method: str, *args: Any, any_node: bool = False,
               line: _Line | None = None) -> list:
+        """``method(*args)`` on the leader (on any node when ``any_node``), retried as
+        ``replication.client_policy.Attempts`` decides until ``deadline``."""
         line = line or self._main
-        tried: list[str] = []
-        backoff = 0.02
+        attempts = Attempts(self._route, method, deadline, any_node=any_node)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._closed or line.closed:
-                closed = self._closed or line.closed
-                what = "closed" if closed else f"no leader answered within the deadline; tried {', '.join(tried[-8:]) or 'nothing'}"
-                raise ClusterUnavailable(f"{method}: {what}")
+            if attempts.over(time.monotonic()) or self._closed or line.closed:
+                raise ClusterUnavailable(attempts.why_over(self._closed or line.closed))
             try:
-                conn, addr = self._connection(min(remaining, self.attempt_timeout), line)
+                conn, addr = self._connection(min(deadline - time.monotonic(), self.attempt_timeout), line)
             except AuthenticationFailed:
                 raise  # every node answered and refused our key: no retry changes that
             except PrevalenceError as exc:
-                tried.append(f"{exc}")
-                time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, deadline - time.monotonic())))
-                backoff = min(backoff * 2, 0.25)  # nobody answered at all: back off, but not for long
+                with self._lock:
+                    pause = attempts.unreachable(str(exc), time.monotonic())
+                time.sleep(pause)
                 continue
             token = None if any_node else self._watch.start(line, conn, addr)
             try:
@@ -494,33 +481,22 @@ class ClusterClient:
             except Exception as exc:  # connection lost, timed out (a hung node), refused
                 if line.closed or self._closed:  # we closed it: the node is not to blame
                     raise ClusterUnavailable(f"{method}: closed") from None
-                tried.append(f"{addr}: {type(exc).__name__}: {exc}"[:200])
                 with self._lock:
-                    self._suspect[addr] = time.monotonic() + SUSPECT_FOR
-                    if line.conn is conn:
-                        self._drop(line)
-                continue
+                    step = attempts.lost(addr, f"{type(exc).__name__}: {exc}", time.monotonic())
+            else:
+                with self._lock:
+                    step = attempts.answered(addr, reply, time.monotonic())
             finally:
                 if token is not None:
                     self._watch.end(token)
-            if self._suspect:
-                with self._lock:
-                    self._suspect.pop(addr, None)  # it answers again
-            if reply[0] == "not_leader" and not any_node:
-                tried.append(f"{addr}: not the leader (hint: {reply[1]} at {reply[2]})")
+            if step.done:
+                return step.reply
+            if step.drop:
                 with self._lock:
                     if line.conn is conn:
                         self._drop(line)
-                    # a follower may still name a leader that just stopped answering us
-                    suspect = reply[2] is not None and self._suspect.get(reply[2], 0) > time.monotonic()
-                    self._hint = None if suspect else reply[2]
-                if reply[2] is None or suspect:  # an election is under way: it takes ~0.3 s
-                    time.sleep(min(random.uniform(0.02, 0.05), max(0.0, deadline - time.monotonic())))
-                continue
-            if reply[0] == "unavailable":
-                tried.append(f"{addr}: {reply[-1]}")
-                continue  # the same command again: the session makes the retry safe
-            return reply
+            if step.pause:
+                time.sleep(step.pause)
 
     def _connection(self, attempt_timeout: float, line: _Line | None = None):
         line = line or self._main
@@ -536,13 +512,12 @@ class ClusterClient:
         with self._lock:
             if line.conn is not None:
                 return line.conn, line.addr
-            now = time.monotonic()
+            route = self._route
             # the leader first when known: a subscription reads the freshest log there
-            first = self._hint if line is self._main else (self._hint or self._main.addr)
-            order = ([first] if first else []) + [a for a in self.addresses if a != first]
-            order.sort(key=lambda a: self._suspect.get(a, 0) > now)  # stable: suspects last
+            first = route.hint if line is self._main else (route.hint or self._main.addr)
+            order = route.order(time.monotonic(), first)
             if line is self._main:
-                self._hint = None
+                route.hint = None
         errors = []
         refused: list[AuthenticationFailed] = []
         for addr in order:
@@ -557,11 +532,10 @@ class ClusterClient:
                 if isinstance(exc, AuthenticationFailed) and exc.key_refused:
                     refused.append(exc)
                 with self._lock:
-                    self._suspect[addr] = time.monotonic() + SUSPECT_FOR
+                    self._route.failed(addr, time.monotonic())
                 continue
             with self._lock:
-                if addr not in self.addresses:
-                    self.addresses.append(addr)  # learnt from a hint: a member added later
+                self._route.connected(addr)
                 self._drop(line)
                 if line.closed:  # closed while connecting: nobody would close this one
                     hard_close(conn)
@@ -651,8 +625,7 @@ class _SilentLeaderWatch:
             log.info("%s did not answer for %.2f s and %s leads now: retrying there", addr,
                      time.monotonic() - oldest[0], found)
             with c._lock:
-                c._hint = found
-                c._suspect[addr] = time.monotonic() + SUSPECT_FOR
+                c._route.leader_found(addr, found, time.monotonic())
                 if line.conn is conn:
                     c._drop(line)  # wakes the stuck caller, which retries at the hint
             with self._cond:  # the stuck calls on that connection are over
@@ -671,16 +644,13 @@ class _SilentLeaderWatch:
             if a not in self._probing:
                 self._probing[a] = self._pool.submit(self._status, a)
         wait([self._probing[a] for a in others], timeout=PROBE_EVERY)
-        best: tuple[int, str] | None = None
+        answers = []
         for addr in others:
             fut = self._probing[addr]
-            if not fut.done():
-                continue
-            del self._probing[addr]  # answered (or failed): asked again next round
-            st = None if fut.exception() is not None else fut.result()
-            if st and st.get("role") == "leader" and (best is None or st["term"] > best[0]):
-                best = (st["term"], addr)
-        return None if best is None else best[1]
+            if fut.done():
+                del self._probing[addr]  # answered (or failed): asked again next round
+                answers.append((addr, None if fut.exception() is not None else fut.result()))
+        return leader_among(answers)
 
     def _status(self, addr: str) -> dict | None:
         with self._cond:

@@ -11,6 +11,7 @@ import pytest
 import rpc
 from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown, PrevalenceError
+from replication.client_policy import Session
 from tests.prevalence.domain import Add, Boom, Get, HalfThenFail, Rejected, Snapshot, Stamp, Tags
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")]
@@ -87,7 +88,7 @@ def test_a_command_on_an_expired_session_raises_outcome_unknown_and_the_client_c
     so the client says "unknown", not "not applied", and opens a new session next."""
     with cluster.client() as client:
         assert client.execute(Add("e", 1)) == 1
-        client._sessions[:] = [rpc.client._Session(999_999)]  # as if it expired meanwhile
+        client._sessions.free[:] = [Session(999_999)]  # as if it expired meanwhile
         with pytest.raises(OutcomeUnknown, match="whether command 1 was applied is unknown"):
             client.execute(Add("e", 1))
         assert client.execute(Add("e", 1)) == 2  # a fresh session

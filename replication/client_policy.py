@@ -1,0 +1,168 @@
+"""The client's side of the session protocol, without I/O: which node a call goes to,
+how it retries, and which session number a command carries.
+
+``rpc.client.ClusterClient`` drives these objects over RPyC connections and the runtime
+simulator drives the same objects over simulated ones, so the retry and session rules
+that the simulator checks for exactly-once and linearizability are the ones that ship.
+No clock, socket or thread here: times are arguments, randomness an injected Random,
+and a caller serialises access (the client under its lock, the simulator by running
+one step at a time).
+
+A reply is the list a node answers: ``["ok", value]``, ``["not_leader", leader_id,
+leader_address]``, ``["unavailable", message]``, ``["expired", message]``,
+``["rejected"|"failed", type, message]`` or ``["error", message]``.
+"""
+from __future__ import annotations
+
+import random
+from typing import Iterable, NamedTuple
+
+SUSPECT_FOR = 1.0  # seconds an address that failed us is tried after the others (about two elections)
+BACKOFF_FIRST, BACKOFF_MAX = 0.02, 0.25  # nobody answered at all: back off, but not for long
+ELECTION_PAUSE = (0.02, 0.05)  # "not the leader, none known": an election takes ~0.3 s
+PROBE_AFTER = 0.25  # a call to the leader unanswered this long: ask the others who leads now
+PROBE_EVERY = 0.1  # and again this often until it answers, or a new leader is named
+
+
+class Route:
+    """Where the client's calls go: the addresses it knows, the leader it was told of,
+    and the nodes that failed it lately (tried after the others for ``SUSPECT_FOR``)."""
+
+    def __init__(self, addresses: Iterable[str]) -> None:
+        self.addresses = list(addresses)
+        self.hint: str | None = None
+        self.suspect: dict[str, float] = {}  # address -> until when it is tried last
+
+    def order(self, now: float, first: str | None) -> list[str]:
+        """The addresses to connect to, in turn: ``first`` (the leader when known), then
+        the others; the ones that failed us lately last."""
+        order = ([first] if first else []) + [a for a in self.addresses if a != first]
+        order.sort(key=lambda a: self.suspect.get(a, 0) > now)  # stable: suspects last
+        return order
+
+    def connected(self, addr: str) -> None:
+        if addr not in self.addresses:
+            self.addresses.append(addr)  # learnt from a hint: a member added later
+
+    def failed(self, addr: str, now: float) -> None:
+        """``addr`` did not answer (refused, lost, timed out): try it last for a while."""
+        self.suspect[addr] = now + SUSPECT_FOR
+
+    def answered(self, addr: str) -> None:
+        if self.suspect:
+            self.suspect.pop(addr, None)
+
+    def is_suspect(self, addr: str, now: float) -> bool:
+        return self.suspect.get(addr, 0) > now
+
+    def redirected(self, leader_addr: str | None, now: float) -> bool:
+        """A node said it does not lead and named ``leader_addr``: go there next. True
+        when no usable leader was named (none known, or one that just failed us), so
+        the caller pauses while an election settles."""
+        unusable = leader_addr is None or self.is_suspect(leader_addr, now)
+        self.hint = None if unusable else leader_addr
+        return unusable
+
+    def leader_found(self, stuck: str, leader_addr: str, now: float) -> None:
+        """While a call to ``stuck`` went unanswered, another node said it leads: the
+        caller drops the stuck connection and retries there."""
+        self.hint = leader_addr
+        self.failed(stuck, now)
+
+
+def leader_among(statuses: Iterable[tuple[str, dict | None]]) -> str | None:
+    """Of the nodes' answers to a status call (None: no answer), the address of the one
+    that says it leads in the highest term; None when none does."""
+    best: tuple[int, str] | None = None
+    for addr, st in statuses:
+        if st and st.get("role") == "leader" and (best is None or st["term"] > best[0]):
+            best = (st["term"], addr)
+    return None if best is None else best[1]
+
+
+class Step(NamedTuple):
+    """What a call does next: ``done`` (return ``reply``), or retry after ``pause``
+    seconds, with the current connection dropped first when ``drop``."""
+
+    done: bool
+    reply: list | None = None
+    pause: float = 0.0
+    drop: bool = False
+
+
+class Attempts:
+    """One call's retries until its deadline: every retry carries the same request, so
+    a command keeps its session number and applies at most once."""
+
+    def __init__(self, route: Route, method: str, deadline: float, rng: random.Random | None = None,
+                 any_node: bool = False) -> None:
+        self.route, self.method, self.deadline, self.any_node = route, method, deadline, any_node
+        self.rng = rng or random.Random()
+        self.tried: list[str] = []
+        self._backoff = BACKOFF_FIRST
+
+    def over(self, now: float) -> bool:
+        return now >= self.deadline
+
+    def why_over(self, closed: bool) -> str:
+        """The one-line reason a call that ran out of time (or was closed) gives."""
+        what = "closed" if closed else ("no leader answered within the deadline; tried "
+                                        f"{', '.join(self.tried[-8:]) or 'nothing'}")
+        return f"{self.method}: {what}"
+
+    def unreachable(self, why: str, now: float) -> float:
+        """No node accepted a connection: how long to wait before trying them again."""
+        self.tried.append(why)
+        pause = min(self._backoff * self.rng.uniform(0.5, 1.0), max(0.0, self.deadline - now))
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        return pause
+
+    def lost(self, addr: str, why: str, now: float) -> Step:
+        """The call to ``addr`` failed without an answer (connection lost, timed out)."""
+        self.tried.append(f"{addr}: {why}"[:200])
+        self.route.failed(addr, now)
+        return Step(False, drop=True)
+
+    def answered(self, addr: str, reply: list, now: float, leader_addr_ok: bool = True) -> Step:
+        """``addr`` answered ``reply``: return it, or retry where it points."""
+        self.route.answered(addr)
+        kind = reply[0] if reply else None
+        if kind == "not_leader" and not self.any_node:
+            leader_addr = reply[2] if len(reply) > 2 else None
+            self.tried.append(f"{addr}: not the leader (hint: {reply[1]} at {leader_addr})")
+            if self.route.redirected(leader_addr, now):
+                pause = self.rng.uniform(*ELECTION_PAUSE)
+                return Step(False, pause=min(pause, max(0.0, self.deadline - now)), drop=True)
+            return Step(False, drop=True)
+        if kind == "unavailable":
+            self.tried.append(f"{addr}: {reply[-1]}")
+            return Step(False)  # the same request again: the session makes the retry safe
+        return Step(True, reply)
+
+
+class Session:
+    """A client session: its id and the number its next command carries."""
+
+    __slots__ = ("id", "next_seq")
+
+    def __init__(self, sid: int) -> None:
+        self.id, self.next_seq = sid, 1
+
+
+class SessionPool:
+    """The sessions of one client. A command takes one (a new one is registered when
+    none is free) and numbers itself ``next_seq``; whatever became of it, the number is
+    never reused. A session the cluster expired is dropped: its numbers mean nothing
+    there any more, and reusing it would only be refused again."""
+
+    def __init__(self) -> None:
+        self.free: list[Session] = []
+
+    def take(self) -> Session | None:
+        """A free session, or None: the caller registers one and wraps it in ``Session``."""
+        return self.free.pop() if self.free else None
+
+    def release(self, session: Session, seq: int, reply: list | None) -> None:
+        session.next_seq = seq + 1  # whether or not that command applied
+        if reply is None or reply[0] != "expired":
+            self.free.append(session)
