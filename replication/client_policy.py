@@ -125,11 +125,14 @@ class Attempts:
 
     def answered(self, addr: str, reply: list, now: float, leader_addr_ok: bool = True) -> Step:
         """``addr`` answered ``reply``: return it, or retry where it points."""
+        if type(reply) is not list or not reply or type(reply[0]) is not str:
+            return self.lost(addr, f"malformed reply {reply!r:.60}", now)  # not a node of ours, or broken
         self.route.answered(addr)
-        kind = reply[0] if reply else None
+        kind = reply[0]
         if kind == "not_leader" and not self.any_node:
-            leader_addr = reply[2] if len(reply) > 2 else None
-            self.tried.append(f"{addr}: not the leader (hint: {reply[1]} at {leader_addr})")
+            leader_id = reply[1] if len(reply) > 1 else None
+            leader_addr = reply[2] if len(reply) > 2 and type(reply[2]) is str else None
+            self.tried.append(f"{addr}: not the leader (hint: {leader_id!r:.40} at {leader_addr!r:.60})")
             if self.route.redirected(leader_addr, now):
                 pause = self.rng.uniform(*ELECTION_PAUSE)
                 return Step(False, pause=min(pause, max(0.0, self.deadline - now)), drop=True)

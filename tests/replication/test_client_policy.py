@@ -50,6 +50,18 @@ def test_every_other_reply_is_the_answer():
     assert any_node.answered("a", ["not_leader", None, None], now=0.0).done
 
 
+def test_a_malformed_reply_counts_as_no_answer_and_a_bad_hint_as_none():
+    r = Route(["a", "b"])
+    a = Attempts(r, "execute", deadline=10.0)
+    for bad in (None, 7, [], [3], {"ok": 1}, "ok"):
+        step = a.answered("a", bad, now=0.0)
+        assert not step.done and step.drop and r.is_suspect("a", 0.5)
+    step = a.answered("b", ["not_leader"], now=0.0)
+    assert not step.done and r.hint is None and step.pause > 0
+    step = a.answered("b", ["not_leader", "n1", 7100], now=0.0)
+    assert r.hint is None
+
+
 def test_a_lost_call_drops_the_connection_and_suspects_the_node():
     r = Route(["a", "b"])
     a = Attempts(r, "execute", deadline=10.0)
