@@ -8,9 +8,19 @@ queue up; when the call returns, the leader completes everyone it carried and ha
 lead to the first one queued, who sends everything queued so far as the next batch.
 It is the group commit of the engine's journal, on the client side.
 
+Up to ``max_in_flight`` calls travel at once (default one), each on a *lane* of its own
+(the client gives every lane its own connection, which the node serves on its own
+thread): the cycle of one call (the node's write, the followers' round trip, the reply)
+is mostly waiting, so a second call in flight fills it. A caller that finds a lane free
+leads at once; when a call returns and commands are queued, its lane passes to the
+first of them. With one lane, commands apply in the order their calls leave (a
+pipelining thread's in the order sent, across failovers too: a batch is retried until
+it is answered before the next leaves); with more, two calls in flight are proposed in
+whichever order the node's threads reach the leader's log.
+
 Pipelined commands (``submit``, behind ``execute_async``) have no thread waiting on
-them: when one of them is due to lead, a pump thread of the coalescer sends the batch
-instead, and each such command's ``callback`` is called once it is done. Synchronous
+them: when one of them is due to lead, a pump thread of the coalescer (one per lane)
+sends the batch instead, and each such command's ``callback`` is called once it is done. Synchronous
 and pipelined commands share the queue, so both fill the same batches.
 
 Every command keeps its own session and sequence number, so the node applies each one
@@ -23,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from queue import SimpleQueue
 from typing import Any, Callable
 
 log = logging.getLogger("rpc.batching")
@@ -31,12 +42,16 @@ log = logging.getLogger("rpc.batching")
 MAX_BATCH = 64
 #: Encoded bytes per call at most: half the node's default request limit (1 MiB).
 MAX_BATCH_BYTES = 512 * 1024
+#: Calls travelling at once, each on its own connection. One keeps a pipelining thread's
+#: commands in the order sent; two carry about a third more of them (docs/benchmarks.md),
+#: in an order the node's threads decide.
+CALLS_IN_FLIGHT = 1
 
 
 class Command:
     """One caller's command on its way: filled in with ``reply`` or ``error``."""
 
-    __slots__ = ("data", "session", "seq", "deadline", "reply", "error", "callback", "owner", "_event")
+    __slots__ = ("data", "session", "seq", "deadline", "reply", "error", "callback", "owner", "_event", "_lane")
 
     def __init__(self, data: bytes, session: int, seq: int, deadline: float,
                  callback: Callable[["Command"], None] | None = None, owner: Any = None):
@@ -46,6 +61,7 @@ class Command:
         self.callback = callback  # set for a pipelined command: nobody waits on _event
         self.owner = owner  # the submitter's own bookkeeping (its future, its session)
         self._event = threading.Event()  # set when done, or when handed the lead
+        self._lane = -1  # the lane it leads on, once handed the lead
 
     def _finish(self) -> None:
         self._event.set()
@@ -61,19 +77,20 @@ class Command:
 
 
 class Coalescer:
-    """Runs commands through ``send(batch)``, which fills in every command of the batch."""
+    """Runs commands through ``send(batch, lane)``, which fills in every command of the
+    batch; at most ``max_in_flight`` sends run at once, each on its own lane."""
 
-    def __init__(self, send: Callable[[list[Command]], None], max_count: int = MAX_BATCH,
-                 max_bytes: int = MAX_BATCH_BYTES):
-        if max_count < 1 or max_bytes < 1:
-            raise ValueError("a batch holds at least one command and one byte")
+    def __init__(self, send: Callable[[list[Command], int], None], max_count: int = MAX_BATCH,
+                 max_bytes: int = MAX_BATCH_BYTES, max_in_flight: int = 1):
+        if max_count < 1 or max_bytes < 1 or max_in_flight < 1:
+            raise ValueError("a batch holds at least one command and one byte, and one call travels at least")
         self._send = send
-        self.max_count, self.max_bytes = max_count, max_bytes
+        self.max_count, self.max_bytes, self.max_in_flight = max_count, max_bytes, max_in_flight
         self._lock = threading.Lock()
         self._queue: deque[Command] = deque()
-        self._busy = False
-        self._pump: threading.Thread | None = None
-        self._pump_wake = threading.Event()
+        self._free = list(range(max_in_flight - 1, -1, -1))  # lanes with no call (lane 0 first)
+        self._pumps: list[threading.Thread] = []
+        self._pump_work: SimpleQueue[tuple[int, Command]] = SimpleQueue()  # (lane, command to lead)
         self.calls = 0  # calls sent, and commands they carried (for benchmarks and tests)
         self.commands = 0
         self.largest = 0
@@ -81,30 +98,31 @@ class Coalescer:
     def run(self, cmd: Command) -> None:
         """Return once ``cmd`` has its reply or error (this thread may send others' too)."""
         with self._lock:
-            self._queue.append(cmd)
-            lead = not self._busy
-            self._busy = True
-        if not lead:
+            lane = self._free.pop() if self._free else -1
+            if lane < 0:
+                self._queue.append(cmd)
+        if lane < 0:
             cmd._event.wait()
             if cmd.done:
                 return
-            # handed the lead: cmd is at the head of the queue
-        self._lead(cmd)  # cmd is at the head of the queue: always in this batch
+            lane = cmd._lane  # handed the lead (and taken off the queue)
+        self._lead(cmd, lane)
 
     def submit(self, cmd: Command) -> None:
-        """Queue ``cmd`` (which has a ``callback``) and return at once; the pump thread
-        sends it when no call is in flight, else it boards the next batch."""
+        """Queue ``cmd`` (which has a ``callback``) and return at once; a pump thread
+        sends it when a lane is free, else it boards the next batch."""
         with self._lock:
-            self._queue.append(cmd)
-            lead = not self._busy
-            self._busy = True
-        if lead:
-            self._wake_pump()
+            lane = self._free.pop() if self._free else -1
+            if lane < 0:
+                self._queue.append(cmd)
+                return
+        self._wake_pump(lane, cmd)
 
-    def _lead(self, own: Command | None) -> None:
-        batch = self._take()
+    def _lead(self, first: Command, lane: int) -> None:
+        """Send ``first`` and what is queued behind it, on ``lane``; then pass the lane on."""
+        batch = self._take(first)
         try:
-            self._send(batch)
+            self._send(batch, lane)
         except BaseException as exc:  # noqa: BLE001 - every caller must hear of it
             for c in batch:
                 if not c.done:
@@ -113,28 +131,28 @@ class Coalescer:
             for c in batch:
                 if not c.done:
                     c.error = RuntimeError("the batch call returned no reply for this command")
-                if c is not own:
+                if c is not first or c.callback is not None:
                     c._finish()
-            self._hand_over()
+            self._hand_over(lane)
 
-    def _wake_pump(self) -> None:
+    def _wake_pump(self, lane: int, first: Command) -> None:
         with self._lock:
-            if self._pump is None:
-                self._pump = threading.Thread(target=self._pump_loop, name="rpc-pipeline", daemon=True)
-                self._pump.start()
-        self._pump_wake.set()
+            if len(self._pumps) < self.max_in_flight:  # never more busy pumps than lanes
+                pump = threading.Thread(target=self._pump_loop, name="rpc-pipeline", daemon=True)
+                self._pumps.append(pump)
+                pump.start()
+        self._pump_work.put((lane, first))
 
     def _pump_loop(self) -> None:
-        """Leads for pipelined commands: woken only when it holds the lead."""
+        """Leads for pipelined commands: woken with a lane and the command to lead."""
         while True:
-            self._pump_wake.wait()
-            self._pump_wake.clear()
-            self._lead(None)
+            lane, first = self._pump_work.get()
+            self._lead(first, lane)
 
-    def _take(self) -> list[Command]:
+    def _take(self, first: Command) -> list[Command]:
         with self._lock:
-            batch = [self._queue.popleft()]
-            size = len(batch[0].data)
+            batch = [first]
+            size = len(first.data)
             while self._queue and len(batch) < self.max_count and size + len(self._queue[0].data) <= self.max_bytes:
                 size += len(self._queue[0].data)
                 batch.append(self._queue.popleft())
@@ -143,13 +161,15 @@ class Coalescer:
             self.largest = max(self.largest, len(batch))
         return batch
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, lane: int) -> None:
         with self._lock:
             if not self._queue:
-                self._busy = False
+                self._free.append(lane)
+                self._free.sort(reverse=True)  # the lowest free lane is taken next: lane 0 when idle
                 return
-            head = self._queue[0]
-        if head.callback is None:
-            head._event.set()  # a waiting caller sends the next batch
-        else:
-            self._wake_pump()  # nobody waits on a pipelined command: the pump sends it
+            head = self._queue.popleft()
+            if head.callback is None:
+                head._lane = lane  # a waiting caller sends the next batch on this lane
+                head._event.set()
+                return
+        self._wake_pump(lane, head)  # nobody waits on a pipelined command: a pump sends it

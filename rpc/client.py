@@ -28,7 +28,7 @@ import msgpack
 from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
 from prevalence.sessions import SessionExpired
-from rpc.batching import MAX_BATCH, MAX_BATCH_BYTES, Coalescer, Command
+from rpc.batching import CALLS_IN_FLIGHT, MAX_BATCH, MAX_BATCH_BYTES, Coalescer, Command
 from rpc.auth import AuthenticationFailed
 from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
@@ -218,7 +218,7 @@ class ClusterClient:
 
     def __init__(self, addresses: Iterable[str], secret: bytes, *, timeout: float = 10.0,
                  attempt_timeout: float = 1.5, ssl_context: Any = None, max_batch: int = MAX_BATCH,
-                 max_batch_bytes: int = MAX_BATCH_BYTES):
+                 max_batch_bytes: int = MAX_BATCH_BYTES, calls_in_flight: int = CALLS_IN_FLIGHT):
         self._route = Route(format_address(parse_address(a, "address")) for a in addresses)
         if not self._route.addresses:
             raise PrevalenceError("rpc.connect needs at least one address")
@@ -228,10 +228,12 @@ class ClusterClient:
         self._ssl = ssl_context
         self._lock = threading.Lock()
         self._main = _Line()
-        self._lines: list[_Line] = [self._main]  # the main line and every open subscription's
+        # commands travel on the main line and calls_in_flight - 1 more (rpc.batching's lanes)
+        self._command_lines = [self._main] + [_Line() for _ in range(max(0, calls_in_flight - 1))]
+        self._lines: list[_Line] = list(self._command_lines)  # and every open subscription's
         self._sessions = SessionPool()
         self._closed = False
-        self._coalescer = Coalescer(self._send_batch, max_batch, max_batch_bytes)
+        self._coalescer = Coalescer(self._send_batch, max_batch, max_batch_bytes, calls_in_flight)
         self._query_pool: ThreadPoolExecutor | None = None
         self._watch = _SilentLeaderWatch(self)
 
@@ -404,14 +406,15 @@ class ClusterClient:
         return {"calls": c.calls, "commands": c.commands, "largest": c.largest}
 
     # -- internals --------------------------------------------------------------------
-    def _send_batch(self, batch: list[Command]) -> None:
+    def _send_batch(self, batch: list[Command], lane: int = 0) -> None:
         """One ``execute_batch`` call for ``batch``, retried (same sessions and numbers)
         until each command's own deadline; fills in every command's reply or error."""
         pending = [c for c in batch if c.callback is None or self._board(c)]
         while pending:
             try:
                 reply = self._call(min(c.deadline for c in pending), "execute_batch",
-                                   tuple((c.data, c.session, c.seq) for c in pending))
+                                   tuple((c.data, c.session, c.seq) for c in pending),
+                                   line=self._command_lines[lane])
             except ClusterUnavailable as exc:
                 now = time.monotonic()
                 for c in pending:
@@ -665,14 +668,16 @@ class _SilentLeaderWatch:
 
 def connect(addresses: Iterable[str], *, secret: bytes | None = None, secret_file: str | None = None,
             timeout: float = 10.0, attempt_timeout: float = 1.5, ssl_context: Any = None,
-            max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES) -> ClusterClient:
+            max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES,
+            calls_in_flight: int = CALLS_IN_FLIGHT) -> ClusterClient:
     """A client of the cluster at ``addresses`` ("host:port"), authenticated by the client
     key (``client.secret``; the admin key also serves, and may change cluster settings).
 
     ``max_batch`` and ``max_batch_bytes`` bound how many concurrent commands (and how
-    many bytes of them) travel in one call; ``max_batch=1`` sends each on its own."""
+    many bytes of them) travel in one call; ``max_batch=1`` sends each on its own.
+    ``calls_in_flight`` such calls travel at once, each on a connection of its own."""
     if (secret is None) == (secret_file is None):
         raise PrevalenceError("rpc.connect needs exactly one of secret= or secret_file=")
     key = secret if secret is not None else load_secret(secret_file)
     return ClusterClient(addresses, key, timeout=timeout, attempt_timeout=attempt_timeout, ssl_context=ssl_context,
-                         max_batch=max_batch, max_batch_bytes=max_batch_bytes)
+                         max_batch=max_batch, max_batch_bytes=max_batch_bytes, calls_in_flight=calls_in_flight)

@@ -14,8 +14,10 @@ from tests.prevalence.domain import Add, Boom, Get, HalfThenFail, Rejected, Snap
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")]
 
 
-def test_a_thousand_commands_in_flight_from_one_thread_through_a_leader_sigkill(cluster):
-    with cluster.client(timeout=20) as client:
+@pytest.mark.parametrize("calls", [1, 2])
+def test_a_thousand_commands_in_flight_from_one_thread_through_a_leader_sigkill(cluster, calls):
+    """With one call in flight they also apply in the order sent; with two, in some order."""
+    with cluster.client(timeout=20, calls_in_flight=calls) as client:
         tags = [f"c{i}" for i in range(1000)]
         futures = [client.execute_async(Stamp(tag)) for tag in tags]  # returns at once
         wait_for = time.monotonic() + 10
@@ -33,6 +35,8 @@ def test_a_thousand_commands_in_flight_from_one_thread_through_a_leader_sigkill(
         log = [item[0] for item in client.query(Snapshot())[1]]
         assert len(log) == len(set(log)), "a command was applied twice"
         assert sorted(log) == sorted(tags), "a command was lost"
+        if calls == 1:
+            assert log == tags, "applied out of the order sent"
         stats = client.batching
         assert stats["commands"] == 1000 and stats["largest"] > 1  # they travelled together
         assert stats["calls"] < 500
