@@ -15,13 +15,46 @@ leader_address]``, ``["unavailable", message]``, ``["expired", message]``,
 from __future__ import annotations
 
 import random
-from typing import Iterable, NamedTuple
+import reprlib
+from collections import deque
+from typing import Any, Iterable, NamedTuple
 
 SUSPECT_FOR = 1.0  # seconds an address that failed us is tried after the others (about two elections)
 BACKOFF_FIRST, BACKOFF_MAX = 0.02, 0.25  # nobody answered at all: back off, but not for long
 ELECTION_PAUSE = (0.02, 0.05)  # "not the leader, none known": an election takes ~0.3 s
 PROBE_AFTER = 0.25  # a call to the leader unanswered this long: ask the others who leads now
 PROBE_EVERY = 0.1  # and again this often until it answers, or a new leader is named
+TRIED_KEPT = 8  # what a call that runs out of time names: its last attempts
+
+_show = reprlib.Repr()
+_show.maxlevel, _show.maxstring, _show.maxother, _show.maxlist = 3, 60, 60, 4
+
+
+def shown(value: Any) -> str:
+    """``value`` for a message, bounded in length and depth (a node's reply may be
+    nested a thousand levels deep: a plain repr would raise RecursionError)."""
+    return _show.repr(value)[:120]
+
+
+_ARITY = {"expired": 2, "error": 2, "unavailable": 2, "failed": 3, "rejected": 3, "not_leader": 3, "compacted": 2}
+
+
+def well_formed(reply: Any) -> bool:
+    """A reply of the shape a node sends: a known kind with its fields (messages are
+    strings; "ok" carries one value or more). Anything else is treated as no answer,
+    never indexed blindly."""
+    if type(reply) is not list or not reply or type(reply[0]) is not str:
+        return False
+    kind = reply[0]
+    if kind == "ok":
+        return len(reply) >= 2
+    if _ARITY.get(kind) != len(reply):
+        return False
+    if kind == "not_leader":
+        return True  # its hint fields are checked where they are used
+    if kind == "compacted":
+        return type(reply[1]) is int
+    return all(type(x) is str for x in reply[1:])
 
 
 class Route:
@@ -39,6 +72,16 @@ class Route:
         order = ([first] if first else []) + [a for a in self.addresses if a != first]
         order.sort(key=lambda a: self.suspect.get(a, 0) > now)  # stable: suspects last
         return order
+
+    def connect_order(self, now: float, main: bool = True, fallback: str | None = None) -> list[str]:
+        """The order in which a line tries the nodes when it (re)connects. The main line
+        consumes the hint (a later redirect sets a fresh one); another line (a
+        subscription's, a further command lane) starts at the hint or at ``fallback``,
+        the main line's node, where the freshest log is."""
+        first = self.hint if main else (self.hint or fallback)
+        if main:
+            self.hint = None
+        return self.order(now, first)
 
     def connected(self, addr: str) -> None:
         if addr not in self.addresses:
@@ -75,7 +118,9 @@ def leader_among(statuses: Iterable[tuple[str, dict | None]]) -> str | None:
     that says it leads in the highest term; None when none does."""
     best: tuple[int, str] | None = None
     for addr, st in statuses:
-        if st and st.get("role") == "leader" and (best is None or st["term"] > best[0]):
+        if type(st) is not dict or st.get("role") != "leader" or type(st.get("term")) is not int:
+            continue  # no answer, or not a leader's (or not a status at all)
+        if best is None or st["term"] > best[0]:
             best = (st["term"], addr)
     return None if best is None else best[1]
 
@@ -94,12 +139,13 @@ class Attempts:
     """One call's retries until its deadline: every retry carries the same request, so
     a command keeps its session number and applies at most once."""
 
-    def __init__(self, route: Route, method: str, deadline: float, rng: random.Random | None = None,
+    def __init__(self, route: Route, method: str, deadline: float, rng: random.Random,
                  any_node: bool = False) -> None:
         self.route, self.method, self.deadline, self.any_node = route, method, deadline, any_node
-        self.rng = rng or random.Random()
-        self.tried: list[str] = []
+        self.rng = rng
+        self.tried: deque[str] = deque(maxlen=TRIED_KEPT)
         self._backoff = BACKOFF_FIRST
+        self._pause = BACKOFF_FIRST  # after "unavailable": a node that refuses at once must not spin us
 
     def over(self, now: float) -> bool:
         return now >= self.deadline
@@ -107,12 +153,12 @@ class Attempts:
     def why_over(self, closed: bool) -> str:
         """The one-line reason a call that ran out of time (or was closed) gives."""
         what = "closed" if closed else ("no leader answered within the deadline; tried "
-                                        f"{', '.join(self.tried[-8:]) or 'nothing'}")
+                                        f"{', '.join(self.tried) or 'nothing'}")
         return f"{self.method}: {what}"
 
     def unreachable(self, why: str, now: float) -> float:
         """No node accepted a connection: how long to wait before trying them again."""
-        self.tried.append(why)
+        self.tried.append(why[:200])
         pause = min(self._backoff * self.rng.uniform(0.5, 1.0), max(0.0, self.deadline - now))
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
         return pause
@@ -123,23 +169,30 @@ class Attempts:
         self.route.failed(addr, now)
         return Step(False, drop=True)
 
-    def answered(self, addr: str, reply: list, now: float, leader_addr_ok: bool = True) -> Step:
+    def answered(self, addr: str, reply: Any, now: float) -> Step:
         """``addr`` answered ``reply``: return it, or retry where it points."""
-        if type(reply) is not list or not reply or type(reply[0]) is not str:
-            return self.lost(addr, f"malformed reply {reply!r:.60}", now)  # not a node of ours, or broken
+        if not well_formed(reply):
+            return self.lost(addr, f"malformed reply {shown(reply)}", now)  # not a node of ours, or broken
         self.route.answered(addr)
         kind = reply[0]
         if kind == "not_leader" and not self.any_node:
-            leader_id = reply[1] if len(reply) > 1 else None
-            leader_addr = reply[2] if len(reply) > 2 and type(reply[2]) is str else None
-            self.tried.append(f"{addr}: not the leader (hint: {leader_id!r:.40} at {leader_addr!r:.60})")
+            leader_id = reply[1]
+            leader_addr = reply[2] if type(reply[2]) is str else None
+            self.tried.append(f"{addr}: not the leader (hint: {shown(leader_id)} at {shown(leader_addr)})")
+            if leader_addr == addr:
+                leader_addr = None  # a node that names itself and refuses: no usable leader
             if self.route.redirected(leader_addr, now):
                 pause = self.rng.uniform(*ELECTION_PAUSE)
                 return Step(False, pause=min(pause, max(0.0, self.deadline - now)), drop=True)
             return Step(False, drop=True)
         if kind == "unavailable":
-            self.tried.append(f"{addr}: {reply[-1]}")
-            return Step(False)  # the same request again: the session makes the retry safe
+            self.tried.append(f"{addr}: {reply[1][:200]}")
+            # the same request again (the session makes the retry safe), after a pause that
+            # grows while the node keeps refusing: a node timed out waiting answers after
+            # seconds, one that refuses at once must not make us spin
+            pause = min(self._pause * self.rng.uniform(0.5, 1.0), max(0.0, self.deadline - now))
+            self._pause = min(self._pause * 2, BACKOFF_MAX)
+            return Step(False, pause=pause)
         return Step(True, reply)
 
 

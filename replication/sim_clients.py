@@ -147,7 +147,11 @@ class SimClient:
         if call.over(sim.t):
             self._gave_up(call.why_over(False))
             return
-        if self.conn is None or sim.alive(*self.conn) is None:
+        if self.conn is not None and sim.alive(*self.conn) is None:
+            # the node restarted or is down: the connection was reset, as a call on it finds
+            self._lost(attempt, "connection reset")
+            return
+        if self.conn is None:
             self.conn = self._connect()
             if self.conn is None:
                 sim.at(sim.t + call.unreachable("no node accepted a connection", sim.t), self._try, attempt)
@@ -162,15 +166,13 @@ class SimClient:
         else:
             _kind, key, item, session = self.request
             sim.post(node, Propose(CODEC.to_plain(Push(key, item)), session, token))
-        sim.at(sim.t + min(self.ATTEMPT_TIMEOUT, max(0.0, call.deadline - sim.t)), self._timed_out, attempt)
+        sim.at(sim.t + self.ATTEMPT_TIMEOUT, self._timed_out, attempt)  # a connection's request timeout
         sim.at(sim.t + PROBE_AFTER, self._probe, attempt)
 
     def _connect(self) -> tuple[str, int] | None:
         """The first node in the route's order that is up: a connection to it."""
         sim, route = self.sim, self.route
-        order = route.order(sim.t, route.hint)
-        route.hint = None
-        for nid in order:
+        for nid in route.connect_order(sim.t):
             node = sim.nodes.get(nid)
             if node is not None:
                 route.connected(nid)

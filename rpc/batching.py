@@ -19,7 +19,7 @@ it is answered before the next leaves); with more, two calls in flight are propo
 whichever order the node's threads reach the leader's log.
 
 Pipelined commands (``submit``, behind ``execute_async``) have no thread waiting on
-them: when one of them is due to lead, a pump thread of the coalescer (one per lane)
+them: when one of them is due to lead, a pump thread of the coalescer (as many as lanes)
 sends the batch instead, and each such command's ``callback`` is called once it is done. Synchronous
 and pipelined commands share the queue, so both fill the same batches.
 
@@ -46,6 +46,8 @@ MAX_BATCH_BYTES = 512 * 1024
 #: commands in the order sent; two carry about a third more of them (docs/benchmarks.md),
 #: in an order the node's threads decide.
 CALLS_IN_FLIGHT = 1
+#: At most this many: each is a connection the node serves on a thread of its own.
+MAX_CALLS_IN_FLIGHT = 16
 
 
 class Command:
@@ -90,7 +92,8 @@ class Coalescer:
         self._queue: deque[Command] = deque()
         self._free = list(range(max_in_flight - 1, -1, -1))  # lanes with no call (lane 0 first)
         self._pumps: list[threading.Thread] = []
-        self._pump_work: SimpleQueue[tuple[int, Command]] = SimpleQueue()  # (lane, command to lead)
+        self._closed = False
+        self._pump_work: SimpleQueue[tuple[int, Command] | None] = SimpleQueue()  # (lane, command to lead)
         self.calls = 0  # calls sent, and commands they carried (for benchmarks and tests)
         self.commands = 0
         self.largest = 0
@@ -102,11 +105,28 @@ class Coalescer:
             if lane < 0:
                 self._queue.append(cmd)
         if lane < 0:
-            cmd._event.wait()
+            try:
+                cmd._event.wait()
+            except BaseException:  # KeyboardInterrupt while queued: leave no lane stranded
+                self._abandon(cmd)
+                raise
             if cmd.done:
                 return
             lane = cmd._lane  # handed the lead (and taken off the queue)
         self._lead(cmd, lane)
+
+    def _abandon(self, cmd: Command) -> None:
+        """The caller of ``cmd`` gave up waiting: take it off the queue, or pass on the
+        lane it was handed; once it is in a batch, that batch completes it."""
+        with self._lock:
+            if cmd in self._queue:
+                self._queue.remove(cmd)
+                cmd.error = KeyboardInterrupt()  # never sent: its session number stays unused
+                return
+            handed = not cmd.done and cmd._lane >= 0 and cmd._event.is_set()
+        if handed:
+            cmd.error = KeyboardInterrupt()
+            self._hand_over(cmd._lane)
 
     def submit(self, cmd: Command) -> None:
         """Queue ``cmd`` (which has a ``callback``) and return at once; a pump thread
@@ -137,17 +157,31 @@ class Coalescer:
 
     def _wake_pump(self, lane: int, first: Command) -> None:
         with self._lock:
-            if len(self._pumps) < self.max_in_flight:  # never more busy pumps than lanes
+            closed = self._closed
+            if not closed and len(self._pumps) < self.max_in_flight:  # never more busy pumps than lanes
                 pump = threading.Thread(target=self._pump_loop, name="rpc-pipeline", daemon=True)
                 self._pumps.append(pump)
                 pump.start()
+        if closed:  # no pump any more: this thread sends it (the closed client fails it at once)
+            self._lead(first, lane)
+            return
         self._pump_work.put((lane, first))
 
     def _pump_loop(self) -> None:
         """Leads for pipelined commands: woken with a lane and the command to lead."""
         while True:
-            lane, first = self._pump_work.get()
-            self._lead(first, lane)
+            work = self._pump_work.get()
+            if work is None:
+                return
+            self._lead(work[1], work[0])
+
+    def close(self) -> None:
+        """Let the pump threads end (the client is closed: nothing more is sent)."""
+        with self._lock:
+            self._closed = True
+            pumps, self._pumps = len(self._pumps), []
+        for _ in range(pumps):
+            self._pump_work.put(None)
 
     def _take(self, first: Command) -> list[Command]:
         with self._lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import random
 import sys
 import threading
 import time
@@ -28,12 +29,14 @@ import msgpack
 from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
 from prevalence.sessions import SessionExpired
-from rpc.batching import CALLS_IN_FLIGHT, MAX_BATCH, MAX_BATCH_BYTES, Coalescer, Command
+from rpc.batching import CALLS_IN_FLIGHT, MAX_BATCH, MAX_BATCH_BYTES, MAX_CALLS_IN_FLIGHT, Coalescer, Command
 from rpc.auth import AuthenticationFailed
 from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
 from rpc.transport import MAX_REQUEST, NodeLink, hard_close, open_connection, remote_method
-from replication.client_policy import PROBE_AFTER, PROBE_EVERY, Attempts, Route, Session, SessionPool, leader_among
+from replication.client_policy import (
+    PROBE_AFTER, PROBE_EVERY, Attempts, Route, Session, SessionPool, leader_among, shown, well_formed,
+)
 
 CONSISTENCY = ("linearizable", "leader", "local")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -81,18 +84,22 @@ class Subscription:
                                 line=self._line)
             except ClusterUnavailable:
                 continue  # a long outage: keep trying, from the same index
-            if reply[0] == "compacted":
-                self._deliver(Compacted(self.index, reply[1]))
-                self.index = reply[1]
-            elif reply[0] == "ok":
-                for index, ts, type_name, fields in reply[2]:
-                    if self._stop.is_set():
-                        return
-                    self._deliver(Event(index, _EPOCH + timedelta(microseconds=ts), type_name, fields))
-                self.index = max(self.index, reply[1])
-            else:
-                log.warning("subscription: %s", reply[-1])
-                self._stop.wait(0.5)
+            try:
+                if reply[0] == "compacted":
+                    self._deliver(Compacted(self.index, reply[1]))
+                    self.index = reply[1]
+                    continue
+                if reply[0] == "ok" and type(reply[1]) is int:
+                    for index, ts, type_name, fields in reply[2]:
+                        if self._stop.is_set():
+                            return
+                        self._deliver(Event(index, _EPOCH + timedelta(microseconds=ts), type_name, fields))
+                    self.index = max(self.index, reply[1])
+                    continue
+                log.warning("subscription: %s", shown(reply[-1]))
+            except (TypeError, ValueError, IndexError, OverflowError) as exc:  # a malformed batch of events
+                log.warning("subscription: malformed reply from the cluster (%s): %s", exc, shown(reply))
+            self._stop.wait(0.5)
 
     def _deliver(self, item: Any) -> None:
         try:
@@ -219,6 +226,9 @@ class ClusterClient:
     def __init__(self, addresses: Iterable[str], secret: bytes, *, timeout: float = 10.0,
                  attempt_timeout: float = 1.5, ssl_context: Any = None, max_batch: int = MAX_BATCH,
                  max_batch_bytes: int = MAX_BATCH_BYTES, calls_in_flight: int = CALLS_IN_FLIGHT):
+        if type(calls_in_flight) is not int or not 1 <= calls_in_flight <= MAX_CALLS_IN_FLIGHT:
+            raise PrevalenceError(f"calls_in_flight must be an integer from 1 to {MAX_CALLS_IN_FLIGHT}, "
+                                  f"not {calls_in_flight!r:.40}")
         self._route = Route(format_address(parse_address(a, "address")) for a in addresses)
         if not self._route.addresses:
             raise PrevalenceError("rpc.connect needs at least one address")
@@ -227,6 +237,7 @@ class ClusterClient:
         self.attempt_timeout = attempt_timeout
         self._ssl = ssl_context
         self._lock = threading.Lock()
+        self._rng = random.Random()  # jitter of retries; used under _lock
         self._main = _Line()
         # commands travel on the main line and calls_in_flight - 1 more (rpc.batching's lanes)
         self._command_lines = [self._main] + [_Line() for _ in range(max(0, calls_in_flight - 1))]
@@ -271,7 +282,8 @@ class ClusterClient:
         Exactly once and failover-safe like ``execute``; one thread can keep hundreds in
         flight. They queue in this client and board the next call (up to ``max_batch``
         each) when it leaves; a command gets its session and number when it boards, so
-        the pipeline holds at most ``max_batch`` sessions however many are queued.
+        the pipeline holds at most ``max_batch`` sessions per call in flight however
+        many are queued. With ``calls_in_flight=1`` they apply in the order sent.
         ``timeout`` counts from now, time in the queue included. The future completes
         on the client's sending thread: keep its done-callbacks short."""
         future: Future = Future()
@@ -319,8 +331,13 @@ class ClusterClient:
 
     def _complete_async(self, cmd: Command) -> None:
         future, session = cmd.owner
-        if session is not None:
-            self._release(session, cmd)
+        try:
+            if session is not None:
+                self._release(session, cmd)
+        finally:
+            self._settle(future, cmd)
+
+    def _settle(self, future: Future, cmd: Command) -> None:
         try:
             if cmd.error is not None:
                 future.set_exception(cmd.error)
@@ -392,6 +409,7 @@ class ClusterClient:
         if pool is not None:
             pool.shutdown(wait=False)
         self._watch.close()
+        self._coalescer.close()
 
     def __enter__(self) -> "ClusterClient":
         return self
@@ -422,12 +440,12 @@ class ClusterClient:
                         c.error = ClusterUnavailable(str(exc))
                 pending = [c for c in pending if c.error is None]
                 continue
-            if reply[0] == "ok" and len(reply[1]) == len(pending):
+            if reply[0] == "ok" and type(reply[1]) is list and len(reply[1]) == len(pending):
                 for c, r in zip(pending, reply[1]):
-                    c.reply = r
+                    c.reply = r if well_formed(r) else ["error", f"malformed reply to a command: {shown(r)}"]
             else:  # refused as a whole (e.g. too large): each caller gets the refusal
                 for c in pending:
-                    c.reply = reply if reply[0] != "ok" else ["error", f"malformed batch reply: {reply!r:.200}"]
+                    c.reply = reply if reply[0] != "ok" else ["error", f"malformed batch reply: {shown(reply)}"]
             return
 
     def _take_session(self, deadline: float) -> Session:
@@ -436,6 +454,8 @@ class ClusterClient:
         return session or Session(self._outcome(self._call(deadline, "register_session")))
 
     def _outcome(self, reply: list) -> Any:
+        if not well_formed(reply):
+            raise PrevalenceError(f"malformed reply from the cluster: {shown(reply)}")
         kind = reply[0]
         if kind == "ok":
             return reply[1]
@@ -464,12 +484,13 @@ class ClusterClient:
         """``method(*args)`` on the leader (on any node when ``any_node``), retried as
         ``replication.client_policy.Attempts`` decides until ``deadline``."""
         line = line or self._main
-        attempts = Attempts(self._route, method, deadline, any_node=any_node)
+        attempts = Attempts(self._route, method, deadline, self._rng, any_node=any_node)
         while True:
-            if attempts.over(time.monotonic()) or self._closed or line.closed:
+            now = time.monotonic()  # read once: the check and the budget must agree
+            if attempts.over(now) or self._closed or line.closed:
                 raise ClusterUnavailable(attempts.why_over(self._closed or line.closed))
             try:
-                conn, addr = self._connection(min(deadline - time.monotonic(), self.attempt_timeout), line)
+                conn, addr = self._connection(min(deadline - now, self.attempt_timeout), line)
             except AuthenticationFailed:
                 raise  # every node answered and refused our key: no retry changes that
             except PrevalenceError as exc:
@@ -501,7 +522,9 @@ class ClusterClient:
             if step.pause:
                 time.sleep(step.pause)
 
-    def _connection(self, attempt_timeout: float, line: _Line | None = None):
+    def _connection(self, budget: float, line: _Line | None = None):
+        """The line's connection, made if needed: connecting and its handshake within
+        ``budget`` (what is left of the call, at most the attempt timeout)."""
         line = line or self._main
         with self._lock:
             if line.conn is not None:
@@ -509,27 +532,24 @@ class ClusterClient:
         # One thread connects at a time; the others then share its connection instead of
         # each replacing (and closing under the others) the one made just before.
         with line.connect_lock:
-            return self._connect(attempt_timeout, line)
+            return self._connect(max(0.001, budget), line)
 
-    def _connect(self, attempt_timeout: float, line: _Line):
+    def _connect(self, budget: float, line: _Line):
         with self._lock:
             if line.conn is not None:
                 return line.conn, line.addr
-            route = self._route
             # the leader first when known: a subscription reads the freshest log there
-            first = route.hint if line is self._main else (route.hint or self._main.addr)
-            order = route.order(time.monotonic(), first)
-            if line is self._main:
-                route.hint = None
+            order = self._route.connect_order(time.monotonic(), line is self._main, self._main.addr)
         errors = []
         refused: list[AuthenticationFailed] = []
         for addr in order:
             try:
                 # a live node answers the handshake in milliseconds; a paused one never does
+                # each later call on the connection gets the whole attempt timeout, not
+                # what was left of the call that happened to open it
                 conn = open_connection(parse_address(addr, "address"), self._secret, role="client", ident="client",
-                                       connect_timeout=min(0.3, attempt_timeout),
-                                       handshake_timeout=min(0.5, attempt_timeout),
-                                       request_timeout=attempt_timeout, ssl_context=self._ssl)
+                                       connect_timeout=min(0.3, budget), handshake_timeout=min(0.5, budget),
+                                       request_timeout=self.attempt_timeout, ssl_context=self._ssl)
             except PrevalenceError as exc:
                 errors.append(str(exc))
                 if isinstance(exc, AuthenticationFailed) and exc.key_refused:
@@ -540,7 +560,7 @@ class ClusterClient:
             with self._lock:
                 self._route.connected(addr)
                 self._drop(line)
-                if line.closed:  # closed while connecting: nobody would close this one
+                if line.closed or self._closed:  # closed while connecting: nobody would close this one
                     hard_close(conn)
                     raise PrevalenceError("closed")
                 line.conn, line.addr = conn, addr
@@ -619,7 +639,11 @@ class _SilentLeaderWatch:
                     continue
             _, line, conn, addr = oldest
             began = time.monotonic()
-            found = self._leader_besides(addr)
+            try:
+                found = self._leader_besides(addr)
+            except Exception:  # noqa: BLE001 - one bad round must not end the watch for good
+                log.exception("leader watch: asking the other nodes failed")
+                found = None
             if found is None:
                 with self._cond:
                     self._cond.wait(max(0.0, PROBE_EVERY - (time.monotonic() - began)))

@@ -7,8 +7,13 @@ import random
 from hypothesis import given, strategies as st
 
 from replication.client_policy import (
-    BACKOFF_MAX, ELECTION_PAUSE, SUSPECT_FOR, Attempts, Route, Session, SessionPool, leader_among,
+    BACKOFF_MAX, ELECTION_PAUSE, SUSPECT_FOR, TRIED_KEPT, Attempts, Route, Session, SessionPool, leader_among,
+    well_formed,
 )
+
+
+def calls(route: Route, deadline: float = 10.0, any_node: bool = False, seed: int = 1) -> Attempts:
+    return Attempts(route, "execute", deadline, random.Random(seed), any_node=any_node)
 
 
 def test_the_leader_named_goes_first_and_nodes_that_failed_us_last():
@@ -24,7 +29,7 @@ def test_the_leader_named_goes_first_and_nodes_that_failed_us_last():
 
 def test_a_redirect_to_a_leader_that_just_failed_us_waits_for_the_election_instead():
     r = Route(["a", "b", "c"])
-    a = Attempts(r, "execute", deadline=10.0, rng=random.Random(1))
+    a = calls(r)
     step = a.answered("b", ["not_leader", "n3", "c"], now=0.0)
     assert not step.done and step.drop and step.pause == 0 and r.hint == "c"
     r.failed("c", now=0.1)
@@ -35,45 +40,70 @@ def test_a_redirect_to_a_leader_that_just_failed_us_waits_for_the_election_inste
     assert "not the leader" in a.tried[-1]
 
 
-def test_unavailable_retries_the_same_request_on_the_same_connection():
-    a = Attempts(Route(["a"]), "execute", deadline=10.0)
-    step = a.answered("a", ["unavailable", "timed out waiting for the cluster"], now=0.0)
-    assert not step.done and not step.drop and step.pause == 0
+def test_unavailable_retries_the_same_request_on_the_same_connection_after_a_growing_pause():
+    a = calls(Route(["a"]))
+    pauses = []
+    for _ in range(10):
+        step = a.answered("a", ["unavailable", "timed out waiting for the cluster" * 1000], now=0.0)
+        assert not step.done and not step.drop
+        pauses.append(step.pause)
+    assert 0 < pauses[0] <= 0.02 and max(pauses) <= BACKOFF_MAX and pauses[-1] >= BACKOFF_MAX / 2
+    # a node that refuses at once is remembered in a bounded way
+    assert len(a.tried) == TRIED_KEPT and all(len(t) < 260 for t in a.tried)
+
+
+def test_a_node_that_names_itself_as_leader_and_refuses_is_no_usable_leader():
+    r = Route(["a", "b"])
+    step = calls(r).answered("a", ["not_leader", "n1", "a"], now=0.0)
+    assert step.drop and step.pause > 0 and r.hint is None
+
+
+def test_the_main_line_consumes_the_hint_and_other_lines_start_at_the_main_lines_node():
+    r = Route(["a", "b", "c"])
+    r.hint = "c"
+    assert r.connect_order(0.0, main=False, fallback="b") == ["c", "a", "b"] and r.hint == "c"
+    assert r.connect_order(0.0, main=True) == ["c", "a", "b"] and r.hint is None
+    assert r.connect_order(0.0, main=False, fallback="b") == ["b", "a", "c"]
 
 
 def test_every_other_reply_is_the_answer():
-    a = Attempts(Route(["a"]), "execute", deadline=10.0)
+    a = calls(Route(["a"]))
     for reply in (["ok", 3], ["expired", "x"], ["failed", "T", "m"], ["error", "bad"]):
         assert a.answered("a", reply, now=0.0) == (True, reply, 0.0, False)
     # a node that is not the leader answers a call meant for any node
-    any_node = Attempts(Route(["a"]), "status", deadline=10.0, any_node=True)
+    any_node = calls(Route(["a"]), any_node=True)
     assert any_node.answered("a", ["not_leader", None, None], now=0.0).done
 
 
 def test_a_malformed_reply_counts_as_no_answer_and_a_bad_hint_as_none():
     r = Route(["a", "b"])
-    a = Attempts(r, "execute", deadline=10.0)
-    for bad in (None, 7, [], [3], {"ok": 1}, "ok"):
+    a = calls(r)
+    deep: list = []
+    for _ in range(3000):
+        deep = [deep]
+    for bad in (None, 7, [], [3], {"ok": 1}, "ok", ["ok"], ["failed", "T"], ["expired", 5], ["what", 1],
+                ["unavailable", deep], ["not_leader", deep, deep, deep], deep, ["error", "x" * 10**6, 1]):
         step = a.answered("a", bad, now=0.0)
         assert not step.done and step.drop and r.is_suspect("a", 0.5)
-    step = a.answered("b", ["not_leader"], now=0.0)
-    assert not step.done and r.hint is None and step.pause > 0
+    assert all(len(t) < 260 for t in a.tried)
     step = a.answered("b", ["not_leader", "n1", 7100], now=0.0)
-    assert r.hint is None
+    assert not step.done and r.hint is None and step.pause > 0
+    step = a.answered("b", ["not_leader", deep, "c"], now=0.0)
+    assert r.hint == "c"
 
 
 def test_a_lost_call_drops_the_connection_and_suspects_the_node():
     r = Route(["a", "b"])
-    a = Attempts(r, "execute", deadline=10.0)
+    a = calls(r)
     step = a.lost("a", "TimeoutError: no answer", now=1.0)
     assert step.drop and r.is_suspect("a", 1.5) and r.order(1.5, None) == ["b", "a"]
 
 
 def test_backoff_when_nobody_answers_grows_to_a_quarter_second_and_never_passes_the_deadline():
-    a = Attempts(Route(["a"]), "execute", deadline=100.0, rng=random.Random(7))
+    a = calls(Route(["a"]), deadline=100.0, seed=7)
     pauses = [a.unreachable("refused", now=0.0) for _ in range(12)]
     assert pauses[0] <= 0.02 and max(pauses) <= BACKOFF_MAX and pauses[-1] >= BACKOFF_MAX / 2
-    late = Attempts(Route(["a"]), "execute", deadline=1.0)
+    late = calls(Route(["a"]), deadline=1.0)
     for _ in range(10):
         late.unreachable("refused", now=0.0)
     assert late.unreachable("refused", now=0.99) <= 0.01 + 1e-9
@@ -86,6 +116,18 @@ def test_the_leader_is_the_one_claiming_the_highest_term():
                ("d", {"role": "follower", "term": 9})]
     assert leader_among(answers) == "c"
     assert leader_among([("a", None), ("d", {"role": "follower", "term": 9})]) is None
+    # whatever a node answers to status, the pick does not raise
+    odd = [("a", ["x"]), ("b", {"role": "leader"}), ("c", {"role": "leader", "term": "9"}), ("d", 5),
+           ("e", {"role": "leader", "term": 2})]
+    assert leader_among(odd) == "e"
+
+
+def test_well_formed_replies():
+    good = [["ok", 1], ["ok", 5, [1]], ["expired", "m"], ["error", "m"], ["unavailable", "m"],
+            ["failed", "T", "m"], ["rejected", "T", "m"], ["not_leader", None, None], ["compacted", 3]]
+    bad = [[], ["ok"], ["failed", "T"], ["failed", "T", 3], ["expired", 1], ["compacted", "3"], ["nope", 1],
+           ("ok", 1), {"ok": 1}, None, [1, 2]]
+    assert all(well_formed(r) for r in good) and not any(well_formed(r) for r in bad)
 
 
 def test_a_leader_found_elsewhere_moves_the_client_and_suspects_the_stuck_node():

@@ -1,0 +1,175 @@
+"""What the client does with what a node answers, whatever it answers: the transport
+under ClusterClient is replaced by canned replies (the node could be broken, or a
+stranger with the key). Every call ends within its deadline with a PrevalenceError
+(ClusterUnavailable is one), every future completes, and no thread of the client dies."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import msgpack
+import pytest
+
+import rpc.client as rc
+from prevalence.errors import PrevalenceError
+from tests.prevalence.domain import Add, Get
+
+ADDR = "127.0.0.1:1"
+
+
+class _Conn:
+    pass
+
+
+def client_with(monkeypatch, replies: dict, **options) -> rc.ClusterClient:
+    """A client whose connection is a fake node answering ``replies[method]`` (a reply
+    or a function of the call's arguments)."""
+    conn = _Conn()
+    c = rc.ClusterClient([ADDR], b"k" * 32, **options)
+
+    def connection(budget, line=None):
+        line = line or c._main
+        with c._lock:
+            line.conn, line.addr = conn, ADDR
+        return conn, ADDR
+
+    def remote_method(_conn, method):
+        def call(*args):
+            r = replies[method]
+            return msgpack.packb(r(args) if callable(r) else r, use_bin_type=True)
+        return call
+
+    monkeypatch.setattr(c, "_connection", connection)
+    monkeypatch.setattr(rc, "remote_method", remote_method)
+    return c
+
+
+def _deep(n: int = 3000) -> list:
+    d: list = []
+    for _ in range(n):
+        d = [d]
+    return d
+
+
+MALFORMED_BATCH = [["ok", [5]], ["ok", [[]]], ["ok"], ["ok", 5], ["ok", [["ok"]]], ["ok", [["failed", 1, 2]]],
+                   ["ok", [_deep()]], _deep(), ["unavailable", _deep()], ["not_leader", _deep(), 7]]
+
+
+@pytest.mark.parametrize("reply", MALFORMED_BATCH, ids=range(len(MALFORMED_BATCH)))
+def test_a_malformed_reply_to_a_command_fails_that_command_and_never_hangs_a_future(monkeypatch, reply):
+    """Red before: IndexError/TypeError/RecursionError out of execute, and futures
+    that never completed (the session's release raised inside the completion)."""
+    c = client_with(monkeypatch, {"register_session": ["ok", 1], "execute_batch": reply}, timeout=0.5)
+    with pytest.raises(PrevalenceError):
+        c.execute(Add("k", 1))
+    f = c.execute_async(Add("k", 1))
+    assert isinstance(f.exception(timeout=3), PrevalenceError)
+    c.close()
+
+
+@pytest.mark.parametrize("method,reply", [("register_session", ["ok"]), ("register_session", ["rejected"]),
+                                          ("query", ["rejected"]), ("query", ["failed", "T"]),
+                                          ("status", ["ok"]), ("status", _deep())])
+def test_a_malformed_reply_to_a_query_or_registration_is_a_clear_error(monkeypatch, method, reply):
+    c = client_with(monkeypatch, {method: reply}, timeout=0.5)
+    call = {"register_session": lambda: c.execute(Add("k", 1)), "query": lambda: c.query(Get("k")),
+            "status": c.status}[method]
+    with pytest.raises(PrevalenceError):
+        call()
+
+
+def test_a_node_refusing_at_once_with_unavailable_does_not_make_the_client_spin(monkeypatch):
+    """Red before: thousands of attempts a second, each message kept (hundreds of MB)."""
+    n = [0]
+
+    def unavailable(_args):
+        n[0] += 1
+        return ["unavailable", "x" * 100_000]
+
+    c = client_with(monkeypatch, {"status": unavailable}, timeout=1.0)
+    began = time.monotonic()
+    with pytest.raises(rc.ClusterUnavailable) as err:
+        c.status()
+    assert time.monotonic() - began < 1.5
+    assert n[0] < 40 and len(str(err.value)) < 3000
+
+
+def test_a_deadline_passing_between_the_check_and_the_connect_is_still_cluster_unavailable(monkeypatch):
+    """Red before: the clock read twice gave open_connection a negative timeout, and
+    ValueError escaped instead of ClusterUnavailable."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    try:
+        addr = f"127.0.0.1:{srv.getsockname()[1]}"
+        deadline = 1000.0
+        ticks = iter([deadline - 0.001] + [deadline + 0.001] * 1000)
+
+        class Clock:
+            @staticmethod
+            def monotonic():
+                return next(ticks)
+
+            @staticmethod
+            def sleep(_s):
+                pass
+
+        c = rc.ClusterClient([addr], b"k" * 32)
+        monkeypatch.setattr(rc, "time", Clock)
+        with pytest.raises(rc.ClusterUnavailable):
+            c._call(deadline, "status", any_node=True)
+    finally:
+        srv.close()
+
+
+def test_a_connection_keeps_the_whole_attempt_timeout_whatever_call_opened_it(monkeypatch):
+    """Red before: a connection opened by a call with 50 ms left timed out every later
+    call on it after 50 ms."""
+    made = []
+
+    def fake_open(_addr, _secret, **kw):
+        conn = _Conn()
+        conn.request_timeout = kw["request_timeout"]
+        made.append(conn)
+        return conn
+
+    monkeypatch.setattr(rc, "open_connection", fake_open)
+    monkeypatch.setattr(rc, "remote_method", lambda conn, m: (lambda *a: msgpack.packb(["ok", {"role": "leader"}])))
+    c = rc.ClusterClient([ADDR], b"k" * 32, attempt_timeout=1.5)
+    c._call(time.monotonic() + 0.05, "status", any_node=True)
+    assert len(made) == 1 and made[0].request_timeout == 1.5
+
+
+def test_a_bad_status_answer_does_not_end_the_leader_watch(monkeypatch):
+    """Red before: the watch thread died on the first status reply that was not a dict,
+    and no later stuck call was ever watched."""
+    answers = iter([["ok", ["not", "a", "dict"]]] * 5 + [["ok", {"role": "leader", "term": 3}]] * 1000)
+
+    class FakeLink:
+        def __init__(self, *a, **k):
+            pass
+
+        def call(self, _method):
+            return next(answers)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(rc, "NodeLink", FakeLink)
+    died = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    c = rc.ClusterClient([ADDR, "127.0.0.1:2"], b"k" * 32)
+    c._watch.start(c._main, object(), ADDR)  # a call to the leader, unanswered
+    end = time.monotonic() + 5
+    while c._route.hint != "127.0.0.1:2" and time.monotonic() < end:
+        time.sleep(0.02)
+    assert not died and c._watch._thread.is_alive()
+    assert c._route.hint == "127.0.0.1:2"  # the next good answer moved the client
+    c.close()
+
+
+def test_calls_in_flight_is_checked():
+    for bad in (0, 17, 2.5, "2", True):
+        with pytest.raises(PrevalenceError, match="calls_in_flight"):
+            rc.ClusterClient([ADDR], b"k" * 32, calls_in_flight=bad)
