@@ -4,6 +4,11 @@
 thread per peer batches the queue into pipelined async ``deliver`` calls, detects a
 dead or hung connection and reconnects with jittered exponential backoff. See
 ``docs/transport.md`` for the numbers.
+
+Every decision (what to queue or drop, what goes out and when, when a connection is
+hung, when to dial again, the counters) is made by the peer's
+:class:`replication.runtime.peer_link.PeerLink`, which the simulator drives too. This
+module is its shell: threads, sockets, RPyC calls and log lines.
 """
 from __future__ import annotations
 
@@ -12,10 +17,13 @@ import random
 import ssl
 import threading
 import time
-from collections import deque
 from typing import Callable
 
 import rpyc
+
+from replication.runtime.peer_link import (  # noqa: F401 - the two limits re-exported
+    CONNECTING, DIRECT_SEND_LIMIT, DOWN_QUEUE_LIMIT, Batch, LinkSettings, PeerLink,
+)
 
 from .auth import ConnectFailed, format_address
 from .secret import check_secret
@@ -25,29 +33,17 @@ from .wire import BatchError, decode_batch, encode_batch
 log = logging.getLogger("rpc.transport")
 
 
-class _Link:
-    """One live RPyC connection to a peer, with its in-flight deliver calls."""
+class _Conn:
+    """One live RPyC connection to a peer, with the replies its calls await."""
 
     def __init__(self, conn: rpyc.Connection, deliver, address):
         self.conn = conn
         self.deliver = deliver
         self.address = address
-        self.inflight: deque = deque()  # (AsyncResult, sent_at, frame count)
+        self.replies: dict = {}  # batch id -> AsyncResult, oldest first
         self.dead: str | None = None
-        self.opened = time.monotonic()
+        self.was: str | None = None  # the peer's state before this connection died, if it changed
         self.reader: threading.Thread | None = None
-
-    def kill(self, reason: str) -> None:
-        if self.dead is None:
-            self.dead = reason
-        try:
-            self.conn._channel.stream.close()
-        except Exception:
-            pass
-
-
-DOWN_QUEUE_LIMIT = 64  # messages kept for a peer that is not connected
-DIRECT_SEND_LIMIT = 16 * 1024  # larger messages always go through the sender thread
 
 
 class _Peer:
@@ -57,70 +53,49 @@ class _Peer:
         self.address = address
         self.cond = threading.Condition()
         self.wake = threading.Event()
-        self.queue: deque[bytes] = deque()
-        self.queued_bytes = 0
-        self.dropped = 0
-        self.failed = 0
-        self.sent = 0
-        self.delivered = 0
-        self.connects = 0
-        self.last_error: str | None = None
-        self.state = "unknown"  # "up" | "down"
-        self.since = time.time()
-        self.link: _Link | None = None
+        self.link = PeerLink(owner.settings, random.Random(), time.monotonic())
+        self.conn: _Conn | None = None
         self.opening: rpyc.Connection | None = None
         self.stopping = False
-        self.sending = False  # a batch is between the queue and the wire (keeps FIFO order)
         self.thread = threading.Thread(target=self._run, name=f"rpc-send-{peer_id}", daemon=True)
 
     # -- called by other threads
 
     def enqueue(self, payload: bytes) -> None:
-        o = self.owner
         with self.cond:
-            q = self.queue
-            q.append(payload)
-            self.queued_bytes += len(payload)
-            # While the peer is down, keep only the newest few messages: an old backlog
-            # replayed on reconnect is stale by then (Raft resends what is still needed,
-            # and a node that fell far behind must get a snapshot, not the backlog).
-            limit = min(o.queue_limit, DOWN_QUEUE_LIMIT) if self.state == "down" else o.queue_limit
-            while (len(q) > limit or self.queued_bytes > o.queue_bytes_limit) and len(q) > 1:
-                self.queued_bytes -= len(q.popleft())  # drop the oldest: Raft resends
-                self.dropped += 1
+            self.link.enqueue(payload)
             self.cond.notify()
 
     def send_now(self, payload: bytes) -> bool:
         """Put a small message on the wire from the caller's thread when the link is idle.
 
-        Saves waking the sender thread for every heartbeat of an idle cluster. Only when
-        nothing is queued, in flight or being sent (order is kept) and the payload is
-        small enough that the socket buffer takes it without blocking.
+        Saves waking the sender thread for every heartbeat of an idle cluster. The link
+        decides (``can_send_direct``: nothing queued, in flight or being written, and a
+        payload small enough that the socket buffer takes it without blocking); the
+        message then goes through the queue like any other, as a batch of one.
         """
         with self.cond:
-            link = self.link
-            if (link is None or link.dead is not None or self.queue or link.inflight or self.sending
-                    or self.stopping or len(payload) > DIRECT_SEND_LIMIT):
+            c = self.conn
+            if c is None or c.dead is not None or self.stopping or not self.link.can_send_direct(len(payload)):
                 return False
-            self.sending = True
-        try:
-            res = link.deliver(encode_batch([payload]))
-            self._watch_reply(res)
-        except Exception as exc:  # noqa: BLE001 - the link is broken: queue it for the next one
-            link.kill(f"send failed: {exc or type(exc).__name__}")
-            with self.cond:
-                self.sending = False
-                self.cond.notify_all()
-            return False
-        with self.cond:
-            self.sending = False
-            link.inflight.append((res, time.monotonic(), 1))
-            self.sent += 1
-            if self.queue:
-                self.cond.notify_all()
+            self.link.enqueue(payload)
+            batch = self.link.next_batch()
+        self._write(c, batch)
         return True
 
-    def _watch_reply(self, res) -> None:
+    def _write(self, c: _Conn, batch: Batch) -> None:
+        """One deliver call; a failed write kills the connection (the batch counts as failed)."""
+        try:
+            res = c.deliver(encode_batch(batch.frames))
+        except Exception as exc:  # noqa: BLE001 - the link is broken
+            with self.cond:
+                self._kill(c, f"send failed: {exc or type(exc).__name__}")
+            return
+        with self.cond:
+            self.link.sent(batch.id, time.monotonic())
+            c.replies[batch.id] = res
+            if self.link.queued:
+                self.cond.notify_all()
         if self.owner.on_reply is not None:
             res.add_callback(self._on_reply)
 
@@ -146,16 +121,17 @@ class _Peer:
             if address == self.address:
                 return
             self.address = address
-            if self.link is not None:
-                self.link.kill("peer address changed")
+            self.link.address_changed(time.monotonic())
+            if self.conn is not None:
+                self._kill(self.conn, "peer address changed")
             self.cond.notify_all()
         self.wake.set()
 
     def stop(self) -> None:
         with self.cond:
             self.stopping = True
-            if self.link is not None:
-                self.link.kill("transport closed")
+            if self.conn is not None:
+                self._kill(self.conn, "transport closed")
             if self.opening is not None:
                 try:
                     self.opening._channel.stream.close()
@@ -166,42 +142,18 @@ class _Peer:
 
     def status(self) -> dict:
         with self.cond:
-            link = self.link
-            return {
-                "address": format_address(self.address),
-                "connected": self.state == "up",
-                "queued": len(self.queue),
-                "queued_bytes": self.queued_bytes,
-                "in_flight": len(link.inflight) if link is not None else 0,
-                "sent": self.sent,
-                "delivered": self.delivered,
-                "dropped": self.dropped,
-                "failed": self.failed,
-                "reconnects": max(0, self.connects - 1),
-                "last_error": self.last_error,
-                "since": self.since,
-            }
+            st = self.link.status()
+        st["since"] = time.time() - (time.monotonic() - st["since"])  # wall time, as documented
+        return {"address": format_address(self.address), **st}
 
-    # -- state transitions (one log line each)
+    # -- one log line per up/down transition
 
-    def _set_up(self) -> None:
-        with self.cond:
-            changed = self.state != "up"
-            self.state = "up"
-            if changed:
-                self.since = time.time()
-        if changed:
+    def _log_up(self, was: str | None) -> None:
+        if was is not None:
             log.info("peer %s at %s up", self.id, format_address(self.address))
 
-    def _set_down(self, reason: str, starting: bool = False) -> None:
-        with self.cond:
-            self.last_error = reason
-            was = self.state
-            changed = was != "down"
-            self.state = "down"
-            if changed:
-                self.since = time.time()
-        if changed and not self.stopping:
+    def _log_down(self, was: str | None, reason: str, starting: bool = False) -> None:
+        if was is not None and not self.stopping:
             # a peer lost is news; one whose port is not open yet (still starting) is not
             quiet = starting and was != "up"
             log.log(logging.INFO if quiet else logging.WARNING, "peer %s at %s down: %s", self.id,
@@ -210,38 +162,45 @@ class _Peer:
     # -- the sender thread
 
     def _run(self) -> None:
-        o = self.owner
-        attempt = 0
         while not self.stopping:
             try:
-                address = self.address
+                with self.cond:
+                    now = time.monotonic()
+                    due = self.link.start_connect(now)
+                    address = self.address
+                    wait = 0.0 if due else max(0.0, (self.link.next_deadline() or now) - now)
+                if not due:
+                    self.wake.wait(wait)  # the backoff; set_address and stop cut it short
+                    self.wake.clear()
+                    continue
                 try:
-                    link = self._open(address)
+                    c = self._open(address)
                 except Exception as exc:  # ConnectFailed, AuthenticationFailed, remote errors
-                    # nothing listening yet is no news at start; anything else (a wrong key) is
-                    self._set_down(str(exc), starting=isinstance(exc, ConnectFailed) and exc.refused)
-                else:
                     with self.cond:
-                        self.link = link
-                        self.connects += 1
-                        if self.stopping:
-                            link.kill("transport closed")
-                    self._set_up()
-                    reason = self._pump(link)
-                    self._close_link(link)
-                    if time.monotonic() - link.opened > 2 * o.backoff_max:
-                        attempt = 0  # it was a working connection: reconnect quickly
-                    self._set_down(reason)
+                        was = self.link.connect_failed(str(exc), time.monotonic())
+                    # nothing listening yet is no news at start; anything else (a wrong key) is
+                    self._log_down(was, str(exc), starting=isinstance(exc, ConnectFailed) and exc.refused)
+                    continue
+                with self.cond:
+                    self.conn = c
+                    was = self.link.connected(time.monotonic())
+                    if self.stopping:
+                        self._kill(c, "transport closed")
+                self._log_up(was)
+                self._pump(c)
+                self._close(c)
+                self._log_down(c.was, c.dead)
             except Exception:  # a bug: keep the sender alive, but say so
                 log.exception("sender thread for peer %s: unexpected error", self.id)
-            if self.stopping:
-                break
-            delay = min(o.backoff_max, o.backoff_min * (2 ** min(attempt, 20)))
-            attempt += 1
-            self.wake.wait(delay * random.uniform(0.5, 1.0))
-            self.wake.clear()
+                with self.cond:
+                    if self.conn is not None:
+                        self._kill(self.conn, "internal error")
+                        self.conn = None
+                    elif self.link.phase == CONNECTING:
+                        self.link.connect_failed("internal error", time.monotonic())
+                self.wake.wait(self.owner.backoff_min)
 
-    def _open(self, address) -> _Link:
+    def _open(self, address) -> _Conn:
         o = self.owner
         conn = open_connection(address, o._secret, role="peer", ident=o.self_id,
                                connect_timeout=o.connect_timeout, handshake_timeout=o.handshake_timeout,
@@ -259,105 +218,89 @@ class _Peer:
         finally:
             with self.cond:
                 self.opening = None
-        link = _Link(conn, deliver, address)
-        link.reader = threading.Thread(target=self._read, args=(link,), name=f"rpc-recv-{self.id}",
-                                       daemon=True)
-        link.reader.start()
-        return link
+        c = _Conn(conn, deliver, address)
+        c.reader = threading.Thread(target=self._read, args=(c,), name=f"rpc-recv-{self.id}", daemon=True)
+        c.reader.start()
+        return c
 
-    def _close_link(self, link: _Link) -> None:
-        link.kill(link.dead or "closed")
-        if link.reader is not None and link.reader is not threading.current_thread():
-            link.reader.join(1.0)
-        hard_close(link.conn)
+    def _kill(self, c: _Conn, reason: str) -> None:
+        """Called with self.cond held: the link learns the connection is lost (the first
+        reason wins) and its socket is shut, which also wakes a thread blocked on it."""
+        if c.dead is None:
+            c.dead = reason
+            c.was = self.link.lost(reason, time.monotonic())
+            self.cond.notify_all()
+        try:
+            c.conn._channel.stream.close()
+        except Exception:
+            pass
+
+    def _close(self, c: _Conn) -> None:
+        if c.reader is not None and c.reader is not threading.current_thread():
+            c.reader.join(1.0)
+        hard_close(c.conn)
         with self.cond:
-            lost = sum(n for _, _, n in link.inflight)
-            link.inflight.clear()
-            self.failed += lost
-            if self.link is link:
-                self.link = None
+            if self.conn is c:
+                self.conn = None
 
-    def _reap(self, link: _Link) -> bool:
-        """Account for completed deliver calls; kill the link if the oldest is overdue.
+    def _reap(self, c: _Conn) -> None:
+        """Report completed deliver calls to the link; kill the connection if it says so.
 
         Called with self.cond held. Only reads the AsyncResults' state (the reader
-        thread is the one serving the connection). Returns True if something completed.
-        """
+        thread is the one serving the connection)."""
+        now = time.monotonic()
         done = False
-        if link.inflight:
-            keep = deque()
-            for item in link.inflight:
-                res, _, n = item
-                if res._is_ready:  # set by the reader thread when the reply is dispatched
-                    done = True
-                    if res._is_exc:
-                        self.failed += n
-                        exc = res._obj
-                        self.last_error = f"peer rejected a batch: {type(exc).__name__}: {exc}"
-                    else:
-                        self.delivered += n
+        for bid, res in list(c.replies.items()):
+            if res._is_ready:  # set by the reader thread when the reply is dispatched
+                del c.replies[bid]
+                done = True
+                if res._is_exc:
+                    exc = res._obj
+                    self.link.replied(bid, False, now, f"{type(exc).__name__}: {exc}")
                 else:
-                    keep.append(item)
-            link.inflight = keep
-            if keep and time.monotonic() - keep[0][1] > self.owner.request_timeout:
-                link.kill(f"no answer within {self.owner.request_timeout:g} s (peer hung?)")
-        if done and self.queue:  # the sender waits for room in the window only with work queued
+                    self.link.replied(bid, True, now)
+        if c.dead is None:
+            reason = self.link.check(now)
+            if reason is not None:
+                self._kill(c, reason)
+        if done and self.link.queued:  # the sender waits for room in the window only with work queued
             self.cond.notify_all()
-        return done
 
-    def _read(self, link: _Link) -> None:
+    def _read(self, c: _Conn) -> None:
         """Reader thread: serves the connection so replies are dispatched as they arrive."""
-        conn = link.conn
+        conn = c.conn
         tick = min(0.5, self.owner.request_timeout / 2)  # also how often overdue calls are checked
         try:
-            while link.dead is None:
+            while c.dead is None:
                 conn.serve(tick)
                 with self.cond:
-                    self._reap(link)
+                    self._reap(c)
         except Exception as exc:
-            link.kill(f"connection lost: {exc or type(exc).__name__}")
+            with self.cond:
+                self._kill(c, f"connection lost: {exc or type(exc).__name__}")
         with self.cond:
             self.cond.notify_all()
 
-    def _pump(self, link: _Link) -> str:
-        """Send batches until the link dies, the address changes or we stop; return why."""
-        o = self.owner
+    def _pump(self, c: _Conn) -> None:
+        """Write the batches the link hands out until the connection dies."""
         while True:
             with self.cond:
                 while True:
                     if self.stopping:
-                        return "transport closed"
-                    self._reap(link)
-                    if link.dead is not None:
-                        return link.dead
-                    if self.address != link.address:
-                        return "peer address changed"
-                    if self.queue and len(link.inflight) < o.max_in_flight and not self.sending:
+                        self._kill(c, "transport closed")
+                    elif self.address != c.address:  # moved while this connection was being made
+                        self._kill(c, "peer address changed")
+                    else:
+                        self._reap(c)
+                    if c.dead is not None:
+                        return
+                    batch = self.link.next_batch()
+                    if batch is not None:
                         break
                     # Waiting for window room: poll for overdue calls. Idle: sleep until a
                     # send, a death (the reader notifies) or a second passes.
-                    self.cond.wait(0.05 if link.inflight and self.queue else 1.0)
-                frames = [self.queue.popleft()]
-                size = len(frames[0])
-                while self.queue and len(frames) < o.max_batch_frames and size + len(self.queue[0]) <= o.max_batch_bytes:
-                    frame = self.queue.popleft()
-                    frames.append(frame)
-                    size += len(frame)
-                self.queued_bytes -= size
-                self.sending = True
-            try:
-                res = link.deliver(encode_batch(frames))
-                self._watch_reply(res)
-            except Exception as exc:
-                with self.cond:
-                    self.sending = False
-                    self.failed += len(frames)
-                link.kill(f"send failed: {exc or type(exc).__name__}")
-                continue
-            with self.cond:
-                self.sending = False
-                link.inflight.append((res, time.monotonic(), len(frames)))
-                self.sent += len(frames)
+                    self.cond.wait(0.05 if self.link.in_flight and self.link.queued else 1.0)
+            self._write(c, batch)
 
 
 class PeerTransport:
@@ -407,6 +350,11 @@ class PeerTransport:
         self.backoff_min = float(backoff_min)
         self.backoff_max = float(backoff_max)
         self.ssl_context = ssl_context
+        self.settings = LinkSettings(
+            queue_limit=self.queue_limit, queue_bytes_limit=self.queue_bytes_limit,
+            max_batch_frames=self.max_batch_frames, max_batch_bytes=self.max_batch_bytes,
+            max_in_flight=self.max_in_flight, request_timeout=self.request_timeout,
+            backoff_min=self.backoff_min, backoff_max=self.backoff_max)
         self._lock = threading.Lock()
         self._peers: dict[str, _Peer] = {}
         self._unknown: dict[str, int] = {}
