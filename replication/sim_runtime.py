@@ -13,8 +13,12 @@ of actions in virtual time, ordered by the seed, that interleaves each node's in
 drains, timers, disk-lane batches (of drawn size, after drawn latency) and apply-lane
 items in any order the real threads allow, while each lane stays FIFO.
 
-Faults, each seed drawing which ones and how often (swarm testing): message loss,
-duplication and delay; partitions; crashes at any moment, after which each file keeps
+Messages between nodes go through each node's :class:`PeerLink` per peer, the policy
+``rpc.peer_sender`` ships, over modelled connections (:mod:`replication.sim_links`).
+
+Faults, each seed drawing which ones and how often (swarm testing): connections that
+break (reset or silently, found by overdue detection), so that calls in flight are lost,
+arrive late or twice; partitions; crashes at any moment, after which each file keeps
 its synced bytes and a random prefix of the rest (a torn write at any byte), and the
 node restarts from that disk; a failed fsync (the node stops: fail-stop, then restarts
 as its service manager would); slow disks; monotonic clocks that drift and wall clocks
@@ -51,8 +55,9 @@ from replication.membership import Membership
 from replication.persist import DiskWorker
 from replication.ready import Role
 from replication.runtime.assemble import NodeOptions, assemble
-from replication.runtime.events import ApplyWork, Complete, DiskState, DiskWork, PeerMsg, Persisted, Propose, Send
+from replication.runtime.events import ApplyWork, Complete, DiskState, DiskWork, Persisted, Propose, Send
 from replication.sim_clients import Lists, ListsModel, SimClient, Violation
+from replication.sim_links import SimNetwork
 
 
 # -- the simulation ---------------------------------------------------------------------------
@@ -125,7 +130,6 @@ class RuntimeSim:
         self.opts = NodeOptions(tick_interval=cfg.tick, raft=raft, snapshot_every=rng.choice([0, 10, 40]),
                                 keep_snapshots=rng.choice([1, 2]))
         # swarm testing: each seed its own mix of faults
-        self.p_loss = rng.choice([0.0, 0.01, 0.05, 0.2])
         self.p_dup = rng.choice([0.0, 0.02, 0.1])
         self.max_delay = rng.choice([0.001, 0.01, 0.05])
         self.crash_rate = rng.choice([0.0, 0.2, 0.6, 1.5])  # per virtual second, cluster-wide
@@ -145,6 +149,7 @@ class RuntimeSim:
         self.nodes: dict[str, SimNode | None] = {}
         self.incarnations = {nid: 0 for nid in self.ids}
         self.cut: set[frozenset] = set()
+        self.net = SimNetwork(self)  # every node's PeerLinks and the connections they hold
         self.tokens = 0
         self.owners: dict[int, Callable[[Any, BaseException | None], None]] = {}
         self.digests: dict[int, tuple[str, str]] = {}  # applied index -> (digest, node)
@@ -211,6 +216,7 @@ class RuntimeSim:
             return
         self.nodes[nid] = None
         self.disks[nid] = disk = self.disks[nid].crash()
+        self.net.crashed(nid)
         disk.fail_fsync = False  # the fault was one fsync's
         self.note(f"{nid} crashes ({why})")
         self.at(self.t + self.rng.uniform(0.05, 1.0), self.boot, nid)
@@ -284,16 +290,8 @@ class RuntimeSim:
 
     # -- the network ---------------------------------------------------------------------------
     def send(self, src: str, dst: str, payload: bytes) -> None:
-        if frozenset((src, dst)) in self.cut or self.rng.random() < self.p_loss:
-            return
-        copies = 2 if self.rng.random() < self.p_dup else 1
-        for _ in range(copies):
-            self.at(self.t + self.rng.uniform(0.0001, self.max_delay), self._deliver, src, dst, payload)
-
-    def _deliver(self, src: str, dst: str, payload: bytes) -> None:
-        node = self.nodes.get(dst)
-        if node is not None and frozenset((src, dst)) not in self.cut:
-            self.post(node, PeerMsg(src, payload))
+        """``src``'s transport sends: its PeerLink to ``dst`` queues, batches and (re)connects."""
+        self.net.send(src, dst, payload)
 
     # -- the lanes -----------------------------------------------------------------------------
     def _kick_disk(self, node: SimNode) -> None:
@@ -391,7 +389,9 @@ class RuntimeSim:
                 self.note("partition healed")
             else:
                 a = rng.choice(self.ids)
-                self.cut = {frozenset((a, b)) for b in self.ids if b != a}
+                cut = {frozenset((a, b)) for b in self.ids if b != a}
+                self.net.cut(cut - self.cut)
+                self.cut = cut
                 self.note(f"{a} isolated")
         up = [n for n in self.ids if self.nodes.get(n) is not None]
         if up and rng.random() < self.fsync_fail_rate * dt:
