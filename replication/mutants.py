@@ -128,6 +128,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         'if reply is None or reply[0] != "expired":',
         "if True:",
         "the client keeps a session the cluster expired (every command on it is refused)", "runtime"),
+    Mutation(
+        "overdue_ignored", "replication/runtime/peer_link.py",
+        "if now - sent_at > self.cfg.request_timeout:",
+        "if False:",
+        "the peer link never finds a call overdue: a connection that drops silently is kept forever",
+        "runtime"),
 )
 
 

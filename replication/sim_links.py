@@ -134,15 +134,18 @@ class SimNetwork:
             self._lose(sl, reason)
         if pl.start_connect(now):
             self._dial(sl)
-        self._arm(sl)
+        # a deadline that stays due is polled, as the reader thread polls (every 0.5 s at most)
+        self._arm(sl, self.sim.t + min(0.5, self.settings.request_timeout / 2))
 
-    def _arm(self, sl: SimLink) -> None:
+    def _arm(self, sl: SimLink, poll: float | None = None) -> None:
         d = sl.pl.next_deadline()
         if d is None:
             return
         sim = self.sim
         # a microsecond late, so that the node's clock has surely passed the deadline
         when = max(sim.t, sim.clocks[sl.src].to_global(d)) + 1e-6
+        if poll is not None and when <= sim.t + 1e-6:
+            when = poll
         if sl.timer_at is None or when < sl.timer_at:
             sl.timer_at = when
             sim.at(when, self._timer, sl, when)

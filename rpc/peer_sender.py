@@ -168,7 +168,8 @@ class _Peer:
                     now = time.monotonic()
                     due = self.link.start_connect(now)
                     address = self.address
-                    wait = 0.0 if due else max(0.0, (self.link.next_deadline() or now) - now)
+                    deadline = self.link.next_deadline()
+                    wait = 0.0 if due else 1.0 if deadline is None else max(0.0, deadline - now)
                 if not due:
                     self.wake.wait(wait)  # the backoff; set_address and stop cut it short
                     self.wake.clear()
