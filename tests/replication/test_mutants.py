@@ -48,11 +48,11 @@ def test_the_simulator_catches_a_core_mutation(name, bound):
 
 @pytest.mark.parametrize("name,bound", [("snapshot_without_sessions", 20), ("reports_out_of_order", 20),
                                         ("ack_before_fsync", 40), ("client_reuses_seq", 20),
-                                        ("client_keeps_expired_session", 40)])
+                                        ("client_keeps_expired_session", 40), ("overdue_ignored", 20)])
 def test_the_runtime_simulator_catches_a_runtime_mutation(name, bound):
     """The runtime layer runs replication.sim_runtime: the shipped runtime on a simulated
-    disk (issue 17), with clients on the client's own retry and session rules. These are
-    caught in the first seeds."""
+    disk (issue 17), with clients on the client's own retry and session rules and messages
+    through the shipped PeerLinks. These are caught in the first seeds."""
     m = next(m for m in mutants.MUTATIONS if m.name == name)
     res = mutants.run_mutation(m, seeds=bound)
     assert res["caught"], res
