@@ -20,7 +20,7 @@ import random
 import sys
 import threading
 import time
-from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor, wait
+from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -33,10 +33,9 @@ from rpc.batching import CALLS_IN_FLIGHT, MAX_BATCH, MAX_BATCH_BYTES, MAX_CALLS_
 from rpc.auth import AuthenticationFailed
 from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
+from rpc.leader_watch import LeaderWatch
 from rpc.transport import MAX_REQUEST, NodeLink, hard_close, open_connection, remote_method
-from replication.client_policy import (
-    PROBE_AFTER, PROBE_EVERY, Attempts, Route, Session, SessionPool, leader_among, shown, well_formed,
-)
+from replication.client_policy import Attempts, Route, Session, SessionPool, shown, well_formed
 
 CONSISTENCY = ("linearizable", "leader", "local")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -246,7 +245,7 @@ class ClusterClient:
         self._closed = False
         self._coalescer = Coalescer(self._send_batch, max_batch, max_batch_bytes, calls_in_flight)
         self._query_pool: ThreadPoolExecutor | None = None
-        self._watch = _SilentLeaderWatch(self)
+        self._watch = LeaderWatch(self)
 
     # -- the API ----------------------------------------------------------------------
     @property
@@ -576,118 +575,6 @@ class ClusterClient:
         conn, line.conn, line.addr = line.conn, None, None
         if conn is not None:
             hard_close(conn)  # no polite close request: it would wait on a hung node
-
-
-class _SilentLeaderWatch:
-    """Leaves a leader that went silent as soon as another node leads, not after the
-    attempt timeout: a leader cut off without a reset (a pulled cable, a one-way cut)
-    answers nothing, while the others elect a new one in 0.25-0.5 s.
-
-    A call to the leader unanswered for ``PROBE_AFTER`` s makes this thread ask the
-    other nodes' status (each on a connection of its own, in parallel). When one of them
-    says it leads, the client is pointed at it and the stuck connection is closed: the
-    caller then retries the same command (same session and number) there. A slow but
-    healthy leader loses nothing by it: the others name it, and nothing changes."""
-
-    def __init__(self, client: "ClusterClient"):
-        self._client = client
-        self._cond = threading.Condition()
-        self._calls: dict[int, tuple[float, _Line, Any, str]] = {}
-        self._next = 0
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._links: dict[str, NodeLink] = {}
-        self._probing: dict[str, Future] = {}
-        self._pool: ThreadPoolExecutor | None = None
-
-    def start(self, line: _Line, conn: Any, addr: str) -> int:
-        with self._cond:
-            self._next += 1
-            self._calls[self._next] = (time.monotonic(), line, conn, addr)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="rpc-leader-watch", daemon=True)
-                self._thread.start()
-            elif len(self._calls) == 1:
-                self._cond.notify()
-            return self._next
-
-    def end(self, token: int) -> None:
-        with self._cond:
-            self._calls.pop(token, None)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-            links, self._links = self._links, {}
-        for link in links.values():
-            link.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._calls and not self._closed:
-                    self._cond.wait()  # idle: no call in flight, no wake-ups
-                if self._closed:
-                    return
-                now = time.monotonic()
-                oldest = min(self._calls.values(), key=lambda c: c[0])
-                if now - oldest[0] < PROBE_AFTER:
-                    self._cond.wait(PROBE_AFTER - (now - oldest[0]))
-                    continue
-            _, line, conn, addr = oldest
-            began = time.monotonic()
-            try:
-                found = self._leader_besides(addr)
-            except Exception:  # noqa: BLE001 - one bad round must not end the watch for good
-                log.exception("leader watch: asking the other nodes failed")
-                found = None
-            if found is None:
-                with self._cond:
-                    self._cond.wait(max(0.0, PROBE_EVERY - (time.monotonic() - began)))
-                continue
-            c = self._client
-            log.info("%s did not answer for %.2f s and %s leads now: retrying there", addr,
-                     time.monotonic() - oldest[0], found)
-            with c._lock:
-                c._route.leader_found(addr, found, time.monotonic())
-                if line.conn is conn:
-                    c._drop(line)  # wakes the stuck caller, which retries at the hint
-            with self._cond:  # the stuck calls on that connection are over
-                for token in [t for t, v in self._calls.items() if v[2] is conn]:
-                    del self._calls[token]
-
-    def _leader_besides(self, stuck: str) -> str | None:
-        """The address of another node that says it leads (the highest term), if one
-        answers within ``PROBE_EVERY``; a silent one's status call carries on meanwhile."""
-        others = [a for a in self._client.addresses if a != stuck]
-        if not others:
-            return None
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(4, thread_name_prefix="rpc-leader-probe")
-        for a in others:  # one status call per node at a time: a silent one may still hold its last
-            if a not in self._probing:
-                self._probing[a] = self._pool.submit(self._status, a)
-        wait([self._probing[a] for a in others], timeout=PROBE_EVERY)
-        answers = []
-        for addr in others:
-            fut = self._probing[addr]
-            if fut.done():
-                del self._probing[addr]  # answered (or failed): asked again next round
-                answers.append((addr, None if fut.exception() is not None else fut.result()))
-        return leader_among(answers)
-
-    def _status(self, addr: str) -> dict | None:
-        with self._cond:
-            link = self._links.get(addr)
-            if link is None:
-                c = self._client
-                link = self._links[addr] = NodeLink(parse_address(addr, "address"), c._secret, timeout=0.3,
-                                                    connect_timeout=0.2, ssl_context=c._ssl)
-        reply = link.call("status")  # closes itself on failure, reopens on the next call
-        return reply[1] if reply[0] == "ok" else None
 
 
 def connect(addresses: Iterable[str], *, secret: bytes | None = None, secret_file: str | None = None,

@@ -12,6 +12,7 @@ import msgpack
 import pytest
 
 import rpc.client as rc
+import rpc.leader_watch
 from prevalence.errors import PrevalenceError
 from tests.prevalence.domain import Add, Get
 
@@ -156,7 +157,7 @@ def test_a_bad_status_answer_does_not_end_the_leader_watch(monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(rc, "NodeLink", FakeLink)
+    monkeypatch.setattr(rpc.leader_watch, "NodeLink", FakeLink)
     died = []
     monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
     c = rc.ClusterClient([ADDR, "127.0.0.1:2"], b"k" * 32)
