@@ -43,8 +43,8 @@ MAX_BATCH = 64
 #: Encoded bytes per call at most: half the node's default request limit (1 MiB).
 MAX_BATCH_BYTES = 512 * 1024
 #: Calls travelling at once, each on its own connection. One keeps a pipelining thread's
-#: commands in the order sent; two carry about a third more of them (docs/benchmarks.md),
-#: in an order the node's threads decide.
+#: commands in the order sent; two apply them in an order the node's threads decide, and
+#: carry more only where the nodes have CPU to spare (docs/benchmarks.md).
 CALLS_IN_FLIGHT = 1
 #: At most this many: each is a connection the node serves on a thread of its own.
 MAX_CALLS_IN_FLIGHT = 16
