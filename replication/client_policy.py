@@ -17,7 +17,10 @@ from __future__ import annotations
 import random
 import reprlib
 from collections import deque
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
+
+from prevalence.errors import PrevalenceError
+from replication.errors import ProposalRefused
 
 SUSPECT_FOR = 1.0  # seconds an address that failed us is tried after the others (about two elections)
 BACKOFF_FIRST, BACKOFF_MAX = 0.02, 0.25  # nobody answered at all: back off, but not for long
@@ -55,6 +58,20 @@ def well_formed(reply: Any) -> bool:
     if kind == "compacted":
         return type(reply[1]) is int
     return all(type(x) is str for x in reply[1:])
+
+
+def refusal_reply(exc: BaseException, address_of: Callable[[str | None], str | None],
+                  describe: Callable[[BaseException], str]) -> list | None:
+    """The reply a node gives when the framework refuses a request (not the leader, an
+    error of the request, a time-out), or None for an exception that is not a refusal.
+    ``rpc.service`` answers with it, and the simulator's nodes answer its clients so."""
+    if isinstance(exc, ProposalRefused):  # not the leader, or handing leadership over
+        return ["not_leader", exc.leader, address_of(exc.leader)]
+    if isinstance(exc, PrevalenceError):
+        return ["error", describe(exc)]
+    if isinstance(exc, TimeoutError):
+        return ["unavailable", "timed out waiting for the cluster"]
+    return None
 
 
 class Route:

@@ -22,10 +22,10 @@ from typing import Any
 
 import prevalence
 from prevalence.codec import CODEC
-from prevalence.errors import PrevalenceError
 from prevalence.sessions import RegisterSession
-from replication.client_policy import PROBE_AFTER, PROBE_EVERY, Attempts, Route, Session, SessionPool, leader_among
-from replication.errors import ProposalRefused
+from replication.client_policy import (
+    PROBE_AFTER, PROBE_EVERY, Attempts, Route, Session, SessionPool, leader_among, refusal_reply,
+)
 from replication.linearizability import Operation, partition
 from replication.ready import Role
 from replication.runtime.events import Propose, Read
@@ -91,12 +91,9 @@ def reply_of(kind: str, value: Any, exc: BaseException | None) -> list:
     ("register", "execute" or "read")."""
     if exc is None:
         return list(value) if kind == "execute" else ["ok", value]  # a session's reply is the reply
-    if isinstance(exc, ProposalRefused):
-        return ["not_leader", exc.leader, exc.leader]  # addresses are node ids here
-    if isinstance(exc, TimeoutError):
-        return ["unavailable", "timed out waiting for the cluster"]
-    if isinstance(exc, PrevalenceError):
-        return ["error", str(exc)]
+    refusal = refusal_reply(exc, lambda leader: leader, str)  # addresses are node ids here
+    if refusal is not None:
+        return refusal
     raise Violation(f"{kind}: the node answered with {type(exc).__name__}: {exc}")
 
 

@@ -26,6 +26,7 @@ import rpyc
 from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown, PrevalenceError
 from prevalence.sessions import SetSessionExpiry
+from replication.client_policy import refusal_reply
 from replication.errors import NodeHalted, ProposalRefused
 from rpc.transport import MAX_REQUEST, REPLY_MAX_FRAME
 
@@ -365,13 +366,10 @@ class ClientService(rpyc.Service):
         """The framework's refusals as replies: redirect, error, time-out."""
         try:
             return _reply(*reply())
-        except ProposalRefused as exc:  # not the leader, or handing leadership over
-            return _reply("not_leader", exc.leader, self._p.address_of(exc.leader))
-        except PrevalenceError as exc:
-            return _reply("error", _text(exc))
-        except TimeoutError:
-            return _reply("unavailable", "timed out waiting for the cluster")
         except Exception as exc:  # noqa: BLE001 - RecursionError, OverflowError...: an answer, the node serves on
+            refusal = refusal_reply(exc, self._p.address_of, _text)
+            if refusal is not None:
+                return _reply(*refusal)
             _log_unexpected(self._client, exc)
             return _reply("error", f"{type(exc).__name__}: {_text(exc, 300)}")
 
