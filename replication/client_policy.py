@@ -161,8 +161,15 @@ class Attempts:
         self.route, self.method, self.deadline, self.any_node = route, method, deadline, any_node
         self.rng = rng
         self.tried: deque[str] = deque(maxlen=TRIED_KEPT)
-        self._backoff = BACKOFF_FIRST
-        self._pause = BACKOFF_FIRST  # after "unavailable": a node that refuses at once must not spin us
+        # two backoffs: when nobody accepts a connection, and when a node keeps refusing
+        # with "unavailable" (one that refuses at once must not make us spin)
+        self._backoff = {"unreachable": BACKOFF_FIRST, "unavailable": BACKOFF_FIRST}
+
+    def _pause_for(self, why: str, now: float) -> float:
+        """The next jittered pause of the backoff ``why``, never past the deadline; it doubles, up to BACKOFF_MAX."""
+        b = self._backoff[why]
+        self._backoff[why] = min(b * 2, BACKOFF_MAX)
+        return min(b * self.rng.uniform(0.5, 1.0), max(0.0, self.deadline - now))
 
     def over(self, now: float) -> bool:
         return now >= self.deadline
@@ -176,9 +183,7 @@ class Attempts:
     def unreachable(self, why: str, now: float) -> float:
         """No node accepted a connection: how long to wait before trying them again."""
         self.tried.append(why[:200])
-        pause = min(self._backoff * self.rng.uniform(0.5, 1.0), max(0.0, self.deadline - now))
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-        return pause
+        return self._pause_for("unreachable", now)
 
     def lost(self, addr: str, why: str, now: float) -> Step:
         """The call to ``addr`` failed without an answer (connection lost, timed out)."""
@@ -204,12 +209,8 @@ class Attempts:
             return Step(False, drop=True)
         if kind == "unavailable":
             self.tried.append(f"{addr}: {reply[1][:200]}")
-            # the same request again (the session makes the retry safe), after a pause that
-            # grows while the node keeps refusing: a node timed out waiting answers after
-            # seconds, one that refuses at once must not make us spin
-            pause = min(self._pause * self.rng.uniform(0.5, 1.0), max(0.0, self.deadline - now))
-            self._pause = min(self._pause * 2, BACKOFF_MAX)
-            return Step(False, pause=pause)
+            # the same request again (the session makes the retry safe)
+            return Step(False, pause=self._pause_for("unavailable", now))
         return Step(True, reply)
 
 
