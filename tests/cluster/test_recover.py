@@ -92,6 +92,11 @@ def test_recover_refuses_a_running_survivor_and_an_unknown_one_and_changes_nothi
     c = LocalCluster(tmp_path, 1)
     try:
         c.leader()
+        # the node writes its term's first entries just after it reports itself leader:
+        # wait until a command is through, so that only `recover` could change the files
+        with c.client() as client:
+            client.execute(Stamp("settled"))
+        c.wait_converged()
         before = node_data_identity(c.configs["n1"].data, "n1")
         files = sorted(os.listdir(os.path.join(c.configs["n1"].data, "journal")))
         assert main(["cluster", "recover", "--cluster", c.dir, "--survivor", "n1"]) == 1
