@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 import msgpack
 import rpyc
@@ -28,12 +28,22 @@ from prevalence.errors import OutcomeUnknown, PrevalenceError
 from prevalence.sessions import SetSessionExpiry
 from replication.client_policy import refusal_reply
 from replication.errors import NodeHalted, ProposalRefused
+from replication.node import Node
 from rpc.transport import MAX_REQUEST, REPLY_MAX_FRAME
 
-if TYPE_CHECKING:
-    from rpc.server import NodeProcess
-
 log = logging.getLogger("rpc.service")
+
+
+class Host(Protocol):
+    """What a service needs of the process serving it (rpc.server.NodeProcess)."""
+
+    node: Node
+    handlers: dict[str, Callable[[bytes], bytes]]
+
+    def status(self) -> dict: ...
+
+    def address_of(self, node_id: str | None) -> str | None: ...
+
 
 DEFAULT_MAX_REQUEST = MAX_REQUEST
 MAX_BATCH_ITEMS = 1024  # commands in one execute_batch call at most
@@ -119,7 +129,7 @@ class ClientService(rpyc.Service):
     _EXPOSED = ("status", "execute", "execute_batch", "query", "register_session", "read_log", "change_membership",
                 "transfer_leadership", "app_call")
 
-    def __init__(self, process: "NodeProcess", client_id: str, max_request: int = DEFAULT_MAX_REQUEST, *,
+    def __init__(self, process: Host, client_id: str, max_request: int = DEFAULT_MAX_REQUEST, *,
                  admin: bool = False):
         self._p = process
         self._client = client_id
