@@ -33,6 +33,52 @@ from rpc.secret import KEY_FILES
 from rpc.transport import NodeLink, open_connection
 
 
+#: A node that exits within this many seconds of its start did not really run (a bad
+#: config, its data in use or missing, a wrong key): restarting it at once changes
+#: nothing, so each such exit in a row doubles the wait, up to RESTART_MAX_DELAY.
+QUICK_EXIT = 10.0
+RESTART_MAX_DELAY = 60.0
+
+
+class Restarts:
+    """When the supervisor starts one dead node again (times passed in: no clock here).
+
+    The first death waits ``after`` seconds, as a PC would reboot; a node that keeps
+    exiting soon after its start waits 2x, 4x ... ``after``, at most RESTART_MAX_DELAY,
+    so that it comes back by itself once its cause is fixed without a restart every few
+    seconds meanwhile."""
+
+    def __init__(self, after: float, now: float) -> None:
+        self.after = after
+        self.started = now
+        self.quick = 0  # exits in a row within QUICK_EXIT of their start
+
+    def died(self, now: float, code: int | None = 1) -> float:
+        """The seconds to wait before the next start. Only a node that exited by itself
+        (``code`` > 0) counts as unable to start: a signal came from outside (an operator,
+        the OOM killer), and 0 means it was asked to stop."""
+        self.quick = self.quick + 1 if now - self.started < QUICK_EXIT and code is not None and code > 0 else 0
+        return min(RESTART_MAX_DELAY, self.after * 2 ** self.quick)
+
+    def restarted(self, now: float) -> None:
+        self.started = now
+
+
+def exit_reason(code: int | None, tail: str) -> str:
+    """How a node process ended, for the operator: its signal, or its code and the
+    last line it logged (a node that refuses to start says why there)."""
+    if code is not None and code < 0:
+        return f"killed by signal {-code}"
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    if len(last) > 300:
+        last = last[:297] + "..."
+    return f"exit code {code}" + (f": {last}" if last else "")
+
+
+def _nth(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 class ClusterTimeout(PrevalenceError):
     """The cluster did not reach the awaited state in time; the message shows its status."""
 
@@ -157,24 +203,35 @@ class LocalCluster:
     def supervise(self, restart_after: float | None = None, name: str = "cluster") -> int:
         """Stay in the foreground until Ctrl-C or SIGTERM, then stop every node gracefully.
 
-        A node that dies is reported, and restarted ``restart_after`` seconds later (as
-        its PC would reboot) unless that is None. Returns 1 if every node died for good.
+        A node that dies is reported with how it ended (its signal, or its exit code and
+        the last line it logged), and restarted ``restart_after`` seconds later (as its
+        PC would reboot) unless that is None; one that keeps exiting soon after its start
+        waits longer each time (:class:`Restarts`). Returns 1 if every node died for good.
         """
         stop = stop_on_signals()
-        died: dict[str, float] = {}
+        restarts = {nid: Restarts(restart_after or 0.0, time.monotonic()) for nid in self.configs}
+        due: dict[str, float] = {}  # dead node -> when it starts again (inf: never)
         while not stop.is_set():
             for nid in self.configs:
-                if nid not in died and not self.alive(nid):
-                    died[nid] = time.monotonic()
+                now = time.monotonic()
+                if nid not in due and not self.alive(nid):
                     code = self.procs[nid].returncode if nid in self.procs else None
-                    print(f"node {nid} died; restarting it in {restart_after:g} s (exit code {code})"
-                          if restart_after is not None else f"node {nid} exited with code {code} (not restarted)",
-                          flush=True)
-                elif nid in died and restart_after is not None and time.monotonic() - died[nid] >= restart_after:
-                    del died[nid]
+                    why = exit_reason(code, self.tail(nid, 5) if self.log_files else "")
+                    if restart_after is None:
+                        due[nid] = float("inf")
+                        print(f"node {nid} exited ({why}); not restarted", flush=True)
+                        continue
+                    wait = restarts[nid].died(now, code)
+                    due[nid] = now + wait
+                    again = f", its {_nth(restarts[nid].quick)} exit in a row soon after starting" \
+                        if restarts[nid].quick > 1 else ""
+                    print(f"node {nid} exited ({why}); restarting it in {wait:g} s{again}", flush=True)
+                elif nid in due and now >= due[nid]:
+                    del due[nid]
+                    restarts[nid].restarted(now)
                     self.start(nid)
                     print(f"node {nid} restarted", flush=True)
-            if restart_after is None and len(died) == len(self.configs):
+            if restart_after is None and len(due) == len(self.configs):
                 return 1
             stop.wait(0.2)
         print(f"stopping the {name}...", flush=True)
