@@ -28,15 +28,53 @@ call's reply (``on_reply`` in production): Raft does not depend on the path.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import AbstractSet, Any, Callable, Mapping, Protocol
 
 from replication.runtime.events import PeerMsg
 from replication.runtime.peer_link import OPEN, Batch, LinkSettings, PeerLink
 
-if TYPE_CHECKING:
-    from replication.sim_runtime import RuntimeSim
-
 CONNECT_TIMEOUT = 0.5  # PeerTransport's connect_timeout: what an attempt against a cut pair costs
+
+
+class _Clock(Protocol):
+    def now(self, t: float) -> float: ...
+    def to_global(self, local: float) -> float: ...
+
+
+class _Process(Protocol):
+    @property
+    def incarnation(self) -> int: ...
+
+
+class _Phases(Protocol):
+    @property
+    def chaos(self) -> float: ...  # virtual seconds of the fault phase
+
+
+class LinkSim(Protocol):
+    """What the network needs of the simulation that owns it
+    (:class:`replication.sim_runtime.RuntimeSim`): a Protocol rather than an import of
+    sim_runtime, which imports this module."""
+
+    @property
+    def rng(self) -> random.Random: ...
+    @property
+    def t(self) -> float: ...  # virtual time now
+    @property
+    def cfg(self) -> _Phases: ...
+    @property
+    def clocks(self) -> Mapping[str, _Clock]: ...
+    @property
+    def nodes(self) -> Mapping[str, _Process | None]: ...  # None: the process is down
+    @property
+    def cut(self) -> AbstractSet[frozenset]: ...  # the pairs of nodes partitioned apart
+    @property
+    def max_delay(self) -> float: ...
+    @property
+    def p_dup(self) -> float: ...
+    def at(self, when: float, fn: Callable[..., Any], *args: Any) -> None: ...
+    def note(self, text: str) -> None: ...
+    def post(self, node: Any, ev: PeerMsg) -> None: ...  # node: one of ``nodes``
 
 
 class Conn:
@@ -65,7 +103,7 @@ class SimLink:
 
 
 class SimNetwork:
-    def __init__(self, sim: "RuntimeSim") -> None:
+    def __init__(self, sim: LinkSim) -> None:
         self.sim = sim
         rng = sim.rng
         # swarm: the production settings in most seeds, tight queues, windows and timeouts in some
