@@ -83,7 +83,8 @@ class Simulation(FaultsMixin):
         self.steps = 0
         self._trace: deque[str] = deque(maxlen=cfg.trace_tail)
         self._hash = hashlib.sha256()
-        self.check = Checker(on_leader=self.on_leader, on_commit=self.on_commit)
+        self.hosts: dict[str, SimHost] = {}  # filled in below, once the seed has drawn the config
+        self.check = Checker(self.hosts, on_leader=self.on_leader, on_commit=self.on_commit)
         self.ids = [f"n{i}" for i in range(1, cfg.nodes + 1)]
         self.net = Network(rng, self.ids)
         self.history: list = []
@@ -119,7 +120,6 @@ class Simulation(FaultsMixin):
         self.heard: dict[str, int | None] = {i: 0 if lease else None for i in self.ids}
         self.net.delay = self.plan.delay
         membership = Membership(tuple(self.ids))
-        self.hosts: dict[str, SimHost] = {}
         for i in self.ids:
             self.hosts[i] = SimHost(self, i, membership, raft_cfg)
             self.hosts[i].tick_period = TICK + (rng.randint(-max_skew, max_skew) if skew else 0)

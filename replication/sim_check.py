@@ -34,16 +34,27 @@ has compacted away.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
-
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from replication.errors import CompactedError, UnavailableError
 from replication.messages import Vote, VoteResp
 from replication.ready import Role
 
 if TYPE_CHECKING:  # pragma: no cover
-    from replication.sim_host import SimHost
+    from replication.core import RaftNode
+    from replication.storage import MemoryStorage
+
+
+class CheckedHost(Protocol):
+    """What the checks read of a simulated host (:class:`replication.sim_host.SimHost`,
+    which calls them): a Protocol rather than an import of sim_host."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def disk(self) -> "MemoryStorage": ...  # what survives a crash
+    @property
+    def node(self) -> "RaftNode | None": ...  # None while crashed
 
 
 def _last(disk) -> tuple[int, int]:
@@ -65,8 +76,10 @@ class Unknown(Violation):
 
 
 class Checker:
-    def __init__(self, on_leader: Callable[["SimHost"], None] | None = None,
-                 on_commit: Callable[["SimHost"], None] | None = None) -> None:
+    def __init__(self, hosts: Mapping[str, CheckedHost],
+                 on_leader: Callable[[CheckedHost], None] | None = None,
+                 on_commit: Callable[[CheckedHost], None] | None = None) -> None:
+        self.hosts = hosts  # the cluster's hosts by id, as the simulation fills it in
         self.on_leader, self.on_commit = on_leader, on_commit  # the simulation's hooks (triggered faults)
         self.started: set[int] = {0}  # terms some candidate started (voted for itself in)
         self.voted: dict[str, tuple[int, str]] = {}  # node -> newest (term, vote) it sent
@@ -83,7 +96,7 @@ class Checker:
         self.commit_hw = 0  # highest index whose commit term is known
         self._logs: dict[tuple[int, int], dict[int, tuple[int, bytes]]] = {}  # persisted_log cache
 
-    def on_restart(self, host: "SimHost") -> None:
+    def on_restart(self, host: CheckedHost) -> None:
         self.applied[host.id] = host.disk.snapshot().meta.index
         node = host.node
         voted = self.voted.get(host.id)
@@ -110,7 +123,7 @@ class Checker:
         if old is None or term > old[0]:
             self.voted[node] = (term, vote)
 
-    def on_vote_granted(self, host: "SimHost", m, was_heard: int | None) -> None:
+    def on_vote_granted(self, host: CheckedHost, m, was_heard: int | None) -> None:
         """``host`` granted the (pre)vote request ``m``; ``was_heard`` is its clock when
         a leader last reached it (tracked by the simulation, not read from the core)."""
         if not self.check_quorum or was_heard is None or getattr(m, "transfer", False):
@@ -122,7 +135,7 @@ class Checker:
                 f"ticks after a leader reached it (election timeout {self.election_tick})",
             )
 
-    def on_ready(self, host: "SimHost", rd) -> None:
+    def on_ready(self, host: CheckedHost, rd) -> None:
         node = host.node
         hs = rd.hard_state
         if hs is not None:
@@ -156,14 +169,14 @@ class Checker:
             if self.on_leader is not None:
                 self.on_leader(host)
 
-    def _check_electable(self, host: "SimHost", fresh: dict[int, int]) -> None:
+    def _check_electable(self, host: CheckedHost, fresh: dict[int, int]) -> None:
         """A leader just committed ``fresh`` (index -> term): no disk that lacks one of
         them may be at least as up to date as a majority of the voters' disks, or that
         node could be elected and overwrite a committed entry. In Raft a commit quorum
         holds the entry, and any log as up to date as one of them holds it too; this
         sees the unsafe commit itself, not only the rare schedule that then elects such
         a node (the Figure 8 interleaving)."""
-        hosts = host.sim.hosts
+        hosts = self.hosts
         voters = host.node.membership.voters
         last = {i: _last(h.disk) for i, h in hosts.items()}
         for x, h in hosts.items():
@@ -189,7 +202,7 @@ class Checker:
         rec = self.persisted_log(meta.index, meta.term).get(index)
         return rec is None or rec[0] == term  # unknown: assume it is there
 
-    def _check_leader_log(self, host: "SimHost") -> None:
+    def _check_leader_log(self, host: CheckedHost) -> None:
         log = host.node.log
         term = host.node.term
         first = log.first_index()
@@ -209,7 +222,7 @@ class Checker:
                     f"with term {entry_term} in term {committed_in}",
                 )
 
-    def on_persist(self, host: "SimHost", entries: list) -> None:
+    def on_persist(self, host: CheckedHost, entries: list) -> None:
         disk = host.disk
         seen = self.entries
         for e in entries:
@@ -243,7 +256,7 @@ class Checker:
                 index, term = index - 1, rec[2]
         return log
 
-    def on_apply(self, host: "SimHost", e) -> None:
+    def on_apply(self, host: CheckedHost, e) -> None:
         if e.index > host.node.log.committed:
             raise Violation("commit before apply",
                             f"{host.id} applied index {e.index}, its commit index is {host.node.log.committed}")
@@ -263,7 +276,7 @@ class Checker:
                 f"{host.id} applied {rec[0], rec[1], rec[2][:40]} at index {e.index}, another node applied {c[0], c[1], c[2][:40]}",
             )
 
-    def on_install(self, host: "SimHost", snap) -> None:
+    def on_install(self, host: CheckedHost, snap) -> None:
         idx = snap.meta.index
         c = self.committed.get(idx)
         if c is not None and c[0] != snap.meta.term:
@@ -271,10 +284,10 @@ class Checker:
         self._check_snapshot(host, idx, snap.data)
         self.applied[host.id] = idx
 
-    def on_snapshot(self, host: "SimHost", meta, data: bytes) -> None:
+    def on_snapshot(self, host: CheckedHost, meta, data: bytes) -> None:
         self._check_snapshot(host, meta.index, data)
 
-    def _check_snapshot(self, host: "SimHost", index: int, data: bytes) -> None:
+    def _check_snapshot(self, host: CheckedHost, index: int, data: bytes) -> None:
         digest = hashlib.sha256(data).hexdigest()[:16]
         other = self.snapshots.setdefault(index, digest)
         if other != digest:
