@@ -8,20 +8,43 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import msgpack
 
-from prevalence.entry import EntryKind
+from prevalence.entry import Entry, EntryKind
 from replication.config import RaftConfig
 from replication.core import RaftNode
 from replication.membership import Membership
 from replication.storage import MemoryStorage
 
 if TYPE_CHECKING:  # pragma: no cover
-    from replication.sim import Simulation
+    from replication.messages import Message
+    from replication.sim_check import Checker
 
 _COMMAND = int(EntryKind.COMMAND)
+
+
+class HostSim(Protocol):
+    """What a host needs of the simulation that runs it (:class:`replication.sim.Simulation`):
+    a Protocol rather than an import of sim, which imports this module."""
+
+    @property
+    def rng(self) -> random.Random: ...  # the seed's one source of randomness
+    @property
+    def now(self) -> int: ...  # virtual time
+    @property
+    def check(self) -> "Checker": ...
+
+    def schedule(self, at: int, kind: str, arg: object) -> None: ...
+    def send(self, m: "Message") -> None: ...
+    def disk_latency(self) -> int: ...
+    def trace(self, line: str) -> None: ...
+    def count(self, what: str) -> None: ...
+    # answers to the clients
+    def write_done(self, client: str, seq: int, result: object, entry: Entry, node: str) -> None: ...
+    def read_done(self, client: str, ctx: bytes, value: object, node: str) -> None: ...
+    def attempt_failed(self, client: str, seq: int, node: str) -> None: ...
 
 
 def encode_command(client: str, seq: int, op: str, arg: object) -> bytes:
@@ -72,7 +95,7 @@ class KVStateMachine:
 
 
 class SimHost:
-    def __init__(self, sim: "Simulation", node_id: str, membership: Membership, config: RaftConfig) -> None:
+    def __init__(self, sim: HostSim, node_id: str, membership: Membership, config: RaftConfig) -> None:
         self.sim = sim
         self.id = node_id
         self.config = config
