@@ -7,17 +7,43 @@ linearizability checker: a write that was never confirmed has an unknown outcome
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Mapping, Protocol, Sequence
 
 from replication.errors import ProposalRefused
 from replication.linearizability import Operation
-from replication.sim_host import encode_command
-
-if TYPE_CHECKING:  # pragma: no cover
-    from replication.sim import Simulation
+from replication.sim_host import SimHost, encode_command
 
 TICK = 100  # virtual time units per base tick
+
+
+class _Timeouts(Protocol):
+    @property
+    def attempt_ticks(self) -> int: ...  # an attempt waits this long for its answer
+    @property
+    def give_up_ticks(self) -> int: ...  # an operation is abandoned after this long
+
+
+class ClientSim(Protocol):
+    """What a client needs of the simulation that runs it (:class:`replication.sim.Simulation`):
+    a Protocol rather than an import of sim, which imports this module."""
+
+    @property
+    def rng(self) -> random.Random: ...  # the seed's one source of randomness
+    @property
+    def now(self) -> int: ...  # virtual time
+    @property
+    def cfg(self) -> _Timeouts: ...
+    @property
+    def ids(self) -> Sequence[str]: ...
+    @property
+    def hosts(self) -> Mapping[str, SimHost]: ...
+    @property
+    def history(self) -> list[Operation]: ...  # what the clients observed, for the checker
+
+    def schedule(self, at: int, kind: str, arg: object) -> None: ...
+    def trace(self, line: str) -> None: ...
 
 
 @dataclass
@@ -34,7 +60,7 @@ class PendingOp:
 
 
 class Client:
-    def __init__(self, sim: "Simulation", client_id: str, record: bool = True, keys: tuple = ("k0", "k1")) -> None:
+    def __init__(self, sim: ClientSim, client_id: str, record: bool = True, keys: tuple = ("k0", "k1")) -> None:
         self.sim = sim
         self.id = client_id
         self.record = record
