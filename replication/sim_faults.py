@@ -33,6 +33,7 @@ from replication.sim_workload import TICK
 if TYPE_CHECKING:  # pragma: no cover
     import random
 
+    from replication.sim_check import CheckedHost
     from replication.sim_host import SimHost
 
 FAULTS = ("partition", "isolate_leader", "one_way", "clog", "lossy", "crash", "crash_leader", "pause", "crash_in_vote")
@@ -171,12 +172,12 @@ class FaultsMixin:
         self.trace(f"{kind}: {node} cut off from {','.join(sorted(cut))}")
         return True
 
-    def on_leader(self, host: "SimHost") -> None:
+    def on_leader(self, host: "CheckedHost") -> None:
         """A node won an election: its no-op may reach only some peers, or none."""
         if not self._trigger("crash_new_leader", host.id, 3 * TICK):
             self._trigger("isolate_new_leader", host.id, 0)
 
-    def on_commit(self, host: "SimHost") -> None:
+    def on_commit(self, host: "CheckedHost") -> None:
         """A leader's commit index moved: the followers may not learn it."""
         if not self._trigger("crash_after_commit", host.id, TICK):
             self._trigger("isolate_after_commit", host.id, 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from replication.errors import ProposalRefused
 from replication.linearizability import Operation
@@ -38,7 +38,7 @@ class ClientSim(Protocol):
     @property
     def ids(self) -> Sequence[str]: ...
     @property
-    def hosts(self) -> Mapping[str, SimHost]: ...
+    def hosts(self) -> dict[str, SimHost]: ...
     @property
     def history(self) -> list[Operation]: ...  # what the clients observed, for the checker
 
