@@ -18,12 +18,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reas
 def test_a_thousand_commands_in_flight_from_one_thread_through_a_leader_sigkill(cluster, calls):
     """With one call in flight they also apply in the order sent; with two, in some order."""
     with cluster.client(timeout=20, calls_in_flight=calls) as client:
+        victim = cluster.leader()  # asked first: on a slow machine hundreds more complete while it answers
         tags = [f"c{i}" for i in range(1000)]
         futures = [client.execute_async(Stamp(tag)) for tag in tags]  # returns at once
         wait_for = time.monotonic() + 10
         while sum(f.done() for f in futures) < 100 and time.monotonic() < wait_for:
             time.sleep(0.001)
-        victim = cluster.leader()
         cluster.kill(victim)  # SIGKILL with most of the thousand still in flight or queued
         in_flight = sum(not f.done() for f in futures)
         cluster.leader(exclude={victim})
