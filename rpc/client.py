@@ -430,7 +430,7 @@ class ClusterClient:
         while pending:
             try:
                 reply = self._call(min(c.deadline for c in pending), "execute_batch",
-                                   tuple((c.data, c.session, c.seq) for c in pending),
+                                   msgpack.packb([(c.data, c.session, c.seq) for c in pending], use_bin_type=True),
                                    line=self._command_lines[lane])
             except ClusterUnavailable as exc:
                 now = time.monotonic()
