@@ -73,7 +73,7 @@ def test_cluster_up_status_and_clean_stop(tmp_path):
         up.send_signal(signal.SIGTERM)
         out, _ = up.communicate(timeout=20)
         assert up.returncode == 0
-        assert "exited with code" in out and "stopping the cluster" in out
+        assert "exited (killed by signal 9); not restarted" in out and "stopping the cluster" in out
         for pid in pids[1:]:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
