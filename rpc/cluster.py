@@ -11,10 +11,12 @@ import subprocess
 import sys
 import threading
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prevalence._platform import ephemeral_ports, others_may_write
 from replication.errors import RaftError
+from replication.node import STATUS_TIMEOUT
 from replication.journal_storage import create_node_data, holds_node_data, new_cluster_id
 from rpc.config import (
     ConfigError, NodeConfig, format_address, load_config, migration_message, render_config, tls_contexts,
@@ -228,25 +230,40 @@ def node_config_paths(directory: str) -> list[str]:
 FIELDS = ("id", "address", "role", "term", "commit_index", "applied_index", "pid", "config", "reachable")
 
 
+def _ask_status(configs: list[NodeConfig], secret: bytes, timeout: float) -> list[list | Exception]:
+    """Every node's answer to ``status``, or why there is none; asked at once, so that
+    nodes that do not answer cost one ``timeout`` in all, not one each. The request may
+    take the node's own STATUS_TIMEOUT and a little more: a node whose Raft loop hangs
+    answers that it does, and is not taken for one that does not answer at all."""
+    def ask(cfg: NodeConfig) -> list | Exception:
+        try:
+            with NodeLink(cfg.listen, secret, ident="status", timeout=max(timeout, STATUS_TIMEOUT + 0.5),
+                          connect_timeout=timeout, ssl_context=tls_contexts(cfg)[1]) as link:
+                return link.call("status")
+        except Exception as exc:  # noqa: BLE001 - why this node gave no status
+            return exc
+
+    if not configs:
+        return []
+    with ThreadPoolExecutor(min(16, len(configs)), thread_name_prefix="status") as pool:
+        return list(pool.map(ask, configs))
+
+
 def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
     """Ask every node configured in ``directory`` for its status (unreachable ones too)."""
-    paths = node_config_paths(directory)
-    secret = directory_key(directory, "client")
+    configs = [load_config(path) for path in node_config_paths(directory)]
     rows = []
-    for path in paths:
-        cfg = load_config(path)
+    for cfg, reply in zip(configs, _ask_status(configs, directory_key(directory, "client"), timeout)):
         row: dict[str, Any] = dict.fromkeys(FIELDS)
         row.update(id=cfg.id, address=format_address(cfg.listen), config=cfg.path, reachable=False)
-        try:
-            with NodeLink(cfg.listen, secret, ident="status", timeout=timeout, connect_timeout=timeout,
-                          ssl_context=tls_contexts(cfg)[1]) as link:
-                reply = link.call("status")
-            if reply[0] == "ok":
-                st = reply[1]
-                row.update({k: st.get(k) for k in FIELDS if k in st}, reachable=True,
-                           disk_full=st.get("disk_full") is True)
-        except Exception as exc:  # noqa: BLE001 - reported as unreachable
-            row["error"] = str(exc)
+        if isinstance(reply, Exception):
+            row["error"] = str(reply)
+        elif reply[0] == "ok":
+            st = reply[1]
+            row.update({k: st.get(k) for k in FIELDS if k in st}, reachable=True,
+                       disk_full=st.get("disk_full") is True)
+        else:  # it answered, without a status (its Raft loop failed or hangs): say why
+            row.update(answered=True, error=str(reply[-1]))
         rows.append(row)
     return rows
 
@@ -254,19 +271,9 @@ def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
 def cluster_status_full(directory: str, timeout: float = 1.0) -> list[dict]:
     """The whole status of every node of ``directory`` that answers (cluster id and epoch
     included, which the status table leaves out)."""
-    secret = directory_key(directory, "client")
-    out = []
-    for path in node_config_paths(directory):
-        cfg = load_config(path)
-        try:
-            with NodeLink(cfg.listen, secret, ident="status", timeout=timeout, connect_timeout=timeout,
-                          ssl_context=tls_contexts(cfg)[1]) as link:
-                reply = link.call("status")
-        except Exception:  # noqa: BLE001 - a node that does not answer says nothing
-            continue
-        if reply[0] == "ok":
-            out.append(reply[1])
-    return out
+    configs = [load_config(path) for path in node_config_paths(directory)]
+    replies = _ask_status(configs, directory_key(directory, "client"), timeout)
+    return [r[1] for r in replies if not isinstance(r, Exception) and r[0] == "ok"]
 
 
 def _cluster_of(statuses: list[dict]) -> tuple[str, int]:
@@ -307,16 +314,18 @@ def collapse_causes(causes: str | list[str]) -> str:
 
 def unreachable_summary(rows: list[dict]) -> str:
     """'unreachable: n1, n3: cannot connect: ...' with the nodes that share a cause on one
-    line (the address, in the table already, taken off the cause); "" if all answered."""
-    causes: dict[str, list[str]] = {}
+    line (the address, in the table already, taken off the cause); "no status: n2: ..."
+    for a node that answered without one; "" if all gave their status."""
+    causes: dict[tuple[str, str], list[str]] = {}
     for r in rows:
         if not r["reachable"]:
             error = r.get("error") or "no answer"
             m = _CAUSE.match(error)
-            causes.setdefault(error[m.end():] if m else error, []).append(r["id"])
+            label = "no status" if r.get("answered") else "unreachable"
+            causes.setdefault((label, error[m.end():] if m else error), []).append(r["id"])
     def who(ids: list[str]) -> str:
         return f"all {len(ids)} nodes" if len(ids) == len(rows) > 3 else ", ".join(ids)
-    return "\n".join(f"unreachable: {who(ids)}: {cause}" for cause, ids in causes.items())
+    return "\n".join(f"{label}: {who(ids)}: {cause}" for (label, cause), ids in causes.items())
 
 
 def _admin_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:
