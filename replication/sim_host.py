@@ -25,14 +25,19 @@ if TYPE_CHECKING:  # pragma: no cover
 _COMMAND = int(EntryKind.COMMAND)
 
 
-class HostSim(Protocol):
-    """What a host needs of the simulation that runs it (:class:`replication.sim.Simulation`):
-    a Protocol rather than an import of sim, which imports this module."""
+class SimTime(Protocol):
+    """The simulation's randomness and clock, which its hosts and clients share."""
 
     @property
     def rng(self) -> random.Random: ...  # the seed's one source of randomness
     @property
     def now(self) -> int: ...  # virtual time
+
+
+class HostSim(SimTime, Protocol):
+    """What a host needs of the simulation that runs it (:class:`replication.sim.Simulation`):
+    a Protocol rather than an import of sim, which imports this module."""
+
     @property
     def check(self) -> "Checker": ...
 

@@ -7,13 +7,12 @@ linearizability checker: a write that was never confirmed has an unknown outcome
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from replication.errors import ProposalRefused
 from replication.linearizability import Operation
-from replication.sim_host import SimHost, encode_command
+from replication.sim_host import SimHost, SimTime, encode_command
 
 TICK = 100  # virtual time units per base tick
 
@@ -25,14 +24,10 @@ class _Timeouts(Protocol):
     def give_up_ticks(self) -> int: ...  # an operation is abandoned after this long
 
 
-class ClientSim(Protocol):
+class ClientSim(SimTime, Protocol):
     """What a client needs of the simulation that runs it (:class:`replication.sim.Simulation`):
     a Protocol rather than an import of sim, which imports this module."""
 
-    @property
-    def rng(self) -> random.Random: ...  # the seed's one source of randomness
-    @property
-    def now(self) -> int: ...  # virtual time
     @property
     def cfg(self) -> _Timeouts: ...
     @property
