@@ -230,15 +230,18 @@ def node_config_paths(directory: str) -> list[str]:
 FIELDS = ("id", "address", "role", "term", "commit_index", "applied_index", "pid", "config", "reachable")
 
 
-def _ask_status(configs: list[NodeConfig], secret: bytes, timeout: float) -> list[list | Exception]:
+def _ask_status(configs: list[NodeConfig], secret: bytes, timeout: float | None) -> list[list | Exception]:
     """Every node's answer to ``status``, or why there is none; asked at once, so that
-    nodes that do not answer cost one ``timeout`` in all, not one each. The request may
-    take the node's own STATUS_TIMEOUT and a little more: a node whose Raft loop hangs
-    answers that it does, and is not taken for one that does not answer at all."""
+    nodes that do not answer cost one timeout in all, not one each. By default (``timeout``
+    None) the connection may take 1 s and the request the node's own STATUS_TIMEOUT and
+    a little more: a node whose Raft loop hangs answers that it does, and is not taken
+    for one that does not answer at all."""
+    connect, request = (1.0, STATUS_TIMEOUT + 0.5) if timeout is None else (timeout, timeout)
+
     def ask(cfg: NodeConfig) -> list | Exception:
         try:
-            with NodeLink(cfg.listen, secret, ident="status", timeout=max(timeout, STATUS_TIMEOUT + 0.5),
-                          connect_timeout=timeout, ssl_context=tls_contexts(cfg)[1]) as link:
+            with NodeLink(cfg.listen, secret, ident="status", timeout=request, connect_timeout=connect,
+                          ssl_context=tls_contexts(cfg)[1]) as link:
                 return link.call("status")
         except Exception as exc:  # noqa: BLE001 - why this node gave no status
             return exc
@@ -249,8 +252,9 @@ def _ask_status(configs: list[NodeConfig], secret: bytes, timeout: float) -> lis
         return list(pool.map(ask, configs))
 
 
-def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
-    """Ask every node configured in ``directory`` for its status (unreachable ones too)."""
+def cluster_status(directory: str, timeout: float | None = None) -> list[dict]:
+    """Ask every node configured in ``directory`` for its status (unreachable ones too);
+    ``timeout``: see :func:`_ask_status`."""
     configs = [load_config(path) for path in node_config_paths(directory)]
     rows = []
     for cfg, reply in zip(configs, _ask_status(configs, directory_key(directory, "client"), timeout)):
@@ -268,7 +272,7 @@ def cluster_status(directory: str, timeout: float = 1.0) -> list[dict]:
     return rows
 
 
-def cluster_status_full(directory: str, timeout: float = 1.0) -> list[dict]:
+def cluster_status_full(directory: str, timeout: float | None = None) -> list[dict]:
     """The whole status of every node of ``directory`` that answers (cluster id and epoch
     included, which the status table leaves out)."""
     configs = [load_config(path) for path in node_config_paths(directory)]
