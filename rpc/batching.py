@@ -6,7 +6,10 @@ Instead, a caller that finds no call in flight *leads*: it sends its command at 
 (a lone caller pays no added latency). Callers that arrive while a call is in flight
 queue up; when the call returns, the leader completes everyone it carried and hands the
 lead to the first one queued, who sends everything queued so far as the next batch.
-It is the group commit of the engine's journal, on the client side.
+It is the group commit of the engine's journal, on the client side. The next batch
+waits (at most ``linger``, 1 ms) for the callers the last call answered to call again:
+they come back a thread wake-up later, and without it they would always miss the call
+that leaves at once and ride the one after, the callers split in two alternating halves.
 
 Up to ``max_in_flight`` calls travel at once (default one), each on a *lane* of its own
 (the client gives every lane its own connection, which the node serves on its own
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from queue import SimpleQueue
 from typing import Any, Callable
@@ -48,12 +52,17 @@ MAX_BATCH_BYTES = 512 * 1024
 CALLS_IN_FLIGHT = 1
 #: At most this many: each is a connection the node serves on a thread of its own.
 MAX_CALLS_IN_FLIGHT = 16
+#: Seconds a call waits, at most, for the callers the previous call answered (a few
+#: thread wake-ups); after waiting in vain, the next LINGER_SKIP calls do not wait.
+LINGER = 0.001
+LINGER_SKIP = 16
 
 
 class Command:
     """One caller's command on its way: filled in with ``reply`` or ``error``."""
 
-    __slots__ = ("data", "session", "seq", "deadline", "reply", "error", "callback", "owner", "_event", "_lane")
+    __slots__ = ("data", "session", "seq", "deadline", "reply", "error", "callback", "owner", "_event", "_lane",
+                 "_caller")
 
     def __init__(self, data: bytes, session: int, seq: int, deadline: float,
                  callback: Callable[["Command"], None] | None = None, owner: Any = None):
@@ -66,6 +75,7 @@ class Command:
         # a pipelining thread making thousands of commands a second does without)
         self._event = threading.Event() if callback is None else None
         self._lane = -1  # the lane it leads on, once handed the lead
+        self._caller = 0  # the waiting caller's thread (run() sets it)
 
     def _finish(self) -> None:
         if self._event is not None:
@@ -86,12 +96,17 @@ class Coalescer:
     batch; at most ``max_in_flight`` sends run at once, each on its own lane."""
 
     def __init__(self, send: Callable[[list[Command], int], None], max_count: int = MAX_BATCH,
-                 max_bytes: int = MAX_BATCH_BYTES, max_in_flight: int = 1):
-        if max_count < 1 or max_bytes < 1 or max_in_flight < 1:
-            raise ValueError("a batch holds at least one command and one byte, and one call travels at least")
+                 max_bytes: int = MAX_BATCH_BYTES, max_in_flight: int = 1, linger: float = LINGER):
+        if max_count < 1 or max_bytes < 1 or max_in_flight < 1 or not linger >= 0:
+            raise ValueError("a batch holds at least one command and one byte, one call travels at least, "
+                             "and the linger is not negative")
         self._send = send
         self.max_count, self.max_bytes, self.max_in_flight = max_count, max_bytes, max_in_flight
+        self.linger = linger
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # a caller queued (for a lingering leader)
+        self._away: set[int] = set()  # threads a call answered that have not called again
+        self._skip = 0  # calls left that do not linger: the last linger waited in vain
         self._queue: deque[Command] = deque()
         self._free = list(range(max_in_flight - 1, -1, -1))  # lanes with no call (lane 0 first)
         self._pumps: list[threading.Thread] = []
@@ -103,10 +118,13 @@ class Coalescer:
 
     def run(self, cmd: Command) -> None:
         """Return once ``cmd`` has its reply or error (this thread may send others' too)."""
+        cmd._caller = threading.get_ident()
         with self._lock:
+            self._away.discard(cmd._caller)
             lane = self._free.pop() if self._free else -1
             if lane < 0:
                 self._queue.append(cmd)
+                self._arrived.notify()
         if lane < 0:
             try:
                 cmd._event.wait()
@@ -143,6 +161,12 @@ class Coalescer:
 
     def _lead(self, first: Command, lane: int) -> None:
         """Send ``first`` and what is queued behind it, on ``lane``; then pass the lane on."""
+        if first.callback is None and self.linger:
+            try:
+                self._linger()
+            except BaseException:  # KeyboardInterrupt while lingering: nothing was sent
+                self._hand_over(lane)
+                raise
         batch = self._take(first)
         try:
             self._send(batch, lane)
@@ -151,12 +175,34 @@ class Coalescer:
                 if not c.done:
                     c.error = exc
         finally:
+            with self._lock:  # before they are woken: one that comes back at once is not away
+                self._away.update(c._caller for c in batch if c.callback is None)
             for c in batch:
                 if not c.done:
                     c.error = RuntimeError("the batch call returned no reply for this command")
                 if c is not first or c.callback is not None:
                     c._finish()
             self._hand_over(lane)
+
+    def _linger(self) -> None:
+        """Wait (at most ``linger`` s) for the callers the last call answered to call again,
+        so that they board this call. Without it, callers that share a client split into
+        two halves: those a call answers come back a thread wake-up later, after the next
+        call has left with the others, and each half waits for the other's call as well as
+        its own. A caller that does not come back in time (busy elsewhere) is not waited
+        for again, and the next calls do not linger."""
+        with self._lock:
+            if not self._away or self._skip:
+                self._skip = max(0, self._skip - 1)
+                return
+            deadline = time.monotonic() + self.linger
+            while self._away and len(self._queue) < self.max_count - 1:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._away.clear()
+                    self._skip = LINGER_SKIP
+                    return
+                self._arrived.wait(left)
 
     def _wake_pump(self, lane: int, first: Command) -> None:
         with self._lock:

@@ -205,3 +205,79 @@ def test_close_ends_the_pump_threads():
     for p in pumps:
         p.join(5)
     assert not any(p.is_alive() for p in pumps)
+
+
+def _cmd(k: int) -> Command:
+    return Command(b"x", k, k, time.monotonic() + 30)
+
+
+def test_callers_a_call_answered_board_the_next_call_instead_of_splitting_in_two_halves():
+    """X's call leaves alone, Y queues behind it; when it returns Y leads and waits for
+    X, whom that call answered, so that the next call carries both. Without waiting, X
+    would queue behind Y's call, and so on: each caller's turn takes two calls."""
+    y_queued, sizes = threading.Event(), []
+
+    def send(batch: list[Command], lane: int) -> None:
+        sizes.append(len(batch))
+        if len(sizes) == 1:
+            assert y_queued.wait(5)
+        for c in batch:
+            c.reply = ["ok", c.session]
+
+    co = Coalescer(send, linger=5.0)  # long: the test does not race the clock
+    x = threading.Thread(target=lambda: (co.run(_cmd(1)), co.run(_cmd(3))))
+    x.start()
+    while not sizes:
+        time.sleep(0.001)
+    y = threading.Thread(target=co.run, args=(_cmd(2),))
+    y.start()
+    while len(co._queue) < 1:
+        time.sleep(0.001)
+    y_queued.set()
+    x.join(10), y.join(10)
+    assert sizes == [1, 2]
+
+
+def test_a_lone_sequential_caller_never_lingers():
+    co = Coalescer(FakeSend(delay=0.0), linger=5.0)
+    t0 = time.monotonic()
+    for k in range(20):
+        co.run(_cmd(k + 1))
+    assert time.monotonic() - t0 < 5.0  # a single linger would take 5 s
+
+
+def test_a_caller_that_does_not_come_back_is_waited_for_once_then_not_for_a_while():
+    co = Coalescer(FakeSend(delay=0.0), linger=0.5)
+    a = threading.Thread(target=co.run, args=(_cmd(1),))  # answered, then busy elsewhere for good
+    a.start()
+    a.join(5)
+    took = []
+    for k in range(2, 12):
+        t0 = time.monotonic()
+        co.run(_cmd(k))
+        took.append(time.monotonic() - t0)
+    assert took[0] >= 0.5 and max(took[1:]) < 0.5, took
+
+
+def test_ctrl_c_while_lingering_leaves_the_lane_to_the_next_caller():
+    co = Coalescer(FakeSend(delay=0.0), linger=1.0)
+    a = threading.Thread(target=co.run, args=(_cmd(1),))
+    a.start()
+    a.join(5)  # thread a is now away: the next leader lingers for it
+
+    class Interrupting:
+        def wait(self, timeout=None):
+            raise KeyboardInterrupt
+
+    co._arrived = Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        co.run(_cmd(2))
+    co._arrived = threading.Condition(co._lock)
+    done = threading.Event()
+    threading.Thread(target=lambda: (co.run(_cmd(3)), done.set()), daemon=True).start()
+    assert done.wait(5)  # the lane was handed on, not stranded (one linger of 1 s at most)
+
+
+def test_the_linger_is_not_negative():
+    with pytest.raises(ValueError):
+        Coalescer(FakeSend(), linger=-1.0)
