@@ -124,7 +124,7 @@ class Coalescer:
             lane = self._free.pop() if self._free else -1
             if lane < 0:
                 self._queue.append(cmd)
-                self._arrived.notify()
+                self._arrived.notify_all()  # with several lanes, several leaders may linger
         if lane < 0:
             try:
                 cmd._event.wait()

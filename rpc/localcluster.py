@@ -58,7 +58,11 @@ class Restarts:
         (``code`` > 0) counts as unable to start: a signal came from outside (an operator,
         the OOM killer), and 0 means it was asked to stop."""
         self.quick = self.quick + 1 if now - self.started < QUICK_EXIT and code is not None and code > 0 else 0
-        return min(RESTART_MAX_DELAY, self.after * 2 ** self.quick)
+        if not self.quick:
+            return self.after
+        # at least 1 s to double (a --restart-after 0 must not spin), and the exponent
+        # bounded: a node refused for days must not overflow the float
+        return min(RESTART_MAX_DELAY, max(self.after, 1.0) * 2 ** min(self.quick, 16))
 
     def restarted(self, now: float) -> None:
         self.started = now
@@ -195,10 +199,14 @@ class LocalCluster:
             return f.read()
 
     def tail(self, nid: str, lines: int = 15) -> str:
+        """The last ``lines`` of its log, read from its last 64 KiB: a log only grows."""
         try:
-            return "".join(self.log(nid).splitlines(keepends=True)[-lines:])
+            with open(os.path.join(self.dir, f"{nid}.log"), "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+                text = f.read().decode("utf-8", errors="replace")
         except OSError:
             return ""
+        return "".join(text.splitlines(keepends=True)[-lines:])
 
     def supervise(self, restart_after: float | None = None, name: str = "cluster") -> int:
         """Stay in the foreground until Ctrl-C or SIGTERM, then stop every node gracefully.

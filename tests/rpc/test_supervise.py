@@ -29,3 +29,29 @@ def test_how_a_node_ended_is_said_with_its_last_line():
         "exit code 1: error: n2.toml: node 'n2' has no data"
     assert exit_reason(3, "") == "exit code 3"
     assert len(exit_reason(1, "x" * 5000)) < 320
+
+
+def test_a_node_refused_for_days_keeps_the_longest_wait_and_zero_still_backs_off():
+    r = Restarts(3.0, now=0.0)
+    now = 0.0
+    for _ in range(5000):  # 2 ** 5000 would overflow a float
+        r.restarted(now)
+        now += r.died(now + 0.1) + 0.1
+    r.restarted(now)
+    assert r.died(now + 0.1) == RESTART_MAX_DELAY
+    z = Restarts(0.0, now=0.0)
+    assert z.died(100.0) == 0.0  # asked for: at once after a long run
+    z.restarted(100.0)
+    assert z.died(100.1) == 2.0  # but a node that cannot start does not spin
+
+
+def test_the_reason_comes_from_the_end_of_a_long_log(tmp_path):
+    from rpc.localcluster import LocalCluster
+
+    with open(tmp_path / "n1.log", "w") as f:
+        f.write("INFO something happened\n" * 200_000)  # 5 MB: the supervisor reads its end only
+        f.write("error: n1.toml: node 'n1' has no data\n")
+    c = LocalCluster.__new__(LocalCluster)  # only its directory: no nodes
+    c.dir = str(tmp_path)
+    assert exit_reason(1, c.tail("n1", 5)) == "exit code 1: error: n1.toml: node 'n1' has no data"
+    assert c.tail("n9") == ""  # no log (yet)
