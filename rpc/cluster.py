@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prevalence._platform import ephemeral_ports, others_may_write
+from prevalence.errors import PrevalenceError
+from replication.client_policy import shown
 from replication.errors import RaftError
 from replication.node import STATUS_TIMEOUT
 from replication.journal_storage import create_node_data, holds_node_data, new_cluster_id
@@ -242,14 +244,33 @@ def _ask_status(configs: list[NodeConfig], secret: bytes, timeout: float | None)
         try:
             with NodeLink(cfg.listen, secret, ident="status", timeout=request, connect_timeout=connect,
                           ssl_context=tls_contexts(cfg)[1]) as link:
-                return link.call("status")
+                reply = link.call("status")
         except Exception as exc:  # noqa: BLE001 - why this node gave no status
             return exc
+        if type(reply) is list and len(reply) == 2 and reply[0] == "ok" and type(reply[1]) is dict:
+            return reply
+        if type(reply) is list and len(reply) >= 2 and type(reply[0]) is str and type(reply[-1]) is str:
+            return [reply[0], _one_line(reply[-1])]  # a refusal: its reason, for the operator
+        return PrevalenceError(f"malformed status reply: {shown(reply)}")
 
     if not configs:
         return []
     with ThreadPoolExecutor(min(16, len(configs)), thread_name_prefix="status") as pool:
         return list(pool.map(ask, configs))
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """A node's text for a terminal: one line, bounded, no control characters."""
+    text = "".join(ch if ch.isprintable() else " " for ch in text[:limit * 4])
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _field(value: Any) -> Any:
+    """A status value as the table shows it: a plain scalar, else a bounded text."""
+    if value is None or type(value) in (bool, int, float):
+        return value
+    return _one_line(value, 200) if type(value) is str else shown(value)
 
 
 def cluster_status(directory: str, timeout: float | None = None) -> list[dict]:
@@ -264,10 +285,10 @@ def cluster_status(directory: str, timeout: float | None = None) -> list[dict]:
             row["error"] = str(reply)
         elif reply[0] == "ok":
             st = reply[1]
-            row.update({k: st.get(k) for k in FIELDS if k in st}, reachable=True,
+            row.update({k: _field(st[k]) for k in FIELDS if k in st and k != "reachable"}, reachable=True,
                        disk_full=st.get("disk_full") is True)
         else:  # it answered, without a status (its Raft loop failed or hangs): say why
-            row.update(answered=True, error=str(reply[-1]))
+            row.update(answered=True, error=reply[-1])
         rows.append(row)
     return rows
 
