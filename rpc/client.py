@@ -453,8 +453,9 @@ class ClusterClient:
         return session or Session(self._outcome(self._call(deadline, "register_session")))
 
     def _outcome(self, reply: list) -> Any:
-        if not well_formed(reply):
-            raise PrevalenceError(f"malformed reply from the cluster: {shown(reply)}")
+        """A reply's value, or its exception. Every reply is checked whole where it
+        arrives (``Attempts.answered`` for a call's, ``_send_batch`` for each command's
+        in a batch), so this one is well formed."""
         kind = reply[0]
         if kind == "ok":
             return reply[1]
