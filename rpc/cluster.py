@@ -250,7 +250,7 @@ def _ask_status(configs: list[NodeConfig], secret: bytes, timeout: float | None)
         if type(reply) is list and len(reply) == 2 and reply[0] == "ok" and type(reply[1]) is dict:
             return reply
         if type(reply) is list and len(reply) >= 2 and type(reply[0]) is str and type(reply[-1]) is str:
-            return [reply[0], _one_line(reply[-1])]  # a refusal: its reason, for the operator
+            return [reply[0], one_line(reply[-1])]  # a refusal: its reason, for the operator
         return PrevalenceError(f"malformed status reply: {shown(reply)}")
 
     if not configs:
@@ -259,7 +259,7 @@ def _ask_status(configs: list[NodeConfig], secret: bytes, timeout: float | None)
         return list(pool.map(ask, configs))
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def one_line(text: str, limit: int = 300) -> str:
     """A node's text for a terminal: one line, bounded, no control characters."""
     text = "".join(ch if ch.isprintable() else " " for ch in text[:limit * 4])
     text = " ".join(text.split())
@@ -270,7 +270,7 @@ def _field(value: Any) -> Any:
     """A status value as the table shows it: a plain scalar, else a bounded text."""
     if value is None or type(value) in (bool, int, float):
         return value
-    return _one_line(value, 200) if type(value) is str else shown(value)
+    return one_line(value, 200) if type(value) is str else shown(value)
 
 
 def cluster_status(directory: str, timeout: float | None = None) -> list[dict]:

@@ -26,7 +26,7 @@ from prevalence._platform import child_dies_with_parent
 from prevalence.errors import PrevalenceError
 from rpc.cluster import (
     cluster_status, directory_key, free_port_block, node_config_paths, refuse_if_running, start_node, stop_on_signals,
-    write_cluster,
+    one_line, write_cluster,
 )
 from rpc.config import ConfigError, NodeConfig, format_address, load_config, tls_contexts
 from rpc.secret import KEY_FILES
@@ -73,9 +73,7 @@ def exit_reason(code: int | None, tail: str) -> str:
     last line it logged (a node that refuses to start says why there)."""
     if code is not None and code < 0:
         return f"killed by signal {-code}"
-    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
-    if len(last) > 300:
-        last = last[:297] + "..."
+    last = one_line(next((line for line in reversed(tail.splitlines()) if line.strip()), ""))
     return f"exit code {code}" + (f": {last}" if last else "")
 
 
