@@ -5,11 +5,11 @@
 Figures:
   one-way rate    messages/s from one PeerTransport.send() loop until the receiving
                   PeerServer's on_message has seen the last one (batching + pipelining)
-  deliver RTT     one synchronous deliver(batch of one frame) call over an authenticated
-                  RPyC connection, send to reply (p50 / p99)
+  batch RTT       one batch of one frame over an authenticated peer connection, sent
+                  and answered, one at a time (p50 / p99)
   ping-pong RTT   node A sends through its PeerTransport, B's on_message answers through
                   B's PeerTransport, A's on_message sees the answer (p50 / p99): two
-                  one-way trips through queues, sender threads and deliver calls
+                  one-way trips through queues, sender threads and batches
 Each figure is the median of --repeat runs.
 """
 from __future__ import annotations
@@ -24,8 +24,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE)]
 
-from rpc import PeerServer, PeerTransport, open_connection  # noqa: E402
-from rpc.wire import encode_batch  # noqa: E402
+from rpc import PeerServer, PeerTransport, open_peer_channel  # noqa: E402
 
 HOST = "127.0.0.1"
 SECRET = b"benchmark-secret-0123456789abcdef"
@@ -61,18 +60,17 @@ def one_way(messages: int, size: int) -> float:
         srv.close()
 
 
-def deliver_rtt(rounds: int, size: int) -> tuple[float, float]:
+def batch_rtt(rounds: int, size: int) -> tuple[float, float]:
     srv = PeerServer(HOST, 0, SECRET, lambda s, p: None)
-    conn = open_connection(srv.address, SECRET, role="peer", ident="bench", request_timeout=5)
+    conn = open_peer_channel(srv.address, SECRET, ident="bench", write_timeout=5)
     try:
-        deliver = conn.root.deliver
-        batch = encode_batch([b"x" * size])
+        batch = [b"x" * size]
         for _ in range(200):
-            deliver(batch)
+            conn.call(batch)
         samples = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            deliver(batch)
+            conn.call(batch)
             samples.append(time.perf_counter() - t0)
         return _pct(samples, 50), _pct(samples, 99)
     finally:
@@ -130,7 +128,7 @@ def main() -> None:
     rates, d50, d99, p50, p99 = [], [], [], [], []
     for _ in range(args.repeat):
         rates.append(one_way(args.messages, args.size))
-        a, b = deliver_rtt(args.rounds, args.size)
+        a, b = batch_rtt(args.rounds, args.size)
         d50.append(a)
         d99.append(b)
         a, b = ping_pong(args.rounds, args.size)
@@ -140,7 +138,7 @@ def main() -> None:
     print(f"python {sys.version.split()[0]} on {sys.platform}, {os.cpu_count()} CPUs; "
           f"payload {args.size} B, median of {args.repeat} runs")
     print(f"one-way rate      {med(rates):>10,.0f} messages/s   ({args.messages} messages)")
-    print(f"deliver RTT       p50 {med(d50) * 1e3:6.3f} ms   p99 {med(d99) * 1e3:6.3f} ms   ({args.rounds} calls)")
+    print(f"batch RTT         p50 {med(d50) * 1e3:6.3f} ms   p99 {med(d99) * 1e3:6.3f} ms   ({args.rounds} batches)")
     print(f"ping-pong RTT     p50 {med(p50) * 1e3:6.3f} ms   p99 {med(p99) * 1e3:6.3f} ms   ({args.rounds} rounds)")
 
 

@@ -265,7 +265,7 @@ class SimNetwork:
     def _reply(self, sl: SimLink, c: Conn, batch_id: int) -> None:
         if sl.conn is not c or c.hung or self.links.get((sl.src, sl.dst)) is not sl:
             return
-        sl.pl.replied(batch_id, True, self._now(sl.src))
+        sl.pl.replied(batch_id, self._now(sl.src))
         self._kick(sl)
 
     # -- faults -----------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""RPyC networking: cluster secret, authentication, the peer transport between nodes."""
+"""Networking: cluster secret, authentication, RPyC for clients, the peer transport between nodes."""
 from .client import ClusterClient, ClusterUnavailable, Compacted, Event, RemoteTransactionError, Subscription, connect
 from .client import register_exception
 from .auth import AuthenticationFailed, ConnectFailed, Identity, ServerAuthenticator, client_handshake
 from .secret import SecretError, generate_secret_file, load_secret
-from .transport import PeerServer, PeerTransport, TransportError, open_connection
+from .peer_sender import PeerTransport
+from .peer_server import PeerServer
+from .transport import PeerChannel, TransportError, open_connection, open_peer_channel
 from .wire import HandshakeError
 
 __all__ = [
@@ -28,4 +30,6 @@ __all__ = [
     "generate_secret_file",
     "load_secret",
     "open_connection",
+    "open_peer_channel",
+    "PeerChannel",
 ]

@@ -57,6 +57,7 @@ from .wire import (
     MAX_FRAME,
     NONCE_SIZE,
     OK,
+    PEER_PROTOCOL_VERSION,
     PROOF,
     PROTOCOL_VERSION,
     REFUSED,
@@ -342,7 +343,8 @@ class ServerAuthenticator:
         try:
             _, (version, ident, nc, cluster, epoch) = decode_message(body, (HELLO,))
         except UnsupportedVersion as exc:
-            self._refuse(sock, deadline, str(exc), f"{exc} (this node speaks {PROTOCOL_VERSION}: a key per role, "
+            self._refuse(sock, deadline, str(exc), f"{exc} (this node speaks {PROTOCOL_VERSION} to clients and "
+                         f"{PEER_PROTOCOL_VERSION} to nodes: a key per role, "
                          "see docs/security.md)")
         claim.append(f" (says it is {ident!r})")
         problem = cluster_id_problem(cluster, epoch) if cluster else None  # as a log entry's; "": none yet
@@ -361,6 +363,12 @@ class ServerAuthenticator:
             self._refuse(sock, deadline, f"wrong key (the proof matches none of this node's {', '.join(self.roles)} "
                          "keys)", "authentication failed")
         role, key = matched[0]
+        if role == "peer" and version != PEER_PROTOCOL_VERSION:
+            # what follows the handshake differs: RPyC for programs, batches between nodes
+            self._refuse(sock, deadline, f"{ident!r:.40} holds the peer key but speaks protocol {version}, "
+                         "an older node's (RPyC between nodes)",
+                         f"this node speaks protocol {PEER_PROTOCOL_VERSION} to nodes, not {version}: "
+                         "every node of a cluster must run the same release")
         if role == "peer":  # the key is right; the data behind it may belong elsewhere
             mismatch = cluster_mismatch(ident, (cluster, epoch), self.cluster)
             if mismatch:
@@ -412,13 +420,14 @@ def client_handshake(
             sock = ssl_context.wrap_socket(sock, server_hostname=host)
         nc = os.urandom(NONCE_SIZE)
         cluster, epoch = _cluster_of(secret) if role == "peer" else ("", 0)
-        hello = (PROTOCOL_VERSION, ident, nc) + ((cluster, epoch) if cluster else ())
+        version = PEER_PROTOCOL_VERSION if role == "peer" else PROTOCOL_VERSION
+        hello = (version, ident, nc) + ((cluster, epoch) if cluster else ())
         write_frame(sock, encode_frame(HELLO, *hello), deadline)
         tag, fields = decode_message(read_frame(sock, deadline), (CHALLENGE, REFUSED))
         if tag == REFUSED:
             raise AuthenticationFailed(f"{address} refused the connection: {fields[0]}", address=address)
         (ns,) = fields
-        transcript = _transcript(PROTOCOL_VERSION, ident, nc, ns, cluster, epoch)
+        transcript = _transcript(version, ident, nc, ns, cluster, epoch)
         write_frame(sock, encode_frame(PROOF, _mac(secret, _CLIENT_LABEL, transcript)), deadline)
         tag, fields = decode_message(read_frame(sock, deadline), (OK, REFUSED))
         if tag == REFUSED and fields[0].startswith(CLUSTER_MISMATCH):

@@ -1,14 +1,15 @@
 """The sending side of the peer transport: :class:`PeerTransport`.
 
 ``send(to, payload)`` only appends to a bounded per-peer queue and returns; one sender
-thread per peer batches the queue into pipelined async ``deliver`` calls, detects a
-dead or hung connection and reconnects with jittered exponential backoff. See
+thread per peer writes the queue as batches on a :class:`rpc.transport.PeerChannel`,
+several in flight, reads the peer's answer to each on a reader thread, detects a dead
+or hung connection and reconnects with jittered exponential backoff. See
 ``docs/transport.md`` for the numbers.
 
 Every decision (what to queue or drop, what goes out and when, when a connection is
 hung, when to dial again, the counters) is made by the peer's
 :class:`replication.runtime.peer_link.PeerLink`, which the simulator drives too. This
-module is its shell: threads, sockets, RPyC calls and log lines.
+module is its shell: threads, sockets and log lines.
 """
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ import random
 import ssl
 import threading
 import time
+from collections import deque
 from typing import Callable
-
-import rpyc
 
 from replication.runtime.peer_link import (  # noqa: F401 - the two limits re-exported
     CONNECTING, DIRECT_SEND_LIMIT, DOWN_QUEUE_LIMIT, Batch, LinkSettings, PeerLink,
@@ -27,20 +27,19 @@ from replication.runtime.peer_link import (  # noqa: F401 - the two limits re-ex
 
 from .auth import ConnectFailed, format_address
 from .secret import check_secret
-from .transport import TransportError, hard_close, open_connection
-from .wire import BatchError, decode_batch, encode_batch
+from .transport import PeerChannel, TransportError, open_peer_channel
+from .wire import BatchError
 
 log = logging.getLogger("rpc.transport")
 
 
 class _Conn:
-    """One live RPyC connection to a peer, with the replies its calls await."""
+    """One live connection to a peer, and the batches it has yet to answer."""
 
-    def __init__(self, conn: rpyc.Connection, deliver, address):
-        self.conn = conn
-        self.deliver = deliver
+    def __init__(self, chan: PeerChannel, address):
+        self.chan = chan
         self.address = address
-        self.replies: dict = {}  # batch id -> AsyncResult, oldest first
+        self.unanswered: deque[int] = deque()  # batch ids in the order written: replies come in it
         self.dead: str | None = None
         self.was: str | None = None  # the peer's state before this connection died, if it changed
         self.reader: threading.Thread | None = None
@@ -55,7 +54,6 @@ class _Peer:
         self.wake = threading.Event()
         self.link = PeerLink(owner.settings, random.Random(), time.monotonic())
         self.conn: _Conn | None = None
-        self.opening: rpyc.Connection | None = None
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name=f"rpc-send-{peer_id}", daemon=True)
 
@@ -84,37 +82,21 @@ class _Peer:
         return True
 
     def _write(self, c: _Conn, batch: Batch) -> None:
-        """One deliver call; a failed write kills the connection (the batch counts as failed)."""
+        """Write one batch; a failed write kills the connection (the batch counts as failed).
+
+        The link hands out one batch at a time, so writes never interleave and the ids
+        enter ``unanswered`` in the order the peer answers them."""
+        c.unanswered.append(batch.id)  # before the bytes: the reply may come before the write returns
         try:
-            res = c.deliver(encode_batch(batch.frames))
+            c.chan.send(batch.frames)
         except Exception as exc:  # noqa: BLE001 - the link is broken
             with self.cond:
                 self._kill(c, f"send failed: {exc or type(exc).__name__}")
             return
         with self.cond:
-            self.link.sent(batch.id, time.monotonic())
-            c.replies[batch.id] = res
+            self.link.sent(batch.id, time.monotonic())  # a no-op if its reply was read already
             if self.link.queued:
                 self.cond.notify_all()
-        if self.owner.on_reply is not None:
-            res.add_callback(self._on_reply)
-
-    def _on_reply(self, res) -> None:
-        """A deliver call's reply carries the peer's answers to it (see ``on_reply``).
-
-        Runs on the reader thread as the reply is dispatched, or on the sender's if it
-        came first."""
-        if res._is_exc or not res._obj:
-            return
-        try:
-            frames = decode_batch(res._obj)
-        except BatchError as exc:
-            log.warning("peer %s at %s replied with a bad batch: %s", self.id, format_address(self.address), exc)
-            return
-        try:
-            self.owner.on_reply(self.id, frames)
-        except Exception:  # the receiver's problem, not the link's
-            log.exception("on_reply failed for messages from peer %s", self.id)
 
     def set_address(self, address) -> None:
         with self.cond:
@@ -132,11 +114,6 @@ class _Peer:
             self.stopping = True
             if self.conn is not None:
                 self._kill(self.conn, "transport closed")
-            if self.opening is not None:
-                try:
-                    self.opening._channel.stream.close()
-                except Exception:
-                    pass
             self.cond.notify_all()
         self.wake.set()
 
@@ -203,23 +180,10 @@ class _Peer:
 
     def _open(self, address) -> _Conn:
         o = self.owner
-        conn = open_connection(address, o._secret, role="peer", ident=o.self_id,
-                               connect_timeout=o.connect_timeout, handshake_timeout=o.handshake_timeout,
-                               request_timeout=o.request_timeout, ssl_context=o.ssl_context)
-        with self.cond:
-            if self.stopping:
-                hard_close(conn)
-                raise ConnectFailed("transport closed")
-            self.opening = conn  # so stop() can cut the set-up calls short
-        try:
-            deliver = rpyc.async_(conn.root.deliver)  # sync requests, each bounded by request_timeout
-        except Exception as exc:
-            hard_close(conn)
-            raise ConnectFailed(f"{format_address(address)}: deliver not available: {exc}") from None
-        finally:
-            with self.cond:
-                self.opening = None
-        c = _Conn(conn, deliver, address)
+        chan = open_peer_channel(address, o._secret, ident=o.self_id, connect_timeout=o.connect_timeout,
+                                 handshake_timeout=o.handshake_timeout, write_timeout=o.request_timeout,
+                                 ssl_context=o.ssl_context)
+        c = _Conn(chan, address)
         c.reader = threading.Thread(target=self._read, args=(c,), name=f"rpc-recv-{self.id}", daemon=True)
         c.reader.start()
         return c
@@ -231,52 +195,57 @@ class _Peer:
             c.dead = reason
             c.was = self.link.lost(reason, time.monotonic())
             self.cond.notify_all()
-        try:
-            c.conn._channel.stream.close()
-        except Exception:
-            pass
+        c.chan.close()
 
     def _close(self, c: _Conn) -> None:
         if c.reader is not None and c.reader is not threading.current_thread():
             c.reader.join(1.0)
-        hard_close(c.conn)
+        c.chan.close()
         with self.cond:
             if self.conn is c:
                 self.conn = None
 
-    def _reap(self, c: _Conn) -> None:
-        """Report completed deliver calls to the link; kill the connection if it says so.
-
-        Called with self.cond held. Only reads the AsyncResults' state (the reader
-        thread is the one serving the connection)."""
-        now = time.monotonic()
-        done = False
-        for bid, res in list(c.replies.items()):
-            if res._is_ready:  # set by the reader thread when the reply is dispatched
-                del c.replies[bid]
-                done = True
-                if res._is_exc:
-                    exc = res._obj
-                    self.link.replied(bid, False, now, f"{type(exc).__name__}: {exc}")
-                else:
-                    self.link.replied(bid, True, now)
+    def _check(self, c: _Conn) -> None:
+        """Called with self.cond held: kill the connection if the link finds a call overdue."""
         if c.dead is None:
-            reason = self.link.check(now)
+            reason = self.link.check(time.monotonic())
             if reason is not None:
                 self._kill(c, reason)
-        if done and self.link.queued:  # the sender waits for room in the window only with work queued
-            self.cond.notify_all()
 
     def _read(self, c: _Conn) -> None:
-        """Reader thread: serves the connection so replies are dispatched as they arrive."""
-        conn = c.conn
+        """Reader thread: takes the peer's answer to each batch as it arrives, hands its
+        messages to ``on_reply`` and tells the link; checks for overdue answers."""
+        chan = c.chan
         tick = min(0.5, self.owner.request_timeout / 2)  # also how often overdue calls are checked
         try:
             while c.dead is None:
-                conn.serve(tick)
+                if not chan.poll(tick):
+                    with self.cond:
+                        self._check(c)
+                    continue
+                frames = chan.recv()
+                try:
+                    bid = c.unanswered.popleft()
+                except IndexError:
+                    raise BatchError("an answer to no batch") from None
+                on_reply = self.owner.on_reply  # read each time: set after the first connections
+                if frames and on_reply is not None:
+                    try:
+                        on_reply(self.id, frames)
+                    except Exception:  # the receiver's problem, not the link's
+                        log.exception("on_reply failed for messages from peer %s", self.id)
                 with self.cond:
-                    self._reap(c)
-        except Exception as exc:
+                    now = time.monotonic()
+                    self.link.sent(bid, now)  # its writer may not have said so yet
+                    self.link.replied(bid, now)
+                    self._check(c)
+                    if self.link.queued:  # the sender waits for room in the window only with work queued
+                        self.cond.notify_all()
+        except BatchError as exc:
+            log.warning("peer %s at %s answered with a bad batch: %s", self.id, format_address(c.address), exc)
+            with self.cond:
+                self._kill(c, f"bad answer: {exc}")
+        except Exception as exc:  # noqa: BLE001 - EOFError, OSError: the connection is gone
             with self.cond:
                 self._kill(c, f"connection lost: {exc or type(exc).__name__}")
         with self.cond:
@@ -292,7 +261,7 @@ class _Peer:
                     elif self.address != c.address:  # moved while this connection was being made
                         self._kill(c, "peer address changed")
                     else:
-                        self._reap(c)
+                        self._check(c)
                     if c.dead is not None:
                         return
                     batch = self.link.next_batch()
@@ -310,8 +279,8 @@ class PeerTransport:
     ``peers`` maps node id -> (host, port); an entry for ``self_id`` is ignored. Per
     peer: a queue bounded by ``queue_limit`` messages and ``queue_bytes_limit`` bytes
     (the oldest are dropped and counted when full), one sender thread that batches up
-    to ``max_batch_frames`` / ``max_batch_bytes`` into one async ``deliver`` call with
-    at most ``max_in_flight`` calls outstanding, a connection that is rebuilt when a call
+    to ``max_batch_frames`` / ``max_batch_bytes`` into one batch with at most
+    ``max_in_flight`` batches unanswered, a connection that is rebuilt when a call
     gets no answer within ``request_timeout``, and reconnects spaced by jittered
     exponential backoff from ``backoff_min`` to ``backoff_max`` seconds.
     """

@@ -1,9 +1,10 @@
 """The receiving side of the peer transport: :class:`PeerServer`.
 
 An RPyC ``ThreadedServer`` behind :class:`rpc.auth.ServerAuthenticator`. A connection
-authenticated with the peer key, ``("peer", id)``, may call exactly one thing,
-``deliver(batch)``; a ``("client", id)`` or ``("admin", id)`` connection gets whatever
-service ``service_extra`` builds for it (nothing by default). See ``docs/transport.md``.
+authenticated with the peer key, ``("peer", id)``, speaks no RPyC: it sends batches
+and reads one batch of replies to each (:class:`rpc.transport.PeerChannel`); a
+``("client", id)`` or ``("admin", id)`` connection gets whatever RPyC service
+``service_extra`` builds for it (nothing by default). See ``docs/transport.md``.
 """
 from __future__ import annotations
 
@@ -22,57 +23,43 @@ from rpyc.utils.server import ThreadedServer
 from .auth import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, Identity, ServerAuthenticator, format_address
 from .transport import (
     CLIENT_MAX_FRAME, FRAME_TIMEOUT, MAX_CONNECTIONS, PEER_MAX_FRAME, SAFE_PROTOCOL_CONFIG, SERVER_WRITE_TIMEOUT,
-    TransportError, _channel, hard_close, tune_socket,
+    PeerChannel, TransportError, _channel, hard_close, tune_socket,
 )
-from .wire import BatchError, decode_batch, encode_batch
+from .wire import BatchError
 
 log = logging.getLogger("rpc.transport")
+
+#: How often a peer connection's thread with nothing to read checks that the server is open.
+PEER_IDLE_TICK = 1.0
 
 OnBatch = Callable[[str, list[bytes]], "list[bytes] | None"]
 
 
-class _PeerService(rpyc.Service):
-    """What a connection authenticated as ("peer", id) may call: deliver, nothing else."""
+class _PeerInbox:
+    """What a connection authenticated as ("peer", id) gets: its batches handed to the
+    node, and the node's replies to each sent back as one batch."""
 
-    def __init__(self, identity: Identity, on_message: Callable[[str, bytes], None], where: str,
+    def __init__(self, identity: Identity, on_message: Callable[[str, bytes], None] | None,
                  on_batch: OnBatch | None = None):
-        self._identity = identity
+        self._sender = identity.id
         self._on_message = on_message
         self._on_batch = on_batch
-        self._where = where
-        self._deliver = self.exposed_deliver
 
-    def _rpyc_getattr(self, name):
-        if name == "deliver":
-            return self._deliver  # one object: RPyC holds each one it hands out
-        raise AttributeError(f"{name!r:.60} is not exposed to peers")
-
-    def exposed_deliver(self, batch) -> bytes | None:
-        try:
-            frames = decode_batch(batch)
-        except BatchError as exc:
-            log.warning("peer %s at %s sent a bad batch: %s", self._identity.id, self._where, exc)
-            raise ValueError(str(exc)) from None
-        sender = self._identity.id
+    def take(self, frames: list[bytes]) -> list[bytes]:
+        sender = self._sender
         if self._on_batch is not None:
             try:
-                replies = self._on_batch(sender, frames)
+                return self._on_batch(sender, frames) or []
             except Exception:
+                # the Raft core's problem, not the peer's: log here, never send it back
                 log.exception("on_batch failed for messages from peer %s", sender)
-                return None
-            return encode_batch(replies) if replies else None
+                return []
         for frame in frames:
             try:
                 self._on_message(sender, frame)
             except Exception:
-                # the Raft core's problem, not the peer's: log here, never send it back
                 log.exception("on_message failed for a message from peer %s", sender)
-
-    def on_connect(self, conn):
-        log.debug("inbound connection from peer %s at %s", self._identity.id, self._where)
-
-    def on_disconnect(self, conn):
-        log.debug("inbound connection from peer %s at %s closed", self._identity.id, self._where)
+        return []
 
 
 class _DenyService(rpyc.Service):
@@ -115,7 +102,8 @@ class _RoleRouter(rpyc.Service):
     """Builds the per-connection service from the authenticated role.
 
     The hook for the client-facing service: ``service_extra(identity)`` returns the
-    ``rpyc.Service`` object a ("client", id) connection talks to.
+    ``rpyc.Service`` object a ("client", id) connection talks to. A peer gets no RPyC
+    at all (:meth:`inbox`).
     """
 
     def __init__(self, on_message, service_extra, on_batch=None):
@@ -123,13 +111,12 @@ class _RoleRouter(rpyc.Service):
         self._service_extra = service_extra
         self._on_batch = on_batch
 
+    def inbox(self, identity: Identity) -> _PeerInbox:
+        return _PeerInbox(identity, self._on_message, self._on_batch)
+
     def _connect(self, channel, config={}):  # noqa: B006 (RPyC's signature)
         identity = config.get("credentials")
-        endpoints = config.get("endpoints") or (None, None)
-        where = format_address(endpoints[1]) if endpoints[1] else "?"
-        if isinstance(identity, Identity) and identity.role == "peer":
-            service = _PeerService(identity, self._on_message, where, self._on_batch)
-        elif isinstance(identity, Identity) and identity.role in ("client", "admin") and self._service_extra:
+        if isinstance(identity, Identity) and identity.role in ("client", "admin") and self._service_extra:
             service = self._service_extra(identity)
         else:
             service = _DenyService()
@@ -249,19 +236,21 @@ class _Server(ThreadedServer):
         # holding this thread forever (reads are bounded by the channel)
         sock.settimeout(SERVER_WRITE_TIMEOUT)
         peer = sock.getpeername()
+        if isinstance(credentials, Identity) and credentials.role == "peer":
+            who = f"peer {credentials.id!r} at {format_address(peer)}"
+            self._serve_peer(PeerChannel(_channel(sock, self.max_peer_frame, who, self.frame_timeout)),
+                             self.service.inbox(credentials), who)
+            return
         config = dict(self.protocol_config, credentials=credentials,
                       endpoints=(sock.getsockname(), peer), logger=self.logger)
         if isinstance(credentials, Identity):
             who = f"{credentials.role} {credentials.id!r} at {format_address(peer)}"
-            max_frame = self.max_peer_frame if credentials.role == "peer" else self.max_client_frame
         else:
-            who, max_frame = f"unauthenticated {format_address(peer)}", self.max_client_frame
-        conn = self.service._connect(_channel(sock, max_frame, who, self.frame_timeout), config)
-        with self._conns_lock:
-            if not self.active:
-                hard_close(conn)
-                return
-            self._conns.add(conn)
+            who = f"unauthenticated {format_address(peer)}"
+        conn = self.service._connect(_channel(sock, self.max_client_frame, who, self.frame_timeout), config)
+        if not self._track(conn._channel.stream):
+            hard_close(conn)
+            return
         try:
             conn.serve_all()
         except OSError as exc:
@@ -273,18 +262,53 @@ class _Server(ThreadedServer):
                 log.warning("connection with %s closed: malformed message (%s: %.200s)", who,
                             type(exc).__name__, _text(exc))
         finally:
-            with self._conns_lock:
-                self._conns.discard(conn)
+            self._untrack(conn._channel.stream)
             hard_close(conn)
+
+    def _serve_peer(self, chan: PeerChannel, inbox: _PeerInbox, who: str) -> None:
+        """A node's connection: each batch to the node, its replies back, in order, until
+        the connection ends. A batch that is not one ends it (nothing after it can be
+        trusted to be framed as meant); the node dials again."""
+        if not self._track(chan.channel.stream):
+            chan.close()
+            return
+        log.debug("inbound connection from %s", who)
+        try:
+            while self.active:
+                if chan.poll(PEER_IDLE_TICK):
+                    chan.send(inbox.take(chan.recv()))
+        except EOFError as exc:  # closed by either side, or a frame refused (logged)
+            if self.active:
+                log.debug("connection with %s ended: %s", who, exc)
+        except BatchError as exc:
+            log.warning("connection with %s closed: %s", who, exc)
+        except OSError as exc:
+            if self.active:
+                log.debug("connection with %s ended: %s", who, exc)
+        finally:
+            self._untrack(chan.channel.stream)
+            chan.close()
+
+    def _track(self, stream) -> bool:
+        """Remember a served stream so close() can shut it; False once the server closes."""
+        with self._conns_lock:
+            if not self.active:
+                return False
+            self._conns.add(stream)
+            return True
+
+    def _untrack(self, stream) -> None:
+        with self._conns_lock:
+            self._conns.discard(stream)
 
     def close(self):
         self._closing.set()
         super().close()
         with self._conns_lock:
             conns = list(self._conns)
-        for conn in conns:
+        for stream in conns:
             try:
-                conn._channel.stream.close()  # the serving thread then finishes the cleanup
+                stream.close()  # the serving thread then finishes the cleanup
             except Exception:
                 pass
 

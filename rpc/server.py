@@ -19,7 +19,8 @@ from rpc.auth import ClusterKey, check_role_keys
 from rpc.identity import ClusterIdentity
 from rpc.secret import KEY_FILES, load_secret
 from rpc.service import ClientService
-from rpc.transport import PeerServer, PeerTransport
+from rpc.peer_sender import PeerTransport
+from rpc.peer_server import PeerServer
 
 log = logging.getLogger("rpc.server")
 EXIT_FATAL = 3  # a disk failure or a dead internal thread: restart the node from its disk

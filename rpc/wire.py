@@ -4,8 +4,8 @@ A handshake frame is a 4-byte big-endian length N (1 <= N <= MAX_FRAME) followed
 bytes of msgpack: an array whose first element is the message tag. The decoder validates
 every field; anything else raises :class:`HandshakeError` and nothing more is read.
 
-This module also holds the codec of a ``deliver`` batch (a msgpack array of bin), the
-only payload format the peer transport puts on the wire.
+This module also holds the codec of a batch (a msgpack array of bin), the only payload
+format the peer transport puts on the wire, each way.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ __all__ = [
     "OK",
     "REFUSED",
     "PROTOCOL_VERSION",
+    "PEER_PROTOCOL_VERSION",
     "encode_frame",
     "decode_message",
     "read_frame",
@@ -49,7 +50,12 @@ MAX_ID_LEN = 128
 MAX_REASON_LEN = 300
 MAX_CLUSTER_LEN = 64
 #: 2: a key per role, the role told by the key that proves itself (1 had a claimed role).
+#: What a client or admin program says; RPyC follows the handshake.
 PROTOCOL_VERSION = 2
+#: 3: what a node says to a node; length-prefixed batches follow the handshake, not RPyC
+#: (nodes of version 2 spoke RPyC to each other: the two cannot share a cluster).
+PEER_PROTOCOL_VERSION = 3
+VERSIONS = (PROTOCOL_VERSION, PEER_PROTOCOL_VERSION)
 ROLES = ("peer", "client", "admin")
 
 HELLO = "pvl-hello"          # client -> server: [tag, version, id, client_nonce(, cluster, epoch)]
@@ -97,7 +103,7 @@ def _v_hello(fields: list) -> tuple:
     version = fields[0]
     if type(version) is not int:
         raise HandshakeError(f"protocol version must be an integer, got {type(version).__name__}")
-    if version != PROTOCOL_VERSION:
+    if version not in VERSIONS:
         raise UnsupportedVersion(version)
     if len(fields) not in (3, 5):
         raise HandshakeError(f"handshake message {HELLO} has {len(fields)} fields, expected 3 or 5")
@@ -223,7 +229,7 @@ def write_frame(sock: socket.socket, frame: bytes, deadline: float) -> None:
 
 
 class BatchError(PrevalenceError):
-    """A deliver batch is not a msgpack array of byte strings."""
+    """A batch is not a msgpack array of byte strings."""
 
 
 def encode_batch(frames: list[bytes]) -> bytes:
@@ -231,7 +237,7 @@ def encode_batch(frames: list[bytes]) -> bytes:
 
 
 def decode_batch(blob: Any) -> list[bytes]:
-    if type(blob) is not bytes:
+    if type(blob) is not bytes and type(blob) is not memoryview:  # a large frame is read in place
         raise BatchError(f"a batch must be bytes, got {type(blob).__name__}")
     try:
         frames = msgpack.unpackb(blob, raw=False, use_list=True)

@@ -2,10 +2,10 @@
 
 One ``PeerLink`` per peer decides everything the peer transport decides: the bounded
 queue (messages and bytes, the oldest dropped; only the newest ``DOWN_QUEUE_LIMIT``
-kept while the peer is down), which frames go out together in one ``deliver`` call,
+kept while the peer is down), which frames go out together in one batch,
 the in-flight window, when a connection counts as hung, when to dial again (jittered
 exponential backoff, reset after a connection that worked for a while), up or down,
-and the counters the status shows. It does no I/O: a shell (the threads and RPyC calls
+and the counters the status shows. It does no I/O: a shell (the threads and sockets
 of ``rpc.peer_sender``, or the simulator's network model) performs it and reports
 back. Time comes in as ``now`` (monotonic seconds, the shell's clock); randomness from
 the ``random.Random`` given.
@@ -17,9 +17,9 @@ The shell's side of the contract::
     connected(now)                   the connection is up
     connect_failed(reason, now)      the attempt failed: the next waits for the backoff
     can_send_direct(size) -> bool    idle link: the caller's thread may write this message itself
-    next_batch() -> Batch | None     frames for one deliver call, in order, within the window
+    next_batch() -> Batch | None     frames for one batch, in order, within the window
     sent(batch_id, now)              the batch is written: now in flight
-    replied(batch_id, ok, now)       its reply came (ok False: the peer raised)
+    replied(batch_id, now)           the peer answered it
     check(now) -> str | None         a reason to kill the connection (the oldest call is overdue)
     lost(reason, now)                the connection is gone: what was in flight counts as failed
     next_deadline() -> float | None  when check() or start_connect() has something to do
@@ -132,16 +132,12 @@ class PeerLink:
             self.inflight[batch_id] = (now, self.writing[1])
             self.writing = None
 
-    def replied(self, batch_id: int, ok: bool, now: float, error: str | None = None) -> None:
-        """The call's reply arrived: delivered, or rejected by the peer (``error``)."""
+    def replied(self, batch_id: int, now: float) -> None:
+        """The peer answered the batch: its frames are delivered. (A peer does not reject
+        a batch: bytes that are not one end the connection, which ``lost`` counts.)"""
         item = self.inflight.pop(batch_id, None)
-        if item is None:
-            return  # its connection was lost: already counted
-        if ok:
+        if item is not None:  # else its connection was lost: already counted
             self.delivered += item[1]
-        else:
-            self.failed += item[1]
-            self.last_error = f"peer rejected a batch: {error}"
 
     # -- the connection -------------------------------------------------------------------------
     def start_connect(self, now: float) -> bool:

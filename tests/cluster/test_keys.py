@@ -25,7 +25,7 @@ from replication.membership import Membership
 from replication.messages import Heartbeat, InstallSnapshot, SnapshotMeta, encode
 from rpc.auth import AuthenticationFailed
 from rpc.secret import generate_secret_file, load_secret
-from rpc.transport import NodeLink, hard_close, open_connection, remote_method
+from rpc.transport import NodeLink, hard_close, open_connection, open_peer_channel, remote_method
 from rpc.wire import encode_batch
 from tests.cluster.harness import ROOT, LocalCluster, free_port_block
 from tests.prevalence.domain import Add, Get
@@ -69,19 +69,24 @@ def roles(c: LocalCluster) -> tuple[str, list[str], dict]:
 def deliver(c: LocalCluster, nid: str, secret: bytes, ident: str, *msgs) -> bool:
     """Deliver raw Raft messages to ``nid`` as whatever the key lets us be; True if the
     node took the delivery (what it then does with each message is another matter)."""
-    for role in ("peer", "client"):  # the role an attacker claims, then the one it has
-        try:
-            conn = open_connection(c.configs[nid].listen, secret, role=role, ident=ident, request_timeout=2.0)
-        except AuthenticationFailed:
-            continue
-        try:
-            remote_method(conn, "deliver")(encode_batch([encode(m) for m in msgs]))
+    batch = [encode(m) for m in msgs]
+    try:  # the nodes' own protocol: only the peer key gets there
+        with open_peer_channel(c.configs[nid].listen, secret, ident=ident) as chan:
+            chan.call(batch, timeout=2.0)
             return True
-        except Exception:  # noqa: BLE001 - not exposed to this role
-            return False
-        finally:
-            hard_close(conn)
-    return False
+    except AuthenticationFailed:
+        pass
+    try:  # RPyC, as the role the key has
+        conn = open_connection(c.configs[nid].listen, secret, role="client", ident=ident, request_timeout=2.0)
+    except AuthenticationFailed:
+        return False
+    try:
+        remote_method(conn, "deliver")(encode_batch(batch))
+        return True
+    except Exception:  # noqa: BLE001 - not exposed to this role
+        return False
+    finally:
+        hard_close(conn)
 
 
 def forged_snapshot(c: LocalCluster, src: str, dst: str, term: int, index: int, marker: str) -> InstallSnapshot:
@@ -110,9 +115,7 @@ def assert_undisturbed(c: LocalCluster, leader: str, term: int, marker: str | No
 def test_a_client_key_cannot_authenticate_as_a_peer(trio):
     leader, followers, _ = roles(trio)
     with pytest.raises(AuthenticationFailed):
-        conn = open_connection(trio.configs[leader].listen, key(trio, OPERATOR_KEY), role="peer",
-                               ident=followers[0], request_timeout=2.0)
-        hard_close(conn)
+        open_peer_channel(trio.configs[leader].listen, key(trio, OPERATOR_KEY), ident=followers[0]).close()
     assert not deliver(trio, leader, key(trio, OPERATOR_KEY), followers[0])
 
 
@@ -357,7 +360,7 @@ def test_the_peer_key_is_replaced_by_rolling_restarts_with_no_failed_command(tmp
         assert len(results) > 10 and results == list(range(1, len(results) + 1))
         leader = c.leader()
         with pytest.raises(AuthenticationFailed, match="refused our authentication"):
-            open_connection(c.configs[leader].listen, old, role="peer", ident="n1", request_timeout=2.0)
+            open_peer_channel(c.configs[leader].listen, old, ident="n1")
     finally:
         stop.set()
         c.stop()

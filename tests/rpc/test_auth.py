@@ -10,7 +10,9 @@ from rpyc.utils.authenticators import AuthenticationError
 from prevalence.errors import PrevalenceError
 from rpc import AuthenticationFailed, ConnectFailed, Identity, SecretError, ServerAuthenticator, client_handshake
 from rpc.auth import _CLIENT_LABEL, _mac, _server_mac, _transcript
-from rpc.wire import CHALLENGE, HELLO, OK, PROOF, REFUSED, decode_message, encode_frame, read_frame
+from rpc.wire import (
+    CHALLENGE, HELLO, OK, PEER_PROTOCOL_VERSION, PROOF, REFUSED, decode_message, encode_frame, read_frame,
+)
 
 from .conftest import ADMIN_SECRET, CLIENT_SECRET, HOST, KEYS, OTHER_SECRET, SECRET
 
@@ -174,9 +176,9 @@ def test_recorded_proof_cannot_be_replayed(listener):
     nonce = b"c" * 32
     with connect(listener) as sock:
         deadline = time.monotonic() + 2
-        sock.sendall(encode_frame(HELLO, 2, "n1", nonce))
+        sock.sendall(encode_frame(HELLO, PEER_PROTOCOL_VERSION, "n1", nonce))
         _, (ns,) = decode_message(read_frame(sock, deadline), (CHALLENGE,))
-        proof = _mac(SECRET, _CLIENT_LABEL, _transcript(2, "n1", nonce, ns))
+        proof = _mac(SECRET, _CLIENT_LABEL, _transcript(PEER_PROTOCOL_VERSION, "n1", nonce, ns))
         sock.sendall(encode_frame(PROOF, proof))
         tag, _ = decode_message(read_frame(sock, deadline), (OK, REFUSED))
         assert tag == OK
@@ -186,7 +188,7 @@ def test_recorded_proof_cannot_be_replayed(listener):
     server = run_server_side(listener, auth)
     with connect(listener) as sock:
         deadline = time.monotonic() + 2
-        sock.sendall(encode_frame(HELLO, 2, "n1", nonce))
+        sock.sendall(encode_frame(HELLO, PEER_PROTOCOL_VERSION, "n1", nonce))
         _, (ns2,) = decode_message(read_frame(sock, deadline), (CHALLENGE,))
         assert ns2 != ns
         sock.sendall(encode_frame(PROOF, proof))
@@ -194,6 +196,24 @@ def test_recorded_proof_cannot_be_replayed(listener):
     server["thread"].join(3)
     assert tag == REFUSED and reason == "authentication failed"
     assert isinstance(server["error"], AuthenticationError)
+
+
+def test_an_older_node_is_refused_by_its_protocol(listener, caplog):
+    """A node of the previous release (protocol 2: RPyC between nodes) holds the right
+    peer key but would speak RPyC after the handshake: refused with a reason that
+    names the mismatch, on both sides, instead of garbage later."""
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=2))
+    nonce = b"c" * 32
+    with caplog.at_level(logging.WARNING, logger="rpc.auth"), connect(listener) as sock:
+        deadline = time.monotonic() + 2
+        sock.sendall(encode_frame(HELLO, 2, "n1", nonce))
+        _, (ns,) = decode_message(read_frame(sock, deadline), (CHALLENGE,))
+        sock.sendall(encode_frame(PROOF, _mac(SECRET, _CLIENT_LABEL, _transcript(2, "n1", nonce, ns))))
+        tag, (reason,) = decode_message(read_frame(sock, deadline), (OK, REFUSED))
+        server["thread"].join(3)
+    assert tag == REFUSED and "every node of a cluster must run the same release" in reason
+    assert isinstance(server["error"], AuthenticationError)
+    assert any("an older node's" in r.getMessage() for r in caplog.records)
 
 
 def test_server_proof_is_not_a_client_proof():

@@ -15,9 +15,8 @@ from rpyc.core.channel import Channel
 from rpyc.core.stream import SocketStream
 from rpyc.utils.factory import connect_channel
 
-from rpc import open_connection
 from rpc.auth import client_handshake
-from rpc.transport import SAFE_PROTOCOL_CONFIG
+from rpc.transport import SAFE_PROTOCOL_CONFIG, open_peer_channel
 from rpc.wire import encode_batch
 
 from . import conftest
@@ -52,19 +51,24 @@ def test_a_compressed_frame_from_the_other_side_is_refused(make_server, caplog, 
     inbox = Inbox()
     server = make_server(inbox)
     sock = authenticated(server, role)
-    conn = connect_channel(_Zipping(SocketStream(sock), compress=True), service=rpyc.VoidService,
-                           config=dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=2.0))
-    try:
-        with pytest.raises(EOFError):
-            root = conn.root  # itself a request, compressed like every other
-            root.deliver(encode_batch([b"zipped"]))
-    finally:
-        conn.close()
+    if role == "peer":  # batches, not RPyC: the same channel framing, flagged compressed
+        body = zlib.compress(encode_batch([b"zipped"]))
+        sock.sendall(HEADER.pack(len(body), 1) + body + b"\n")
+        assert closed_within(sock, 1.0)
+        sock.close()
+    else:
+        conn = connect_channel(_Zipping(SocketStream(sock), compress=True), service=rpyc.VoidService,
+                               config=dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=2.0))
+        try:
+            with pytest.raises(EOFError):
+                conn.root  # itself a request, compressed like every other
+        finally:
+            conn.close()
     assert inbox.payloads() == []
     assert any("compressed" in r.getMessage() for r in caplog.records if r.name == "rpc.transport"), caplog.text
     # the server serves others as before
-    with open_connection(server.address, SECRET, role="peer", ident="n2") as good:
-        good.root.deliver(encode_batch([b"plain"]))
+    with open_peer_channel(server.address, SECRET, ident="n2") as good:
+        good.call([b"plain"])
     assert inbox.wait_count(1) and inbox.payloads() == [b"plain"]
 
 
@@ -120,20 +124,19 @@ def test_a_slow_but_steady_frame_within_the_timeout_is_served(make_server):
     """The timeout bounds a frame, not the gaps a legitimate sender leaves between frames."""
     inbox = Inbox()
     server = make_server(inbox, frame_timeout=1.0)
-    with open_connection(server.address, SECRET, role="peer", ident="n2") as conn:
-        deliver = conn.root.deliver
+    with open_peer_channel(server.address, SECRET, ident="n2") as conn:
         time.sleep(1.5)  # idle between frames: fine
-        deliver(encode_batch([b"after a pause"]))
+        conn.call([b"after a pause"])
     assert inbox.wait_count(1) and inbox.payloads() == [b"after a pause"]
 
 
 def test_a_frame_over_the_limit_is_refused_and_one_at_the_limit_served(make_server):
     inbox = Inbox()
     server = make_server(inbox, max_peer_frame=64 * 1024)
-    with open_connection(server.address, SECRET, role="peer", ident="n2") as conn:
-        conn.root.deliver(encode_batch([b"y" * 60_000]))
+    with open_peer_channel(server.address, SECRET, ident="n2") as conn:
+        conn.call([b"y" * 60_000])
         with pytest.raises(EOFError):
-            conn.root.deliver(encode_batch([b"z" * 70_000]))
+            conn.call([b"z" * 70_000])
     assert inbox.wait_count(1) and [len(p) for p in inbox.payloads()] == [60_000]
 
 
@@ -158,8 +161,8 @@ def test_the_listener_holds_at_most_max_connections(make_server, caplog):
 
 def _serves(server) -> bool:
     try:
-        with open_connection(server.address, SECRET, role="peer", ident="n2", handshake_timeout=0.5) as conn:
-            conn.root.deliver(encode_batch([b"ping"]))
+        with open_peer_channel(server.address, SECRET, ident="n2", handshake_timeout=0.5) as conn:
+            conn.call([b"ping"])
         return True
     except Exception:  # noqa: BLE001 - not yet
         return False

@@ -3,7 +3,7 @@ import ssl
 
 import pytest
 
-from rpc import AuthenticationFailed, ConnectFailed, open_connection
+from rpc import AuthenticationFailed, ConnectFailed, open_peer_channel
 
 from tests.certs import self_signed
 
@@ -35,20 +35,17 @@ def test_transport_over_tls(make_server, make_transport, contexts):
         t.send("b", b"m%d" % i)
     assert inbox.wait_count(2000)
     assert inbox.payloads() == [b"m%d" % i for i in range(2000)]
-    conn = open_connection(srv.address, SECRET, role="peer", ident="x", ssl_context=client_ctx, request_timeout=2)
-    try:
-        assert isinstance(conn._channel.stream.sock, ssl.SSLSocket)
-        conn.root.deliver(b"\x91\xc4\x03tls")  # msgpack [b"tls"]
+    with open_peer_channel(srv.address, SECRET, ident="x", ssl_context=client_ctx) as conn:
+        assert isinstance(conn.channel.stream.sock, ssl.SSLSocket)
+        assert conn.call([b"tls"]) == []
         assert inbox.wait_for_payload(b"tls")
-    finally:
-        conn.close()
 
 
 def test_plain_client_to_tls_server_fails_cleanly(make_server, contexts):
     server_ctx, _ = contexts
     srv = make_server(Inbox(), ssl_context=server_ctx, handshake_timeout=1)
     with pytest.raises((AuthenticationFailed, ConnectFailed)) as ei:
-        open_connection(srv.address, SECRET, role="peer", ident="x", handshake_timeout=1.5)
+        open_peer_channel(srv.address, SECRET, ident="x", handshake_timeout=1.5)
     assert f"{HOST}:{srv.address[1]}" in str(ei.value)
 
 
@@ -57,7 +54,7 @@ def test_untrusted_server_certificate_refused(make_server, contexts):
     srv = make_server(Inbox(), ssl_context=server_ctx)
     strict = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)  # system CAs only
     with pytest.raises(AuthenticationFailed, match="TLS handshake with .* failed"):
-        open_connection(srv.address, SECRET, role="peer", ident="x", ssl_context=strict)
+        open_peer_channel(srv.address, SECRET, ident="x", ssl_context=strict)
 
 
 def test_closing_a_tls_server_drops_its_connections(make_server, make_transport, contexts):

@@ -4,12 +4,13 @@ import sys
 import threading
 import time
 
+import msgpack
 import pytest
 import rpyc
-from rpyc.core import consts
+from rpyc.core import brine, consts
 
 from prevalence.errors import PrevalenceError
-from rpc import AuthenticationFailed, ConnectFailed, PeerServer, TransportError, open_connection
+from rpc import AuthenticationFailed, ConnectFailed, PeerServer, TransportError, open_connection, open_peer_channel
 from rpc.auth import ServerAuthenticator
 from rpc.wire import encode_batch
 
@@ -57,32 +58,25 @@ def test_two_nodes_exchange_thousands_in_order(make_server, make_transport):
     assert st["b"]["sent"] == n and st["b"]["queued"] == 0
 
 
-def test_batches_use_few_calls(make_server, make_transport):
-    """Many small messages are coalesced: far fewer deliver calls than messages."""
+def test_batches_use_few_calls(make_server, make_transport, monkeypatch):
+    """Many small messages are coalesced: far fewer batches than messages."""
     calls = []
-
-    class CountingInbox(Inbox):
-        pass
-
-    inbox = CountingInbox()
+    inbox = Inbox()
     srv = make_server(inbox)
-    import rpc.peer_server as tr
+    import rpc.peer_server as ps
 
-    original = tr._PeerService.exposed_deliver
+    original = ps._PeerInbox.take
 
-    def counting(self, batch):
-        calls.append(len(batch))
-        return original(self, batch)
+    def counting(self, frames):
+        calls.append(len(frames))
+        return original(self, frames)
 
-    tr._PeerService.exposed_deliver = counting
-    try:
-        t = make_transport("a", {"b": srv.address})
-        assert wait_until(lambda: t.peer_status()["b"]["connected"])
-        for i in range(3000):
-            t.send("b", b"x%d" % i)
-        assert inbox.wait_count(3000)
-    finally:
-        tr._PeerService.exposed_deliver = original
+    monkeypatch.setattr(ps._PeerInbox, "take", counting)
+    t = make_transport("a", {"b": srv.address})
+    assert wait_until(lambda: t.peer_status()["b"]["connected"])
+    for i in range(3000):
+        t.send("b", b"x%d" % i)
+    assert inbox.wait_count(3000)
     assert len(calls) < 1000, len(calls)
 
 
@@ -143,7 +137,7 @@ def test_connect_timeout_is_short_when_syns_are_dropped():
         t0 = time.monotonic()
         address = ls.getsockname()
         with pytest.raises(ConnectFailed) as ei:
-            open_connection(address, SECRET, role="peer", ident="a", connect_timeout=0.3)
+            open_peer_channel(address, SECRET, ident="a", connect_timeout=0.3)
         elapsed = time.monotonic() - t0
     finally:
         for s in fillers:
@@ -281,7 +275,7 @@ def test_wrong_secret_refused_with_clear_errors(make_server, make_transport, cap
     srv = make_server(inbox)
     where = f"{HOST}:{srv.address[1]}"
     with pytest.raises(AuthenticationFailed, match=rf"{where} refused our authentication.*wrong key"):
-        open_connection(srv.address, OTHER_SECRET, role="peer", ident="intruder")
+        open_peer_channel(srv.address, OTHER_SECRET, ident="intruder")
     t = make_transport("a", {"b": srv.address}, secret=OTHER_SECRET)
     t.send("b", b"nope")
     assert wait_until(lambda: t.peer_status()["b"]["last_error"] is not None)
@@ -339,26 +333,30 @@ def test_client_role_cannot_call_deliver(make_server):
     assert inbox.messages == []
 
 
-def test_peer_role_reaches_deliver_and_nothing_else(make_server):
+def test_a_peer_speaks_batches_and_nothing_else(make_server, caplog):
+    """A connection with the peer key gets no RPyC: its batches reach on_message in
+    order and each is answered; an RPyC request, or bytes that are not a batch, end
+    that connection with a line naming the peer, and the node serves the next one."""
+    caplog.set_level(logging.WARNING, logger="rpc.transport")
     inbox = Inbox()
     srv = make_server(inbox)
-    conn = open_connection(srv.address, SECRET, role="peer", ident="n9", request_timeout=2)
-    try:
-        root = conn.root
-        root.deliver(encode_batch([b"one", b"two"]))
-        assert inbox.messages == [("n9", b"one"), ("n9", b"two")]
-        for name in ("_on_message", "exposed_deliver", "_identity", "on_connect", "get_service_name", "__dict__"):
-            with pytest.raises(AttributeError):
-                getattr(root, name)
-        with pytest.raises(AttributeError):
-            root.x = 1
-        with pytest.raises(ValueError) as ei:
-            root.deliver(b"\xc1 not msgpack")
-        assert ei.value._remote_tb == "<traceback denied>"  # include_local_traceback=False
-        with pytest.raises(ValueError):
-            root.deliver(encode_batch(["text, not bytes"]))
-    finally:
-        conn.close()
+    with open_peer_channel(srv.address, SECRET, ident="n9") as conn:
+        assert conn.call([b"one", b"two"]) == []
+        assert conn.call([]) == []
+    assert inbox.messages == [("n9", b"one"), ("n9", b"two")]
+    rpyc_request = brine.dump((consts.MSG_REQUEST, 1, (consts.HANDLE_GETROOT, ())))
+    for blob in (rpyc_request, b"\xc1 not msgpack", encode_batch(["text, not bytes"]), b"\x07",
+                 msgpack.packb([[b"nested"]]), msgpack.packb({b"a": b"b"})):
+        with open_peer_channel(srv.address, SECRET, ident="n9") as conn:
+            conn.channel.send(blob)
+            with pytest.raises(EOFError):
+                conn.poll(2.0) and conn.recv()
+    lines = [r.getMessage() for r in caplog.records if "peer 'n9'" in r.getMessage()]
+    assert len(lines) == 6 and all("closed" in line for line in lines), lines
+    assert inbox.messages == [("n9", b"one"), ("n9", b"two")]
+    with open_peer_channel(srv.address, SECRET, ident="n9") as conn:
+        assert conn.call([b"three"]) == []
+    assert inbox.wait_for_payload(b"three")
 
 
 def test_on_message_errors_stay_local(make_server, make_transport, caplog):
@@ -400,12 +398,6 @@ def test_service_extra_hook_for_clients(make_server):
         assert admin.root.whoami() == "admin:ops"  # the same service, told the role
     finally:
         admin.close()
-    peer = open_connection(srv.address, SECRET, role="peer", ident="n1", request_timeout=2)
-    try:
-        with pytest.raises(AttributeError):
-            peer.root.whoami
-    finally:
-        peer.close()
 
 
 def test_no_zlib_and_nodelay(make_server, make_transport, monkeypatch):
@@ -506,7 +498,8 @@ def test_server_port_in_use_is_a_clear_error(make_server):
 
 def test_answers_ride_back_on_the_reply(make_server, make_transport, caplog):
     """A receiver's answers to a delivery (a Raft ack) go back as that call's reply and
-    reach the sender's on_reply in order; a malformed reply is logged and dropped."""
+    reach the sender's on_reply in order; a malformed reply ends the connection with a
+    line, and the next one carries on."""
     got = []
 
     def answer(src, frames):
@@ -522,14 +515,28 @@ def test_answers_ride_back_on_the_reply(make_server, make_transport, caplog):
 
     import rpc.peer_server as ps
 
-    original = ps.encode_batch
-    ps.encode_batch = lambda frames: b"\xff not a batch"
+    original = ps._PeerInbox.take
+    ps._PeerInbox.take = lambda self, frames: [7]  # encodes as a batch holding a number
     try:
         with caplog.at_level(logging.WARNING, logger="rpc.transport"):
             t.send("b", b"x")
-            assert wait_until(lambda: "replied with a bad batch" in caplog.text)
+            assert wait_until(lambda: "answered with a bad batch" in caplog.text)
     finally:
-        ps.encode_batch = original
+        ps._PeerInbox.take = original
     t.send("b", b"after")
     assert wait_until(lambda: got[-1:] == [("b", b"ack:after")])
     assert t.peer_status()["b"]["connected"]
+
+
+def test_answers_reach_an_on_reply_set_after_the_link_came_up(make_server, make_transport):
+    """A node sets on_reply after its transport has dialled its peers: the answers on a
+    connection that came up first still reach it (the reader read on_reply once, and a
+    follower that came up early never had its acks heard: stuck at commit 0)."""
+    got = []
+    srv = make_server(None, on_batch=lambda src, frames: [b"ack:" + f for f in frames])
+    t = make_transport("a", {"b": srv.address})
+    t.send("b", b"early")  # answered while nobody listens: dropped
+    assert wait_until(lambda: t.peer_status()["b"]["delivered"] == 1)
+    t.on_reply = lambda peer, frames: got.extend(frames)
+    t.send("b", b"late")
+    assert wait_until(lambda: got == [b"ack:late"]), got
