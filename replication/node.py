@@ -65,6 +65,7 @@ SLOW_WRITE_BACKOFF = 10.0  # ...sends the next ones to the disk lane thread for 
 # follower a whole window of appends in one step. Past this, the step's messages to
 # that peer all go through the transport, in order.
 REPLY_BYTES = 1 << 20
+REPLY_MESSAGES = 1024  # = rpc.wire.MAX_BATCH_FRAMES, the messages one answer may hold
 
 
 def _wall_us() -> int:
@@ -479,7 +480,7 @@ class Node(ApplierMixin):
     def _send_out(self, to: str, payload: bytes) -> None:
         c = self._capture
         if c is not None and c[1] == to and c[0] == threading.get_ident():
-            if c[3] + len(payload) <= REPLY_BYTES:
+            if c[3] + len(payload) <= REPLY_BYTES and len(c[2]) < REPLY_MESSAGES:
                 c[2].append(payload)  # goes back as the reply to what the peer delivered
                 c[3] += len(payload)
                 return

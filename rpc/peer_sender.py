@@ -28,7 +28,7 @@ from replication.runtime.peer_link import (  # noqa: F401 - the two limits re-ex
 from .auth import ConnectFailed, format_address
 from .secret import check_secret
 from .transport import PeerChannel, TransportError, open_peer_channel
-from .wire import BatchError
+from .wire import MAX_BATCH_FRAMES, BatchError
 
 log = logging.getLogger("rpc.transport")
 
@@ -94,7 +94,7 @@ class _Peer:
                 self._kill(c, f"send failed: {exc or type(exc).__name__}")
             return
         with self.cond:
-            self.link.sent(batch.id, time.monotonic())  # a no-op if its reply was read already
+            self.link.sent(batch.id, time.monotonic())  # settles it if its answer came already
             if self.link.queued:
                 self.cond.notify_all()
 
@@ -164,6 +164,7 @@ class _Peer:
                     was = self.link.connected(time.monotonic())
                     if self.stopping:
                         self._kill(c, "transport closed")
+                c.reader.start()  # only now: a death it sees must find the link open, to count
                 self._log_up(was)
                 self._pump(c)
                 self._close(c)
@@ -185,7 +186,6 @@ class _Peer:
                                  ssl_context=o.ssl_context)
         c = _Conn(chan, address)
         c.reader = threading.Thread(target=self._read, args=(c,), name=f"rpc-recv-{self.id}", daemon=True)
-        c.reader.start()
         return c
 
     def _kill(self, c: _Conn, reason: str) -> None:
@@ -228,19 +228,19 @@ class _Peer:
                     bid = c.unanswered.popleft()
                 except IndexError:
                     raise BatchError("an answer to no batch") from None
+                # the link first: what on_reply does with the messages (a follower's inline
+                # fsync) must not make an answered batch look overdue
+                with self.cond:
+                    self.link.replied(bid, time.monotonic())
+                    self._check(c)
+                    if self.link.queued:  # the sender waits for room in the window only with work queued
+                        self.cond.notify_all()
                 on_reply = self.owner.on_reply  # read each time: set after the first connections
                 if frames and on_reply is not None:
                     try:
                         on_reply(self.id, frames)
                     except Exception:  # the receiver's problem, not the link's
                         log.exception("on_reply failed for messages from peer %s", self.id)
-                with self.cond:
-                    now = time.monotonic()
-                    self.link.sent(bid, now)  # its writer may not have said so yet
-                    self.link.replied(bid, now)
-                    self._check(c)
-                    if self.link.queued:  # the sender waits for room in the window only with work queued
-                        self.cond.notify_all()
         except BatchError as exc:
             log.warning("peer %s at %s answered with a bad batch: %s", self.id, format_address(c.address), exc)
             with self.cond:
@@ -309,6 +309,8 @@ class PeerTransport:
         self._secret = check_secret(secret, f"peer transport of node {self_id}")
         if queue_limit < 1 or max_batch_frames < 1 or max_in_flight < 1:
             raise TransportError("queue_limit, max_batch_frames and max_in_flight must be >= 1")
+        if max_batch_frames > MAX_BATCH_FRAMES:
+            raise TransportError(f"max_batch_frames must be at most {MAX_BATCH_FRAMES}, what a node reads in one batch")
         self.queue_limit = int(queue_limit)
         self.queue_bytes_limit = int(queue_bytes_limit)
         self.max_batch_frames = int(max_batch_frames)

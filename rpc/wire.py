@@ -40,6 +40,7 @@ __all__ = [
     "encode_batch",
     "decode_batch",
     "BatchError",
+    "MAX_BATCH_FRAMES",
 ]
 
 #: Largest handshake frame accepted (the largest legal message is far smaller).
@@ -236,11 +237,17 @@ def encode_batch(frames: list[bytes]) -> bytes:
     return msgpack.packb(frames, use_bin_type=True)
 
 
-def decode_batch(blob: Any) -> list[bytes]:
+#: Messages one batch (or one answer) holds at most. The frame size bounds the bytes; this
+#: bounds the objects they decode to (16 MiB of one-byte messages would be 5 million).
+MAX_BATCH_FRAMES = 1024
+
+
+def decode_batch(blob: Any, max_frames: int = MAX_BATCH_FRAMES) -> list[bytes]:
     if type(blob) is not bytes and type(blob) is not memoryview:  # a large frame is read in place
         raise BatchError(f"a batch must be bytes, got {type(blob).__name__}")
     try:
-        frames = msgpack.unpackb(blob, raw=False, use_list=True)
+        frames = msgpack.unpackb(blob, raw=False, use_list=True, max_array_len=max_frames, max_map_len=0,
+                                 max_str_len=0, max_ext_len=0)
     except Exception as exc:
         raise BatchError(f"malformed batch ({type(exc).__name__}: {str(exc)[:80]})") from None
     if type(frames) is not list or not all(type(f) is bytes for f in frames):

@@ -19,7 +19,7 @@ The shell's side of the contract::
     can_send_direct(size) -> bool    idle link: the caller's thread may write this message itself
     next_batch() -> Batch | None     frames for one batch, in order, within the window
     sent(batch_id, now)              the batch is written: now in flight
-    replied(batch_id, now)           the peer answered it
+    replied(batch_id, now)           the peer answered it (possibly before ``sent``)
     check(now) -> str | None         a reason to kill the connection (the oldest call is overdue)
     lost(reason, now)                the connection is gone: what was in flight counts as failed
     next_deadline() -> float | None  when check() or start_connect() has something to do
@@ -76,6 +76,7 @@ class PeerLink:
         self.opened_at = 0.0
         self.inflight: dict[int, tuple[float, int]] = {}  # batch id -> (sent at, frames), oldest first
         self.writing: tuple[int, int] | None = None  # (batch id, frames) handed out, not yet written
+        self.answered_early: int | None = None  # the batch being written, if its answer came already
         self.last_id = 0
         self.sent_frames = self.delivered = self.dropped = self.failed = self.connects = 0
 
@@ -127,14 +128,26 @@ class PeerLink:
         return Batch(self.last_id, frames)
 
     def sent(self, batch_id: int, now: float) -> None:
-        """The batch is written (its call is under way); ignored if its connection is gone."""
+        """The batch is written (its call is under way); ignored if its connection is gone.
+        Answered already (see ``replied``): delivered now."""
         if self.writing is not None and self.writing[0] == batch_id:
-            self.inflight[batch_id] = (now, self.writing[1])
+            if self.answered_early == batch_id:
+                self.delivered += self.writing[1]
+                self.answered_early = None
+            else:
+                self.inflight[batch_id] = (now, self.writing[1])
             self.writing = None
 
     def replied(self, batch_id: int, now: float) -> None:
         """The peer answered the batch: its frames are delivered. (A peer does not reject
-        a batch: bytes that are not one end the connection, which ``lost`` counts.)"""
+        a batch: bytes that are not one end the connection, which ``lost`` counts.)
+
+        An answer may come while the batch is still being written (the writer has yet
+        to return, or the peer answered before reading it all): it then still counts as
+        being written, so nothing else is written alongside it, until ``sent``."""
+        if self.writing is not None and self.writing[0] == batch_id:
+            self.answered_early = batch_id
+            return
         item = self.inflight.pop(batch_id, None)
         if item is not None:  # else its connection was lost: already counted
             self.delivered += item[1]
@@ -172,6 +185,7 @@ class PeerLink:
         if self.writing is not None:
             self.failed += self.writing[1]
             self.writing = None
+        self.answered_early = None
         self.inflight.clear()
         self.phase = IDLE
         self.last_error = reason

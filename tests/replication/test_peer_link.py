@@ -92,6 +92,26 @@ def test_batches_are_bounded_by_frames_and_bytes():
     assert write(pl).frames == [b"x" * 1000]
 
 
+def test_an_answer_before_the_write_returns_counts_once_written():
+    """A peer may answer a batch its writer has not finished writing (the writer not yet
+    scheduled, or a peer answering unread): it stays the batch being written, so nothing
+    else is handed out or written alongside it, and is delivered once written."""
+    pl = opened()
+    pl.enqueue(b"a")
+    b1 = pl.next_batch()
+    pl.replied(b1.id, 0.1)
+    pl.enqueue(b"b")
+    assert pl.status()["delivered"] == 0 and pl.next_batch() is None and not pl.can_send_direct(1)
+    pl.sent(b1.id, 0.2)
+    assert pl.in_flight == 0 and pl.status()["delivered"] == 1
+    assert write(pl).frames == [b"b"]
+    pl.enqueue(b"c")
+    b3 = pl.next_batch()
+    pl.replied(b3.id, 0.3)
+    pl.lost("reset", 0.4)  # answered, but its write failed: may or may not have arrived
+    assert pl.status()["failed"] == 2 and pl.answered_early is None  # b and c
+
+
 def test_the_window_bounds_the_calls_in_flight():
     pl = opened(max_in_flight=2, max_batch_frames=1)
     for i in range(5):
@@ -181,7 +201,7 @@ def test_status_counts_and_state_changes():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["enq"] * 4 + ["direct"] * 2 + ["batch", "write"] * 3 + ["reply"] * 3 + [
+@given(st.lists(st.tuples(st.sampled_from(["enq"] * 4 + ["direct"] * 2 + ["batch", "write"] * 3 + ["reply"] * 3 + ["early"] + [
                               "up", "up", "dial", "ok", "fail", "lose", "tick"]),
                           st.integers(0, 300)), min_size=40, max_size=150),
        st.sampled_from([(3, 10_000, 1), (10_000, 700, 2), (5, 400, 8)]))
@@ -229,6 +249,8 @@ def test_frames_handed_out_are_a_subsequence_of_those_enqueued(ops, limits):
         elif op == "reply" and pl.inflight:
             ids = list(pl.inflight)
             pl.replied(ids[x % len(ids)], now)
+        elif op == "early" and pending is not None:
+            pl.replied(pending.id, now)
         elif op == "tick":
             reason = pl.check(now)
             if reason is not None:

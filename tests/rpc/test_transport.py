@@ -10,7 +10,9 @@ import rpyc
 from rpyc.core import brine, consts
 
 from prevalence.errors import PrevalenceError
-from rpc import AuthenticationFailed, ConnectFailed, PeerServer, TransportError, open_connection, open_peer_channel
+from rpc import (
+    AuthenticationFailed, ConnectFailed, PeerServer, PeerTransport, TransportError, open_connection, open_peer_channel,
+)
 from rpc.auth import ServerAuthenticator
 from rpc.wire import encode_batch
 
@@ -540,3 +542,10 @@ def test_answers_reach_an_on_reply_set_after_the_link_came_up(make_server, make_
     t.on_reply = lambda peer, frames: got.extend(frames)
     t.send("b", b"late")
     assert wait_until(lambda: got == [b"ack:late"]), got
+
+
+def test_a_batch_larger_than_a_node_reads_is_refused_at_construction():
+    from rpc.wire import MAX_BATCH_FRAMES
+
+    with pytest.raises(TransportError, match=f"at most {MAX_BATCH_FRAMES}"):
+        PeerTransport("a", SECRET, {}, max_batch_frames=MAX_BATCH_FRAMES + 1)

@@ -11,6 +11,7 @@ from prevalence.errors import PrevalenceError
 from rpc.wire import (
     CHALLENGE,
     HELLO,
+    MAX_BATCH_FRAMES,
     MAX_FRAME,
     OK,
     PROOF,
@@ -169,6 +170,22 @@ def test_read_frame_on_garbage_stream(data, chunk):
 def test_batch_roundtrip():
     frames = [b"", b"a", b"\x00" * 1000]
     assert decode_batch(encode_batch(frames)) == frames
+
+
+def test_a_batch_holds_at_most_max_batch_frames_messages():
+    """The frame bounds the bytes, this the objects: 16 MiB of one-byte messages would
+    decode to 5 million of them (230 MiB)."""
+    assert len(decode_batch(encode_batch([b"x"] * MAX_BATCH_FRAMES))) == MAX_BATCH_FRAMES
+    with pytest.raises(BatchError, match="malformed batch"):
+        decode_batch(encode_batch([b"x"] * (MAX_BATCH_FRAMES + 1)))
+    with pytest.raises(BatchError):
+        decode_batch(msgpack.packb({b"k": b"v"}))
+
+
+def test_a_node_answers_with_no_more_messages_than_a_batch_holds():
+    from replication.node import REPLY_MESSAGES
+
+    assert REPLY_MESSAGES == MAX_BATCH_FRAMES
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,0 +1,135 @@
+"""The sending side of a peer connection against answers that come early, late or not
+at all, and connections that die at once (an attacker's review of the batch protocol
+found each of these; every test failed on the code before its fix)."""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+from rpc.auth import ServerAuthenticator
+from rpc.transport import _channel
+from rpc.wire import decode_batch, encode_batch
+
+from .conftest import HOST, SECRET, wait_until
+
+HEADER = struct.Struct("!LB")
+
+
+def _listener() -> socket.socket:
+    ls = socket.socket()
+    ls.bind((HOST, 0))
+    ls.listen(64)
+    return ls
+
+
+def _authenticate(ls: socket.socket) -> socket.socket | None:
+    try:
+        sock, _ = ls.accept()
+    except OSError:
+        return None
+    try:
+        sock, _ = ServerAuthenticator({"peer": SECRET}, timeout=2)(sock)
+    except Exception:  # noqa: BLE001 - a handshake cut short: next
+        return None
+    return sock
+
+
+def test_a_connection_that_dies_right_after_the_handshake_is_dialled_again(make_transport):
+    """A peer that closes as soon as it has authenticated (a node shutting down, a reset):
+    the reader saw the end before the sender had marked the link open, so the link was
+    left "connected" with no connection, for good: nothing sent, status saying up."""
+    ls = _listener()
+    serving = threading.Event()  # set: answer batches; clear: close after the handshake
+    got: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            sock = _authenticate(ls)
+            if sock is None:
+                if ls.fileno() < 0:
+                    return
+                continue
+            if not serving.is_set():
+                sock.close()
+                continue
+            chan = _channel(sock, 1 << 20, "test")
+            try:
+                while chan.poll(5.0):
+                    got.extend(decode_batch(chan.recv()))
+                    chan.send(encode_batch([]))
+            except EOFError:
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    t = make_transport("a", {"x": ls.getsockname()}, backoff_min=0.001, backoff_max=0.005)
+    try:
+        time.sleep(1.0)  # hundreds of connections, each closed at once
+        serving.set()
+        for i in range(5):
+            t.send("x", b"m%d" % i)
+        assert wait_until(lambda: len(got) == 5, timeout=3.0), t.peer_status()["x"]
+        assert got == [b"m%d" % i for i in range(5)]
+    finally:
+        ls.close()
+
+
+def test_a_slow_on_reply_does_not_make_an_answered_peer_look_hung(make_server, make_transport):
+    """on_reply is the node stepping the answer (a follower may fsync there): while it
+    runs, the batch it answers is answered, not overdue."""
+    srv = make_server(None, on_batch=lambda src, frames: [b"ack"])
+    t = make_transport("a", {"x": srv.address}, request_timeout=1.0)
+    t.on_reply = lambda peer, frames: time.sleep(2.0)
+    assert wait_until(lambda: t.peer_status()["x"]["connected"])
+    t.send("x", b"append")
+    time.sleep(2.5)
+    st = t.peer_status()["x"]
+    assert (st["delivered"], st["failed"], st["reconnects"], st["last_error"]) == (1, 0, 0, None), st
+
+
+def test_an_answer_before_the_batch_is_written_lets_nothing_write_alongside(make_transport):
+    """A peer that answers a batch before reading it: the link took the batch for
+    delivered while its writer was still writing, and the next message was written by
+    the caller's thread at the same time, into the middle of the first (a corrupt frame,
+    and a caller blocked on a full socket)."""
+    ls = _listener()
+    big = b"B" * 3_000_000
+    answered, drained = threading.Event(), threading.Event()
+    frames: list = []
+
+    def serve() -> None:
+        sock = _authenticate(ls)
+        sock.recv(1, socket.MSG_PEEK)  # the big batch is being written
+        time.sleep(0.1)
+        body = encode_batch([])
+        sock.sendall(HEADER.pack(len(body), 0) + body + b"\n")  # answered, unread
+        answered.set()
+        time.sleep(0.5)  # the small message is sent meanwhile
+        chan = _channel(sock, 8 << 20, "test")
+        try:
+            while chan.poll(1.5):
+                frames.append(decode_batch(chan.recv()))
+                if len(frames) > 1:  # the first was answered already
+                    chan.send(encode_batch([]))
+        except Exception as exc:  # noqa: BLE001 - reported through frames
+            frames.append(exc)
+        drained.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    t = make_transport("a", {"x": ls.getsockname()}, request_timeout=3.0)
+    try:
+        assert wait_until(lambda: t.peer_status()["x"]["connected"])
+        t.send("x", big)
+        assert answered.wait(3.0)
+        time.sleep(0.1)
+        assert t.peer_status()["x"]["delivered"] == 0  # still being written
+        t0 = time.monotonic()
+        t.send("x", b"small")
+        assert time.monotonic() - t0 < 0.05, "send() wrote on the caller's thread into a full socket"
+        assert drained.wait(6.0)
+        assert frames == [[big], [b"small"]], [f if isinstance(f, Exception) else [len(x) for x in f]
+                                               for f in frames]
+        assert wait_until(lambda: t.peer_status()["x"]["delivered"] == 2)
+    finally:
+        ls.close()
