@@ -11,6 +11,11 @@ Figures:
                   B's PeerTransport, A's on_message sees the answer (p50 / p99): two
                   one-way trips through queues, sender threads and batches
 Each figure is the median of --repeat runs.
+
+    python3 benchmarks/transport_bench.py --idle-seconds 10
+
+instead gives the CPU that one process holding a transport connected to 8 peers, and
+the 8 peer servers, uses with no traffic (Unix: getrusage).
 """
 from __future__ import annotations
 
@@ -112,6 +117,31 @@ def ping_pong(rounds: int, size: int) -> tuple[float, float]:
         sb.close()
 
 
+def idle_cost(peers: int, seconds: float) -> float:
+    """CPU % of one core that a transport connected to ``peers`` peers, and their
+    servers, use with no traffic (getrusage of this process over ``seconds``)."""
+    import resource
+
+    servers = [PeerServer(HOST, 0, SECRET, lambda s, p: None) for _ in range(peers)]
+    t = PeerTransport("a", SECRET, {f"p{i}": srv.address for i, srv in enumerate(servers)})
+    try:
+        deadline = time.monotonic() + 5
+        while not all(st["connected"] for st in t.peer_status().values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("peers did not connect")
+            time.sleep(0.05)
+        time.sleep(1.0)
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        time.sleep(seconds)
+        r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        return cpu / (t1 - t0) * 100
+    finally:
+        t.close()
+        for srv in servers:
+            srv.close()
+
+
 def _pct(samples: list[float], p: int) -> float:
     s = sorted(samples)
     return s[min(len(s) - 1, int(len(s) * p / 100))]
@@ -123,7 +153,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=100, help="payload bytes")
     ap.add_argument("--rounds", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--idle-seconds", type=float, default=0,
+                    help="instead: the idle CPU of a transport connected to 8 peers (Unix)")
     args = ap.parse_args()
+    if args.idle_seconds:
+        print(f"idle, 8 peers connected: {idle_cost(8, args.idle_seconds):.2f} % of one core "
+              f"over {args.idle_seconds:g} s")
+        return
 
     rates, d50, d99, p50, p99 = [], [], [], [], []
     for _ in range(args.repeat):
