@@ -285,6 +285,9 @@ class _Server(ThreadedServer):
         except OSError as exc:
             if self.active:
                 log.debug("connection with %s ended: %s", who, exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. a TLS socket shut under a read: this connection ends
+            if self.active:
+                log.warning("connection with %s closed: %s: %.200s", who, type(exc).__name__, _text(exc))
         finally:
             self._untrack(chan.channel.stream)
             chan.close()
