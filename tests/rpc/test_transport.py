@@ -337,8 +337,8 @@ def test_client_role_cannot_call_deliver(make_server):
 
 def test_a_peer_speaks_batches_and_nothing_else(make_server, caplog):
     """A connection with the peer key gets no RPyC: its batches reach on_message in
-    order and each is answered; an RPyC request, or bytes that are not a batch, end
-    that connection with a line naming the peer, and the node serves the next one."""
+    order and each is answered; an RPyC request, bytes that are not a batch, or a batch
+    of more than 1,024 messages, end that connection with a line naming the peer, and the node serves the next one."""
     caplog.set_level(logging.WARNING, logger="rpc.transport")
     inbox = Inbox()
     srv = make_server(inbox)
@@ -348,13 +348,13 @@ def test_a_peer_speaks_batches_and_nothing_else(make_server, caplog):
     assert inbox.messages == [("n9", b"one"), ("n9", b"two")]
     rpyc_request = brine.dump((consts.MSG_REQUEST, 1, (consts.HANDLE_GETROOT, ())))
     for blob in (rpyc_request, b"\xc1 not msgpack", encode_batch(["text, not bytes"]), b"\x07",
-                 msgpack.packb([[b"nested"]]), msgpack.packb({b"a": b"b"})):
+                 msgpack.packb([[b"nested"]]), msgpack.packb({b"a": b"b"}), encode_batch([b"x"] * 1025)):
         with open_peer_channel(srv.address, SECRET, ident="n9") as conn:
             conn.channel.send(blob)
             with pytest.raises(EOFError):
                 conn.poll(2.0) and conn.recv()
     lines = [r.getMessage() for r in caplog.records if "peer 'n9'" in r.getMessage()]
-    assert len(lines) == 6 and all("closed" in line for line in lines), lines
+    assert len(lines) == 7 and all("closed" in line for line in lines), lines
     assert inbox.messages == [("n9", b"one"), ("n9", b"two")]
     with open_peer_channel(srv.address, SECRET, ident="n9") as conn:
         assert conn.call([b"three"]) == []
