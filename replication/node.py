@@ -45,6 +45,7 @@ from replication.errors import NodeHalted, RaftError
 from replication.membership import ConfigChange, Membership
 from replication.apply import Applier, ApplierMixin, EntryLost
 from replication.persist import DiskLane
+from replication.proposals import Proposals
 from replication.ready import Role
 from replication.runtime.events import (
     ApplyWork, Call, Complete, DiskState, DiskWork, MembershipChanged, PeerMsg, Persisted, Propose, Read, Send,
@@ -107,12 +108,14 @@ class Node(ApplierMixin):
         self.storage, self.sm, self.core, self.machine = parts.storage, parts.sm, parts.core, parts.machine
         self.membership = self.core.membership
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # events for the machine
-        self._futures: dict[int, Future] = {}  # token -> the caller's Future
+        # token -> the caller's Future, or (Proposals, index) for one of a batch
+        self._futures: dict[int, Future | tuple[Proposals, int]] = {}
         self._tokens = itertools.count(1)
         self._apply_q: queue.SimpleQueue = queue.SimpleQueue()
         self.applier = Applier(node_id, self.sm, self.storage, self._complete)
         self._applied_cond = threading.Condition()
         self._stop = threading.Event()
+        self._stopped = False  # stop() has answered its waiters: a later caller is answered at once
         self._failed: BaseException | None = None
         self._raft_thread = threading.Thread(target=self._guarded("raft", self._raft_loop), name=f"raft-{node_id}",
                                              daemon=True)
@@ -158,6 +161,7 @@ class Node(ApplierMixin):
         self._apply_q.put(None)
         self._apply_thread.join()
         self.storage.close()
+        self._stopped = True  # before answering: a caller that comes later answers itself (_kick)
         self._fail_waiting(NodeHalted(f"node {self.id!r} is stopped"))
         if self._role == Role.LEADER and self.on_leader_stop:
             self.on_leader_stop()
@@ -172,6 +176,9 @@ class Node(ApplierMixin):
         """Answer a caller (any thread); once only: a node that halted answered it already."""
         fut = self._futures.pop(token, None)
         if fut is None:
+            return
+        if type(fut) is tuple:  # one of a batch (propose_many)
+            fut[0].settle(fut[1], value, exc)
             return
         if exc is not None:
             fut.set_exception(exc)
@@ -219,19 +226,25 @@ class Node(ApplierMixin):
         Proposals queued while another thread steps the core are taken into one batch
         (one Ready, one fsync, one append per follower).
         """
-        return self.submit_many([(tx, session)])[0]
-
-    def submit_many(self, items: list[tuple[Any, tuple[int, int] | None]]) -> list[Future]:
-        """:meth:`submit` for several ``(tx, session)`` at once: they go into one Ready
-        (one fsync, one append per follower) however the threads are scheduled."""
-        plain = [(CODEC.to_plain(tx), session) for tx, session in items]  # may raise: before queueing
-        futures = []
-        for p, session in plain:
-            token, fut = self._token()
-            futures.append(fut)
-            self._inbox.put(Propose(p, session, token))
+        plain = CODEC.to_plain(tx)  # may raise: before queueing
+        token, fut = self._token()
+        self._inbox.put(Propose(plain, session, token))
         self._kick()
-        return futures
+        return fut
+
+    def propose_many(self, items: list[tuple[Any, tuple[int, int] | None]]) -> Proposals:
+        """:meth:`submit` for several ``(tx, session)`` at once, waited for together:
+        they go into one Ready (one fsync, one append per follower) however the threads
+        are scheduled, and their outcomes are settled in one :class:`Proposals`."""
+        plain = [(CODEC.to_plain(tx), session) for tx, session in items]  # may raise: before queueing
+        batch = Proposals(len(plain))
+        tokens, futures, put = self._tokens, self._futures, self._inbox.put
+        for k, (p, session) in enumerate(plain):
+            token = next(tokens)
+            futures[token] = (batch, k)
+            put(Propose(p, session, token))
+        self._kick()
+        return batch
 
     def query(self, q: Any, timeout: float = 10.0, *, linearizable: bool = True) -> Any:
         """Run ``q``; linearizable (ReadIndex) by default, else on the local state."""
@@ -357,6 +370,9 @@ class Node(ApplierMixin):
         thus stepped by the thread that received it, with no hand-off to a raft thread
         (each hand-off costs a wake-up of 0.1-0.15 ms on the commit path).
         """
+        if self._stopped:  # nobody steps the machine any more: this caller's input is refused
+            self._fail_waiting(NodeHalted(f"node {self.id!r} is stopped"))
+            return
         held = None if capture is None else [threading.get_ident(), capture[0], capture[1], 0]
         while True:
             if not self._core_lock.acquire(blocking=False):

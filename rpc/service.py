@@ -226,11 +226,11 @@ class ClientService(rpyc.Service):
                 replies[k] = ("error", _text(exc))
 
         def outcome() -> tuple:
-            futures = self._p.node.submit_many([(tx, session) for _k, tx, session in todo])
-            deadline = time.monotonic() + BATCH_TIMEOUT
-            for (k, _tx, _s), fut in zip(todo, futures):
+            proposals = self._p.node.propose_many([(tx, session) for _k, tx, session in todo])
+            proposals.wait(BATCH_TIMEOUT)  # then the first unsettled one raises TimeoutError
+            for j, (k, _tx, _s) in enumerate(todo):
                 try:
-                    replies[k] = fut.result(max(0.0, deadline - time.monotonic()))
+                    replies[k] = proposals.outcome(j)
                 except ProposalRefused:
                     raise  # not the leader (any more): the whole batch goes elsewhere
                 except PrevalenceError as exc:

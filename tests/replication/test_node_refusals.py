@@ -121,3 +121,16 @@ def test_a_command_the_journal_cannot_hold_fails_alone_and_the_node_serves_on(cl
         bad.result(2)
     assert good.result(2) == 1
     assert leader.execute(Add("x", 1)) == 2
+
+
+def test_a_command_or_read_sent_to_a_stopped_node_is_refused_at_once(cluster):
+    """stop() answers what waits when it stops; a caller that comes later was left
+    waiting for its whole timeout (10 s by default) instead of hearing "stopped"."""
+    leader = cluster.leader()
+    leader.stop()
+    started = time.monotonic()
+    with pytest.raises(ProposalRefused, match="stopped"):
+        leader.submit(Add("x", 1)).result(3)
+    with pytest.raises(ProposalRefused, match="stopped"):
+        leader.query(Get("x"), timeout=3)
+    assert time.monotonic() - started < 1.0
