@@ -67,11 +67,37 @@ ADMIN_TRANSACTIONS: tuple[type, ...] = (SetSessionExpiry,)
 def _unpack_batch(data: bytes, max_request: int) -> Any:
     """A msgpack-encoded batch, bounded before it is decoded: its size, its arrays' and
     strings' lengths (no nesting deeper than msgpack's own limit is decoded either);
-    what it holds is then checked as a batch sent as a tuple."""
+    its shape as it is decoded (:class:`_BatchShape`); what it holds is then checked as
+    a batch sent as a tuple."""
     if len(data) > max_request + 64 * MAX_BATCH_ITEMS:  # the commands plus their numbers
         raise PrevalenceError(f"{len(data)} bytes, over the limit of {max_request} bytes of commands")
     return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True, max_bin_len=max_request,
-                           max_str_len=MAX_NAME, max_array_len=MAX_BATCH_ITEMS, max_map_len=0, max_ext_len=0)
+                           max_str_len=MAX_NAME, max_array_len=MAX_BATCH_ITEMS, max_map_len=0, max_ext_len=0,
+                           list_hook=_BatchShape())
+
+
+class _BatchShape:
+    """msgpack's ``list_hook``: sees each array as it is completed, innermost first, and
+    allows only three-item arrays of scalars (the commands) and then one array of them.
+    Without it, a megabyte of nested one-item arrays decoded to 49 MB of tuples before
+    the batch check refused it, per connection at once; now decoding stops at the first
+    misshapen array, after at most MAX_BATCH_ITEMS items."""
+
+    __slots__ = ("outer",)
+
+    def __init__(self) -> None:
+        self.outer = False
+
+    def __call__(self, array: tuple) -> tuple:
+        if not self.outer:
+            if len(array) == 3:
+                a, b, c = array
+                if type(a) is not tuple and type(b) is not tuple and type(c) is not tuple:
+                    return array  # a command: (data, session, seq), each checked later
+            if all(type(item) is tuple for item in array):
+                self.outer = True
+                return array
+        raise ValueError("a batch is an array of (data, session, seq) arrays")
 
 
 def _valid_session(sid: Any, seq: Any) -> bool:

@@ -79,6 +79,15 @@ def test_session_numbers_out_of_range_are_refused_and_the_node_keeps_serving(nod
     assert reply(conn, "status")[0] == "ok"
 
 
+def test_a_batch_of_nested_arrays_is_refused_and_the_node_keeps_serving(node):
+    """A megabyte of nested one-item arrays decoded to about 49 MB before it was refused."""
+    c, conn, sid = node
+    row = b"\xdc" + (1024).to_bytes(2, "big") + b"\x91\x00" * 1024
+    r = reply(conn, "execute_batch", b"\xdc" + (480).to_bytes(2, "big") + row * 480)
+    assert r[0] == "error" and "malformed batch" in r[1] and "(data, session, seq)" in r[1], r
+    assert reply(conn, "status")[0] == "ok"
+
+
 def test_state_unchanged_and_node_still_serving_after_bad_input(node):
     c, conn, sid = node
     assert reply(conn, "query", CODEC.dumps(Get("x"))) == ["ok", 7]
