@@ -182,6 +182,25 @@ def test_a_batch_holds_at_most_max_batch_frames_messages():
         decode_batch(msgpack.packb({b"k": b"v"}))
 
 
+def test_a_batch_of_nested_arrays_is_refused_before_it_grows():
+    """Each array is bounded, nesting is not: 16 MiB of nested one-item arrays decoded
+    to about 600 MB of lists before the check that every item is bytes refused them."""
+    import tracemalloc
+
+    row = b"\xdc" + (1024).to_bytes(2, "big") + b"\x91\xc0" * 1024  # 1,024 arrays of [None]
+    blob = b"\xdc" + (1024).to_bytes(2, "big") + row * 1024  # 2 MiB: a batch frame is up to 16
+    tracemalloc.start()
+    try:
+        with pytest.raises(BatchError, match="an array of byte strings"):
+            decode_batch(blob)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak / 1e6:.0f} MB decoded before the refusal"
+    with pytest.raises(BatchError, match="an array of byte strings"):
+        decode_batch(b"\x92\x91\xc4\x01x\xc4\x01y")  # [[b"x"], b"y"]
+
+
 def test_a_node_answers_with_no_more_messages_than_a_batch_holds():
     from replication.node import REPLY_MESSAGES
 
