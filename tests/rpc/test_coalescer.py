@@ -281,3 +281,21 @@ def test_ctrl_c_while_lingering_leaves_the_lane_to_the_next_caller():
 def test_the_linger_is_not_negative():
     with pytest.raises(ValueError):
         Coalescer(FakeSend(), linger=-1.0)
+
+
+def test_a_waiting_callers_latch_opens_once_and_stays_open():
+    from rpc.batching import _Latch
+
+    latch = _Latch()
+    assert not latch.is_set()
+    woke = []
+    t = threading.Thread(target=lambda: (latch.wait(), woke.append(True)))
+    t.start()
+    time.sleep(0.02)
+    assert not woke
+    latch.set()
+    t.join(5)
+    assert woke == [True] and latch.is_set()
+    latch.set()  # a second set (handed the lane, then done) changes nothing
+    latch.wait()
+    assert latch.is_set()
