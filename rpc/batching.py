@@ -150,7 +150,10 @@ class Coalescer:
             lane = self._free.pop() if self._free else -1
             if lane < 0:
                 self._queue.append(cmd)
-                self._arrived.notify_all()  # with several lanes, several leaders may linger
+                if not self._away or len(self._queue) >= self.max_count - 1:
+                    # what a lingering leader waits for (with several lanes, several may):
+                    # woken at each arrival, it took the GIL a dozen times a call for nothing
+                    self._arrived.notify_all()
         if lane < 0:
             try:
                 cmd._event.wait()
