@@ -29,6 +29,7 @@ from prevalence.sessions import SetSessionExpiry
 from replication.client_policy import refusal_reply
 from replication.errors import NodeHalted, ProposalRefused
 from replication.node import Node
+from rpc.decode_budget import BUDGET
 from rpc.transport import MAX_REQUEST, REPLY_MAX_FRAME
 
 log = logging.getLogger("rpc.service")
@@ -208,7 +209,7 @@ class ClientService(rpyc.Service):
         if not _valid_session(session_id, seq):
             return _reply("error", "session id and sequence number must be positive 63-bit integers")
         # the node returns the session's reply: the transaction's errors are inside it
-        return self._guard(lambda: self._p.node.execute(self._load(data), session=(session_id, seq)))
+        return self._guard(lambda: self._p.node.execute(self._decode(data), session=(session_id, seq)))
 
     def _execute_once(self, tx: Any) -> Any:
         try:
@@ -242,14 +243,18 @@ class ClientService(rpyc.Service):
             return _reply("error", f"request of {size} bytes is over the limit of {self._max} bytes")
         replies: list = [None] * len(items)
         todo: list[tuple[int, Any, tuple[int, int]]] = []
-        for k, (data, sid, seq) in enumerate(items):
-            if not _valid_session(sid, seq):
-                replies[k] = ("error", "session id and sequence number must be positive 63-bit integers")
-                continue
-            try:
-                todo.append((k, self._load(data), (sid, seq)))
-            except Exception as exc:  # noqa: BLE001 - any decoding failure is this command's error
-                replies[k] = ("error", _text(exc))
+        held = BUDGET.take(size)
+        try:
+            for k, (data, sid, seq) in enumerate(items):
+                if not _valid_session(sid, seq):
+                    replies[k] = ("error", "session id and sequence number must be positive 63-bit integers")
+                    continue
+                try:
+                    todo.append((k, self._load(data), (sid, seq)))
+                except Exception as exc:  # noqa: BLE001 - any decoding failure is this command's error
+                    replies[k] = ("error", _text(exc))
+        finally:
+            BUDGET.give(held)
 
         def outcome() -> tuple:
             proposals = self._p.node.propose_many([(tx, session) for _k, tx, session in todo])
@@ -396,16 +401,25 @@ class ClientService(rpyc.Service):
 
     # -- the admin key's (issue 15) -------------------------------------------------------
     def _load(self, data: Any) -> Any:
-        """The request decoded; an administrative transaction only from the admin key."""
+        """The request decoded; an administrative transaction only from the admin key.
+        The caller holds ``len(data)`` of the process's decode budget."""
         obj = CODEC.loads(self._check(data))
         if isinstance(obj, ADMIN_TRANSACTIONS) and not self._is_admin:
             raise PrevalenceError(_NEEDS_ADMIN.format(what=type(obj).__name__))
         return obj
 
+    def _decode(self, data: Any) -> Any:
+        """``_load`` within the process's decode budget (rpc.decode_budget)."""
+        held = BUDGET.take(len(data) if type(data) is bytes else 0)
+        try:
+            return self._load(data)
+        finally:
+            BUDGET.give(held)
+
     def _run(self, data: Any, call) -> bytes:
         """A call whose own exceptions (the transaction's or query's) are its reply."""
         def outcome() -> tuple:
-            obj = self._load(data)
+            obj = self._decode(data)
             try:
                 return ("ok", call(obj))
             except (PrevalenceError, TimeoutError):

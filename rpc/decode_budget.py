@@ -1,0 +1,46 @@
+"""How many request bytes a node decodes at once, across all its client connections.
+
+A command's data is the application's plain data and may nest, so msgpack decodes it to
+up to about 56 bytes of Python objects per byte received (an empty list is one byte and
+a 56-byte object): a 1 MiB command of nested empty lists took 53 MB. Per connection
+that is bounded by the request limit; across 128 connections decoding at once it was
+not (about 7 GB). Past the budget, a connection waits for the others to finish decoding,
+which takes milliseconds for an honest request and at most about 0.1 s for 1 MiB.
+"""
+from __future__ import annotations
+
+import threading
+
+#: Request bytes decoding at once in one process: two requests of the default limit
+#: (1 MiB), so at most about 120 MB of decoded objects however many clients send.
+DECODE_BUDGET = 2 << 20
+
+
+class DecodeBudget:
+    """A count of bytes being decoded, bounded by ``limit``; ``take`` waits for room."""
+
+    def __init__(self, limit: int = DECODE_BUDGET) -> None:
+        if limit < 1:
+            raise ValueError("a decode budget holds at least one byte")
+        self.limit = limit
+        self.used = 0
+        self._room = threading.Condition(threading.Lock())
+
+    def take(self, size: int) -> int:
+        """Wait until ``size`` bytes fit (a request larger than the whole budget waits
+        for it to be empty, then takes all of it); returns what to give back."""
+        size = max(0, min(size, self.limit))
+        with self._room:
+            while self.used + size > self.limit:
+                self._room.wait()
+            self.used += size
+        return size
+
+    def give(self, size: int) -> None:
+        with self._room:
+            self.used -= size
+            self._room.notify_all()
+
+
+#: The process's budget, shared by every ClientService (one per client connection).
+BUDGET = DecodeBudget()
