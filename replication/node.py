@@ -154,15 +154,17 @@ class Node(ApplierMixin):
                 log.info("%s: no leadership transfer before stopping: %s", self.id, exc)
         self._stop.set()
         self._wake.set()
-        self._raft_thread.join()
-        with self._core_lock:  # no other thread is still stepping the core
-            pass
-        self._disk.stop()
-        self._apply_q.put(None)
-        self._apply_thread.join()
-        self.storage.close()
-        self._stopped = True  # before answering: a caller that comes later answers itself (_kick)
-        self._fail_waiting(NodeHalted(f"node {self.id!r} is stopped"))
+        try:
+            self._raft_thread.join()
+            with self._core_lock:  # no other thread is still stepping the core
+                pass
+            self._disk.stop()
+            self._apply_q.put(None)
+            self._apply_thread.join()
+            self.storage.close()  # may raise (a failing disk): what waits is answered all the same
+        finally:
+            self._stopped = True  # before answering: a caller that comes later answers itself (_kick)
+            self._fail_waiting(NodeHalted(f"node {self.id!r} is stopped"))
         if self._role == Role.LEADER and self.on_leader_stop:
             self.on_leader_stop()
 

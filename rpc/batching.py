@@ -62,26 +62,38 @@ LINGER_SKIP = 16
 class _Latch:
     """A one-shot event for the one thread waiting on a command: a lock held until set.
     A ``threading.Event`` costs a Condition to make and a new lock at each wait, about
-    10 µs a command in all, and the client's callers wake one after another on it."""
+    10 µs a command in all, and the client's callers wake one after another on it.
 
-    __slots__ = ("_lock",)
+    Whether it is set is a flag, not the lock's state: an exception raised in the waiter
+    right after its acquire returned (a Ctrl-C that lands as the latch is set is raised
+    there, at the end of the call) leaves the lock held, and ``Coalescer._abandon`` must
+    still see that the caller was handed the lead."""
+
+    __slots__ = ("_lock", "_set")
 
     def __init__(self) -> None:
+        self._set = False
         self._lock = _thread.allocate_lock()
         self._lock.acquire()
 
     def set(self) -> None:
+        self._set = True  # first: a waiter woken by the release sees it
         try:
             self._lock.release()
         except RuntimeError:  # set already
             pass
 
     def is_set(self) -> bool:
-        return not self._lock.locked()
+        return self._set
 
     def wait(self) -> None:
+        if self._set:
+            return
         self._lock.acquire()  # interruptible by Ctrl-C, as an Event's wait is
-        self._lock.release()  # stays set
+        try:
+            self._lock.release()  # stays set
+        except RuntimeError:  # a second set() released it meanwhile
+            pass
 
 
 class Command:

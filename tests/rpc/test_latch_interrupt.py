@@ -1,0 +1,78 @@
+"""rpc.batching._Latch: a KeyboardInterrupt raised in the waiter right after its acquire
+returned (where a Ctrl-C that lands as the latch is set is raised) must not make the
+latch read unset: Coalescer._abandon would keep the lane it was handed, and every later
+caller of the client would wait for it forever."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from rpc.batching import Coalescer, Command
+
+
+class _InterruptAfterAcquire:
+    def __init__(self, lock):
+        self._l = lock
+
+    def acquire(self, *a):
+        self._l.acquire(*a)
+        raise KeyboardInterrupt
+
+    def release(self):
+        self._l.release()
+
+    def locked(self):
+        return self._l.locked()
+
+
+def test_a_caller_interrupted_as_it_is_handed_the_lead_passes_the_lane_on():
+    gate = threading.Event()
+    sent = []
+
+    def send(batch, lane):
+        sent.append(batch[0].data)
+        if batch[0].data == b"A":
+            gate.wait(5)
+        for c in batch:
+            c.reply = ["ok", c.data]
+
+    co = Coalescer(send, max_in_flight=1, linger=0)
+    a = Command(b"A", 1, 1, 0)
+    threading.Thread(target=co.run, args=(a,), daemon=True).start()
+    while not sent:
+        time.sleep(0.001)
+    b = Command(b"B", 1, 2, 0)
+    b._event._lock = _InterruptAfterAcquire(b._event._lock)
+    raised = []
+
+    def b_caller():
+        try:
+            co.run(b)
+        except KeyboardInterrupt:
+            raised.append(True)
+
+    tb = threading.Thread(target=b_caller, daemon=True)
+    tb.start()
+    while b not in co._queue:
+        time.sleep(0.001)
+    gate.set()
+    tb.join(5)
+    assert raised
+    c = Command(b"C", 1, 3, 0)
+    tc = threading.Thread(target=co.run, args=(c,), daemon=True)
+    tc.start()
+    tc.join(5)
+    assert c.done, "the lane handed to the interrupted caller was never passed on"
+
+
+def test_a_real_sigint_as_the_latch_is_set_leaves_it_set():
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "review", "latch_real_sigint.py")
+    if not os.path.exists(script):
+        return
+    out = subprocess.run([sys.executable, script, "200"], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.join(os.path.dirname(__file__), "..", ".."))
+    assert "set, but reads unset after the interrupt: 0" in out.stdout, out.stdout + out.stderr
