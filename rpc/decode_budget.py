@@ -1,10 +1,11 @@
 """How many request bytes a node decodes at once, across all its client connections.
 
 A command's data is the application's plain data and may nest, so msgpack decodes it to
-up to about 56 bytes of Python objects per byte received (an empty list is one byte and
-a 56-byte object): a 1 MiB command of nested empty lists took 53 MB. Per connection
+up to about 70 bytes of Python objects per byte received (an empty map is one byte and
+a 64-byte object, and msgpack builds an array's slots at its header): a 1 MiB command of
+nested arrays of empty maps took 74 MB. Per connection
 that is bounded by the request limit; across 128 connections decoding at once it was
-not (about 7 GB). Past the budget, a connection waits for the others to finish decoding,
+not (about 9 GB). Past the budget, a connection waits for the others to finish decoding,
 which takes milliseconds for an honest request and at most about 0.1 s for 1 MiB.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import threading
 
 #: Request bytes decoding at once in one process: two requests of the default limit
-#: (1 MiB), so at most about 120 MB of decoded objects however many clients send.
+#: (1 MiB), so at most about 150 MB of decoded objects however many clients send.
 DECODE_BUDGET = 2 << 20
 
 
