@@ -6,7 +6,12 @@ a 64-byte object, and msgpack builds an array's slots at its header): a 1 MiB co
 nested arrays of empty maps took 74 MB. Per connection
 that is bounded by the request limit; across 128 connections decoding at once it was
 not (about 9 GB). Past the budget, a connection waits for the others to finish decoding,
-which takes milliseconds for an honest request and at most about 0.1 s for 1 MiB.
+which takes milliseconds for an honest request, about 0.1 s for 1 MiB of msgpack, and
+up to about 1 s when cattrs structures 1 MiB of list items one by one.
+
+RPyC's decoding of a request's arguments (brine.load, in rpc.peer_server) takes the
+budget too: brine makes up to about 118 bytes per byte (empty frozensets), and a client
+frame may be 4 MiB, so one frame alone can still decode to about 470 MB.
 """
 from __future__ import annotations
 

@@ -1,0 +1,59 @@
+"""RPyC decodes a request's arguments (brine.load) before any method sees them, and
+brine builds up to ~118 bytes of objects per byte (a tuple of empty frozensets: 4 MiB,
+the client frame limit, took 470 MB). That decoding takes the process's decode
+budget too, so connections decoding at once stay within it."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import rpyc
+from rpyc.core.stream import SocketStream
+from rpyc.core.channel import Channel
+
+import rpc.peer_server as peer_server
+from rpc.decode_budget import DecodeBudget
+
+
+class _Echo(rpyc.Service):
+    def exposed_echo(self, value):
+        return len(value)
+
+
+def _pair(monkeypatch, budget):
+    monkeypatch.setattr(peer_server, "BUDGET", budget, raising=False)
+    a, b = socket.socketpair()
+    server = peer_server._PlainConnection(_Echo(), Channel(SocketStream(a)), {"allow_public_attrs": False})
+    serving = threading.Thread(target=lambda: _serve(server), daemon=True)
+    serving.start()
+    client = rpyc.Connection(rpyc.VoidService(), Channel(SocketStream(b)), {})
+    return server, client
+
+
+def _serve(conn):
+    try:
+        conn.serve_all()
+    except Exception:  # noqa: BLE001 - closed at the end of the test
+        pass
+
+
+def test_a_request_decodes_within_the_process_budget(monkeypatch):
+    budget = DecodeBudget(1 << 20)
+    server, client = _pair(monkeypatch, budget)
+    try:
+        echo = rpyc.async_(client.root.echo)  # (looking it up is a request too)
+        assert client.root.echo(b"x" * 1000) == 1000  # a call still goes through
+        assert budget.used == 0
+        held = budget.take(1 << 20)  # the budget is full: the next request waits to decode
+        result = echo((frozenset(),) * 1000)
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            client.poll_all(0.05)
+        assert not result.ready, "a request decoded while the decode budget was full"
+        budget.give(held)
+        result.wait()
+        assert result.value == 1000 and budget.used == 0
+    finally:
+        client.close()
+        server.close()
