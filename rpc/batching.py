@@ -169,12 +169,14 @@ class Coalescer:
         if lane < 0:
             try:
                 cmd._event.wait()
+                # within the try: a Ctrl-C pending as wait() returns is raised at the next
+                # function entry (done's), and the lane handed to this caller must go on
+                if cmd.done:
+                    return
+                lane = cmd._lane  # handed the lead (and taken off the queue)
             except BaseException:  # KeyboardInterrupt while queued: leave no lane stranded
                 self._abandon(cmd)
                 raise
-            if cmd.done:
-                return
-            lane = cmd._lane  # handed the lead (and taken off the queue)
         self._lead(cmd, lane)
 
     def _abandon(self, cmd: Command) -> None:

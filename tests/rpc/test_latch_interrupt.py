@@ -76,3 +76,56 @@ def test_a_real_sigint_as_the_latch_is_set_leaves_it_set():
     out = subprocess.run([sys.executable, script, "200"], capture_output=True, text=True, timeout=60,
                          cwd=os.path.join(os.path.dirname(__file__), "..", ".."))
     assert "set, but reads unset after the interrupt: 0" in out.stdout, out.stdout + out.stderr
+
+
+class _InterruptAtDone(Command):
+    """Raises KeyboardInterrupt the first time its handed caller reads ``done``: where a
+    Ctrl-C that lands just after wait() returned is raised (the next function entry)."""
+
+    __slots__ = ("armed",)
+
+    @property
+    def done(self):
+        if getattr(self, "armed", False) and threading.get_ident() == self._caller and self._event.is_set():
+            self.armed = False
+            raise KeyboardInterrupt
+        return Command.done.fget(self)
+
+
+def test_a_caller_interrupted_just_after_its_wait_passes_the_lane_on():
+    gate = threading.Event()
+    sent = []
+
+    def send(batch, lane):
+        sent.append(batch[0].data)
+        if batch[0].data == b"A":
+            gate.wait(5)
+        for c in batch:
+            c.reply = ["ok", c.data]
+
+    co = Coalescer(send, max_in_flight=1, max_count=1, linger=0)
+    threading.Thread(target=co.run, args=(Command(b"A", 1, 1, 0),), daemon=True).start()
+    while not sent:
+        time.sleep(0.001)
+    b = _InterruptAtDone(b"B", 1, 2, 0)
+    b.armed = True
+    raised = []
+
+    def b_caller():
+        try:
+            co.run(b)
+        except KeyboardInterrupt:
+            raised.append(True)
+
+    tb = threading.Thread(target=b_caller, daemon=True)
+    tb.start()
+    while b not in co._queue:
+        time.sleep(0.001)
+    gate.set()
+    tb.join(5)
+    assert raised
+    c = Command(b"C", 1, 3, 0)
+    tc = threading.Thread(target=co.run, args=(c,), daemon=True)
+    tc.start()
+    tc.join(5)
+    assert c.done, "the lane handed to the interrupted caller was never passed on"
