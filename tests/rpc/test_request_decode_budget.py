@@ -13,6 +13,7 @@ from rpyc.core.stream import SocketStream
 from rpyc.core.channel import Channel
 
 import rpc.peer_server as peer_server
+from rpc.transport import BoundedChannel
 from rpc.decode_budget import DecodeBudget
 
 
@@ -24,10 +25,11 @@ class _Echo(rpyc.Service):
 def _pair(monkeypatch, budget):
     monkeypatch.setattr(peer_server, "BUDGET", budget, raising=False)
     a, b = socket.socketpair()
-    server = peer_server._PlainConnection(_Echo(), Channel(SocketStream(a)), {"allow_public_attrs": False})
+    server_channel = BoundedChannel(SocketStream(a), 4 << 20)  # frames of 64 KiB or more come as views
+    server = peer_server._PlainConnection(_Echo(), server_channel, {"allow_public_attrs": False})
     serving = threading.Thread(target=lambda: _serve(server), daemon=True)
     serving.start()
-    client = rpyc.Connection(rpyc.VoidService(), Channel(SocketStream(b)), {})
+    client = rpyc.Connection(rpyc.VoidService(), Channel(SocketStream(b), compress=False), {})
     return server, client
 
 
@@ -44,6 +46,7 @@ def test_a_request_decodes_within_the_process_budget(monkeypatch):
     try:
         echo = rpyc.async_(client.root.echo)  # (looking it up is a request too)
         assert client.root.echo(b"x" * 1000) == 1000  # a call still goes through
+        assert client.root.echo(b"x" * 200_000) == 200_000  # a large frame, read as a view
         assert budget.used == 0
         held = budget.take(1 << 20)  # the budget is full: the next request waits to decode
         result = echo((frozenset(),) * 1000)
