@@ -11,42 +11,64 @@ up to about 1 s when cattrs structures 1 MiB of list items one by one.
 
 RPyC's decoding of a request's arguments (brine.load, in rpc.peer_server) takes the
 budget too: brine makes up to about 118 bytes per byte (empty frozensets), and a client
-frame may be 4 MiB, so one frame alone can still decode to about 470 MB.
+frame may be 4 MiB, so one frame alone can still decode to about 470 MB. Requests of at
+most 64 KiB have a share of their own (2 MiB), so large ones never hold them up; the
+two shares together bound decoding at about 500 MB at worst.
 """
 from __future__ import annotations
 
 import threading
 
 #: Request bytes decoding at once in one process: two requests of the default limit
-#: (1 MiB), so at most about 150 MB of decoded objects however many clients send.
+#: (1 MiB), so at most about 150 MB of msgpack-decoded objects however many clients send.
 DECODE_BUDGET = 2 << 20
+#: Requests up to this size (every honest command, query and status request) take a
+#: share of their own, so that large requests decoding slowly never hold them up.
+SMALL_REQUEST = 64 << 10
+SMALL_BUDGET = 2 << 20
 
 
 class DecodeBudget:
-    """A count of bytes being decoded, bounded by ``limit``; ``take`` waits for room."""
+    """Counts of bytes being decoded, bounded by ``limit``; ``take`` waits for room.
 
-    def __init__(self, limit: int = DECODE_BUDGET) -> None:
-        if limit < 1:
-            raise ValueError("a decode budget holds at least one byte")
-        self.limit = limit
-        self.used = 0
+    With ``small``, a request of at most that many bytes counts against a second
+    limit, ``small_limit``, instead: a client sending large requests that decode for a
+    second each (brine, or cattrs structuring a long list) makes other large requests
+    wait, not a status request or an honest command."""
+
+    def __init__(self, limit: int = DECODE_BUDGET, *, small: int = 0, small_limit: int = SMALL_BUDGET) -> None:
+        if limit < 1 or small < 0 or small_limit < max(1, small):
+            raise ValueError("a decode budget holds at least one byte, and its small share a small request")
+        self.limit, self.small, self.small_limit = limit, small, small_limit
+        self.used = 0  # bytes of large requests decoding
+        self.used_small = 0
         self._room = threading.Condition(threading.Lock())
 
     def take(self, size: int) -> int:
         """Wait until ``size`` bytes fit (a request larger than the whole budget waits
         for it to be empty, then takes all of it); returns what to give back."""
-        size = max(0, min(size, self.limit))
+        size = max(0, size)
         with self._room:
-            while self.used + size > self.limit:
+            if size <= self.small:
+                while self.used_small + size > self.small_limit:
+                    self._room.wait()
+                self.used_small += size
+                return size
+            size = max(self.small + 1, min(size, self.limit))  # stays in the large share
+            while self.used + size > self.limit and self.used:
                 self._room.wait()
             self.used += size
         return size
 
     def give(self, size: int) -> None:
         with self._room:
-            self.used -= size
+            if size <= self.small:
+                self.used_small -= size
+            else:
+                self.used -= size
             self._room.notify_all()
 
 
-#: The process's budget, shared by every ClientService (one per client connection).
-BUDGET = DecodeBudget()
+#: The process's budget, shared by every connection's requests (rpc.peer_server decodes
+#: RPyC's part of a request within it, rpc.service the commands and queries).
+BUDGET = DecodeBudget(small=SMALL_REQUEST)

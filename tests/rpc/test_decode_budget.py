@@ -98,3 +98,26 @@ def test_clients_decoding_at_once_stay_within_the_process_budget(monkeypatch, me
     assert codec.most > 0
     assert codec.most <= BUDGET.limit, f"{codec.most} bytes decoding at once, over the budget of {BUDGET.limit}"
     assert BUDGET.used == 0
+
+
+def test_small_requests_do_not_wait_behind_large_ones():
+    """A client whose large requests decode for a second each held up every status
+    request and honest command while they did (found by review)."""
+    budget = DecodeBudget(1000, small=10, small_limit=30)
+    large = budget.take(5000)  # the whole large share
+    assert large == 1000
+    started = time.monotonic()
+    small = [budget.take(10) for _ in range(3)]  # at once: their own share
+    assert time.monotonic() - started < 0.5 and budget.used_small == 30
+    took = []
+    t = threading.Thread(target=lambda: took.append(budget.take(5)))
+    t.start()
+    time.sleep(0.05)
+    assert not took, "the small share is bounded too"
+    budget.give(small[0])
+    t.join(5)
+    assert took == [5]
+    for held in small[1:] + took + [large]:
+        budget.give(held)
+    assert budget.used == budget.used_small == 0
+    assert BUDGET.small > 0  # the process's budget has the small share
