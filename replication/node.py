@@ -234,12 +234,14 @@ class Node(ApplierMixin):
         self._kick()
         return fut
 
-    def propose_many(self, items: list[tuple[Any, tuple[int, int] | None]]) -> Proposals:
+    def propose_many(self, items: list[tuple[Any, tuple[int, int] | None]],
+                     decisive: type[BaseException] | tuple[type[BaseException], ...] = ()) -> Proposals:
         """:meth:`submit` for several ``(tx, session)`` at once, waited for together:
         they go into one Ready (one fsync, one append per follower) however the threads
-        are scheduled, and their outcomes are settled in one :class:`Proposals`."""
+        are scheduled, and their outcomes are settled in one :class:`Proposals`
+        (``decisive`` as there)."""
         plain = [(CODEC.to_plain(tx), session) for tx, session in items]  # may raise: before queueing
-        batch = Proposals(len(plain))
+        batch = Proposals(len(plain), decisive)
         tokens, futures, put = self._tokens, self._futures, self._inbox.put
         for k, (p, session) in enumerate(plain):
             token = next(tokens)

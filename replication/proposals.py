@@ -16,32 +16,45 @@ _UNSETTLED = object()
 
 class Proposals:
     """The outcomes of ``n`` proposals, in the order proposed: each a value or an
-    exception, settled once each by whichever thread learns it (``Node._complete``)."""
+    exception, settled once each by whichever thread learns it (``Node._complete``).
 
-    __slots__ = ("_outcomes", "_left", "_lock", "_done")
+    An exception of a ``decisive`` type (the service's: not the leader any more)
+    decides the whole batch once every proposal before it is settled, so the waiter
+    wakes then instead of waiting for the ones after it, which may never settle here."""
 
-    def __init__(self, n: int) -> None:
+    __slots__ = ("_outcomes", "_left", "_lock", "_done", "_decisive", "_prefix", "_decided_at")
+
+    def __init__(self, n: int, decisive: type[BaseException] | tuple[type[BaseException], ...] = ()) -> None:
         self._outcomes: list[Any] = [_UNSETTLED] * n
         self._left = n
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self._decisive = decisive
+        self._prefix = 0  # how many at the front are settled
+        self._decided_at = n  # the first decisive exception's index
         if n == 0:
             self._done.set()
 
     def settle(self, k: int, value: Any = None, exc: BaseException | None = None) -> None:
         """Proposal ``k`` came to ``value``, or failed with ``exc``; later settlements of
         the same one are ignored."""
+        outcomes = self._outcomes
         with self._lock:
-            if self._outcomes[k] is not _UNSETTLED:
+            if outcomes[k] is not _UNSETTLED:
                 return
-            self._outcomes[k] = (value, exc)
+            outcomes[k] = (value, exc)
             self._left -= 1
-            last = self._left == 0
-        if last:
+            if exc is not None and k < self._decided_at and isinstance(exc, self._decisive):
+                self._decided_at = k
+            while self._prefix < len(outcomes) and outcomes[self._prefix] is not _UNSETTLED:
+                self._prefix += 1
+            wake = self._left == 0 or self._decided_at < self._prefix
+        if wake:
             self._done.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """True once every proposal is settled; False if ``timeout`` passed first."""
+        """True once every proposal is settled, or a decisive exception is settled with
+        every one before it; False if ``timeout`` passed first."""
         return self._done.wait(timeout)
 
     def outcome(self, k: int) -> Any:

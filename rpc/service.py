@@ -266,7 +266,8 @@ class ClientService(rpyc.Service):
             BUDGET.give(held)
 
         def outcome() -> tuple:
-            proposals = self._p.node.propose_many([(tx, session) for _k, tx, session in todo])
+            # a refusal answers the whole batch as soon as all before it are settled
+            proposals = self._p.node.propose_many([(tx, session) for _k, tx, session in todo], ProposalRefused)
             proposals.wait(BATCH_TIMEOUT)  # then the first unsettled one raises TimeoutError
             for j, (k, _tx, _s) in enumerate(todo):
                 try:

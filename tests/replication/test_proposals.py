@@ -90,3 +90,53 @@ def test_a_stopping_node_settles_the_batch_it_still_holds(cluster):
     for k in range(3):
         with pytest.raises(ProposalRefused, match="stopped"):
             batch.outcome(k)
+
+
+def test_a_decisive_refusal_wakes_the_waiter_once_all_before_it_are_settled():
+    """A refusal answers the whole batch: the old per-Future loop answered as soon as it
+    reached it, while Proposals waited for the rest too, up to the batch's 10 s."""
+    batch = Proposals(4, ProposalRefused)
+    batch.settle(2, exc=ProposalRefused("not the leader"))
+    assert not batch.wait(0), "two before it are unsettled"
+    batch.settle(0, ("ok", 1))
+    assert not batch.wait(0)
+    batch.settle(1, exc=ValueError("its own error, not decisive"))
+    assert batch.wait(0)  # 3 never settles here
+    assert batch.outcome(0) == ("ok", 1)
+    with pytest.raises(ValueError):
+        batch.outcome(1)
+    with pytest.raises(ProposalRefused):
+        batch.outcome(2)
+    with pytest.raises(TimeoutError):
+        batch.outcome(3)
+    plain = Proposals(2)  # without decisive types: every one is waited for
+    plain.settle(0, exc=ProposalRefused("not the leader"))
+    assert not plain.wait(0)
+
+
+def test_a_batch_whose_first_command_is_refused_is_answered_at_once():
+    import time as _time
+
+    import msgpack
+
+    import rpc.service as service
+    from prevalence.codec import CODEC
+
+    class _Node:
+        def propose_many(self, items, decisive=()):
+            batch = Proposals(len(items), decisive)
+            batch.settle(0, exc=ProposalRefused("not the leader", leader="n2"))
+            return batch  # the second never settles: it was proposed after a step in between
+
+    class _Host:
+        node = _Node()
+
+        def address_of(self, node_id):
+            return "127.0.0.1:7102" if node_id == "n2" else None
+
+    data = CODEC.dumps(Add("x", 1))
+    started = _time.monotonic()
+    reply = msgpack.unpackb(service.ClientService(_Host(), "c").exposed_execute_batch(((data, 1, 1), (data, 1, 2))),
+                            raw=False)
+    assert reply[0] == "not_leader" and reply[1] == "n2", reply
+    assert _time.monotonic() - started < 1.0

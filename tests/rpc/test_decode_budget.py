@@ -55,7 +55,7 @@ class _Node:
 
     query = execute
 
-    def propose_many(self, items):
+    def propose_many(self, items, decisive=()):
         from replication.proposals import Proposals
 
         assert not items, "nothing decoded, nothing proposed"
