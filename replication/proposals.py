@@ -22,15 +22,14 @@ class Proposals:
     decides the whole batch once every proposal before it is settled, so the waiter
     wakes then instead of waiting for the ones after it, which may never settle here."""
 
-    __slots__ = ("_outcomes", "_left", "_lock", "_done", "_decisive", "_prefix", "_decided_at")
+    __slots__ = ("_outcomes", "_lock", "_done", "_decisive", "_prefix", "_decided_at")
 
     def __init__(self, n: int, decisive: type[BaseException] | tuple[type[BaseException], ...] = ()) -> None:
         self._outcomes: list[Any] = [_UNSETTLED] * n
-        self._left = n
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._decisive = decisive
-        self._prefix = 0  # how many at the front are settled
+        self._prefix = 0  # how many at the front are settled (all of them: done)
         self._decided_at = n  # the first decisive exception's index
         if n == 0:
             self._done.set()
@@ -43,12 +42,11 @@ class Proposals:
             if outcomes[k] is not _UNSETTLED:
                 return
             outcomes[k] = (value, exc)
-            self._left -= 1
             if exc is not None and k < self._decided_at and isinstance(exc, self._decisive):
                 self._decided_at = k
             while self._prefix < len(outcomes) and outcomes[self._prefix] is not _UNSETTLED:
                 self._prefix += 1
-            wake = self._left == 0 or self._decided_at < self._prefix
+            wake = self._prefix == len(outcomes) or self._decided_at < self._prefix
         if wake:
             self._done.set()
 
