@@ -245,9 +245,13 @@ class _Peer:
             log.warning("peer %s at %s answered with a bad batch: %s", self.id, format_address(c.address), exc)
             with self.cond:
                 self._kill(c, f"bad answer: {exc}")
-        except Exception as exc:  # noqa: BLE001 - EOFError, OSError: the connection is gone
+        except (EOFError, OSError, ValueError) as exc:  # the connection is gone (ValueError: a closed file)
             with self.cond:
                 self._kill(c, f"connection lost: {exc or type(exc).__name__}")
+        except Exception as exc:  # noqa: BLE001 - a bug here, not the peer's: said loudly, the link stays whole
+            log.exception("reader thread for peer %s: unexpected error", self.id)
+            with self.cond:
+                self._kill(c, f"internal error: {type(exc).__name__}")
         with self.cond:
             self.cond.notify_all()
 

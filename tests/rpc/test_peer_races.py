@@ -139,3 +139,29 @@ def test_an_answer_before_the_batch_is_written_lets_nothing_write_alongside(make
         assert wait_until(lambda: t.peer_status()["x"]["delivered"] == 2)
     finally:
         ls.close()
+
+
+def test_a_bug_in_the_reader_is_said_loudly_and_the_peer_dialled_again(make_server, make_transport, monkeypatch,
+                                                                       caplog):
+    """The reader took any exception for a lost connection ("connection lost: ..."),
+    so a bug in the link looked like a network fault, with no traceback."""
+    from replication.runtime.peer_link import PeerLink
+
+    got: list[bytes] = []
+    srv = make_server(None, on_batch=lambda src, frames: got.extend(frames) or [])
+    t = make_transport("a", {"x": srv.address})
+    assert wait_until(lambda: t.peer_status()["x"]["connected"])
+    real, calls = PeerLink.replied, []
+
+    def fails_once(self, *args):
+        if not calls:
+            calls.append(1)
+            raise RuntimeError("a bug in the link")
+        return real(self, *args)
+
+    monkeypatch.setattr(PeerLink, "replied", fails_once)
+    t.send("x", b"one")
+    assert wait_until(lambda: "reader thread for peer x: unexpected error" in caplog.text), caplog.text
+    assert "a bug in the link" in caplog.text
+    t.send("x", b"two")
+    assert wait_until(lambda: b"two" in got, timeout=5.0), t.peer_status()["x"]
