@@ -214,15 +214,18 @@ class ClientService(rpyc.Service):
     def exposed_execute(self, data: bytes, session_id: int | None = None, seq: int | None = None) -> bytes:
         """Without a session: at most once per call. With one: exactly once across retries."""
         if session_id is None:
-            return self._run(data, self._execute_once)
+            return self._run(data, lambda tx: self._p.node.submit(tx), self._outcome_once)
         if not _valid_session(session_id, seq):
             return _reply("error", "session id and sequence number must be positive 63-bit integers")
-        # the node returns the session's reply: the transaction's errors are inside it
-        return self._guard(lambda: self._p.node.execute(self._decode(data), session=(session_id, seq)))
+        # the node returns the session's reply: the transaction's errors are inside it;
+        # submitted, then waited for: the decoded command is not kept while it waits
+        return self._guard(lambda: self._p.node.submit(self._decode(data), session=(session_id, seq))
+                           .result(BATCH_TIMEOUT))
 
-    def _execute_once(self, tx: Any) -> Any:
+    @staticmethod
+    def _outcome_once(pending: Any) -> Any:
         try:
-            return self._p.node.execute(tx)
+            return pending.result(BATCH_TIMEOUT)
         except NodeHalted as exc:  # it may still commit elsewhere: a retry could apply it twice
             raise OutcomeUnknown(f"{exc}; sent without a session, its outcome is unknown") from None
 
@@ -251,7 +254,8 @@ class ClientService(rpyc.Service):
         if size > self._max:
             return _reply("error", f"request of {size} bytes is over the limit of {self._max} bytes")
         replies: list = [None] * len(items)
-        todo: list[tuple[int, Any, tuple[int, int]]] = []
+        keys: list[int] = []  # where each loaded command's reply goes
+        loaded: list[tuple[Any, tuple[int, int]]] = []
         held = BUDGET.take(size)
         try:
             for k, (data, sid, seq) in enumerate(items):
@@ -259,17 +263,22 @@ class ClientService(rpyc.Service):
                     replies[k] = ("error", "session id and sequence number must be positive 63-bit integers")
                     continue
                 try:
-                    todo.append((k, self._load(data), (sid, seq)))
+                    loaded.append((self._load(data), (sid, seq)))
                 except Exception as exc:  # noqa: BLE001 - any decoding failure is this command's error
                     replies[k] = ("error", _text(exc))
+                else:
+                    keys.append(k)
         finally:
             BUDGET.give(held)
 
         def outcome() -> tuple:
             # a refusal answers the whole batch as soon as all before it are settled
-            proposals = self._p.node.propose_many([(tx, session) for _k, tx, session in todo], ProposalRefused)
+            try:
+                proposals = self._p.node.propose_many(loaded, ProposalRefused)
+            finally:
+                loaded.clear()  # journal bytes now: the decoded objects are not kept while waiting
             proposals.wait(BATCH_TIMEOUT)  # then the first unsettled one raises TimeoutError
-            for j, (k, _tx, _s) in enumerate(todo):
+            for j, k in enumerate(keys):
                 try:
                     replies[k] = proposals.outcome(j)
                 except ProposalRefused:
@@ -426,12 +435,18 @@ class ClientService(rpyc.Service):
         finally:
             BUDGET.give(held)
 
-    def _run(self, data: Any, call) -> bytes:
-        """A call whose own exceptions (the transaction's or query's) are its reply."""
+    def _run(self, data: Any, call, then: Callable[[Any], Any] | None = None) -> bytes:
+        """A call whose own exceptions (the transaction's or query's) are its reply.
+        With ``then``, ``call`` only submits, and ``then`` waits for what it returned:
+        a command waits as journal bytes, without the objects it was decoded to."""
         def outcome() -> tuple:
             obj = self._decode(data)
             try:
-                return ("ok", call(obj))
+                value = call(obj)
+                if then is None:
+                    return ("ok", value)
+                obj = None
+                return ("ok", then(value))
             except (PrevalenceError, TimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001 - the transaction's or query's own error

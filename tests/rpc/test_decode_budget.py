@@ -53,7 +53,7 @@ class _Node:
     def execute(self, tx, **kw):
         raise AssertionError("nothing decoded, nothing executed")
 
-    query = execute
+    query = submit = execute
 
     def propose_many(self, items, decisive=()):
         from replication.proposals import Proposals
