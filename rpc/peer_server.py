@@ -20,6 +20,7 @@ import rpyc
 from rpyc.core import brine, consts
 from rpyc.utils.server import ThreadedServer
 
+from .brine_shape import MAX_OBJECTS, check_request
 from .decode_budget import BUDGET
 from .auth import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, Identity, ServerAuthenticator, format_address
 from .transport import (
@@ -93,18 +94,37 @@ class _PlainConnection(rpyc.Connection):
         # took 470 MB, per connection at once. Decoding a request takes its size from
         # the process's decode budget, as the service's own decoding does; the call
         # itself runs after it is given back (the service takes it again: never nested).
+        # And a request long enough to hold more objects than any call needs has its
+        # shape read first (rpc.brine_shape): refused, it is never built.
         if data[:1] != _REQUEST:
             return super()._dispatch(data)
         if self._bind_threads:
             self._get_thread()._occupation_count += 1
         else:
             self._recvlock.release()
+        if len(data) > MAX_OBJECTS:
+            check_request(data, 1)  # ValueError: the connection ends as malformed
         held = BUDGET.take(len(data))
         try:
             seq, args = brine.load(data[1:])
         finally:
             BUDGET.give(held)
         self._dispatch_request(seq, args)
+
+    def serve_all(self) -> None:
+        """RPyC's, except that a connection ending on an error is not closed politely:
+        the close request waits ``sync_request_timeout`` (5 s) for an answer from the
+        party that just sent a malformed message, holding this thread."""
+        try:
+            while not self.closed:
+                self.serve(None)
+        except EOFError:
+            pass
+        except BaseException:
+            hard_close(self)
+            raise
+        finally:
+            self.close()  # a no-op once hard-closed
 
     def _dispatch_request(self, seq, raw_args):
         # RPyC keeps the last failed request's traceback, whose frames (and so the

@@ -179,6 +179,37 @@ def test_a_follower_far_behind_catches_up_within_the_frame_limits(tmp_path):
         c.stop()
 
 
+def test_a_request_of_countless_small_objects_leaves_the_node_within_its_memory_bound(node):
+    """RPyC decodes a request before any method sees it, and brine builds an empty
+    frozenset (216 bytes) from 2: a client frame of 4 MiB of them took a node to
+    470 MB. Its shape is read first now: refused, nothing of it is built."""
+    c, nid = node
+    pid = c.procs[nid].pid
+    idle = idle_rss(pid)
+    reset_peak(pid)
+    count = (LIMIT["client"] - 64) // 2
+    # a request (message type 1) for (seq 1, (ping, (frozenset(), frozenset(), ...)))
+    body = (b"\x01" + b"\x11\x51" + b"\x11\x51" + b"\x10" + b"\x15" + count.to_bytes(4, "big")
+            + b"\x1a\x02" * count)
+    sock = authenticated(c, nid, "client")
+    try:
+        t0 = time.monotonic()
+        try:
+            sock.sendall(HEADER.pack(len(body), 0) + body + b"\n")
+        except OSError:
+            pass
+        closed = closed_within(sock, 10.0)
+        took = time.monotonic() - t0
+    finally:
+        sock.close()
+    peak = proc_kb(pid, "VmHWM") * 1024
+    assert peak <= idle + 2 * LIMIT["client"], f"peak {peak >> 20} MiB, idle {idle >> 20} MiB"
+    assert closed and took < 2.0, (closed, took)  # not after a polite close waiting 5 s for garbage
+    assert "closed: malformed message (ValueError: request of more than 8,192 values" in c.log(nid)
+    c.probes += 1
+    assert serves(c, nid, c.probes)
+
+
 def test_failed_requests_do_not_pile_up_in_memory(node):
     """RPyC keeps a failed request's traceback, whose frames hold the request's
     arguments in a reference cycle: only the cyclic GC freed them, much later. Thirty

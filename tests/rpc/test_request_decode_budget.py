@@ -60,3 +60,33 @@ def test_a_request_decodes_within_the_process_budget(monkeypatch):
     finally:
         client.close()
         server.close()
+
+
+def test_a_request_of_countless_small_objects_is_refused_before_it_is_decoded(monkeypatch):
+    """1 MiB of empty frozensets (2 bytes each in brine, 216 decoded) decoded to 114 MiB
+    on the node before the call was refused; the node now reads the request's shape
+    first and ends the connection as malformed, having built none of them."""
+    import tracemalloc
+
+    from rpyc.core import brine, consts
+
+    server, client = _pair(monkeypatch, DecodeBudget(8 << 20))
+    try:
+        assert client.root.echo(b"x" * (1 << 20)) == 1 << 20  # a large request of bytes is served
+        # the frame built beforehand: brine.dump itself takes 89 MiB for it in this process
+        frame = brine.I1.pack(consts.MSG_REQUEST) + brine.dump((99, (consts.HANDLE_PING, (frozenset(),) * (512 << 10))))
+        assert len(frame) > 1 << 20
+        tracemalloc.start()
+        try:
+            client._channel.send(frame)
+            deadline = time.monotonic() + 10
+            while not server.closed and time.monotonic() < deadline:
+                time.sleep(0.01)
+            _now, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 << 20, f"the request took {peak / 2**20:.0f} MiB"
+        assert server.closed, "the connection stayed open after a request of half a million objects"
+    finally:
+        client._channel.close()  # the node closed its side
+        server.close()
