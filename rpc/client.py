@@ -92,7 +92,14 @@ class Subscription:
                     for index, ts, type_name, fields in reply[2]:
                         if self._stop.is_set():
                             return
+                        if type(index) is not int:
+                            raise TypeError(f"an event's index is a {type(index).__name__}")
+                        if index < self.index:
+                            continue  # delivered already (a node sending it again)
                         self._deliver(Event(index, _EPOCH + timedelta(microseconds=ts), type_name, fields))
+                        # a malformed event later in the batch is asked for again, not
+                        # the ones delivered before it
+                        self.index = index + 1
                     self.index = max(self.index, reply[1])
                     continue
                 log.warning("subscription: %s", shown(reply[-1]))

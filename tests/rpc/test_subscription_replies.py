@@ -1,0 +1,86 @@
+"""A subscription delivers each applied transaction once, in order, whatever the
+replies it polls look like: a malformed event in a batch is not a reason to deliver
+the events before it again, nor to skip it."""
+from __future__ import annotations
+
+import threading
+import time
+
+from rpc.client import Event, Subscription
+
+
+class _Client:
+    """What a Subscription uses of its ClusterClient; ``read_log`` answers from a log."""
+
+    timeout = 5.0
+    _closed = False
+
+    def __init__(self, replies):
+        self.replies = replies  # start index -> the reply, or a function of the call count
+        self.calls: list[int] = []
+        self.lock = threading.Lock()
+
+    def _open_line(self):
+        return object()
+
+    def _close_line(self, line):
+        pass
+
+    def _call(self, deadline, method, start, limit, wait, any_node=False, line=None):
+        assert method == "read_log"
+        with self.lock:
+            self.calls.append(start)
+            reply = self.replies(start, len(self.calls))
+        if reply is None:
+            time.sleep(0.02)  # a long poll that found nothing
+            return ["ok", start, []]
+        return reply
+
+
+def _wait_for(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return cond()
+
+
+def test_a_malformed_event_is_retried_without_delivering_the_ones_before_it_again():
+    good = lambda i: [i, 1_000_000 * i, "test.Add", {"key": "x", "amount": i}]  # noqa: E731
+
+    def replies(start, n):
+        if start > 4:
+            return None
+        events = [good(i) for i in range(start, 5)]
+        if n == 1:
+            events[2] = [3, "not a time", "test.Add", {}]  # the third one, the first time only
+        return ["ok", 5, events]
+
+    client = _Client(replies)
+    seen: list = []
+    sub = Subscription(client, seen.append, 1)
+    try:
+        assert _wait_for(lambda: len(seen) >= 4 and len(client.calls) >= 3)
+        time.sleep(0.1)
+    finally:
+        sub.close()
+    assert all(type(e) is Event for e in seen)
+    assert [e.index for e in seen] == [1, 2, 3, 4], "each applied transaction once, in order"
+    assert client.calls[1] == 3, "the poll after the malformed event resumes at it"
+
+
+def test_events_a_node_sends_again_or_out_of_order_are_not_delivered_twice():
+    def replies(start, n):
+        if n == 1:
+            return ["ok", 3, [[1, 0, "test.Add", {}], [2, 0, "test.Add", {}]]]
+        if n == 2:  # a node behind the last one, or a bug: events already delivered
+            return ["ok", 4, [[1, 0, "test.Add", {}], [2, 0, "test.Add", {}], [3, 0, "test.Add", {}]]]
+        return None
+
+    client = _Client(replies)
+    seen: list = []
+    sub = Subscription(client, seen.append, 1)
+    try:
+        assert _wait_for(lambda: len(client.calls) >= 3)
+    finally:
+        sub.close()
+    assert [e.index for e in seen] == [1, 2, 3]
