@@ -21,8 +21,7 @@ import sys
 import threading
 import time
 from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable
 
 import msgpack
 
@@ -33,95 +32,13 @@ from rpc.batching import CALLS_IN_FLIGHT, MAX_BATCH, MAX_BATCH_BYTES, MAX_CALLS_
 from rpc.auth import AuthenticationFailed
 from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
+from rpc.subscription import ClusterUnavailable, Subscription
 from rpc.leader_watch import LeaderWatch
 from rpc.transport import MAX_REQUEST, NodeLink, hard_close, open_connection, remote_method
 from replication.client_policy import Attempts, Route, Session, SessionPool, shown, well_formed
 
 CONSISTENCY = ("linearizable", "leader", "local")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 log = logging.getLogger("rpc.client")
-
-
-class Event(NamedTuple):
-    """A committed and applied transaction, as a subscriber sees it."""
-
-    index: int
-    time: datetime
-    type: str
-    fields: dict
-
-
-class Compacted(NamedTuple):
-    """The subscription asked for entries a snapshot has replaced; it resumes at ``first_index``."""
-
-    requested: int
-    first_index: int
-
-
-class Subscription:
-    """Delivers applied transactions in order to ``callback`` on a thread of its own:
-    each once, and none that changed nothing (refused by check, a retry, an expired session).
-
-    It long-polls a node (the leader when known) on a connection of its own: the node
-    serves one request at a time per connection, so a poll on the client's shared one
-    would hold up every call queued behind it. After a failover it resumes at the index
-    after the last one delivered: no gap, no duplicate. Close it when done.
-    """
-
-    def __init__(self, client: "ClusterClient", callback: Callable[[Any], None], start: int):
-        self._client, self._callback, self.index = client, callback, start
-        self._stop = threading.Event()
-        self._line = client._open_line()
-        self._thread = threading.Thread(target=self._run, name="subscription", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        c = self._client
-        while not self._stop.is_set() and not c._closed:
-            try:
-                reply = c._call(time.monotonic() + c.timeout, "read_log", self.index, 256, 1.0, any_node=True,
-                                line=self._line)
-            except ClusterUnavailable:
-                continue  # a long outage: keep trying, from the same index
-            try:
-                if reply[0] == "compacted":
-                    self._deliver(Compacted(self.index, reply[1]))
-                    self.index = reply[1]
-                    continue
-                if reply[0] == "ok" and type(reply[1]) is int:
-                    for index, ts, type_name, fields in reply[2]:
-                        if self._stop.is_set():
-                            return
-                        if type(index) is not int:
-                            raise TypeError(f"an event's index is a {type(index).__name__}")
-                        if index < self.index:
-                            continue  # delivered already (a node sending it again)
-                        self._deliver(Event(index, _EPOCH + timedelta(microseconds=ts), type_name, fields))
-                        # a malformed event later in the batch is asked for again, not
-                        # the ones delivered before it
-                        self.index = index + 1
-                    self.index = max(self.index, reply[1])
-                    continue
-                log.warning("subscription: %s", shown(reply[-1]))
-            except (TypeError, ValueError, IndexError, OverflowError) as exc:  # a malformed batch of events
-                log.warning("subscription: malformed reply from the cluster (%s): %s", exc, shown(reply))
-            self._stop.wait(0.5)
-
-    def _deliver(self, item: Any) -> None:
-        try:
-            self._callback(item)
-        except Exception:  # noqa: BLE001 - the subscriber's bug must not end the stream
-            log.exception("subscription callback failed on %r", item)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._client._close_line(self._line)  # wakes a poll in progress at once
-        if threading.current_thread() is not self._thread:
-            self._thread.join(5)
-
-
-class ClusterUnavailable(PrevalenceError):
-    """No leader answered before the call's deadline; the message says what was tried."""
 
 
 class RemoteTransactionError(PrevalenceError):

@@ -27,7 +27,7 @@ from typing import Any
 from app.model import ApplyPreset, GridError, GridView, SetSettings
 from app.settings import SettingsError
 from app.ui.model import Link, describe
-from rpc.client import Compacted
+from rpc.subscription import Compacted
 from rpc.config import parse_address
 from rpc.transport import NodeLink
 

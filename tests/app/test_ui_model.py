@@ -8,7 +8,8 @@ import pytest
 
 from app.model import GridError
 from app.ui.model import HEADER_COLOURS, MAX_EVENTS, TILE_STATES, Board, Link, describe
-from rpc.client import ClusterUnavailable, Event, RemoteTransactionError
+from rpc.client import ClusterUnavailable, RemoteTransactionError
+from rpc.subscription import Event
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from rpc.client import Event, Subscription
+from rpc.subscription import Event, Subscription
 
 
 class _Client:

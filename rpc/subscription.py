@@ -1,0 +1,101 @@
+"""Subscriptions: the applied transactions, in order, each once, across failovers.
+
+``ClusterClient.subscribe`` starts one; it long-polls ``read_log`` through the client's
+calls on a connection of its own.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, NamedTuple
+
+from prevalence.errors import PrevalenceError
+from replication.client_policy import shown
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+log = logging.getLogger("rpc.client")
+
+
+class ClusterUnavailable(PrevalenceError):
+    """No leader answered before the call's deadline; the message says what was tried."""
+
+
+
+class Event(NamedTuple):
+    """A committed and applied transaction, as a subscriber sees it."""
+
+    index: int
+    time: datetime
+    type: str
+    fields: dict
+
+
+class Compacted(NamedTuple):
+    """The subscription asked for entries a snapshot has replaced; it resumes at ``first_index``."""
+
+    requested: int
+    first_index: int
+
+
+class Subscription:
+    """Delivers applied transactions in order to ``callback`` on a thread of its own:
+    each once, and none that changed nothing (refused by check, a retry, an expired session).
+
+    It long-polls a node (the leader when known) on a connection of its own: the node
+    serves one request at a time per connection, so a poll on the client's shared one
+    would hold up every call queued behind it. After a failover it resumes at the index
+    after the last one delivered: no gap, no duplicate. Close it when done.
+    """
+
+    def __init__(self, client: Any, callback: Callable[[Any], None], start: int):
+        self._client, self._callback, self.index = client, callback, start
+        self._stop = threading.Event()
+        self._line = client._open_line()
+        self._thread = threading.Thread(target=self._run, name="subscription", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        c = self._client
+        while not self._stop.is_set() and not c._closed:
+            try:
+                reply = c._call(time.monotonic() + c.timeout, "read_log", self.index, 256, 1.0, any_node=True,
+                                line=self._line)
+            except ClusterUnavailable:
+                continue  # a long outage: keep trying, from the same index
+            try:
+                if reply[0] == "compacted":
+                    self._deliver(Compacted(self.index, reply[1]))
+                    self.index = reply[1]
+                    continue
+                if reply[0] == "ok" and type(reply[1]) is int:
+                    for index, ts, type_name, fields in reply[2]:
+                        if self._stop.is_set():
+                            return
+                        if type(index) is not int:
+                            raise TypeError(f"an event's index is a {type(index).__name__}")
+                        if index < self.index:
+                            continue  # delivered already (a node sending it again)
+                        self._deliver(Event(index, _EPOCH + timedelta(microseconds=ts), type_name, fields))
+                        # a malformed event later in the batch is asked for again, not
+                        # the ones delivered before it
+                        self.index = index + 1
+                    self.index = max(self.index, reply[1])
+                    continue
+                log.warning("subscription: %s", shown(reply[-1]))
+            except (TypeError, ValueError, IndexError, OverflowError) as exc:  # a malformed batch of events
+                log.warning("subscription: malformed reply from the cluster (%s): %s", exc, shown(reply))
+            self._stop.wait(0.5)
+
+    def _deliver(self, item: Any) -> None:
+        try:
+            self._callback(item)
+        except Exception:  # noqa: BLE001 - the subscriber's bug must not end the stream
+            log.exception("subscription callback failed on %r", item)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._client._close_line(self._line)  # wakes a poll in progress at once
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5)
