@@ -15,6 +15,7 @@ from prevalence.errors import PrevalenceError
 from replication.client_policy import shown
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+RETRY_AFTER_ERROR = 5.0  # seconds before a subscription asks again after a refused key or a bug
 log = logging.getLogger("rpc.client")
 
 
@@ -64,6 +65,15 @@ class Subscription:
                                 line=self._line)
             except ClusterUnavailable:
                 continue  # a long outage: keep trying, from the same index
+            except Exception as exc:  # noqa: BLE001 - the stream must not end unheard: said, then retried
+                # AuthenticationFailed (every node refused the key: a rotation under way),
+                # or a bug: a thread that ended here would leave the subscriber waiting
+                # for events that never come
+                log.error("subscription: reading the log failed (retrying in %.0f s): %s: %s",
+                          RETRY_AFTER_ERROR, type(exc).__name__, exc,
+                          exc_info=not isinstance(exc, PrevalenceError))
+                self._stop.wait(RETRY_AFTER_ERROR)
+                continue
             try:
                 if reply[0] == "compacted":
                     self._deliver(Compacted(self.index, reply[1]))

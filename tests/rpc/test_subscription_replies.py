@@ -84,3 +84,31 @@ def test_events_a_node_sends_again_or_out_of_order_are_not_delivered_twice():
     finally:
         sub.close()
     assert [e.index for e in seen] == [1, 2, 3]
+
+
+def test_a_subscription_outlives_a_refused_key_and_a_bug_in_a_call(monkeypatch):
+    """The subscription's thread ended on AuthenticationFailed (every node refused the
+    key: a rotation not yet finished) or on any error but ClusterUnavailable, and the
+    subscriber heard nothing more, ever, with nothing to tell it so."""
+    from rpc.auth import AuthenticationFailed
+
+    def replies(start, n):
+        if n == 1:
+            raise AuthenticationFailed("every node refused this key", key_refused=True)
+        if n == 2:
+            raise RuntimeError("a bug in the client")
+        if start == 1:
+            return ["ok", 2, [[1, 0, "test.Add", {}]]]
+        return None
+
+    import rpc.subscription
+
+    monkeypatch.setattr(rpc.subscription, "RETRY_AFTER_ERROR", 0.01)
+    client = _Client(replies)
+    seen: list = []
+    sub = Subscription(client, seen.append, 1)
+    try:
+        assert _wait_for(lambda: len(seen) >= 1, timeout=10.0), "no event after the errors"
+    finally:
+        sub.close()
+    assert [e.index for e in seen] == [1]
