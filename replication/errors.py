@@ -42,6 +42,11 @@ class NodeHalted(ProposalRefused):
     number, and gets the first result if it did apply."""
 
 
+class NodeStopped(ProposalRefused):
+    """This node had stopped before the request reached its core: nothing of it was
+    proposed, so a client retries it elsewhere, with or without a session."""
+
+
 class NoDiskSpace(ProposalRefused):
     """This node's disk is full: it journals nothing until space returns, and hands
     leadership to a node that can. A refusal: nothing was proposed, retry elsewhere."""

@@ -41,7 +41,7 @@ from typing import Any, Callable, Protocol
 from prevalence.codec import CODEC
 from prevalence.entry import Entry
 from prevalence.fs import OS
-from replication.errors import NodeHalted, RaftError
+from replication.errors import NodeHalted, NodeStopped, RaftError
 from replication.membership import ConfigChange, Membership
 from replication.apply import Applier, ApplierMixin, EntryLost
 from replication.persist import DiskLane
@@ -116,6 +116,7 @@ class Node(ApplierMixin):
         self._applied_cond = threading.Condition()
         self._stop = threading.Event()
         self._stopped = False  # stop() has answered its waiters: a later caller is answered at once
+        self._last_stepped_token = -1  # set by stop(), see _refuse_late_callers
         self._failed: BaseException | None = None
         self._raft_thread = threading.Thread(target=self._guarded("raft", self._raft_loop), name=f"raft-{node_id}",
                                              daemon=True)
@@ -163,6 +164,8 @@ class Node(ApplierMixin):
             self._apply_thread.join()
             self.storage.close()  # may raise (a failing disk): what waits is answered all the same
         finally:
+            # tokens after this one were taken once nothing stepped the machine any more
+            self._last_stepped_token = next(self._tokens)
             self._stopped = True  # before answering: a caller that comes later answers itself (_kick)
             self._fail_waiting(NodeHalted(f"node {self.id!r} is stopped"))
         if self._role == Role.LEADER and self.on_leader_stop:
@@ -190,6 +193,17 @@ class Node(ApplierMixin):
     def _fail_waiting(self, exc: BaseException) -> None:
         for token in list(self._futures):
             self._complete(token, exc=exc)
+
+    def _refuse_late_callers(self) -> None:
+        """Answer the callers that came after stop(): one whose token was taken once
+        nothing stepped the machine was certainly not proposed (NodeStopped: retry it
+        anywhere); an earlier one, registered as stop() answered the others, may have
+        been (NodeHalted: its outcome is the cluster's)."""
+        mark = self._last_stepped_token
+        late = NodeStopped(f"node {self.id!r} is stopped: nothing was proposed")
+        halted = NodeHalted(f"node {self.id!r} is stopped")
+        for token in list(self._futures):
+            self._complete(token, exc=late if token > mark else halted)
 
     # -- inputs from other threads ----------------------------------------------------
     def receive(self, payload: bytes, sender: str | None = None) -> None:
@@ -375,7 +389,7 @@ class Node(ApplierMixin):
         (each hand-off costs a wake-up of 0.1-0.15 ms on the commit path).
         """
         if self._stopped:  # nobody steps the machine any more: this caller's input is refused
-            self._fail_waiting(NodeHalted(f"node {self.id!r} is stopped"))
+            self._refuse_late_callers()
             return
         held = None if capture is None else [threading.get_ident(), capture[0], capture[1], 0]
         while True:

@@ -73,3 +73,19 @@ def test_a_command_waiting_for_its_commit_holds_no_decoded_objects(tmp_path, mon
         assert replies, "the command never completed once the leader's messages got through"
     finally:
         c.stop()
+
+
+def test_a_command_without_a_session_sent_to_a_stopped_node_is_refused_not_unknown(tmp_path):
+    """A node that had stopped answered such a command "its outcome is unknown", though
+    the command never reached its core: a client that trusts that answer does not
+    retry a command that was certainly not applied."""
+    c = Cluster(tmp_path)
+    try:
+        leader = c.leader()
+        svc = service.ClientService(_Host(leader), "client")
+        assert msgpack.unpackb(svc.exposed_execute(CODEC.dumps(Tags("x")))) == ["ok", None]
+        leader.stop(transfer=False)
+        reply = msgpack.unpackb(svc.exposed_execute(CODEC.dumps(Tags("y"))))
+        assert reply[0] == "not_leader", reply  # nothing was proposed: the client retries elsewhere
+    finally:
+        c.stop()
