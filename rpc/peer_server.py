@@ -94,16 +94,18 @@ class _PlainConnection(rpyc.Connection):
         # took 470 MB, per connection at once. Decoding a request takes its size from
         # the process's decode budget, as the service's own decoding does; the call
         # itself runs after it is given back (the service takes it again: never nested).
-        # And a request long enough to hold more objects than any call needs has its
-        # shape read first (rpc.brine_shape): refused, it is never built.
+        # And a message long enough to hold more objects than any call needs has its
+        # shape read first (rpc.brine_shape): refused, it is never built. Whatever its
+        # type: RPyC decodes a reply or an exception message just as whole, and a client
+        # may send those unasked (1 MiB of a "reply" took 114 MiB).
+        if len(data) > MAX_OBJECTS:
+            check_request(data, 1)  # ValueError: the connection ends as malformed
         if data[:1] != _REQUEST:
             return super()._dispatch(data)
         if self._bind_threads:
             self._get_thread()._occupation_count += 1
         else:
             self._recvlock.release()
-        if len(data) > MAX_OBJECTS:
-            check_request(data, 1)  # ValueError: the connection ends as malformed
         held = BUDGET.take(len(data))
         try:
             seq, args = brine.load(data[1:])

@@ -90,3 +90,33 @@ def test_a_request_of_countless_small_objects_is_refused_before_it_is_decoded(mo
     finally:
         client._channel.close()  # the node closed its side
         server.close()
+
+
+def test_a_reply_or_exception_from_a_client_is_not_decoded_unchecked(monkeypatch):
+    """The node never asks a client anything that needs a long answer (no netrefs: the
+    only request it sends a client is the close), yet RPyC decodes whatever reply or
+    exception message a client sends with brine.load too: a 1 MiB "reply" of empty
+    frozensets decoded to 114 MiB on the node, as a request did before its shape was
+    read. Every frame over 8,192 bytes has its shape read, whatever its type."""
+    import tracemalloc
+
+    from rpyc.core import brine, consts
+
+    for msg in (consts.MSG_REPLY, consts.MSG_EXCEPTION):
+        server, client = _pair(monkeypatch, DecodeBudget(8 << 20))
+        try:
+            frame = brine.I1.pack(msg) + brine.dump((99, (frozenset(),) * (512 << 10)))
+            tracemalloc.start()
+            try:
+                client._channel.send(frame)
+                deadline = time.monotonic() + 10
+                while not server.closed and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                _now, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert peak < 8 << 20, f"message type {msg} took {peak / 2**20:.0f} MiB"
+            assert server.closed, f"the connection stayed open after a message of type {msg} of half a million objects"
+        finally:
+            client._channel.close()
+            server.close()
