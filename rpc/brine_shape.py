@@ -28,6 +28,17 @@ _SIZED = {0x0E: 1, 0x0F: 4, 0x16: 1, 0x17: 4}  # bytes / int digits: a 1- or 4-b
 _TUPLES = {0x10: 1, 0x11: 2, 0x12: 3, 0x13: 4}
 _TUPLE_SIZED = {0x14: 1, 0x15: 4}  # a 1- or 4-byte item count, then the items
 _WRAPPERS = (0x19, 0x1A)  # slice, frozenset: then one value, a tuple
+# What brine puts after a tag that wraps one value. brine.load takes any value there,
+# and some are far larger than counted: frozenset() of a str is a set of its characters
+# (4 MiB of distinct 4-byte characters: 3 values counted, a million strings built).
+_BYTES_TAGS = frozenset((0x01, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F))
+_TUPLE_TAGS = frozenset((0x02, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15))
+_INSIDE = {_UNICODE: (_BYTES_TAGS, "a str of"), 0x19: (frozenset((0x12,)), "a slice of"),
+           0x1A: (_TUPLE_TAGS, "a frozenset of")}
+_NAMES = {0x01: "a bytes", 0x0A: "a bytes", 0x0B: "a bytes", 0x0C: "a bytes", 0x0D: "a bytes", 0x0E: "a bytes",
+          0x0F: "a bytes", 0x08: "a str", 0x02: "a tuple of 0", 0x10: "a tuple of 1", 0x11: "a tuple of 2",
+          0x12: "a tuple of 3", 0x13: "a tuple of 4", 0x14: "a tuple", 0x15: "a tuple", 0x19: "a slice",
+          0x1A: "a frozenset"}
 
 
 def check_request(data: bytes | memoryview, start: int = 0, *, max_objects: int = MAX_OBJECTS,
@@ -70,7 +81,13 @@ def check_request(data: bytes | memoryview, start: int = 0, *, max_objects: int 
                     raise ValueError(f"request announces a tuple of {count:,} values in {end - pos:,} bytes")
         elif tag in _TUPLES:
             opens = _TUPLES[tag]
-        elif tag == _UNICODE or tag in _WRAPPERS:
+        elif tag in _INSIDE:
+            allowed, what = _INSIDE[tag]
+            if pos < end and view[pos] not in allowed:
+                inner = view[pos]
+                name = _NAMES.get(inner) or ("an int" if inner in _IMMEDIATE_INTS or inner in (0x16, 0x17)
+                                             else f"tag 0x{inner:02x}")
+                raise ValueError(f"request holds {what} {name}, which brine never writes")
             opens = 1
         else:
             raise ValueError(f"request holds an unknown brine tag 0x{tag:02x}")

@@ -92,3 +92,26 @@ def test_nesting_deeper_than_any_call_needs_is_refused():
 def test_malformed_requests_are_named(data, why):
     with pytest.raises(ValueError, match=why):
         check_request(data)
+
+
+@pytest.mark.parametrize("data, why", [
+    # a frozenset of a string is a set of its characters: 4 MiB of distinct 4-byte
+    # characters counted 3 values and decoded to 120 MiB (a million strings)
+    (b"\x1a\x08\x0f\x00\x00\x00\x04" + "\U0001F600".encode(), "frozenset of a str"),
+    (b"\x1a\x0e\x05abcde", "frozenset of a bytes"),
+    (b"\x19\x08\x0b\x61\x62", "slice of a str"),  # brine's slice is always a tuple of three
+    (b"\x19\x11\x00\x00", "slice of a tuple of 2"),
+    (b"\x08\x11\x00\x00", "str of a tuple"),  # a str is always its UTF-8 bytes
+    (b"\x08\x20", "str of an int"),
+])
+def test_a_tag_is_followed_only_by_what_brine_puts_after_it(data, why):
+    with pytest.raises(ValueError, match=why):
+        check_request(data)
+
+
+def test_a_frozenset_of_a_string_of_distinct_characters_is_refused_before_it_is_built():
+    text = "".join(chr(c) for c in range(0x10000, 0x10000 + 100_000)).encode()  # 400 kB
+    data = b"\x1a\x08\x0f" + len(text).to_bytes(4, "big") + text
+    assert len(brine.load(data)) == 100_000  # what it would build: 100,000 strings
+    with pytest.raises(ValueError, match="frozenset of a str"):
+        check_request(data)
