@@ -14,6 +14,12 @@ from __future__ import annotations
 #: each (a frozenset), so 1.8 MB besides the request's own bytes and strings. A request
 #: of at most this many bytes cannot hold more: it need not be walked.
 MAX_OBJECTS = 8_192
+#: Items of one frozenset. brine.load builds a frozenset in one C call that holds the
+#: GIL, and values of one hash (ints k*(2**61-1)+c, complex(c-1000003*k, k): 17 bytes
+#: each) compare with every item before them: 8,000 of them (136 kB) stalled the whole
+#: process for 0.6 s, past a leader's election timeout (0.25 s). No call sends a
+#: frozenset; 64 colliding items cost about 2,000 comparisons.
+MAX_SET_ITEMS = 64
 #: Tuples, frozensets, slices and strings open inside each other at most this deep
 #: (brine.load recurses: a deep request would end in a RecursionError, after building
 #: every level).
@@ -88,6 +94,11 @@ def check_request(data: bytes | memoryview, start: int = 0, *, max_objects: int 
                 name = _NAMES.get(inner) or ("an int" if inner in _IMMEDIATE_INTS or inner in (0x16, 0x17)
                                              else f"tag 0x{inner:02x}")
                 raise ValueError(f"request holds {what} {name}, which brine never writes")
+            if tag == 0x1A and pos < end and view[pos] in _TUPLE_SIZED:
+                width = _TUPLE_SIZED[view[pos]]
+                items = int.from_bytes(view[pos + 1:pos + 1 + width], "big")
+                if items > MAX_SET_ITEMS:
+                    raise ValueError(f"request holds a frozenset of more than {MAX_SET_ITEMS} items")
             opens = 1
         else:
             raise ValueError(f"request holds an unknown brine tag 0x{tag:02x}")

@@ -115,3 +115,18 @@ def test_a_frozenset_of_a_string_of_distinct_characters_is_refused_before_it_is_
     assert len(brine.load(data)) == 100_000  # what it would build: 100,000 strings
     with pytest.raises(ValueError, match="frozenset of a str"):
         check_request(data)
+
+
+def test_a_frozenset_of_values_of_one_hash_is_refused_before_it_stalls_the_process():
+    """brine builds a frozenset in one C call holding the GIL, and values of one hash
+    compare with every item before them: 8,000 complex numbers of one hash (136 kB)
+    stalled every thread of the process for 0.6 s, a leader past its election timeout."""
+    from rpc.brine_shape import MAX_SET_ITEMS
+
+    colliding = [complex(5_000_000_000 - 1_000_003 * k, k) for k in range(8000)]
+    assert len({hash(v) for v in colliding}) == 1
+    with pytest.raises(ValueError, match=f"frozenset of more than {MAX_SET_ITEMS} items"):
+        check_request(brine.dump(frozenset(colliding)))
+    assert check_request(brine.dump(frozenset(colliding[:MAX_SET_ITEMS]))) == MAX_SET_ITEMS + 2
+    with pytest.raises(ValueError, match="more than"):
+        check_request(brine.dump(frozenset(colliding[:MAX_SET_ITEMS + 1])))
