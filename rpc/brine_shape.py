@@ -4,8 +4,9 @@ brine (RPyC's encoding of plain values) builds an object per tag, and some tags 
 one or two bytes for a large object: an empty frozenset is 2 bytes and 216 decoded, so
 a client frame of 4 MiB decoded to 470 MB. Walking the tags costs a little Python per
 tag and allocates nothing, so a request of more objects than any call needs, or nested
-deeper, is refused before ``brine.load`` builds one of them. A request's bytes and
-strings cost what they weigh; everything else is bounded by the object count.
+deeper, is refused before ``brine.load`` builds one of them. A request's bytes cost
+what they weigh and its strings up to 4 times that (one 4-byte character makes every
+character of a str 4 bytes); everything else is bounded by the object count.
 """
 from __future__ import annotations
 
