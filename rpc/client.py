@@ -34,7 +34,7 @@ from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
 from rpc.subscription import ClusterUnavailable, Subscription
 from rpc.leader_watch import LeaderWatch
-from rpc.transport import MAX_REQUEST, NodeLink, hard_close, open_connection, remote_method
+from rpc.transport import MAX_REQUEST, NodeLink, call_within, hard_close, open_connection
 from replication.client_policy import Attempts, Route, Session, SessionPool, shown, well_formed
 
 CONSISTENCY = ("linearizable", "leader", "local")
@@ -424,7 +424,8 @@ class ClusterClient:
                 continue
             token = None if any_node else self._watch.start(line, conn, addr)
             try:
-                raw = remote_method(conn, method)(*args)
+                wait = min(deadline - time.monotonic(), self.attempt_timeout)  # connecting took some
+                raw = call_within(conn, method, args, max(0.001, wait))
                 reply = msgpack.unpackb(raw, raw=False)
             except Exception as exc:  # connection lost, timed out (a hung node), refused
                 if line.closed or self._closed:  # we closed it: the node is not to blame
@@ -466,13 +467,18 @@ class ClusterClient:
             order = self._route.connect_order(time.monotonic(), line is self._main, self._main.addr)
         errors = []
         refused: list[AuthenticationFailed] = []
-        for addr in order:
+        until = time.monotonic() + budget  # for all the addresses: each hung one took 0.5 s of it
+        for k, addr in enumerate(order):
+            left = until - time.monotonic()
+            if left <= 0:
+                errors.append(f"no time left for {len(order) - k} more address(es)")
+                break
             try:
                 # a live node answers the handshake in milliseconds; a paused one never does
                 # each later call on the connection gets the whole attempt timeout, not
                 # what was left of the call that happened to open it
                 conn = open_connection(parse_address(addr, "address"), self._secret, role="client", ident="client",
-                                       connect_timeout=min(0.3, budget), handshake_timeout=min(0.5, budget),
+                                       connect_timeout=min(0.3, left), handshake_timeout=min(0.5, left),
                                        request_timeout=self.attempt_timeout, ssl_context=self._ssl)
             except PrevalenceError as exc:
                 errors.append(str(exc))

@@ -11,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import rpc
+
 from prevalence.codec import CODEC
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Get, Stamp
@@ -92,6 +94,32 @@ def test_state_unchanged_and_node_still_serving_after_bad_input(node):
     c, conn, sid = node
     assert reply(conn, "query", CODEC.dumps(Get("x"))) == ["ok", 7]
     assert reply(conn, "execute", CODEC.dumps(Add("x", 1))) == ["ok", 8]
+
+
+def test_a_call_to_a_cluster_that_stopped_answering_ends_at_its_timeout(tmp_path):
+    """The reply to a call was waited for the connection's request timeout (the client's
+    attempt_timeout, 1.5 s) whatever the call's own timeout: with every node hung, a
+    command given 0.3 s raised after 1.5 s, and one given 2 s after 2.96 s."""
+    c = LocalCluster(tmp_path, 3)
+    try:
+        c.leader()
+        with c.client() as client:
+            client.execute(Stamp("before"))
+            for nid in list(c.procs):
+                c.kill(nid, signal.SIGSTOP)
+            took = {}
+            try:
+                for timeout in (0.3, 2.0):
+                    t0 = time.monotonic()
+                    with pytest.raises(rpc.ClusterUnavailable):
+                        client.execute(Stamp("after"), timeout=timeout)
+                    took[timeout] = time.monotonic() - t0
+            finally:
+                for nid in list(c.procs):
+                    c.kill(nid, signal.SIGCONT)
+        assert took[0.3] < 0.3 + 0.4 and took[2.0] < 2.0 + 0.4, took
+    finally:
+        c.stop()
 
 
 def test_client_leaves_a_hung_leader_within_two_seconds(tmp_path):

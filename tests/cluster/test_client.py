@@ -46,13 +46,17 @@ def test_a_command_costs_one_round_trip(cluster):
         client.query(Get("x"))
         conn, _addr = client._connection(1.0)
         requests = []
-        original = conn.sync_request
+        sync, asynchronous = conn.sync_request, conn.async_request
 
-        def counting(handler, *args):
+        def counting(handler, *args, **kw):
             requests.append(handler)
-            return original(handler, *args)
+            return sync(handler, *args)
 
-        conn.sync_request = counting
+        def counting_async(handler, *args, **kw):
+            requests.append(handler)
+            return asynchronous(handler, *args, **kw)
+
+        conn.sync_request, conn.async_request = counting, counting_async
         for _ in range(5):
             client.execute(Add("x", 1))
         assert client.query(Get("x")) == 6

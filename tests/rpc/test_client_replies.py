@@ -35,14 +35,12 @@ def client_with(monkeypatch, replies: dict, **options) -> rc.ClusterClient:
             line.conn, line.addr = conn, ADDR
         return conn, ADDR
 
-    def remote_method(_conn, method):
-        def call(*args):
-            r = replies[method]
-            return msgpack.packb(r(args) if callable(r) else r, use_bin_type=True)
-        return call
+    def call_within(_conn, method, args, _timeout):
+        r = replies[method]
+        return msgpack.packb(r(args) if callable(r) else r, use_bin_type=True)
 
     monkeypatch.setattr(c, "_connection", connection)
-    monkeypatch.setattr(rc, "remote_method", remote_method)
+    monkeypatch.setattr(rc, "call_within", call_within)
     return c
 
 
@@ -136,7 +134,7 @@ def test_a_connection_keeps_the_whole_attempt_timeout_whatever_call_opened_it(mo
         return conn
 
     monkeypatch.setattr(rc, "open_connection", fake_open)
-    monkeypatch.setattr(rc, "remote_method", lambda conn, m: (lambda *a: msgpack.packb(["ok", {"role": "leader"}])))
+    monkeypatch.setattr(rc, "call_within", lambda conn, m, a, t: msgpack.packb(["ok", {"role": "leader"}]))
     c = rc.ClusterClient([ADDR], b"k" * 32, attempt_timeout=1.5)
     c._call(time.monotonic() + 0.05, "status", any_node=True)
     assert len(made) == 1 and made[0].request_timeout == 1.5
