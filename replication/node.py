@@ -401,7 +401,9 @@ class Node(ApplierMixin):
             finally:
                 self._capture = None
                 self._core_lock.release()
-            if not running or self._inbox.empty():
+            # a failed node's halt drains the inbox: input queued while it held the lock
+            # (its caller found the lock taken) is answered by another round
+            if self._inbox.empty() or (not running and self._failed is None):
                 return
 
     def _step_locked(self, tick: bool = False) -> bool:

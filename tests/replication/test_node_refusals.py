@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 
 import pytest
@@ -134,3 +135,37 @@ def test_a_command_or_read_sent_to_a_stopped_node_is_refused_at_once(cluster):
     with pytest.raises(ProposalRefused, match="stopped"):
         leader.query(Get("x"), timeout=3)
     assert time.monotonic() - started < 1.0
+
+
+def test_a_caller_arriving_while_a_failed_node_halts_is_answered_at_once(tmp_path):
+    """A thread halting a failed node answers what waits, then let go of the core lock
+    and returned: a caller that queued its command meanwhile (its own _kick found the
+    lock held and left the input to the holder) waited for its whole timeout once the
+    raft thread, which halts the node too, had ended, and until some other input came
+    (a peer's message, a disk report): a single node got none."""
+    c = Cluster(tmp_path, n=1)
+    try:
+        node = c.leader()
+        node.execute(Add("x", 1))
+        node._fatal("a test's failure", RuntimeError("boom"))
+        node._raft_thread.join(2)
+        assert not node._raft_thread.is_alive()
+        time.sleep(0.1)  # the disk lane's last report is in
+        halt = node._halt_locked
+        late: list = []
+
+        def halting():
+            halt()
+            if not late:
+                t = threading.Thread(target=lambda: late.append(node.submit(Add("x", 1))))
+                t.start()
+                t.join(2)  # its _kick finds the core lock held: the input is left to this thread
+
+        node._halt_locked = halting
+        with pytest.raises(ProposalRefused):
+            node.submit(Add("x", 2)).result(1.0)  # this caller halts the node again
+        assert late, "the late caller never got its future"
+        with pytest.raises(ProposalRefused):
+            late[0].result(1.0)
+    finally:
+        c.stop()
