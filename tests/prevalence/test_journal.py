@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -239,7 +240,13 @@ def test_missing_segment_is_an_error(disk):
 def test_group_commit_many_writers_share_fsyncs(tmp_path, monkeypatch):
     calls = []
     real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+
+    def slow_fsync(fd):  # a disk's fsync takes time: writers arriving meanwhile must share the next
+        calls.append(fd)
+        real(fd)
+        time.sleep(0.002)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
     j = Journal(tmp_path)
     lock = threading.Lock()
     done = []
@@ -259,7 +266,7 @@ def test_group_commit_many_writers_share_fsyncs(tmp_path, monkeypatch):
         t.join()
     j.close()
     assert sorted(done) == list(range(1, 801))
-    assert len(calls) < 800  # shared: far fewer fsyncs than acknowledged entries
+    assert len(calls) < 400  # shared: far fewer fsyncs than acknowledged entries
 
 
 def test_write_io_error_halts_the_journal(tmp_path, monkeypatch):
