@@ -34,7 +34,6 @@ _FIXED = {0x0A: 1, 0x0B: 2, 0x0C: 3, 0x0D: 4, 0x18: 8, 0x1B: 16}  # bytes of 1-4
 _SIZED = {0x0E: 1, 0x0F: 4, 0x16: 1, 0x17: 4}  # bytes / int digits: a 1- or 4-byte length, then that many
 _TUPLES = {0x10: 1, 0x11: 2, 0x12: 3, 0x13: 4}
 _TUPLE_SIZED = {0x14: 1, 0x15: 4}  # a 1- or 4-byte item count, then the items
-_WRAPPERS = (0x19, 0x1A)  # slice, frozenset: then one value, a tuple
 # What brine puts after a tag that wraps one value. brine.load takes any value there,
 # and some are far larger than counted: frozenset() of a str is a set of its characters
 # (4 MiB of distinct 4-byte characters: 3 values counted, a million strings built).
