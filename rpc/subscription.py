@@ -23,7 +23,6 @@ class ClusterUnavailable(PrevalenceError):
     """No leader answered before the call's deadline; the message says what was tried."""
 
 
-
 class Event(NamedTuple):
     """A committed and applied transaction, as a subscriber sees it."""
 
