@@ -132,11 +132,14 @@ class _Line:
     Commands and queries share the client's main line; each subscription has a line of its
     own, closed with it."""
 
-    __slots__ = ("conn", "addr", "connect_lock", "closed")
+    __slots__ = ("conn", "addr", "connect_lock", "closed", "unanswered")
 
     def __init__(self) -> None:
         self.conn: Any = None
         self.addr: str | None = None
+        # seconds the calls on this connection waited in vain since its last answer,
+        # each giving up at its own deadline before the attempt timeout
+        self.unanswered = 0.0
         self.connect_lock = threading.Lock()
         self.closed = False
 
@@ -423,17 +426,33 @@ class ClusterClient:
                 time.sleep(pause)
                 continue
             token = None if any_node else self._watch.start(line, conn, addr)
+            began = time.monotonic()
+            wait = min(deadline - began, self.attempt_timeout)  # connecting took some
             try:
-                wait = min(deadline - time.monotonic(), self.attempt_timeout)  # connecting took some
                 raw = call_within(conn, method, args, max(0.001, wait))
                 reply = msgpack.unpackb(raw, raw=False)
             except Exception as exc:  # connection lost, timed out (a hung node), refused
                 if line.closed or self._closed:  # we closed it: the node is not to blame
                     raise ClusterUnavailable(f"{method}: closed") from None
+                if isinstance(exc, TimeoutError) and wait < self.attempt_timeout:
+                    # this call ran out of its own time: unless the calls on this
+                    # connection have waited the attempt timeout in all since its last
+                    # answer, the node is not blamed (a suspect leader's redirects are
+                    # ignored for SUSPECT_FOR) and the connection the other threads share
+                    # stays open (sound: RPyC drops the late reply of an expired request)
+                    with self._lock:
+                        if line.conn is conn:
+                            line.unanswered += time.monotonic() - began
+                        if line.conn is not conn or line.unanswered < self.attempt_timeout:
+                            attempts.tried.append(f"{addr}: no answer within what was left of the call "
+                                                  f"({max(0.0, wait) * 1000:.0f} ms)")
+                            raise ClusterUnavailable(attempts.why_over(False)) from None
                 with self._lock:
                     step = attempts.lost(addr, f"{type(exc).__name__}: {exc}", time.monotonic())
             else:
                 with self._lock:
+                    if line.conn is conn:
+                        line.unanswered = 0.0
                     step = attempts.answered(addr, reply, time.monotonic())
             finally:
                 if token is not None:
@@ -503,7 +522,7 @@ class ClusterClient:
 
     def _drop(self, line: _Line | None = None) -> None:
         line = line or self._main
-        conn, line.conn, line.addr = line.conn, None, None
+        conn, line.conn, line.addr, line.unanswered = line.conn, None, None, 0.0
         if conn is not None:
             hard_close(conn)  # no polite close request: it would wait on a hung node
 

@@ -172,3 +172,87 @@ def test_calls_in_flight_is_checked():
     for bad in (0, 17, 2.5, "2", True):
         with pytest.raises(PrevalenceError, match="calls_in_flight"):
             rc.ClusterClient([ADDR], b"k" * 32, calls_in_flight=bad)
+
+
+def test_a_call_out_of_its_own_time_neither_blames_the_leader_nor_drops_the_shared_connection(monkeypatch):
+    """A call whose deadline ends before a healthy leader's answer waits only what is left
+    of it (call_within's timeout). Red before: that short wait counted as the leader's
+    failure: the connection every thread shares was closed under the calls in flight on
+    it, and the leader was made a suspect, tried after the followers, whose redirects to
+    it were ignored as unusable for SUSPECT_FOR (1 s): every other call of the client
+    bounced between followers meanwhile, and one with less than that to live failed
+    with ClusterUnavailable on a healthy cluster."""
+    leader, f1, f2 = "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"
+    made, closed = [], []
+
+    def fake_open(addr, _secret, **kw):
+        conn = _Conn()
+        conn.addr = rc.format_address(addr)
+        made.append(conn)
+        return conn
+
+    def call_within(conn, method, args, timeout):
+        if conn.addr != leader:
+            return msgpack.packb(["not_leader", "n1", leader])
+        if timeout < 0.05:  # the leader answers in 50 ms
+            time.sleep(timeout)
+            raise TimeoutError("result expired")
+        time.sleep(0.05)
+        return msgpack.packb(["ok", {"role": "leader"}])
+
+    monkeypatch.setattr(rc, "open_connection", fake_open)
+    monkeypatch.setattr(rc, "hard_close", closed.append)
+    monkeypatch.setattr(rc, "call_within", call_within)
+    c = rc.ClusterClient([leader, f1, f2], b"k" * 32, attempt_timeout=1.5)
+    try:
+        assert c._call(time.monotonic() + 1.0, "query")[0] == "ok"  # connected to the leader
+        assert c._main.addr == leader
+        with pytest.raises(rc.ClusterUnavailable):
+            c._call(time.monotonic() + 0.02, "query")  # its own deadline is too short: its failure only
+        dropped, suspect = list(closed), c._route.is_suspect(leader, time.monotonic())
+        started = time.monotonic()
+        try:
+            reply = c._call(started + 0.5, "query")  # the next call: the leader at once
+        except rc.ClusterUnavailable as exc:
+            reply = exc
+        took = time.monotonic() - started
+        assert reply == ["ok", {"role": "leader"}] and took < 0.3, f"{reply!r} after {took:.2f} s"
+        assert not dropped, "the shared connection was dropped for a call that ran out of its own time"
+        assert not suspect
+        assert len(made) == 1
+    finally:
+        c.close()
+
+
+def test_calls_that_each_give_up_early_still_leave_a_leader_that_never_answers(monkeypatch):
+    """The other side of the test above: a leader that stopped answering is left once the
+    calls on its connection have waited the attempt timeout in all, even when every call
+    gives up before that on its own (and before the leader watch would probe)."""
+    hung, other = "127.0.0.1:1", "127.0.0.1:2"
+
+    def fake_open(addr, _secret, **kw):
+        conn = _Conn()
+        conn.addr = rc.format_address(addr)
+        return conn
+
+    def call_within(conn, method, args, timeout):
+        if conn.addr == hung:
+            time.sleep(timeout)
+            raise TimeoutError("result expired")
+        return msgpack.packb(["ok", {"role": "leader"}])
+
+    monkeypatch.setattr(rc, "open_connection", fake_open)
+    monkeypatch.setattr(rc, "hard_close", lambda conn: None)
+    monkeypatch.setattr(rc, "call_within", call_within)
+    c = rc.ClusterClient([hung, other], b"k" * 32, attempt_timeout=0.3)
+    try:
+        answered = 0
+        for _ in range(10):
+            try:
+                c._call(time.monotonic() + 0.1, "query")
+                answered += 1
+            except rc.ClusterUnavailable:
+                pass
+        assert answered >= 5 and c._main.addr == other
+    finally:
+        c.close()
