@@ -75,6 +75,8 @@ class Subscription:
                 continue
             try:
                 if reply[0] == "compacted":
+                    if reply[1] <= self.index:  # a node says so only when its log begins past it
+                        raise ValueError(f"compacted from {reply[1]}, not past {self.index}")
                     self._deliver(Compacted(self.index, reply[1]))
                     self.index = reply[1]
                     continue

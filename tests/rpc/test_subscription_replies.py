@@ -112,3 +112,31 @@ def test_a_subscription_outlives_a_refused_key_and_a_bug_in_a_call(monkeypatch):
     finally:
         sub.close()
     assert [e.index for e in seen] == [1]
+
+
+def test_a_compacted_reply_that_does_not_move_forward_is_not_believed():
+    """A node answers "compacted" only when the index asked for is before its log's first
+    (so ``first_index`` is past it). Red before: a reply naming an index at or before the
+    one asked for was followed as is: one behind made the subscription deliver again
+    the events it had delivered, one equal to it delivered Compacted over and over
+    without a pause."""
+    def replies(start, n):
+        if n == 1:
+            return ["ok", 3, [[1, 0, "test.Add", {}], [2, 0, "test.Add", {}]]]
+        if n == 2:
+            return ["compacted", 1]  # behind: a broken node
+        if n == 3:
+            return ["compacted", 3]  # where it is: neither
+        if start <= 3:
+            return ["ok", 4, [[i, 0, "test.Add", {}] for i in range(start, 4)]]
+        return None
+
+    client = _Client(replies)
+    seen: list = []
+    sub = Subscription(client, seen.append, 1)
+    try:
+        assert _wait_for(lambda: len(client.calls) >= 5)
+    finally:
+        sub.close()
+    assert [type(e).__name__ for e in seen] == ["Event"] * 3, seen[:6]
+    assert [e.index for e in seen] == [1, 2, 3]
