@@ -16,6 +16,7 @@ from replication.client_policy import shown
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 RETRY_AFTER_ERROR = 5.0  # seconds before a subscription asks again after a refused key or a bug
+LONG_POLL = 1.0  # seconds a node holds a poll that finds nothing new (less with a short client timeout)
 log = logging.getLogger("rpc.client")
 
 
@@ -58,9 +59,13 @@ class Subscription:
 
     def _run(self) -> None:
         c = self._client
+        # the node answers an idle poll after this: well within what the client waits for
+        # a reply, else every idle poll would count against a healthy node (a suspect, its
+        # connection dropped) and the client's other calls would go elsewhere first
+        wait = min(LONG_POLL, c.timeout / 2, c.attempt_timeout / 2)
         while not self._stop.is_set() and not c._closed:
             try:
-                reply = c._call(time.monotonic() + c.timeout, "read_log", self.index, 256, 1.0, any_node=True,
+                reply = c._call(time.monotonic() + c.timeout, "read_log", self.index, 256, wait, any_node=True,
                                 line=self._line)
             except ClusterUnavailable:
                 continue  # a long outage: keep trying, from the same index

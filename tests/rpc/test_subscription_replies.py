@@ -13,11 +13,13 @@ class _Client:
     """What a Subscription uses of its ClusterClient; ``read_log`` answers from a log."""
 
     timeout = 5.0
+    attempt_timeout = 1.5
     _closed = False
 
     def __init__(self, replies):
         self.replies = replies  # start index -> the reply, or a function of the call count
         self.calls: list[int] = []
+        self.waits: list[float] = []
         self.lock = threading.Lock()
 
     def _open_line(self):
@@ -30,6 +32,7 @@ class _Client:
         assert method == "read_log"
         with self.lock:
             self.calls.append(start)
+            self.waits.append(wait)
             reply = self.replies(start, len(self.calls))
         if reply is None:
             time.sleep(0.02)  # a long poll that found nothing
@@ -140,3 +143,28 @@ def test_a_compacted_reply_that_does_not_move_forward_is_not_believed():
         sub.close()
     assert [type(e).__name__ for e in seen] == ["Event"] * 3, seen[:6]
     assert [e.index for e in seen] == [1, 2, 3]
+
+
+def test_a_long_poll_waits_less_than_the_client_waits_for_its_answer():
+    """A node holds a poll with nothing new for the ``wait`` it is given (1 s), and the
+    client waits for a reply at most its timeout (and its attempt timeout). Red before:
+    with a client timeout of 0.5 s, every idle poll ran out of time on a healthy node,
+    which the client counted against it: its connection closed and the node (the
+    leader, as a subscription polls it first) a suspect, every call of the client
+    sent to followers first for a second."""
+    client = _Client(lambda start, n: None)
+    client.timeout = 0.5
+    sub = Subscription(client, lambda e: None, 1)
+    try:
+        assert _wait_for(lambda: len(client.waits) >= 2)
+    finally:
+        sub.close()
+    assert all(0 < w < 0.5 for w in client.waits), client.waits
+    client = _Client(lambda start, n: None)
+    client.attempt_timeout = 0.4
+    sub = Subscription(client, lambda e: None, 1)
+    try:
+        assert _wait_for(lambda: len(client.waits) >= 2)
+    finally:
+        sub.close()
+    assert all(0 < w < 0.4 for w in client.waits), client.waits
