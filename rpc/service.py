@@ -228,6 +228,9 @@ class ClientService(rpyc.Service):
             return pending.result(BATCH_TIMEOUT)
         except NodeHalted as exc:  # it may still commit elsewhere: a retry could apply it twice
             raise OutcomeUnknown(f"{exc}; sent without a session, its outcome is unknown") from None
+        except TimeoutError:  # proposed, not yet committed: "unavailable" would invite that retry
+            raise OutcomeUnknown(f"no commit within {BATCH_TIMEOUT:g} s; sent without a session, its outcome "
+                                 "is unknown") from None
 
     def exposed_execute_batch(self, items: Any) -> bytes:
         """Several session commands at once: ``((data, session_id, seq), ...)``, or those

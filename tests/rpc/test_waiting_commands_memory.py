@@ -89,3 +89,26 @@ def test_a_command_without_a_session_sent_to_a_stopped_node_is_refused_not_unkno
         assert reply[0] == "not_leader", reply  # nothing was proposed: the client retries elsewhere
     finally:
         c.stop()
+
+
+def test_a_command_without_a_session_that_timed_out_waiting_is_unknown_not_retryable(tmp_path, monkeypatch):
+    """A command without a session that was proposed, then waited past the service's
+    timeout for its commit (the leader cut off from the others), was answered
+    ["unavailable", ...]: the reply a client retries at once with the same request
+    ("the session makes the retry safe", but there is none). The command is in the
+    leader's log and may still commit: its outcome is unknown, as for NodeHalted."""
+    c = Cluster(tmp_path, raft=RaftConfig(election_tick=40, heartbeat_tick=5))
+    try:
+        leader = c.leader(timeout=15)
+        others = [i for i in c.ids if i != leader.id]
+        svc = service.ClientService(_Host(leader), "client")
+        monkeypatch.setattr(service, "BATCH_TIMEOUT", 0.3)
+        before = leader.core.log.last_index()
+        c.net.cut.update((leader.id, o) for o in others)  # nothing commits
+        reply = msgpack.unpackb(svc.exposed_execute(CODEC.dumps(Tags("once"))))
+        assert leader.core.log.last_index() == before + 1, "the command was proposed"
+        c.net.cut.clear()
+        assert reply[0] not in ("unavailable", "not_leader"), reply  # a retry could apply it twice
+        assert reply[0] == "error" and "unknown" in reply[1], reply
+    finally:
+        c.stop()
