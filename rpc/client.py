@@ -132,14 +132,16 @@ class _Line:
     Commands and queries share the client's main line; each subscription has a line of its
     own, closed with it."""
 
-    __slots__ = ("conn", "addr", "connect_lock", "closed", "unanswered")
+    __slots__ = ("conn", "addr", "connect_lock", "closed", "unanswered", "counted_until")
 
     def __init__(self) -> None:
         self.conn: Any = None
         self.addr: str | None = None
-        # seconds the calls on this connection waited in vain since its last answer,
-        # each giving up at its own deadline before the attempt timeout
+        # seconds during which calls on this connection waited in vain since its last
+        # answer, each giving up at its own deadline before the attempt timeout (waits
+        # that overlap count once: counted up to ``counted_until``)
         self.unanswered = 0.0
+        self.counted_until = 0.0
         self.connect_lock = threading.Lock()
         self.closed = False
 
@@ -442,7 +444,9 @@ class ClusterClient:
                     # stays open (sound: RPyC drops the late reply of an expired request)
                     with self._lock:
                         if line.conn is conn:
-                            line.unanswered += time.monotonic() - began
+                            now = time.monotonic()
+                            line.unanswered += max(0.0, now - max(began, line.counted_until))
+                            line.counted_until = max(line.counted_until, now)
                         if line.conn is not conn or line.unanswered < self.attempt_timeout:
                             attempts.tried.append(f"{addr}: no answer within what was left of the call "
                                                   f"({max(0.0, wait) * 1000:.0f} ms)")

@@ -256,3 +256,45 @@ def test_calls_that_each_give_up_early_still_leave_a_leader_that_never_answers(m
         assert answered >= 5 and c._main.addr == other
     finally:
         c.close()
+
+
+def test_many_calls_giving_up_together_on_a_short_pause_do_not_blame_the_leader(monkeypatch):
+    """What counts against a node is how long its connection went unanswered, not the sum
+    of the waits of the calls that overlapped on it: sixteen threads each giving up after
+    0.1 s during one 0.2 s pause of the leader are 0.2 s of silence, not 1.6 s."""
+    leader, other = "127.0.0.1:1", "127.0.0.1:2"
+    resume = [0.0]
+    closed = []
+
+    def fake_open(addr, _secret, **kw):
+        conn = _Conn()
+        conn.addr = rc.format_address(addr)
+        return conn
+
+    def call_within(conn, method, args, timeout):
+        if conn.addr != leader:
+            return msgpack.packb(["not_leader", "n1", leader])
+        left = resume[0] - time.monotonic()
+        if left > timeout:
+            time.sleep(timeout)
+            raise TimeoutError("result expired")
+        time.sleep(max(0.0, left))
+        return msgpack.packb(["ok", {"role": "leader"}])
+
+    monkeypatch.setattr(rc, "open_connection", fake_open)
+    monkeypatch.setattr(rc, "hard_close", closed.append)
+    monkeypatch.setattr(rc, "call_within", call_within)
+    c = rc.ClusterClient([leader, other], b"k" * 32, attempt_timeout=1.5)
+    try:
+        c._call(time.monotonic() + 1.0, "query")
+        resume[0] = time.monotonic() + 0.25
+        threads = [threading.Thread(target=lambda: pytest.raises(rc.ClusterUnavailable, c._call,
+                                                                 time.monotonic() + 0.1, "query"))
+                   for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(5)
+        assert not closed and not c._route.is_suspect(leader, time.monotonic())
+    finally:
+        c.close()
