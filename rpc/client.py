@@ -175,6 +175,9 @@ class ClusterClient:
         self._coalescer = Coalescer(self._send_batch, max_batch, max_batch_bytes, calls_in_flight)
         self._query_pool: ThreadPoolExecutor | None = None
         self._watch = LeaderWatch(self)
+        # address -> seconds its connection attempts ran until the call's own budget ended
+        # since it last accepted one (see _connect)
+        self._connect_cut: dict[str, float] = {}
 
     # -- the API ----------------------------------------------------------------------
     @property
@@ -496,6 +499,7 @@ class ClusterClient:
             if left <= 0:
                 errors.append(f"no time left for {len(order) - k} more address(es)")
                 break
+            began = time.monotonic()
             try:
                 # a live node answers the handshake in milliseconds; a paused one never does
                 # each later call on the connection gets the whole attempt timeout, not
@@ -508,9 +512,19 @@ class ClusterClient:
                 if isinstance(exc, AuthenticationFailed) and exc.key_refused:
                     refused.append(exc)
                 with self._lock:
-                    self._route.failed(addr, time.monotonic())
+                    now = time.monotonic()
+                    if left < 0.5 and until - now < 0.005:
+                        # it ran until the call's own budget ended, shorter than a full
+                        # attempt: the node is blamed (tried last, its redirects ignored)
+                        # only once such attempts add up to a full handshake timeout since
+                        # it last accepted a connection
+                        cut = self._connect_cut[addr] = self._connect_cut.get(addr, 0.0) + now - began
+                        if cut < 0.5:
+                            continue
+                    self._route.failed(addr, now)
                 continue
             with self._lock:
+                self._connect_cut.pop(addr, None)
                 self._route.connected(addr)
                 self._drop(line)
                 if line.closed or self._closed:  # closed while connecting: nobody would close this one

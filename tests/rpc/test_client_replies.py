@@ -298,3 +298,80 @@ def test_many_calls_giving_up_together_on_a_short_pause_do_not_blame_the_leader(
         assert not closed and not c._route.is_suspect(leader, time.monotonic())
     finally:
         c.close()
+
+
+def test_a_connection_attempt_cut_short_by_the_calls_own_deadline_does_not_blame_the_node(monkeypatch):
+    """Connecting gets what is left of the call: with 3 ms left, a healthy leader that
+    takes 10 ms to connect and authenticate failed the attempt, which made it a suspect
+    (Route.failed): for SUSPECT_FOR the client's calls went to followers first and
+    ignored their redirects to it, and the next call, with 0.5 s, raised
+    ClusterUnavailable on a healthy cluster (red before)."""
+    leader, follower = "127.0.0.1:1", "127.0.0.1:2"
+
+    def fake_open(addr, _secret, **kw):
+        addr = rc.format_address(addr)
+        took = 0.01
+        if min(kw["connect_timeout"], kw["handshake_timeout"]) < took:
+            time.sleep(min(kw["connect_timeout"], kw["handshake_timeout"]))
+            raise rc.PrevalenceError(f"{addr}: handshake timed out")
+        time.sleep(took)
+        conn = _Conn()
+        conn.addr = addr
+        return conn
+
+    def call_within(conn, method, args, timeout):
+        if conn.addr != leader:
+            return msgpack.packb(["not_leader", "n1", leader])
+        return msgpack.packb(["ok", {"role": "leader"}])
+
+    monkeypatch.setattr(rc, "open_connection", fake_open)
+    monkeypatch.setattr(rc, "hard_close", lambda conn: None)
+    monkeypatch.setattr(rc, "call_within", call_within)
+    c = rc.ClusterClient([leader, follower], b"k" * 32, attempt_timeout=1.5)
+    try:
+        with pytest.raises(rc.ClusterUnavailable):
+            c._call(time.monotonic() + 0.003, "query")
+        suspect = c._route.is_suspect(leader, time.monotonic())
+        started = time.monotonic()
+        try:
+            reply = c._call(started + 0.5, "query")
+        except rc.ClusterUnavailable as exc:
+            reply = exc
+        took = time.monotonic() - started
+        assert reply == ["ok", {"role": "leader"}] and took < 0.3, f"{reply!r} after {took:.2f} s"
+        assert not suspect
+    finally:
+        c.close()
+
+
+def test_connection_attempts_that_each_end_early_still_leave_a_node_that_never_handshakes(monkeypatch):
+    """The other side of the test above: a node whose handshake never completes (paused)
+    is tried last once the attempts cut short on it add up to a full handshake timeout,
+    even when every call has less than that to live."""
+    hung, other = "127.0.0.1:1", "127.0.0.1:2"
+
+    def fake_open(addr, _secret, **kw):
+        addr = rc.format_address(addr)
+        if addr == hung:
+            time.sleep(min(kw["connect_timeout"], kw["handshake_timeout"]))
+            raise rc.PrevalenceError(f"{addr}: handshake timed out")
+        conn = _Conn()
+        conn.addr = addr
+        return conn
+
+    monkeypatch.setattr(rc, "open_connection", fake_open)
+    monkeypatch.setattr(rc, "hard_close", lambda conn: None)
+    monkeypatch.setattr(rc, "call_within", lambda conn, m, a, t: msgpack.packb(["ok", {"role": "leader"}]))
+    c = rc.ClusterClient([hung, other], b"k" * 32, attempt_timeout=1.5)
+    try:
+        answered = 0
+        for _ in range(30):
+            c._drop()  # each call connects afresh (as after a redirect)
+            try:
+                c._call(time.monotonic() + 0.1, "query")
+                answered += 1
+            except rc.ClusterUnavailable:
+                pass
+        assert answered >= 20  # once blamed, blamed again at once after SUSPECT_FOR
+    finally:
+        c.close()
