@@ -86,11 +86,18 @@ class Subscription:
                     self.index = reply[1]
                     continue
                 if reply[0] == "ok" and type(reply[1]) is int:
-                    for index, ts, type_name, fields in reply[2]:
-                        if self._stop.is_set():
-                            return
+                    events = [(index, ts, type_name, fields) for index, ts, type_name, fields in reply[2]]
+                    for k, (index, *_rest) in enumerate(events):
                         if type(index) is not int:
                             raise TypeError(f"an event's index is a {type(index).__name__}")
+                        # in index order, the next index past them: else one skipped as
+                        # "delivered already" may never have been (a gap)
+                        after = events[k + 1][0] if k + 1 < len(events) else reply[1]
+                        if type(after) is not int or after <= index:
+                            raise ValueError(f"event {index} followed by {shown(after)}")
+                    for index, ts, type_name, fields in events:
+                        if self._stop.is_set():
+                            return
                         if index < self.index:
                             continue  # delivered already (a node sending it again)
                         self._deliver(Event(index, _EPOCH + timedelta(microseconds=ts), type_name, fields))

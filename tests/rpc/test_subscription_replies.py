@@ -168,3 +168,25 @@ def test_a_long_poll_waits_less_than_the_client_waits_for_its_answer():
     finally:
         sub.close()
     assert all(0 < w < 0.4 for w in client.waits), client.waits
+
+
+def test_events_out_of_order_in_one_batch_are_not_a_gap():
+    """A node sends a batch's events in index order and its next index past them. Red
+    before: a batch [5, 3] (asked for from 3) delivered 5 and skipped 3 as "delivered
+    already": 3 was never delivered, and 4 neither. Such a batch is malformed: nothing
+    of it is delivered, and it is asked for again."""
+    def replies(start, n):
+        if n == 1:
+            return ["ok", 6, [[5, 0, "test.Add", {}], [3, 0, "test.Add", {}]]]
+        if start <= 5:
+            return ["ok", 6, [[i, 0, "test.Add", {}] for i in range(start, 6)]]
+        return None
+
+    client = _Client(replies)
+    seen: list = []
+    sub = Subscription(client, seen.append, 3)
+    try:
+        assert _wait_for(lambda: len(client.calls) >= 3)
+    finally:
+        sub.close()
+    assert [e.index for e in seen] == [3, 4, 5]
