@@ -145,6 +145,22 @@ class _Line:
         self.connect_lock = threading.Lock()
         self.closed = False
 
+    def gave_up(self, conn: Any, began: float, now: float, limit: float) -> bool:
+        """A call on ``conn`` waited from ``began`` to ``now`` and gave up at its own
+        deadline. True once the calls on this connection have waited ``limit`` s in vain
+        since its last answer (overlapping waits counted once): then its node is to
+        blame; before, it is the call's own end. Client lock held."""
+        if self.conn is not conn:
+            return False  # replaced meanwhile: this one's node is judged no more
+        self.unanswered += max(0.0, now - max(began, self.counted_until))
+        self.counted_until = max(self.counted_until, now)
+        return self.unanswered >= limit
+
+    def heard(self, conn: Any) -> None:
+        """``conn`` answered a call. Client lock held."""
+        if self.conn is conn:
+            self.unanswered = 0.0
+
 
 class ClusterClient:
     """Thread-safe; share one per process. Commands from parallel threads use separate
@@ -441,25 +457,21 @@ class ClusterClient:
                     raise ClusterUnavailable(f"{method}: closed") from None
                 if isinstance(exc, TimeoutError) and wait < self.attempt_timeout:
                     # this call ran out of its own time: unless the calls on this
-                    # connection have waited the attempt timeout in all since its last
-                    # answer, the node is not blamed (a suspect leader's redirects are
-                    # ignored for SUSPECT_FOR) and the connection the other threads share
-                    # stays open (sound: RPyC drops the late reply of an expired request)
+                    # connection have waited the attempt timeout in all, the node is not
+                    # blamed (a suspect leader's redirects are ignored for SUSPECT_FOR)
+                    # and the connection the other threads share stays open (sound:
+                    # RPyC drops the late reply of an expired request)
                     with self._lock:
-                        if line.conn is conn:
-                            now = time.monotonic()
-                            line.unanswered += max(0.0, now - max(began, line.counted_until))
-                            line.counted_until = max(line.counted_until, now)
-                        if line.conn is not conn or line.unanswered < self.attempt_timeout:
-                            attempts.tried.append(f"{addr}: no answer within what was left of the call "
-                                                  f"({max(0.0, wait) * 1000:.0f} ms)")
-                            raise ClusterUnavailable(attempts.why_over(False)) from None
+                        blame = line.gave_up(conn, began, time.monotonic(), self.attempt_timeout)
+                    if not blame:
+                        attempts.tried.append(f"{addr}: no answer within what was left of the call "
+                                              f"({max(0.0, wait) * 1000:.0f} ms)")
+                        raise ClusterUnavailable(attempts.why_over(False)) from None
                 with self._lock:
                     step = attempts.lost(addr, f"{type(exc).__name__}: {exc}", time.monotonic())
             else:
                 with self._lock:
-                    if line.conn is conn:
-                        line.unanswered = 0.0
+                    line.heard(conn)
                     step = attempts.answered(addr, reply, time.monotonic())
             finally:
                 if token is not None:
