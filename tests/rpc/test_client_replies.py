@@ -44,6 +44,21 @@ def client_with(monkeypatch, replies: dict, **options) -> rc.ClusterClient:
     return c
 
 
+def _conn_to(addr: str) -> _Conn:
+    conn = _Conn()
+    conn.addr = addr  # "host:port"
+    return conn
+
+
+def _fake_nodes(monkeypatch, call_within, *, open_connection=None, hard_close=None) -> None:
+    """Connections to fake nodes: ``call_within(conn, method, args, timeout)`` answers as
+    the node at ``conn.addr``; opening one succeeds at once unless ``open_connection``
+    does otherwise."""
+    monkeypatch.setattr(rc, "open_connection", open_connection or (lambda addr, _secret, **kw: _conn_to(rc.format_address(addr))))
+    monkeypatch.setattr(rc, "hard_close", hard_close or (lambda conn: None))
+    monkeypatch.setattr(rc, "call_within", call_within)
+
+
 def _deep(n: int = 3000) -> list:
     d: list = []
     for _ in range(n):
@@ -186,10 +201,8 @@ def test_a_call_out_of_its_own_time_neither_blames_the_leader_nor_drops_the_shar
     made, closed = [], []
 
     def fake_open(addr, _secret, **kw):
-        conn = _Conn()
-        conn.addr = rc.format_address(addr)
-        made.append(conn)
-        return conn
+        made.append(_conn_to(rc.format_address(addr)))
+        return made[-1]
 
     def call_within(conn, method, args, timeout):
         if conn.addr != leader:
@@ -200,9 +213,7 @@ def test_a_call_out_of_its_own_time_neither_blames_the_leader_nor_drops_the_shar
         time.sleep(0.05)
         return msgpack.packb(["ok", {"role": "leader"}])
 
-    monkeypatch.setattr(rc, "open_connection", fake_open)
-    monkeypatch.setattr(rc, "hard_close", closed.append)
-    monkeypatch.setattr(rc, "call_within", call_within)
+    _fake_nodes(monkeypatch, call_within, open_connection=fake_open, hard_close=closed.append)
     c = rc.ClusterClient([leader, f1, f2], b"k" * 32, attempt_timeout=1.5)
     try:
         assert c._call(time.monotonic() + 1.0, "query")[0] == "ok"  # connected to the leader
@@ -230,20 +241,13 @@ def test_calls_that_each_give_up_early_still_leave_a_leader_that_never_answers(m
     gives up before that on its own (and before the leader watch would probe)."""
     hung, other = "127.0.0.1:1", "127.0.0.1:2"
 
-    def fake_open(addr, _secret, **kw):
-        conn = _Conn()
-        conn.addr = rc.format_address(addr)
-        return conn
-
     def call_within(conn, method, args, timeout):
         if conn.addr == hung:
             time.sleep(timeout)
             raise TimeoutError("result expired")
         return msgpack.packb(["ok", {"role": "leader"}])
 
-    monkeypatch.setattr(rc, "open_connection", fake_open)
-    monkeypatch.setattr(rc, "hard_close", lambda conn: None)
-    monkeypatch.setattr(rc, "call_within", call_within)
+    _fake_nodes(monkeypatch, call_within)
     c = rc.ClusterClient([hung, other], b"k" * 32, attempt_timeout=0.3)
     try:
         answered = 0
@@ -266,11 +270,6 @@ def test_many_calls_giving_up_together_on_a_short_pause_do_not_blame_the_leader(
     resume = [0.0]
     closed = []
 
-    def fake_open(addr, _secret, **kw):
-        conn = _Conn()
-        conn.addr = rc.format_address(addr)
-        return conn
-
     def call_within(conn, method, args, timeout):
         if conn.addr != leader:
             return msgpack.packb(["not_leader", "n1", leader])
@@ -281,9 +280,7 @@ def test_many_calls_giving_up_together_on_a_short_pause_do_not_blame_the_leader(
         time.sleep(max(0.0, left))
         return msgpack.packb(["ok", {"role": "leader"}])
 
-    monkeypatch.setattr(rc, "open_connection", fake_open)
-    monkeypatch.setattr(rc, "hard_close", closed.append)
-    monkeypatch.setattr(rc, "call_within", call_within)
+    _fake_nodes(monkeypatch, call_within, hard_close=closed.append)
     c = rc.ClusterClient([leader, other], b"k" * 32, attempt_timeout=1.5)
     try:
         c._call(time.monotonic() + 1.0, "query")
@@ -315,18 +312,14 @@ def test_a_connection_attempt_cut_short_by_the_calls_own_deadline_does_not_blame
             time.sleep(min(kw["connect_timeout"], kw["handshake_timeout"]))
             raise rc.PrevalenceError(f"{addr}: handshake timed out")
         time.sleep(took)
-        conn = _Conn()
-        conn.addr = addr
-        return conn
+        return _conn_to(addr)
 
     def call_within(conn, method, args, timeout):
         if conn.addr != leader:
             return msgpack.packb(["not_leader", "n1", leader])
         return msgpack.packb(["ok", {"role": "leader"}])
 
-    monkeypatch.setattr(rc, "open_connection", fake_open)
-    monkeypatch.setattr(rc, "hard_close", lambda conn: None)
-    monkeypatch.setattr(rc, "call_within", call_within)
+    _fake_nodes(monkeypatch, call_within, open_connection=fake_open)
     c = rc.ClusterClient([leader, follower], b"k" * 32, attempt_timeout=1.5)
     try:
         with pytest.raises(rc.ClusterUnavailable):
@@ -355,13 +348,9 @@ def test_connection_attempts_that_each_end_early_still_leave_a_node_that_never_h
         if addr == hung:
             time.sleep(min(kw["connect_timeout"], kw["handshake_timeout"]))
             raise rc.PrevalenceError(f"{addr}: handshake timed out")
-        conn = _Conn()
-        conn.addr = addr
-        return conn
+        return _conn_to(addr)
 
-    monkeypatch.setattr(rc, "open_connection", fake_open)
-    monkeypatch.setattr(rc, "hard_close", lambda conn: None)
-    monkeypatch.setattr(rc, "call_within", lambda conn, m, a, t: msgpack.packb(["ok", {"role": "leader"}]))
+    _fake_nodes(monkeypatch, lambda conn, m, a, t: msgpack.packb(["ok", {"role": "leader"}]), open_connection=fake_open)
     c = rc.ClusterClient([hung, other], b"k" * 32, attempt_timeout=1.5)
     try:
         answered = 0
