@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import tracemalloc
 
 import rpyc
 from rpyc.core.stream import SocketStream
@@ -40,6 +41,20 @@ def _serve(conn):
         pass
 
 
+def _peak_until_closed(server, client, frame: bytes) -> int:
+    """Send ``frame`` as it is; the process's peak of traced memory until the node's
+    side closes (10 s at most)."""
+    tracemalloc.start()
+    try:
+        client._channel.send(frame)
+        deadline = time.monotonic() + 10
+        while not server.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_request_decodes_within_the_process_budget(monkeypatch):
     budget = DecodeBudget(1 << 20)
     server, client = _pair(monkeypatch, budget)
@@ -66,8 +81,6 @@ def test_a_request_of_countless_small_objects_is_refused_before_it_is_decoded(mo
     """1 MiB of empty frozensets (2 bytes each in brine, 216 decoded) decoded to 114 MiB
     on the node before the call was refused; the node now reads the request's shape
     first and ends the connection as malformed, having built none of them."""
-    import tracemalloc
-
     from rpyc.core import brine, consts
 
     server, client = _pair(monkeypatch, DecodeBudget(8 << 20))
@@ -76,15 +89,7 @@ def test_a_request_of_countless_small_objects_is_refused_before_it_is_decoded(mo
         # the frame built beforehand: brine.dump itself takes 89 MiB for it in this process
         frame = brine.I1.pack(consts.MSG_REQUEST) + brine.dump((99, (consts.HANDLE_PING, (frozenset(),) * (512 << 10))))
         assert len(frame) > 1 << 20
-        tracemalloc.start()
-        try:
-            client._channel.send(frame)
-            deadline = time.monotonic() + 10
-            while not server.closed and time.monotonic() < deadline:
-                time.sleep(0.01)
-            _now, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        peak = _peak_until_closed(server, client, frame)
         assert peak < 8 << 20, f"the request took {peak / 2**20:.0f} MiB"
         assert server.closed, "the connection stayed open after a request of half a million objects"
     finally:
@@ -98,23 +103,13 @@ def test_a_reply_or_exception_from_a_client_is_not_decoded_unchecked(monkeypatch
     exception message a client sends with brine.load too: a 1 MiB "reply" of empty
     frozensets decoded to 114 MiB on the node, as a request did before its shape was
     read. Every frame over 8,192 bytes has its shape read, whatever its type."""
-    import tracemalloc
-
     from rpyc.core import brine, consts
 
     for msg in (consts.MSG_REPLY, consts.MSG_EXCEPTION):
         server, client = _pair(monkeypatch, DecodeBudget(8 << 20))
         try:
             frame = brine.I1.pack(msg) + brine.dump((99, (frozenset(),) * (512 << 10)))
-            tracemalloc.start()
-            try:
-                client._channel.send(frame)
-                deadline = time.monotonic() + 10
-                while not server.closed and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                _now, peak = tracemalloc.get_traced_memory()
-            finally:
-                tracemalloc.stop()
+            peak = _peak_until_closed(server, client, frame)
             assert peak < 8 << 20, f"message type {msg} took {peak / 2**20:.0f} MiB"
             assert server.closed, f"the connection stayed open after a message of type {msg} of half a million objects"
         finally:
