@@ -47,6 +47,19 @@ def _wait_for(cond, timeout=5.0):
     return cond()
 
 
+def _subscribe(client: _Client, until, start: int = 1, *, timeout: float = 5.0, then: float = 0.0) -> list:
+    """A Subscription of ``client`` from ``start``, run until ``until(client, seen)``
+    (and ``then`` seconds more), then closed; what it delivered."""
+    seen: list = []
+    sub = Subscription(client, seen.append, start)
+    try:
+        assert _wait_for(lambda: until(client, seen), timeout), "the subscription never got that far"
+        time.sleep(then)
+    finally:
+        sub.close()
+    return seen
+
+
 def test_a_malformed_event_is_retried_without_delivering_the_ones_before_it_again():
     good = lambda i: [i, 1_000_000 * i, "test.Add", {"key": "x", "amount": i}]  # noqa: E731
 
@@ -59,13 +72,7 @@ def test_a_malformed_event_is_retried_without_delivering_the_ones_before_it_agai
         return ["ok", 5, events]
 
     client = _Client(replies)
-    seen: list = []
-    sub = Subscription(client, seen.append, 1)
-    try:
-        assert _wait_for(lambda: len(seen) >= 4 and len(client.calls) >= 3)
-        time.sleep(0.1)
-    finally:
-        sub.close()
+    seen = _subscribe(client, lambda c, seen: len(seen) >= 4 and len(c.calls) >= 3, then=0.1)
     assert all(type(e) is Event for e in seen)
     assert [e.index for e in seen] == [1, 2, 3, 4], "each applied transaction once, in order"
     assert client.calls[1] == 3, "the poll after the malformed event resumes at it"
@@ -79,13 +86,7 @@ def test_events_a_node_sends_again_or_out_of_order_are_not_delivered_twice():
             return ["ok", 4, [[1, 0, "test.Add", {}], [2, 0, "test.Add", {}], [3, 0, "test.Add", {}]]]
         return None
 
-    client = _Client(replies)
-    seen: list = []
-    sub = Subscription(client, seen.append, 1)
-    try:
-        assert _wait_for(lambda: len(client.calls) >= 3)
-    finally:
-        sub.close()
+    seen = _subscribe(_Client(replies), lambda c, _seen: len(c.calls) >= 3)
     assert [e.index for e in seen] == [1, 2, 3]
 
 
@@ -107,13 +108,7 @@ def test_a_subscription_outlives_a_refused_key_and_a_bug_in_a_call(monkeypatch):
     import rpc.subscription
 
     monkeypatch.setattr(rpc.subscription, "RETRY_AFTER_ERROR", 0.01)
-    client = _Client(replies)
-    seen: list = []
-    sub = Subscription(client, seen.append, 1)
-    try:
-        assert _wait_for(lambda: len(seen) >= 1, timeout=10.0), "no event after the errors"
-    finally:
-        sub.close()
+    seen = _subscribe(_Client(replies), lambda _c, seen: len(seen) >= 1, timeout=10.0)  # an event after the errors
     assert [e.index for e in seen] == [1]
 
 
@@ -134,13 +129,7 @@ def test_a_compacted_reply_that_does_not_move_forward_is_not_believed():
             return ["ok", 4, [[i, 0, "test.Add", {}] for i in range(start, 4)]]
         return None
 
-    client = _Client(replies)
-    seen: list = []
-    sub = Subscription(client, seen.append, 1)
-    try:
-        assert _wait_for(lambda: len(client.calls) >= 5)
-    finally:
-        sub.close()
+    seen = _subscribe(_Client(replies), lambda c, _seen: len(c.calls) >= 5)
     assert [type(e).__name__ for e in seen] == ["Event"] * 3, seen[:6]
     assert [e.index for e in seen] == [1, 2, 3]
 
@@ -154,19 +143,11 @@ def test_a_long_poll_waits_less_than_the_client_waits_for_its_answer():
     sent to followers first for a second."""
     client = _Client(lambda start, n: None)
     client.timeout = 0.5
-    sub = Subscription(client, lambda e: None, 1)
-    try:
-        assert _wait_for(lambda: len(client.waits) >= 2)
-    finally:
-        sub.close()
+    _subscribe(client, lambda c, _seen: len(c.waits) >= 2)
     assert all(0 < w < 0.5 for w in client.waits), client.waits
     client = _Client(lambda start, n: None)
     client.attempt_timeout = 0.4
-    sub = Subscription(client, lambda e: None, 1)
-    try:
-        assert _wait_for(lambda: len(client.waits) >= 2)
-    finally:
-        sub.close()
+    _subscribe(client, lambda c, _seen: len(c.waits) >= 2)
     assert all(0 < w < 0.4 for w in client.waits), client.waits
 
 
@@ -182,11 +163,5 @@ def test_events_out_of_order_in_one_batch_are_not_a_gap():
             return ["ok", 6, [[i, 0, "test.Add", {}] for i in range(start, 6)]]
         return None
 
-    client = _Client(replies)
-    seen: list = []
-    sub = Subscription(client, seen.append, 3)
-    try:
-        assert _wait_for(lambda: len(client.calls) >= 3)
-    finally:
-        sub.close()
+    seen = _subscribe(_Client(replies), lambda c, _seen: len(c.calls) >= 3, start=3)
     assert [e.index for e in seen] == [3, 4, 5]
