@@ -10,10 +10,9 @@ which takes milliseconds for an honest request, about 0.1 s for 1 MiB of msgpack
 up to about 1 s when cattrs structures 1 MiB of list items one by one.
 
 RPyC's decoding of a request's arguments (brine.load, in rpc.peer_server) takes the
-budget too: brine makes up to about 118 bytes per byte (empty frozensets), and a client
-frame may be 4 MiB, so one frame alone can still decode to about 470 MB. Requests of at
-most 64 KiB have a share of their own (2 MiB), so large ones never hold them up; the
-two shares together bound decoding at about 500 MB at worst.
+budget too, after rpc.brine_shape has bounded what it builds (its bytes and strings,
+and at most 8,192 other objects). Requests of at most 64 KiB have a share of their own
+(2 MiB), so large ones never hold them up.
 """
 from __future__ import annotations
 
