@@ -15,7 +15,6 @@ connection authenticated with the admin key; the client key gets an error saying
 """
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -32,6 +31,7 @@ from replication.errors import NodeHalted, ProposalRefused
 from replication.node import Node
 from rpc.decode_budget import BUDGET
 from rpc.transport import MAX_REQUEST, REPLY_MAX_FRAME
+from rpc.wire import headed_unpacker
 
 log = logging.getLogger("rpc.service")
 
@@ -75,10 +75,7 @@ def _unpack_batch(data: bytes, max_request: int) -> Any:
     their headers, with no array, map or extension type allowed below them, can."""
     if len(data) > max_request + 64 * MAX_BATCH_ITEMS:  # the commands plus their numbers
         raise PrevalenceError(f"{len(data)} bytes, over the limit of {max_request} bytes of commands")
-    # read from a BytesIO (which shares the bytes): a fed Unpacker would copy them whole
-    u = msgpack.Unpacker(io.BytesIO(data), read_size=1 << 16, raw=False, use_list=False,
-                         max_buffer_size=max(len(data), 1 << 16), max_bin_len=max_request, max_str_len=MAX_NAME,
-                         max_array_len=0, max_map_len=0, max_ext_len=0, object_hook=_no_map, ext_hook=_no_ext)
+    u = headed_unpacker(data, _not_a_batch, use_list=False, max_bin_len=max_request, max_str_len=MAX_NAME)
     try:
         n = u.read_array_header()
         if n > MAX_BATCH_ITEMS:
@@ -102,11 +99,7 @@ def _unpack_batch(data: bytes, max_request: int) -> Any:
 _NOT_A_BATCH = "a batch is an array of (data, session, seq) arrays"
 
 
-def _no_map(_map: dict) -> Any:
-    raise ValueError(_NOT_A_BATCH)
-
-
-def _no_ext(_code: int, _data: bytes) -> Any:
+def _not_a_batch(*_args: Any) -> Any:
     raise ValueError(_NOT_A_BATCH)
 
 

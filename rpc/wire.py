@@ -13,7 +13,7 @@ import io
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
@@ -294,17 +294,25 @@ def decode_batch(blob: Any, max_frames: int = MAX_BATCH_FRAMES) -> list[bytes]:
 _NOT_FRAMES = "a batch must be an array of byte strings"
 
 
+def headed_unpacker(data: bytes, refuse: Callable[..., Any], **limits: Any) -> msgpack.Unpacker:
+    """An Unpacker over ``data`` for a format read by its headers: the caller reads the
+    arrays' headers it expects (``read_array_header``) and unpacks only scalars below
+    them; any array, map or extension type there calls ``refuse``, which raises. A
+    BytesIO shares the bytes (a fed Unpacker would copy them); ``limits`` are
+    msgpack's (``max_bin_len``, ``max_str_len``, ``use_list``...)."""
+    return msgpack.Unpacker(io.BytesIO(data), read_size=1 << 16, raw=False, max_buffer_size=max(len(data), 1 << 16),
+                            max_array_len=0, max_map_len=0, max_ext_len=0, object_hook=refuse, ext_hook=refuse,
+                            **limits)
+
+
 def _refuse(*_args: Any) -> Any:
     raise BatchError(_NOT_FRAMES)
 
 
 def _decode_streamed(blob: bytes, max_frames: int) -> list[bytes]:
     """decode_batch of bytes: the array's header, then each frame decoded alone with no
-    array, map or extension type allowed in it (about 0.15 us a frame; a BytesIO shares
-    the bytes, a fed Unpacker would copy them)."""
-    u = msgpack.Unpacker(io.BytesIO(blob), read_size=1 << 16, raw=False, max_buffer_size=max(len(blob), 1 << 16),
-                         max_array_len=0, max_map_len=0, max_str_len=0, max_ext_len=0,
-                         object_hook=_refuse, ext_hook=_refuse)
+    array, map or extension type allowed in it (about 0.15 us a frame)."""
+    u = headed_unpacker(blob, _refuse, max_str_len=0)
     try:
         n = u.read_array_header()
         if n > max_frames:
