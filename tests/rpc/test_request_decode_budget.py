@@ -9,6 +9,7 @@ import threading
 import time
 import tracemalloc
 
+import pytest
 import rpyc
 from rpyc.core.stream import SocketStream
 from rpyc.core.channel import Channel
@@ -130,8 +131,6 @@ def test_keyword_names_that_are_not_strings_are_refused_before_they_are_hashed(m
 
     server, client = _pair(monkeypatch, DecodeBudget(8 << 20))
     try:
-        import pytest
-
         called = []
         with pytest.raises(TypeError, match="str names"):
             server._handle_call(lambda **kw: called.append(kw), (), ((_Key(), None), (_Key(), None)))
@@ -139,6 +138,24 @@ def test_keyword_names_that_are_not_strings_are_refused_before_they_are_hashed(m
         server._handle_call(lambda **kw: called.append(kw), (), (("a", 1),))
         assert called == [{"a": 1}]
         assert client.root.echo(value=b"xy") == 2  # a call with keywords over the wire
+    finally:
+        client.close()
+        server.close()
+
+
+@pytest.mark.parametrize("kwargs", ["a=1", (("a",),), (("a", 1, 2),), ((1, 2),), (((1,), 2),), ((b"a", 1),), 7])
+def test_malformed_keyword_arguments_over_the_wire_are_refused_and_the_connection_serves_on(monkeypatch, kwargs):
+    """Keyword arguments as a client really sends them (RPyC's HANDLE_CALL request):
+    anything but (str, value) pairs is the caller's TypeError, and its next call on the
+    same connection is answered."""
+    from rpyc.core import consts
+
+    server, client = _pair(monkeypatch, DecodeBudget(8 << 20))
+    try:
+        echo = client.root.echo
+        with pytest.raises(TypeError, match="str names"):
+            client.sync_request(consts.HANDLE_CALL, echo, (b"xy",), kwargs)
+        assert echo(b"xyz") == 3
     finally:
         client.close()
         server.close()
