@@ -158,7 +158,7 @@ class Codec:
             fields = self._upgrade(spec, version, fields)
         try:
             return spec.structure_quick(fields, cls)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a hook may raise anything: a refusal either way
             if not detail:
                 raise CodecError(f"{name}: fields do not fit: {_text_of(exc)}") from None
         try:  # refused: again, for every reason why
@@ -166,7 +166,7 @@ class Codec:
         except cattrs.BaseValidationError as exc:
             problems = "; ".join(m.replace(" @ $", " at " + name, 1) for m in cattrs.transform_error(exc))
             raise CodecError(f"{name}: fields do not fit: {problems}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a hook may raise anything: a refusal either way
             raise CodecError(f"{name}: fields do not fit: {exc}") from None
 
     def _upgrade(self, spec: TypeSpec, version: int, fields: dict) -> dict:
@@ -183,7 +183,7 @@ class Codec:
             )
         try:
             new = upgrade(dict(fields), version)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a hook may raise anything: a refusal either way
             raise CodecError(f"{spec.name}: upgrade from version {version} failed: {exc!r}") from exc
         if not isinstance(new, dict):
             raise CodecError(f"{spec.name}: upgrade from version {version} must return a dict")
