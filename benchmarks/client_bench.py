@@ -3,6 +3,9 @@ from an external client process against 3 node processes on loopback, fsync on.
 
     python3 benchmarks/client_bench.py [--commands 2000] [--failovers 10]
 
+With the latency it prints each process's CPU time per sequential command (user and
+system, from ``/proc``; Linux only): where the latency beyond the floor is spent.
+
 Throughput with client threads, next to PySyncObj: benchmarks/throughput_bench.py.
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT]
 
+from cluster_bench import proc_times  # noqa: E402
 from rpc.localcluster import LocalCluster  # noqa: E402
 from tests.prevalence.domain import Add  # noqa: E402
 
@@ -55,12 +59,20 @@ def main() -> int:
             for _ in range(50):
                 client.execute(Add("warm", 1))
             lat = []
+            leader = c.leader()
+            pids = {(f"{nid} (leader)" if nid == leader else nid): p.pid for nid, p in c.procs.items()}
+            pids["client"] = os.getpid()
+            before = {k: proc_times(pid) for k, pid in pids.items()}
             for _ in range(args.commands):
                 t = time.perf_counter()
                 client.execute(Add("x", 1))
                 lat.append((time.perf_counter() - t) * 1000)
+            after = {k: proc_times(pid) for k, pid in pids.items()}
             print(f"sequential commit latency, {args.commands} commands: p50 {statistics.median(lat):.2f} ms, "
                   f"p99 {pct(lat, 99):.2f} ms, max {max(lat):.2f} ms")
+            print("CPU per command, user + system: " + ", ".join(
+                f"{k} {(after[k][0] - before[k][0]) / args.commands * 1e6:.0f} + "
+                f"{(after[k][1] - before[k][1]) / args.commands * 1e6:.0f} us" for k in pids))
             if args.failovers <= 0:
                 return 0
             fo = [s * 1000 for s in client_failover(c, client, args.failovers)]

@@ -61,10 +61,15 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def proc_cpu_seconds(pid: int) -> float:
+def proc_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process (utime, stime: fields 14 and 15)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    return sum(proc_times(pid))
 
 
 def proc_sched_seconds(pid: int) -> float:
