@@ -182,7 +182,8 @@ class Attempts:
 
     def unreachable(self, why: str, now: float) -> float:
         """No node accepted a connection: how long to wait before trying them again."""
-        self.tried.append(why[:200])
+        for cause in why.split("; "):  # one round names each address: each is bounded, not the round
+            self.tried.append(cause[:200])
         return self._pause_for("unreachable", now)
 
     def lost(self, addr: str, why: str, now: float) -> Step:

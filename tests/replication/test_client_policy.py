@@ -153,3 +153,15 @@ def test_no_session_number_is_handed_out_twice_and_an_expired_session_never_come
             if kind == "expired":
                 expired.add(s.id)
     assert not {s.id for s in pool.free} & expired
+
+
+def test_a_round_of_unreachable_nodes_names_each_with_its_whole_cause():
+    """A round of connection attempts fails as one text naming each address; cut at 200
+    characters as a whole, its third address lost its cause ("127.0.0.1:7102:, ...")."""
+    a = calls(Route(["127.0.0.1:7100", "127.0.0.1:7101", "127.0.0.1:7102"]), deadline=1.0)
+    cause = "handshake not answered within 0.5 s (not a node of this cluster, or hung)"
+    a.unreachable("; ".join(f"127.0.0.1:710{k}: {cause}" for k in range(3)), now=0.0)
+    why = a.why_over(False)
+    for k in range(3):
+        assert f"127.0.0.1:710{k}: {cause}" in why
+    assert ":, " not in why and not why.endswith(":")
