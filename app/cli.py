@@ -29,6 +29,11 @@ def open_client(cluster: str, secret_file: str | None = None, timeout: float = 1
     return ClusterClient(addresses, secret, timeout=timeout)
 
 
+def _client(args: argparse.Namespace):
+    """A client of the grid the command names, with its ``--timeout``."""
+    return open_client(args.cluster, args.secret_file, timeout=args.timeout or 10.0, source=args.cluster_from)
+
+
 def cluster_addresses(cluster: str, secret_file: str | None = None,
                       source: str | None = None) -> tuple[list[str], bytes]:
     from rpc.config import ConfigError
@@ -92,7 +97,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from app.model import GridView
     from app.view import render, with_cluster
 
-    with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
+    with _client(args) as client:
         view = client.query(GridView(), args.consistency)
         shown = with_cluster(view, client.status())
     print(json.dumps(shown, indent=2) if args.json else render(shown))
@@ -100,7 +105,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _execute(args: argparse.Namespace, tx) -> object:
-    with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
+    with _client(args) as client:
         return client.execute(tx)
 
 
@@ -129,7 +134,7 @@ def cmd_preset(args: argparse.Namespace) -> int:
         _execute(args, DeletePreset(args.name))
         print(f"preset {args.name} deleted")
     else:
-        with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
+        with _client(args) as client:
             presets = client.query(GridView())["presets"]
         for name, values in presets.items():
             print(f"{name}: {as_text(values)}")
@@ -162,7 +167,7 @@ def cmd_kill_master(args: argparse.Namespace) -> int:
 
     from app.model import GridView
 
-    with open_client(args.cluster, args.secret_file, source=args.cluster_from) as client:
+    with _client(args) as client:
         client.query(GridView(), "leader")  # the client now talks to the master
         st = client.status()
     if st.get("role") != "leader":
@@ -190,7 +195,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise ConfigError(f"the window needs Tk, which this Python lacks ({exc}); on Debian: apt install python3-tk")
 
     addresses, secret = cluster_addresses(args.cluster, args.secret_file, args.cluster_from)
-    return run(ClusterClient(addresses, secret, timeout=30.0), secret)
+    return run(ClusterClient(addresses, secret, timeout=args.timeout or 30.0), secret)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.1 <= value <= 3600:  # nan fails too
+        raise argparse.ArgumentTypeError(f"{text!r}: must be seconds from 0.1 to 3600")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--cluster", default=None, metavar="DIR|ADDRESSES",
                         help=f"a grid directory (from `grid up`) or HOST:PORT,... (default {DEFAULT_DIR}, or $GRID_CLUSTER)")
         sp.add_argument("--secret-file", metavar="FILE", help="the client key (default: DIR/client.secret)")
+        sp.add_argument("--timeout", type=_seconds, metavar="S",
+                        help="give up when no master answers within S seconds (default 10; the window's 30)")
         return sp
 
     demo = sub.add_parser("demo", help="start a local 3x3 grid, kill its master, show it recover, clean up")
@@ -264,23 +281,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _naming_the_cluster(func):
-    """``func``, whose "no leader answered" says which cluster, each cause once."""
+    """``func``, whose "no master answered" says which cluster, what the nodes say about
+    their master (or why there is none), and each cause once."""
     def call(args: argparse.Namespace) -> int:
         from rpc.auth import AuthenticationFailed
         from rpc.client import ClusterUnavailable
-        from rpc.cluster import collapse_causes
         from rpc.config import ConfigError
+        from rpc.status_report import collapse_causes
 
         try:
             return func(args)
         except ClusterUnavailable as exc:
             what, _, tried = str(exc).partition("; tried ")
-            raise ConfigError(f"no master of {named(args.cluster, args.cluster_from)} answered: "
-                              f"{collapse_causes(tried) if tried else what}") from None
+            said = _why_no_master(args)
+            why = f"the nodes say: {said}" if said else collapse_causes(tried) if tried else what
+            hint = ("; `grid show --consistency local` shows a node's copy, which may be behind"
+                    if func is cmd_show and args.consistency != "local" else "")
+            raise ConfigError(f"no master of {named(args.cluster, args.cluster_from)} answered; {why}{hint}") from None
         except AuthenticationFailed as exc:  # every node refused the key: no retry helps
             raise ConfigError(f"the nodes of {named(args.cluster, args.cluster_from)} refused the key: "
                               f"{collapse_causes(str(exc))}") from None
     return call
+
+
+def _why_no_master(args: argparse.Namespace) -> str:
+    """What the nodes of ``args.cluster`` say about their master, asked at once (about
+    1.5 s at most), and why the others do not answer; "" if that cannot be asked."""
+    from rpc.cluster import cluster_status
+    from rpc.config import parse_address
+    from rpc.status_report import ask_status, describe_master, status_row, unreachable_summary
+
+    try:
+        secret_file = getattr(args, "secret_file", None)  # grid replace and recover have none
+        if os.path.isdir(args.cluster) and not secret_file:
+            rows = cluster_status(args.cluster)
+        else:
+            addresses, secret = cluster_addresses(args.cluster, secret_file, args.cluster_from)
+            targets = [(parse_address(a, "address"), None) for a in addresses]
+            rows = [status_row(a, a, None, reply) for a, reply in zip(addresses, ask_status(targets, secret, None))]
+    except (PrevalenceError, OSError):  # the diagnosis adds to the error; without it the error stands
+        return ""
+    return "; ".join(filter(None, [describe_master(rows), *unreachable_summary(rows).splitlines()]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

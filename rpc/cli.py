@@ -42,7 +42,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     _tabulate.MIN_PADDING = 0  # headers no wider than their words: the table fits 80 columns
 
-    from rpc.cluster import FIELDS, cluster_status, unreachable_summary
+    from rpc.cluster import cluster_status
+    from rpc.status_report import FIELDS, describe_master, unreachable_summary
 
     rows = cluster_status(args.cluster)
     if args.json:
@@ -55,6 +56,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   "role": f"{r['role']}, disk full" if r.get("disk_full") else r["role"]} for r in rows]
         headers = [{"commit_index": "commit", "applied_index": "applied"}.get(k, k) for k in FIELDS]
         print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in shown], headers=headers))
+        print(describe_master(rows))  # who is master, or why there is none
         summary = unreachable_summary(rows)  # why, each cause once
         if summary:
             print(summary)

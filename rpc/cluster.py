@@ -1,29 +1,26 @@
-"""A local cluster on one machine (``prevalence cluster up``) and its status report."""
+"""A local cluster on one machine (``prevalence cluster up``): its files, its processes, its
+maintenance calls; the status report itself is :mod:`rpc.status_report`."""
 from __future__ import annotations
 
 import glob
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import tomllib
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prevalence._platform import ephemeral_ports, others_may_write
-from prevalence.errors import PrevalenceError
-from replication.client_policy import shown
 from replication.errors import RaftError
-from replication.node import STATUS_TIMEOUT
 from replication.journal_storage import create_node_data, holds_node_data, new_cluster_id
 from rpc.config import (
     ConfigError, NodeConfig, format_address, load_config, migration_message, render_config, tls_contexts,
 )
 from rpc.secret import KEY_FILES, LEGACY_SECRET, SecretError, generate_secret_file, load_secret
+from rpc.status_report import ask_status, status_row
 from rpc.transport import NodeLink
 
 
@@ -229,75 +226,21 @@ def node_config_paths(directory: str) -> list[str]:
     return paths
 
 
-FIELDS = ("id", "address", "role", "term", "commit_index", "applied_index", "pid", "config", "reachable")
-
-
-def _ask_status(configs: list[NodeConfig], secret: bytes, timeout: float | None) -> list[list | Exception]:
-    """Every node's answer to ``status``, or why there is none; asked at once, so that
-    nodes that do not answer cost one timeout in all, not one each. By default (``timeout``
-    None) the connection may take 1 s and the request the node's own STATUS_TIMEOUT and
-    a little more: a node whose Raft loop hangs answers that it does, and is not taken
-    for one that does not answer at all."""
-    connect, request = (1.0, STATUS_TIMEOUT + 0.5) if timeout is None else (timeout, timeout)
-
-    def ask(cfg: NodeConfig) -> list | Exception:
-        try:
-            with NodeLink(cfg.listen, secret, ident="status", timeout=request, connect_timeout=connect,
-                          ssl_context=tls_contexts(cfg)[1]) as link:
-                reply = link.call("status")
-        except Exception as exc:  # noqa: BLE001 - why this node gave no status
-            return exc
-        if type(reply) is list and len(reply) == 2 and reply[0] == "ok" and type(reply[1]) is dict:
-            return reply
-        if type(reply) is list and len(reply) >= 2 and type(reply[0]) is str and type(reply[-1]) is str:
-            return [reply[0], one_line(reply[-1])]  # a refusal: its reason, for the operator
-        return PrevalenceError(f"malformed status reply: {shown(reply)}")
-
-    if not configs:
-        return []
-    with ThreadPoolExecutor(min(16, len(configs)), thread_name_prefix="status") as pool:
-        return list(pool.map(ask, configs))
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """A node's text for a terminal: one line, bounded, no control characters."""
-    text = "".join(ch if ch.isprintable() else " " for ch in text[:limit * 4])
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _field(value: Any) -> Any:
-    """A status value as the table shows it: a plain scalar, else a bounded text."""
-    if value is None or type(value) in (bool, int, float):
-        return value
-    return one_line(value, 200) if type(value) is str else shown(value)
-
-
 def cluster_status(directory: str, timeout: float | None = None) -> list[dict]:
     """Ask every node configured in ``directory`` for its status (unreachable ones too);
-    ``timeout``: see :func:`_ask_status`."""
+    ``timeout``: see :func:`rpc.status_report.ask_status`."""
     configs = [load_config(path) for path in node_config_paths(directory)]
-    rows = []
-    for cfg, reply in zip(configs, _ask_status(configs, directory_key(directory, "client"), timeout)):
-        row: dict[str, Any] = dict.fromkeys(FIELDS)
-        row.update(id=cfg.id, address=format_address(cfg.listen), config=cfg.path, reachable=False)
-        if isinstance(reply, Exception):
-            row["error"] = str(reply)
-        elif reply[0] == "ok":
-            st = reply[1]
-            row.update({k: _field(st[k]) for k in FIELDS if k in st and k != "reachable"}, reachable=True,
-                       disk_full=st.get("disk_full") is True)
-        else:  # it answered, without a status (its Raft loop failed or hangs): say why
-            row.update(answered=True, error=reply[-1])
-        rows.append(row)
-    return rows
+    replies = ask_status([(c.listen, tls_contexts(c)[1]) for c in configs], directory_key(directory, "client"),
+                         timeout)
+    return [status_row(c.id, format_address(c.listen), c.path, reply) for c, reply in zip(configs, replies)]
 
 
 def cluster_status_full(directory: str, timeout: float | None = None) -> list[dict]:
     """The whole status of every node of ``directory`` that answers (cluster id and epoch
     included, which the status table leaves out)."""
     configs = [load_config(path) for path in node_config_paths(directory)]
-    replies = _ask_status(configs, directory_key(directory, "client"), timeout)
+    replies = ask_status([(c.listen, tls_contexts(c)[1]) for c in configs], directory_key(directory, "client"),
+                         timeout)
     return [r[1] for r in replies if not isinstance(r, Exception) and r[0] == "ok"]
 
 
@@ -309,48 +252,6 @@ def _cluster_of(statuses: list[dict]) -> tuple[str, int]:
         return "", 0
     epoch, cluster = max(known)
     return cluster, epoch
-
-
-_ADDRESS = r"(?:\[[^\]]+\]|[A-Za-z0-9_.-]+):\d+"
-_CAUSE = re.compile(rf"^({_ADDRESS}):?\s+")
-_SEPARATOR = re.compile(rf"[;,]\s+(?={_ADDRESS}[:\s])")
-
-
-def collapse_causes(causes: str | list[str]) -> str:
-    """The same cause, from many addresses and attempts, said once with a count:
-    "authentication failed (...) (72 times, from 9 addresses)". ``causes`` is a list of
-    "HOST:PORT: cause" texts, or one text of them joined by ", " or "; "."""
-    items = _SEPARATOR.split(causes) if isinstance(causes, str) else list(causes)
-    seen: dict[str, tuple[int, list[str]]] = {}
-    for item in (i.strip() for i in items if i.strip()):
-        m = _CAUSE.match(item)
-        address, cause = (m.group(1), item[m.end():]) if m else ("", item)
-        n, addresses = seen.get(cause, (0, []))
-        seen[cause] = (n + 1, addresses + [address] if address and address not in addresses else addresses)
-    parts = []
-    for cause, (n, addresses) in seen.items():
-        if n == 1:
-            parts.append(f"{addresses[0]}: {cause}" if addresses else cause)
-        else:
-            where = f", from {len(addresses)} address{'es' if len(addresses) != 1 else ''}" if addresses else ""
-            parts.append(f"{cause} ({n} times{where})")
-    return "; ".join(parts)
-
-
-def unreachable_summary(rows: list[dict]) -> str:
-    """'unreachable: n1, n3: cannot connect: ...' with the nodes that share a cause on one
-    line (the address, in the table already, taken off the cause); "no status: n2: ..."
-    for a node that answered without one; "" if all gave their status."""
-    causes: dict[tuple[str, str], list[str]] = {}
-    for r in rows:
-        if not r["reachable"]:
-            error = r.get("error") or "no answer"
-            m = _CAUSE.match(error)
-            label = "no status" if r.get("answered") else "unreachable"
-            causes.setdefault((label, error[m.end():] if m else error), []).append(r["id"])
-    def who(ids: list[str]) -> str:
-        return f"all {len(ids)} nodes" if len(ids) == len(rows) > 3 else ", ".join(ids)
-    return "\n".join(f"{label}: {who(ids)}: {cause}" for (label, cause), ids in causes.items())
 
 
 def _admin_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:

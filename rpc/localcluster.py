@@ -26,10 +26,11 @@ from prevalence._platform import child_dies_with_parent
 from prevalence.errors import PrevalenceError
 from rpc.cluster import (
     cluster_status, directory_key, free_port_block, node_config_paths, refuse_if_running, start_node, stop_on_signals,
-    one_line, write_cluster,
+    write_cluster,
 )
 from rpc.config import ConfigError, NodeConfig, format_address, load_config, tls_contexts
 from rpc.secret import KEY_FILES
+from rpc.status_report import one_line
 from rpc.transport import NodeLink, open_connection
 
 

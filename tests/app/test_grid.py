@@ -213,6 +213,30 @@ def test_a_missing_or_wrong_cluster_is_named_in_one_short_line(grid, tmp_path):
         assert str(tmp_path / "nope") in lines[0] and said in lines[0] and "--cluster" in lines[0], lines[0]
 
 
+def test_with_no_majority_the_cli_says_who_answers_and_how_many_an_election_needs(grid):
+    """Before, `grid show` said only that no master answered, after 10 s, naming a few of
+    the hung nodes and none of those that answered."""
+    g = grid
+    ensure_all_up(g)
+    voters = sorted(g.configs)
+    hung = voters[:len(voters) // 2 + 1]  # a majority, hung without closing their connections
+    for nid in hung:
+        os.kill(g.procs[nid].pid, signal.SIGSTOP)
+    try:
+        r = grid_cli(g, "show", "--timeout", "1")
+    finally:
+        for nid in hung:
+            os.kill(g.procs[nid].pid, signal.SIGCONT)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    up = [n for n in voters if n not in hung]
+    assert (f"no master: {len(up)} of the {len(voters)} voters answer ({', '.join(up)}); "
+            f"electing one needs {len(hung)}") in lines[0], lines[0]
+    assert f"unreachable: {', '.join(hung)}: " in lines[0] and "--consistency local" in lines[0], lines[0]
+    r = grid_cli(g, "show", "--timeout", "0")
+    assert r.returncode == 2 and "must be seconds from 0.1 to 3600" in r.stderr, r.stderr
+
+
 def test_kill_master_from_the_cli(grid):
     g = grid
     ensure_all_up(g)

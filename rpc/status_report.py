@@ -1,0 +1,165 @@
+"""What the nodes say about themselves, as an operator reads it: every node's status asked
+at once, the table's rows, the causes of silence each said once, and who is master, or
+why there is none.
+
+The last is what an operator needs when a command gets no answer: "no master answered"
+is true but does not say whether to wait (an election is under way), to look at one
+node (the leader others follow does not answer here) or to bring nodes back (too few
+voters answer to elect anyone).
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from ssl import SSLContext
+from typing import Any
+
+from prevalence.errors import PrevalenceError
+from replication.client_policy import shown
+from replication.node import STATUS_TIMEOUT
+from rpc.transport import NodeLink
+
+__all__ = ["FIELDS", "ask_status", "collapse_causes", "describe_master", "one_line", "status_row",
+           "unreachable_summary"]
+
+#: The status table's columns (``prevalence status``).
+FIELDS = ("id", "address", "role", "term", "commit_index", "applied_index", "pid", "config", "reachable")
+
+
+def ask_status(targets: list[tuple[tuple[str, int], SSLContext | None]], secret: bytes,
+               timeout: float | None) -> list[list | Exception]:
+    """Every node's answer to ``status`` (targets: address and client TLS context), or
+    why there is none; asked at once, so that nodes that do not answer cost one timeout
+    in all, not one each. By default (``timeout`` None) the connection may take 1 s and
+    the request the node's own STATUS_TIMEOUT and a little more: a node whose Raft loop
+    hangs answers that it does, and is not taken for one that does not answer at all."""
+    connect, request = (1.0, STATUS_TIMEOUT + 0.5) if timeout is None else (timeout, timeout)
+
+    def ask(target: tuple[tuple[str, int], SSLContext | None]) -> list | Exception:
+        try:
+            with NodeLink(target[0], secret, ident="status", timeout=request, connect_timeout=connect,
+                          ssl_context=target[1]) as link:
+                reply = link.call("status")
+        except Exception as exc:  # noqa: BLE001 - why this node gave no status
+            return exc
+        if type(reply) is list and len(reply) == 2 and reply[0] == "ok" and type(reply[1]) is dict:
+            return reply
+        if type(reply) is list and len(reply) >= 2 and type(reply[0]) is str and type(reply[-1]) is str:
+            return [reply[0], one_line(reply[-1])]  # a refusal: its reason, for the operator
+        return PrevalenceError(f"malformed status reply: {shown(reply)}")
+
+    if not targets:
+        return []
+    with ThreadPoolExecutor(min(16, len(targets)), thread_name_prefix="status") as pool:
+        return list(pool.map(ask, targets))
+
+
+def status_row(node_id: str, address: str, config: str | None, reply: list | Exception) -> dict[str, Any]:
+    """One row of the table from a node's answer: FIELDS, plus ``leader`` and ``voters``
+    (whom it follows, who votes: what :func:`describe_master` reads), ``disk_full``, and
+    ``error`` (and ``answered``) when it gave no status."""
+    row: dict[str, Any] = dict.fromkeys(FIELDS)
+    row.update(id=node_id, address=address, config=config, reachable=False, leader=None, voters=[])
+    if isinstance(reply, Exception):
+        row["error"] = str(reply)
+    elif reply[0] == "ok":
+        st = reply[1]
+        row.update({k: _field(st[k]) for k in FIELDS if k in st and k != "reachable"}, reachable=True,
+                   disk_full=st.get("disk_full") is True)
+        leader, voters = st.get("leader"), st.get("voters")
+        row["leader"] = one_line(leader, 100) if type(leader) is str and leader else None
+        if type(voters) is list and all(type(v) is str for v in voters):
+            row["voters"] = [one_line(v, 100) for v in voters[:1000]]
+    else:  # it answered, without a status (its Raft loop failed or hangs): say why
+        row.update(answered=True, error=reply[-1])
+    return row
+
+
+def describe_master(rows: list[dict]) -> str:
+    """Who is master according to the nodes that answer, or why there is none, in one
+    line: "n5 leads (term 2)", "n6, n7 follow n5 (term 2), which does not answer",
+    "no master: 3 of the 9 voters answer (n6, n7, n9); electing one needs 5", ..."""
+    answered = [r for r in rows if r["reachable"]]
+    if not answered:
+        return f"none of the {len(rows)} nodes answers"
+    term = max(r["term"] if type(r["term"]) is int else 0 for r in answered)
+    newest = [r for r in answered if r["term"] == term]
+    leaders = sorted(r["id"] for r in newest if r["role"] == "leader")
+    if leaders:
+        return f"{', '.join(leaders)} lead{'s' if len(leaders) == 1 else ''} (term {term})"
+    followed = Counter(r["leader"] for r in newest if r["leader"])
+    if followed:
+        leader, _ = followed.most_common(1)[0]
+        who = sorted(r["id"] for r in newest if r["leader"] == leader)
+        return f"{_names(who)} follow{'s' if len(who) == 1 else ''} {leader} (term {term}), which does not answer"
+    voters = max((r["voters"] for r in newest), key=len, default=[])
+    if not voters:
+        return f"no master: {len(answered)} of {len(rows)} nodes answer, none leads or knows a leader (term {term})"
+    up = sorted(set(voters) & {r["id"] for r in answered})
+    need = len(voters) // 2 + 1
+    if len(up) < need:
+        return (f"no master: {len(up)} of the {len(voters)} voters answer ({_names(up) or 'none'}); "
+                f"electing one needs {need}")
+    return (f"no master yet: {len(up)} of the {len(voters)} voters answer, enough to elect one; "
+            f"an election is under way (term {term})")
+
+
+def _names(ids: list[str], limit: int = 12) -> str:
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A node's text for a terminal: one line, bounded, no control characters."""
+    text = "".join(ch if ch.isprintable() else " " for ch in text[:limit * 4])
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _field(value: Any) -> Any:
+    """A status value as the table shows it: a plain scalar, else a bounded text."""
+    if value is None or type(value) in (bool, int, float):
+        return value
+    return one_line(value, 200) if type(value) is str else shown(value)
+
+
+_ADDRESS = r"(?:\[[^\]]+\]|[A-Za-z0-9_.-]+):\d+"
+_CAUSE = re.compile(rf"^({_ADDRESS}):?\s+")
+_SEPARATOR = re.compile(rf"[;,]\s+(?={_ADDRESS}[:\s])")
+
+
+def collapse_causes(causes: str | list[str]) -> str:
+    """The same cause, from many addresses and attempts, said once with a count:
+    "authentication failed (...) (72 times, from 9 addresses)". ``causes`` is a list of
+    "HOST:PORT: cause" texts, or one text of them joined by ", " or "; "."""
+    items = _SEPARATOR.split(causes) if isinstance(causes, str) else list(causes)
+    seen: dict[str, tuple[int, list[str]]] = {}
+    for item in (i.strip() for i in items if i.strip()):
+        m = _CAUSE.match(item)
+        address, cause = (m.group(1), item[m.end():]) if m else ("", item)
+        n, addresses = seen.get(cause, (0, []))
+        seen[cause] = (n + 1, addresses + [address] if address and address not in addresses else addresses)
+    parts = []
+    for cause, (n, addresses) in seen.items():
+        if n == 1:
+            parts.append(f"{addresses[0]}: {cause}" if addresses else cause)
+        else:
+            where = f", from {len(addresses)} address{'es' if len(addresses) != 1 else ''}" if addresses else ""
+            parts.append(f"{cause} ({n} times{where})")
+    return "; ".join(parts)
+
+
+def unreachable_summary(rows: list[dict]) -> str:
+    """'unreachable: n1, n3: cannot connect: ...' with the nodes that share a cause on one
+    line (the address, in the table already, taken off the cause); "no status: n2: ..."
+    for a node that answered without one; "" if all gave their status."""
+    causes: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        if not r["reachable"]:
+            error = r.get("error") or "no answer"
+            m = _CAUSE.match(error)
+            label = "no status" if r.get("answered") else "unreachable"
+            causes.setdefault((label, error[m.end():] if m else error), []).append(r["id"])
+    def who(ids: list[str]) -> str:
+        return f"all {len(ids)} nodes" if len(ids) == len(rows) > 3 else ", ".join(ids)
+    return "\n".join(f"{label}: {who(ids)}: {cause}" for (label, cause), ids in causes.items())
