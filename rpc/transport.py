@@ -1,4 +1,4 @@
-"""What both sides of a connection share: sockets, bounded frames, connecting.
+"""What both sides of a connection share: sockets, connecting, the peer channel.
 
 A node listens with :class:`rpc.peer_server.PeerServer` (an RPyC ``ThreadedServer``
 behind :class:`rpc.auth.ServerAuthenticator`). A connection authenticated with the peer
@@ -10,29 +10,29 @@ A node sends with :class:`rpc.peer_sender.PeerTransport`: ``send(to, payload)`` 
 appends to a bounded per-peer queue and returns; one sender thread per peer writes the
 queue as batches, several unanswered at once, detects a dead or hung connection and
 reconnects with jittered exponential backoff. See ``docs/transport.md`` for the numbers.
+
+Every connection is read through :class:`rpc.channel.BoundedChannel`, with the frame
+limits :mod:`rpc.channel` defines; both are re-exported here.
 """
 from __future__ import annotations
 
-import errno
-import logging
-import select
 import socket
 import ssl
 import sys
-import time
 from typing import Any
 
 import msgpack
 import rpyc
 from rpyc.core import consts
-from rpyc.core.channel import Channel
-from rpyc.core.stream import SocketStream
-from rpyc.lib import Timeout
 from rpyc.utils.factory import connect_channel
 
 from prevalence.errors import PrevalenceError
 
 from .auth import ConnectFailed, client_handshake, format_address
+from .channel import (  # the bounded channel and its limits, re-exported: imported from here
+    CLIENT_MAX_FRAME, FRAME_TIMEOUT, MAX_REQUEST, PEER_MAX_FRAME, REPLY_MAX_FRAME, BoundedChannel, FrameRefused,
+    _channel,
+)
 from .wire import decode_batch, encode_batch
 
 __all__ = [
@@ -56,8 +56,6 @@ __all__ = [
     "MAX_CONNECTIONS",
 ]
 
-log = logging.getLogger("rpc.transport")
-
 #: RPyC protocol settings for every connection we make or accept (see docs/transport.md).
 SAFE_PROTOCOL_CONFIG = dict(
     allow_pickle=False,
@@ -78,23 +76,6 @@ SAFE_PROTOCOL_CONFIG = dict(
 #: A server-side socket write that makes no progress for this long drops the connection.
 SERVER_WRITE_TIMEOUT = 10.0
 
-# Frame limits (bytes of one RPyC frame, checked against the announced length before
-# the body is read; see docs/transport.md for how they are sized).
-#: What a node reads from a peer: a deliver batch is at most max(1 MiB, one Raft
-#: message), a message at most an Append (max_size_per_msg, 16 KiB, + one entry of at most
-#: NodeOptions.max_entry_bytes, 8 MiB) or a snapshot chunk (64 KiB).
-PEER_MAX_FRAME = 16 << 20
-#: Bytes of data one client request carries at most (a command, a batch's commands, a
-#: query); a node answers a larger one with a one-line error, and the client refuses to
-#: send one (past CLIENT_MAX_FRAME a node could only drop the connection).
-MAX_REQUEST = 1 << 20
-#: What a node reads from a client: a request of at most MAX_REQUEST plus RPyC's framing.
-CLIENT_MAX_FRAME = 4 << 20
-#: What a client reads from a node: a reply (a query's result, a page of the log, a
-#: backup: a whole snapshot, which followers accept up to RaftConfig.max_snapshot_bytes).
-REPLY_MAX_FRAME = 1 << 30
-#: Once the first byte of a frame has arrived, the whole frame must arrive within this.
-FRAME_TIMEOUT = 10.0
 #: Connections one listener holds at once (authenticated or not); more are closed at once.
 MAX_CONNECTIONS = 128
 
@@ -103,7 +84,7 @@ class TransportError(PrevalenceError):
     """The transport was misused or could not start (e.g. the port is taken)."""
 
 
-# ---------------------------------------------------------------- sockets and streams
+# ---------------------------------------------------------------- sockets
 
 
 def tune_socket(sock: socket.socket) -> None:
@@ -124,167 +105,6 @@ def tune_socket(sock: socket.socket) -> None:
                     sock.setsockopt(socket.IPPROTO_TCP, opt, value)
     except (OSError, ValueError):
         pass
-
-
-class _Stream(SocketStream):
-    """SocketStream whose poll() also sees data already decrypted inside an SSL socket,
-    and waits on one ``select.poll`` object kept for the stream where the OS has one.
-
-    RPyC's poll builds and registers a new poll object at every call: about 9 µs, paid
-    before each frame a connection reads (several per replicated call on a leader),
-    against 1 µs for a kept one. Windows has no ``select.poll``: RPyC's own then."""
-
-    __slots__ = ("_poller",)
-
-    def __init__(self, sock):
-        super().__init__(sock)
-        self._poller = None
-
-    def poll(self, timeout):
-        sock = self.sock  # a closed stream's raises EOFError here, as RPyC's poll does
-        pending = getattr(sock, "pending", None)
-        if pending is not None:
-            try:
-                if pending():
-                    return True
-            except (OSError, ValueError):
-                pass
-        if _POLL is None:
-            return super().poll(timeout)
-        poller = self._poller
-        if poller is None:
-            poller = self._poller = _POLL()
-            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
-        if isinstance(timeout, Timeout):  # what RPyC's serve() passes
-            timeout = timeout.timeleft()
-        # any event counts: a hang-up or an error is for recv() to report
-        return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000.0))
-
-
-_POLL = getattr(select, "poll", None)
-_RETRY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK)
-_LARGE = 1 << 16  # frames from this size on are read in place
-
-
-class FrameRefused(EOFError):
-    """A frame from the other side was refused (too large, compressed, stalled); the
-    connection is closed. An EOFError, so that RPyC ends the connection quietly."""
-
-
-class BoundedChannel(Channel):
-    """RPyC's channel with its input bounded.
-
-    RPyC reads whatever length a frame header announces (up to 4 GiB) and inflates a
-    frame whenever the *sender* sets the compression flag. Here the header is checked
-    before anything else is read: a frame longer than ``max_frame`` or flagged as
-    compressed is refused, and so is one that does not arrive whole within
-    ``frame_timeout`` seconds of its first byte. Refusing closes the stream (the
-    framing cannot be resynchronised) and logs one line naming ``where``. What we send
-    is never compressed.
-
-    It also reads ahead: one recv() usually brings a small frame's header and body
-    (RPyC makes two), and frames of 64 KiB or more are read into one buffer, handed to
-    RPyC as a view instead of the three copies RPyC's own reading makes.
-    """
-
-    __slots__ = ("max_frame", "frame_timeout", "where", "_buf")
-
-    def __init__(self, stream, max_frame: int, frame_timeout: float = FRAME_TIMEOUT, where: str = "?"):
-        super().__init__(stream, compress=False)
-        self.max_frame = int(max_frame)
-        self.frame_timeout = float(frame_timeout)
-        self.where = where
-        self._buf = bytearray()  # read ahead, not yet handed to RPyC
-
-    def poll(self, timeout) -> bool:
-        return bool(self._buf) or self.stream.poll(timeout)
-
-    def recv(self):
-        deadline = time.monotonic() + self.frame_timeout
-        buf = self._buf
-        header = self.FRAME_HEADER.size
-        if len(buf) < header:
-            # RPyC polls before it calls recv: with nothing read ahead, data is there
-            self._fill(header, deadline, polled=not buf)
-        length, compressed = self.FRAME_HEADER.unpack_from(buf)
-        if compressed:
-            self._refuse(f"compressed frame ({length} bytes) refused: compression from the other side is not accepted")
-        if length > self.max_frame:
-            self._refuse(f"frame of {length} bytes announced, limit {self.max_frame}")
-        end = header + length + len(self.FLUSHER)
-        if length < _LARGE or len(buf) >= end:
-            self._fill(end, deadline, polled=False)
-            with memoryview(buf) as view:
-                data = bytes(view[header:header + length])
-            del buf[:end]
-            return data
-        # a large frame: into one buffer of its own, past what was read ahead
-        out = bytearray(length + len(self.FLUSHER))
-        have = len(buf) - header
-        out[:have] = buf[header:]
-        buf.clear()
-        self._read_into(memoryview(out)[have:], deadline)
-        return memoryview(out)[:length]
-
-    def _fill(self, count: int, deadline: float, polled: bool) -> None:
-        """Read ahead until ``count`` bytes are buffered, before ``deadline``. The socket
-        keeps its own timeout (it bounds writes from other threads); each wait for data
-        is bounded here by poll."""
-        buf, stream = self._buf, self.stream
-        while len(buf) < count:
-            if not polled:
-                self._wait(deadline)
-            polled = False
-            try:
-                chunk = stream.sock.recv(stream.MAX_IO_CHUNK)
-            except (socket.timeout, ssl.SSLWantReadError):
-                continue
-            except OSError as exc:
-                self._read_failed(exc)
-                continue
-            if not chunk:
-                self._read_failed(None)
-            buf += chunk
-
-    def _read_into(self, view: memoryview, deadline: float) -> None:
-        stream = self.stream
-        got, count = 0, len(view)
-        while got < count:
-            self._wait(deadline)
-            try:
-                n = stream.sock.recv_into(view[got:], min(stream.MAX_IO_CHUNK, count - got))
-            except (socket.timeout, ssl.SSLWantReadError):
-                continue
-            except OSError as exc:
-                self._read_failed(exc)
-                continue
-            if not n:
-                self._read_failed(None)
-            got += n
-
-    def _wait(self, deadline: float) -> None:
-        left = deadline - time.monotonic()
-        if left <= 0 or not self.stream.poll(left):
-            self._refuse(f"the other side stopped sending mid-frame for {self.frame_timeout:g} s")
-
-    def _read_failed(self, exc: OSError | None) -> None:
-        """Return to retry (EAGAIN); else close and raise EOFError, as RPyC's stream does."""
-        if exc is not None and exc.errno in _RETRY_ERRNOS:
-            return
-        self.stream.close()
-        raise EOFError(exc if exc is not None else "connection closed by peer")
-
-    def _refuse(self, reason: str) -> None:
-        log.warning("connection with %s closed: %s", self.where, reason)
-        self.stream.close()
-        raise FrameRefused(f"{self.where}: {reason}")
-
-
-def _channel(sock: socket.socket, max_frame: int, where: str, frame_timeout: float | None = None) -> BoundedChannel:
-    # compress=False: no zlib on what we send, whatever the size (frames are small or
-    # already compact msgpack; zlib costs more CPU than a gigabit LAN saves).
-    return BoundedChannel(_Stream(sock), max_frame, FRAME_TIMEOUT if frame_timeout is None else frame_timeout,
-                          where)
 
 
 def connect_authenticated(

@@ -14,7 +14,8 @@ from rpyc.utils.factory import connect_channel
 
 from prevalence.codec import CODEC
 from rpc.auth import client_handshake
-from rpc.transport import REPLY_MAX_FRAME, BoundedChannel, NodeLink, _Stream
+from rpc.channel import REPLY_MAX_FRAME, BoundedChannel, _Stream
+from rpc.transport import NodeLink
 from tests.cluster.attack import key
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Get

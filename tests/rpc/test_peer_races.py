@@ -9,7 +9,7 @@ import threading
 import time
 
 from rpc.auth import ServerAuthenticator
-from rpc.transport import _channel
+from rpc.channel import _channel
 from rpc.wire import decode_batch, encode_batch
 
 from .conftest import HOST, SECRET, wait_until
