@@ -11,7 +11,8 @@ lane runs :class:`replication.persist.DiskWorker` and the apply lane
 supplies is only what the threads, sockets and clocks supply in production: one heap
 of actions in virtual time, ordered by the seed, that interleaves each node's inbox
 drains, timers, disk-lane batches (of drawn size, after drawn latency) and apply-lane
-items in any order the real threads allow, while each lane stays FIFO.
+items in any order the real threads allow, while each lane stays FIFO. A node process
+(its parts, inbox and lanes) and its clocks are :mod:`replication.sim_process`'s.
 
 Messages between nodes go through each node's :class:`PeerLink` per peer, the policy
 ``rpc.peer_sender`` ships, over modelled connections (:mod:`replication.sim_links`).
@@ -39,7 +40,6 @@ import heapq
 import random
 import sys
 import time as _time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -47,17 +47,15 @@ from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
 from prevalence.sessions import SetSessionExpiry
 from prevalence.simfs import SimFileSystem
-from replication.apply import Applier
 from replication.config import RaftConfig
 from replication.errors import RaftError
 from replication.linearizability import LinearizabilityTimeout, check_history
-from replication.membership import Membership
-from replication.persist import DiskWorker
 from replication.ready import Role
-from replication.runtime.assemble import NodeOptions, assemble
-from replication.runtime.events import ApplyWork, Complete, DiskState, DiskWork, Persisted, Propose, Send
-from replication.sim_clients import Lists, ListsModel, SimClient, Violation
+from replication.runtime.assemble import NodeOptions
+from replication.runtime.events import ApplyWork, Complete, DiskWork, Propose, Send
+from replication.sim_clients import ListsModel, SimClient, Violation
 from replication.sim_links import SimNetwork
+from replication.sim_process import Clock, SimNode
 
 
 # -- the simulation ---------------------------------------------------------------------------
@@ -70,48 +68,6 @@ class RtConfig:
     ops: int = 40  # commands per client
     keys: int = 3
     tick: float = 0.025
-
-
-class SimNode:
-    """One node process: its parts, its inbox and its two lanes. A crash drops it all;
-    only its SimFileSystem survives, cut back to what a power cut leaves."""
-
-    def __init__(self, sim: "RuntimeSim", nid: str, fs: SimFileSystem, incarnation: int) -> None:
-        self.sim, self.id, self.fs, self.incarnation = sim, nid, fs, incarnation
-        clock = sim.clocks[nid]
-        parts = assemble(nid, f"/data/{nid}", Lists, Membership(tuple(sim.ids)), sim.opts, fs=fs,
-                         rng=random.Random(sim.rng.getrandbits(64)), now=clock.now(sim.t))
-        self.storage, self.sm, self.core, self.machine = parts
-        self.applier = Applier(nid, self.sm, self.storage, sim.complete)
-        self.disk = DiskWorker(self.storage, lambda dst, p: sim.send(nid, dst, p),
-                               lambda seqs: sim.post(self, Persisted(seqs)), lambda full: sim.post(self, DiskState(full)))
-        self.inbox: list = []
-        self.disk_q: deque[DiskWork] = deque()
-        self.apply_q: deque[tuple] = deque()
-        self.drain_at: float | None = None  # a drain is scheduled
-        self.disk_busy = self.apply_busy = False
-        self.timer_gen = 0
-        self.slow_disk = 0.0  # extra seconds per disk batch while the disk is slow
-        self.fail_fsync = False
-
-
-class Clock:
-    """A node's clocks: monotonic time drifts; wall time drifts and jumps both ways."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rate = 1.0 + rng.uniform(-0.01, 0.01)
-        self.offset = rng.uniform(0, 1000.0)
-        self.wall_base = 1_700_000_000_000_000 + int(rng.uniform(-2e6, 2e6))
-        self.jump_us = 0
-
-    def now(self, t: float) -> float:
-        return self.offset + t * self.rate
-
-    def to_global(self, local: float) -> float:
-        return (local - self.offset) / self.rate
-
-    def wall_us(self, t: float) -> int:
-        return self.wall_base + int(t * self.rate * 1e6) + self.jump_us
 
 
 class RuntimeSim:
