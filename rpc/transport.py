@@ -29,7 +29,8 @@ from rpyc.utils.factory import connect_channel
 from prevalence.errors import PrevalenceError
 
 from .auth import ConnectFailed, client_handshake, format_address
-from .channel import (  # the bounded channel and its limits, re-exported: imported from here
+from .channel import __all__ as _CHANNEL_NAMES
+from .channel import (  # noqa: F401 - the bounded channel and its limits, re-exported: imported from here
     CLIENT_MAX_FRAME, FRAME_TIMEOUT, MAX_REQUEST, PEER_MAX_FRAME, REPLY_MAX_FRAME, BoundedChannel, FrameRefused,
     _channel,
 )
@@ -46,14 +47,8 @@ __all__ = [
     "remote_method",
     "tune_socket",
     "SAFE_PROTOCOL_CONFIG",
-    "BoundedChannel",
-    "FrameRefused",
-    "PEER_MAX_FRAME",
-    "CLIENT_MAX_FRAME",
-    "MAX_REQUEST",
-    "REPLY_MAX_FRAME",
-    "FRAME_TIMEOUT",
     "MAX_CONNECTIONS",
+    *_CHANNEL_NAMES,
 ]
 
 #: RPyC protocol settings for every connection we make or accept (see docs/transport.md).
