@@ -57,6 +57,8 @@ class Link:
     reason: str = ""
     answering: int = 0
     of: int = 0
+    voters: int = 0  # the voters the answering nodes name (0: unknown), and how many of them answer
+    voting: int = 0
     silent: tuple[str, ...] = ()
 
 
@@ -278,10 +280,10 @@ class Board:
             text = f"Failover in progress: master {self._failover_from} lost{why} · waiting for a new master{answers}"
             return Header("failover", text, HEADER_COLOURS["failover"])
         if state == "searching":
-            need = link.of // 2 + 1
-            text = (f"No master: an election is running · {link.answering} of {link.of} nodes answer"
-                    if link.answering >= need else
-                    f"No master: only {link.answering} of {link.of} nodes answer, a master needs {need}")
+            up, of, who = (link.voting, link.voters, "voters") if link.voters else (link.answering, link.of, "nodes")
+            need = of // 2 + 1
+            text = (f"No master: an election is running · {up} of {of} {who} answer" if up >= need else
+                    f"No master: only {up} of {of} {who} answer, a master needs {need}")
             return Header("no_master", text, HEADER_COLOURS["no_master"])
         return Header("connecting", "Connecting to the cluster…", HEADER_COLOURS["connecting"])
 

@@ -27,8 +27,10 @@ from typing import Any
 from app.model import ApplyPreset, GridError, GridView, SetSettings
 from app.settings import SettingsError
 from app.ui.model import Link, describe
+from replication.client_policy import shown
 from rpc.subscription import Compacted
 from rpc.config import parse_address
+from rpc.status_report import one_line
 from rpc.transport import NodeLink
 
 log = logging.getLogger("app.ui")
@@ -187,7 +189,11 @@ class MasterWatch:
             return _connected(st, self._silent_ids())
         if not answers:
             return Link("unreachable", of=len(self._links), silent=self._silent_ids())
-        return Link("searching", answering=len(answers), of=len(self._links), silent=self._silent_ids())
+        # a majority of the voters elects, not of the addresses this window was given
+        newest = max(answers.values(), key=lambda s: s["term"])
+        voters = set(newest["voters"])
+        return Link("searching", answering=len(answers), of=len(self._links), silent=self._silent_ids(),
+                    voters=len(voters), voting=len(voters & {s["id"] for s in answers.values()}))
 
     def _sweep(self) -> dict[str, dict]:
         """Every node's status at once; the ones that answered, by address."""
@@ -235,7 +241,19 @@ def _connected(st: dict, silent: tuple[str, ...]) -> Link:
 
 
 def _status(link: NodeLink) -> dict:
+    """The node's status, with the fields the watch reads checked: a reply that is not a
+    node's status counts as no answer (the watch thread must not die of one)."""
     reply = link.call("status")
+    if type(reply) is not list or len(reply) != 2 or type(reply[0]) is not str:
+        raise ConnectionError(f"malformed status reply: {shown(reply)}")
     if reply[0] != "ok":
-        raise ConnectionError(reply[-1])
-    return reply[1]
+        raise ConnectionError(one_line(str(reply[-1])))
+    st = reply[1]
+    if type(st) is not dict or not all(type(st.get(k)) is t for k, t in _STATUS_FIELDS):
+        raise ConnectionError(f"malformed status reply: {shown(st)}")
+    voters = st.get("voters")
+    st["voters"] = voters if type(voters) is list and all(type(v) is str for v in voters) else []
+    return st
+
+
+_STATUS_FIELDS = (("id", str), ("role", str), ("term", int), ("address", str))
