@@ -73,6 +73,20 @@ def _wall_us() -> int:
     return time.time_ns() // 1000
 
 
+def _run_each(node_id: str, steps: tuple[Callable[[], None], ...]) -> BaseException | None:
+    """Run every step; return the first one's error (the cause to report), log the rest."""
+    first = None
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:  # noqa: BLE001 - raised by the caller once every step ran
+            if first is None:
+                first = exc
+            else:
+                log.error("%s: stopping: %s failed too: %s", node_id, step.__name__, exc, exc_info=exc)
+    return first
+
+
 class Transport(Protocol):
     def send(self, to: str, payload: bytes) -> None: ...
 
@@ -155,19 +169,35 @@ class Node(ApplierMixin):
                 log.info("%s: no leadership transfer before stopping: %s", self.id, exc)
         self._stop.set()
         self._wake.set()
-        try:
-            self._raft_thread.join()
-            with self._core_lock:  # no other thread is still stepping the core
-                pass
-            self._disk.stop()
-            self._apply_q.put(None)
-            self._apply_thread.join()
-            self.storage.close()  # may raise (a failing disk): what waits is answered all the same
-        finally:
-            # tokens after this one were taken once nothing stepped the machine any more
-            self._last_stepped_token = next(self._tokens)
-            self._stopped = True  # before answering: a caller that comes later answers itself (_kick)
-            self._fail_waiting(NodeHalted(f"node {self.id!r} is stopped"))
+        # every step runs even when one before it fails (a failing disk): else a thread is
+        # left running, the journal open, callers waiting or a leader's side effects going on
+        first = _run_each(self.id, (
+            self._raft_thread.join,
+            self._core_released,
+            self._disk.stop,
+            self._end_apply_thread,
+            self.storage.close,
+            self._answer_waiters_at_stop,
+            self._leader_stopped,
+        ))
+        if first is not None:
+            raise first
+
+    def _core_released(self) -> None:
+        with self._core_lock:  # no other thread is still stepping the core
+            pass
+
+    def _end_apply_thread(self) -> None:
+        self._apply_q.put(None)
+        self._apply_thread.join()
+
+    def _answer_waiters_at_stop(self) -> None:
+        # tokens after this one were taken once nothing stepped the machine any more
+        self._last_stepped_token = next(self._tokens)
+        self._stopped = True  # before answering: a caller that comes later answers itself (_kick)
+        self._fail_waiting(NodeHalted(f"node {self.id!r} is stopped"))
+
+    def _leader_stopped(self) -> None:
         if self._role == Role.LEADER and self.on_leader_stop:
             self.on_leader_stop()
 
