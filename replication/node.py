@@ -28,7 +28,6 @@ process entry point (``rpc``) supplies the RPyC one, tests may supply an in-memo
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import queue
@@ -41,7 +40,8 @@ from typing import Any, Callable, Protocol
 from prevalence.codec import CODEC
 from prevalence.entry import Entry
 from prevalence.fs import OS
-from replication.errors import NodeHalted, NodeStopped, RaftError
+from replication.callers import Callers
+from replication.errors import NodeHalted, RaftError
 from replication.membership import ConfigChange, Membership
 from replication.apply import Applier, ApplierMixin, EntryLost
 from replication.persist import DiskLane
@@ -56,7 +56,8 @@ from replication.runtime.machine import INBOX_BATCH
 
 log = logging.getLogger("replication.node")
 
-__all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]  # NodeOptions: runtime.assemble
+# re-exported: EntryLost (apply), NodeOptions (runtime.assemble)
+__all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]
 
 STATUS_TIMEOUT = 1.0  # seconds status() waits for the raft loop to answer
 SLOW_WRITE = 0.1  # seconds: an inline follower write this slow...
@@ -122,15 +123,12 @@ class Node(ApplierMixin):
         self.storage, self.sm, self.core, self.machine = parts.storage, parts.sm, parts.core, parts.machine
         self.membership = self.core.membership
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # events for the machine
-        # token -> the caller's Future, or (Proposals, index) for one of a batch
-        self._futures: dict[int, Future | tuple[Proposals, int]] = {}
-        self._tokens = itertools.count(1)
+        self._callers = Callers()
         self._apply_q: queue.SimpleQueue = queue.SimpleQueue()
-        self.applier = Applier(node_id, self.sm, self.storage, self._complete)
+        self.applier = Applier(node_id, self.sm, self.storage, self._callers.complete)
         self._applied_cond = threading.Condition()
         self._stop = threading.Event()
         self._stopped = False  # stop() has answered its waiters: a later caller is answered at once
-        self._last_stepped_token = -1  # set by stop(), see _refuse_late_callers
         self._failed: BaseException | None = None
         self._raft_thread = threading.Thread(target=self._guarded("raft", self._raft_loop), name=f"raft-{node_id}",
                                              daemon=True)
@@ -192,48 +190,13 @@ class Node(ApplierMixin):
         self._apply_thread.join()
 
     def _answer_waiters_at_stop(self) -> None:
-        # tokens after this one were taken once nothing stepped the machine any more
-        self._last_stepped_token = next(self._tokens)
+        self._callers.closed()
         self._stopped = True  # before answering: a caller that comes later answers itself (_kick)
-        self._fail_waiting(NodeHalted(f"node {self.id!r} is stopped"))
+        self._callers.fail_all(NodeHalted(f"node {self.id!r} is stopped"))
 
     def _leader_stopped(self) -> None:
         if self._role == Role.LEADER and self.on_leader_stop:
             self.on_leader_stop()
-
-    # -- callers: tokens and their futures -------------------------------------------------
-    def _token(self) -> tuple[int, Future]:
-        token, fut = next(self._tokens), Future()
-        self._futures[token] = fut
-        return token, fut
-
-    def _complete(self, token: int, value: Any = None, exc: BaseException | None = None) -> None:
-        """Answer a caller (any thread); once only: a node that halted answered it already."""
-        fut = self._futures.pop(token, None)
-        if fut is None:
-            return
-        if type(fut) is tuple:  # one of a batch (propose_many)
-            fut[0].settle(fut[1], value, exc)
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(value)
-
-    def _fail_waiting(self, exc: BaseException) -> None:
-        for token in list(self._futures):
-            self._complete(token, exc=exc)
-
-    def _refuse_late_callers(self) -> None:
-        """Answer the callers that came after stop(): one whose token was taken once
-        nothing stepped the machine was certainly not proposed (NodeStopped: retry it
-        anywhere); an earlier one, registered as stop() answered the others, may have
-        been (NodeHalted: its outcome is the cluster's)."""
-        mark = self._last_stepped_token
-        late = NodeStopped(f"node {self.id!r} is stopped: nothing was proposed")
-        halted = NodeHalted(f"node {self.id!r} is stopped")
-        for token in list(self._futures):
-            self._complete(token, exc=late if token > mark else halted)
 
     # -- inputs from other threads ----------------------------------------------------
     def receive(self, payload: bytes, sender: str | None = None) -> None:
@@ -273,7 +236,7 @@ class Node(ApplierMixin):
         (one Ready, one fsync, one append per follower).
         """
         plain = CODEC.to_plain(tx)  # may raise: before queueing
-        token, fut = self._token()
+        token, fut = self._callers.take()
         self._inbox.put(Propose(plain, session, token))
         self._kick()
         return fut
@@ -286,10 +249,8 @@ class Node(ApplierMixin):
         (``decisive`` as there)."""
         plain = [(CODEC.to_plain(tx), session) for tx, session in items]  # may raise: before queueing
         batch = Proposals(len(plain), decisive)
-        tokens, futures, put = self._tokens, self._futures, self._inbox.put
-        for k, (p, session) in enumerate(plain):
-            token = next(tokens)
-            futures[token] = (batch, k)
+        put = self._inbox.put
+        for token, (p, session) in zip(self._callers.take_batch(batch), plain):
             put(Propose(p, session, token))
         self._kick()
         return batch
@@ -297,7 +258,7 @@ class Node(ApplierMixin):
     def query(self, q: Any, timeout: float = 10.0, *, linearizable: bool = True) -> Any:
         """Run ``q``; linearizable (ReadIndex) by default, else on the local state."""
         if linearizable:
-            token, fut = self._token()
+            token, fut = self._callers.take()
             self._inbox.put(Read(q, token))
             self._kick()
             return fut.result(timeout)
@@ -315,7 +276,7 @@ class Node(ApplierMixin):
         on a promoted voter, while the change could still be lost with this leader.
         """
         deadline = time.monotonic() + timeout
-        done_token, done = self._token()
+        done_token, done = self._callers.take()
 
         def propose() -> int:
             index = self.core.propose_config_change(change)
@@ -326,7 +287,7 @@ class Node(ApplierMixin):
             index = self._call(propose).result(timeout)
             done.result(max(0.0, deadline - time.monotonic()))
         finally:
-            self._futures.pop(done_token, None)
+            self._callers.forget(done_token)
         return index
 
     def transfer_leadership(self, to: str, timeout: float = 10.0) -> None:
@@ -334,7 +295,7 @@ class Node(ApplierMixin):
 
     def snapshot(self, timeout: float = 60.0) -> int:
         """Take a snapshot now; returns its index."""
-        token, fut = self._token()
+        token, fut = self._callers.take()
         self._call(lambda: self.machine.request_snapshot(token)).result(timeout)
         return fut.result(timeout)
 
@@ -403,7 +364,7 @@ class Node(ApplierMixin):
         return self._role == Role.LEADER
 
     def _call(self, fn: Callable[[], Any]) -> Future:
-        token, fut = self._token()
+        token, fut = self._callers.take()
         self._inbox.put(Call(fn, token))
         self._kick()
         return fut
@@ -419,7 +380,7 @@ class Node(ApplierMixin):
         (each hand-off costs a wake-up of 0.1-0.15 ms on the commit path).
         """
         if self._stopped:  # nobody steps the machine any more: this caller's input is refused
-            self._refuse_late_callers()
+            self._callers.refuse_late(self.id)
             return
         held = None if capture is None else [threading.get_ident(), capture[0], capture[1], 0]
         while True:
@@ -481,7 +442,7 @@ class Node(ApplierMixin):
                     item = ("hook", hook)
                 self._apply_q.put(item)
             elif t is Complete:
-                self._complete(eff.token, eff.value, eff.exc)
+                self._callers.complete(eff.token, eff.value, eff.exc)
             elif t is MembershipChanged:
                 self.membership = eff.membership
                 if self.on_membership is not None:
@@ -535,13 +496,13 @@ class Node(ApplierMixin):
         halted = NodeHalted(f"node {self.id!r} stopped ({self._failed}); the command's outcome is decided "
                             "by the other nodes: retry it on the new leader")
         for eff in self.machine.halt(halted):
-            self._complete(eff.token, eff.value, eff.exc)
+            self._callers.complete(eff.token, eff.value, eff.exc)
         while True:
             try:
                 self._inbox.get_nowait()
             except queue.Empty:
                 break
-        self._fail_waiting(halted)
+        self._callers.fail_all(halted)
 
     def _send_out(self, to: str, payload: bytes) -> None:
         c = self._capture

@@ -16,7 +16,7 @@ _UNSETTLED = object()
 
 class Proposals:
     """The outcomes of ``n`` proposals, in the order proposed: each a value or an
-    exception, settled once each by whichever thread learns it (``Node._complete``).
+    exception, settled once each by whichever thread learns it (``Callers.complete``).
 
     An exception of a ``decisive`` type (the service's: not the leader any more)
     decides the whole batch once every proposal before it is settled, so the waiter

@@ -1,6 +1,6 @@
 """stop() on a node whose disk fails as it closes (storage.close raises: the journal's
 fsync or the hard state's write): stop() raises before _stopped is set and before
-_fail_waiting, so what waits, and every caller after it, waits out its whole timeout
+answering the callers, so what waits, and every caller after it, waits out its whole timeout
 instead of hearing NodeHalted at once (the promise of 493743f)."""
 from __future__ import annotations
 
