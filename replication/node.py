@@ -24,7 +24,8 @@ answers to callers), choosing only which thread runs what.
   It also captures a snapshot when the machine queues one, and writes its file.
 
 The transport is anything with ``send(to, payload: bytes)`` that never blocks; the
-process entry point (``rpc``) supplies the RPyC one, tests may supply an in-memory one.
+process entry point (``rpc``) supplies the RPyC one, tests the in-memory
+:class:`replication.local_network.LocalNetwork`.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from replication.callers import Callers
 from replication.errors import NodeHalted, RaftError
 from replication.membership import ConfigChange, Membership
 from replication.apply import Applier, ApplierMixin, EntryLost
+from replication.local_network import LocalNetwork
 from replication.persist import DiskLane
 from replication.proposals import Proposals
 from replication.ready import Role
@@ -56,7 +58,7 @@ from replication.runtime.machine import INBOX_BATCH
 
 log = logging.getLogger("replication.node")
 
-# re-exported: EntryLost (apply), NodeOptions (runtime.assemble)
+# re-exported: EntryLost (apply), LocalNetwork (local_network), NodeOptions (runtime.assemble)
 __all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]
 
 STATUS_TIMEOUT = 1.0  # seconds status() waits for the raft loop to answer
@@ -545,22 +547,3 @@ class Node(ApplierMixin):
         self._inbox.put(ev)
         self._kick()
 
-
-class LocalNetwork:
-    """An in-process transport between nodes, for tests and single-machine experiments."""
-
-    def __init__(self) -> None:
-        self.nodes: dict[str, Node] = {}
-        self.cut: set[tuple[str, str]] = set()
-
-    def transport(self, src: str) -> "LocalNetwork._Port":
-        return LocalNetwork._Port(self, src)
-
-    class _Port:
-        def __init__(self, net: "LocalNetwork", src: str):
-            self.net, self.src = net, src
-
-        def send(self, to: str, payload: bytes) -> None:
-            node = self.net.nodes.get(to)
-            if node is not None and (self.src, to) not in self.net.cut:
-                node.receive(payload, self.src)
