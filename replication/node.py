@@ -194,6 +194,7 @@ class Node(ApplierMixin):
     def _answer_waiters_at_stop(self) -> None:
         self._callers.closed()
         self._stopped = True  # before answering: a caller that comes later answers itself (_kick)
+        self._drop_queued()
         self._callers.fail_all(NodeHalted(f"node {self.id!r} is stopped"))
 
     def _leader_stopped(self) -> None:
@@ -382,6 +383,7 @@ class Node(ApplierMixin):
         (each hand-off costs a wake-up of 0.1-0.15 ms on the commit path).
         """
         if self._stopped:  # nobody steps the machine any more: this caller's input is refused
+            self._drop_queued()
             self._callers.refuse_late(self.id)
             return
         held = None if capture is None else [threading.get_ident(), capture[0], capture[1], 0]
@@ -499,12 +501,17 @@ class Node(ApplierMixin):
                             "by the other nodes: retry it on the new leader")
         for eff in self.machine.halt(halted):
             self._callers.complete(eff.token, eff.value, eff.exc)
+        self._drop_queued()
+        self._callers.fail_all(halted)
+
+    def _drop_queued(self) -> None:
+        """Empty the inbox of a node that will step no more (its callers are answered
+        by token): else each late input stays there as long as the node object lives."""
         while True:
             try:
                 self._inbox.get_nowait()
             except queue.Empty:
                 break
-        self._callers.fail_all(halted)
 
     def _send_out(self, to: str, payload: bytes) -> None:
         c = self._capture

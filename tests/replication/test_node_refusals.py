@@ -137,6 +137,20 @@ def test_a_command_or_read_sent_to_a_stopped_node_is_refused_at_once(cluster):
     assert time.monotonic() - started < 1.0
 
 
+def test_a_stopped_node_keeps_none_of_the_input_it_refuses(cluster):
+    """Nothing steps a stopped node's inbox any more, yet what peers and callers still
+    sent it (a LocalNetwork that keeps it among its nodes, a node process until its
+    transport closes) was kept there for as long as the node object lived."""
+    node = cluster.net.nodes["n1"]  # still reachable: the others' messages keep coming
+    node.stop(transfer=False)
+    for _ in range(200):
+        node.receive(b"x" * 100, "n2")
+        node.receive_batch([b"y" * 100] * 4, reply_to="n3")
+        with pytest.raises(ProposalRefused, match="stopped"):
+            node.submit(Add("x", 1)).result(1)
+    assert node._inbox.qsize() == 0
+
+
 def test_a_caller_arriving_while_a_failed_node_halts_is_answered_at_once(tmp_path):
     """A thread halting a failed node answers what waits, then let go of the core lock
     and returned: a caller that queued its command meanwhile (its own _kick found the
