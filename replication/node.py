@@ -49,6 +49,7 @@ from replication.local_network import LocalNetwork
 from replication.persist import DiskLane
 from replication.proposals import Proposals
 from replication.ready import Role
+from replication.reply_capture import ReplyCapture
 from replication.runtime.events import (
     ApplyWork, Call, Complete, DiskState, DiskWork, MembershipChanged, PeerMsg, Persisted, Propose, Read, Send,
     SnapshotWritten,
@@ -64,12 +65,6 @@ __all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]
 STATUS_TIMEOUT = 1.0  # seconds status() waits for the raft loop to answer
 SLOW_WRITE = 0.1  # seconds: an inline follower write this slow...
 SLOW_WRITE_BACKOFF = 10.0  # ...sends the next ones to the disk lane thread for this long
-# What goes back as one delivery's reply at most (the transport's batch size): a peer
-# frame is bounded (rpc.transport.PEER_MAX_FRAME), and after a probe a leader may send a
-# follower a whole window of appends in one step. Past this, the step's messages to
-# that peer all go through the transport, in order.
-REPLY_BYTES = 1 << 20
-REPLY_MESSAGES = 1024  # = rpc.wire.MAX_BATCH_FRAMES, the messages one answer may hold
 
 
 def _wall_us() -> int:
@@ -139,7 +134,7 @@ class Node(ApplierMixin):
         self._core_lock = threading.Lock()  # whoever holds it steps the machine (see _kick)
         self._wake = threading.Event()  # the raft thread's: a tick may be due sooner
         self._sleep_until = 0.0  # when the raft thread next ticks; core lock
-        self._capture: list | None = None  # [thread, peer, replies, their bytes]; see _send_out
+        self._capture: ReplyCapture | None = None  # while stepping a delivery (see _kick)
         self._inline_off_until = 0.0  # a slow disk: follower writes go to the disk lane thread until then
         self._disk = DiskLane(self.storage, self._send_out, self._report_persisted, self._write_failed,
                               f"write-{node_id}", after_batch=self._kick, on_full=self._disk_full)
@@ -386,7 +381,7 @@ class Node(ApplierMixin):
             self._drop_queued()
             self._callers.refuse_late(self.id)
             return
-        held = None if capture is None else [threading.get_ident(), capture[0], capture[1], 0]
+        held = None if capture is None else ReplyCapture(*capture)
         while True:
             if not self._core_lock.acquire(blocking=False):
                 return
@@ -515,17 +510,8 @@ class Node(ApplierMixin):
 
     def _send_out(self, to: str, payload: bytes) -> None:
         c = self._capture
-        if c is not None and c[1] == to and c[0] == threading.get_ident():
-            if c[3] + len(payload) <= REPLY_BYTES and len(c[2]) < REPLY_MESSAGES:
-                c[2].append(payload)  # goes back as the reply to what the peer delivered
-                c[3] += len(payload)
-                return
-            # over one batch: this step's messages to that peer all take the transport
-            for earlier in c[2]:
-                self.transport.send(to, earlier)
-            c[2].clear()
-            c[1] = None
-        self.transport.send(to, payload)
+        if c is None or not c.keep(to, payload, self.transport.send):
+            self.transport.send(to, payload)
 
     def _write_failed(self, exc: BaseException) -> None:
         self._fatal("a journal write failed", exc)

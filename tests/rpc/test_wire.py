@@ -202,7 +202,7 @@ def test_a_batch_of_nested_arrays_is_refused_before_it_grows():
 
 
 def test_a_node_answers_with_no_more_messages_than_a_batch_holds():
-    from replication.node import REPLY_MESSAGES
+    from replication.reply_capture import REPLY_MESSAGES
 
     assert REPLY_MESSAGES == MAX_BATCH_FRAMES
 
