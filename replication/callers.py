@@ -29,6 +29,9 @@ class Callers:
 
     def take(self) -> tuple[int, Future]:
         token, fut = next(self._tokens), Future()
+        # running from the start: a caller's cancel() is refused instead of making the
+        # thread that completes it (the stepping or the apply thread) raise and halt
+        fut.set_running_or_notify_cancel()
         self._waiting[token] = fut
         return token, fut
 

@@ -183,3 +183,20 @@ def test_a_caller_arriving_while_a_failed_node_halts_is_answered_at_once(tmp_pat
             late[0].result(1.0)
     finally:
         c.stop()
+
+
+def test_a_caller_that_cancels_its_future_cannot_halt_the_node(cluster):
+    """A Future from submit() or a query could be cancelled while it waited; the thread
+    that later completed it (the stepping or the apply thread) then raised
+    InvalidStateError, and the node halted. The futures are running once handed out:
+    cancel() refuses, and the answer arrives."""
+    leader = cluster.leader()
+    followers = [i for i in cluster.ids if i != leader.id]
+    for i in followers:
+        cluster.kill(i)  # nothing commits until they are back
+    pending = leader.submit(Add("cancelled", 1))
+    assert pending.cancel() is False and not pending.cancelled()
+    for i in followers:
+        cluster.start(i)
+    assert pending.result(10) == 1
+    assert cluster.leader().execute(Add("cancelled", 1), timeout=10) == 2
