@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -260,9 +261,14 @@ def _admin_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout
         return link.call(method, *args)
 
 
+class MembershipNotChanged(ConfigError):
+    """A maintenance call that certainly took no effect: refused, or no leader took it."""
+
+
 def admin(directory: str, method: str, *args: Any) -> Any:
     """Send a maintenance call, with the admin key, to the leader of the cluster
-    configured in ``directory``."""
+    configured in ``directory``. :class:`MembershipNotChanged` when it certainly took no
+    effect; a plain ConfigError when it may still (not confirmed)."""
     configs = {c.id: c for c in (load_config(p) for p in node_config_paths(directory))}
     secret = directory_key(directory, "admin")
     rows = cluster_status(directory)
@@ -280,9 +286,9 @@ def admin(directory: str, method: str, *args: Any) -> Any:
             continue
         if reply[0] == "unavailable":
             raise ConfigError(f"{method} not confirmed by {nid}: {reply[-1]} (no quorum?); it may still take "
-                              "effect: check with `prevalence cluster status` before acting on it")
-        raise ConfigError(f"{method} refused by {nid}: {reply[-1]}")
-    raise ConfigError(f"no leader accepted {method} (asked {', '.join(tried) or 'nobody: no node reachable'})")
+                              f"effect: check with `prevalence status --cluster {directory}` before acting on it")
+        raise MembershipNotChanged(f"{method} refused by {nid}: {reply[-1]}")
+    raise MembershipNotChanged(f"no leader accepted {method} (asked {', '.join(tried) or 'nobody: no node reachable'})")
 
 
 def add_node(directory: str, node_id: str, address: str | None = None, *, voter: bool = False) -> str:
@@ -316,12 +322,27 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
                      keep_snapshots=template.keep_snapshots, join=True, app=dict(template.app),
                      tls_cert=template.tls_cert, tls_key=template.tls_key, tls_ca=template.tls_ca,
                      rotation=dict(template.rotation))
+    # the cluster's id first: with no member answering, nothing is written (the new node's
+    # data would have no cluster id, and its files would be left for the next try to refuse)
+    cluster, epoch = _cluster_of(cluster_status_full(directory))
+    if not cluster:
+        raise ConfigError(f"no node of {directory} answers: start the cluster before adding a node; "
+                          "nothing was changed")
     path = os.path.join(directory, f"{node_id}.toml")
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "x", encoding="utf-8") as f:
         f.write(render_config(cfg))
-    cluster, epoch = _cluster_of([r for r in cluster_status_full(directory)])
-    create_node_data(data, node_id, "join", cluster=cluster, epoch=epoch)  # its one start from empty data
-    admin(directory, "change_membership", "add_voter" if voter else "add_learner", node_id, format_address(listen))
+    try:
+        create_node_data(data, node_id, "join", cluster=cluster, epoch=epoch)  # its one start from empty data
+    except BaseException:
+        os.remove(path)
+        raise
+    try:
+        admin(directory, "change_membership", "add_voter" if voter else "add_learner", node_id,
+              format_address(listen))
+    except MembershipNotChanged as exc:  # not a member: its config and the data made above go
+        os.remove(path)
+        shutil.rmtree(data, ignore_errors=True)
+        raise MembershipNotChanged(f"{exc}; removed {node_id}.toml and its data: nothing was changed") from None
     return path
 
 

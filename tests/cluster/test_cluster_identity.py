@@ -198,3 +198,36 @@ def test_data_without_an_id_keeps_working_and_gets_one_at_the_first_election(tmp
         assert held[1] == 0
     finally:
         c.stop()
+
+
+def test_adding_a_node_that_the_cluster_does_not_take_leaves_nothing_behind(tmp_path, monkeypatch):
+    """`cluster add` wrote DIR/n4.toml and created n4's data before asking the leader; with
+    no node running, or the change refused, they stayed: `status` listed n4 as a node of the
+    cluster, its data had no cluster id, and every retry was refused ("already configured")."""
+    import rpc.cluster as cluster_mod
+    from rpc.cluster import add_node, free_port_block, write_cluster
+    from rpc.config import ConfigError
+
+    directory = str(tmp_path / "c")
+    write_cluster(directory, 3, free_port_block(3), "tests.prevalence.domain:Store")
+    before = sorted(os.listdir(directory))
+    with pytest.raises(ConfigError, match="no node of .* answers.*nothing was changed"):
+        add_node(directory, "n4", "127.0.0.1:1")
+    assert sorted(os.listdir(directory)) == before
+
+    c = LocalCluster(tmp_path / "live", 1)
+    try:
+        c.leader()
+        before = sorted(os.listdir(c.dir))
+
+        def refused(directory, method, *args):
+            raise cluster_mod.MembershipNotChanged(f"{method} refused by n1: no")
+        monkeypatch.setattr(cluster_mod, "admin", refused)
+        with pytest.raises(ConfigError, match="refused by n1: no.*removed n2.toml and its data"):
+            add_node(c.dir, "n2")
+        assert sorted(os.listdir(c.dir)) == before
+        monkeypatch.undo()
+        add_node(c.dir, "n2")  # and the retry goes through
+        assert c.status()["n1"]["reachable"]
+    finally:
+        c.stop()
