@@ -33,7 +33,7 @@ def test_execute_query_status_and_errors(cluster):
         assert info.value.rejected is False  # execute raised after changing the state
         assert client.query(Get("y")) == 1
         with pytest.raises(rpc.RemoteTransactionError, match="no_such_module.Oops"):
-            raise rpc.client._remote_exception("failed", "no_such_module.Oops", "gone")
+            raise rpc.remote_errors.remote_exception("failed", "no_such_module.Oops", "gone")
         with pytest.raises(PrevalenceError, match="consistency must be one of"):
             client.query(Get("x"), consistency="eventual")
 
