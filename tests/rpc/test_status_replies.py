@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import rpc.cluster
+import rpc.status_report
 from rpc.cli import main
 from rpc.cluster import cluster_status, cluster_status_full, write_cluster
 
@@ -36,7 +36,7 @@ def directory(tmp_path, monkeypatch):
         def call(self, method):
             return REPLIES[self.nid]
 
-    monkeypatch.setattr(rpc.cluster, "NodeLink", FakeLink)
+    monkeypatch.setattr(rpc.status_report, "NodeLink", FakeLink)  # how every status is asked
     return d
 
 
