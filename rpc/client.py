@@ -442,7 +442,8 @@ class ClusterClient:
                 # what was left of the call that happened to open it
                 conn = open_connection(parse_address(addr, "address"), self._secret, role="client", ident="client",
                                        connect_timeout=min(0.3, left), handshake_timeout=min(0.5, left),
-                                       request_timeout=self.attempt_timeout, ssl_context=self._ssl)
+                                       request_timeout=self.attempt_timeout, ssl_context=self._ssl,
+                                       deadline=until)
             except PrevalenceError as exc:
                 errors.append(str(exc))
                 if isinstance(exc, AuthenticationFailed) and exc.key_refused:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import socket
 import ssl
 import sys
+import time
 from typing import Any
 
 import msgpack
@@ -113,11 +114,13 @@ def connect_authenticated(
     write_timeout: float = 30.0,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    deadline: float | None = None,
 ) -> socket.socket:
     """Connect and authenticate as ``(role, ident)``; return the socket, its writes
     bounded by ``write_timeout`` (a write to a party that stopped reading fails then
-    instead of blocking for ever). Raises :class:`ConnectFailed` or
-    :class:`AuthenticationFailed`, both naming the address."""
+    instead of blocking for ever). With ``deadline`` (a ``time.monotonic()`` value) the
+    handshake also ends by then, whatever the connect took. Raises :class:`ConnectFailed`
+    or :class:`AuthenticationFailed`, both naming the address."""
     where = format_address(address)
     try:
         sock = socket.create_connection(tuple(address), timeout=connect_timeout)
@@ -128,6 +131,8 @@ def connect_authenticated(
                             refused=isinstance(exc, ConnectionRefusedError)) from None
     try:
         tune_socket(sock)
+        if deadline is not None:
+            handshake_timeout = max(0.001, min(handshake_timeout, deadline - time.monotonic()))
         sock = client_handshake(sock, secret, role, ident, address=where, timeout=handshake_timeout,
                                 ssl_context=ssl_context, server_hostname=server_hostname)
         sock.settimeout(write_timeout)
@@ -153,13 +158,17 @@ def open_connection(
     server_hostname: str | None = None,
     service=rpyc.VoidService,
     max_frame: int | None = None,
+    deadline: float | None = None,
 ) -> rpyc.Connection:
     """Connect, authenticate as ``(role, ident)`` and start RPyC over the socket (a
     client or an admin program; nodes speak :class:`PeerChannel` to each other).
 
     ``connect_timeout`` bounds the TCP connect (one attempt, no retries),
     ``handshake_timeout`` the authentication, ``request_timeout`` every later socket
-    write and RPyC's synchronous requests. ``max_frame`` bounds what the node may send
+    write and RPyC's synchronous requests, the first the fetch of the node's root object
+    (done here, so that :func:`call_within` bounds a method's lookup by its own timeout).
+    With ``deadline`` (a ``time.monotonic()`` value) the handshake and that fetch also end
+    by then, whatever the connect took. ``max_frame`` bounds what the node may send
     back (default: :data:`REPLY_MAX_FRAME`); compressed frames are refused. Raises
     :class:`ConnectFailed` or :class:`AuthenticationFailed`, both naming the address.
     """
@@ -167,18 +176,34 @@ def open_connection(
         raise TransportError("nodes speak to each other through PeerChannel, not RPyC")
     sock = connect_authenticated(address, secret, role=role, ident=ident, connect_timeout=connect_timeout,
                                  handshake_timeout=handshake_timeout, write_timeout=request_timeout,
-                                 ssl_context=ssl_context, server_hostname=server_hostname)
+                                 ssl_context=ssl_context, server_hostname=server_hostname, deadline=deadline)
     try:
-        config = dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=request_timeout,
+        # the root (its GETROOT and the INSPECT of its class) now, by the deadline: a
+        # node that authenticates and then stalls held the first call, whatever time it
+        # had left, for the whole request timeout
+        left = request_timeout if deadline is None else max(0.001, min(request_timeout, deadline - time.monotonic()))
+        config = dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=left,
                       endpoints=(sock.getsockname(), sock.getpeername()))
         channel = _channel(sock, REPLY_MAX_FRAME if max_frame is None else max_frame, format_address(address))
-        return connect_channel(channel, service=service, config=config)
+        conn = connect_channel(channel, service=service, config=config)
     except BaseException:
         try:
             sock.close()
         except OSError:
             pass
         raise
+    try:
+        conn.root
+    except Exception as exc:  # noqa: BLE001 - timed out or lost: the open failed
+        hard_close(conn)
+        where = format_address(address)
+        raise ConnectFailed(f"{where}: no answer after the handshake within {left:g} s ({type(exc).__name__})",
+                            address=where) from None
+    except BaseException:
+        hard_close(conn)
+        raise
+    conn._config["sync_request_timeout"] = request_timeout
+    return conn
 
 
 class PeerChannel:
@@ -268,8 +293,9 @@ def hard_close(conn: rpyc.Connection) -> None:
         pass
 
 
-def remote_method(conn: rpyc.Connection, name: str) -> Any:
-    """``conn.root.<name>``, looked up once per connection.
+def remote_method(conn: rpyc.Connection, name: str, timeout: float | None = None) -> Any:
+    """``conn.root.<name>``, looked up once per connection (within ``timeout`` s when
+    given, else the connection's ``sync_request_timeout``).
 
     Each attribute of a netref is a remote ``getattr``, a round trip of its own: a call
     written ``conn.root.execute(...)`` costs two round trips, this one.
@@ -277,7 +303,11 @@ def remote_method(conn: rpyc.Connection, name: str) -> Any:
     cache = conn.__dict__.setdefault("_prevalence_methods", {})
     method = cache.get(name)
     if method is None:
-        method = cache[name] = getattr(conn.root, name)
+        if timeout is None:
+            method = getattr(conn.root, name)
+        else:  # the same request as getattr's, with its own expiry
+            method = conn.async_request(consts.HANDLE_GETATTR, conn.root, name, timeout=timeout).value
+        cache[name] = method
     return method
 
 
@@ -285,8 +315,12 @@ def call_within(conn: rpyc.Connection, name: str, args: tuple, timeout: float) -
     """``remote_method(conn, name)(*args)``, its reply waited for at most ``timeout`` s
     (AsyncResultTimeout, a TimeoutError, after that). A plain call waits the
     connection's ``sync_request_timeout``, fixed when it was opened: a call with 0.3 s
-    left before its caller's deadline waited 1.5 s for a hung node."""
-    return conn.async_request(consts.HANDLE_CALL, remote_method(conn, name), args, (), timeout=timeout).value
+    left before its caller's deadline waited 1.5 s for a hung node. The method's lookup,
+    the first time on ``conn``, counts in ``timeout`` too."""
+    deadline = time.monotonic() + timeout
+    method = remote_method(conn, name, timeout)
+    left = max(0.001, deadline - time.monotonic())
+    return conn.async_request(consts.HANDLE_CALL, method, args, (), timeout=left).value
 
 
 class NodeLink:

@@ -182,8 +182,8 @@ def test_a_backup_bigger_than_one_chunk_travels_in_chunks_and_restores(tmp_path,
         real = transport.remote_method
         faults = {"alter": 2 * CHUNK}
 
-        def faulty(conn, name):
-            method = real(conn, name)
+        def faulty(conn, name, *timeout):
+            method = real(conn, name, *timeout)
             if name != "backup_chunk":
                 return method
 

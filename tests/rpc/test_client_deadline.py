@@ -24,16 +24,6 @@ from tests.rpc.conftest import CLIENT_SECRET, HOST, KEYS
 CALL = 0.3  # each call's own timeout, well under the attempt timeout
 SLACK = 0.15  # what a call may take past it (thread wake-ups, a loaded machine)
 
-# Red until rpc/transport.py is fixed (it was being split when these were written):
-# open_connection to fetch the node's root object and to end its handshake by a new
-# ``deadline`` (the client passing its own), remote_method and call_within to look a
-# method up within the call's timeout. Remove the marks with that fix.
-LOOKUP_FIX = pytest.mark.xfail(strict=True, reason="rpc.transport bounds the remote method lookup by the "
-                               "connection's sync_request_timeout (the attempt timeout), not by the call's")
-OPEN_FIX = pytest.mark.xfail(strict=True, reason="rpc.transport gives the handshake its whole timeout "
-                             "whatever the connect took")
-
-
 class _Service(rpyc.Service):
     """A node's client service in miniature: ``status`` answers; every request on a
     connection waits while ``stall`` is set when it opens (a node hung right after the
@@ -71,7 +61,6 @@ def _took(call) -> tuple[float, object]:
     return time.monotonic() - began, outcome
 
 
-@LOOKUP_FIX
 def test_a_node_that_stalls_right_after_the_handshake_does_not_hold_a_call_past_its_deadline(node):
     """The first call on a new connection fetches the node's root object and looks the
     method up, each a round trip that waited the attempt timeout (1.5 s) for a node that
@@ -82,7 +71,6 @@ def test_a_node_that_stalls_right_after_the_handshake_does_not_hold_a_call_past_
     assert took < CALL + SLACK, f"a {CALL} s call took {took:.2f} s ({outcome!r:.200})"
 
 
-@LOOKUP_FIX
 def test_a_method_first_used_on_a_connection_whose_node_went_silent_keeps_its_deadline(node):
     """The connection served ``status``; then the node went silent (no reset) and a
     query, the connection's first, looked ``query`` up for the attempt timeout."""
@@ -97,7 +85,6 @@ def test_a_method_first_used_on_a_connection_whose_node_went_silent_keeps_its_de
     assert took < CALL + SLACK, f"a {CALL} s query took {took:.2f} s ({outcome!r:.200})"
 
 
-@OPEN_FIX
 def test_a_slow_connect_and_a_handshake_that_never_ends_take_no_more_than_the_call(monkeypatch):
     """Connecting got up to 0.3 s of what was left of the call and the handshake, after
     it, up to 0.5 s of the same: a connect that took 0.28 s left the handshake its whole
