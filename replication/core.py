@@ -154,6 +154,23 @@ class RaftNode(FollowerMixin, LeaderMixin):
         self._append_leader([Entry(index, self.term, _CONFIG, encode_membership(new))])
         return index
 
+    def promotion_problem(self, node_id: str) -> str | None:
+        """Why promoting learner ``node_id`` now would cost availability, or None. A voter
+        that lags counts toward the quorum without helping to reach it: promoted before it
+        holds most of the log (90 %, as etcd) or while it does not answer, it takes away
+        the one failure a cluster could survive. A policy for operators' changes (the
+        node runtime asks it); the core itself accepts any promotion."""
+        pr = self.prs.get(node_id)
+        if self.role != LEADER or pr is None or not pr.is_learner:
+            return None  # not the leader, or not a learner: propose_config_change says so
+        last = self.log.last_index()
+        if 10 * pr.match < 9 * last:
+            return (f"{node_id!r} has not caught up: it holds {pr.match} of the leader's {last} entries; promote "
+                    "it once it holds 90 % of them (its applied index in `prevalence status`)")
+        if not pr.recent_active:
+            return f"{node_id!r} has not answered the leader within an election timeout: start it first"
+        return None
+
     def read_index(self, ctx: bytes) -> None:
         """Ask for a linearizable read; a ReadState(ctx, index) comes out in a later
         Ready once the state machine has applied up to index. ``ctx`` must be unique."""

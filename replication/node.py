@@ -42,8 +42,8 @@ from prevalence.codec import CODEC
 from prevalence.entry import Entry
 from prevalence.fs import OS
 from replication.callers import Callers
-from replication.errors import NodeHalted, RaftError
-from replication.membership import ConfigChange, Membership
+from replication.errors import ConfigChangeRefused, NodeHalted, RaftError
+from replication.membership import ChangeType, ConfigChange, Membership
 from replication.apply import Applier, ApplierMixin, EntryLost
 from replication.local_network import LocalNetwork
 from replication.persist import DiskLane
@@ -277,6 +277,9 @@ class Node(ApplierMixin):
         done_token, done = self._callers.take()
 
         def propose() -> int:
+            problem = self.core.promotion_problem(change.node_id) if change.op == ChangeType.PROMOTE_LEARNER else None
+            if problem is not None:
+                raise ConfigChangeRefused(problem)
             index = self.core.propose_config_change(change)
             self.machine.wait_for(index, done_token)
             return index

@@ -287,8 +287,9 @@ def admin(directory: str, method: str, *args: Any) -> Any:
         if reply[0] == "unavailable":
             raise ConfigError(f"{method} not confirmed by {nid}: {reply[-1]} (no quorum?); it may still take "
                               f"effect: check with `prevalence status --cluster {directory}` before acting on it")
-        raise MembershipNotChanged(f"{method} refused by {nid}: {reply[-1]}")
-    raise MembershipNotChanged(f"no leader accepted {method} (asked {', '.join(tried) or 'nobody: no node reachable'})")
+        raise MembershipNotChanged(f"{method} refused by {nid}: {reply[-1]} (nothing was changed)")
+    raise MembershipNotChanged(f"no leader accepted {method} (asked {', '.join(tried) or 'nobody: no node reachable'}; "
+                               "nothing was changed)")
 
 
 def add_node(directory: str, node_id: str, address: str | None = None, *, voter: bool = False) -> str:
@@ -342,7 +343,7 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
     except MembershipNotChanged as exc:  # not a member: its config and the data made above go
         os.remove(path)
         shutil.rmtree(data, ignore_errors=True)
-        raise MembershipNotChanged(f"{exc}; removed {node_id}.toml and its data: nothing was changed") from None
+        raise MembershipNotChanged(f"{exc}; removed {node_id}.toml and its data") from None
     return path
 
 

@@ -29,6 +29,10 @@ def test_add_promote_transfer_remove(tmp_path, capsys):
             assert c.call(leader, "execute", Stamp(f"t{k}"))[0] == "ok"
         assert main(["cluster", "add", "--cluster", str(tmp_path), "--id", "n4"]) == 0
         assert "added as a learner" in capsys.readouterr().out
+        # not started yet: a voter that holds nothing would cost the quorum its slack
+        assert main(["cluster", "promote", "--cluster", str(tmp_path), "--id", "n4"]) == 1
+        err = capsys.readouterr().err
+        assert "refused" in err and "'n4' has not caught up" in err and "nothing was changed" in err, err
         c.configs["n4"] = load_config(str(tmp_path / "n4.toml"))
         c.start("n4")
         c.wait_converged("n4")

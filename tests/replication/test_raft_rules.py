@@ -578,6 +578,29 @@ def test_add_learner_then_promote(make_cluster):
     assert c.nodes["d"].promotable()
 
 
+def test_the_leader_says_why_promoting_a_learner_now_would_cost_availability(make_cluster):
+    """A policy the node runtime applies to operators' promotions; the core accepts any."""
+    c = make_cluster(["a", "b", "c"])
+    a = c.nodes["a"]
+    c.elect("a")
+    for i in range(10):
+        c.propose("a", b"%d" % i)
+    c.settle()
+    c.add_node("d")
+    c.isolate("d")  # added, never reached: it holds nothing
+    a.propose_config_change(ConfigChange.add_learner("d"))
+    c.tick_all(3)
+    assert "'d' has not caught up: it holds 0 of the leader's" in a.promotion_problem("d")
+    c.heal()
+    c.tick_all(3)
+    assert c.commands("d") == c.commands("a") and a.promotion_problem("d") is None
+    c.isolate("d")
+    c.tick_all(2 * a.cfg.election_tick)  # two quorum checks without an answer
+    assert "'d' has not answered the leader within an election timeout" in a.promotion_problem("d")
+    assert a.promotion_problem("b") is None and c.nodes["b"].promotion_problem("d") is None  # not ours to say
+    a.propose_config_change(ConfigChange.promote_learner("d"))  # the core itself still takes it
+
+
 def test_propose_on_follower_names_the_leader(make_cluster):
     c = make_cluster(["a", "b", "c"])
     c.elect("a")
