@@ -25,7 +25,9 @@ from typing import Sequence
 
 from prevalence.entry import Entry, EntryKind
 from replication.errors import ConfigChangeRefused, NotLeader, RaftError, TransferInProgress
-from replication.membership import ConfigChange, ConfigHistory, Membership, apply_change, encode_membership
+from replication.membership import (
+    ChangeType, ConfigChange, ConfigHistory, Membership, apply_change, encode_membership,
+)
 from replication.messages import (
     Append, AppendResp, HardState, Heartbeat, InstallSnapshot, PreVote, PreVoteResp,
     ReadIndex, SnapshotMeta, Vote, VoteResp,
@@ -33,7 +35,7 @@ from replication.messages import (
 from replication.config import RaftConfig
 from replication.follower import FollowerMixin
 from replication.leader import LeaderMixin
-from replication.progress import vote_result
+from replication.progress import quorum, vote_result
 from replication.raft_log import RaftLog
 from replication.readonly import ReadOnly
 from replication.ready import ReadState, Ready, Role, SoftState
@@ -154,21 +156,40 @@ class RaftNode(FollowerMixin, LeaderMixin):
         self._append_leader([Entry(index, self.term, _CONFIG, encode_membership(new))])
         return index
 
-    def promotion_problem(self, node_id: str) -> str | None:
-        """Why promoting learner ``node_id`` now would cost availability, or None. A voter
-        that lags counts toward the quorum without helping to reach it: promoted before it
-        holds most of the log (90 %, as etcd) or while it does not answer, it takes away
-        the one failure a cluster could survive. A policy for operators' changes (the
-        node runtime asks it); the core itself accepts any promotion."""
-        pr = self.prs.get(node_id)
-        if self.role != LEADER or pr is None or not pr.is_learner:
-            return None  # not the leader, or not a learner: propose_config_change says so
-        last = self.log.last_index()
-        if 10 * pr.match < 9 * last:
-            return (f"{node_id!r} has not caught up: it holds {pr.match} of the leader's {last} entries; promote "
-                    "it once it holds 90 % of them (its applied index in `prevalence status`)")
-        if not pr.recent_active:
-            return f"{node_id!r} has not answered the leader within an election timeout: start it first"
+    def change_problem(self, change: ConfigChange) -> str | None:
+        """Why making ``change`` now would cost availability, or None: a policy for an
+        operator's changes (the node runtime asks it; the core itself accepts any change
+        that makes sense, so the simulator's random ones keep their coverage).
+
+        A promoted learner must hold 90 % of the log (etcd's rule) and answer: a voter
+        that lags counts toward the quorum without helping to reach it. And after a
+        change, the voters that answer the leader must still be a quorum (etcd's strict
+        reconfiguration check): removing a live voter while another is down, or adding
+        one while it is not up, would stop the cluster."""
+        if self.role != LEADER:
+            return None  # propose_config_change refuses it
+        node, op = change.node_id, change.op
+        pr = self.prs.get(node)
+        if op == ChangeType.PROMOTE_LEARNER:
+            if pr is None or not pr.is_learner:
+                return None  # not a learner: apply_change says so
+            last = self.log.last_index()
+            if 10 * pr.match < 9 * last:
+                return (f"{node!r} has not caught up: it holds {pr.match} of the leader's {last} entries; promote "
+                        "it once it holds 90 % of them (its applied index in `prevalence status`)")
+            if not pr.heard_lately():
+                return f"{node!r} has not answered the leader within an election timeout: start it first"
+        voters = set(self.membership.voters)
+        after = voters | {node} if op in (ChangeType.PROMOTE_LEARNER, ChangeType.ADD_VOTER) else \
+            voters - {node} if op == ChangeType.REMOVE_VOTER else voters
+        if after == voters or not after:
+            return None
+        up = sorted(v for v in after if v == self.id or (v in self.prs and self.prs[v].heard_lately()))
+        need = quorum(len(after))
+        if len(up) < need:
+            return (f"the cluster would stop: its {len(after)} voters after the change ({', '.join(sorted(after))}) "
+                    f"need {need} for a quorum, and {len(up)} answer the leader ({', '.join(up) or 'none'}); "
+                    "bring the others back first")
         return None
 
     def read_index(self, ctx: bytes) -> None:

@@ -108,7 +108,7 @@ class LeaderMixin:
                     active += 1
         for node, pr in self.prs.items():
             if node != self.id:
-                pr.recent_active = False
+                pr.was_active, pr.recent_active = pr.recent_active, False
         return active >= quorum(len(voters))
 
     def _bcast_heartbeat(self, ctx: bytes) -> None:

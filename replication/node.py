@@ -43,7 +43,7 @@ from prevalence.entry import Entry
 from prevalence.fs import OS
 from replication.callers import Callers
 from replication.errors import ConfigChangeRefused, NodeHalted, RaftError
-from replication.membership import ChangeType, ConfigChange, Membership
+from replication.membership import ConfigChange, Membership
 from replication.apply import Applier, ApplierMixin, EntryLost
 from replication.local_network import LocalNetwork
 from replication.persist import DiskLane
@@ -277,7 +277,7 @@ class Node(ApplierMixin):
         done_token, done = self._callers.take()
 
         def propose() -> int:
-            problem = self.core.promotion_problem(change.node_id) if change.op == ChangeType.PROMOTE_LEARNER else None
+            problem = self.core.change_problem(change)
             if problem is not None:
                 raise ConfigChangeRefused(problem)
             index = self.core.propose_config_change(change)

@@ -59,7 +59,7 @@ class Inflights:
 
 class Progress:
     __slots__ = (
-        "match", "next", "state", "probe_sent", "probe_sent_at", "inflights", "recent_active",
+        "match", "next", "state", "probe_sent", "probe_sent_at", "inflights", "recent_active", "was_active",
         "is_learner", "snapshot", "snap_offset", "snap_moved_at", "lease_seq", "hb_match", "sent_commit",
     )
 
@@ -71,7 +71,8 @@ class Progress:
         self.probe_sent = False  # PROBE: an append is outstanding, wait for an answer
         self.probe_sent_at = 0  # PROBE: the leader tick it went out
         self.inflights = Inflights(max_inflight, max_inflight_bytes)
-        self.recent_active = True  # heard from within the last election timeout
+        self.recent_active = True  # heard from since the last quorum check (CheckQuorum)
+        self.was_active = False  # heard from in the check window before that
         self.is_learner = is_learner
         self.snapshot: Snapshot | None = None  # SNAPSHOT: the one being sent
         self.snap_offset = 0  # SNAPSHOT: bytes the follower has acknowledged
@@ -79,6 +80,11 @@ class Progress:
         self.lease_seq = -1  # the leader tick of the newest heartbeat it answered
         self.hb_match = -1  # match when the previous heartbeat answer came (stall check)
         self.sent_commit = 0  # the newest commit index sent to it (Append or Heartbeat)
+
+    def heard_lately(self) -> bool:
+        """Heard from within the last one or two election timeouts: ``recent_active``
+        alone is False for a healthy peer from each quorum check until its next answer."""
+        return self.recent_active or self.was_active
 
     def _reset(self, state: ProgressState) -> None:
         self.state = state

@@ -93,7 +93,9 @@ def describe_master(rows: list[dict]) -> str:
         leader, _ = followed.most_common(1)[0]
         who = sorted(r["id"] for r in newest if r["leader"] == leader)
         return f"{_names(who)} follow{'s' if len(who) == 1 else ''} {leader} (term {term}), which does not answer"
-    voters = max((r["voters"] for r in newest), key=len, default=[])
+    # the newest configuration is the one of the longest log (a removed node that still
+    # runs, or one behind, names an older one)
+    voters = max(newest, key=lambda r: r["commit_index"] if type(r["commit_index"]) is int else -1)["voters"]
     if not voters:
         return f"no master: {len(answered)} of {len(rows)} nodes answer, none leads or knows a leader (term {term})"
     up = sorted(set(voters) & {r["id"] for r in answered})

@@ -51,3 +51,24 @@ def test_add_promote_transfer_remove(tmp_path, capsys):
         assert tags[-2:] == ["from-n4", "after-removal"] and len(tags) == 22
     finally:
         c.stop()
+
+
+def test_a_removal_that_would_stop_the_cluster_is_refused_and_the_dead_voter_can_go(tmp_path, capsys):
+    """With one of three voters down, removing a live one left two voters, one of them
+    dead: the change committed and the cluster stopped for good. The leader now refuses
+    it (etcd's strict reconfiguration check); removing the dead voter is the repair."""
+    c = LocalCluster(tmp_path, 3)
+    try:
+        leader = c.leader()
+        dead, live = [n for n in sorted(c.configs) if n != leader]
+        c.kill(dead)
+        time.sleep(1.5)  # the leader counts a voter gone after one or two election timeouts (0.25-0.5 s each)
+        assert main(["cluster", "remove", "--cluster", str(tmp_path), "--id", live]) == 1
+        err = capsys.readouterr().err
+        assert "the cluster would stop" in err and f"answer the leader ({leader})" in err, err
+        assert "nothing was changed" in err
+        assert c.call(leader, "execute", Stamp("still-serving"))[0] == "ok"
+        assert main(["cluster", "remove", "--cluster", str(tmp_path), "--id", dead]) == 0
+        assert c.call(leader, "execute", Stamp("after-repair"))[0] == "ok"
+    finally:
+        c.stop()

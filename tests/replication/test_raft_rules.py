@@ -579,7 +579,7 @@ def test_add_learner_then_promote(make_cluster):
 
 
 def test_the_leader_says_why_promoting_a_learner_now_would_cost_availability(make_cluster):
-    """A policy the node runtime applies to operators' promotions; the core accepts any."""
+    """A policy the node runtime applies to operators' changes; the core accepts any."""
     c = make_cluster(["a", "b", "c"])
     a = c.nodes["a"]
     c.elect("a")
@@ -590,15 +590,36 @@ def test_the_leader_says_why_promoting_a_learner_now_would_cost_availability(mak
     c.isolate("d")  # added, never reached: it holds nothing
     a.propose_config_change(ConfigChange.add_learner("d"))
     c.tick_all(3)
-    assert "'d' has not caught up: it holds 0 of the leader's" in a.promotion_problem("d")
+    promote = ConfigChange.promote_learner("d")
+    assert "'d' has not caught up: it holds 0 of the leader's" in a.change_problem(promote)
     c.heal()
     c.tick_all(3)
-    assert c.commands("d") == c.commands("a") and a.promotion_problem("d") is None
+    assert c.commands("d") == c.commands("a") and a.change_problem(promote) is None
+    for _ in range(4):  # a healthy learner is "heard lately" through every quorum check
+        c.tick_all(a.cfg.election_tick // 2)
+        assert a.change_problem(promote) is None
     c.isolate("d")
     c.tick_all(2 * a.cfg.election_tick)  # two quorum checks without an answer
-    assert "'d' has not answered the leader within an election timeout" in a.promotion_problem("d")
-    assert a.promotion_problem("b") is None and c.nodes["b"].promotion_problem("d") is None  # not ours to say
-    a.propose_config_change(ConfigChange.promote_learner("d"))  # the core itself still takes it
+    assert "'d' has not answered the leader within an election timeout" in a.change_problem(promote)
+    assert c.nodes["b"].change_problem(promote) is None  # not the leader's to say
+    a.propose_config_change(promote)  # the core itself still takes it
+
+
+def test_the_leader_refuses_by_policy_a_change_after_which_the_voters_that_answer_are_no_quorum(make_cluster):
+    c = make_cluster(["a", "b", "c"])
+    a = c.nodes["a"]
+    c.elect("a")
+    c.propose("a", b"x")
+    c.settle()
+    assert a.change_problem(ConfigChange.remove_voter("b")) is None  # all up: 2 of 2 answer
+    c.isolate("c")
+    c.tick_all(2 * a.cfg.election_tick)
+    problem = a.change_problem(ConfigChange.remove_voter("b"))
+    assert problem == ("the cluster would stop: its 2 voters after the change (a, c) need 2 for a quorum, and 1 "
+                       "answer the leader (a); bring the others back first")
+    assert a.change_problem(ConfigChange.remove_voter("c")) is None  # removing the dead one is the repair
+    assert "its 4 voters after the change (a, b, c, d) need 3" in a.change_problem(ConfigChange.add_voter("d"))
+    assert "need 2" in a.change_problem(ConfigChange.remove_voter("a"))  # the leader itself: b and c remain
 
 
 def test_propose_on_follower_names_the_leader(make_cluster):

@@ -7,9 +7,10 @@ from rpc.status_report import describe_master, status_row
 VOTERS = ["n1", "n2", "n3", "n4", "n5"]
 
 
-def ok(nid: str, role: str = "follower", term: int = 4, leader: str | None = None, voters=VOTERS) -> dict:
+def ok(nid: str, role: str = "follower", term: int = 4, leader: str | None = None, voters=VOTERS,
+       commit: int = 9) -> dict:
     return status_row(nid, f"127.0.0.1:{7100 + int(nid[1:])}", None, ["ok", {
-        "id": nid, "role": role, "term": term, "leader": leader, "commit_index": 9, "applied_index": 9,
+        "id": nid, "role": role, "term": term, "leader": leader, "commit_index": commit, "applied_index": commit,
         "voters": list(voters)}])
 
 
@@ -42,6 +43,15 @@ def test_learners_that_answer_do_not_count_as_voters():
     rows = [ok("n1", "pre_candidate", voters=["n1", "n2", "n3"]), ok("n4", voters=["n1", "n2", "n3"]),
             silent("n2"), silent("n3")]
     assert describe_master(rows) == "no master: 1 of the 3 voters answer (n1); electing one needs 2"
+
+
+def test_the_configuration_of_the_longest_log_counts_not_a_removed_nodes():
+    """n3 was removed, still runs, and names the old voters; n1 and n2 hold the removal
+    of n2 and n3 (seen on a cluster whose removal of a live voter lost it its quorum)."""
+    rows = [ok("n1", "pre_candidate", term=1, voters=["n1", "n4"], commit=5),
+            ok("n2", "pre_candidate", term=1, voters=["n1", "n4"], commit=5),
+            ok("n3", "pre_candidate", term=1, voters=["n1", "n2", "n3", "n4"], commit=4), silent("n4")]
+    assert describe_master(rows) == "no master: 1 of the 2 voters answer (n1); electing one needs 2"
 
 
 def test_no_answer_at_all_and_nodes_that_answered_without_a_status():
