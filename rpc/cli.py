@@ -48,7 +48,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = cluster_status(args.cluster)
     if args.json:
         print(json.dumps({"nodes": [{**{k: r[k] for k in FIELDS}, "disk_full": r.get("disk_full") is True}
-                                    for r in rows]}, indent=2))
+                                    for r in rows], "master": describe_master(rows)}, indent=2))
     else:
         here = os.path.abspath(args.cluster)
         shown = [{**r, "config": os.path.relpath(r["config"], here) if os.path.dirname(r["config"]) == here

@@ -44,6 +44,8 @@ def test_cluster_up_status_and_clean_stop(tmp_path):
         table = subprocess.run([sys.executable, "-m", "rpc.cli", "status", "--cluster", str(tmp_path)],
                                cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
         assert "leader" in table and "reachable" in table.splitlines()[0]
+        leader = next(n["id"] for n in nodes if n["role"] == "leader")
+        assert f"{leader} leads (term " in table and status(tmp_path)["master"].startswith(f"{leader} leads")
         again = subprocess.run([sys.executable, "-m", "rpc.cli", "cluster", "up", "--data", str(tmp_path),
                                 "--root", "tests.prevalence.domain:Store"], cwd=ROOT, capture_output=True,
                                text=True, timeout=15)  # a second `cluster up` on the running cluster
