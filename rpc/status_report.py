@@ -45,7 +45,8 @@ def ask_status(targets: list[tuple[tuple[str, int], SSLContext | None]], secret:
             return exc
         if type(reply) is list and len(reply) == 2 and reply[0] == "ok" and type(reply[1]) is dict:
             return reply
-        if type(reply) is list and len(reply) >= 2 and type(reply[0]) is str and type(reply[-1]) is str:
+        if (type(reply) is list and len(reply) >= 2 and type(reply[0]) is str and reply[0] != "ok"
+                and type(reply[-1]) is str):
             return [reply[0], one_line(reply[-1])]  # a refusal: its reason, for the operator
         return PrevalenceError(f"malformed status reply: {shown(reply)}")
 
@@ -67,6 +68,8 @@ def status_row(node_id: str, address: str, config: str | None, reply: list | Exc
         st = reply[1]
         row.update({k: _field(st[k]) for k in FIELDS if k in st and k != "reachable"}, reachable=True,
                    disk_full=st.get("disk_full") is True)
+        if type(row["id"]) is not str or not row["id"]:  # describe_master names nodes by it
+            row["id"] = node_id
         leader, voters = st.get("leader"), st.get("voters")
         row["leader"] = one_line(leader, 100) if type(leader) is str and leader else None
         if type(voters) is list and all(type(v) is str for v in voters):
@@ -83,8 +86,8 @@ def describe_master(rows: list[dict]) -> str:
     answered = [r for r in rows if r["reachable"]]
     if not answered:
         return f"none of the {len(rows)} nodes answers"
-    term = max(r["term"] if type(r["term"]) is int else 0 for r in answered)
-    newest = [r for r in answered if r["term"] == term]
+    term = max(_term(r) for r in answered)  # a malformed term (the table shows it) counts as 0
+    newest = [r for r in answered if _term(r) == term]
     leaders = sorted(r["id"] for r in newest if r["role"] == "leader")
     if leaders:
         return f"{', '.join(leaders)} lead{'s' if len(leaders) == 1 else ''} (term {term})"
@@ -105,6 +108,10 @@ def describe_master(rows: list[dict]) -> str:
                 f"electing one needs {need}")
     return (f"no master yet: {len(up)} of the {len(voters)} voters answer, enough to elect one; "
             f"an election is under way (term {term})")
+
+
+def _term(row: dict) -> int:
+    return row["term"] if type(row["term"]) is int else 0
 
 
 def _names(ids: list[str], limit: int = 12) -> str:

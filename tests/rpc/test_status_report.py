@@ -64,3 +64,34 @@ def test_hostile_status_fields_are_bounded_and_ignored_when_malformed():
     row = status_row("n1", "127.0.0.1:7101", None, ["ok", {"role": "follower", "term": 2, "leader": "x\n" * 500,
                                                            "voters": [1, 2]}])
     assert "\n" not in row["leader"] and len(row["leader"]) <= 100 and row["voters"] == []
+
+
+def test_replies_of_the_wrong_shape_or_types_never_crash_the_line():
+    """A hostile or broken node's status: an "ok" without a dict, an id that is no
+    text, a term that is no integer (each once raised AttributeError, TypeError or
+    ValueError out of the grid command)."""
+    from rpc.status_report import ask_status  # noqa: F401 - the shape check is ask_status's
+    odd = [["ok", {"id": 7, "role": "leader", "term": 4}], ["ok", {"id": None, "role": "leader", "term": 4}],
+           ["ok", {"role": "follower"}], ["ok", {"term": 2.5, "role": "candidate"}],
+           ["ok", {"id": ["n1"], "role": "leader", "term": 9}]]
+    for reply in odd:
+        rows = [status_row("n1", "127.0.0.1:7101", None, reply), ok("n2", leader="n9")]
+        line = describe_master(rows)
+        assert type(line) is str and "\n" not in line
+        line = describe_master([status_row("n1", "127.0.0.1:7101", None, reply)])
+        assert type(line) is str
+
+
+def test_an_ok_that_carries_text_is_malformed_not_a_refusal(monkeypatch):
+    import rpc.status_report as sr
+
+    class Link:
+        def __init__(self, *a, **k): ...
+        def __enter__(self): return self
+        def __exit__(self, *exc): ...
+        def call(self, method): return ["ok", "status"]
+
+    monkeypatch.setattr(sr, "NodeLink", Link)
+    [reply] = sr.ask_status([(("127.0.0.1", 1), None)], b"k", 1.0)
+    row = status_row("n1", "127.0.0.1:1", None, reply)
+    assert not row["reachable"] and describe_master([row]) == "none of the 1 nodes answers"
