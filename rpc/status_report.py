@@ -62,8 +62,8 @@ def status_row(node_id: str, address: str, config: str | None, reply: list | Exc
     ``error`` (and ``answered``) when it gave no status."""
     row: dict[str, Any] = dict.fromkeys(FIELDS)
     row.update(id=node_id, address=address, config=config, reachable=False, leader=None, voters=[])
-    if isinstance(reply, Exception):
-        row["error"] = str(reply)
+    if isinstance(reply, Exception):  # its text may be the other side's (a refusal, an RPyC error)
+        row["error"] = one_line(str(reply), 500)
     elif reply[0] == "ok":
         st = reply[1]
         row.update({k: _field(st[k]) for k in FIELDS if k in st and k != "reachable"}, reachable=True,

@@ -139,7 +139,8 @@ def _v_refused(fields: list) -> tuple:
     (reason,) = fields
     if type(reason) is not str:
         raise HandshakeError("refusal reason must be a string")
-    return (reason[:MAX_REASON_LEN],)
+    # the other side's text, for messages and terminals: printable characters only
+    return ("".join(ch if ch.isprintable() else " " for ch in reason[:MAX_REASON_LEN]),)
 
 
 _SCHEMA = {
