@@ -16,7 +16,9 @@ from typing import Any
 
 from prevalence._platform import ephemeral_ports, others_may_write
 from replication.errors import RaftError
-from replication.journal_storage import create_node_data, holds_node_data, new_cluster_id
+from replication.journal_storage import (
+    HARD_STATE_FILE, IDENTITY_FILE, create_node_data, holds_node_data, new_cluster_id,
+)
 from rpc.config import (
     ConfigError, NodeConfig, format_address, load_config, migration_message, render_config, tls_contexts,
 )
@@ -330,21 +332,36 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
         raise ConfigError(f"no node of {directory} answers: start the cluster before adding a node; "
                           "nothing was changed")
     path = os.path.join(directory, f"{node_id}.toml")
+    existed = os.path.isdir(data)  # with no node data in it (checked above), maybe the operator's files
     with open(path, "x", encoding="utf-8") as f:
         f.write(render_config(cfg))
     try:
         create_node_data(data, node_id, "join", cluster=cluster, epoch=epoch)  # its one start from empty data
     except BaseException:
         os.remove(path)
+        _remove_new_data(data, existed)  # half of it would refuse every retry
         raise
     try:
         admin(directory, "change_membership", "add_voter" if voter else "add_learner", node_id,
               format_address(listen))
     except MembershipNotChanged as exc:  # not a member: its config and the data made above go
         os.remove(path)
-        shutil.rmtree(data, ignore_errors=True)
+        _remove_new_data(data, existed)
         raise MembershipNotChanged(f"{exc}; removed {node_id}.toml and its data") from None
     return path
+
+
+def _remove_new_data(data: str, existed: bool) -> None:
+    """Undo create_node_data: the directory if it made it, else only the files it writes."""
+    if not existed:
+        shutil.rmtree(data, ignore_errors=True)
+        return
+    for name in (IDENTITY_FILE, HARD_STATE_FILE):
+        for path in (os.path.join(data, name), os.path.join(data, name + ".tmp")):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
 
 
 def init_node(config_path: str, timeout: float = 1.0) -> str:

@@ -231,3 +231,50 @@ def test_adding_a_node_that_the_cluster_does_not_take_leaves_nothing_behind(tmp_
         assert c.status()["n1"]["reachable"]
     finally:
         c.stop()
+
+
+def test_an_add_the_cluster_refuses_removes_only_what_it_made(tmp_path, monkeypatch):
+    """DIR/<id>/ may exist before `cluster add` (it holds no node data, so add goes on):
+    the rollback removed the whole directory, the operator's files in it too."""
+    import rpc.cluster as cluster_mod
+    from rpc.cluster import add_node, free_port_block, write_cluster
+    from rpc.config import ConfigError
+
+    directory = str(tmp_path / "c")
+    write_cluster(directory, 3, free_port_block(3), "tests.prevalence.domain:Store")
+    mine = tmp_path / "c" / "n4" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("the operator's")
+    monkeypatch.setattr(cluster_mod, "cluster_status_full", lambda d: [{"cluster": "abc", "epoch": 1}])
+
+    def refused(directory, method, *args):
+        raise cluster_mod.MembershipNotChanged(f"{method} refused by n1: no")
+    monkeypatch.setattr(cluster_mod, "admin", refused)
+    with pytest.raises(ConfigError, match="refused by n1: no"):
+        add_node(directory, "n4", "127.0.0.1:1")
+    assert mine.read_text() == "the operator's" and sorted(os.listdir(mine.parent)) == ["notes.txt"]
+    assert not os.path.exists(os.path.join(directory, "n4.toml"))
+
+
+def test_an_add_whose_data_cannot_be_written_leaves_no_half_data(tmp_path, monkeypatch):
+    """A full disk as the identity is written left n4's hard state: every retry was then
+    refused ("already holds node data") though the node never existed."""
+    import errno
+
+    import replication.journal_storage as js
+    import rpc.cluster as cluster_mod
+    from rpc.cluster import add_node, free_port_block, write_cluster
+
+    directory = str(tmp_path / "c")
+    write_cluster(directory, 3, free_port_block(3), "tests.prevalence.domain:Store")
+    monkeypatch.setattr(cluster_mod, "cluster_status_full", lambda d: [{"cluster": "abc", "epoch": 1}])
+    monkeypatch.setattr(cluster_mod, "admin", lambda *a: 5)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    real = js._write_identity
+    monkeypatch.setattr(js, "_write_identity", full)
+    with pytest.raises(OSError):
+        add_node(directory, "n4", "127.0.0.1:1")
+    monkeypatch.setattr(js, "_write_identity", real)
+    assert add_node(directory, "n4", "127.0.0.1:1").endswith("n4.toml")  # the retry goes through
