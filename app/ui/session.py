@@ -253,6 +253,7 @@ def _status(link: NodeLink) -> dict:
         raise ConnectionError(f"malformed status reply: {shown(st)}")
     voters = st.get("voters")
     st["voters"] = voters if type(voters) is list and all(type(v) is str for v in voters) else []
+    st["id"], st["address"] = one_line(st["id"], 130), one_line(st["address"], 300)  # shown in the header
     return st
 
 

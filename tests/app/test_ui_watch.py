@@ -82,3 +82,16 @@ def test_a_reply_that_is_not_a_status_counts_as_no_answer_and_the_watch_goes_on(
         assert link.state == "connected" and link.master == "n2" and link.term == 4
     finally:
         watch.close()
+
+
+def test_a_leaders_id_and_address_reach_the_header_as_one_bounded_line(replies):
+    """The header showed a status's id and address as sent: any length, line breaks too."""
+    st = status("n1", "leader")
+    st[1].update(id="n1\n" + "x" * 100_000, address="127.0.0.1:7101\r\nforged")
+    replies.update({"127.0.0.1:7101": st})
+    watch = MasterWatch(list(replies), b"k" * 32)
+    try:
+        text = header_after(watch)
+        assert text.startswith("Connected · master n1") and len(text) < 500 and text.isprintable(), text[:300]
+    finally:
+        watch.close()
