@@ -68,7 +68,8 @@ class LeaderMixin:
         self.election_elapsed += 1
         if self.election_elapsed >= self.cfg.election_tick:
             self.election_elapsed = 0
-            if self.cfg.check_quorum and not self._quorum_active():
+            active = self._quorum_active()  # also without CheckQuorum: heard_lately reads its windows
+            if self.cfg.check_quorum and not active:
                 self._become_follower(self.term, None)  # CheckQuorum: we may be cut off
                 return
             self.lead_transferee = None  # a transfer not done within a timeout is aborted
@@ -211,7 +212,7 @@ class LeaderMixin:
             if t is ReadIndex and self.membership.is_member(m.src):
                 self._leader_read(m.ctx, m.src)
             return
-        pr.recent_active = True
+        pr.recent_active = pr.heard = True
         if t is AppendResp:
             self._handle_append_resp(m, pr)
         elif t is HeartbeatResp:

@@ -59,7 +59,7 @@ class Inflights:
 
 class Progress:
     __slots__ = (
-        "match", "next", "state", "probe_sent", "probe_sent_at", "inflights", "recent_active", "was_active",
+        "match", "next", "state", "probe_sent", "probe_sent_at", "inflights", "recent_active", "was_active", "heard",
         "is_learner", "snapshot", "snap_offset", "snap_moved_at", "lease_seq", "hb_match", "sent_commit",
     )
 
@@ -73,6 +73,7 @@ class Progress:
         self.inflights = Inflights(max_inflight, max_inflight_bytes)
         self.recent_active = True  # heard from since the last quorum check (CheckQuorum)
         self.was_active = False  # heard from in the check window before that
+        self.heard = False  # heard from at all by this leader (recent_active starts True)
         self.is_learner = is_learner
         self.snapshot: Snapshot | None = None  # SNAPSHOT: the one being sent
         self.snap_offset = 0  # SNAPSHOT: bytes the follower has acknowledged
@@ -84,7 +85,7 @@ class Progress:
     def heard_lately(self) -> bool:
         """Heard from within the last one or two election timeouts: ``recent_active``
         alone is False for a healthy peer from each quorum check until its next answer."""
-        return self.recent_active or self.was_active
+        return self.heard and (self.recent_active or self.was_active)
 
     def _reset(self, state: ProgressState) -> None:
         self.state = state

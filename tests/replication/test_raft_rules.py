@@ -776,3 +776,31 @@ def test_a_follower_takes_leader_messages_only_from_the_leader_of_its_term(make_
     c.propose("a", b"y")  # the real leader carries on
     c.tick_all(3)
     assert c.commands("b")[-1] == b"y"
+
+
+def test_a_new_leader_does_not_count_a_voter_it_never_heard_as_answering(make_cluster):
+    """Every Progress starts recent_active (so that CheckQuorum does not depose a new
+    leader): a voter down since before the election counted as answering for the first
+    election timeout, and removing a live voter then stopped the cluster."""
+    c = make_cluster(["a", "b", "c"])
+    a = c.nodes["a"]
+    c.isolate("c")
+    c.elect("a")
+    c.settle()
+    assert "need 2 for a quorum, and 1 answer the leader (a)" in a.change_problem(ConfigChange.remove_voter("b"))
+    assert a.change_problem(ConfigChange.remove_voter("c")) is None
+
+
+def test_without_check_quorum_a_voter_that_went_silent_stops_counting(make_cluster):
+    """With check_quorum off nothing ever cleared recent_active: a voter heard once
+    counted as answering for good, and the policy allowed any change."""
+    c = make_cluster(["a", "b", "c"], config=RaftConfig(election_tick=10, heartbeat_tick=1, check_quorum=False))
+    a = c.nodes["a"]
+    c.elect("a")
+    c.propose("a", b"x")
+    c.settle()
+    assert a.change_problem(ConfigChange.remove_voter("b")) is None
+    c.isolate("c")
+    c.tick_all(2 * a.cfg.election_tick + 1)
+    assert a.role == Role.LEADER
+    assert "need 2 for a quorum, and 1 answer the leader (a)" in a.change_problem(ConfigChange.remove_voter("b"))
