@@ -352,7 +352,13 @@ class ClientService(rpyc.Service):
         identity = getattr(self._p, "cluster_identity", None)
         if identity is not None:  # a new cluster's first leader sets its id first (rpc.identity)
             identity.wait_proposal(5.0)
-        return self._admin(lambda: self._p.node.change_membership(change))
+        def changed() -> tuple:
+            try:
+                return ("ok", self._p.node.change_membership(change))
+            except NodeHalted as exc:  # proposed, maybe: "not_leader" would say nothing changed
+                return ("unavailable", f"{_text(exc, 300)}; the change may still take effect")
+
+        return self._guard(changed)
 
     def exposed_transfer_leadership(self, to: str) -> bytes:
         if not self._is_admin:

@@ -278,3 +278,38 @@ def test_an_add_whose_data_cannot_be_written_leaves_no_half_data(tmp_path, monke
         add_node(directory, "n4", "127.0.0.1:1")
     monkeypatch.setattr(js, "_write_identity", real)
     assert add_node(directory, "n4", "127.0.0.1:1").endswith("n4.toml")  # the retry goes through
+
+
+def test_a_membership_change_whose_leader_halted_is_not_called_unchanged(tmp_path, monkeypatch):
+    """A leader that halts after proposing the change (NodeHalted: the others may still
+    commit it) answered "not_leader", which `cluster add` takes for certain nothing
+    changed: it removed the new node's config and data while the cluster may count it."""
+    import msgpack
+
+    import rpc.cluster as cluster_mod
+    from replication.errors import NodeHalted
+    from rpc.service import ClientService
+
+    class Node:
+        def change_membership(self, change):
+            raise NodeHalted("node 'n1' stopped (disk); the command's outcome is decided by the other nodes")
+
+    class Host:
+        node, cluster_identity = Node(), None
+
+        def address_of(self, nid):
+            return None
+
+    reply = msgpack.unpackb(ClientService(Host(), "admin", admin=True).exposed_change_membership(
+        "add_learner", "n4", "127.0.0.1:1"), raw=False)
+    assert reply[0] == "unavailable" and "may still take effect" in reply[1], reply
+
+    directory = str(tmp_path / "c")
+    cluster_mod.write_cluster(directory, 1, cluster_mod.free_port_block(1), "tests.prevalence.domain:Store")
+    monkeypatch.setattr(cluster_mod, "cluster_status_full", lambda d: [{"cluster": "abc", "epoch": 1}])
+    monkeypatch.setattr(cluster_mod, "cluster_status", lambda d: [{"id": "n1", "role": "leader", "reachable": True}])
+    monkeypatch.setattr(cluster_mod, "_admin_call", lambda *a, **k: reply)
+    with pytest.raises(cluster_mod.ConfigError, match="may still take effect") as info:
+        cluster_mod.add_node(directory, "n2", "127.0.0.1:1")
+    assert not isinstance(info.value, cluster_mod.MembershipNotChanged)
+    assert os.path.exists(os.path.join(directory, "n2.toml")) and os.path.isdir(os.path.join(directory, "n2"))
