@@ -277,7 +277,7 @@ def admin(directory: str, method: str, *args: Any) -> Any:
     order = [r["id"] for r in rows if r["role"] == "leader"] + [r["id"] for r in rows if r["reachable"]]
     tried = []
     for nid in order:
-        if nid in tried:
+        if nid in tried or nid not in configs:  # a status may claim any id: only configured nodes are asked
             continue
         tried.append(nid)
         # the node waits up to 10 s for the change to commit; give it time to say so

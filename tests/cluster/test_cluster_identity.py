@@ -313,3 +313,18 @@ def test_a_membership_change_whose_leader_halted_is_not_called_unchanged(tmp_pat
         cluster_mod.add_node(directory, "n2", "127.0.0.1:1")
     assert not isinstance(info.value, cluster_mod.MembershipNotChanged)
     assert os.path.exists(os.path.join(directory, "n2.toml")) and os.path.isdir(os.path.join(directory, "n2"))
+
+
+def test_admin_asks_the_configured_nodes_whatever_ids_their_statuses_claim(tmp_path, monkeypatch):
+    """A status naming an id no config has raised KeyError out of admin() (a traceback
+    from `prevalence cluster add/remove/promote`)."""
+    import rpc.cluster as cluster_mod
+
+    directory = str(tmp_path / "c")
+    cluster_mod.write_cluster(directory, 2, cluster_mod.free_port_block(2), "tests.prevalence.domain:Store")
+    monkeypatch.setattr(cluster_mod, "cluster_status", lambda d: [
+        {"id": "impostor", "role": "leader", "reachable": True}, {"id": "n2", "role": "follower", "reachable": True}])
+    asked = []
+    monkeypatch.setattr(cluster_mod, "_admin_call", lambda cfg, *a, **k: asked.append(cfg.id) or ["ok", 7])
+    assert cluster_mod.admin(directory, "change_membership", "remove", "n3") == 7
+    assert asked == ["n2"]
