@@ -186,6 +186,7 @@ def open_connection(
                       endpoints=(sock.getsockname(), sock.getpeername()))
         channel = _channel(sock, REPLY_MAX_FRAME if max_frame is None else max_frame, format_address(address))
         conn = connect_channel(channel, service=service, config=config)
+        conn._unbox_exc = _ordinary_errors(conn._unbox_exc)
     except BaseException:
         try:
             sock.close()
@@ -204,6 +205,18 @@ def open_connection(
         raise
     conn._config["sync_request_timeout"] = request_timeout
     return conn
+
+
+def _ordinary_errors(unbox: Any) -> Any:
+    """RPyC's rebuilding of the other side's error reply, a KeyboardInterrupt, SystemExit
+    or GeneratorExit made an ordinary error: raised as itself, it passed every ``except
+    Exception`` of ours (a thread died of it, a command printed a traceback)."""
+    def unbox_exc(raw: Any) -> Any:
+        exc = unbox(raw)
+        if isinstance(exc, BaseException) and not isinstance(exc, Exception):
+            return TransportError(f"the other side answered with {type(exc).__name__}")
+        return exc
+    return unbox_exc
 
 
 class PeerChannel:

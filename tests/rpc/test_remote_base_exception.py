@@ -1,0 +1,50 @@
+"""A node's RPyC error reply naming KeyboardInterrupt, SystemExit or GeneratorExit is an
+error of that call, not an exception that passes every ``except Exception`` of the
+client (the window's watch thread died of it, ``grid`` printed a traceback)."""
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+import rpyc
+from rpyc.core.stream import SocketStream
+from rpyc.utils.factory import connect_stream
+
+from rpc import ServerAuthenticator
+from rpc.transport import NodeLink
+
+from .conftest import CLIENT_SECRET, HOST, KEYS
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_a_remote_base_exception_is_an_ordinary_error_of_the_call(kind):
+    class Evil(rpyc.Service):
+        def exposed_status(self):
+            raise kind("from the node")
+
+    ls = socket.create_server((HOST, 0))
+    done = threading.Event()
+
+    def serve():
+        sock, _ = ls.accept()
+        sock, _identity = ServerAuthenticator(KEYS, timeout=2)(sock)
+        conn = connect_stream(SocketStream(sock), service=Evil, config={
+            "propagate_KeyboardInterrupt_locally": False, "propagate_SystemExit_locally": False})
+        try:
+            while not done.is_set():
+                conn.serve(0.1)
+        except (EOFError, OSError):
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with NodeLink(ls.getsockname()[:2], CLIENT_SECRET, timeout=2.0) as link:
+            try:
+                link.call("status")
+            except BaseException as exc:  # noqa: BLE001 - what it is, is the test
+                caught = exc
+        assert isinstance(caught, Exception) and kind.__name__ in str(caught), repr(caught)
+    finally:
+        done.set()
+        ls.close()
