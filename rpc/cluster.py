@@ -24,7 +24,7 @@ from rpc.config import (
 )
 from rpc.secret import KEY_FILES, LEGACY_SECRET, SecretError, generate_secret_file, load_secret
 from rpc.status_report import ask_status, status_row
-from rpc.transport import NodeLink
+from rpc.transport import STATUS_MAX_FRAME, NodeLink
 
 
 def write_keys(directory: str) -> list[str]:
@@ -405,7 +405,7 @@ def _peer_statuses(cfg: NodeConfig, timeout: float) -> list[tuple[str, dict]]:
         peer, address = item
         try:
             with NodeLink(address, secret, ident="init", timeout=timeout, connect_timeout=timeout,
-                          ssl_context=client_tls) as link:
+                          ssl_context=client_tls, max_frame=STATUS_MAX_FRAME) as link:
                 reply = link.call("status")
         except Exception:  # noqa: BLE001 - a peer that does not answer says nothing
             return None

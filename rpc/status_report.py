@@ -18,7 +18,7 @@ from typing import Any
 from prevalence.errors import PrevalenceError
 from replication.client_policy import shown
 from replication.node import STATUS_TIMEOUT
-from rpc.transport import NodeLink
+from rpc.transport import STATUS_MAX_FRAME, NodeLink
 
 __all__ = ["FIELDS", "ask_status", "collapse_causes", "describe_master", "one_line", "status_row",
            "unreachable_summary"]
@@ -39,7 +39,7 @@ def ask_status(targets: list[tuple[tuple[str, int], SSLContext | None]], secret:
     def ask(target: tuple[tuple[str, int], SSLContext | None]) -> list | Exception:
         try:
             with NodeLink(target[0], secret, ident="status", timeout=request, connect_timeout=connect,
-                          ssl_context=target[1]) as link:
+                          ssl_context=target[1], max_frame=STATUS_MAX_FRAME) as link:
                 reply = link.call("status")
         except Exception as exc:  # noqa: BLE001 - why this node gave no status
             return exc

@@ -49,6 +49,7 @@ __all__ = [
     "tune_socket",
     "SAFE_PROTOCOL_CONFIG",
     "MAX_CONNECTIONS",
+    "STATUS_MAX_FRAME",
     *_CHANNEL_NAMES,
 ]
 
@@ -71,6 +72,10 @@ SAFE_PROTOCOL_CONFIG = dict(
 
 #: A server-side socket write that makes no progress for this long drops the connection.
 SERVER_WRITE_TIMEOUT = 10.0
+
+#: What a node's ``status`` reply may take (a few KiB in practice): asked of every node at
+#: once, by the CLI and the window, it must not be allowed REPLY_MAX_FRAME each.
+STATUS_MAX_FRAME = 1 << 20
 
 #: Connections one listener holds at once (authenticated or not); more are closed at once.
 MAX_CONNECTIONS = 128
@@ -341,7 +346,8 @@ class NodeLink:
     ``rpc.client``), opened on the first call, kept open between calls, and opened
     again on the next call after a failure.
 
-    ``call`` returns the node's decoded reply (``["ok", ...]`` or a refusal) and
+    ``max_frame`` bounds a reply (default :data:`REPLY_MAX_FRAME`; a status round passes
+    :data:`STATUS_MAX_FRAME`). ``call`` returns the node's decoded reply (``["ok", ...]`` or a refusal) and
     raises what the connection raised (:class:`ConnectFailed` says whether it was
     refused) after closing it. ``secret`` is the client key, or the admin key with
     ``role="admin"``.
@@ -349,10 +355,10 @@ class NodeLink:
 
     def __init__(self, address: tuple[str, int], secret: bytes, *, ident: str = "client", timeout: float = 1.0,
                  connect_timeout: float | None = None, ssl_context: ssl.SSLContext | None = None,
-                 role: str = "client"):
+                 role: str = "client", max_frame: int | None = None):
         self.address = address
         self._secret, self._ident, self._timeout, self._ssl = secret, ident, timeout, ssl_context
-        self._role = role
+        self._role, self._max_frame = role, max_frame
         self._connect_timeout = min(0.5, timeout) if connect_timeout is None else connect_timeout
         self._conn: rpyc.Connection | None = None
 
@@ -361,7 +367,8 @@ class NodeLink:
             if self._conn is None:
                 self._conn = open_connection(self.address, self._secret, role=self._role, ident=self._ident,
                                              connect_timeout=self._connect_timeout, handshake_timeout=self._timeout,
-                                             request_timeout=self._timeout, ssl_context=self._ssl)
+                                             request_timeout=self._timeout, ssl_context=self._ssl,
+                                             max_frame=self._max_frame)
             return msgpack.unpackb(remote_method(self._conn, method)(*args), raw=False)
         except BaseException:
             self.close()

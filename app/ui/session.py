@@ -31,7 +31,7 @@ from replication.client_policy import shown
 from rpc.subscription import Compacted
 from rpc.config import parse_address
 from rpc.status_report import one_line
-from rpc.transport import NodeLink
+from rpc.transport import STATUS_MAX_FRAME, NodeLink
 
 log = logging.getLogger("app.ui")
 BACKFILL = 200  # log entries read back at start, so that the event strip shows recent history
@@ -154,7 +154,7 @@ class MasterWatch:
                  sweep_timeout: float = 0.5):
         def link(address: str, wait: float) -> NodeLink:
             return NodeLink(parse_address(address, "address"), secret, ident="ui", timeout=wait,
-                            connect_timeout=min(0.3, wait), ssl_context=ssl_context)
+                            connect_timeout=min(0.3, wait), ssl_context=ssl_context, max_frame=STATUS_MAX_FRAME)
 
         self._link_to = lambda address: link(address, timeout)
         self._links = {a: link(a, sweep_timeout) for a in addresses}

@@ -9,7 +9,8 @@ import threading
 import pytest
 import rpyc
 from rpyc.core.stream import SocketStream
-from rpyc.utils.factory import connect_stream
+from rpyc.core.channel import Channel
+from rpyc.utils.factory import connect_channel, connect_stream
 
 from rpc import ServerAuthenticator
 from rpc.transport import NodeLink
@@ -45,6 +46,41 @@ def test_a_remote_base_exception_is_an_ordinary_error_of_the_call(kind):
             except BaseException as exc:  # noqa: BLE001 - what it is, is the test
                 caught = exc
         assert isinstance(caught, Exception) and kind.__name__ in str(caught), repr(caught)
+    finally:
+        done.set()
+        ls.close()
+
+
+def test_a_status_reply_of_a_hundred_megabytes_is_refused_not_read():
+    """The status round read whatever a node sent, up to REPLY_MAX_FRAME (1 GiB), for
+    every node at once: a node could make `grid` or the window hold gigabytes."""
+    import msgpack
+
+    from rpc.status_report import ask_status
+
+    PAD = b"x" * (100 << 20)
+
+    class Big(rpyc.Service):
+        def exposed_status(self):
+            return msgpack.packb(["ok", {"id": "n1", "pad": PAD}])
+
+    ls = socket.create_server((HOST, 0))
+    done = threading.Event()
+
+    def serve():
+        sock, _ = ls.accept()
+        sock, _identity = ServerAuthenticator(KEYS, timeout=2)(sock)
+        conn = connect_channel(Channel(SocketStream(sock), compress=False), service=Big)
+        try:
+            while not done.is_set():
+                conn.serve(0.1)
+        except (EOFError, OSError):
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        [reply] = ask_status([(ls.getsockname()[:2], None)], CLIENT_SECRET, 5.0)
+        assert isinstance(reply, Exception) and "limit" in str(reply), str(reply)[:200]
     finally:
         done.set()
         ls.close()
