@@ -112,9 +112,10 @@ def describe(exc: BaseException) -> str:
     """An error as one line for an operator: what happened, never a class name or a traceback."""
     from prevalence.errors import PrevalenceError
     from rpc.client import ClusterUnavailable, RemoteTransactionError
+    from rpc.status_report import one_line
 
     if isinstance(exc, RemoteTransactionError):
-        return exc.remote_message
+        return one_line(str(exc.remote_message))
     if isinstance(exc, ClusterUnavailable):
         return "no master answered in time (the cluster is unreachable or has no majority); not confirmed"
     if isinstance(exc, ConnectionRefusedError):
@@ -123,7 +124,8 @@ def describe(exc: BaseException) -> str:
         return "no answer (timed out)"
     if isinstance(exc, (EOFError, ConnectionError)):
         return "connection lost"
-    text = str(exc).strip()
+    # RPyC appends the other side's traceback to an error it rebuilds: not for operators
+    text = one_line(str(exc).split("\n\n========= Remote Traceback", 1)[0])
     if not isinstance(exc, (PrevalenceError, ValueError)):
         text = re.sub(r"^[A-Za-z_][\w.]*(Error|Exception): ", "", text)
     return text or "failed without a message"

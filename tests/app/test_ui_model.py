@@ -197,3 +197,11 @@ def test_a_refused_layout_edit_is_a_banner_until_it_is_cleared():
 ])
 def test_messages_for_operators_carry_no_class_names(exc, text):
     assert describe(exc) == text
+
+
+def test_an_error_with_a_remote_traceback_is_described_in_one_bounded_line():
+    """RPyC appends the node's traceback to an error it rebuilds: the window's header
+    ("master n1 lost (...)") and message line showed it whole, over many lines."""
+    exc = ValueError("bad status\n\n========= Remote Traceback (1) =========\n" + "  File x\x1b[2J\n" * 2000)
+    text = describe(exc)
+    assert text.startswith("bad status") and text.isprintable() and len(text) <= 300, text[:400]
