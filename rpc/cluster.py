@@ -405,7 +405,7 @@ def _peer_statuses(cfg: NodeConfig, timeout: float) -> list[tuple[str, dict]]:
         peer, address = item
         try:
             with NodeLink(address, secret, ident="init", timeout=timeout, connect_timeout=timeout,
-                          ssl_context=client_tls, max_frame=STATUS_MAX_FRAME) as link:
+                          ssl_context=client_tls, max_frame=STATUS_MAX_FRAME, frame_timeout=timeout) as link:
                 reply = link.call("status")
         except Exception:  # noqa: BLE001 - a peer that does not answer says nothing
             return None

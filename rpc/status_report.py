@@ -39,7 +39,7 @@ def ask_status(targets: list[tuple[tuple[str, int], SSLContext | None]], secret:
     def ask(target: tuple[tuple[str, int], SSLContext | None]) -> list | Exception:
         try:
             with NodeLink(target[0], secret, ident="status", timeout=request, connect_timeout=connect,
-                          ssl_context=target[1], max_frame=STATUS_MAX_FRAME) as link:
+                          ssl_context=target[1], max_frame=STATUS_MAX_FRAME, frame_timeout=request) as link:
                 reply = link.call("status")
         except Exception as exc:  # noqa: BLE001 - why this node gave no status
             return exc

@@ -164,6 +164,7 @@ def open_connection(
     service=rpyc.VoidService,
     max_frame: int | None = None,
     deadline: float | None = None,
+    frame_timeout: float | None = None,
 ) -> rpyc.Connection:
     """Connect, authenticate as ``(role, ident)`` and start RPyC over the socket (a
     client or an admin program; nodes speak :class:`PeerChannel` to each other).
@@ -174,7 +175,8 @@ def open_connection(
     (done here, so that :func:`call_within` bounds a method's lookup by its own timeout).
     With ``deadline`` (a ``time.monotonic()`` value) the handshake and that fetch also end
     by then, whatever the connect took. ``max_frame`` bounds what the node may send
-    back (default: :data:`REPLY_MAX_FRAME`); compressed frames are refused. Raises
+    back (default: :data:`REPLY_MAX_FRAME`), ``frame_timeout`` how long a begun frame may
+    take (default :data:`FRAME_TIMEOUT`); compressed frames are refused. Raises
     :class:`ConnectFailed` or :class:`AuthenticationFailed`, both naming the address.
     """
     if role == "peer":
@@ -189,7 +191,8 @@ def open_connection(
         left = request_timeout if deadline is None else max(0.001, min(request_timeout, deadline - time.monotonic()))
         config = dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=left,
                       endpoints=(sock.getsockname(), sock.getpeername()))
-        channel = _channel(sock, REPLY_MAX_FRAME if max_frame is None else max_frame, format_address(address))
+        channel = _channel(sock, REPLY_MAX_FRAME if max_frame is None else max_frame, format_address(address),
+                           frame_timeout)
         conn = connect_channel(channel, service=service, config=config)
         conn._unbox_exc = _ordinary_errors(conn._unbox_exc)
     except BaseException:
@@ -346,8 +349,8 @@ class NodeLink:
     ``rpc.client``), opened on the first call, kept open between calls, and opened
     again on the next call after a failure.
 
-    ``max_frame`` bounds a reply (default :data:`REPLY_MAX_FRAME`; a status round passes
-    :data:`STATUS_MAX_FRAME`). ``call`` returns the node's decoded reply (``["ok", ...]`` or a refusal) and
+    ``max_frame`` and ``frame_timeout`` bound a reply as in :func:`open_connection` (a
+    status round passes :data:`STATUS_MAX_FRAME` and its own timeout). ``call`` returns the node's decoded reply (``["ok", ...]`` or a refusal) and
     raises what the connection raised (:class:`ConnectFailed` says whether it was
     refused) after closing it. ``secret`` is the client key, or the admin key with
     ``role="admin"``.
@@ -355,10 +358,10 @@ class NodeLink:
 
     def __init__(self, address: tuple[str, int], secret: bytes, *, ident: str = "client", timeout: float = 1.0,
                  connect_timeout: float | None = None, ssl_context: ssl.SSLContext | None = None,
-                 role: str = "client", max_frame: int | None = None):
+                 role: str = "client", max_frame: int | None = None, frame_timeout: float | None = None):
         self.address = address
         self._secret, self._ident, self._timeout, self._ssl = secret, ident, timeout, ssl_context
-        self._role, self._max_frame = role, max_frame
+        self._role, self._max_frame, self._frame_timeout = role, max_frame, frame_timeout
         self._connect_timeout = min(0.5, timeout) if connect_timeout is None else connect_timeout
         self._conn: rpyc.Connection | None = None
 
@@ -368,7 +371,7 @@ class NodeLink:
                 self._conn = open_connection(self.address, self._secret, role=self._role, ident=self._ident,
                                              connect_timeout=self._connect_timeout, handshake_timeout=self._timeout,
                                              request_timeout=self._timeout, ssl_context=self._ssl,
-                                             max_frame=self._max_frame)
+                                             max_frame=self._max_frame, frame_timeout=self._frame_timeout)
             return msgpack.unpackb(remote_method(self._conn, method)(*args), raw=False)
         except BaseException:
             self.close()

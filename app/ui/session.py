@@ -154,7 +154,8 @@ class MasterWatch:
                  sweep_timeout: float = 0.5):
         def link(address: str, wait: float) -> NodeLink:
             return NodeLink(parse_address(address, "address"), secret, ident="ui", timeout=wait,
-                            connect_timeout=min(0.3, wait), ssl_context=ssl_context, max_frame=STATUS_MAX_FRAME)
+                            connect_timeout=min(0.3, wait), ssl_context=ssl_context, max_frame=STATUS_MAX_FRAME,
+                            frame_timeout=wait)
 
         self._link_to = lambda address: link(address, timeout)
         self._links = {a: link(a, sweep_timeout) for a in addresses}

@@ -84,3 +84,36 @@ def test_a_status_reply_of_a_hundred_megabytes_is_refused_not_read():
     finally:
         done.set()
         ls.close()
+
+
+def test_a_status_reply_that_stalls_mid_frame_costs_the_rounds_timeout_not_ten_seconds():
+    """A frame, once begun, had FRAME_TIMEOUT (10 s) to arrive whatever the request's own
+    timeout: a node sending the first byte of each reply and then nothing held the
+    status round of `grid` ("about 1.5 s at most") for 10 s and more."""
+    import time
+
+    class Stalling(SocketStream):
+        def write(self, data):
+            self.sock.sendall(bytes(data[:1]))
+            time.sleep(60)
+
+    ls = socket.create_server((HOST, 0))
+
+    def serve():
+        sock, _ = ls.accept()
+        sock, _identity = ServerAuthenticator(KEYS, timeout=2)(sock)
+        conn = connect_stream(Stalling(sock), service=rpyc.VoidService)
+        try:
+            conn.serve(30)
+        except (EOFError, OSError):
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    from rpc.status_report import ask_status
+
+    began = time.monotonic()
+    try:
+        [reply] = ask_status([(ls.getsockname()[:2], None)], CLIENT_SECRET, 1.0)
+    finally:
+        ls.close()
+    assert isinstance(reply, Exception) and time.monotonic() - began < 4.0, (reply, time.monotonic() - began)
