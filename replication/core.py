@@ -187,9 +187,10 @@ class RaftNode(FollowerMixin, LeaderMixin):
         up = sorted(v for v in after if v == self.id or (v in self.prs and self.prs[v].heard_lately()))
         need = quorum(len(after))
         if len(up) < need:
+            fix = ("add it as a learner, start it, and promote it once it has caught up" if op == ChangeType.ADD_VOTER
+                   else "bring the others back first")
             return (f"the cluster would stop: its {len(after)} voters after the change ({', '.join(sorted(after))}) "
-                    f"need {need} for a quorum, and {len(up)} answer the leader ({', '.join(up) or 'none'}); "
-                    "bring the others back first")
+                    f"need {need} for a quorum, and {len(up)} answer the leader ({', '.join(up) or 'none'}); {fix}")
         return None
 
     def read_index(self, ctx: bytes) -> None:

@@ -333,8 +333,11 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
                           "nothing was changed")
     path = os.path.join(directory, f"{node_id}.toml")
     existed = os.path.isdir(data)  # with no node data in it (checked above), maybe the operator's files
-    with open(path, "x", encoding="utf-8") as f:
-        f.write(render_config(cfg))
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(render_config(cfg))
+    except FileExistsError:  # another `add` of the same id, since the check above
+        raise ConfigError(f"a node called {node_id!r} is already configured in {directory}") from None
     try:
         create_node_data(data, node_id, "join", cluster=cluster, epoch=epoch)  # its one start from empty data
     except BaseException:

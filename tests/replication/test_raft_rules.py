@@ -618,7 +618,8 @@ def test_the_leader_refuses_by_policy_a_change_after_which_the_voters_that_answe
     assert problem == ("the cluster would stop: its 2 voters after the change (a, c) need 2 for a quorum, and 1 "
                        "answer the leader (a); bring the others back first")
     assert a.change_problem(ConfigChange.remove_voter("c")) is None  # removing the dead one is the repair
-    assert "its 4 voters after the change (a, b, c, d) need 3" in a.change_problem(ConfigChange.add_voter("d"))
+    added = a.change_problem(ConfigChange.add_voter("d"))
+    assert "its 4 voters after the change (a, b, c, d) need 3" in added and "add it as a learner" in added
     assert "need 2" in a.change_problem(ConfigChange.remove_voter("a"))  # the leader itself: b and c remain
 
 
