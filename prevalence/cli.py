@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -168,6 +169,16 @@ def run(args: argparse.Namespace, *, configure_logging: bool = True,
         return 1
     except BrokenPipeError:  # `prevalence journal dump ... | head`
         return 0
+    except OSError as exc:  # the disk or the operator's paths (permissions, a directory for a file)
+        print(f"error: {_os_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def _os_error(exc: OSError) -> str:
+    """``PATH: reason``, as the shell's tools say it."""
+    where = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or str(exc)
+    return f"{os.fsdecode(where)}: {what}" if where != "" else what
 
 
 def main(argv: Sequence[str] | None = None) -> int:

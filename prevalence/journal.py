@@ -33,7 +33,7 @@ from . import _platform
 from .entry import Entry
 from .errors import ClosedError, DiskFull, EngineHaltedError, JournalCorruptError, PrevalenceError
 from .fs import CREATE, OS, READ, WRITE, FileSystem, make_dirs, read_range, write_all
-from .segment import SEGMENT_HEADER, OpenSegment, frame, parse_records, scan_directory, segment_header, segment_name
+from .segment import MAX_SEGMENT_BYTES, SEGMENT_HEADER, OpenSegment, frame, parse_records, scan_directory, segment_header, segment_name
 
 log = logging.getLogger("prevalence.journal")
 
@@ -75,7 +75,7 @@ class Journal:
         self._fs_write = fs.write  # bound once: the append path is hot
         self.fsync = fsync
         self.read_only = read_only
-        self._segment_bytes = max(4096, int(segment_bytes))
+        self._segment_bytes = min(MAX_SEGMENT_BYTES, max(4096, int(segment_bytes)))  # scans refuse longer files
         self._cond = threading.Condition(threading.Lock())
         self._read_lock = threading.Lock()
         self._segments: list[OpenSegment] = []

@@ -17,7 +17,7 @@ from zlib import crc32
 
 from .entry import Entry
 from .errors import JournalCorruptError
-from .fs import OS, FileSystem, read_file
+from .fs import OS, READ, FileSystem, read_range
 
 SEGMENT_MAGIC = b"PVJL"
 SEGMENT_FORMAT = 1
@@ -25,6 +25,10 @@ SEGMENT_HEADER = struct.Struct("<4sHHQI")  # magic, format, reserved, first inde
 RECORD_HEADER = struct.Struct("<IQQBII")  # length, index, term, kind, header crc, payload crc
 _HCRC_SPAN = 21  # bytes of the record header covered by the header crc
 MAX_RECORD = 256 * 1024 * 1024  # a length above this is damage, not data
+MAX_SEGMENT_BYTES = 256 * 1024 * 1024  # the most a journal lets a segment grow before it rolls over
+#: the largest file a journal writes as one segment: it rolls over once past MAX_SEGMENT_BYTES,
+#: so a segment holds at most that and one more record; anything longer is damage
+MAX_SEGMENT_FILE = SEGMENT_HEADER.size + MAX_SEGMENT_BYTES + RECORD_HEADER.size + MAX_RECORD
 SUFFIX = ".log"
 
 _pack_rec = RECORD_HEADER.pack
@@ -173,13 +177,32 @@ def scan_directory(directory: str, fs: FileSystem = OS) -> Iterator[tuple[str, S
     expected: int | None = None
     for n, first in enumerate(firsts):
         path = os.path.join(directory, segment_name(first))
-        buf = read_file(fs, path)
+        buf, size = _read_segment(fs, path)
         res = scan(path, buf, first if expected is None else expected, last=n == len(firsts) - 1)
+        if size > len(buf):
+            raise JournalCorruptError(f"the file is {size} bytes, longer than any segment ({MAX_SEGMENT_FILE} bytes "
+                                      "at most): damage after its last whole record", path=path, offset=res.valid_bytes)
         yield path, res
         if res.offsets:
             expected = res.last_index + 1
         elif expected is None:
             expected = first
+
+
+def _read_segment(fs: FileSystem, path: str) -> tuple[bytes, int]:
+    """(at most MAX_SEGMENT_FILE bytes of the file, its size): a hostile size costs no more
+    memory than the largest real segment. An OSError names the file."""
+    try:
+        fd = fs.open(path, READ)
+        try:
+            size = fs.size(fd)
+            return read_range(fs, fd, 0, min(size, MAX_SEGMENT_FILE)), size
+        finally:
+            fs.close(fd)
+    except OSError as exc:
+        if exc.filename is None:  # a read of a directory says only "Is a directory"
+            exc.filename = path
+        raise
 
 
 class OpenSegment:
