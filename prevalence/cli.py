@@ -71,9 +71,19 @@ def cmd_state(args: argparse.Namespace) -> int:
     if os.getcwd() not in sys.path:  # find the application's modules as `python -m` would
         sys.path.insert(0, os.getcwd())
 
+    if args.at is not None and args.at < 0:
+        raise PrevalenceError(f"--at {args.at}: an index is at least 0")
     for module in args.imports or ():
         load_object(module + ":__name__")
-    factory = load_object(args.root)
+    make = load_object(args.root)
+    tools.require_data(args.path)
+
+    def factory() -> object:  # the operator's MODULE:FACTORY, maybe the wrong one
+        try:
+            return make()
+        except Exception as exc:
+            raise PrevalenceError(f"the root factory {args.root} failed: {type(exc).__name__}: {exc}") from None
+
     with state_at(args.path, factory, args.at) as view:
         picture = view.query(_Describe())
         if args.json:

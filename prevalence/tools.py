@@ -38,6 +38,16 @@ def data_dir(path: str) -> str:
     return os.path.dirname(path) if os.path.basename(path) == "journal" else path
 
 
+def require_data(path: str) -> str:
+    """The journal directory of ``path``, if it holds a journal segment or a snapshots
+    directory: a tool pointed at another program's directory refuses it, writes nothing."""
+    jdir = journal_dir(path)
+    has_segments = any(parse_segment_name(n) is not None for n in os.listdir(jdir))
+    if not has_segments and not os.path.isdir(os.path.join(data_dir(path), "snapshots")):
+        raise PrevalenceError(f"no journal in {path}")
+    return jdir
+
+
 @dataclass
 class VerifyReport:
     journal: str
@@ -54,10 +64,7 @@ class VerifyReport:
 
 
 def verify(path: str) -> VerifyReport:
-    jdir = journal_dir(path)
-    has_segments = os.path.isdir(jdir) and any(parse_segment_name(n) is not None for n in os.listdir(jdir))
-    if not has_segments and not os.path.isdir(os.path.join(data_dir(path), "snapshots")):
-        raise PrevalenceError(f"no journal in {path}")
+    jdir = require_data(path)
     report = VerifyReport(jdir)
     try:
         for seg_path, res in scan_directory(jdir):
@@ -86,8 +93,17 @@ def iso(timestamp_us: int) -> str:
 
 
 def dump(path: str, start: int | None = None, stop: int | None = None) -> Iterator[dict]:
-    """Entries as plain dicts (index, term, time, type, version, fields); no app code needed."""
-    with Journal(journal_dir(path), read_only=True) as j:
+    """Entries as plain dicts (index, term, time, type, version, fields); no app code needed.
+
+    A range that cannot hold an entry is an error, not an empty dump: it is a typo."""
+    for name, value in (("--from", start), ("--to", stop)):
+        if value is not None and value < 1:
+            raise PrevalenceError(f"{name} {value}: an index is at least 1")
+    if start is not None and stop is not None and start > stop:
+        raise PrevalenceError(f"--from {start} is after --to {stop}")
+    with Journal(require_data(path), read_only=True) as j:
+        if start is not None and start > j.last_index:
+            raise PrevalenceError(f"--from {start} is beyond the end of the journal ({j.last_index})")
         lo = j.first_index if start is None else max(start, j.first_index)
         hi = j.last_index if stop is None else min(stop, j.last_index)
         for e in j.iter_entries(lo, hi + 1):
@@ -115,7 +131,7 @@ class RepairResult:
 
 def repair(path: str) -> RepairResult:
     """Cut the journal at its first damage, after copying it to ``journal.backup-<time>``."""
-    jdir = journal_dir(path)
+    jdir = require_data(path)
     lock = _platform.DirectoryLock(data_dir(path))
     lock.acquire()
     try:

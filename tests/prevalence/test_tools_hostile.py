@@ -74,3 +74,44 @@ def test_a_huge_segment_file_is_refused_without_reading_it(tmp_path, capsys):
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert code.returncode == 1 and "Traceback" not in code.stderr, code.stderr
     assert f"DAMAGED: {seg} at byte offset {end}: the file is {64 << 30} bytes, longer than any segment" in code.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["journal", "dump", "{d}"],
+    ["journal", "repair", "{d}"],
+    ["state", "{d}", "--root", "tests.prevalence.domain:Store"],
+])
+def test_a_directory_without_a_journal_is_refused_and_left_alone(tmp_path, capsys, argv):
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"\xff\xd8")
+    assert main([a.format(d=other) for a in argv]) == 1
+    assert one_line_error(capsys) == f"error: no journal in {other}"
+    assert sorted(p.name for p in other.iterdir()) == ["cat.jpg"]  # no LOCK, no journal/ made
+
+
+@pytest.mark.parametrize("bounds, problem", [
+    (["--from", "10", "--to", "5"], "--from 10 is after --to 5"),
+    (["--from", "31"], "--from 31 is beyond the end of the journal (30)"),
+    (["--from", "-1"], "--from -1: an index is at least 1"),
+    (["--to", "-1"], "--to -1: an index is at least 1"),
+])
+def test_dump_refuses_a_range_it_cannot_show(tmp_path, capsys, bounds, problem):
+    make(tmp_path)
+    assert main(["journal", "dump", str(tmp_path), *bounds]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: {problem}\n"
+
+
+def test_state_refuses_a_negative_index(tmp_path, capsys):
+    make(tmp_path)
+    assert main(["state", str(tmp_path), "--root", "tests.prevalence.domain:Store", "--at", "-1"]) == 1
+    assert one_line_error(capsys) == "error: --at -1: an index is at least 0"
+
+
+def test_a_root_factory_that_fails_is_one_line(tmp_path):
+    make(tmp_path)
+    res = run_cli("state", str(tmp_path), "--root", "tests.prevalence.domain:Put")  # a transaction, not a root
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith("error: the root factory tests.prevalence.domain:Put failed: TypeError")
+    assert len(res.stderr.strip().splitlines()) == 1
