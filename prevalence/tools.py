@@ -130,25 +130,38 @@ class RepairResult:
 
 
 def repair(path: str) -> RepairResult:
-    """Cut the journal at its first damage, after copying it to ``journal.backup-<time>``."""
+    """Cut the journal at its first damage, after copying it to ``journal.backup-<time>``.
+
+    A torn tail too is cut only after the copy, and said: repair never changes a byte
+    it has not copied aside, and never touches a file that is not a segment."""
     jdir = require_data(path)
     lock = _platform.DirectoryLock(data_dir(path))
     lock.acquire()
     try:
-        kept = 0
+        kept, torn = 0, None
         try:
-            for _p, res in scan_directory(jdir):
+            for seg_path, res in scan_directory(jdir):
                 kept = res.last_index if res.offsets else kept
-            j = Journal(jdir)  # a torn tail alone: opening cuts it off as usual
-            kept = j.last_index
-            j.close()
-            return RepairResult(damaged=None, kept_last_index=kept)
+                if res.torn is not None:
+                    torn = (seg_path, res)
         except JournalCorruptError as exc:
             damage = exc
-        backup = f"{jdir}.backup-{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.copytree(jdir, backup)
-        result = RepairResult(damaged=str(damage), backup=backup, kept_last_index=kept)
-        names = sorted(n for n in os.listdir(jdir) if n.endswith(".log"))
+        else:
+            if torn is None:
+                with Journal(jdir) as j:
+                    return RepairResult(damaged=None, kept_last_index=j.last_index)
+            seg_path, res = torn
+            result = RepairResult(damaged=f"{seg_path} at byte offset {res.valid_bytes}: torn tail: {res.torn}",
+                                  backup=_backup_copy(jdir), kept_last_index=kept)
+            with Journal(jdir) as j:  # opening cuts a torn tail off, as a node's start does
+                result.kept_last_index = j.last_index
+            if os.path.exists(seg_path):
+                result.cut = f"{seg_path} at byte offset {res.valid_bytes}"
+            else:
+                result.removed_files.append(seg_path)
+            return result
+        result = RepairResult(damaged=str(damage), backup=_backup_copy(jdir), kept_last_index=kept)
+        names = sorted(n for n in os.listdir(jdir) if parse_segment_name(n) is not None)
         bad = os.path.basename(damage.path)
         for name in names:
             full = os.path.join(jdir, name)
@@ -169,6 +182,18 @@ def repair(path: str) -> RepairResult:
         return result
     finally:
         lock.release()
+
+
+def _backup_copy(jdir: str) -> str:
+    """Copy the journal to a new ``journal.backup-<time>[-n]`` (two repairs in one second
+    keep two copies)."""
+    base = f"{jdir}.backup-{time.strftime('%Y%m%d-%H%M%S')}"
+    backup, n = base, 1
+    while os.path.exists(backup):
+        n += 1
+        backup = f"{base}-{n}"
+    shutil.copytree(jdir, backup)
+    return backup
 
 
 def describe(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:

@@ -115,3 +115,58 @@ def test_a_root_factory_that_fails_is_one_line(tmp_path):
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.startswith("error: the root factory tests.prevalence.domain:Put failed: TypeError")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_repair_of_a_torn_tail_keeps_a_backup_and_says_what_it_cut(tmp_path, capsys):
+    make(tmp_path)
+    seg = next((tmp_path / "journal").iterdir())
+    whole = seg.read_bytes()
+    seg.write_bytes(whole[:-5])  # the last record torn, as a crash mid-write leaves it
+    assert main(["journal", "repair", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to repair" not in out and "torn tail" in out and "now ends at index 29" in out
+    backups = [p for p in tmp_path.iterdir() if p.name.startswith("journal.backup-")]
+    assert len(backups) == 1 and (backups[0] / seg.name).read_bytes() == whole[:-5]
+    assert main(["journal", "repair", str(tmp_path)]) == 0
+    assert "nothing to repair: the journal is sound up to index 29" in capsys.readouterr().out
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("journal.backup-")]) == 1
+
+
+def damage_record(seg, n):
+    """Flip a payload byte of the ``n``-th record (0-based) of a segment file."""
+    from prevalence.segment import RECORD_HEADER, SEGMENT_HEADER
+
+    data = bytearray(seg.read_bytes())
+    at = SEGMENT_HEADER.size
+    for _ in range(n):
+        at += RECORD_HEADER.size + int.from_bytes(data[at:at + 4], "little")
+    data[at + RECORD_HEADER.size + 1] ^= 0x55
+    seg.write_bytes(bytes(data))
+    return at
+
+
+def test_repair_removes_only_segments_never_another_programs_files(tmp_path, capsys):
+    make(tmp_path)
+    seg = next((tmp_path / "journal").iterdir())
+    damage_record(seg, 10)
+    other = tmp_path / "journal" / "rsync-errors.log"  # sorts after every segment name
+    other.write_text("not ours\n")
+    assert main(["journal", "repair", str(tmp_path)]) == 0
+    assert "now ends at index 10" in capsys.readouterr().out
+    assert other.read_text() == "not ours\n"
+
+
+def test_two_repairs_in_one_second_keep_two_backup_copies(tmp_path, capsys, monkeypatch):
+    import time
+
+    make(tmp_path)
+    seg = next((tmp_path / "journal").iterdir())
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
+    damage_record(seg, 20)
+    assert main(["journal", "repair", str(tmp_path)]) == 0
+    first = seg.read_bytes()
+    damage_record(seg, 5)  # the disk fails again at once
+    assert main(["journal", "repair", str(tmp_path)]) == 0, capsys.readouterr().err
+    assert "now ends at index 5" in capsys.readouterr().out
+    copies = sorted(p for p in tmp_path.iterdir() if p.name.startswith("journal.backup-"))
+    assert len(copies) == 2 and (copies[1] / seg.name).read_bytes() != first
