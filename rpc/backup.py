@@ -222,11 +222,13 @@ def read_backup(path: str) -> tuple[BackupInfo, memoryview]:
     line naming the file) otherwise."""
     try:
         with open(path, "rb") as f:
-            blob = f.read()
+            # the magic first: a device or a file of another program is refused before
+            # its size (endless for /dev/zero) is read into memory
+            if f.read(len(MAGIC)) != MAGIC:
+                raise BackupError(f"{path}: not a prevalence backup (bad magic)")
+            blob = MAGIC + f.read()
     except OSError as exc:
         raise BackupError(f"{path}: cannot read the backup: {exc.strerror or exc}") from None
-    if not blob.startswith(MAGIC):
-        raise BackupError(f"{path}: not a prevalence backup (bad magic)")
     whole = memoryview(blob)  # slices below copy nothing
     digest = hashlib.sha256(whole[:-_DIGEST]).digest() if len(blob) >= len(MAGIC) + _DIGEST + 2 else b""
     if digest != blob[-_DIGEST:]:
@@ -236,10 +238,15 @@ def read_backup(path: str) -> tuple[BackupInfo, memoryview]:
         raise BackupError(f"{path}: damaged backup header: no end of line")
     try:
         h = json.loads(blob[len(MAGIC):end])
+        if type(h["imports"]) is not list:  # tuple() would make a string its letters
+            raise TypeError(f"imports {h['imports']!r:.60} is not a list of module names")
         info = BackupInfo(h["cluster"], h["epoch"], h["index"], h["term"], h["root"], tuple(h["imports"]),
                           h["created"], h["node"], digest.hex())
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BackupError(f"{path}: damaged backup header: {exc}") from None
+        problem = _header_problem(info)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        problem = str(exc)
+    if problem:
+        raise BackupError(f"{path}: damaged backup header: {problem}") from None
     snapshot = whole[end + 1:-_DIGEST]
     try:
         meta, _ = decode_file(path, snapshot)
@@ -249,6 +256,27 @@ def read_backup(path: str) -> tuple[BackupInfo, memoryview]:
         raise BackupError(f"{path}: the header says index {info.index} term {info.term}, the snapshot is at "
                           f"{meta.index} term {meta.term}")
     return info, snapshot
+
+
+_NAME = re.compile(r"[A-Za-z_][\w.]*")
+
+
+def _header_problem(info: BackupInfo) -> str | None:
+    """What is wrong with a header's fields (their types and shapes), or None: a digest
+    proves only that the file is as written, and restore puts these fields into configs."""
+    for name in ("epoch", "index", "term"):
+        value = getattr(info, name)
+        if type(value) is not int or value < 0:
+            return f"{name} {value!r:.40} is not a whole number"
+    for name in ("cluster", "created", "node"):
+        if type(getattr(info, name)) is not str:
+            return f"{name} {getattr(info, name)!r:.40} is not a string"
+    module, sep, attr = info.root.partition(":") if type(info.root) is str else ("", "", "")
+    if not (sep and _NAME.fullmatch(module) and _NAME.fullmatch(attr)):
+        return f"root {info.root!r:.60} is not MODULE:FACTORY"
+    if not all(type(m) is str and _NAME.fullmatch(m) for m in info.imports):
+        return f"imports {info.imports!r:.60} is not a list of module names"
+    return None
 
 
 class _Link:
@@ -419,6 +447,8 @@ def restore_backup(path: str, directory: str, nodes: int = 3, base_port: int | N
     placed = _addresses(list(addresses or ()), nodes)
     if os.path.isdir(directory) and os.listdir(directory):
         raise BackupError(f"{directory} is not empty: a backup is restored into a new directory")
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise BackupError(f"{directory} is a file: a backup is restored into a new directory")
     write_cluster(directory, nodes, base_port or free_port_block(nodes), info.root, list(info.imports))
     configs = [load_config(p) for p in node_config_paths(directory)]
     if placed:

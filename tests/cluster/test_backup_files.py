@@ -1,0 +1,68 @@
+"""backup verify and restore on files a careless operator or a failing disk hands them:
+one 'error:' line, exit 1, nothing written, bounded time and memory."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+from prevalence.snapshots import SnapshotMeta, encode_file
+from rpc.backup import MAGIC
+from rpc.cli import main
+from tests.prevalence.domain import Store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+HEADER = {"format": 1, "cluster": "c0ffee", "epoch": 0, "index": 7, "term": 2,
+          "root": "tests.prevalence.domain:Store", "imports": [], "created": "2026-01-01T00:00:00Z", "node": "n1"}
+
+
+def backup_file(path, header=None):
+    """A backup made offline, as the leader would send it (with a digest that matches)."""
+    snap = b"".join(encode_file(SnapshotMeta(7, 2, 0, "pickle"), pickle.dumps(Store())))
+    head = header if isinstance(header, bytes) else json.dumps(header or HEADER, sort_keys=True).encode()
+    blob = MAGIC + head + b"\n" + snap
+    path.write_bytes(blob + hashlib.sha256(blob).digest())
+    return path
+
+
+def test_backup_verify_of_an_endless_stream_stops_at_the_magic():
+    limited = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
+               "from rpc.cli import main; sys.exit(main(sys.argv[1:]))")  # a failure must not eat the machine
+    code = subprocess.run([sys.executable, "-c", limited, "backup", "verify", "/dev/zero"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert code.returncode == 1 and code.stderr == "error: /dev/zero: not a prevalence backup (bad magic)\n"
+
+
+def test_restore_over_a_file_names_it_and_writes_nothing(tmp_path, capsys):
+    bak = backup_file(tmp_path / "b.bak")
+    assert main(["backup", "verify", str(bak)]) == 0
+    capsys.readouterr()
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    assert main(["restore", str(bak), "--data", str(target)]) == 1
+    out, err = capsys.readouterr()
+    assert err == f"error: {target} is a file: a backup is restored into a new directory\n"
+    assert target.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("change", [
+    {"imports": "abc"},  # would become the imports a, b, c of every restored node
+    {"index": 7.0},
+    {"epoch": "0"},
+    {"root": "a\nb:c"},  # a line break into the restored nodes' configs
+    {"root": 5},
+    {"node": None},
+    b"[" * 100_000 + b"]" * 100_000,  # nesting deeper than the JSON decoder recurses
+])
+def test_a_header_of_the_wrong_shape_is_not_a_valid_backup(tmp_path, capsys, change):
+    header = change if isinstance(change, bytes) else {**HEADER, **change}
+    bak = backup_file(tmp_path / "b.bak", header)
+    assert main(["backup", "verify", str(bak)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {bak}: damaged backup header: ") and err.count("\n") == 1, err
