@@ -17,7 +17,7 @@ from .entry import EntryKind
 from .errors import CodecError, JournalCorruptError, PrevalenceError, SnapshotError
 from .journal import Journal, scan_directory
 from .segment import SEGMENT_HEADER, parse_segment_name
-from .snapshots import SnapshotStore
+from .snapshots import SnapshotStore, check_file
 from .state import describe_command
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -81,8 +81,11 @@ def verify(path: str) -> VerifyReport:
     store = SnapshotStore(os.path.join(data_dir(path), "snapshots"), read_only=True)
     for index in store.indexes():
         try:
-            meta, _body = store.read(index)
+            meta = check_file(store.path_of(index))  # in chunks: a snapshot may be bigger than memory
             report.snapshots.append({"index": index, "file": meta.path, "ok": True, "serializer": meta.serializer})
+        except OSError as exc:
+            report.snapshots.append({"index": index, "file": store.path_of(index), "ok": False,
+                                     "error": f"{store.path_of(index)}: cannot read: {exc}"})
         except SnapshotError as exc:
             report.snapshots.append({"index": index, "file": store.path_of(index), "ok": False, "error": str(exc)})
     return report

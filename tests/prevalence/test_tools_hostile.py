@@ -170,3 +170,42 @@ def test_two_repairs_in_one_second_keep_two_backup_copies(tmp_path, capsys, monk
     assert "now ends at index 5" in capsys.readouterr().out
     copies = sorted(p for p in tmp_path.iterdir() if p.name.startswith("journal.backup-"))
     assert len(copies) == 2 and (copies[1] / seg.name).read_bytes() != first
+
+
+def test_verify_checks_a_huge_snapshot_without_holding_it(tmp_path):
+    make(tmp_path)
+    with prevalence.open(tmp_path, Store) as db:
+        db.snapshot()
+    snap = next((tmp_path / "snapshots").iterdir())
+    with open(snap, "r+b") as f:  # sparse: no disk used, 64 GiB of memory if read whole
+        f.truncate(64 << 30)
+    code = subprocess.run(
+        [sys.executable, "-c", "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30));"
+         "from rpc.cli import main; sys.exit(main(sys.argv[1:]))", "journal", "verify", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert code.returncode == 1 and "Traceback" not in code.stderr, code.stderr
+    assert f"DAMAGED: {snap}: truncated or padded ({64 << 30} bytes" in code.stdout
+
+
+def test_the_chunked_snapshot_check_judges_as_the_whole_file_decode(tmp_path):
+    from prevalence.errors import SnapshotError
+    from prevalence.snapshots import check_file, decode_file
+
+    make(tmp_path)
+    with prevalence.open(tmp_path, Store) as db:
+        db.snapshot()
+    snap = next((tmp_path / "snapshots").iterdir())
+    good = snap.read_bytes()
+    damaged = [good, b"", good[:3], good[:10], good[:-1], good + b"\0", b"XXXX" + good[4:],
+               good[:4] + b"\x02" + good[5:], good[:8] + b"\xff\xff\xff\xff" + good[12:]]
+    damaged += [good[:i] + bytes([good[i] ^ 0x10]) + good[i + 1:] for i in range(12, len(good), 7)]
+    for data in damaged:
+        snap.write_bytes(data)
+
+        def verdict(judge):
+            try:
+                return judge().index
+            except SnapshotError as exc:
+                return str(exc)
+
+        assert verdict(lambda: check_file(str(snap), chunk=5)) == verdict(lambda: decode_file(str(snap), data)[0])
