@@ -24,7 +24,7 @@ import msgpack
 
 from . import _platform
 from .errors import DiskFull, SnapshotError
-from .fs import OS, READ, FileSystem, make_dirs, read_file, read_range, write_file_durably
+from .fs import OS, READ, FileSystem, make_dirs, read_range, write_file_durably
 
 log = logging.getLogger("prevalence.snapshots")
 
@@ -111,25 +111,32 @@ def decode_file(path: str, data: bytes) -> tuple[SnapshotMeta, memoryview]:
     return meta, mv[body_at : body_at + blen]
 
 
+def _check_lengths(fs: FileSystem, fd: int, path: str, size: int) -> tuple[int, int]:
+    """(meta length, body offset) once the header's lengths agree with the file's size;
+    SnapshotError as decode_file words it otherwise. Reads only the header."""
+    head = read_range(fs, fd, 0, _HEAD.size)
+    if len(head) < _HEAD.size or head[:4] != MAGIC:
+        raise SnapshotError(f"{path}: not a snapshot file (bad magic)")
+    _m, fmt, _r, mlen = _HEAD.unpack_from(head, 0)
+    if fmt != FORMAT:
+        raise SnapshotError(f"{path}: unknown snapshot format {fmt}")
+    body_at = _HEAD.size + mlen + _BODY.size
+    if size < body_at + _CRC.size:
+        raise SnapshotError(f"{path}: truncated ({size} bytes)")
+    (blen,) = _BODY.unpack(read_range(fs, fd, body_at - _BODY.size, _BODY.size))
+    if size != body_at + blen + _CRC.size:
+        raise SnapshotError(f"{path}: truncated or padded ({size} bytes, expected {body_at + blen + _CRC.size})")
+    return mlen, body_at
+
+
 def check_file(path: str, fs: FileSystem = OS, chunk: int = 1 << 20) -> SnapshotMeta:
     """Validate a snapshot file as :func:`decode_file` does, reading it in chunks: memory
     stays bounded whatever size the file claims or has (for ``journal verify``)."""
     fd = fs.open(path, READ)
     try:
         size = fs.size(fd)
-        head = read_range(fs, fd, 0, _HEAD.size)
-        if len(head) < _HEAD.size or head[:4] != MAGIC:
-            raise SnapshotError(f"{path}: not a snapshot file (bad magic)")
-        _m, fmt, _r, mlen = _HEAD.unpack_from(head, 0)
-        if fmt != FORMAT:
-            raise SnapshotError(f"{path}: unknown snapshot format {fmt}")
-        body_at = _HEAD.size + mlen + _BODY.size
-        if size < body_at + _CRC.size:
-            raise SnapshotError(f"{path}: truncated ({size} bytes)")
-        (blen,) = _BODY.unpack(read_range(fs, fd, body_at - _BODY.size, _BODY.size))
-        if size != body_at + blen + _CRC.size:
-            raise SnapshotError(f"{path}: truncated or padded ({size} bytes, expected {body_at + blen + _CRC.size})")
-        crc, pos, end = 0, 0, body_at + blen
+        mlen, body_at = _check_lengths(fs, fd, path, size)
+        crc, pos, end = 0, 0, size - _CRC.size
         while pos < end:
             part = read_range(fs, fd, pos, min(chunk, end - pos))
             if not part:
@@ -225,7 +232,13 @@ class SnapshotStore:
     def read(self, index: int) -> tuple[SnapshotMeta, memoryview]:
         path = self.path_of(index)
         try:
-            data = read_file(self.fs, path)
+            fd = self.fs.open(path, READ)
+            try:
+                size = self.fs.size(fd)
+                _check_lengths(self.fs, fd, path, size)  # a padded or hostile size is never read whole
+                data = read_range(self.fs, fd, 0, size)
+            finally:
+                self.fs.close(fd)
         except OSError as exc:
             raise SnapshotError(f"{path}: cannot read: {exc}") from exc
         return decode_file(path, data)

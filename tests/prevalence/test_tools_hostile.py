@@ -209,3 +209,18 @@ def test_the_chunked_snapshot_check_judges_as_the_whole_file_decode(tmp_path):
                 return str(exc)
 
         assert verdict(lambda: check_file(str(snap), chunk=5)) == verdict(lambda: decode_file(str(snap), data)[0])
+
+
+def test_state_skips_a_padded_huge_snapshot_without_reading_it(tmp_path):
+    make(tmp_path)
+    with prevalence.open(tmp_path, Store) as db:
+        db.snapshot()
+    snap = next((tmp_path / "snapshots").iterdir())
+    with open(snap, "r+b") as f:
+        f.truncate(64 << 30)
+    code = subprocess.run(
+        [sys.executable, "-c", "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30));"
+         "from rpc.cli import main; sys.exit(main(sys.argv[1:]))", "state", str(tmp_path), "--root",
+         "tests.prevalence.domain:Store", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert code.returncode == 0 and "Traceback" not in code.stderr, code.stderr
+    assert "skipping damaged snapshot" in code.stderr and '"index": 30' in code.stdout  # rebuilt from the journal
