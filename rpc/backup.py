@@ -444,6 +444,8 @@ def restore_backup(path: str, directory: str, nodes: int = 3, base_port: int | N
     info, snapshot = read_backup(path)  # before anything is written
     if nodes < 1:
         raise BackupError(f"--nodes must be at least 1, got {nodes}")
+    if base_port is not None and not 1 <= base_port <= 65536 - nodes:  # checked before anything is written
+        raise BackupError(f"--port {base_port}: the ports of {nodes} nodes from there are not all in 1..65535")
     placed = _addresses(list(addresses or ()), nodes)
     if os.path.isdir(directory) and os.listdir(directory):
         raise BackupError(f"{directory} is not empty: a backup is restored into a new directory")

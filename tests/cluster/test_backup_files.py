@@ -66,3 +66,13 @@ def test_a_header_of_the_wrong_shape_is_not_a_valid_backup(tmp_path, capsys, cha
     assert main(["backup", "verify", str(bak)]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"error: {bak}: damaged backup header: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("port", ["70000", "-5", "65534"])  # 65534: the third node's port would be 65536
+def test_restore_refuses_a_port_out_of_range_before_writing_anything(tmp_path, capsys, port):
+    bak = backup_file(tmp_path / "b.bak")
+    target = tmp_path / "restored"
+    assert main(["restore", str(bak), "--data", str(target), "--port", port]) == 1
+    out, err = capsys.readouterr()
+    assert err == f"error: --port {port}: the ports of 3 nodes from there are not all in 1..65535\n"
+    assert not target.exists()  # a retry with the right port finds no half-made directory
