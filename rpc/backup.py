@@ -436,11 +436,6 @@ def restore_backup(path: str, directory: str, nodes: int = 3, base_port: int | N
     With ``addresses`` (``["n1=10.0.0.1:7100", ...]``) the nodes are configured for
     those addresses (PCs), which also travel in the restored membership; otherwise on
     127.0.0.1 from ``base_port``."""
-    import dataclasses
-
-    from rpc.cluster import free_port_block, node_config_paths, write_cluster
-    from rpc.config import load_config, render_config
-
     info, snapshot = read_backup(path)  # before anything is written
     if nodes < 1:
         raise BackupError(f"--nodes must be at least 1, got {nodes}")
@@ -451,6 +446,22 @@ def restore_backup(path: str, directory: str, nodes: int = 3, base_port: int | N
         raise BackupError(f"{directory} is not empty: a backup is restored into a new directory")
     if os.path.lexists(directory) and not os.path.isdir(directory):
         raise BackupError(f"{directory} is a file: a backup is restored into a new directory")
+    existed = os.path.isdir(directory)
+    try:
+        return info, _seed(directory, nodes, base_port, placed, info, path, snapshot)
+    except BaseException:
+        _remove_made(directory, existed)  # a retry would find it "not empty"
+        raise
+
+
+def _seed(directory: str, nodes: int, base_port: int | None, placed: dict, info: BackupInfo, path: str,
+          snapshot: memoryview) -> str:
+    """Write the new cluster's configs, keys and data into ``directory``; its id."""
+    import dataclasses
+
+    from rpc.cluster import free_port_block, node_config_paths, write_cluster
+    from rpc.config import load_config, render_config
+
     write_cluster(directory, nodes, base_port or free_port_block(nodes), info.root, list(info.imports))
     configs = [load_config(p) for p in node_config_paths(directory)]
     if placed:
@@ -473,7 +484,25 @@ def restore_backup(path: str, directory: str, nodes: int = 3, base_port: int | N
         HardStateFile(cfg.data).store(HardState(info.term, None, info.index))
         made = node_data_identity(cfg.data, cfg.id)
         write_identity(cfg.data, DataIdentity(cfg.id, "restored", made.created, cluster, 0))
-    return info, cluster
+    return cluster
+
+
+def _remove_made(directory: str, existed: bool) -> None:
+    """Undo a restore that failed: ``directory`` was empty or absent before it began."""
+    import shutil
+
+    if not existed:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for name in os.listdir(directory):
+        full = os.path.join(directory, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            try:
+                os.remove(full)
+            except OSError:
+                pass
 
 
 def _describe(info: BackupInfo) -> str:

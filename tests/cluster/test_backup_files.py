@@ -76,3 +76,30 @@ def test_restore_refuses_a_port_out_of_range_before_writing_anything(tmp_path, c
     out, err = capsys.readouterr()
     assert err == f"error: --port {port}: the ports of 3 nodes from there are not all in 1..65535\n"
     assert not target.exists()  # a retry with the right port finds no half-made directory
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_restore_that_fails_midway_leaves_no_half_made_cluster(tmp_path, capsys, monkeypatch, existed):
+    import errno
+
+    from prevalence.snapshots import SnapshotStore
+
+    bak = backup_file(tmp_path / "b.bak")
+    target = tmp_path / "restored"
+    if existed:
+        target.mkdir()
+    written = []
+    real = SnapshotStore.write
+
+    def fills_up(self, *a, **k):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", self.directory)
+        written.append(real(self, *a, **k))
+        return written[-1]
+
+    monkeypatch.setattr(SnapshotStore, "write", fills_up)
+    assert main(["restore", str(bak), "--data", str(target)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert (sorted(target.iterdir()) == []) if existed else not target.exists()  # the retry is not refused
+    monkeypatch.undo()
+    assert main(["restore", str(bak), "--data", str(target)]) == 0
