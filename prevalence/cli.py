@@ -33,6 +33,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if r.error:
         print(f"DAMAGED: {r.error}")
         print("  (`prevalence journal repair` cuts the journal there, after a backup copy)")
+    if r.gap:
+        print(f"DAMAGED: {r.gap}")
     print("ok" if r.ok else "damage found")
     return 0 if r.ok else 1
 

@@ -57,10 +57,11 @@ class VerifyReport:
     torn: list[str] = field(default_factory=list)
     error: str | None = None
     snapshots: list[dict] = field(default_factory=list)
+    gap: str | None = None  # entries before the journal's start that no usable snapshot holds
 
     @property
     def ok(self) -> bool:
-        return self.error is None and all(s["ok"] for s in self.snapshots)
+        return self.error is None and self.gap is None and all(s["ok"] for s in self.snapshots)
 
 
 def verify(path: str) -> VerifyReport:
@@ -83,11 +84,18 @@ def verify(path: str) -> VerifyReport:
         try:
             meta = check_file(store.path_of(index))  # in chunks: a snapshot may be bigger than memory
             report.snapshots.append({"index": index, "file": meta.path, "ok": True, "serializer": meta.serializer})
+        except FileNotFoundError:
+            continue  # pruned by a running engine since the listing: a newer one replaced it
         except OSError as exc:
             report.snapshots.append({"index": index, "file": store.path_of(index), "ok": False,
                                      "error": f"{store.path_of(index)}: cannot read: {exc}"})
         except SnapshotError as exc:
             report.snapshots.append({"index": index, "file": store.path_of(index), "ok": False, "error": str(exc)})
+    # recovery starts from the newest usable snapshot: it must reach the journal's first entry
+    usable = max((s["index"] for s in report.snapshots if s["ok"]), default=0)
+    if with_entries and report.first_index > usable + 1:
+        report.gap = (f"entries {usable + 1}..{report.first_index - 1} are in no snapshot and no longer in the "
+                      f"journal, which starts at index {report.first_index}: the state cannot be rebuilt")
     return report
 
 

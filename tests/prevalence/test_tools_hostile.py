@@ -224,3 +224,26 @@ def test_state_skips_a_padded_huge_snapshot_without_reading_it(tmp_path):
          "tests.prevalence.domain:Store", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert code.returncode == 0 and "Traceback" not in code.stderr, code.stderr
     assert "skipping damaged snapshot" in code.stderr and '"index": 30' in code.stdout  # rebuilt from the journal
+
+
+def test_verify_fails_when_no_snapshot_reaches_the_journals_start(tmp_path, capsys):
+    with prevalence.open(tmp_path, Store, segment_bytes=4096) as db:
+        for i in range(300):
+            db.execute(Add("n", 1))
+            if i == 150:
+                db.snapshot()
+    segments = sorted((tmp_path / "journal").iterdir())
+    assert main(["journal", "verify", str(tmp_path)]) == 0
+    capsys.readouterr()
+    for seg in segments[:-1]:  # lost, or deleted by hand to make room: the journal now starts later
+        seg.unlink()
+    first = int(segments[-1].name[:20])
+    assert first > 152
+    assert main(["journal", "verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED: entries 152..{first - 1} are in no snapshot and no longer in the journal" in out
+    assert out.endswith("damage found\n") and "repair" not in out  # a repair cannot bring them back
+    for snap in (tmp_path / "snapshots").iterdir():  # no snapshot at all: the same
+        snap.unlink()
+    assert main(["journal", "verify", str(tmp_path)]) == 1
+    assert f"DAMAGED: entries 1..{first - 1} are in no snapshot" in capsys.readouterr().out
