@@ -140,12 +140,22 @@ class RepairResult:
     cut: str | None = None
 
 
+#: files only a cluster node's data directory holds (replication.journal_storage's
+#: HARD_STATE_FILE and IDENTITY_FILE; named here, the engine does not import replication)
+_NODE_FILES = ("raft-state", "identity.toml")
+
+
 def repair(path: str) -> RepairResult:
     """Cut the journal at its first damage, after copying it to ``journal.backup-<time>``.
 
     A torn tail too is cut only after the copy, and said: repair never changes a byte
     it has not copied aside, and never touches a file that is not a segment."""
     jdir = require_data(path)
+    for marker in _NODE_FILES:
+        if os.path.exists(os.path.join(data_dir(path), marker)):
+            raise PrevalenceError(
+                f"{data_dir(path)} holds a cluster node's data ({marker}): its entries may be votes and commits the "
+                "cluster counted on, so it is rebuilt, never repaired (docs/operations.md, 'Rebuilding a node')")
     lock = _platform.DirectoryLock(data_dir(path))
     lock.acquire()
     try:

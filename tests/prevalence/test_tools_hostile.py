@@ -247,3 +247,28 @@ def test_verify_fails_when_no_snapshot_reaches_the_journals_start(tmp_path, caps
         snap.unlink()
     assert main(["journal", "verify", str(tmp_path)]) == 1
     assert f"DAMAGED: entries 1..{first - 1} are in no snapshot" in capsys.readouterr().out
+
+
+def test_repair_refuses_a_cluster_nodes_data(tmp_path, capsys):
+    from replication.journal_storage import HARD_STATE_FILE, IDENTITY_FILE
+
+    for marker in (HARD_STATE_FILE, IDENTITY_FILE):
+        node = tmp_path / marker
+        make(node)
+        (node / marker).write_bytes(b"")
+        seg = next((node / "journal").iterdir())
+        damage_record(seg, 10)
+        before = seg.read_bytes()
+        assert main(["journal", "repair", str(node)]) == 1
+        line = one_line_error(capsys)
+        assert line.startswith(f"error: {node} holds a cluster node's data ({marker}): ") and "rebuil" in line
+        assert seg.read_bytes() == before and not [p for p in node.iterdir() if "backup" in p.name]
+        assert main(["journal", "verify", str(node)]) == 1  # inspecting it is fine
+        capsys.readouterr()
+
+
+def test_the_node_files_repair_looks_for_are_the_ones_nodes_write():
+    from prevalence.tools import _NODE_FILES
+    from replication.journal_storage import HARD_STATE_FILE, IDENTITY_FILE
+
+    assert set(_NODE_FILES) == {HARD_STATE_FILE, IDENTITY_FILE}
