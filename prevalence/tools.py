@@ -115,6 +115,9 @@ def dump(path: str, start: int | None = None, stop: int | None = None) -> Iterat
     with Journal(require_data(path), read_only=True) as j:
         if start is not None and start > j.last_index:
             raise PrevalenceError(f"--from {start} is beyond the end of the journal ({j.last_index})")
+        if stop is not None and stop < j.first_index:
+            raise PrevalenceError(f"--to {stop} is before the journal's first entry ({j.first_index}): "
+                                  "the entries before it are only in a snapshot now")
         lo = j.first_index if start is None else max(start, j.first_index)
         hi = j.last_index if stop is None else min(stop, j.last_index)
         for e in j.iter_entries(lo, hi + 1):

@@ -272,3 +272,17 @@ def test_the_node_files_repair_looks_for_are_the_ones_nodes_write():
     from replication.journal_storage import HARD_STATE_FILE, IDENTITY_FILE
 
     assert set(_NODE_FILES) == {HARD_STATE_FILE, IDENTITY_FILE}
+
+
+def test_dump_of_a_range_before_the_journals_start_says_where_it_went(tmp_path, capsys):
+    with prevalence.open(tmp_path, Store, segment_bytes=4096) as db:
+        for i in range(300):
+            db.execute(Add("n", 1))
+            if i == 150:
+                db.snapshot()
+    first = int(sorted((tmp_path / "journal").iterdir())[0].name[:20])
+    assert first > 1
+    assert main(["journal", "dump", str(tmp_path), "--to", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == (f"error: --to 5 is before the journal's first entry ({first}): "
+                                 "the entries before it are only in a snapshot now\n")
