@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import traceback
 from typing import Any
 
 from .errors import PrevalenceError
@@ -16,6 +18,9 @@ def load_object(spec: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise PrevalenceError(f"cannot import module {module_name!r} (from {spec!r}): {exc}") from exc
+    except Exception as exc:  # the module itself fails (a syntax error, a raise at import): say where
+        raise PrevalenceError(f"cannot import module {module_name!r} (from {spec!r}): "
+                              f"{type(exc).__name__}: {_with_place(exc)}") from exc
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -23,3 +28,13 @@ def load_object(spec: str) -> Any:
         except AttributeError:
             raise PrevalenceError(f"module {module_name!r} has no attribute {attr!r} (from {spec!r})") from None
     return obj
+
+
+def _with_place(exc: Exception) -> str:
+    """The error's message with the file and line it was raised at, for one line of output."""
+    if isinstance(exc, SyntaxError):
+        return str(exc)  # already "invalid syntax (app.py, line 3)"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return str(exc)
+    return f"{exc} ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})"

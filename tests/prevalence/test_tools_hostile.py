@@ -286,3 +286,18 @@ def test_dump_of_a_range_before_the_journals_start_says_where_it_went(tmp_path, 
     out, err = capsys.readouterr()
     assert out == "" and err == (f"error: --to 5 is before the journal's first entry ({first}): "
                                  "the entries before it are only in a snapshot now\n")
+
+
+@pytest.mark.parametrize("source, problem", [
+    ('raise RuntimeError("no database configured")\n', "RuntimeError: no database configured (brokenapp.py, line 1)"),
+    ("def f(:\n", "SyntaxError: invalid syntax (brokenapp.py, line 1)"),
+])
+def test_a_root_module_that_fails_to_import_is_one_line_with_its_place(tmp_path, source, problem):
+    data = make(tmp_path / "data")
+    (tmp_path / "brokenapp.py").write_text(source)
+    for argv in (["--root", "brokenapp:Root"], ["--root", "tests.prevalence.domain:Store", "--import", "brokenapp"]):
+        res = subprocess.run([sys.executable, "-m", "rpc.cli", "state", str(data), *argv], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.startswith("error: cannot import module 'brokenapp'") and problem in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
