@@ -129,6 +129,21 @@ def _check_lengths(fs: FileSystem, fd: int, path: str, size: int) -> tuple[int, 
     return mlen, body_at
 
 
+def embedded_size(f: Any, at: int) -> int | None:
+    """The size of the snapshot file that starts at offset ``at`` of the open binary file
+    ``f``, as its header says (None: no snapshot header there); reads 20 bytes or so."""
+    f.seek(at)
+    head = f.read(_HEAD.size)
+    if len(head) < _HEAD.size or head[:4] != MAGIC:
+        return None
+    mlen = _HEAD.unpack(head)[3]
+    f.seek(at + _HEAD.size + mlen)
+    blen = f.read(_BODY.size)
+    if len(blen) < _BODY.size:
+        return None
+    return _HEAD.size + mlen + _BODY.size + _BODY.unpack(blen)[0] + _CRC.size
+
+
 def check_file(path: str, fs: FileSystem = OS, chunk: int = 1 << 20) -> SnapshotMeta:
     """Validate a snapshot file as :func:`decode_file` does, reading it in chunks: memory
     stays bounded whatever size the file claims or has (for ``journal verify``)."""

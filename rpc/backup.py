@@ -29,13 +29,14 @@ import json
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from prevalence.errors import PrevalenceError
-from prevalence.snapshots import SnapshotStore, decode_file
+from prevalence.snapshots import SnapshotStore, decode_file, embedded_size
 from replication.errors import NotLeader
 from replication.journal_storage import DataIdentity, HardStateFile, node_data_identity, write_identity
 from replication.membership import Membership
@@ -220,19 +221,24 @@ def session_id_problem(sid: Any) -> str | None:
 def read_backup(path: str) -> tuple[BackupInfo, memoryview]:
     """The header and the snapshot file of a backup, after every check; BackupError (one
     line naming the file) otherwise."""
+    damaged = f"{path}: damaged backup (SHA-256 mismatch: truncated or altered); nothing restored"
     try:
         with open(path, "rb") as f:
             # the magic first: a device or a file of another program is refused before
             # its size (endless for /dev/zero) is read into memory
             if f.read(len(MAGIC)) != MAGIC:
                 raise BackupError(f"{path}: not a prevalence backup (bad magic)")
+            size = os.fstat(f.fileno()).st_size
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode) and _claimed_size(f) != size:
+                raise BackupError(damaged)  # padded or cut: refused before its size is read into memory
+            f.seek(len(MAGIC))
             blob = MAGIC + f.read()
     except OSError as exc:
         raise BackupError(f"{path}: cannot read the backup: {exc.strerror or exc}") from None
     whole = memoryview(blob)  # slices below copy nothing
     digest = hashlib.sha256(whole[:-_DIGEST]).digest() if len(blob) >= len(MAGIC) + _DIGEST + 2 else b""
     if digest != blob[-_DIGEST:]:
-        raise BackupError(f"{path}: damaged backup (SHA-256 mismatch: truncated or altered); nothing restored")
+        raise BackupError(damaged)
     end = blob.find(b"\n", len(MAGIC), len(blob) - _DIGEST)
     if end < 0:
         raise BackupError(f"{path}: damaged backup header: no end of line")
@@ -277,6 +283,21 @@ def _header_problem(info: BackupInfo) -> str | None:
     if not all(type(m) is str and _NAME.fullmatch(m) for m in info.imports):
         return f"imports {info.imports!r:.60} is not a list of module names"
     return None
+
+
+_HEADER_MAX = 1 << 20  # a header line is a few hundred bytes
+
+
+def _claimed_size(f: Any) -> int | None:
+    """The size a backup file's header line and snapshot header add up to (None: they
+    cannot be found): compared with the file's size before the whole is read."""
+    f.seek(len(MAGIC))
+    end = f.read(_HEADER_MAX).find(b"\n")
+    if end < 0:
+        return None
+    snapshot_at = len(MAGIC) + end + 1
+    inner = embedded_size(f, snapshot_at)
+    return None if inner is None else snapshot_at + inner + _DIGEST
 
 
 class _Link:
