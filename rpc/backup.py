@@ -229,8 +229,10 @@ def read_backup(path: str) -> tuple[BackupInfo, memoryview]:
             if f.read(len(MAGIC)) != MAGIC:
                 raise BackupError(f"{path}: not a prevalence backup (bad magic)")
             size = os.fstat(f.fileno()).st_size
-            if stat.S_ISREG(os.fstat(f.fileno()).st_mode) and _claimed_size(f) != size:
-                raise BackupError(damaged)  # padded or cut: refused before its size is read into memory
+            claimed = _claimed_size(f) if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else size
+            if claimed != size:  # padded or cut: refused before its size is read into memory
+                raise BackupError(f"{path}: damaged backup (truncated or altered: {size} bytes, its headers "
+                                  f"{f'say {claimed}' if claimed is not None else 'cannot be read'}); nothing restored")
             f.seek(len(MAGIC))
             blob = MAGIC + f.read()
     except OSError as exc:
