@@ -16,7 +16,7 @@ import os
 import pickle
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from zlib import crc32
 
 import dill
@@ -88,33 +88,20 @@ def encode_file(meta: SnapshotMeta, body: bytes) -> list[bytes]:
 
 def decode_file(path: str, data: bytes) -> tuple[SnapshotMeta, memoryview]:
     """Validate a whole snapshot file; SnapshotError says what is wrong with it."""
-    if len(data) < _HEAD.size or data[:4] != MAGIC:
-        raise SnapshotError(f"{path}: not a snapshot file (bad magic)")
-    _m, fmt, _r, mlen = _HEAD.unpack_from(data, 0)
-    if fmt != FORMAT:
-        raise SnapshotError(f"{path}: unknown snapshot format {fmt}")
-    body_at = _HEAD.size + mlen + _BODY.size
-    if len(data) < body_at + _CRC.size:
-        raise SnapshotError(f"{path}: truncated ({len(data)} bytes)")
-    (blen,) = _BODY.unpack_from(data, _HEAD.size + mlen)
-    if len(data) != body_at + blen + _CRC.size:
-        raise SnapshotError(f"{path}: truncated or padded ({len(data)} bytes, expected {body_at + blen + _CRC.size})")
     mv = memoryview(data)
+    mlen, body_at = _check_lengths(path, len(data), lambda at, n: mv[at:at + n])
+    blen = len(data) - body_at - _CRC.size
     (crc,) = _CRC.unpack_from(data, body_at + blen)
     if crc32(mv[body_at : body_at + blen], crc32(mv[:body_at])) != crc:
         raise SnapshotError(f"{path}: checksum mismatch (the file is damaged)")
-    try:
-        m = msgpack.unpackb(mv[_HEAD.size : _HEAD.size + mlen], raw=False)
-        meta = SnapshotMeta(m["index"], m["term"], m["timestamp_us"], m["serializer"], path, len(data), m.get("extra") or {})
-    except Exception as exc:
-        raise SnapshotError(f"{path}: damaged metadata: {exc}") from None
-    return meta, mv[body_at : body_at + blen]
+    return _meta(path, len(data), mv[_HEAD.size : _HEAD.size + mlen]), mv[body_at : body_at + blen]
 
 
-def _check_lengths(fs: FileSystem, fd: int, path: str, size: int) -> tuple[int, int]:
+def _check_lengths(path: str, size: int, read: Callable[[int, int], Any]) -> tuple[int, int]:
     """(meta length, body offset) once the header's lengths agree with the file's size;
-    SnapshotError as decode_file words it otherwise. Reads only the header."""
-    head = read_range(fs, fd, 0, _HEAD.size)
+    SnapshotError otherwise. ``read(offset, n)`` reads the file: only its header is read,
+    so a file of any claimed size costs a few bytes here."""
+    head = read(0, _HEAD.size)
     if len(head) < _HEAD.size or head[:4] != MAGIC:
         raise SnapshotError(f"{path}: not a snapshot file (bad magic)")
     _m, fmt, _r, mlen = _HEAD.unpack_from(head, 0)
@@ -123,10 +110,18 @@ def _check_lengths(fs: FileSystem, fd: int, path: str, size: int) -> tuple[int, 
     body_at = _HEAD.size + mlen + _BODY.size
     if size < body_at + _CRC.size:
         raise SnapshotError(f"{path}: truncated ({size} bytes)")
-    (blen,) = _BODY.unpack(read_range(fs, fd, body_at - _BODY.size, _BODY.size))
+    (blen,) = _BODY.unpack(read(body_at - _BODY.size, _BODY.size))
     if size != body_at + blen + _CRC.size:
         raise SnapshotError(f"{path}: truncated or padded ({size} bytes, expected {body_at + blen + _CRC.size})")
     return mlen, body_at
+
+
+def _meta(path: str, size: int, meta_bytes: Any) -> SnapshotMeta:
+    try:
+        m = msgpack.unpackb(meta_bytes, raw=False)
+        return SnapshotMeta(m["index"], m["term"], m["timestamp_us"], m["serializer"], path, size, m.get("extra") or {})
+    except Exception as exc:  # msgpack and a malformed map raise several types: all are damage
+        raise SnapshotError(f"{path}: damaged metadata: {exc}") from None
 
 
 def embedded_size(f: Any, at: int) -> int | None:
@@ -150,7 +145,7 @@ def check_file(path: str, fs: FileSystem = OS, chunk: int = 1 << 20) -> Snapshot
     fd = fs.open(path, READ)
     try:
         size = fs.size(fd)
-        mlen, body_at = _check_lengths(fs, fd, path, size)
+        mlen, body_at = _check_lengths(path, size, lambda at, n: read_range(fs, fd, at, n))
         crc, pos, end = 0, 0, size - _CRC.size
         while pos < end:
             part = read_range(fs, fd, pos, min(chunk, end - pos))
@@ -162,11 +157,7 @@ def check_file(path: str, fs: FileSystem = OS, chunk: int = 1 << 20) -> Snapshot
         meta_bytes = read_range(fs, fd, _HEAD.size, mlen)  # checksummed above
     finally:
         fs.close(fd)
-    try:
-        m = msgpack.unpackb(meta_bytes, raw=False)
-        return SnapshotMeta(m["index"], m["term"], m["timestamp_us"], m["serializer"], path, size, m.get("extra") or {})
-    except Exception as exc:
-        raise SnapshotError(f"{path}: damaged metadata: {exc}") from None
+    return _meta(path, size, meta_bytes)
 
 
 def snapshot_name(index: int) -> str:
@@ -250,7 +241,7 @@ class SnapshotStore:
             fd = self.fs.open(path, READ)
             try:
                 size = self.fs.size(fd)
-                _check_lengths(self.fs, fd, path, size)  # a padded or hostile size is never read whole
+                _check_lengths(path, size, lambda at, n: read_range(self.fs, fd, at, n))  # a hostile size is never read whole
                 data = read_range(self.fs, fd, 0, size)
             finally:
                 self.fs.close(fd)

@@ -37,6 +37,15 @@ def run_cli(*args):
                           timeout=120)
 
 
+def verify_in_2_gib(directory) -> subprocess.CompletedProcess:
+    """`journal verify` in a process that may use 2 GiB of address space at most: a
+    hostile size read whole ends in MemoryError there, not in the machine's memory."""
+    return subprocess.run(
+        [sys.executable, "-c", "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30));"
+         "from rpc.cli import main; sys.exit(main(sys.argv[1:]))", "journal", "verify", str(directory)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
 def test_an_unreadable_segment_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
     make(tmp_path)
     seg = next((tmp_path / "journal").iterdir())
@@ -68,10 +77,7 @@ def test_a_huge_segment_file_is_refused_without_reading_it(tmp_path, capsys):
     end = seg.stat().st_size
     with open(seg, "r+b") as f:  # sparse: no disk used, but reading it would take 64 GiB of memory
         f.truncate(64 << 30)
-    code = subprocess.run(
-        [sys.executable, "-c", "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30));"
-         "from rpc.cli import main; sys.exit(main(sys.argv[1:]))", "journal", "verify", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = verify_in_2_gib(tmp_path)
     assert code.returncode == 1 and "Traceback" not in code.stderr, code.stderr
     assert f"DAMAGED: {seg} at byte offset {end}: the file is {64 << 30} bytes, longer than any segment" in code.stdout
 
@@ -179,10 +185,7 @@ def test_verify_checks_a_huge_snapshot_without_holding_it(tmp_path):
     snap = next((tmp_path / "snapshots").iterdir())
     with open(snap, "r+b") as f:  # sparse: no disk used, 64 GiB of memory if read whole
         f.truncate(64 << 30)
-    code = subprocess.run(
-        [sys.executable, "-c", "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30));"
-         "from rpc.cli import main; sys.exit(main(sys.argv[1:]))", "journal", "verify", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = verify_in_2_gib(tmp_path)
     assert code.returncode == 1 and "Traceback" not in code.stderr, code.stderr
     assert f"DAMAGED: {snap}: truncated or padded ({64 << 30} bytes" in code.stdout
 

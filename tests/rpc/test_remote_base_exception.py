@@ -18,20 +18,16 @@ from rpc.transport import NodeLink
 from .conftest import CLIENT_SECRET, HOST, KEYS
 
 
-@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit, GeneratorExit])
-def test_a_remote_base_exception_is_an_ordinary_error_of_the_call(kind):
-    class Evil(rpyc.Service):
-        def exposed_status(self):
-            raise kind("from the node")
-
+def fake_node(connect) -> tuple[socket.socket, threading.Event]:
+    """A listening socket whose one connection is authenticated with the node keys and
+    served by ``connect(sock)`` (an RPyC connection) until the event is set."""
     ls = socket.create_server((HOST, 0))
     done = threading.Event()
 
     def serve():
         sock, _ = ls.accept()
         sock, _identity = ServerAuthenticator(KEYS, timeout=2)(sock)
-        conn = connect_stream(SocketStream(sock), service=Evil, config={
-            "propagate_KeyboardInterrupt_locally": False, "propagate_SystemExit_locally": False})
+        conn = connect(sock)
         try:
             while not done.is_set():
                 conn.serve(0.1)
@@ -39,6 +35,17 @@ def test_a_remote_base_exception_is_an_ordinary_error_of_the_call(kind):
             pass
 
     threading.Thread(target=serve, daemon=True).start()
+    return ls, done
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_a_remote_base_exception_is_an_ordinary_error_of_the_call(kind):
+    class Evil(rpyc.Service):
+        def exposed_status(self):
+            raise kind("from the node")
+
+    ls, done = fake_node(lambda sock: connect_stream(SocketStream(sock), service=Evil, config={
+        "propagate_KeyboardInterrupt_locally": False, "propagate_SystemExit_locally": False}))
     try:
         with NodeLink(ls.getsockname()[:2], CLIENT_SECRET, timeout=2.0) as link:
             try:
@@ -64,20 +71,7 @@ def test_a_status_reply_of_a_hundred_megabytes_is_refused_not_read():
         def exposed_status(self):
             return msgpack.packb(["ok", {"id": "n1", "pad": PAD}])
 
-    ls = socket.create_server((HOST, 0))
-    done = threading.Event()
-
-    def serve():
-        sock, _ = ls.accept()
-        sock, _identity = ServerAuthenticator(KEYS, timeout=2)(sock)
-        conn = connect_channel(Channel(SocketStream(sock), compress=False), service=Big)
-        try:
-            while not done.is_set():
-                conn.serve(0.1)
-        except (EOFError, OSError):
-            pass
-
-    threading.Thread(target=serve, daemon=True).start()
+    ls, done = fake_node(lambda sock: connect_channel(Channel(SocketStream(sock), compress=False), service=Big))
     try:
         [reply] = ask_status([(ls.getsockname()[:2], None)], CLIENT_SECRET, 5.0)
         assert isinstance(reply, Exception) and "limit" in str(reply), str(reply)[:200]
