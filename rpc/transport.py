@@ -366,13 +366,20 @@ class NodeLink:
         self._conn: rpyc.Connection | None = None
 
     def call(self, method: str, *args: Any) -> list:
+        """One call, over by ``timeout`` (plus ``connect_timeout`` when it connects) in
+        all: the handshake, the root fetch, the method's lookup and the call share it,
+        else a node answering each just in time held the call four timeouts."""
         try:
+            deadline = time.monotonic() + self._timeout
             if self._conn is None:
+                deadline += self._connect_timeout
                 self._conn = open_connection(self.address, self._secret, role=self._role, ident=self._ident,
                                              connect_timeout=self._connect_timeout, handshake_timeout=self._timeout,
                                              request_timeout=self._timeout, ssl_context=self._ssl,
-                                             max_frame=self._max_frame, frame_timeout=self._frame_timeout)
-            return msgpack.unpackb(remote_method(self._conn, method)(*args), raw=False)
+                                             max_frame=self._max_frame, frame_timeout=self._frame_timeout,
+                                             deadline=deadline)
+            reply = call_within(self._conn, method, args, max(0.001, deadline - time.monotonic()))
+            return msgpack.unpackb(reply, raw=False)
         except BaseException:
             self.close()
             raise

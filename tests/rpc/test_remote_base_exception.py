@@ -111,3 +111,34 @@ def test_a_status_reply_that_stalls_mid_frame_costs_the_rounds_timeout_not_ten_s
     finally:
         ls.close()
     assert isinstance(reply, Exception) and time.monotonic() - began < 4.0, (reply, time.monotonic() - began)
+
+
+def test_a_node_answering_each_request_just_in_time_costs_one_timeout_not_two():
+    """A node link's timeout bounded each request of a call on its own (the root fetch
+    and the call, and the method's lookup where it is not cached): a node answering each
+    just before that timeout held a status round a multiple of it."""
+    import time
+
+    class Slow(SocketStream):  # each request of ours costs two of its writes
+        def write(self, data):
+            time.sleep(0.45)
+            super().write(data)
+
+    class Node(rpyc.Service):
+        def exposed_status(self):
+            import msgpack
+            return msgpack.packb(["ok", {"id": "n1", "role": "follower", "term": 1}])
+
+    ls, done = fake_node(lambda sock: connect_stream(Slow(sock), service=Node))
+    began = time.monotonic()
+    try:
+        with NodeLink(ls.getsockname()[:2], CLIENT_SECRET, timeout=1.0, connect_timeout=0.1) as link:
+            link.call("status")
+        caught = None
+    except Exception as exc:  # noqa: BLE001 - what it is, is the test
+        caught = exc
+    finally:
+        done.set()
+        ls.close()
+    took = time.monotonic() - began
+    assert caught is not None and took < 1.5, (caught, took)  # 0.1 s to connect, 1 s for the rest
