@@ -12,7 +12,7 @@ from typing import Any
 
 from replication.client_policy import PROBE_AFTER, PROBE_EVERY, leader_among
 from rpc.config import parse_address
-from rpc.transport import NodeLink
+from rpc.transport import STATUS_MAX_FRAME, NodeLink
 
 log = logging.getLogger("rpc.client")
 
@@ -124,6 +124,7 @@ class LeaderWatch:
             if link is None:
                 c = self._client
                 link = self._links[addr] = NodeLink(parse_address(addr, "address"), c._secret, timeout=0.3,
-                                                    connect_timeout=0.2, ssl_context=c._ssl)
+                                                    connect_timeout=0.2, ssl_context=c._ssl,
+                                                    max_frame=STATUS_MAX_FRAME, frame_timeout=0.3)
         reply = link.call("status")  # closes itself on failure, reopens on the next call
         return reply[1] if reply[0] == "ok" else None

@@ -142,3 +142,29 @@ def test_a_node_answering_each_request_just_in_time_costs_one_timeout_not_two():
         ls.close()
     took = time.monotonic() - began
     assert caught is not None and took < 1.5, (caught, took)  # 0.1 s to connect, 1 s for the rest
+
+
+def test_the_clients_leader_watch_reads_no_status_reply_of_a_hundred_megabytes():
+    """The client's probe of who leads (rpc.leader_watch) read a status reply of up to
+    REPLY_MAX_FRAME (1 GiB) from each node it asked."""
+    import types
+
+    import msgpack
+
+    from rpc.leader_watch import LeaderWatch
+
+    PAD = b"x" * (100 << 20)
+
+    class Big(rpyc.Service):
+        def exposed_status(self):
+            return msgpack.packb(["ok", {"id": "n1", "role": "leader", "term": 9, "pad": PAD}])
+
+    ls, done = fake_node(lambda sock: connect_channel(Channel(SocketStream(sock), compress=False), service=Big))
+    watch = LeaderWatch(types.SimpleNamespace(_secret=CLIENT_SECRET, _ssl=None))
+    try:
+        with pytest.raises(Exception, match="limit"):
+            watch._status("%s:%d" % ls.getsockname()[:2])
+    finally:
+        watch.close()
+        done.set()
+        ls.close()
