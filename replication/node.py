@@ -297,8 +297,11 @@ class Node(ApplierMixin):
     def snapshot(self, timeout: float = 60.0) -> int:
         """Take a snapshot now; returns its index."""
         token, fut = self._callers.take()
-        self._call(lambda: self.machine.request_snapshot(token)).result(timeout)
-        return fut.result(timeout)
+        try:
+            self._call(lambda: self.machine.request_snapshot(token)).result(timeout)
+            return fut.result(timeout)
+        finally:
+            self._callers.forget(token)  # answered, or given up on: nothing waits for it now
 
     def wait_applied(self, index: int, timeout: float) -> bool:
         """Block until the state machine has applied ``index`` (or ``timeout`` passes)."""

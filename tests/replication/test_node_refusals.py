@@ -200,3 +200,17 @@ def test_a_caller_that_cancels_its_future_cannot_halt_the_node(cluster):
         cluster.start(i)
     assert pending.result(10) == 1
     assert cluster.leader().execute(Add("cancelled", 1), timeout=10) == 2
+
+
+def test_a_snapshot_call_that_times_out_leaves_no_caller_behind(cluster, monkeypatch):
+    """Node.snapshot kept its caller's token after its own timeout: one more future held
+    for the node's life per call that gave up (a maintenance loop retrying it)."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    leader = cluster.leader()
+    monkeypatch.setattr(leader.machine, "request_snapshot", lambda token: None)  # never written
+    before = len(leader._callers._waiting)
+    for _ in range(3):
+        with pytest.raises(FutureTimeout):
+            leader.snapshot(timeout=0.05)
+    assert len(leader._callers._waiting) == before
