@@ -135,3 +135,28 @@ def test_every_option_has_help_text():
     walk(grid_parser(), "grid")
     assert not missing, "no help text: " + ", ".join(missing)
     assert "offline tools for a data directory (more come with the cluster)" not in build_parser().description
+
+
+def test_an_error_reaches_the_terminal_as_one_printable_line(capsys):
+    """Error texts carry words from elsewhere (a node's refusal, a file name, a module's
+    message): printed raw, an escape sequence in one could rewrite the operator's screen
+    and a line break split the one line scripts read."""
+    import argparse
+
+    from prevalence.cli import run
+    from prevalence.errors import PrevalenceError
+
+    def fails(_args):
+        raise PrevalenceError("node n2 says: \x1b[2J\x1b[31mall is fine\nerror: fake second line\x07")
+
+    assert run(argparse.Namespace(func=fails, verbose=False), configure_logging=False) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "\x07" not in err, repr(err)
+    assert "all is fine error: fake second line" in err
+
+    def unreadable(_args):
+        raise PermissionError(13, "Permission denied", "/data/\x1b[2Jjournal")
+
+    assert run(argparse.Namespace(func=unreadable, verbose=False), configure_logging=False) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err, repr(err)
