@@ -15,6 +15,7 @@ after ``attempt_timeout`` seconds.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -26,6 +27,7 @@ import msgpack
 from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
 from prevalence.sessions import SessionExpired
+from prevalence.transaction import Query, Transaction
 from rpc.batching import CALLS_IN_FLIGHT, MAX_BATCH, MAX_BATCH_BYTES, MAX_CALLS_IN_FLIGHT, Coalescer, Command
 from rpc.auth import AuthenticationFailed
 from rpc.config import format_address, parse_address
@@ -38,7 +40,42 @@ from rpc.transport import MAX_REQUEST, NodeLink, call_within, hard_close, open_c
 from replication.client_policy import Attempts, Route, Session, SessionPool, shown, well_formed
 
 CONSISTENCY = ("linearizable", "leader", "local")
+MAX_ATTEMPT_TIMEOUT = 86400.0  # a day: past some 1e9 s the OS's timed waits overflow
 log = logging.getLogger("rpc.client")
+
+
+def _seconds(value: Any, name: str, at_most: float | None = None) -> float:
+    """``value`` if it is a usable number of seconds: nan, 0, a negative or a string used to
+    surface later as an odd TypeError, a call that gave up at once blaming "no leader",
+    or a wait that never ended."""
+    if (type(value) not in (int, float) or not math.isfinite(value) or value <= 0
+            or (at_most is not None and value > at_most)):
+        most = f" up to {at_most:g}" if at_most is not None else ""
+        raise PrevalenceError(f"{name} must be a positive finite number of seconds{most}, not {value!r:.40}")
+    return float(value)
+
+
+def _count(value: Any, name: str) -> int:
+    if type(value) is not int or value < 1:
+        raise PrevalenceError(f"{name} must be a positive integer, not {value!r:.40}")
+    return value
+
+
+def _encode(obj: Any, kind: type, what: str) -> bytes:
+    """``obj`` encoded for one request, or a PrevalenceError saying why it cannot be: a
+    Query given to execute (or the reverse) used to fail on the node as an AttributeError,
+    and a structure too deep for the encoder as a bare ValueError."""
+    if not isinstance(obj, kind) and isinstance(obj, (Transaction, Query)):
+        use = "query()" if isinstance(obj, Query) else "execute()"
+        raise PrevalenceError(f"{type(obj).__qualname__} is a prevalence.{'Query' if use == 'query()' else 'Transaction'}: "
+                              f"run it with {use}, not as a {what}")
+    try:
+        data = CODEC.dumps(obj)
+    except PrevalenceError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise PrevalenceError(f"{what} {type(obj).__qualname__} cannot be encoded: {exc}") from None
+    return _request(data, what)
 
 
 def _request(data: bytes, what: str) -> bytes:
@@ -97,6 +134,11 @@ class ClusterClient:
         if type(calls_in_flight) is not int or not 1 <= calls_in_flight <= MAX_CALLS_IN_FLIGHT:
             raise PrevalenceError(f"calls_in_flight must be an integer from 1 to {MAX_CALLS_IN_FLIGHT}, "
                                   f"not {calls_in_flight!r:.40}")
+        if isinstance(addresses, (str, bytes)):  # else read character by character: "got '1'"
+            raise PrevalenceError(f'rpc.connect takes a list of "HOST:PORT" addresses, not one string: [{addresses!r:.60}]')
+        timeout = _seconds(timeout, "timeout")
+        attempt_timeout = _seconds(attempt_timeout, "attempt_timeout", MAX_ATTEMPT_TIMEOUT)
+        max_batch, max_batch_bytes = _count(max_batch, "max_batch"), _count(max_batch_bytes, "max_batch_bytes")
         self._route = Route(format_address(parse_address(a, "address")) for a in addresses)
         if not self._route.addresses:
             raise PrevalenceError("rpc.connect needs at least one address")
@@ -134,8 +176,8 @@ class ClusterClient:
         """Run ``tx`` on the leader exactly once; its result, or its own exception.
 
         Commands from threads that share this client travel together: see rpc.batching."""
-        data = _request(CODEC.dumps(tx), "command")
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        data = _encode(tx, Transaction, "command")
+        deadline = self._deadline(timeout)
         session = self._take_session(deadline)
         cmd = Command(data, session.id, session.next_seq, deadline)
         try:
@@ -159,11 +201,11 @@ class ClusterClient:
         on the client's sending thread: keep its done-callbacks short."""
         future: Future = Future()
         try:
-            data = _request(CODEC.dumps(tx), "command")
-        except Exception as exc:  # noqa: BLE001 - not encodable or too large: this future fails, nothing is sent
+            data = _encode(tx, Transaction, "command")
+            deadline = self._deadline(timeout)
+        except Exception as exc:  # noqa: BLE001 - not encodable, too large, a bad timeout: this future fails, nothing is sent
             future.set_exception(exc)
             return future
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         cmd = Command(data, 0, 0, deadline, callback=self._complete_async, owner=[future, None])
         self._coalescer.submit(cmd)
         return future
@@ -174,6 +216,8 @@ class ClusterClient:
         Queries are not batched: they share the client's connection, one at a time."""
         if consistency not in CONSISTENCY:
             raise PrevalenceError(f"consistency must be one of {', '.join(CONSISTENCY)}, not {consistency!r}")
+        if timeout is not None:
+            _seconds(timeout, "timeout")
         with self._lock:
             if self._closed:
                 raise ClusterUnavailable("query_async: closed")
@@ -232,8 +276,8 @@ class ClusterClient:
         ``local``: whichever node this client is connected to, possibly behind."""
         if consistency not in CONSISTENCY:
             raise PrevalenceError(f"consistency must be one of {', '.join(CONSISTENCY)}, not {consistency!r}")
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        reply = self._call(deadline, "query", _request(CODEC.dumps(q), "query"), consistency,
+        data = _encode(q, Query, "query")
+        reply = self._call(self._deadline(timeout), "query", data, consistency,
                            any_node=consistency == "local")
         return self._outcome(reply)
 
@@ -295,6 +339,9 @@ class ClusterClient:
         return {"calls": c.calls, "commands": c.commands, "largest": c.largest}
 
     # -- internals --------------------------------------------------------------------
+    def _deadline(self, timeout: Any) -> float:
+        return time.monotonic() + (self.timeout if timeout is None else _seconds(timeout, "timeout"))
+
     def _send_batch(self, batch: list[Command], lane: int = 0) -> None:
         """One ``execute_batch`` call for ``batch``, retried (same sessions and numbers)
         until each command's own deadline; fills in every command's reply or error."""
