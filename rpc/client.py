@@ -41,6 +41,7 @@ from replication.client_policy import Attempts, Route, Session, SessionPool, sho
 
 CONSISTENCY = ("linearizable", "leader", "local")
 MAX_ATTEMPT_TIMEOUT = 86400.0  # a day: past some 1e9 s the OS's timed waits overflow
+MAX_INDEX = 2**63 - 1  # a node reads log indexes as 63-bit integers
 log = logging.getLogger("rpc.client")
 
 
@@ -285,6 +286,14 @@ class ClusterClient:
         """Call ``callback(Event)`` for every applied transaction from ``from_index``
         (default: the next one), in order, across failovers; ``callback(Compacted)`` if
         that index was compacted away (the stream then goes on from the oldest kept)."""
+        if not callable(callback):
+            raise PrevalenceError(f"subscribe: the callback must be callable, not {callback!r:.40}")
+        if from_index is not None and (type(from_index) is not int or not 1 <= from_index <= MAX_INDEX):
+            # a node refuses such an index, and the subscription would ask again forever
+            raise PrevalenceError(f"subscribe: from_index must be a log index from 1 to {MAX_INDEX}, "
+                                  f"not {from_index!r:.40}")
+        if self._closed:
+            raise ClusterUnavailable("subscribe: closed")
         start = from_index if from_index is not None else self.status()["applied_index"] + 1
         return Subscription(self, callback, start)
 

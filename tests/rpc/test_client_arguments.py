@@ -82,3 +82,28 @@ def test_a_command_nested_too_deeply_to_encode_is_a_prevalence_error():
         assert "query" in _quick(lambda: c.query(Get(nested)))
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("bad", [0, -5, "abc", 1.5, True, 2**70])
+def test_subscribe_from_an_index_that_cannot_be_is_refused_not_polled_forever(bad):
+    c = rc.ClusterClient([ADDR], KEY)
+    try:
+        assert "from_index" in _quick(lambda: c.subscribe(lambda e: None, from_index=bad))
+        assert len(c._lines) == len(c._command_lines)  # no subscription line left open
+    finally:
+        c.close()
+
+
+def test_subscribe_needs_a_callable():
+    c = rc.ClusterClient([ADDR], KEY)
+    try:
+        assert "callback" in _quick(lambda: c.subscribe(None, from_index=1))
+    finally:
+        c.close()
+
+
+def test_subscribe_on_a_closed_client_is_refused_like_every_other_call():
+    c = rc.ClusterClient([ADDR], KEY)
+    c.close()
+    with pytest.raises(ClusterUnavailable, match="closed"):
+        c.subscribe(lambda e: None, from_index=1)
