@@ -309,13 +309,21 @@ class ClusterClient:
         retried elsewhere: a node that cannot be reached, has no such handler, or whose
         handler failed raises PrevalenceError naming the node and the reason."""
         addr = parse_address(address, "address")
-        where = f"{format_address(addr)}: app_call {name!r}"
+        where = f"{format_address(addr)}: app_call {name!r:.60}"  # a name of megabytes is no message
+        if type(name) is not str:
+            raise PrevalenceError(f"{where}: the handler's name must be a str, not {type(name).__name__}")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise PrevalenceError(f"{where}: data must be bytes, not {type(data).__name__}")
-        wait = self.timeout if timeout is None else timeout
+        wait = self.timeout if timeout is None else _seconds(timeout, "timeout")
+        # past the node's frame limit it drops the connection: "Broken pipe" said nothing
+        data = bytes(data)
+        size = len(data) + len(name.encode("utf-8", "surrogatepass"))
+        if size > MAX_REQUEST:
+            raise PrevalenceError(f"{where}: name and data of {size} bytes are over the limit of {MAX_REQUEST} "
+                                  "bytes a node accepts per request")
         with NodeLink(addr, self._secret, timeout=wait, ssl_context=self._ssl) as link:
             try:
-                reply = link.call("app_call", name, bytes(data))
+                reply = link.call("app_call", name, data)
             except PrevalenceError as exc:  # could not connect: the message says why
                 raise PrevalenceError(f"{where}: {exc}") from None
             except Exception as exc:  # noqa: BLE001 - lost, timed out, refused: all mean "no answer"

@@ -107,3 +107,23 @@ def test_subscribe_on_a_closed_client_is_refused_like_every_other_call():
     c.close()
     with pytest.raises(ClusterUnavailable, match="closed"):
         c.subscribe(lambda e: None, from_index=1)
+
+
+@pytest.mark.parametrize("bad", BAD_TIMEOUTS)
+def test_app_call_checks_its_timeout(bad):
+    c = rc.ClusterClient([ADDR], KEY)
+    try:
+        assert "timeout" in _quick(lambda: c.app_call(ADDR, "x", timeout=bad))
+    finally:
+        c.close()
+
+
+def test_app_call_refuses_what_a_node_would_only_drop_and_keeps_its_message_short():
+    c = rc.ClusterClient([ADDR], KEY)
+    try:
+        assert "limit" in _quick(lambda: c.app_call(ADDR, "x", b"x" * (rc.MAX_REQUEST + 1)))
+        assert "limit" in _quick(lambda: c.app_call(ADDR, "x" * (rc.MAX_REQUEST + 1)))
+        assert len(_quick(lambda: c.app_call(ADDR, "x" * 100_000))) < 300
+        assert "name" in _quick(lambda: c.app_call(ADDR, None))
+    finally:
+        c.close()
