@@ -114,7 +114,10 @@ class Subscription:
     def _deliver(self, item: Any) -> None:
         try:
             self._callback(item)
-        except Exception:  # noqa: BLE001 - the subscriber's bug must not end the stream
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # noqa: BLE001 - the subscriber's bug must not end the stream
+            # SystemExit too: in this thread it would end the stream without a word
             log.exception("subscription callback failed on %r", item)
 
     def close(self) -> None:

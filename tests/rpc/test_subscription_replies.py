@@ -165,3 +165,22 @@ def test_events_out_of_order_in_one_batch_are_not_a_gap():
 
     seen = _subscribe(_Client(replies), lambda c, _seen: len(c.calls) >= 3, start=3)
     assert [e.index for e in seen] == [3, 4, 5]
+
+
+def test_a_callback_raising_system_exit_does_not_end_the_stream_unheard(caplog):
+    """SystemExit in a thread ends it without a word: the events after it never came."""
+    log = [["ok", 2, [(1, 0, "t.A", {})]], ["ok", 3, [(2, 0, "t.A", {})]]]
+    client = _Client(lambda start, n: log[start - 1] if start <= len(log) else None)
+    seen: list = []
+
+    def callback(event):
+        seen.append(event.index)
+        if event.index == 1:
+            raise SystemExit("the subscriber's bug")
+
+    sub = Subscription(client, callback, 1)
+    try:
+        assert _wait_for(lambda: seen == [1, 2]), seen
+    finally:
+        sub.close()
+    assert "SystemExit" in caplog.text
