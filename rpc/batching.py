@@ -121,7 +121,11 @@ class Command:
         if self.callback is not None:
             try:
                 self.callback(self)
-            except Exception:  # noqa: BLE001 - one caller's callback must not stop the others
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # noqa: BLE001 - one caller's callback must not stop the others
+                # SystemExit from a future's done-callback too: it ended the sending thread
+                # mid-batch, its lane never freed, every later call hung
                 log.exception("completing a pipelined command failed")
 
     @property

@@ -364,3 +364,33 @@ def test_connection_attempts_that_each_end_early_still_leave_a_node_that_never_h
         assert answered >= 20  # once blamed, blamed again at once after SUSPECT_FOR
     finally:
         c.close()
+
+
+def test_a_done_callback_raising_system_exit_neither_strands_the_pipeline_nor_later_calls(monkeypatch):
+    """Red before: SystemExit out of a future's done-callback (concurrent.futures only
+    catches Exception) ended the sending thread mid-batch: its lane was never freed, the
+    later futures never completed and execute hung past its timeout."""
+    gate = threading.Event()  # the first reply waits until its callback is in place
+
+    def batch(args):
+        gate.wait(2)
+        return ["ok", [["ok", 1]] * len(msgpack.unpackb(args[0]))]
+
+    c = client_with(monkeypatch, {"register_session": ["ok", 1], "execute_batch": batch},
+                    timeout=2.0, calls_in_flight=1)
+    try:
+        first = c.execute_async(Add("k", 1))
+
+        def leave(_f):
+            raise SystemExit("the application's bug")
+
+        first.add_done_callback(leave)
+        gate.set()
+        assert first.result(3) == 1
+        later = [c.execute_async(Add("k", 1)) for _ in range(5)]
+        assert [f.result(3) for f in later] == [1] * 5
+        began = time.monotonic()
+        assert c.execute(Add("k", 1)) == 1
+        assert time.monotonic() - began < 2.5
+    finally:
+        c.close()
