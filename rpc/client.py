@@ -62,6 +62,18 @@ def _count(value: Any, name: str) -> int:
     return value
 
 
+def _complete(settle: Callable[[Any], None], value: Any) -> None:
+    """``settle(value)`` on a Future whose done-callbacks may raise SystemExit (only
+    Exception is caught by concurrent.futures): out of a query thread it ended that thread,
+    which the pool does not replace, and after four no query_async ever completed."""
+    try:
+        settle(value)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # noqa: BLE001 - an application's done-callback
+        log.exception("a query_async done-callback failed")
+
+
 def _encode(obj: Any, kind: type, what: str) -> bytes:
     """``obj`` encoded for one request, or a PrevalenceError saying why it cannot be: a
     Query given to execute (or the reverse) used to fail on the node as an AttributeError,
@@ -225,7 +237,20 @@ class ClusterClient:
             if self._query_pool is None:
                 self._query_pool = ThreadPoolExecutor(4, thread_name_prefix="rpc-query")
             pool = self._query_pool
-        return pool.submit(self.query, q, consistency, timeout=timeout)
+        future: Future = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = self.query(q, consistency, timeout=timeout)
+            except BaseException as exc:  # noqa: BLE001 - the caller's, through its future
+                _complete(future.set_exception, exc)
+            else:
+                _complete(future.set_result, result)
+
+        pool.submit(run)
+        return future
 
     def _board(self, cmd: Command) -> bool:
         """A pipelined command boards a call: it gets a session and its number now

@@ -394,3 +394,30 @@ def test_a_done_callback_raising_system_exit_neither_strands_the_pipeline_nor_la
         assert time.monotonic() - began < 2.5
     finally:
         c.close()
+
+
+def test_query_async_done_callbacks_raising_system_exit_do_not_use_up_the_query_threads(monkeypatch):
+    """Red before: each such callback ended one of the pool's 4 threads (the pool does
+    not replace them), and from the fifth on no query_async future ever completed."""
+    gate = threading.Event()
+
+    def query(_args):
+        gate.wait(2)
+        return ["ok", 5]
+
+    c = client_with(monkeypatch, {"query": query}, timeout=2.0)
+
+    def leave(_f):
+        raise SystemExit("the application's bug")
+
+    try:
+        for _ in range(6):
+            gate.clear()
+            f = c.query_async(Get("k"))
+            f.add_done_callback(leave)
+            gate.set()
+            assert f.result(3) == 5
+        gate.set()
+        assert c.query_async(Get("k")).result(3) == 5
+    finally:
+        c.close()
