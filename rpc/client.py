@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -79,9 +80,8 @@ def _encode(obj: Any, kind: type, what: str) -> bytes:
     Query given to execute (or the reverse) used to fail on the node as an AttributeError,
     and a structure too deep for the encoder as a bare ValueError."""
     if not isinstance(obj, kind) and isinstance(obj, (Transaction, Query)):
-        use = "query()" if isinstance(obj, Query) else "execute()"
-        raise PrevalenceError(f"{type(obj).__qualname__} is a prevalence.{'Query' if use == 'query()' else 'Transaction'}: "
-                              f"run it with {use}, not as a {what}")
+        base, use = ("Query", "query()") if isinstance(obj, Query) else ("Transaction", "execute()")
+        raise PrevalenceError(f"{type(obj).__qualname__} is a prevalence.{base}: run it with {use}, not as a {what}")
     try:
         data = CODEC.dumps(obj)
     except PrevalenceError:
@@ -148,7 +148,15 @@ class ClusterClient:
             raise PrevalenceError(f"calls_in_flight must be an integer from 1 to {MAX_CALLS_IN_FLIGHT}, "
                                   f"not {calls_in_flight!r:.40}")
         if isinstance(addresses, (str, bytes)):  # else read character by character: "got '1'"
-            raise PrevalenceError(f'rpc.connect takes a list of "HOST:PORT" addresses, not one string: [{addresses!r:.60}]')
+            raise PrevalenceError('rpc.connect takes a list of "HOST:PORT" addresses, not one string: '
+                                  f'[{addresses!r:.60}]')
+        try:
+            addresses = list(addresses)
+        except TypeError:
+            raise PrevalenceError('rpc.connect: addresses must be a list of "HOST:PORT", '
+                                  f'not {addresses!r:.40}') from None
+        if ssl_context is not None and not hasattr(ssl_context, "wrap_socket"):  # else AttributeError at first call
+            raise PrevalenceError(f"ssl_context must be an ssl.SSLContext or None, not {type(ssl_context).__name__}")
         timeout = _seconds(timeout, "timeout")
         attempt_timeout = _seconds(attempt_timeout, "attempt_timeout", MAX_ATTEMPT_TIMEOUT)
         max_batch, max_batch_bytes = _count(max_batch, "max_batch"), _count(max_batch_bytes, "max_batch_bytes")
@@ -216,7 +224,7 @@ class ClusterClient:
         try:
             data = _encode(tx, Transaction, "command")
             deadline = self._deadline(timeout)
-        except Exception as exc:  # noqa: BLE001 - not encodable, too large, a bad timeout: this future fails, nothing is sent
+        except Exception as exc:  # noqa: BLE001 - not encodable, too large, a bad timeout: nothing is sent
             future.set_exception(exc)
             return future
         cmd = Command(data, 0, 0, deadline, callback=self._complete_async, owner=[future, None])
@@ -583,6 +591,8 @@ def connect(addresses: Iterable[str], *, secret: bytes | None = None, secret_fil
     ``calls_in_flight`` such calls travel at once, each on a connection of its own."""
     if (secret is None) == (secret_file is None):
         raise PrevalenceError("rpc.connect needs exactly one of secret= or secret_file=")
+    if secret_file is not None and not isinstance(secret_file, (str, bytes, os.PathLike)):
+        raise PrevalenceError(f"secret_file must be a path, not {type(secret_file).__name__}")
     key = secret if secret is not None else load_secret(secret_file)
     return ClusterClient(addresses, key, timeout=timeout, attempt_timeout=attempt_timeout, ssl_context=ssl_context,
                          max_batch=max_batch, max_batch_bytes=max_batch_bytes, calls_in_flight=calls_in_flight)

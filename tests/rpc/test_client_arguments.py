@@ -127,3 +127,10 @@ def test_app_call_refuses_what_a_node_would_only_drop_and_keeps_its_message_shor
         assert "name" in _quick(lambda: c.app_call(ADDR, None))
     finally:
         c.close()
+
+
+def test_connect_names_an_ssl_context_a_secret_file_or_addresses_of_the_wrong_type():
+    assert "ssl_context" in _quick(lambda: rc.ClusterClient([ADDR], KEY, ssl_context="yes"))
+    assert "secret_file" in _quick(lambda: rpc.connect([ADDR], secret_file=5))
+    assert "addresses" in _quick(lambda: rpc.connect(None, secret=KEY))
+    assert "addresses" in _quick(lambda: rpc.connect(7700, secret=KEY))
