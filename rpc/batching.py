@@ -41,6 +41,8 @@ from collections import deque
 from queue import SimpleQueue
 from typing import Any, Callable
 
+from rpc.subscription import ClusterUnavailable
+
 log = logging.getLogger("rpc.batching")
 
 #: Commands per call at most; beyond a few dozen the node's own batching gains little.
@@ -86,14 +88,18 @@ class _Latch:
     def is_set(self) -> bool:
         return self._set
 
-    def wait(self) -> None:
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once set; False if ``timeout`` seconds passed first."""
         if self._set:
-            return
-        self._lock.acquire()  # interruptible by Ctrl-C, as an Event's wait is
+            return True
+        # interruptible by Ctrl-C, as an Event's wait is
+        if not (self._lock.acquire() if timeout is None else self._lock.acquire(True, max(0.0, timeout))):
+            return self._set
         try:
             self._lock.release()  # stays set
         except RuntimeError:  # a second set() released it meanwhile
             pass
+        return True
 
 
 class Command:
@@ -172,7 +178,11 @@ class Coalescer:
                     self._arrived.notify_all()
         if lane < 0:
             try:
-                cmd._event.wait()
+                # bounded by the command's deadline: the calls in flight may never end (a
+                # done-callback that calls execute holds the very call this one waits for)
+                if not cmd._event.wait(cmd.deadline - time.monotonic()) and self._expire(cmd):
+                    return
+                cmd._event.wait()  # taken into a batch (bounded by its deadlines) or handed the lead
                 # within the try: a Ctrl-C pending as wait() returns is raised at the next
                 # function entry (done's), and the lane handed to this caller must go on
                 if cmd.done:
@@ -182,6 +192,18 @@ class Coalescer:
                 self._abandon(cmd)
                 raise
         self._lead(cmd, lane)
+
+    def _expire(self, cmd: Command) -> bool:
+        """``cmd``'s deadline passed while it was queued: True (and its error set) if it
+        was still in the queue, never sent."""
+        with self._lock:
+            if cmd not in self._queue:
+                return False
+            self._queue.remove(cmd)
+        cmd.error = ClusterUnavailable(f"execute: no call to the cluster was free before the deadline (all "
+                                       f"{self.max_in_flight} in flight; is a done-callback of this client "
+                                       "waiting on it?)")
+        return True
 
     def _abandon(self, cmd: Command) -> None:
         """The caller of ``cmd`` gave up waiting: take it off the queue, or pass on the

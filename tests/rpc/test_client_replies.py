@@ -421,3 +421,37 @@ def test_query_async_done_callbacks_raising_system_exit_do_not_use_up_the_query_
         assert c.query_async(Get("k")).result(3) == 5
     finally:
         c.close()
+
+
+def test_execute_waiting_for_a_call_that_its_own_done_callback_holds_keeps_its_timeout(monkeypatch):
+    """Red before: with every call in flight held by a done-callback that calls execute,
+    that execute waited for a free call without a deadline: it and every later call of
+    the client hung for good."""
+    gate = threading.Event()  # the first reply waits until its callback is in place
+
+    def batch(args):
+        gate.wait(2)
+        return ["ok", [["ok", 1]] * len(msgpack.unpackb(args[0]))]
+
+    c = client_with(monkeypatch, {"register_session": ["ok", 1], "execute_batch": batch},
+                    timeout=0.5, calls_in_flight=1)
+    got: list = []
+    done = threading.Event()
+
+    def nested(_f):
+        began = time.monotonic()
+        try:
+            got.append(c.execute(Add("k", 1)))
+        except PrevalenceError as exc:
+            got.append(type(exc).__name__)
+        got.append(time.monotonic() - began)
+        done.set()
+
+    try:
+        c.execute_async(Add("k", 1)).add_done_callback(nested)
+        gate.set()
+        assert done.wait(5), "execute in a done-callback never returned"
+        assert got[0] == "ClusterUnavailable" and got[1] < 1.5, got
+        assert c.execute(Add("k", 1)) == 1  # the call was freed when the callback ended
+    finally:
+        c.close()

@@ -39,7 +39,7 @@ def _interrupted_caller_passes_the_lane_on(b: Command, max_count: int) -> None:
             c.reply = ["ok", c.data]
 
     co = Coalescer(send, max_in_flight=1, max_count=max_count, linger=0)
-    threading.Thread(target=co.run, args=(Command(b"A", 1, 1, 0),), daemon=True).start()
+    threading.Thread(target=co.run, args=(Command(b"A", 1, 1, time.monotonic() + 30),), daemon=True).start()
     while not sent:
         time.sleep(0.001)
     raised = []
@@ -57,7 +57,7 @@ def _interrupted_caller_passes_the_lane_on(b: Command, max_count: int) -> None:
     gate.set()
     tb.join(5)
     assert raised
-    c = Command(b"C", 1, 3, 0)
+    c = Command(b"C", 1, 3, time.monotonic() + 30)
     tc = threading.Thread(target=co.run, args=(c,), daemon=True)
     tc.start()
     tc.join(5)
@@ -65,7 +65,7 @@ def _interrupted_caller_passes_the_lane_on(b: Command, max_count: int) -> None:
 
 
 def test_a_caller_interrupted_as_it_is_handed_the_lead_passes_the_lane_on():
-    b = Command(b"B", 1, 2, 0)
+    b = Command(b"B", 1, 2, time.monotonic() + 30)
     b._event._lock = _InterruptAfterAcquire(b._event._lock)
     _interrupted_caller_passes_the_lane_on(b, max_count=64)
 
@@ -85,6 +85,6 @@ class _InterruptAtDone(Command):
 
 
 def test_a_caller_interrupted_just_after_its_wait_passes_the_lane_on():
-    b = _InterruptAtDone(b"B", 1, 2, 0)
+    b = _InterruptAtDone(b"B", 1, 2, time.monotonic() + 30)
     b.armed = True
     _interrupted_caller_passes_the_lane_on(b, max_count=1)
