@@ -200,9 +200,9 @@ class Coalescer:
             if cmd not in self._queue:
                 return False
             self._queue.remove(cmd)
-        cmd.error = ClusterUnavailable(f"execute: no call to the cluster was free before the deadline (all "
-                                       f"{self.max_in_flight} in flight; is a done-callback of this client "
-                                       "waiting on it?)")
+        cmd.error = ClusterUnavailable(f"execute: the deadline passed while waiting for one of the "
+                                       f"{self.max_in_flight} call(s) in flight to end (a slow cluster, or a "
+                                       "done-callback of this client waiting on it); not sent")
         return True
 
     def _abandon(self, cmd: Command) -> None:
