@@ -1,6 +1,6 @@
 """Networking: cluster secret, authentication, RPyC for clients, the peer transport between nodes."""
 from .client import ClusterClient, ClusterUnavailable, RemoteTransactionError, connect
-from .subscription import Compacted, Event, Subscription
+from .subscription import CommandUnanswered, Compacted, Event, Subscription
 from .client import register_exception
 from .auth import AuthenticationFailed, ConnectFailed, Identity, ServerAuthenticator, client_handshake
 from .secret import SecretError, generate_secret_file, load_secret
@@ -15,6 +15,7 @@ __all__ = [
     "Subscription",
     "ClusterClient",
     "ClusterUnavailable",
+    "CommandUnanswered",
     "RemoteTransactionError",
     "connect",
     "register_exception",

@@ -35,7 +35,7 @@ from rpc.config import format_address, parse_address
 from rpc.secret import check_secret, load_secret
 from rpc.remote_errors import (  # noqa: F401 - the first two re-exported: rpc.client's public names
     RemoteTransactionError, register_exception, remote_exception)
-from rpc.subscription import ClusterUnavailable, Subscription
+from rpc.subscription import ClusterUnavailable, CommandUnanswered, Subscription
 from rpc.leader_watch import LeaderWatch
 from rpc.transport import MAX_REQUEST, NodeLink, call_within, hard_close, open_connection
 from replication.client_policy import Attempts, Route, Session, SessionPool, shown, well_formed
@@ -98,6 +98,13 @@ def _request(data: bytes, what: str) -> bytes:
         raise PrevalenceError(f"{what} of {len(data)} bytes is over the limit of {MAX_REQUEST} bytes a node "
                               "accepts per request")
     return data
+
+
+def _unavailable(message: str, sent: bool) -> ClusterUnavailable:
+    """The call's end; ``sent``: a request of it went out (a command's outcome unknown)."""
+    exc = ClusterUnavailable(message)
+    exc.sent = sent
+    return exc
 
 
 class _Line:
@@ -405,7 +412,9 @@ class ClusterClient:
                 now = time.monotonic()
                 for c in pending:
                     if self._closed or c.deadline <= now:
-                        c.error = ClusterUnavailable(str(exc))
+                        c.error = CommandUnanswered(f"{exc}; the command was sent and may have been applied: look "
+                                                    "at the state before sending it again") \
+                            if getattr(exc, "sent", False) else ClusterUnavailable(str(exc))
                 pending = [c for c in pending if c.error is None]
                 continue
             if reply[0] == "ok" and type(reply[1]) is list and len(reply[1]) == len(pending):
@@ -454,10 +463,11 @@ class ClusterClient:
         ``replication.client_policy.Attempts`` decides until ``deadline``."""
         line = line or self._main
         attempts = Attempts(self._route, method, deadline, self._rng, any_node=any_node)
+        sent = False  # a request went out: what it asked may have been done
         while True:
             now = time.monotonic()  # read once: the check and the budget must agree
             if attempts.over(now) or self._closed or line.closed:
-                raise ClusterUnavailable(attempts.why_over(self._closed or line.closed))
+                raise _unavailable(attempts.why_over(self._closed or line.closed), sent)
             try:
                 conn, addr = self._connection(min(deadline - now, self.attempt_timeout), line)
             except AuthenticationFailed:
@@ -471,11 +481,12 @@ class ClusterClient:
             began = time.monotonic()
             wait = min(deadline - began, self.attempt_timeout)  # connecting took some
             try:
+                sent = True
                 raw = call_within(conn, method, args, max(0.001, wait))
                 reply = msgpack.unpackb(raw, raw=False)
             except Exception as exc:  # connection lost, timed out (a hung node), refused
                 if line.closed or self._closed:  # we closed it: the node is not to blame
-                    raise ClusterUnavailable(f"{method}: closed") from None
+                    raise _unavailable(f"{method}: closed", sent) from None
                 if isinstance(exc, TimeoutError) and wait < self.attempt_timeout:
                     # this call ran out of its own time: unless the calls on this
                     # connection have waited the attempt timeout in all, the node is not
@@ -487,7 +498,7 @@ class ClusterClient:
                     if not blame:
                         attempts.tried.append(f"{addr}: no answer within what was left of the call "
                                               f"({max(0.0, wait) * 1000:.0f} ms)")
-                        raise ClusterUnavailable(attempts.why_over(False)) from None
+                        raise _unavailable(attempts.why_over(False), sent) from None
                 with self._lock:
                     step = attempts.lost(addr, f"{type(exc).__name__}: {exc}", time.monotonic())
             else:

@@ -11,7 +11,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, NamedTuple
 
-from prevalence.errors import PrevalenceError
+from prevalence.errors import OutcomeUnknown, PrevalenceError
 from replication.client_policy import shown
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -22,6 +22,12 @@ log = logging.getLogger("rpc.client")
 
 class ClusterUnavailable(PrevalenceError):
     """No leader answered before the call's deadline; the message says what was tried."""
+
+
+class CommandUnanswered(ClusterUnavailable, OutcomeUnknown):
+    """The call ended (its deadline, or the client closed) after the command was sent, so
+    it may have been applied, and this client no longer asks its session: look at the
+    state before sending it again. Both a ClusterUnavailable and an OutcomeUnknown."""
 
 
 class Event(NamedTuple):

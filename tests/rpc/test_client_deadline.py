@@ -18,7 +18,7 @@ from rpc import PeerServer
 from rpc.client import ClusterClient
 from rpc.config import format_address
 from tests.cluster.proxy import LinkProxy
-from tests.prevalence.domain import Get
+from tests.prevalence.domain import Add, Get
 from tests.rpc.conftest import CLIENT_SECRET, HOST, KEYS
 
 CALL = 0.3  # each call's own timeout, well under the attempt timeout
@@ -106,3 +106,40 @@ def test_a_slow_connect_and_a_handshake_that_never_ends_take_no_more_than_the_ca
     finally:
         silent.close()
     assert took < CALL + SLACK, f"a {CALL} s call took {took:.2f} s ({outcome!r:.200})"
+
+
+class _Swallowing(rpyc.Service):
+    """A leader that takes a command and is never heard from again (it may have applied
+    it: its reply, or the connection, is what was lost)."""
+
+    def exposed_register_session(self) -> bytes:
+        return msgpack.packb(["ok", 7])
+
+    def exposed_execute_batch(self, data: bytes) -> bytes:
+        time.sleep(30)
+        return msgpack.packb(["ok", []])
+
+
+def test_a_command_sent_and_never_answered_is_an_outcome_unknown_not_just_unavailable():
+    """A command whose call ran out of time after it was sent may have been applied; the
+    client said only ClusterUnavailable, as for a command no node ever saw. Now such a
+    command's error is also an OutcomeUnknown (look at the state before sending it
+    again); one that never left is not."""
+    from prevalence.errors import OutcomeUnknown
+    from rpc import ClusterUnavailable, CommandUnanswered
+
+    server = PeerServer(HOST, 0, KEYS, None, service_extra=lambda identity: _Swallowing())
+    try:
+        with ClusterClient([format_address(server.address)], CLIENT_SECRET, timeout=0.5) as c:
+            with pytest.raises(CommandUnanswered, match="may have been applied") as sent:
+                c.execute(Add("k", 1), timeout=0.5)
+    finally:
+        server.close()
+    assert isinstance(sent.value, OutcomeUnknown) and isinstance(sent.value, ClusterUnavailable)
+    with socket.socket() as unused:
+        unused.bind((HOST, 0))
+        nowhere = format_address(unused.getsockname()[:2])
+    with ClusterClient([nowhere], CLIENT_SECRET, timeout=0.3) as c:
+        with pytest.raises(ClusterUnavailable) as never:
+            c.execute(Add("k", 1))
+    assert not isinstance(never.value, OutcomeUnknown), repr(never.value)
