@@ -100,13 +100,6 @@ def _request(data: bytes, what: str) -> bytes:
     return data
 
 
-def _unavailable(message: str, sent: bool) -> ClusterUnavailable:
-    """The call's end; ``sent``: a request of it went out (a command's outcome unknown)."""
-    exc = ClusterUnavailable(message)
-    exc.sent = sent
-    return exc
-
-
 class _Line:
     """One connection of the client to the cluster and the lock that serialises making it.
 
@@ -414,7 +407,7 @@ class ClusterClient:
                     if self._closed or c.deadline <= now:
                         c.error = CommandUnanswered(f"{exc}; the command was sent and may have been applied: look "
                                                     "at the state before sending it again") \
-                            if getattr(exc, "sent", False) else ClusterUnavailable(str(exc))
+                            if exc.sent else ClusterUnavailable(str(exc))
                 pending = [c for c in pending if c.error is None]
                 continue
             if reply[0] == "ok" and type(reply[1]) is list and len(reply[1]) == len(pending):
@@ -467,7 +460,7 @@ class ClusterClient:
         while True:
             now = time.monotonic()  # read once: the check and the budget must agree
             if attempts.over(now) or self._closed or line.closed:
-                raise _unavailable(attempts.why_over(self._closed or line.closed), sent)
+                raise ClusterUnavailable(attempts.why_over(self._closed or line.closed), sent=sent)
             try:
                 conn, addr = self._connection(min(deadline - now, self.attempt_timeout), line)
             except AuthenticationFailed:
@@ -486,7 +479,7 @@ class ClusterClient:
                 reply = msgpack.unpackb(raw, raw=False)
             except Exception as exc:  # connection lost, timed out (a hung node), refused
                 if line.closed or self._closed:  # we closed it: the node is not to blame
-                    raise _unavailable(f"{method}: closed", sent) from None
+                    raise ClusterUnavailable(f"{method}: closed", sent=sent) from None
                 if isinstance(exc, TimeoutError) and wait < self.attempt_timeout:
                     # this call ran out of its own time: unless the calls on this
                     # connection have waited the attempt timeout in all, the node is not
@@ -498,7 +491,7 @@ class ClusterClient:
                     if not blame:
                         attempts.tried.append(f"{addr}: no answer within what was left of the call "
                                               f"({max(0.0, wait) * 1000:.0f} ms)")
-                        raise _unavailable(attempts.why_over(False), sent) from None
+                        raise ClusterUnavailable(attempts.why_over(False), sent=sent) from None
                 with self._lock:
                     step = attempts.lost(addr, f"{type(exc).__name__}: {exc}", time.monotonic())
             else:

@@ -21,7 +21,12 @@ log = logging.getLogger("rpc.client")
 
 
 class ClusterUnavailable(PrevalenceError):
-    """No leader answered before the call's deadline; the message says what was tried."""
+    """No leader answered before the call's deadline; the message says what was tried.
+    ``sent``: a request of the call went out before it ended (what it asked may be done)."""
+
+    def __init__(self, message: str = "", *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class CommandUnanswered(ClusterUnavailable, OutcomeUnknown):
