@@ -12,6 +12,7 @@ from typing import Sequence
 
 from . import tools
 from .errors import PrevalenceError
+from .text import one_line
 
 
 def _json_default(obj: object) -> object:
@@ -177,20 +178,13 @@ def run(args: argparse.Namespace, *, configure_logging: bool = True,
     try:
         return args.func(args)
     except errors as exc:
-        print(f"error: {_printable(str(exc))}", file=sys.stderr)
+        print(f"error: {one_line(str(exc), None)}", file=sys.stderr)  # words from elsewhere: no escapes
         return 1
     except BrokenPipeError:  # `prevalence journal dump ... | head`
         return 0
     except OSError as exc:  # the disk or the operator's paths (permissions, a directory for a file)
-        print(f"error: {_printable(_os_error(exc))}", file=sys.stderr)
+        print(f"error: {one_line(_os_error(exc), None)}", file=sys.stderr)
         return 1
-
-
-def _printable(text: str) -> str:
-    """One line of printable characters: an error quotes words from elsewhere (a node's
-    refusal, a file name), and an escape sequence or a line break in them must not reach
-    the terminal or split the line scripts read."""
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
 
 def _os_error(exc: OSError) -> str:

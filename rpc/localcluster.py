@@ -30,7 +30,7 @@ from rpc.cluster import (
 )
 from rpc.config import ConfigError, NodeConfig, format_address, load_config, tls_contexts
 from rpc.secret import KEY_FILES
-from rpc.status_report import one_line
+from prevalence.text import one_line
 from rpc.transport import NodeLink, open_connection
 
 

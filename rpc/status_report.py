@@ -16,11 +16,12 @@ from ssl import SSLContext
 from typing import Any
 
 from prevalence.errors import PrevalenceError
+from prevalence.text import one_line
 from replication.client_policy import shown
 from replication.node import STATUS_TIMEOUT
 from rpc.transport import STATUS_MAX_FRAME, NodeLink
 
-__all__ = ["FIELDS", "ask_status", "collapse_causes", "describe_master", "one_line", "status_row",
+__all__ = ["FIELDS", "ask_status", "collapse_causes", "describe_master", "status_row",
            "unreachable_summary"]
 
 #: The status table's columns (``prevalence status``).
@@ -116,13 +117,6 @@ def _term(row: dict) -> int:
 
 def _names(ids: list[str], limit: int = 12) -> str:
     return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """A node's text for a terminal: one line, bounded, no control characters."""
-    text = "".join(ch if ch.isprintable() else " " for ch in text[:limit * 4])
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _field(value: Any) -> Any:

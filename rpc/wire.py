@@ -18,6 +18,7 @@ from typing import Any, Callable
 import msgpack
 
 from prevalence.errors import PrevalenceError
+from prevalence.text import one_line
 
 __all__ = [
     "HandshakeError",
@@ -140,7 +141,7 @@ def _v_refused(fields: list) -> tuple:
     if type(reason) is not str:
         raise HandshakeError("refusal reason must be a string")
     # the other side's text, for messages and terminals: printable characters only
-    return ("".join(ch if ch.isprintable() else " " for ch in reason[:MAX_REASON_LEN]),)
+    return (one_line(reason, MAX_REASON_LEN),)
 
 
 _SCHEMA = {

@@ -112,7 +112,7 @@ def describe(exc: BaseException) -> str:
     """An error as one line for an operator: what happened, never a class name or a traceback."""
     from prevalence.errors import PrevalenceError
     from rpc.client import ClusterUnavailable, RemoteTransactionError
-    from rpc.status_report import one_line
+    from prevalence.text import one_line
 
     if isinstance(exc, RemoteTransactionError):
         return one_line(str(exc.remote_message))

@@ -30,7 +30,7 @@ from app.ui.model import Link, describe
 from replication.client_policy import shown
 from rpc.subscription import Compacted
 from rpc.config import parse_address
-from rpc.status_report import one_line
+from prevalence.text import one_line
 from rpc.transport import STATUS_MAX_FRAME, NodeLink
 
 log = logging.getLogger("app.ui")
