@@ -61,6 +61,7 @@ def test_a_removal_that_would_stop_the_cluster_is_refused_and_the_dead_voter_can
     try:
         leader = c.leader()
         dead, live = [n for n in sorted(c.configs) if n != leader]
+        c.wait_converged()  # the leader has heard both: the live one counts as answering
         c.kill(dead)
         time.sleep(1.5)  # the leader counts a voter gone after one or two election timeouts (0.25-0.5 s each)
         assert main(["cluster", "remove", "--cluster", str(tmp_path), "--id", live]) == 1

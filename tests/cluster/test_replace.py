@@ -29,6 +29,7 @@ def test_a_pc_whose_disk_died_is_replaced_in_one_command(tmp_path, capsys):
         with c.client() as client:
             for i in range(30):
                 client.execute(Stamp(f"w{i}"))
+        c.wait_converged()  # the other two are up and heard: a PC died in a healthy cluster
         c.kill(dead)
         shutil.rmtree(c.configs[dead].data)
         address = f"127.0.0.1:{c.configs[dead].listen[1]}"
