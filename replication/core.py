@@ -89,6 +89,7 @@ class RaftNode(FollowerMixin, LeaderMixin):
         self.randomized_timeout = config.election_tick
         self.lead_transferee: str | None = None
         self.term_start = 0  # index of this leader's no-op
+        self.lead_ticks = 0  # ticks since this node last became leader
         self.readonly = ReadOnly()
         self.pending_reads: list[tuple[bytes, str]] = []  # before the first commit in term
         self.read_states: list[ReadState] = []  # waiting for applied >= index
@@ -192,6 +193,14 @@ class RaftNode(FollowerMixin, LeaderMixin):
             return (f"the cluster would stop: its {len(after)} voters after the change ({', '.join(sorted(after))}) "
                     f"need {need} for a quorum, and {len(up)} answer the leader ({', '.join(up) or 'none'}); {fix}")
         return None
+
+    def change_settling(self) -> bool:
+        """Could a refused change pass if asked again in a moment? True while a new leader
+        has not committed its no-op, or is in its first election timeout: in it the
+        leader hears each live voter (several heartbeats), and before that the policy
+        counts a voter not heard yet as down."""
+        return self.role == LEADER and (self.log.committed < self.term_start
+                                        or self.lead_ticks < self.cfg.election_tick)
 
     def read_index(self, ctx: bytes) -> None:
         """Ask for a linearizable read; a ReadState(ctx, index) comes out in a later

@@ -34,6 +34,7 @@ class LeaderMixin:
         me.next = log.last_index() + 1
         index = log.last_index() + 1
         self.term_start = index
+        self.lead_ticks = 0
         self._append_leader([Entry(index, self.term, _NOOP, b"")])
 
     def _new_progress(self, next_index: int) -> Progress:
@@ -64,6 +65,7 @@ class LeaderMixin:
 
     # ---------------------------------------------------------------- ticking
     def _tick_leader(self) -> None:
+        self.lead_ticks += 1
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
         if self.election_elapsed >= self.cfg.election_tick:

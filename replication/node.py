@@ -271,21 +271,29 @@ class Node(ApplierMixin):
         """Propose ``change`` and return its index once it is committed and applied here.
 
         Returning on the append alone would let an operator stop a removed node, or count
-        on a promoted voter, while the change could still be lost with this leader.
+        on a promoted voter, while the change could still be lost with this leader. A
+        refusal that a new leader may lift in a moment (it has not heard every voter yet)
+        is asked again until then, within ``timeout``.
         """
         deadline = time.monotonic() + timeout
         done_token, done = self._callers.take()
 
-        def propose() -> int:
-            problem = self.core.change_problem(change)
-            if problem is not None:
-                raise ConfigChangeRefused(problem)
-            index = self.core.propose_config_change(change)
+        def propose() -> int | None:
+            try:
+                problem = self.core.change_problem(change)
+                if problem is not None:
+                    raise ConfigChangeRefused(problem)
+                index = self.core.propose_config_change(change)
+            except ConfigChangeRefused:
+                if self.core.change_settling() and time.monotonic() < deadline:
+                    return None  # ask again after a tick
+                raise
             self.machine.wait_for(index, done_token)
             return index
 
         try:
-            index = self._call(propose).result(timeout)
+            while (index := self._call(propose).result(max(0.0, deadline - time.monotonic()))) is None:
+                time.sleep(min(self.options.tick_interval, max(0.0, deadline - time.monotonic())))
             done.result(max(0.0, deadline - time.monotonic()))
         finally:
             self._callers.forget(done_token)

@@ -226,3 +226,23 @@ def test_snapshot_files_are_written_on_the_apply_thread(tmp_path, monkeypatch):
         assert all(name.startswith("apply-") for name in writers), writers
     finally:
         c.stop()
+
+
+def test_a_change_asked_of_a_new_leader_waits_until_it_has_heard_the_voters(cluster):
+    """Right after an election the leader has not heard every live voter yet (nor
+    committed its no-op): a change it would allow a moment later was refused, and
+    `grid replace` or `cluster remove` run just then failed for a healthy cluster."""
+    from replication.membership import ConfigChange
+
+    cluster.stop()
+    net, ids = LocalNetwork(), cluster.ids
+    cluster.net = net
+    net.cut |= {("n3", o) for o in ids}  # n3 runs but no leader hears it before it is elected
+    for i in ids:
+        cluster.start(i)
+    leader = cluster.leader()
+    assert leader.id != "n3"
+    other = next(i for i in ids if i not in (leader.id, "n3"))
+    threading.Timer(0.1, net.cut.clear).start()  # n3's answers arrive a heartbeat later
+    assert leader.change_membership(ConfigChange.remove_voter(other), timeout=5.0) > 0
+    assert leader.core.membership.voters == tuple(sorted((leader.id, "n3")))
