@@ -330,9 +330,9 @@ class ClusterClient:
         start = from_index if from_index is not None else self.status()["applied_index"] + 1
         return Subscription(self, callback, start)
 
-    def status(self) -> dict:
+    def status(self, *, timeout: float | None = None) -> dict:
         """The status of the node this client talks to (the leader when known)."""
-        return self._outcome(self._call(time.monotonic() + self.timeout, "status", any_node=True))
+        return self._outcome(self._call(self._deadline(timeout), "status", any_node=True))
 
     def app_call(self, address: str, name: str, data: bytes = b"", *, timeout: float | None = None) -> bytes:
         """Call ``name``, a handler that the application hosted in the node at ``address``

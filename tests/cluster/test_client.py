@@ -147,6 +147,27 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path):
     assert time.monotonic() - t0 < 3
 
 
+def test_status_gives_up_at_its_own_timeout_like_execute_and_query():
+    """A window or a script asking a hung cluster how it is must not wait the client's
+    whole timeout (30 s by default): status takes a timeout of its own."""
+    import socket
+
+    silent = socket.socket()  # accepts connections (the kernel's backlog), never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    client = rpc.connect([f"127.0.0.1:{silent.getsockname()[1]}"], secret=b"s" * 32, timeout=30.0)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(rpc.ClusterUnavailable):
+            client.status(timeout=0.5)
+        assert time.monotonic() - t0 < 2.5
+        with pytest.raises(PrevalenceError, match="timeout must be a positive finite number"):
+            client.status(timeout=-1)
+    finally:
+        client.close()
+        silent.close()
+
+
 def test_app_call_reaches_the_named_node_and_reports_its_refusals(tmp_path):
     from tests.cluster.harness import LocalCluster, free_port_block
 
