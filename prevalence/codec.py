@@ -17,6 +17,7 @@ import msgpack
 from cattrs.preconf.msgpack import make_converter
 
 from .errors import CodecError
+from .text import error_text
 
 __all__ = ["CODEC", "Codec", "TypeSpec", "type_name_of", "unpack"]
 
@@ -160,7 +161,7 @@ class Codec:
             return spec.structure_quick(fields, cls)
         except Exception as exc:  # noqa: BLE001 - a hook may raise anything: a refusal either way
             if not detail:
-                raise CodecError(f"{name}: fields do not fit: {_text_of(exc)}") from None
+                raise CodecError(f"{name}: fields do not fit: {error_text(exc)}") from None
         try:  # refused: again, for every reason why
             return spec.structure(fields, cls)
         except cattrs.BaseValidationError as exc:
@@ -199,15 +200,6 @@ class Codec:
 
 #: Bytes of a message at most whose refusal names every field that does not fit.
 DETAILED_ERRORS_MAX = 4096
-
-
-def _text_of(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001 - a message that cannot be formatted is still an error
-        text = ""
-    text = text or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def unpack(data: bytes) -> Any:

@@ -2,7 +2,7 @@
 a terminal and a log line: printable characters only, on one line, bounded."""
 from __future__ import annotations
 
-__all__ = ["one_line"]
+__all__ = ["error_text", "one_line"]
 
 
 def one_line(text: str, limit: int | None = 300) -> str:
@@ -12,3 +12,13 @@ def one_line(text: str, limit: int | None = 300) -> str:
         text = text[:limit * 4]  # the folding below shortens it by at most that much
     text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
     return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+
+def error_text(exc: BaseException, limit: int | None = 300) -> str:
+    """``exc``'s message as :func:`one_line` makes it, or its type's name when it has none
+    or formatting it fails (a hostile value's ``__str__``, a RecursionError)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a message that cannot be formatted is still an error
+        text = ""
+    return one_line(text, limit) or one_line(type(exc).__name__, limit)

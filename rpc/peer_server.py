@@ -20,6 +20,8 @@ import rpyc
 from rpyc.core import brine, consts
 from rpyc.utils.server import ThreadedServer
 
+from prevalence.text import error_text
+
 from .brine_shape import MAX_OBJECTS, check_request
 from .decode_budget import BUDGET
 from .auth import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, Identity, ServerAuthenticator, format_address
@@ -316,7 +318,7 @@ class _Server(ThreadedServer):
         except Exception as exc:  # noqa: BLE001 - malformed RPyC from an authenticated party
             if self.active:
                 log.warning("connection with %s closed: malformed message (%s: %.200s)", who,
-                            type(exc).__name__, _text(exc))
+                            type(exc).__name__, error_text(exc))
         finally:
             self._untrack(conn._channel.stream)
             hard_close(conn)
@@ -343,7 +345,7 @@ class _Server(ThreadedServer):
                 log.debug("connection with %s ended: %s", who, exc)
         except Exception as exc:  # noqa: BLE001 - e.g. a TLS socket shut under a read: this connection ends
             if self.active:
-                log.warning("connection with %s closed: %s: %.200s", who, type(exc).__name__, _text(exc))
+                log.warning("connection with %s closed: %s: %.200s", who, type(exc).__name__, error_text(exc))
         finally:
             self._untrack(chan.channel.stream)
             chan.close()
@@ -370,14 +372,6 @@ class _Server(ThreadedServer):
                 stream.close()  # the serving thread then finishes the cleanup
             except Exception:
                 pass
-
-
-def _text(exc: BaseException) -> str:
-    """``str(exc)``, or its type's name if even that fails (a hostile value inside)."""
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001 - RecursionError included
-        return type(exc).__name__
 
 
 class PeerServer:

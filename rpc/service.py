@@ -26,6 +26,7 @@ import rpyc
 from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown, PrevalenceError
 from prevalence.sessions import SetSessionExpiry
+from prevalence.text import error_text
 from replication.client_policy import refusal_reply
 from replication.errors import NodeHalted, ProposalRefused
 from replication.node import Node
@@ -108,16 +109,6 @@ def _valid_session(sid: Any, seq: Any) -> bool:
     return type(sid) is int and type(seq) is int and 0 < sid < U63 and 0 < seq < U63
 
 
-def _text(exc: BaseException, limit: int = 1000) -> str:
-    """An exception as one bounded line, even when formatting it fails (RecursionError)."""
-    try:
-        text = " ".join(str(exc).split())
-    except Exception:  # noqa: BLE001 - a message that cannot be formatted is still an error
-        text = ""
-    text = text or type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def _show(value: Any) -> str:
     """A client's value in an error message: its repr if a short string, else its type."""
     if type(value) is str:
@@ -129,7 +120,7 @@ def _reply(*items: Any) -> bytes:
     try:
         data = msgpack.packb(list(items), use_bin_type=True)
     except Exception as exc:  # noqa: BLE001 - TypeError, ValueError (nesting), OverflowError (ints)
-        return msgpack.packb(["error", f"the result cannot be sent as plain data: {_text(exc, 300)}"])
+        return msgpack.packb(["error", f"the result cannot be sent as plain data: {error_text(exc, 300)}"])
     if len(data) > MAX_REPLY:
         return msgpack.packb(["error", f"the result is {len(data)} bytes, over the limit of {MAX_REPLY} bytes "
                                        "for one reply"])
@@ -147,7 +138,7 @@ def _log_unexpected(client: str, exc: BaseException) -> None:
     if now - _logged.get(kind, -1e9) >= 60.0:
         _logged[kind] = now
         log.warning("request from client %r failed: %s: %s (answered as an error; further %s not logged for 60 s)",
-                    client, kind, _text(exc, 300), kind)
+                    client, kind, error_text(exc, 300), kind)
 
 
 def _valid_id(value: Any) -> bool:
@@ -197,7 +188,7 @@ class ClientService(rpyc.Service):
         try:
             return _reply("ok", self._p.status())
         except Exception as exc:  # noqa: BLE001 - a failed or hung node never reports itself healthy
-            return _reply("error", f"node status unavailable: {_text(exc)}")
+            return _reply("error", f"node status unavailable: {error_text(exc, 1000)}")
 
     def exposed_register_session(self) -> bytes:
         from prevalence.sessions import RegisterSession
@@ -240,7 +231,7 @@ class ClientService(rpyc.Service):
             try:
                 items = _unpack_batch(items, self._max)
             except Exception as exc:  # noqa: BLE001 - any decoding failure refuses the batch
-                return _reply("error", f"malformed batch: {_text(exc, 200)}")
+                return _reply("error", f"malformed batch: {error_text(exc, 200)}")
         if type(items) is not tuple or not items or len(items) > MAX_BATCH_ITEMS:
             return _reply("error", f"a batch is a tuple of 1 to {MAX_BATCH_ITEMS} (data, session, seq) tuples")
         ok = all(type(it) is tuple and len(it) == 3 for it in items)
@@ -261,7 +252,7 @@ class ClientService(rpyc.Service):
                 try:
                     loaded.append((self._load(data), (sid, seq)))
                 except Exception as exc:  # noqa: BLE001 - any decoding failure is this command's error
-                    replies[k] = ("error", _text(exc))
+                    replies[k] = ("error", error_text(exc, 1000))
                 else:
                     keys.append(k)
         finally:
@@ -280,7 +271,7 @@ class ClientService(rpyc.Service):
                 except ProposalRefused:
                     raise  # not the leader (any more): the whole batch goes elsewhere
                 except PrevalenceError as exc:
-                    replies[k] = ("error", _text(exc))
+                    replies[k] = ("error", error_text(exc, 1000))
             return ("ok", replies)
 
         return self._guard(outcome)
@@ -356,7 +347,7 @@ class ClientService(rpyc.Service):
             try:
                 return ("ok", self._p.node.change_membership(change))
             except NodeHalted as exc:  # proposed, maybe: "not_leader" would say nothing changed
-                return ("unavailable", f"{_text(exc, 300)}; the change may still take effect")
+                return ("unavailable", f"{error_text(exc, 300)}; the change may still take effect")
 
         return self._guard(changed)
 
@@ -413,7 +404,7 @@ class ClientService(rpyc.Service):
             except (PrevalenceError, TimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001 - the caller gets the reason, the node serves on
-                return ("error", f"{name}: {type(exc).__name__}: {_text(exc)}")
+                return ("error", f"{name}: {type(exc).__name__}: {error_text(exc, 1000)}")
 
         return self._guard(call)
 
@@ -452,7 +443,7 @@ class ClientService(rpyc.Service):
             except (PrevalenceError, TimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001 - the transaction's or query's own error
-                return ("failed", f"{type(exc).__module__}.{type(exc).__qualname__}", _text(exc, 10_000))
+                return ("failed", f"{type(exc).__module__}.{type(exc).__qualname__}", error_text(exc, 10_000))
 
         return self._guard(outcome)
 
@@ -461,9 +452,9 @@ class ClientService(rpyc.Service):
         try:
             return _reply(*reply())
         except Exception as exc:  # noqa: BLE001 - RecursionError, OverflowError...: an answer, the node serves on
-            refusal = refusal_reply(exc, self._p.address_of, _text)
+            refusal = refusal_reply(exc, self._p.address_of, lambda e: error_text(e, 1000))
             if refusal is not None:
                 return _reply(*refusal)
             _log_unexpected(self._client, exc)
-            return _reply("error", f"{type(exc).__name__}: {_text(exc, 300)}")
+            return _reply("error", f"{type(exc).__name__}: {error_text(exc, 300)}")
 

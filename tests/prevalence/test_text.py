@@ -1,0 +1,27 @@
+"""Text from elsewhere made fit for one terminal or log line (prevalence.text)."""
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prevalence.text import error_text, one_line
+
+
+@given(st.text(), st.one_of(st.none(), st.integers(min_value=4, max_value=400)))
+def test_one_line_is_printable_single_line_and_bounded(text, limit):
+    line = one_line(text, limit)
+    assert line.isprintable() and "\n" not in line and line == line.strip()
+    assert limit is None or len(line) <= limit
+
+
+class Hostile(Exception):
+    def __str__(self):
+        raise RecursionError("maximum recursion depth exceeded")
+
+
+@given(st.text(), st.integers(min_value=4, max_value=400))
+def test_error_text_is_never_empty_and_survives_a_message_that_cannot_be_made(message, limit):
+    line = error_text(ValueError(message), limit)
+    assert line and line.isprintable() and len(line) <= limit
+    assert error_text(Hostile("x")) == "Hostile"
+    assert error_text(KeyError()) == "KeyError"
