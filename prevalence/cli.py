@@ -41,7 +41,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    for row in tools.dump(args.path, args.start, args.stop):
+    for row in tools.dump(args.path, args.start, args.stop, note=lambda text: print(f"note: {text}", file=sys.stderr)):
         if args.json:
             print(json.dumps(row, default=_json_default, sort_keys=True))
         else:

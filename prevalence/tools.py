@@ -10,7 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import _platform
 from .entry import EntryKind
@@ -103,10 +103,12 @@ def iso(timestamp_us: int) -> str:
     return (_EPOCH + timedelta(microseconds=timestamp_us)).isoformat()
 
 
-def dump(path: str, start: int | None = None, stop: int | None = None) -> Iterator[dict]:
+def dump(path: str, start: int | None = None, stop: int | None = None,
+         note: Callable[[str], None] | None = None) -> Iterator[dict]:
     """Entries as plain dicts (index, term, time, type, version, fields); no app code needed.
 
-    A range that cannot hold an entry is an error, not an empty dump: it is a typo."""
+    A range that cannot hold an entry is an error, not an empty dump: it is a typo. A
+    range that begins before the first entry kept is told to ``note``: compacted away."""
     for name, value in (("--from", start), ("--to", stop)):
         if value is not None and value < 1:
             raise PrevalenceError(f"{name} {value}: an index is at least 1")
@@ -119,6 +121,8 @@ def dump(path: str, start: int | None = None, stop: int | None = None) -> Iterat
             raise PrevalenceError(f"--to {stop} is before the journal's first entry ({j.first_index}): "
                                   "the entries before it are only in a snapshot now")
         lo = j.first_index if start is None else max(start, j.first_index)
+        if start is not None and start < j.first_index and note is not None:
+            note(f"the journal starts at index {j.first_index}: the entries before it are only in a snapshot now")
         hi = j.last_index if stop is None else min(stop, j.last_index)
         for e in j.iter_entries(lo, hi + 1):
             row: dict[str, Any] = {"index": e.index, "term": e.term}

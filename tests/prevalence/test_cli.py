@@ -43,6 +43,26 @@ def test_dump_lines_and_json(tmp_path, capsys):
     assert row["index"] == 30 and row["type"] == "test.Add" and row["term"] == 0
 
 
+def test_dump_from_before_the_first_kept_entry_says_where_it_starts(tmp_path, capsys):
+    """An operator who asks for entries from 1 of a compacted journal got them from 251
+    without a word, as if 1-250 had never happened."""
+    with prevalence.open(tmp_path, Store, segment_bytes=4096) as db:
+        for i in range(300):
+            db.execute(Add("n", i))
+        db.snapshot()
+        db.execute(Add("n", 1))
+    with prevalence.open(tmp_path, Store, segment_bytes=4096) as db:
+        db.execute(Add("n", 1))  # compaction runs on open/snapshot: only the snapshot holds the start
+    assert main(["journal", "dump", str(tmp_path), "--from", "1"]) == 0
+    out, err = capsys.readouterr()
+    first = int(out.splitlines()[0].split("\t")[0])
+    assert first > 1
+    assert err.strip() == (f"note: the journal starts at index {first}: the entries before it are only in a "
+                           "snapshot now")
+    assert main(["journal", "dump", str(tmp_path), "--from", str(first)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_verify_reports_damage_and_repair_cuts_after_backup(tmp_path, capsys):
     make(tmp_path)
     seg = next((tmp_path / "journal").iterdir())
