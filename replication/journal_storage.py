@@ -10,6 +10,10 @@ is on disk. Term and vote are fsynced (temp file, fsync, rename) whenever they c
 before the Ready's persisted messages go out. The commit index is written with them but
 not on every advance: a stale commit on disk is safe (it only means re-learning it); a
 commit past the durable journal is not, so the stored one is capped at what is durable.
+It is also written when it has doubled or moved COMMIT_STORE_EVERY entries since the last
+write: the stored commit is what tells a restart that its log lost entries it had (a
+journal deleted or cut off under a stopped node), which it then refuses to start on
+(its vote would count without the entries it acknowledged).
 
 The ``fsync`` setting of a node (:data:`NODE_FSYNC_MODES`): ``"always"`` (the default),
 or ``"unsafe-no-fsync"``, which hands entries to the operating system without fsyncing
@@ -48,6 +52,9 @@ from replication.membership import Membership, cluster_id_problem
 from replication.messages import HardState, Snapshot, SnapshotMeta
 
 HARD_STATE_FILE = "raft-state"
+#: The stored commit is refreshed at least this often (in entries): the log a restart
+#: can tell was lost is all but at most this many last entries (or half, early on).
+COMMIT_STORE_EVERY = 1024
 _CRC = struct.Struct("<I")
 
 NODE_FSYNC_MODES = ("always", "unsafe-no-fsync")
@@ -277,6 +284,15 @@ class JournalStorage:
                 f"is at {self._snap.index}: entries {self._snap.index + 1}..{j.first_index - 1} are missing. "
                 "This node cannot rejoin with this data; rebuild it (docs/operations.md)"
             )
+        if self.hard_state.commit > self.last_index():
+            last = self.last_index()
+            self.journal.close()
+            raise RaftError(
+                f"{self.directory}: {HARD_STATE_FILE} says entries up to {self.hard_state.commit} were committed and "
+                f"on this disk, but the journal and snapshots end at {last}: entries were deleted or cut off. "
+                "Its vote would count without the entries it acknowledged: rebuild this node "
+                "(docs/operations.md, \"Rebuilding a node\")"
+            )
 
     # -- reads (the core) -----------------------------------------------------------
     def initial_state(self) -> tuple[HardState, Membership]:
@@ -335,8 +351,12 @@ class JournalStorage:
         self._stored = hs
 
     def hard_state_needs_write(self, hs: HardState) -> bool:
-        """Term or vote changed: the file must be replaced (and fsynced) before acks go out."""
-        return (hs.term, hs.vote) != (self._stored.term, self._stored.vote)
+        """Term or vote changed: the file must be replaced (and fsynced) before acks go out.
+        Or the commit has doubled, or moved COMMIT_STORE_EVERY entries, since it was stored:
+        then a restart can tell a log that lost entries (see the module's docstring)."""
+        stored = self._stored
+        return (hs.term, hs.vote) != (stored.term, stored.vote) or \
+            hs.commit >= max(1, stored.commit + min(stored.commit, COMMIT_STORE_EVERY))
 
     def note_commit(self, hs: HardState) -> None:
         """A commit-only change: kept in memory, written with the next term/vote change or

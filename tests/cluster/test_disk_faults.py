@@ -1,0 +1,59 @@
+"""A node's disk under real faults, with real processes: files deleted or cut off under a
+stopped node, a backup written to a full disk. (A failed fsync and a full disk under a
+running node: test_fail_stop.py, test_node_data.py.)"""
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.cluster.harness import ROOT, LocalCluster
+from tests.prevalence.domain import Add, Get
+
+pytestmark = [pytest.mark.slow]
+
+
+def _lose_log(data: str, how: str) -> None:
+    """What an operator freeing space, or a damaged disk, does to a stopped node's log."""
+    if how == "deleted":
+        for path in glob.glob(os.path.join(data, "journal", "*")) + glob.glob(os.path.join(data, "snapshots", "*")):
+            os.remove(path)
+    else:  # cut off: the file system kept only its first third
+        for path in glob.glob(os.path.join(data, "journal", "*.log")):
+            os.truncate(path, os.path.getsize(path) // 3)
+
+
+@pytest.mark.parametrize("how", ["deleted", "cut"])
+def test_a_voter_whose_log_was_lost_refuses_to_start_and_no_acknowledged_write_is_lost(tmp_path, how):
+    """A voter whose journal was deleted or cut off while it was stopped still holds its
+    term and vote: if it started, its vote could elect a leader that lacks the commands it
+    had acknowledged (here: 199 of 200 lost). It must refuse, in one line naming its data
+    and the way on, and the cluster keeps every acknowledged command."""
+    c = LocalCluster(tmp_path, 3)
+    try:
+        leader = c.leader()
+        voter, lagging = sorted(set(c.configs) - {leader})
+        with c.client() as client:
+            client.execute(Add("x", 1))
+            c.wait_converged()
+            c.kill(lagging, signal.SIGSTOP)  # the others commit without it
+            for _ in range(199):
+                client.execute(Add("x", 1))
+        c.kill(voter)
+        c.kill(leader)
+        _lose_log(os.path.join(c.dir, voter), how)
+        c.start(voter)
+        c.kill(lagging, signal.SIGCONT)
+        code = c.procs[voter].wait(15)
+        assert code != 0
+        last = c.tail(voter, 1).strip()
+        assert os.path.join(c.dir, voter) in last and "rebuild" in last, last
+        c.start(leader)
+        with c.client(timeout=20) as client:
+            assert client.query(Get("x")) == 200
+    finally:
+        c.stop()
