@@ -418,11 +418,13 @@ def fetch_backup(directory: str, out: str) -> BackupInfo:
             f.flush()
             os.fsync(f.fileno())
         info, _ = read_backup(tmp)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.remove(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):  # a write or fsync says neither the file nor that nothing was kept
+            raise BackupError(f"cannot write the backup {out}: {_reason(exc)}; nothing written") from exc
         raise
     finally:
         try:
@@ -472,9 +474,17 @@ def restore_backup(path: str, directory: str, nodes: int = 3, base_port: int | N
     existed = os.path.isdir(directory)
     try:
         return info, _seed(directory, nodes, base_port, placed, info, path, snapshot)
-    except BaseException:
+    except BaseException as exc:
         _remove_made(directory, existed)  # a retry would find it "not empty"
+        if isinstance(exc, OSError):  # a write says neither where nor that nothing was kept
+            raise BackupError(f"cannot restore into {directory}: {_reason(exc)}; nothing left there") from exc
         raise
+
+
+def _reason(exc: OSError) -> str:
+    """The OS's words, with the file when it names one."""
+    what = exc.strerror or str(exc)
+    return f"{os.fsdecode(exc.filename)}: {what}" if exc.filename is not None else what
 
 
 def _seed(directory: str, nodes: int, base_port: int | None, placed: dict, info: BackupInfo, path: str,

@@ -57,3 +57,44 @@ def test_a_voter_whose_log_was_lost_refuses_to_start_and_no_acknowledged_write_i
             assert client.query(Get("x")) == 200
     finally:
         c.stop()
+
+
+def _prevalence(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rpc.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mounts a tmpfs")
+def test_a_backup_or_restore_onto_a_full_disk_says_which_file_and_leaves_nothing(tmp_path):
+    """The operator's disk for backups fills: the one line must say which file could not
+    be written and why (not only "No space left on device"), nothing half-written stays,
+    and the cluster goes on serving; then the same for a restore into a full disk."""
+    from tests.cluster.test_fail_stop import mount_tmpfs
+    from tests.prevalence.domain import Put
+
+    out = str(tmp_path / "out")
+    mount_tmpfs(out, "16k")
+    c = LocalCluster(tmp_path / "c", 3)
+    try:
+        c.leader()
+        with c.client() as client:
+            for i in range(200):
+                client.execute(Put(f"k{i}-" + "v" * 200, i))  # a backup of some 50 KB
+            good = str(tmp_path / "good.bak")
+            r = _prevalence("backup", "--cluster", c.dir, "--out", good)
+            assert r.returncode == 0, r.stderr
+            target = os.path.join(out, "b.bak")
+            r = _prevalence("backup", "--cluster", c.dir, "--out", target)
+            assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+            assert target in r.stderr and "No space left on device" in r.stderr, r.stderr
+            assert os.listdir(out) == []
+            client.execute(Add("x", 1))  # still serving
+            c.check_alive()
+        restored = os.path.join(out, "restored")
+        r = _prevalence("restore", good, "--data", restored)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert restored in r.stderr and "No space left on device" in r.stderr, r.stderr
+        assert os.listdir(out) == []
+    finally:
+        c.stop()
+        subprocess.run(["umount", "-l", out], capture_output=True)
