@@ -30,6 +30,7 @@ from a failed fsync) means the journal is poisoned and the node must stop.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import time
@@ -50,6 +51,8 @@ from prevalence.snapshots import SnapshotStore, decode_file
 from replication.errors import CompactedError, RaftError, UnavailableError
 from replication.membership import Membership, cluster_id_problem
 from replication.messages import HardState, Snapshot, SnapshotMeta
+
+log = logging.getLogger("replication.journal_storage")
 
 HARD_STATE_FILE = "raft-state"
 #: The stored commit is refreshed at least this often (in entries): the log a restart
@@ -268,7 +271,9 @@ class JournalStorage:
         for index in self.snapshots.indexes():  # newest valid one; damaged ones are skipped
             try:
                 meta, _ = self.snapshots.read(index)
-            except Exception:
+            except Exception as exc:  # noqa: BLE001 - skipped for an older one, and said: the disk damages files
+                path = self.snapshots.path_of(index)
+                log.warning("skipping damaged snapshot: %s", exc if path in str(exc) else f"{path}: {exc}")
                 continue
             self._snap = SnapshotMeta(meta.index, meta.term, Membership.from_wire(meta.extra["membership"]))
             break
