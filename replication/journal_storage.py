@@ -205,12 +205,19 @@ def node_data_identity(directory: str, node_id: str, *, fs: FileSystem = OS) -> 
     return identity
 
 
+_REBUILD = "rebuild this node (docs/operations.md, \"Rebuilding a node\")"
+
+
 def _read_identity(path: str, fs: FileSystem = OS) -> DataIdentity:
     try:
         doc = tomllib.loads(read_file(fs, path).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
         raise RaftError(f"{path}: unreadable node identity: {exc}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:  # the file is written whole: the disk damaged it
+        raise RaftError(f"{path}: damaged node identity ({exc}): {_REBUILD}") from None
     fmt = doc.get("format")
+    if fmt is None:  # every version writes one first: an empty file, or one the disk lost
+        raise RaftError(f"{path}: damaged node identity (empty, or no format line): {_REBUILD}")
     if not isinstance(fmt, int) or not 1 <= fmt <= IDENTITY_FORMAT:
         raise RaftError(f"{path}: node identity format {fmt!r} is not one this version reads "
                         f"(up to {IDENTITY_FORMAT})")

@@ -124,3 +124,23 @@ def test_a_snapshot_damaged_under_a_stopped_node_is_named_in_its_log(tmp_path):
         assert warned and "damaged" in warned[0], c.tail(follower)
     finally:
         c.stop()
+
+
+@pytest.mark.parametrize("damage", [b"", b"format = 2\nnode = \"n"])
+def test_an_identity_file_the_disk_emptied_or_cut_is_called_damaged_not_a_version(tmp_path, damage):
+    """After a disk error and fsck, a node's identity.toml was found empty (or cut off).
+    The node must refuse in one line that says the file is damaged and how to go on,
+    not that its "format None is not one this version reads" (an upgrade question)."""
+    c = LocalCluster(tmp_path, 3)
+    try:
+        c.leader()
+        c.kill("n2")
+        path = os.path.join(c.dir, "n2", "identity.toml")
+        with open(path, "wb") as f:
+            f.write(damage)
+        c.start("n2")
+        assert c.procs["n2"].wait(15) != 0
+        last = c.tail("n2", 1).strip()
+        assert path in last and "damaged" in last and "rebuild" in last and "version" not in last, last
+    finally:
+        c.stop()
