@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -142,5 +143,112 @@ def test_an_identity_file_the_disk_emptied_or_cut_is_called_damaged_not_a_versio
         assert c.procs["n2"].wait(15) != 0
         last = c.tail("n2", 1).strip()
         assert path in last and "damaged" in last and "rebuild" in last and "version" not in last, last
+    finally:
+        c.stop()
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def failing_disk(tmp_path):
+    """``attach(path)``: mounts, at ``path``, ext4 on a loop device whose image lives on
+    a small tmpfs, moving what ``path`` held onto it; returns ``(fail, repair)``.
+    ``fail()`` fills that tmpfs, so the block device answers writes with EIO, as a dying
+    disk does; ``repair()`` frees it, unmounts, runs fsck and mounts again."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("needs root on Linux for a loop device (a disk that fails with EIO)")
+    back = str(tmp_path / "backing")
+    os.makedirs(back)
+    undo: list[tuple[str, ...]] = []
+
+    def attach(path: str):
+        r = _run("mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", back)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        undo.append(("umount", "-l", back))
+        image = os.path.join(back, "image")
+        _run("truncate", "-s", "64M", image)
+        r = _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", image)
+        if r.returncode != 0:
+            pytest.skip(f"cannot make an ext4 file system here: {r.stderr.strip()}")
+        r = _run("losetup", "-f", "--show", image)
+        if r.returncode != 0:
+            pytest.skip(f"no loop device here: {r.stderr.strip()}")
+        loop = r.stdout.strip()
+        undo.append(("losetup", "-d", loop))
+        held = path + ".held"
+        os.rename(path, held)
+        os.makedirs(path)
+        assert _run("mount", "-o", "errors=remount-ro", loop, path).returncode == 0
+        undo.append(("umount", "-l", path))
+        os.rmdir(os.path.join(path, "lost+found"))
+        for name in os.listdir(held):
+            assert _run("cp", "-a", os.path.join(held, name), path).returncode == 0
+        os.sync()
+        filler = os.path.join(back, "filler")
+
+        def fail() -> None:
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                while True:
+                    os.write(fd, b"\0" * (1 << 16))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+        def repair() -> None:
+            os.remove(filler)
+            for _ in range(50):  # the node's files are closed by now; the kernel may lag
+                if _run("umount", path).returncode == 0:
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"cannot unmount {path}")
+            _run("fsck.ext4", "-y", loop)
+            assert _run("mount", "-o", "errors=remount-ro", loop, path).returncode == 0
+
+        return fail, repair
+
+    try:
+        yield attach
+    finally:
+        for cmd in reversed(undo):
+            _run(*cmd)
+
+
+def test_a_follower_whose_disk_fails_with_eio_stops_and_rejoins_once_repaired(tmp_path, failing_disk):
+    """A dying disk under a follower: it exits non-zero with one line naming the failed
+    journal write, the others go on serving, nothing acknowledged is lost, and once the
+    disk is repaired (fsck) the node restarts from it and catches up."""
+    c = LocalCluster(tmp_path / "c", 3, start=False)
+    try:
+        fail, repair = failing_disk(os.path.join(c.dir, "n2"))  # before n2 starts: its data moves there
+        c.start("n1")
+        c.start("n3")
+        c.leader()
+        c.start("n2")
+        acked = 0
+        with c.client(timeout=20) as client:
+            for _ in range(100):
+                client.execute(Add("x", 1))
+                acked += 1
+            c.wait_converged("n2")
+            fail()
+            while c.alive("n2") and acked < 20000:
+                client.execute(Add("x", 1))
+                acked += 1
+            assert c.procs["n2"].wait(10) == 3
+            last = c.tail("n2", 1)
+            assert "CRITICAL" in last and "Input/output error" in last and "journal" in last, last
+            for _ in range(50):  # the other two go on
+                client.execute(Add("x", 1))
+                acked += 1
+            repair()
+            c.start("n2")
+            c.wait_converged("n2")
+            assert client.query(Get("x")) == acked
     finally:
         c.stop()
