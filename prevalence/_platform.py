@@ -116,8 +116,11 @@ class DirectoryLock:
     def release(self) -> None:
         if self._fd is not None:
             try:
-                os.lseek(self._fd, 0, os.SEEK_SET)  # no stale pid for the next process to report
-                os.write(self._fd, b" " * _PID_WIDTH)
+                try:
+                    os.lseek(self._fd, 0, os.SEEK_SET)  # no stale pid for the next process to report
+                    os.write(self._fd, b" " * _PID_WIDTH)
+                except OSError:  # a full or read-only disk: a stale pid is harmless (holder() is a hint),
+                    pass         # and this must not replace the error a failed start is stopping for
                 _unlock(self._fd)
             finally:
                 os.close(self._fd)

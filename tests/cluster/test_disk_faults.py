@@ -252,3 +252,31 @@ def test_a_follower_whose_disk_fails_with_eio_stops_and_rejoins_once_repaired(tm
             assert client.query(Get("x")) == acked
     finally:
         c.stop()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mounts a tmpfs")
+def test_a_node_refused_at_start_on_a_full_disk_says_why_not_only_that_the_disk_is_full(tmp_path):
+    """A node that cannot start (here: its identity file damaged) on a disk that is full
+    or read-only gave up its lock on the way out, and that lock's write failed too: the
+    operator read "error: No space left on device" (no file, no cause) instead of the
+    refusal itself. The refusal must be the line the node ends with."""
+    from tests.cluster.test_fail_stop import fill, mount_tmpfs
+
+    data = str(tmp_path / "n2")
+    mount_tmpfs(data, "4m")
+    c = LocalCluster(tmp_path, 3)
+    try:
+        c.leader()
+        c.kill("n2")
+        os.remove(os.path.join(data, "LOCK"))  # as a graceful stop on another version, or an operator
+        identity = os.path.join(data, "identity.toml")
+        with open(identity, "wb") as f:
+            f.write(b"format = 2\nnode = \"n")
+        fill(data)
+        c.start("n2")
+        assert c.procs["n2"].wait(15) != 0
+        last = c.tail("n2", 1).strip()
+        assert identity in last and "damaged" in last, last
+    finally:
+        c.stop()
+        subprocess.run(["umount", "-l", data], capture_output=True)
