@@ -125,7 +125,9 @@ def write_file_durably(fs: FileSystem, path: str, parts: list[bytes]) -> None:
     """Replace ``path`` atomically and durably: temp file, fsync, rename, fsync the directory.
 
     On failure the temp file is removed (a full disk keeps the space it had) and the
-    ``OSError`` propagates; ``path`` is then as it was.
+    ``OSError`` propagates, naming ``path`` when the OS named no file (a write or fsync
+    on a descriptor: else the operator reads "No space left on device" and guesses
+    which file); ``path`` is then as it was.
     """
     tmp = path + ".tmp"
     try:
@@ -137,11 +139,13 @@ def write_file_durably(fs: FileSystem, path: str, parts: list[bytes]) -> None:
         finally:
             fs.close(fd)
         fs.replace(tmp, path)
-    except OSError:
+    except OSError as exc:
         try:
             fs.remove(tmp)
         except OSError:
             pass
+        if exc.filename is None:  # the same errno (and subclass), with the file it was for
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         raise
     fs.fsync_dir(os.path.dirname(path))
 

@@ -280,3 +280,33 @@ def test_a_node_refused_at_start_on_a_full_disk_says_why_not_only_that_the_disk_
     finally:
         c.stop()
         subprocess.run(["umount", "-l", data], capture_output=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mounts a tmpfs")
+def test_a_file_a_full_disk_could_not_replace_is_named(tmp_path):
+    """A node with data from before identity files (here: its identity.toml removed)
+    writes one at start, from the log's cluster id; on a full disk it cannot, and must
+    say which file, not only "No space left on device". Once space returns it starts."""
+    from tests.cluster.test_fail_stop import fill, mount_tmpfs
+
+    data = str(tmp_path / "n2")
+    mount_tmpfs(data, "4m")
+    c = LocalCluster(tmp_path, 3)
+    try:
+        c.leader()
+        with c.client() as client:
+            client.execute(Add("x", 1))
+        c.wait_converged()
+        c.kill("n2")
+        os.remove(os.path.join(data, "identity.toml"))
+        filler = fill(data)
+        c.start("n2")
+        assert c.procs["n2"].wait(15) != 0
+        last = c.tail("n2", 1).strip()
+        assert os.path.join(data, "identity.toml") in last and "No space left on device" in last, last
+        os.remove(filler)
+        c.start("n2")
+        c.wait_converged("n2")
+    finally:
+        c.stop()
+        subprocess.run(["umount", "-l", data], capture_output=True)
