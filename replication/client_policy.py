@@ -20,7 +20,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, NamedTuple
 
 from prevalence.errors import PrevalenceError
-from replication.errors import ProposalRefused
+from replication.errors import NoDiskSpace, ProposalRefused
 
 SUSPECT_FOR = 1.0  # seconds an address that failed us is tried after the others (about two elections)
 BACKOFF_FIRST, BACKOFF_MAX = 0.02, 0.25  # nobody answered at all: back off, but not for long
@@ -65,6 +65,11 @@ def refusal_reply(exc: BaseException, address_of: Callable[[str | None], str | N
     """The reply a node gives when the framework refuses a request (not the leader, an
     error of the request, a time-out), or None for an exception that is not a refusal.
     ``rpc.service`` answers with it, and the simulator's nodes answer its clients so."""
+    if isinstance(exc, NoDiskSpace) and exc.leader is None:
+        # a full leader with nobody to hand over to: no node takes commands until space is
+        # freed, and "not the leader, none known" would only send the client after an
+        # election that is not coming; nothing was proposed, so the retry is safe
+        return ["unavailable", str(exc)]
     if isinstance(exc, ProposalRefused):  # not the leader, or handing leadership over
         return ["not_leader", exc.leader, address_of(exc.leader)]
     if isinstance(exc, PrevalenceError):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -310,3 +311,50 @@ def test_a_file_a_full_disk_could_not_replace_is_named(tmp_path):
     finally:
         c.stop()
         subprocess.run(["umount", "-l", data], capture_output=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mounts a tmpfs")
+def test_when_every_disk_is_full_a_client_is_told_so_and_writes_resume_when_space_returns(tmp_path):
+    """Every node's disk fills: no node can journal a command. A client must hear that
+    the disks are full, not that the node the status calls leader "is not the leader
+    (hint: None)"; and once space returns, writes go on with nothing acknowledged lost."""
+    from rpc.client import ClusterUnavailable
+    from tests.cluster.test_fail_stop import fill, mount_tmpfs
+
+    for nid in ("n1", "n2", "n3"):
+        mount_tmpfs(str(tmp_path / nid), "8m")
+    c = LocalCluster(tmp_path, 3)
+    try:
+        c.leader()
+        with c.client() as client:
+            for _ in range(20):
+                client.execute(Add("x", 1))
+        fillers = [fill(str(tmp_path / nid)) for nid in c.configs]
+        acked: list = []
+        stop = threading.Event()
+
+        def writer() -> None:  # until the disks are found full; its last command waits for space
+            with c.client(timeout=60) as client:
+                while not stop.is_set():  # entries of 8 KiB: each needs new blocks, the leader's too
+                    acked.append(client.execute(Add("x" + " " * 8192, 1)))
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        c.wait_for("every node to find its disk full", lambda: all(r.get("disk_full") for r in c.status().values()),
+                   10)
+        with pytest.raises(ClusterUnavailable) as caught, c.client(timeout=3) as client:
+            client.execute(Add("x", 1))
+        assert "disk is full" in str(caught.value), caught.value
+        stop.set()
+        for filler in fillers:
+            os.remove(filler)
+        t.join(30)
+        assert not t.is_alive() and acked == list(range(1, 1 + len(acked)))  # each once, in order
+        with c.client(timeout=20) as client:
+            assert client.query(Get("x" + " " * 8192)) == len(acked)
+            assert client.query(Get("x")) == 20
+        c.check_alive()
+    finally:
+        c.stop()
+        for nid in ("n1", "n2", "n3"):
+            subprocess.run(["umount", "-l", str(tmp_path / nid)], capture_output=True)
