@@ -52,12 +52,13 @@ MAC_SIZE = 32
 MAX_ID_LEN = 128
 MAX_REASON_LEN = 300
 MAX_CLUSTER_LEN = 64
-#: 2: a key per role, the role told by the key that proves itself (1 had a claimed role).
-#: What a client or admin program says; RPyC follows the handshake.
-PROTOCOL_VERSION = 2
-#: 3: what a node says to a node; length-prefixed batches follow the handshake, not RPyC
-#: (nodes of version 2 spoke RPyC to each other: the two cannot share a cluster).
-PEER_PROTOCOL_VERSION = 3
+#: 4: what a client or admin program says; RPyC follows the handshake, each frame ended
+#: by a CRC-32 (rpc.channel). 2 had RPyC's plain frames; 1 had a claimed role.
+PROTOCOL_VERSION = 4
+#: 5: what a node says to a node; length-prefixed batches follow the handshake, each frame
+#: ended by a CRC-32. 3 had plain frames, 2 spoke RPyC between nodes: none of these can
+#: share a cluster.
+PEER_PROTOCOL_VERSION = 5
 VERSIONS = (PROTOCOL_VERSION, PEER_PROTOCOL_VERSION)
 ROLES = ("peer", "client", "admin")
 

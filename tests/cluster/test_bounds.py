@@ -16,6 +16,7 @@ import pytest
 import rpc.transport as transport
 from prevalence._platform import child_dies_with_parent
 from prevalence.codec import CODEC
+from rpc.channel import frame
 from rpc.cluster import start_node
 from rpc.transport import NodeLink
 from tests.cluster.attack import HEADER, authenticated, closed_within, key, proc_kb, reset_peak
@@ -195,7 +196,7 @@ def test_a_request_of_countless_small_objects_leaves_the_node_within_its_memory_
     try:
         t0 = time.monotonic()
         try:
-            sock.sendall(HEADER.pack(len(body), 0) + body + b"\n")
+            sock.sendall(frame(body))
         except OSError:
             pass
         closed = closed_within(sock, 10.0)

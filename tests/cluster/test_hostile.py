@@ -31,6 +31,7 @@ from replication.membership import Membership
 from replication.messages import SnapshotMeta
 from prevalence.entry import Entry, EntryKind
 from rpc.auth import client_handshake
+from rpc.channel import frame as rpyc_frame
 from rpc.transport import SAFE_PROTOCOL_CONFIG, open_connection, open_peer_channel
 from rpc.wire import BatchError, encode_batch
 from tests.cluster.attack import HEADER, Target, authenticated, key
@@ -184,7 +185,7 @@ def bomb() -> bytes:
 # a valid request after the hostile frame: its answer (or the connection's end) says the
 # node has dealt with what came before it
 PING = brine.I1.pack(consts.MSG_REQUEST) + brine.dump((999, (consts.HANDLE_PING, (consts.LABEL_VALUE, ("hi",)))))
-PING_FRAME = HEADER.pack(len(PING), 0) + PING + b"\n"
+PING_FRAME = rpyc_frame(PING)
 
 
 def raw_bytes(case: Case, role: str) -> bytes:
@@ -202,7 +203,7 @@ def raw_bytes(case: Case, role: str) -> bytes:
         body = bytes([case.msg]) + case.body
     else:
         body = case.body
-    return HEADER.pack(len(body), 0) + body + b"\n"
+    return rpyc_frame(body)
 
 
 @settings(max_examples=CASES["frames"], **SETTINGS)

@@ -11,7 +11,7 @@ from prevalence.errors import PrevalenceError
 from rpc import AuthenticationFailed, ConnectFailed, Identity, SecretError, ServerAuthenticator, client_handshake
 from rpc.auth import _CLIENT_LABEL, _mac, _server_mac, _transcript
 from rpc.wire import (
-    CHALLENGE, HELLO, OK, PEER_PROTOCOL_VERSION, PROOF, REFUSED, decode_message, encode_frame, read_frame,
+    CHALLENGE, HELLO, OK, PEER_PROTOCOL_VERSION, PROOF, PROTOCOL_VERSION, REFUSED, decode_message, encode_frame, read_frame,
 )
 
 from .conftest import ADMIN_SECRET, CLIENT_SECRET, HOST, KEYS, OTHER_SECRET, SECRET
@@ -199,16 +199,16 @@ def test_recorded_proof_cannot_be_replayed(listener):
 
 
 def test_an_older_node_is_refused_by_its_protocol(listener, caplog):
-    """A node of the previous release (protocol 2: RPyC between nodes) holds the right
-    peer key but would speak RPyC after the handshake: refused with a reason that
+    """A party with the right peer key that says the client protocol (RPyC after the
+    handshake), as a node of a release whose nodes spoke RPyC did: refused with a reason that
     names the mismatch, on both sides, instead of garbage later."""
     server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=2))
     nonce = b"c" * 32
     with caplog.at_level(logging.WARNING, logger="rpc.auth"), connect(listener) as sock:
         deadline = time.monotonic() + 2
-        sock.sendall(encode_frame(HELLO, 2, "n1", nonce))
+        sock.sendall(encode_frame(HELLO, PROTOCOL_VERSION, "n1", nonce))
         _, (ns,) = decode_message(read_frame(sock, deadline), (CHALLENGE,))
-        sock.sendall(encode_frame(PROOF, _mac(SECRET, _CLIENT_LABEL, _transcript(2, "n1", nonce, ns))))
+        sock.sendall(encode_frame(PROOF, _mac(SECRET, _CLIENT_LABEL, _transcript(PROTOCOL_VERSION, "n1", nonce, ns))))
         tag, (reason,) = decode_message(read_frame(sock, deadline), (OK, REFUSED))
         server["thread"].join(3)
     assert tag == REFUSED and "every node of a cluster must run the same release" in reason
@@ -241,7 +241,7 @@ def test_slow_drip_client_is_bounded_by_one_deadline(listener):
     server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=0.5))
     t0 = time.monotonic()
     with connect(listener) as sock:
-        frame = encode_frame(HELLO, 2, "n1", b"c" * 32)
+        frame = encode_frame(HELLO, PROTOCOL_VERSION, "n1", b"c" * 32)
         try:
             for byte in frame:
                 sock.sendall(bytes([byte]))

@@ -9,7 +9,7 @@ import threading
 import time
 
 from rpc.auth import ServerAuthenticator
-from rpc.channel import _channel
+from rpc.channel import _channel, frame
 from rpc.wire import decode_batch, encode_batch
 
 from .conftest import HOST, SECRET, wait_until
@@ -109,7 +109,7 @@ def test_an_answer_before_the_batch_is_written_lets_nothing_write_alongside(make
         sock.recv(1, socket.MSG_PEEK)  # the big batch is being written
         time.sleep(0.1)
         body = encode_batch([])
-        sock.sendall(HEADER.pack(len(body), 0) + body + b"\n")  # answered, unread
+        sock.sendall(frame(body))  # answered, unread
         answered.set()
         time.sleep(0.5)  # the small message is sent meanwhile
         chan = _channel(sock, 8 << 20, "test")

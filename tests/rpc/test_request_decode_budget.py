@@ -12,7 +12,6 @@ import tracemalloc
 import pytest
 import rpyc
 from rpyc.core.stream import SocketStream
-from rpyc.core.channel import Channel
 
 import rpc.peer_server as peer_server
 from rpc.transport import BoundedChannel
@@ -31,7 +30,7 @@ def _pair(monkeypatch, budget):
     server = peer_server._PlainConnection(_Echo(), server_channel, {"allow_public_attrs": False})
     serving = threading.Thread(target=lambda: _serve(server), daemon=True)
     serving.start()
-    client = rpyc.Connection(rpyc.VoidService(), Channel(SocketStream(b), compress=False), {})
+    client = rpyc.Connection(rpyc.VoidService(), BoundedChannel(SocketStream(b), 4 << 20), {})  # as clients frame
     return server, client
 
 

@@ -11,6 +11,7 @@ from prevalence.errors import PrevalenceError
 from rpc.wire import (
     CHALLENGE,
     HELLO,
+    PROTOCOL_VERSION,
     MAX_BATCH_FRAMES,
     MAX_FRAME,
     OK,
@@ -51,9 +52,10 @@ def test_roundtrip_every_message():
     nonce = b"n" * 32
     mac = b"m" * 32
     # a client program's hello has no cluster id (read as unknown); a node's has its id and epoch
-    assert decode_message(body(encode_frame(HELLO, 2, "n1", nonce)), (HELLO,)) == (HELLO, (2, "n1", nonce, "", 0))
-    assert decode_message(body(encode_frame(HELLO, 2, "n1", nonce, "c1", 3)), (HELLO,)) == \
-        (HELLO, (2, "n1", nonce, "c1", 3))
+    assert decode_message(body(encode_frame(HELLO, PROTOCOL_VERSION, "n1", nonce)), (HELLO,)) == \
+        (HELLO, (PROTOCOL_VERSION, "n1", nonce, "", 0))
+    assert decode_message(body(encode_frame(HELLO, PROTOCOL_VERSION, "n1", nonce, "c1", 3)), (HELLO,)) == \
+        (HELLO, (PROTOCOL_VERSION, "n1", nonce, "c1", 3))
     assert decode_message(body(encode_frame(CHALLENGE, nonce)), (CHALLENGE,)) == (CHALLENGE, (nonce,))
     assert decode_message(body(encode_frame(PROOF, mac)), (PROOF,)) == (PROOF, (mac,))
     assert decode_message(body(encode_frame(OK, mac, "admin")), (OK, REFUSED)) == (OK, (mac, "admin"))
@@ -63,13 +65,13 @@ def test_roundtrip_every_message():
 @pytest.mark.parametrize(
     "fields, match",
     [
-        ((2, "", b"n" * 32), "identity"),
-        ((2, "x" * 129, b"n" * 32), "identity"),
-        ((2, "a\nb", b"n" * 32), "non-printable"),
-        ((2, "n1", b"short"), "client nonce"),
-        (("2", "n1", b"n" * 32), "version"),
-        ((2, "peer", "n1", b"n" * 32), "fields"),  # version 2 has no claimed role
-        ((2, "n1"), "fields"),
+        ((PROTOCOL_VERSION, "", b"n" * 32), "identity"),
+        ((PROTOCOL_VERSION, "x" * 129, b"n" * 32), "identity"),
+        ((PROTOCOL_VERSION, "a\nb", b"n" * 32), "non-printable"),
+        ((PROTOCOL_VERSION, "n1", b"short"), "client nonce"),
+        ((str(PROTOCOL_VERSION), "n1", b"n" * 32), "version"),
+        ((PROTOCOL_VERSION, "peer", "n1", b"n" * 32), "fields"),  # no claimed role since version 2
+        ((PROTOCOL_VERSION, "n1"), "fields"),
     ],
 )
 def test_hello_validation(fields, match):
