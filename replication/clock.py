@@ -21,9 +21,17 @@ Pure: times come in as arguments, nothing here reads a clock.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Iterable
 
 DEFAULT_MAX_OFFSET_US = 500_000  # a wall clock this far from the voters' median is reported
+#: A reading is as old as the time its message spent on the way (a lossy link, TCP
+#: retransmissions: a second and more): each voter's estimate is the least delayed of its
+#: readings of the last READING_WINDOW seconds, as NTP keeps its least delayed sample.
+READING_WINDOW = 10.0
+#: No message is held up on the way longer than this: a reading further behind the best
+#: one is a clock set back, taken at once.
+MAX_DELAY_US = 2_000_000
 
 
 class JournalClock:
@@ -34,12 +42,22 @@ class JournalClock:
         self.id = node_id
         self.max_offset_us = max_offset_us
         self.last_stamp = 0  # the newest stamp this node knows to be in the log
-        self._readings: dict[str, tuple[int, float]] = {}  # node -> (wall µs, monotonic s when heard)
+        # node -> its readings as (monotonic s when heard, wall µs minus monotonic µs then),
+        # the second falling from the front: the front one is the least delayed one
+        self._readings: dict[str, deque[tuple[float, int]]] = {}
 
     def observe(self, node: str, wall_us: int, mono: float) -> None:
         """``node`` said its wall clock read ``wall_us``; heard at monotonic ``mono``."""
         if wall_us > 0 and node != self.id:
-            self._readings[node] = (wall_us, mono)
+            q = self._readings.setdefault(node, deque())
+            offset = wall_us - int(mono * 1_000_000)
+            if q and offset < q[0][1] - MAX_DELAY_US:
+                q.clear()
+            while q and (q[-1][1] <= offset or q[-1][0] > mono):  # a later reading as good or better
+                q.pop()
+            q.append((mono, offset))
+            while q[0][0] < mono - READING_WINDOW:
+                q.popleft()
 
     def saw_stamp(self, stamp_us: int) -> None:
         """A stamp already in the log (a new leader's log tail): never stamp below it."""
@@ -53,9 +71,9 @@ class JournalClock:
             if v == self.id:
                 out[v] = wall_us
             else:
-                r = self._readings.get(v)
-                if r is not None:
-                    out[v] = r[0] + int((mono - r[1]) * 1_000_000)
+                q = self._readings.get(v)
+                if q:
+                    out[v] = q[0][1] + int(mono * 1_000_000)
         return out
 
     def stamp(self, voters: tuple[str, ...], wall_us: int, mono: float) -> int:

@@ -68,3 +68,42 @@ def test_a_minority_of_wrong_clocks_cannot_move_the_stamp_outside_the_good_ones(
         c.observe(node, T + off, 7.0)
     stamp = c.stamp(ids, T + clocks[0], 7.0)
     assert T + min(good) <= stamp <= T + max(good)
+
+
+def test_a_reading_delayed_on_the_way_does_not_make_a_good_clock_look_wrong():
+    """A heartbeat answer that a lossy link held up for 0.8 s (TCP retransmissions) carries
+    a wall clock reading 0.8 s old: the clock is right, the link was slow. The estimate
+    keeps the least delayed of the recent readings, so the operator is not told to fix NTP."""
+    c = JournalClock("n1")
+    c.observe("n2", T, 10.0)                 # on time
+    c.observe("n3", T, 10.0)
+    c.observe("n2", T + S, 11.8)             # n2 read its clock at 11.0; heard at 11.8
+    assert c.outliers(VOTERS, T + 2 * S, 12.0) == {}
+    assert c.stamp(VOTERS, T + 2 * S, 12.0) == T + 2 * S
+
+
+def test_a_clock_that_really_jumps_is_still_seen():
+    c = JournalClock("n1")
+    c.observe("n2", T, 10.0)
+    c.observe("n3", T, 10.0)
+    c.observe("n2", T + 1 * S + DAY, 11.0)    # set a day ahead
+    assert c.outliers(VOTERS, T + 1 * S, 11.0) == {"n2": DAY}
+    c = JournalClock("n1")
+    c.observe("n2", T, 10.0)
+    c.observe("n3", T, 10.0)
+    for k in range(1, 3):                      # set a day behind: not a delay on the way, seen at once
+        c.observe("n2", T + k * S - DAY, 10.0 + k)
+        c.observe("n3", T + k * S, 10.0 + k)
+    assert c.outliers(VOTERS, T + 3 * S, 13.0) == {"n2": -DAY}
+
+
+def test_a_clock_set_back_a_little_is_seen_once_its_older_readings_age_out():
+    """Set back by 1 s, a clock looks like a slow link at first: named once the readings
+    from before the step are older than the window."""
+    c = JournalClock("n1")
+    c.observe("n3", T, 10.0)
+    for k in range(0, 30):
+        c.observe("n2", T + k * S - (S if k >= 5 else 0), 10.0 + k)   # one second back from k = 5
+        if k == 12:
+            assert c.outliers(VOTERS, T + k * S, 10.0 + k) == {}
+    assert c.outliers(VOTERS, T + 29 * S, 39.0) == {"n2": -S}
