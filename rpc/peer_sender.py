@@ -22,7 +22,7 @@ from collections import deque
 from typing import Callable
 
 from replication.runtime.peer_link import (  # noqa: F401 - the two limits re-exported
-    CONNECTING, DIRECT_SEND_LIMIT, DOWN_QUEUE_LIMIT, Batch, LinkSettings, PeerLink,
+    CONNECTING, DIRECT_SEND_LIMIT, DOWN_QUEUE_LIMIT, ROUND_TRIPS_KEPT, Batch, LinkSettings, PeerLink,
 )
 
 from .auth import ConnectFailed, format_address
@@ -232,9 +232,17 @@ class _Peer:
                 # fsync) must not make an answered batch look overdue
                 with self.cond:
                     self.link.replied(bid, time.monotonic())
+                    slow = self.link.too_slow(time.monotonic())
                     self._check(c)
                     if self.link.queued:  # the sender waits for room in the window only with work queued
                         self.cond.notify_all()
+                if slow is not None:
+                    log.warning("peer %s at %s answers in %.2f s at best (its last %d answers), longer than the "
+                                "election timeout (%g s): over such a link an election cannot complete and a leader "
+                                "cannot keep its term; raise [timeouts] tick or election_ticks on every node so that "
+                                "tick x election_ticks is well above the round trip (docs/operations.md)", self.id,
+                                format_address(self.address), slow, ROUND_TRIPS_KEPT,
+                                self.owner.settings.slow_round_trip)
                 on_reply = self.owner.on_reply  # read each time: set after the first connections
                 if frames and on_reply is not None:
                     try:
@@ -306,6 +314,7 @@ class PeerTransport:
         backoff_min: float = 0.05,
         backoff_max: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
+        slow_round_trip: float = 0.0,
     ):
         if not isinstance(self_id, str) or not self_id:
             raise TransportError(f"self_id must be a non-empty string, got {self_id!r}")
@@ -330,7 +339,7 @@ class PeerTransport:
             queue_limit=self.queue_limit, queue_bytes_limit=self.queue_bytes_limit,
             max_batch_frames=self.max_batch_frames, max_batch_bytes=self.max_batch_bytes,
             max_in_flight=self.max_in_flight, request_timeout=self.request_timeout,
-            backoff_min=self.backoff_min, backoff_max=self.backoff_max)
+            backoff_min=self.backoff_min, backoff_max=self.backoff_max, slow_round_trip=float(slow_round_trip))
         self._lock = threading.Lock()
         self._peers: dict[str, _Peer] = {}
         self._unknown: dict[str, int] = {}

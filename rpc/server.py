@@ -74,7 +74,9 @@ class NodeProcess:
             self.keys["peer"] = tuple(ClusterKey(k) for k in self.keys["peer"])
             self.cluster_identity = ClusterIdentity(cfg.data, identity, self.keys["peer"])
             peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
-            self.transport = PeerTransport(cfg.id, self.keys["peer"][0], peers, ssl_context=self.client_tls)
+            # answers slower than the shortest election timeout: elections over them cannot complete
+            self.transport = PeerTransport(cfg.id, self.keys["peer"][0], peers, ssl_context=self.client_tls,
+                                           slow_round_trip=cfg.tick * cfg.election_ticks)
             self.node = self._open_node(cfg)
             self.cluster_identity.attach(self.node)
             self.leader_hooks.append((lambda: self.cluster_identity.on_leader_start(self.node), lambda: None))

@@ -24,6 +24,7 @@ The shell's side of the contract::
     lost(reason, now)                the connection is gone: what was in flight counts as failed
     next_deadline() -> float | None  when check() or start_connect() has something to do
     status() -> dict                 the counters (docs/transport.md)
+    too_slow(now) -> float | None    answers slower than ``slow_round_trip``: say so (once a minute)
 
 ``connected``, ``connect_failed`` and ``lost`` return the previous up/down state when
 it changed (for the shell's one log line per transition), else None.
@@ -37,6 +38,8 @@ from typing import NamedTuple
 
 DOWN_QUEUE_LIMIT = 64  # messages kept for a peer that is not connected
 DIRECT_SEND_LIMIT = 16 * 1024  # larger messages always go through the sender thread
+ROUND_TRIPS_KEPT = 16  # the link's round trip is the fastest of its last this many answers
+SLOW_WARNING_EVERY = 60.0  # seconds between two warnings of a link too slow
 
 IDLE, CONNECTING, OPEN = "idle", "connecting", "open"
 
@@ -53,6 +56,8 @@ class LinkSettings:
     request_timeout: float = 1.0
     backoff_min: float = 0.05
     backoff_max: float = 1.0
+    #: answers that all take this long (seconds; the election timeout) are reported; 0: never
+    slow_round_trip: float = 0.0
 
 
 class Batch(NamedTuple):
@@ -79,6 +84,8 @@ class PeerLink:
         self.answered_early: int | None = None  # the batch being written, if its answer came already
         self.last_id = 0
         self.sent_frames = self.delivered = self.dropped = self.failed = self.connects = 0
+        self.round_trips: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)  # seconds from write to answer
+        self.slow_said_at = float("-inf")
 
     # -- the queue ------------------------------------------------------------------------------
     def enqueue(self, payload: bytes) -> None:
@@ -151,6 +158,24 @@ class PeerLink:
         item = self.inflight.pop(batch_id, None)
         if item is not None:  # else its connection was lost: already counted
             self.delivered += item[1]
+            self.round_trips.append(max(0.0, now - item[0]))
+
+    @property
+    def round_trip(self) -> float | None:
+        """The fastest of the last answers (a pause or a slow fsync on the peer delays
+        some answers, a slow link all of them); None before any."""
+        return min(self.round_trips) if self.round_trips else None
+
+    def too_slow(self, now: float) -> float | None:
+        """The round trip, when every recent answer took ``slow_round_trip`` or more and
+        it was not said within SLOW_WARNING_EVERY seconds: the shell logs it. Over such a
+        link the votes of an election come back after their candidate started over."""
+        limit = self.cfg.slow_round_trip
+        if (not limit or len(self.round_trips) < ROUND_TRIPS_KEPT or min(self.round_trips) < limit
+                or now - self.slow_said_at < SLOW_WARNING_EVERY):
+            return None
+        self.slow_said_at = now
+        return min(self.round_trips)
 
     # -- the connection -------------------------------------------------------------------------
     def start_connect(self, now: float) -> bool:
@@ -248,4 +273,5 @@ class PeerLink:
             "reconnects": max(0, self.connects - 1),
             "last_error": self.last_error,
             "since": self.since,
+            "round_trip": self.round_trip,
         }

@@ -264,3 +264,32 @@ def test_frames_handed_out_are_a_subsequence_of_those_enqueued(ops, limits):
         s = pl.status()
         assert s["sent"] == len(handed) == s["delivered"] + s["failed"] + in_flight
         assert len(enqueued) == len(handed) + s["queued"] + s["dropped"]
+
+
+def _answer(pl: PeerLink, sent: float, took: float) -> None:
+    pl.enqueue(b"m")
+    b = write(pl, sent)
+    pl.replied(b.id, sent + took)
+
+
+def test_a_link_whose_every_answer_outlasts_the_election_timeout_is_said_once_a_minute():
+    pl = opened(slow_round_trip=0.25)
+    for k in range(15):
+        _answer(pl, k, 0.6)
+        assert pl.too_slow(k + 0.6) is None  # not before 16 answers
+    _answer(pl, 15, 0.6)
+    assert pl.too_slow(15.6) == pytest.approx(0.6)
+    _answer(pl, 16, 0.6)
+    assert pl.too_slow(16.6) is None  # said: not again within a minute
+    assert pl.status()["round_trip"] == pytest.approx(0.6)
+    _answer(pl, 80, 0.6)
+    assert pl.too_slow(80.6) == pytest.approx(0.6)
+
+
+def test_a_few_slow_answers_are_a_pause_not_a_slow_link():
+    pl = opened(slow_round_trip=0.25)
+    for k in range(40):
+        _answer(pl, k, 0.002 if k % 8 == 0 else 0.9)  # a GC pause, a slow fsync now and then
+        assert pl.too_slow(k + 1) is None
+    assert pl.status()["round_trip"] == pytest.approx(0.002)
+    assert link().status()["round_trip"] is None and opened().too_slow(100.0) is None  # 0: never said
