@@ -63,8 +63,11 @@ def migrate_keys(directory: str) -> list[str]:
     done = [f"made {name}" for name in write_keys(directory)]
     keys = "\n".join(f'{role}_secret = "{name}"' for role, name in KEY_FILES.items())
     for path in sorted(glob.glob(os.path.join(directory, "*.toml"))):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: not UTF-8 text (byte {exc.start})") from None
         new, n = re.subn(r"^secret_file[ \t]*=.*$", lambda _m: keys, text, count=1, flags=re.M)
         if n:
             with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -219,7 +222,7 @@ def node_config_paths(directory: str) -> list[str]:
         try:
             with open(path, "rb") as f:
                 doc = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError):
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             paths.append(path)  # load_config will say what is wrong with it
             continue
         if "id" in doc and "listen" in doc:

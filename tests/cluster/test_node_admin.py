@@ -1,0 +1,47 @@
+"""An operator on a bad day, from outside: `prevalence node`, `status` and `cluster ...`
+run as processes on wrong files, wrong values and wrong ids. Each answer is one line
+naming the file and the problem, a non-zero exit, no traceback, and nothing half made."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rpc.cluster import write_cluster
+from tests.cluster.harness import ROOT, TEST_ROOT
+
+
+def prevalence(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
+    """The `prevalence` command of this tree, run as an operator runs it."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", "rpc.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_line_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    """The one line of an error exit (code 1) that names ``words``; no traceback."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def directory(tmp_path):
+    """A cluster directory as `cluster up` writes it (its nodes not started)."""
+    write_cluster(str(tmp_path), 3, 17_000, TEST_ROOT)
+    return tmp_path
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", bytes(range(256)) * 4], ids=["utf16", "binary"])
+def test_a_config_that_is_not_text_is_one_line_naming_the_file(directory, content):
+    bad = directory / "n1.toml"
+    bad.write_bytes(content)
+    one_line_error(prevalence("node", "--config", str(bad)), str(bad), "UTF-8")
+    one_line_error(prevalence("status", "--cluster", str(directory)), str(bad), "UTF-8")
+    one_line_error(prevalence("cluster", "keys", "--cluster", str(directory)), str(bad), "UTF-8")
