@@ -86,6 +86,25 @@ class NodeConfig:
         check_fsync(self.fsync, f"{self.path or 'node ' + repr(self.id)}: field 'fsync'")
 
 
+# A node's timing, in seconds: a tick shorter than MIN_TICK spins a core (and starves the
+# thread that would stop the node), a longer one or an election timeout beyond the limit
+# is no failover at all, and an infinite one overflows the clock of the Raft thread.
+MIN_TICK, MAX_TICK = 0.001, 10.0
+MAX_ELECTION_TIMEOUT = 600.0
+
+
+def _tick_problem(value: float) -> str | None:
+    if not MIN_TICK <= value <= MAX_TICK:  # NaN too
+        return f"must be from {MIN_TICK:g} to {MAX_TICK:g} seconds"
+    return None
+
+
+def _election_ticks_problem(value: int) -> str | None:
+    if not 3 <= value <= 100_000:
+        return "must be from 3 to 100000"
+    return None
+
+
 def parse_address(text: Any, where: str) -> tuple[str, int]:
     if not isinstance(text, str) or ":" not in text:
         raise ConfigError(f"{where}: expected \"HOST:PORT\", got {text!r}")
@@ -192,11 +211,14 @@ def load_config(path: str) -> NodeConfig:
     if node_id not in cfg.peers:
         raise ConfigError(f"{t.where('peers')} must list this node ({node_id!r}) with its address")
     times = t.table("timeouts")
-    cfg.tick = float(times.get("tick", (int, float), cfg.tick, check=positive))
-    cfg.election_ticks = times.get("election_ticks", int, cfg.election_ticks, check=lambda v: None if v >= 3 else "must be at least 3")
+    cfg.tick = float(times.get("tick", (int, float), cfg.tick, check=_tick_problem))
+    cfg.election_ticks = times.get("election_ticks", int, cfg.election_ticks, check=_election_ticks_problem)
     cfg.heartbeat_ticks = times.get("heartbeat_ticks", int, cfg.heartbeat_ticks, check=positive)
     if cfg.heartbeat_ticks >= cfg.election_ticks:
         raise ConfigError(f"{times.where('heartbeat_ticks')} must be smaller than election_ticks")
+    if cfg.tick * cfg.election_ticks > MAX_ELECTION_TIMEOUT:
+        raise ConfigError(f"{times.where('election_ticks')} times tick must be at most {MAX_ELECTION_TIMEOUT:g} s "
+                          f"(an election timeout), got {cfg.election_ticks} x {cfg.tick:g} s")
     times.no_extras()
     snaps = t.table("snapshots")
     cfg.snapshot_every = snaps.get("every", int, cfg.snapshot_every, check=lambda v: None if v >= 0 else "must be >= 0")

@@ -45,3 +45,19 @@ def test_a_config_that_is_not_text_is_one_line_naming_the_file(directory, conten
     one_line_error(prevalence("node", "--config", str(bad)), str(bad), "UTF-8")
     one_line_error(prevalence("status", "--cluster", str(directory)), str(bad), "UTF-8")
     one_line_error(prevalence("cluster", "keys", "--cluster", str(directory)), str(bad), "UTF-8")
+@pytest.mark.parametrize("old, new, field", [
+    ("tick = 0.025", "tick = inf", "timeouts.tick"),
+    ("tick = 0.025", "tick = 1e-300", "timeouts.tick"),
+    ("tick = 0.025", "tick = nan", "timeouts.tick"),
+    ("tick = 0.025", "tick = 1e9", "timeouts.tick"),
+    ("election_ticks = 10", "election_ticks = 9223372036854775807", "timeouts.election_ticks"),
+])
+def test_a_timing_no_node_can_run_with_is_refused_before_it_starts(directory, old, new, field):
+    # The node used to print "up", then die of an OverflowError in its Raft thread (exit
+    # code 3, restarted for ever by its service manager), or spin a core with a tick of
+    # 1e-300 s and not even stop on SIGTERM.
+    cfg = directory / "n1.toml"
+    text = cfg.read_text()
+    assert old in text
+    cfg.write_text(text.replace(old, new, 1))
+    one_line_error(prevalence("node", "--config", str(cfg)), str(cfg), f"field '{field}'")
