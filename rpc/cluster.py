@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -55,8 +56,6 @@ def migrate_keys(directory: str) -> list[str]:
     cluster.secret to them (the ``secret_file`` line becomes the three key lines; nothing
     else in the file changes). Returns what was done, line by line. Run with every node
     stopped: a node of this version speaks only to nodes that hold the same keys."""
-    import re
-
     directory = os.path.abspath(directory)
     if not os.path.isdir(directory):
         os.makedirs(directory, mode=0o700)  # a set of keys to copy to the PCs
@@ -297,6 +296,9 @@ def admin(directory: str, method: str, *args: Any) -> Any:
                                "nothing was changed)")
 
 
+NEW_NODE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
 def add_node(directory: str, node_id: str, address: str | None = None, *, voter: bool = False) -> str:
     """Write ``DIR/<id>.toml`` for a new node (join = true) and add it to the membership.
 
@@ -305,6 +307,9 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
     """
     from rpc.config import parse_address
 
+    if not NEW_NODE_ID.fullmatch(node_id):  # it names DIR/<id>.toml and DIR/<id>/: nothing outside DIR
+        raise ConfigError(f"--id: a new node's id is 1-64 letters, digits, '_', '.' or '-', not starting with "
+                          f"'.' (it names its config and data in {directory}), got {node_id!r}")
     configs = [load_config(p) for p in node_config_paths(directory)]
     if any(c.id == node_id for c in configs):
         raise ConfigError(f"a node called {node_id!r} is already configured in {directory}")

@@ -61,3 +61,13 @@ def test_a_timing_no_node_can_run_with_is_refused_before_it_starts(directory, ol
     assert old in text
     cfg.write_text(text.replace(old, new, 1))
     one_line_error(prevalence("node", "--config", str(cfg)), str(cfg), f"field '{field}'")
+
+
+@pytest.mark.parametrize("node_id", ["../evil", "", "a/b", "a b", ".hidden", "x" * 65, "n4\\..\\x"])
+def test_add_refuses_an_id_that_cannot_name_a_file_of_its_own(directory, node_id):
+    # `cluster add --id ../evil` wrote ../evil.toml and ../evil/ outside the cluster
+    # directory and made '../evil' a member; `--id ""` wrote identity.toml and raft-state
+    # into the cluster directory itself.
+    before = sorted(os.listdir(directory)), sorted(os.listdir(directory.parent))
+    one_line_error(prevalence("cluster", "add", "--cluster", str(directory), "--id", node_id), "--id")
+    assert (sorted(os.listdir(directory)), sorted(os.listdir(directory.parent))) == before
