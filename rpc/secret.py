@@ -96,9 +96,15 @@ def load_secret(path: str | os.PathLike) -> bytes:
     """
     p = os.fspath(path)
     try:
-        with open(p, "rb") as f:
-            data = f.read(MAX_SECRET_FILE + 1)
+        # O_NONBLOCK: a FIFO put in a key file's place would block the open for ever
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as f:
             st = os.fstat(f.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(st.st_mode):
+                raise SecretError(f"{p}: not a regular file (a device, a pipe or a socket), so not a key file")
+            data = f.read(MAX_SECRET_FILE + 1)
     except FileNotFoundError:
         raise SecretError(f"{p}: secret file not found (generate one with generate_secret_file)") from None
     except IsADirectoryError:

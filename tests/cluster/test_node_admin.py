@@ -71,3 +71,13 @@ def test_add_refuses_an_id_that_cannot_name_a_file_of_its_own(directory, node_id
     before = sorted(os.listdir(directory)), sorted(os.listdir(directory.parent))
     one_line_error(prevalence("cluster", "add", "--cluster", str(directory), "--id", node_id), "--id")
     assert (sorted(os.listdir(directory)), sorted(os.listdir(directory.parent))) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_key_file_that_is_a_fifo_is_refused_not_waited_on(directory):
+    # The node opened it and waited for a writer for ever: no message, no exit.
+    key = directory / "peer.secret"
+    key.unlink()
+    os.mkfifo(key, 0o600)
+    one_line_error(prevalence("node", "--config", str(directory / "n1.toml"), timeout=10), str(key),
+                   "not a regular file")
