@@ -16,6 +16,8 @@ import tomllib
 from typing import Any
 
 from prevalence._platform import ephemeral_ports, others_may_write
+from prevalence.errors import PrevalenceError
+from prevalence.text import one_line
 from replication.errors import RaftError
 from replication.journal_storage import (
     HARD_STATE_FILE, IDENTITY_FILE, create_node_data, holds_node_data, new_cluster_id,
@@ -23,6 +25,7 @@ from replication.journal_storage import (
 from rpc.config import (
     ConfigError, NodeConfig, format_address, load_config, migration_message, render_config, tls_contexts,
 )
+from rpc.auth import AuthenticationFailed, ConnectFailed
 from rpc.secret import KEY_FILES, LEGACY_SECRET, SecretError, generate_secret_file, load_secret
 from rpc.status_report import ask_status, status_row
 from rpc.transport import STATUS_MAX_FRAME, NodeLink
@@ -277,13 +280,23 @@ def admin(directory: str, method: str, *args: Any) -> Any:
     secret = directory_key(directory, "admin")
     rows = cluster_status(directory)
     order = [r["id"] for r in rows if r["role"] == "leader"] + [r["id"] for r in rows if r["reachable"]]
-    tried = []
+    tried, silent = [], []
     for nid in order:
         if nid in tried or nid not in configs:  # a status may claim any id: only configured nodes are asked
             continue
         tried.append(nid)
-        # the node waits up to 10 s for the change to commit; give it time to say so
-        reply = _admin_call(configs[nid], secret, method, *args, timeout=15.0)
+        try:
+            # the node waits up to 10 s for the change to commit; give it time to say so
+            reply = _admin_call(configs[nid], secret, method, *args, timeout=15.0)
+        except AuthenticationFailed:
+            raise  # the key: every node would say the same
+        except ConnectFailed as exc:  # not sent: the node died or hangs since the status; ask the next
+            silent.append(f"{nid}: {one_line(str(exc), 200)}")
+            continue
+        except (OSError, EOFError, PrevalenceError) as exc:  # sent, never answered: it may have been applied
+            raise ConfigError(f"{method} not confirmed by {nid}: {one_line(str(exc), 200) or type(exc).__name__}; "
+                              f"it may still take effect: check with `prevalence status --cluster {directory}` "
+                              "before acting on it") from None
         if reply[0] == "ok":
             return reply[1]
         if reply[0] == "not_leader":
@@ -292,8 +305,8 @@ def admin(directory: str, method: str, *args: Any) -> Any:
             raise ConfigError(f"{method} not confirmed by {nid}: {reply[-1]} (no quorum?); it may still take "
                               f"effect: check with `prevalence status --cluster {directory}` before acting on it")
         raise MembershipNotChanged(f"{method} refused by {nid}: {reply[-1]} (nothing was changed)")
-    raise MembershipNotChanged(f"no leader accepted {method} (asked {', '.join(tried) or 'nobody: no node reachable'}; "
-                               "nothing was changed)")
+    raise MembershipNotChanged(f"no leader accepted {method} (asked {', '.join(tried) or 'nobody: no node reachable'}"
+                               f"{''.join(f'; {why}' for why in silent)}; nothing was changed)")
 
 
 NEW_NODE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")

@@ -4,13 +4,17 @@ naming the file and the problem, a non-zero exit, no traceback, and nothing half
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
+import rpc.cluster
+from rpc import cli
 from rpc.cluster import write_cluster
-from tests.cluster.harness import ROOT, TEST_ROOT
+from rpc.transport import NodeLink
+from tests.cluster.harness import ROOT, TEST_ROOT, LocalCluster
 
 
 def prevalence(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
@@ -81,3 +85,42 @@ def test_a_key_file_that_is_a_fifo_is_refused_not_waited_on(directory):
     os.mkfifo(key, 0o600)
     one_line_error(prevalence("node", "--config", str(directory / "n1.toml"), timeout=10), str(key),
                    "not a regular file")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hangs", ["before the call", "after the call was sent"])
+def test_an_admin_call_whose_leader_hangs_says_whether_it_may_take_effect(tmp_path, monkeypatch, capsys, hangs):
+    # The leader answered the status round, then froze (SIGSTOP: a PC that hangs). Frozen
+    # before the call, the command said "error: ...: handshake not answered" without
+    # asking the other nodes or saying that nothing changed; frozen with the transfer
+    # sent, it said only "error: result expired", not that the change may still happen.
+    c = LocalCluster(tmp_path, 3)
+    leader = None
+    try:
+        leader, _ = c.stable_leader()
+        other = next(n for n in c.configs if n != leader)
+        real = rpc.cluster._admin_call
+
+        def hang_then_call(cfg, secret, method, *args, timeout=5.0):
+            if cfg.id != leader:
+                return real(cfg, secret, method, *args, timeout=timeout)
+            link = NodeLink(cfg.listen, secret, ident="admin", timeout=3.0, role="admin")
+            with link:
+                if hangs == "after the call was sent":
+                    assert link.call("status")[0] == "ok"  # connected: the next call is sent
+                c.kill(leader, signal.SIGSTOP)
+                return link.call(method, *args)
+
+        monkeypatch.setattr(rpc.cluster, "_admin_call", hang_then_call)
+        code = cli.main(["cluster", "transfer", "--cluster", c.dir, "--to", other])
+        out, err = (text.strip() for text in capsys.readouterr())
+        if hangs == "before the call":  # the others were asked: a new leader took it, or nothing changed
+            assert (code, out) == (0, f"leadership handed to {other}") or \
+                code == 1 and len(err.splitlines()) == 1 and leader in err and "nothing was changed" in err, err
+        else:
+            assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+            assert f"not confirmed by {leader}" in err and "may still take effect" in err and "status" in err, err
+    finally:
+        if leader is not None:
+            c.kill(leader, signal.SIGCONT)
+        c.stop()
