@@ -368,7 +368,9 @@ class ServerAuthenticator:
             self._refuse(sock, deadline, f"{ident!r:.40} holds the peer key but speaks protocol {version}, "
                          "an older node's (RPyC between nodes)",
                          f"this node speaks protocol {PEER_PROTOCOL_VERSION} to nodes, not {version}: "
-                         "every node of a cluster must run the same release")
+                         "every node of a cluster must run the same release; a program (client or admin) never "
+                         f"holds the peer key: it uses {KEY_FILES['client']} or {KEY_FILES['admin']}, not "
+                         f"{KEY_FILES['peer']}")
         if role == "peer":  # the key is right; the data behind it may belong elsewhere
             mismatch = cluster_mismatch(ident, (cluster, epoch), self.cluster)
             if mismatch:
@@ -435,7 +437,7 @@ def client_handshake(
         if tag == REFUSED:
             raise AuthenticationFailed(
                 f"{address} refused our authentication: {fields[0]} "
-                f"(wrong key? a {role} uses the cluster's {KEY_FILES[role]})",
+                f"(wrong key? {_a(role)} uses the cluster's {KEY_FILES[role]})",
                 address=address, key_refused=True,
             )
         mac_s, granted = fields
@@ -448,7 +450,7 @@ def client_handshake(
         if granted not in _GRANTS[role]:
             raise AuthenticationFailed(
                 f"{address} took our key for its {granted} key, not the {role} key: the wrong key file is "
-                f"configured here (a {role} uses {KEY_FILES[role]})", address=address, key_refused=True)
+                f"configured here ({_a(role)} uses {KEY_FILES[role]})", address=address, key_refused=True)
     except AuthenticationFailed:
         raise
     except HandshakeError as exc:
@@ -464,3 +466,8 @@ def client_handshake(
     except OSError as exc:
         raise ConnectFailed(f"{address}: connection lost during the handshake: {exc}", address=address) from None
     return sock
+
+
+def _a(role: str) -> str:
+    """"a client", "an admin": the refusals name who holds which key file."""
+    return ("an " if role[0] in "aeiou" else "a ") + role

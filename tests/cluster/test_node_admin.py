@@ -12,6 +12,7 @@ import pytest
 
 import rpc.cluster
 from rpc import cli
+from rpc.auth import AuthenticationFailed
 from rpc.cluster import write_cluster
 from rpc.transport import NodeLink
 from tests.cluster.harness import ROOT, TEST_ROOT, LocalCluster
@@ -124,3 +125,29 @@ def test_an_admin_call_whose_leader_hangs_says_whether_it_may_take_effect(tmp_pa
         if leader is not None:
             c.kill(leader, signal.SIGCONT)
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    """Three running nodes; each test leaves them serving."""
+    c = LocalCluster(tmp_path_factory.mktemp("trio"), 3)
+    c.stable_leader()
+    yield c
+    c.stop()
+
+
+@pytest.mark.slow
+def test_the_peer_key_in_an_operators_hands_is_named_as_such(trio):
+    # An operator who copied peer.secret as admin.secret was told that "every node of
+    # a cluster must run the same release": a version problem, not the key file.
+    peer_key = (open(os.path.join(trio.dir, "peer.secret"), "rb").read().strip())
+    cfg = next(iter(trio.configs.values()))
+    for role in ("admin", "client"):
+        with pytest.raises(AuthenticationFailed) as info:
+            with NodeLink(cfg.listen, peer_key, ident="operator", timeout=3.0, role=role) as link:
+                link.call("status")
+        msg = str(info.value)
+        assert "peer.secret" in msg and f"{role}.secret" in msg and "\n" not in msg, msg
+        assert " a admin " not in msg, msg
+        assert peer_key.decode() not in msg
+    trio.stable_leader()
