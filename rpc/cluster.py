@@ -27,7 +27,7 @@ from rpc.config import (
 )
 from rpc.auth import AuthenticationFailed, ConnectFailed
 from rpc.secret import KEY_FILES, LEGACY_SECRET, SecretError, generate_secret_file, load_secret
-from rpc.status_report import ask_status, status_row
+from rpc.status_report import ask_status, status_row, unreachable_summary
 from rpc.transport import STATUS_MAX_FRAME, NodeLink
 
 
@@ -305,7 +305,11 @@ def admin(directory: str, method: str, *args: Any) -> Any:
             raise ConfigError(f"{method} not confirmed by {nid}: {reply[-1]} (no quorum?); it may still take "
                               f"effect: check with `prevalence status --cluster {directory}` before acting on it")
         raise MembershipNotChanged(f"{method} refused by {nid}: {reply[-1]} (nothing was changed)")
-    raise MembershipNotChanged(f"no leader accepted {method} (asked {', '.join(tried) or 'nobody: no node reachable'}"
+    if not tried:  # the status round had no answer: why (a key refused, nothing listening...)
+        why = "; ".join(unreachable_summary(rows).splitlines()) or "no node configured"
+        raise MembershipNotChanged(f"no leader accepted {method}: no node gave its status ({why}); "
+                                   "nothing was changed")
+    raise MembershipNotChanged(f"no leader accepted {method} (asked {', '.join(tried)}"
                                f"{''.join(f'; {why}' for why in silent)}; nothing was changed)")
 
 

@@ -151,3 +151,20 @@ def test_the_peer_key_in_an_operators_hands_is_named_as_such(trio):
         assert " a admin " not in msg, msg
         assert peer_key.decode() not in msg
     trio.stable_leader()
+
+
+@pytest.mark.slow
+def test_admin_with_a_wrong_client_key_says_why_no_node_was_asked(trio, tmp_path):
+    # The status round (client key) was refused by every node: the command said "asked
+    # nobody: no node reachable", though every node answered, and named no key.
+    import shutil
+
+    from rpc.secret import generate_secret_file
+
+    for name in os.listdir(trio.dir):
+        if name.endswith(".toml") or name in ("peer.secret", "admin.secret"):
+            shutil.copy(os.path.join(trio.dir, name), tmp_path / name)
+    generate_secret_file(tmp_path / "client.secret")  # not the cluster's
+    err = one_line_error(prevalence("cluster", "transfer", "--cluster", str(tmp_path), "--to", "n1"),
+                         "nothing was changed", "client.secret")
+    assert "no node reachable" not in err
