@@ -93,6 +93,12 @@ MIN_TICK, MAX_TICK = 0.001, 10.0
 MAX_ELECTION_TIMEOUT = 600.0
 
 
+def _node_id_problem(value: str) -> str | None:
+    if value and len(value) <= 64 and value.isprintable():
+        return None
+    return "must be a short printable name (1-64 characters)"
+
+
 def _tick_problem(value: float) -> str | None:
     if not MIN_TICK <= value <= MAX_TICK:  # NaN too
         return f"must be from {MIN_TICK:g} to {MAX_TICK:g} seconds"
@@ -186,7 +192,7 @@ def load_config(path: str) -> NodeConfig:
         return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
 
     positive = lambda v: None if v > 0 else "must be positive"  # noqa: E731
-    node_id = t.get("id", str, check=lambda v: None if v and len(v) <= 64 and v.isprintable() else "must be a short printable name")
+    node_id = t.get("id", str, check=_node_id_problem)
     listen = parse_address(t.get("listen", str), t.where("listen"))
     cfg = NodeConfig(
         path=path,
@@ -207,6 +213,9 @@ def load_config(path: str) -> NodeConfig:
         raise ConfigError(f"{t.where('imports')} must be a list of module names")
     peers = t.table("peers")
     for pid in list(peers.data):
+        problem = _node_id_problem(pid)  # a peer is a node: its own configuration names it so
+        if problem:
+            raise ConfigError(f"{peers.where(pid)}: a node id {problem}, got {pid!r}")
         cfg.peers[pid] = parse_address(peers.get(pid, str), peers.where(pid))
     if node_id not in cfg.peers:
         raise ConfigError(f"{t.where('peers')} must list this node ({node_id!r}) with its address")

@@ -168,3 +168,14 @@ def test_admin_with_a_wrong_client_key_says_why_no_node_was_asked(trio, tmp_path
     err = one_line_error(prevalence("cluster", "transfer", "--cluster", str(tmp_path), "--to", "n1"),
                          "nothing was changed", "client.secret")
     assert "no node reachable" not in err
+
+
+@pytest.mark.parametrize("peer_id, why", [('""', "peers"), ('"' + "x" * 65 + '"', "peers.xxx"),
+                                          ('"tab\\there"', "peers.tab")])
+def test_a_peer_id_no_node_can_have_is_refused(directory, peer_id, why):
+    # The node started and campaigned for ever for votes from a peer no node can be
+    # (its own config would refuse that id): a cluster that can never elect a leader.
+    cfg = directory / "n1.toml"
+    text = cfg.read_text()
+    cfg.write_text(text.replace('"n3" = ', f'{peer_id} = ', 1))
+    one_line_error(prevalence("node", "--config", str(cfg)), str(cfg), f"field '{why}", "name")
