@@ -336,6 +336,9 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
                           "empty (docs/operations.md, \"Rebuilding a node\")")
     listen = parse_address(address, "--address") if address else \
         ("127.0.0.1", next_free_port(max(c.listen[1] for c in configs) + 1))
+    taken = [c.id for c in configs if c.listen == listen]
+    if taken:  # its peers would dial that node as this one
+        raise ConfigError(f"--address {format_address(listen)} is {taken[0]}'s address already; nothing was changed")
     template = configs[0]
     peers = {c.id: c.listen for c in configs}
     peers[node_id] = listen

@@ -217,6 +217,12 @@ def load_config(path: str) -> NodeConfig:
         if problem:
             raise ConfigError(f"{peers.where(pid)}: a node id {problem}, got {pid!r}")
         cfg.peers[pid] = parse_address(peers.get(pid, str), peers.where(pid))
+    at: dict[tuple[str, int], str] = {}
+    for pid, address in cfg.peers.items():  # one node per address: else a node dials itself as another
+        if address in at:
+            raise ConfigError(f"{t.where('peers')}: {at[address]!r} and {pid!r} have the same address "
+                              f"{format_address(address)}; each node listens on an address of its own")
+        at[address] = pid
     if node_id not in cfg.peers:
         raise ConfigError(f"{t.where('peers')} must list this node ({node_id!r}) with its address")
     times = t.table("timeouts")

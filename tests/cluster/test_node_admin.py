@@ -179,3 +179,22 @@ def test_a_peer_id_no_node_can_have_is_refused(directory, peer_id, why):
     text = cfg.read_text()
     cfg.write_text(text.replace('"n3" = ', f'{peer_id} = ', 1))
     one_line_error(prevalence("node", "--config", str(cfg)), str(cfg), f"field '{why}", "name")
+
+
+def test_two_peers_at_one_address_are_refused(directory):
+    # n1 listed n3 at its own address: it dialled itself as n3, and a cluster of three
+    # voters in which one is a phantom kept running, one failure from losing its quorum.
+    cfg = directory / "n1.toml"
+    text = cfg.read_text()
+    mine = next(line.split("=", 1)[1].strip() for line in text.splitlines() if line.startswith('"n1" = '))
+    cfg.write_text("\n".join(f'"n3" = {mine}' if line.startswith('"n3" = ') else line
+                             for line in text.splitlines()))
+    one_line_error(prevalence("node", "--config", str(cfg)), str(cfg), "n1", "n3", mine.strip('"'))
+    cfg.write_text(text)  # and `cluster add` does not make such a pair
+    n2 = (directory / "n2.toml").read_text()
+    n2_address = next(line.split("=", 1)[1].strip().strip('"') for line in n2.splitlines()
+                      if line.startswith("listen"))
+    before = sorted(os.listdir(directory))
+    one_line_error(prevalence("cluster", "add", "--cluster", str(directory), "--id", "n9", "--address", n2_address),
+                   "n2", n2_address)
+    assert sorted(os.listdir(directory)) == before
