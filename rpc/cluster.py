@@ -23,7 +23,8 @@ from replication.journal_storage import (
     HARD_STATE_FILE, IDENTITY_FILE, create_node_data, holds_node_data, new_cluster_id,
 )
 from rpc.config import (
-    ConfigError, NodeConfig, format_address, load_config, migration_message, render_config, tls_contexts,
+    ConfigError, NodeConfig, check_data_path, format_address, load_config, migration_message, render_config,
+    tls_contexts,
 )
 from rpc.auth import AuthenticationFailed, ConnectFailed
 from rpc.secret import KEY_FILES, LEGACY_SECRET, SecretError, generate_secret_file, load_secret
@@ -405,6 +406,7 @@ def init_node(config_path: str, timeout: float = 1.0) -> str:
     refused once the cluster has run (a node added later joins as a learner), a joining
     node while the cluster counts it as a voter."""
     cfg = load_config(config_path)
+    check_data_path(cfg)
     if holds_node_data(cfg.data):
         raise RaftError(f"{cfg.data} already holds node data; --init is for a node that has never run")
     answers = _peer_statuses(cfg, timeout)

@@ -262,6 +262,14 @@ def load_config(path: str) -> NodeConfig:
     return cfg
 
 
+def check_data_path(cfg: NodeConfig) -> None:
+    """ConfigError when the configured data path exists but is not a directory: neither
+    "no data" nor "rebuild it" would say what is wrong."""
+    if os.path.exists(cfg.data) and not os.path.isdir(cfg.data):
+        raise ConfigError(f"{cfg.path}: field 'data': {cfg.data} is not a directory (a file is there): "
+                          "check the configuration's data path")
+
+
 def migration_message(where: str) -> str:
     """Why a configuration or directory with the one shared cluster.secret stops here (one line)."""
     return (f"{where}: uses the one {LEGACY_SECRET} that nodes and clients shared, which let any client act as a "

@@ -14,7 +14,7 @@ from replication.config import RaftConfig
 from replication.journal_storage import DataIdentity, NoDataError, node_data_identity
 from replication.membership import Membership
 from replication.node import Node, NodeOptions
-from rpc.config import NodeConfig, format_address, load_config, parse_address, tls_contexts
+from rpc.config import NodeConfig, check_data_path, format_address, load_config, parse_address, tls_contexts
 from rpc.auth import ClusterKey, check_role_keys
 from rpc.identity import ClusterIdentity
 from rpc.secret import KEY_FILES, load_secret
@@ -56,6 +56,7 @@ class NodeProcess:
         for module in cfg.imports:
             load_object(module + ":__name__")
         self.factory = load_object(cfg.root)
+        check_data_path(cfg)
         if not os.path.isdir(cfg.data):
             raise NoDataError(no_data_message(cfg))
         # before anything opens the journal: a second process on the same data (the same

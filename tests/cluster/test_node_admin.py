@@ -198,3 +198,17 @@ def test_two_peers_at_one_address_are_refused(directory):
     one_line_error(prevalence("cluster", "add", "--cluster", str(directory), "--id", "n9", "--address", n2_address),
                    "n2", n2_address)
     assert sorted(os.listdir(directory)) == before
+
+
+def test_a_data_path_that_is_a_file_is_named_as_such(directory):
+    # --init said "DIR/n1: File exists" and a start "node 'n1' has no data in DIR/n1 ...
+    # rebuild it": neither said that the configured data path is a file.
+    cfg = directory / "n1.toml"
+    data = directory / "n1"
+    import shutil
+
+    shutil.rmtree(data)
+    data.write_text("not a directory")
+    for args in (["--init"], []):
+        one_line_error(prevalence("node", "--config", str(cfg), *args), str(cfg), str(data), "not a directory")
+    assert data.read_text() == "not a directory"
