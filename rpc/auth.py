@@ -317,7 +317,7 @@ class ServerAuthenticator:
         except socket.timeout:
             reason = f"handshake not completed within {self.timeout:g} s"
         except ssl.SSLError as exc:
-            reason = f"TLS handshake failed: {exc.reason or exc}"
+            reason = f"TLS handshake failed: {tls_failure(exc)}"
         except OSError as exc:
             reason = f"connection error during the handshake: {exc}"
         else:
@@ -461,7 +461,7 @@ def client_handshake(
             address=address,
         ) from None
     except ssl.SSLError as exc:
-        raise AuthenticationFailed(f"TLS handshake with {address} failed: {exc.reason or exc}",
+        raise AuthenticationFailed(f"TLS handshake with {address} failed: {tls_failure(exc)}",
                                    address=address) from None
     except OSError as exc:
         raise ConnectFailed(f"{address}: connection lost during the handshake: {exc}", address=address) from None
@@ -471,3 +471,11 @@ def client_handshake(
 def _a(role: str) -> str:
     """"a client", "an admin": the refusals name who holds which key file."""
     return ("an " if role[0] in "aeiou" else "a ") + role
+
+
+def tls_failure(exc: ssl.SSLError) -> str:
+    """Why a TLS handshake failed, as an operator can act on it: the certificate check's
+    own words ("certificate has expired", "IP address mismatch, certificate is not valid
+    for '10.0.0.3'", "self-signed certificate") rather than CERTIFICATE_VERIFY_FAILED."""
+    why = getattr(exc, "verify_message", None)
+    return f"{exc.reason or exc}: {why}" if why else str(exc.reason or exc)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -212,3 +215,63 @@ def test_a_data_path_that_is_a_file_is_named_as_such(directory):
     for args in (["--init"], []):
         one_line_error(prevalence("node", "--config", str(cfg), *args), str(cfg), str(data), "not a directory")
     assert data.read_text() == "not a directory"
+
+
+def _certificate(directory, name: str, *, expired: bool = False, ip: str = "127.0.0.1"):
+    """A self-signed certificate (its own CA) for ``ip``; ``expired``: it ended yesterday."""
+    import datetime
+    import ipaddress
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = (now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)) if expired else \
+        (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    crt, pem = directory / f"{name}.crt", directory / f"{name}.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return str(crt), str(pem)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, cause", [("expired", "expired"), ("otherhost", "mismatch")])
+def test_status_names_why_a_nodes_certificate_is_refused(tmp_path, kind, cause):
+    # Peers and `status` said only "TLS handshake ... failed: CERTIFICATE_VERIFY_FAILED",
+    # not whether the certificate expired, is for another host, or is signed by another CA.
+    crt, key = _certificate(tmp_path, kind, expired=kind == "expired", ip="10.9.9.9" if kind == "otherhost" else
+                            "127.0.0.1")
+    write_cluster(str(tmp_path / "c"), 1, 17_000, TEST_ROOT, tls_cert=crt, tls_key=key, tls_ca=crt)
+    listener = socket.create_server(("127.0.0.1", 0))  # a TLS server with that certificate: what a node shows
+    port = listener.getsockname()[1]
+    for path in (tmp_path / "c" / "n1.toml",):
+        path.write_text(path.read_text().replace("127.0.0.1:17000", f"127.0.0.1:{port}"))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(crt, key)
+
+    def serve():
+        conn, _ = listener.accept()
+        try:
+            server_ctx.wrap_socket(conn, server_side=True).close()
+        except (ssl.SSLError, OSError):
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        result = prevalence("status", "--cluster", str(tmp_path / "c"))
+    finally:
+        listener.close()
+        thread.join(5)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result
+    assert cause in result.stdout.splitlines()[-1], result.stdout
