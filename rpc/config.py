@@ -297,6 +297,39 @@ def tls_contexts(cfg: NodeConfig):
     return server, client
 
 
+def check_own_certificate(cfg: NodeConfig, server, client) -> None:
+    """ConfigError, naming the reason, when this node's peers would refuse its [tls]
+    certificate (expired, not yet valid, not for the address they dial, not signed by
+    the CA): checked by a TLS handshake in memory between its own two contexts, as a
+    peer would make it, so that the node does not start as a member no peer talks to."""
+    import ssl
+
+    from rpc.auth import tls_failure
+
+    host = (cfg.peers.get(cfg.id) or cfg.listen)[0]  # the address its peers dial
+    pipes = [ssl.MemoryBIO() for _ in range(4)]
+    sides = [server.wrap_bio(pipes[0], pipes[1], server_side=True),
+             client.wrap_bio(pipes[2], pipes[3], server_hostname=host)]
+    outgoing = [(pipes[1], pipes[2]), (pipes[3], pipes[0])]  # each side's output is the other's input
+    try:
+        for _ in range(10):
+            done = 0
+            for side, (out, into) in zip(sides, outgoing):
+                try:
+                    side.do_handshake()
+                    done += 1
+                except ssl.SSLWantReadError:
+                    pass
+                data = out.read()
+                if data:
+                    into.write(data)
+            if done == 2:
+                return
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{cfg.path}: [tls] this node's certificate {cfg.tls_cert} would be refused by its "
+                          f"peers (they check it against {cfg.tls_ca} for {host}): {tls_failure(exc)}") from None
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

@@ -14,7 +14,9 @@ from replication.config import RaftConfig
 from replication.journal_storage import DataIdentity, NoDataError, node_data_identity
 from replication.membership import Membership
 from replication.node import Node, NodeOptions
-from rpc.config import NodeConfig, check_data_path, format_address, load_config, parse_address, tls_contexts
+from rpc.config import (
+    NodeConfig, check_data_path, check_own_certificate, format_address, load_config, parse_address, tls_contexts,
+)
 from rpc.auth import ClusterKey, check_role_keys
 from rpc.identity import ClusterIdentity
 from rpc.secret import KEY_FILES, load_secret
@@ -53,6 +55,8 @@ class NodeProcess:
                                      for role in KEY_FILES}, cfg.path)
         self.client_key = self.keys["client"][0]
         self.server_tls, self.client_tls = tls_contexts(cfg)
+        if self.server_tls is not None:
+            check_own_certificate(cfg, self.server_tls, self.client_tls)
         for module in cfg.imports:
             load_object(module + ":__name__")
         self.factory = load_object(cfg.root)

@@ -275,3 +275,17 @@ def test_status_names_why_a_nodes_certificate_is_refused(tmp_path, kind, cause):
         thread.join(5)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result
     assert cause in result.stdout.splitlines()[-1], result.stdout
+
+
+@pytest.mark.parametrize("kind, cause", [("expired", "expired"), ("otherhost", "mismatch"),
+                                         ("otherca", "self-signed")])
+def test_a_node_whose_peers_would_refuse_its_certificate_does_not_start(directory, kind, cause):
+    # It logged "up" and then every peer refused every connection (the peers' logs
+    # filled with CERTIFICATE_VERIFY_FAILED): a member that counts for the quorum and can
+    # never take part. Its own start is where the certificate can be named.
+    crt, key = _certificate(directory, kind, expired=kind == "expired",
+                            ip="10.9.9.9" if kind == "otherhost" else "127.0.0.1")
+    ca = _certificate(directory, "ca")[0] if kind == "otherca" else crt
+    cfg = directory / "n1.toml"
+    cfg.write_text(cfg.read_text() + f'\n[tls]\ncert = "{crt}"\nkey = "{key}"\nca = "{ca}"\n')
+    one_line_error(prevalence("node", "--config", str(cfg)), str(cfg), "[tls]", cause)
