@@ -238,10 +238,20 @@ def node_config_paths(directory: str) -> list[str]:
 def cluster_status(directory: str, timeout: float | None = None) -> list[dict]:
     """Ask every node configured in ``directory`` for its status (unreachable ones too);
     ``timeout``: see :func:`rpc.status_report.ask_status`."""
-    configs = [load_config(path) for path in node_config_paths(directory)]
-    replies = ask_status([(c.listen, tls_contexts(c)[1]) for c in configs], directory_key(directory, "client"),
-                         timeout)
-    return [status_row(c.id, format_address(c.listen), c.path, reply) for c, reply in zip(configs, replies)]
+    configs: list[NodeConfig | tuple[str, ConfigError]] = []
+    for path in node_config_paths(directory):
+        try:
+            cfg = load_config(path)
+            tls_contexts(cfg)
+            configs.append(cfg)
+        except ConfigError as exc:  # the other nodes are still worth seeing: a row that says why not this one
+            configs.append((path, exc))
+    asked = [c for c in configs if isinstance(c, NodeConfig)]
+    replies = iter(ask_status([(c.listen, tls_contexts(c)[1]) for c in asked], directory_key(directory, "client"),
+                              timeout))
+    return [status_row(c.id, format_address(c.listen), c.path, next(replies)) if isinstance(c, NodeConfig) else
+            status_row(os.path.splitext(os.path.basename(c[0]))[0], None, c[0],
+                       ConfigError(f"not asked: {c[1]}")) for c in configs]
 
 
 def cluster_status_full(directory: str, timeout: float | None = None) -> list[dict]:

@@ -289,3 +289,26 @@ def test_a_node_whose_peers_would_refuse_its_certificate_does_not_start(director
     cfg = directory / "n1.toml"
     cfg.write_text(cfg.read_text() + f'\n[tls]\ncert = "{crt}"\nkey = "{key}"\nca = "{ca}"\n')
     one_line_error(prevalence("node", "--config", str(cfg)), str(cfg), "[tls]", cause)
+
+
+@pytest.mark.slow
+def test_status_reports_the_nodes_whose_configs_read_when_one_does_not(trio, tmp_path):
+    # One mistyped n2.toml and `prevalence status` showed nothing at all, only the
+    # config error: the operator lost the view of the healthy nodes when it mattered.
+    import shutil
+
+    for name in os.listdir(trio.dir):
+        if name.endswith(".toml") or name.endswith(".secret"):
+            shutil.copy(os.path.join(trio.dir, name), tmp_path / name)
+    (tmp_path / "n2.toml").write_text((tmp_path / "n2.toml").read_text() + 'tick = "fast"\n')
+    trio.wait_for("every node to answer", lambda: all(r["reachable"] for r in trio.status().values()), 15)
+    result = prevalence("status", "--cluster", str(tmp_path))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:5]}
+    assert rows["n1"].endswith("yes") and rows["n3"].endswith("yes") and rows["n2"].endswith("no"), result.stdout
+    assert "n2.toml" in result.stdout and "snapshots.tick" in result.stdout, result.stdout
+    json_result = prevalence("status", "--cluster", str(tmp_path), "--json")
+    import json
+
+    nodes = {n["id"]: n for n in json.loads(json_result.stdout)["nodes"]}
+    assert nodes["n2"]["reachable"] is False and nodes["n1"]["reachable"] is True
