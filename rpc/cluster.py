@@ -220,7 +220,7 @@ def refuse_if_running(configs: list[NodeConfig], what: str, directory: str) -> N
 def node_config_paths(directory: str) -> list[str]:
     """The node configurations in ``directory``: its TOML files with ``id`` and ``listen``
     (an application's own TOML files, such as a layout, may sit next to them)."""
-    paths = []
+    paths, claimed = [], {}
     for path in sorted(glob.glob(os.path.join(directory, "*.toml"))):
         try:
             with open(path, "rb") as f:
@@ -230,9 +230,20 @@ def node_config_paths(directory: str) -> list[str]:
             continue
         if "id" in doc and "listen" in doc:
             paths.append(path)
+            for field in ("id", "listen"):  # a copy of a node's file: which one is the node?
+                value = doc[field]
+                if isinstance(value, str) and (field, value) in claimed:
+                    raise ConfigError(f"{os.path.abspath(directory)}: {os.path.basename(claimed[field, value])} and "
+                                      f"{os.path.basename(path)} both configure {field} {value!r}: one node per file; "
+                                      "move the copy aside")
+                claimed[field, value] = path
     if not paths:
-        raise ConfigError(f"{os.path.abspath(directory)}: no node configuration (*.toml with id and listen) found")
+        raise NoNodeConfig(f"{os.path.abspath(directory)}: no node configuration (*.toml with id and listen) found")
     return paths
+
+
+class NoNodeConfig(ConfigError):
+    """A directory with no node configuration in it (a new cluster's, for `cluster up`)."""
 
 
 def cluster_status(directory: str, timeout: float | None = None) -> list[dict]:

@@ -25,8 +25,8 @@ from prevalence.codec import CODEC
 from prevalence._platform import child_dies_with_parent
 from prevalence.errors import PrevalenceError
 from rpc.cluster import (
-    cluster_status, directory_key, free_port_block, node_config_paths, refuse_if_running, start_node, stop_on_signals,
-    write_cluster,
+    NoNodeConfig, cluster_status, directory_key, free_port_block, node_config_paths, refuse_if_running, start_node,
+    stop_on_signals, write_cluster,
 )
 from rpc.config import ConfigError, NodeConfig, format_address, load_config, tls_contexts
 from rpc.secret import KEY_FILES
@@ -378,7 +378,7 @@ def _configured(directory: str) -> list[NodeConfig]:
     """The node configurations already in ``directory`` (none for a new directory)."""
     try:
         paths = node_config_paths(directory)
-    except ConfigError:
+    except NoNodeConfig:  # only that: a directory whose configs are wrong is never written over
         return []
     return [load_config(p) for p in paths]
 

@@ -312,3 +312,15 @@ def test_status_reports_the_nodes_whose_configs_read_when_one_does_not(trio, tmp
 
     nodes = {n["id"]: n for n in json.loads(json_result.stdout)["nodes"]}
     assert nodes["n2"]["reachable"] is False and nodes["n1"]["reachable"] is True
+
+
+def test_two_configs_of_one_node_in_a_cluster_directory_are_named(directory):
+    # A copy of n1.toml left as n4.toml: `cluster up` started one of the two, picked by
+    # file name order, status showed n1 twice and admin commands used whichever came last.
+    (directory / "n4.toml").write_text((directory / "n1.toml").read_text())
+    before = {p: p.read_bytes() for p in directory.glob("*.toml")}
+    for args in (["status", "--cluster", str(directory)],
+                 ["cluster", "up", "--data", str(directory), "--root", TEST_ROOT],
+                 ["cluster", "remove", "--cluster", str(directory), "--id", "n2"]):
+        one_line_error(prevalence(*args), "n1.toml", "n4.toml", "'n1'")
+    assert {p: p.read_bytes() for p in directory.glob("*.toml")} == before
