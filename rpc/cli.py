@@ -91,8 +91,11 @@ def cmd_cluster_admin(args: argparse.Namespace) -> int:
             client.execute(tx)
         print(f"client sessions now expire after {args.idle_expiry} s without a command (journaled time)")
     elif args.action == "transfer":
-        admin(args.cluster, "transfer_leadership", args.to)
-        print(f"leadership handed to {args.to}")
+        from rpc.cluster import wait_for_leader
+
+        admin(args.cluster, "transfer_leadership", args.to)  # starts it; it lapses if the node cannot take over
+        term = wait_for_leader(args.cluster, args.to)
+        print(f"leadership handed to {args.to} (term {term})")
     elif args.action == "keys":
         from rpc.cluster import migrate_keys
 

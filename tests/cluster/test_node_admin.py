@@ -324,3 +324,23 @@ def test_two_configs_of_one_node_in_a_cluster_directory_are_named(directory):
                  ["cluster", "remove", "--cluster", str(directory), "--id", "n2"]):
         one_line_error(prevalence(*args), "n1.toml", "n4.toml", "'n1'")
     assert {p: p.read_bytes() for p in directory.glob("*.toml")} == before
+
+
+@pytest.mark.slow
+def test_transfer_to_a_node_that_cannot_take_over_does_not_say_it_was_handed(trio, capsys):
+    # `cluster transfer --to n2` with n2 frozen printed "leadership handed to n2" and
+    # exited 0: the leader had only started the transfer, which then lapsed.
+    leader, _ = trio.stable_leader()
+    target = next(n for n in trio.configs if n != leader)
+    trio.kill(target, signal.SIGSTOP)
+    try:
+        code = cli.main(["cluster", "transfer", "--cluster", trio.dir, "--to", target])
+        out, err = capsys.readouterr()
+    finally:
+        trio.kill(target, signal.SIGCONT)
+    assert code == 1 and "handed" not in out, (out, err)
+    assert len(err.strip().splitlines()) == 1 and target in err and "status" in err, err
+    trio.stable_leader()
+    assert cli.main(["cluster", "transfer", "--cluster", trio.dir, "--to", target]) == 0
+    assert capsys.readouterr().out.startswith(f"leadership handed to {target}")
+    assert trio.leader() == target
