@@ -30,9 +30,17 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:
+    from rpc.cluster import NoNodeConfig, node_config_paths
     from rpc.localcluster import cluster_up
 
     _cwd_importable()
+    try:
+        node_config_paths(args.data)
+    except NoNodeConfig:  # a new cluster: its nodes must be able to import these, checked before anything is made
+        from prevalence.factory import load_object
+
+        for spec in [args.root, *(m + ":__name__" for m in args.imports or ())]:
+            load_object(spec)
     return cluster_up(args.data, args.nodes, args.port, args.root, args.imports, app=args.app)
 
 

@@ -103,6 +103,11 @@ def write_cluster(directory: str, nodes: int, base_port: int, root: str, imports
     of a cluster that ran, written again), none is created: a node whose data is missing
     then is one that lost it, and it is refused at start until it is rebuilt."""
     directory = os.path.abspath(directory)
+    if nodes < 1:  # before anything is written: a half-made directory would be started "as it is" next time
+        raise ConfigError(f"--nodes must be at least 1, got {nodes}")
+    if not 1 <= base_port <= 65536 - nodes:
+        raise ConfigError(f"--port: {nodes} nodes need ports {base_port}..{base_port + nodes - 1}, "
+                          "all from 1 to 65535")
     if not os.path.isdir(directory):
         os.makedirs(directory, mode=0o700)  # it holds the keys
     if os.path.exists(os.path.join(directory, LEGACY_SECRET)):

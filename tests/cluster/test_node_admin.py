@@ -344,3 +344,16 @@ def test_transfer_to_a_node_that_cannot_take_over_does_not_say_it_was_handed(tri
     assert cli.main(["cluster", "transfer", "--cluster", trio.dir, "--to", target]) == 0
     assert capsys.readouterr().out.startswith(f"leadership handed to {target}")
     assert trio.leader() == target
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--nodes", "0"], "--nodes"), (["--port", "70000"], "--port"), (["--port", "65534"], "--port"),
+    (["--port", "0"], "--port"), (["--root", "no_such_module_here:Root"], "no_such_module_here"),
+])
+def test_cluster_up_with_a_wrong_option_makes_nothing(tmp_path, args, named):
+    # It wrote keys, configs and data, then failed: and the next `cluster up` with the
+    # option fixed started the directory's broken configs "as they are".
+    target = tmp_path / "new"
+    opts = args if "--root" in args else [*args, "--root", TEST_ROOT]
+    one_line_error(prevalence("cluster", "up", "--data", str(target), *opts), named)
+    assert not target.exists() or os.listdir(target) == []
