@@ -299,12 +299,31 @@ class MembershipNotChanged(ConfigError):
     """A maintenance call that certainly took no effect: refused, or no leader took it."""
 
 
-def admin(directory: str, method: str, *args: Any) -> Any:
+def admin(directory: str, method: str, *args: Any, elect_wait: float = 5.0) -> Any:
     """Send a maintenance call, with the admin key, to the leader of the cluster
     configured in ``directory``. :class:`MembershipNotChanged` when it certainly took no
-    effect; a plain ConfigError when it may still (not confirmed)."""
+    effect; a plain ConfigError when it may still (not confirmed). While no node says it
+    leads (an election under way) it asks again, up to ``elect_wait`` s."""
+    import time
+
     configs = {c.id: c for c in (load_config(p) for p in node_config_paths(directory))}
     secret = directory_key(directory, "admin")
+    deadline = time.monotonic() + elect_wait
+    while True:
+        try:
+            return _admin_round(directory, configs, secret, method, args)
+        except _NoLeader as exc:  # nothing changed: ask again once an election may have ended
+            if time.monotonic() >= deadline:
+                raise MembershipNotChanged(str(exc)) from None
+            time.sleep(0.25)
+
+
+class _NoLeader(ConfigError):
+    """No node took the call as leader; nothing was changed."""
+
+
+def _admin_round(directory: str, configs: dict[str, NodeConfig], secret: bytes, method: str, args: tuple) -> Any:
+    """One round of :func:`admin`: the status, then the leader first, the others next."""
     rows = cluster_status(directory)
     order = [r["id"] for r in rows if r["role"] == "leader"] + [r["id"] for r in rows if r["reachable"]]
     tried, silent = [], []
@@ -334,10 +353,9 @@ def admin(directory: str, method: str, *args: Any) -> Any:
         raise MembershipNotChanged(f"{method} refused by {nid}: {reply[-1]} (nothing was changed)")
     if not tried:  # the status round had no answer: why (a key refused, nothing listening...)
         why = "; ".join(unreachable_summary(rows).splitlines()) or "no node configured"
-        raise MembershipNotChanged(f"no leader accepted {method}: no node gave its status ({why}); "
-                                   "nothing was changed")
-    raise MembershipNotChanged(f"no leader accepted {method} (asked {', '.join(tried)}"
-                               f"{''.join(f'; {why}' for why in silent)}; nothing was changed)")
+        raise _NoLeader(f"no leader accepted {method}: no node gave its status ({why}); nothing was changed")
+    raise _NoLeader(f"no leader accepted {method} (asked {', '.join(tried)}"
+                    f"{''.join(f'; {why}' for why in silent)}; nothing was changed)")
 
 
 NEW_NODE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
