@@ -16,8 +16,9 @@ import prevalence
 from app.settings import SettingsError, Value, normalize
 
 MAX_SIDE = 32
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
-_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+# fullmatch, ASCII: ``$`` alone would let a trailing line break in, ``\d`` any script's digits
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", re.ASCII)
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})", re.ASCII)
 
 
 class GridError(ValueError):
@@ -112,9 +113,9 @@ def check_size(rows: int, columns: int) -> None:
 
 
 def check_node(node_id: str, address: str, row: int, column: int, rows: int, columns: int) -> None:
-    if not _ID.match(node_id):
+    if not _ID.fullmatch(node_id):
         raise GridError(f"node id {node_id!r} must be 1-32 letters, digits, '_', '.' or '-'")
-    m = _ADDRESS.match(address)
+    m = _ADDRESS.fullmatch(address)
     if not m or not 0 < int(m.group(2)) < 65536:
         raise GridError(f"node {node_id}: address {address!r} must be HOST:PORT")
     if not (1 <= row <= rows and 1 <= column <= columns):
@@ -280,7 +281,7 @@ class DefinePreset(prevalence.Transaction, name="grid.DefinePreset"):
     settings: dict[str, str]
 
     def check(self, root: Grid) -> None:
-        if not _ID.match(self.name):
+        if not _ID.fullmatch(self.name):
             raise GridError(f"preset name {self.name!r} must be 1-32 letters, digits, '_', '.' or '-'")
         _settings(self.settings)
 
