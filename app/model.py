@@ -92,7 +92,7 @@ class Grid:
             kind, _, number = target.partition(":")
             if target == "all":
                 picked = list(self.nodes.values())
-            elif kind in ("row", "column", "col") and number.isdigit():
+            elif kind in ("row", "column", "col") and number.isascii() and number.isdigit():  # not "²"
                 n = int(number)
                 picked = [g for g in self.nodes.values() if (g.row if kind == "row" else g.column) == n]
                 if not picked:
