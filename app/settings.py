@@ -64,6 +64,13 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 )}
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """``value`` quoted for an error message, cut short: an operator's 100 KB paste is named,
+    not echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(str(value))} characters)"
+
+
 def normalize(settings: Mapping[str, Any]) -> dict[str, Value]:
     """Checked, typed settings; raises :class:`SettingsError` naming the first bad one."""
     if not settings:
@@ -72,11 +79,11 @@ def normalize(settings: Mapping[str, Any]) -> dict[str, Value]:
     for key, value in settings.items():
         spec = SETTINGS.get(key)
         if spec is None:
-            raise SettingsError(f"unknown setting {key!r} (known: {', '.join(SETTINGS)})")
+            raise SettingsError(f"unknown setting {_shown(key)} (known: {', '.join(SETTINGS)})")
         try:
             out[key] = spec.parse(value)
         except ValueError as exc:
-            raise SettingsError(f"setting {key}={value!r}: {exc}") from None
+            raise SettingsError(f"setting {key}={_shown(value)}: {exc}") from None
     return out
 
 
@@ -86,7 +93,7 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SettingsError(f"expected key=value, got {item!r}")
+            raise SettingsError(f"expected key=value, got {_shown(item)}")
         out[key.strip()] = value
     normalize(out)
     return out
