@@ -28,6 +28,7 @@ from watchdog.observers import Observer
 from app.model import ApplyLayout, GridError, NodeSpec, check_layout
 
 log = logging.getLogger("app.layout")
+MAX_BYTES = 1 << 20  # a 32x32 layout is under 100 KB; more is not a layout (or is /dev/zero)
 
 
 class LayoutError(GridError):
@@ -39,6 +40,8 @@ def parse_layout(data: bytes, path: str = "layout.toml") -> ApplyLayout:
         doc = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise LayoutError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise LayoutError(f"{path}: not valid TOML: nested too deeply") from None
     extra = sorted(set(doc) - {"grid", "nodes"})
     if extra:
         raise LayoutError(f"{path}: unknown section(s) {', '.join(extra)} (expected [grid] and [nodes.ID])")
@@ -64,11 +67,19 @@ def parse_layout(data: bytes, path: str = "layout.toml") -> ApplyLayout:
 
 
 def read_layout(path: str) -> ApplyLayout:
+    return parse_layout(read_bounded(path), path)
+
+
+def read_bounded(path: str) -> bytes:
+    """The file's bytes, refused past :data:`MAX_BYTES` instead of read into memory whole."""
     try:
         with open(path, "rb") as f:
-            return parse_layout(f.read(), path)
+            data = f.read(MAX_BYTES + 1)
     except OSError as exc:
         raise LayoutError(f"{path}: cannot read the layout file: {exc.strerror or exc}") from None
+    if len(data) > MAX_BYTES:
+        raise LayoutError(f"{path}: larger than {MAX_BYTES >> 20} MB: not a layout file")
+    return data
 
 
 def render_layout(rows: int, columns: int, nodes: list[NodeSpec]) -> str:
@@ -151,14 +162,12 @@ class LayoutWatcher:
             self._timer.start()
 
     def _check(self) -> None:
+        digest = ""  # unreadable or too large: no digest of a content
         try:
-            with open(self.path, "rb") as f:
-                data = f.read()
+            data = read_bounded(self.path)
             digest = digest_of(data)
             layout = parse_layout(data, self.path)
-        except (OSError, LayoutError) as exc:
-            if isinstance(exc, OSError):
-                exc, digest = LayoutError(f"{self.path}: cannot read the layout file: {exc.strerror or exc}"), ""
+        except LayoutError as exc:
             log.error("layout edit rejected, nothing changed: %s", exc)
             self._last_digest = None  # the next valid save is reported, even if it is the applied one
             self._on_error(str(exc), digest)
