@@ -229,9 +229,16 @@ def node_config_paths(directory: str) -> list[str]:
     for path in sorted(glob.glob(os.path.join(directory, "*.toml"))):
         try:
             with open(path, "rb") as f:
-                doc = tomllib.load(f)
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                data = f.read()
+            doc = tomllib.loads(data.decode("utf-8"))
+        except OSError:
             paths.append(path)  # load_config will say what is wrong with it
+            continue
+        except (ValueError, RecursionError):  # not TOML (bad UTF-8 too), or nested too deeply
+            # a broken node config still has its id and listen lines, and load_config will say
+            # what is wrong with it; an application's file in the middle of an edit has not
+            if re.search(rb"^\s*id\s*=", data, re.M) and re.search(rb"^\s*listen\s*=", data, re.M):
+                paths.append(path)
             continue
         if "id" in doc and "listen" in doc:
             paths.append(path)

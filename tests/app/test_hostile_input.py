@@ -1,0 +1,77 @@
+"""What a careless or hostile operator types or saves: each refused in one short line
+that names the problem, nothing applied, no traceback."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from app.cli import cluster_addresses
+from app.layout import LayoutError, parse_layout, read_layout
+from app.local import write_grid
+from app.model import DefinePreset, Grid, GridError, SetSettings, check_node
+from app.settings import SettingsError, parse_assignments
+from prevalence.errors import PrevalenceError
+from tests.app.test_layout import GOOD
+
+DEEP = b"[grid]\nrows = 2\ncolumns = 2\na = " + b"[" * 5000 + b"]" * 5000 + b"\n"
+
+
+@pytest.mark.parametrize("name", ["evil\n", "p1\n", "n1\n"])
+def test_a_name_with_a_trailing_line_break_is_refused(name):
+    with pytest.raises(GridError, match="must be 1-32 letters"):
+        DefinePreset(name, {"volume": "3"}).check(Grid())
+    with pytest.raises(GridError, match="must be 1-32 letters"):
+        check_node(name, "127.0.0.1:7100", 1, 1, 3, 3)
+
+
+def test_an_address_with_a_trailing_line_break_or_foreign_digits_is_refused():
+    for address in ("127.0.0.1:7100\n", "127.0.0.1:\u0667\u0661\u0660\u0660"):
+        with pytest.raises(GridError, match="must be HOST:PORT"):
+            check_node("n1", address, 1, 1, 3, 3)
+
+
+def test_a_row_that_is_not_a_plain_number_is_named():
+    grid = Grid()
+    with pytest.raises(GridError, match=r"no node 'row:\u00b2'"):
+        SetSettings(("row:\u00b2",), {"volume": "3"}).check(grid)
+
+
+def test_a_huge_value_is_not_echoed_whole():
+    with pytest.raises(SettingsError) as err:
+        parse_assignments(["content=" + "y" * 100_000])
+    message = str(err.value)
+    assert "content=" in message and "at most 200 characters" in message
+    assert len(message) < 400
+
+
+def test_a_deeply_nested_layout_is_refused_by_name(tmp_path):
+    with pytest.raises(LayoutError, match="l.toml: not valid TOML: nested too deeply"):
+        parse_layout(DEEP, "l.toml")
+
+
+def test_a_layout_file_that_never_ends_is_refused(tmp_path):
+    big = tmp_path / "big.toml"
+    big.write_bytes(GOOD + b"#" * (5 << 20))
+    with pytest.raises(LayoutError, match="big.toml: larger than"):
+        read_layout(str(big))
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(LayoutError, match="larger than"):
+            read_layout("/dev/zero")
+
+
+@pytest.mark.parametrize("content", [b"[grid", b"\xff\xfe[grid]", DEEP])
+def test_a_broken_layout_file_does_not_hide_the_grid_directory(tmp_path, content):
+    """The operator saved a broken layout: grid show must still find the nodes, to show the refusal."""
+    write_grid(str(tmp_path), 2, 2, base_port=47100)
+    (tmp_path / "layout.toml").write_bytes(content)
+    addresses, _ = cluster_addresses(str(tmp_path))
+    assert sorted(addresses) == [f"127.0.0.1:{p}" for p in range(47100, 47104)]
+
+
+def test_a_broken_node_config_is_still_named(tmp_path):
+    write_grid(str(tmp_path), 2, 2, base_port=47100)
+    path = tmp_path / "n2.toml"
+    path.write_text(path.read_text().replace('listen = "127.0.0.1:47101"', "listen = 127.0.0.1:47101"))
+    with pytest.raises(PrevalenceError, match="n2.toml: not valid TOML"):
+        cluster_addresses(str(tmp_path))
