@@ -288,9 +288,15 @@ def _naming_the_cluster(func):
         from rpc.client import ClusterUnavailable
         from rpc.config import ConfigError
         from rpc.status_report import collapse_causes
+        from prevalence.errors import OutcomeUnknown
 
         try:
             return func(args)
+        except OutcomeUnknown as exc:  # sent, then the answer was lost: never "no master answered"
+            what = str(exc).partition("; tried ")[0].partition("; the command was sent")[0]
+            raise ConfigError(f"the command was sent to {named(args.cluster, args.cluster_from)} but its answer was "
+                              f"lost ({what}): it may have been applied; look with grid show before sending it "
+                              "again") from None
         except ClusterUnavailable as exc:
             what, _, tried = str(exc).partition("; tried ")
             said = _why_no_master(args)
