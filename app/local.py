@@ -11,7 +11,7 @@ import threading
 from typing import Any, Callable
 
 from app.layout import render_layout
-from app.model import GridView, NodeSpec
+from app.model import GridError, GridView, NodeSpec, check_size
 from rpc.client import ClusterClient
 from rpc.cluster import free_port_block, write_cluster
 from rpc.localcluster import LocalCluster
@@ -22,8 +22,13 @@ PLUGIN = "app.node:attach"
 
 def write_grid(directory: str, rows: int = 3, columns: int = 3, base_port: int | None = None,
                **app: Any) -> list[str]:
-    """Configs, key files and layout for a ``rows`` x ``columns`` grid; returns the config paths."""
+    """Configs, key files and layout for a ``rows`` x ``columns`` grid; returns the config paths.
+    A size or port the grid cannot run is refused before anything is written (a later
+    ``grid up`` there would start the half-written grid)."""
+    check_size(rows, columns)
     n = rows * columns
+    if base_port is not None and not 1 <= base_port <= 65536 - n:
+        raise GridError(f"--port {base_port}: the grid's {n} ports must be from 1 to 65535")
     base = base_port or free_port_block(n)
     paths = write_cluster(directory, n, base, "app.model:Grid", ["app.model"],
                           app={"plugin": PLUGIN, "layout": LAYOUT_NAME, **app})

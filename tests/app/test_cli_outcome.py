@@ -44,3 +44,20 @@ def test_a_command_never_sent_still_says_no_master_answered(tmp_path, monkeypatc
     assert main(["set", "--cluster", str(tmp_path), "n1", "volume=3"]) == 1
     err = capsys.readouterr().err
     assert "no master of" in err and "may have been applied" not in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rows", "0"], "rows must be from 1 to 32, got 0"),
+    (["--rows", "-1"], "rows must be from 1 to 32, got -1"),
+    (["--rows", "33"], "rows must be from 1 to 32, got 33"),
+    (["--columns", "100000"], "columns must be from 1 to 32, got 100000"),
+    (["--port", "70000"], "--port 70000: the grid's 9 ports must be from 1 to 65535"),
+    (["--port", "65530"], "--port 65530: the grid's 9 ports must be from 1 to 65535"),
+    (["--port", "-5"], "--port -5: the grid's 9 ports must be from 1 to 65535"),
+])
+def test_grid_up_refuses_a_size_or_port_it_cannot_run_before_writing_anything(tmp_path, capsys, argv, message):
+    data = tmp_path / "g"
+    assert main(["up", "--data", str(data), *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not data.exists() or not list(data.iterdir())  # a later grid up there starts clean
