@@ -60,16 +60,22 @@ def cluster_addresses(cluster: str, secret_file: str | None = None,
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from app.local import LocalGrid, report_layout, write_grid
+    from app.local import PLUGIN, LocalGrid, report_layout, write_grid
     from rpc.cluster import node_config_paths, refuse_if_running
-    from rpc.config import load_config
+    from rpc.config import ConfigError, load_config
 
     try:
         paths = node_config_paths(args.data)
     except PrevalenceError:
         paths = []
     if paths:
-        refuse_if_running([load_config(p) for p in paths], "grid", args.data)
+        configs = [load_config(p) for p in paths]
+        alien = next((c for c in configs if c.app.get("plugin") != PLUGIN), None)
+        if alien is not None:  # started, it would be a cluster that refuses every grid command
+            raise ConfigError(f"{os.path.abspath(args.data)} holds a cluster that is not a grid ({alien.path} runs "
+                              f"{alien.root} without [app] plugin = \"{PLUGIN}\"): give grid up an empty or new "
+                              "directory, or run that cluster with prevalence cluster up")
+        refuse_if_running(configs, "grid", args.data)
         print(f"starting the grid already configured in {os.path.abspath(args.data)}", flush=True)
     else:
         write_grid(args.data, args.rows, args.columns, args.port)

@@ -61,3 +61,12 @@ def test_grid_up_refuses_a_size_or_port_it_cannot_run_before_writing_anything(tm
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not data.exists() or not list(data.iterdir())  # a later grid up there starts clean
+
+
+def test_grid_up_refuses_the_directory_of_a_cluster_that_is_not_a_grid(tmp_path, capsys):
+    from rpc.cluster import write_cluster
+
+    write_cluster(str(tmp_path), 3, 47500, "examples.bank:Bank", ["examples.bank"])
+    assert main(["up", "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "is not a grid" in err and "n1.toml runs examples.bank:Bank" in err and err.count("\n") == 1, err
