@@ -337,6 +337,15 @@ def _why_no_master(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``grid`` command; Ctrl-C ends it with one line and the shell's 130, wherever it waits."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from prevalence.cli import run
 
     args = build_parser().parse_args(argv)
