@@ -61,7 +61,7 @@ def cluster_addresses(cluster: str, secret_file: str | None = None,
 
 def cmd_up(args: argparse.Namespace) -> int:
     from app.local import PLUGIN, LocalGrid, report_layout, write_grid
-    from rpc.cluster import node_config_paths, refuse_if_running
+    from rpc.cluster import node_config_paths, refuse_if_running, stop_on_signals
     from rpc.config import ConfigError, load_config
 
     try:
@@ -80,12 +80,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         write_grid(args.data, args.rows, args.columns, args.port)
     grid = LocalGrid.open(args.data)
+    stop = stop_on_signals()  # from the first node started, Ctrl-C and SIGTERM stop them all
     grid.start()
     print(f"{len(grid.configs)} nodes on {_span(grid.addresses.values())}\n"
           f"try: grid show --cluster {args.data}    (Ctrl-C stops the grid)", flush=True)
     stop_reporting = report_layout(grid, lambda line: print(line, flush=True))
     try:
-        return grid.supervise(None if args.no_restart else args.restart_after, name="grid")
+        return grid.supervise(None if args.no_restart else args.restart_after, name="grid", stop=stop)
     finally:
         stop_reporting()
 

@@ -6,9 +6,11 @@ its log (``n1.log``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from app.layout import render_layout
 from app.model import GridError, GridView, NodeSpec, check_size
@@ -42,10 +44,29 @@ class LocalGrid(LocalCluster):
     """The node processes of a grid directory, started, killed and restarted by id."""
 
     def start(self, nid: str | None = None) -> None:
-        """One node, or every node that is not running."""
-        for node_id in [nid] if nid else list(self.configs):
-            if not self.alive(node_id):
-                super().start(node_id)
+        """One node, or every node that is not running. A Ctrl-C meanwhile is held until they
+        are started: raised inside the fork of a node, it left logging's lock taken (the
+        process hung) and the nodes started so far running."""
+        with _interrupt_held():
+            for node_id in [nid] if nid else list(self.configs):
+                if not self.alive(node_id):
+                    super().start(node_id)
+
+
+@contextlib.contextmanager
+def _interrupt_held() -> Iterator[None]:
+    """SIGINT recorded instead of raised for the block, then handed to the handler it had."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    got: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if got and callable(previous):
+            previous(signal.SIGINT, got[0])
 
 
 def in_sync(view: dict, nodes: list[str] | None = None) -> bool:

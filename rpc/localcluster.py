@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from typing import Any, Callable
 
@@ -207,15 +208,17 @@ class LocalCluster:
             return ""
         return "".join(text.splitlines(keepends=True)[-lines:])
 
-    def supervise(self, restart_after: float | None = None, name: str = "cluster") -> int:
+    def supervise(self, restart_after: float | None = None, name: str = "cluster",
+                  stop: threading.Event | None = None) -> int:
         """Stay in the foreground until Ctrl-C or SIGTERM, then stop every node gracefully.
 
         A node that dies is reported with how it ended (its signal, or its exit code and
         the last line it logged), and restarted ``restart_after`` seconds later (as its
         PC would reboot) unless that is None; one that keeps exiting soon after its start
         waits longer each time (:class:`Restarts`). Returns 1 if every node died for good.
+        ``stop``: a :func:`stop_on_signals` event installed before the nodes were started.
         """
-        stop = stop_on_signals()
+        stop = stop or stop_on_signals()
         restarts = {nid: Restarts(restart_after or 0.0, time.monotonic()) for nid in self.configs}
         due: dict[str, float] = {}  # dead node -> when it starts again (inf: never)
         while not stop.is_set():

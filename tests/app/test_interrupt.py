@@ -34,3 +34,53 @@ def test_ctrl_c_while_waiting_for_a_master_is_one_line(tmp_path):
     text = err.decode()
     assert p.returncode == 130, text
     assert "Traceback" not in text and text.count("\n") == 1 and "interrupted" in text, text
+
+
+class _FakeNode:
+    """A started node that only records how it was stopped."""
+
+    def __init__(self):
+        self.ended = None
+
+    def poll(self):
+        return self.ended
+
+    def terminate(self):
+        self.ended = -15
+
+    def kill(self):
+        self.ended = -9
+
+    def wait(self, timeout=None):
+        return self.ended
+
+
+def test_ctrl_c_while_grid_up_starts_its_nodes_stops_every_node(tmp_path, monkeypatch, capsys):
+    """Ctrl-C arriving while node processes are forked used to raise KeyboardInterrupt inside
+    the fork handlers (the logging lock stayed taken: grid up hung) and left the nodes started
+    so far running. It is held until they are all started, then stops them all."""
+    import rpc.localcluster
+    from app.cli import main
+    from app.local import write_grid
+
+    write_grid(str(tmp_path), 2, 2, base_port=47600)
+    started: list[_FakeNode] = []
+
+    def start_node(*args, **kwargs):
+        if not started:
+            os.kill(os.getpid(), signal.SIGINT)  # the operator's Ctrl-C, during the first fork
+            time.sleep(0.1)
+        started.append(_FakeNode())
+        return started[-1]
+
+    monkeypatch.setattr(rpc.localcluster, "start_node", start_node)
+    monkeypatch.setattr("app.local.report_layout", lambda grid, say: lambda: None)
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(["up", "--data", str(tmp_path)])
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    assert len(started) == 4, "the interrupt broke off the start half-way"
+    assert all(n.ended is not None for n in started), "nodes left running"
+    assert code in (0, 130) and "Traceback" not in capsys.readouterr().err
