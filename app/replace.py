@@ -47,13 +47,25 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
     start it (when its address is this machine's loopback), wait for its catch-up and
     promote it, if it was a voter. Refused before any change when it would cost the quorum
     or when its process still runs on this directory's data."""
-    from rpc.cluster import add_node, admin, cluster_status_full, start_node
-    from rpc.config import load_config
+    from rpc.cluster import add_node, admin, cluster_status_full, node_config_paths, start_node
+    from rpc.config import ConfigError, load_config, parse_address
 
-    path = os.path.join(os.path.abspath(directory), f"{node_id}.toml")
-    if not os.path.isfile(path):
-        raise ReplaceRefused(f"{directory}: no node {node_id!r} configured there ({node_id}.toml)")
-    cfg = load_config(path)
+    # every argument is checked before the first step: a step that fails after the removal
+    # and the wipe leaves the node out of the grid, with no config for a second try to use
+    configs = {c.id: c for c in map(load_config, node_config_paths(directory))}
+    cfg = configs.get(node_id)
+    if cfg is None:  # by id, not by file name: "n1/../n2" must not reach n2's files
+        raise ReplaceRefused(f"{directory}: no node {node_id!r} configured there "
+                             f"(nodes: {', '.join(sorted(configs))})")
+    path = cfg.path
+    try:
+        listen = parse_address(address, "--address")
+    except ConfigError as exc:
+        raise ReplaceRefused(f"grid replace {node_id} refused, nothing changed: {exc}") from None
+    other = next((c.id for c in configs.values() if c.id != node_id and c.listen == listen), None)
+    if other is not None:
+        raise ReplaceRefused(f"grid replace {node_id} refused, nothing changed: --address {address} is where "
+                             f"{other} listens")
     rows = cluster_status_full(directory)
     problem = _quorum_problem(rows, node_id)
     if problem:
@@ -117,6 +129,17 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return recover(args)
 
 
+def _duration(text: str) -> float:
+    """Seconds: a positive, finite number (nan, inf, 0 and negatives would never wait or never end)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):  # nan fails too
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of seconds")
+    return value
+
+
 def add_parsers(sub: argparse._SubParsersAction, default_dir: str) -> None:
     """``grid replace`` and ``grid recover``, registered on ``grid``."""
     r = sub.add_parser("replace", help="a replaced PC: remove, wipe, add as learner, catch up, promote; refused "
@@ -124,7 +147,7 @@ def add_parsers(sub: argparse._SubParsersAction, default_dir: str) -> None:
     r.add_argument("id", metavar="ID", help="the node whose PC was replaced")
     r.add_argument("--address", required=True, metavar="HOST:PORT", help="where the replacement listens")
     r.add_argument("--cluster", default=default_dir, metavar="DIR", help="the grid directory")
-    r.add_argument("--timeout", type=float, default=120.0, metavar="S", help="catch-up limit (default 120 s)")
+    r.add_argument("--timeout", type=_duration, default=120.0, metavar="S", help="catch-up limit (default 120 s)")
     r.set_defaults(func=cmd_replace)
     rc = sub.add_parser("recover", help="a grid that lost a majority for good: one stopped survivor becomes the "
                         "one voter of a new epoch (docs/operations.md)")
