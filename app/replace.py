@@ -95,6 +95,7 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
     else:
         progress(f"    start it on its PC: copy {new_path} there, prevalence node --config {node_id}.toml --init, "
                  "then start its service")
+    _move_in_layout(cfg, node_id, address, progress)
     progress(f"4/5 waiting for {node_id} to catch up")
     deadline, shown = time.monotonic() + timeout, -1
     while True:
@@ -116,6 +117,32 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
     else:
         progress(f"5/5 {node_id} was a learner: it stays one")
     progress(f"{node_id} replaced; check: grid show --cluster {directory}")
+
+
+def _move_in_layout(cfg, node_id: str, address: str, progress: Callable[[str], None]) -> None:
+    """The layout names where each node's agent answers: the replacement's address is saved
+    there too (the nodes' watchers apply the file), or the master keeps driving the dead one."""
+    from dataclasses import replace
+
+    from app.layout import LayoutError, read_layout, render_layout
+
+    name = cfg.app.get("layout")
+    if not isinstance(name, str):
+        return
+    path = os.path.join(os.path.dirname(os.path.abspath(cfg.path)), name)
+    try:
+        layout = read_layout(path)
+    except LayoutError as exc:
+        progress(f"    the layout was not updated ({exc}): give {node_id} the address {address} there")
+        return
+    nodes = [replace(n, address=address) if n.id == node_id else n for n in layout.nodes]
+    if nodes == list(layout.nodes):
+        return  # not a grid node, or at the same address
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(render_layout(layout.rows, layout.columns, nodes))
+    os.replace(path + ".tmp", path)
+    progress(f"    {name}: {node_id}'s agent is now at {address} (the grid applies the saved layout; "
+             "copy it to the other PCs)")
 
 
 def cmd_replace(args: argparse.Namespace) -> int:
