@@ -16,6 +16,7 @@ import msgpack
 
 from app.settings import Value, normalize
 from prevalence.errors import PrevalenceError
+from prevalence.text import one_line
 from rpc.config import parse_address
 from rpc.transport import NodeLink
 
@@ -74,6 +75,25 @@ def _unpack_settings(data: bytes) -> dict[str, Any]:
     return value
 
 
+MAX_STATUS = 16 << 10  # bytes: four settings, an id and a boot id fit many times over
+
+
+def _status(value: Any) -> dict[str, Any]:
+    """An agent's status reply, checked: what the controller records comes from here."""
+    if not isinstance(value, dict):
+        raise ValueError(f"a status is a map, got {type(value).__name__}")
+    settings = value.get("settings")
+    if not all(isinstance(value.get(k), str) and len(value[k]) <= 64 for k in ("id", "boot")):
+        raise ValueError("'id' and 'boot' must be short text")
+    if not isinstance(settings, dict) or len(settings) > 32:
+        raise ValueError("'settings' must be a map of at most 32 settings")
+    for k, v in settings.items():
+        if not isinstance(k, str) or len(k) > 64 or isinstance(v, bool) or not isinstance(v, (str, int)) \
+                or isinstance(v, str) and len(v) > 1000:
+            raise ValueError(f"setting {one_line(repr(k), 40)}: must be a short name and a number or text")
+    return value
+
+
 class AgentLink:
     """The controller's connection to one agent (an ``rpc.transport.NodeLink``)."""
 
@@ -95,9 +115,18 @@ class AgentLink:
             text = str(exc)  # the transport's errors already start with the address
             where = "" if text.startswith(self.address) else f" at {self.address}"
             raise AgentError(f"agent {self.node_id}{where}: {text}", gone=getattr(exc, "refused", False)) from None
+        if not isinstance(reply, (list, tuple)) or not reply:  # the transport gives a list
+            raise AgentError(f"agent {self.node_id} at {self.address}: malformed reply to {name}")
         if reply[0] != "ok":
-            raise AgentError(f"agent {self.node_id} at {self.address} refused {name}: {reply[-1]}")
-        return msgpack.unpackb(reply[1], raw=False)
+            raise AgentError(f"agent {self.node_id} at {self.address} refused {name}: {one_line(str(reply[-1]))}")
+        body = reply[1] if len(reply) == 2 else None
+        if not isinstance(body, bytes) or len(body) > MAX_STATUS:
+            raise AgentError(f"agent {self.node_id} at {self.address}: malformed reply to {name}")
+        try:
+            return _status(msgpack.unpackb(body, raw=False))
+        except Exception as exc:  # noqa: BLE001 - msgpack raises several types for bad bytes
+            raise AgentError(f"agent {self.node_id} at {self.address}: malformed reply to {name}: "
+                             f"{one_line(str(exc), 100)}") from None
 
     def close(self) -> None:
         self._link.close()

@@ -1,0 +1,85 @@
+"""What comes back from an agent's port is hostile until checked: a reply of the wrong
+shape is an AgentError naming the agent (the node is down, with the reason), never an
+exception that ends the controller's cycle for every other node too."""
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+import prevalence
+from app.agent import AgentError, AgentLink
+from app.controller import Controller
+from app.model import ApplyLayout, Grid, GridView, NodeSpec, SetSettings
+from tests.app.test_controller import Link
+from app.agent import Agent
+
+
+class _Wire:
+    def __init__(self, reply):
+        self.reply = reply
+
+    def call(self, *args):
+        return self.reply
+
+    def close(self):
+        pass
+
+
+def _link(reply) -> AgentLink:
+    link = AgentLink("a", "127.0.0.1:1", b"k" * 32)
+    link._link.close()
+    link._link = _Wire(reply)
+    return link
+
+
+def _packed(value) -> tuple:
+    return ("ok", msgpack.packb(value, use_bin_type=True))
+
+
+GOOD = {"id": "a", "boot": "b1", "settings": {"volume": 3}, "pushes": 1}
+
+
+@pytest.mark.parametrize("reply", [
+    ("ok", b"\xc1"),  # not msgpack
+    ("ok", b"\x92\x01"),  # truncated
+    ("ok", "text"),  # not bytes
+    ("ok",),  # too short
+    "nonsense",
+    None,
+    _packed([1, 2]),
+    _packed({"id": "a", "boot": "b1"}),  # no settings
+    _packed({**GOOD, "settings": [1]}),
+    _packed({**GOOD, "settings": {"volume": [1]}}),
+    _packed({**GOOD, "settings": {str(i): i for i in range(1000)}}),
+    _packed({**GOOD, "settings": {"content": "x" * 100_000}}),
+    _packed({**GOOD, "boot": ["x"]}),
+    _packed({**GOOD, "id": None}),
+])
+def test_a_malformed_status_reply_is_an_agent_error(reply):
+    with pytest.raises(AgentError, match="agent a at 127.0.0.1:1"):
+        _link(reply).status()
+
+
+def test_a_well_formed_reply_passes():
+    assert _link(_packed(GOOD)).status() == GOOD
+    assert _link(list(_packed(GOOD))).status() == GOOD  # as the transport hands it over
+
+
+def test_one_agent_with_garbage_replies_does_not_hold_up_the_others(tmp_path):
+    db = prevalence.open(str(tmp_path), Grid)
+    try:
+        db.execute(ApplyLayout(1, 2, (NodeSpec("a", "h:1", 1, 1), NodeSpec("b", "h:2", 1, 2)), "x"))
+        agents = {"a": Agent("a"), "b": Agent("b")}
+        real = {"a": _link(_packed({"id": "a", "boot": "b1"}))}
+
+        def link(node_id, address):
+            return real.get(node_id) or Link(agents[node_id], address)
+
+        c = Controller(lambda first: db.query(GridView()), db.execute, link, down_after=0.0)
+        db.execute(SetSettings(("b",), {"volume": "7"}))
+        c.cycle()
+        nodes = {n["id"]: n for n in db.query(GridView())["nodes"]}
+        assert agents["b"].settings == {"volume": 7} and nodes["b"]["in_sync"]
+        assert nodes["a"]["health"] == "down" and "agent a" in nodes["a"]["detail"]
+    finally:
+        db.close()
