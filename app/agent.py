@@ -83,14 +83,16 @@ def _status(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"a status is a map, got {type(value).__name__}")
     settings = value.get("settings")
-    if not all(isinstance(value.get(k), str) and len(value[k]) <= 64 for k in ("id", "boot")):
+    if not all(isinstance(value.get(k), str) and len(value[k]) <= 64 and value[k].isprintable()
+               for k in ("id", "boot")):
         raise ValueError("'id' and 'boot' must be short text")
     if not isinstance(settings, dict) or len(settings) > 32:
         raise ValueError("'settings' must be a map of at most 32 settings")
     for k, v in settings.items():
         if not isinstance(k, str) or len(k) > 64 or isinstance(v, bool) or not isinstance(v, (str, int)) \
-                or isinstance(v, str) and len(v) > 1000:
-            raise ValueError(f"setting {one_line(repr(k), 40)}: must be a short name and a number or text")
+                or isinstance(v, str) and (len(v) > 1000 or not v.isprintable()) or not k.isprintable():
+            # printable: grid show and the window print it, and an escape sequence would drive the terminal
+            raise ValueError(f"setting {one_line(repr(k), 40)}: must be a short name and a number or printable text")
     return value
 
 

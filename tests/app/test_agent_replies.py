@@ -54,6 +54,9 @@ GOOD = {"id": "a", "boot": "b1", "settings": {"volume": 3}, "pushes": 1}
     _packed({**GOOD, "settings": {"content": "x" * 100_000}}),
     _packed({**GOOD, "boot": ["x"]}),
     _packed({**GOOD, "id": None}),
+    _packed({**GOOD, "settings": {"content": "\x1b]0;owned\x07\x1b[2J"}}),  # would drive grid show's terminal
+    _packed({**GOOD, "settings": {"\x1b[2J": 1}}),
+    _packed({**GOOD, "boot": "\x1b[2J"}),
 ])
 def test_a_malformed_status_reply_is_an_agent_error(reply):
     with pytest.raises(AgentError, match="agent a at 127.0.0.1:1"):
