@@ -60,6 +60,25 @@ def cluster_addresses(cluster: str, secret_file: str | None = None,
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from prevalence._platform import DirectoryLock
+    from prevalence.errors import LockedError
+    from rpc.config import ConfigError
+
+    os.makedirs(args.data, exist_ok=True)
+    run_lock = DirectoryLock(args.data)  # held while this grid up runs: two at once would both start every node
+    try:
+        run_lock.acquire()
+    except LockedError:
+        raise ConfigError(f"{os.path.abspath(args.data)}: the grid is already running (grid up pid "
+                          f"{run_lock.holder() or 'unknown'}); stop it first (Ctrl-C where it was started)") from None
+    try:
+        return _up(args)
+    finally:
+        run_lock.release()
+
+
+def _up(args: argparse.Namespace) -> int:
+    """grid up, holding the directory's lock."""
     from app.local import PLUGIN, LocalGrid, report_layout, write_grid
     from rpc.cluster import node_config_paths, refuse_if_running, stop_on_signals
     from rpc.config import ConfigError, load_config
