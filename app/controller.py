@@ -2,7 +2,8 @@
 
 Each cycle it reads the grid (the first time with a linearizable read, so a new leader
 never acts on a state older than what its predecessor acknowledged), then for every node at once:
-asks the agent for its status; pushes the desired settings if the agent's differ
+asks the agent for its status (a node recorded down is probed apart, once at a time,
+and not waited for); pushes the desired settings if the agent's differ
 (the push replaces the settings, so pushing twice is harmless; failures back off
 exponentially per node); and records what it saw as a ``MarkNode`` transaction, only
 when that differs from what the state already says. A node that has not answered for
@@ -16,7 +17,7 @@ import logging
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -44,6 +45,10 @@ class Controller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="grid-agent")
+        # nodes recorded down are probed apart, not waited for: a hundred hung PCs, each
+        # taking its whole time-out, must not delay a push to a node that answers
+        self._probes = ThreadPoolExecutor(max_workers=16, thread_name_prefix="grid-probe")
+        self._probing: dict[str, Future] = {}
         self.cycles = 0
         self._before_first = before_first
 
@@ -74,6 +79,7 @@ class Controller:
             for link in self._links.values():
                 link.close()
             self._pool.shutdown(wait=False)
+            self._probes.shutdown(wait=False)
             log.info("controller stopped")
 
     def cycle(self) -> None:
@@ -97,12 +103,27 @@ class Controller:
                     link.close()
                 self._links[node_id] = self._link(node_id, n["address"])
             self._nodes.setdefault(node_id, _NodeState(last_ok=now))
-        for future in [self._pool.submit(self._reconcile, n) for n in nodes.values()]:
+        waited = []
+        for node_id, n in nodes.items():
+            args = (n, self._links[node_id], self._nodes[node_id])
+            if n["health"] != "down":
+                waited.append(self._pool.submit(self._reconcile, *args))
+            elif node_id not in self._probing:  # one probe at a time per node
+                probe = self._probes.submit(self._reconcile, *args)
+                self._probing[node_id] = probe
+                probe.add_done_callback(lambda f, node_id=node_id: self._probed(node_id, f))
+        for future in waited:
             future.result()
         self.cycles += 1
 
-    def _reconcile(self, n: dict) -> None:
-        node_id, link, st = n["id"], self._links[n["id"]], self._nodes[n["id"]]
+    def _probed(self, node_id: str, probe: Future) -> None:
+        self._probing.pop(node_id, None)
+        exc = probe.exception()
+        if exc is not None and not self._stop.is_set():  # e.g. leadership lost while recording
+            log.warning("probe of node %s failed: %s", node_id, exc)
+
+    def _reconcile(self, n: dict, link: AgentLink, st: _NodeState) -> None:
+        node_id = n["id"]
         if self._stop.is_set():
             return
         try:

@@ -3,6 +3,8 @@ shape is an AgentError naming the agent (the node is down, with the reason), nev
 exception that ends the controller's cycle for every other node too."""
 from __future__ import annotations
 
+import time
+
 import msgpack
 import pytest
 
@@ -84,5 +86,41 @@ def test_one_agent_with_garbage_replies_does_not_hold_up_the_others(tmp_path):
         nodes = {n["id"]: n for n in db.query(GridView())["nodes"]}
         assert agents["b"].settings == {"volume": 7} and nodes["b"]["in_sync"]
         assert nodes["a"]["health"] == "down" and "agent a" in nodes["a"]["detail"]
+    finally:
+        db.close()
+
+
+class _HungLink(Link):
+    """An agent whose PC hangs: every call waits its whole time-out, then fails."""
+
+    def status(self):
+        time.sleep(0.5)
+        raise AgentError(f"agent {self.agent.node_id} at {self.address}: handshake not answered within 0.5 s")
+
+
+def test_many_hung_agents_do_not_delay_a_push_to_an_agent_that_answers(tmp_path):
+    db = prevalence.open(str(tmp_path), Grid)
+    try:
+        hung = [NodeSpec(f"h{i}", f"h:{i + 10}", 1, i + 1) for i in range(24)]
+        db.execute(ApplyLayout(2, 32, (*hung, NodeSpec("a", "h:1", 2, 1)), "x"))
+        agents = {n.id: Agent(n.id) for n in (*hung, NodeSpec("a", "h:1", 2, 1))}
+
+        def link(node_id, address):
+            return (Link if node_id == "a" else _HungLink)(agents[node_id], address)
+
+        c = Controller(lambda first: db.query(GridView()), db.execute, link, down_after=0.0)
+        try:
+            deadline = time.monotonic() + 10
+            while any(n["health"] != "down" for n in db.query(GridView())["nodes"] if n["id"] != "a"):
+                assert time.monotonic() < deadline, "the hung agents were never recorded down"
+                c.cycle()
+            db.execute(SetSettings(("a",), {"volume": "5"}))
+            began = time.monotonic()
+            c.cycle()
+            took = time.monotonic() - began
+            assert agents["a"].settings == {"volume": 5}
+            assert took < 0.4, f"a cycle waited {took:.1f} s for agents known to be down"
+        finally:
+            c.stop()
     finally:
         db.close()
