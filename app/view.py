@@ -62,7 +62,8 @@ def _table(view: dict) -> str:
     headers = ["node", "pos", "health", "desired", "actual", "detail"]
     rows = [[n["id"] + (" *" if n.get("master") else ""), f"{n['row']},{n['column']}", n["health"],
              _lines(n["desired"]), _difference(n), n["detail"] or ""] for n in view["nodes"]]
-    widths = [max(len(line) for r in rows for line in str(r[k]).splitlines() or [""]) or 1 for k in range(3, 6)]
+    widths = [max((len(line) for r in rows for line in str(r[k]).splitlines() or [""]), default=1) or 1
+              for k in range(3, 6)]  # default: a grid whose layout lists no node
     while True:  # narrow the widest wrapped column until the table fits
         text = tabulate(rows, headers=headers, maxcolwidths=[None, None, None, *widths])
         k = max(range(3), key=lambda i: widths[i])

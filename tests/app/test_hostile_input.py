@@ -75,3 +75,12 @@ def test_a_broken_node_config_is_still_named(tmp_path):
     path.write_text(path.read_text().replace('listen = "127.0.0.1:47101"', "listen = 127.0.0.1:47101"))
     with pytest.raises(PrevalenceError, match="n2.toml: not valid TOML"):
         cluster_addresses(str(tmp_path))
+
+
+def test_grid_show_of_a_grid_without_nodes():
+    """A layout with an empty [nodes] table is valid; grid show must still show the grid."""
+    from app.view import render
+
+    text = render({"rows": 2, "columns": 2, "nodes": [], "presets": {}, "layout_refused": None,
+                   "master": "n1", "term": 3})
+    assert text.startswith("grid 2x2, master n1 (term 3)") and "node" in text
