@@ -18,7 +18,7 @@ import time
 from app.agent import AgentLink
 from app.local import LocalGrid, grid_view, in_sync, write_grid
 from rpc.localcluster import ClusterTimeout, NodeExited
-from app.model import ApplyPreset, DefinePreset, SetSettings
+from app.model import ApplyPreset, DefinePreset, GridError, SetSettings, check_size
 from app.view import render, with_cluster
 
 
@@ -94,13 +94,14 @@ class Demo:
         return True
 
     def command(self) -> None:
-        self.step("operator commands: settings on nodes, a preset for row 2, volume for column 3")
+        row, column = min(2, self.rows), self.columns  # row 2 and column 3 of the 3x3 grid
+        self.step(f"operator commands: settings on nodes, a preset for row {row}, volume for column {column}")
         c = self.client
         c.execute(SetSettings(("all",), {"power": "on", "content": "welcome", "volume": "20"}))
         c.execute(SetSettings(("n1",), {"content": "lobby map"}))
         c.execute(DefinePreset("evening", {"content": "evening news", "brightness": "40"}))
-        c.execute(ApplyPreset("evening", ("row:2",)))
-        c.execute(SetSettings(("column:3",), {"volume": "55"}))
+        c.execute(ApplyPreset("evening", (f"row:{row}",)))
+        c.execute(SetSettings((f"column:{column}",), {"volume": "55"}))
         began = time.monotonic()
         view = self.wait("every agent running its desired settings", lambda: (v := self.view()) and in_sync(v) and v, 30)
         self.say(f"all agents in sync {1000 * (time.monotonic() - began):.0f} ms after the last command")
@@ -192,6 +193,10 @@ class Demo:
 
 
 def run_demo(rows: int = 3, columns: int = 3, keep_running: bool = False, data: str | None = None) -> int:
+    check_size(rows, columns)  # refused before anything starts: GridError, one line from the CLI
+    if rows * columns < 3:
+        raise GridError(f"grid demo kills the master and shows the others elect a new one: a failover needs at "
+                        f"least 3 nodes, the grid has {rows * columns}")
     directory = data or tempfile.mkdtemp(prefix="grid-demo-")
     demo = Demo(directory, rows, columns)
     failed = None

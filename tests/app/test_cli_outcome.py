@@ -70,3 +70,16 @@ def test_grid_up_refuses_the_directory_of_a_cluster_that_is_not_a_grid(tmp_path,
     assert main(["up", "--data", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "is not a grid" in err and "n1.toml runs examples.bank:Bank" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rows", "0"], "rows must be from 1 to 32, got 0"),
+    (["--rows", "1", "--columns", "2"], "a failover needs at least 3 nodes, the grid has 2"),
+])
+def test_grid_demo_refuses_a_size_it_cannot_show_before_starting(tmp_path, capsys, argv, message):
+    data = tmp_path / "d"
+    assert main(["demo", "--data", str(data), *argv]) == 1
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.err.count("\n") == 1, captured.err
+    assert "GridError" not in captured.err and "[1/6]" not in captured.out
+    assert not data.exists()
