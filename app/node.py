@@ -19,7 +19,7 @@ from app.agent import Agent, AgentLink
 from app.controller import Controller
 from app.layout import LayoutWatcher, read_layout, LayoutError
 from app.model import ApplyLayout, GridError, GridView, LayoutUnchanged, RefuseLayout
-from prevalence.errors import PrevalenceError
+from prevalence.errors import OutcomeUnknown, PrevalenceError
 from rpc.config import ConfigError, format_address
 
 if TYPE_CHECKING:
@@ -97,13 +97,20 @@ class GridApp:
     def _submit_layout(self, layout: ApplyLayout) -> None:
         """Any node's watcher may submit: the leader applies it, the same edit seen by other
         nodes (one machine, one file) is refused as unchanged."""
-        try:
-            result = self._cluster().execute(layout, timeout=10.0)
-        except LayoutUnchanged:
-            log.info("layout %s: already applied", self.layout_path)
-            return
-        except PrevalenceError as exc:
-            raise GridError(f"the cluster did not take the layout: {exc}") from None
+        for attempt in range(3):
+            try:
+                result = self._cluster().execute(layout, timeout=10.0)
+                break
+            except LayoutUnchanged:
+                log.info("layout %s: already applied", self.layout_path)
+                return
+            except OutcomeUnknown as exc:  # sent, answer lost: the digest makes a second send harmless
+                log.warning("layout %s: no answer, sending it again: %s", self.layout_path, exc)
+                last = exc
+            except PrevalenceError as exc:
+                raise GridError(f"the cluster did not take the layout: {exc}") from None
+        else:
+            raise GridError(f"the cluster did not confirm the layout (it may have been applied): {last}")
         log.info("layout %s applied: added %s, removed %s, changed %s", self.layout_path,
                  result["added"] or "none", result["removed"] or "none", result["changed"] or "none")
 
