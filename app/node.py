@@ -39,8 +39,8 @@ class GridApp:
         extra = sorted(set(settings) - KNOWN)
         if extra:
             raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)} (known: {', '.join(sorted(KNOWN))})")
-        self.interval = _positive(settings, "interval", 0.5, where)
-        self.down_after = _positive(settings, "down_after", 1.0, where)
+        self.interval = _seconds(settings, "interval", 0.5, where, 0.05, 60.0)
+        self.down_after = _seconds(settings, "down_after", 1.0, where, 0.1, 3600.0)
         layout = settings.get("layout")
         if layout is not None and not isinstance(layout, str):
             raise ConfigError(f"{where}: 'layout' must be a file name, got {layout!r}")
@@ -147,8 +147,10 @@ class GridApp:
             client.close()
 
 
-def _positive(settings: dict, key: str, default: float, where: str) -> float:
+def _seconds(settings: dict, key: str, default: float, where: str, low: float, high: float) -> float:
+    """A duration from the config, bounded: a controller cycling every nanosecond burns the
+    leader's CPU, one every hour (or never: inf, nan) never acts."""
     value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{where}: '{key}' must be a positive number of seconds, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:  # nan too
+        raise ConfigError(f"{where}: '{key}' must be from {low:g} to {high:g} seconds, got {value!r}")
     return float(value)

@@ -45,3 +45,30 @@ def test_a_layout_applied_on_the_second_try_is_applied():
     cluster = _Cluster(lost, {"added": ["a"], "removed": [], "changed": []})
     _app(cluster)._submit_layout(layout)
     assert cluster.sent == [layout, layout]
+
+
+class _Process:
+    class cfg:
+        path = "/tmp/n1.toml"
+        id = "n1"
+
+    def __init__(self):
+        self.handlers: dict = {}
+        self.leader_hooks: list = []
+
+
+import pytest  # noqa: E402
+
+from rpc.config import ConfigError  # noqa: E402
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"interval": 1e-9}, "'interval' must be from 0.05 to 60 seconds, got 1e-09"),
+    ({"interval": float("inf")}, "'interval' must be from 0.05 to 60 seconds, got inf"),
+    ({"interval": float("nan")}, "'interval' must be from 0.05 to 60 seconds, got nan"),
+    ({"down_after": float("inf")}, "'down_after' must be from 0.1 to 3600 seconds, got inf"),
+    ({"down_after": 0.001}, "'down_after' must be from 0.1 to 3600 seconds, got 0.001"),
+])
+def test_app_timings_that_would_burn_the_cpu_or_never_act_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        GridApp(_Process(), settings)
