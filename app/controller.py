@@ -88,8 +88,8 @@ class Controller:
         # which is current for as long as it leads (the controller stops when it does not).
         view = self._read(self.cycles == 0)
         if self._before_first is not None:  # once, with the first view this leader trusts
-            first, self._before_first = self._before_first, None
-            first(view)
+            self._before_first(view)  # if it fails (a busy cluster), the next cycle tries again
+            self._before_first = None
             view = self._read(False)
         now = time.monotonic()
         nodes = {n["id"]: n for n in view["nodes"]}

@@ -124,3 +124,26 @@ def test_many_hung_agents_do_not_delay_a_push_to_an_agent_that_answers(tmp_path)
             c.stop()
     finally:
         db.close()
+
+
+def test_a_first_layout_that_failed_is_tried_again_next_cycle(tmp_path):
+    """The new leader's first act (applying the layout file to a grid that has none) timed
+    out on a busy cluster: it must be tried again, not dropped for the whole term."""
+    db = prevalence.open(str(tmp_path), Grid)
+    try:
+        calls: list[int] = []
+
+        def first(view):
+            calls.append(1)
+            if len(calls) == 1:
+                raise prevalence.PrevalenceError("not committed within 5 s")
+
+        c = Controller(lambda first: db.query(GridView()), db.execute, lambda *a: None, before_first=first)
+        with pytest.raises(prevalence.PrevalenceError):
+            c.cycle()
+        c.cycle()
+        assert len(calls) == 2
+        c.cycle()
+        assert len(calls) == 2  # once it succeeded, never again
+    finally:
+        db.close()
