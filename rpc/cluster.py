@@ -224,8 +224,9 @@ def refuse_if_running(configs: list[NodeConfig], what: str, directory: str) -> N
 
 def node_config_paths(directory: str) -> list[str]:
     """The node configurations in ``directory``: its TOML files with ``id`` and ``listen``
-    (an application's own TOML files, such as a layout, may sit next to them)."""
-    paths, claimed = [], {}
+    (an application's own TOML files, such as a layout, may sit next to them), and the
+    broken ones that still look like a node's, for load_config to say what is wrong."""
+    paths, claimed, broken, named = [], {}, [], set()
     for path in sorted(glob.glob(os.path.join(directory, "*.toml"))):
         try:
             with open(path, "rb") as f:
@@ -235,13 +236,12 @@ def node_config_paths(directory: str) -> list[str]:
             paths.append(path)  # load_config will say what is wrong with it
             continue
         except (ValueError, RecursionError):  # not TOML (bad UTF-8 too), or nested too deeply
-            # a broken node config still has its id and listen lines, and load_config will say
-            # what is wrong with it; an application's file in the middle of an edit has not
-            if re.search(rb"^\s*id\s*=", data, re.M) and re.search(rb"^\s*listen\s*=", data, re.M):
-                paths.append(path)
+            broken.append((path, data))
             continue
         if "id" in doc and "listen" in doc:
             paths.append(path)
+            peers = doc.get("peers")
+            named.update(peers if isinstance(peers, dict) else ())
             for field in ("id", "listen"):  # a copy of a node's file: which one is the node?
                 value = doc[field]
                 if isinstance(value, str) and (field, value) in claimed:
@@ -249,9 +249,17 @@ def node_config_paths(directory: str) -> list[str]:
                                       f"{os.path.basename(path)} both configure {field} {value!r}: one node per file; "
                                       "move the copy aside")
                 claimed[field, value] = path
+    for path, data in broken:
+        # a node's config saved broken still has its id and listen lines (NULs dropped: a
+        # UTF-16 save), or the name of a node the others list; an application's file in the
+        # middle of an edit (a layout) has neither
+        text = data.replace(b"\0", b"")
+        stem = os.path.basename(path)[:-len(".toml")]
+        if stem in named or (re.search(rb"^\s*id\s*=", text, re.M) and re.search(rb"^\s*listen\s*=", text, re.M)):
+            paths.append(path)
     if not paths:
         raise NoNodeConfig(f"{os.path.abspath(directory)}: no node configuration (*.toml with id and listen) found")
-    return paths
+    return sorted(paths)
 
 
 class NoNodeConfig(ConfigError):
