@@ -29,7 +29,7 @@ from rpc.cluster import (
     NoNodeConfig, cluster_status, directory_key, free_port_block, node_config_paths, refuse_if_running, start_node,
     stop_on_signals, write_cluster,
 )
-from rpc.config import ConfigError, NodeConfig, format_address, load_config, tls_contexts
+from rpc.config import NodeConfig, format_address, load_config, tls_contexts
 from rpc.secret import KEY_FILES
 from prevalence.text import one_line
 from rpc.transport import NodeLink, open_connection
