@@ -9,13 +9,18 @@ import threading
 import pytest
 import rpyc
 from rpyc.core.stream import SocketStream
-from rpyc.core.channel import Channel
-from rpyc.utils.factory import connect_channel, connect_stream
+from rpyc.utils.factory import connect_channel
 
 from rpc import ServerAuthenticator
+from rpc.channel import BoundedChannel
 from rpc.transport import NodeLink
 
 from .conftest import CLIENT_SECRET, HOST, KEYS
+
+
+def framed(stream: SocketStream, service, config=None) -> rpyc.Connection:
+    """RPyC over ``stream`` framed as a node frames it (rpc.channel: a CRC-32 per frame)."""
+    return connect_channel(BoundedChannel(stream, 1 << 30), service=service, config=config or {})
 
 
 def fake_node(connect) -> tuple[socket.socket, threading.Event]:
@@ -44,7 +49,7 @@ def test_a_remote_base_exception_is_an_ordinary_error_of_the_call(kind):
         def exposed_status(self):
             raise kind("from the node")
 
-    ls, done = fake_node(lambda sock: connect_stream(SocketStream(sock), service=Evil, config={
+    ls, done = fake_node(lambda sock: framed(SocketStream(sock), Evil, config={
         "propagate_KeyboardInterrupt_locally": False, "propagate_SystemExit_locally": False}))
     try:
         with NodeLink(ls.getsockname()[:2], CLIENT_SECRET, timeout=2.0) as link:
@@ -71,7 +76,7 @@ def test_a_status_reply_of_a_hundred_megabytes_is_refused_not_read():
         def exposed_status(self):
             return msgpack.packb(["ok", {"id": "n1", "pad": PAD}])
 
-    ls, done = fake_node(lambda sock: connect_channel(Channel(SocketStream(sock), compress=False), service=Big))
+    ls, done = fake_node(lambda sock: framed(SocketStream(sock), Big))
     try:
         [reply] = ask_status([(ls.getsockname()[:2], None)], CLIENT_SECRET, 5.0)
         assert isinstance(reply, Exception) and "limit" in str(reply), str(reply)[:200]
@@ -96,7 +101,7 @@ def test_a_status_reply_that_stalls_mid_frame_costs_the_rounds_timeout_not_ten_s
     def serve():
         sock, _ = ls.accept()
         sock, _identity = ServerAuthenticator(KEYS, timeout=2)(sock)
-        conn = connect_stream(Stalling(sock), service=rpyc.VoidService)
+        conn = framed(Stalling(sock), rpyc.VoidService)
         try:
             conn.serve(30)
         except (EOFError, OSError):
@@ -129,7 +134,7 @@ def test_a_node_answering_each_request_just_in_time_costs_one_timeout_not_two():
             import msgpack
             return msgpack.packb(["ok", {"id": "n1", "role": "follower", "term": 1}])
 
-    ls, done = fake_node(lambda sock: connect_stream(Slow(sock), service=Node))
+    ls, done = fake_node(lambda sock: framed(Slow(sock), Node))
     began = time.monotonic()
     try:
         with NodeLink(ls.getsockname()[:2], CLIENT_SECRET, timeout=1.0, connect_timeout=0.1) as link:
@@ -161,7 +166,7 @@ def test_the_clients_leader_watch_reads_no_status_reply_of_a_hundred_megabytes()
         def exposed_status(self):
             return msgpack.packb(["ok", {"id": "n1", "role": "leader", "term": 9, "pad": PAD}])
 
-    ls, done = fake_node(lambda sock: connect_channel(Channel(SocketStream(sock), compress=False), service=Big))
+    ls, done = fake_node(lambda sock: framed(SocketStream(sock), Big))
     watch = LeaderWatch(types.SimpleNamespace(_secret=CLIENT_SECRET, _ssl=None))
     try:
         with pytest.raises(Exception, match="limit"):
