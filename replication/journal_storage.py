@@ -371,9 +371,20 @@ class JournalStorage:
             hs.commit >= max(1, stored.commit + min(stored.commit, COMMIT_STORE_EVERY))
 
     def note_commit(self, hs: HardState) -> None:
-        """A commit-only change: kept in memory, written with the next term/vote change or
-        at close (a stale commit on disk only means re-learning it)."""
+        """A commit-only change: kept in memory, written with the next term/vote change,
+        by :meth:`refresh_commit`, or at close (a stale commit on disk only means
+        re-learning it)."""
         self.hard_state = hs
+
+    def refresh_commit(self) -> None:
+        """After a batch of writes (the disk lane): store the commit kept in memory when
+        it is due (see ``hard_state_needs_write``). A leader learns its commits in Readys
+        of their own, which write nothing (``note_commit``): without this, its stored
+        commit would stay where its term began. A term or vote is written only by the
+        Ready that carries it, never from here."""
+        hs = self.hard_state
+        if (hs.term, hs.vote) == (self._stored.term, self._stored.vote) and self.hard_state_needs_write(hs):
+            self._store(hs)
 
     def truncate(self, from_index: int) -> None:
         if from_index <= self._snap.index:

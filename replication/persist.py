@@ -218,7 +218,8 @@ def run_disk_batch(storage: JournalStorage, batch: list[DiskWork], send: Callabl
 def write_batch(st: JournalStorage, batch: list[DiskWork]) -> None:
     """Each item's snapshot, truncation, entries and hard state, in order, with one fsync
     at the end; the journal is synced first whenever a term or vote change is stored,
-    so the hard state never names a commit the journal does not hold."""
+    so the hard state never names a commit the journal does not hold. Then the commit
+    kept in memory, when it is due to be stored (JournalStorage.refresh_commit)."""
     dirty = False
     for work in batch:
         rd = work.rd
@@ -245,3 +246,4 @@ def write_batch(st: JournalStorage, batch: list[DiskWork]) -> None:
             st.set_hard_state(hs)
     if dirty:
         st.sync()
+    st.refresh_commit()  # a leader's commits come without writes of their own

@@ -29,32 +29,35 @@ def _lose_log(data: str, how: str) -> None:
             os.truncate(path, os.path.getsize(path) // 3)
 
 
+@pytest.mark.parametrize("whose", ["follower", "leader"])
 @pytest.mark.parametrize("how", ["deleted", "cut"])
-def test_a_voter_whose_log_was_lost_refuses_to_start_and_no_acknowledged_write_is_lost(tmp_path, how):
+def test_a_voter_whose_log_was_lost_refuses_to_start_and_no_acknowledged_write_is_lost(tmp_path, how, whose):
     """A voter whose journal was deleted or cut off while it was stopped still holds its
-    term and vote: if it started, its vote could elect a leader that lacks the commands it
-    had acknowledged (here: 199 of 200 lost). It must refuse, in one line naming its data
-    and the way on, and the cluster keeps every acknowledged command."""
+    term and vote: if it started, its vote (or its candidacy, the leader's log being the
+    longest) could elect a leader that lacks the commands it had acknowledged (here: up
+    to 199 of 200 lost). It must refuse, in one line naming its data and the way on, and
+    the cluster keeps every acknowledged command."""
     c = LocalCluster(tmp_path, 3)
     try:
         leader = c.leader()
-        voter, lagging = sorted(set(c.configs) - {leader})
+        follower, lagging = sorted(set(c.configs) - {leader})
+        victim, keeper = (follower, leader) if whose == "follower" else (leader, follower)
         with c.client() as client:
             client.execute(Add("x", 1))
             c.wait_converged()
             c.kill(lagging, signal.SIGSTOP)  # the others commit without it
             for _ in range(199):
                 client.execute(Add("x", 1))
-        c.kill(voter)
-        c.kill(leader)
-        _lose_log(os.path.join(c.dir, voter), how)
-        c.start(voter)
+        c.kill(victim)
+        c.kill(keeper)
+        _lose_log(os.path.join(c.dir, victim), how)
+        c.start(victim)
         c.kill(lagging, signal.SIGCONT)
-        code = c.procs[voter].wait(15)
+        code = c.procs[victim].wait(15)
         assert code != 0
-        last = c.tail(voter, 1).strip()
-        assert os.path.join(c.dir, voter) in last and "rebuild" in last, last
-        c.start(leader)
+        last = c.tail(victim, 1).strip()
+        assert os.path.join(c.dir, victim) in last and "rebuild" in last, last
+        c.start(keeper)
         with c.client(timeout=20) as client:
             assert client.query(Get("x")) == 200
     finally:
