@@ -1,6 +1,8 @@
-"""A node's disk under real faults, with real processes: files deleted or cut off under a
-stopped node, a backup written to a full disk. (A failed fsync and a full disk under a
-running node: test_fail_stop.py, test_node_data.py.)"""
+"""A node's disk under real faults, with real processes: a journal deleted or cut off
+under a stopped node, damaged snapshot and identity files, a disk that fails with EIO (a
+loop device), full disks at start, on every node at once, and under a backup or a
+restore. (A failed fsync and a full leader or follower while running: test_fail_stop.py,
+test_node_data.py.) Tests that need root, a tmpfs or a loop device skip without them."""
 from __future__ import annotations
 
 import glob
