@@ -368,7 +368,7 @@ class Node(ApplierMixin):
             "commit_index": st.commit, "applied_index": self.sm.applied_index,
             "first_index": st.first_index, "last_index": st.last_index,
             "voters": list(st.voters), "learners": list(st.learners),
-            "disk_full": self.machine.disk_full,
+            "disk_full": self.machine.disk_full, "snapshot_error": self.machine.snapshot_error,
         }
 
     @property

@@ -55,20 +55,31 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     rows = cluster_status(args.cluster)
     if args.json:
-        print(json.dumps({"nodes": [{**{k: r[k] for k in FIELDS}, "disk_full": r.get("disk_full") is True}
+        print(json.dumps({"nodes": [{**{k: r[k] for k in FIELDS}, "disk_full": r.get("disk_full") is True,
+                                     "snapshot_error": r.get("snapshot_error")}
                                     for r in rows], "master": describe_master(rows)}, indent=2))
     else:
         here = os.path.abspath(args.cluster)
         shown = [{**r, "config": os.path.relpath(r["config"], here) if os.path.dirname(r["config"]) == here
                   else r["config"], "reachable": "yes" if r["reachable"] else "no",
-                  "role": f"{r['role']}, disk full" if r.get("disk_full") else r["role"]} for r in rows]
+                  "role": _role_shown(r)} for r in rows]
         headers = [{"commit_index": "commit", "applied_index": "applied"}.get(k, k) for k in FIELDS]
         print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in shown], headers=headers))
         print(describe_master(rows))  # who is master, or why there is none
         summary = unreachable_summary(rows)  # why, each cause once
         if summary:
             print(summary)
+        for r in rows:
+            if r.get("snapshot_error"):  # not fatal, but its journal grows until one succeeds
+                print(f"{r['id']}: snapshots failing: {r['snapshot_error']}")
     return 0 if any(r["reachable"] for r in rows) else 1
+
+
+def _role_shown(row: dict) -> str | None:
+    """The role, with what is wrong with the node although it serves."""
+    notes = [note for note, on in (("disk full", row.get("disk_full")), ("snapshots failing", row.get("snapshot_error")))
+             if on]
+    return ", ".join([row["role"], *notes]) if notes and row["role"] is not None else row["role"]
 
 
 def cmd_cluster_admin(args: argparse.Namespace) -> int:

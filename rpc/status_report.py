@@ -59,7 +59,8 @@ def ask_status(targets: list[tuple[tuple[str, int], SSLContext | None]], secret:
 
 def status_row(node_id: str, address: str, config: str | None, reply: list | Exception) -> dict[str, Any]:
     """One row of the table from a node's answer: FIELDS, plus ``leader`` and ``voters``
-    (whom it follows, who votes: what :func:`describe_master` reads), ``disk_full``, and
+    (whom it follows, who votes: what :func:`describe_master` reads), ``disk_full``,
+    ``snapshot_error`` (why its snapshots fail, the journal growing meanwhile), and
     ``error`` (and ``answered``) when it gave no status."""
     row: dict[str, Any] = dict.fromkeys(FIELDS)
     row.update(id=node_id, address=address, config=config, reachable=False, leader=None, voters=[])
@@ -67,8 +68,10 @@ def status_row(node_id: str, address: str, config: str | None, reply: list | Exc
         row["error"] = one_line(str(reply), 500)
     elif reply[0] == "ok":
         st = reply[1]
+        snap = st.get("snapshot_error")
         row.update({k: _field(st[k]) for k in FIELDS if k in st and k != "reachable"}, reachable=True,
-                   disk_full=st.get("disk_full") is True)
+                   disk_full=st.get("disk_full") is True,
+                   snapshot_error=one_line(snap, 300) if type(snap) is str and snap else None)
         if type(row["id"]) is not str or not row["id"]:  # describe_master names nodes by it
             row["id"] = node_id
         leader, voters = st.get("leader"), st.get("voters")

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 from prevalence.entry import Entry, EntryKind
 from prevalence.errors import CodecError
 from prevalence.state import command_stamp, encode_command
+from prevalence.text import error_text
 from replication.clock import JournalClock
 from replication.core import RaftNode
 from replication.errors import DecodeError, NoDiskSpace, NotLeader, RaftError
@@ -83,6 +84,7 @@ class NodeMachine:
         self.snapshotting: list[int] | None = None  # a snapshot under way: the tokens waiting for it
         self.snapshot_retry_at = 0.0  # after a failed automatic snapshot, not before this
         self.snapshot_backoff = 0.0
+        self.snapshot_error: str | None = None  # why the last snapshot failed, until one succeeds
         self.checks_due = 0.0  # a leader's periodic checks
         self.refused_peers: dict[tuple[str, str], float] = {}  # (sender, why) -> when last logged
         self.clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
@@ -401,6 +403,7 @@ class NodeMachine:
             self.snapshot_backoff = min(max(2 * self.snapshot_backoff, 5.0), 300.0)
             self.snapshot_retry_at = now + self.snapshot_backoff
             log.error("%s: snapshot failed (next try in %.0f s): %s", self.id, self.snapshot_backoff, ev.exc)
+            self.snapshot_error = error_text(ev.exc)  # status says it: the journal grows meanwhile
             self._out.extend(Complete(token, exc=ev.exc) for token in tokens)
             return
         if ev.index <= self.last_snapshot_index:  # a newer one came from the leader meanwhile
@@ -416,7 +419,7 @@ class NodeMachine:
         if meta.index > self.last_snapshot_index:  # else the leader's, installed first, covers it
             self.core.compact(meta.index)
             self.last_snapshot_index = meta.index
-        self.snapshot_backoff = 0.0
+        self.snapshot_backoff, self.snapshot_error = 0.0, None
         tokens, self.snapshotting = self.snapshotting or [], None
         log.info("%s: snapshot at %d", self.id, self.last_snapshot_index)
         self._out.append(ApplyWork(("forget", self.storage.first_index())))

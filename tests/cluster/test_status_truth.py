@@ -54,3 +54,39 @@ def test_nodes_that_do_not_answer_cost_one_timeout_in_all_not_one_each(tmp_path,
     finally:
         for s in silent:
             s.close()
+
+
+def test_a_node_whose_snapshots_fail_is_shown_with_the_reason(tmp_path, capsys, monkeypatch):
+    """Snapshots that keep failing were only in the node's log, while the journal grows
+    without bound; status shows the node healthy."""
+    import errno
+    import json
+
+    from prevalence.snapshots import SnapshotStore
+    from rpc.client import ClusterClient
+    from rpc.secret import load_secret
+    from tests.prevalence.domain import Add
+
+    def failing(self, meta, body, **kw):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(SnapshotStore, "write", failing)
+    directory = str(tmp_path / "c")
+    write_cluster(directory, 1, free_port_block(1), "tests.prevalence.domain:Store", snapshot_every=5)
+    cfg = load_config(node_config_paths(directory)[0])
+    process = NodeProcess(cfg).start()
+    try:
+        with ClusterClient([f"127.0.0.1:{cfg.listen[1]}"], load_secret(f"{directory}/client.secret")) as client:
+            for _ in range(10):
+                client.execute(Add("x", 1))
+        deadline = time.monotonic() + 10
+        while not cluster_status(directory)[0].get("snapshot_error") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert main(["status", "--cluster", directory]) == 0
+        out = capsys.readouterr().out
+        assert "leader, snapshots failing" in out and "n1: snapshots failing: [Errno 5] Input/output error" in out, out
+        assert main(["status", "--cluster", directory, "--json"]) == 0
+        (node,) = json.loads(capsys.readouterr().out)["nodes"]
+        assert "Input/output error" in node["snapshot_error"]
+    finally:
+        process.stop()

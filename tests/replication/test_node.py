@@ -246,3 +246,33 @@ def test_a_change_asked_of_a_new_leader_waits_until_it_has_heard_the_voters(clus
     threading.Timer(0.1, net.cut.clear).start()  # n3's answers arrive a heartbeat later
     assert leader.change_membership(ConfigChange.remove_voter(other), timeout=5.0) > 0
     assert leader.core.membership.voters == tuple(sorted((leader.id, "n3")))
+
+
+def test_a_node_whose_snapshots_fail_says_so_in_its_status_until_one_succeeds(tmp_path, monkeypatch):
+    """A snapshot that fails (a full or failing disk) is retried with a back-off and was
+    only logged: the journal grows without bound while status looks healthy."""
+    import errno
+
+    from prevalence.snapshots import SnapshotStore
+
+    original = SnapshotStore.write
+
+    def failing(self, meta, body, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device\x1b[2J")
+
+    monkeypatch.setattr(SnapshotStore, "write", failing)
+    c = Cluster(tmp_path, snapshot_every=20)
+    try:
+        leader = c.leader()
+        for _ in range(30):
+            leader.execute(Add("x", 1))
+        deadline = time.monotonic() + 5
+        while not leader.status().get("snapshot_error") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        problem = leader.status()["snapshot_error"]
+        assert "No space left on device" in problem and problem.isprintable(), problem
+        monkeypatch.setattr(SnapshotStore, "write", original)
+        leader.snapshot()
+        assert leader.status()["snapshot_error"] is None
+    finally:
+        c.stop()
