@@ -81,18 +81,24 @@ def refusal_reply(exc: BaseException, address_of: Callable[[str | None], str | N
 
 class Route:
     """Where the client's calls go: the addresses it knows, the leader it was told of,
-    and the nodes that failed it lately (tried after the others for ``SUSPECT_FOR``)."""
+    the nodes that failed it lately (tried after the others for ``SUSPECT_FOR``), and
+    those that answered lately that they know no leader (tried after the others too: a
+    node cut off from its peers says so for as long as the cut lasts, while the leader
+    may be one connection away)."""
 
     def __init__(self, addresses: Iterable[str]) -> None:
         self.addresses = list(addresses)
         self.hint: str | None = None
         self.suspect: dict[str, float] = {}  # address -> until when it is tried last
+        self.leaderless: dict[str, float] = {}  # address -> until when it is tried after the others
 
     def order(self, now: float, first: str | None) -> list[str]:
         """The addresses to connect to, in turn: ``first`` (the leader when known), then
-        the others; the ones that failed us lately last."""
+        the others; the ones that knew no leader lately after them, the ones that failed
+        us lately last."""
         order = ([first] if first else []) + [a for a in self.addresses if a != first]
-        order.sort(key=lambda a: self.suspect.get(a, 0) > now)  # stable: suspects last
+        # stable: the named leader first within its group
+        order.sort(key=lambda a: (self.suspect.get(a, 0) > now, self.leaderless.get(a, 0) > now))
         return order
 
     def connect_order(self, now: float, main: bool = True, fallback: str | None = None) -> list[str]:
@@ -120,12 +126,19 @@ class Route:
     def is_suspect(self, addr: str, now: float) -> bool:
         return self.suspect.get(addr, 0) > now
 
-    def redirected(self, leader_addr: str | None, now: float) -> bool:
-        """A node said it does not lead and named ``leader_addr``: go there next. True
-        when no usable leader was named (none known, or one that just failed us), so
-        the caller pauses while an election settles."""
+    def redirected(self, leader_addr: str | None, now: float, by: str | None = None) -> bool:
+        """A node (``by``) said it does not lead and named ``leader_addr``: go there next.
+        True when no usable leader was named (none known, or one that just failed us), so
+        the caller pauses while an election settles, then asks the others before ``by``."""
         unusable = leader_addr is None or self.is_suspect(leader_addr, now)
         self.hint = None if unusable else leader_addr
+        if by is not None:
+            if unusable:
+                self.leaderless[by] = now + SUSPECT_FOR
+            else:
+                self.leaderless.pop(by, None)
+        if leader_addr is not None:
+            self.leaderless.pop(leader_addr, None)  # a leader named: it is the one to ask
         return unusable
 
     def leader_found(self, stuck: str, leader_addr: str, now: float) -> None:
@@ -209,7 +222,7 @@ class Attempts:
             self.tried.append(f"{addr}: not the leader (hint: {shown(leader_id)} at {shown(leader_addr)})")
             if leader_addr == addr:
                 leader_addr = None  # a node that names itself and refuses: no usable leader
-            if self.route.redirected(leader_addr, now):
+            if self.route.redirected(leader_addr, now, by=addr):
                 pause = self.rng.uniform(*ELECTION_PAUSE)
                 return Step(False, pause=min(pause, max(0.0, self.deadline - now)), drop=True)
             return Step(False, drop=True)

@@ -199,7 +199,8 @@ class NetLab(localcluster.LocalCluster):
     process is 10.77.<net>.1. Use as a context manager: namespaces and TUNs go at exit."""
 
     def __init__(self, directory: Any, nodes: int = 3, *, seed: int | None = None, start: bool = True,
-                 **options: Any) -> None:
+                 grid: bool = False, **options: Any) -> None:
+        """``grid``: the grid application (app/) in one row of ``nodes``, not the test domain."""
         self.tag = f"{os.getpid() % 100000}"
         self.net = 20 + os.getpid() % 200
         self.namespaces: list[str] = []
@@ -209,7 +210,15 @@ class NetLab(localcluster.LocalCluster):
             ids = [f"n{i}" for i in range(1, nodes + 1)]
             self.ips = {nid: f"10.77.{self.net}.{10 + k}" for k, nid in enumerate(ids, 1)}
             self.ips[CLIENT] = f"10.77.{self.net}.1"
-            self._write(directory, ids, TEST_ROOT, options)
+            if grid:
+                options.update(imports=["app.model"], app={"plugin": "app.node:attach", "layout": "layout.toml"})
+            self._write(directory, ids, "app.model:Grid" if grid else TEST_ROOT, options)
+            if grid:
+                from app.layout import render_layout
+                from app.model import NodeSpec
+                specs = [NodeSpec(nid, f"{self.ips[nid]}:{PORT}", 1, k) for k, nid in enumerate(ids, 1)]
+                with open(os.path.join(directory, "layout.toml"), "w", encoding="utf-8") as f:
+                    f.write(render_layout(1, nodes, specs))
             self._attach(directory, ROOT)
             self._make_net(ids)
             self.wire.start()

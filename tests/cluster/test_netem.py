@@ -72,3 +72,28 @@ def test_a_round_trip_longer_than_the_election_timeout_is_named_with_the_setting
     said = [line for n in lab.configs for line in lab.log(n).splitlines() if "election timeout" in line]
     assert said, lab.tail(leader, 20)
     assert all("[timeouts]" in line and "(0.25 s)" in line for line in said), said
+
+
+@needs_netns
+def test_a_client_whose_first_node_knows_no_leader_finds_the_one_that_leads(lab):
+    """A follower cut off from the other nodes (not from the clients) knows no leader and
+    answers 'not the leader' without a hint; the leader and the third node run on. A
+    client given that follower's address first asked it again and again until its
+    deadline (12 s: ClusterUnavailable, 'tried n1, n1, n1 ...') and never tried the
+    others, while a healthy leader was one connection away."""
+    import rpc
+    from rpc.config import format_address
+    from tests.prevalence.domain import Stamp
+
+    leader = lab.leader()
+    cut = next(n for n in lab.configs if n != leader)
+    lab.isolate(cut, clients_too=False)
+    time.sleep(2)  # it has given up its leader: a pre-candidate, no hint to give
+    first = [format_address(lab.configs[cut].listen)] + [format_address(c.listen) for n, c in lab.configs.items()
+                                                            if n != cut]
+    with rpc.connect(first, secret=lab.secret, timeout=8) as client:
+        t0 = time.monotonic()
+        client.execute(Stamp("found"))
+        took = time.monotonic() - t0
+        assert client.leader == format_address(lab.configs[leader].listen)
+    assert took < 2.0, took

@@ -165,3 +165,18 @@ def test_a_round_of_unreachable_nodes_names_each_with_its_whole_cause():
     for k in range(3):
         assert f"127.0.0.1:710{k}: {cause}" in why
     assert ":, " not in why and not why.endswith(":")
+
+
+def test_a_node_that_knows_no_leader_is_asked_after_the_others_until_one_is_named():
+    """A node cut off from its peers answers 'not the leader, none known' for as long as
+    the cut lasts: the next connection goes to the others first, not back to it."""
+    r = Route(["a", "b", "c"])
+    step = calls(r).answered("a", ["not_leader", None, None], now=0.0)
+    assert not step.done and step.drop and step.pause <= ELECTION_PAUSE[1]
+    assert r.connect_order(0.1) == ["b", "c", "a"]
+    assert r.order(SUSPECT_FOR + 0.1, None) == ["a", "b", "c"]  # asked first again after a while
+    calls(r).answered("b", ["not_leader", "n1", "a"], now=0.2)  # named by another: asked first
+    assert r.connect_order(0.3) == ["a", "b", "c"]
+    calls(r).answered("c", ["not_leader", None, None], now=0.4)
+    r.failed("b", 0.4)
+    assert r.order(0.5, None) == ["a", "c", "b"]  # failing us counts more than knowing no leader
