@@ -238,9 +238,10 @@ class _Peer:
                         self.cond.notify_all()
                 if slow is not None:
                     log.warning("peer %s at %s answers in %.2f s at best (its last %d answers), longer than the "
-                                "election timeout (%g s): over such a link an election cannot complete and a leader "
-                                "cannot keep its term; raise [timeouts] tick or election_ticks on every node so that "
-                                "tick x election_ticks is well above the round trip (docs/operations.md)", self.id,
+                                "election timeout (%g s): over such a link elections can fail again and again (the "
+                                "votes come back after their candidate started over); raise [timeouts] tick or "
+                                "election_ticks on every node so that tick x election_ticks is well above the round "
+                                "trip (docs/operations.md)", self.id,
                                 format_address(self.address), slow, ROUND_TRIPS_KEPT,
                                 self.owner.settings.slow_round_trip)
                 on_reply = self.owner.on_reply  # read each time: set after the first connections
