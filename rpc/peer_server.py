@@ -280,6 +280,10 @@ class _Server(ThreadedServer):
     def _run(self, sock) -> None:
         try:
             self._authenticate_and_serve_client(sock)
+        except OSError as exc:
+            # gone before it was served (a reset right after the accept: RPyC asks the
+            # socket for its peer first): one line, not a traceback from a dying thread
+            log.info("a connection ended before it was served: %s", exc)
         finally:
             self._release()
 
@@ -293,7 +297,12 @@ class _Server(ThreadedServer):
         # bounded writes: a reply to a party that stopped reading fails instead of
         # holding this thread forever (reads are bounded by the channel)
         sock.settimeout(SERVER_WRITE_TIMEOUT)
-        peer = sock.getpeername()
+        try:
+            peer = sock.getpeername()
+        except OSError as exc:  # reset right after its handshake (a status call that gave up)
+            who = f"{credentials.role} {credentials.id!r}" if isinstance(credentials, Identity) else "a party"
+            log.info("connection of %s ended before it was served: %s", who, exc)
+            return
         if isinstance(credentials, Identity) and credentials.role == "peer":
             who = f"peer {credentials.id!r} at {format_address(peer)}"
             self._serve_peer(PeerChannel(_channel(sock, self.max_peer_frame, who, self.frame_timeout)),

@@ -12,7 +12,7 @@ from rpc.auth import ServerAuthenticator
 from rpc.channel import _channel, frame
 from rpc.wire import decode_batch, encode_batch
 
-from .conftest import HOST, SECRET, wait_until
+from .conftest import HOST, KEYS, SECRET, wait_until
 
 HEADER = struct.Struct("!LB")
 
@@ -165,3 +165,27 @@ def test_a_bug_in_the_reader_is_said_loudly_and_the_peer_dialled_again(make_serv
     assert "a bug in the link" in caplog.text
     t.send("x", b"two")
     assert wait_until(lambda: b"two" in got, timeout=5.0), t.peer_status()["x"]
+
+
+def test_a_connection_gone_before_it_is_served_ends_quietly(caplog):
+    """A client that resets its connection right after connecting or authenticating (a
+    status call that gave up on a lossy link): the server's connection thread asked the
+    socket for its peer, got 'OSError: [Errno 107] Transport endpoint is not connected'
+    and died with a traceback in the node's log, twice (RPyC's and the thread's)."""
+    import logging
+
+    from rpc.auth import Identity
+    from rpc.peer_server import PeerServer
+
+    server = PeerServer(HOST, 0, KEYS, lambda src, m: None)
+    try:
+        inner = server._server
+        with caplog.at_level(logging.INFO):
+            for serve in (inner._run, lambda s: inner._serve_client(s, Identity("client", "ui"))):
+                with inner._conns_lock:
+                    inner._open += 1  # as the accept counted it
+                serve(socket.socket())  # never connected: its peer is unknown, as after a reset
+        assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+        assert sum("ended before it was served" in r.getMessage() for r in caplog.records) == 2
+    finally:
+        server.close()
