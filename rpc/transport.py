@@ -181,6 +181,7 @@ def open_connection(
     """
     if role == "peer":
         raise TransportError("nodes speak to each other through PeerChannel, not RPyC")
+    began = time.monotonic()
     sock = connect_authenticated(address, secret, role=role, ident=ident, connect_timeout=connect_timeout,
                                  handshake_timeout=handshake_timeout, write_timeout=request_timeout,
                                  ssl_context=ssl_context, server_hostname=server_hostname, deadline=deadline)
@@ -188,7 +189,8 @@ def open_connection(
         # the root (its GETROOT and the INSPECT of its class) now, by the deadline: a
         # node that authenticates and then stalls held the first call, whatever time it
         # had left, for the whole request timeout
-        left = request_timeout if deadline is None else max(0.001, min(request_timeout, deadline - time.monotonic()))
+        authenticated = time.monotonic()
+        left = request_timeout if deadline is None else max(0.001, min(request_timeout, deadline - authenticated))
         config = dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=left,
                       endpoints=(sock.getsockname(), sock.getpeername()))
         channel = _channel(sock, REPLY_MAX_FRAME if max_frame is None else max_frame, format_address(address),
@@ -206,8 +208,11 @@ def open_connection(
     except Exception as exc:  # noqa: BLE001 - timed out or lost: the open failed
         hard_close(conn)
         where = format_address(address)
-        raise ConnectFailed(f"{where}: no answer after the handshake within {left:g} s ({type(exc).__name__})",
-                            address=where) from None
+        # how long each part took: a handshake that used up most of the time is a slow
+        # link (or a node slow to answer at all), not a node that cannot be reached
+        raise ConnectFailed(f"{where}: no answer within {time.monotonic() - began:.1f} s of connecting (connect and "
+                            f"handshake took {authenticated - began:.1f} s of it, then {left:.1f} s without an answer: "
+                            f"a slow link or a stalled node; {type(exc).__name__})", address=where) from None
     except BaseException:
         hard_close(conn)
         raise
