@@ -10,12 +10,14 @@ from typing import Any, Callable
 
 from prevalence._platform import DirectoryLock
 from prevalence.factory import load_object
+from prevalence.text import one_line
 from replication.config import RaftConfig
 from replication.journal_storage import DataIdentity, NoDataError, node_data_identity
 from replication.membership import Membership
 from replication.node import Node, NodeOptions
 from rpc.config import (
-    NodeConfig, check_data_path, check_own_certificate, format_address, load_config, parse_address, tls_contexts,
+    ConfigError, NodeConfig, check_data_path, check_own_certificate, format_address, load_config, parse_address,
+    tls_contexts,
 )
 from rpc.auth import ClusterKey, check_role_keys
 from rpc.identity import ClusterIdentity
@@ -59,7 +61,7 @@ class NodeProcess:
             check_own_certificate(cfg, self.server_tls, self.client_tls)
         for module in cfg.imports:
             load_object(module + ":__name__")
-        self.factory = load_object(cfg.root)
+        self.factory = _root_factory(cfg)
         check_data_path(cfg)
         if not os.path.isdir(cfg.data):
             raise NoDataError(no_data_message(cfg))
@@ -193,6 +195,23 @@ class NodeProcess:
                   peers={p: {k: v for k, v in s.items() if k in ("connected", "queued", "dropped")}
                          for p, s in self.transport.peer_status().items()})
         return st
+
+
+def _root_factory(cfg: NodeConfig) -> Callable[[], Any]:
+    """The configured root factory, called so that a failure names the field, not a
+    frame of the engine's recovery (a node on new data calls it as it starts)."""
+    factory = load_object(cfg.root)
+    if not callable(factory):
+        raise ConfigError(f"{cfg.path}: field 'root': {cfg.root} is not callable (a {type(factory).__name__}): "
+                          "MODULE:FACTORY names a function or class that makes the empty root")
+
+    def make_root() -> Any:
+        try:
+            return factory()
+        except Exception as exc:  # noqa: BLE001 - re-raised, naming the configuration's field
+            raise ConfigError(f"{cfg.path}: field 'root': {cfg.root}() failed: {type(exc).__name__}: "
+                              f"{one_line(str(exc), 300)}") from exc
+    return make_root
 
 
 def no_data_message(cfg: NodeConfig) -> str:

@@ -384,3 +384,14 @@ def test_an_admin_command_during_an_election_waits_for_the_new_leader(tmp_path, 
         assert "refused by" in err and "'nobody' is not a learner" in err, err  # a new leader answered
     finally:
         c.stop()
+
+
+@pytest.mark.parametrize("root, why", [("math:pi", "not callable"), ("os:system", "TypeError")])
+def test_a_root_factory_that_cannot_make_a_root_is_named(directory, root, why):
+    # A start on new data died with a traceback from prevalence/recovery.py.
+    cfg = directory / "n1.toml"
+    cfg.write_text(cfg.read_text().replace(f'root = "{TEST_ROOT}"', f'root = "{root}"'))
+    result = prevalence("node", "--config", str(cfg))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after the node's INFO lines, when it gets that far
+    assert last.startswith("error: ") and all(w in last for w in (str(cfg), "field 'root'", root, why)), last
