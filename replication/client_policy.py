@@ -194,8 +194,9 @@ class Attempts:
 
     def why_over(self, closed: bool) -> str:
         """The one-line reason a call that ran out of time (or was closed) gives."""
+        causes = list(dict.fromkeys(reversed(self.tried)))[::-1]  # each once, where it was last seen
         what = "closed" if closed else ("no leader answered within the deadline; tried "
-                                        f"{', '.join(self.tried) or 'nothing'}")
+                                        f"{', '.join(causes) or 'nothing'}")
         return f"{self.method}: {what}"
 
     def unreachable(self, why: str, now: float) -> float:

@@ -395,3 +395,13 @@ def test_a_root_factory_that_cannot_make_a_root_is_named(directory, root, why):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]  # after the node's INFO lines, when it gets that far
     assert last.startswith("error: ") and all(w in last for w in (str(cfg), "field 'root'", root, why)), last
+
+
+@pytest.mark.slow
+def test_sessions_on_a_stopped_cluster_names_each_cause_once(directory):
+    # "register_session: no leader answered within the deadline; tried A: cannot
+    # connect: Connection refused, B: ..., C: ..., A: ..., B: ..." (every retry, again).
+    result = prevalence("cluster", "sessions", "--cluster", str(directory), "--idle-expiry", "3600", timeout=40)
+    line = one_line_error(result, "Connection refused")
+    for port in (17000, 17001, 17002):
+        assert line.count(f":{port}:") == 1, line
