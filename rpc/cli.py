@@ -66,6 +66,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         headers = [{"commit_index": "commit", "applied_index": "applied"}.get(k, k) for k in FIELDS]
         print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in shown], headers=headers))
         print(describe_master(rows))  # who is master, or why there is none
+        for line in other_clusters(rows):  # a node that answers, but its peers refuse: its data is elsewhere's
+            print(line)
         summary = unreachable_summary(rows)  # why, each cause once
         if summary:
             print(summary)
@@ -80,6 +82,27 @@ def _role_shown(row: dict) -> str | None:
     notes = [note for note, on in (("disk full", row.get("disk_full")), ("snapshots failing", row.get("snapshot_error")))
              if on]
     return ", ".join([row["role"], *notes]) if notes and row["role"] is not None else row["role"]
+
+
+def other_clusters(rows: list[dict]) -> list[str]:
+    """A line per node whose data is of another cluster, or epoch, than most nodes': it
+    answers status, yet every peer refuses it (docs/operations.md, "Cluster identity")."""
+    from collections import Counter
+
+    ids = Counter((r["cluster"], r["epoch"]) for r in rows if r.get("cluster"))
+    if len(ids) < 2:
+        return []
+    (main_id, main_epoch), _ = ids.most_common(1)[0]
+    lines = []
+    for r in rows:
+        if r.get("cluster") and (r["cluster"], r["epoch"]) != (main_id, main_epoch):
+            why = ("its data is from before a `cluster recover`: wipe it and add it back as a learner"
+                   if r["cluster"] == main_id and r["epoch"] < main_epoch else
+                   "another cluster: check its data directory" if r["cluster"] != main_id else
+                   "a later epoch than the others': they are the ones left out of a `cluster recover`")
+            lines.append(f"{r['id']}: cluster {r['cluster']} epoch {r['epoch']}, the others {main_id} epoch "
+                         f"{main_epoch}: {why}; its peers refuse it (docs/operations.md, \"Cluster identity\")")
+    return lines
 
 
 def cmd_cluster_admin(args: argparse.Namespace) -> int:

@@ -280,9 +280,18 @@ def cluster_status(directory: str, timeout: float | None = None) -> list[dict]:
     asked = [c for c in configs if isinstance(c, NodeConfig)]
     replies = iter(ask_status([(c.listen, tls_contexts(c)[1]) for c in asked], directory_key(directory, "client"),
                               timeout))
-    return [status_row(c.id, format_address(c.listen), c.path, next(replies)) if isinstance(c, NodeConfig) else
-            status_row(os.path.splitext(os.path.basename(c[0]))[0], None, c[0],
-                       ConfigError(f"not asked: {c[1]}")) for c in configs]
+    rows = []
+    for c in configs:
+        if not isinstance(c, NodeConfig):
+            rows.append(status_row(os.path.splitext(os.path.basename(c[0]))[0], None, c[0],
+                                   ConfigError(f"not asked: {c[1]}")))
+            continue
+        reply = next(replies)
+        rows.append(status_row(c.id, format_address(c.listen), c.path, reply))
+        st = reply[1] if isinstance(reply, list) and reply[0] == "ok" else {}
+        if type(st.get("cluster")) is str and type(st.get("epoch")) is int:  # whose data it runs on
+            rows[-1].update(cluster=one_line(st["cluster"], 64), epoch=st["epoch"])
+    return rows
 
 
 def cluster_status_full(directory: str, timeout: float | None = None) -> list[dict]:

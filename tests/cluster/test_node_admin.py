@@ -405,3 +405,26 @@ def test_sessions_on_a_stopped_cluster_names_each_cause_once(directory):
     line = one_line_error(result, "Connection refused")
     for port in (17000, 17001, 17002):
         assert line.count(f":{port}:") == 1, line
+
+
+@pytest.mark.slow
+def test_status_names_a_node_whose_data_is_of_another_cluster(tmp_path):
+    # n3's disk came from another grid: every node refused it (cluster mismatch, in their
+    # logs), yet `prevalence status` listed it reachable, as one more follower of n1.
+    import shutil
+
+    c = LocalCluster(tmp_path / "a", 3)
+    try:
+        c.stable_leader()
+        write_cluster(str(tmp_path / "b"), 3, 17_000, TEST_ROOT)  # another cluster's data for a node n3
+        c.kill("n3")
+        shutil.rmtree(os.path.join(c.dir, "n3"))
+        shutil.copytree(tmp_path / "b" / "n3", os.path.join(c.dir, "n3"))
+        c.start("n3")
+        c.wait_for("n3 to answer", lambda: c.status()["n3"]["reachable"], 15)
+        result = prevalence("status", "--cluster", c.dir)
+        assert result.returncode == 0, result
+        lines = [line for line in result.stdout.splitlines() if "n3" in line and "cluster" in line]
+        assert lines and "another cluster" in lines[0], result.stdout
+    finally:
+        c.stop()
