@@ -105,6 +105,34 @@ def other_clusters(rows: list[dict]) -> list[str]:
     return lines
 
 
+def wait_for_leader(directory: str, node_id: str, timeout: float | None = None) -> int:
+    """The term in which ``node_id`` leads, once it does; ConfigError naming who leads
+    instead when it does not within ``timeout`` (default: a few of its election
+    timeouts). A leader only starts a transfer: it lapses when the target cannot take
+    over (down, hung, behind), and the old leader keeps leading."""
+    import time
+
+    from rpc.cluster import cluster_status, load_config, node_config_paths
+    from rpc.config import ConfigError
+
+    if timeout is None:
+        timeouts = [c.tick * c.election_ticks for c in map(load_config, node_config_paths(directory))]
+        timeout = max([3.0] + [4 * t for t in timeouts])
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = cluster_status(directory, timeout=1.0)
+        mine = [r for r in rows if r["id"] == node_id and r["reachable"]]
+        if mine and mine[0]["role"] == "leader":
+            return mine[0]["term"]
+        if time.monotonic() >= deadline:
+            leaders = [f"{r['id']} (term {r['term']})" for r in rows if r["role"] == "leader"]
+            raise ConfigError(f"{node_id} did not take over within {timeout:g} s "
+                              f"({'it does not answer' if not mine else 'it is ' + str(mine[0]['role'])}); "
+                              f"{'the leader is ' + ', '.join(leaders) if leaders else 'no leader answers'}: "
+                              f"see `prevalence status --cluster {directory}`")
+        time.sleep(0.1)
+
+
 def cmd_cluster_admin(args: argparse.Namespace) -> int:
     from rpc.cluster import add_node, admin
 
@@ -133,8 +161,6 @@ def cmd_cluster_admin(args: argparse.Namespace) -> int:
             client.execute(tx)
         print(f"client sessions now expire after {args.idle_expiry} s without a command (journaled time)")
     elif args.action == "transfer":
-        from rpc.cluster import wait_for_leader
-
         admin(args.cluster, "transfer_leadership", args.to)  # starts it; it lapses if the node cannot take over
         term = wait_for_leader(args.cluster, args.to)
         print(f"leadership handed to {args.to} (term {term})")

@@ -385,31 +385,6 @@ def _admin_round(directory: str, configs: dict[str, NodeConfig], secret: bytes, 
 NEW_NODE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
-def wait_for_leader(directory: str, node_id: str, timeout: float | None = None) -> int:
-    """The term in which ``node_id`` leads, once it does; ConfigError naming who leads
-    instead when it does not within ``timeout`` (default: a few of its election
-    timeouts). A leader only starts a transfer: it lapses when the target cannot take
-    over (down, hung, behind), and the old leader keeps leading."""
-    import time
-
-    if timeout is None:
-        timeouts = [c.tick * c.election_ticks for c in map(load_config, node_config_paths(directory))]
-        timeout = max([3.0] + [4 * t for t in timeouts])
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = cluster_status(directory, timeout=1.0)
-        mine = [r for r in rows if r["id"] == node_id and r["reachable"]]
-        if mine and mine[0]["role"] == "leader":
-            return mine[0]["term"]
-        if time.monotonic() >= deadline:
-            leaders = [f"{r['id']} (term {r['term']})" for r in rows if r["role"] == "leader"]
-            raise ConfigError(f"{node_id} did not take over within {timeout:g} s "
-                              f"({'it does not answer' if not mine else 'it is ' + str(mine[0]['role'])}); "
-                              f"{'the leader is ' + ', '.join(leaders) if leaders else 'no leader answers'}: "
-                              f"see `prevalence status --cluster {directory}`")
-        time.sleep(0.1)
-
-
 def add_node(directory: str, node_id: str, address: str | None = None, *, voter: bool = False) -> str:
     """Write ``DIR/<id>.toml`` for a new node (join = true) and add it to the membership.
 
