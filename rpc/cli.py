@@ -235,8 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return engine_cli.run(args, configure_logging=args.command != "node")  # a node sets up its own
+    try:
+        args = build_parser().parse_args(argv)
+        return engine_cli.run(args, configure_logging=args.command != "node")  # a node sets up its own
+    except KeyboardInterrupt:  # Ctrl-C before a command set its own handler (a node still starting)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -428,3 +429,32 @@ def test_status_names_a_node_whose_data_is_of_another_cluster(tmp_path):
         assert lines and "another cluster" in lines[0], result.stdout
     finally:
         c.stop()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
+def test_ctrl_c_while_a_node_starts_ends_it_without_a_traceback(directory, tmp_path):
+    # Ctrl-C (a service stop) during a long start (a big journal to replay; here a slow
+    # root factory) ended in a KeyboardInterrupt traceback through the node's internals.
+    (tmp_path / "slowroot.py").write_text(
+        "import os, time\n"
+        "def make():\n"
+        f"    open({str(tmp_path / 'started')!r}, 'w').close()\n"
+        "    time.sleep(30)\n"
+        "    return {}\n")
+    cfg = directory / "n1.toml"
+    cfg.write_text(cfg.read_text().replace(f'root = "{TEST_ROOT}"', 'root = "slowroot:make"'))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, str(tmp_path)])}
+    node = subprocess.Popen([sys.executable, "-m", "rpc.cli", "node", "--config", str(cfg)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 15
+        while not (tmp_path / "started").exists():
+            assert node.poll() is None and time.monotonic() < deadline, node.communicate()
+            time.sleep(0.05)
+        node.send_signal(signal.SIGINT)
+        out, err = node.communicate(timeout=10)
+    finally:
+        node.kill()
+    assert "Traceback" not in err and node.returncode == 130, (node.returncode, err[-2000:])
+    assert err.strip().splitlines()[-1] == "interrupted"
