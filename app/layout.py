@@ -44,14 +44,14 @@ def parse_layout(data: bytes, path: str = "layout.toml") -> ApplyLayout:
         raise LayoutError(f"{path}: not valid TOML: nested too deeply") from None
     extra = sorted(set(doc) - {"grid", "nodes"})
     if extra:
-        raise LayoutError(f"{path}: unknown section(s) {', '.join(extra)} (expected [grid] and [nodes.ID])")
+        raise LayoutError(f"{path}: unknown section(s) {_keys(extra)} (expected [grid] and [nodes.ID])")
     grid = _table(doc, "grid", path)
     _no_extras(grid, {"rows", "columns"}, f"{path}: [grid]")  # first: a misspelt key is named as such
     rows = _int(grid, "rows", f"{path}: [grid]")
     columns = _int(grid, "columns", f"{path}: [grid]")
     specs = []
     for node_id, body in _table(doc, "nodes", path).items():
-        where = f"{path}: [nodes.{node_id}]"
+        where = f"{path}: [nodes.{_keys([node_id])}]"
         if not isinstance(body, dict):
             raise LayoutError(f"{where} must be a table with address, row and column")
         _no_extras(body, {"address", "row", "column"}, where)
@@ -107,7 +107,13 @@ def _int(table: dict, key: str, where: str) -> int:
 def _no_extras(table: dict, known: set[str], where: str) -> None:
     extra = sorted(set(table) - known)
     if extra:
-        raise LayoutError(f"{where}: unknown field(s) {', '.join(extra)} (expected {', '.join(sorted(known))})")
+        raise LayoutError(f"{where}: unknown field(s) {_keys(extra)} (expected {', '.join(sorted(known))})")
+
+
+def _keys(keys: list[str]) -> str:
+    """Keys from the file as a message names them: a quoted TOML key may hold escape
+    sequences, which grid show and grid up would otherwise print to the terminal."""
+    return ", ".join(k if k.isprintable() and len(k) <= 64 else repr(k)[:66] for k in keys)
 
 
 def digest_of(data: bytes) -> str:

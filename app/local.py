@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from app.layout import render_layout
 from app.model import GridError, GridView, NodeSpec, check_size
+from prevalence.text import one_line
 from rpc.client import ClusterClient
 from rpc.cluster import free_port_block, write_cluster
 from rpc.localcluster import LocalCluster
@@ -87,7 +88,7 @@ def report_layout(grid: LocalGrid, say: Callable[[str], None]) -> Callable[[], N
     def on_event(event: Any) -> None:
         fields = getattr(event, "fields", None) or {}
         if event.type == "grid.RefuseLayout":
-            say(f"layout edit refused, nothing changed: {fields.get('reason')}")
+            say(f"layout edit refused, nothing changed: {one_line(str(fields.get('reason')), None)}")
         elif event.type == "grid.ApplyLayout":
             say(f"layout applied: {fields.get('rows')}x{fields.get('columns')} grid, "
                 f"{len(fields.get('nodes') or ())} nodes")

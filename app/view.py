@@ -6,6 +6,7 @@ from typing import Any
 from tabulate import tabulate
 
 from app.settings import as_text
+from prevalence.text import one_line
 
 
 def with_cluster(view: dict, status: dict) -> dict:
@@ -78,7 +79,7 @@ def render(view: dict) -> str:
     refused = view.get("layout_refused")
     if refused:
         lines += ["", f"layout edit refused on {refused['node']} at {refused['at'][:19].replace('T', ' ')} UTC, "
-                      f"the grid keeps its layout: {refused['reason']}"]  # a message: one line to grep
+                      f"the grid keeps its layout: {one_line(str(refused['reason']), None)}"]  # one line to grep
     if view.get("presets"):
         lines += ["", "presets:"] + [f"  {k}: {as_text(v)}" for k, v in view["presets"].items()]
     return "\n".join(lines)

@@ -84,3 +84,29 @@ def test_grid_show_of_a_grid_without_nodes():
     text = render({"rows": 2, "columns": 2, "nodes": [], "presets": {}, "layout_refused": None,
                    "master": "n1", "term": 3})
     assert text.startswith("grid 2x2, master n1 (term 3)") and "node" in text
+
+
+ESCAPES = '"\\u001b]0;owned\\u0007\\u001b[31mRED"'
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t.replace(b"rows = 2", b"rows = 2\n" + ESCAPES.encode() + b" = 1"),  # an unknown [grid] key
+    lambda t: t.replace(b"[nodes.b]", b"[nodes." + ESCAPES.encode() + b"]"),  # a node id
+    lambda t: t.replace(b"[nodes.b]", b"[nodes." + ESCAPES.encode() + b"]\ncolour = 1"),  # ... with a bad field
+    lambda t: t + ESCAPES.encode() + b" = 1\n",  # an unknown field of a node
+    lambda t: b"[" + ESCAPES.encode() + b"]\n" + t,  # an unknown section
+])
+def test_a_layout_refusal_never_carries_control_characters(edit):
+    with pytest.raises(LayoutError) as err:
+        parse_layout(edit(GOOD), "l.toml")
+    message = str(err.value)
+    assert message.isprintable() and "owned" in message, repr(message)
+
+
+def test_grid_show_prints_a_recorded_refusal_as_plain_text():
+    from app.view import render
+
+    text = render({"rows": 1, "columns": 1, "nodes": [], "presets": {}, "master": "n1", "term": 1,
+                   "layout_refused": {"node": "n1", "at": "2026-01-01T00:00:00", "digest": "x",
+                                      "reason": "l.toml: bad \x1b]0;owned\x07\x1b[2J\nsecond line"}})
+    assert "\x1b" not in text and "\x07" not in text and "second line" in text.splitlines()[-1]
