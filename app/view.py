@@ -45,7 +45,7 @@ def _map(view: dict) -> list[str]:
 
 def _lines(settings: dict[str, Any] | None) -> str:
     """One setting a line: a cell stays narrow however many settings there are."""
-    return "\n".join(f"{k}={settings[k]}" for k in sorted(settings)) if settings else "-"
+    return "\n".join(one_line(f"{k}={settings[k]}", None) for k in sorted(settings)) if settings else "-"
 
 
 def _difference(n: dict[str, Any]) -> str:
@@ -62,7 +62,7 @@ def _difference(n: dict[str, Any]) -> str:
 def _table(view: dict) -> str:
     headers = ["node", "pos", "health", "desired", "actual", "detail"]
     rows = [[n["id"] + (" *" if n.get("master") else ""), f"{n['row']},{n['column']}", n["health"],
-             _lines(n["desired"]), _difference(n), n["detail"] or ""] for n in view["nodes"]]
+             _lines(n["desired"]), _difference(n), one_line(n["detail"] or "", None)] for n in view["nodes"]]
     widths = [max((len(line) for r in rows for line in str(r[k]).splitlines() or [""]), default=1) or 1
               for k in range(3, 6)]  # default: a grid whose layout lists no node
     while True:  # narrow the widest wrapped column until the table fits

@@ -110,3 +110,16 @@ def test_grid_show_prints_a_recorded_refusal_as_plain_text():
                    "layout_refused": {"node": "n1", "at": "2026-01-01T00:00:00", "digest": "x",
                                       "reason": "l.toml: bad \x1b]0;owned\x07\x1b[2J\nsecond line"}})
     assert "\x1b" not in text and "\x07" not in text and "second line" in text.splitlines()[-1]
+
+
+def test_grid_show_prints_what_the_state_holds_as_plain_text():
+    """MarkNode is a transaction any client key can send: its detail and actual settings
+    reach grid show, which must not pass their escape sequences to the terminal."""
+    from app.view import render
+
+    node = {"id": "n1", "address": "h:1", "row": 1, "column": 1, "desired": {"volume": 1},
+            "actual": {"content": "\x1b[2Jx", "volume": 1}, "health": "up", "since": None, "in_sync": False,
+            "boot": "b", "detail": "\x1b]0;owned\x07 pushed", "master": True}
+    text = render({"rows": 1, "columns": 1, "nodes": [node], "presets": {}, "master": "n1", "term": 1,
+                   "layout_refused": None})
+    assert "\x1b" not in text and "\x07" not in text and "pushed" in text
