@@ -143,6 +143,8 @@ class Controller:
         st.last_ok = time.monotonic()
         desired = n["desired"]
         detail = {"up": n["detail"], "down": "up again"}.get(n["health"], "")
+        if status["settings"] == desired and detail.startswith("push failed"):
+            detail = "settings pushed"  # the push whose answer was lost did land
         if status["settings"] != desired and time.monotonic() >= st.push_at:
             try:
                 status = link.apply(desired)

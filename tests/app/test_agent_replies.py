@@ -147,3 +147,29 @@ def test_a_first_layout_that_failed_is_tried_again_next_cycle(tmp_path):
         assert len(calls) == 2  # once it succeeded, never again
     finally:
         db.close()
+
+
+class _LostReplyLink(Link):
+    """The push lands on the agent, but its answer is lost on the way back (a slow agent,
+    the call's time-out)."""
+
+    def apply(self, settings):
+        self.agent.apply(settings)
+        raise AgentError(f"agent {self.agent.node_id} at {self.address}: no answer within 1 s")
+
+
+def test_a_push_whose_answer_was_lost_is_not_reported_as_failed_once_in_sync(tmp_path):
+    db = prevalence.open(str(tmp_path), Grid)
+    try:
+        db.execute(ApplyLayout(1, 1, (NodeSpec("a", "h:1", 1, 1),), "x"))
+        agent = Agent("a")
+        c = Controller(lambda first: db.query(GridView()), db.execute, lambda i, a: _LostReplyLink(agent, a))
+        c.cycle()
+        db.execute(SetSettings(("a",), {"volume": "5"}))
+        c.cycle()  # the push lands, its answer is lost
+        c.cycle()  # the agent says it runs the desired settings
+        a = db.query(GridView())["nodes"][0]
+        assert a["in_sync"] and agent.settings == {"volume": 5}
+        assert "failed" not in a["detail"], a["detail"]
+    finally:
+        db.close()
