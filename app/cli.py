@@ -108,6 +108,8 @@ def _up(args: argparse.Namespace) -> int:
         return grid.supervise(None if args.no_restart else args.restart_after, name="grid", stop=stop)
     finally:
         stop_reporting()
+        for line in grid.stop_strays():  # e.g. a node grid replace started: the grid stops whole
+            print(line, flush=True)
 
 
 def _span(addresses) -> str:

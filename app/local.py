@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 from app.layout import render_layout
@@ -52,6 +53,43 @@ class LocalGrid(LocalCluster):
             for node_id in [nid] if nid else list(self.configs):
                 if not self.alive(node_id):
                     super().start(node_id)
+
+
+    def stop_strays(self, timeout: float = 10.0) -> list[str]:
+        """Stop the nodes of this directory running as processes this object did not start
+        (``grid replace`` starts the replacement itself): found by the pid in their data
+        directory's held lock, asked to stop (SIGTERM), then killed. Returns what it said."""
+        from prevalence._platform import DirectoryLock, kill_hard
+        from prevalence.errors import LockedError
+
+        strays: dict[str, tuple[int, DirectoryLock]] = {}
+        for nid, cfg in self.configs.items():
+            if self.alive(nid) or not os.path.isdir(cfg.data):
+                continue
+            lock = DirectoryLock(cfg.data)
+            try:
+                lock.acquire()
+            except LockedError:
+                pid = lock.holder()
+                if pid and pid != os.getpid():
+                    strays[nid] = (pid, lock)
+                    os.kill(pid, signal.SIGTERM)  # TerminateProcess on Windows
+            else:
+                lock.release()
+        deadline = time.monotonic() + timeout
+        said = []
+        for nid, (pid, lock) in strays.items():
+            while time.monotonic() < deadline:
+                try:
+                    lock.acquire()  # the lock is free: it has ended
+                    lock.release()
+                    break
+                except LockedError:
+                    time.sleep(0.1)
+            else:
+                kill_hard(pid)
+            said.append(f"stopped {nid} (pid {pid}), which this grid up had not started")
+        return said
 
 
 @contextlib.contextmanager
