@@ -100,7 +100,7 @@ class AgentLink:
     """The controller's connection to one agent (an ``rpc.transport.NodeLink``)."""
 
     def __init__(self, node_id: str, address: str, secret: bytes, *, timeout: float = 1.0, ssl_context=None):
-        self.node_id, self.address = node_id, address
+        self.node_id, self.address, self.timeout = node_id, address, timeout
         self._link = NodeLink(parse_address(address, f"node {node_id}"), secret, ident="controller",
                               timeout=timeout, ssl_context=ssl_context)
 
@@ -115,6 +115,8 @@ class AgentLink:
             reply = self._link.call("app_call", name, data)
         except Exception as exc:  # noqa: BLE001 - any failure on the wire means "unreachable now"
             text = str(exc)  # the transport's errors already start with the address
+            if isinstance(exc, TimeoutError) and text in ("result expired", ""):  # RPyC's words for a hung PC
+                text = f"no answer within {self.timeout:g} s (hung or overloaded)"
             where = "" if text.startswith(self.address) else f" at {self.address}"
             raise AgentError(f"agent {self.node_id}{where}: {text}", gone=getattr(exc, "refused", False)) from None
         if not isinstance(reply, (list, tuple)) or not reply:  # the transport gives a list

@@ -173,3 +173,18 @@ def test_a_push_whose_answer_was_lost_is_not_reported_as_failed_once_in_sync(tmp
         assert "failed" not in a["detail"], a["detail"]
     finally:
         db.close()
+
+
+def test_an_agent_that_does_not_answer_in_time_is_named_so():
+    """grid show said 'agent n1 at ...: result expired' (RPyC's words) for a hung PC."""
+    from rpyc.core.async_ import AsyncResultTimeout
+
+    link = _link(None)
+
+    def hang(*args):
+        raise AsyncResultTimeout("result expired")
+
+    link._link.call = hang
+    with pytest.raises(AgentError, match=r"agent a at 127\.0\.0\.1:1: no answer within 1 s") as err:
+        link.status()
+    assert "result expired" not in str(err.value)
