@@ -54,6 +54,28 @@ class LocalGrid(LocalCluster):
                 if not self.alive(node_id):
                     super().start(node_id)
 
+    def alive(self, nid: str) -> bool:
+        """Its process runs: the one started here, or another holding its data (the
+        replacement grid replace started), which a second copy could only fight."""
+        return super().alive(nid) or self._held_elsewhere(nid) is not None
+
+    def _held_elsewhere(self, nid: str) -> int | None:
+        """The pid of another process holding ``nid``'s data directory, or None."""
+        from prevalence._platform import DirectoryLock
+        from prevalence.errors import LockedError
+
+        cfg = self.configs.get(nid)
+        if cfg is None or not os.path.isdir(cfg.data):
+            return None
+        lock = DirectoryLock(cfg.data)
+        try:
+            lock.acquire()
+        except LockedError:
+            pid = lock.holder()
+            return pid if pid and pid != os.getpid() else None
+        lock.release()
+        return None
+
 
     def stop_strays(self, timeout: float = 10.0) -> list[str]:
         """Stop the nodes of this directory running as processes this object did not start
@@ -64,18 +86,10 @@ class LocalGrid(LocalCluster):
 
         strays: dict[str, tuple[int, DirectoryLock]] = {}
         for nid, cfg in self.configs.items():
-            if self.alive(nid) or not os.path.isdir(cfg.data):
-                continue
-            lock = DirectoryLock(cfg.data)
-            try:
-                lock.acquire()
-            except LockedError:
-                pid = lock.holder()
-                if pid and pid != os.getpid():
-                    strays[nid] = (pid, lock)
-                    os.kill(pid, signal.SIGTERM)  # TerminateProcess on Windows
-            else:
-                lock.release()
+            pid = None if super().alive(nid) else self._held_elsewhere(nid)
+            if pid is not None:
+                strays[nid] = (pid, DirectoryLock(cfg.data))
+                os.kill(pid, signal.SIGTERM)  # TerminateProcess on Windows
         deadline = time.monotonic() + timeout
         said = []
         for nid, (pid, lock) in strays.items():

@@ -58,3 +58,34 @@ def test_ctrl_c_on_grid_up_stops_the_node_grid_replace_started(tmp_path, capsys)
             up.communicate()
         if replaced and _alive(replaced):
             os.kill(replaced, signal.SIGKILL)
+
+
+def test_grid_up_does_not_fight_the_node_grid_replace_started(tmp_path):
+    """grid up restarts a dead node after --restart-after; when grid replace has started
+    the replacement meanwhile, grid up must take it as running, not try to start a second
+    copy over and over ('exited (... in use by another process); restarting it')."""
+    data = str(tmp_path / "g")
+    up = subprocess.Popen([sys.executable, "-m", "app", "up", "--data", data, "--rows", "1", "--columns", "3",
+                           "--restart-after", "5"], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(3)
+        g = LocalGrid.open(data)
+        with g.client(timeout=20) as c:
+            g.wait_for("in sync", lambda: (v := grid_view(c)) and v["layout_digest"] and in_sync(v), 30)
+        victim = next(n for n in sorted(g.configs, reverse=True) if n != g.leader())
+        os.kill(next(r["pid"] for r in cluster_status_full(data) if r["id"] == victim), signal.SIGKILL)
+        time.sleep(0.3)
+        assert grid(["replace", victim, "--address", f"127.0.0.1:{free_port_block(1)}", "--cluster", data,
+                     "--timeout", "30"]) == 0
+        time.sleep(9)  # past grid up's restart time, and a retry
+        up.send_signal(signal.SIGINT)
+        out, _ = up.communicate(timeout=30)
+        assert "in use by another process" not in out, out
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.communicate()
+        for r in cluster_status_full(data):
+            if r.get("pid") and _alive(r["pid"]):
+                os.kill(r["pid"], signal.SIGKILL)
