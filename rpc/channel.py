@@ -136,12 +136,11 @@ class BoundedChannel(Channel):
         switch or middlebox) must not become a command, a log entry or a reply."""
         if len(data) + 9 <= self.stream.MAX_IO_CHUNK:
             self.stream.write(frame(data))
-        else:  # large: no copy of the body
+        else:  # large: no copy of the body; the header leaves before the checksum is made
             header = self.FRAME_HEADER.pack(len(data), 0)
-            trailer = _TRAILER.pack(zlib.crc32(data, zlib.crc32(header)))
             self.stream.write(header)
             self.stream.write(data)
-            self.stream.write(trailer)
+            self.stream.write(_TRAILER.pack(zlib.crc32(data, zlib.crc32(header))))
 
     def recv(self):
         deadline = time.monotonic() + self.frame_timeout

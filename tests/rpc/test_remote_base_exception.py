@@ -160,11 +160,13 @@ def test_the_clients_leader_watch_reads_no_status_reply_of_a_hundred_megabytes()
 
     from rpc.leader_watch import LeaderWatch
 
-    PAD = b"x" * (100 << 20)
+    # made once, before the probe: the watch waits 0.3 s, and packing 100 MB in the
+    # handler could take that long on a loaded machine
+    REPLY = msgpack.packb(["ok", {"id": "n1", "role": "leader", "term": 9, "pad": b"x" * (100 << 20)}])
 
     class Big(rpyc.Service):
         def exposed_status(self):
-            return msgpack.packb(["ok", {"id": "n1", "role": "leader", "term": 9, "pad": PAD}])
+            return REPLY
 
     ls, done = fake_node(lambda sock: framed(SocketStream(sock), Big))
     watch = LeaderWatch(types.SimpleNamespace(_secret=CLIENT_SECRET, _ssl=None))
