@@ -110,14 +110,18 @@ class Screen:
 
 def describe(exc: BaseException) -> str:
     """An error as one line for an operator: what happened, never a class name or a traceback."""
-    from prevalence.errors import PrevalenceError
+    from prevalence.errors import OutcomeUnknown, PrevalenceError
     from rpc.client import ClusterUnavailable, RemoteTransactionError
     from prevalence.text import one_line
 
     if isinstance(exc, RemoteTransactionError):
         return one_line(str(exc.remote_message))
+    if isinstance(exc, OutcomeUnknown):  # sent, its answer lost: "failed" would invite a second apply
+        return ("sent, but its answer was lost (the master may have died): it may have been applied; "
+                "look at the tiles before sending it again")
     if isinstance(exc, ClusterUnavailable):
-        return "no master answered in time (the cluster is unreachable or has no majority); not confirmed"
+        return ("no master answered in time (the cluster is unreachable or has no majority); "
+                + ("not confirmed" if exc.sent else "not sent"))
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, TimeoutError):

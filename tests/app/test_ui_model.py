@@ -9,7 +9,7 @@ import pytest
 from app.model import GridError
 from app.ui.model import HEADER_COLOURS, MAX_EVENTS, TILE_STATES, Board, Link, describe
 from rpc.client import ClusterUnavailable, RemoteTransactionError
-from rpc.subscription import Event
+from rpc.subscription import CommandUnanswered, Event
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -190,7 +190,12 @@ def test_a_refused_layout_edit_is_a_banner_until_it_is_cleared():
     (GridError("no node 'n42' in the grid (nodes: n1)"), "no node 'n42' in the grid (nodes: n1)"),
     (RemoteTransactionError("other.Oops", "it broke", rejected=True), "it broke"),
     (ClusterUnavailable("execute_batch: no leader answered within the deadline; tried a, b"),
+     "no master answered in time (the cluster is unreachable or has no majority); not sent"),
+    (ClusterUnavailable("query: no leader answered within the deadline; tried a, b", sent=True),
      "no master answered in time (the cluster is unreachable or has no majority); not confirmed"),
+    (CommandUnanswered("execute_batch: no leader answered within the deadline; the command was sent"),
+     "sent, but its answer was lost (the master may have died): it may have been applied; look at the tiles "
+     "before sending it again"),
     (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
     (EOFError("stream has been closed"), "connection lost"),
     (RuntimeError("KeyError: 'x'"), "'x'"),
