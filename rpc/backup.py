@@ -2,14 +2,7 @@
 
 A backup is the leader's snapshot taken after a ReadIndex confirmation, so it holds every
 transaction acknowledged before it was asked for (a linearizable point), wrapped with
-what is needed to trust and use it later::
-
-    b"PVLBACKUP1\\n"  header (one line of JSON)  b"\\n"  snapshot file  sha256(all before)
-
-The header names the cluster id and epoch, the snapshot's index and term, the
-application's root factory and imports, and when and where it was taken. The trailing
-SHA-256 covers everything before it; the snapshot file inside carries its own CRC.
-A backup is a pickle of the whole state: restore only a file from a trusted place.
+what is needed to trust and use it later (the file's layout: :mod:`rpc.backup_file`).
 
 It travels in chunks (:data:`CHUNK` bytes, far below any frame limit), never as one
 reply: ``backup_begin`` takes the snapshot on the leader and opens a session that holds
@@ -29,24 +22,21 @@ import json
 import os
 import re
 import secrets
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from prevalence.errors import PrevalenceError
-from prevalence.snapshots import SnapshotStore, decode_file, embedded_size
+from prevalence.snapshots import SnapshotStore, decode_file
 from replication.errors import NotLeader
 from replication.journal_storage import DataIdentity, HardStateFile, node_data_identity, write_identity
 from replication.membership import Membership
 from replication.messages import HardState
+from rpc.backup_file import MAGIC, BackupError, BackupInfo, describe, read_backup
 
 __all__ = ["BackupError", "BackupInfo", "BackupSessions", "take_backup", "read_backup", "fetch_backup",
            "restore_backup", "add_backup_parsers"]
 
-MAGIC = b"PVLBACKUP1\n"
-_DIGEST = 32
 CHUNK = 1 << 20  # bytes of one backup_chunk reply at most
 SESSION_IDLE = 60.0  # seconds a backup session lives without a chunk asked for
 SESSION_LIFETIME = 3600.0  # seconds a backup session lives at most
@@ -54,23 +44,6 @@ MAX_SESSIONS = 2  # backup sessions open at once on one node
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 #: What the backup client reads in one frame at most: one chunk and RPyC's framing.
 BACKUP_MAX_FRAME = 4 << 20
-
-
-class BackupError(PrevalenceError):
-    """A backup file that cannot be trusted or used: damaged, truncated, not a backup."""
-
-
-@dataclass(frozen=True)
-class BackupInfo:
-    cluster: str
-    epoch: int
-    index: int
-    term: int
-    root: str
-    imports: tuple[str, ...]
-    created: str
-    node: str
-    sha256: str
 
 
 class _Barrier:
@@ -216,90 +189,6 @@ def session_id_problem(sid: Any) -> str | None:
     if type(sid) is not str or not _SESSION_ID.fullmatch(sid):
         return "a backup session id is 32 lowercase hex digits, as backup_begin returned it"
     return None
-
-
-def read_backup(path: str) -> tuple[BackupInfo, memoryview]:
-    """The header and the snapshot file of a backup, after every check; BackupError (one
-    line naming the file) otherwise."""
-    damaged = f"{path}: damaged backup (SHA-256 mismatch: truncated or altered); nothing restored"
-    try:
-        with open(path, "rb") as f:
-            # the magic first: a device or a file of another program is refused before
-            # its size (endless for /dev/zero) is read into memory
-            if f.read(len(MAGIC)) != MAGIC:
-                raise BackupError(f"{path}: not a prevalence backup (bad magic)")
-            size = os.fstat(f.fileno()).st_size
-            claimed = _claimed_size(f) if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else size
-            if claimed != size:  # padded or cut: refused before its size is read into memory
-                raise BackupError(f"{path}: damaged backup (truncated or altered: {size} bytes, its headers "
-                                  f"{f'say {claimed}' if claimed is not None else 'cannot be read'}); nothing restored")
-            f.seek(len(MAGIC))
-            blob = MAGIC + f.read()
-    except OSError as exc:
-        raise BackupError(f"{path}: cannot read the backup: {exc.strerror or exc}") from None
-    whole = memoryview(blob)  # slices below copy nothing
-    digest = hashlib.sha256(whole[:-_DIGEST]).digest() if len(blob) >= len(MAGIC) + _DIGEST + 2 else b""
-    if digest != blob[-_DIGEST:]:
-        raise BackupError(damaged)
-    end = blob.find(b"\n", len(MAGIC), len(blob) - _DIGEST)
-    if end < 0:
-        raise BackupError(f"{path}: damaged backup header: no end of line")
-    try:
-        h = json.loads(blob[len(MAGIC):end])
-        if type(h["imports"]) is not list:  # tuple() would make a string its letters
-            raise TypeError(f"imports {h['imports']!r:.60} is not a list of module names")
-        info = BackupInfo(h["cluster"], h["epoch"], h["index"], h["term"], h["root"], tuple(h["imports"]),
-                          h["created"], h["node"], digest.hex())
-        problem = _header_problem(info)
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        problem = str(exc)
-    if problem:
-        raise BackupError(f"{path}: damaged backup header: {problem}") from None
-    snapshot = whole[end + 1:-_DIGEST]
-    try:
-        meta, _ = decode_file(path, snapshot)
-    except PrevalenceError as exc:
-        raise BackupError(f"{path}: the snapshot inside is damaged: {exc}") from None
-    if (meta.index, meta.term) != (info.index, info.term):
-        raise BackupError(f"{path}: the header says index {info.index} term {info.term}, the snapshot is at "
-                          f"{meta.index} term {meta.term}")
-    return info, snapshot
-
-
-_NAME = re.compile(r"[A-Za-z_][\w.]*")
-
-
-def _header_problem(info: BackupInfo) -> str | None:
-    """What is wrong with a header's fields (their types and shapes), or None: a digest
-    proves only that the file is as written, and restore puts these fields into configs."""
-    for name in ("epoch", "index", "term"):
-        value = getattr(info, name)
-        if type(value) is not int or value < 0:
-            return f"{name} {value!r:.40} is not a whole number"
-    for name in ("cluster", "created", "node"):
-        if type(getattr(info, name)) is not str:
-            return f"{name} {getattr(info, name)!r:.40} is not a string"
-    module, sep, attr = info.root.partition(":") if type(info.root) is str else ("", "", "")
-    if not (sep and _NAME.fullmatch(module) and _NAME.fullmatch(attr)):
-        return f"root {info.root!r:.60} is not MODULE:FACTORY"
-    if not all(type(m) is str and _NAME.fullmatch(m) for m in info.imports):
-        return f"imports {info.imports!r:.60} is not a list of module names"
-    return None
-
-
-_HEADER_MAX = 1 << 20  # a header line is a few hundred bytes
-
-
-def _claimed_size(f: Any) -> int | None:
-    """The size a backup file's header line and snapshot header add up to (None: they
-    cannot be found): compared with the file's size before the whole is read."""
-    f.seek(len(MAGIC))
-    end = f.read(_HEADER_MAX).find(b"\n")
-    if end < 0:
-        return None
-    snapshot_at = len(MAGIC) + end + 1
-    inner = embedded_size(f, snapshot_at)
-    return None if inner is None else snapshot_at + inner + _DIGEST
 
 
 class _Link:
@@ -538,22 +427,17 @@ def _remove_made(directory: str, existed: bool) -> None:
                 pass
 
 
-def _describe(info: BackupInfo) -> str:
-    return (f"index {info.index} term {info.term} of cluster {info.cluster or '(unknown)'} epoch {info.epoch}, "
-            f"taken {info.created} on {info.node}; root {info.root}; sha256 {info.sha256[:16]}")
-
-
 def cmd_backup(args: argparse.Namespace) -> int:
     if args.out is None:
         raise BackupError("prevalence backup: --cluster DIR --out FILE takes a backup; backup verify FILE checks one")
     info = fetch_backup(args.cluster, args.out)
-    print(f"{args.out}: {_describe(info)}")
+    print(f"{args.out}: {describe(info)}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     info, _ = read_backup(args.file)
-    print(f"{args.file}: valid backup: {_describe(info)}")
+    print(f"{args.file}: valid backup: {describe(info)}")
     return 0
 
 
