@@ -391,7 +391,7 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
     Without ``voter`` it joins as a learner: it catches up without counting for the
     quorum, and ``promote`` makes it a voter once it has.
     """
-    from rpc.config import parse_address
+    from rpc.config import parse_peer_address
 
     if not NEW_NODE_ID.fullmatch(node_id):  # it names DIR/<id>.toml and DIR/<id>/: nothing outside DIR
         raise ConfigError(f"--id: a new node's id is 1-64 letters, digits, '_', '.' or '-', not starting with "
@@ -403,7 +403,7 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
     if holds_node_data(data):
         raise ConfigError(f"{data} already holds node data: move it aside first, the new node starts "
                           "empty (docs/operations.md, \"Rebuilding a node\")")
-    listen = parse_address(address, "--address") if address else \
+    listen = parse_peer_address(address, "--address") if address else \
         ("127.0.0.1", next_free_port(max(c.listen[1] for c in configs) + 1))
     taken = [c.id for c in configs if c.listen == listen]
     if taken:  # its peers would dial that node as this one

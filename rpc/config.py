@@ -121,6 +121,15 @@ def parse_address(text: Any, where: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_peer_address(text: Any, where: str) -> tuple[str, int]:
+    """An address other nodes dial: not the wildcard a node may listen on."""
+    host, port = parse_address(text, where)
+    if host in ("0.0.0.0", "::", "*"):
+        raise ConfigError(f"{where}: {text!r} listens on every interface, but no peer can dial it: give the "
+                          "address the other nodes reach this one at")
+    return host, port
+
+
 def check_fsync(mode: Any, where: str) -> str:
     """``mode`` if a node offers it (replication.journal_storage.NODE_FSYNC_MODES); else a
     one-line ConfigError naming the choice."""
@@ -216,7 +225,7 @@ def load_config(path: str) -> NodeConfig:
         problem = _node_id_problem(pid)  # a peer is a node: its own configuration names it so
         if problem:
             raise ConfigError(f"{peers.where(pid)}: a node id {problem}, got {pid!r}")
-        cfg.peers[pid] = parse_address(peers.get(pid, str), peers.where(pid))
+        cfg.peers[pid] = parse_peer_address(peers.get(pid, str), peers.where(pid))
     at: dict[tuple[str, int], str] = {}
     for pid, address in cfg.peers.items():  # one node per address: else a node dials itself as another
         if address in at:

@@ -458,3 +458,20 @@ def test_ctrl_c_while_a_node_starts_ends_it_without_a_traceback(directory, tmp_p
         node.kill()
     assert "Traceback" not in err and node.returncode == 130, (node.returncode, err[-2000:])
     assert err.strip().splitlines()[-1] == "interrupted"
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:17005", "[::]:17005"])
+def test_an_address_no_peer_can_dial_is_refused(directory, address):
+    # [peers] n3 = "0.0.0.0:..." (the listen address copied over) or `cluster add
+    # --address 0.0.0.0:...` was taken: its peers dialled 0.0.0.0 (this PC itself, on
+    # Linux) or nothing, for ever.
+    cfg = directory / "n1.toml"
+    text = cfg.read_text()
+    cfg.write_text("\n".join(f'"n3" = "{address}"' if line.startswith('"n3" = ') else line
+                             for line in text.splitlines()))
+    one_line_error(prevalence("node", "--config", str(cfg)), str(cfg), "peers.n3", "dial")
+    cfg.write_text(text)
+    before = sorted(os.listdir(directory))
+    one_line_error(prevalence("cluster", "add", "--cluster", str(directory), "--id", "n9", "--address", address),
+                   "--address", "dial")
+    assert sorted(os.listdir(directory)) == before
