@@ -475,3 +475,25 @@ def test_an_address_no_peer_can_dial_is_refused(directory, address):
     one_line_error(prevalence("cluster", "add", "--cluster", str(directory), "--id", "n9", "--address", address),
                    "--address", "dial")
     assert sorted(os.listdir(directory)) == before
+
+
+def test_recover_records_the_survivors_dialled_address_not_its_wildcard_listen(directory):
+    # A survivor that listens on 0.0.0.0 went into the new epoch's membership as
+    # "0.0.0.0:port": every node added afterwards dialled that, not the survivor.
+    from replication.journal_storage import JournalStorage
+    from replication.membership import decode_membership
+    from prevalence.entry import EntryKind
+
+    cfg = directory / "n1.toml"
+    text = cfg.read_text()
+    assert 'listen = "127.0.0.1:17000"' in text
+    cfg.write_text(text.replace('listen = "127.0.0.1:17000"', 'listen = "0.0.0.0:17000"'))
+    result = prevalence("cluster", "recover", "--cluster", str(directory), "--survivor", "n1")
+    assert result.returncode == 0, result
+    storage = JournalStorage(str(directory / "n1"), fsync="always")
+    try:
+        last = storage.entries(storage.last_index(), storage.last_index() + 1, None)[0]
+    finally:
+        storage.close()
+    assert last.kind == int(EntryKind.CONFIG)
+    assert decode_membership(last.data).addresses == (("n1", "127.0.0.1:17000"),)
