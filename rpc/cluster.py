@@ -278,7 +278,7 @@ def cluster_status(directory: str, timeout: float | None = None) -> list[dict]:
         except ConfigError as exc:  # the other nodes are still worth seeing: a row that says why not this one
             configs.append((path, exc))
     asked = [c for c in configs if isinstance(c, NodeConfig)]
-    replies = iter(ask_status([(c.listen, tls_contexts(c)[1]) for c in asked], directory_key(directory, "client"),
+    replies = iter(ask_status([(c.address, tls_contexts(c)[1]) for c in asked], directory_key(directory, "client"),
                               timeout))
     rows = []
     for c in configs:
@@ -287,7 +287,7 @@ def cluster_status(directory: str, timeout: float | None = None) -> list[dict]:
                                    ConfigError(f"not asked: {c[1]}")))
             continue
         reply = next(replies)
-        rows.append(status_row(c.id, format_address(c.listen), c.path, reply))
+        rows.append(status_row(c.id, format_address(c.address), c.path, reply))
         st = reply[1] if isinstance(reply, list) and reply[0] == "ok" else {}
         if type(st.get("cluster")) is str and type(st.get("epoch")) is int:  # whose data it runs on
             rows[-1].update(cluster=one_line(st["cluster"], 64), epoch=st["epoch"])
@@ -298,7 +298,7 @@ def cluster_status_full(directory: str, timeout: float | None = None) -> list[di
     """The whole status of every node of ``directory`` that answers (cluster id and epoch
     included, which the status table leaves out)."""
     configs = [load_config(path) for path in node_config_paths(directory)]
-    replies = ask_status([(c.listen, tls_contexts(c)[1]) for c in configs], directory_key(directory, "client"),
+    replies = ask_status([(c.address, tls_contexts(c)[1]) for c in configs], directory_key(directory, "client"),
                          timeout)
     return [r[1] for r in replies if not isinstance(r, Exception) and r[0] == "ok"]
 
@@ -314,7 +314,7 @@ def _cluster_of(statuses: list[dict]) -> tuple[str, int]:
 
 
 def _admin_call(cfg: NodeConfig, secret: bytes, method: str, *args: Any, timeout: float = 5.0) -> list:
-    with NodeLink(cfg.listen, secret, ident="admin", timeout=timeout, ssl_context=tls_contexts(cfg)[1],
+    with NodeLink(cfg.address, secret, ident="admin", timeout=timeout, ssl_context=tls_contexts(cfg)[1],
                   role="admin") as link:
         return link.call(method, *args)
 
@@ -404,12 +404,12 @@ def add_node(directory: str, node_id: str, address: str | None = None, *, voter:
         raise ConfigError(f"{data} already holds node data: move it aside first, the new node starts "
                           "empty (docs/operations.md, \"Rebuilding a node\")")
     listen = parse_peer_address(address, "--address") if address else \
-        ("127.0.0.1", next_free_port(max(c.listen[1] for c in configs) + 1))
-    taken = [c.id for c in configs if c.listen == listen]
+        ("127.0.0.1", next_free_port(max(c.address[1] for c in configs) + 1))
+    taken = [c.id for c in configs if c.address == listen]
     if taken:  # its peers would dial that node as this one
         raise ConfigError(f"--address {format_address(listen)} is {taken[0]}'s address already; nothing was changed")
     template = configs[0]
-    peers = {c.id: c.listen for c in configs}
+    peers = {c.id: c.address for c in configs}  # where each is dialled
     peers[node_id] = listen
     here = os.path.abspath(directory)
     keys = {f"{role}_secret": os.path.relpath(getattr(template, f"{role}_secret"), here)

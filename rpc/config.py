@@ -81,6 +81,11 @@ class NodeConfig:
     def __post_init__(self) -> None:
         self.check_fsync()
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the others dial this node: its [peers] entry (``listen`` may be 0.0.0.0)."""
+        return self.peers.get(self.id, self.listen)
+
     def check_fsync(self) -> None:
         """A node refuses an fsync setting that would ack before the disk (ConfigError)."""
         check_fsync(self.fsync, f"{self.path or 'node ' + repr(self.id)}: field 'fsync'")

@@ -86,7 +86,7 @@ def recover_survivor(directory: str, survivor: str) -> dict:
             epoch = max((e for c, e in (in_log, (identity.cluster, identity.epoch)) if c == cluster), default=0) + 1
             # the new epoch travels in the log too: a node added later with no id learns it there
             # the address its peers dial ([peers]), not the one it listens on (maybe 0.0.0.0)
-            address = format_address(cfg.peers.get(survivor, cfg.listen))
+            address = format_address(cfg.address)
             members = Membership((survivor,), (), ((survivor, address),), cluster, epoch)
             storage.append([Entry(last + 1, term, int(EntryKind.CONFIG), encode_membership(members))])
             storage.sync()

@@ -497,3 +497,26 @@ def test_recover_records_the_survivors_dialled_address_not_its_wildcard_listen(d
         storage.close()
     assert last.kind == int(EntryKind.CONFIG)
     assert decode_membership(last.data).addresses == (("n1", "127.0.0.1:17000"),)
+
+
+@pytest.mark.slow
+def test_add_gives_the_new_node_its_peers_dialled_addresses(tmp_path):
+    # n1 listens on 0.0.0.0 (its [peers] entry is its address): `cluster add` wrote the
+    # new node's [peers] from the others' listen addresses, n1 = "0.0.0.0:...".
+    from rpc.config import load_config
+
+    LocalCluster(tmp_path, 3, start=False)
+    n1 = tmp_path / "n1.toml"
+    listen = next(line for line in n1.read_text().splitlines() if line.startswith("listen = "))
+    port = listen.rsplit(":", 1)[1].rstrip('"')
+    n1.write_text(n1.read_text().replace(listen, f'listen = "0.0.0.0:{port}"'))
+    c = LocalCluster.open(str(tmp_path), cwd=ROOT)
+    try:
+        for nid in c.configs:
+            c.start(nid)
+        c.stable_leader()
+        result = prevalence("cluster", "add", "--cluster", str(tmp_path), "--id", "n4")
+        assert result.returncode == 0, result
+        assert load_config(str(tmp_path / "n4.toml")).peers["n1"] == ("127.0.0.1", int(port))
+    finally:
+        c.stop()
