@@ -520,3 +520,11 @@ def test_add_gives_the_new_node_its_peers_dialled_addresses(tmp_path):
         assert load_config(str(tmp_path / "n4.toml")).peers["n1"] == ("127.0.0.1", int(port))
     finally:
         c.stop()
+
+
+def test_a_missing_key_file_names_the_command_that_makes_one(directory):
+    # It said "(generate one with generate_secret_file)": a Python function, to an operator.
+    (directory / "admin.secret").unlink()
+    line = one_line_error(prevalence("node", "--config", str(directory / "n1.toml")),
+                          str(directory / "admin.secret"), "prevalence cluster keys")
+    assert "generate_secret_file" not in line
