@@ -107,7 +107,8 @@ def load_secret(path: str | os.PathLike) -> bytes:
             data = f.read(MAX_SECRET_FILE + 1)
     except FileNotFoundError:
         raise SecretError(f"{p}: key file not found (`prevalence cluster keys --cluster DIR` makes the missing "
-                          "ones; copy a cluster's keys from where they were made, docs/operations.md \"Keys\")") from None
+                          "ones; copy a cluster's keys from where they were made, docs/operations.md "
+                          "\"Keys\")") from None
     except IsADirectoryError:
         raise SecretError(f"{p}: is a directory, not a secret file") from None
     except OSError as exc:
