@@ -66,7 +66,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         headers = [{"commit_index": "commit", "applied_index": "applied"}.get(k, k) for k in FIELDS]
         print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in shown], headers=headers))
         print(describe_master(rows))  # who is master, or why there is none
-        for line in other_clusters(rows):  # a node that answers, but its peers refuse: its data is elsewhere's
+        for line in other_clusters(rows) + not_members(rows):  # nodes that answer, yet take no part
             print(line)
         summary = unreachable_summary(rows)  # why, each cause once
         if summary:
@@ -131,6 +131,18 @@ def wait_for_leader(directory: str, node_id: str, timeout: float | None = None) 
                               f"{'the leader is ' + ', '.join(leaders) if leaders else 'no leader answers'}: "
                               f"see `prevalence status --cluster {directory}`")
         time.sleep(0.1)
+
+
+def not_members(rows: list[dict]) -> list[str]:
+    """A line per node that answers but that the leader's membership leaves out (removed,
+    or an add that did not finish): it only waits, and should be stopped."""
+    leaders = [r for r in rows if r["reachable"] and r["role"] == "leader"]
+    if len(leaders) != 1:
+        return []
+    members = set(leaders[0]["voters"]) | set(leaders[0].get("learners", ()))
+    return [f"{r['id']}: not a member of {leaders[0]['id']}'s cluster (removed, or its add did not finish): stop its "
+            "process and move its config and data aside" for r in rows
+            if r["reachable"] and r["id"] not in members and r.get("cluster", "") in ("", leaders[0].get("cluster"))]
 
 
 def cmd_cluster_admin(args: argparse.Namespace) -> int:

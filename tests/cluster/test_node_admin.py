@@ -528,3 +528,22 @@ def test_a_missing_key_file_names_the_command_that_makes_one(directory):
     line = one_line_error(prevalence("node", "--config", str(directory / "n1.toml")),
                           str(directory / "admin.secret"), "prevalence cluster keys")
     assert "generate_secret_file" not in line
+
+
+@pytest.mark.slow
+def test_status_names_a_running_node_that_is_no_longer_a_member(tmp_path):
+    # After `cluster remove --id n3` ("stop its process"), n3 still running showed in
+    # status as one more reachable node (a pre_candidate), with nothing saying it was
+    # removed and should be stopped.
+    c = LocalCluster(tmp_path, 3)
+    try:
+        leader, _ = c.stable_leader()
+        gone = next(n for n in c.configs if n != leader)
+        assert prevalence("cluster", "remove", "--cluster", c.dir, "--id", gone).returncode == 0
+        result = prevalence("status", "--cluster", c.dir)
+        lines = [line for line in result.stdout.splitlines() if line.startswith(f"{gone}: not a member")]
+        assert lines and "stop its process" in lines[0], result.stdout
+        assert not any(line.startswith(f"{n}: not a member") for n in c.configs if n != gone for line in
+                       result.stdout.splitlines())
+    finally:
+        c.stop()
