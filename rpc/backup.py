@@ -207,7 +207,7 @@ class _Link:
         for attempt in range(attempts):
             try:
                 if self._conn is None:
-                    self._conn = open_connection(self.cfg.listen, self._secret, role="admin", ident="backup",
+                    self._conn = open_connection(self.cfg.address, self._secret, role="admin", ident="backup",
                                                  request_timeout=300.0, ssl_context=tls_contexts(self.cfg)[1],
                                                  max_frame=BACKUP_MAX_FRAME)
                 return _decode(remote_method(self._conn, method)(*args))
@@ -398,7 +398,7 @@ def _seed(directory: str, nodes: int, base_port: int | None, placed: dict, info:
     cluster = node_data_identity(configs[0].data, configs[0].id).cluster  # write_cluster's new id, one for all
     # the snapshot's membership carries the new id: a node added later learns it there
     members = Membership(tuple(c.id for c in configs), (),
-                         tuple((c.id, f"{c.listen[0]}:{c.listen[1]}") for c in configs), cluster, 0)
+                         tuple((c.id, f"{c.address[0]}:{c.address[1]}") for c in configs), cluster, 0)
     meta, body = decode_file(path, snapshot)
     meta.extra = {**meta.extra, "membership": members.to_wire()}
     for cfg in configs:
