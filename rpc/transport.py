@@ -88,8 +88,16 @@ class TransportError(PrevalenceError):
 # ---------------------------------------------------------------- sockets
 
 
+#: Data unacknowledged this long ends the connection (Linux's TCP_USER_TIMEOUT; Windows'
+#: TCP_MAXRT, seconds). Keepalive probes only an idle connection: one whose reply went
+#: unacknowledged (its client vanished behind a cut) was retransmitted for ~15 minutes,
+#: holding a thread and one of the node's connections all that time.
+UNACKED_TIMEOUT = 20
+
+
 def tune_socket(sock: socket.socket) -> None:
-    """TCP_NODELAY and keepalive (idle 10 s, probes every 3 s), best effort on every OS."""
+    """TCP_NODELAY, keepalive (idle 10 s, probes every 3 s) and a bound on how long sent
+    data may stay unacknowledged (UNACKED_TIMEOUT), best effort on every OS."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
@@ -98,9 +106,11 @@ def tune_socket(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if sys.platform == "win32" and hasattr(socket, "SIO_KEEPALIVE_VALS"):
             sock.ioctl(socket.SIO_KEEPALIVE_VALS, (1, 10_000, 3_000))
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_MAXRT", 5), UNACKED_TIMEOUT)
         else:
             for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPALIVE", 10),
-                                ("TCP_KEEPINTVL", 3), ("TCP_KEEPCNT", 3)):
+                                ("TCP_KEEPINTVL", 3), ("TCP_KEEPCNT", 3),
+                                ("TCP_USER_TIMEOUT", UNACKED_TIMEOUT * 1000)):
                 opt = getattr(socket, name, None)
                 if opt is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, opt, value)

@@ -197,3 +197,29 @@ def test_the_status_of_a_node_behind_a_slow_link_says_the_link_is_slow(lab):
     assert time.monotonic() - t0 < 3.5
     error = rows[slow]["error"]
     assert not rows[slow]["reachable"] and "handshake took 1." in error and "slow link" in error, error
+
+
+@needs_netns
+def test_clients_that_vanish_behind_a_cut_leave_no_connection_on_the_leader(lab):
+    """Eight clients connect to the leader, their link is cut silently, they go away. A
+    connection with a reply still unacknowledged is not probed by TCP keepalive: it
+    stayed on the node, thread and all, for TCP's ~15 minutes of retransmissions, and a
+    fleet of operator PCs on a flapping link could fill the node's 128 connections.
+    They must be gone within half a minute, as the idle ones are (keepalive)."""
+    from tests.prevalence.domain import Put
+
+    leader = lab.leader()
+    time.sleep(1)
+    base = _threads(lab, leader)
+    clients = [lab.client(timeout=5) for _ in range(8)]
+    for c in clients:
+        c.execute(Put("x", 1))
+    assert _threads(lab, leader) >= base + 8
+    for n in lab.configs:
+        lab.both("c", n, cut=True)
+    for c in clients:
+        c.close()
+    deadline = time.monotonic() + 27  # keepalive: 10 s idle + 3 probes 3 s apart; unacknowledged: 20 s
+    while time.monotonic() < deadline and _threads(lab, leader) > base + 1:
+        time.sleep(1)
+    assert _threads(lab, leader) <= base + 1, (base, _threads(lab, leader))
