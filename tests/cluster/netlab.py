@@ -66,6 +66,16 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return r
 
 
+def _free_subnet(first: int) -> int:
+    """A 10.77.X.0/24 that no interface of this namespace uses yet (another lab's)."""
+    used = sh("ip", "-4", "-o", "addr", "show").stdout
+    for k in range(230):
+        x = 20 + (first - 20 + k) % 230
+        if f" 10.77.{x}." not in used:
+            return x
+    raise RuntimeError("no free 10.77.X.0/24 for a network lab")
+
+
 @dataclass
 class Link:
     """The faults of one direction of one link (probabilities 0..1, times in seconds)."""
@@ -202,7 +212,7 @@ class NetLab(localcluster.LocalCluster):
                  grid: bool = False, **options: Any) -> None:
         """``grid``: the grid application (app/) in one row of ``nodes``, not the test domain."""
         self.tag = f"{os.getpid() % 100000}"
-        self.net = 20 + os.getpid() % 200
+        self.net = _free_subnet(20 + os.getpid() % 200)
         self.namespaces: list[str] = []
         self.wire = Wire(seed)
         directory = os.path.abspath(str(directory))
