@@ -121,7 +121,8 @@ def parse_address(text: Any, where: str) -> tuple[str, int]:
         raise ConfigError(f"{where}: expected \"HOST:PORT\", got {text!r}")
     host, _, port = text.rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: isdigit() alone passes "²" (which int() refuses) and other scripts' digits
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}: expected \"HOST:PORT\" with a port from 1 to 65535, got {text!r}")
     return host, int(port)
 

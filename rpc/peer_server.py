@@ -423,6 +423,7 @@ class PeerServer:
             self._server = _Server(
                 _RoleRouter(on_message, service_extra, on_batch),
                 hostname=host,
+                ipv6=":" in host,  # "::1", "fe80::1": RPyC binds AF_INET unless told
                 port=port,
                 authenticator=authenticator,
                 protocol_config=dict(SAFE_PROTOCOL_CONFIG, sync_request_timeout=5.0),

@@ -130,3 +130,42 @@ def test_a_config_with_the_one_shared_cluster_secret_names_the_way_on(tmp_path):
     message = str(info.value)
     assert "\n" not in message and str(tmp_path) in message
     assert "cluster.secret" in message and "prevalence cluster keys" in message and "docs/security.md" in message
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1:7¹00", "10.0.0.1:²", "h:٣٣"])
+def test_a_port_in_digits_of_another_script_is_one_line_not_a_traceback(text):
+    """str.isdigit() is true for superscripts and other scripts' digits, which int()
+    refuses: a config, `--address` or rpc.connect got a bare ValueError."""
+    from rpc.config import parse_address
+
+    with pytest.raises(ConfigError, match="with a port from 1 to 65535"):
+        parse_address(text, "listen")
+
+
+def test_a_node_listens_and_answers_on_an_ipv6_address(tmp_path):
+    """`listen = "[::1]:PORT"` passed the config's check, then the node failed to start:
+    "Address family for hostname not supported"."""
+    import socket
+    import time
+
+    from rpc.cluster import cluster_status, free_port_block, node_config_paths
+    from rpc.server import NodeProcess
+
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 here")
+    directory = tmp_path / "c"
+    write_cluster(str(directory), 1, free_port_block(1), "tests.prevalence.domain:Store")
+    path = node_config_paths(str(directory))[0]
+    text = open(path, encoding="utf-8").read().replace('"127.0.0.1:', '"[::1]:')
+    open(path, "w", encoding="utf-8").write(text)
+    process = NodeProcess(load_config(path)).start()
+    try:
+        deadline = time.monotonic() + 10
+        while not process.node.is_leader and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (row,) = cluster_status(str(directory))
+        assert row["reachable"] and row["role"] == "leader" and row["address"].startswith("[::1]:"), row
+    finally:
+        process.stop()
