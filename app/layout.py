@@ -26,6 +26,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from app.model import ApplyLayout, GridError, NodeSpec, check_layout
+from prevalence._platform import read_small_file
 
 log = logging.getLogger("app.layout")
 MAX_BYTES = 1 << 20  # a 32x32 layout is under 100 KB; more is not a layout (or is /dev/zero)
@@ -73,8 +74,7 @@ def read_layout(path: str) -> ApplyLayout:
 def read_bounded(path: str) -> bytes:
     """The file's bytes, refused past :data:`MAX_BYTES` instead of read into memory whole."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+        data, _ = read_small_file(path, MAX_BYTES)  # a FIFO would block the CLI, or the watcher's thread
     except OSError as exc:
         raise LayoutError(f"{path}: cannot read the layout file: {exc.strerror or exc}") from None
     if len(data) > MAX_BYTES:

@@ -1,7 +1,9 @@
 """The few calls that differ between Windows and POSIX, kept in one guarded place."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 from typing import Callable
 
@@ -58,6 +60,26 @@ def ephemeral_ports() -> tuple[int, int]:
 
 
 O_BINARY = getattr(os, "O_BINARY", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs in its file system
+
+
+class NotRegularFile(OSError):
+    """A FIFO, device or socket where an operator's file (a config, a key, a layout) belongs."""
+
+
+def read_small_file(path: str, limit: int) -> tuple[bytes, os.stat_result]:
+    """At most ``limit`` + 1 bytes of the regular file at ``path`` (more than ``limit``:
+    the caller's "too large"), and the file's stat, of the very file read. Opening a FIFO waits for a writer and reading a device may
+    never end, so anything but a regular file raises :class:`NotRegularFile` at once (a
+    directory: IsADirectoryError), naming ``path``."""
+    fd = os.open(path, os.O_RDONLY | _O_NONBLOCK | O_BINARY)
+    with open(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file (a device, a pipe or a socket)", path)
+        return f.read(limit + 1), st
 
 if hasattr(os, "pread"):
     pread = os.pread

@@ -15,7 +15,7 @@ import threading
 import tomllib
 from typing import Any
 
-from prevalence._platform import ephemeral_ports, others_may_write
+from prevalence._platform import NotRegularFile, ephemeral_ports, others_may_write, read_small_file
 from prevalence.errors import PrevalenceError
 from prevalence.text import one_line
 from replication.errors import RaftError
@@ -23,7 +23,7 @@ from replication.journal_storage import (
     HARD_STATE_FILE, IDENTITY_FILE, create_node_data, holds_node_data, new_cluster_id,
 )
 from rpc.config import (
-    ConfigError, NodeConfig, check_data_path, format_address, load_config, migration_message, render_config,
+    MAX_CONFIG_BYTES, ConfigError, NodeConfig, check_data_path, format_address, load_config, migration_message, render_config,
     tls_contexts,
 )
 from rpc.auth import AuthenticationFailed, ConnectFailed
@@ -229,9 +229,11 @@ def node_config_paths(directory: str) -> list[str]:
     paths, claimed, broken, named = [], {}, [], set()
     for path in sorted(glob.glob(os.path.join(directory, "*.toml"))):
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data, _ = read_small_file(path, MAX_CONFIG_BYTES)  # not open(): a FIFO named *.toml would block
             doc = tomllib.loads(data.decode("utf-8"))
+        except NotRegularFile:  # no config; a node's name on it: load_config says what it is
+            broken.append((path, b""))
+            continue
         except OSError:
             paths.append(path)  # load_config will say what is wrong with it
             continue

@@ -45,6 +45,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from prevalence._platform import NotRegularFile, read_small_file
 from prevalence.errors import PrevalenceError
 from rpc.secret import KEY_FILES, LEGACY_SECRET
 
@@ -96,6 +97,7 @@ class NodeConfig:
 # is no failover at all, and an infinite one overflows the clock of the Raft thread.
 MIN_TICK, MAX_TICK = 0.001, 10.0
 MAX_ELECTION_TIMEOUT = 600.0
+MAX_CONFIG_BYTES = 1 << 20  # a node's config is a few hundred bytes; its [peers] a line per node
 
 
 def _node_id_problem(value: str) -> str | None:
@@ -190,10 +192,17 @@ class _Table:
 def load_config(path: str) -> NodeConfig:
     path = os.path.abspath(path)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        raw, _ = read_small_file(path, MAX_CONFIG_BYTES)  # a FIFO would block, /dev/zero never end
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 10} KiB: not a node configuration")
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
+    except NotRegularFile:
+        raise ConfigError(f"{path}: not a regular file (a device, a pipe or a socket), so not a configuration") \
+            from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:  # TOML is UTF-8 text: a binary file, or another encoding

@@ -15,7 +15,7 @@ import secrets as _secrets
 import stat
 import sys
 
-from prevalence._platform import private_file_problem
+from prevalence._platform import NotRegularFile, private_file_problem, read_small_file
 from prevalence.errors import PrevalenceError
 
 __all__ = ["SecretError", "MIN_SECRET_LEN", "MIN_KEY_BITS", "KEY_FILES", "LEGACY_SECRET", "load_secret",
@@ -96,15 +96,9 @@ def load_secret(path: str | os.PathLike) -> bytes:
     """
     p = os.fspath(path)
     try:
-        # O_NONBLOCK: a FIFO put in a key file's place would block the open for ever
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-        with open(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError
-            if not stat.S_ISREG(st.st_mode):
-                raise SecretError(f"{p}: not a regular file (a device, a pipe or a socket), so not a key file")
-            data = f.read(MAX_SECRET_FILE + 1)
+        data, st = read_small_file(p, MAX_SECRET_FILE)  # a FIFO in a key file's place would block an open
+    except NotRegularFile:
+        raise SecretError(f"{p}: not a regular file (a device, a pipe or a socket), so not a key file") from None
     except FileNotFoundError:
         raise SecretError(f"{p}: key file not found (`prevalence cluster keys --cluster DIR` makes the missing "
                           "ones; copy a cluster's keys from where they were made, docs/operations.md "

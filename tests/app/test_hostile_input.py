@@ -56,8 +56,18 @@ def test_a_layout_file_that_never_ends_is_refused(tmp_path):
     with pytest.raises(LayoutError, match="big.toml: larger than"):
         read_layout(str(big))
     if os.path.exists("/dev/zero"):
-        with pytest.raises(LayoutError, match="larger than"):
+        with pytest.raises(LayoutError, match="not a regular file"):
             read_layout("/dev/zero")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_layout_file_that_is_a_fifo_is_refused_at_once(tmp_path):
+    """open() of a FIFO waits for a writer: grid layout check hung, and so did the layout
+    watcher's thread on every node, and every grid command on the directory."""
+    fifo = tmp_path / "layout.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(LayoutError, match="layout.toml: cannot read the layout file: not a regular file"):
+        read_layout(str(fifo))
 
 
 @pytest.mark.parametrize("content", [b"[grid", b"\xff\xfe[grid]", DEEP])

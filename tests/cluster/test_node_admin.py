@@ -547,3 +547,21 @@ def test_status_names_a_running_node_that_is_no_longer_a_member(tmp_path):
                        result.stdout.splitlines())
     finally:
         c.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_or_device_where_a_config_belongs_is_one_line_not_a_hang(directory):
+    # open() of a FIFO blocks until a writer comes: `prevalence node` and every command
+    # that reads the cluster directory (status, add, the grid's) hung for ever on one;
+    # /dev/zero as a config was read until memory ran out.
+    fifo = directory / "n1.toml"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    one_line_error(prevalence("node", "--config", str(fifo)), str(fifo), "not a regular file")
+    status = prevalence("status", "--cluster", str(directory))
+    assert "Traceback" not in status.stderr and str(fifo) in status.stdout + status.stderr, status
+    one_line_error(prevalence("node", "--config", "/dev/zero"), "/dev/zero", "not a regular file")
+    (directory / "layout.toml").unlink(missing_ok=True)
+    os.mkfifo(directory / "layout.toml")  # an application's file, not a node's: not counted
+    status = prevalence("status", "--cluster", str(directory))
+    assert "Traceback" not in status.stderr and "layout.toml" not in status.stdout, status
