@@ -218,11 +218,14 @@ def open_connection(
     except Exception as exc:  # noqa: BLE001 - timed out or lost: the open failed
         hard_close(conn)
         where = format_address(address)
+        if not isinstance(exc, TimeoutError):
+            raise ConnectFailed(f"{where}: no answer after the handshake ({type(exc).__name__})",
+                                address=where) from None
         # how long each part took: a handshake that used up most of the time is a slow
         # link (or a node slow to answer at all), not a node that cannot be reached
         raise ConnectFailed(f"{where}: no answer within {time.monotonic() - began:.1f} s of connecting (connect and "
                             f"handshake took {authenticated - began:.1f} s of it, then {left:.1f} s without an answer: "
-                            f"a slow link or a stalled node; {type(exc).__name__})", address=where) from None
+                            "a slow link or a stalled node)", address=where) from None
     except BaseException:
         hard_close(conn)
         raise
