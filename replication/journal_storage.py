@@ -365,10 +365,14 @@ class JournalStorage:
     def hard_state_needs_write(self, hs: HardState) -> bool:
         """Term or vote changed: the file must be replaced (and fsynced) before acks go out.
         Or the commit has doubled, or moved COMMIT_STORE_EVERY entries, since it was stored:
-        then a restart can tell a log that lost entries (see the module's docstring)."""
+        then a restart can tell a log that lost entries (see the module's docstring).
+        The commit counted is the one a write would store (capped at the durable log): one
+        the cap holds back (unsafe-no-fsync, a leader ahead of its own disk) is not due
+        again on every batch, each time a file replaced and fsynced for nothing."""
         stored = self._stored
-        return (hs.term, hs.vote) != (stored.term, stored.vote) or \
-            hs.commit >= max(1, stored.commit + min(stored.commit, COMMIT_STORE_EVERY))
+        if (hs.term, hs.vote) != (stored.term, stored.vote):
+            return True
+        return self._capped(hs).commit >= max(1, stored.commit + min(stored.commit, COMMIT_STORE_EVERY))
 
     def note_commit(self, hs: HardState) -> None:
         """A commit-only change: kept in memory, written with the next term/vote change,

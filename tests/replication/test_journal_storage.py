@@ -247,3 +247,22 @@ def test_close_after_a_write_failure_stores_no_commit_past_the_durable_journal(t
     again = JournalStorage(tmp_path, initial_membership=M)
     assert again.last_index() == 3 and again.initial_state()[0] == HardState(2, "a", 3)
     again.close()
+
+
+def test_unsafe_no_fsync_does_not_replace_the_hard_state_file_on_every_batch(tmp_path, monkeypatch):
+    """With "unsafe-no-fsync" the durable journal stays where the node started, so the
+    commit kept in memory is never "stored" by a capped write: asking again on every batch
+    replaced and fsynced raft-state each time, the fsyncs the mode exists to avoid."""
+    s = JournalStorage(tmp_path, initial_membership=M, fsync="unsafe-no-fsync")
+    s.set_hard_state(HardState(1, "a", 0))
+    stores = []
+    real = s._hs_file.store
+    monkeypatch.setattr(s._hs_file, "store", lambda hs: (stores.append(hs), real(hs)))
+    for i in range(1, 3001):  # a leader's disk lane: a batch, then the commit it learned
+        s.append([Entry(i, 1, 1, b"x")])
+        s.sync()
+        s.note_commit(HardState(1, "a", i))
+        s.refresh_commit()
+    assert len(stores) <= 20, f"raft-state replaced {len(stores)} times for 3000 batches"
+    s.close()
+    assert HardStateFile(str(tmp_path)).load() == HardState(1, "a", 3000)
