@@ -344,8 +344,7 @@ class ServerAuthenticator:
             _, (version, ident, nc, cluster, epoch) = decode_message(body, (HELLO,))
         except UnsupportedVersion as exc:
             self._refuse(sock, deadline, str(exc), f"{exc} (this node speaks {PROTOCOL_VERSION} to clients and "
-                         f"{PEER_PROTOCOL_VERSION} to nodes: a key per role, "
-                         "see docs/security.md)")
+                         f"{PEER_PROTOCOL_VERSION} to nodes: {_other_release(exc.version)}, see docs/security.md)")
         claim.append(f" (says it is {ident!r})")
         problem = cluster_id_problem(cluster, epoch) if cluster else None  # as a log entry's; "": none yet
         if problem:
@@ -466,6 +465,14 @@ def client_handshake(
     except OSError as exc:
         raise ConnectFailed(f"{address}: connection lost during the handshake: {exc}", address=address) from None
     return sock
+
+
+def _other_release(version: int) -> str:
+    """Why a hello of ``version`` is refused: 1 had one key for all (a claimed role); 2 and 3
+    already had a key per role, but no checksum per frame (as would a newer release differ)."""
+    if version == 1:
+        return "a key per role"
+    return "every node and program of a cluster runs the same release"
 
 
 def _a(role: str) -> str:

@@ -349,3 +349,16 @@ def test_the_cluster_id_is_bound_into_the_proof(listener):
     assert _transcript(2, "n1", b"n" * 32, b"s" * 32, "a1", 1) != _transcript(2, "n1", b"n" * 32, b"s" * 32, "a1", 2)
     server = _peer_handshake(listener, ClusterKey(SECRET, "a1", 1), ClusterKey(SECRET, "a1", 1))
     assert server["result"][1] == Identity("peer", "n2")
+
+
+@pytest.mark.parametrize("version", [2, 3, PEER_PROTOCOL_VERSION + 1])
+def test_a_hello_of_another_release_is_refused_naming_the_release_not_the_keys(listener, version):
+    """2 and 3 are the releases before frame checksums (keys per role already): told "a
+    key per role", their operator would look for a key problem that is not there."""
+    server = run_server_side(listener, ServerAuthenticator(KEYS, timeout=2))
+    with connect(listener) as sock:
+        sock.sendall(encode_frame(HELLO, version, "n1", b"c" * 32))
+        tag, (reason,) = decode_message(read_frame(sock, time.monotonic() + 2), (CHALLENGE, REFUSED))
+    server["thread"].join(3)
+    assert tag == REFUSED and f"unsupported handshake version {version}" in reason
+    assert "same release" in reason and "key per role" not in reason
