@@ -176,7 +176,13 @@ class NodeProcess:
         peers = {p: a for p, a in self.cfg.peers.items() if p != self.cfg.id}
         for node_id, address in membership.addresses:
             if node_id != self.cfg.id:
-                peers[node_id] = parse_address(address, f"membership address of {node_id}")
+                try:
+                    peers[node_id] = parse_address(address, f"membership address of {node_id}")
+                except ConfigError as exc:
+                    # in the log for good (journaled before leaders checked it): raised here, it
+                    # stopped every node that applied it, again at each start; the node it
+                    # names cannot be dialled at it anyway
+                    log.error("%s: node %s is not dialled", one_line(str(exc)), one_line(str(node_id), 64))
         self.transport.set_peers(peers)
 
     def address_of(self, node_id: str | None) -> str | None:

@@ -141,6 +141,17 @@ def _log_unexpected(client: str, exc: BaseException) -> None:
                     client, kind, error_text(exc, 300), kind)
 
 
+def _bad_address(address: str) -> bool:
+    """True when ``address`` is not one a node can dial (rpc.config.parse_address)."""
+    from rpc.config import ConfigError, parse_address
+
+    try:
+        parse_address(address, "address")
+    except ConfigError:
+        return True
+    return False
+
+
 def _valid_id(value: Any) -> bool:
     return type(value) is str and 0 < len(value) <= MAX_ID and value.isprintable()
 
@@ -339,6 +350,9 @@ class ClientService(rpyc.Service):
             return _reply("error", f"node id must be 1-{MAX_ID} printable characters, got {_show(node_id)}")
         if not (address is None or (type(address) is str and 0 < len(address) <= MAX_NAME)):
             return _reply("error", f"address must be HOST:PORT (at most {MAX_NAME} characters), got {_show(address)}")
+        if address is not None and _bad_address(address):
+            # every node dials the address of a committed change: refused here, not in the log
+            return _reply("error", f"address must be HOST:PORT with a port from 1 to 65535, got {_show(address)}")
         change = ConfigChange(kinds[op], node_id, address)
         identity = getattr(self._p, "cluster_identity", None)
         if identity is not None:  # a new cluster's first leader sets its id first (rpc.identity)
