@@ -73,7 +73,21 @@ def _table(view: dict) -> str:
         widths[k] -= 1
 
 
+def _printable(value: Any) -> Any:
+    """``value`` with every non-printable character of its text a '?': any client can
+    journal a node's detail, settings or a layout refusal (MarkNode, RefuseLayout), and an
+    escape sequence or line break printed as it is drives the operator's terminal."""
+    if isinstance(value, str):
+        return value if value.isprintable() else "".join(c if c.isprintable() else "?" for c in value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value
+
+
 def render(view: dict) -> str:
+    view = _printable(view)
     lines = [f"grid {view['rows']}x{view['columns']}, master {view.get('master') or 'unknown'} "
              f"(term {view.get('term', '?')})", *_map(view), "", _table(view)]
     refused = view.get("layout_refused")

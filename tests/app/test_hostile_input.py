@@ -133,3 +133,28 @@ def test_grid_show_prints_what_the_state_holds_as_plain_text():
     text = render({"rows": 1, "columns": 1, "nodes": [node], "presets": {}, "master": "n1", "term": 1,
                    "layout_refused": None})
     assert "\x1b" not in text and "\x07" not in text and "pushed" in text
+
+
+def test_what_a_client_journals_reaches_grid_show_without_control_characters():
+    """Any holder of the client key can journal a MarkNode or a RefuseLayout (the controller
+    and the watchers do, through the same door) with escape sequences and line breaks in
+    its detail, settings and reason: grid show printed them to the operator's terminal,
+    where they drive it (clear the screen, retitle the window, fake a line)."""
+    import datetime
+
+    from app.model import AddNode, GridView, MarkNode, RefuseLayout
+    from app.view import render, with_cluster
+    from prevalence import Context
+
+    grid = Grid()
+    ctx = Context(1, 1_700_000_000_000_000)
+    for tx in (AddNode("n1", "127.0.0.1:7100", 1, 1),
+               MarkNode("n1", True, {"content": "\x1b]0;owned\x07", "\x1b[2Jkey": "1"}, "b\x1b[1m", "\x1b[2J\r\nfake"),
+               RefuseLayout("n\x1b[5m2", "bad\x1b[31m\nline", "d1"),
+               SetSettings(("n1",), {"content": "ok"})):
+        tx.check(grid)
+        tx.execute(grid, ctx)
+    text = render(with_cluster(GridView().run(grid), {"leader": "n1", "term": 2}))
+    assert "\x1b" not in text and "\r" not in text and "\x07" not in text, text
+    assert not [line for line in text.splitlines() if line.startswith("fake")], text
+    assert "layout edit refused on" in text and datetime  # the refusal is still said
