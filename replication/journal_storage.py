@@ -257,8 +257,13 @@ class JournalStorage:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = 2,
         fs: FileSystem = OS,
+        lost_tail_ok: bool = False,
     ):
+        """``lost_tail_ok``: a log that ends before the stored commit is opened, its commit
+        taken as the log's end (``lost_committed`` says how many entries that lost), not
+        refused: for ``cluster recover``, which keeps whatever a last survivor holds."""
         self.directory = os.path.abspath(directory)
+        self.lost_committed = 0
         self.fs = fs
         problem = fsync_mode_problem(fsync)
         if problem is not None:
@@ -296,7 +301,11 @@ class JournalStorage:
                 f"is at {self._snap.index}: entries {self._snap.index + 1}..{j.first_index - 1} are missing. "
                 "This node cannot rejoin with this data; rebuild it (docs/operations.md)"
             )
-        if self.hard_state.commit > self.last_index():
+        if self.hard_state.commit > self.last_index() and lost_tail_ok:
+            hs, last = self.hard_state, self.last_index()
+            self.lost_committed = hs.commit - last
+            self.hard_state = HardState(hs.term, hs.vote, last)
+        elif self.hard_state.commit > self.last_index():
             last = self.last_index()
             self.journal.close()
             raise RaftError(

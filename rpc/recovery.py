@@ -63,7 +63,8 @@ def recover_survivor(directory: str, survivor: str) -> dict:
     """Make the stopped ``survivor``'s data a one-voter cluster of the next epoch.
 
     Returns what was kept: ``last_index``, ``last_term``, ``commit`` (the last index the
-    survivor knew committed), ``cluster``, ``epoch``. Changes nothing on refusal: a
+    survivor knew committed, at most what its log holds), ``cluster``, ``epoch``,
+    ``lost`` (entries its stored commit named past its log's end). Changes nothing on refusal: a
     running node (its data is locked), no or damaged data.
     """
     cfg = _survivor_config(directory, survivor)
@@ -73,9 +74,11 @@ def recover_survivor(directory: str, survivor: str) -> dict:
     lock.acquire()  # the node must be stopped: refused with the holder's pid otherwise
     try:
         identity = node_data_identity(cfg.data, survivor)
-        storage = JournalStorage(cfg.data, fsync=cfg.fsync)
+        # a tail lost from the survivor's disk is recovery's to report, not to refuse: it
+        # is the last copy there is (a node's start refuses such a log, see JournalStorage)
+        storage = JournalStorage(cfg.data, fsync=cfg.fsync, lost_tail_ok=True)
         try:
-            hs = storage.hard_state
+            hs, lost = storage.hard_state, storage.lost_committed
             last = storage.last_index()
             last_term = storage.term(last) if last else 0
             term = max(hs.term, last_term) + 1
@@ -99,7 +102,7 @@ def recover_survivor(directory: str, survivor: str) -> dict:
     finally:
         lock.release()
     return {"last_index": last, "last_term": last_term, "commit": hs.commit, "cluster": cluster, "epoch": epoch,
-            "config": cfg.path}
+            "config": cfg.path, "lost": lost}
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -109,6 +112,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
           f"index {kept['last_index']} term {kept['last_term']}"
           + (f" ({uncommitted} entries after its last known commit {kept['commit']} kept as well)" if uncommitted
              else ""))
+    if kept["lost"]:
+        print(f"{args.survivor}: its journal ended {kept['lost']} entries before the commit it had stored (cut off "
+              f"on its disk): those entries, committed, are lost unless another node's data still holds them")
     print(f"start it: prevalence node --config {kept['config']}; then, for each other node: move its data and "
           f"config aside, prevalence cluster add --cluster {args.cluster} --id ID --address HOST:PORT, start it, "
           "prevalence cluster promote once it has caught up. A node of the old epoch is refused until wiped")
