@@ -47,7 +47,7 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
     start it (when its address is this machine's loopback), wait for its catch-up and
     promote it, if it was a voter. Refused before any change when it would cost the quorum
     or when its process still runs on this directory's data."""
-    from rpc.cluster import add_node, admin, cluster_status_full, node_config_paths, start_node
+    from rpc.cluster import NEW_NODE_ID, add_node, admin, cluster_status_full, node_config_paths, start_node
     from rpc.config import ConfigError, load_config, parse_address
 
     # every argument is checked before the first step: a step that fails after the removal
@@ -58,6 +58,10 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
         raise ReplaceRefused(f"{directory}: no node {node_id!r} configured there "
                              f"(nodes: {', '.join(sorted(configs))})")
     path = cfg.path
+    if not NEW_NODE_ID.fullmatch(node_id):  # step 3 (cluster add) would refuse it after the removal and the wipe
+        raise ReplaceRefused(f"grid replace {node_id!r} refused, nothing changed: cluster add takes a new node's id "
+                             "only as 1-64 letters, digits, '_', '.' or '-' (it names its files): rebuild this node "
+                             "by hand (docs/operations.md, \"Rebuilding a node\")")
     try:
         listen = parse_address(address, "--address")
     except ConfigError as exc:

@@ -40,3 +40,24 @@ def test_a_catch_up_limit_that_is_not_a_duration_is_refused(grid_dir, capsys, ti
     with pytest.raises(SystemExit):
         main(["replace", "n2", "--address", "127.0.0.1:47900", "--cluster", str(grid_dir), "--timeout", timeout])
     assert "--timeout" in capsys.readouterr().err and _untouched(grid_dir)
+
+
+def test_an_id_that_cluster_add_refuses_is_refused_before_the_node_is_removed(grid_dir, monkeypatch):
+    """A node id with a space was always a valid config id, but `cluster add` (step 3 of
+    grid replace) now takes only letters, digits, '_', '.' and '-': the node was removed
+    from the membership and its data and config moved aside, then the add refused it,
+    leaving it out of the grid with no config for a second try."""
+    import rpc.cluster
+
+    path = grid_dir / "n2.toml"
+    path.write_text(path.read_text().replace('id = "n2"', 'id = "n 2"').replace('"n2" =', '"n 2" ='))
+    calls = []
+    monkeypatch.setattr(rpc.cluster, "cluster_status_full", lambda d, timeout=None: [
+        {"id": "n1", "role": "leader", "term": 2, "voters": ["n1", "n 2", "n3", "n4"], "learners": []},
+        {"id": "n3", "role": "follower", "term": 2, "voters": ["n1", "n 2", "n3", "n4"], "learners": []},
+        {"id": "n4", "role": "follower", "term": 2, "voters": ["n1", "n 2", "n3", "n4"], "learners": []}])
+    monkeypatch.setattr(rpc.cluster, "admin", lambda *a, **k: calls.append(a))
+    with pytest.raises(ReplaceRefused, match="nothing changed"):
+        replace_node(str(grid_dir), "n 2", "127.0.0.1:47900", progress=lambda line: None)
+    assert calls == [] and path.is_file() and (grid_dir / "n2").is_dir()
+    assert not any(".replaced-" in n for n in os.listdir(grid_dir))
