@@ -244,8 +244,11 @@ def node_config_paths(directory: str) -> list[str]:
             paths.append(path)
             peers = doc.get("peers")
             named.update(peers if isinstance(peers, dict) else ())
-            for field in ("id", "listen"):  # a copy of a node's file: which one is the node?
-                value = doc[field]
+            # where the others dial it (its own [peers] entry, NodeConfig.address), not its
+            # listen: every PC's node may listen on 0.0.0.0:7100
+            dialled = peers.get(doc["id"]) if isinstance(peers, dict) and isinstance(doc["id"], str) else None
+            for field, value in (("id", doc["id"]), ("address", dialled or doc["listen"])):
+                # a copy of a node's file: which one is the node?
                 if isinstance(value, str) and (field, value) in claimed:
                     raise ConfigError(f"{os.path.abspath(directory)}: {os.path.basename(claimed[field, value])} and "
                                       f"{os.path.basename(path)} both configure {field} {value!r}: one node per file; "
