@@ -48,7 +48,7 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
     promote it, if it was a voter. Refused before any change when it would cost the quorum
     or when its process still runs on this directory's data."""
     from rpc.cluster import NEW_NODE_ID, add_node, admin, cluster_status_full, node_config_paths, start_node
-    from rpc.config import ConfigError, load_config, parse_address
+    from rpc.config import ConfigError, load_config, parse_peer_address
 
     # every argument is checked before the first step: a step that fails after the removal
     # and the wipe leaves the node out of the grid, with no config for a second try to use
@@ -63,10 +63,11 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
                              "only as 1-64 letters, digits, '_', '.' or '-' (it names its files): rebuild this node "
                              "by hand (docs/operations.md, \"Rebuilding a node\")")
     try:
-        listen = parse_address(address, "--address")
+        listen = parse_peer_address(address, "--address")  # as cluster add (step 3) takes it
     except ConfigError as exc:
         raise ReplaceRefused(f"grid replace {node_id} refused, nothing changed: {exc}") from None
-    other = next((c.id for c in configs.values() if c.id != node_id and c.listen == listen), None)
+    # where the others dial a node (its [peers] entry), as cluster add compares: it may listen on 0.0.0.0
+    other = next((c.id for c in configs.values() if c.id != node_id and c.address == listen), None)
     if other is not None:
         raise ReplaceRefused(f"grid replace {node_id} refused, nothing changed: --address {address} is where "
                              f"{other} listens")

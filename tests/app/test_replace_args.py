@@ -25,6 +25,7 @@ def _untouched(d) -> bool:
 @pytest.mark.parametrize("node_id, address, message", [
     ("n2", "nonsense", "--address: expected \"HOST:PORT\", got 'nonsense'"),
     ("n2", "127.0.0.1:99999", "--address: expected"),
+    ("n2", "0.0.0.0:47900", "--address: '0.0.0.0:47900' listens on every interface"),
     ("n2", "127.0.0.1:47800", "--address 127.0.0.1:47800 is where n1 listens"),
     ("n1/../n2", "127.0.0.1:47900", "no node 'n1/../n2' configured"),
     ("../n2", "127.0.0.1:47900", "no node '../n2' configured"),
@@ -61,3 +62,21 @@ def test_an_id_that_cluster_add_refuses_is_refused_before_the_node_is_removed(gr
         replace_node(str(grid_dir), "n 2", "127.0.0.1:47900", progress=lambda line: None)
     assert calls == [] and path.is_file() and (grid_dir / "n2").is_dir()
     assert not any(".replaced-" in n for n in os.listdir(grid_dir))
+
+
+def test_the_address_another_node_is_dialled_at_is_refused_before_the_node_is_removed(grid_dir, monkeypatch):
+    """n1 listens on 0.0.0.0 and is dialled at its [peers] entry (NodeConfig.address):
+    the early check compared --address with listen only, so the removal and the wipe ran
+    and cluster add (which compares the dialled address) refused it afterwards."""
+    import rpc.cluster
+
+    n1 = grid_dir / "n1.toml"
+    n1.write_text(n1.read_text().replace('listen = "127.0.0.1:47800"', 'listen = "0.0.0.0:47800"'))
+    calls = []
+    rows = [{"id": n, "role": "leader" if n == "n1" else "follower", "term": 2,
+             "voters": ["n1", "n2", "n3", "n4"], "learners": []} for n in ("n1", "n3", "n4")]
+    monkeypatch.setattr(rpc.cluster, "cluster_status_full", lambda d, timeout=None: rows)
+    monkeypatch.setattr(rpc.cluster, "admin", lambda *a, **k: calls.append(a))
+    with pytest.raises(ReplaceRefused, match="nothing changed"):
+        replace_node(str(grid_dir), "n2", "127.0.0.1:47800", progress=lambda line: None)
+    assert calls == [] and _untouched(grid_dir)
