@@ -67,6 +67,10 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
     except ConfigError as exc:
         raise ReplaceRefused(f"grid replace {node_id} refused, nothing changed: {exc}") from None
     # where the others dial a node (its [peers] entry), as cluster add compares: it may listen on 0.0.0.0
+    problem = _layout_problem(cfg, node_id, address)  # its agent moves there too (_move_in_layout)
+    if problem:
+        raise ReplaceRefused(f"grid replace {node_id} refused, nothing changed: --address {address!r} cannot go into "
+                             f"the grid's layout: {problem}")
     other = next((c.id for c in configs.values() if c.id != node_id and c.address == listen), None)
     if other is not None:
         raise ReplaceRefused(f"grid replace {node_id} refused, nothing changed: --address {address} is where "
@@ -122,6 +126,31 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
     else:
         progress(f"5/5 {node_id} was a learner: it stays one")
     progress(f"{node_id} replaced; check: grid show --cluster {directory}")
+
+
+def _layout_problem(cfg, node_id: str, address: str) -> str | None:
+    """Why the layout could not take ``address`` for ``node_id`` (a grid node there), or
+    None; an unreadable layout is :func:`_move_in_layout`'s to report, it stops nothing."""
+    from dataclasses import replace
+
+    from app.layout import LayoutError, read_layout
+    from app.model import GridError, check_layout
+
+    name = cfg.app.get("layout")
+    if not isinstance(name, str):
+        return None
+    try:
+        layout = read_layout(os.path.join(os.path.dirname(os.path.abspath(cfg.path)), name))
+    except LayoutError:
+        return None
+    if not any(n.id == node_id for n in layout.nodes):
+        return None
+    try:
+        check_layout(layout.rows, layout.columns,
+                     [replace(n, address=address) if n.id == node_id else n for n in layout.nodes])
+    except GridError as exc:
+        return str(exc)
+    return None
 
 
 def _move_in_layout(cfg, node_id: str, address: str, progress: Callable[[str], None]) -> None:

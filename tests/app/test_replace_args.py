@@ -80,3 +80,19 @@ def test_the_address_another_node_is_dialled_at_is_refused_before_the_node_is_re
     with pytest.raises(ReplaceRefused, match="nothing changed"):
         replace_node(str(grid_dir), "n2", "127.0.0.1:47800", progress=lambda line: None)
     assert calls == [] and _untouched(grid_dir)
+
+
+def test_an_address_the_layout_cannot_hold_is_refused_before_the_node_is_removed(grid_dir, monkeypatch):
+    """The replacement's address is written into the grid's layout too (its agent moves
+    there): one that rpc takes but the layout refuses (a non-ASCII host name) was found
+    out only after the removal, the wipe and the add, as a layout every node refused."""
+    import rpc.cluster
+
+    calls = []
+    rows = [{"id": n, "role": "leader" if n == "n1" else "follower", "term": 2,
+             "voters": ["n1", "n2", "n3", "n4"], "learners": []} for n in ("n1", "n3", "n4")]
+    monkeypatch.setattr(rpc.cluster, "cluster_status_full", lambda d, timeout=None: rows)
+    monkeypatch.setattr(rpc.cluster, "admin", lambda *a, **k: calls.append(a))
+    with pytest.raises(ReplaceRefused, match="nothing changed.*must be HOST:PORT"):
+        replace_node(str(grid_dir), "n2", "pc-\u00e4.local:47900", progress=lambda line: None)
+    assert calls == [] and _untouched(grid_dir)
