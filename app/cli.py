@@ -149,10 +149,11 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_preset(args: argparse.Namespace) -> int:
-    from app.model import ApplyPreset, DefinePreset, DeletePreset, GridView
+    from app.model import ApplyPreset, DefinePreset, DeletePreset, GridView, check_name
     from app.settings import as_text, parse_assignments
 
     if args.action == "define":
+        check_name(args.name, "preset name")  # new names whole and in ASCII
         _execute(args, DefinePreset(args.name, parse_assignments(args.settings)))
         print(f"preset {args.name} defined")
     elif args.action == "apply":

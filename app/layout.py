@@ -61,7 +61,7 @@ def parse_layout(data: bytes, path: str = "layout.toml") -> ApplyLayout:
             raise LayoutError(f"{where}: 'address' must be \"HOST:PORT\", got {address!r}")
         specs.append(NodeSpec(node_id, address, _int(body, "row", where), _int(body, "column", where)))
     try:
-        check_layout(rows, columns, specs)
+        check_layout(rows, columns, specs, strict=True)
     except GridError as exc:
         raise LayoutError(f"{path}: {exc}") from None
     return ApplyLayout(rows, columns, tuple(specs), digest_of(data))

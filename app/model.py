@@ -16,9 +16,16 @@ import prevalence
 from app.settings import SettingsError, Value, normalize
 
 MAX_SIDE = 32
-# fullmatch, ASCII: ``$`` alone would let a trailing line break in, ``\d`` any script's digits
+# What new input must be (the CLI, a layout file): whole, ASCII. ``$`` alone lets a
+# trailing line break in, ``\d`` any script's digits.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", re.ASCII)
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})", re.ASCII)
+# What a journaled entry is checked against when it is applied: the rule it was accepted
+# under, unchanged, so that every release rebuilds the same state from a journal and a
+# snapshot alike (docs/tutorial.md, "Rules are part of the journal too"). What such a
+# name could do to a terminal, grid show's rendering undoes.
+_ID_APPLIED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_ADDRESS_APPLIED = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
 class GridError(ValueError):
@@ -92,8 +99,11 @@ class Grid:
             kind, _, number = target.partition(":")
             if target == "all":
                 picked = list(self.nodes.values())
-            elif kind in ("row", "column", "col") and number.isascii() and number.isdigit():  # not "²"
-                n = int(number)
+            elif kind in ("row", "column", "col") and number.isdigit():
+                try:
+                    n = int(number)
+                except ValueError:  # "²" is a digit to isdigit(), not to int(): no such row
+                    raise GridError(f"no node {target!r} in the grid") from None
                 picked = [g for g in self.nodes.values() if (g.row if kind == "row" else g.column) == n]
                 if not picked:
                     raise GridError(f"{target}: no node there (the grid is {self.rows}x{self.columns})")
@@ -112,10 +122,18 @@ def check_size(rows: int, columns: int) -> None:
             raise GridError(f"{name} must be from 1 to {MAX_SIDE}, got {v}")
 
 
-def check_node(node_id: str, address: str, row: int, column: int, rows: int, columns: int) -> None:
-    if not _ID.fullmatch(node_id):
+def check_name(name: str, what: str = "node id") -> None:
+    """A new name (a node id, a preset's), checked whole and in ASCII."""
+    if not _ID.fullmatch(name):
+        raise GridError(f"{what} {name!r} must be 1-32 letters, digits, '_', '.' or '-'")
+
+
+def check_node(node_id: str, address: str, row: int, column: int, rows: int, columns: int, *,
+               strict: bool = False) -> None:
+    """``strict``: new input (a layout file, the CLI); else a journaled entry's rule."""
+    if not (_ID.fullmatch(node_id) if strict else _ID_APPLIED.match(node_id)):
         raise GridError(f"node id {node_id!r} must be 1-32 letters, digits, '_', '.' or '-'")
-    m = _ADDRESS.fullmatch(address)
+    m = _ADDRESS.fullmatch(address) if strict else _ADDRESS_APPLIED.match(address)
     if not m or not 0 < int(m.group(2)) < 65536:
         raise GridError(f"node {node_id}: address {address!r} must be HOST:PORT")
     if not (1 <= row <= rows and 1 <= column <= columns):
@@ -130,12 +148,12 @@ class NodeSpec:
     column: int
 
 
-def check_layout(rows: int, columns: int, nodes: Iterable[NodeSpec]) -> None:
+def check_layout(rows: int, columns: int, nodes: Iterable[NodeSpec], *, strict: bool = False) -> None:
     check_size(rows, columns)
     seen_ids: dict[str, NodeSpec] = {}
     seen_at: dict[tuple[int, int], str] = {}
     for n in nodes:
-        check_node(n.id, n.address, n.row, n.column, rows, columns)
+        check_node(n.id, n.address, n.row, n.column, rows, columns, strict=strict)
         if n.id in seen_ids:
             raise GridError(f"node {n.id} is listed twice")
         if (n.row, n.column) in seen_at:
@@ -281,7 +299,7 @@ class DefinePreset(prevalence.Transaction, name="grid.DefinePreset"):
     settings: dict[str, str]
 
     def check(self, root: Grid) -> None:
-        if not _ID.fullmatch(self.name):
+        if not _ID_APPLIED.match(self.name):  # the journaled rule; new names: check_name
             raise GridError(f"preset name {self.name!r} must be 1-32 letters, digits, '_', '.' or '-'")
         _settings(self.settings)
 

@@ -147,7 +147,7 @@ def _layout_problem(cfg, node_id: str, address: str) -> str | None:
         return None
     try:
         check_layout(layout.rows, layout.columns,
-                     [replace(n, address=address) if n.id == node_id else n for n in layout.nodes])
+                     [replace(n, address=address) if n.id == node_id else n for n in layout.nodes], strict=True)
     except GridError as exc:
         return str(exc)
     return None

@@ -9,7 +9,7 @@ import pytest
 from app.cli import cluster_addresses
 from app.layout import LayoutError, parse_layout, read_layout
 from app.local import write_grid
-from app.model import DefinePreset, Grid, GridError, SetSettings, check_node
+from app.model import DefinePreset, Grid, GridError, SetSettings, check_name, check_node
 from app.settings import SettingsError, parse_assignments
 from prevalence.errors import PrevalenceError
 from tests.app.test_layout import GOOD
@@ -20,15 +20,23 @@ DEEP = b"[grid]\nrows = 2\ncolumns = 2\na = " + b"[" * 5000 + b"]" * 5000 + b"\n
 @pytest.mark.parametrize("name", ["evil\n", "p1\n", "n1\n"])
 def test_a_name_with_a_trailing_line_break_is_refused(name):
     with pytest.raises(GridError, match="must be 1-32 letters"):
-        DefinePreset(name, {"volume": "3"}).check(Grid())
+        check_name(name, "preset name")
     with pytest.raises(GridError, match="must be 1-32 letters"):
-        check_node(name, "127.0.0.1:7100", 1, 1, 3, 3)
+        check_node(name, "127.0.0.1:7100", 1, 1, 3, 3, strict=True)
 
 
 def test_an_address_with_a_trailing_line_break_or_foreign_digits_is_refused():
     for address in ("127.0.0.1:7100\n", "127.0.0.1:\u0667\u0661\u0660\u0660"):
         with pytest.raises(GridError, match="must be HOST:PORT"):
-            check_node("n1", address, 1, 1, 3, 3)
+            check_node("n1", address, 1, 1, 3, 3, strict=True)
+
+
+def test_a_journaled_entry_is_checked_by_the_rule_it_was_accepted_under():
+    """Rules run again when entries are applied (replay, every replica): tightened in
+    place, an entry an earlier release accepted would rebuild differently from a journal
+    than from a snapshot. New input gets the strict rule; journaled entries the old one."""
+    DefinePreset("evening\n", {"volume": "3"}).check(Grid())
+    check_node("n1\n", "127.0.0.1:\u0667\u0661\u0660\u0660", 1, 1, 3, 3)
 
 
 def test_a_row_that_is_not_a_plain_number_is_named():
