@@ -397,7 +397,14 @@ class JournalStorage:
         Ready that carries it, never from here."""
         hs = self.hard_state
         if (hs.term, hs.vote) == (self._stored.term, self._stored.vote) and self.hard_state_needs_write(hs):
-            self._store(hs)
+            try:
+                self._store(hs)
+            except OSError as exc:  # DiskFull included
+                # optional: the file is replaced by a rename, so a failure leaves the old one,
+                # whose older commit is safe; it is tried again after the next batch. Raised,
+                # it stopped the node (out of file descriptors, a full disk) for a refresh.
+                log.warning("%s: the stored commit was not refreshed (tried again later): %s", self.directory,
+                            exc)
 
     def truncate(self, from_index: int) -> None:
         if from_index <= self._snap.index:
