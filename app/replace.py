@@ -47,7 +47,8 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
     start it (when its address is this machine's loopback), wait for its catch-up and
     promote it, if it was a voter. Refused before any change when it would cost the quorum
     or when its process still runs on this directory's data."""
-    from rpc.cluster import NEW_NODE_ID, add_node, admin, cluster_status_full, node_config_paths, start_node
+    from rpc.admin import NEW_NODE_ID, add_node, admin
+    from rpc.cluster import cluster_status_full, node_config_paths, start_node
     from rpc.config import ConfigError, load_config, parse_peer_address
 
     # every argument is checked before the first step: a step that fails after the removal

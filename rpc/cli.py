@@ -19,7 +19,7 @@ def _cwd_importable() -> None:
 
 def cmd_node(args: argparse.Namespace) -> int:
     if args.init:
-        from rpc.cluster import init_node
+        from rpc.admin import init_node
 
         print(init_node(args.config))
         return 0
@@ -146,7 +146,7 @@ def not_members(rows: list[dict]) -> list[str]:
 
 
 def cmd_cluster_admin(args: argparse.Namespace) -> int:
-    from rpc.cluster import add_node, admin
+    from rpc.admin import add_node, admin
 
     if args.action == "add":
         path = add_node(args.cluster, args.id, args.address, voter=args.voter)

@@ -48,6 +48,7 @@ def test_an_id_that_cluster_add_refuses_is_refused_before_the_node_is_removed(gr
     grid replace) now takes only letters, digits, '_', '.' and '-': the node was removed
     from the membership and its data and config moved aside, then the add refused it,
     leaving it out of the grid with no config for a second try."""
+    import rpc.admin
     import rpc.cluster
 
     path = grid_dir / "n2.toml"
@@ -57,7 +58,7 @@ def test_an_id_that_cluster_add_refuses_is_refused_before_the_node_is_removed(gr
         {"id": "n1", "role": "leader", "term": 2, "voters": ["n1", "n 2", "n3", "n4"], "learners": []},
         {"id": "n3", "role": "follower", "term": 2, "voters": ["n1", "n 2", "n3", "n4"], "learners": []},
         {"id": "n4", "role": "follower", "term": 2, "voters": ["n1", "n 2", "n3", "n4"], "learners": []}])
-    monkeypatch.setattr(rpc.cluster, "admin", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(rpc.admin, "admin", lambda *a, **k: calls.append(a))
     with pytest.raises(ReplaceRefused, match="nothing changed"):
         replace_node(str(grid_dir), "n 2", "127.0.0.1:47900", progress=lambda line: None)
     assert calls == [] and path.is_file() and (grid_dir / "n2").is_dir()
@@ -68,6 +69,7 @@ def test_the_address_another_node_is_dialled_at_is_refused_before_the_node_is_re
     """n1 listens on 0.0.0.0 and is dialled at its [peers] entry (NodeConfig.address):
     the early check compared --address with listen only, so the removal and the wipe ran
     and cluster add (which compares the dialled address) refused it afterwards."""
+    import rpc.admin
     import rpc.cluster
 
     n1 = grid_dir / "n1.toml"
@@ -76,7 +78,7 @@ def test_the_address_another_node_is_dialled_at_is_refused_before_the_node_is_re
     rows = [{"id": n, "role": "leader" if n == "n1" else "follower", "term": 2,
              "voters": ["n1", "n2", "n3", "n4"], "learners": []} for n in ("n1", "n3", "n4")]
     monkeypatch.setattr(rpc.cluster, "cluster_status_full", lambda d, timeout=None: rows)
-    monkeypatch.setattr(rpc.cluster, "admin", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(rpc.admin, "admin", lambda *a, **k: calls.append(a))
     with pytest.raises(ReplaceRefused, match="nothing changed"):
         replace_node(str(grid_dir), "n2", "127.0.0.1:47800", progress=lambda line: None)
     assert calls == [] and _untouched(grid_dir)
@@ -86,13 +88,14 @@ def test_an_address_the_layout_cannot_hold_is_refused_before_the_node_is_removed
     """The replacement's address is written into the grid's layout too (its agent moves
     there): one that rpc takes but the layout refuses (a non-ASCII host name) was found
     out only after the removal, the wipe and the add, as a layout every node refused."""
+    import rpc.admin
     import rpc.cluster
 
     calls = []
     rows = [{"id": n, "role": "leader" if n == "n1" else "follower", "term": 2,
              "voters": ["n1", "n2", "n3", "n4"], "learners": []} for n in ("n1", "n3", "n4")]
     monkeypatch.setattr(rpc.cluster, "cluster_status_full", lambda d, timeout=None: rows)
-    monkeypatch.setattr(rpc.cluster, "admin", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(rpc.admin, "admin", lambda *a, **k: calls.append(a))
     with pytest.raises(ReplaceRefused, match="nothing changed.*must be HOST:PORT"):
         replace_node(str(grid_dir), "n2", "pc-\u00e4.local:47900", progress=lambda line: None)
     assert calls == [] and _untouched(grid_dir)

@@ -54,7 +54,7 @@ def test_a_node_with_another_clusters_data_and_the_same_key_is_refused(tmp_path)
 
 
 def test_a_node_added_later_takes_the_clusters_id(tmp_path):
-    from rpc.cluster import add_node
+    from rpc.admin import add_node
 
     c = LocalCluster(tmp_path, 1)
     try:
@@ -97,7 +97,8 @@ def ids(c: LocalCluster, nodes) -> dict[str, tuple[str, int]]:
 
 
 def test_founders_initialised_one_by_one_take_one_id_from_the_log_and_refuse_another_clusters_node(tmp_path):
-    from rpc.cluster import admin, cluster_status_full, free_port_block, write_keys
+    from rpc.admin import admin
+    from rpc.cluster import cluster_status_full, free_port_block, write_keys
     from rpc.config import load_config
 
     write_keys(str(tmp_path))
@@ -204,8 +205,9 @@ def test_adding_a_node_that_the_cluster_does_not_take_leaves_nothing_behind(tmp_
     """`cluster add` wrote DIR/n4.toml and created n4's data before asking the leader; with
     no node running, or the change refused, they stayed: `status` listed n4 as a node of the
     cluster, its data had no cluster id, and every retry was refused ("already configured")."""
-    import rpc.cluster as cluster_mod
-    from rpc.cluster import add_node, free_port_block, write_cluster
+    import rpc.admin as cluster_mod
+    from rpc.admin import add_node
+    from rpc.cluster import free_port_block, write_cluster
     from rpc.config import ConfigError
 
     directory = str(tmp_path / "c")
@@ -236,8 +238,9 @@ def test_adding_a_node_that_the_cluster_does_not_take_leaves_nothing_behind(tmp_
 def test_an_add_the_cluster_refuses_removes_only_what_it_made(tmp_path, monkeypatch):
     """DIR/<id>/ may exist before `cluster add` (it holds no node data, so add goes on):
     the rollback removed the whole directory, the operator's files in it too."""
-    import rpc.cluster as cluster_mod
-    from rpc.cluster import add_node, free_port_block, write_cluster
+    import rpc.admin as cluster_mod
+    from rpc.admin import add_node
+    from rpc.cluster import free_port_block, write_cluster
     from rpc.config import ConfigError
 
     directory = str(tmp_path / "c")
@@ -262,8 +265,9 @@ def test_an_add_whose_data_cannot_be_written_leaves_no_half_data(tmp_path, monke
     import errno
 
     import replication.journal_storage as js
-    import rpc.cluster as cluster_mod
-    from rpc.cluster import add_node, free_port_block, write_cluster
+    import rpc.admin as cluster_mod
+    from rpc.admin import add_node
+    from rpc.cluster import free_port_block, write_cluster
 
     directory = str(tmp_path / "c")
     write_cluster(directory, 3, free_port_block(3), "tests.prevalence.domain:Store")
@@ -287,6 +291,7 @@ def test_a_membership_change_whose_leader_halted_is_not_called_unchanged(tmp_pat
     import msgpack
 
     import rpc.cluster as cluster_mod
+    import rpc.admin as admin_mod
     from replication.errors import NodeHalted
     from rpc.service import ClientService
 
@@ -306,12 +311,12 @@ def test_a_membership_change_whose_leader_halted_is_not_called_unchanged(tmp_pat
 
     directory = str(tmp_path / "c")
     cluster_mod.write_cluster(directory, 1, cluster_mod.free_port_block(1), "tests.prevalence.domain:Store")
-    monkeypatch.setattr(cluster_mod, "cluster_status_full", lambda d: [{"cluster": "abc", "epoch": 1}])
-    monkeypatch.setattr(cluster_mod, "cluster_status", lambda d: [{"id": "n1", "role": "leader", "reachable": True}])
-    monkeypatch.setattr(cluster_mod, "_admin_call", lambda *a, **k: reply)
-    with pytest.raises(cluster_mod.ConfigError, match="may still take effect") as info:
-        cluster_mod.add_node(directory, "n2", "127.0.0.1:1")
-    assert not isinstance(info.value, cluster_mod.MembershipNotChanged)
+    monkeypatch.setattr(admin_mod, "cluster_status_full", lambda d: [{"cluster": "abc", "epoch": 1}])
+    monkeypatch.setattr(admin_mod, "cluster_status", lambda d: [{"id": "n1", "role": "leader", "reachable": True}])
+    monkeypatch.setattr(admin_mod, "_admin_call", lambda *a, **k: reply)
+    with pytest.raises(admin_mod.ConfigError, match="may still take effect") as info:
+        admin_mod.add_node(directory, "n2", "127.0.0.1:1")
+    assert not isinstance(info.value, admin_mod.MembershipNotChanged)
     assert os.path.exists(os.path.join(directory, "n2.toml")) and os.path.isdir(os.path.join(directory, "n2"))
 
 
@@ -319,12 +324,13 @@ def test_admin_asks_the_configured_nodes_whatever_ids_their_statuses_claim(tmp_p
     """A status naming an id no config has raised KeyError out of admin() (a traceback
     from `prevalence cluster add/remove/promote`)."""
     import rpc.cluster as cluster_mod
+    import rpc.admin as admin_mod
 
     directory = str(tmp_path / "c")
     cluster_mod.write_cluster(directory, 2, cluster_mod.free_port_block(2), "tests.prevalence.domain:Store")
-    monkeypatch.setattr(cluster_mod, "cluster_status", lambda d: [
+    monkeypatch.setattr(admin_mod, "cluster_status", lambda d: [
         {"id": "impostor", "role": "leader", "reachable": True}, {"id": "n2", "role": "follower", "reachable": True}])
     asked = []
-    monkeypatch.setattr(cluster_mod, "_admin_call", lambda cfg, *a, **k: asked.append(cfg.id) or ["ok", 7])
-    assert cluster_mod.admin(directory, "change_membership", "remove", "n3") == 7
+    monkeypatch.setattr(admin_mod, "_admin_call", lambda cfg, *a, **k: asked.append(cfg.id) or ["ok", 7])
+    assert admin_mod.admin(directory, "change_membership", "remove", "n3") == 7
     assert asked == ["n2"]

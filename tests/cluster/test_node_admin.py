@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+import rpc.admin
 import rpc.cluster
 from rpc import cli
 from rpc.auth import AuthenticationFailed
@@ -106,7 +107,7 @@ def test_an_admin_call_whose_leader_hangs_says_whether_it_may_take_effect(tmp_pa
     try:
         leader, _ = c.stable_leader()
         other = next(n for n in c.configs if n != leader)
-        real = rpc.cluster._admin_call
+        real = rpc.admin._admin_call
 
         def hang_then_call(cfg, secret, method, *args, timeout=5.0):
             if cfg.id != leader:
@@ -118,7 +119,7 @@ def test_an_admin_call_whose_leader_hangs_says_whether_it_may_take_effect(tmp_pa
                 c.kill(leader, signal.SIGSTOP)
                 return link.call(method, *args)
 
-        monkeypatch.setattr(rpc.cluster, "_admin_call", hang_then_call)
+        monkeypatch.setattr(rpc.admin, "_admin_call", hang_then_call)
         code = cli.main(["cluster", "transfer", "--cluster", c.dir, "--to", other])
         out, err = (text.strip() for text in capsys.readouterr())
         if hangs == "before the call":  # the others were asked: a new leader took it, or nothing changed
@@ -369,7 +370,7 @@ def test_an_admin_command_during_an_election_waits_for_the_new_leader(tmp_path, 
     c = LocalCluster(tmp_path, 3)
     try:
         leader, _ = c.stable_leader()
-        real = rpc.cluster.cluster_status
+        real = rpc.admin.cluster_status
         killed = []
 
         def status_then_leader_dies(directory, timeout=None):
@@ -379,7 +380,7 @@ def test_an_admin_command_during_an_election_waits_for_the_new_leader(tmp_path, 
                 killed.append(leader)
             return rows
 
-        monkeypatch.setattr(rpc.cluster, "cluster_status", status_then_leader_dies)
+        monkeypatch.setattr(rpc.admin, "cluster_status", status_then_leader_dies)
         assert cli.main(["cluster", "promote", "--cluster", c.dir, "--id", "nobody"]) == 1
         err = capsys.readouterr().err.strip()
         assert "refused by" in err and "'nobody' is not a learner" in err, err  # a new leader answered

@@ -12,7 +12,7 @@ import pytest
 
 from replication.journal_storage import node_data_identity, write_identity
 from rpc.cli import main
-from rpc.cluster import add_node, admin
+from rpc.admin import add_node, admin
 from rpc.config import load_config
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Snapshot, Stamp
