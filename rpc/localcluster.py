@@ -327,7 +327,14 @@ class LocalCluster:
         try:
             return wait_for("the nodes to converge", check, timeout, 0.1)
         except ClusterTimeout as exc:
-            raise ClusterTimeout(f"{exc}: {last}") from None
+            silent = [n for n, st in last.items() if not st.get("reachable") and (node is None or n == node)]
+            logs = "".join(f"\n--- {n} ({self._exit_text(n)}), its log's end:\n{self.tail(n, 8)}" for n in silent)
+            raise ClusterTimeout(f"{exc}: {last}{logs}") from None
+
+    def _exit_text(self, nid: str) -> str:
+        p = self.procs.get(nid)
+        code = None if p is None else p.poll()
+        return "not started" if p is None else "running" if code is None else f"exited with code {code}"
 
     # -- talking to it ----------------------------------------------------------------------
     def connect(self, nid: str, timeout: float = 2.0):
