@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from typing import Sequence
 
 from . import tools
 from .errors import PrevalenceError
-from .text import one_line
+from .text import one_line, os_error_text
 
 
 def _json_default(obj: object) -> object:
@@ -183,15 +182,8 @@ def run(args: argparse.Namespace, *, configure_logging: bool = True,
     except BrokenPipeError:  # `prevalence journal dump ... | head`
         return 0
     except OSError as exc:  # the disk or the operator's paths (permissions, a directory for a file)
-        print(f"error: {one_line(_os_error(exc), None)}", file=sys.stderr)
+        print(f"error: {one_line(os_error_text(exc), None)}", file=sys.stderr)
         return 1
-
-
-def _os_error(exc: OSError) -> str:
-    """``PATH: reason``, as the shell's tools say it."""
-    where = exc.filename if exc.filename is not None else ""
-    what = exc.strerror or str(exc)
-    return f"{os.fsdecode(where)}: {what}" if where != "" else what
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 a terminal and a log line: printable characters only, on one line, bounded."""
 from __future__ import annotations
 
-__all__ = ["error_text", "one_line"]
+import os
+
+__all__ = ["error_text", "one_line", "os_error_text"]
 
 
 def one_line(text: str, limit: int | None = 300) -> str:
@@ -22,3 +24,11 @@ def error_text(exc: BaseException, limit: int | None = 300) -> str:
     except Exception:  # noqa: BLE001 - a message that cannot be formatted is still an error
         text = ""
     return one_line(text, limit) or one_line(type(exc).__name__, limit)
+
+
+def os_error_text(exc: OSError) -> str:
+    """``PATH: reason`` as the shell's tools say it (the OS's words, without Python's
+    ``[Errno N]``), or the reason alone when the error names no file."""
+    where = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or str(exc)
+    return f"{os.fsdecode(where)}: {what}" if where != "" else what

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prevalence.snapshots import SnapshotStore, decode_file
+from prevalence.text import os_error_text
 from replication.errors import NotLeader
 from replication.journal_storage import DataIdentity, HardStateFile, node_data_identity, write_identity
 from replication.membership import Membership
@@ -313,7 +314,7 @@ def fetch_backup(directory: str, out: str) -> BackupInfo:
         except OSError:
             pass
         if isinstance(exc, OSError):  # a write or fsync says neither the file nor that nothing was kept
-            raise BackupError(f"cannot write the backup {out}: {_reason(exc)}; nothing written") from exc
+            raise BackupError(f"cannot write the backup {out}: {os_error_text(exc)}; nothing written") from exc
         raise
     finally:
         try:
@@ -366,14 +367,8 @@ def restore_backup(path: str, directory: str, nodes: int = 3, base_port: int | N
     except BaseException as exc:
         _remove_made(directory, existed)  # a retry would find it "not empty"
         if isinstance(exc, OSError):  # a write says neither where nor that nothing was kept
-            raise BackupError(f"cannot restore into {directory}: {_reason(exc)}; nothing left there") from exc
+            raise BackupError(f"cannot restore into {directory}: {os_error_text(exc)}; nothing left there") from exc
         raise
-
-
-def _reason(exc: OSError) -> str:
-    """The OS's words, with the file when it names one."""
-    what = exc.strerror or str(exc)
-    return f"{os.fsdecode(exc.filename)}: {what}" if exc.filename is not None else what
 
 
 def _seed(directory: str, nodes: int, base_port: int | None, placed: dict, info: BackupInfo, path: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prevalence.text import error_text, one_line
+from prevalence.text import error_text, one_line, os_error_text
 
 
 @given(st.text(), st.one_of(st.none(), st.integers(min_value=4, max_value=400)))
@@ -25,3 +25,13 @@ def test_error_text_is_never_empty_and_survives_a_message_that_cannot_be_made(me
     assert line and line.isprintable() and len(line) <= limit
     assert error_text(Hostile("x")) == "Hostile"
     assert error_text(KeyError()) == "KeyError"
+
+
+def test_an_os_error_reads_as_the_shell_tools_say_it(tmp_path):
+    missing = tmp_path / "nowhere" / "file"
+    try:
+        open(missing)
+    except OSError as exc:
+        assert os_error_text(exc) == f"{missing}: No such file or directory"
+    assert os_error_text(OSError(28, "No space left on device")) == "No space left on device"
+    assert os_error_text(OSError("plain words")) == "plain words"
