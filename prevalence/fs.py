@@ -38,6 +38,7 @@ class FileSystem(Protocol):
     def remove(self, path: str) -> None: ...
     def replace(self, src: str, dst: str) -> None: ...  # atomic rename over dst
     def fsync_dir(self, path: str) -> None: ...  # creations, renames, removals in path made durable
+    def same_file(self, fd: int, path: str) -> bool: ...  # ``path`` still names the file ``fd`` has open
 
 
 class OsFileSystem:
@@ -87,6 +88,12 @@ class OsFileSystem:
 
     def fsync_dir(self, path: str) -> None:
         _platform.fsync_dir(path)
+
+    def same_file(self, fd: int, path: str) -> bool:
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            return False
 
 
 OS = OsFileSystem()

@@ -296,8 +296,14 @@ class Journal:
                 self.fs.lseek(seg.wfd, seg.written, os.SEEK_SET)
                 raise _NoSpace(chunks[n:], exc) from exc
             seg.written += len(data)
-        if do_sync and self._writer is not None and self._writer.wfd is not None:
-            self.fs.fsync(self._writer.wfd)
+        writer = self._writer
+        if do_sync and writer is not None and writer.wfd is not None:
+            self.fs.fsync(writer.wfd)
+            # Written and synced into a file that an `rm -r` or a cleaner of old files took
+            # away, it is on no disk a restart will read: not durable, whatever fsync said.
+            if not self.fs.same_file(writer.wfd, writer.path):
+                raise PrevalenceError(f"journal segment {writer.path} was deleted or replaced while this process "
+                                      "wrote it: what it held since is on no disk a restart reads")
 
     def _open_segment(self, seg: OpenSegment, left: list) -> None:
         fs = self.fs

@@ -281,6 +281,11 @@ class SimFileSystem:
             self._op("close", f.path)
             del self._fds[fd]
 
+    def same_file(self, fd: int, path: str) -> bool:
+        """A lookup in the cache, like the kernel's: not an operation that can fail or crash."""
+        with self._lock:
+            return self._nodes.get(self._norm(path)) is self._fd(fd).file
+
     def remove(self, path: str) -> None:
         with self._lock:
             path = self._norm(path)

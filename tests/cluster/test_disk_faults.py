@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +130,41 @@ def test_a_snapshot_damaged_under_a_stopped_node_is_named_in_its_log(tmp_path):
             assert client.query(Get("x")) == 251
         warned = [line for line in c.log(follower).splitlines() if "WARNING" in line and newest in line]
         assert warned and "damaged" in warned[0], c.tail(follower)
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("whose", ["follower", "leader"])
+def test_a_journal_deleted_under_a_running_node_stops_it_and_nothing_acknowledged_is_lost(tmp_path, whose):
+    """`rm -r` of a running node's journal (or a cleaner of old files under /tmp): the
+    node went on writing and acknowledging into unlinked files, looking healthy, and
+    what it held was gone at its next start. It must stop at its next write, in one
+    line naming the file, while the others go on; and it must not start again on what
+    is left."""
+    c = LocalCluster(tmp_path, 3)
+    try:
+        leader = c.leader()
+        victim = leader if whose == "leader" else sorted(set(c.configs) - {leader})[0]
+        acked = 0
+        with c.client(timeout=20) as client:
+            for _ in range(50):
+                client.execute(Add("x", 1))
+                acked += 1
+            c.wait_converged(victim)
+            shutil.rmtree(os.path.join(c.dir, victim, "journal"))
+            while c.alive(victim) and acked < 5000:
+                client.execute(Add("x", 1))
+                acked += 1
+            assert c.procs[victim].wait(10) == 3
+            last = c.tail(victim, 1)
+            assert "CRITICAL" in last and "deleted or replaced" in last and os.path.join(victim, "journal") in last, last
+            for _ in range(20):  # the other two go on
+                client.execute(Add("x", 1))
+                acked += 1
+            assert client.query(Get("x")) == acked
+        c.start(victim)
+        assert c.procs[victim].wait(15) != 0  # its raft-state names a commit its journal no longer holds
+        assert "rebuild" in c.tail(victim, 1)
     finally:
         c.stop()
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from prevalence.codec import CODEC
 from prevalence.entry import Entry, EntryKind
 from prevalence.errors import DiskFull, EngineHaltedError
+from prevalence.fs import OS
 from prevalence.journal import Journal
 from prevalence.recovery import recover
 from prevalence.simfs import SimFileSystem
@@ -348,3 +349,29 @@ def test_the_engine_says_a_transaction_refused_on_a_full_disk_is_applied_not_to_
     db.close()
     with prevalence.open(str(tmp_path), Store) as again:
         assert again.query(Get("a")) == 5
+
+
+@pytest.mark.parametrize("disk", ["os", "sim"])
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_segment_deleted_or_replaced_under_the_journal_stops_it_before_it_says_durable(tmp_path, disk, how):
+    """An operator's `rm -r`, or a cleaner of old files in /tmp, took the segment being
+    written: the writes still succeed into the unlinked file and fsync says yes, but
+    nothing of it survives a restart. The journal must stop instead of calling those
+    entries durable (its node then stops, and refuses to start on what is left)."""
+    fs = SimFileSystem(random.Random(2)) if disk == "sim" else OS
+    jdir = str(tmp_path / "journal") if disk == "os" else JDIR
+    j = Journal(jdir, fs=fs)
+    j.append(*command(1, 1))
+    j.sync()
+    path = j.segment_files()[-1]
+    fs.remove(path)
+    if how == "replaced":  # a restore from backup put another file in its place
+        fd = fs.open(path, os.O_WRONLY | os.O_CREAT)
+        fs.close(fd)
+    j.append(*command(2, 2))
+    with pytest.raises(EngineHaltedError, match="deleted or replaced"):
+        j.sync()
+    assert j.durable_index == 1
+    with pytest.raises(EngineHaltedError):
+        j.append(*command(3, 3))
+    j.close()
