@@ -55,9 +55,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     rows = cluster_status(args.cluster)
     if args.json:
-        print(json.dumps({"nodes": [{**{k: r[k] for k in FIELDS}, "disk_full": r.get("disk_full") is True,
-                                     "snapshot_error": r.get("snapshot_error")}
-                                    for r in rows], "master": describe_master(rows)}, indent=2))
+        # each node exactly the contract's fields (DESIGN.md); what else is known beside them
+        conditions = {r["id"]: {"disk_full": r.get("disk_full") is True, "snapshot_error": r.get("snapshot_error")}
+                      for r in rows}
+        print(json.dumps({"nodes": [{k: r[k] for k in FIELDS} for r in rows], "master": describe_master(rows),
+                          "conditions": conditions}, indent=2))
     else:
         here = os.path.abspath(args.cluster)
         shown = [{**r, "config": os.path.relpath(r["config"], here) if os.path.dirname(r["config"]) == here

@@ -36,7 +36,7 @@ def test_cluster_up_status_and_clean_stop(tmp_path):
                 break
             assert time.monotonic() < deadline, nodes
             time.sleep(0.2)
-        assert len(nodes) == 3 and all(set(n) == set(FIELDS) | {"disk_full", "snapshot_error"} for n in nodes)
+        assert len(nodes) == 3 and all(set(n) == FIELDS for n in nodes)
         assert sorted(n["address"] for n in nodes) == [f"127.0.0.1:{base + k}" for k in range(3)]
         assert all((tmp_path / f"{role}.secret").exists() for role in ("peer", "client", "admin"))
         assert not (tmp_path / "cluster.secret").exists()

@@ -86,7 +86,7 @@ def test_a_node_whose_snapshots_fail_is_shown_with_the_reason(tmp_path, capsys, 
         out = capsys.readouterr().out
         assert "leader, snapshots failing" in out and "n1: snapshots failing: [Errno 5] Input/output error" in out, out
         assert main(["status", "--cluster", directory, "--json"]) == 0
-        (node,) = json.loads(capsys.readouterr().out)["nodes"]
-        assert "Input/output error" in node["snapshot_error"]
+        out = json.loads(capsys.readouterr().out)
+        assert "Input/output error" in out["conditions"][out["nodes"][0]["id"]]["snapshot_error"]
     finally:
         process.stop()
