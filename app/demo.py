@@ -208,7 +208,7 @@ def run_demo(rows: int = 3, columns: int = 3, keep_running: bool = False, data: 
     except Exception as exc:  # noqa: BLE001 - every failure is reported with its step
         failed = f"step {demo.step_no} failed: {type(exc).__name__}: {exc}"
     if failed:
-        print(f"demo FAILED, {failed}", flush=True)
+        print("demo interrupted" if failed == "interrupted" else f"demo FAILED, {failed}", flush=True)
         if demo.grid is not None:
             print(f"       node logs are {directory}/n*.log", flush=True)
     if keep_running and not failed:
@@ -218,7 +218,7 @@ def run_demo(rows: int = 3, columns: int = 3, keep_running: bool = False, data: 
         return demo.grid.supervise(3.0, name="grid")
     demo.close()
     if failed:
-        return 1
+        return 130 if failed == "interrupted" else 1  # 130: the shell's code for Ctrl-C
     if data is None:
         shutil.rmtree(directory, ignore_errors=True)
     print("demo passed: the grid survived the loss of its master", flush=True)

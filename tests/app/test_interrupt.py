@@ -85,3 +85,17 @@ def test_ctrl_c_while_grid_up_starts_its_nodes_stops_every_node(tmp_path, monkey
     assert len(started) == 4, "the interrupt broke off the start half-way"
     assert all(n.ended is not None for n in started), "nodes left running"
     assert code in (0, 130) and "Traceback" not in capsys.readouterr().err
+
+
+def test_ctrl_c_during_grid_demo_says_interrupted_and_exits_130(tmp_path, monkeypatch, capsys):
+    """An interrupted demo said "demo FAILED" and exited 1: a script running it could not
+    tell the operator's Ctrl-C from a failover that did not work."""
+    import app.demo
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app.demo.Demo, "start", interrupted)
+    assert app.demo.run_demo(data=str(tmp_path / "demo")) == 130
+    out = capsys.readouterr().out
+    assert "demo interrupted" in out and "FAILED" not in out, out
