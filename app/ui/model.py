@@ -280,14 +280,20 @@ class Board:
             text = (f"Cluster unreachable: no node answers ({link.of} tried){since}"
                     + (" · the tiles show the last known state" if self.view else ""))
             return Header("unreachable", text, HEADER_COLOURS["unreachable"])
+        # a majority of the voters the answering nodes name elects (of the addresses only
+        # when no node names its voters)
+        up, of, who = (link.voting, link.voters, "voters") if link.voters else (link.answering, link.of, "nodes")
+        need = of // 2 + 1
         if self._failover_from is not None:
+            if state == "searching" and link.voters and up < need:  # no new master can come: say so
+                text = (f"No master: master {self._failover_from} lost, and only {up} of {of} voters answer, "
+                        f"a master needs {need}")
+                return Header("no_master", text, HEADER_COLOURS["no_master"])
             why = f" ({link.reason})" if state == "lost" and link.reason else ""
-            answers = f" · {link.answering} of {link.of} nodes answer" if state == "searching" else ""
+            answers = f" · {up} of {of} {who} answer" if state == "searching" else ""
             text = f"Failover in progress: master {self._failover_from} lost{why} · waiting for a new master{answers}"
             return Header("failover", text, HEADER_COLOURS["failover"])
         if state == "searching":
-            up, of, who = (link.voting, link.voters, "voters") if link.voters else (link.answering, link.of, "nodes")
-            need = of // 2 + 1
             text = (f"No master: an election is running · {up} of {of} {who} answer" if up >= need else
                     f"No master: only {up} of {of} {who} answer, a master needs {need}")
             return Header("no_master", text, HEADER_COLOURS["no_master"])
