@@ -60,6 +60,13 @@ class Link:
     voters: int = 0  # the voters the answering nodes name (0: unknown), and how many of them answer
     voting: int = 0
     silent: tuple[str, ...] = ()
+    #: while no node leads: (id if known, address, why) of each node that gave no status
+    unanswered: tuple[tuple[str | None, str, str], ...] = ()
+
+    def why_not(self, node: dict) -> str | None:
+        """Why ``node`` (a grid view's node) gave this window no status, if it did not."""
+        return next((why for nid, address, why in self.unanswered
+                     if nid == node["id"] or (nid is None and address == node.get("address"))), None)
 
 
 @dataclass(frozen=True)
@@ -302,12 +309,16 @@ class Board:
     def tile(self, n: dict, now: float) -> TileView:
         master = self.link.state == "connected" and n["id"] == self.link.master
         silent = n["id"] in self.link.silent
+        # no master records anything now: a node that gives this window no status is not shown as it was
+        unanswered = self.link.why_not(n) if self.link.state == "searching" else None
         detail = n.get("detail") or ""
         if self.link.state == "unreachable":
             state, detail = "unreachable", f"last known: {n['health']}"
-        elif silent or n["health"] == "down":
+        elif silent or unanswered or n["health"] == "down":
             state = "down"
-            if n["health"] != "down":  # the window saw it first: the new master has not recorded it yet
+            if unanswered and not silent:
+                detail = f"no master, and it does not answer: {unanswered}"
+            elif n["health"] != "down":  # the window saw it first: the new master has not recorded it yet
                 detail = f"stopped answering: {self.link.reason or 'no answer'}" if n["id"] == self.link.node \
                     else "stopped answering"
             elif n.get("since"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,7 @@ from app.ui.model import Link, describe
 from replication.client_policy import shown
 from rpc.subscription import Compacted
 from rpc.config import parse_address
+from prevalence.errors import PrevalenceError
 from prevalence.text import one_line
 from rpc.transport import STATUS_MAX_FRAME, NodeLink
 
@@ -161,6 +163,8 @@ class MasterWatch:
         self._links = {a: link(a, sweep_timeout) for a in addresses}
         self._pool = ThreadPoolExecutor(max_workers=len(self._links) + 2, thread_name_prefix="ui-watch")
         self._master: tuple[str, str, NodeLink] | None = None  # address, id, link of the node that leads
+        self._ids: dict[str, str] = {}  # address -> the id its node last answered with
+        self._unanswered: dict[str, str] = {}  # address -> why it gave no status at the last sweep
         self._silent: dict[str, str] = {}  # id -> address of former masters that do not answer us
         self._probes: dict[str, Future] = {}  # id -> a status call to a silent former master
 
@@ -188,24 +192,28 @@ class MasterWatch:
             self._master = (address, st["id"], self._link_to(address))
             self._silent.pop(st["id"], None)
             return _connected(st, self._silent_ids())
+        unanswered = tuple((self._ids.get(a), a, cause) for a, cause in self._unanswered.items())
         if not answers:
-            return Link("unreachable", of=len(self._links), silent=self._silent_ids())
+            return Link("unreachable", of=len(self._links), silent=self._silent_ids(), unanswered=unanswered)
         # a majority of the voters elects, not of the addresses this window was given
         newest = max(answers.values(), key=lambda s: s["term"])
         voters = set(newest["voters"])
         return Link("searching", answering=len(answers), of=len(self._links), silent=self._silent_ids(),
-                    voters=len(voters), voting=len(voters & {s["id"] for s in answers.values()}))
+                    voters=len(voters), voting=len(voters & {s["id"] for s in answers.values()}),
+                    unanswered=unanswered)
 
     def _sweep(self) -> dict[str, dict]:
         """Every node's status at once; the ones that answered, by address."""
         busy = {self._silent[n] for n, f in self._probes.items() if not f.done() and n in self._silent}
         futures = {a: self._pool.submit(_status, link) for a, link in self._links.items() if a not in busy}
-        answers = {}
+        answers, self._unanswered = {}, {}
         for address, future in futures.items():
             try:
                 answers[address] = future.result()
-            except Exception:  # noqa: BLE001 - that node does not answer: it is not counted
+                self._ids[address] = answers[address]["id"]
+            except Exception as exc:  # noqa: BLE001 - that node does not answer: not counted, and why is shown
                 self._links[address].close()
+                self._unanswered[address] = _why(exc)
         for node, address in list(self._silent.items()):
             if address in answers:
                 del self._silent[node]
@@ -237,6 +245,19 @@ class MasterWatch:
         self._master = None
 
 
+class NoStatus(PrevalenceError):
+    """A node answered, but not with its status (a refusal, its Raft loop hung, garbage)."""
+
+
+def _why(exc: BaseException) -> str:
+    """Why a node gave no status, in words, without its address (the tile or the list of
+    nodes names it): refused, no answer in time, the key refused, its own refusal."""
+    return _ADDRESS_PREFIX.sub("", describe(exc), count=1)
+
+
+_ADDRESS_PREFIX = re.compile(r"^(?:\[[^\]]+\]|[A-Za-z0-9_.-]+):\d+:?\s+")
+
+
 def _connected(st: dict, silent: tuple[str, ...]) -> Link:
     return Link("connected", master=st["id"], address=st["address"], term=st["term"], silent=silent)
 
@@ -246,12 +267,12 @@ def _status(link: NodeLink) -> dict:
     node's status counts as no answer (the watch thread must not die of one)."""
     reply = link.call("status")
     if type(reply) is not list or len(reply) != 2 or type(reply[0]) is not str:
-        raise ConnectionError(f"malformed status reply: {shown(reply)}")
+        raise NoStatus(f"malformed status reply: {shown(reply)}")
     if reply[0] != "ok":
-        raise ConnectionError(one_line(str(reply[-1])))
+        raise NoStatus(one_line(str(reply[-1])))
     st = reply[1]
     if type(st) is not dict or not all(type(st.get(k)) is t for k, t in _STATUS_FIELDS):
-        raise ConnectionError(f"malformed status reply: {shown(st)}")
+        raise NoStatus(f"malformed status reply: {shown(st)}")
     voters = st.get("voters")
     st["voters"] = voters if type(voters) is list and all(type(v) is str for v in voters) else []
     st["id"], st["address"] = one_line(st["id"], 130), one_line(st["address"], 300)  # shown in the header

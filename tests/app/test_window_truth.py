@@ -80,3 +80,18 @@ def test_a_master_lost_with_a_majority_says_no_master_can_be_elected(watched, re
     replies[ADDRESS["n2"]] = status("n2", "candidate", term=4)  # back: now one can be elected
     header = checked(watch, board).header
     assert header.state == "failover" and "2 of 3 voters answer" in header.text, header.text
+
+
+def test_while_there_is_no_master_a_node_that_does_not_answer_is_not_shown_in_sync(watched, replies):
+    """Before, with no master to record anything, n2 killed along with master n1 kept its
+    tile "up · in sync" (the last state a master recorded) while the header said no
+    master could be elected."""
+    watch, board = watched
+    replies.update({ADDRESS["n1"]: refused("n1"), ADDRESS["n2"]: refused("n2"),
+                    ADDRESS["n3"]: status("n3", "pre_candidate")})
+    tiles = {t.id: t for t in checked(watch, board).tiles}
+    assert tiles["n2"].state == "down" and "connection refused" in tiles["n2"].detail.lower(), tiles["n2"]
+    assert tiles["n1"].state == "down" and tiles["n3"].state == "in_sync"
+    replies[ADDRESS["n2"]] = status("n2", "leader", term=4)  # back, and master
+    tiles = {t.id: t for t in checked(watch, board).tiles}
+    assert tiles["n2"].state == "in_sync" and tiles["n2"].master, tiles["n2"]
