@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Iterable
 
 from app.settings import as_text
+from prevalence.text import one_line
 
 #: Tile states: (words on the tile, body colour, accent colour for the band and words).
 TILE_STATES: dict[str, tuple[str, str, str]] = {
@@ -68,6 +69,21 @@ class Link:
         return next((why for nid, address, why in self.unanswered
                      if nid == node["id"] or (nid is None and address == node.get("address"))), None)
 
+    def no_status(self) -> str:
+        """"no node answers (N tried)", or with why when it is known, each cause once
+        with the nodes that gave it: a node refusing the key answers, it is not silent."""
+        if not self.unanswered:
+            return f"no node answers ({self.of} tried)"
+        causes: dict[str, list[str]] = {}
+        for nid, address, why in self.unanswered:
+            causes.setdefault(why, []).append(nid or address)
+        if len(causes) == 1:
+            why = next(iter(causes))
+        else:
+            why = "; ".join(f"{cause} ({', '.join(who[:5])}{' ...' if len(who) > 5 else ''})"
+                            for cause, who in causes.items())
+        return f"no node gives its status ({self.of} tried: {one_line(why, 240)})"
+
 
 @dataclass(frozen=True)
 class Header:
@@ -119,7 +135,6 @@ def describe(exc: BaseException) -> str:
     """An error as one line for an operator: what happened, never a class name or a traceback."""
     from prevalence.errors import OutcomeUnknown, PrevalenceError
     from rpc.client import ClusterUnavailable, RemoteTransactionError
-    from prevalence.text import one_line
 
     if isinstance(exc, RemoteTransactionError):
         return one_line(str(exc.remote_message))
@@ -218,7 +233,7 @@ class Board:
             self._event(wall, "master", f"master {link.node} lost: {link.reason}")
         elif link.state == "unreachable" and old.state != "unreachable":
             self._unreachable_since = wall
-            self._event(wall, "cluster", f"cluster unreachable: no node answers ({link.of} tried)")
+            self._event(wall, "cluster", f"cluster unreachable: {link.no_status()}")
         if link.state != "unreachable":
             self._unreachable_since = None
         self.link = link
@@ -284,7 +299,7 @@ class Board:
             return Header("connected", text, HEADER_COLOURS["connected"])
         if state == "unreachable":
             since = f" since {_clock(self._unreachable_since)}" if self._unreachable_since else ""
-            text = (f"Cluster unreachable: no node answers ({link.of} tried){since}"
+            text = (f"Cluster unreachable: {link.no_status()}{since}"
                     + (" · the tiles show the last known state" if self.view else ""))
             return Header("unreachable", text, HEADER_COLOURS["unreachable"])
         # a majority of the voters the answering nodes name elects (of the addresses only

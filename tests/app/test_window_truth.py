@@ -95,3 +95,33 @@ def test_while_there_is_no_master_a_node_that_does_not_answer_is_not_shown_in_sy
     replies[ADDRESS["n2"]] = status("n2", "leader", term=4)  # back, and master
     tiles = {t.id: t for t in checked(watch, board).tiles}
     assert tiles["n2"].state == "in_sync" and tiles["n2"].master, tiles["n2"]
+
+
+def test_nodes_that_refuse_the_windows_key_are_not_shown_as_silent(replies):
+    """Before, a window started with the wrong client.secret said "Cluster unreachable:
+    no node answers (3 tried)": the nodes were up, answering, and refusing the key."""
+    for nid in THREE:
+        replies[ADDRESS[nid]] = AuthenticationFailed(
+            f"{ADDRESS[nid]} refused our authentication: authentication failed (wrong key? a client uses the "
+            "cluster's client.secret)", address=ADDRESS[nid], key_refused=True)
+    watch, board = MasterWatch(list(ADDRESS.values()), b"k" * 32), Board()
+    try:
+        header = checked(watch, board, 1).header
+    finally:
+        watch.close()
+    assert header.state == "unreachable" and "no node answers" not in header.text, header.text
+    assert "refused our authentication" in header.text and "wrong key" in header.text, header.text
+    assert "3 tried" in header.text and len(header.text) < 300, header.text
+
+
+def test_an_unreachable_cluster_says_why_its_nodes_give_no_status(replies):
+    replies.update({ADDRESS["n1"]: refused("n1"), ADDRESS["n2"]: refused("n2"),
+                    ADDRESS["n3"]: ConnectFailed(f"{ADDRESS['n3']}: handshake not answered within 0.5 s (not a node "
+                                                 "of this cluster, or hung)", address=ADDRESS["n3"])})
+    watch, board = MasterWatch(list(ADDRESS.values()), b"k" * 32), Board()
+    try:
+        header = checked(watch, board, 1).header
+    finally:
+        watch.close()
+    assert header.state == "unreachable", header
+    assert "Connection refused" in header.text and "handshake not answered" in header.text, header.text
