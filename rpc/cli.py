@@ -51,13 +51,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     _tabulate.MIN_PADDING = 0  # headers no wider than their words: the table fits 80 columns
 
     from rpc.cluster import cluster_status
-    from rpc.status_report import FIELDS, describe_master, unreachable_summary
+    from rpc.status_report import FIELDS, describe_master, unreachable_summary, why_no_status
 
     rows = cluster_status(args.cluster)
+    notes = other_clusters(rows) + not_members(rows)  # nodes that answer, yet take no part
     if args.json:
-        # each node exactly the contract's fields (DESIGN.md); what else is known beside them
-        conditions = {r["id"]: {"disk_full": r.get("disk_full") is True, "snapshot_error": r.get("snapshot_error")}
-                      for r in rows}
+        # each node exactly the contract's fields (DESIGN.md); what the table says beside them
+        noted = dict(notes)
+        conditions = {r["id"]: {"disk_full": r.get("disk_full") is True, "snapshot_error": r.get("snapshot_error"),
+                                "error": why_no_status(r), "note": noted.get(r["id"])} for r in rows}
         print(json.dumps({"nodes": [{k: r[k] for k in FIELDS} for r in rows], "master": describe_master(rows),
                           "conditions": conditions}, indent=2))
     else:
@@ -68,8 +70,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         headers = [{"commit_index": "commit", "applied_index": "applied"}.get(k, k) for k in FIELDS]
         print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in shown], headers=headers))
         print(describe_master(rows))  # who is master, or why there is none
-        for line in other_clusters(rows) + not_members(rows):  # nodes that answer, yet take no part
-            print(line)
+        for node, note in notes:
+            print(f"{node}: {note}")
         summary = unreachable_summary(rows)  # why, each cause once
         if summary:
             print(summary)
@@ -86,9 +88,10 @@ def _role_shown(row: dict) -> str | None:
     return ", ".join([row["role"], *notes]) if notes and row["role"] is not None else row["role"]
 
 
-def other_clusters(rows: list[dict]) -> list[str]:
-    """A line per node whose data is of another cluster, or epoch, than most nodes': it
-    answers status, yet every peer refuses it (docs/operations.md, "Cluster identity")."""
+def other_clusters(rows: list[dict]) -> list[tuple[str, str]]:
+    """A node and a note for each node whose data is of another cluster, or epoch, than
+    most nodes': it answers status, yet every peer refuses it (docs/operations.md,
+    "Cluster identity")."""
     from collections import Counter
 
     ids = Counter((r["cluster"], r["epoch"]) for r in rows if r.get("cluster"))
@@ -102,8 +105,8 @@ def other_clusters(rows: list[dict]) -> list[str]:
                    if r["cluster"] == main_id and r["epoch"] < main_epoch else
                    "another cluster: check its data directory" if r["cluster"] != main_id else
                    "a later epoch than the others': they are the ones left out of a `cluster recover`")
-            lines.append(f"{r['id']}: cluster {r['cluster']} epoch {r['epoch']}, the others {main_id} epoch "
-                         f"{main_epoch}: {why}; its peers refuse it (docs/operations.md, \"Cluster identity\")")
+            lines.append((r["id"], f"cluster {r['cluster']} epoch {r['epoch']}, the others {main_id} epoch "
+                                   f"{main_epoch}: {why}; its peers refuse it (docs/operations.md, \"Cluster identity\")"))
     return lines
 
 
@@ -135,15 +138,16 @@ def wait_for_leader(directory: str, node_id: str, timeout: float | None = None) 
         time.sleep(0.1)
 
 
-def not_members(rows: list[dict]) -> list[str]:
-    """A line per node that answers but that the leader's membership leaves out (removed,
-    or an add that did not finish): it only waits, and should be stopped."""
+def not_members(rows: list[dict]) -> list[tuple[str, str]]:
+    """A node and a note for each node that answers but that the leader's membership
+    leaves out (removed, or an add that did not finish): it only waits, and should be
+    stopped."""
     leaders = [r for r in rows if r["reachable"] and r["role"] == "leader"]
     if len(leaders) != 1:
         return []
     members = set(leaders[0]["voters"]) | set(leaders[0].get("learners", ()))
-    return [f"{r['id']}: not a member of {leaders[0]['id']}'s cluster (removed, or its add did not finish): stop its "
-            "process and move its config and data aside" for r in rows
+    return [(r["id"], f"not a member of {leaders[0]['id']}'s cluster (removed, or its add did not finish): stop its "
+                      "process and move its config and data aside") for r in rows
             if r["reachable"] and r["id"] not in members and r.get("cluster", "") in ("", leaders[0].get("cluster"))]
 
 

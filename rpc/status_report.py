@@ -22,7 +22,7 @@ from replication.node import STATUS_TIMEOUT
 from rpc.transport import STATUS_MAX_FRAME, NodeLink
 
 __all__ = ["FIELDS", "ask_status", "collapse_causes", "describe_master", "status_row",
-           "unreachable_summary"]
+           "unreachable_summary", "why_no_status"]
 
 #: The status table's columns (``prevalence status``).
 FIELDS = ("id", "address", "role", "term", "commit_index", "applied_index", "pid", "config", "reachable")
@@ -155,17 +155,25 @@ def collapse_causes(causes: str | list[str]) -> str:
     return "; ".join(parts)
 
 
+def why_no_status(row: dict) -> str | None:
+    """Why the node of ``row`` gave no status (its address, in the row already, taken off
+    the cause); None when it gave one."""
+    if row["reachable"]:
+        return None
+    error = row.get("error") or "no answer"
+    m = _CAUSE.match(error)
+    return error[m.end():] if m else error
+
+
 def unreachable_summary(rows: list[dict]) -> str:
     """'unreachable: n1, n3: cannot connect: ...' with the nodes that share a cause on one
     line (the address, in the table already, taken off the cause); "no status: n2: ..."
     for a node that answered without one; "" if all gave their status."""
     causes: dict[tuple[str, str], list[str]] = {}
     for r in rows:
-        if not r["reachable"]:
-            error = r.get("error") or "no answer"
-            m = _CAUSE.match(error)
-            label = "no status" if r.get("answered") else "unreachable"
-            causes.setdefault((label, error[m.end():] if m else error), []).append(r["id"])
+        why = why_no_status(r)
+        if why is not None:
+            causes.setdefault(("no status" if r.get("answered") else "unreachable", why), []).append(r["id"])
     def who(ids: list[str]) -> str:
         return f"all {len(ids)} nodes" if len(ids) == len(rows) > 3 else ", ".join(ids)
     return "\n".join(f"{label}: {who(ids)}: {cause}" for (label, cause), ids in causes.items())
