@@ -332,7 +332,7 @@ class Board:
         elif silent or unanswered or n["health"] == "down":
             state = "down"
             if unanswered and not silent:
-                detail = f"no master, and it does not answer: {unanswered}"
+                detail = f"not answering (nor is any master): {unanswered}"
             elif n["health"] != "down":  # the window saw it first: the new master has not recorded it yet
                 detail = f"stopped answering: {self.link.reason or 'no answer'}" if n["id"] == self.link.node \
                     else "stopped answering"
