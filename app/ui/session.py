@@ -195,8 +195,9 @@ class MasterWatch:
         unanswered = tuple((self._ids.get(a), a, cause) for a, cause in self._unanswered.items())
         if not answers:
             return Link("unreachable", of=len(self._links), silent=self._silent_ids(), unanswered=unanswered)
-        # a majority of the voters elects, not of the addresses this window was given
-        newest = max(answers.values(), key=lambda s: s["term"])
+        # a majority of the voters elects, not of the addresses this window was given; the
+        # newest configuration is the longest log's (a removed node that still runs names an old one)
+        newest = max(answers.values(), key=lambda s: (s["term"], s["commit_index"]))
         voters = set(newest["voters"])
         return Link("searching", answering=len(answers), of=len(self._links), silent=self._silent_ids(),
                     voters=len(voters), voting=len(voters & {s["id"] for s in answers.values()}),
@@ -275,6 +276,8 @@ def _status(link: NodeLink) -> dict:
         raise NoStatus(f"malformed status reply: {shown(st)}")
     voters = st.get("voters")
     st["voters"] = voters if type(voters) is list and all(type(v) is str for v in voters) else []
+    if type(st.get("commit_index")) is not int:
+        st["commit_index"] = -1  # only compared: which of the answers is the newest
     st["id"], st["address"] = one_line(st["id"], 130), one_line(st["address"], 300)  # shown in the header
     return st
 

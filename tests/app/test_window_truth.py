@@ -125,3 +125,22 @@ def test_an_unreachable_cluster_says_why_its_nodes_give_no_status(replies):
         watch.close()
     assert header.state == "unreachable", header
     assert "Connection refused" in header.text and "handshake not answered" in header.text, header.text
+
+
+def test_a_removed_node_that_still_runs_does_not_count_as_a_voter(replies):
+    """Before, n1 removed from the membership but running (it names the old voters, in
+    the same term) and master n2 dead: the window counted n1 and n3 as "2 of 3 voters"
+    and said an election was running; the voters are n2 and n3, and one cannot elect."""
+    def st(nid: str, voters: list[str], commit: int) -> list:
+        reply = status(nid, "pre_candidate")
+        reply[1].update(voters=voters, commit_index=commit)
+        return reply
+
+    replies.update({ADDRESS["n1"]: st("n1", THREE, 10), ADDRESS["n2"]: refused("n2"),
+                    ADDRESS["n3"]: st("n3", ["n2", "n3"], 12)})
+    watch, board = MasterWatch(list(ADDRESS.values()), b"k" * 32), Board()
+    try:
+        header = checked(watch, board, 1).header
+    finally:
+        watch.close()
+    assert header.text == "No master: only 1 of 2 voters answer, a master needs 2", header.text
