@@ -144,3 +144,43 @@ def test_a_removed_node_that_still_runs_does_not_count_as_a_voter(replies):
     finally:
         watch.close()
     assert header.text == "No master: only 1 of 2 voters answer, a master needs 2", header.text
+
+
+def test_real_nodes_master_and_another_killed_the_window_says_no_master_and_why(tmp_path):
+    """The same as the first tests, against three node processes: SIGKILL the master and
+    a follower; the header says no master can be elected, the dead follower's tile why."""
+    import time
+
+    from tests.cluster.harness import LocalCluster
+
+    c = LocalCluster(tmp_path, 3)
+    watch = None
+    try:
+        leader = c.leader(timeout=30)
+        other = next(n for n in sorted(c.configs) if n != leader)
+        alive = next(n for n in sorted(c.configs) if n not in (leader, other))
+        watch, board = MasterWatch(list(c.addresses.values()), c.secret), Board()
+        board.apply(("view", {**grid_view(), "nodes": [{**n, "address": c.addresses[n["id"]]}
+                                                      for n in grid_view()["nodes"]]}))
+        deadline = time.monotonic() + 20
+        while board.screen().header.state != "connected" and time.monotonic() < deadline:
+            board.apply(("link", watch.check()))
+        assert board.screen().header.text.startswith(f"Connected · master {leader}")
+        c.kill(leader)
+        c.kill(other)
+        deadline = time.monotonic() + 20
+        while board.screen().header.state != "no_master" and time.monotonic() < deadline:
+            board.apply(("link", watch.check()))
+            time.sleep(0.1)
+        screen = board.screen()
+        assert screen.header.text == (f"No master: master {leader} lost, and only 1 of 3 voters answer, "
+                                      "a master needs 2"), screen.header.text
+        tiles = {t.id: t for t in screen.tiles}
+        assert tiles[other].state == "down" and tiles[other].detail.startswith("not answering"), tiles[other]
+        assert tiles[leader].state == "down" and tiles[alive].state == "in_sync"
+        checked(watch, board, 2)  # its open connection was lost; asked again, nothing listens
+        assert "connection refused" in {t.id: t for t in board.screen().tiles}[other].detail.lower()
+    finally:
+        if watch is not None:
+            watch.close()
+        c.stop()
