@@ -13,7 +13,7 @@ def with_cluster(view: dict, status: dict) -> dict:
     """The grid view plus who is master, in which term (what ``grid show --json`` prints)."""
     leader = status.get("leader") or (status.get("id") if status.get("role") == "leader" else None)
     nodes = [{**n, "master": n["id"] == leader} for n in view["nodes"]]
-    return {**view, "nodes": nodes, "master": leader, "term": status.get("term")}
+    return {**view, "nodes": nodes, "master": leader, "term": status.get("term"), "read_from": status.get("id")}
 
 
 WIDTH = 80  # a terminal's
@@ -88,8 +88,14 @@ def _printable(value: Any) -> Any:
 
 def render(view: dict) -> str:
     view = _printable(view)
-    lines = [f"grid {view['rows']}x{view['columns']}, master {view.get('master') or 'unknown'} "
-             f"(term {view.get('term', '?')})", *_map(view), "", _table(view)]
+    if view.get("master"):
+        first = f"grid {view['rows']}x{view['columns']}, master {view['master']} (term {view.get('term', '?')})"
+    else:  # a node's own copy (--consistency local): nothing has checked the nodes since a master did
+        read_from = view.get("read_from")
+        copy = f"{one_line(read_from, 100)}'s copy" if isinstance(read_from, str) else "a node's copy"
+        first = (f"grid {view['rows']}x{view['columns']}, no master now (term {view.get('term', '?')}): {copy}, "
+                 "health and settings as the last master recorded them")
+    lines = [first, *_map(view), "", _table(view)]
     refused = view.get("layout_refused")
     if refused:
         lines += ["", f"layout edit refused on {refused['node']} at {refused['at'][:19].replace('T', ' ')} UTC, "

@@ -106,7 +106,8 @@ def other_clusters(rows: list[dict]) -> list[tuple[str, str]]:
                    "another cluster: check its data directory" if r["cluster"] != main_id else
                    "a later epoch than the others': they are the ones left out of a `cluster recover`")
             lines.append((r["id"], f"cluster {r['cluster']} epoch {r['epoch']}, the others {main_id} epoch "
-                                   f"{main_epoch}: {why}; its peers refuse it (docs/operations.md, \"Cluster identity\")"))
+                                   f"{main_epoch}: {why}; its peers refuse it "
+                                   "(docs/operations.md, \"Cluster identity\")"))
     return lines
 
 
