@@ -26,6 +26,7 @@ TILE_STATES: dict[str, tuple[str, str, str]] = {
     "down": ("down", "#fbdcdc", "#c62828"),
     "unknown": ("not heard from yet", "#eceff1", "#607d8b"),
     "unreachable": ("no answer from the cluster", "#d5dade", "#37474f"),
+    "answering": ("answers · no master checks it", "#eef2e0", "#6b7f1a"),
 }
 MASTER_BAND = "#283593"  # indigo: the master's band, whatever its health
 MASTER_MARK = "★ MASTER"
@@ -61,8 +62,10 @@ class Link:
     voters: int = 0  # the voters the answering nodes name (0: unknown), and how many of them answer
     voting: int = 0
     silent: tuple[str, ...] = ()
-    #: while no node leads: (id if known, address, why) of each node that gave no status
+    #: while no node leads: (id if known, address, why) of each node that gave no status,
+    #: and the ids of those that gave one
     unanswered: tuple[tuple[str | None, str, str], ...] = ()
+    answered: tuple[str, ...] = ()
 
     def why_not(self, node: dict) -> str | None:
         """Why ``node`` (a grid view's node) gave this window no status, if it did not."""
@@ -326,9 +329,14 @@ class Board:
         silent = n["id"] in self.link.silent
         # no master records anything now: a node that gives this window no status is not shown as it was
         unanswered = self.link.why_not(n) if self.link.state == "searching" else None
+        answers = self.link.state == "searching" and n["id"] in self.link.answered and not silent
         detail = n.get("detail") or ""
         if self.link.state == "unreachable":
             state, detail = "unreachable", f"last known: {n['health']}"
+        elif answers and n["health"] != "up":  # what the last master recorded is no longer so
+            since = f" since {_clock(datetime.fromisoformat(n['since']))}" if n.get("since") else ""
+            state, detail = "answering", (f"recorded down{since}; it answers this window now" if n["health"] == "down"
+                                          else "no master has checked it yet; it answers this window now")
         elif silent or unanswered or n["health"] == "down":
             state = "down"
             if unanswered and not silent:

@@ -201,7 +201,7 @@ class MasterWatch:
         voters = set(newest["voters"])
         return Link("searching", answering=len(answers), of=len(self._links), silent=self._silent_ids(),
                     voters=len(voters), voting=len(voters & {s["id"] for s in answers.values()}),
-                    unanswered=unanswered)
+                    unanswered=unanswered, answered=tuple(sorted({s["id"] for s in answers.values()})))
 
     def _sweep(self) -> dict[str, dict]:
         """Every node's status at once; the ones that answered, by address."""

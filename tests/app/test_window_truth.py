@@ -184,3 +184,19 @@ def test_real_nodes_master_and_another_killed_the_window_says_no_master_and_why(
         if watch is not None:
             watch.close()
         c.stop()
+
+
+def test_while_there_is_no_master_a_node_recorded_down_that_answers_is_not_shown_down(watched, replies):
+    """Before: n2, recorded down by the last master, came back while no master could be
+    elected; it answered the window, yet its tile kept "down · since ... connection
+    refused", a reason that was no longer true."""
+    watch, board = watched
+    view = grid_view()
+    view["nodes"][1].update(health="down", since="2026-11-30T08:00:00+00:00", in_sync=False, actual=None,
+                            detail="agent n2: cannot connect: Connection refused")
+    board.apply(("view", view))
+    replies.update({ADDRESS["n1"]: refused("n1"), ADDRESS["n2"]: status("n2", "pre_candidate"),
+                    ADDRESS["n3"]: refused("n3")})
+    tile = {t.id: t for t in checked(watch, board).tiles}["n2"]
+    assert tile.state != "down" and "answers" in tile.words, tile
+    assert "recorded down" in tile.detail and "Connection refused" not in tile.detail, tile
