@@ -113,6 +113,7 @@ class UiSession:
                 self._stop.wait(1.0)
 
     def _refresher(self) -> None:
+        read = False  # from a master once: a node's copy could only be older
         while not self._stop.is_set():
             self._dirty.wait()
             if self._stop.is_set():
@@ -120,10 +121,21 @@ class UiSession:
             self._dirty.clear()
             try:
                 self.updates.put(("view", self.client.query(GridView(), timeout=10.0)))
+                read = True
             except Exception as exc:  # noqa: BLE001 - retried when the cluster is back
                 log.info("grid not read: %s", exc)
+                if not read:  # opened without a master: where the nodes are, from a node's copy
+                    self._read_copy()
                 self._stop.wait(0.5)
                 self._dirty.set()
+
+    def _read_copy(self) -> None:
+        """The grid as a node that answers holds it: the header says there is no master,
+        and the tiles of the nodes that do not answer are shown down (app.ui.model)."""
+        try:
+            self.updates.put(("view", self.client.query(GridView(), "local", timeout=3.0)))
+        except Exception as exc:  # noqa: BLE001 - no node answers at all: the header says so
+            log.info("no node's copy of the grid read: %s", exc)
 
     def _monitor(self) -> None:
         watch = MasterWatch(self.client.addresses, self._secret, self._ssl)

@@ -200,3 +200,55 @@ def test_while_there_is_no_master_a_node_recorded_down_that_answers_is_not_shown
     tile = {t.id: t for t in checked(watch, board).tiles}["n2"]
     assert tile.state != "down" and "answers" in tile.words, tile
     assert "recorded down" in tile.detail and "Connection refused" not in tile.detail, tile
+
+
+class NoMasterClient:
+    """A client of a cluster without a master: linearizable reads fail, a node's own copy
+    answers (what rpc.ClusterClient does then)."""
+
+    addresses = list(ADDRESS.values())
+
+    def query(self, q, consistency="linearizable", *, timeout=None):
+        from rpc.client import ClusterUnavailable
+
+        if consistency != "local":
+            raise ClusterUnavailable("no leader answered")
+        return grid_view()
+
+    def status(self, *, timeout=None):
+        return {"applied_index": 1}
+
+    def subscribe(self, callback, from_index=None):
+        class Closing:
+            def close(self):
+                pass
+        return Closing()
+
+    def close(self):
+        pass
+
+
+def test_a_window_opened_while_there_is_no_master_shows_the_nodes(replies):
+    """Before, a window opened during an outage with no master showed an empty board:
+    the grid is only read from a master, so not even where the nodes are, or which of
+    them answer, could be seen."""
+    import time
+
+    from app.ui.session import UiSession
+
+    replies.update({ADDRESS["n1"]: refused("n1"), ADDRESS["n2"]: refused("n2"),
+                    ADDRESS["n3"]: status("n3", "pre_candidate")})
+    session, board = UiSession(NoMasterClient(), b"k" * 32).start(), Board()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (board.view and board.screen().header.state == "no_master"):
+            try:
+                board.apply(session.updates.get(timeout=0.2))
+            except Exception:  # noqa: BLE001 - queue.Empty: nothing yet
+                pass
+    finally:
+        session.close()
+    screen = board.screen()
+    assert screen.header.state == "no_master" and len(screen.tiles) == 3, screen
+    tiles = {t.id: t for t in screen.tiles}
+    assert tiles["n1"].state == "down" and tiles["n3"].state == "in_sync", tiles
