@@ -140,16 +140,20 @@ def wait_for_leader(directory: str, node_id: str, timeout: float | None = None) 
 
 
 def not_members(rows: list[dict]) -> list[tuple[str, str]]:
-    """A node and a note for each node that answers but that the leader's membership
-    leaves out (removed, or an add that did not finish): it only waits, and should be
-    stopped."""
+    """A node and a note for each node of the directory that the leader's membership
+    leaves out (removed, or an add that did not finish): one that answers only waits,
+    and should be stopped; one that does not is no member down."""
     leaders = [r for r in rows if r["reachable"] and r["role"] == "leader"]
     if len(leaders) != 1:
         return []
     members = set(leaders[0]["voters"]) | set(leaders[0].get("learners", ()))
-    return [(r["id"], f"not a member of {leaders[0]['id']}'s cluster (removed, or its add did not finish): stop its "
-                      "process and move its config and data aside") for r in rows
-            if r["reachable"] and r["id"] not in members and r.get("cluster", "") in ("", leaders[0].get("cluster"))]
+    if not members:  # a leader that names no membership tells nothing about the others
+        return []
+    # one that does not answer either is no member down: its config was left behind
+    return [(r["id"], f"not a member of {leaders[0]['id']}'s cluster (removed, or its add did not finish): "
+                      + ("stop its process and move its config and data aside" if r["reachable"] else
+                         "it does not answer either; move its config and data aside")) for r in rows
+            if r["id"] not in members and r.get("cluster", "") in ("", leaders[0].get("cluster"))]
 
 
 def cmd_cluster_admin(args: argparse.Namespace) -> int:

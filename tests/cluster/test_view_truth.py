@@ -41,3 +41,23 @@ def test_the_json_names_a_node_that_answers_but_is_no_member(tmp_path, capsys, m
     nodes = json.loads(capsys.readouterr().out)["conditions"]
     assert "not a member of n2's cluster" in (nodes["n1"]["note"] or ""), nodes["n1"]
     assert nodes["n2"]["note"] is None and nodes["n2"]["error"] is None
+
+
+def test_a_removed_node_that_was_stopped_is_not_shown_as_a_member_down(tmp_path, capsys, monkeypatch):
+    """Before, after `cluster remove n1` and stopping it as told, its config left in the
+    directory made every status say "unreachable: n1: cannot connect", as for a member
+    that is down; nothing said it was no longer one."""
+    rows = [{"id": "n1", "address": "127.0.0.1:7101", "role": None, "term": None, "commit_index": None,
+             "applied_index": None, "pid": None, "config": "/c/n1.toml", "reachable": False, "leader": None,
+             "voters": [], "error": "127.0.0.1:7101: cannot connect: Connection refused"}]
+    for nid, role in (("n2", "leader"), ("n3", "follower")):
+        rows.append({"id": nid, "address": f"127.0.0.1:710{nid[1]}", "role": role, "term": 3, "commit_index": 9,
+                     "applied_index": 9, "pid": 100, "config": f"/c/{nid}.toml", "reachable": True,
+                     "leader": "n2", "voters": ["n2", "n3"], "disk_full": False, "snapshot_error": None})
+    monkeypatch.setattr(rpc.cluster, "cluster_status", lambda directory, timeout=None: rows)
+    assert main(["status", "--cluster", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "n1: not a member of n2's cluster" in table, table
+    assert main(["status", "--cluster", str(tmp_path), "--json"]) == 0
+    n1 = json.loads(capsys.readouterr().out)["conditions"]["n1"]
+    assert "not a member" in (n1["note"] or "") and "Connection refused" in n1["error"], n1
