@@ -342,8 +342,8 @@ class Board:
             if unanswered and not silent:
                 detail = f"not answering (nor is any master): {unanswered}"
             elif n["health"] != "down":  # the window saw it first: the new master has not recorded it yet
-                detail = f"stopped answering: {self.link.reason or 'no answer'}" if n["id"] == self.link.node \
-                    else "stopped answering"
+                why = self.link.reason if n["id"] == self.link.node else self.link.why_not(n)
+                detail = f"stopped answering: {why}" if why else "stopped answering"
             elif n.get("since"):
                 detail = f"since {_clock(datetime.fromisoformat(n['since']))}" + (f" · {detail}" if detail else "")
         elif n["health"] == "unknown":

@@ -219,7 +219,8 @@ class MasterWatch:
         """Every node's status at once; the ones that answered, by address."""
         busy = {self._silent[n] for n, f in self._probes.items() if not f.done() and n in self._silent}
         futures = {a: self._pool.submit(_status, link) for a, link in self._links.items() if a not in busy}
-        answers, self._unanswered = {}, {}
+        # a silent former master still being asked keeps the reason its last probe gave
+        answers, self._unanswered = {}, {a: why for a, why in self._unanswered.items() if a in busy}
         for address, future in futures.items():
             try:
                 answers[address] = future.result()
@@ -243,6 +244,7 @@ class MasterWatch:
                     del self._silent[node]
                     continue
                 self._links[address].close()
+                self._unanswered[address] = _why(probe.exception())
             if node not in self._probes:
                 self._probes[node] = self._pool.submit(_status, self._links[address])
 

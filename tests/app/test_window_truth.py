@@ -252,3 +252,20 @@ def test_a_window_opened_while_there_is_no_master_shows_the_nodes(replies):
     assert screen.header.state == "no_master" and len(screen.tiles) == 3, screen
     tiles = {t.id: t for t in screen.tiles}
     assert tiles["n1"].state == "down" and tiles["n3"].state == "in_sync", tiles
+
+
+def test_the_lost_masters_tile_keeps_saying_why_it_does_not_answer(watched, replies):
+    """Before, the lost master's tile said "stopped answering: connection refused" for
+    one check, then only "stopped answering", while no new master was elected."""
+    import time
+
+    watch, board = watched
+    replies.update({ADDRESS["n1"]: refused("n1"), ADDRESS["n2"]: refused("n2"),
+                    ADDRESS["n3"]: status("n3", "pre_candidate")})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the old master is asked again, off the watch's thread
+        tile = {t.id: t for t in checked(watch, board, 1).tiles}["n1"]
+        if "refused" in tile.detail.lower() and board.link.state == "searching":
+            break
+        time.sleep(0.05)
+    assert tile.state == "down" and "connection refused" in tile.detail.lower(), tile
