@@ -3,6 +3,8 @@ and when no node gives its status: against nodes whose status replies are script
 (app.ui.session.MasterWatch feeding app.ui.model.Board), as a real cluster would answer."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from app.ui.model import Board
@@ -146,6 +148,8 @@ def test_a_removed_node_that_still_runs_does_not_count_as_a_voter(replies):
     assert header.text == "No master: only 1 of 2 voters answer, a master needs 2", header.text
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
 def test_real_nodes_master_and_another_killed_the_window_says_no_master_and_why(tmp_path):
     """The same as the first tests, against three node processes: SIGKILL the master and
     a follower; the header says no master can be elected, the dead follower's tile why."""
