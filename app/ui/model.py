@@ -66,6 +66,10 @@ class Link:
     #: and the ids of those that gave one
     unanswered: tuple[tuple[str | None, str, str], ...] = ()
     answered: tuple[str, ...] = ()
+    #: while none answers as leader: the leader that ``following`` answering nodes of the
+    #: newest term (``term``) follow, though it does not answer this window
+    followed: str | None = None
+    following: int = 0
 
     def why_not(self, node: dict) -> str | None:
         """Why ``node`` (a grid view's node) gave this window no status, if it did not."""
@@ -309,6 +313,11 @@ class Board:
         # when no node names its voters)
         up, of, who = (link.voting, link.voters, "voters") if link.voters else (link.answering, link.of, "nodes")
         need = of // 2 + 1
+        if state == "searching" and link.followed:  # it may lead them still: no failover to claim
+            why = link.why_not({"id": link.followed})
+            text = (f"Master {link.followed} does not answer this window{f' ({why})' if why else ''}, "
+                    f"yet {link.following} of the nodes that answer follow it (term {link.term})")
+            return Header("failover" if self._failover_from else "no_master", text, HEADER_COLOURS["failover"])
         if self._failover_from is not None:
             if state == "searching" and link.voters and up < need:  # no new master can come: say so
                 text = (f"No master: master {self._failover_from} lost, and only {up} of {of} voters answer, "
@@ -326,9 +335,10 @@ class Board:
 
     def tile(self, n: dict, now: float) -> TileView:
         master = self.link.state == "connected" and n["id"] == self.link.master
-        silent = n["id"] in self.link.silent
+        followed = self.link.state == "searching" and n["id"] == self.link.followed  # leads, as the others say
+        silent = n["id"] in self.link.silent and not followed
         # no master records anything now: a node that gives this window no status is not shown as it was
-        unanswered = self.link.why_not(n) if self.link.state == "searching" else None
+        unanswered = self.link.why_not(n) if self.link.state == "searching" and not followed else None
         answers = self.link.state == "searching" and n["id"] in self.link.answered and not silent
         detail = n.get("detail") or ""
         if self.link.state == "unreachable":
@@ -354,6 +364,9 @@ class Board:
             state = "drifting"
         else:
             state = "restoring"
+        if followed:
+            why = self.link.why_not(n)
+            detail = f"the others follow it, but it does not answer this window{': ' + why if why else ''}"
         words, colour, accent = TILE_STATES[state]
         return TileView(n["id"], n["row"], n["column"], state, master, words, detail,
                         "desired: " + _short(n["desired"]),

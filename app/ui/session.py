@@ -22,6 +22,7 @@ import queue
 import re
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -211,9 +212,15 @@ class MasterWatch:
         # newest configuration is the longest log's (a removed node that still runs names an old one)
         newest = max(answers.values(), key=lambda s: (s["term"], s["commit_index"]))
         voters = set(newest["voters"])
+        answered = {s["id"] for s in answers.values()}
+        # nodes of the newest term that follow a leader which does not answer here: it may
+        # lead them still (only this window's link to it fails), or be just lost
+        followed = Counter(s["leader"] for s in answers.values() if s["term"] == newest["term"] and s["leader"])
+        leader = next((m for m, _ in followed.most_common(1) if m not in answered), None)
         return Link("searching", answering=len(answers), of=len(self._links), silent=self._silent_ids(),
-                    voters=len(voters), voting=len(voters & {s["id"] for s in answers.values()}),
-                    unanswered=unanswered, answered=tuple(sorted({s["id"] for s in answers.values()})))
+                    voters=len(voters), voting=len(voters & answered), unanswered=unanswered,
+                    answered=tuple(sorted(answered)), followed=leader,
+                    term=newest["term"] if leader else None, following=followed[leader] if leader else 0)
 
     def _sweep(self) -> dict[str, dict]:
         """Every node's status at once; the ones that answered, by address."""
@@ -288,8 +295,9 @@ def _status(link: NodeLink) -> dict:
     st = reply[1]
     if type(st) is not dict or not all(type(st.get(k)) is t for k, t in _STATUS_FIELDS):
         raise NoStatus(f"malformed status reply: {shown(st)}")
-    voters = st.get("voters")
+    voters, leader = st.get("voters"), st.get("leader")
     st["voters"] = voters if type(voters) is list and all(type(v) is str for v in voters) else []
+    st["leader"] = one_line(leader, 130) if type(leader) is str and leader else None
     if type(st.get("commit_index")) is not int:
         st["commit_index"] = -1  # only compared: which of the answers is the newest
     st["id"], st["address"] = one_line(st["id"], 130), one_line(st["address"], 300)  # shown in the header

@@ -273,3 +273,28 @@ def test_the_lost_masters_tile_keeps_saying_why_it_does_not_answer(watched, repl
             break
         time.sleep(0.05)
     assert tile.state == "down" and "connection refused" in tile.detail.lower(), tile
+
+
+def test_a_master_only_this_window_cannot_reach_is_not_called_a_failover(watched, replies):
+    """Before: the window's link to master n1 cut (a firewall, a route on the operator's
+    side) while n1 led the others as before: "Failover in progress ... waiting for a new
+    master · 2 of 3 voters answer" for as long as it lasted, though n2 and n3 said they
+    follow n1 and no election was under way; n1's tile was shown down."""
+    import time
+
+    watch, board = watched
+    replies.update({ADDRESS["n1"]: ConnectFailed(f"{ADDRESS['n1']}: handshake not answered within 0.5 s (not a "
+                                                 "node of this cluster, or hung)", address=ADDRESS["n1"])})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        header = checked(watch, board, 1).header
+        if board.link.state == "searching" and "handshake" in header.text:
+            break
+        time.sleep(0.05)
+    assert "waiting for a new master" not in header.text and "election" not in header.text, header.text
+    assert "n1 does not answer this window" in header.text and "follow it (term 3)" in header.text, header.text
+    assert "handshake not answered" in header.text, header.text
+    tile = {t.id: t for t in board.screen().tiles}["n1"]
+    assert tile.state != "down" and "does not answer this window" in tile.detail, tile
+    replies[ADDRESS["n1"]] = status("n1", "leader")
+    assert checked(watch, board, 4).header.state == "connected"
