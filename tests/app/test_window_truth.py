@@ -298,3 +298,38 @@ def test_a_master_only_this_window_cannot_reach_is_not_called_a_failover(watched
     assert tile.state != "down" and "does not answer this window" in tile.detail, tile
     replies[ADDRESS["n1"]] = status("n1", "leader")
     assert checked(watch, board, 4).header.state == "connected"
+
+
+@pytest.mark.slow
+def test_real_nodes_the_windows_link_to_the_master_cut_is_not_called_a_failover(tmp_path):
+    """The same as above against three node processes, the window reaching the master
+    through a proxy that drops everything once cut (no reset, as a dead route)."""
+    import time
+
+    from tests.cluster.harness import LocalCluster
+    from tests.cluster.proxy import LinkProxy
+
+    c = LocalCluster(tmp_path, 3)
+    watch = proxy = None
+    try:
+        leader = c.leader(timeout=30)
+        proxy = LinkProxy(c.configs[leader].address)
+        addresses = [f"127.0.0.1:{proxy.address[1]}" if n == leader else a for n, a in c.addresses.items()]
+        watch, board = MasterWatch(addresses, c.secret), Board()
+        deadline = time.monotonic() + 20
+        while board.screen().header.state != "connected" and time.monotonic() < deadline:
+            board.apply(("link", watch.check()))
+        proxy.cut = True
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (board.link.state == "searching" and board.link.followed):
+            board.apply(("link", watch.check()))
+            time.sleep(0.1)
+        text = board.screen().header.text
+        assert text.startswith(f"Master {leader} does not answer this window") and "follow it" in text, text
+        assert c.status()[leader]["role"] == "leader"  # it does lead: no failover was to be announced
+    finally:
+        if watch is not None:
+            watch.close()
+        if proxy is not None:
+            proxy.close()
+        c.stop()
