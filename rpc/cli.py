@@ -54,7 +54,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rpc.status_report import FIELDS, describe_master, unreachable_summary, why_no_status
 
     rows = cluster_status(args.cluster)
-    notes = other_clusters(rows) + not_members(rows)  # nodes that answer, yet take no part
+    notes = other_clusters(rows) + not_members(rows) + stale_leaders(rows)  # nodes that take no part
     if args.json:
         # each node exactly the contract's fields (DESIGN.md); what the table says beside them
         noted = dict(notes)
@@ -66,7 +66,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         here = os.path.abspath(args.cluster)
         shown = [{**r, "config": os.path.relpath(r["config"], here) if os.path.dirname(r["config"]) == here
                   else r["config"], "reachable": "yes" if r["reachable"] else "no",
-                  "role": _role_shown(r)} for r in rows]
+                  "role": _role_shown(r, _newest_term(rows))} for r in rows]
         headers = [{"commit_index": "commit", "applied_index": "applied"}.get(k, k) for k in FIELDS]
         print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in shown], headers=headers))
         print(describe_master(rows))  # who is master, or why there is none
@@ -81,10 +81,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if any(r["reachable"] for r in rows) else 1
 
 
-def _role_shown(row: dict) -> str | None:
-    """The role, with what is wrong with the node although it serves."""
-    notes = [note for note, on in (("disk full", row.get("disk_full")), ("snapshots failing", row.get("snapshot_error")))
-             if on]
+def _role_shown(row: dict, newest: int | None = None) -> str | None:
+    """The role, with what is wrong with the node although it serves (``newest``: the
+    newest term that answers; a leader of an older one is stale)."""
+    stale = row["role"] == "leader" and type(row["term"]) is int and newest is not None and row["term"] < newest
+    notes = [note for note, on in (("stale", stale), ("disk full", row.get("disk_full")),
+                                   ("snapshots failing", row.get("snapshot_error"))) if on]
     return ", ".join([row["role"], *notes]) if notes and row["role"] is not None else row["role"]
 
 
@@ -139,11 +141,28 @@ def wait_for_leader(directory: str, node_id: str, timeout: float | None = None) 
         time.sleep(0.1)
 
 
+def _newest_term(rows: list[dict]) -> int | None:
+    terms = [r["term"] for r in rows if r["reachable"] and type(r["term"]) is int]
+    return max(terms) if terms else None
+
+
+def stale_leaders(rows: list[dict]) -> list[tuple[str, str]]:
+    """A node and a note for each node that says it leads in a term older than another
+    node's: a paused leader resumed, or one cut off, for the moment until it hears of the
+    newer term. It is no master: the table must not show two."""
+    newest = _newest_term(rows)
+    current = sorted(r["id"] for r in rows if r["reachable"] and r["role"] == "leader" and r["term"] == newest)
+    who = f"{', '.join(current)} leads it" if current else "no leader answers in it yet"
+    return [(r["id"], f"says it leads, in term {r['term']}; term {newest} is newer ({who}): it is no master and steps "
+                      "down once it hears of that term") for r in rows
+            if r["reachable"] and r["role"] == "leader" and type(r["term"]) is int and r["term"] < newest]
+
+
 def not_members(rows: list[dict]) -> list[tuple[str, str]]:
     """A node and a note for each node of the directory that the leader's membership
     leaves out (removed, or an add that did not finish): one that answers only waits,
     and should be stopped; one that does not is no member down."""
-    leaders = [r for r in rows if r["reachable"] and r["role"] == "leader"]
+    leaders = [r for r in rows if r["reachable"] and r["role"] == "leader" and r["term"] == _newest_term(rows)]
     if len(leaders) != 1:
         return []
     members = set(leaders[0]["voters"]) | set(leaders[0].get("learners", ()))

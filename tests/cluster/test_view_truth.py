@@ -61,3 +61,25 @@ def test_a_removed_node_that_was_stopped_is_not_shown_as_a_member_down(tmp_path,
     assert main(["status", "--cluster", str(tmp_path), "--json"]) == 0
     n1 = json.loads(capsys.readouterr().out)["conditions"]["n1"]
     assert "not a member" in (n1["note"] or "") and "Connection refused" in n1["error"], n1
+
+
+def test_a_leader_of_an_older_term_is_not_shown_as_a_second_master(tmp_path, capsys, monkeypatch):
+    """A paused leader resumed (or one cut off) still says "leader" in its old term for a
+    moment, while the others lead in a newer one: the table showed two rows "leader"
+    side by side, the master line alone saying which was current."""
+    def row(nid: str, role: str, term: int) -> dict:
+        return {"id": nid, "address": f"127.0.0.1:710{nid[1]}", "role": role, "term": term, "commit_index": 9,
+                "applied_index": 9, "pid": 100, "config": f"/c/{nid}.toml", "reachable": True,
+                "leader": "n2" if role == "follower" else None, "voters": ["n1", "n2", "n3"], "disk_full": False,
+                "snapshot_error": None}
+
+    rows = [row("n1", "leader", 2), row("n2", "leader", 3), row("n3", "follower", 3)]
+    monkeypatch.setattr(rpc.cluster, "cluster_status", lambda directory, timeout=None: rows)
+    assert main(["status", "--cluster", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    n1 = next(line for line in lines if line.startswith("n1 "))
+    assert "leader" not in n1.split()[2:3] and "stale" in n1, n1
+    assert "n2 leads (term 3)" in lines and any(line.startswith("n1: ") and "term 3" in line for line in lines), lines
+    assert main(["status", "--cluster", str(tmp_path), "--json"]) == 0
+    nodes = {n["id"]: n for n in json.loads(capsys.readouterr().out)["nodes"]}
+    assert "term 3" in (nodes["n1"]["note"] or "") and nodes["n2"]["note"] is None, nodes["n1"]
