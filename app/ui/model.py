@@ -360,7 +360,8 @@ class Board:
             state = "unknown"
         elif n["in_sync"]:
             state, detail = "in_sync", ""  # what was pushed when: the event strip has it
-        elif detail.startswith("push failed") or now - self._out_of_sync.get(n["id"], now) >= self.drift_after:
+        elif (detail.startswith("push failed") or now - self._out_of_sync.get(n["id"], now) >= self.drift_after
+              or self.link.state in ("searching", "unreachable")):  # no master pushes anything now
             state = "drifting"
         else:
             state = "restoring"

@@ -333,3 +333,18 @@ def test_real_nodes_the_windows_link_to_the_master_cut_is_not_called_a_failover(
         if proxy is not None:
             proxy.close()
         c.stop()
+
+
+def test_while_there_is_no_master_no_tile_says_its_settings_are_being_restored(watched, replies):
+    """Before: with no master to push anything, a node whose settings differ was shown
+    "up · restoring desired settings…" (the master pushing them) for 5 s after the
+    window saw it differ."""
+    watch, board = watched
+    view = grid_view()
+    view["nodes"][2].update(desired={"volume": 40}, actual={"volume": 10}, in_sync=False)
+    board.apply(("view", view))
+    assert {t.id: t for t in board.screen().tiles}["n3"].state == "restoring"  # a master is pushing
+    replies.update({ADDRESS["n1"]: refused("n1"), ADDRESS["n2"]: refused("n2"),
+                    ADDRESS["n3"]: status("n3", "pre_candidate")})
+    tile = {t.id: t for t in checked(watch, board).tiles}["n3"]
+    assert tile.state == "drifting" and "restoring" not in tile.words, tile
