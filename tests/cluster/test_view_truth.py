@@ -81,5 +81,5 @@ def test_a_leader_of_an_older_term_is_not_shown_as_a_second_master(tmp_path, cap
     assert "leader" not in n1.split()[2:3] and "stale" in n1, n1
     assert "n2 leads (term 3)" in lines and any(line.startswith("n1: ") and "term 3" in line for line in lines), lines
     assert main(["status", "--cluster", str(tmp_path), "--json"]) == 0
-    nodes = {n["id"]: n for n in json.loads(capsys.readouterr().out)["nodes"]}
+    nodes = json.loads(capsys.readouterr().out)["conditions"]
     assert "term 3" in (nodes["n1"]["note"] or "") and nodes["n2"]["note"] is None, nodes["n1"]
