@@ -23,8 +23,16 @@ class FollowerMixin:
         if t is Append:
             self._handle_append(m)
         elif t is Heartbeat:
-            if m.commit <= self.log.last_index():
+            last = self.log.last_index()
+            if m.commit <= last:
                 self.log.commit_to(m.commit)
+            else:
+                # The leader sends no commit past what we acknowledged to it: our log lost
+                # entries we had (data put back from an old copy, a disk that lost writes).
+                # Said as a rejection of index 0, which no append can earn: the leader then
+                # sends from our real end (a leader that does not know it drops it as stale).
+                self._send(AppendResp(self.id, m.src, self.term, 0, reject=True, hint_index=last,
+                                      hint_term=self.log.term(last)))
             self._send(HeartbeatResp(self.id, m.src, self.term, m.ctx, m.seq))
         elif t is InstallSnapshot:
             self._handle_snapshot_chunk(m)

@@ -244,6 +244,13 @@ class LeaderMixin:
 
     def _handle_append_resp(self, m, pr: Progress) -> None:
         log = self.log
+        if m.reject and m.index == 0:  # its log ends before what it acknowledged (FollowerMixin)
+            if m.hint_index < pr.match:
+                pr.match = m.hint_index
+                pr.sent_commit = min(pr.sent_commit, pr.match)
+                pr.become_probe()
+                self._send_append(m.src, False)
+            return
         if m.reject:
             hint = m.hint_index
             if m.hint_term > 0:

@@ -88,6 +88,7 @@ class NodeMachine:
         self.checks_due = 0.0  # a leader's periodic checks
         self.refused_peers: dict[tuple[str, str], float] = {}  # (sender, why) -> when last logged
         self.clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
+        self.lost_log_said: dict[str, float] = {}  # node whose log lost entries -> when last said
         cfg = core.cfg
         # An idle node need not wake for every tick: a leader wakes when a heartbeat is
         # due, others a few times per election timeout; each wake runs the ticks due.
@@ -143,6 +144,8 @@ class NodeMachine:
                 return
             if type(m) in _CLOCKED:
                 self.clock.observe(m.src, m.wall_us, now)
+                if type(m) is AppendResp and m.reject and m.index == 0:
+                    self._lost_log(m.src, m.hint_index, now)
             self.core.step(m)
         elif t is Persisted:
             self._persisted(ev.seqs)
@@ -189,6 +192,24 @@ class NodeMachine:
     def wait_for(self, index: int, token: int) -> None:
         """Complete ``token`` when the entry at ``index`` (this term's) is applied here."""
         self.waiting[index] = (self.core.term, token)
+
+    def _lost_log(self, node: str, end: int, now: float, leader: str | None = None) -> None:
+        """A follower's log ends before entries it had acknowledged (its data was put back
+        from an old copy, or its disk lost writes that fsync had confirmed): the core
+        sends them again, and this is said at ERROR, once a minute, by both sides."""
+        if leader is None:  # we lead: is it news, or a repeat of what we already acted on?
+            pr = self.core.prs.get(node) if self.role == Role.LEADER else None
+            if pr is None or end >= pr.match:
+                return
+            what = f"{node}'s log ends at {end}, before the {pr.match} entries it acknowledged"
+        else:
+            what = f"this node's log ends at {end}, before entries it acknowledged to {leader}"
+        if now - self.lost_log_said.get(node, -120.0) < 60.0:
+            return
+        self.lost_log_said[node] = now
+        log.error("%s: %s: its data was put back from an old copy, or its disk lost writes; they are sent again. "
+                  "Until then a majority counted on a copy that was gone: check that disk, and never put back a "
+                  "node's old data (docs/operations.md, \"Rebuilding a node\")", self.id, what)
 
     def _admit(self, sender: str, m: Any, now: float) -> bool:
         """Peers are bound to the membership: ``m`` must come from ``sender``, the peer id
@@ -257,7 +278,7 @@ class NodeMachine:
         core = self.core
         while core.has_ready():
             rd = core.ready()
-            self._handle_ready(rd, wall_us)
+            self._handle_ready(rd, now, wall_us)
             core.advance(rd)
         every = self.snapshot_every
         if (every and self.snapshotting is None and now >= self.snapshot_retry_at
@@ -274,7 +295,7 @@ class NodeMachine:
                      ",".join(self.membership.voters), ",".join(self.membership.learners))
             self._out.append(MembershipChanged(self.membership))
 
-    def _handle_ready(self, rd: Ready, wall_us: int) -> None:
+    def _handle_ready(self, rd: Ready, now: float, wall_us: int) -> None:
         out = self._out
         if rd.soft_state is not None:
             self._role_changed(rd.soft_state.role, rd.soft_state.leader)
@@ -304,6 +325,8 @@ class NodeMachine:
         for m in rd.persisted_messages:
             if type(m) is AppendResp:
                 m.wall_us = wall_us  # the leader's journal clock reads the voters' clocks
+                if m.reject and m.index == 0:
+                    self._lost_log(self.id, m.hint_index, now, m.dst)
         for m in rd.messages:
             if type(m) is HeartbeatResp:
                 m.wall_us = wall_us

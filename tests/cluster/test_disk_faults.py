@@ -169,6 +169,40 @@ def test_a_journal_deleted_under_a_running_node_stops_it_and_nothing_acknowledge
         c.stop()
 
 
+def test_a_follower_put_back_from_an_old_copy_of_its_data_is_caught_up_and_named(tmp_path):
+    """A follower's data directory was put back from an old copy (a VM snapshot, a file
+    backup). Its log ended before 150 entries it had acknowledged; the leader counted them
+    as there, and as long as no command came it never sent them: the node stayed behind
+    for good, looking like a healthy follower. It must be caught up, and both sides must
+    say at ERROR what happened to that disk."""
+    c = LocalCluster(tmp_path, 3)
+    try:
+        leader = c.leader()
+        victim = sorted(set(c.configs) - {leader})[0]
+        data = os.path.join(c.dir, victim)
+        with c.client() as client:
+            for _ in range(20):
+                client.execute(Add("x", 1))
+            c.wait_converged(victim)
+            c.kill(victim)
+            shutil.copytree(data, str(tmp_path / "old-copy"))
+            c.start(victim)
+            for _ in range(150):
+                client.execute(Add("x", 1))
+            c.wait_converged(victim)
+            c.kill(victim)
+            shutil.rmtree(data)
+            shutil.copytree(str(tmp_path / "old-copy"), data)
+            c.start(victim)
+            c.wait_converged(victim)  # no command meanwhile: heartbeats alone
+        said = [line for line in c.log(victim).splitlines() if "ERROR" in line and "old copy" in line]
+        assert said and f"acknowledged to {leader}" in said[0], c.tail(victim)
+        said = [line for line in c.log(leader).splitlines() if "ERROR" in line and "old copy" in line]
+        assert said and f"{victim}'s log ends at" in said[0], c.tail(leader)
+    finally:
+        c.stop()
+
+
 @pytest.mark.parametrize("damage", [b"", b"format = 2\nnode = \"n"])
 def test_an_identity_file_the_disk_emptied_or_cut_is_called_damaged_not_a_version(tmp_path, damage):
     """After a disk error and fsck, a node's identity.toml was found empty (or cut off).

@@ -805,3 +805,29 @@ def test_without_check_quorum_a_voter_that_went_silent_stops_counting(make_clust
     c.tick_all(2 * a.cfg.election_tick + 1)
     assert a.role == Role.LEADER
     assert "need 2 for a quorum, and 1 answer the leader (a)" in a.change_problem(ConfigChange.remove_voter("b"))
+
+
+def test_a_follower_restarted_on_an_old_copy_of_its_log_is_caught_up_while_the_cluster_is_idle(make_cluster):
+    """A follower's data was put back from an old copy (a VM snapshot, a restored backup of
+    its directory): its log ends before entries it acknowledged. The leader's progress
+    still counts them as there, and as match never goes down, nothing was sent while no
+    new command came: the node stayed behind for good, missing entries a majority was
+    counted on. Its heartbeat now says what it lacks and the leader sends it again."""
+    c = make_cluster(["a", "b", "c"])
+    c.elect("a")
+    for k in range(5):
+        c.nodes["a"].propose(b"early%d" % k)
+    c.settle()
+    old = c.storage["b"].clone()  # the copy taken here
+    for k in range(20):
+        c.nodes["a"].propose(b"later%d" % k)
+    c.settle()
+    last = c.nodes["a"].log.last_index()
+    assert c.nodes["b"].log.last_index() == last
+    c.storage["b"] = old
+    c.restart("b")
+    assert c.nodes["b"].log.last_index() < last
+    c.tick_all(5)  # idle: heartbeats only
+    assert c.nodes["b"].log.last_index() == last
+    assert c.nodes["b"].log.committed == c.nodes["a"].log.committed
+    assert c.nodes["a"].prs["b"].match == last
