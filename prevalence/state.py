@@ -67,8 +67,17 @@ def describe_command(data: bytes) -> dict:
     return {"timestamp_us": items[0], "type": items[1], "version": items[2], "fields": items[3]}
 
 
+def _text(exc: BaseException) -> str:
+    """str(exc), or its type's name if that fails: an application's exception whose
+    __str__ raises must not stop the replica applying its entry."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - anything; the same on every replica
+        return f"({type(exc).__name__} whose message cannot be shown)"
+
+
 def _error_reply(kind: str, exc: Exception) -> Reply:
-    return (kind, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc))
+    return (kind, f"{type(exc).__module__}.{type(exc).__qualname__}", _text(exc))
 
 
 class StateMachine:
@@ -182,8 +191,11 @@ class StateMachine:
         reply = ("ok", result) if exc is None else _error_reply("failed", exc)
         try:
             msgpack.packb(reply, use_bin_type=True)  # cached replies travel and are snapshotted
-        except (TypeError, ValueError) as err:
-            reply = ("error", f"applied at index {index}, but its result cannot be sent as plain data: {err}")
+        except Exception as err:  # noqa: BLE001 - TypeError, ValueError (nesting), OverflowError (ints past 64 bits)
+            # whatever the result, the entry applies: an exception here would stop every
+            # replica applying it, and again at each restart's replay
+            reply = ("error", f"applied at index {index}, but its result cannot be sent as plain data: "
+                              f"{_text(err)}")
         self.sessions.record(sid, seq, ts, reply)
         return reply
 

@@ -1,0 +1,63 @@
+"""Trust boundaries against real node processes: what a holder of the client key (and
+of no key) can make a cluster do, beyond the malformed input of test_hostile. Every case
+ends with the same checks from outside: every node alive, a normal write and a read
+through the leader, and the state holding what was acknowledged."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from prevalence.codec import CODEC
+from tests.cluster.harness import LocalCluster
+from tests.prevalence.domain import Add, Get
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="multi-process, POSIX")]
+
+U64_MAX = (1 << 64) - 1
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    c = LocalCluster(tmp_path_factory.mktemp("fuzz"), 3)
+    c.leader()
+    yield c
+    c.stop()
+
+
+def assert_serving(c: LocalCluster, key: str = "acked", *, expect: int | None = None) -> int:
+    """Every node alive; a write and a linearizable read through the cluster work, and
+    ``key`` holds what was acknowledged before (``expect``). Returns the new value."""
+    c.check_alive()
+    with c.client(timeout=10.0) as client:
+        got = client.execute(Add(key, 1))
+        if expect is not None:
+            assert got == expect + 1, (got, expect)
+        assert client.query(Get(key)) == got
+    c.wait_converged(timeout=10.0)
+    c.check_alive()
+    return got
+
+
+def test_a_result_msgpack_cannot_carry_is_answered_as_an_error_and_kills_no_node(trio):
+    """A transaction whose result is an int past 64 bits (two client additions of 2**64-1)
+    took down every node applying it: the session's cached reply was packed to check it
+    and msgpack's OverflowError escaped the apply thread, on every replica, and again at
+    every restart's replay. Now the command applies and its reply says why its result
+    cannot be sent."""
+    acked = assert_serving(trio)
+    with trio.client(timeout=10.0) as client:
+        assert client.execute(Add("big", U64_MAX)) == U64_MAX
+        with pytest.raises(Exception) as info:
+            client.execute(Add("big", U64_MAX))
+        assert "cannot be sent as plain data" in str(info.value), info.value
+    acked = assert_serving(trio, expect=acked)
+    leader = trio.leader()
+    reply = trio.call(leader, "query", Get("big"))  # the value cannot travel either: an answer
+    assert reply[0] == "error" and "cannot be sent as plain data" in reply[1], reply
+    # a restart replays the entry from its journal
+    follower = next(n for n in trio.procs if n != leader)
+    trio.kill(follower)
+    trio.start(follower)
+    trio.wait_converged(timeout=15.0)
+    assert_serving(trio, expect=acked)
