@@ -314,7 +314,9 @@ class ClientService(rpyc.Service):
         """
         if not all(type(v) is int and 0 < v < U63 for v in (start, limit)):
             return _reply("error", "start and limit must be positive 63-bit integers")
-        if type(wait) not in (int, float) or not math.isfinite(wait):
+        # an int is checked by its range: one past a float's (brine carries any int)
+        # makes math.isfinite raise OverflowError instead of answering
+        if not ((type(wait) is int and -U63 < wait < U63) or (type(wait) is float and math.isfinite(wait))):
             return _reply("error", "wait must be a number of seconds")
         return self._guard(lambda: self._read_log(start, limit, wait))
 

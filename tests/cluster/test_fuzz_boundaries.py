@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from prevalence.codec import CODEC
+from rpc.transport import NodeLink
+from tests.cluster.attack import key
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Get
 
@@ -61,3 +63,17 @@ def test_a_result_msgpack_cannot_carry_is_answered_as_an_error_and_kills_no_node
     trio.start(follower)
     trio.wait_converged(timeout=15.0)
     assert_serving(trio, expect=acked)
+
+
+def client_link(c: LocalCluster, nid: str, ident: str = "fuzz") -> NodeLink:
+    return NodeLink(c.configs[nid].listen, key(c, "client"), ident=ident, timeout=5.0)
+
+
+@pytest.mark.parametrize("wait", [10**400, -(10**400), 1 << 1024], ids=["1e400", "-1e400", "2^1024"])
+def test_a_wait_too_large_for_a_float_is_answered_as_an_error(trio, wait):
+    """read_log's wait of an int past a float's range raised OverflowError out of the
+    method (the client got RPyC's remote exception, not the service's one-line error)."""
+    with client_link(trio, trio.leader()) as link:
+        reply = link.call("read_log", 1, 1, wait)
+    assert reply[0] == "error" and "wait must be a number of seconds" in reply[1], reply
+    assert_serving(trio)
