@@ -1,6 +1,7 @@
 """Client sessions: a command is applied once, however often a client retries it.
 
-A client registers a session (a replicated entry; its index is the session id), then
+A client registers a session (a replicated entry; its id a random number the node
+mints, see :func:`mint_session_id`), then
 numbers its commands 1, 2, 3... within it. The state keeps each session's last number
 and reply, so a retry after a failover gets the first reply back instead of a second
 apply. Sessions idle for longer than the expiry (24 h of *journaled* time unless a
@@ -12,6 +13,7 @@ runs commands in parallel uses one session per concurrent caller.
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,13 +42,39 @@ class SessionCommand(Transaction):
         raise TypeError(f"{type(self).__name__} changes the session table, not the root")
 
 
+#: Where the ids a node mints lie: 62 random bits, above any log index a session id could
+#: otherwise be (an entry's index, in journals of version 1 of RegisterSession).
+TOKEN_MIN, TOKEN_END = 1 << 62, 1 << 63
+
+
+def mint_session_id() -> int:
+    """A new session id nobody can guess: the id is all that admits a command to a
+    session, so a guessable one let any client-key holder answer another client's
+    commands with its own results, or expire them."""
+    return TOKEN_MIN + secrets.randbelow(TOKEN_END - TOKEN_MIN)
+
+
 @dataclass(frozen=True)
-class RegisterSession(SessionCommand, name="prevalence.RegisterSession"):
-    """Opens a session; its id is the index of this entry."""
+class RegisterSession(SessionCommand, name="prevalence.RegisterSession", version=2):
+    """Opens a session. Its id is ``token`` (what a node's service mints: random, see
+    :func:`mint_session_id`), or, if 0, the index of this entry (version 1, which had no
+    token). An id already in the table is refused: registering it again would reset
+    its numbers, and a retry of its last command would apply twice."""
+
+    token: int = 0
+
+    @classmethod
+    def upgrade(cls, fields: dict, version: int) -> dict:
+        return fields  # version 1 had no fields: the entry's index is the id
 
     def on_sessions(self, table: "SessionTable", ctx: Context) -> int:
-        table.register(ctx.index, ctx.timestamp_us)
-        return ctx.index
+        sid = self.token or ctx.index
+        if self.token and not TOKEN_MIN <= self.token < TOKEN_END:
+            raise ValueError(f"a session token must be from 2**62 to 2**63-1, got {self.token}")
+        if sid in table.sessions:
+            raise ValueError(f"session {sid} is already registered")
+        table.register(sid, ctx.timestamp_us)
+        return sid
 
 
 @dataclass(frozen=True)

@@ -202,9 +202,10 @@ class ClientService(rpyc.Service):
             return _reply("error", f"node status unavailable: {error_text(exc, 1000)}")
 
     def exposed_register_session(self) -> bytes:
-        from prevalence.sessions import RegisterSession
+        from prevalence.sessions import RegisterSession, mint_session_id
 
-        return self._admin(lambda: self._p.node.execute(RegisterSession()))
+        # a random id: the id alone admits a command to a session (prevalence.sessions)
+        return self._admin(lambda: self._p.node.execute(RegisterSession(mint_session_id())))
 
     def exposed_execute(self, data: bytes, session_id: int | None = None, seq: int | None = None) -> bytes:
         """Without a session: at most once per call. With one: exactly once across retries."""

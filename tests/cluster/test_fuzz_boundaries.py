@@ -77,3 +77,32 @@ def test_a_wait_too_large_for_a_float_is_answered_as_an_error(trio, wait):
         reply = link.call("read_log", 1, 1, wait)
     assert reply[0] == "error" and "wait must be a number of seconds" in reply[1], reply
     assert_serving(trio)
+
+
+def test_a_client_cannot_use_or_reset_another_clients_session(trio):
+    """Session ids were the index of their RegisterSession entry: small, consecutive,
+    guessable. Client B, sending under client A's id the number A would send next, had
+    its own command applied and A's real command answered with B's cached reply without
+    being applied (exactly once broken from outside); a sequence number of 2**63-1 made
+    every later command of A "expired". Now a node mints each id at random (62 bits) and
+    a session can be registered only once."""
+    leader = trio.leader()
+    with client_link(trio, leader, "a") as a, client_link(trio, leader, "b") as b:
+        kind, sid = a.call("register_session")
+        assert kind == "ok" and sid >= 1 << 62, sid
+        assert a.call("execute", CODEC.dumps(Add("mine", 1)), sid, 1) == ["ok", 1]
+        last = a.call("status")[1]["last_index"]
+        for guess in range(1, last + 3):  # every id the old scheme could have given
+            reply = b.call("execute", CODEC.dumps(Add("theirs", 100)), guess, 2)
+            assert reply[0] == "expired", (guess, reply)
+            reply = b.call("execute", CODEC.dumps(Add("theirs", 100)), guess, (1 << 63) - 1)
+            assert reply[0] == "expired", (guess, reply)
+        # registering A's id again (which would reset its numbers) is refused
+        from prevalence.sessions import RegisterSession
+        reply = b.call("execute", CODEC.dumps(RegisterSession(sid)))
+        assert reply[0] == "failed" and "already" in reply[2], reply
+        assert a.call("execute", CODEC.dumps(Add("mine", 1)), sid, 1) == ["ok", 1]  # a retry: cached
+        assert a.call("execute", CODEC.dumps(Add("mine", 1)), sid, 2) == ["ok", 2]
+        assert a.call("query", CODEC.dumps(Get("mine"))) == ["ok", 2]
+        assert a.call("query", CODEC.dumps(Get("theirs"))) == ["ok", None]
+    assert_serving(trio)
