@@ -416,12 +416,18 @@ class ClientService(rpyc.Service):
         if handler is None:
             return _reply("error", f"this node has no application call {_show(name)}")
         def call() -> tuple:
+            request = self._check(data)
+            # the handler decodes the request as it likes (the grid's agent.apply: msgpack,
+            # ~45 MB of objects from 1 MiB): within the process's budget, as execute's
+            held = BUDGET.take(len(request))
             try:
-                return ("ok", handler(self._check(data)))
+                return ("ok", handler(request))
             except (PrevalenceError, TimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001 - the caller gets the reason, the node serves on
                 return ("error", f"{name}: {type(exc).__name__}: {error_text(exc, 1000)}")
+            finally:
+                BUDGET.give(held)
 
         return self._guard(call)
 

@@ -4,13 +4,15 @@ ends with the same checks from outside: every node alive, a normal write and a r
 through the leader, and the state holding what was acknowledged."""
 from __future__ import annotations
 
+import struct
 import sys
+import threading
 
 import pytest
 
 from prevalence.codec import CODEC
 from rpc.transport import NodeLink
-from tests.cluster.attack import key
+from tests.cluster.attack import key, proc_kb, reset_peak
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Get
 
@@ -106,3 +108,41 @@ def test_a_client_cannot_use_or_reset_another_clients_session(trio):
         assert a.call("query", CODEC.dumps(Get("mine"))) == ["ok", 2]
         assert a.call("query", CODEC.dumps(Get("theirs"))) == ["ok", None]
     assert_serving(trio)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_application_calls_decode_within_the_process_budget(tmp_path):
+    """app_call handed a client's bytes to the application's handler outside the decode
+    budget that bounds every other request: the grid's agent.apply decodes them with
+    msgpack, and 1 MiB of empty maps is about 45 MB of objects, so twelve clients at once
+    took a node 363 MB over its idle 33 MB (128 connections: gigabytes, on 2 GB PCs). Now a
+    handler runs holding its request's share of the budget, as execute does."""
+    c = LocalCluster(tmp_path, 1, root="app.model:Grid", imports=["app.model"], app={"plugin": "app.node:attach"})
+    try:
+        nid = c.leader()
+        pid = c.procs[nid].pid
+        n = (1 << 20) - 16
+        bomb = b"\xdd" + struct.pack("!I", n) + b"\x80" * n  # one array of a million empty maps
+        with client_link(c, nid) as link:  # warm the paths before measuring
+            assert link.call("app_call", "agent.apply", bomb)[0] == "error"
+        idle = proc_kb(pid, "VmRSS")
+        reset_peak(pid)
+        replies = []
+
+        def call() -> None:
+            with NodeLink(c.configs[nid].listen, key(c, "client"), ident="bomb", timeout=30.0) as link:
+                replies.append(link.call("app_call", "agent.apply", bomb))
+
+        threads = [threading.Thread(target=call) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        grew = (proc_kb(pid, "VmHWM") - idle) >> 10
+        assert [r[0] for r in replies] == ["error"] * 12, replies
+        assert grew < 200, f"peak RSS {grew} MiB over idle"
+        with client_link(c, nid) as link:
+            assert link.call("status")[0] == "ok"
+        c.check_alive()
+    finally:
+        c.stop()
