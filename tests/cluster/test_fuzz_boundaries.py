@@ -4,10 +4,15 @@ ends with the same checks from outside: every node alive, a normal write and a r
 through the leader, and the state holding what was acknowledged."""
 from __future__ import annotations
 
+import os
+import random
+import socket
 import struct
 import sys
 import threading
+import time
 
+import msgpack
 import pytest
 
 from prevalence.codec import CODEC
@@ -146,3 +151,89 @@ def test_application_calls_decode_within_the_process_budget(tmp_path):
         c.check_alive()
     finally:
         c.stop()
+
+
+# ---------------------------------------------------------------------------- strangers
+
+def proc_figure(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def threads_and_fds(pid: int) -> tuple[int, int]:
+    return proc_figure(pid, "Threads"), len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_back_to(pid: int, baseline: tuple[int, int], seconds: float) -> tuple[int, int]:
+    deadline = time.monotonic() + seconds
+    now = threads_and_fds(pid)
+    while now[0] > baseline[0] or now[1] > baseline[1]:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+        now = threads_and_fds(pid)
+    return now
+
+
+def stranger_bytes(rnd: random.Random) -> tuple[str, bytes]:
+    """What a party without a key sends first (seeded): nothing, noise, lengths, hellos."""
+    hello = lambda *f: (lambda b: struct.pack("!I", len(b)) + b)(msgpack.packb(["pvl-hello", *f]))  # noqa: E731
+    shapes = [
+        ("nothing", lambda: b""),
+        ("noise", lambda: rnd.randbytes(rnd.randint(1, 200))),
+        ("partial header", lambda: b"\x00\x00"),
+        ("4 GiB announced", lambda: b"\xff\xff\xff\xff" + rnd.randbytes(8)),
+        ("truncated body", lambda: struct.pack("!I", 900) + rnd.randbytes(100)),
+        ("hello, no proof", lambda: hello(4, "s", rnd.randbytes(32))),
+        ("hello, wrong proof", lambda: hello(rnd.choice([4, 5]), "s", rnd.randbytes(32))
+         + (lambda b: struct.pack("!I", len(b)) + b)(msgpack.packb(["pvl-proof", rnd.randbytes(32)]))),
+        ("old version", lambda: hello(rnd.choice([1, 2, 3, 6, -1, 2**40]), "s", rnd.randbytes(32))),
+        ("bad id", lambda: hello(4, rnd.choice(["", "x" * 129, "a\nb", "\x1b[2J"]), rnd.randbytes(32))),
+        ("TLS hello", lambda: b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + rnd.randbytes(32)),
+        ("RPyC frame", lambda: struct.pack("!LB", 5, 0) + b"\x01" * 9),
+    ]
+    what, make = rnd.choice(shapes)
+    return what, make()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_burst_of_strangers_leaves_no_thread_descriptor_or_flood_of_lines(trio):
+    """400 connections without a key (seeded shapes, some reset, some left open for a
+    second): the node serves throughout, its threads and descriptors return to their
+    count before the burst, and it logs at most one line per connection, no traceback."""
+    nid = trio.leader()
+    pid = trio.procs[nid].pid
+    address = trio.configs[nid].listen
+    acked = assert_serving(trio)
+    baseline = threads_and_fds(pid)
+    lines_before = len(trio.log(nid).splitlines())
+    rnd = random.Random(20261130)
+    held = []
+    for i in range(400):
+        what, payload = stranger_bytes(rnd)
+        sock = socket.create_connection(address, timeout=2.0)
+        try:
+            if payload:
+                sock.sendall(payload)
+        except OSError:
+            pass
+        if i % 40 == 0:
+            held.append(sock)  # open a while, as a slow party would
+            continue
+        if rnd.random() < 0.3:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+        sock.close()
+    time.sleep(1.0)
+    for sock in held:
+        sock.close()
+    acked = assert_serving(trio, expect=acked)
+    now = wait_back_to(pid, baseline, 8.0)
+    assert now[0] <= baseline[0] and now[1] <= baseline[1], f"threads, descriptors {now}, before {baseline}"
+    new = trio.log(nid).splitlines()[lines_before:]
+    assert len(new) <= 400 + 10, f"{len(new)} lines for 400 connections"
+    assert not [line for line in new if "Traceback" in line or "ERROR" in line or "CRITICAL" in line], new[:5]
+    refused = [line for line in new if "refused connection from" in line]
+    assert all(line.split(": ")[-1].strip() for line in refused), refused[:5]  # each names its reason
