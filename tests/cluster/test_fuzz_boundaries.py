@@ -5,6 +5,7 @@ through the leader, and the state holding what was acknowledged."""
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import socket
 import struct
@@ -237,3 +238,96 @@ def test_a_burst_of_strangers_leaves_no_thread_descriptor_or_flood_of_lines(trio
     assert not [line for line in new if "Traceback" in line or "ERROR" in line or "CRITICAL" in line], new[:5]
     refused = [line for line in new if "refused connection from" in line]
     assert all(line.split(": ")[-1].strip() for line in refused), refused[:5]  # each names its reason
+
+
+# ---------------------------------------------------------------------------- client key
+
+class _RunsCode:
+    """Unpickling this runs a command: the marker file proves whether anything did."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+OUTSIDE = ["os.system", "builtins.eval", "subprocess.Popen", "pickle.loads", "dill.loads", "prevalence.SessionCommand",
+           "prevalence.SetSessionExpiry", "rpc.service.ClientService", "__main__.X", "", "test.Add\x00"]
+METHODS = ["status", "execute", "execute_batch", "query", "register_session", "read_log", "app_call",
+           "change_membership", "transfer_leadership", "backup_begin", "backup_chunk", "backup_end",
+           "exposed_status", "_p", "_rpyc_getattr", "__class__", "__init__", "_load", "receive_batch", "deliver",
+           "on_message", "eval", "getattr"]
+
+
+def client_value(rnd: random.Random, marker: str, depth: int = 0) -> object:
+    """One argument a client-key holder might send (seeded): wrong types, extremes,
+    unicode oddities, pickles, names of classes outside the application."""
+    pick = rnd.randrange(16)
+    if pick == 0:
+        return rnd.choice([0, -1, 1 << 63, -(1 << 63) - 1, 10**30, 2**64, True, None])
+    if pick == 1:
+        return rnd.choice([float("nan"), float("inf"), -0.0, 1e308])
+    if pick == 2:
+        return rnd.choice(["", "\u202e", "\ufeff", "\U0001F600" * 50, "a\x00b", "x" * 5000, "linearizable", "local"])
+    if pick == 3:
+        return pickle.dumps(_RunsCode(marker))
+    if pick == 4:
+        return msgpack.packb([rnd.choice(OUTSIDE), 1, {"a": 1}])
+    if pick == 5:  # a real type, with fields of the wrong kind, or a pickle where a field goes
+        return msgpack.packb(["test.Add", rnd.choice([1, 2, 0, -1]),
+                              {"key": rnd.choice(["x", 1, None]), "amount": rnd.choice([1.5, "1", pickle.dumps(1), 2**64 - 1])}],
+                             use_bin_type=True)
+    if pick == 6:
+        return msgpack.packb(msgpack.ExtType(rnd.randrange(128), pickle.dumps(_RunsCode(marker))))
+    if pick == 7:
+        return rnd.randbytes(rnd.randint(0, 64))
+    if pick == 8 and depth < 3:
+        return tuple(client_value(rnd, marker, depth + 1) for _ in range(rnd.randint(0, 3)))
+    if pick == 9:
+        return rnd.choice([0, 1, 2, 3, 1 << 62, (1 << 63) - 1])  # other clients' session ids, old and new
+    if pick == 10:
+        return msgpack.packb([[msgpack.packb(["test.Add", 1, {"key": "x", "amount": 1}]), rnd.randrange(5), 1]] * 3)
+    return rnd.choice(["n1", "n2", "n3", "add_voter", "remove", "agent.apply", "test.whoami"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_seeded_burst_of_client_calls_runs_no_code_and_changes_nothing(trio, tmp_path):
+    """600 calls with the client key (seeded): every name a client might try, exposed or
+    not, with wrong types, extremes, pickles and classes outside the application. Nothing
+    is unpickled or imported (no marker file), no administration is done, the state the
+    checks keep is unchanged, and threads and descriptors come back to their count."""
+    nid = trio.leader()
+    pid = trio.procs[nid].pid
+    acked = assert_serving(trio)
+    with client_link(trio, nid) as link:
+        status = link.call("status")[1]
+    members = (status["voters"], status["learners"])
+    baseline = threads_and_fds(pid)
+    marker = str(tmp_path / "ran")
+    rnd = random.Random(1130)
+    link = client_link(trio, nid)
+    kinds = set()
+    try:
+        for _ in range(600):
+            method = rnd.choice(METHODS)
+            args = tuple(client_value(rnd, marker) for _ in range(rnd.randint(0, 4)))
+            if method in ("execute", "execute_batch") and args and type(args[0]) is bytes \
+                    and b"test.Add" in args[0] and b"\xa1x" in args[0]:
+                continue  # might be a real command on the checked key; the rest must not change it
+            try:
+                reply = link.call(method, *args)
+                kinds.add(reply[0] if type(reply) is list and reply else type(reply).__name__)
+            except Exception as exc:  # noqa: BLE001 - refused by RPyC (a name not exposed) or dropped
+                kinds.add(type(exc).__name__)
+                link.close()
+    finally:
+        link.close()
+    assert not os.path.exists(marker), "a client's bytes ran code on the node"
+    assert_serving(trio, expect=acked)
+    with client_link(trio, nid) as link:
+        status = link.call("status")[1]
+    assert (status["voters"], status["learners"]) == members, status
+    now = wait_back_to(pid, baseline, 8.0)
+    assert now[0] <= baseline[0] and now[1] <= baseline[1], f"threads, descriptors {now}, before {baseline}"
+    assert "ok" in kinds and "error" in kinds, kinds
