@@ -14,7 +14,7 @@ import msgpack
 
 from prevalence.entry import Entry, EntryKind
 from replication.errors import DecodeError
-from replication.membership import Membership
+from replication.membership import Membership, decode_membership
 
 
 class HardState(NamedTuple):
@@ -189,6 +189,7 @@ _TYPES: list[type] = [
 _CODE = {cls: code for code, cls in enumerate(_TYPES, start=1)}
 _FIELD_NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES}
 _ENTRY_KINDS = frozenset(int(k) for k in EntryKind)
+_CONFIG = int(EntryKind.CONFIG)
 
 
 def _wire_value(value: object) -> object:
@@ -258,7 +259,13 @@ def _entries(v: object, what: str) -> list:
         if prev is not None and index != prev + 1:
             raise DecodeError(f"{what}: entry indexes are not consecutive ({prev} then {index})")
         prev = index
-        out.append(Entry(index, term, kind, _bytes(raw[3], "entry data")))
+        data = _bytes(raw[3], "entry data")
+        if kind == _CONFIG:  # the core decodes it as it appends: a bad one raised there, and the node exited
+            try:
+                decode_membership(data)
+            except DecodeError as exc:
+                raise DecodeError(f"{what}: entry {index} is a CONFIG entry without a membership ({exc})") from None
+        out.append(Entry(index, term, kind, data))
     return out
 
 

@@ -17,7 +17,9 @@ import msgpack
 import pytest
 
 from prevalence.codec import CODEC
-from rpc.transport import NodeLink
+from prevalence.entry import Entry, EntryKind
+from replication.messages import Append, encode
+from rpc.transport import NodeLink, open_peer_channel
 from tests.cluster.attack import key, proc_kb, reset_peak
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Get
@@ -331,3 +333,26 @@ def test_a_seeded_burst_of_client_calls_runs_no_code_and_changes_nothing(trio, t
     now = wait_back_to(pid, baseline, 8.0)
     assert now[0] <= baseline[0] and now[1] <= baseline[1], f"threads, descriptors {now}, before {baseline}"
     assert "ok" in kinds and "error" in kinds, kinds
+
+
+# ---------------------------------------------------------------------------- peer key
+
+def test_a_config_entry_that_holds_no_membership_is_dropped_at_the_boundary(trio):
+    """An Append whose CONFIG entry is not a membership passed the message decoder (it
+    checked the entry's kind, not its data); the follower's Raft loop raised DecodeError
+    while appending it and the node exited. A confused leader, or anything holding the
+    peer key, took nodes down one message at a time. Now the decoder reads the membership
+    of every CONFIG entry and the message is dropped with one line."""
+    leader = trio.leader()
+    acked = assert_serving(trio)
+    follower = next(n for n in sorted(trio.procs) if n != leader)
+    trio.wait_converged(timeout=10.0)
+    with client_link(trio, follower) as link:
+        st = link.call("status")[1]
+    bad = Entry(st["last_index"] + 1, st["term"], int(EntryKind.CONFIG), b"\x93\xa1x")  # an array cut short
+    msg = Append(leader, follower, st["term"], st["last_index"], st["term"], [bad], st["commit_index"])
+    with open_peer_channel(trio.configs[follower].listen, key(trio, "peer"), ident=leader) as chan:
+        chan.call([encode(msg)], timeout=2.0)
+    time.sleep(0.5)
+    assert_serving(trio, expect=acked)
+    assert "dropped a malformed peer message" in trio.log(follower)

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from prevalence.entry import Entry
 from replication.errors import DecodeError, RaftError
-from replication.membership import Membership
+from replication.membership import Membership, encode_membership
 from replication.messages import (
     Append, AppendResp, Heartbeat, HeartbeatResp, InstallSnapshot, PreVote, PreVoteResp,
     ReadIndex, ReadIndexResp, SnapshotMeta, SnapshotResp, TimeoutNow, Vote, VoteResp,
@@ -23,7 +23,13 @@ blobs = st.binary(max_size=64)
 def entry_lists(draw):
     start = draw(st.integers(min_value=1, max_value=1 << 40))
     n = draw(st.integers(min_value=0, max_value=5))
-    return [Entry(start + i, draw(u64), draw(st.sampled_from([0, 1, 2])), draw(blobs)) for i in range(n)]
+    out = []
+    for i in range(n):
+        kind = draw(st.sampled_from([0, 1, 2]))
+        # a CONFIG entry's data is a membership: the decoder refuses anything else
+        data = encode_membership(draw(memberships)) if kind == 2 else draw(blobs)
+        out.append(Entry(start + i, draw(u64), kind, data))
+    return out
 
 
 memberships = st.builds(
@@ -141,7 +147,7 @@ def test_encode_refuses_non_messages():
 
 def test_snapshot_message_with_member_addresses_round_trips():
     """Addresses travel in the membership of snapshot metadata (regression: maps were refused)."""
-    from replication.membership import Membership
+    from replication.membership import Membership, encode_membership
     from replication.messages import InstallSnapshot, SnapshotMeta, decode, encode
 
     m = Membership(("n1", "n2"), ("n3",), (("n1", "127.0.0.1:7101"), ("n3", "10.0.0.3:7100")))
@@ -157,3 +163,13 @@ def test_deeply_nested_fields_are_a_decode_error_not_a_recursion_error(depth):
         v = [v]
     with pytest.raises(DecodeError, match="PreVote.src"):
         decode(msgpack.packb([1, v, "n2", 1, 1, 1], use_bin_type=True))
+
+
+@pytest.mark.parametrize("data", [b"", b"\x93\xa1x", b"\xc0", msgpack.packb([["n1"], [], {"n1": 5}]), b"\x92\x90\x90\x00"])
+def test_a_config_entry_without_a_membership_is_a_decode_error(data):
+    """The core decodes a CONFIG entry's membership as it appends it: one that holds none
+    must be refused here, with the message, not raise in the Raft loop."""
+    ok = Append("n1", "n2", 1, 0, 0, [Entry(1, 1, 2, encode_membership(Membership(("n1",))))], 0)
+    assert decode(encode(ok)) == ok
+    with pytest.raises(DecodeError, match="CONFIG entry without a membership"):
+        decode(encode(Append("n1", "n2", 1, 0, 0, [Entry(1, 1, 2, data)], 0)))
