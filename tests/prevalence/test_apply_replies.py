@@ -1,0 +1,52 @@
+"""What a session command's apply makes of results and errors that cannot travel: an
+answer on every replica alike, never an exception out of the apply thread."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+
+import prevalence
+from prevalence.codec import CODEC
+from prevalence.sessions import RegisterSession
+from prevalence.state import StateMachine, encode_command
+from tests.prevalence.domain import Add, Store
+
+
+class _Unshowable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+@dataclass(frozen=True)
+class _FailsUnshowably(prevalence.Transaction, name="test.FailsUnshowably"):
+    key: str
+
+    def execute(self, root: Store, ctx: prevalence.Context) -> None:
+        raise _Unshowable()
+
+
+def entry(index: int, tx: object, session: tuple[int, int] | None = None) -> prevalence.Entry:
+    return prevalence.Entry(index, 1, prevalence.EntryKind.COMMAND, encode_command(1, CODEC.to_plain(tx), session))
+
+
+def test_a_result_past_64_bits_applies_and_is_answered_as_an_error_on_every_replica():
+    replies = []
+    for _ in range(2):  # two replicas of one log
+        sm = StateMachine(Store())
+        sm.apply_entry(entry(1, RegisterSession()), check=True)
+        sm.apply_entry(entry(2, Add("x", (1 << 64) - 1), (1, 1)), check=True)
+        reply, exc = sm.apply_entry(entry(3, Add("x", (1 << 64) - 1), (1, 2)), check=True)
+        assert exc is None and reply[0] == "error" and "cannot be sent as plain data" in reply[1], reply
+        assert sm.root.values["x"] == (1 << 65) - 2 and sm.applied_index == 3
+        msgpack.packb(sm.sessions.to_plain())  # what a snapshot holds still packs
+        replies.append(reply)
+    assert replies[0] == replies[1]
+
+
+def test_an_exception_whose_message_fails_is_named_by_its_type():
+    sm = StateMachine(Store())
+    sm.apply_entry(entry(1, RegisterSession()), check=True)
+    reply, exc = sm.apply_entry(entry(2, _FailsUnshowably("k"), (1, 1)), check=True)
+    assert exc is None and reply[0] == "failed" and reply[1].endswith("_Unshowable"), reply
+    assert "_Unshowable" in reply[2] and sm.applied_index == 2
