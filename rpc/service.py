@@ -321,7 +321,7 @@ class ClientService(rpyc.Service):
             return _reply("error", "wait must be a number of seconds")
         return self._guard(lambda: self._read_log(start, limit, wait))
 
-    def _read_log(self, start: int, limit: int, wait: float) -> tuple:
+    def _read_log(self, start: int, limit: int, wait: float) -> tuple | bytes:
         from prevalence.entry import EntryKind
         from prevalence.state import describe_command
 
@@ -330,14 +330,21 @@ class ClientService(rpyc.Service):
         first, entries = node.committed_log(start, max(1, min(limit, 4096)))
         if start < first:
             return ("compacted", first)
-        events = []
         skipped = node.sm.skipped
-        for e in entries:
-            if e.kind == EntryKind.COMMAND and e.index not in skipped:  # applied, and only once
-                d = describe_command(e.data)
-                if not d["type"].startswith("prevalence."):  # sessions are bookkeeping, not events
-                    events.append([e.index, d["timestamp_us"], d["type"], d["fields"]])
-        return ("ok", entries[-1].index + 1 if entries else start, events)
+        # each command is decoded whole, and a client's may be 1 MiB of small items (25-70 MB
+        # of objects): described within the process's decode budget, as requests are, and
+        # packed before its share is given back (the events are the decoded objects)
+        held = BUDGET.take(sum(len(e.data) for e in entries))
+        try:
+            events = []
+            for e in entries:
+                if e.kind == EntryKind.COMMAND and e.index not in skipped:  # applied, and only once
+                    d = describe_command(e.data)
+                    if not d["type"].startswith("prevalence."):  # sessions are bookkeeping, not events
+                        events.append([e.index, d["timestamp_us"], d["type"], d["fields"]])
+            return _reply("ok", entries[-1].index + 1 if entries else start, events)
+        finally:
+            BUDGET.give(held)
 
     def exposed_change_membership(self, op: str, node_id: str, address: str | None = None) -> bytes:
         """Maintenance: add_voter, add_learner, promote_learner or remove (leader only)."""
@@ -471,9 +478,11 @@ class ClientService(rpyc.Service):
         return self._guard(outcome)
 
     def _guard(self, reply) -> bytes:
-        """The framework's refusals as replies: redirect, error, time-out."""
+        """The framework's refusals as replies: redirect, error, time-out. ``reply``
+        returns the reply's items, or the reply already packed."""
         try:
-            return _reply(*reply())
+            out = reply()
+            return out if type(out) is bytes else _reply(*out)
         except Exception as exc:  # noqa: BLE001 - RecursionError, OverflowError...: an answer, the node serves on
             refusal = refusal_reply(exc, self._p.address_of, lambda e: error_text(e, 1000))
             if refusal is not None:
