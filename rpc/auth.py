@@ -4,12 +4,16 @@ A node holds one key per role: ``peer`` (the other nodes), ``client`` (operator
 programs) and ``admin`` (cluster administration). Message by message (frames as in
 :mod:`rpc.wire`; ``K`` is the key the connecting party holds)::
 
-    client -> server  HELLO     [version, id, Nc(, C, E)]    Nc: 32 fresh random bytes
+    client -> server  HELLO     [version, id, Nc(, C, E(, D))]   Nc: 32 fresh random bytes
     server -> client  CHALLENGE [Ns]                         Ns: 32 fresh random bytes
     client -> server  PROOF     [HMAC(K, "client-proof" | T)]
     server -> client  OK        [HMAC(K, "server-proof" | T | role), role]   or REFUSED [reason]
 
-    T = msgpack(["pvl-auth", version, id, Nc, Ns(, C, E)])
+    T = msgpack(["pvl-auth", version, id, Nc, Ns(, C, E(, D))])
+
+A node names D, the node it dials; a node refuses a hello meant for another (a party the
+leader dialled, a learner an admin added at its own address, passed the leader's hello
+and proof on to a node and was the leader there). D is in T: it cannot be removed.
 
 A node adds its cluster id C and epoch E (from its data's identity.toml; a client
 program sends neither). Once the proof matched the peer key, a server whose own data
@@ -212,8 +216,10 @@ def cluster_mismatch(ident: str, theirs: tuple[str, int], ours: tuple[str, int])
             "(docs/operations.md)")
 
 
-def _transcript(version: int, ident: str, nc: bytes, ns: bytes, cluster: str = "", epoch: int = 0) -> bytes:
-    fields = ["pvl-auth", version, ident, nc, ns] + ([cluster, epoch] if cluster else [])
+def _transcript(version: int, ident: str, nc: bytes, ns: bytes, cluster: str = "", epoch: int = 0,
+                target: str = "") -> bytes:
+    fields = ["pvl-auth", version, ident, nc, ns] + ([cluster, epoch, target] if target else
+                                                     [cluster, epoch] if cluster else [])
     return msgpack.packb(fields, use_bin_type=True)
 
 
@@ -285,8 +291,10 @@ class ServerAuthenticator:
         timeout: float = DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
         max_frame: int = MAX_FRAME,
+        node_id: str | None = None,
     ):
         self._keys = check_role_keys(keys, "server authenticator")
+        self.node_id = node_id  # a hello naming another node is refused (None: not checked)
         self.timeout = float(timeout)
         self.ssl_context = ssl_context
         self.roles = tuple(self._keys)
@@ -341,7 +349,7 @@ class ServerAuthenticator:
     def _handshake(self, sock, deadline: float, claim: list):
         body = read_frame(sock, deadline, self.max_frame)
         try:
-            _, (version, ident, nc, cluster, epoch) = decode_message(body, (HELLO,))
+            _, (version, ident, nc, cluster, epoch, target) = decode_message(body, (HELLO,))
         except UnsupportedVersion as exc:
             self._refuse(sock, deadline, str(exc), f"{exc} (this node speaks {PROTOCOL_VERSION} to clients and "
                          f"{PEER_PROTOCOL_VERSION} to nodes: {_other_release(exc.version)}, see docs/security.md)")
@@ -350,11 +358,15 @@ class ServerAuthenticator:
         if problem:
             self._refuse(sock, deadline, f"malformed cluster identity in the hello: {problem}",
                          "malformed cluster identity")
+        if target and self.node_id is not None and target != self.node_id:
+            self._refuse(sock, deadline, f"{ident!r:.40} dialled node {target!r:.40}, this is node {self.node_id!r:.40}: "
+                         "a relayed handshake, or a membership address that names the wrong node",
+                         f"this is node {self.node_id!r:.40}, not {target!r:.40}")
         ns = os.urandom(NONCE_SIZE)
         write_frame(sock, encode_frame(CHALLENGE, ns), deadline)
         body = read_frame(sock, deadline, self.max_frame)
         _, (mac_c,) = decode_message(body, (PROOF,))
-        transcript = _transcript(version, ident, nc, ns, cluster, epoch)
+        transcript = _transcript(version, ident, nc, ns, cluster, epoch, target)
         # every key is tried, each in constant time: which one matched is the role
         matched = [(role, key) for role, keys in self._keys.items() for key in keys
                    if hmac.compare_digest(mac_c, _mac(key, _CLIENT_LABEL, transcript))]
@@ -390,9 +402,11 @@ def client_handshake(
     timeout: float = 2.0,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    target: str | None = None,
 ) -> socket.socket:
     """Authenticate a freshly connected socket with ``secret``, the key of ``role``;
-    return the socket.
+    return the socket. ``target``: the id of the node dialled (a node names it, so that
+    its proof is good for that node only).
 
     The server grants the role whose key the proof matches; a grant other than ``role``
     (or, for ``"client"``, ``"admin"``) is refused here: the wrong key file is configured.
@@ -406,8 +420,11 @@ def client_handshake(
         raise AuthenticationFailed(f"role must be one of {ROLES}, got {role!r}")
     try:
         _check_id(ident)
+        if target is not None:
+            _check_id(target)
     except HandshakeError as exc:
-        raise AuthenticationFailed(f"invalid {role} id {ident!r}: {exc}") from None
+        raise AuthenticationFailed(f"invalid {role} id {ident!r} or target {target!r}: {exc}") from None
+    target = target or ""
     if address is None:
         try:
             address = format_address(sock.getpeername())
@@ -422,13 +439,13 @@ def client_handshake(
         nc = os.urandom(NONCE_SIZE)
         cluster, epoch = _cluster_of(secret) if role == "peer" else ("", 0)
         version = PEER_PROTOCOL_VERSION if role == "peer" else PROTOCOL_VERSION
-        hello = (version, ident, nc) + ((cluster, epoch) if cluster else ())
+        hello = (version, ident, nc) + ((cluster, epoch, target) if target else (cluster, epoch) if cluster else ())
         write_frame(sock, encode_frame(HELLO, *hello), deadline)
         tag, fields = decode_message(read_frame(sock, deadline), (CHALLENGE, REFUSED))
         if tag == REFUSED:
             raise AuthenticationFailed(f"{address} refused the connection: {fields[0]}", address=address)
         (ns,) = fields
-        transcript = _transcript(version, ident, nc, ns, cluster, epoch)
+        transcript = _transcript(version, ident, nc, ns, cluster, epoch, target)
         write_frame(sock, encode_frame(PROOF, _mac(secret, _CLIENT_LABEL, transcript)), deadline)
         tag, fields = decode_message(read_frame(sock, deadline), (OK, REFUSED))
         if tag == REFUSED and fields[0].startswith(CLUSTER_MISMATCH):

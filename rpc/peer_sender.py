@@ -183,7 +183,7 @@ class _Peer:
         o = self.owner
         chan = open_peer_channel(address, o._secret, ident=o.self_id, connect_timeout=o.connect_timeout,
                                  handshake_timeout=o.handshake_timeout, write_timeout=o.request_timeout,
-                                 ssl_context=o.ssl_context)
+                                 ssl_context=o.ssl_context, target=self.id)  # good for that node only
         c = _Conn(chan, address)
         c.reader = threading.Thread(target=self._read, args=(c,), name=f"rpc-recv-{self.id}", daemon=True)
         return c

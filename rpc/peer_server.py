@@ -415,10 +415,13 @@ class PeerServer:
         max_peer_frame: int = PEER_MAX_FRAME,
         max_client_frame: int = CLIENT_MAX_FRAME,
         frame_timeout: float = FRAME_TIMEOUT,
+        node_id: str | None = None,
     ):
         # keys: role -> key (bytes alone: the peer key, peers only); the key that proves
-        # itself decides the role (rpc.auth)
-        authenticator = ServerAuthenticator(keys, timeout=handshake_timeout, ssl_context=ssl_context)
+        # itself decides the role (rpc.auth); a hello naming another node than node_id is
+        # refused (a relayed handshake)
+        authenticator = ServerAuthenticator(keys, timeout=handshake_timeout, ssl_context=ssl_context,
+                                            node_id=node_id)
         try:
             self._server = _Server(
                 _RoleRouter(on_message, service_extra, on_batch),

@@ -128,7 +128,7 @@ class NodeProcess:
                                  on_batch=lambda src, frames: self.node.receive_batch(frames, reply_to=src),
                                  service_extra=lambda ident: ClientService(self, ident.id,
                                                                            admin=ident.role == "admin"),
-                                 ssl_context=self.server_tls)
+                                 ssl_context=self.server_tls, node_id=self.cfg.id)
         self.node.start()
         log.info("node %s up on %s (pid %d, config %s)", self.cfg.id, format_address(self.cfg.listen),
                  os.getpid(), self.cfg.path)

@@ -130,6 +130,7 @@ def connect_authenticated(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     deadline: float | None = None,
+    target: str | None = None,
 ) -> socket.socket:
     """Connect and authenticate as ``(role, ident)``; return the socket, its writes
     bounded by ``write_timeout`` (a write to a party that stopped reading fails then
@@ -149,7 +150,7 @@ def connect_authenticated(
         if deadline is not None:
             handshake_timeout = max(0.001, min(handshake_timeout, deadline - time.monotonic()))
         sock = client_handshake(sock, secret, role, ident, address=where, timeout=handshake_timeout,
-                                ssl_context=ssl_context, server_hostname=server_hostname)
+                                ssl_context=ssl_context, server_hostname=server_hostname, target=target)
         sock.settimeout(write_timeout)
         return sock
     except BaseException:
@@ -312,11 +313,13 @@ def open_peer_channel(
     ssl_context: ssl.SSLContext | None = None,
     max_frame: int = PEER_MAX_FRAME,
     frame_timeout: float = FRAME_TIMEOUT,
+    target: str | None = None,
 ) -> PeerChannel:
-    """Connect to a node as node ``ident`` and authenticate with the peer key."""
+    """Connect to a node as node ``ident`` and authenticate with the peer key; ``target``
+    is the id of the node meant (a node always names it: rpc.auth)."""
     sock = connect_authenticated(address, secret, role="peer", ident=ident, connect_timeout=connect_timeout,
                                  handshake_timeout=handshake_timeout, write_timeout=write_timeout,
-                                 ssl_context=ssl_context)
+                                 ssl_context=ssl_context, target=target)
     return PeerChannel(_channel(sock, max_frame, format_address(address), frame_timeout))
 
 

@@ -55,14 +55,15 @@ MAX_CLUSTER_LEN = 64
 #: 4: what a client or admin program says; RPyC follows the handshake, each frame ended
 #: by a CRC-32 (rpc.channel). 2 had RPyC's plain frames; 1 had a claimed role.
 PROTOCOL_VERSION = 4
-#: 5: what a node says to a node; length-prefixed batches follow the handshake, each frame
-#: ended by a CRC-32. 3 had plain frames, 2 spoke RPyC between nodes: none of these can
-#: share a cluster.
-PEER_PROTOCOL_VERSION = 5
+#: 6: what a node says to a node; its hello names the node it dials (bound into its proof),
+#: length-prefixed batches follow the handshake, each frame ended by a CRC-32. 5 named no
+#: target (a party the leader dialled could relay its proof to another node), 3 had plain
+#: frames, 2 spoke RPyC between nodes: none of these can share a cluster.
+PEER_PROTOCOL_VERSION = 6
 VERSIONS = (PROTOCOL_VERSION, PEER_PROTOCOL_VERSION)
 ROLES = ("peer", "client", "admin")
 
-HELLO = "pvl-hello"          # client -> server: [tag, version, id, client_nonce(, cluster, epoch)]
+HELLO = "pvl-hello"          # client -> server: [tag, version, id, client_nonce(, cluster, epoch(, target))]
 CHALLENGE = "pvl-challenge"  # server -> client: [tag, server_nonce]
 PROOF = "pvl-proof"          # client -> server: [tag, client_mac]
 OK = "pvl-ok"                # server -> client: [tag, server_mac, role granted]
@@ -102,22 +103,27 @@ def _check_bytes(value: Any, size: int, what: str) -> bytes:
 
 # expected tag -> (arities, validator of the fields after the tag)
 def _v_hello(fields: list) -> tuple:
-    """(version, id, nonce); another version's hello raises UnsupportedVersion, for the
-    server to refuse by its version (version 1 had a fourth field, the claimed role)."""
+    """(version, id, nonce, cluster, epoch, target); another version's hello raises
+    UnsupportedVersion, for the server to refuse by its version (version 1 had a fourth
+    field, the claimed role). ``target`` is "" when the hello names none."""
     version = fields[0]
     if type(version) is not int:
         raise HandshakeError(f"protocol version must be an integer, got {type(version).__name__}")
     if version not in VERSIONS:
         raise UnsupportedVersion(version)
-    if len(fields) not in (3, 5):
-        raise HandshakeError(f"handshake message {HELLO} has {len(fields)} fields, expected 3 or 5")
-    # a node says which cluster and epoch its data belongs to; a client program does not
-    _, ident, nonce, cluster, epoch = fields if len(fields) == 5 else (*fields, "", 0)
+    if len(fields) not in (3, 5, 6):
+        raise HandshakeError(f"handshake message {HELLO} has {len(fields)} fields, expected 3, 5 or 6")
+    # a node says which cluster and epoch its data belongs to, and which node it dials; a
+    # client program says neither
+    _, ident, nonce, cluster, epoch, target = (fields if len(fields) == 6 else (*fields, "") if len(fields) == 5
+                                               else (*fields, "", 0, ""))
     if type(cluster) is not str or len(cluster) > MAX_CLUSTER_LEN or not cluster.isprintable():
         raise HandshakeError(f"cluster id must be a printable string of at most {MAX_CLUSTER_LEN} characters")
     if type(epoch) is not int or not 0 <= epoch < 2**63:
         raise HandshakeError("cluster epoch must be a non-negative integer")
-    return version, _check_id(ident), _check_bytes(nonce, NONCE_SIZE, "client nonce"), cluster, epoch
+    if len(fields) == 6:
+        target = _check_id(target)
+    return version, _check_id(ident), _check_bytes(nonce, NONCE_SIZE, "client nonce"), cluster, epoch, target
 
 
 def _v_challenge(fields: list) -> tuple:
@@ -146,7 +152,7 @@ def _v_refused(fields: list) -> tuple:
 
 
 _SCHEMA = {
-    HELLO: ((3, 4, 5), _v_hello),
+    HELLO: ((3, 4, 5, 6), _v_hello),
     CHALLENGE: ((1,), _v_challenge),
     PROOF: ((1,), _v_mac),
     OK: ((2,), _v_ok),

@@ -356,3 +356,85 @@ def test_a_config_entry_that_holds_no_membership_is_dropped_at_the_boundary(trio
     time.sleep(0.5)
     assert_serving(trio, expect=acked)
     assert "dropped a malformed peer message" in trio.log(follower)
+
+
+# ---------------------------------------------------------------------------- admin key
+
+class _CreatesFile:
+    """A pickle whose loading creates ``path``: proof that a snapshot ran code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _frame(sock: socket.socket) -> bytes:
+    """One handshake frame, header included, as it came."""
+    data = b""
+    while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError("closed")
+        data += chunk
+    return data
+
+
+def test_an_admin_cannot_relay_the_leaders_handshake_to_act_as_a_peer(trio, tmp_path):
+    """With the admin key alone: add a learner at our own address; the leader dials it and
+    we relay its handshake to a follower, then speak on that connection as the leader. The
+    handshake proved the peer key but named neither side's target, so the follower took
+    the relayed proof, and the forged snapshot that followed ran code on it (a marker file
+    appeared). Now a node's hello names the node it dials, bound into its proof, and a
+    node refuses a hello meant for another."""
+    from prevalence.snapshots import SnapshotMeta as FileMeta, encode_file
+    from replication.membership import Membership
+    from replication.messages import InstallSnapshot, SnapshotMeta
+    from rpc.transport import PEER_MAX_FRAME, PeerChannel, _channel
+
+    leader = trio.leader()
+    acked = assert_serving(trio)
+    follower = next(n for n in sorted(trio.procs) if n != leader)
+    with client_link(trio, leader) as link:
+        st = link.call("status")[1]
+    marker = str(tmp_path / "ran")
+    members = Membership(tuple(sorted(trio.configs)), ())
+    meta = FileMeta(index=st["commit_index"] + 100, term=st["term"], timestamp_us=0, serializer="pickle",
+                    extra={"membership": members.to_wire()})
+    body = b"".join(encode_file(meta, pickle.dumps(_CreatesFile(marker))))
+    snap = InstallSnapshot(leader, follower, st["term"], SnapshotMeta(meta.index, st["term"], members), 0, body, True)
+    listener = socket.create_server(("127.0.0.1", 0))
+    outcome: dict = {}
+
+    def relay() -> None:
+        try:
+            conn, _ = listener.accept()  # the leader, dialling the learner
+            conn.settimeout(5.0)
+            out = socket.create_connection(trio.configs[follower].listen, timeout=5.0)
+            out.sendall(_frame(conn))  # its hello
+            conn.sendall(_frame(out))  # the follower's challenge
+            out.sendall(_frame(conn))  # the leader's proof
+            answer = _frame(out)
+            outcome["answer"] = answer
+            if b"pvl-ok" in answer:
+                outcome["reply"] = PeerChannel(_channel(out, PEER_MAX_FRAME, "relay")).call([encode(snap)], timeout=5.0)
+        except Exception as exc:  # noqa: BLE001 - refused: what the test wants
+            outcome["error"] = repr(exc)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    admin = NodeLink(trio.configs[leader].listen, trio.admin_key, ident="admin", role="admin", timeout=10.0)
+    try:
+        assert admin.call("change_membership", "add_learner", "relay", address)[0] == "ok"
+        thread.join(10.0)
+        time.sleep(0.5)
+        assert not os.path.exists(marker), f"a relayed handshake let the admin key run code: {outcome}"
+        assert b"pvl-ok" not in outcome.get("answer", b""), outcome
+        assert "dialled node 'relay'" in trio.log(follower), outcome
+    finally:
+        admin.call("change_membership", "remove", "relay")
+        admin.close()
+        listener.close()
+    assert_serving(trio, expect=acked)

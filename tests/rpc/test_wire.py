@@ -11,6 +11,7 @@ from prevalence.errors import PrevalenceError
 from rpc.wire import (
     CHALLENGE,
     HELLO,
+    PEER_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     MAX_BATCH_FRAMES,
     MAX_FRAME,
@@ -51,11 +52,14 @@ def body(frame: bytes) -> bytes:
 def test_roundtrip_every_message():
     nonce = b"n" * 32
     mac = b"m" * 32
-    # a client program's hello has no cluster id (read as unknown); a node's has its id and epoch
+    # a client program's hello has no cluster id (read as unknown) and names no target; a
+    # node's has its id and epoch, and the node it dials
     assert decode_message(body(encode_frame(HELLO, PROTOCOL_VERSION, "n1", nonce)), (HELLO,)) == \
-        (HELLO, (PROTOCOL_VERSION, "n1", nonce, "", 0))
+        (HELLO, (PROTOCOL_VERSION, "n1", nonce, "", 0, ""))
     assert decode_message(body(encode_frame(HELLO, PROTOCOL_VERSION, "n1", nonce, "c1", 3)), (HELLO,)) == \
-        (HELLO, (PROTOCOL_VERSION, "n1", nonce, "c1", 3))
+        (HELLO, (PROTOCOL_VERSION, "n1", nonce, "c1", 3, ""))
+    assert decode_message(body(encode_frame(HELLO, PEER_PROTOCOL_VERSION, "n1", nonce, "", 0, "n2")), (HELLO,)) == \
+        (HELLO, (PEER_PROTOCOL_VERSION, "n1", nonce, "", 0, "n2"))
     assert decode_message(body(encode_frame(CHALLENGE, nonce)), (CHALLENGE,)) == (CHALLENGE, (nonce,))
     assert decode_message(body(encode_frame(PROOF, mac)), (PROOF,)) == (PROOF, (mac,))
     assert decode_message(body(encode_frame(OK, mac, "admin")), (OK, REFUSED)) == (OK, (mac, "admin"))
