@@ -50,3 +50,18 @@ def test_an_exception_whose_message_fails_is_named_by_its_type():
     reply, exc = sm.apply_entry(entry(2, _FailsUnshowably("k"), (1, 1)), check=True)
     assert exc is None and reply[0] == "failed" and reply[1].endswith("_Unshowable"), reply
     assert "_Unshowable" in reply[2] and sm.applied_index == 2
+
+
+def test_a_session_id_is_registered_once():
+    """Registering an id again would reset its numbers: a retry of its last command would
+    apply twice. Refused at apply, the same on every replica."""
+    sm = StateMachine(Store())
+    token = (1 << 62) + 12345
+    assert sm.apply_entry(entry(1, RegisterSession(token)), check=True) == (token, None)
+    assert sm.apply_entry(entry(2, Add("x", 5), (token, 1)), check=True)[0] == ("ok", 5)
+    result, exc = sm.apply_entry(entry(3, RegisterSession(token)), check=True)
+    assert result is None and "already registered" in str(exc)
+    assert sm.apply_entry(entry(4, Add("x", 5), (token, 1)), check=True)[0] == ("ok", 5)  # still the cached reply
+    assert sm.root.values == {"x": 5}
+    result, exc = sm.apply_entry(entry(5, RegisterSession(7)), check=True)  # not a minted id
+    assert result is None and "2**62" in str(exc)
