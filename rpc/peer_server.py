@@ -22,9 +22,11 @@ from rpyc.utils.server import ThreadedServer
 
 from prevalence.text import error_text
 
+from . import pending
 from .brine_shape import MAX_OBJECTS, check_request
 from .decode_budget import BUDGET
 from .auth import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, Identity, ServerAuthenticator, format_address
+from .pending import PendingHandshakes
 from .transport import (
     CLIENT_MAX_FRAME, FRAME_TIMEOUT, MAX_CONNECTIONS, PEER_MAX_FRAME, SAFE_PROTOCOL_CONFIG, SERVER_WRITE_TIMEOUT,
     PeerChannel, TransportError, _channel, hard_close, tune_socket,
@@ -215,6 +217,16 @@ class _Server(ThreadedServer):
         self._trouble: str | None = None  # why accept() fails, while it does
         self._backoff = ACCEPT_BACKOFF_MIN
         self._closing = threading.Event()
+        self._pending = PendingHandshakes()  # a host that never authenticates holds a few slots, not all
+        authenticate = self.authenticator
+        if authenticate is not None:
+            self.authenticator = lambda sock: self._authenticating(authenticate, sock)
+
+    def _authenticating(self, authenticate, sock):
+        try:
+            return authenticate(sock)
+        finally:
+            self._pending.settled(sock, pending.MAX_PENDING_PER_ADDRESS)
 
     def accept(self):
         """Take one connection; an accept() error never ends the server."""
@@ -240,7 +252,7 @@ class _Server(ThreadedServer):
         if not self.active:
             sock.close()
             return
-        self._take(sock)
+        self._take(sock, addr)
 
     def _accept_failed(self, exc: BaseException) -> None:
         """Out of descriptors, memory or threads: say so once, wait, try again."""
@@ -251,13 +263,22 @@ class _Server(ThreadedServer):
         self._closing.wait(self._backoff)
         self._backoff = min(ACCEPT_BACKOFF_MAX, self._backoff * 2)
 
-    def _take(self, sock) -> None:
+    def _take(self, sock, addr=None) -> None:
+        host = str(addr[0]) if isinstance(addr, tuple) and addr else ""
+        admitted, say = self._pending.admit(sock, host, pending.MAX_PENDING_PER_ADDRESS, pending.exempt)
+        if not admitted:
+            if say:
+                log.warning("%d handshakes pending from %s on %s: closing its new connections until some end",
+                            pending.MAX_PENDING_PER_ADDRESS, host, format_address((self.host, self.port)))
+            sock.close()
+            return
         with self._conns_lock:
             full = self._open >= self.max_connections
             if not full:
                 self._open += 1
             log_full, self._full = full and not self._full, self._full or full
         if full:
+            self._pending.settled(sock, pending.MAX_PENDING_PER_ADDRESS)
             if log_full:
                 log.warning("connection limit (%d) reached on %s: closing new connections until some end",
                             self.max_connections, format_address((self.host, self.port)))
@@ -270,6 +291,7 @@ class _Server(ThreadedServer):
             threading.Thread(target=self._run, args=(sock,), name="rpc-conn", daemon=True).start()
         except Exception as exc:  # noqa: BLE001 - no thread (or the socket died): drop this one, keep listening
             self.clients.discard(sock)
+            self._pending.settled(sock, pending.MAX_PENDING_PER_ADDRESS)
             self._release()
             try:
                 sock.close()
@@ -285,6 +307,7 @@ class _Server(ThreadedServer):
             # socket for its peer first): one line, not a traceback from a dying thread
             log.info("a connection ended before it was served: %s", exc)
         finally:
+            self._pending.settled(sock, pending.MAX_PENDING_PER_ADDRESS)  # if its handshake never began
             self._release()
 
     def _release(self) -> None:
