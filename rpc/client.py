@@ -396,18 +396,20 @@ class ClusterClient:
         """One ``execute_batch`` call for ``batch``, retried (same sessions and numbers)
         until each command's own deadline; fills in every command's reply or error."""
         pending = [c for c in batch if c.callback is None or self._board(c)]
+        sent = False  # by any call so far: each pending command went with each of them
         while pending:
             try:
                 reply = self._call(min(c.deadline for c in pending), "execute_batch",
                                    msgpack.packb([(c.data, c.session, c.seq) for c in pending], use_bin_type=True),
                                    line=self._command_lines[lane])
             except ClusterUnavailable as exc:
+                sent = sent or exc.sent
                 now = time.monotonic()
                 for c in pending:
                     if self._closed or c.deadline <= now:
                         c.error = CommandUnanswered(f"{exc}; the command was sent and may have been applied: look "
                                                     "at the state before sending it again") \
-                            if exc.sent else ClusterUnavailable(str(exc))
+                            if sent else ClusterUnavailable(str(exc))
                 pending = [c for c in pending if c.error is None]
                 continue
             if reply[0] == "ok" and type(reply[1]) is list and len(reply[1]) == len(pending):

@@ -1,0 +1,69 @@
+"""What clients are told, checked against what the cluster applied (Jepsen-style): real
+node processes, real clients, faults from outside. A command reported as not applied
+must not be in the state; one that may have been applied must be reported so."""
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import pytest
+
+import rpc
+from prevalence.errors import OutcomeUnknown
+from rpc.config import format_address
+from tests.cluster.proxy import LinkProxy
+from tests.prevalence.domain import Snapshot, Stamp
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")]
+
+
+def _tags(client: rpc.ClusterClient) -> set[str]:
+    return {item[0] for item in client.query(Snapshot())[1]}
+
+
+def _until(what: str, check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _pull_the_cable(proxy: LinkProxy) -> None:
+    """No more connections through ``proxy``, and the open ones end now (a close alone
+    leaves a socket that another thread reads from open)."""
+    for s in proxy._socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    proxy.close()
+
+
+def test_a_command_sent_before_the_client_lost_the_network_is_reported_as_maybe_applied(cluster):
+    """A batch retried after its first call ran out of time still carries commands that
+    went out with that call: when no later attempt reaches a node, each of them may have
+    been applied, and the caller must hear so (not a plain "no leader answered")."""
+    leader = cluster.leader()
+    front = LinkProxy(cluster.configs[leader].listen)  # the client's only way to the cluster
+    try:
+        with cluster.client() as direct, rpc.connect([format_address(front.address)], secret=cluster.secret,
+                                                     timeout=10, attempt_timeout=5) as client:
+            [f.result(10) for f in [client.execute_async(Stamp(f"warm{i}")) for i in range(4)]]
+            front.cut_from_target = True  # requests arrive and apply; the replies vanish
+            blocker = client.execute_async(Stamp("blocker"), timeout=1.0)
+            _until("the blocker to apply", lambda: "blocker" in _tags(direct))
+            # queued behind the blocker's call, they leave together when it gives up
+            first = client.execute_async(Stamp("first"), timeout=3.0)
+            second = client.execute_async(Stamp("second"), timeout=6.0)
+            _until("the batch to apply", lambda: {"first", "second"} <= _tags(direct))
+            _pull_the_cable(front)  # the client's network goes: the connection drops, no node is reachable
+            applied = _tags(direct)
+            for name, future in (("blocker", blocker), ("first", first), ("second", second)):
+                exc = future.exception(30)
+                print(name, name in applied, type(exc).__name__, exc)
+                assert isinstance(exc, rpc.ClusterUnavailable), (name, exc)
+                if name in applied:
+                    assert isinstance(exc, OutcomeUnknown), f"{name} was applied but reported as not sent: {exc}"
+    finally:
+        front.close()
