@@ -325,18 +325,22 @@ class JournalStorage:
     def last_index(self) -> int:
         return max(self.journal.last_index, self._snap.index)
 
+    # The disk lane's thread publishes a snapshot (replaces ``_snap``) while the core reads:
+    # each read takes ``_snap`` once, so its index, term and file belong together.
     def term(self, index: int) -> int:
-        if index == self._snap.index:
-            return self._snap.term
-        if index < self._snap.index:
-            raise CompactedError(index, self._snap.index + 1)
+        snap = self._snap
+        if index == snap.index:
+            return snap.term
+        if index < snap.index:
+            raise CompactedError(index, snap.index + 1)
         if index > self.journal.last_index:
             raise UnavailableError(f"index {index} is past the last stored index {self.last_index()}")
         return self.journal.term(index)
 
     def entries(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
-        if lo <= self._snap.index:
-            raise CompactedError(lo, self._snap.index + 1)
+        snap = self._snap.index
+        if lo <= snap:
+            raise CompactedError(lo, snap + 1)
         if hi > self.last_index() + 1:
             raise UnavailableError(f"entries up to {hi - 1} requested, last stored is {self.last_index()}")
         if lo >= hi:
@@ -345,13 +349,14 @@ class JournalStorage:
 
     def snapshot(self) -> Snapshot:
         """The newest snapshot as the whole, self-checking file (what a follower installs)."""
-        if self._snap.index == 0:
-            return Snapshot(self._snap, b"")
+        snap = self._snap
+        if snap.index == 0:
+            return Snapshot(snap, b"")
         try:
-            data = self.snapshots.read_encoded(self._snap.index)
+            data = self.snapshots.read_encoded(snap.index)
         except Exception as exc:
-            raise UnavailableError(f"snapshot {self._snap.index} cannot be read: {exc}") from exc
-        return Snapshot(self._snap, data)
+            raise UnavailableError(f"snapshot {snap.index} cannot be read: {exc}") from exc
+        return Snapshot(snap, data)
 
     # -- writes (the host, following the Ready contract) ------------------------------
     def set_hard_state(self, hs: HardState) -> None:

@@ -14,7 +14,7 @@ from prevalence.entry import Entry
 from prevalence.errors import EngineHaltedError
 from prevalence.fs import OS
 from prevalence.snapshots import SnapshotMeta as FileMeta
-from prevalence.snapshots import encode_file
+from prevalence.snapshots import decode_file, encode_file
 from replication.errors import CompactedError, RaftError, UnavailableError
 from replication.journal_storage import HardStateFile, JournalStorage
 from replication.membership import Membership
@@ -266,3 +266,23 @@ def test_unsafe_no_fsync_does_not_replace_the_hard_state_file_on_every_batch(tmp
     assert len(stores) <= 20, f"raft-state replaced {len(stores)} times for 3000 batches"
     s.close()
     assert HardStateFile(str(tmp_path)).load() == HardState(1, "a", 3000)
+
+
+def test_the_snapshot_sent_to_a_follower_is_the_file_its_meta_names_while_a_newer_one_is_published(tmp_path):
+    """A follower far behind was sent a snapshot labelled 14605 whose bytes were the file
+    at 14551, and exited ("snapshot file is at index 14551, the message says 14605"): the
+    leader's disk lane published a newer snapshot while the core was reading the file."""
+    disk = JournalStorage(str(tmp_path), initial_membership=M)
+    disk.append([Entry(i, 1, 1, b"x") for i in range(1, 31)])
+    save_snapshot(disk, FileMeta(10, 0, 123, "pickle"), b"state at 10")
+    read = disk.snapshots.read_encoded
+
+    def read_while_the_disk_lane_publishes(index: int) -> bytes:
+        data = read(index)
+        save_snapshot(disk, FileMeta(20, 0, 123, "pickle"), b"state at 20")  # the other thread, meanwhile
+        return data
+
+    disk.snapshots.read_encoded = read_while_the_disk_lane_publishes
+    snap = disk.snapshot()
+    meta, body = decode_file("sent", snap.data)
+    assert (meta.index, bytes(body)) == (snap.meta.index, b"state at %d" % snap.meta.index)
