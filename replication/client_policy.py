@@ -247,7 +247,9 @@ class SessionPool:
     """The sessions of one client. A command takes one (a new one is registered when
     none is free) and numbers itself ``next_seq``; whatever became of it, the number is
     never reused. A session the cluster expired is dropped: its numbers mean nothing
-    there any more, and reusing it would only be refused again."""
+    there any more, and reusing it would only be refused again. So are the other idle
+    ones: they have been idle about as long (a client that pipelined once holds dozens),
+    and each would cost one more command refused with an unknown outcome."""
 
     def __init__(self) -> None:
         self.free: list[Session] = []
@@ -260,3 +262,5 @@ class SessionPool:
         session.next_seq = seq + 1  # whether or not that command applied
         if reply is None or reply[0] != "expired":
             self.free.append(session)
+        else:
+            self.free.clear()

@@ -180,3 +180,16 @@ def test_a_node_that_knows_no_leader_is_asked_after_the_others_until_one_is_name
     calls(r).answered("c", ["not_leader", None, None], now=0.4)
     r.failed("b", 0.4)
     assert r.order(0.5, None) == ["a", "c", "b"]  # failing us counts more than knowing no leader
+
+
+def test_after_the_cluster_expires_an_idle_session_the_next_command_gets_a_new_one():
+    """A client that once pipelined holds many idle sessions. Left idle past the expiry,
+    its next 20 commands were each refused as "expired, outcome unknown", none applied:
+    each took another of the stale sessions. The docs promise a new session for the next."""
+    pool = SessionPool()
+    held = [Session(sid) for sid in range(1, 21)]
+    for s in held:
+        pool.release(s, s.next_seq, ["ok", None])
+    stale = pool.take()
+    pool.release(stale, stale.next_seq, ["expired", "session 20 is unknown or expired"])
+    assert pool.take() is None  # so the client registers a new session for the next command
