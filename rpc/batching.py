@@ -105,8 +105,8 @@ class _Latch:
 class Command:
     """One caller's command on its way: filled in with ``reply`` or ``error``."""
 
-    __slots__ = ("data", "session", "seq", "deadline", "reply", "error", "callback", "owner", "_event", "_lane",
-                 "_caller")
+    __slots__ = ("data", "session", "seq", "deadline", "reply", "error", "callback", "owner", "sends", "_event",
+                 "_lane", "_caller")
 
     def __init__(self, data: bytes, session: int, seq: int, deadline: float,
                  callback: Callable[["Command"], None] | None = None, owner: Any = None):
@@ -115,6 +115,7 @@ class Command:
         self.error: BaseException | None = None
         self.callback = callback  # set for a pipelined command: nobody waits on it, it has no _event
         self.owner = owner  # the submitter's own bookkeeping (its future, its session)
+        self.sends = 0  # requests that carried it (the sender counts them)
         # a waiting caller's: set when done, or when handed the lead (a pipelining thread
         # making thousands of commands a second does without)
         self._event = _Latch() if callback is None else None

@@ -199,12 +199,19 @@ class ClusterClient:
         Commands from threads that share this client travel together: see rpc.batching."""
         data = _encode(tx, Transaction, "command")
         deadline = self._deadline(timeout)
-        session = self._take_session(deadline)
-        cmd = Command(data, session.id, session.next_seq, deadline)
-        try:
-            self._coalescer.run(cmd)
-        finally:
-            self._release(session, cmd)
+        while True:
+            session = self._take_session(deadline)
+            cmd = Command(data, session.id, session.next_seq, deadline)
+            try:
+                self._coalescer.run(cmd)
+            finally:
+                self._release(session, cmd)
+            # its only request was refused on a session the cluster expired: certainly not
+            # applied, so it goes again on a new session (an operator's first command after
+            # a long idle used to fail as "outcome unknown")
+            if not (cmd.error is None and cmd.reply[0] == "expired" and cmd.sends == 1
+                    and time.monotonic() < deadline):
+                break
         if cmd.error is not None:
             raise cmd.error
         return self._outcome(cmd.reply)
@@ -397,11 +404,12 @@ class ClusterClient:
         until each command's own deadline; fills in every command's reply or error."""
         pending = [c for c in batch if c.callback is None or self._board(c)]
         sent = False  # by any call so far: each pending command went with each of them
+        sends = [0]  # requests that carried the batch, over all its calls
         while pending:
             try:
                 reply = self._call(min(c.deadline for c in pending), "execute_batch",
                                    msgpack.packb([(c.data, c.session, c.seq) for c in pending], use_bin_type=True),
-                                   line=self._command_lines[lane])
+                                   line=self._command_lines[lane], sends=sends)
             except ClusterUnavailable as exc:
                 sent = sent or exc.sent
                 now = time.monotonic()
@@ -412,6 +420,8 @@ class ClusterClient:
                             if sent else ClusterUnavailable(str(exc))
                 pending = [c for c in pending if c.error is None]
                 continue
+            for c in pending:
+                c.sends = sends[0]
             if reply[0] == "ok" and type(reply[1]) is list and len(reply[1]) == len(pending):
                 for c, r in zip(pending, reply[1]):
                     c.reply = r if well_formed(r) else ["error", f"malformed reply to a command: {shown(r)}"]
@@ -453,9 +463,10 @@ class ClusterClient:
                 self._lines.remove(line)
 
     def _call(self, deadline: float, method: str, *args: Any, any_node: bool = False,
-              line: _Line | None = None) -> list:
+              line: _Line | None = None, sends: list[int] | None = None) -> list:
         """``method(*args)`` on the leader (on any node when ``any_node``), retried as
-        ``replication.client_policy.Attempts`` decides until ``deadline``."""
+        ``replication.client_policy.Attempts`` decides until ``deadline``; ``sends[0]``
+        counts the requests that went out."""
         line = line or self._main
         attempts = Attempts(self._route, method, deadline, self._rng, any_node=any_node)
         sent = False  # a request went out: what it asked may have been done
@@ -477,6 +488,8 @@ class ClusterClient:
             wait = min(deadline - began, self.attempt_timeout)  # connecting took some
             try:
                 sent = True
+                if sends is not None:
+                    sends[0] += 1
                 raw = call_within(conn, method, args, max(0.001, wait))
                 reply = msgpack.unpackb(raw, raw=False)
             except Exception as exc:  # connection lost, timed out (a hung node), refused
