@@ -160,10 +160,13 @@ class Journal:
         return self._synced
 
     def term(self, index: int) -> int:
-        if not (self.first_index <= index <= self.last_index):
-            raise IndexError(f"index {index} is not in the journal ({self.first_index}..{self.last_index})")
-        k = bisect.bisect_right(self._term_starts, index) - 1
-        return self._term_values[k]
+        # under the read lock: a compaction between the check and the lookup made it
+        # return the newest term for an index it had just removed
+        with self._read_lock:
+            if not (self.first_index <= index <= self.last_index):
+                raise IndexError(f"index {index} is not in the journal ({self.first_index}..{self.last_index})")
+            k = bisect.bisect_right(self._term_starts, index) - 1
+            return self._term_values[k]
 
     # -- appending --------------------------------------------------------------------
     def append(self, index: int, term: int, kind: int, data: bytes) -> None:
@@ -464,6 +467,9 @@ class Journal:
         out: list[Entry] = []
         budget = max_bytes
         with self._read_lock:
+            if lo < self.first_index:  # compacted since the check above (another thread)
+                raise IndexError(f"entries {lo}..{hi - 1} are not all in the journal ({self.first_index}.."
+                                 f"{self.last_index})")
             k = self._segment_at(lo)
             while lo < hi:
                 seg = self._segments[k]

@@ -335,7 +335,11 @@ class JournalStorage:
             raise CompactedError(index, snap.index + 1)
         if index > self.journal.last_index:
             raise UnavailableError(f"index {index} is past the last stored index {self.last_index()}")
-        return self.journal.term(index)
+        try:
+            return self.journal.term(index)
+        except IndexError:
+            self._compacted_meanwhile(index)
+            raise
 
     def entries(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
         snap = self._snap.index
@@ -345,7 +349,18 @@ class JournalStorage:
             raise UnavailableError(f"entries up to {hi - 1} requested, last stored is {self.last_index()}")
         if lo >= hi:
             return []
-        return self.journal.entries(lo, hi, max_bytes)
+        try:
+            return self.journal.entries(lo, hi, max_bytes)
+        except IndexError:
+            self._compacted_meanwhile(lo)
+            raise
+
+    def _compacted_meanwhile(self, index: int) -> None:
+        """CompactedError if a snapshot published since the caller's check covers ``index``:
+        the core then sends it, instead of stopping on the journal's IndexError."""
+        snap = self._snap.index
+        if index <= snap:
+            raise CompactedError(index, snap + 1) from None
 
     def snapshot(self) -> Snapshot:
         """The newest snapshot as the whole, self-checking file (what a follower installs)."""

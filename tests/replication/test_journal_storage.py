@@ -286,3 +286,26 @@ def test_the_snapshot_sent_to_a_follower_is_the_file_its_meta_names_while_a_newe
     snap = disk.snapshot()
     meta, body = decode_file("sent", snap.data)
     assert (meta.index, bytes(body)) == (snap.meta.index, b"state at %d" % snap.meta.index)
+
+
+@pytest.mark.parametrize("read", ["term", "entries"])
+def test_a_log_read_overtaken_by_the_disk_lanes_compaction_says_compacted(tmp_path, read):
+    """The core reads the log (a leader feeding a lagging follower) while the disk lane
+    publishes a snapshot and compacts the journal under it: the read must say
+    "compacted" (the leader then sends the snapshot), not raise an IndexError that
+    stops the leader's raft loop."""
+    # one snapshot kept (``[snapshots] keep = 1``): compaction reaches the newest one
+    disk = JournalStorage(str(tmp_path), initial_membership=M, segment_bytes=4096, keep_snapshots=1)
+    disk.append([Entry(i, 1, 1, b"x" * 300) for i in range(1, 61)])
+    save_snapshot(disk, FileMeta(10, 0, 123, "pickle"), b"state at 10")
+    real = getattr(disk.journal, read)
+
+    def overtaken(*args):
+        setattr(disk.journal, read, real)
+        save_snapshot(disk, FileMeta(50, 0, 123, "pickle"), b"state at 50")  # the disk lane, meanwhile
+        assert disk.compact()
+        return real(*args)
+
+    setattr(disk.journal, read, overtaken)
+    with pytest.raises(CompactedError):
+        disk.term(15) if read == "term" else disk.entries(15, 20, None)
