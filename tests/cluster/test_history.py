@@ -49,13 +49,15 @@ def test_a_command_sent_before_the_client_lost_the_network_is_reported_as_maybe_
     try:
         with cluster.client() as direct, rpc.connect([format_address(front.address)], secret=cluster.secret,
                                                      timeout=10, attempt_timeout=5) as client:
-            [f.result(10) for f in [client.execute_async(Stamp(f"warm{i}")) for i in range(4)]]
+            # sessions for the three commands below, registered while replies still arrive
+            [f.result(10) for f in [client.execute_async(Stamp(f"warm{i}")) for i in range(16)]]
+            assert len(client._sessions.free) >= 3
             front.cut_from_target = True  # requests arrive and apply; the replies vanish
-            blocker = client.execute_async(Stamp("blocker"), timeout=1.0)
+            blocker = client.execute_async(Stamp("blocker"), timeout=2.0)
             _until("the blocker to apply", lambda: "blocker" in _tags(direct))
             # queued behind the blocker's call, they leave together when it gives up
-            first = client.execute_async(Stamp("first"), timeout=3.0)
-            second = client.execute_async(Stamp("second"), timeout=6.0)
+            first = client.execute_async(Stamp("first"), timeout=4.0)
+            second = client.execute_async(Stamp("second"), timeout=7.0)
             _until("the batch to apply", lambda: {"first", "second"} <= _tags(direct))
             _pull_the_cable(front)  # the client's network goes: the connection drops, no node is reachable
             applied = _tags(direct)
