@@ -89,14 +89,19 @@ def test_retry_of_an_applied_command_returns_the_first_reply(cluster):
 
 def test_a_command_on_an_expired_session_raises_outcome_unknown_and_the_client_carries_on(cluster):
     """The state cannot tell whether an earlier attempt applied before the session went,
-    so the client says "unknown", not "not applied", and opens a new session next."""
+    so the client says "unknown", not "not applied", and opens a new session next. A
+    pipelined command is not sent again (it would apply after later ones); an execute()
+    whose only request was refused so certainly did not apply, and is sent again on a
+    new session (tests/rpc/test_client_sessions.py: not when an earlier request was)."""
     with cluster.client() as client:
         assert client.execute(Add("e", 1)) == 1
         client._sessions.free[:] = [Session(999_999)]  # as if it expired meanwhile
         with pytest.raises(OutcomeUnknown, match="whether command 1 was applied is unknown"):
-            client.execute(Add("e", 1))
+            client.execute_async(Add("e", 1)).result(10)
         assert client.execute(Add("e", 1)) == 2  # a fresh session
-        assert client.query(Get("e")) == 2
+        client._sessions.free[:] = [Session(999_998)]
+        assert client.execute(Add("e", 1)) == 3  # refused on the stale session, applied once on a new one
+        assert client.query(Get("e")) == 3
 
 
 def test_commands_ride_through_leader_sigkills_and_apply_exactly_once(cluster):
