@@ -3,17 +3,21 @@ node processes, real clients, faults from outside. A command reported as not app
 must not be in the state; one that may have been applied must be reported so."""
 from __future__ import annotations
 
+import signal
 import socket
 import sys
+import threading
 import time
 
 import pytest
 
 import rpc
+from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown
 from rpc.config import format_address
+from rpc.transport import NodeLink
 from tests.cluster.proxy import LinkProxy
-from tests.prevalence.domain import Snapshot, Stamp
+from tests.prevalence.domain import Get, Put, Snapshot, Stamp
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")]
 
@@ -69,3 +73,36 @@ def test_a_command_sent_before_the_client_lost_the_network_is_reported_as_maybe_
                     assert isinstance(exc, OutcomeUnknown), f"{name} was applied but reported as not sent: {exc}"
     finally:
         front.close()
+
+
+def test_a_leader_resumed_after_a_new_election_serves_no_stale_linearizable_read(cluster):
+    """SIGSTOP the leader, write through the one elected meanwhile, SIGCONT the old one:
+    reads queued at the old leader while it slept, and those sent right after it wakes,
+    must not return the value from before the acknowledged write ("leader" reads may, a
+    moment: they skip the confirmation round)."""
+    old = cluster.leader()
+    with cluster.client() as client:
+        client.execute(Put("x", 0))
+        cluster.wait_converged()
+        link = NodeLink(cluster.configs[old].listen, cluster.secret, timeout=5.0)
+        try:
+            assert link.call("query", CODEC.dumps(Get("x")), "linearizable") == ["ok", 0]
+            cluster.kill(old, signal.SIGSTOP)
+            try:
+                cluster.leader(exclude={old})
+                assert client.execute(Put("x", 1)) == 1  # acknowledged before any read below begins
+                answers: list = []
+                reader = threading.Thread(target=lambda: answers.append(
+                    link.call("query", CODEC.dumps(Get("x")), "linearizable")))
+                reader.start()  # queued in the sleeping node's socket
+                time.sleep(0.2)
+            finally:
+                cluster.kill(old, signal.SIGCONT)
+            reader.join(10)
+            deadline = time.monotonic() + 10  # until it serves reads again (as a follower, through the leader)
+            while sum(a[0] == "ok" for a in answers) < 20 and time.monotonic() < deadline:
+                answers.append(link.call("query", CODEC.dumps(Get("x")), "linearizable"))
+        finally:
+            link.close()
+    served = [a for a in answers if a[0] == "ok"]
+    assert served and all(a == ["ok", 1] for a in served), answers
