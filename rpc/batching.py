@@ -293,6 +293,7 @@ class Coalescer:
             if work is None:
                 return
             self._lead(work[1], work[0])
+            del work  # the last command's callback holds its client: not kept while idle
 
     def close(self) -> None:
         """Let the pump threads end (the client is closed: nothing more is sent)."""

@@ -20,6 +20,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
@@ -135,6 +136,43 @@ class _Line:
         if self.conn is conn:
             self.unanswered = 0.0
 
+    def drop(self) -> None:
+        """Close the connection, if any. Client lock held."""
+        conn, self.conn, self.addr, self.unanswered = self.conn, None, None, 0.0
+        if conn is not None:
+            hard_close(conn)  # no polite close request: it would wait on a hung node
+
+
+def _weakly(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` called through a weak reference to its object, for the client's own
+    threads (the pipeline's pumps): a thread holding the client itself kept a client
+    that its program had dropped alive, with its connection open, for good. Whatever
+    waits on a call (a caller, a queued command's callback) holds the client."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> Any:
+        bound = ref()
+        if bound is None:
+            raise ClusterUnavailable("the client was dropped")
+        return bound(*args)
+
+    return call
+
+
+def _shut(lock: threading.Lock, lines: list[_Line], watch: LeaderWatch, coalescer: Coalescer,
+          pools: list[ThreadPoolExecutor]) -> None:
+    """Close what a client holds: at ``close()``, or once a client its program dropped
+    without closing it is collected. Its connection would otherwise stay open on the
+    node until this process ends, and a node serves a bounded number of connections."""
+    with lock:
+        for line in lines:
+            line.drop()
+        pool = pools.pop() if pools else None
+    if pool is not None:
+        pool.shutdown(wait=False)
+    watch.close()
+    coalescer.close()
+
 
 class ClusterClient:
     """Thread-safe; share one per process. Commands from parallel threads use separate
@@ -175,9 +213,13 @@ class ClusterClient:
         self._lines: list[_Line] = list(self._command_lines)  # and every open subscription's
         self._sessions = SessionPool()
         self._closed = False
-        self._coalescer = Coalescer(self._send_batch, max_batch, max_batch_bytes, calls_in_flight)
-        self._query_pool: ThreadPoolExecutor | None = None
+        self._coalescer = Coalescer(_weakly(self._send_batch), max_batch, max_batch_bytes, calls_in_flight)
+        self._query_pool: list[ThreadPoolExecutor] = []  # made at the first query_async
         self._watch = LeaderWatch(self)
+        # the client's threads hold it weakly: dropped unclosed, it is collected and closed
+        self._shut = weakref.finalize(self, _shut, self._lock, self._lines, self._watch, self._coalescer,
+                                      self._query_pool)
+        self._shut.atexit = False
         # address -> seconds its connection attempts ran until the call's own budget ended
         # since it last accepted one (see _connect)
         self._connect_cut: dict[str, float] = {}
@@ -249,9 +291,9 @@ class ClusterClient:
         with self._lock:
             if self._closed:
                 raise ClusterUnavailable("query_async: closed")
-            if self._query_pool is None:
-                self._query_pool = ThreadPoolExecutor(4, thread_name_prefix="rpc-query")
-            pool = self._query_pool
+            if not self._query_pool:
+                self._query_pool.append(ThreadPoolExecutor(4, thread_name_prefix="rpc-query"))
+            pool = self._query_pool[0]
         future: Future = Future()
 
         def run() -> None:
@@ -375,13 +417,7 @@ class ClusterClient:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for line in self._lines:
-                self._drop(line)
-            pool, self._query_pool = self._query_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)
-        self._watch.close()
-        self._coalescer.close()
+        self._shut()
 
     def __enter__(self) -> "ClusterClient":
         return self
@@ -592,10 +628,7 @@ class ClusterClient:
         raise PrevalenceError("; ".join(errors) or "no address to try")
 
     def _drop(self, line: _Line | None = None) -> None:
-        line = line or self._main
-        conn, line.conn, line.addr, line.unanswered = line.conn, None, None, 0.0
-        if conn is not None:
-            hard_close(conn)  # no polite close request: it would wait on a hung node
+        (line or self._main).drop()
 
 
 def connect(addresses: Iterable[str], *, secret: bytes | None = None, secret_file: str | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -29,7 +30,9 @@ class LeaderWatch:
     healthy leader loses nothing by it: the others name it, and nothing changes."""
 
     def __init__(self, client: Any):
-        self._client = client
+        # weakly: this thread runs until the client is closed, and a client its program
+        # dropped without closing it must still be collected (and so closed)
+        self._client = weakref.ref(client)
         self._cond = threading.Condition()
         self._calls: dict[int, tuple[float, Any, Any, str]] = {}
         self._next = 0
@@ -87,21 +90,28 @@ class LeaderWatch:
                 with self._cond:
                     self._cond.wait(max(0.0, PROBE_EVERY - (time.monotonic() - began)))
                 continue
-            c = self._client
+            self._leave(oldest[0], line, conn, addr, found)
+
+    def _leave(self, since: float, line: Any, conn: Any, addr: str, found: str) -> None:
+        """Point the client at ``found`` and close the stuck connection (a function of
+        its own: the thread must not hold the client between rounds)."""
+        c = self._client()
+        if c is not None:
             log.info("%s did not answer for %.2f s and %s leads now: retrying there", addr,
-                     time.monotonic() - oldest[0], found)
+                     time.monotonic() - since, found)
             with c._lock:
                 c._route.leader_found(addr, found, time.monotonic())
                 if line.conn is conn:
                     c._drop(line)  # wakes the stuck caller, which retries at the hint
-            with self._cond:  # the stuck calls on that connection are over
-                for token in [t for t, v in self._calls.items() if v[2] is conn]:
-                    del self._calls[token]
+        with self._cond:  # the stuck calls on that connection are over
+            for token in [t for t, v in self._calls.items() if v[2] is conn]:
+                del self._calls[token]
 
     def _leader_besides(self, stuck: str) -> str | None:
         """The address of another node that says it leads (the highest term), if one
         answers within ``PROBE_EVERY``; a silent one's status call carries on meanwhile."""
-        others = [a for a in self._client.addresses if a != stuck]
+        c = self._client()
+        others = [a for a in c.addresses if a != stuck] if c is not None else []
         if not others:
             return None
         if self._pool is None:
@@ -122,7 +132,9 @@ class LeaderWatch:
         with self._cond:
             link = self._links.get(addr)
             if link is None:
-                c = self._client
+                c = self._client()
+                if c is None:
+                    return None
                 link = self._links[addr] = NodeLink(parse_address(addr, "address"), c._secret, timeout=0.3,
                                                     connect_timeout=0.2, ssl_context=c._ssl,
                                                     max_frame=STATUS_MAX_FRAME, frame_timeout=0.3)

@@ -169,7 +169,11 @@ def test_the_clients_leader_watch_reads_no_status_reply_of_a_hundred_megabytes()
             return REPLY
 
     ls, done = fake_node(lambda sock: framed(SocketStream(sock), Big))
-    watch = LeaderWatch(types.SimpleNamespace(_secret=CLIENT_SECRET, _ssl=None))
+    class Owner(types.SimpleNamespace):  # the watch holds its client weakly
+        pass
+
+    owner = Owner(_secret=CLIENT_SECRET, _ssl=None)
+    watch = LeaderWatch(owner)
     try:
         with pytest.raises(Exception, match="limit"):
             watch._status("%s:%d" % ls.getsockname()[:2])

@@ -1,0 +1,71 @@
+"""Nodes that stay right over time: what a node holds (descriptors, threads) comes back to
+its baseline after client churn, measured from outside the node processes (/proc)."""
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import threading
+
+import pytest
+
+from tests.cluster.harness import LocalCluster
+from tests.prevalence.domain import Add, Get
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")]
+
+
+def open_sockets(pid: int) -> int:
+    """The sockets a process holds (its listener, peers and clients)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:  # closed meanwhile
+            pass
+    return count
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalCluster(tmp_path_factory.mktemp("churn"), 3)
+    c.leader()
+    yield c
+    c.stop()
+
+
+def settled(c: LocalCluster, pid: int, at_most: int) -> int:
+    """The node's socket count once it is at most ``at_most`` (a closed connection's
+    serving thread ends a moment after the client goes), or the last count seen."""
+    seen = open_sockets(pid)
+    try:
+        c.wait_for("the node's sockets to close", lambda: open_sockets(pid) <= at_most, 5.0)
+    except Exception:  # noqa: BLE001 - the assertion below reports the count
+        pass
+    return min(seen, open_sockets(pid))
+
+
+def test_clients_dropped_without_close_release_their_connection_and_thread(cluster):
+    """A program that makes a client per task and forgets close() (or loses it in an
+    exception) must not leak: each such client kept a leader-watch thread that held it,
+    so its connection to the leader stayed open for the life of the program, and after
+    128 of them the leader refused every new connection (clients and peers alike)."""
+    c = cluster
+    with c.client() as warm:  # the leader is known and its connections settled
+        warm.execute(Add("dropped", 1))
+    leader = c.leader()
+    pid = c.procs[leader].pid
+    base_sockets = open_sockets(pid)
+    base_threads = threading.active_count()
+    for k in range(60):
+        client = c.client()
+        client.execute(Add("dropped", 1))
+        if k % 3 == 0:  # the pipeline's pump and the query pool are threads of the client too
+            client.execute_async(Add("dropped", 1)).result(10)
+            client.query_async(Get("dropped")).result(10)
+        del client  # never closed
+    gc.collect()
+    assert threading.active_count() <= base_threads + 2, [t.name for t in threading.enumerate()]
+    sockets = settled(c, pid, base_sockets + 4)
+    assert sockets <= base_sockets + 4, f"leader holds {sockets} sockets, {base_sockets} before 60 dropped clients"
