@@ -14,12 +14,14 @@ leader_address]``, ``["unavailable", message]``, ``["expired", message]``,
 """
 from __future__ import annotations
 
+import math
 import random
 import reprlib
 from collections import deque
 from typing import Any, Callable, Iterable, NamedTuple
 
 from prevalence.errors import PrevalenceError
+from prevalence.sessions import MIN_EXPIRY_S
 from replication.errors import NoDiskSpace, ProposalRefused
 
 SUSPECT_FOR = 1.0  # seconds an address that failed us is tried after the others (about two elections)
@@ -28,6 +30,11 @@ ELECTION_PAUSE = (0.02, 0.05)  # "not the leader, none known": an election takes
 PROBE_AFTER = 0.25  # a call to the leader unanswered this long: ask the others who leads now
 PROBE_EVERY = 0.1  # and again this often until it answers, or a new leader is named
 TRIED_KEPT = 8  # what a call that runs out of time names: its last attempts
+#: Seconds a free session may go unused and still be taken again: under the shortest
+#: expiry a cluster allows (60 s of journaled time), with room for the journal's clock
+#: to run ahead of the client's. A session unused longer may have expired, and a command
+#: sent on it would be refused with its outcome unknown, though it never applied.
+SESSION_REUSE_IDLE = MIN_EXPIRY_S - 15.0
 
 _show = reprlib.Repr()
 _show.maxlevel, _show.maxstring, _show.maxother, _show.maxlist = 3, 60, 60, 4
@@ -237,10 +244,12 @@ class Attempts:
 class Session:
     """A client session: its id and the number its next command carries."""
 
-    __slots__ = ("id", "next_seq")
+    __slots__ = ("id", "next_seq", "idle_since", "idle_before")
 
     def __init__(self, sid: int) -> None:
         self.id, self.next_seq = sid, 1
+        self.idle_since: float | None = None  # when it was last given back (monotonic)
+        self.idle_before = 0.0  # seconds it had been unused when last taken
 
 
 class SessionPool:
@@ -249,18 +258,35 @@ class SessionPool:
     never reused. A session the cluster expired is dropped: its numbers mean nothing
     there any more, and reusing it would only be refused again. So are the other idle
     ones: they have been idle about as long (a client that pipelined once holds dozens),
-    and each would cost one more command refused with an unknown outcome."""
+    and each would cost one more command refused with an unknown outcome.
+
+    The pool learns from such a refusal: a free session unused for about as long as the
+    expired one had been (3/4 of it, never under ``SESSION_REUSE_IDLE``) is replaced, not
+    taken again, so a client that stays open for days meets the cluster's expiry once,
+    not after every pause; before any expiry is seen, sessions are reused however long
+    they waited (a cluster's default expiry is a day: no registration per pause)."""
 
     def __init__(self) -> None:
-        self.free: list[Session] = []
+        self.free: list[Session] = []  # the most recently given back last
+        self.reuse_idle = math.inf  # seconds unused after which a session is replaced (learnt)
 
-    def take(self) -> Session | None:
+    def take(self, now: float | None = None) -> Session | None:
         """A free session, or None: the caller registers one and wraps it in ``Session``."""
-        return self.free.pop() if self.free else None
+        while self.free:
+            session = self.free.pop()
+            idle = 0.0 if now is None or session.idle_since is None else now - session.idle_since
+            if idle < self.reuse_idle:
+                session.idle_before = idle
+                return session
+            self.free.clear()  # given back before this one: idle longer still
+        return None
 
-    def release(self, session: Session, seq: int, reply: list | None) -> None:
+    def release(self, session: Session, seq: int, reply: list | None, now: float | None = None) -> None:
         session.next_seq = seq + 1  # whether or not that command applied
+        session.idle_since = now
         if reply is None or reply[0] != "expired":
             self.free.append(session)
         else:
             self.free.clear()
+            if session.idle_before > 0:  # the cluster's expiry is about this long, or shorter
+                self.reuse_idle = max(SESSION_REUSE_IDLE, min(self.reuse_idle, 0.75 * session.idle_before))

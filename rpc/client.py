@@ -351,7 +351,7 @@ class ClusterClient:
 
     def _release(self, session: Session, cmd: Command) -> None:
         with self._lock:
-            self._sessions.release(session, cmd.seq, cmd.reply)
+            self._sessions.release(session, cmd.seq, cmd.reply, time.monotonic())
 
     def query(self, q: Any, consistency: str = "linearizable", *, timeout: float | None = None) -> Any:
         """``linearizable``: confirmed by the leader (ReadIndex). ``leader``: the leader's
@@ -468,7 +468,7 @@ class ClusterClient:
 
     def _take_session(self, deadline: float) -> Session:
         with self._lock:
-            session = self._sessions.take()
+            session = self._sessions.take(time.monotonic())
         return session or Session(self._outcome(self._call(deadline, "register_session")))
 
     def _outcome(self, reply: list) -> Any:
