@@ -13,6 +13,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 import traceback
 from typing import Callable, Mapping
 
@@ -37,6 +38,11 @@ log = logging.getLogger("rpc.transport")
 
 #: How often a peer connection's thread with nothing to read checks that the server is open.
 PEER_IDLE_TICK = 1.0
+#: At the connection limit, the client connection silent the longest (at least this many
+#: seconds, no request under way) is closed to make room: clients that never close must
+#: not hold every slot for good. The client library reconnects at its next call.
+IDLE_CLIENT_EVICT = 5.0
+EVICTION_LOG_EVERY = 60.0  # seconds between two log lines about such closings
 
 OnBatch = Callable[[str, list[bytes]], "list[bytes] | None"]
 
@@ -86,6 +92,8 @@ class _PlainConnection(rpyc.Connection):
     every use, isinstance() included. We never need one from a client or a peer, so a
     request carrying one is refused before any method sees it."""
 
+    _busy, _last_active, _who = False, 0.0, ""  # handling a message; when it last did; for the log
+
     def _unbox(self, package):
         if type(package) is tuple and len(package) == 2 and package[0] == consts.LABEL_REMOTE_REF:
             raise TypeError("only plain values are accepted (bytes, str, int, float, bool, None and tuples of "
@@ -93,6 +101,13 @@ class _PlainConnection(rpyc.Connection):
         return super()._unbox(package)
 
     def _dispatch(self, data):
+        self._busy = True
+        try:
+            self._dispatch_bounded(data)
+        finally:
+            self._busy, self._last_active = False, time.monotonic()
+
+    def _dispatch_bounded(self, data):
         # RPyC decodes a request (brine.load) before any method sees it: a client frame
         # of CLIENT_MAX_FRAME (4 MiB) of empty frozensets (2 bytes each, 216 decoded)
         # took 470 MB, per connection at once. Decoding a request takes its size from
@@ -207,7 +222,10 @@ class _Server(ThreadedServer):
                  max_client_frame: int = CLIENT_MAX_FRAME, frame_timeout: float = FRAME_TIMEOUT, **kwargs):
         super().__init__(*args, **kwargs)
         self._conns: set = set()
+        self._clients: set = set()  # client and admin connections being served: closed to make room
         self._conns_lock = threading.Lock()
+        self._evictions = 0  # closed to make room since the last log line about it
+        self._eviction_logged = -EVICTION_LOG_EVERY
         self.max_connections = int(max_connections)
         self.max_peer_frame = int(max_peer_frame)
         self.max_client_frame = int(max_client_frame)
@@ -274,9 +292,14 @@ class _Server(ThreadedServer):
             return
         with self._conns_lock:
             full = self._open >= self.max_connections
+            victim = self._silent_client() if full else None
+            if victim is not None:
+                full = False  # its slot is freed once its thread sees it closed
             if not full:
                 self._open += 1
             log_full, self._full = full and not self._full, self._full or full
+        if victim is not None:
+            self._evict(victim)
         if full:
             self._pending.settled(sock, pending.MAX_PENDING_PER_ADDRESS)
             if log_full:
@@ -310,6 +333,25 @@ class _Server(ThreadedServer):
             self._pending.settled(sock, pending.MAX_PENDING_PER_ADDRESS)  # if its handshake never began
             self._release()
 
+    def _silent_client(self):
+        """The client connection to close to make room (taken out of the candidates), or None. Lock held."""
+        now = time.monotonic()
+        idle = [c for c in self._clients if not c._busy and now - c._last_active >= IDLE_CLIENT_EVICT]
+        victim = min(idle, key=lambda c: c._last_active) if idle else None
+        self._clients.discard(victim)
+        return victim
+
+    def _evict(self, conn) -> None:
+        now = time.monotonic()
+        self._evictions += 1
+        if now - self._eviction_logged >= EVICTION_LOG_EVERY:
+            log.warning("connection limit (%d) reached on %s: closed the connection of %s, silent for %.0f s, to "
+                        "make room (%d such in the last %.0f s; clients that never close their connections?)",
+                        self.max_connections, format_address((self.host, self.port)), conn._who,
+                        now - conn._last_active, self._evictions, EVICTION_LOG_EVERY)
+            self._eviction_logged, self._evictions = now, 0
+        hard_close(conn)  # its serving thread then ends and frees its slot
+
     def _release(self) -> None:
         with self._conns_lock:
             self._open -= 1
@@ -341,6 +383,9 @@ class _Server(ThreadedServer):
         if not self._track(conn._channel.stream):
             hard_close(conn)
             return
+        with self._conns_lock:
+            conn._who, conn._last_active = who, time.monotonic()
+            self._clients.add(conn)
         try:
             conn.serve_all()
         except OSError as exc:
@@ -352,6 +397,8 @@ class _Server(ThreadedServer):
                 log.warning("connection with %s closed: malformed message (%s: %.200s)", who,
                             type(exc).__name__, error_text(exc))
         finally:
+            with self._conns_lock:
+                self._clients.discard(conn)
             self._untrack(conn._channel.stream)
             hard_close(conn)
 

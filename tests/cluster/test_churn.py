@@ -6,9 +6,14 @@ import gc
 import os
 import sys
 import threading
+import time
 
 import pytest
 
+import rpc.peer_server as peer_server
+from prevalence.errors import PrevalenceError
+import rpc.transport as transport
+from tests.cluster.attack import authenticated
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Get
 
@@ -69,3 +74,35 @@ def test_clients_dropped_without_close_release_their_connection_and_thread(clust
     assert threading.active_count() <= base_threads + 2, [t.name for t in threading.enumerate()]
     sockets = settled(c, pid, base_sockets + 4)
     assert sockets <= base_sockets + 4, f"leader holds {sockets} sockets, {base_sockets} before 60 dropped clients"
+
+
+def test_clients_that_never_close_do_not_lock_everyone_out_of_the_leader(cluster):
+    """A node serves at most 128 connections. Red before: 126 authenticated client
+    connections left open and silent (a leaking program, clients that never close) held
+    the leader at its limit for as long as they stayed open: every new connection was
+    closed at once, so no new client, no ``prevalence status`` and no peer dialling
+    anew got in. At the limit, the node now closes the client connection that has been
+    silent the longest (past a few seconds) to make room."""
+    c = cluster
+    leader = c.leader()
+    pid = c.procs[leader].pid
+    early = c.client()  # idle through the flood: its connection is closed to make room
+    assert early.execute(Add("flood", 1)) == 1
+    silent = []
+    try:
+        for k in range(200):
+            try:
+                silent.append(authenticated(c, leader, "client", ident=f"silent{k}"))
+            except (OSError, PrevalenceError):  # at its limit: refused, every connection still open
+                break
+        assert len(silent) < 200, "the leader never reached its connection limit"
+        time.sleep(peer_server.IDLE_CLIENT_EVICT + 0.5 if hasattr(peer_server, "IDLE_CLIENT_EVICT") else 5.5)
+        with c.client(timeout=5) as late:
+            assert late.execute(Add("flood", 1)) == 2
+        assert early.execute(Add("flood", 1), timeout=5) == 3  # reconnected by itself
+        assert c.status()[leader]["reachable"]
+        assert open_sockets(pid) <= transport.MAX_CONNECTIONS + 8
+    finally:
+        early.close()
+        for sock in silent:
+            sock.close()
