@@ -91,6 +91,7 @@ log = logging.getLogger("rpc.auth")
 
 #: How long a server waits for a connecting party to complete the handshake.
 DEFAULT_SERVER_HANDSHAKE_TIMEOUT = 5.0
+REFUSAL_LOG_EVERY = 60.0  # seconds between two lines about the same refusal (same host, claim, reason)
 
 _CLIENT_LABEL = b"client-proof\x00"
 _SERVER_LABEL = b"server-proof\x00"
@@ -276,12 +277,11 @@ class ServerAuthenticator:
 
     ``keys`` maps each role this server accepts to its key, or keys (see
     :func:`check_role_keys`); the role granted is the one whose key the client's proof
-    matches. Refuses
-    (``rpyc.utils.authenticators.AuthenticationError``) a proof that matches no key, a
-    malformed or oversized frame, and a party that does not complete the handshake
-    within ``timeout`` seconds (a deadline over the whole handshake, not per read).
-    Every refusal is logged on ``rpc.auth`` with the peer address, and the socket is
-    closed.
+    matches. Refuses (``AuthenticationError``) a proof that matches no key, a malformed
+    or oversized frame, and a party that does not complete the handshake within
+    ``timeout`` seconds (a deadline over the whole handshake, not per read). Every
+    refusal is logged on ``rpc.auth`` with the peer address (the same one from the same
+    host at most once a minute: a stale node dials for months), and the socket closed.
     """
 
     def __init__(
@@ -299,6 +299,8 @@ class ServerAuthenticator:
         self.ssl_context = ssl_context
         self.roles = tuple(self._keys)
         self.max_frame = int(max_frame)
+        self._refusals: dict[tuple, list] = {}  # (host, claim, reason) -> [logged at, left out since]
+        self._refusals_lock = threading.Lock()
 
     @property
     def cluster(self) -> tuple[str, int]:
@@ -332,12 +334,26 @@ class ServerAuthenticator:
             sock.settimeout(None)
             log.debug("authenticated %s as %s %r", peer, identity.role, identity.id)
             return sock, identity
-        log.warning("refused connection from %s%s: %s", peer, "".join(claim), reason)
+        self._log_refusal(peer, "".join(claim), reason)
         try:
             sock.close()
         except OSError:
             pass
         raise AuthenticationError(f"{peer}: {reason}")
+
+    def _log_refusal(self, peer: str, claim: str, reason: str) -> None:
+        """The same refusal again only once a minute, with how many were left out."""
+        key, now = (peer.rsplit(":", 1)[0], claim, reason), time.monotonic()  # each try: a new port
+        with self._refusals_lock:
+            seen = self._refusals.get(key)
+            if seen is not None and now - seen[0] < REFUSAL_LOG_EVERY:
+                seen[1] += 1
+                return
+            if len(self._refusals) >= 256:
+                self._refusals.clear()  # many parties at once: forget rather than grow
+            self._refusals[key] = [now, 0]
+        more = f" ({seen[1]} more like it in the last {now - seen[0]:.0f} s)" if seen is not None and seen[1] else ""
+        log.warning("refused connection from %s%s: %s%s", peer, claim, reason, more)
 
     def _refuse(self, sock, deadline: float, reason: str, public: str) -> None:
         try:

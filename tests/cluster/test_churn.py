@@ -13,6 +13,7 @@ import pytest
 import rpc.peer_server as peer_server
 from prevalence.errors import PrevalenceError
 import rpc.transport as transport
+from rpc.peer_sender import PeerTransport
 from tests.cluster.attack import authenticated
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Get
@@ -106,3 +107,26 @@ def test_clients_that_never_close_do_not_lock_everyone_out_of_the_leader(cluster
         early.close()
         for sock in silent:
             sock.close()
+
+
+def test_a_party_refused_again_and_again_does_not_grow_the_nodes_log(cluster):
+    """A PC left running with an old peer key (after a key rotation, or of another grid
+    on the same LAN) dials every node about once a second, for months. Red before: each
+    refusal was a WARNING line of its own, 1.5 lines a second on every node (25 MB of
+    log a day, on PCs whose service wrapper keeps the whole log). The first refusal is
+    still logged in full, then at most one line a minute with how many were left out."""
+    c = cluster
+    nid = c.leader()
+
+    def refusals() -> int:
+        return sum(1 for line in c.log(nid).splitlines() if "refused connection" in line and "'stale9'" in line)
+
+    stale = PeerTransport("stale9", os.urandom(32), {nid: c.configs[nid].listen})
+    try:
+        for _ in range(60):  # 6 s of a stale node's dialling (it backs off to 1 s between tries)
+            stale.send(nid, b"x")
+            time.sleep(0.1)
+        c.wait_for("the first refusal logged", refusals, 5.0)
+    finally:
+        stale.close()
+    assert refusals() <= 2, f"{refusals()} refusal lines in 6 s"
