@@ -189,6 +189,7 @@ class Attempts:
         # two backoffs: when nobody accepts a connection, and when a node keeps refusing
         # with "unavailable" (one that refuses at once must not make us spin)
         self._backoff = {"unreachable": BACKOFF_FIRST, "unavailable": BACKOFF_FIRST}
+        self._reopened = False  # a connection found closed by its node was opened again
 
     def _pause_for(self, why: str, now: float) -> float:
         """The next jittered pause of the backoff ``why``, never past the deadline; it doubles, up to BACKOFF_MAX."""
@@ -211,6 +212,18 @@ class Attempts:
         for cause in why.split("; "):  # one round names each address: each is bounded, not the round
             self.tried.append(cause[:200])
         return self._pause_for("unreachable", now)
+
+    def closed(self, addr: str, why: str, now: float) -> Step:
+        """The connection to ``addr`` was closed by the node's side (end of stream,
+        reset). Once in a call, no sign against the node: a node at its connection limit
+        closes the one silent the longest, so ask it again first (a node that died
+        refuses the connection at once, and is then tried last). Again: as :meth:`lost`."""
+        if self._reopened:
+            return self.lost(addr, why, now)
+        self._reopened = True
+        self.tried.append(f"{addr}: {why}"[:200])
+        self.route.hint = addr
+        return Step(False, drop=True)
 
     def lost(self, addr: str, why: str, now: float) -> Step:
         """The call to ``addr`` failed without an answer (connection lost, timed out)."""

@@ -44,6 +44,7 @@ from replication.client_policy import Attempts, Route, Session, SessionPool, sho
 CONSISTENCY = ("linearizable", "leader", "local")
 MAX_ATTEMPT_TIMEOUT = 86400.0  # a day: past some 1e9 s the OS's timed waits overflow
 MAX_INDEX = 2**63 - 1  # a node reads log indexes as 63-bit integers
+_CLOSED_BY_NODE = (EOFError, ConnectionResetError, BrokenPipeError)  # a call found its connection closed
 log = logging.getLogger("rpc.client")
 
 
@@ -544,7 +545,10 @@ class ClusterClient:
                                               f"({max(0.0, wait) * 1000:.0f} ms)")
                         raise ClusterUnavailable(attempts.why_over(False), sent=sent) from None
                 with self._lock:
-                    step = attempts.lost(addr, f"{type(exc).__name__}: {exc}", time.monotonic())
+                    # closed from the node's side: a drop of ours (the leader watch's) replaces line.conn
+                    closed = isinstance(exc, _CLOSED_BY_NODE) and line.conn is conn
+                    step = (attempts.closed if closed else attempts.lost)(addr, f"{type(exc).__name__}: {exc}",
+                                                                          time.monotonic())
             else:
                 with self._lock:
                     line.heard(conn)

@@ -24,9 +24,10 @@ class _Cluster:
     """A leader that expires sessions idle for EXPIRY seconds, as a node does, and applies
     every other command once."""
 
-    def __init__(self) -> None:
+    def __init__(self, expiry: float = EXPIRY) -> None:
         self.active: dict[int, float] = {}
         self.applied = 0
+        self.expiry = expiry
 
     def call_within(self, conn, method, args, timeout):
         now = time.monotonic()
@@ -37,7 +38,7 @@ class _Cluster:
         assert method == "execute_batch", method
         replies = []
         for _data, sid, seq in msgpack.unpackb(args[0]):
-            if now - self.active.get(sid, -1e9) > EXPIRY:
+            if now - self.active.get(sid, -1e9) > self.expiry:
                 replies.append(["expired", f"session {sid} is unknown or expired: whether command {seq} was "
                                            "applied is unknown"])
                 continue
@@ -109,3 +110,36 @@ def test_a_pause_the_cluster_did_not_expire_registers_no_new_session(cluster, mo
     finally:
         c.close()
     assert len(registered) == 1, registered
+
+
+def test_a_connection_the_leader_closed_while_idle_is_reopened_to_the_leader(monkeypatch):
+    """A node at its connection limit closes the connection silent the longest
+    (rpc.peer_server), and a node closes its connections as it stops. Red before: the
+    client's next call found its connection closed, held it against the leader (tried
+    last for a second) and went round the followers, whose redirects to that leader it
+    ignored: the call took a second. Now it reconnects to the same node first."""
+    leader, follower = "127.0.0.1:1", "127.0.0.1:2"
+    calls = {leader: 0, follower: 0}
+    closed_by_node: list = []
+    node = _Cluster(expiry=60.0)
+
+    def call_within(conn, method, args, timeout):
+        calls[conn.addr] += 1
+        if conn.addr == follower:
+            return msgpack.packb(["not_leader", "n1", leader])
+        if conn in closed_by_node:
+            raise EOFError("connection closed by peer")
+        return node.call_within(conn, method, args, timeout)
+
+    monkeypatch.setattr(rc, "open_connection", lambda addr, _secret, **kw: _Conn(rc.format_address(addr)))
+    monkeypatch.setattr(rc, "hard_close", lambda conn: None)
+    monkeypatch.setattr(rc, "call_within", call_within)
+    c = rc.ClusterClient([follower, leader], b"k" * 32, timeout=5.0)  # the follower is listed first
+    try:
+        assert c.execute(Add("k", 1)) == 1
+        closed_by_node.append(c._main.conn)  # the leader closes it while the client is idle
+        asked = calls[follower]
+        assert c.execute(Add("k", 1)) == 2
+        assert calls[follower] == asked, "the client went round the followers instead of reconnecting"
+    finally:
+        c.close()
