@@ -9,7 +9,6 @@ import pytest
 
 import replication.client_policy as policy
 import rpc.client as rc
-from prevalence.sessions import SessionExpired
 from tests.prevalence.domain import Add
 
 EXPIRY = 0.3  # the fake cluster's session expiry, in seconds (a real one: 60 s at the least)
