@@ -15,7 +15,6 @@ after ``attempt_timeout`` seconds.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import threading
@@ -26,10 +25,11 @@ from typing import Any, Callable, Iterable
 
 import msgpack
 
-from prevalence.codec import CODEC
 from prevalence.errors import PrevalenceError
 from prevalence.sessions import SessionExpired
 from prevalence.transaction import Query, Transaction
+from rpc.client_args import count, encode_request, seconds
+from rpc.client_lines import Line, complete, shut, weakly
 from rpc.batching import CALLS_IN_FLIGHT, MAX_BATCH, MAX_BATCH_BYTES, MAX_CALLS_IN_FLIGHT, Coalescer, Command
 from rpc.auth import AuthenticationFailed
 from rpc.config import format_address, parse_address
@@ -46,133 +46,6 @@ MAX_ATTEMPT_TIMEOUT = 86400.0  # a day: past some 1e9 s the OS's timed waits ove
 MAX_INDEX = 2**63 - 1  # a node reads log indexes as 63-bit integers
 _CLOSED_BY_NODE = (EOFError, ConnectionResetError, BrokenPipeError)  # a call found its connection closed
 log = logging.getLogger("rpc.client")
-
-
-def _seconds(value: Any, name: str, at_most: float | None = None) -> float:
-    """``value`` if it is a usable number of seconds: nan, 0, a negative or a string used to
-    surface later as an odd TypeError, a call that gave up at once blaming "no leader",
-    or a wait that never ended."""
-    if (type(value) not in (int, float) or not math.isfinite(value) or value <= 0
-            or (at_most is not None and value > at_most)):
-        most = f" up to {at_most:g}" if at_most is not None else ""
-        raise PrevalenceError(f"{name} must be a positive finite number of seconds{most}, not {value!r:.40}")
-    return float(value)
-
-
-def _count(value: Any, name: str) -> int:
-    if type(value) is not int or value < 1:
-        raise PrevalenceError(f"{name} must be a positive integer, not {value!r:.40}")
-    return value
-
-
-def _complete(settle: Callable[[Any], None], value: Any) -> None:
-    """``settle(value)`` on a Future whose done-callbacks may raise SystemExit (only
-    Exception is caught by concurrent.futures): out of a query thread it ended that thread,
-    which the pool does not replace, and after four no query_async ever completed."""
-    try:
-        settle(value)
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # noqa: BLE001 - an application's done-callback
-        log.exception("a query_async done-callback failed")
-
-
-def _encode(obj: Any, kind: type, what: str) -> bytes:
-    """``obj`` encoded for one request, or a PrevalenceError saying why it cannot be: a
-    Query given to execute (or the reverse) used to fail on the node as an AttributeError,
-    and a structure too deep for the encoder as a bare ValueError."""
-    if not isinstance(obj, kind) and isinstance(obj, (Transaction, Query)):
-        base, use = ("Query", "query()") if isinstance(obj, Query) else ("Transaction", "execute()")
-        raise PrevalenceError(f"{type(obj).__qualname__} is a prevalence.{base}: run it with {use}, not as a {what}")
-    try:
-        data = CODEC.dumps(obj)
-    except PrevalenceError:
-        raise
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise PrevalenceError(f"{what} {type(obj).__qualname__} cannot be encoded: {exc}") from None
-    return _request(data, what)
-
-
-def _request(data: bytes, what: str) -> bytes:
-    """``data`` if a node accepts it in one request: past its frame limit a node could
-    only drop the connection, and a retry would meet the same fate until the deadline."""
-    if len(data) > MAX_REQUEST:
-        raise PrevalenceError(f"{what} of {len(data)} bytes is over the limit of {MAX_REQUEST} bytes a node "
-                              "accepts per request")
-    return data
-
-
-class _Line:
-    """One connection of the client to the cluster and the lock that serialises making it.
-
-    Commands and queries share the client's main line; each subscription has a line of its
-    own, closed with it."""
-
-    __slots__ = ("conn", "addr", "connect_lock", "closed", "unanswered", "counted_until")
-
-    def __init__(self) -> None:
-        self.conn: Any = None
-        self.addr: str | None = None
-        # seconds during which calls on this connection waited in vain since its last
-        # answer, each giving up at its own deadline before the attempt timeout (waits
-        # that overlap count once: counted up to ``counted_until``)
-        self.unanswered = 0.0
-        self.counted_until = 0.0
-        self.connect_lock = threading.Lock()
-        self.closed = False
-
-    def gave_up(self, conn: Any, began: float, now: float, limit: float) -> bool:
-        """A call on ``conn`` waited from ``began`` to ``now`` and gave up at its own
-        deadline. True once the calls on this connection have waited ``limit`` s in vain
-        since its last answer (overlapping waits counted once): then its node is to
-        blame; before, it is the call's own end. Client lock held."""
-        if self.conn is not conn:
-            return False  # replaced meanwhile: this one's node is judged no more
-        self.unanswered += max(0.0, now - max(began, self.counted_until))
-        self.counted_until = max(self.counted_until, now)
-        return self.unanswered >= limit
-
-    def heard(self, conn: Any) -> None:
-        """``conn`` answered a call. Client lock held."""
-        if self.conn is conn:
-            self.unanswered = 0.0
-
-    def drop(self) -> None:
-        """Close the connection, if any. Client lock held."""
-        conn, self.conn, self.addr, self.unanswered = self.conn, None, None, 0.0
-        if conn is not None:
-            hard_close(conn)  # no polite close request: it would wait on a hung node
-
-
-def _weakly(method: Callable[..., Any]) -> Callable[..., Any]:
-    """``method`` called through a weak reference to its object, for the client's own
-    threads (the pipeline's pumps): a thread holding the client itself kept a client
-    that its program had dropped alive, with its connection open, for good. Whatever
-    waits on a call (a caller, a queued command's callback) holds the client."""
-    ref = weakref.WeakMethod(method)
-
-    def call(*args: Any) -> Any:
-        bound = ref()
-        if bound is None:
-            raise ClusterUnavailable("the client was dropped")
-        return bound(*args)
-
-    return call
-
-
-def _shut(lock: threading.Lock, lines: list[_Line], watch: LeaderWatch, coalescer: Coalescer,
-          pools: list[ThreadPoolExecutor]) -> None:
-    """Close what a client holds: at ``close()``, or once a client its program dropped
-    without closing it is collected. Its connection would otherwise stay open on the
-    node until this process ends, and a node serves a bounded number of connections."""
-    with lock:
-        for line in lines:
-            line.drop()
-        pool = pools.pop() if pools else None
-    if pool is not None:
-        pool.shutdown(wait=False)
-    watch.close()
-    coalescer.close()
 
 
 class ClusterClient:
@@ -196,9 +69,9 @@ class ClusterClient:
                                   f'not {addresses!r:.40}') from None
         if ssl_context is not None and not hasattr(ssl_context, "wrap_socket"):  # else AttributeError at first call
             raise PrevalenceError(f"ssl_context must be an ssl.SSLContext or None, not {type(ssl_context).__name__}")
-        timeout = _seconds(timeout, "timeout")
-        attempt_timeout = _seconds(attempt_timeout, "attempt_timeout", MAX_ATTEMPT_TIMEOUT)
-        max_batch, max_batch_bytes = _count(max_batch, "max_batch"), _count(max_batch_bytes, "max_batch_bytes")
+        timeout = seconds(timeout, "timeout")
+        attempt_timeout = seconds(attempt_timeout, "attempt_timeout", MAX_ATTEMPT_TIMEOUT)
+        max_batch, max_batch_bytes = count(max_batch, "max_batch"), count(max_batch_bytes, "max_batch_bytes")
         self._route = Route(format_address(parse_address(a, "address")) for a in addresses)
         if not self._route.addresses:
             raise PrevalenceError("rpc.connect needs at least one address")
@@ -208,17 +81,17 @@ class ClusterClient:
         self._ssl = ssl_context
         self._lock = threading.Lock()
         self._rng = random.Random()  # jitter of retries; used under _lock
-        self._main = _Line()
+        self._main = Line()
         # commands travel on the main line and calls_in_flight - 1 more (rpc.batching's lanes)
-        self._command_lines = [self._main] + [_Line() for _ in range(max(0, calls_in_flight - 1))]
-        self._lines: list[_Line] = list(self._command_lines)  # and every open subscription's
+        self._command_lines = [self._main] + [Line() for _ in range(max(0, calls_in_flight - 1))]
+        self._lines: list[Line] = list(self._command_lines)  # and every open subscription's
         self._sessions = SessionPool()
         self._closed = False
-        self._coalescer = Coalescer(_weakly(self._send_batch), max_batch, max_batch_bytes, calls_in_flight)
+        self._coalescer = Coalescer(weakly(self._send_batch), max_batch, max_batch_bytes, calls_in_flight)
         self._query_pool: list[ThreadPoolExecutor] = []  # made at the first query_async
         self._watch = LeaderWatch(self)
         # the client's threads hold it weakly: dropped unclosed, it is collected and closed
-        self._shut = weakref.finalize(self, _shut, self._lock, self._lines, self._watch, self._coalescer,
+        self._shut = weakref.finalize(self, shut, self._lock, self._lines, self._watch, self._coalescer,
                                       self._query_pool)
         self._shut.atexit = False
         # address -> seconds its connection attempts ran until the call's own budget ended
@@ -240,7 +113,7 @@ class ClusterClient:
         """Run ``tx`` on the leader exactly once; its result, or its own exception.
 
         Commands from threads that share this client travel together: see rpc.batching."""
-        data = _encode(tx, Transaction, "command")
+        data = encode_request(tx, Transaction, "command")
         deadline = self._deadline(timeout)
         while True:
             session = self._take_session(deadline)
@@ -272,7 +145,7 @@ class ClusterClient:
         on the client's sending thread: keep its done-callbacks short."""
         future: Future = Future()
         try:
-            data = _encode(tx, Transaction, "command")
+            data = encode_request(tx, Transaction, "command")
             deadline = self._deadline(timeout)
         except Exception as exc:  # noqa: BLE001 - not encodable, too large, a bad timeout: nothing is sent
             future.set_exception(exc)
@@ -288,7 +161,7 @@ class ClusterClient:
         if consistency not in CONSISTENCY:
             raise PrevalenceError(f"consistency must be one of {', '.join(CONSISTENCY)}, not {consistency!r}")
         if timeout is not None:
-            _seconds(timeout, "timeout")
+            seconds(timeout, "timeout")
         with self._lock:
             if self._closed:
                 raise ClusterUnavailable("query_async: closed")
@@ -303,9 +176,9 @@ class ClusterClient:
             try:
                 result = self.query(q, consistency, timeout=timeout)
             except BaseException as exc:  # noqa: BLE001 - the caller's, through its future
-                _complete(future.set_exception, exc)
+                complete(future.set_exception, exc)
             else:
-                _complete(future.set_result, result)
+                complete(future.set_result, result)
 
         pool.submit(run)
         return future
@@ -360,7 +233,7 @@ class ClusterClient:
         ``local``: whichever node this client is connected to, possibly behind."""
         if consistency not in CONSISTENCY:
             raise PrevalenceError(f"consistency must be one of {', '.join(CONSISTENCY)}, not {consistency!r}")
-        data = _encode(q, Query, "query")
+        data = encode_request(q, Query, "query")
         reply = self._call(self._deadline(timeout), "query", data, consistency,
                            any_node=consistency == "local")
         return self._outcome(reply)
@@ -397,7 +270,7 @@ class ClusterClient:
             raise PrevalenceError(f"{where}: the handler's name must be a str, not {type(name).__name__}")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise PrevalenceError(f"{where}: data must be bytes, not {type(data).__name__}")
-        wait = self.timeout if timeout is None else _seconds(timeout, "timeout")
+        wait = self.timeout if timeout is None else seconds(timeout, "timeout")
         # past the node's frame limit it drops the connection: "Broken pipe" said nothing
         data = bytes(data)
         size = len(data) + len(name.encode("utf-8", "surrogatepass"))
@@ -434,7 +307,7 @@ class ClusterClient:
 
     # -- internals --------------------------------------------------------------------
     def _deadline(self, timeout: Any) -> float:
-        return time.monotonic() + (self.timeout if timeout is None else _seconds(timeout, "timeout"))
+        return time.monotonic() + (self.timeout if timeout is None else seconds(timeout, "timeout"))
 
     def _send_batch(self, batch: list[Command], lane: int = 0) -> None:
         """One ``execute_batch`` call for ``batch``, retried (same sessions and numbers)
@@ -485,14 +358,14 @@ class ClusterClient:
             raise SessionExpired(reply[1])
         raise PrevalenceError(reply[-1])
 
-    def _open_line(self) -> _Line:
-        line = _Line()
+    def _open_line(self) -> Line:
+        line = Line()
         with self._lock:
             line.closed = self._closed
             self._lines.append(line)
         return line
 
-    def _close_line(self, line: _Line) -> None:
+    def _close_line(self, line: Line) -> None:
         with self._lock:
             line.closed = True
             self._drop(line)
@@ -500,7 +373,7 @@ class ClusterClient:
                 self._lines.remove(line)
 
     def _call(self, deadline: float, method: str, *args: Any, any_node: bool = False,
-              line: _Line | None = None, sends: list[int] | None = None) -> list:
+              line: Line | None = None, sends: list[int] | None = None) -> list:
         """``method(*args)`` on the leader (on any node when ``any_node``), retried as
         ``replication.client_policy.Attempts`` decides until ``deadline``; ``sends[0]``
         counts the requests that went out."""
@@ -565,7 +438,7 @@ class ClusterClient:
             if step.pause:
                 time.sleep(step.pause)
 
-    def _connection(self, budget: float, line: _Line | None = None):
+    def _connection(self, budget: float, line: Line | None = None):
         """The line's connection, made if needed: connecting and its handshake within
         ``budget`` (what is left of the call, at most the attempt timeout)."""
         line = line or self._main
@@ -577,7 +450,7 @@ class ClusterClient:
         with line.connect_lock:
             return self._connect(max(0.001, budget), line)
 
-    def _connect(self, budget: float, line: _Line):
+    def _connect(self, budget: float, line: Line):
         with self._lock:
             if line.conn is not None:
                 return line.conn, line.addr
@@ -631,7 +504,7 @@ class ClusterClient:
             raise AuthenticationFailed(f"{first}{others}")
         raise PrevalenceError("; ".join(errors) or "no address to try")
 
-    def _drop(self, line: _Line | None = None) -> None:
+    def _drop(self, line: Line | None = None) -> None:
         (line or self._main).drop()
 
 
