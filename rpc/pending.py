@@ -15,10 +15,21 @@ import threading
 MAX_PENDING_PER_ADDRESS = 16
 
 
-def exempt(host: str) -> bool:
-    """True for a loopback address (not limited per address)."""
+def source(host: str) -> str:
+    """The address ``host`` counts as: an IPv4 address a dual-stack listener ("::") sees
+    as ``::ffff:a.b.c.d`` is that IPv4 address, whichever form it came in."""
     try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else host
+
+
+def exempt(host: str) -> bool:
+    """True for a loopback address, IPv4-mapped or not (not limited per address)."""
+    try:
+        return ipaddress.ip_address(source(host).split("%", 1)[0]).is_loopback
     except ValueError:
         return False
 
@@ -37,6 +48,7 @@ class PendingHandshakes:
         the second is True once per episode of refusals, for one log line."""
         if not host or is_exempt(host):
             return True, False
+        host = source(host)
         with self._lock:
             if self._count.get(host, 0) >= limit:
                 first = host not in self._crowded

@@ -48,3 +48,19 @@ def test_loopback_is_not_limited_per_address(make_server):
     loopback address: only the listener's cap applies to them."""
     assert pending.exempt("127.0.0.1") and pending.exempt("::1")
     assert not pending.exempt("10.0.0.7") and not pending.exempt("not an ip")
+
+
+def test_a_mapped_loopback_address_is_loopback():
+    """A node listening on "::" (dual stack) sees a program on its own PC that dials
+    127.0.0.1 as ::ffff:127.0.0.1: it was counted per address like a stranger's, and
+    ::ffff:10.0.0.7 apart from 10.0.0.7."""
+    assert pending.exempt("::ffff:127.0.0.1") and pending.exempt("::ffff:127.1.2.3")
+    assert not pending.exempt("::ffff:10.0.0.7")
+    table = pending.PendingHandshakes()
+    socks = [object() for _ in range(3)]
+    assert table.admit(socks[0], "10.0.0.7", 2)[0]
+    assert table.admit(socks[1], "::ffff:10.0.0.7", 2)[0]
+    assert table.admit(socks[2], "::ffff:10.0.0.7", 2) == (False, True)  # one host, whichever form
+    for s in socks:
+        table.settled(s, 2)
+    assert table.admit(socks[2], "::ffff:10.0.0.7", 2)[0]
