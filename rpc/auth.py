@@ -146,6 +146,8 @@ def format_address(addr) -> str:
 
 #: How a refusal for another cluster or epoch starts: the key was right, the data is not.
 CLUSTER_MISMATCH = "cluster mismatch: "
+#: How a node's refusal of a hello meant for another node begins (not a wrong key).
+WRONG_NODE = "this is node "
 
 
 _SEEN_LOCK = threading.Lock()
@@ -374,10 +376,6 @@ class ServerAuthenticator:
         if problem:
             self._refuse(sock, deadline, f"malformed cluster identity in the hello: {problem}",
                          "malformed cluster identity")
-        if target and self.node_id is not None and target != self.node_id:
-            self._refuse(sock, deadline, f"{ident!r:.40} dialled node {target!r:.40}, this is node {self.node_id!r:.40}: "
-                         "a relayed handshake, or a membership address that names the wrong node",
-                         f"this is node {self.node_id!r:.40}, not {target!r:.40}")
         ns = os.urandom(NONCE_SIZE)
         write_frame(sock, encode_frame(CHALLENGE, ns), deadline)
         body = read_frame(sock, deadline, self.max_frame)
@@ -390,6 +388,11 @@ class ServerAuthenticator:
             self._refuse(sock, deadline, f"wrong key (the proof matches none of this node's {', '.join(self.roles)} "
                          "keys)", "authentication failed")
         role, key = matched[0]
+        # after the proof, as the cluster mismatch: who this node is, is for a key holder
+        if target and self.node_id is not None and target != self.node_id:
+            self._refuse(sock, deadline, f"{ident!r:.40} dialled node {target!r:.40}, this is node {self.node_id!r:.40}: "
+                         "a relayed handshake, or a membership address that names the wrong node",
+                         f"{WRONG_NODE}{self.node_id!r:.40}, not {target!r:.40}")
         if role == "peer" and version != PEER_PROTOCOL_VERSION:
             # what follows the handshake differs: RPyC for programs, batches between nodes
             self._refuse(sock, deadline, f"{ident!r:.40} holds the peer key but speaks protocol {version}, "
@@ -466,6 +469,8 @@ def client_handshake(
         tag, fields = decode_message(read_frame(sock, deadline), (OK, REFUSED))
         if tag == REFUSED and fields[0].startswith(CLUSTER_MISMATCH):
             raise AuthenticationFailed(f"{address} refused us: {fields[0]}", address=address, key_refused=True)
+        if tag == REFUSED and fields[0].startswith(WRONG_NODE):  # the key is right, the address names another node
+            raise AuthenticationFailed(f"{address} refused the connection: {fields[0]}", address=address)
         if tag == REFUSED:
             raise AuthenticationFailed(
                 f"{address} refused our authentication: {fields[0]} "
