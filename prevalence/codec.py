@@ -19,7 +19,7 @@ from cattrs.preconf.msgpack import make_converter
 from .errors import CodecError
 from .text import error_text
 
-__all__ = ["CODEC", "Codec", "TypeSpec", "type_name_of", "unpack"]
+__all__ = ["CODEC", "Codec", "TypeSpec", "pack_reply", "type_name_of", "unpack"]
 
 
 def _strict(expected: type, *also: type) -> Callable[[Any, type], Any]:
@@ -208,6 +208,17 @@ def unpack(data: bytes) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
     except Exception as exc:
         raise CodecError(f"malformed message ({len(data)} bytes): {exc}") from None
+
+
+def pack_reply(value: Any) -> bytes:
+    """``value`` packed as a reply is, checked to read back as its readers read it: a
+    client, and a snapshot's metadata (which holds the sessions' last replies), take
+    msgpack's defaults, which refuse map keys other than str or bytes ({1: 2}, and a
+    tuple key, packed as an array). Raises what msgpack raises (TypeError, ValueError,
+    OverflowError)."""
+    data = msgpack.packb(value, use_bin_type=True)
+    msgpack.unpackb(data, raw=False)
+    return data
 
 
 _REPR = reprlib.Repr()

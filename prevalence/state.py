@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 
-from .codec import CODEC, Codec, unpack
+from .codec import CODEC, Codec, pack_reply, unpack
 from .entry import Entry, EntryKind
 from .errors import CodecError
 from .rwlock import RWLock
@@ -190,7 +190,7 @@ class StateMachine:
         result, exc = self.apply_command(index, ts, tx)
         reply = ("ok", result) if exc is None else _error_reply("failed", exc)
         try:
-            msgpack.packb(reply, use_bin_type=True)  # cached replies travel and are snapshotted
+            pack_reply(reply)  # cached replies travel and are snapshotted: read back as there
         except Exception as err:  # noqa: BLE001 - TypeError, ValueError (nesting), OverflowError (ints past 64 bits)
             # whatever the result, the entry applies: an exception here would stop every
             # replica applying it, and again at each restart's replay
