@@ -57,7 +57,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     notes = other_clusters(rows) + not_members(rows) + stale_leaders(rows)  # nodes that take no part
     if args.json:
         # each node exactly the contract's fields (DESIGN.md); what the table says beside them
-        noted = dict(notes)
+        noted: dict[str, str] = {}
+        for node, note in notes:  # a node may have more than one (removed, and a stale leader)
+            noted[node] = f"{noted[node]}; {note}" if node in noted else note
         conditions = {r["id"]: {"disk_full": r.get("disk_full") is True, "snapshot_error": r.get("snapshot_error"),
                                 "error": why_no_status(r), "note": noted.get(r["id"])} for r in rows}
         print(json.dumps({"nodes": [{k: r[k] for k in FIELDS} for r in rows], "master": describe_master(rows),

@@ -1,0 +1,28 @@
+"""`prevalence status --json`: what the table says of a node beside its fields is under
+``conditions``, all of it."""
+from __future__ import annotations
+
+import json
+
+import rpc.cluster
+from rpc.cli import main
+from rpc.status_report import FIELDS
+
+
+def _row(nid: str, role: str, term: int, voters: list[str]) -> dict:
+    row = dict.fromkeys(FIELDS)
+    row.update(id=nid, address=f"127.0.0.1:{7000 + int(nid[1:])}", role=role, term=term, commit_index=9,
+               applied_index=9, pid=100, config=f"/c/{nid}.toml", reachable=True, leader="n1" if term == 5 else nid,
+               voters=voters, learners=[], cluster="", epoch=0)
+    return row
+
+
+def test_a_node_with_two_notes_keeps_both_under_conditions(monkeypatch, capsys):
+    """n3 was removed while it led term 3 and still says it leads: the table printed both
+    of its notes (not a member; a stale leader), the JSON kept the last one only."""
+    rows = [_row("n1", "leader", 5, ["n1", "n2"]), _row("n2", "follower", 5, ["n1", "n2"]),
+            _row("n3", "leader", 3, ["n1", "n2", "n3"])]
+    monkeypatch.setattr(rpc.cluster, "cluster_status", lambda directory: rows)
+    assert main(["status", "--cluster", "/nowhere", "--json"]) == 0
+    note = json.loads(capsys.readouterr().out)["conditions"]["n3"]["note"]
+    assert "not a member" in note and "says it leads, in term 3" in note, note
