@@ -19,7 +19,7 @@ from cattrs.preconf.msgpack import make_converter
 from .errors import CodecError
 from .text import error_text
 
-__all__ = ["CODEC", "Codec", "TypeSpec", "pack_reply", "type_name_of", "unpack"]
+__all__ = ["CODEC", "Codec", "TypeSpec", "pack_reply", "type_name_of", "unpack", "unpack_reply"]
 
 
 def _strict(expected: type, *also: type) -> Callable[[Any, type], Any]:
@@ -210,14 +210,20 @@ def unpack(data: bytes) -> Any:
         raise CodecError(f"malformed message ({len(data)} bytes): {exc}") from None
 
 
+def unpack_reply(data: bytes) -> Any:
+    """A reply (a client's reading of a node's answer) or a snapshot's metadata (which
+    holds the sessions' last replies): map keys of any kind msgpack reads back, as a
+    command's (:func:`unpack`), so that a result {1: 'one'} reads as it was made."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
 def pack_reply(value: Any) -> bytes:
-    """``value`` packed as a reply is, checked to read back as its readers read it: a
-    client, and a snapshot's metadata (which holds the sessions' last replies), take
-    msgpack's defaults, which refuse map keys other than str or bytes ({1: 2}, and a
-    tuple key, packed as an array). Raises what msgpack raises (TypeError, ValueError,
-    OverflowError)."""
+    """``value`` packed as a reply, checked to read back as :func:`unpack_reply` reads
+    it: a map with a tuple key packs (as an array) but reads back as an unhashable list,
+    and a cached reply no reader takes made every snapshot holding it unreadable.
+    Raises what msgpack raises (TypeError, ValueError, OverflowError)."""
     data = msgpack.packb(value, use_bin_type=True)
-    msgpack.unpackb(data, raw=False)
+    unpack_reply(data)
     return data
 
 

@@ -23,6 +23,7 @@ import dill
 import msgpack
 
 from . import _platform
+from .codec import unpack_reply
 from .errors import DiskFull, SnapshotError
 from .fs import OS, READ, FileSystem, make_dirs, read_range, write_file_durably
 
@@ -118,7 +119,7 @@ def _check_lengths(path: str, size: int, read: Callable[[int, int], Any]) -> tup
 
 def _meta(path: str, size: int, meta_bytes: Any) -> SnapshotMeta:
     try:
-        m = msgpack.unpackb(meta_bytes, raw=False)
+        m = unpack_reply(meta_bytes)  # its sessions' replies: results may have int keys
         return SnapshotMeta(m["index"], m["term"], m["timestamp_us"], m["serializer"], path, size, m.get("extra") or {})
     except Exception as exc:  # msgpack and a malformed map raise several types: all are damage
         raise SnapshotError(f"{path}: damaged metadata: {exc}") from None

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 
 import msgpack
 
+from prevalence.codec import unpack_reply
 from prevalence.errors import PrevalenceError
 from prevalence.sessions import SessionExpired
 from prevalence.transaction import Query, Transaction
@@ -46,6 +47,18 @@ MAX_ATTEMPT_TIMEOUT = 86400.0  # a day: past some 1e9 s the OS's timed waits ove
 MAX_INDEX = 2**63 - 1  # a node reads log indexes as 63-bit integers
 _CLOSED_BY_NODE = (EOFError, ConnectionResetError, BrokenPipeError)  # a call found its connection closed
 log = logging.getLogger("rpc.client")
+
+
+def _read_reply(raw: Any) -> list:
+    """A node's reply as it was made (map keys of any kind msgpack reads back); one that
+    arrived whole but cannot be read (a result with a tuple key, packed as an array) is
+    that call's error, the same from every node, not a lost connection to retry."""
+    if type(raw) is not bytes:
+        raise TypeError(f"a reply must be bytes, got {type(raw).__name__}")
+    try:
+        return unpack_reply(raw)
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several kinds
+        return ["error", f"the node's reply cannot be read: {type(exc).__name__}: {str(exc)[:200]}"]
 
 
 class ClusterClient:
@@ -401,7 +414,7 @@ class ClusterClient:
                 if sends is not None:
                     sends[0] += 1
                 raw = call_within(conn, method, args, max(0.001, wait))
-                reply = msgpack.unpackb(raw, raw=False)
+                reply = _read_reply(raw)
             except Exception as exc:  # connection lost, timed out (a hung node), refused
                 if line.closed or self._closed:  # we closed it: the node is not to blame
                     raise ClusterUnavailable(f"{method}: closed", sent=sent) from None

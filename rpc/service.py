@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol
 import msgpack
 import rpyc
 
-from prevalence.codec import CODEC, pack_reply
+from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown, PrevalenceError
 from prevalence.sessions import RegisterSession, SetSessionExpiry
 from prevalence.text import error_text
@@ -118,8 +118,8 @@ def _show(value: Any) -> str:
 
 def _reply(*items: Any) -> bytes:
     try:
-        data = pack_reply(list(items))  # read back as the client reads it: map keys str or bytes
-    except Exception as exc:  # noqa: BLE001 - TypeError, ValueError (nesting, keys), OverflowError (ints)
+        data = msgpack.packb(list(items), use_bin_type=True)
+    except Exception as exc:  # noqa: BLE001 - TypeError, ValueError (nesting), OverflowError (ints)
         return msgpack.packb(["error", f"the result cannot be sent as plain data: {error_text(exc, 300)}"])
     if len(data) > MAX_REPLY:
         return msgpack.packb(["error", f"the result is {len(data)} bytes, over the limit of {MAX_REPLY} bytes "

@@ -22,11 +22,11 @@ import sys
 import time
 from typing import Any
 
-import msgpack
 import rpyc
 from rpyc.core import consts
 from rpyc.utils.factory import connect_channel
 
+from prevalence.codec import unpack_reply
 from prevalence.errors import PrevalenceError
 
 from .auth import ConnectFailed, client_handshake, format_address
@@ -400,7 +400,7 @@ class NodeLink:
                                              max_frame=self._max_frame, frame_timeout=self._frame_timeout,
                                              deadline=deadline)
             reply = call_within(self._conn, method, args, max(0.001, deadline - time.monotonic()))
-            return msgpack.unpackb(reply, raw=False)
+            return unpack_reply(reply)
         except BaseException:
             self.close()
             raise
