@@ -25,7 +25,7 @@ import rpyc
 
 from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown, PrevalenceError
-from prevalence.sessions import RegisterSession, SetSessionExpiry
+from prevalence.sessions import TOKEN_MIN, RegisterSession, SetSessionExpiry
 from prevalence.text import error_text
 from replication.client_policy import refusal_reply
 from replication.errors import NodeHalted, ProposalRefused
@@ -107,6 +107,17 @@ def _not_a_batch(*_args: Any) -> Any:
 def _valid_session(sid: Any, seq: Any) -> bool:
     """Exactly ints (no bool, no proxy posing as one) that the journal can hold."""
     return type(sid) is int and type(seq) is int and 0 < sid < U63 and 0 < seq < U63
+
+
+def _guessable(sid: int, seq: int) -> tuple | None:
+    """The refusal of an id below the random ones (a version-1 session, whose id was its
+    entry's index): anyone with the client key could guess it, and its holder keeps it
+    alive as long as it sends commands. Refused as an expired one: its client opens a
+    new session; the log never sees the command."""
+    if sid >= TOKEN_MIN:
+        return None
+    return ("expired", f"session {sid} was opened before session ids were random, and its id can be guessed: "
+                       f"open a new one; whether command {seq} was applied is unknown")
 
 
 def _show(value: Any) -> str:
@@ -213,6 +224,9 @@ class ClientService(rpyc.Service):
             return self._run(data, lambda tx: self._p.node.submit(tx), self._outcome_once)
         if not _valid_session(session_id, seq):
             return _reply("error", "session id and sequence number must be positive 63-bit integers")
+        old = _guessable(session_id, seq)
+        if old is not None:
+            return _reply(*old)
         # the node returns the session's reply: the transaction's errors are inside it;
         # submitted, then waited for: the decoded command is not kept while it waits
         return self._guard(lambda: self._p.node.submit(self._decode(data), session=(session_id, seq))
@@ -260,6 +274,9 @@ class ClientService(rpyc.Service):
             for k, (data, sid, seq) in enumerate(items):
                 if not _valid_session(sid, seq):
                     replies[k] = ("error", "session id and sequence number must be positive 63-bit integers")
+                    continue
+                if (old := _guessable(sid, seq)) is not None:
+                    replies[k] = old
                     continue
                 try:
                     loaded.append((self._load(data), (sid, seq)))
