@@ -31,4 +31,6 @@ def os_error_text(exc: OSError) -> str:
     ``[Errno N]``), or the reason alone when the error names no file."""
     where = exc.filename if exc.filename is not None else ""
     what = exc.strerror or str(exc)
+    if type(where) is int:  # a descriptor (os.stat(fd), os.listdir(fd)...): no path to decode
+        where = str(where)
     return f"{os.fsdecode(where)}: {what}" if where != "" else what

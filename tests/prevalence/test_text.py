@@ -35,3 +35,16 @@ def test_an_os_error_reads_as_the_shell_tools_say_it(tmp_path):
         assert os_error_text(exc) == f"{missing}: No such file or directory"
     assert os_error_text(OSError(28, "No space left on device")) == "No space left on device"
     assert os_error_text(OSError("plain words")) == "plain words"
+
+
+def test_an_os_error_on_a_descriptor_reads_as_one_line():
+    """os.stat(fd) and the other calls that take a descriptor name it as the error's
+    filename, an int: os.fsdecode raised TypeError, and `prevalence` printed a traceback
+    instead of its one line."""
+    import os
+
+    try:
+        os.stat(2**30)
+    except OSError as exc:
+        assert exc.filename == 2**30
+        assert os_error_text(exc) == f"{2**30}: {exc.strerror}"
