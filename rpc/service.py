@@ -110,10 +110,8 @@ def _valid_session(sid: Any, seq: Any) -> bool:
 
 
 def _guessable(sid: int, seq: int) -> tuple | None:
-    """The refusal of an id below the random ones (a version-1 session, whose id was its
-    entry's index): anyone with the client key could guess it, and its holder keeps it
-    alive as long as it sends commands. Refused as an expired one: its client opens a
-    new session; the log never sees the command."""
+    """An id below the random ones (version 1: its entry's index) can be guessed: refused
+    as expired, before the log, so that its client opens a new session."""
     if sid >= TOKEN_MIN:
         return None
     return ("expired", f"session {sid} was opened before session ids were random, and its id can be guessed: "
