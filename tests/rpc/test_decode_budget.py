@@ -62,6 +62,9 @@ class _Node:
         return Proposals(0)
 
 
+SESSION = 1 << 62  # an id a node mints (a smaller one is refused as expired before it is decoded)
+
+
 class _Host:
     node = _Node()
 
@@ -83,9 +86,9 @@ def test_clients_decoding_at_once_stay_within_the_process_budget(monkeypatch, me
         elif method == "execute":
             reply = svc.exposed_execute(data)
         elif method == "execute_session":
-            reply = svc.exposed_execute(data, 1, 1)
+            reply = svc.exposed_execute(data, SESSION, 1)
         else:
-            reply = svc.exposed_execute_batch(((data[:size // 2], 1, 1), (data[:size // 2], 2, 1)))
+            reply = svc.exposed_execute_batch(((data[:size // 2], SESSION, 1), (data[:size // 2], SESSION + 1, 1)))
         replies.append(reply)
 
     replies: list[bytes] = []

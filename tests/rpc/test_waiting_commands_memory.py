@@ -22,6 +22,9 @@ from tests.prevalence.domain import Tags
 from tests.replication.test_node import Cluster
 
 
+SESSION = 1 << 62  # an id a node mints (a smaller one is refused as expired before the log)
+
+
 class _Host:
     def __init__(self, node):
         self.node = node
@@ -52,9 +55,9 @@ def test_a_command_waiting_for_its_commit_holds_no_decoded_objects(tmp_path, mon
         c.net.cut.update((leader.id, o) for o in others)  # nothing commits
         replies: list[bytes] = []
         if how == "execute_batch":
-            call = lambda: svc.exposed_execute_batch(msgpack.packb([(data, 1, 1)], use_bin_type=True))  # noqa: E731
+            call = lambda: svc.exposed_execute_batch(msgpack.packb([(data, SESSION, 1)], use_bin_type=True))  # noqa: E731
         elif how == "execute_session":
-            call = lambda: svc.exposed_execute(data, 1, 1)  # noqa: E731
+            call = lambda: svc.exposed_execute(data, SESSION, 1)  # noqa: E731
         else:
             call = lambda: svc.exposed_execute(data)  # noqa: E731
         t = threading.Thread(target=lambda: replies.append(call()), daemon=True)
