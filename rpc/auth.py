@@ -66,9 +66,12 @@ from .wire import (
     PROTOCOL_VERSION,
     REFUSED,
     ROLES,
+    CLOSED_ON_HELLO,
+    HandshakeClosed,
     HandshakeError,
     UnsupportedVersion,
     _check_id,
+    version_refusal,
     decode_message,
     encode_frame,
     read_frame,
@@ -368,9 +371,8 @@ class ServerAuthenticator:
         body = read_frame(sock, deadline, self.max_frame)
         try:
             _, (version, ident, nc, cluster, epoch, target) = decode_message(body, (HELLO,))
-        except UnsupportedVersion as exc:
-            self._refuse(sock, deadline, str(exc), f"{exc} (this node speaks {PROTOCOL_VERSION} to clients and "
-                         f"{PEER_PROTOCOL_VERSION} to nodes: {_other_release(exc.version)}, see docs/security.md)")
+        except UnsupportedVersion as exc:  # the log says it as the party is told: another release
+            self._refuse(sock, deadline, version_refusal(exc.version), version_refusal(exc.version))
         claim.append(f" (says it is {ident!r})")
         problem = cluster_id_problem(cluster, epoch) if cluster else None  # as a log entry's; "": none yet
         if problem:
@@ -460,7 +462,16 @@ def client_handshake(
         version = PEER_PROTOCOL_VERSION if role == "peer" else PROTOCOL_VERSION
         hello = (version, ident, nc) + ((cluster, epoch, target) if target else (cluster, epoch) if cluster else ())
         write_frame(sock, encode_frame(HELLO, *hello), deadline)
-        tag, fields = decode_message(read_frame(sock, deadline), (CHALLENGE, REFUSED))
+        try:
+            tag, fields = decode_message(read_frame(sock, deadline), (CHALLENGE, REFUSED))
+        except HandshakeClosed:
+            if role != "peer":
+                raise
+            raise AuthenticationFailed(f"{address} {CLOSED_ON_HELLO}", address=address) from None
+        if tag == REFUSED and fields[0].startswith("unsupported handshake version"):
+            # the same refusal at every try, whatever its words (an older release's say "a key per role")
+            raise AuthenticationFailed(f"{address} runs another release: it refused the connection: {fields[0]}",
+                                       address=address, key_refused=True)
         if tag == REFUSED:
             raise AuthenticationFailed(f"{address} refused the connection: {fields[0]}", address=address)
         (ns,) = fields
@@ -503,14 +514,6 @@ def client_handshake(
     except OSError as exc:
         raise ConnectFailed(f"{address}: connection lost during the handshake: {exc}", address=address) from None
     return sock
-
-
-def _other_release(version: int) -> str:
-    """Why a hello of ``version`` is refused: 1 had one key for all (a claimed role); 2 and 3
-    already had a key per role, but no checksum per frame (as would a newer release differ)."""
-    if version == 1:
-        return "a key per role"
-    return "every node and program of a cluster runs the same release"
 
 
 def _a(role: str) -> str:

@@ -55,6 +55,7 @@ class _Peer:
         self.link = PeerLink(owner.settings, random.Random(), time.monotonic())
         self.conn: _Conn | None = None
         self.stopping = False
+        self.causes: set[str] = set()  # why it is down, as logged since it last was up
         self.thread = threading.Thread(target=self._run, name=f"rpc-send-{peer_id}", daemon=True)
 
     # -- called by other threads
@@ -126,6 +127,7 @@ class _Peer:
     # -- one log line per up/down transition
 
     def _log_up(self, was: str | None) -> None:
+        self.causes.clear()
         if was is not None:
             log.info("peer %s at %s up", self.id, format_address(self.address))
 
@@ -135,6 +137,15 @@ class _Peer:
             quiet = starting and was != "up"
             log.log(logging.INFO if quiet else logging.WARNING, "peer %s at %s down: %s", self.id,
                     format_address(self.address), reason)
+            self.causes = {reason}
+
+    def _log_still_down(self, reason: str) -> None:
+        """A peer down already fails for a cause not logged since it was last up (nothing
+        listened, now it hangs up on our hello: a node of an older release): once each,
+        or its log would name only the first cause, for good."""
+        if not self.stopping and reason not in self.causes and len(self.causes) < 8:
+            self.causes.add(reason)
+            log.warning("peer %s at %s still down: %s", self.id, format_address(self.address), reason)
 
     # -- the sender thread
 
@@ -157,7 +168,10 @@ class _Peer:
                     with self.cond:
                         was = self.link.connect_failed(str(exc), time.monotonic())
                     # nothing listening yet is no news at start; anything else (a wrong key) is
-                    self._log_down(was, str(exc), starting=isinstance(exc, ConnectFailed) and exc.refused)
+                    quiet = isinstance(exc, ConnectFailed) and exc.refused
+                    self._log_down(was, str(exc), starting=quiet)
+                    if was is None and not quiet:
+                        self._log_still_down(str(exc))
                     continue
                 with self.cond:
                     self.conn = c

@@ -22,6 +22,7 @@ from prevalence.text import one_line
 
 __all__ = [
     "HandshakeError",
+    "HandshakeClosed",
     "UnsupportedVersion",
     "MAX_FRAME",
     "NONCE_SIZE",
@@ -72,8 +73,30 @@ REFUSED = "pvl-refused"      # server -> client: [tag, reason]
 _HEADER = struct.Struct("!I")
 
 
+#: What a party of another release is told, and what the node that refuses it logs.
+SAME_RELEASE = ("every node and program of a cluster runs the same release, and a full restart "
+                "moves a cluster to another (docs/security.md)")
+#: A node's hello that a node of an older release closes on without a word: those took
+#: at most 5 fields, and checked the count before the version (this one names the node
+#: it dials, a sixth).
+CLOSED_ON_HELLO = ("closed the connection on our hello without a reason, as a node of an older release "
+                   f"does: {SAME_RELEASE}")
+
+
+def version_refusal(version: int) -> str:
+    """Why a hello of ``version`` is refused: 1 had one key for all (a claimed role); any
+    other is a program or node of another release."""
+    why = "a key per role, see docs/security.md" if version == 1 else SAME_RELEASE
+    return (f"unsupported handshake version {version} (this node speaks {PROTOCOL_VERSION} to clients and "
+            f"{PEER_PROTOCOL_VERSION} to nodes: {why})")
+
+
 class HandshakeError(PrevalenceError):
     """A handshake frame was oversized, truncated, malformed or not the one expected."""
+
+
+class HandshakeClosed(HandshakeError):
+    """The other side closed the connection before the handshake's next frame."""
 
 
 class UnsupportedVersion(HandshakeError):
@@ -209,7 +232,7 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
         sock.settimeout(left)
         chunk = sock.recv(min(n, 65536))
         if not chunk:
-            raise HandshakeError("connection closed during the handshake")
+            raise HandshakeClosed("connection closed during the handshake")
         chunks.append(chunk)
         n -= len(chunk)
     return b"".join(chunks)
