@@ -233,6 +233,7 @@ def _begin_on_leader(directory: str) -> tuple[_Link, list]:
     following its redirections; the admin key."""
     from rpc.cluster import cluster_status, directory_key, node_config_paths
     from rpc.config import ConfigError, load_config
+    from rpc.status_report import unreachable_summary
 
     configs = {c.id: c for c in (load_config(p) for p in node_config_paths(directory))}
     secret = directory_key(directory, "admin")
@@ -254,7 +255,10 @@ def _begin_on_leader(directory: str) -> tuple[_Link, list]:
         link.close()
         if reply[0] != "not_leader":
             raise BackupError(f"backup refused by {nid}: {reply[-1]}")
-    raise ConfigError(f"no leader accepted the backup (asked {', '.join(tried) or 'nobody: no node reachable'})")
+    if not tried:  # the status round had no answer: why (nothing listening, a key or a release refused...)
+        why = "; ".join(unreachable_summary(rows).splitlines()) or "no node configured"
+        raise ConfigError(f"no leader accepted the backup: no node gave its status ({why})")
+    raise ConfigError(f"no leader accepted the backup (asked {', '.join(tried)})")
 
 
 def _decode(raw: Any) -> list:

@@ -123,3 +123,29 @@ def test_a_peer_still_down_for_another_reason_is_logged(make_transport, caplog):
             node.close()
     lines = [r.getMessage() for r in caplog.records if "older release" in r.getMessage()]
     assert len(lines) == 1 and node.hellos >= 2, (lines, node.hellos)
+
+
+def test_a_backup_refused_by_nodes_of_another_release_says_why(tmp_path):
+    """`prevalence backup` against nodes of the release before said "no leader accepted
+    the backup (asked nobody: no node reachable)": no cause, though each node had said it."""
+    from rpc.backup import fetch_backup
+    from rpc.cluster import write_cluster
+    from prevalence.errors import PrevalenceError
+
+    for _ in range(20):  # three ports in a row, each answered as an old node
+        base, nodes = free_port(), []
+        try:
+            nodes = [OldNode(base + i) for i in range(3)]
+            break
+        except OSError:
+            for n in nodes:
+                n.close()
+    try:
+        write_cluster(str(tmp_path / "c"), 3, base, "builtins:dict")
+        with pytest.raises(PrevalenceError) as caught:
+            fetch_backup(str(tmp_path / "c"), str(tmp_path / "out.backup"))
+    finally:
+        for n in nodes:
+            n.close()
+    assert "another release" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "out.backup").exists()
