@@ -51,10 +51,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     _tabulate.MIN_PADDING = 0  # headers no wider than their words: the table fits 80 columns
 
     from rpc.cluster import cluster_status
-    from rpc.status_report import FIELDS, describe_master, unreachable_summary, why_no_status
+    from rpc.status_report import FIELDS, describe_master, other_releases, unreachable_summary, why_no_status
 
     rows = cluster_status(args.cluster)
-    notes = other_clusters(rows) + not_members(rows) + stale_leaders(rows)  # nodes that take no part
+    # nodes that take no part
+    notes = other_releases(rows) + other_clusters(rows) + not_members(rows) + stale_leaders(rows)
     if args.json:
         # each node exactly the contract's fields (DESIGN.md); what the table says beside them
         noted: dict[str, str] = {}

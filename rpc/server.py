@@ -22,6 +22,7 @@ from rpc.config import (
 from rpc.auth import ClusterKey, check_role_keys
 from rpc.identity import ClusterIdentity
 from rpc.secret import KEY_FILES, load_secret
+from rpc.wire import PEER_PROTOCOL_VERSION
 from rpc.service import ClientService
 from rpc.peer_sender import PeerTransport
 from rpc.peer_server import PeerServer
@@ -198,6 +199,7 @@ class NodeProcess:
         st.update(address=format_address(self.cfg.listen), pid=os.getpid(), config=self.cfg.path,
                   cluster=ident.cluster, epoch=ident.epoch,
                   session_expiry_s=self.node.sm.sessions.idle_expiry_us // 1_000_000,
+                  peer_protocol=PEER_PROTOCOL_VERSION,  # status names a node of another release
                   peers={p: {k: v for k, v in s.items() if k in ("connected", "queued", "dropped")}
                          for p, s in self.transport.peer_status().items()})
         return st

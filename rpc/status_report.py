@@ -22,7 +22,7 @@ from replication.node import STATUS_TIMEOUT
 from rpc.transport import STATUS_MAX_FRAME, NodeLink
 
 __all__ = ["FIELDS", "ask_status", "collapse_causes", "describe_master", "status_row",
-           "unreachable_summary", "why_no_status"]
+           "unreachable_summary", "why_no_status", "other_releases"]
 
 #: The status table's columns (``prevalence status``).
 FIELDS = ("id", "address", "role", "term", "commit_index", "applied_index", "pid", "config", "reachable")
@@ -72,6 +72,8 @@ def status_row(node_id: str, address: str, config: str | None, reply: list | Exc
         row.update({k: _field(st[k]) for k in FIELDS if k in st and k != "reachable"}, reachable=True,
                    disk_full=st.get("disk_full") is True,
                    snapshot_error=one_line(snap, 300) if type(snap) is str and snap else None)
+        proto = st.get("peer_protocol")  # a node of a release before 6 says none
+        row["peer_protocol"] = proto if type(proto) is int else None
         if type(row["id"]) is not str or not row["id"]:  # describe_master names nodes by it
             row["id"] = node_id
         leader, voters = st.get("leader"), st.get("voters")
@@ -177,3 +179,26 @@ def unreachable_summary(rows: list[dict]) -> str:
     def who(ids: list[str]) -> str:
         return f"all {len(ids)} nodes" if len(ids) == len(rows) > 3 else ", ".join(ids)
     return "\n".join(f"{label}: {who(ids)}: {cause}" for (label, cause), ids in causes.items())
+
+
+def other_releases(rows: list[dict]) -> list[tuple[str, str]]:
+    """A node and a note for each node that answers and runs another release than most
+    that answer (ties: than this program): nodes of two releases refuse each other's
+    handshake, so each part elects without the other, or cannot. A node that names no
+    ``peer_protocol`` in its status is of a release before 6."""
+    from rpc.wire import PEER_PROTOCOL_VERSION
+
+    kinds = Counter(r.get("peer_protocol") for r in rows if r["reachable"])
+    if len(kinds) < 2:
+        return []
+    top = max(kinds.values())
+    main = PEER_PROTOCOL_VERSION if kinds[PEER_PROTOCOL_VERSION] == top else kinds.most_common(1)[0][0]
+
+    def said(proto: Any) -> str:
+        return f"protocol {proto}" if proto is not None else "a protocol before 6"
+
+    others = _names(sorted(r["id"] for r in rows if r["reachable"] and r.get("peer_protocol") == main))
+    return [(r["id"], f"runs another release than {others} (it speaks {said(r.get('peer_protocol'))} to nodes, "
+                      f"they {said(main)}): nodes of two releases refuse each other; stop every node and start "
+                      "them all on one release, a full restart (docs/security.md)")
+            for r in rows if r["reachable"] and r.get("peer_protocol") != main]

@@ -149,3 +149,37 @@ def test_a_backup_refused_by_nodes_of_another_release_says_why(tmp_path):
             n.close()
     assert "another release" in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "out.backup").exists()
+
+
+def _status_rows(peer_protocols: dict) -> list[dict]:
+    from rpc.status_report import status_row
+
+    rows = []
+    for i, (nid, proto) in enumerate(peer_protocols.items()):
+        st = {"id": nid, "role": "leader" if i == 2 else "follower", "term": 2, "leader": "n3", "commit_index": 76,
+              "applied_index": 76, "voters": list(peer_protocols)}
+        if proto is not None:
+            st["peer_protocol"] = proto
+        rows.append(status_row(nid, f"127.0.0.1:{7100 + i}", f"/c/{nid}.toml", ["ok", st]))
+    return rows
+
+
+def test_status_names_the_node_of_another_release_among_nodes_that_answer(monkeypatch, capsys):
+    """One node upgraded, two left on the release before (same program protocol, so
+    status reaches all three): the table said "n3 leads (term 2)" and nothing else, the
+    upgraded node a pre_candidate cut off from its peers with no cause given."""
+    import json
+    import argparse
+    import rpc.cluster
+    from rpc.cli import cmd_status
+
+    monkeypatch.setattr(rpc.cluster, "cluster_status", lambda d: _status_rows({"n1": 6, "n2": None, "n3": None}))
+    cmd_status(argparse.Namespace(cluster="/c", json=False))
+    notes = [line for line in capsys.readouterr().out.splitlines() if "another release" in line]
+    assert len(notes) == 1 and notes[0].startswith("n1: ") and "n2, n3" in notes[0] and "full restart" in notes[0]
+    cmd_status(argparse.Namespace(cluster="/c", json=True))
+    conditions = json.loads(capsys.readouterr().out)["conditions"]
+    assert "another release" in conditions["n1"]["note"] and conditions["n2"]["note"] is None
+    monkeypatch.setattr(rpc.cluster, "cluster_status", lambda d: _status_rows({"n1": 6, "n2": 6, "n3": 6}))
+    cmd_status(argparse.Namespace(cluster="/c", json=False))
+    assert "release" not in capsys.readouterr().out
