@@ -333,8 +333,8 @@ def _naming_the_cluster(func):
             hint = ("; `grid show --consistency local` shows a node's copy, which may be behind"
                     if func is cmd_show and args.consistency != "local" else "")
             raise ConfigError(f"no master of {named(args.cluster, args.cluster_from)} answered; {why}{hint}") from None
-        except AuthenticationFailed as exc:  # every node refused the key: no retry helps
-            raise ConfigError(f"the nodes of {named(args.cluster, args.cluster_from)} refused the key: "
+        except AuthenticationFailed as exc:  # every node refused the key, or this release: no retry helps
+            raise ConfigError(f"the nodes of {named(args.cluster, args.cluster_from)} refused this program: "
                               f"{collapse_causes(str(exc))}") from None
     return call
 

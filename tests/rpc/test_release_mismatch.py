@@ -183,3 +183,18 @@ def test_status_names_the_node_of_another_release_among_nodes_that_answer(monkey
     monkeypatch.setattr(rpc.cluster, "cluster_status", lambda d: _status_rows({"n1": 6, "n2": 6, "n3": 6}))
     cmd_status(argparse.Namespace(cluster="/c", json=False))
     assert "release" not in capsys.readouterr().out
+
+
+def test_a_grid_command_against_nodes_of_another_release_says_so(old_node, tmp_path, capsys):
+    """grid show of this release against a grid of the release before: at once, one line,
+    and not "refused the key" (the key was right; the release was not)."""
+    from app.cli import main
+    from rpc.secret import generate_secret_file
+
+    generate_secret_file(str(tmp_path / "client.secret"))
+    began = time.monotonic()
+    assert main(["show", "--cluster", f"{HOST}:{old_node.address[1]}", "--secret-file",
+                 str(tmp_path / "client.secret")]) == 1
+    err = capsys.readouterr().err
+    assert time.monotonic() - began < 3 and err.count("\n") == 1, err
+    assert "another release" in err and "refused the key" not in err, err
