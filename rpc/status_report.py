@@ -73,7 +73,7 @@ def status_row(node_id: str, address: str, config: str | None, reply: list | Exc
                    disk_full=st.get("disk_full") is True,
                    snapshot_error=one_line(snap, 300) if type(snap) is str and snap else None)
         proto = st.get("peer_protocol")  # a node of a release before 6 says none
-        row["peer_protocol"] = proto if type(proto) is int else None
+        row["peer_protocol"] = proto if type(proto) is int and 0 < proto < 1 << 16 else None
         if type(row["id"]) is not str or not row["id"]:  # describe_master names nodes by it
             row["id"] = node_id
         leader, voters = st.get("leader"), st.get("voters")
