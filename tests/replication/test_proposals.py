@@ -136,7 +136,7 @@ def test_a_batch_whose_first_command_is_refused_is_answered_at_once():
 
     data = CODEC.dumps(Add("x", 1))
     started = _time.monotonic()
-    reply = msgpack.unpackb(service.ClientService(_Host(), "c").exposed_execute_batch(((data, 1, 1), (data, 1, 2))),
+    reply = msgpack.unpackb(service.ClientService(_Host(), "c").exposed_execute_batch(((data, 1 << 62, 1), (data, 1 << 62, 2))),
                             raw=False)
     assert reply[0] == "not_leader" and reply[1] == "n2", reply
     assert _time.monotonic() - started < 1.0
