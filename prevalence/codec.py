@@ -114,7 +114,14 @@ class Codec:
                 raise CodecError(
                     f"{cls.__module__}.{cls.__qualname__} is neither a prevalence.Transaction nor a prevalence.Query"
                 )
-            spec = self._specs[cls] = TypeSpec(cls, self.converter, self._quick)
+            try:
+                spec = TypeSpec(cls, self.converter, self._quick)
+            except CodecError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - cattrs finds no hook for a field's type
+                raise CodecError(f"{cls.__prevalence_name__}: a field's type has no plain form: "  # type: ignore[attr-defined]
+                                 f"{error_text(exc)}") from None
+            self._specs[cls] = spec
         return spec
 
     def registered(self) -> list[type]:
@@ -140,6 +147,25 @@ class Codec:
         except Exception as exc:  # a field holding something with no plain form
             raise CodecError(f"{spec.name}: cannot encode: {exc}") from exc
         return [spec.name, spec.version, fields]
+
+    def journal_copy(self, obj: Any) -> tuple[list, Any]:
+        """``obj``'s plain form and the object a replay decodes from it.
+
+        The engine applies the copy, not ``obj``: what the first run sees is then what
+        every replay sees (a datetime in another zone comes back in UTC, a list field is
+        not the caller's list), and an object that cannot come back (an int past 64 bits,
+        a dict with tuple keys, a datetime past year 9999) is refused before anything is
+        journaled instead of making the journal unreadable.
+        """
+        plain = self.to_plain(obj)
+        try:
+            data = msgpack.packb(plain, use_bin_type=True)
+        except Exception as exc:  # noqa: BLE001 - TypeError, OverflowError, ValueError
+            raise CodecError(f"{plain[0]}: cannot encode: {error_text(exc)}") from None
+        try:
+            return plain, self.from_plain(unpack(data))
+        except CodecError as exc:
+            raise CodecError(f"{plain[0]}: would not read back from the journal: {exc}") from None
 
     def from_plain(self, plain: Any, detail: bool = True) -> Any:
         """The object; ``detail``: a refusal names every field that does not fit (what

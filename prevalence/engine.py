@@ -105,10 +105,12 @@ class Engine:
         hands the head to the next waiting caller. Each caller is woken once, and a lone
         caller is never woken at all.
         """
-        plain = CODEC.to_plain(tx)  # a class that is not a journalable type fails here
+        # what applies is the copy a replay decodes, so the first run is the replay; a
+        # class that is not journalable, or a value that cannot come back, fails here
+        plain, copy = CODEC.journal_copy(tx)
         if self.read_only:
             raise PrevalenceError(f"{self.path} is open read-only: execute is not allowed")
-        req = _Request(tx, plain)
+        req = _Request(copy, plain)
         with self._queue_lock:
             self._queue.append(req)
             lead = len(self._queue) == 1

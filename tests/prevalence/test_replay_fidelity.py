@@ -1,0 +1,95 @@
+"""What a transaction's first run sees is what every replay sees: the engine applies the
+transaction as the journal will give it back, and refuses one that cannot come back."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+import prevalence
+from prevalence import CodecError
+
+
+class Log:
+    def __init__(self) -> None:
+        self.items: list = []
+
+
+@dataclass(frozen=True)
+class When(prevalence.Transaction, name="fidelity.When"):
+    at: datetime
+
+    def execute(self, root: Log, ctx: prevalence.Context) -> str:
+        root.items.append(self.at)
+        return self.at.isoformat()
+
+
+@dataclass(frozen=True)
+class Pairs(prevalence.Transaction, name="fidelity.Pairs"):
+    cells: dict[tuple[int, int], str]
+
+    def execute(self, root: Log, ctx: prevalence.Context) -> None:
+        root.items.append(dict(self.cells))
+
+
+@dataclass(frozen=True)
+class Big(prevalence.Transaction, name="fidelity.Big"):
+    n: int
+
+    def execute(self, root: Log, ctx: prevalence.Context) -> None:
+        root.items.append(self.n)
+
+
+@dataclass(frozen=True)
+class Money(prevalence.Transaction, name="fidelity.Money"):
+    amount: Decimal
+
+    def execute(self, root: Log, ctx: prevalence.Context) -> None:
+        root.items.append(self.amount)
+
+
+def _items(path) -> list:
+    with prevalence.open(path, Log) as db:
+        return list(db.query(_All()))
+
+
+@dataclass(frozen=True)
+class _All(prevalence.Query, name="fidelity.All"):
+    def run(self, root: Log) -> list:
+        return list(root.items)
+
+
+def test_first_run_sees_the_datetime_replay_sees(tmp_path):
+    """A datetime in +02:00 came back from the journal in UTC: the first run stored
+    hour 3 at +02:00, every replay hour 1 at UTC, so the state differed after a restart."""
+    at = datetime(2026, 1, 2, 3, 4, 5, 123457, tzinfo=timezone(timedelta(hours=2)))
+    with prevalence.open(tmp_path, Log) as db:
+        db.execute(When(at))
+        first = db.query(_All())
+    assert repr(first) == repr(_items(tmp_path))
+
+
+@pytest.mark.parametrize("tx, what", [
+    (Pairs({(1, 2): "a"}), "fidelity.Pairs"),  # tuple keys come back as lists: unhashable
+    (When(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)), "fidelity.When"),  # past datetime.max
+    (Big(2**70), "fidelity.Big"),  # past msgpack's 64 bits
+])
+def test_a_transaction_the_journal_cannot_give_back_is_refused_before_it_applies(tmp_path, tx, what):
+    """These were acknowledged, and the next open failed on them: the directory could
+    no longer be opened at all (or execute raised a bare OverflowError)."""
+    with prevalence.open(tmp_path, Log) as db:
+        db.execute(Big(1))
+        with pytest.raises(CodecError, match=what):
+            db.execute(tx)
+        assert db.query(_All()) == [1] and db.last_index == 1
+        db.execute(Big(2))
+    assert _items(tmp_path) == [1, 2]
+
+
+def test_a_field_type_without_a_plain_form_is_a_codec_error(tmp_path):
+    with prevalence.open(tmp_path, Log) as db:
+        with pytest.raises(CodecError, match="fidelity.Money"):
+            db.execute(Money(Decimal("1.10")))
+        assert db.last_index == 0
