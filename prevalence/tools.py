@@ -16,7 +16,7 @@ from . import _platform
 from .entry import EntryKind
 from .errors import CodecError, JournalCorruptError, PrevalenceError, SnapshotError
 from .journal import Journal, scan_directory
-from .segment import SEGMENT_HEADER, parse_segment_name
+from .segment import SEGMENT_HEADER, parse_segment_name, segment_header
 from .snapshots import SnapshotStore, check_file
 from .state import describe_command
 
@@ -153,7 +153,9 @@ _NODE_FILES = ("raft-state", "identity.toml")
 
 
 def repair(path: str) -> RepairResult:
-    """Cut the journal at its first damage, after copying it to ``journal.backup-<time>``.
+    """Cut the journal at its first damage, after copying it to ``journal.backup-<time>``;
+    damage before a segment that the newest usable snapshot reaches removes the segments
+    before that one instead, so the entries after the damage are kept.
 
     A torn tail too is cut only after the copy, and said: repair never changes a byte
     it has not copied aside, and never touches a file that is not a segment."""
@@ -189,27 +191,77 @@ def repair(path: str) -> RepairResult:
                 result.removed_files.append(seg_path)
             return result
         result = RepairResult(damaged=str(damage), backup=_backup_copy(jdir), kept_last_index=kept)
-        names = sorted(n for n in os.listdir(jdir) if parse_segment_name(n) is not None)
-        bad = os.path.basename(damage.path)
-        for name in names:
-            full = os.path.join(jdir, name)
-            if name < bad:
-                continue
-            if name == bad and damage.offset >= SEGMENT_HEADER.size:
-                with open(full, "r+b") as f:
-                    f.truncate(damage.offset)
-                    f.flush()
-                    os.fsync(f.fileno())
-                result.cut = f"{full} at byte offset {damage.offset}"
-            else:
-                os.remove(full)
-                result.removed_files.append(full)
-        _platform.fsync_dir(jdir)
+        covered = _newest_usable_snapshot(path)
+        while damage is not None:
+            if not _drop_covered_prefix(jdir, damage, covered, result):
+                _cut_at(jdir, damage, result)
+            _platform.fsync_dir(jdir)
+            damage = None
+            try:
+                for _ in scan_directory(jdir):
+                    pass
+            except JournalCorruptError as exc:  # more damage after the prefix a snapshot covered
+                damage = exc
         with Journal(jdir) as j:
             result.kept_last_index = j.last_index
         return result
     finally:
         lock.release()
+
+
+def _newest_usable_snapshot(path: str) -> int:
+    """The index of the newest snapshot whose checksum holds (0: none)."""
+    store = SnapshotStore(os.path.join(data_dir(path), "snapshots"), read_only=True)
+    for index in store.indexes():
+        try:
+            check_file(store.path_of(index))
+            return index
+        except (OSError, SnapshotError):
+            continue
+    return 0
+
+
+def _drop_covered_prefix(jdir: str, damage: JournalCorruptError, covered: int, result: RepairResult) -> bool:
+    """Damage before a segment that the snapshot at ``covered`` reaches: remove the
+    segments before that one (the snapshot holds their entries) instead of the entries
+    after the damage, which recovery replays on top of the snapshot."""
+    names = sorted(n for n in os.listdir(jdir) if parse_segment_name(n) is not None)
+    bad = os.path.basename(damage.path)
+    if bad not in names:
+        return False
+    start = names.index(bad) + 1
+    if damage.offset < SEGMENT_HEADER.size and _header_is_intact(damage.path, bad):
+        start -= 1  # the segment is sound; one before it is missing
+    if start == 0 or start >= len(names) or covered < parse_segment_name(names[start]) - 1:
+        return False
+    for name in names[:start]:
+        os.remove(os.path.join(jdir, name))
+        result.removed_files.append(os.path.join(jdir, name))
+    return True
+
+
+def _header_is_intact(path: str, name: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(SEGMENT_HEADER.size) == segment_header(parse_segment_name(name))
+
+
+def _cut_at(jdir: str, damage: JournalCorruptError, result: RepairResult) -> None:
+    """Keep what precedes the damage: cut its segment there, remove every later one."""
+    names = sorted(n for n in os.listdir(jdir) if parse_segment_name(n) is not None)
+    bad = os.path.basename(damage.path)
+    for name in names:
+        full = os.path.join(jdir, name)
+        if name < bad:
+            continue
+        if name == bad and damage.offset >= SEGMENT_HEADER.size:
+            with open(full, "r+b") as f:
+                f.truncate(damage.offset)
+                f.flush()
+                os.fsync(f.fileno())
+            result.cut = f"{full} at byte offset {damage.offset}"
+        else:
+            os.remove(full)
+            result.removed_files.append(full)
 
 
 def _backup_copy(jdir: str) -> str:
