@@ -153,7 +153,9 @@ class Engine:
             for r in batch:
                 try:
                     r.tx.check(root)  # rejecting here journals nothing
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - a refusal, whatever its type
                     r.exc, r.rejected = exc, True
                     continue
                 index = journal.last_index + 1

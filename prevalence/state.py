@@ -76,7 +76,7 @@ def _text(exc: BaseException) -> str:
         return f"({type(exc).__name__} whose message cannot be shown)"
 
 
-def _error_reply(kind: str, exc: Exception) -> Reply:
+def _error_reply(kind: str, exc: BaseException) -> Reply:
     return (kind, f"{type(exc).__module__}.{type(exc).__qualname__}", _text(exc))
 
 
@@ -127,7 +127,7 @@ class StateMachine:
             self.sessions.sweep(timestamp_us)
         return timestamp_us
 
-    def apply_command(self, index: int, timestamp_us: int, tx: Any) -> tuple[Any, Exception | None]:
+    def apply_command(self, index: int, timestamp_us: int, tx: Any) -> tuple[Any, BaseException | None]:
         """Execute one journaled transaction; the caller holds the write lock.
 
         Its exception is returned, not raised: the entry is applied either way, and the
@@ -139,13 +139,17 @@ class StateMachine:
             if isinstance(tx, SessionCommand):  # the session table, which the root does not hold
                 return tx.on_sessions(self.sessions, ctx), None
             return tx.execute(self.root, ctx), None
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise  # from outside, not from the transaction: no replay would raise it again
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() or the application's own
+            # BaseException is an outcome like any other: it raised at the same point when
+            # replayed, so letting it out stopped every later open of the directory
             return None, exc
         finally:
             self.applied_index = index
             self.timestamp_us = timestamp_us
 
-    def apply_entry(self, entry: Entry, codec: Codec = CODEC, *, check: bool = False) -> tuple[Any, Exception | None]:
+    def apply_entry(self, entry: Entry, codec: Codec = CODEC, *, check: bool = False) -> tuple[Any, BaseException | None]:
         """Apply a journaled entry. ``check=True`` runs the transaction's ``check`` first:
         a replicated log holds entries checked only when applied, since the proposer's
         view may have been stale; a rejection applies as nothing, on every replica alike.
@@ -163,7 +167,9 @@ class StateMachine:
         if check:
             try:
                 tx.check(self.root)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a refusal, whatever its type
                 self._skip(entry.index)
                 return None, exc
         return self.apply_command(entry.index, timestamp_us, tx)
@@ -183,7 +189,9 @@ class StateMachine:
         if check:
             try:
                 tx.check(self.root)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a refusal, whatever its type
                 self._skip(index)
                 self.sessions.record(sid, seq, ts, _error_reply("rejected", exc))
                 return self.sessions.sessions[sid][2]
