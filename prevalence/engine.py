@@ -202,8 +202,10 @@ class Engine:
         if self._closed:
             raise ClosedError(f"engine {self.path} is closed")
         with self._snapshot_lock:
-            meta, body = self._sm.capture(term=self._term_at(self._sm.applied_index))
+            # counted from this attempt, failed or not: a root that cannot be serialized
+            # is tried again at the next threshold, not at every transaction
             self._since_entries = self._since_bytes = 0
+            meta, body = self._sm.capture(term=self._term_at(self._sm.applied_index))
             self._journal.sync()  # a snapshot never runs ahead of the journal on disk
             meta = self._snapshots.write(meta, body)
             kept = self._snapshots.indexes()
