@@ -94,6 +94,7 @@ class Engine:
         self._since_entries = 0
         self._since_bytes = 0
         self.snapshot_error: BaseException | None = None  # the last automatic snapshot's failure
+        self._inside = threading.local()  # .what: this thread runs a transaction or a query
 
     # -- the API --------------------------------------------------------------------
     def execute(self, tx: Any) -> Any:
@@ -107,6 +108,7 @@ class Engine:
         """
         # what applies is the copy a replay decodes, so the first run is the replay; a
         # class that is not journalable, or a value that cannot come back, fails here
+        self._refuse_reentry("execute")
         plain, copy = CODEC.journal_copy(tx)
         if self.read_only:
             raise PrevalenceError(f"{self.path} is open read-only: execute is not allowed")
@@ -146,6 +148,7 @@ class Engine:
         journal = self._journal
         last = 0
         sm.lock.acquire_write()
+        self._inside.what = "a transaction's check or execute"
         try:
             if self._closed:
                 raise ClosedError(f"engine {self.path} is closed")
@@ -169,6 +172,7 @@ class Engine:
                 self._since_bytes += len(data)
                 last = index
         finally:
+            self._inside.what = None
             sm.lock.release_write()
         if last:
             try:
@@ -184,12 +188,15 @@ class Engine:
         """Run ``query.run(root)`` alongside other queries, never during a transaction."""
         if self._closed:
             raise ClosedError(f"engine {self.path} is closed")
+        self._refuse_reentry("query")
         sm = self._sm
         sm.lock.acquire_read()
+        self._inside.what = "a query's run"
         try:
             result = query.run(sm.root)
             seen = sm.applied_index
         finally:
+            self._inside.what = None
             sm.lock.release_read()
         if not self.read_only:
             self._journal.wait(seen)
@@ -201,6 +208,7 @@ class Engine:
             raise PrevalenceError(f"{self.path} is open read-only: snapshot is not allowed")
         if self._closed:
             raise ClosedError(f"engine {self.path} is closed")
+        self._refuse_reentry("snapshot")
         with self._snapshot_lock:
             # counted from this attempt, failed or not: a root that cannot be serialized
             # is tried again at the next threshold, not at every transaction
@@ -244,6 +252,14 @@ class Engine:
         self.close()
 
     # -- internals --------------------------------------------------------------------
+    def _refuse_reentry(self, call: str) -> None:
+        """A call from inside a transaction or a query would wait for the lock its own
+        thread holds (a query's too, once a transaction queues behind it): refused."""
+        what = getattr(self._inside, "what", None)
+        if what:
+            raise PrevalenceError(f"engine {self.path}: {call} called from inside {what}: it would wait for the "
+                                  "lock this thread holds; return what is needed and call the engine afterwards")
+
     def _release(self) -> None:
         try:
             if self._journal is not None:
