@@ -16,6 +16,7 @@ from .journal import DEFAULT_SEGMENT_BYTES, Journal
 from .recovery import recover
 from .snapshots import SnapshotMeta, SnapshotStore
 from .state import encode_command
+from .text import os_error_text
 
 log = logging.getLogger("prevalence.engine")
 
@@ -61,9 +62,13 @@ class Engine:
         self._dirlock: _platform.DirectoryLock | None = None
         self._journal: Journal | None = None
         if not read_only:
-            os.makedirs(self.path, exist_ok=True)
-            self._dirlock = _platform.DirectoryLock(self.path)
-            self._dirlock.acquire()
+            try:
+                os.makedirs(self.path, exist_ok=True)
+                self._dirlock = _platform.DirectoryLock(self.path)
+                self._dirlock.acquire()
+            except OSError as exc:
+                self._dirlock = None
+                raise PrevalenceError(f"cannot open {self.path}: {os_error_text(exc)}") from exc
         elif not os.path.isdir(self.path):
             raise PrevalenceError(f"{self.path} does not exist")
         try:
@@ -84,6 +89,9 @@ class Engine:
                 log.warning("%s", msg)
                 self.warnings.append(msg)
                 self._journal.reset(self._sm.applied_index + 1)
+        except OSError as exc:
+            self._release()
+            raise PrevalenceError(f"cannot open {self.path}: {os_error_text(exc)}") from exc
         except BaseException:
             self._release()
             raise
