@@ -11,12 +11,13 @@ from typing import Any, Callable
 from . import _platform
 from .codec import CODEC
 from .entry import EntryKind
-from .errors import ClosedError, DiskFull, PrevalenceError
+from .errors import ClosedError, CodecError, DiskFull, PrevalenceError
 from .journal import DEFAULT_SEGMENT_BYTES, Journal
 from .recovery import recover
 from .snapshots import SnapshotMeta, SnapshotStore
 from .state import encode_command
 from .text import os_error_text
+from .transaction import Transaction
 
 log = logging.getLogger("prevalence.engine")
 
@@ -118,6 +119,8 @@ class Engine:
         # class that is not journalable, or a value that cannot come back, fails here
         self._refuse_reentry("execute")
         plain, copy = CODEC.journal_copy(tx)
+        if not isinstance(copy, Transaction):
+            raise CodecError(f"{plain[0]} is a Query, not a Transaction: run it with query()")
         if self.read_only:
             raise PrevalenceError(f"{self.path} is open read-only: execute is not allowed")
         req = _Request(copy, plain)
@@ -197,6 +200,10 @@ class Engine:
         if self._closed:
             raise ClosedError(f"engine {self.path} is closed")
         self._refuse_reentry("query")
+        if not callable(getattr(query, "run", None)):
+            kind = "is a Transaction, not a Query: apply it with execute()" if isinstance(query, Transaction) else \
+                "has no run(root)"
+            raise PrevalenceError(f"{_name(query)} {kind}")
         sm = self._sm
         sm.lock.acquire_read()
         self._inside.what = "a query's run"
@@ -306,6 +313,11 @@ class Engine:
             log.error("automatic snapshot failed: %r", exc)
         finally:
             self._snapshot_thread = None
+
+
+def _name(obj: Any) -> str:
+    cls = type(obj)
+    return getattr(cls, "__prevalence_name__", None) or f"{cls.__module__}.{cls.__qualname__}"
 
 
 class _Request:

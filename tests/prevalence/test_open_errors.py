@@ -25,3 +25,19 @@ def test_a_file_where_a_directory_belongs_is_a_prevalence_error(tmp_path, blocke
         (data / blocker).unlink()
         with prevalence.open(data, Store) as db:  # the directory lock was released
             db.execute(Put("a", 1))
+
+
+def test_a_query_given_to_execute_or_a_transaction_to_query_is_named(tmp_path):
+    """Seen: AttributeError "'Get' object has no attribute 'check'" (and "... 'run'"),
+    not a PrevalenceError saying which call the object belongs to."""
+    from tests.prevalence.domain import Get
+
+    with prevalence.open(tmp_path, Store) as db:
+        with pytest.raises(prevalence.CodecError, match=r"test\.Get is a Query, not a Transaction: .*query\(\)"):
+            db.execute(Get("a"))
+        with pytest.raises(prevalence.PrevalenceError, match=r"test\.Put is a Transaction, not a Query: .*execute\(\)"):
+            db.query(Put("a", 1))
+        with pytest.raises(prevalence.PrevalenceError, match="has no run"):
+            db.query(object())
+        assert db.last_index == 0
+        assert db.query(type("Adhoc", (), {"run": lambda self, root: 7})()) == 7  # any object with run(root)
