@@ -11,7 +11,7 @@ from typing import Any, Callable
 from . import _platform
 from .codec import CODEC
 from .entry import EntryKind
-from .errors import ClosedError, CodecError, DiskFull, PrevalenceError
+from .errors import ClosedError, CodecError, DiskFull, EngineHaltedError, PrevalenceError
 from .journal import DEFAULT_SEGMENT_BYTES, Journal
 from .recovery import recover
 from .snapshots import SnapshotMeta, SnapshotStore
@@ -104,6 +104,7 @@ class Engine:
         self._since_bytes = 0
         self.snapshot_error: BaseException | None = None  # the last automatic snapshot's failure
         self._inside = threading.local()  # .what: this thread runs a transaction or a query
+        self._halted: str | None = None  # why the state in memory can no longer be trusted
 
     # -- the API --------------------------------------------------------------------
     def execute(self, tx: Any) -> Any:
@@ -118,6 +119,7 @@ class Engine:
         # what applies is the copy a replay decodes, so the first run is the replay; a
         # class that is not journalable, or a value that cannot come back, fails here
         self._refuse_reentry("execute")
+        self._check_halted()
         plain, copy = CODEC.journal_copy(tx)
         if not isinstance(copy, Transaction):
             raise CodecError(f"{plain[0]} is a Query, not a Transaction: run it with query()")
@@ -182,6 +184,13 @@ class Engine:
                 self._since_entries += 1
                 self._since_bytes += len(data)
                 last = index
+        except KeyboardInterrupt:
+            # from outside the transaction, maybe halfway through it: replay runs it whole,
+            # so the root in memory may be a state no replay gives; nothing may read or
+            # snapshot it
+            self._halted = (f"a transaction was interrupted (KeyboardInterrupt) at index {journal.last_index}: "
+                            "the state in memory may differ from what the journal rebuilds")
+            raise
         finally:
             self._inside.what = None
             sm.lock.release_write()
@@ -200,6 +209,7 @@ class Engine:
         if self._closed:
             raise ClosedError(f"engine {self.path} is closed")
         self._refuse_reentry("query")
+        self._check_halted()
         if not callable(getattr(query, "run", None)):
             kind = "is a Transaction, not a Query: apply it with execute()" if isinstance(query, Transaction) else \
                 "has no run(root)"
@@ -224,6 +234,7 @@ class Engine:
         if self._closed:
             raise ClosedError(f"engine {self.path} is closed")
         self._refuse_reentry("snapshot")
+        self._check_halted()
         with self._snapshot_lock:
             # counted from this attempt, failed or not: a root that cannot be serialized
             # is tried again at the next threshold, not at every transaction
@@ -267,6 +278,10 @@ class Engine:
         self.close()
 
     # -- internals --------------------------------------------------------------------
+    def _check_halted(self) -> None:
+        if self._halted is not None:
+            raise EngineHaltedError(f"engine {self.path}: {self._halted}; reopen it to rebuild the state")
+
     def _refuse_reentry(self, call: str) -> None:
         """A call from inside a transaction or a query would wait for the lock its own
         thread holds (a query's too, once a transaction queues behind it): refused."""

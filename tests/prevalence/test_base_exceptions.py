@@ -58,3 +58,30 @@ def test_base_exception_from_execute_is_durable_and_replays(tmp_path, how, exc):
         assert db.last_index == 1 and db.query(Count()) == 1
     with prevalence.open(tmp_path, Counter) as db:
         assert db.last_index == 1 and db.query(Count()) == 1
+
+
+INTERRUPTS = [1]
+
+
+@dataclass(frozen=True)
+class TwoSteps(prevalence.Transaction, name="base.TwoSteps"):
+    def execute(self, root: Counter, ctx: prevalence.Context) -> None:
+        root.n += 1
+        if INTERRUPTS[0]:  # Ctrl-C arrives between the two steps, once
+            INTERRUPTS[0] -= 1
+            raise KeyboardInterrupt
+        root.n += 10
+
+
+def test_a_transaction_interrupted_halfway_halts_the_engine_until_reopened(tmp_path):
+    """Seen: after Ctrl-C between two steps of execute, the engine went on with n=1 in
+    memory while its journal rebuilds n=11, and a snapshot then made n=1 permanent."""
+    INTERRUPTS[0] = 1
+    with prevalence.open(tmp_path, Counter) as db:
+        with pytest.raises(KeyboardInterrupt):
+            db.execute(TwoSteps())
+        for call in (lambda: db.query(Count()), db.snapshot, lambda: db.execute(TwoSteps())):
+            with pytest.raises(prevalence.EngineHaltedError, match="interrupted"):
+                call()
+    with prevalence.open(tmp_path, Counter) as db:
+        assert db.query(Count()) == 11 and db.last_index == 1
