@@ -175,14 +175,23 @@ def scan_directory(directory: str, fs: FileSystem = OS) -> Iterator[tuple[str, S
         return
     firsts = sorted(f for f in map(parse_segment_name, fs.listdir(directory)) if f is not None)
     expected: int | None = None
+    prev: tuple[str, int] | None = None  # the previous segment's path and the end of its last record
     for n, first in enumerate(firsts):
         path = os.path.join(directory, segment_name(first))
+        if prev is not None and expected is not None and first > expected:
+            # the hole is where the previous segment ends: name that file, which either
+            # lost its end or was followed by a segment now gone
+            raise JournalCorruptError(
+                f"the segment ends at index {expected - 1}, but the next one ({segment_name(first)}) starts at "
+                f"index {first}: entries {expected}..{first - 1} are gone (this segment was cut short, or a "
+                "segment is missing)", path=prev[0], offset=prev[1])
         buf, size = _read_segment(fs, path)
         res = scan(path, buf, first if expected is None else expected, last=n == len(firsts) - 1)
         if size > len(buf):
             raise JournalCorruptError(f"the file is {size} bytes, longer than any segment ({MAX_SEGMENT_FILE} bytes "
                                       "at most): damage after its last whole record", path=path, offset=res.valid_bytes)
         yield path, res
+        prev = (path, res.valid_bytes)
         if res.offsets:
             expected = res.last_index + 1
         elif expected is None:

@@ -60,3 +60,22 @@ def test_a_missing_segment_the_snapshot_covers_keeps_every_later_segment(tmp_pat
     capsys.readouterr()
     assert segs[2].exists() and segs[-1].exists()
     assert _total(tmp_path) == (180, 180)
+
+
+def test_a_middle_segment_cut_short_is_named_with_where_it_ends(tmp_path):
+    """Seen: a middle segment cut at a record boundary was reported as the *next* file at
+    byte offset 8, 'a segment is missing': the file that lost its end went unnamed."""
+    segs = _three_segments_two_snapshots(tmp_path)
+    with prevalence.Journal(str(tmp_path / "journal"), read_only=True) as j:
+        seg = j._segments[1]
+        cut = seg.offsets[10]  # keep records first..first+9
+        last_kept = seg.first + 9
+    data = segs[1].read_bytes()[:cut]
+    segs[1].write_bytes(data)
+    try:
+        prevalence.open(tmp_path, Store).close()
+    except prevalence.JournalCorruptError as exc:
+        assert exc.path == str(segs[1]) and exc.offset == cut, exc
+        assert f"ends at index {last_kept}" in str(exc) and "a segment is missing" in str(exc)
+    else:
+        raise AssertionError("opened a journal with a hole")
