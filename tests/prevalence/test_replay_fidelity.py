@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import prevalence
 from prevalence import CodecError
@@ -93,3 +95,41 @@ def test_a_field_type_without_a_plain_form_is_a_codec_error(tmp_path):
         with pytest.raises(CodecError, match="fidelity.Money"):
             db.execute(Money(Decimal("1.10")))
         assert db.last_index == 0
+
+
+@dataclass(frozen=True)
+class Mixed(prevalence.Transaction, name="fidelity.Mixed"):
+    at: datetime | None
+    ratio: float
+    grid: dict[str, list[int]]
+    fail_after: bool
+
+    def execute(self, root: Log, ctx: prevalence.Context) -> None:
+        root.items.append((self.at, self.ratio, self.grid))
+        self.grid.setdefault("seen", []).append(ctx.index)  # mutates its own field: the copy's
+        if self.fail_after:
+            raise ValueError("halfway")
+
+
+_zones = st.sampled_from([None, timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))])
+_mixed = st.builds(
+    Mixed,
+    at=st.one_of(st.none(), st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2250, 1, 1), timezones=_zones)),
+    ratio=st.floats(allow_nan=True, allow_infinity=True),
+    grid=st.dictionaries(st.text(max_size=3), st.lists(st.integers(-(2**63), 2**64 - 1), max_size=3), max_size=3),
+    fail_after=st.booleans(),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_mixed, min_size=1, max_size=6))
+def test_property_the_state_after_a_reopen_is_the_state_the_first_run_left(tmp_path_factory, txs):
+    path = tmp_path_factory.mktemp("replay")
+    with prevalence.open(path, Log) as db:
+        for tx in txs:
+            try:
+                db.execute(tx)
+            except ValueError:
+                pass
+        first = repr(db.query(_All()))
+    assert repr(_items(path)) == first
