@@ -130,11 +130,17 @@ class Engine:
             self._queue.append(req)
             lead = len(self._queue) == 1
         if not lead:
-            req.wake.acquire()  # released when served, or when made the head
+            try:
+                req.wake.acquire()  # released when served, or when made the head
+            except BaseException:  # KeyboardInterrupt while waiting
+                self._abandon(req)
+                raise
             if req.done:
                 return req.outcome()
         with self._queue_lock:
             batch = list(self._queue)
+            for r in batch:
+                r.taken = True
         try:
             self._apply_batch(batch)
         except BaseException as exc:
@@ -155,6 +161,19 @@ class Engine:
         if self._snapshot_due():
             self._start_auto_snapshot()
         return req.outcome()
+
+    def _abandon(self, req: "_Request") -> None:
+        """A caller left while it waited in the queue: a batch that took its request
+        applies it anyway; otherwise it leaves the queue, and if it had been made the
+        head, the next caller is."""
+        with self._queue_lock:
+            if req.taken:
+                return
+            was_head = self._queue[0] is req
+            self._queue.remove(req)
+            head = self._queue[0] if was_head and self._queue else None
+        if head is not None:
+            head.wake.release()
 
     def _apply_batch(self, batch: list["_Request"]) -> None:
         sm = self._sm
@@ -338,7 +357,7 @@ def _name(obj: Any) -> str:
 class _Request:
     """One caller's transaction on its way through a combined batch."""
 
-    __slots__ = ("tx", "plain", "result", "exc", "rejected", "done", "wake")
+    __slots__ = ("tx", "plain", "result", "exc", "rejected", "done", "taken", "wake")
 
     def __init__(self, tx: Any, plain: list):
         self.tx = tx
@@ -347,6 +366,7 @@ class _Request:
         self.exc: BaseException | None = None
         self.rejected = False  # by check(): nothing journaled
         self.done = False
+        self.taken = False  # in a batch that a leader applies
         self.wake = threading.Lock()
         self.wake.acquire()
 
