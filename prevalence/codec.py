@@ -148,8 +148,9 @@ class Codec:
             raise CodecError(f"{spec.name}: cannot encode: {exc}") from exc
         return [spec.name, spec.version, fields]
 
-    def journal_copy(self, obj: Any) -> tuple[list, Any]:
-        """``obj``'s plain form and the object a replay decodes from it.
+    def journal_copy(self, obj: Any) -> tuple[list, Any, int]:
+        """``obj``'s plain form, the object a replay decodes from it, and the length of
+        its msgpack encoding.
 
         The engine applies the copy, not ``obj``: what the first run sees is then what
         every replay sees (a datetime in another zone comes back in UTC, a list field is
@@ -163,7 +164,7 @@ class Codec:
         except Exception as exc:  # noqa: BLE001 - TypeError, OverflowError, ValueError
             raise CodecError(f"{plain[0]}: cannot encode: {error_text(exc)}") from None
         try:
-            return plain, self.from_plain(unpack(data))
+            return plain, self.from_plain(unpack(data)), len(data)
         except CodecError as exc:
             raise CodecError(f"{plain[0]}: would not read back from the journal: {exc}") from None
 

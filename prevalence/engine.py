@@ -8,7 +8,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from . import _platform
+from . import _platform, segment
 from .codec import CODEC
 from .entry import EntryKind
 from .errors import ClosedError, CodecError, DiskFull, EngineHaltedError, PrevalenceError
@@ -22,6 +22,7 @@ from .transaction import Transaction
 log = logging.getLogger("prevalence.engine")
 
 _COMMAND = int(EntryKind.COMMAND)
+_COMMAND_OVERHEAD = 9  # what encode_command adds to the plain form: the timestamp
 
 
 def _wall_clock_us() -> int:
@@ -120,7 +121,10 @@ class Engine:
         # class that is not journalable, or a value that cannot come back, fails here
         self._refuse_reentry("execute")
         self._check_halted()
-        plain, copy = CODEC.journal_copy(tx)
+        plain, copy, size = CODEC.journal_copy(tx)
+        if size + _COMMAND_OVERHEAD > segment.MAX_RECORD:  # the journal's scan would call it damage
+            raise CodecError(f"{plain[0]}: {size} bytes encoded, more than a journal record holds "
+                             f"({segment.MAX_RECORD - _COMMAND_OVERHEAD} bytes)")
         if not isinstance(copy, Transaction):
             raise CodecError(f"{plain[0]} is a Query, not a Transaction: run it with query()")
         if self.read_only:

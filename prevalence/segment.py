@@ -16,7 +16,7 @@ from typing import Iterator
 from zlib import crc32
 
 from .entry import Entry
-from .errors import JournalCorruptError
+from .errors import JournalCorruptError, PrevalenceError
 from .fs import OS, READ, FileSystem, read_range
 
 SEGMENT_MAGIC = b"PVJL"
@@ -54,6 +54,8 @@ def segment_header(first_index: int) -> bytes:
 
 def frame(index: int, term: int, kind: int, data: bytes) -> bytes:
     """One record, ready to append."""
+    if len(data) > MAX_RECORD:  # a record the scan would refuse as damage is never written
+        raise PrevalenceError(f"a journal record holds at most {MAX_RECORD} bytes, not {len(data)} (entry {index})")
     span = _pack_hcrc_span(len(data), index, term, kind)
     return _pack_rec(len(data), index, term, kind, crc32(span), crc32(data)) + data
 

@@ -133,3 +133,26 @@ def test_property_the_state_after_a_reopen_is_the_state_the_first_run_left(tmp_p
                 pass
         first = repr(db.query(_All()))
     assert repr(_items(path)) == first
+
+
+@dataclass(frozen=True)
+class Blob(prevalence.Transaction, name="fidelity.Blob"):
+    data: bytes
+
+    def execute(self, root: Log, ctx: prevalence.Context) -> None:
+        root.items.append(len(self.data))
+
+
+def test_a_transaction_larger_than_a_journal_record_is_refused_before_it_applies(tmp_path, monkeypatch):
+    """Seen (with the record limit lowered to 4 KiB; it is 256 MiB): a 5000-byte transaction
+    was acknowledged, and the next open refused the journal: 'record length 5043 is
+    implausible'. The journal wrote records that its own scan calls damage."""
+    from prevalence import segment
+
+    monkeypatch.setattr(segment, "MAX_RECORD", 4096)
+    with prevalence.open(tmp_path, Log) as db:
+        db.execute(Blob(b"x" * 100))
+        with pytest.raises(CodecError, match="fidelity.Blob: .* more than a journal record holds"):
+            db.execute(Blob(b"x" * 5000))
+        assert db.last_index == 1
+    assert _items(tmp_path) == [100]
