@@ -424,9 +424,14 @@ class Journal:
             self._write(chunks, False)
             with self._read_lock, self._cond:
                 while len(self._segments) > 1 and self._segments[0].last <= upto:
-                    seg = self._segments.pop(0)
+                    seg = self._segments[0]
                     seg.close(fs)
-                    fs.remove(seg.path)
+                    try:
+                        fs.remove(seg.path)
+                    except OSError as exc:  # a reader holds it (Windows): kept with all after it, no hole
+                        log.warning("journal %s: %s kept for the next compaction: %s", self.directory, seg.path, exc)
+                        break
+                    self._segments.pop(0)
                     removed += 1
                 if removed:
                     fs.fsync_dir(self.directory)
