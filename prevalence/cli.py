@@ -32,7 +32,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"  snapshot {s['index']}: " + ("ok" if s["ok"] else f"DAMAGED: {s['error']}"))
     if r.error:
         print(f"DAMAGED: {r.error}")
-        print("  (`prevalence journal repair` cuts the journal there, after a backup copy)")
+        print("  (`prevalence journal repair` cuts the journal there, or drops the segments before it that a "
+              "snapshot covers, after a backup copy)")
     if r.gap:
         print(f"DAMAGED: {r.gap}")
     print("ok" if r.ok else "damage found")
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--to", dest="stop", type=int, default=None, metavar="M", help="last index (default: the last)")
     d.add_argument("--json", action="store_true", help="JSON lines")
     d.set_defaults(func=cmd_dump)
-    r = journal.add_parser("repair", help="cut the journal at its first damage, after a backup copy")
+    r = journal.add_parser("repair", help="cut the journal at its first damage (or drop the segments a snapshot covers), after a backup copy")
     r.add_argument("path", help="data directory (or its journal/ directory)")
     r.set_defaults(func=cmd_repair)
 
