@@ -77,6 +77,8 @@ def test_first_run_sees_the_datetime_replay_sees(tmp_path):
     (Pairs({(1, 2): "a"}), "fidelity.Pairs"),  # tuple keys come back as lists: unhashable
     (When(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)), "fidelity.When"),  # past datetime.max
     (Big(2**70), "fidelity.Big"),  # past msgpack's 64 bits
+    (Big(1.5), "fidelity.Big"),  # a float in an int field: dataclasses do not check, the decoder does
+    (Big("3"), "fidelity.Big"),
 ])
 def test_a_transaction_the_journal_cannot_give_back_is_refused_before_it_applies(tmp_path, tx, what):
     """These were acknowledged, and the next open failed on them: the directory could
