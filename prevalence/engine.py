@@ -284,6 +284,7 @@ class Engine:
     def close(self) -> None:
         if self._closed:
             return
+        self._refuse_reentry("close")
         t = self._snapshot_thread
         if t is not None:
             t.join()

@@ -33,7 +33,7 @@ class Bump(prevalence.Transaction, name="reentrant.Bump"):
 def _call(what: str):
     db = ENGINE[0]
     return {"query": lambda: db.query(Count()), "execute": lambda: db.execute(Bump()),
-            "snapshot": db.snapshot}[what]()
+            "snapshot": db.snapshot, "close": db.close}[what]()
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _in_thread(fn) -> BaseException | None:
     return out[0]
 
 
-@pytest.mark.parametrize("what", ["query", "execute", "snapshot"])
+@pytest.mark.parametrize("what", ["query", "execute", "snapshot", "close"])
 @pytest.mark.parametrize("where", ["check", "execute", "query"])
 def test_a_call_from_inside_is_a_clear_error_not_a_hang(tmp_path, what, where):
     """Seen: db.query, db.execute or db.snapshot called inside a transaction's execute, or
