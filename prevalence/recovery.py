@@ -65,6 +65,9 @@ def recover(
     if upto is not None and upto > last and upto > sm.applied_index:
         raise PrevalenceError(f"index {upto} is beyond the end of the journal ({last})")
     start = sm.applied_index + 1
+    if start <= target and start < first:  # a journal read would begin at ``first``, skipping the rest
+        raise SnapshotError(f"the state at index {sm.applied_index} needs entries {start}..{first - 1}, "
+                            f"which the journal (starting at index {first}) no longer holds")
     if start <= target:
         lock = sm.lock
         lock.acquire_write()

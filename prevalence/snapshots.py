@@ -248,7 +248,10 @@ class SnapshotStore:
                 self.fs.close(fd)
         except OSError as exc:
             raise SnapshotError(f"{path}: cannot read: {exc}") from exc
-        return decode_file(path, data)
+        meta, body = decode_file(path, data)
+        if meta.index != index:  # renamed or copied by hand: which entries follow it is unknown
+            raise SnapshotError(f"{path}: named for index {index} but holds index {meta.index}")
+        return meta, body
 
     def load(self, index: int) -> tuple[SnapshotMeta, Any]:
         meta, body = self.read(index)

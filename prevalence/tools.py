@@ -83,6 +83,8 @@ def verify(path: str) -> VerifyReport:
     for index in store.indexes():
         try:
             meta = check_file(store.path_of(index))  # in chunks: a snapshot may be bigger than memory
+            if meta.index != index:
+                raise SnapshotError(f"{meta.path}: named for index {index} but holds index {meta.index}")
             report.snapshots.append({"index": index, "file": meta.path, "ok": True, "serializer": meta.serializer})
         except FileNotFoundError:
             continue  # pruned by a running engine since the listing: a newer one replaced it
@@ -214,8 +216,8 @@ def _newest_usable_snapshot(path: str) -> int:
     store = SnapshotStore(os.path.join(data_dir(path), "snapshots"), read_only=True)
     for index in store.indexes():
         try:
-            check_file(store.path_of(index))
-            return index
+            if check_file(store.path_of(index)).index == index:
+                return index
         except (OSError, SnapshotError):
             continue
     return 0
