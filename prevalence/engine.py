@@ -336,11 +336,15 @@ class Engine:
         )
 
     def _start_auto_snapshot(self) -> None:
-        with self._snapshot_lock:
+        if not self._snapshot_lock.acquire(blocking=False):
+            return  # a snapshot is under way: the caller does not wait for it
+        try:
             if self._snapshot_thread is not None or self._closed:
                 return
             self._snapshot_thread = threading.Thread(target=self._auto_snapshot, name="snapshot", daemon=True)
             self._snapshot_thread.start()
+        finally:
+            self._snapshot_lock.release()
 
     def _auto_snapshot(self) -> None:
         try:

@@ -37,3 +37,44 @@ def test_a_failing_automatic_snapshot_waits_for_the_next_threshold(tmp_path):
                 t.join()  # one attempt at a time, so the count does not depend on timing
         assert isinstance(db.snapshot_error, prevalence.SnapshotError)
         assert Unpicklable.attempts == 6 * 2, Unpicklable.attempts  # pickle, then dill, per attempt
+
+
+class Plain:
+    def __init__(self) -> None:
+        self.n = 0
+
+
+@dataclass(frozen=True)
+class BumpPlain(prevalence.Transaction, name="autosnap.BumpPlain"):
+    def execute(self, root: Plain, ctx: prevalence.Context) -> None:
+        root.n += 1
+
+
+def test_execute_does_not_wait_for_a_snapshot_under_way(tmp_path, monkeypatch):
+    """Seen: while db.snapshot() wrote a large root in another thread, each execute that
+    crossed snapshot_every waited for that whole snapshot: starting the automatic one took
+    the lock the running snapshot held."""
+    import threading
+    import time
+
+    from prevalence import snapshots
+
+    release = threading.Event()
+    real = snapshots.SnapshotStore.write
+
+    def slow_write(self, meta, body, **kw):
+        release.wait(10)  # a snapshot taking long to reach the disk
+        return real(self, meta, body, **kw)
+
+    monkeypatch.setattr(snapshots.SnapshotStore, "write", slow_write)
+    with prevalence.open(tmp_path, Plain, snapshot_every=3) as db:
+        manual = threading.Thread(target=db.snapshot)
+        manual.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        for _ in range(7):  # crosses the threshold twice
+            db.execute(BumpPlain())
+        took = time.monotonic() - t0
+        release.set()
+        manual.join(10)
+        assert took < 2, f"execute waited {took:.1f} s for the snapshot under way"
