@@ -59,12 +59,21 @@ def decode_command(data: bytes, codec: Codec = CODEC) -> tuple[int, Any]:
     return items[0], codec.from_plain(items[1:4])
 
 
+#: the journal times a datetime can show (years 1..9999), in µs since the epoch
+_STAMP_RANGE_US = range(-62_135_596_800_000_000, 253_402_300_800_000_000)
+
+
 def describe_command(data: bytes) -> dict:
-    """The plain content of a COMMAND entry, for dumps: no class needs to be importable."""
+    """The plain content of a COMMAND entry, for dumps: no class needs to be importable.
+    CodecError unless it has the shape ``[time µs, type name, version, {fields}, ...]``."""
     items = unpack(data)
     if not isinstance(items, list) or len(items) < 4:
         raise CodecError(f"malformed command entry: {items!r:.80}")
-    return {"timestamp_us": items[0], "type": items[1], "version": items[2], "fields": items[3]}
+    ts, name, version, fields = items[:4]
+    if type(ts) is not int or ts not in _STAMP_RANGE_US or not isinstance(name, str) \
+            or type(version) is not int or not isinstance(fields, dict):
+        raise CodecError(f"malformed command entry: {items!r:.80}")
+    return {"timestamp_us": ts, "type": name, "version": version, "fields": fields}
 
 
 def _text(exc: BaseException) -> str:
