@@ -117,10 +117,10 @@ class Engine:
         hands the head to the next waiting caller. Each caller is woken once, and a lone
         caller is never woken at all.
         """
-        # what applies is the copy a replay decodes, so the first run is the replay; a
-        # class that is not journalable, or a value that cannot come back, fails here
         self._refuse_reentry("execute")
         self._check_halted()
+        # what applies is the copy a replay decodes, so the first run is the replay; a
+        # class that is not journalable, or a value that cannot come back, fails here
         plain, copy, size = CODEC.journal_copy(tx)
         if size + _COMMAND_OVERHEAD > segment.MAX_RECORD:  # the journal's scan would call it damage
             raise CodecError(f"{plain[0]}: {size} bytes encoded, more than a journal record holds "
@@ -140,6 +140,11 @@ class Engine:
                 self._abandon(req)
                 raise
             if req.done:
+                if req.unsynced:  # applied whole; its leader was interrupted before the fsync
+                    try:
+                        self._wait_durable(req.index)
+                    except BaseException as exc:  # noqa: BLE001 - this caller's outcome now
+                        req.exc = exc
                 return req.outcome()
         with self._queue_lock:
             batch = list(self._queue)
@@ -148,8 +153,13 @@ class Engine:
         try:
             self._apply_batch(batch)
         except BaseException as exc:
+            alone = isinstance(exc, KeyboardInterrupt) and self._halted is None  # in the wait, not the apply
             for r in batch:  # not durable, or not applied: the batch's error is the outcome
-                if not r.rejected:
+                if r.rejected:
+                    continue
+                if alone and r is not req and r.index:
+                    r.unsynced = True  # the interrupt is the leader's: each waits for itself
+                else:
                     r.exc = exc
         finally:
             with self._queue_lock:
@@ -203,6 +213,7 @@ class Engine:
                     ts = sm.timestamp_us  # the wall clock stepped back; ``now`` does not
                 data = encode_command(ts, r.plain)
                 journal.append(index, 0, _COMMAND, data)
+                r.index = index
                 r.result, r.exc = sm.apply_command(index, ts, r.tx)
                 self._since_entries += 1
                 self._since_bytes += len(data)
@@ -218,14 +229,17 @@ class Engine:
             self._inside.what = None
             sm.lock.release_write()
         if last:
-            try:
-                journal.wait(last)
-            except DiskFull as exc:
-                # not the journal's "retry": these transactions are applied and still
-                # buffered, so running one again would apply (and journal) it twice
-                raise DiskFull(f"{self.path}: disk full: the transaction is applied (up to index {last}) but not yet "
-                               "durable; do not execute it again: it is written at the next successful flush (a "
-                               f"query or snapshot) once space returns ({exc})") from exc
+            self._wait_durable(last)
+
+    def _wait_durable(self, last: int) -> None:
+        try:
+            self._journal.wait(last)
+        except DiskFull as exc:
+            # not the journal's "retry": these transactions are applied and still
+            # buffered, so running one again would apply (and journal) it twice
+            raise DiskFull(f"{self.path}: disk full: the transaction is applied (up to index {last}) but not yet "
+                           "durable; do not execute it again: it is written at the next successful flush (a "
+                           f"query or snapshot) once space returns ({exc})") from exc
 
     def query(self, query: Any) -> Any:
         """Run ``query.run(root)`` alongside other queries, never during a transaction."""
@@ -366,7 +380,7 @@ def _name(obj: Any) -> str:
 class _Request:
     """One caller's transaction on its way through a combined batch."""
 
-    __slots__ = ("tx", "plain", "result", "exc", "rejected", "done", "taken", "wake")
+    __slots__ = ("tx", "plain", "result", "exc", "rejected", "done", "taken", "index", "unsynced", "wake")
 
     def __init__(self, tx: Any, plain: list):
         self.tx = tx
@@ -376,6 +390,8 @@ class _Request:
         self.rejected = False  # by check(): nothing journaled
         self.done = False
         self.taken = False  # in a batch that a leader applies
+        self.index = 0  # its journal entry, once appended
+        self.unsynced = False  # applied, but its leader did not wait for the disk
         self.wake = threading.Lock()
         self.wake.acquire()
 

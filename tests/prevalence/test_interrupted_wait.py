@@ -58,3 +58,44 @@ def test_a_caller_interrupted_in_the_queue_leaves_it_usable(tmp_path):
     db.close()
     with prevalence.open(tmp_path, Counter) as db:
         assert db.last_index == 2  # Slow and the later Bump; the interrupted one never applied
+
+
+def test_an_interrupt_in_the_leaders_fsync_wait_is_the_leaders_alone(tmp_path, monkeypatch):
+    """Seen: the main thread led a batch holding another thread's transaction and got
+    KeyboardInterrupt while it waited for the fsync; the other thread was handed that
+    KeyboardInterrupt as its outcome, though its transaction was applied whole and became
+    durable at the next flush: a caller that retried it applied it twice."""
+    GATE.clear()
+    db = prevalence.open(tmp_path, Counter)
+    real_wait = db.journal.wait
+
+    def wait(index: int) -> None:
+        if threading.current_thread().name == "leader-A":
+            raise KeyboardInterrupt  # Ctrl-C during the fsync
+        real_wait(index)
+
+    monkeypatch.setattr(db.journal, "wait", wait)
+    first = threading.Thread(target=db.execute, args=(Slow(),), daemon=True)
+    first.start()
+    time.sleep(0.2)  # Slow leads; A, then B, queue behind it and form the next batch
+    outcomes: dict = {}
+
+    def run(name: str) -> None:
+        try:
+            outcomes[name] = db.execute(Bump())
+        except BaseException as exc:  # noqa: BLE001 - the outcome under test
+            outcomes[name] = exc
+
+    a = threading.Thread(target=run, args=("A",), name="leader-A", daemon=True)
+    a.start()
+    time.sleep(0.1)
+    b = threading.Thread(target=run, args=("B",), daemon=True)
+    b.start()
+    time.sleep(0.1)
+    GATE.set()
+    for t in (first, a, b):
+        t.join(5)
+    assert isinstance(outcomes["A"], KeyboardInterrupt)
+    assert outcomes["B"] == 3, outcomes["B"]  # Slow, A, B: B's own result
+    assert db.journal.durable_index == 3
+    db.close()
