@@ -36,6 +36,11 @@ class LayoutError(GridError):
     """The layout file cannot be used; the message names the file and the problem."""
 
 
+class LayoutUndelivered(Exception):
+    """A valid layout the cluster did not answer for (no master now, or its answer lost):
+    nothing refused it, so the watcher sends the file again later, until it is taken."""
+
+
 def parse_layout(data: bytes, path: str = "layout.toml") -> ApplyLayout:
     try:
         doc = tomllib.loads(data.decode("utf-8"))
@@ -128,13 +133,17 @@ class LayoutWatcher:
     Editors save by rewriting or by renaming a temporary file over the original, so the
     directory is watched and events for the file are debounced; an unchanged digest
     (a touch, a second event for the same save) is not reported again, but the version
-    saved after a refused one always is (so that the refusal can be cleared).
+    saved after a refused one always is (so that the refusal can be cleared). A version
+    ``on_layout`` could not deliver (:class:`LayoutUndelivered`) is read and sent again
+    after a back-off (``retry`` seconds, doubling up to 30), until it is taken or refused.
     """
 
     def __init__(self, path: str, on_layout: Callable[[ApplyLayout], None],
-                 on_error: Callable[[str, str], None], debounce: float = 0.2):
+                 on_error: Callable[[str, str], None], debounce: float = 0.2, retry: float = 1.0):
         self.path = os.path.abspath(path)
         self._on_layout, self._on_error, self._debounce = on_layout, on_error, debounce
+        self._retry_first, self._retry = retry, retry
+        self._closed = False
         self._last_digest: str | None = None
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
@@ -150,6 +159,7 @@ class LayoutWatcher:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._timer:
                 self._timer.cancel()
         self._observer.stop()
@@ -160,10 +170,16 @@ class LayoutWatcher:
                  if p}
         if self.path not in paths or event.event_type in ("opened", "closed_no_write", "deleted"):
             return
+        self._retry = self._retry_first  # a new save: its delivery starts afresh
+        self._check_in(self._debounce)
+
+    def _check_in(self, delay: float) -> None:
         with self._lock:
+            if self._closed:
+                return
             if self._timer:
                 self._timer.cancel()
-            self._timer = threading.Timer(self._debounce, self._check)
+            self._timer = threading.Timer(delay, self._check)
             self._timer.daemon = True
             self._timer.start()
 
@@ -183,6 +199,11 @@ class LayoutWatcher:
         self._last_digest = layout.digest
         try:
             self._on_layout(layout)
+        except LayoutUndelivered as exc:  # not refused: sent again (the file read again) later
+            self._last_digest = None
+            log.warning("layout edit not applied yet, sending it again in %.0f s: %s", self._retry, exc)
+            delay, self._retry = self._retry, min(30.0, self._retry * 2)
+            self._check_in(delay)
         except Exception as exc:  # noqa: BLE001 - reported, the watcher keeps watching
             self._last_digest = None  # a later save of the same text is tried again
             log.error("layout edit not applied: %s", exc)

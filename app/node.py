@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.agent import Agent, AgentLink
 from app.controller import Controller
-from app.layout import LayoutWatcher, read_layout, LayoutError
+from app.layout import LayoutError, LayoutUndelivered, LayoutWatcher, read_layout
 from app.model import ApplyLayout, GridError, GridView, LayoutUnchanged, RefuseLayout
 from prevalence.errors import OutcomeUnknown, PrevalenceError
 from rpc.config import ConfigError, format_address
@@ -107,10 +107,10 @@ class GridApp:
             except OutcomeUnknown as exc:  # sent, answer lost: the digest makes a second send harmless
                 log.warning("layout %s: no answer, sending it again: %s", self.layout_path, exc)
                 last = exc
-            except PrevalenceError as exc:
-                raise GridError(f"the cluster did not take the layout: {exc}") from None
+            except PrevalenceError as exc:  # no master now (a failover, a majority down): not refused
+                raise LayoutUndelivered(f"no master took it: {exc}") from None
         else:
-            raise GridError(f"the cluster did not confirm the layout (it may have been applied): {last}")
+            raise LayoutUndelivered(f"no master confirmed it (it may have been applied): {last}")
         log.info("layout %s applied: added %s, removed %s, changed %s", self.layout_path,
                  result["added"] or "none", result["removed"] or "none", result["changed"] or "none")
 
