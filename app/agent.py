@@ -4,6 +4,12 @@ It is what the old node software was: it does what it is told and forgets everyt
 when it restarts (a new ``boot`` id says so). The master's controller reads it with
 ``status`` and sets it with ``apply``; both are calls on the node's client port
 (``app_call``), so they need the client key like any other client.
+
+Every push names its master's (epoch, term), a fencing token: once an agent has taken a
+push from one master it refuses pushes of an older one, so a master that no longer leads
+(paused, or left in an old epoch by ``grid recover`` and started again with its
+neighbours) cannot undo what the current master set. ``agent.apply`` without a token (a
+controller of an earlier release) is still taken.
 """
 from __future__ import annotations
 
@@ -40,16 +46,24 @@ class Agent:
         self.boot = uuid.uuid4().hex[:12]
         self.settings: dict[str, Value] = {}
         self.pushes = 0
+        self.fence = (0, 0)  # the (epoch, term) of the newest master that pushed here
         self._lock = threading.Lock()
 
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {"id": self.node_id, "boot": self.boot, "settings": dict(self.settings), "pushes": self.pushes}
 
-    def apply(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """Replace the settings (idempotent: the same push twice leaves the same state)."""
+    def apply(self, settings: dict[str, Any], fence: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Replace the settings (idempotent: the same push twice leaves the same state);
+        refused from a master whose ``fence`` (epoch, term) is older than one seen here."""
         values = normalize(settings) if settings else {}
         with self._lock:
+            if fence is not None:
+                if fence < self.fence:
+                    raise AgentError(f"superseded: agent {self.node_id} takes its settings from a master of epoch "
+                                     f"{self.fence[0]}, term {self.fence[1]}, newer than this one's (epoch "
+                                     f"{fence[0]}, term {fence[1]})")
+                self.fence = fence
             if values != self.settings:
                 self.settings = values
                 self.pushes += 1
@@ -59,6 +73,7 @@ class Agent:
     def register(self, handlers: dict) -> None:
         handlers["agent.status"] = lambda data: _pack(self.status())
         handlers["agent.apply"] = lambda data: _pack(self.apply(_unpack_settings(data)))
+        handlers["agent.apply_fenced"] = lambda data: _pack(self.apply(*_unpack_fenced(data)))
 
 
 def _pack(value: Any) -> bytes:
@@ -66,13 +81,31 @@ def _pack(value: Any) -> bytes:
 
 
 def _unpack_settings(data: bytes) -> dict[str, Any]:
+    return _settings_map(_unpack(data))
+
+
+def _unpack(data: bytes) -> Any:
     try:
-        value = msgpack.unpackb(data, raw=False)
+        return msgpack.unpackb(data, raw=False)
     except Exception as exc:  # noqa: BLE001 - msgpack raises several types for bad bytes
-        raise AgentError(f"settings are not valid msgpack: {exc}") from None
+        raise AgentError(f"settings are not valid msgpack: {one_line(str(exc), 100)}") from None
+
+
+def _settings_map(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise AgentError(f"settings must be a map of names to values, got {type(value).__name__}")
     return value
+
+
+def _unpack_fenced(data: bytes) -> tuple[dict[str, Any], tuple[int, int]]:
+    """``{"settings": {...}, "epoch": E, "term": T}``, checked: it comes off the wire."""
+    value = _unpack(data)
+    if not isinstance(value, dict) or set(value) != {"settings", "epoch", "term"}:
+        raise AgentError("a fenced push is a map of settings, epoch and term")
+    fence = (value["epoch"], value["term"])
+    if not all(type(v) is int and 0 <= v < 1 << 63 for v in fence):
+        raise AgentError("a fenced push's epoch and term must be whole numbers from 0")
+    return _settings_map(value["settings"]), fence
 
 
 MAX_STATUS = 16 << 10  # bytes: four settings, an id and a boot id fit many times over
@@ -107,8 +140,11 @@ class AgentLink:
     def status(self) -> dict[str, Any]:
         return self._call("agent.status", b"")
 
-    def apply(self, settings: dict[str, Value]) -> dict[str, Any]:
-        return self._call("agent.apply", _pack(settings))
+    def apply(self, settings: dict[str, Value], fence: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Push ``settings``; ``fence``: the pushing master's (epoch, term) (see the module)."""
+        if fence is None:
+            return self._call("agent.apply", _pack(settings))
+        return self._call("agent.apply_fenced", _pack({"settings": settings, "epoch": fence[0], "term": fence[1]}))
 
     def _call(self, name: str, data: bytes) -> dict[str, Any]:
         try:

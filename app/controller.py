@@ -37,8 +37,11 @@ class _NodeState:
 class Controller:
     def __init__(self, read_view: Callable[[bool], dict], record: Callable[[Any], Any],
                  link: Callable[[str, str], AgentLink], *, interval: float = 0.5, down_after: float = 1.0,
-                 max_backoff: float = 5.0, before_first: Callable[[dict], None] | None = None):
+                 max_backoff: float = 5.0, before_first: Callable[[dict], None] | None = None,
+                 fence: Callable[[], tuple[int, int]] | None = None):
         self._read, self._record, self._link = read_view, record, link
+        # this leader's (epoch, term), read once: every push carries it (app.agent)
+        self._fence_of, self._fence = fence, None
         self.interval, self.down_after, self.max_backoff = interval, down_after, max_backoff
         self._links: dict[str, AgentLink] = {}
         self._nodes: dict[str, _NodeState] = {}
@@ -86,6 +89,8 @@ class Controller:
         # The first read of a term is linearizable: it waits until this leader has applied
         # everything its predecessors committed. Later ones read the leader's own state,
         # which is current for as long as it leads (the controller stops when it does not).
+        if self._fence is None and self._fence_of is not None:
+            self._fence = self._fence_of()  # raises while this node does not lead: no cycle
         view = self._read(self.cycles == 0)
         if self._before_first is not None:  # once, with the first view this leader trusts
             self._before_first(view)  # if it fails (a busy cluster), the next cycle tries again
@@ -147,7 +152,7 @@ class Controller:
             detail = "settings pushed"  # the push whose answer was lost did land
         if status["settings"] != desired and time.monotonic() >= st.push_at:
             try:
-                status = link.apply(desired)
+                status = link.apply(desired) if self._fence is None else link.apply(desired, self._fence)
                 st.backoff = 0.0
                 restarted = n["boot"] and status["boot"] != n["boot"]
                 detail = "agent restarted: settings restored" if restarted else "settings pushed"

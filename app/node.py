@@ -68,7 +68,15 @@ class GridApp:
                 lambda node_id, address: AgentLink(node_id, address, self.process.client_key,
                                                    ssl_context=self.process.client_tls),
                 interval=self.interval, down_after=self.down_after,
-                before_first=self._first_layout).start()
+                before_first=self._first_layout, fence=self._fence).start()
+
+    def _fence(self) -> tuple[int, int]:
+        """This leader's (epoch, term), the token of its pushes (app.agent); read on the
+        controller's thread (status waits for the raft loop)."""
+        st = self.process.node.status()
+        if st["role"] != "leader":
+            raise GridError(f"not the master now ({st['role']} in term {st['term']})")
+        return self.process.identity.epoch, st["term"]
 
     def _follow(self) -> None:
         with self._lock:

@@ -2,13 +2,18 @@
 while part of it is down, and whether it says truthfully what happened."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
+import pytest
+
 from app.layout import LayoutWatcher, parse_layout
-from app.model import RefuseLayout
+from app.model import RefuseLayout, SetSettings
 from app.node import GridApp
+from rpc.config import format_address
 from rpc.subscription import ClusterUnavailable
+from tests.app.gridproc import running_grid
 from tests.app.test_layout import GOOD
 
 
@@ -48,3 +53,67 @@ def test_a_layout_edit_saved_while_no_master_answers_is_applied_once_one_does(tm
     # no refusal recorded: the edit was valid, only undelivered for a while
     assert not [tx for tx in cluster.sent if isinstance(tx, RefuseLayout)], cluster.sent
     assert {tx.digest for tx in cluster.sent} == {parse_layout(edit).digest}
+
+
+def _client_of(g, *ids):
+    from rpc.client import ClusterClient
+    from rpc.config import format_address
+
+    return ClusterClient([format_address(g.configs[i].listen) for i in ids], g.secret, timeout=20.0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX node processes, as the other grid tests")
+def test_after_grid_recover_the_old_nodes_master_cannot_override_the_new_masters_settings(tmp_path):
+    """grid recover made n1 the one voter of a new epoch; grid up then starts every node,
+    and n2 and n3, with data of the old epoch, elect a master of their own. The agents
+    must run what the recovered grid's master says, not flip between the two masters."""
+    from app.agent import AgentLink
+    from app.cli import main
+    from app.local import grid_view
+
+    with running_grid(str(tmp_path), 1, 3) as g:
+        g.stop()
+        assert main(["recover", "--survivor", "n1", "--cluster", str(tmp_path)]) == 0
+        g.start()  # as grid up does: every node, n2 and n3 with their old data
+        new, old = _client_of(g, "n1"), _client_of(g, "n2", "n3")
+        agent = AgentLink("n3", format_address(g.configs["n3"].listen), g.secret)
+        try:
+            new.execute(SetSettings(("all",), {"volume": "20"}))
+            g.wait_for("the old nodes' own master", lambda: old.execute(SetSettings(("all",), {"volume": "99"})), 30)
+            g.wait_for("n3's agent runs the new master's settings", lambda: agent.status()["settings"] == {"volume": 20}, 30)
+            seen = set()
+            for _ in range(20):  # both controllers cycle every 0.5 s
+                seen.add(agent.status()["settings"].get("volume"))
+                time.sleep(0.1)
+            assert seen == {20}, f"n3's agent ran volume {sorted(seen)}: the old epoch's master pushed to it"
+            assert grid_view(new)["nodes"][2]["desired"] == {"volume": 20}
+        finally:
+            agent.close()
+            new.close()
+            old.close()
+
+
+def test_an_agent_refuses_a_push_from_an_older_master_and_says_why():
+    import msgpack
+
+    from app.agent import Agent
+
+    agent, handlers = Agent("n3"), {}
+    agent.register(handlers)
+
+    def push(volume, epoch, term):
+        return handlers["agent.apply_fenced"](msgpack.packb({"settings": {"volume": volume}, "epoch": epoch,
+                                                              "term": term}))
+
+    push(20, 1, 4)
+    with pytest.raises(Exception, match=r"superseded: agent n3 takes its settings from a master of epoch 1, term 4"):
+        push(99, 0, 9)  # a master left in the old epoch, whatever its term
+    push(30, 1, 5)  # the next master
+    assert agent.settings == {"volume": 30}
+    for hostile in (b"\xc1", msgpack.packb([1]), msgpack.packb({"settings": {}, "epoch": -1, "term": 0}),
+                    msgpack.packb({"settings": {}, "epoch": True, "term": 0}),
+                    msgpack.packb({"settings": [], "epoch": 2, "term": 0})):
+        with pytest.raises(Exception, match="fenced push|not valid msgpack|settings must be a map"):
+            handlers["agent.apply_fenced"](hostile)
+    assert agent.settings == {"volume": 30} and agent.fence == (1, 5)
