@@ -30,6 +30,19 @@ from prevalence._platform import read_small_file
 
 log = logging.getLogger("app.layout")
 MAX_BYTES = 1 << 20  # a 32x32 layout is under 100 KB; more is not a layout (or is /dev/zero)
+#: Seconds a file written in place is left to its writer when its close is not seen:
+#: where the observer reports closes (inotify), a write is read once its writer closes it.
+WRITE_GRACE = 10.0
+
+
+def _reports_closes(observer) -> bool:
+    """Whether ``observer`` says when a writer closes a file (Linux's inotify does;
+    Windows' and macOS's observers do not)."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except Exception:  # noqa: BLE001 - not Linux: the module needs inotify from the C library
+        return False
+    return isinstance(observer, InotifyObserver)
 
 
 class LayoutError(GridError):
@@ -133,7 +146,10 @@ class LayoutWatcher:
     Editors save by rewriting or by renaming a temporary file over the original, so the
     directory is watched and events for the file are debounced; an unchanged digest
     (a touch, a second event for the same save) is not reported again, but the version
-    saved after a refused one always is (so that the refusal can be cleared). A version
+    saved after a refused one always is (so that the refusal can be cleared). Where the
+    observer reports closes, a file written in place is read once its writer closes it
+    (or after :data:`WRITE_GRACE`), not while a slow save has written part of it: the
+    first nodes alone are a valid layout, which would remove the others. A version
     ``on_layout`` could not deliver (:class:`LayoutUndelivered`) is read and sent again
     after a back-off (``retry`` seconds, doubling up to 30), until it is taken or refused.
     """
@@ -149,6 +165,7 @@ class LayoutWatcher:
         self._lock = threading.Lock()
         self._observer = Observer()
         self._observer.daemon = True
+        self._closes = _reports_closes(self._observer)
         self._observer.schedule(_Handler(self), os.path.dirname(self.path), recursive=False)
 
     def start(self, current_digest: str | None = None) -> "LayoutWatcher":
@@ -171,7 +188,8 @@ class LayoutWatcher:
         if self.path not in paths or event.event_type in ("opened", "closed_no_write", "deleted"):
             return
         self._retry = self._retry_first  # a new save: its delivery starts afresh
-        self._check_in(self._debounce)
+        written = event.event_type == "modified" and not event.is_directory and self._closes
+        self._check_in(WRITE_GRACE if written else self._debounce)  # written: "closed" follows
 
     def _check_in(self, delay: float) -> None:
         with self._lock:

@@ -117,3 +117,35 @@ def test_an_agent_refuses_a_push_from_an_older_master_and_says_why():
         with pytest.raises(Exception, match="fenced push|not valid msgpack|settings must be a map"):
             handlers["agent.apply_fenced"](hostile)
     assert agent.settings == {"volume": 30} and agent.fence == (1, 5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the writer's close is seen through inotify")
+def test_a_layout_file_saved_in_two_writes_is_applied_whole_not_half_written(tmp_path):
+    """A slow save (a network share, an editor that stalls) paused after the first nodes:
+    the half-written file is valid TOML with fewer nodes, and applying it removed the
+    others and their desired settings, which the grid then pushed away from their agents."""
+    path = tmp_path / "layout.toml"
+    path.write_bytes(GOOD)
+    layouts, errors, whole = [], [], threading.Event()
+    edit = GOOD.replace(b"rows = 2", b"rows = 3")
+
+    def on_layout(layout):
+        layouts.append(layout)
+        if len(layout.nodes) == 2:
+            whole.set()
+
+    watcher = LayoutWatcher(str(path), on_layout, lambda m, d: errors.append(m), debounce=0.05).start(
+        parse_layout(GOOD).digest)
+    try:
+        cut = edit.index(b"[nodes.b]")
+        with open(path, "wb") as f:
+            f.write(edit[:cut])
+            f.flush()
+            time.sleep(0.6)  # far longer than the debounce
+            f.write(edit[cut:])
+        assert whole.wait(15), f"the whole file was never applied: {layouts} {errors}"
+        time.sleep(0.3)
+    finally:
+        watcher.close()
+    assert [len(layout.nodes) for layout in layouts] == [2], "a half-written layout was applied"
+    assert not errors
