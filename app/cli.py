@@ -100,6 +100,8 @@ def _up(args: argparse.Namespace) -> int:
         write_grid(args.data, args.rows, args.columns, args.port)
     grid = LocalGrid.open(args.data)
     stop = stop_on_signals()  # from the first node started, Ctrl-C and SIGTERM stop them all
+    for why in filter(None, map(grid.held_back, grid.configs)):
+        print(why, flush=True)
     grid.start()
     print(f"{len(grid.configs)} nodes on {_span(grid.addresses.values())}\n"
           f"try: grid show --cluster {args.data}    (Ctrl-C stops the grid)", flush=True)

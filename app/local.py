@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 from app.layout import render_layout
 from app.model import GridError, GridView, NodeSpec, check_size
+from prevalence.errors import PrevalenceError
 from prevalence.text import one_line
 from rpc.client import ClusterClient
 from rpc.cluster import free_port_block, write_cluster
@@ -46,13 +47,35 @@ class LocalGrid(LocalCluster):
     """The node processes of a grid directory, started, killed and restarted by id."""
 
     def start(self, nid: str | None = None) -> None:
-        """One node, or every node that is not running. A Ctrl-C meanwhile is held until they
-        are started: raised inside the fork of a node, it left logging's lock taken (the
-        process hung) and the nodes started so far running."""
+        """One node, or every node that is not running and not held back. A Ctrl-C meanwhile
+        is held until they are started: raised inside the fork of a node, it left logging's
+        lock taken (the process hung) and the nodes started so far running."""
         with _interrupt_held():
             for node_id in [nid] if nid else list(self.configs):
-                if not self.alive(node_id):
+                if not self.alive(node_id) and not self.held_back(node_id):
                     super().start(node_id)
+
+    def held_back(self, nid: str) -> str | None:
+        """Why ``nid`` is not started: its data is of an older epoch of the cluster than
+        another node's here (left out of a grid recover). Started, the nodes of the old
+        epoch would elect a master of their own, which takes commands the grid never sees."""
+        from replication.journal_storage import read_identity
+
+        epochs: dict[str, tuple[str, int]] = {}
+        for node_id, cfg in self.configs.items():
+            try:
+                ident = read_identity(cfg.data) if os.path.isdir(cfg.data) else None
+            except PrevalenceError:
+                ident = None  # damaged: the node says so when it starts
+            if ident is not None and ident.cluster:
+                epochs[node_id] = (ident.cluster, ident.epoch)
+        mine = epochs.get(nid)
+        newest = max((e for c, e in epochs.values() if mine and c == mine[0]), default=0)
+        if mine is None or mine[1] >= newest:
+            return None
+        return (f"{nid} not started: its data is of epoch {mine[1]}, from before grid recover made epoch {newest}; "
+                f"grid replace {nid} --address {self.addresses[nid]} --cluster {self.dir} makes it a node of the "
+                "grid again")
 
     def alive(self, nid: str) -> bool:
         """Its process runs: the one started here, or another holding its data (the

@@ -230,6 +230,13 @@ def _read_identity(path: str, fs: FileSystem = OS) -> DataIdentity:
     return DataIdentity(**fields, cluster=cluster, epoch=epoch)
 
 
+def read_identity(directory: str, *, fs: FileSystem = OS) -> DataIdentity | None:
+    """The identity written in a node's data directory, or None if it has none; read
+    only (``node_data_identity`` adopts data without one)."""
+    path = os.path.join(os.path.abspath(directory), IDENTITY_FILE)
+    return _read_identity(path, fs) if fs.exists(path) else None
+
+
 def write_identity(directory: str, identity: DataIdentity, *, fs: FileSystem = OS) -> None:
     """Replace a node's identity (``cluster recover`` moves a survivor to a new epoch)."""
     _write_identity(os.path.abspath(directory), identity, fs)

@@ -224,7 +224,7 @@ class LocalCluster:
         while not stop.is_set():
             for nid in self.configs:
                 now = time.monotonic()
-                if nid not in due and not self.alive(nid):
+                if nid not in due and not self.alive(nid) and not self.held_back(nid):
                     code = self.procs[nid].returncode if nid in self.procs else None
                     why = exit_reason(code, self.tail(nid, 5) if self.log_files else "")
                     if restart_after is None:
@@ -250,6 +250,10 @@ class LocalCluster:
 
     def alive(self, nid: str) -> bool:
         return nid in self.procs and self.procs[nid].poll() is None
+
+    def held_back(self, nid: str) -> str | None:
+        """Why ``nid`` is not to be started here (a subclass's rule), or None."""
+        return None
 
     def stop(self, graceful: bool = False, timeout: float = 10.0) -> None:
         """SIGKILL every node, or with ``graceful`` SIGTERM first (a leader hands over)."""

@@ -12,6 +12,7 @@ from app.layout import LayoutWatcher, parse_layout
 from app.model import RefuseLayout, SetSettings
 from app.node import GridApp
 from rpc.config import format_address
+from rpc.localcluster import LocalCluster
 from rpc.subscription import ClusterUnavailable
 from tests.app.gridproc import running_grid
 from tests.app.test_layout import GOOD
@@ -65,8 +66,8 @@ def _client_of(g, *ids):
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX node processes, as the other grid tests")
 def test_after_grid_recover_the_old_nodes_master_cannot_override_the_new_masters_settings(tmp_path):
-    """grid recover made n1 the one voter of a new epoch; grid up then starts every node,
-    and n2 and n3, with data of the old epoch, elect a master of their own. The agents
+    """grid recover made n1 the one voter of a new epoch; n2 and n3 come back with data of
+    the old epoch (their PCs' services start them) and elect a master of their own. The agents
     must run what the recovered grid's master says, not flip between the two masters."""
     from app.agent import AgentLink
     from app.cli import main
@@ -75,7 +76,9 @@ def test_after_grid_recover_the_old_nodes_master_cannot_override_the_new_masters
     with running_grid(str(tmp_path), 1, 3) as g:
         g.stop()
         assert main(["recover", "--survivor", "n1", "--cluster", str(tmp_path)]) == 0
-        g.start()  # as grid up does: every node, n2 and n3 with their old data
+        g.start()  # n1 (grid up holds n2 and n3 back); their PCs' services start them with their old data:
+        for nid in ("n2", "n3"):
+            LocalCluster.start(g, nid)
         new, old = _client_of(g, "n1"), _client_of(g, "n2", "n3")
         agent = AgentLink("n3", format_address(g.configs["n3"].listen), g.secret)
         try:
@@ -149,3 +152,37 @@ def test_a_layout_file_saved_in_two_writes_is_applied_whole_not_half_written(tmp
         watcher.close()
     assert [len(layout.nodes) for layout in layouts] == [2], "a half-written layout was applied"
     assert not errors
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX node processes, as the other grid tests")
+def test_grid_up_after_grid_recover_does_not_start_the_nodes_left_in_the_old_epoch(tmp_path):
+    """Started together, n2 and n3 (old epoch) elect a master of their own, which then
+    acknowledges grid commands that the recovered grid never sees."""
+    import os
+    import signal
+    import subprocess
+
+    from app.cli import main
+    from prevalence._platform import DirectoryLock
+
+    with running_grid(str(tmp_path), 1, 3) as g:
+        g.stop()
+    assert main(["recover", "--survivor", "n1", "--cluster", str(tmp_path)]) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    up = subprocess.Popen([sys.executable, "-m", "app", "up", "--data", str(tmp_path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert g.leader(timeout=30) == "n1"
+        time.sleep(4)  # longer than grid up's restart delay: a held node is not restarted either
+        for nid in ("n2", "n3"):
+            lock = DirectoryLock(g.configs[nid].data)
+            lock.acquire()  # free: no process runs on its data
+            lock.release()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        out = up.communicate(timeout=30)[0]
+    for nid in ("n2", "n3"):
+        assert f"{nid} not started: its data is of epoch 0, from before grid recover made epoch 1; grid replace " \
+               f"{nid} --address {g.addresses[nid]}" in out, out
+    assert "restarting" not in out and "Traceback" not in out, out
