@@ -80,7 +80,12 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
     problem = _quorum_problem(rows, node_id)
     if problem:
         raise ReplaceRefused(f"grid replace {node_id} refused, nothing changed: {problem}")
-    was_voter = any(node_id in r.get("voters", ()) for r in rows)
+    # as the newest configuration has it; a node it does not hold at all (left out by grid
+    # recover, or removed by an earlier try) comes back a voter, as the grid's nodes are
+    current = max((r for r in rows if r.get("voters")), key=lambda r: (r.get("epoch", 0), r.get("term", 0)),
+                  default={})
+    member = node_id in (*current.get("voters", ()), *current.get("learners", ()))
+    was_voter = node_id in current.get("voters", ()) or not member
     if os.path.isdir(cfg.data):
         lock = DirectoryLock(cfg.data)
         try:
@@ -122,7 +127,8 @@ def replace_node(directory: str, node_id: str, address: str, *, timeout: float =
                                  f"log, then prevalence cluster promote --cluster {directory} --id {node_id}")
         time.sleep(0.2)
     if was_voter:
-        progress(f"5/5 promoting {node_id} to voter")
+        progress(f"5/5 promoting {node_id} to voter" + ("" if member else " (the grid's configuration held it no "
+                                                        "longer: left out by grid recover, or removed)"))
         admin(directory, "change_membership", "promote_learner", node_id)
     else:
         progress(f"5/5 {node_id} was a learner: it stays one")

@@ -221,10 +221,23 @@ class LocalCluster:
         stop = stop or stop_on_signals()
         restarts = {nid: Restarts(restart_after or 0.0, time.monotonic()) for nid in self.configs}
         due: dict[str, float] = {}  # dead node -> when it starts again (inf: never)
+        seen: set[str] = set()  # nodes seen running: a node never started here has not exited
         while not stop.is_set():
             for nid in self.configs:
                 now = time.monotonic()
-                if nid not in due and not self.alive(nid) and not self.held_back(nid):
+                running = self.alive(nid)
+                if running:
+                    seen.add(nid)
+                if nid in due:
+                    if now >= due[nid]:
+                        del due[nid]
+                        restarts[nid].restarted(now)
+                        if self.alive(nid):  # started meanwhile by another command (grid replace)
+                            print(f"node {nid} runs again, started by another command", flush=True)
+                        elif self.held_back(nid) is None:
+                            self.start(nid)
+                            print(f"node {nid} restarted", flush=True)
+                elif not running and (nid in self.procs or nid in seen) and not self.held_back(nid):
                     code = self.procs[nid].returncode if nid in self.procs else None
                     why = exit_reason(code, self.tail(nid, 5) if self.log_files else "")
                     if restart_after is None:
@@ -236,12 +249,7 @@ class LocalCluster:
                     again = f", its {_nth(restarts[nid].quick)} exit in a row soon after starting" \
                         if restarts[nid].quick > 1 else ""
                     print(f"node {nid} exited ({why}); restarting it in {wait:g} s{again}", flush=True)
-                elif nid in due and now >= due[nid]:
-                    del due[nid]
-                    restarts[nid].restarted(now)
-                    self.start(nid)
-                    print(f"node {nid} restarted", flush=True)
-            if restart_after is None and len(due) == len(self.configs):
+            if restart_after is None and all(nid in due or self.held_back(nid) for nid in self.configs):
                 return 1
             stop.wait(0.2)
         print(f"stopping the {name}...", flush=True)

@@ -156,14 +156,18 @@ def test_a_layout_file_saved_in_two_writes_is_applied_whole_not_half_written(tmp
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX node processes, as the other grid tests")
-def test_grid_up_after_grid_recover_does_not_start_the_nodes_left_in_the_old_epoch(tmp_path):
+def test_after_grid_recover_grid_up_holds_the_old_nodes_back_and_grid_replace_makes_them_voters(tmp_path):
     """Started together, n2 and n3 (old epoch) elect a master of their own, which then
-    acknowledges grid commands that the recovered grid never sees."""
+    acknowledges grid commands that the recovered grid never sees. The runbook's next
+    step, grid replace, must give the grid its voters back: left learners, the grid has
+    one voter, and losing n1 would stop it for good."""
     import os
     import signal
     import subprocess
 
     from app.cli import main
+    from app.replace import replace_node
+    from rpc.cluster import cluster_status_full
     from prevalence._platform import DirectoryLock
 
     with running_grid(str(tmp_path), 1, 3) as g:
@@ -179,6 +183,11 @@ def test_grid_up_after_grid_recover_does_not_start_the_nodes_left_in_the_old_epo
             lock = DirectoryLock(g.configs[nid].data)
             lock.acquire()  # free: no process runs on its data
             lock.release()
+        said: list[str] = []
+        replace_node(str(tmp_path), "n2", g.addresses["n2"], timeout=60, progress=said.append)
+        def voters():
+            return next((r["voters"] for r in cluster_status_full(str(tmp_path)) if r["role"] == "leader"), None)
+        assert "n2" in g.wait_for("a leader's voters", voters, 10), said
     finally:
         up.send_signal(signal.SIGTERM)
         out = up.communicate(timeout=30)[0]
