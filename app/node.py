@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("app.node")
 KNOWN = {"layout", "interval", "down_after"}
+ANSWER_MAX = 5.0  # seconds: an agent's answer later than this is none
 
 
 def attach(process: "NodeProcess", settings: dict[str, Any]) -> "GridApp":
@@ -41,6 +42,10 @@ class GridApp:
             raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)} (known: {', '.join(sorted(KNOWN))})")
         self.interval = _seconds(settings, "interval", 0.5, where, 0.05, 60.0)
         self.down_after = _seconds(settings, "down_after", 1.0, where, 0.1, 3600.0)
+        # an agent's answer is waited for as long as down_after allows (a slow PC is not a
+        # dead one), but not longer than ANSWER_MAX: until a hung node is recorded down,
+        # each cycle waits that long for it before the next pushes to the others
+        self.answer_within = min(max(1.0, self.down_after), ANSWER_MAX)
         layout = settings.get("layout")
         if layout is not None and not isinstance(layout, str):
             raise ConfigError(f"{where}: 'layout' must be a file name, got {layout!r}")
@@ -66,7 +71,7 @@ class GridApp:
                 lambda first: node.query(GridView(), timeout=5.0, linearizable=first),
                 lambda tx: node.execute(tx, timeout=5.0),
                 lambda node_id, address: AgentLink(node_id, address, self.process.client_key,
-                                                   ssl_context=self.process.client_tls),
+                                                   timeout=self.answer_within, ssl_context=self.process.client_tls),
                 interval=self.interval, down_after=self.down_after,
                 before_first=self._first_layout, fence=self._fence).start()
 

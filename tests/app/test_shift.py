@@ -195,3 +195,25 @@ def test_after_grid_recover_grid_up_holds_the_old_nodes_back_and_grid_replace_ma
         assert f"{nid} not started: its data is of epoch 0, from before grid recover made epoch 1; grid replace " \
                f"{nid} --address {g.addresses[nid]}" in out, out
     assert "restarting" not in out and "Traceback" not in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX node processes, as the other grid tests")
+def test_an_agent_that_answers_slowly_is_up_when_down_after_allows_its_delay(tmp_path):
+    """docs/operations.md: on a LAN where a PC can stall, raise down_after (2..3 s) so
+    that a slow answer is not reported as a failure. n3's agent answers in 1.5 s."""
+    from app.local import LocalGrid, grid_view, write_grid
+
+    write_grid(str(tmp_path), 1, 3, plugin="tests.app.slow_agent:attach", down_after=3.0)
+    g = LocalGrid.open(str(tmp_path))
+    g.start()
+    c = g.client(timeout=20.0)
+    try:
+        g.wait_for("the layout", lambda: grid_view(c)["layout_digest"], 30)
+        c.execute(SetSettings(("all",), {"volume": "4"}))
+        time.sleep(5)  # down_after and more: a node it would call down is down by now
+        n3 = {n["id"]: n for n in grid_view(c)["nodes"]}["n3"]
+        assert (n3["health"], n3["in_sync"]) == ("up", True), n3
+    finally:
+        c.close()
+        g.stop()
