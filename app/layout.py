@@ -139,6 +139,14 @@ def digest_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def file_digest(path: str) -> str | None:
+    """The digest of the file as it is now; None if it cannot be read."""
+    try:
+        return digest_of(read_bounded(path))
+    except LayoutError:
+        return None
+
+
 class LayoutWatcher:
     """Calls ``on_layout`` with each valid saved version of ``path``, else
     ``on_error(message, digest)`` (``digest`` of the refused content, "" if unreadable).
@@ -169,7 +177,8 @@ class LayoutWatcher:
         self._observer.schedule(_Handler(self), os.path.dirname(self.path), recursive=False)
 
     def start(self, current_digest: str | None = None) -> "LayoutWatcher":
-        """``current_digest``: the version already applied, so it is not reported again."""
+        """``current_digest``: a version not to report (unless saved again after another):
+        the one already applied, or the one in the file as the watching starts."""
         self._last_digest = current_digest
         self._observer.start()
         return self

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.agent import Agent, AgentLink
 from app.controller import Controller
-from app.layout import LayoutError, LayoutUndelivered, LayoutWatcher, read_layout
+from app.layout import LayoutError, LayoutUndelivered, LayoutWatcher, file_digest, read_layout
 from app.model import ApplyLayout, GridError, GridView, LayoutUnchanged, RefuseLayout
 from prevalence.errors import OutcomeUnknown, PrevalenceError
 from rpc.config import ConfigError, format_address
@@ -59,7 +59,10 @@ class GridApp:
         process.leader_hooks.append((self._lead, self._follow))
         self.watcher = None
         if self.layout_path:
-            self.watcher = LayoutWatcher(self.layout_path, self._submit_layout, self._refuse_layout).start()
+            # the copy as it is now is no edit (the grid may have a newer layout from another
+            # PC): a touch, or a backup tool closing it unchanged, must not send it
+            self.watcher = LayoutWatcher(self.layout_path, self._submit_layout, self._refuse_layout).start(
+                file_digest(self.layout_path))
 
     # -- leader hooks (on the node's apply thread: start and stop threads, never wait) -------
     def _lead(self) -> None:

@@ -217,3 +217,31 @@ def test_an_agent_that_answers_slowly_is_up_when_down_after_allows_its_delay(tmp
     finally:
         c.close()
         g.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a close after writing is seen through inotify")
+def test_a_pcs_outdated_layout_copy_opened_for_writing_unchanged_does_not_undo_the_grids_layout(tmp_path):
+    """The copies on the PCs are not synchronised: this PC's copy is older than the layout
+    the grid applied (edited elsewhere). A backup tool or an editor that opens it for
+    writing and closes it unchanged is no edit: the grid must not go back to that copy."""
+    path = tmp_path / "layout.toml"
+    path.write_bytes(GOOD)  # this PC's copy, older than the grid's layout
+
+    class Process:
+        class cfg:
+            id = "n1"
+        handlers: dict = {}
+        leader_hooks: list = []
+
+    Process.cfg.path = str(tmp_path / "n1.toml")
+    cluster = _NoMasterFor(0)
+    app = GridApp(Process(), {"layout": "layout.toml"})
+    app._cluster = lambda: cluster
+    try:
+        time.sleep(0.3)  # the watcher runs
+        with open(path, "ab"):
+            pass  # opened for writing, closed unchanged
+        time.sleep(1.5)
+    finally:
+        app.close()
+    assert cluster.sent == [], "the grid was sent this PC's unchanged, outdated copy"
