@@ -59,12 +59,13 @@ class LocalGrid(LocalCluster):
         """Why ``nid`` is not started: its data is of an older epoch of the cluster than
         another node's here (left out of a grid recover). Started, the nodes of the old
         epoch would elect a master of their own, which takes commands the grid never sees."""
-        from replication.journal_storage import read_identity
+        from replication.journal_storage import IDENTITY_FILE, read_identity
 
         epochs: dict[str, tuple[str, int]] = {}
         for node_id, cfg in self.configs.items():
+            path = os.path.join(cfg.data, IDENTITY_FILE)
             try:
-                ident = read_identity(cfg.data) if os.path.isdir(cfg.data) else None
+                ident = read_identity(path) if os.path.isfile(path) else None
             except PrevalenceError:
                 ident = None  # damaged: the node says so when it starts
             if ident is not None and ident.cluster:

@@ -188,7 +188,7 @@ def node_data_identity(directory: str, node_id: str, *, fs: FileSystem = OS) -> 
     path = os.path.join(directory, IDENTITY_FILE)
     hard_state = os.path.join(directory, HARD_STATE_FILE)
     if fs.exists(path):
-        identity = _read_identity(path, fs)
+        identity = read_identity(path, fs)
         if identity.node != node_id:
             raise RaftError(f"{directory} holds the data of node {identity.node!r} ({path}), not of {node_id!r}: "
                             "check the configuration's data directory")
@@ -208,7 +208,7 @@ def node_data_identity(directory: str, node_id: str, *, fs: FileSystem = OS) -> 
 _REBUILD = "rebuild this node (docs/operations.md, \"Rebuilding a node\")"
 
 
-def _read_identity(path: str, fs: FileSystem = OS) -> DataIdentity:
+def read_identity(path: str, fs: FileSystem = OS) -> DataIdentity:  # an IDENTITY_FILE, checked
     try:
         doc = tomllib.loads(read_file(fs, path).decode("utf-8"))
     except OSError as exc:
@@ -228,13 +228,6 @@ def _read_identity(path: str, fs: FileSystem = OS) -> DataIdentity:
     if cluster_id_problem(cluster if cluster != "" else "-", epoch):  # "" is no id yet
         raise RaftError(f"{path}: malformed cluster id or epoch: {doc!r}")
     return DataIdentity(**fields, cluster=cluster, epoch=epoch)
-
-
-def read_identity(directory: str, *, fs: FileSystem = OS) -> DataIdentity | None:
-    """The identity written in a node's data directory, or None if it has none; read
-    only (``node_data_identity`` adopts data without one)."""
-    path = os.path.join(os.path.abspath(directory), IDENTITY_FILE)
-    return _read_identity(path, fs) if fs.exists(path) else None
 
 
 def write_identity(directory: str, identity: DataIdentity, *, fs: FileSystem = OS) -> None:
