@@ -171,6 +171,7 @@ class LayoutWatcher:
         self._last_digest: str | None = None
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
+        self._checking = threading.Lock()
         self._observer = Observer()
         self._observer.daemon = True
         self._closes = _reports_closes(self._observer)
@@ -211,6 +212,12 @@ class LayoutWatcher:
             self._timer.start()
 
     def _check(self) -> None:
+        # one check at a time: a save made while the previous one is still being sent (no
+        # master yet) is read and sent after it, so the grid ends with the file's content
+        with self._checking:
+            self._check_now()
+
+    def _check_now(self) -> None:
         digest = ""  # unreadable or too large: no digest of a content
         try:
             data = read_bounded(self.path)

@@ -245,3 +245,32 @@ def test_a_pcs_outdated_layout_copy_opened_for_writing_unchanged_does_not_undo_t
     finally:
         app.close()
     assert cluster.sent == [], "the grid was sent this PC's unchanged, outdated copy"
+
+
+def test_a_layout_saved_while_the_previous_save_is_still_being_sent_ends_as_the_grids_layout(tmp_path):
+    """Save X while no master answers (its send waits), then save Y: when the master
+    answers, the grid must end with Y, the file's content, not with X sent last."""
+    path = tmp_path / "layout.toml"
+    path.write_bytes(GOOD)
+    x, y = GOOD.replace(b"rows = 2", b"rows = 3"), GOOD.replace(b"rows = 2", b"rows = 4")
+    release, sending, taken = threading.Event(), threading.Event(), []
+
+    def on_layout(layout):
+        if layout.rows == 3:  # X's send: no master yet
+            sending.set()
+            release.wait(10)
+        taken.append(layout.rows)
+
+    watcher = LayoutWatcher(str(path), on_layout, lambda m, d: None, debounce=0.05).start(parse_layout(GOOD).digest)
+    try:
+        path.write_bytes(x)
+        assert sending.wait(5)
+        path.write_bytes(y)
+        time.sleep(0.5)  # Y's check is due meanwhile
+        release.set()
+        deadline = time.monotonic() + 5
+        while len(taken) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        watcher.close()
+    assert taken[-1:] == [4], f"the grid took {taken} (rows), last not the file's content"
