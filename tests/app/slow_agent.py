@@ -1,4 +1,4 @@
-"""A grid node whose agent (on n3 only) answers each status call 1.5 s late, as a
+"""A grid node whose agent (on n3 only) answers each status call 1.3 s late, as a
 loaded PC does: ``[app] plugin = "tests.app.slow_agent:attach"``."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 from app.node import GridApp, attach as grid_attach
 
-SLOW_NODE, DELAY = "n3", 1.5
+SLOW_NODE, DELAY = "n3", 1.3
 
 
 def attach(process, settings) -> GridApp:

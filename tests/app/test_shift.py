@@ -201,7 +201,7 @@ def test_after_grid_recover_grid_up_holds_the_old_nodes_back_and_grid_replace_ma
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX node processes, as the other grid tests")
 def test_an_agent_that_answers_slowly_is_up_when_down_after_allows_its_delay(tmp_path):
     """docs/operations.md: on a LAN where a PC can stall, raise down_after (2..3 s) so
-    that a slow answer is not reported as a failure. n3's agent answers in 1.5 s."""
+    that a slow answer is not reported as a failure. n3's agent answers in 1.3 s."""
     from app.local import LocalGrid, grid_view, write_grid
 
     write_grid(str(tmp_path), 1, 3, plugin="tests.app.slow_agent:attach", down_after=3.0)
