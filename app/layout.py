@@ -158,8 +158,9 @@ class LayoutWatcher:
     observer reports closes, a file written in place is read once its writer closes it
     (or after :data:`WRITE_GRACE`), not while a slow save has written part of it: the
     first nodes alone are a valid layout, which would remove the others. A version
-    ``on_layout`` could not deliver (:class:`LayoutUndelivered`) is read and sent again
-    after a back-off (``retry`` seconds, doubling up to 30), until it is taken or refused.
+    ``on_layout`` could not deliver, or whose refusal ``on_error`` could not record
+    (:class:`LayoutUndelivered`), is read and checked again after a back-off (``retry``
+    seconds, doubling up to 30), until it is taken or its refusal recorded.
     """
 
     def __init__(self, path: str, on_layout: Callable[[ApplyLayout], None],
@@ -226,7 +227,7 @@ class LayoutWatcher:
         except LayoutError as exc:
             log.error("layout edit rejected, nothing changed: %s", exc)
             self._last_digest = None  # the next valid save is reported, even if it is the applied one
-            self._on_error(str(exc), digest)
+            self._report(str(exc), digest)
             return
         if layout.digest == self._last_digest:
             return
@@ -236,12 +237,22 @@ class LayoutWatcher:
         except LayoutUndelivered as exc:  # not refused: sent again (the file read again) later
             self._last_digest = None
             log.warning("layout edit not applied yet, sending it again in %.0f s: %s", self._retry, exc)
-            delay, self._retry = self._retry, min(30.0, self._retry * 2)
-            self._check_in(delay)
+            self._again()
         except Exception as exc:  # noqa: BLE001 - reported, the watcher keeps watching
             self._last_digest = None  # a later save of the same text is tried again
             log.error("layout edit not applied: %s", exc)
-            self._on_error(f"{self.path}: {exc}", layout.digest)
+            self._report(f"{self.path}: {exc}", layout.digest)
+
+    def _report(self, message: str, digest: str) -> None:
+        try:
+            self._on_error(message, digest)
+        except LayoutUndelivered as exc:  # the refusal not recorded (no master): checked again later
+            log.warning("layout refusal not recorded yet, checking the file again in %.0f s: %s", self._retry, exc)
+            self._again()
+
+    def _again(self) -> None:
+        delay, self._retry = self._retry, min(30.0, self._retry * 2)
+        self._check_in(delay)
 
 
 class _Handler(FileSystemEventHandler):

@@ -137,7 +137,9 @@ class GridApp:
             self._cluster().execute(RefuseLayout(self.process.cfg.id, message, digest), timeout=10.0)
         except LayoutUnchanged:
             pass
-        except (PrevalenceError, GridError) as exc:
+        except PrevalenceError as exc:  # no master now: the watcher checks the file again later
+            raise LayoutUndelivered(f"no master recorded it: {exc}") from None
+        except GridError as exc:
             log.warning("the layout refusal was not recorded (only this log has it): %s", exc)
 
     def _cluster(self):

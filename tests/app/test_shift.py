@@ -274,3 +274,32 @@ def test_a_layout_saved_while_the_previous_save_is_still_being_sent_ends_as_the_
     finally:
         watcher.close()
     assert taken[-1:] == [4], f"the grid took {taken} (rows), last not the file's content"
+
+
+def test_a_refused_layout_edit_saved_while_no_master_answers_is_shown_once_one_does(tmp_path):
+    """The refusal goes into the replicated state for grid show and the window; with no
+    master it was only logged on that node, and grid show never said the file was refused."""
+    path = tmp_path / "layout.toml"
+    path.write_bytes(GOOD)
+    cluster = _NoMasterFor(1)
+    recorded = threading.Event()
+    execute = cluster.execute
+
+    def execute_and_note(tx, timeout=None):
+        result = execute(tx, timeout)
+        if isinstance(tx, RefuseLayout):
+            recorded.set()
+        return result
+    cluster.execute = execute_and_note
+    app = GridApp.__new__(GridApp)
+    app.layout_path = str(path)
+    app._cluster = lambda: cluster
+    app.process = type("P", (), {"cfg": type("C", (), {"id": "n1"})})()
+    watcher = LayoutWatcher(str(path), app._submit_layout, app._refuse_layout, debounce=0.05).start(
+        parse_layout(GOOD).digest)
+    try:
+        path.write_bytes(GOOD.replace(b"row = 2\n", b"row = 3\n"))  # outside the 2x2 grid
+        assert recorded.wait(10), f"the refusal was never recorded; sent: {cluster.sent}"
+    finally:
+        watcher.close()
+    assert "outside the 2x2 grid" in cluster.sent[-1].reason
