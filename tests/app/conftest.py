@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from rpc.transport import NodeLink
+
 
 @pytest.fixture(scope="module")
 def display():
@@ -32,6 +34,21 @@ def display():
             os.environ.pop("DISPLAY", None)
         else:
             os.environ["DISPLAY"] = old
+
+
+@pytest.fixture
+def replies(monkeypatch):
+    """address -> the reply its node gives to ``status`` (an exception is raised)."""
+    by_address: dict[str, object] = {}
+
+    def call(self, method, *args):
+        reply = by_address[f"{self.address[0]}:{self.address[1]}"]
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    monkeypatch.setattr(NodeLink, "call", call)
+    return by_address
 
 
 @pytest.hookimpl(hookwrapper=True)

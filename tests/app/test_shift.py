@@ -34,16 +34,21 @@ class _NoMasterFor:
         return {"added": [], "removed": [], "changed": ["n2"]}
 
 
-def test_a_layout_edit_saved_while_no_master_answers_is_applied_once_one_does(tmp_path):
-    path = tmp_path / "layout.toml"
-    path.write_bytes(GOOD)
-    cluster = _NoMasterFor(2)
+
+def _watching(path, cluster) -> LayoutWatcher:
+    """Node n1's layout watcher on ``path``, sending through ``cluster``, started from GOOD."""
     app = GridApp.__new__(GridApp)
     app.layout_path = str(path)
     app._cluster = lambda: cluster
     app.process = type("P", (), {"cfg": type("C", (), {"id": "n1"})})()
-    watcher = LayoutWatcher(str(path), app._submit_layout, app._refuse_layout, debounce=0.05).start(
+    return LayoutWatcher(str(path), app._submit_layout, app._refuse_layout, debounce=0.05).start(
         parse_layout(GOOD).digest)
+
+def test_a_layout_edit_saved_while_no_master_answers_is_applied_once_one_does(tmp_path):
+    path = tmp_path / "layout.toml"
+    path.write_bytes(GOOD)
+    cluster = _NoMasterFor(2)
+    watcher = _watching(path, cluster)
     try:
         edit = GOOD.replace(b"rows = 2", b"rows = 3")
         path.write_bytes(edit)
@@ -291,12 +296,7 @@ def test_a_refused_layout_edit_saved_while_no_master_answers_is_shown_once_one_d
             recorded.set()
         return result
     cluster.execute = execute_and_note
-    app = GridApp.__new__(GridApp)
-    app.layout_path = str(path)
-    app._cluster = lambda: cluster
-    app.process = type("P", (), {"cfg": type("C", (), {"id": "n1"})})()
-    watcher = LayoutWatcher(str(path), app._submit_layout, app._refuse_layout, debounce=0.05).start(
-        parse_layout(GOOD).digest)
+    watcher = _watching(path, cluster)
     try:
         path.write_bytes(GOOD.replace(b"row = 2\n", b"row = 3\n"))  # outside the 2x2 grid
         assert recorded.wait(10), f"the refusal was never recorded; sent: {cluster.sent}"

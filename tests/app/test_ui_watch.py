@@ -7,24 +7,9 @@ import pytest
 
 from app.ui.model import Board
 from app.ui.session import MasterWatch
-from rpc.transport import NodeLink
 
 NINE = [f"n{k}" for k in range(1, 10)]
 
-
-@pytest.fixture
-def replies(monkeypatch):
-    """address -> the reply its node gives to ``status`` (an exception is raised)."""
-    by_address: dict[str, object] = {}
-
-    def call(self, method, *args):
-        reply = by_address[f"{self.address[0]}:{self.address[1]}"]
-        if isinstance(reply, BaseException):
-            raise reply
-        return reply
-
-    monkeypatch.setattr(NodeLink, "call", call)
-    return by_address
 
 
 def status(nid: str, role: str = "pre_candidate", term: int = 3, voters=NINE) -> list:

@@ -10,25 +10,10 @@ import pytest
 from app.ui.model import Board
 from app.ui.session import MasterWatch
 from rpc.auth import AuthenticationFailed, ConnectFailed
-from rpc.transport import NodeLink
 
 THREE = ["n1", "n2", "n3"]
 ADDRESS = {n: f"127.0.0.1:{7100 + int(n[1:])}" for n in THREE}
 
-
-@pytest.fixture
-def replies(monkeypatch):
-    """address -> the reply its node gives to ``status`` (an exception is raised)."""
-    by_address: dict[str, object] = {}
-
-    def call(self, method, *args):
-        reply = by_address[f"{self.address[0]}:{self.address[1]}"]
-        if isinstance(reply, BaseException):
-            raise reply
-        return reply
-
-    monkeypatch.setattr(NodeLink, "call", call)
-    return by_address
 
 
 def status(nid: str, role: str = "follower", term: int = 3, leader: str | None = None) -> list:
