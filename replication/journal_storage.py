@@ -273,9 +273,21 @@ class JournalStorage:
         make_dirs(fs, self.directory)
         # "never": sync() then only writes to the OS; "always" fsyncs on reads of unwritten
         # entries too (sync() fsyncs in any case, see there)
-        self.journal = Journal(os.path.join(self.directory, "journal"),
-                               fsync="never" if self._unsafe_no_fsync else "always", segment_bytes=segment_bytes,
-                               fs=fs)
+        journal_dir = os.path.join(self.directory, "journal")
+        if not fs.isdir(journal_dir) and not lost_tail_ok:
+            # The journal is made at the first start, before any term: a node past one whose
+            # journal is gone (and no snapshot stands for it) lost its log, and it must not
+            # be made again here, or the next start would take the empty one for the log.
+            term = HardStateFile(self.directory, fs).load().term
+            snaps = os.path.join(self.directory, "snapshots")
+            if term > 0 and not (fs.isdir(snaps) and any(n.endswith(".snap") for n in fs.listdir(snaps))):
+                raise RaftError(
+                    f"{journal_dir} is missing, yet {HARD_STATE_FILE} says this node took part in term {term}: its "
+                    "log was deleted, and its vote would count without the entries it acknowledged: rebuild this "
+                    "node (docs/operations.md, \"Rebuilding a node\")"
+                )
+        self.journal = Journal(journal_dir, fsync="never" if self._unsafe_no_fsync else "always",
+                               segment_bytes=segment_bytes, fs=fs)
         self.snapshots = SnapshotStore(os.path.join(self.directory, "snapshots"), keep=keep_snapshots, fs=fs)
         self._hs_file = HardStateFile(self.directory, fs)
         self.hard_state = self._stored = self._hs_file.load()

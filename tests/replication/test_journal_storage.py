@@ -309,3 +309,21 @@ def test_a_log_read_overtaken_by_the_disk_lanes_compaction_says_compacted(tmp_pa
     setattr(disk.journal, read, overtaken)
     with pytest.raises(CompactedError):
         disk.term(15) if read == "term" else disk.entries(15, 20, None)
+
+
+def test_a_voter_whose_journal_directory_was_deleted_refuses_to_start_every_time(tmp_path):
+    """`rm -r journal` under a voter whose raft-state says it took part in a term: a start
+    recreated an empty journal and, unless the stored commit happened to show the loss,
+    the node ran with its vote and no log (a CI run saw it start); and once recreated,
+    every later start took the empty directory for its log."""
+    directory = str(tmp_path / "n1")
+    M = Membership(("n1", "n2", "n3"))
+    s = JournalStorage(directory, initial_membership=M)
+    s.set_hard_state(HardState(3, "n2", 0))
+    s.close()
+    shutil.rmtree(os.path.join(directory, "journal"))
+    for _ in range(2):
+        with pytest.raises(RaftError, match="journal is missing, yet raft-state says this node took part in term 3"):
+            JournalStorage(directory, initial_membership=M)
+    assert not os.path.exists(os.path.join(directory, "journal"))
+    JournalStorage(directory, initial_membership=M, lost_tail_ok=True).close()  # cluster recover keeps what is left
