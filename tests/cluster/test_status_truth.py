@@ -50,7 +50,11 @@ def test_nodes_that_do_not_answer_cost_one_timeout_in_all_not_one_each(tmp_path,
         assert [r["reachable"] for r in rows] == [False] * 4 and all(r["error"] for r in rows), rows
         assert took < 3.0, took  # asked one after another, four would take 4 to 6 s
         assert main(["status", "--cluster", directory]) == 1
-        assert "unreachable: all 4 nodes:" in capsys.readouterr().out
+        said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("unreachable: ")]
+        # one line per cause: "all 4 nodes: ..." when they all hang alike; on a loaded machine
+        # the listeners' queues also reset some connections (a second cause, its own line)
+        named = " ".join(said)
+        assert said and ("all 4 nodes" in named or all(f"n{k}" in named for k in range(1, 5))), said
     finally:
         for s in silent:
             s.close()
