@@ -42,6 +42,9 @@ PEER_IDLE_TICK = 1.0
 #: seconds, no request under way) is closed to make room: clients that never close must
 #: not hold every slot for good. The client library reconnects at its next call.
 IDLE_CLIENT_EVICT = 5.0
+#: Newcomers let in over the limit while they prove a key (each then takes a silent client's
+#: slot): a stranger's bare connection must not close an authenticated client's.
+MAX_OVER_LIMIT = 8
 EVICTION_LOG_EVERY = 60.0  # seconds between two log lines about such closings
 
 OnBatch = Callable[[str, list[bytes]], "list[bytes] | None"]
@@ -223,6 +226,9 @@ class _Server(ThreadedServer):
         super().__init__(*args, **kwargs)
         self._conns: set = set()
         self._clients: set = set()  # client and admin connections being served: closed to make room
+        # descriptor -> socket let in over the limit, in its handshake (see _make_room); by
+        # descriptor: a TLS handshake hands _serve_client another socket object on the same one
+        self._over: dict = {}
         self._conns_lock = threading.Lock()
         self._evictions = 0  # closed to make room since the last log line about it
         self._eviction_logged = -EVICTION_LOG_EVERY
@@ -292,14 +298,12 @@ class _Server(ThreadedServer):
             return
         with self._conns_lock:
             full = self._open >= self.max_connections
-            victim = self._silent_client() if full else None
-            if victim is not None:
-                full = False  # its slot is freed once its thread sees it closed
+            if full and len(self._over) < MAX_OVER_LIMIT and self._silent_client(take=False) is not None:
+                full = False  # let in over the limit: a silent client makes room once it proves a key
+                self._over[sock.fileno()] = sock
             if not full:
                 self._open += 1
             log_full, self._full = full and not self._full, self._full or full
-        if victim is not None:
-            self._evict(victim)
         if full:
             self._pending.settled(sock, pending.MAX_PENDING_PER_ADDRESS)
             if log_full:
@@ -323,6 +327,7 @@ class _Server(ThreadedServer):
             self._accept_failed(exc)
 
     def _run(self, sock) -> None:
+        fd = sock.fileno()
         try:
             self._authenticate_and_serve_client(sock)
         except OSError as exc:
@@ -331,15 +336,32 @@ class _Server(ThreadedServer):
             log.info("a connection ended before it was served: %s", exc)
         finally:
             self._pending.settled(sock, pending.MAX_PENDING_PER_ADDRESS)  # if its handshake never began
+            with self._conns_lock:
+                if self._over.get(fd) is sock:
+                    del self._over[fd]
             self._release()
 
-    def _silent_client(self):
-        """The client connection to close to make room (taken out of the candidates), or None. Lock held."""
+    def _silent_client(self, take: bool = True):
+        """The client connection to close to make room (taken out of the candidates if
+        ``take``), or None. Lock held."""
         now = time.monotonic()
         idle = [c for c in self._clients if not c._busy and now - c._last_active >= IDLE_CLIENT_EVICT]
         victim = min(idle, key=lambda c: c._last_active) if idle else None
-        self._clients.discard(victim)
+        if take:
+            self._clients.discard(victim)
         return victim
+
+    def _make_room(self, sock) -> bool:
+        """A newcomer that proved its key: if it was let in over the limit, close the
+        client connection silent the longest for it. False if none is silent any more."""
+        with self._conns_lock:
+            if self._over.pop(sock.fileno(), None) is None:
+                return True
+            victim = self._silent_client()
+        if victim is None:
+            return False
+        self._evict(victim)
+        return True
 
     def _evict(self, conn) -> None:
         now = time.monotonic()
@@ -362,6 +384,10 @@ class _Server(ThreadedServer):
         # bounded writes: a reply to a party that stopped reading fails instead of
         # holding this thread forever (reads are bounded by the channel)
         sock.settimeout(SERVER_WRITE_TIMEOUT)
+        if not self._make_room(sock):
+            log.info("connection limit (%d) reached on %s: closed a new connection, no client silent any more",
+                     self.max_connections, format_address((self.host, self.port)))
+            return
         try:
             peer = sock.getpeername()
         except OSError as exc:  # reset right after its handshake (a status call that gave up)
