@@ -78,9 +78,10 @@ SAME_RELEASE = ("every node and program of a cluster runs the same release, and 
                 "moves a cluster to another (docs/security.md)")
 #: A node's hello that a node of an older release closes on without a word: those took
 #: at most 5 fields, and checked the count before the version (this one names the node
-#: it dials, a sixth).
-CLOSED_ON_HELLO = ("closed the connection on our hello without a reason, as a node of an older release "
-                   f"does: {SAME_RELEASE}")
+#: it dials, a sixth). A node of this release at its connection limit (or at its limit of
+#: handshakes from our address) closes as silently: the line names both.
+CLOSED_ON_HELLO = ("closed the connection on our hello without a reason, as a node at its connection limit "
+                   f"or a node of an older release does: {SAME_RELEASE}")
 
 
 def version_refusal(version: int) -> str:
