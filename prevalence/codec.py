@@ -250,8 +250,19 @@ def pack_reply(value: Any) -> bytes:
     and a cached reply no reader takes made every snapshot holding it unreadable.
     Raises what msgpack raises (TypeError, ValueError, OverflowError)."""
     data = msgpack.packb(value, use_bin_type=True)
-    unpack_reply(data)
+    if not _flat(value):  # only a map can fail to come back: no second pass for the common reply
+        unpack_reply(data)
     return data
+
+
+_SCALARS = (type(None), bool, int, float, str, bytes)
+
+
+def _flat(value: Any) -> bool:
+    """A scalar, or a tuple or list of scalars (a reply ``("ok", 3)``): holds no map."""
+    if type(value) in _SCALARS:
+        return True
+    return type(value) in (tuple, list) and all(type(v) in _SCALARS for v in value)
 
 
 _REPR = reprlib.Repr()
