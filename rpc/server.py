@@ -89,7 +89,7 @@ class NodeProcess:
             self.cluster_identity.attach(self.node)
             self.leader_hooks.append((lambda: self.cluster_identity.on_leader_start(self.node), lambda: None))
         except BaseException:
-            self._data_lock.release()
+            self._abandon()
             raise
         self._members: tuple | None = None  # (voters, learners) the transport was last pointed at
         self._membership_changed(self.node.membership)  # members added before a restart
@@ -117,7 +117,28 @@ class NodeProcess:
                     options=options, on_membership=self._membership_changed, on_fatal=self._fatal,
                     on_leader_start=lambda: self._run_hooks(0), on_leader_stop=lambda: self._run_hooks(1))
 
+    def _abandon(self) -> None:
+        """Undo a start that failed: the transport's sender threads, started before the
+        refusal, would go on dialling and logging while the interpreter shuts down, and
+        CPython aborts on a daemon thread holding stderr's lock (SIGABRT, a crash dump as
+        the log's last words instead of the one line that says why)."""
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            transport.close()
+        self._data_lock.release()
+
     def start(self) -> "NodeProcess":
+        try:
+            return self._start()
+        except BaseException:
+            if self.server is not None:
+                self.server.close()
+            if self._app is not None and hasattr(self._app, "close"):
+                self._app.close()
+            self._abandon()
+            raise
+
+    def _start(self) -> "NodeProcess":
         if self.cfg.app:
             settings = {k: v for k, v in self.cfg.app.items() if k != "plugin"}
             self._app = load_object(self.cfg.app["plugin"])(self, settings)
