@@ -20,6 +20,15 @@ def _json_default(obj: object) -> object:
     return repr(obj)
 
 
+def _json(obj: object) -> str:
+    """One line of JSON, keys sorted where they can be: a map whose keys mix types (1 and
+    "a") cannot be sorted, and is written in its own order rather than not at all."""
+    try:
+        return json.dumps(obj, default=_json_default, sort_keys=True)
+    except TypeError:
+        return json.dumps(obj, default=_json_default)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     r = tools.verify(args.path)
     if args.json:
@@ -43,9 +52,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_dump(args: argparse.Namespace) -> int:
     for row in tools.dump(args.path, args.start, args.stop, note=lambda text: print(f"note: {text}", file=sys.stderr)):
         if args.json:
-            print(json.dumps(row, default=_json_default, sort_keys=True))
+            print(_json(row))
         else:
-            fields = json.dumps(row["fields"], default=_json_default, sort_keys=True)
+            fields = _json(row["fields"])
             print(f"{row['index']}\t{row['time'] or '-'}\t{row['type']}\t{fields}")
     return 0
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import prevalence
 from prevalence.cli import main
@@ -180,3 +181,24 @@ def test_an_error_reaches_the_terminal_as_one_printable_line(capsys):
     assert run(argparse.Namespace(func=unreadable, verbose=False), configure_logging=False) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err, repr(err)
+
+
+@dataclass(frozen=True)
+class _Mixed(prevalence.Transaction, name="test.cli.Mixed"):
+    table: dict
+
+    def execute(self, root: Store, ctx: prevalence.Context) -> None:
+        root.values["mixed"] = len(self.table)
+
+
+def test_dump_shows_an_entry_whose_map_mixes_key_types(tmp_path, capsys):
+    """Keys of several types in one map (1 and "a") made `journal dump` end in a
+    traceback: json's sort_keys compares them. The entry is shown, its keys as JSON
+    writes them (text)."""
+    with prevalence.open(tmp_path, Store) as db:
+        db.execute(_Mixed({1: 10, "a": 20, None: 30}))
+    for extra in ([], ["--json"]):
+        assert main(["journal", "dump", str(tmp_path), *extra]) == 0
+        out = capsys.readouterr().out.strip()
+        fields = json.loads(out)["fields"] if extra else json.loads(out.split("\t")[-1])
+        assert fields == {"table": {"1": 10, "a": 20, "null": 30}}, out
