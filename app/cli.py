@@ -100,10 +100,13 @@ def _up(args: argparse.Namespace) -> int:
         write_grid(args.data, args.rows, args.columns, args.port)
     grid = LocalGrid.open(args.data)
     stop = stop_on_signals()  # from the first node started, Ctrl-C and SIGTERM stop them all
-    for why in filter(None, map(grid.held_back, grid.configs)):
-        print(why, flush=True)
+    held = [nid for nid in grid.configs if grid.held_back(nid)]
+    for nid in held:
+        print(grid.held_back(nid), flush=True)
     grid.start()
-    print(f"{len(grid.configs)} nodes on {_span(grid.addresses.values())}\n"
+    running = [a for nid, a in grid.addresses.items() if nid not in held]
+    print(f"{len(running)} node{'s' if len(running) != 1 else ''} on {_span(running)}"
+          + (f" ({len(held)} held back: {', '.join(held)})" if held else "") + "\n"
           f"try: grid show --cluster {args.data}    (Ctrl-C stops the grid)", flush=True)
     stop_reporting = report_layout(grid, lambda line: print(line, flush=True))
     try:
@@ -116,6 +119,9 @@ def _up(args: argparse.Namespace) -> int:
 
 def _span(addresses) -> str:
     """127.0.0.1:7100..7108 for consecutive ports of one host, else the list."""
+    addresses = list(addresses)
+    if len(addresses) < 2:
+        return ", ".join(addresses) or "no address"
     hosts_ports = [a.rpartition(":") for a in addresses]
     ports = sorted(int(p) for _, _, p in hosts_ports)
     if len({h for h, _, _ in hosts_ports}) == 1 and ports == list(range(ports[0], ports[0] + len(ports))):

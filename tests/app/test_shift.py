@@ -200,6 +200,7 @@ def test_after_grid_recover_grid_up_holds_the_old_nodes_back_and_grid_replace_ma
         assert f"{nid} not started: its data is of epoch 0, from before grid recover made epoch 1; grid replace " \
                f"{nid} --address {g.addresses[nid]}" in out, out
     assert "restarting" not in out and "Traceback" not in out, out
+    assert f"1 node on {g.addresses['n1']} (2 held back: n2, n3)" in out, out  # not "3 nodes"
 
 
 @pytest.mark.slow
