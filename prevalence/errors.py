@@ -10,6 +10,18 @@ class CodecError(PrevalenceError):
     """A transaction or query could not be encoded or decoded (unknown type, bad fields)."""
 
 
+class UnreadableEntry(CodecError):
+    """A journaled entry (or a snapshot) this program cannot decode: most often written
+    by a newer release (a transaction class it lacks, or a newer version of one). The
+    state stops before it, unchanged; ``index`` is the entry's (the snapshot's)."""
+
+    def __init__(self, index: int, reason: str, what: str | None = None):
+        super().__init__(f"entry {index}{f' ({what})' if what else ''}: {reason}")
+        self.index = index
+        self.reason = reason
+        self.what = what  # "type name version N", when the entry says that much
+
+
 class JournalCorruptError(PrevalenceError):
     """The journal is damaged before its tail; nothing was modified."""
 

@@ -5,7 +5,7 @@ import logging
 from typing import Any, Callable
 
 from .codec import CODEC, Codec
-from .errors import CodecError, PrevalenceError, SnapshotError
+from .errors import CodecError, PrevalenceError, SnapshotError, UnreadableEntry
 from .journal import Journal
 from .snapshots import SnapshotStore
 from .state import StateMachine
@@ -21,6 +21,7 @@ def recover(
     upto: int | None = None,
     codec: Codec = CODEC,
     check: bool = False,
+    stop_unreadable: bool = False,
 ) -> tuple[StateMachine, list[str]]:
     """The state as of ``upto`` (default: the end of the journal), and warnings on the way.
 
@@ -28,6 +29,9 @@ def recover(
     no journal prefix can rebuild the state, the error says which files were tried.
     ``check``: run each transaction's ``check`` before it (a replicated log, where
     entries are checked when applied rather than before they are journaled).
+    ``stop_unreadable``: an entry this program cannot decode (a newer release wrote it)
+    ends the replay before it, recorded as ``sm.unreadable``, instead of raising: a
+    replicated node keeps its place in the cluster and applies on once upgraded.
     """
     warnings: list[str] = []
     first, last = journal.first_index, journal.last_index
@@ -76,6 +80,11 @@ def recover(
             for entry in journal.iter_entries(start, target + 1):
                 try:
                     _result, exc = apply(entry, codec, check=check)
+                except UnreadableEntry as err:
+                    if stop_unreadable:
+                        sm.unreadable = err
+                        break
+                    raise CodecError(f"cannot replay journal entry {entry.index}: {err.reason}") from None
                 except CodecError as err:
                     raise CodecError(f"cannot replay journal entry {entry.index}: {err}") from None
                 if exc is not None:

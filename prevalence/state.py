@@ -12,7 +12,7 @@ import msgpack
 
 from .codec import CODEC, Codec, pack_reply, unpack
 from .entry import Entry, EntryKind
-from .errors import CodecError
+from .errors import CodecError, UnreadableEntry
 from .rwlock import RWLock
 from .snapshots import SnapshotMeta, serialize
 from .sessions import IDLE_EXPIRY_US, Reply, SessionCommand, SessionExpired, SessionTable
@@ -76,6 +76,15 @@ def describe_command(data: bytes) -> dict:
     return {"timestamp_us": ts, "type": name, "version": version, "fields": fields}
 
 
+def _what(data: bytes) -> str | None:
+    """"type version N" of a COMMAND entry this program cannot decode, if it says."""
+    try:
+        d = describe_command(data)
+    except CodecError:
+        return None
+    return f"{d['type'][:100]} version {d['version']}"
+
+
 def _text(exc: BaseException) -> str:
     """str(exc), or its type's name if that fails: an application's exception whose
     __str__ raises must not stop the replica applying its entry."""
@@ -103,6 +112,9 @@ class StateMachine:
         # replica (it follows from the log), so subscribers everywhere can skip them.
         self.skipped: set[int] = set()
         self.skipped_from = applied_index + 1  # known for entries applied here, not those a snapshot holds
+        # The entry (or snapshot) this program could not read: nothing after it is applied
+        # here until a newer program reads it (a replicated node; the engine refuses to open).
+        self.unreadable: UnreadableEntry | None = None
 
     @classmethod
     def from_snapshot(cls, meta: SnapshotMeta, root: Any) -> "StateMachine":
@@ -169,8 +181,11 @@ class StateMachine:
         if entry.kind != _COMMAND:  # a Raft no-op or membership change: nothing for the root
             self.applied_index = entry.index
             return None, None
-        items = _command_items(entry.data)
-        timestamp_us, tx = items[0], codec.from_plain(items[1:4])
+        try:  # decoded before anything changes: a refusal leaves the state as it was
+            items = _command_items(entry.data)
+            timestamp_us, tx = items[0], codec.from_plain(items[1:4])
+        except CodecError as exc:
+            raise UnreadableEntry(entry.index, str(exc), _what(entry.data)) from None
         if len(items) == 6:
             return self._apply_session_command(entry.index, timestamp_us, tx, items[4], items[5], check), None
         if check:

@@ -135,6 +135,38 @@ def test_unknown_type_in_journal_names_entry(tmp_path):
         prevalence.open(tmp_path, Store)
 
 
+def test_a_replica_replays_up_to_an_entry_it_cannot_read_and_stops_there_unchanged(tmp_path):
+    """A node of a cluster, not the engine: an entry written by a newer release ends the
+    replay before it (``stop_unreadable``), so that the node can keep its place in the
+    cluster instead of failing at every start."""
+    import dataclasses
+
+    from prevalence.codec import CODEC
+    from prevalence.journal import Journal
+    from prevalence.recovery import recover
+    from prevalence.snapshots import SnapshotStore
+
+    @dataclasses.dataclass(frozen=True)
+    class Newer(prevalence.Transaction, name="test.Newer", version=3):
+        def execute(self, root, ctx):
+            root.values["n"] = 1
+
+    with prevalence.open(tmp_path, Store) as db:
+        db.execute(Put("a", 1))
+        db.execute(Newer())
+        db.execute(Put("b", 2))
+    del CODEC._classes["test.Newer"]  # the release that defined it is not this one
+    journal = Journal(str(tmp_path / "journal"), read_only=True)
+    try:
+        sm, _w = recover(journal, SnapshotStore(str(tmp_path / "snapshots"), read_only=True), Store,
+                         stop_unreadable=True)
+    finally:
+        journal.close()
+    assert sm.applied_index == 1 and sm.root.values == {"a": 1}
+    assert sm.unreadable.index == 2 and sm.unreadable.what == "test.Newer version 3"
+    assert "unknown type 'test.Newer'" in str(sm.unreadable)
+
+
 def test_leftover_temporary_snapshot_is_ignored_and_removed(tmp_path):
     live = _fill(tmp_path, 20)
     tmp = tmp_path / "snapshots" / "snapshot-00000000000000000020.snap.tmp"
