@@ -14,12 +14,12 @@ from collections import deque
 from typing import Any, Callable
 
 from prevalence.entry import Entry, EntryKind
-from prevalence.errors import SnapshotError
+from prevalence.errors import UnreadableEntry
 from prevalence.snapshots import decode_file, deserialize
 from prevalence.state import StateMachine
-from replication.errors import ProposalRefused
+from replication.errors import CannotApply, ProposalRefused
 from replication.membership import Membership, decode_membership
-from replication.runtime.events import SnapshotWritten
+from replication.runtime.events import ApplyBlocked, SnapshotWritten
 
 log = logging.getLogger("replication.node")
 
@@ -34,6 +34,20 @@ def _plain_apply(item: tuple | None) -> bool:
 
 
 _CONFIG = int(EntryKind.CONFIG)
+
+
+def _readable_snapshot(snapshot: Any) -> StateMachine:
+    """The state a snapshot from the leader holds, built from the bytes received, not
+    the file: a newer snapshot installed or taken meanwhile may have pruned it (the disk
+    lane runs ahead of this one). UnreadableEntry when this program cannot read it (its
+    root holds a class of a newer release): the state then stays as it was."""
+    where = f"snapshot {snapshot.meta.index} from the leader"
+    meta, body = decode_file(where, snapshot.data)
+    try:
+        root = deserialize(body)
+    except Exception as exc:  # noqa: BLE001 - anything the unpickler raises
+        raise UnreadableEntry(meta.index, f"cannot unpickle the root: {exc!r}", "the leader's snapshot") from None
+    return StateMachine.from_snapshot(meta, root)
 
 
 class ApplierMixin:
@@ -85,9 +99,12 @@ class ApplierMixin:
                 self.sm.forget_skipped(arg)
 
     def _apply(self, snapshot, entries: list[Entry], waiting: dict) -> None:
-        self.applier.apply(snapshot, entries, waiting, self.on_config_applied)
+        news = self.applier.apply(snapshot, entries, waiting, self.on_config_applied)
         with self._applied_cond:
             self._applied_cond.notify_all()
+        if news is not None:  # to the machine, like every worker's result
+            self._inbox.put(news)
+            self._kick()
 
     def _serve_read(self, index: int, token: int, q: Any) -> None:
         self.applier.serve_read(index, token, q)
@@ -107,39 +124,41 @@ class Applier:
         self.complete = complete
 
     def apply(self, snapshot: Any, entries: list[Entry], waiting: dict,
-              on_config: Callable[[Membership], None] | None = None) -> int | None:
-        """Returns the index of the snapshot installed first, if any. ``on_config`` gets
-        the membership of the snapshot and of each CONFIG entry applied, in log order,
-        after the state machine's lock is released (it may write a file)."""
+              on_config: Callable[[Membership], None] | None = None) -> ApplyBlocked | None:
+        """``on_config`` gets the membership of the snapshot and of each CONFIG entry
+        applied, in log order, after the state machine's lock is released (it may write
+        a file). Returns news for the machine: :class:`ApplyBlocked` when this program
+        met an entry or snapshot it cannot read (nothing from there on is applied, the
+        state stays exactly before it: a newer program, restarted, applies on from
+        there), or when a readable snapshot has carried the state past it."""
         sm, complete = self.sm, self.complete
-        installed = None
+        was = sm.unreadable
         if snapshot is not None:
-            # from the bytes received, not the file: a newer snapshot installed or taken
-            # meanwhile may have pruned it (the disk lane runs ahead of this one)
-            meta, body = decode_file(f"snapshot {snapshot.meta.index} from the leader", snapshot.data)
             try:
-                root = deserialize(body)
-            except Exception as exc:
-                raise SnapshotError(f"snapshot {meta.index} from the leader: cannot unpickle the root: {exc!r}") from exc
-            new = StateMachine.from_snapshot(meta, root)
-            sm.lock.acquire_write()
-            try:  # in place: other threads hold this object (the snapshot replaced what it knew)
-                sm.root, sm.applied_index, sm.timestamp_us, sm.sessions = new.root, new.applied_index, new.timestamp_us, new.sessions
-                sm.skipped, sm.skipped_from = new.skipped, new.skipped_from
-            finally:
-                sm.lock.release_write()
-            installed = meta.index
-            log.info("%s: installed snapshot %d from the leader", self.id, meta.index)
+                new = _readable_snapshot(snapshot)
+            except UnreadableEntry as exc:
+                sm.unreadable = exc
+                new = None
+            if new is not None:
+                self._install(new)
         configs = [snapshot.meta.membership] if snapshot is not None and on_config is not None else []
         sm.lock.acquire_write()
         try:
             for e in entries:
                 if e.index <= sm.applied_index:
                     continue
+                w = waiting.get(e.index)
+                if sm.unreadable is None:
+                    try:
+                        result, exc = sm.apply_entry(e, check=True)
+                    except UnreadableEntry as err:
+                        sm.unreadable = err
+                if sm.unreadable is not None:  # committed, not applied here: the others tell its outcome
+                    if w is not None:
+                        complete(w[1], None, self.refusal())
+                    continue
                 if e.kind == _CONFIG and on_config is not None:
                     configs.append(decode_membership(e.data))  # the core decoded it already
-                result, exc = sm.apply_entry(e, check=True)
-                w = waiting.get(e.index)
                 if w is not None:
                     term, token = w
                     if term != e.term:
@@ -150,12 +169,33 @@ class Applier:
             sm.lock.release_write()
         for membership in configs:
             on_config(membership)
-        return installed
+        now = sm.unreadable
+        if now is was:
+            return None
+        return ApplyBlocked(None) if now is None else ApplyBlocked(now.index, str(now), sm.applied_index)
+
+    def _install(self, new: StateMachine) -> None:
+        sm = self.sm
+        sm.lock.acquire_write()
+        try:  # in place: other threads hold this object (the snapshot replaced what it knew)
+            sm.root, sm.applied_index, sm.timestamp_us, sm.sessions = new.root, new.applied_index, new.timestamp_us, new.sessions
+            sm.skipped, sm.skipped_from = new.skipped, new.skipped_from
+            sm.unreadable = None  # the state is the cluster's at the snapshot, past what was unreadable
+        finally:
+            sm.lock.release_write()
+        log.info("%s: installed snapshot %d from the leader", self.id, new.applied_index)
+
+    def refusal(self) -> CannotApply:
+        """What a caller waiting on this node's state hears while it cannot apply."""
+        return CannotApply(f"node {self.id!r} cannot apply the log past {self.sm.unreadable}: upgrade this node; "
+                           "the command's outcome is decided by the other nodes: retry it on the leader")
 
     def write_snapshot(self, index: int, term: int, membership: Membership) -> SnapshotWritten:
         """Capture the state, applied exactly to ``index`` (the machine queued this item
         right after that entry), and write its file; failing is an answer, not a crash:
         the journal still holds everything."""
+        if self.sm.unreadable is not None and self.sm.applied_index < index:  # asked before the news came
+            return SnapshotWritten(index, exc=self.refusal())
         if self.sm.applied_index != index:
             raise RuntimeError(f"{self.id}: a snapshot at {index} reached the apply lane at {self.sm.applied_index}")
         try:
@@ -169,6 +209,9 @@ class Applier:
         """A read the machine released: the core hands out a ReadState only once the
         entries up to its index went to this lane, so they are applied by now."""
         sm = self.sm
+        if sm.applied_index < index and sm.unreadable is not None:  # it will never get there
+            self.complete(token, None, self.refusal())
+            return
         if sm.applied_index < index:
             raise RuntimeError(f"{self.id}: a read at index {index} reached the apply lane before that entry "
                                f"(applied {sm.applied_index})")

@@ -118,7 +118,7 @@ class RaftNode(FollowerMixin, LeaderMixin):
             self._tick_leader()
             return
         self.election_elapsed += 1
-        if self.election_elapsed >= self.randomized_timeout and self.promotable():
+        if self.election_elapsed >= self.randomized_timeout and self.may_campaign():
             self.election_elapsed = 0
             self._campaign(transfer=False)
 

@@ -52,6 +52,13 @@ class NoDiskSpace(ProposalRefused):
     leadership to a node that can. A refusal: nothing was proposed, retry elsewhere."""
 
 
+class CannotApply(ProposalRefused):
+    """This node cannot apply the log past an entry (or snapshot) its program cannot read,
+    most often one a newer release wrote: it serves no command and no linearizable read
+    until it is upgraded. A committed command's outcome is the other nodes' to tell, so a
+    client retries on the leader (the hint) under the same session number."""
+
+
 class ConfigChangeRefused(RaftError):
     """A membership change was refused (invalid, or another one is pending)."""
 

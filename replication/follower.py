@@ -13,6 +13,15 @@ from replication.ready import ReadState
 
 
 class FollowerMixin:
+    #: Set by the host while this node cannot apply its log (a newer release wrote an
+    #: entry it cannot read): it stores and votes, but starts no election, transfers
+    #: included, since as leader it could answer no command and no read.
+    hold_campaign: bool = False
+
+    def may_campaign(self) -> bool:
+        """Start an election now, if the timeout (or a transfer) says so?"""
+        return not self.hold_campaign and self.promotable()
+
     def _step_follower(self, m, t) -> None:
         if t is Append or t is Heartbeat or t is InstallSnapshot:
             if self.leader is not None and m.src != self.leader:
@@ -37,7 +46,7 @@ class FollowerMixin:
         elif t is InstallSnapshot:
             self._handle_snapshot_chunk(m)
         elif t is TimeoutNow:
-            if self.promotable():
+            if self.may_campaign():
                 self._campaign(transfer=True)
         elif t is ReadIndexResp:
             self.read_states.append(ReadState(m.ctx, m.index))

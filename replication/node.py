@@ -67,10 +67,6 @@ SLOW_WRITE = 0.1  # seconds: an inline follower write this slow...
 SLOW_WRITE_BACKOFF = 10.0  # ...sends the next ones to the disk lane thread for this long
 
 
-def _wall_us() -> int:
-    return time.time_ns() // 1000
-
-
 def _run_each(node_id: str, steps: tuple[Callable[[], None], ...]) -> BaseException | None:
     """Run every step; return the first one's error (the cause to report), log the rest."""
     first = None
@@ -108,7 +104,7 @@ class Node(ApplierMixin):
         on_fatal: Callable[[str], None] | None = None,
     ):
         self.id = node_id
-        self._wall = wall_clock or _wall_us  # µs since the epoch; tests skew it
+        self._wall = wall_clock or (lambda: time.time_ns() // 1000)  # µs since the epoch; tests skew it
         self.on_fatal = on_fatal  # a node process exits here (fail-stop); in-process nodes just halt
         self.options = opts = options or NodeOptions()
         self.transport = transport
@@ -260,7 +256,8 @@ class Node(ApplierMixin):
             self._inbox.put(Read(q, token))
             self._kick()
             return fut.result(timeout)
-        sm = self.sm
+        if (sm := self.sm).unreadable is not None and self.is_leader:  # a "leader" read: its state is stuck
+            raise self.machine.apply_guard.refusal()
         sm.lock.acquire_read()
         try:
             return q.run(sm.root)
@@ -369,6 +366,7 @@ class Node(ApplierMixin):
             "first_index": st.first_index, "last_index": st.last_index,
             "voters": list(st.voters), "learners": list(st.learners),
             "disk_full": self.machine.disk_full, "snapshot_error": self.machine.snapshot_error,
+            "apply_blocked": self.machine.apply_guard.status(),
         }
 
     @property

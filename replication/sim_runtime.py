@@ -294,7 +294,8 @@ class RuntimeSim:
         node.apply_busy = False
         kind, arg = node.apply_q.popleft()
         if kind == "apply":
-            node.applier.apply(*arg)
+            if (news := node.applier.apply(*arg)) is not None:  # an entry it cannot read, or past it again
+                self.post(node, news)
             self._check_replica(node)
         elif kind == "read":
             node.applier.serve_read(*arg)

@@ -20,6 +20,7 @@ from replication.config import RaftConfig
 from replication.core import RaftNode
 from replication.journal_storage import JournalStorage
 from replication.membership import Membership
+from replication.runtime.events import ApplyBlocked
 from replication.runtime.machine import NodeMachine, newest_stamp
 
 log = logging.getLogger("replication.node")
@@ -62,7 +63,10 @@ def assemble(node_id: str, data_dir: str, root_factory: Callable[[], Any], membe
     hs, _m = storage.initial_state()
     snap_index = storage.first_index() - 1
     upto = max(min(hs.commit, storage.last_index()), snap_index)
-    sm, warnings = recover(storage.journal, storage.snapshots, root_factory, upto=upto, check=True)
+    # an entry this program cannot read (a newer release wrote it) ends the replay: the
+    # node starts with the state before it, stuck there (replication.runtime.unreadable)
+    sm, warnings = recover(storage.journal, storage.snapshots, root_factory, upto=upto, check=True,
+                           stop_unreadable=True)
     for w in warnings:
         log.warning("%s: %s", node_id, w)
     cfg = RaftConfig(**{f: getattr(opts.raft, f) for f in opts.raft.__slots__})
@@ -79,4 +83,6 @@ def assemble(node_id: str, data_dir: str, root_factory: Callable[[], Any], membe
         node_id, core, tick_interval=opts.tick_interval, max_batch=opts.max_batch,
         max_entry_bytes=opts.max_entry_bytes, slow_disk_handover=opts.slow_disk_handover, clock=clock,
         rng=random.Random(rng.getrandbits(64)), now=now, snapshot_every=opts.snapshot_every)
+    if sm.unreadable is not None:
+        machine.apply_guard.update(ApplyBlocked(sm.unreadable.index, str(sm.unreadable), sm.applied_index), now)
     return NodeParts(storage, sm, core, machine)

@@ -68,6 +68,17 @@ class SnapshotWritten:
     exc: BaseException | None = None
 
 
+@dataclass(slots=True)
+class ApplyBlocked:
+    """The apply lane stopped before entry (or snapshot) ``index``, which this program
+    cannot read (``reason``), and applies nothing after it: its state stays as of entry
+    ``applied``. ``index`` None: a snapshot it could read has carried the state past
+    it, and it applies again."""
+    index: int | None
+    reason: str | None = None
+    applied: int = 0
+
+
 # -- effects -----------------------------------------------------------------------------
 @dataclass(slots=True)
 class Send:
@@ -118,5 +129,5 @@ class MembershipChanged:
     membership: Membership
 
 
-Event = PeerMsg | Propose | Read | Call | Persisted | DiskState | SnapshotWritten
+Event = PeerMsg | Propose | Read | Call | Persisted | DiskState | SnapshotWritten | ApplyBlocked
 Effect = Send | DiskWork | ApplyWork | Complete | MembershipChanged

@@ -30,9 +30,10 @@ from replication.errors import DecodeError, NoDiskSpace, NotLeader, RaftError
 from replication.messages import AppendResp, HeartbeatResp, InstallSnapshot, decode, encode
 from replication.ready import Ready, Role
 from replication.runtime.events import (
-    ApplyWork, Call, Complete, DiskState, DiskWork, Effect, MembershipChanged, PeerMsg, Persisted, Propose, Read,
+    ApplyBlocked, ApplyWork, Call, Complete, DiskState, DiskWork, Effect, MembershipChanged, PeerMsg, Persisted, Propose, Read,
     Send, SnapshotWritten,
 )
+from replication.runtime.unreadable import ApplyGuard
 
 log = logging.getLogger("replication.node")
 
@@ -89,6 +90,7 @@ class NodeMachine:
         self.refused_peers: dict[tuple[str, str], float] = {}  # (sender, why) -> when last logged
         self.clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
         self.lost_log_said: dict[str, float] = {}  # node whose log lost entries -> when last said
+        self.apply_guard = ApplyGuard(node_id, core, tick_interval)  # an entry this program cannot read
         cfg = core.cfg
         # An idle node need not wake for every tick: a leader wakes when a heartbeat is
         # due, others a few times per election timeout; each wake runs the ticks due.
@@ -152,6 +154,8 @@ class NodeMachine:
         elif t is Read:
             ctx = self.rng.randbytes(16)
             try:
+                if self.apply_guard.blocked:  # it would wait for an index this node never applies
+                    raise self.apply_guard.refusal()
                 self.core.read_index(ctx)
                 self.reads.append((ctx, ev.token, ev.query))
             except RaftError as exc:
@@ -160,6 +164,8 @@ class NodeMachine:
             self._disk_state(ev.full)
         elif t is SnapshotWritten:
             self._snapshot_written(ev, now)
+        elif t is ApplyBlocked:
+            self.apply_guard.update(ev, now)
         elif t is Call:
             try:
                 value = ev.fn()
@@ -236,9 +242,10 @@ class NodeMachine:
 
     def _propose(self, batch: list[Propose], now: float, wall_us: int) -> None:
         out = self._out
-        if self.disk_full:
+        if self.disk_full or self.apply_guard.blocked:  # blocked: committed, never applied (and answered) here
             hint = self.core.lead_transferee or (self.core.leader if self.core.leader != self.id else None)
-            refusal = NoDiskSpace(f"node {self.id!r} cannot journal commands: its disk is full", hint)
+            refusal = (NoDiskSpace(f"node {self.id!r} cannot journal commands: its disk is full", hint)
+                       if self.disk_full else self.apply_guard.refusal())
             out.extend(Complete(p.token, exc=refusal) for p in batch)
             return
         ts = self.clock.stamp(self.membership.voters, wall_us, now)
@@ -281,11 +288,12 @@ class NodeMachine:
             self._handle_ready(rd, now, wall_us)
             core.advance(rd)
         every = self.snapshot_every
-        if (every and self.snapshotting is None and now >= self.snapshot_retry_at
+        if (every and self.snapshotting is None and now >= self.snapshot_retry_at and not self.apply_guard.blocked
                 and core.log.applied - self.last_snapshot_index >= every and self._in_log(core.log.applied)):
             self._snapshot(core.log.applied)
         if now >= self.checks_due:
             self.checks_due = now + 0.1
+            self.apply_guard.check(now, self.role)
             if self.role == Role.LEADER:
                 self._report_clocks(now, wall_us)
                 self._watch_own_disk(now)
@@ -396,7 +404,9 @@ class NodeMachine:
     # -- snapshots of this node's state ------------------------------------------------------
     def request_snapshot(self, token: int) -> None:
         """A snapshot now (``Node.snapshot``): ``token`` completes with its index."""
-        if self.snapshotting is not None:
+        if self.apply_guard.blocked:
+            self._out.append(Complete(token, exc=self.apply_guard.refusal()))
+        elif self.snapshotting is not None:
             self.snapshotting.append(token)  # the one under way answers it too
         elif self.core.log.applied <= self.last_snapshot_index or not self._in_log(self.core.log.applied):
             # nothing new, or the leader's snapshot being installed covers it
