@@ -62,6 +62,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for node, note in notes:  # a node may have more than one (removed, and a stale leader)
             noted[node] = f"{noted[node]}; {note}" if node in noted else note
         conditions = {r["id"]: {"disk_full": r.get("disk_full") is True, "snapshot_error": r.get("snapshot_error"),
+                                "apply_blocked": r.get("apply_blocked"),
                                 "error": why_no_status(r), "note": noted.get(r["id"])} for r in rows}
         print(json.dumps({"nodes": [{k: r[k] for k in FIELDS} for r in rows], "master": describe_master(rows),
                           "conditions": conditions}, indent=2))
@@ -81,6 +82,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r in rows:
             if r.get("snapshot_error"):  # not fatal, but its journal grows until one succeeds
                 print(f"{r['id']}: snapshots failing: {r['snapshot_error']}")
+            if r.get("apply_blocked"):  # a rolling upgrade under way: it stores and votes, applies nothing
+                print(f"{r['id']}: cannot apply {r['apply_blocked']['reason']}: upgrade this node")
     return 0 if any(r["reachable"] for r in rows) else 1
 
 
@@ -89,7 +92,8 @@ def _role_shown(row: dict, newest: int | None = None) -> str | None:
     newest term that answers; a leader of an older one is stale)."""
     stale = row["role"] == "leader" and type(row["term"]) is int and newest is not None and row["term"] < newest
     notes = [note for note, on in (("stale", stale), ("disk full", row.get("disk_full")),
-                                   ("snapshots failing", row.get("snapshot_error"))) if on]
+                                   ("snapshots failing", row.get("snapshot_error")),
+                                   ("cannot apply", row.get("apply_blocked"))) if on]
     return ", ".join([row["role"], *notes]) if notes and row["role"] is not None else row["role"]
 
 

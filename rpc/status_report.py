@@ -60,7 +60,8 @@ def ask_status(targets: list[tuple[tuple[str, int], SSLContext | None]], secret:
 def status_row(node_id: str, address: str, config: str | None, reply: list | Exception) -> dict[str, Any]:
     """One row of the table from a node's answer: FIELDS, plus ``leader`` and ``voters``
     (whom it follows, who votes: what :func:`describe_master` reads), ``disk_full``,
-    ``snapshot_error`` (why its snapshots fail, the journal growing meanwhile), and
+    ``snapshot_error`` (why its snapshots fail, the journal growing meanwhile),
+    ``apply_blocked`` (an entry its program cannot read: it applies nothing past it), and
     ``error`` (and ``answered``) when it gave no status."""
     row: dict[str, Any] = dict.fromkeys(FIELDS)
     row.update(id=node_id, address=address, config=config, reachable=False, leader=None, voters=[])
@@ -71,7 +72,8 @@ def status_row(node_id: str, address: str, config: str | None, reply: list | Exc
         snap = st.get("snapshot_error")
         row.update({k: _field(st[k]) for k in FIELDS if k in st and k != "reachable"}, reachable=True,
                    disk_full=st.get("disk_full") is True,
-                   snapshot_error=one_line(snap, 300) if type(snap) is str and snap else None)
+                   snapshot_error=one_line(snap, 300) if type(snap) is str and snap else None,
+                   apply_blocked=_apply_blocked(st.get("apply_blocked")))
         proto = st.get("peer_protocol")  # a node of a release before 6 says none
         row["peer_protocol"] = proto if type(proto) is int and 0 < proto < 1 << 16 else None
         if type(row["id"]) is not str or not row["id"]:  # describe_master names nodes by it
@@ -122,6 +124,16 @@ def _term(row: dict) -> int:
 
 def _names(ids: list[str], limit: int = 12) -> str:
     return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _apply_blocked(value: Any) -> dict | None:
+    """A node's ``apply_blocked`` (the entry its program cannot read), checked: the
+    entry's index, the reason and the index its state is as of, or None."""
+    if type(value) is not dict or type(value.get("index")) is not int or type(value.get("applied")) is not int:
+        return None
+    reason = value.get("reason")
+    return {"index": value["index"], "reason": one_line(reason, 300) if type(reason) is str else None,
+            "applied": value["applied"]}
 
 
 def _field(value: Any) -> Any:

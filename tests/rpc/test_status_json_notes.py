@@ -26,3 +26,26 @@ def test_a_node_with_two_notes_keeps_both_under_conditions(monkeypatch, capsys):
     assert main(["status", "--cluster", "/nowhere", "--json"]) == 0
     note = json.loads(capsys.readouterr().out)["conditions"]["n3"]["note"]
     assert "not a member" in note and "says it leads, in term 3" in note, note
+
+
+def test_a_node_that_cannot_apply_an_entry_says_so_under_conditions_and_in_the_table(monkeypatch, capsys):
+    """A node of the older release in a rolling upgrade: its nine fields stay the
+    contract's; what it cannot read is a condition, and a note in the table."""
+    from rpc.status_report import status_row
+
+    blocked = {"index": 8, "reason": "entry 8 (upgrade.Label version 2): written as version 2", "applied": 7}
+    st = {"id": "n2", "role": "follower", "term": 5, "commit_index": 9, "applied_index": 7, "pid": 1,
+          "leader": "n1", "voters": ["n1", "n2"], "apply_blocked": blocked}
+    row = status_row("n2", "127.0.0.1:7002", "/c/n2.toml", ["ok", st])
+    assert row["apply_blocked"] == blocked
+    assert status_row("n2", "a:1", None, ["ok", {**st, "apply_blocked": {"index": "x"}}])["apply_blocked"] is None
+    rows = [_row("n1", "leader", 5, ["n1", "n2"]), {**_row("n2", "follower", 5, ["n1", "n2"]), **row}]
+    monkeypatch.setattr(rpc.cluster, "cluster_status", lambda directory: rows)
+    assert main(["status", "--cluster", "/nowhere", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["conditions"]["n2"]["apply_blocked"] == blocked and report["conditions"]["n1"]["apply_blocked"] is None
+    assert all(set(n) == set(FIELDS) for n in report["nodes"])
+    assert main(["status", "--cluster", "/nowhere"]) == 0
+    table = capsys.readouterr().out
+    assert "follower, cannot apply" in table
+    assert "n2: cannot apply entry 8 (upgrade.Label version 2): written as version 2: upgrade this node" in table
