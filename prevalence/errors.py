@@ -15,11 +15,12 @@ class UnreadableEntry(CodecError):
     by a newer release (a transaction class it lacks, or a newer version of one). The
     state stops before it, unchanged; ``index`` is the entry's (the snapshot's)."""
 
-    def __init__(self, index: int, reason: str, what: str | None = None):
-        super().__init__(f"entry {index}{f' ({what})' if what else ''}: {reason}")
+    def __init__(self, index: int, reason: str, what: str | None = None, snapshot: bool = False):
+        super().__init__(f"{'snapshot' if snapshot else 'entry'} {index}{f' ({what})' if what else ''}: {reason}")
         self.index = index
         self.reason = reason
         self.what = what  # "type name version N", when the entry says that much
+        self.snapshot = snapshot  # a snapshot's root, not an entry, is what cannot be read
 
 
 class JournalCorruptError(PrevalenceError):
@@ -33,6 +34,11 @@ class JournalCorruptError(PrevalenceError):
 
 class SnapshotError(PrevalenceError):
     """No usable snapshot, or one could not be written."""
+
+
+class UnpicklableSnapshot(SnapshotError):
+    """A whole snapshot file whose root this program cannot unpickle (most often, a newer
+    release's classes): not damaged, unreadable here."""
 
 
 class OutcomeUnknown(PrevalenceError):

@@ -5,7 +5,7 @@ import logging
 from typing import Any, Callable
 
 from .codec import CODEC, Codec
-from .errors import CodecError, PrevalenceError, SnapshotError, UnreadableEntry
+from .errors import CodecError, PrevalenceError, SnapshotError, UnpicklableSnapshot, UnreadableEntry
 from .journal import Journal
 from .snapshots import SnapshotStore
 from .state import StateMachine
@@ -31,12 +31,15 @@ def recover(
     entries are checked when applied rather than before they are journaled).
     ``stop_unreadable``: an entry this program cannot decode (a newer release wrote it)
     ends the replay before it, recorded as ``sm.unreadable``, instead of raising: a
-    replicated node keeps its place in the cluster and applies on once upgraded.
+    replicated node keeps its place in the cluster and applies on once upgraded. So
+    does a snapshot it cannot unpickle when nothing older rebuilds the state: the
+    state is then a new root at index 0, stuck before that snapshot.
     """
     warnings: list[str] = []
     first, last = journal.first_index, journal.last_index
     target = last if upto is None else upto
     damaged: list[str] = []
+    unpicklable: UnreadableEntry | None = None  # the newest snapshot this program cannot unpickle
     sm: StateMachine | None = None
     for index in snapshots.indexes():
         if index > target and upto is not None:
@@ -44,12 +47,16 @@ def recover(
         try:
             meta, root = snapshots.load(index)
         except SnapshotError as exc:
+            if isinstance(exc, UnpicklableSnapshot) and unpicklable is None:
+                unpicklable = UnreadableEntry(index, str(exc), snapshot=True)
             msg = f"skipping damaged snapshot: {exc}"
             log.warning("%s", msg)
             warnings.append(msg)
             damaged.append(str(exc))
             continue
         if index < first - 1:
+            if stop_unreadable and unpicklable is not None:
+                break
             raise SnapshotError(
                 f"the newest usable snapshot ({meta.path}, index {index}) is older than the journal, "
                 f"which starts at index {first}: entries {index + 1}..{first - 1} are gone"
@@ -57,6 +64,10 @@ def recover(
             )
         sm = StateMachine.from_snapshot(meta, root)
         break
+    if sm is None and first > 1 and stop_unreadable and unpicklable is not None:
+        sm = StateMachine(root_factory(), 0, 0)  # nothing this program reads holds the state
+        sm.unreadable = unpicklable
+        return sm, warnings
     if sm is None:
         if first > 1:
             what = "the state" if upto is None else f"the state as of index {upto}"

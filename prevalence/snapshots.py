@@ -24,7 +24,7 @@ import msgpack
 
 from . import _platform
 from .codec import unpack_reply
-from .errors import DiskFull, SnapshotError
+from .errors import DiskFull, SnapshotError, UnpicklableSnapshot
 from .fs import OS, READ, FileSystem, make_dirs, read_range, write_file_durably
 
 log = logging.getLogger("prevalence.snapshots")
@@ -258,4 +258,4 @@ class SnapshotStore:
         try:
             return meta, deserialize(body)
         except Exception as exc:
-            raise SnapshotError(f"{meta.path}: cannot unpickle the root: {exc!r}") from exc
+            raise UnpicklableSnapshot(f"{meta.path}: cannot unpickle the root: {exc!r}") from exc

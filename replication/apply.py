@@ -46,7 +46,7 @@ def _readable_snapshot(snapshot: Any) -> StateMachine:
     try:
         root = deserialize(body)
     except Exception as exc:  # noqa: BLE001 - anything the unpickler raises
-        raise UnreadableEntry(meta.index, f"cannot unpickle the root: {exc!r}", "the leader's snapshot") from None
+        raise UnreadableEntry(meta.index, f"cannot unpickle the root (from the leader): {exc!r}", snapshot=True) from None
     return StateMachine.from_snapshot(meta, root)
 
 

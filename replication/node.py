@@ -256,7 +256,7 @@ class Node(ApplierMixin):
             self._inbox.put(Read(q, token))
             self._kick()
             return fut.result(timeout)
-        if (sm := self.sm).unreadable is not None and self.is_leader:  # a "leader" read: its state is stuck
+        if (sm := self.sm).unreadable is not None and (self.is_leader or sm.unreadable.snapshot):  # stuck state
             raise self.machine.apply_guard.refusal()
         sm.lock.acquire_read()
         try:

@@ -77,7 +77,7 @@ def assemble(node_id: str, data_dir: str, root_factory: Callable[[], Any], membe
     clock.saw_stamp(sm.timestamp_us)
     tail = storage.last_index()
     if tail > sm.applied_index:  # entries not applied yet carry stamps too
-        lo = max(sm.applied_index + 1, tail - 64)
+        lo = max(sm.applied_index + 1, tail - 64, storage.first_index())  # a state stuck before a snapshot: 0
         clock.saw_stamp(newest_stamp(storage.entries(lo, tail + 1, None)))
     machine = NodeMachine(
         node_id, core, tick_interval=opts.tick_interval, max_batch=opts.max_batch,

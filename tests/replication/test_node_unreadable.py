@@ -170,7 +170,8 @@ def test_a_stuck_leader_hands_leadership_to_another_voter_and_offers_it_round():
     assert m.core.lead_transferee not in (None, first)  # the other voter next
 
 
-def test_a_snapshot_from_the_leader_that_this_program_cannot_unpickle_leaves_the_state_as_it_was(tmp_path):
+def _newer_snapshot(index: int):
+    """A snapshot from the leader whose root holds a class this program does not have."""
     from prevalence.snapshots import SnapshotMeta as FileMeta, encode_file, serialize
     from replication.messages import SnapshotMeta
     from replication.storage import Snapshot
@@ -184,14 +185,37 @@ def test_a_snapshot_from_the_leader_that_this_program_cannot_unpickle_leaves_the
         body, serializer = serialize(root)
     finally:
         del sys.modules["release_gone"]
-    meta = FileMeta(index=40, term=1, timestamp_us=5, serializer=serializer,
+    meta = FileMeta(index=index, term=1, timestamp_us=5, serializer=serializer,
                     extra={"membership": Membership(("n1", "n2", "n3")).to_wire()})
-    snap = Snapshot(SnapshotMeta(40, 1, Membership(("n1", "n2", "n3"))), b"".join(encode_file(meta, body)))
+    return Snapshot(SnapshotMeta(index, 1, Membership(("n1", "n2", "n3"))), b"".join(encode_file(meta, body)))
+
+
+def test_a_snapshot_from_the_leader_that_this_program_cannot_unpickle_leaves_the_state_as_it_was():
+    snap = _newer_snapshot(40)
     sm = StateMachine(Store(), applied_index=12)
     sm.root.values["x"] = 1
     news = Applier("n2", sm, None, lambda *a: None).apply(snap, [cmd(41, CODEC.to_plain(Put("y", 1)))], {})
     assert news.index == 40 and news.applied == 12 and "cannot unpickle" in news.reason
     assert sm.applied_index == 12 and sm.root.values == {"x": 1}
+
+
+def test_restarted_on_the_older_release_over_such_a_snapshot_it_starts_stuck_with_no_state(tmp_path):
+    """The journal before that snapshot is gone (it replaced the log), so no state this
+    program can read exists: the node starts anyway, stuck before the snapshot, to keep
+    storing and voting, rather than refuse to start at every restart."""
+    st = JournalStorage(str(tmp_path / "n2"), initial_membership=Membership(("n1", "n2", "n3")))
+    st.apply_snapshot(_newer_snapshot(40))
+    st.append([cmd(41, CODEC.to_plain(Put("y", 1)))])
+    st.set_hard_state(HardState(1, "n1", 41))
+    st.close()
+    parts = assemble("n2", str(tmp_path / "n2"), Store, Membership(("n1", "n2", "n3")), NodeOptions(),
+                     fs=OS, rng=random.Random(1), now=0.0)
+    try:
+        assert parts.sm.applied_index == 0 and parts.sm.unreadable.snapshot
+        assert parts.machine.apply_guard.status()["index"] == 40 and parts.core.hold_campaign
+        assert parts.core.log.last_index() == 41 and parts.storage.first_index() == 41
+    finally:
+        parts.storage.close()
 
 
 def _wait(what: str, check, timeout: float = 5.0):
