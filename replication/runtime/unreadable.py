@@ -39,6 +39,7 @@ class ApplyGuard:
         self.applied = 0  # the entry its state is as of meanwhile
         self.said_at: float | None = None
         self.tried: dict[str, float] = {}  # voter -> when leadership was last offered to it
+        self.offered: set[str] = set()  # voters offered it since stuck: each said once, not at every retry
 
     @property
     def blocked(self) -> bool:
@@ -50,7 +51,7 @@ class ApplyGuard:
             return
         self.index, self.reason, self.applied = ev.index, ev.reason, ev.applied
         self.core.hold_campaign = self.blocked
-        self.said_at, self.tried = None, {}
+        self.said_at, self.tried, self.offered = None, {}, set()
         if not self.blocked:
             log.warning("%s: the state is past the entry it could not read: applying and serving again", self.id)
         self.check(now, self.core.role)
@@ -83,6 +84,9 @@ class ApplyGuard:
         except RaftError as exc:
             log.warning("%s: cannot hand leadership to %s: %s", self.id, best, exc)
             return
+        if best in self.offered:  # every node stuck: offers go round for as long as it lasts
+            return
+        self.offered.add(best)
         log.warning("%s: handing leadership to %s: this node cannot apply the log past entry %d",
                     self.id, best, self.applied)
 

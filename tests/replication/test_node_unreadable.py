@@ -21,7 +21,7 @@ from replication.apply import Applier
 from replication.errors import CannotApply
 from replication.journal_storage import JournalStorage
 from replication.membership import Membership
-from replication.messages import AppendResp, HardState, PreVote, TimeoutNow, Vote, encode
+from replication.messages import AppendResp, HardState, Heartbeat, HeartbeatResp, PreVote, TimeoutNow, Vote, encode
 from replication.ready import Role
 from replication.runtime.assemble import NodeOptions, assemble
 from replication.runtime.events import ApplyBlocked, Propose, Read
@@ -153,7 +153,7 @@ def test_it_campaigns_again_once_past_the_entry(caplog):
     assert [x for x in sh.sent if type(x) is PreVote]
 
 
-def test_a_stuck_leader_hands_leadership_to_another_voter_and_offers_it_round():
+def test_a_stuck_leader_hands_leadership_to_another_voter_and_offers_it_round(caplog):
     m = machine("n1", ("n1", "n2", "n3"))
     sh = Shell(m)
     sh.elect_with("n2")
@@ -168,6 +168,17 @@ def test_a_stuck_leader_hands_leadership_to_another_voter_and_offers_it_round():
     sh.now += 0.2
     sh.step(tick=True)
     assert m.core.lead_transferee not in (None, first)  # the other voter next
+    assert len([r for r in caplog.records if "handing leadership" in r.getMessage()]) == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="replication.node"):
+        for _ in range(200):  # 5 s of offers going round, every voter stuck
+            sh.now += TICK
+            sh.sent.clear()
+            sh.step(tick=True)
+            beats = [x for x in sh.sent if type(x) is Heartbeat]  # answered: the voters are up
+            sh.step([PeerMsg(x.dst, encode(HeartbeatResp(x.dst, "n1", x.term, x.ctx, x.seq))) for x in beats])
+    assert m.role == Role.LEADER
+    assert not [r for r in caplog.records if "handing leadership" in r.getMessage()]  # said once per voter
 
 
 def _newer_snapshot(index: int):
