@@ -53,6 +53,17 @@ def command_stamp(data: bytes) -> int:
     return ts
 
 
+def newest_stamp(entries: list[Entry]) -> int:
+    """The journal time of the newest command among ``entries`` (0: none)."""
+    for e in reversed(entries):
+        if e.kind == _COMMAND:
+            try:
+                return command_stamp(e.data)
+            except CodecError:
+                return 0  # a malformed entry applies as an error; its stamp is no reference
+    return 0
+
+
 def decode_command(data: bytes, codec: Codec = CODEC) -> tuple[int, Any]:
     """(timestamp µs, transaction) of a COMMAND entry's data; CodecError if malformed."""
     items = _command_items(data)

@@ -21,7 +21,8 @@ from replication.core import RaftNode
 from replication.journal_storage import JournalStorage
 from replication.membership import Membership
 from replication.runtime.events import ApplyBlocked
-from replication.runtime.machine import NodeMachine, newest_stamp
+from prevalence.state import newest_stamp
+from replication.runtime.machine import NodeMachine
 
 log = logging.getLogger("replication.node")
 

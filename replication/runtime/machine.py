@@ -20,9 +20,8 @@ import random
 from collections import deque
 from typing import Any, Iterable
 
-from prevalence.entry import Entry, EntryKind
 from prevalence.errors import CodecError
-from prevalence.state import command_stamp, encode_command
+from prevalence.state import encode_command, newest_stamp
 from prevalence.text import error_text
 from replication.clock import JournalClock
 from replication.core import RaftNode
@@ -30,27 +29,15 @@ from replication.errors import DecodeError, NoDiskSpace, NotLeader, RaftError
 from replication.messages import AppendResp, HeartbeatResp, InstallSnapshot, decode, encode
 from replication.ready import Ready, Role
 from replication.runtime.events import (
-    ApplyBlocked, ApplyWork, Call, Complete, DiskState, DiskWork, Effect, MembershipChanged, PeerMsg, Persisted, Propose, Read,
-    Send, SnapshotWritten,
+    ApplyBlocked, ApplyWork, Call, Complete, DiskState, DiskWork, Effect, MembershipChanged, PeerMsg, Persisted,
+    Propose, Read, Send, SnapshotWritten,
 )
 from replication.runtime.unreadable import ApplyGuard
 
 log = logging.getLogger("replication.node")
 
-_COMMAND = int(EntryKind.COMMAND)
 _CLOCKED = (AppendResp, HeartbeatResp)  # follower replies that carry the sender's wall clock
 INBOX_BATCH = 4096  # events one handle() takes at most before it handles the Readies
-
-
-def newest_stamp(entries: list[Entry]) -> int:
-    """The journal time of the newest command among ``entries`` (0: none)."""
-    for e in reversed(entries):
-        if e.kind == _COMMAND:
-            try:
-                return command_stamp(e.data)
-            except CodecError:
-                return 0  # a malformed entry applies as an error; its stamp is no reference
-    return 0
 
 
 class NodeMachine:
