@@ -189,7 +189,7 @@ class Node(ApplierMixin):
         self._callers.fail_all(NodeHalted(f"node {self.id!r} is stopped"))
 
     def _leader_stopped(self) -> None:
-        if self._role == Role.LEADER and self.on_leader_stop:
+        if self.machine.apply_guard.hooks_on and self.on_leader_stop:  # started, and not stopped yet
             self.on_leader_stop()
 
     # -- inputs from other threads ----------------------------------------------------

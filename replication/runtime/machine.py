@@ -153,6 +153,8 @@ class NodeMachine:
             self._snapshot_written(ev, now)
         elif t is ApplyBlocked:
             self.apply_guard.update(ev, now)
+            if (hook := self.apply_guard.hooks(self.role)) is not None:
+                self._out.append(ApplyWork(("hook", hook)))
         elif t is Call:
             try:
                 value = ev.fn()
@@ -374,10 +376,9 @@ class NodeMachine:
         was, self.role = self.role, role
         self.checks_due = 0.0  # a new leader checks at once
         log.info("%s: %s in term %d (leader %s)", self.id, role, self.core.term, leader)
-        if was != Role.LEADER and role == Role.LEADER:
-            self._out.append(ApplyWork(("hook", "start")))
+        if (hook := self.apply_guard.hooks(role)) is not None:
+            self._out.append(ApplyWork(("hook", hook)))
         if was == Role.LEADER and role != Role.LEADER:
-            self._out.append(ApplyWork(("hook", "stop")))
             for _ctx, token, _q in self.reads:  # a deposed leader cannot confirm them
                 self._out.append(Complete(token, exc=NotLeader(self.id, leader)))
             self.reads.clear()

@@ -40,6 +40,7 @@ class ApplyGuard:
         self.said_at: float | None = None
         self.tried: dict[str, float] = {}  # voter -> when leadership was last offered to it
         self.offered: set[str] = set()  # voters offered it since stuck: each said once, not at every retry
+        self.hooks_on = False  # the leader hooks (the application's side effects) run
 
     @property
     def blocked(self) -> bool:
@@ -89,6 +90,16 @@ class ApplyGuard:
         self.offered.add(best)
         log.warning("%s: handing leadership to %s: this node cannot apply the log past entry %d",
                     self.id, best, self.applied)
+
+    def hooks(self, role: Role) -> str | None:
+        """"start" or "stop" when the leader hooks must: they run while this node leads
+        and applies. A stuck leader's would act on a state behind the log (the grid's
+        controller pushing it to the PCs), even if no voter can take over."""
+        want = role == Role.LEADER and not self.blocked
+        if want == self.hooks_on:
+            return None
+        self.hooks_on = want
+        return "start" if want else "stop"
 
     def refusal(self) -> CannotApply:
         """The answer to a command or linearizable read while stuck."""

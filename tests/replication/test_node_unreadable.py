@@ -296,3 +296,18 @@ def test_when_every_node_is_stuck_nothing_is_lost_and_the_first_upgraded_node_ta
     finally:
         c.stop()
         CODEC._classes.pop("test.Later2", None)
+
+
+def test_a_stuck_leader_stops_its_side_effects_until_it_applies_again():
+    """The leader's hooks (the application's controller pushing the state to the PCs)
+    would push a state that is behind the log: they stop while it is stuck, even when
+    no voter can take over, and start again once it applies."""
+    m = machine("n1", ("n1", "n2", "n3"))
+    sh = Shell(m)
+    sh.elect_with("n2")
+    assert ("hook", "start") in sh.applied
+    sh.applied.clear()
+    sh.step([ApplyBlocked(3, "entry 3 (upgrade.Label version 2): ...", 2)])
+    assert sh.applied == [("hook", "stop")]
+    sh.step([ApplyBlocked(None)])
+    assert sh.applied == [("hook", "stop"), ("hook", "start")]
