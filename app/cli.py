@@ -26,7 +26,18 @@ def open_client(cluster: str, secret_file: str | None = None, timeout: float = 1
     from rpc.client import ClusterClient
 
     addresses, secret = cluster_addresses(cluster, secret_file, source)
-    return ClusterClient(addresses, secret, timeout=timeout)
+    return ClusterClient(addresses, secret, timeout=timeout, **cluster_epoch(cluster, secret_file))
+
+
+def cluster_epoch(cluster: str, secret_file: str | None = None) -> dict:
+    """``cluster=`` and ``epoch=`` for the client, as the grid directory names them (or the
+    directory of the ``--secret-file`` given with addresses): a node left in an older
+    epoch by ``grid recover`` then refuses the client rather than take its commands."""
+    from rpc.epochs import directory_epoch, secret_file_epoch
+
+    wanted = directory_epoch(cluster) if os.path.isdir(cluster) else \
+        secret_file_epoch(secret_file) if secret_file else None
+    return {} if wanted is None else {"cluster": wanted[0], "epoch": wanted[1]}
 
 
 def _client(args: argparse.Namespace):
@@ -232,7 +243,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise ConfigError(f"the window needs Tk, which this Python lacks ({exc}); on Debian: apt install python3-tk")
 
     addresses, secret = cluster_addresses(args.cluster, args.secret_file, args.cluster_from)
-    return run(ClusterClient(addresses, secret, timeout=args.timeout or 30.0), secret)
+    return run(ClusterClient(addresses, secret, timeout=args.timeout or 30.0,
+                             **cluster_epoch(args.cluster, args.secret_file)), secret)
 
 
 def _seconds(text: str) -> float:

@@ -54,6 +54,7 @@ from rpyc.utils.authenticators import AuthenticationError
 from prevalence.errors import PrevalenceError
 from replication.membership import cluster_id_problem
 
+from .epochs import client_mismatch
 from .secret import KEY_FILES, SecretError, check_secret, key_strength_problem
 from .wire import (
     CHALLENGE,
@@ -409,6 +410,10 @@ class ServerAuthenticator:
                 self._refuse(sock, deadline, mismatch, CLUSTER_MISMATCH + mismatch)
             if cluster and isinstance(key, ClusterKey):
                 key.saw(cluster, epoch)
+        else:  # a program's hello may name the cluster and epoch it wants (rpc.epochs)
+            mismatch = client_mismatch(self.node_id or "unnamed", self.cluster, (cluster, epoch))
+            if mismatch:
+                self._refuse(sock, deadline, f"{ident!r:.40} ({role}) {mismatch}", CLUSTER_MISMATCH + mismatch)
         write_frame(sock, encode_frame(OK, _server_mac(key, transcript, role), role), deadline)
         return Identity(role, ident)
 
@@ -424,10 +429,12 @@ def client_handshake(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     target: str | None = None,
+    want: tuple[str, int] | None = None,
 ) -> socket.socket:
     """Authenticate a freshly connected socket with ``secret``, the key of ``role``;
     return the socket. ``target``: the id of the node dialled (a node names it, so that
-    its proof is good for that node only).
+    its proof is good for that node only). ``want``: the cluster id and epoch a program
+    wants (``rpc.epochs``); a node of another cluster or an older epoch refuses it.
 
     The server grants the role whose key the proof matches; a grant other than ``role``
     (or, for ``"client"``, ``"admin"``) is refused here: the wrong key file is configured.
@@ -458,9 +465,12 @@ def client_handshake(
             host = server_hostname or address.rsplit(":", 1)[0].strip("[]")
             sock = ssl_context.wrap_socket(sock, server_hostname=host)
         nc = os.urandom(NONCE_SIZE)
-        cluster, epoch = _cluster_of(secret) if role == "peer" else ("", 0)
+        cluster, epoch = _cluster_of(secret) if role == "peer" else (want or ("", 0))
         version = PEER_PROTOCOL_VERSION if role == "peer" else PROTOCOL_VERSION
-        hello = (version, ident, nc) + ((cluster, epoch, target) if target else (cluster, epoch) if cluster else ())
+        # a program's wanted pair travels as a node's own does: every node of protocol 4
+        # reads a hello of 5 fields (one of an earlier release compares nothing)
+        named = cluster or (role != "peer" and want is not None)
+        hello = (version, ident, nc) + ((cluster, epoch, target) if target else (cluster, epoch) if named else ())
         write_frame(sock, encode_frame(HELLO, *hello), deadline)
         try:
             tag, fields = decode_message(read_frame(sock, deadline), (CHALLENGE, REFUSED))
@@ -478,6 +488,10 @@ def client_handshake(
         transcript = _transcript(version, ident, nc, ns, cluster, epoch, target)
         write_frame(sock, encode_frame(PROOF, _mac(secret, _CLIENT_LABEL, transcript)), deadline)
         tag, fields = decode_message(read_frame(sock, deadline), (OK, REFUSED))
+        if tag == REFUSED and fields[0].startswith(CLUSTER_MISMATCH) and role != "peer":
+            # a node of another cluster or an older epoch than this program wants: its words
+            raise AuthenticationFailed(f"{address}: {fields[0][len(CLUSTER_MISMATCH):]}", address=address,
+                                       key_refused=True)
         if tag == REFUSED and fields[0].startswith(CLUSTER_MISMATCH):
             raise AuthenticationFailed(f"{address} refused us: {fields[0]}", address=address, key_refused=True)
         if tag == REFUSED and fields[0].startswith(WRONG_NODE):  # the key is right, the address names another node

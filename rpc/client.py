@@ -34,6 +34,7 @@ from rpc.client_lines import Line, complete, shut, weakly
 from rpc.batching import CALLS_IN_FLIGHT, MAX_BATCH, MAX_BATCH_BYTES, MAX_CALLS_IN_FLIGHT, Coalescer, Command
 from rpc.auth import AuthenticationFailed
 from rpc.config import format_address, parse_address
+from rpc.epochs import check_wanted, secret_file_epoch
 from rpc.secret import check_secret, load_secret
 from rpc.remote_errors import (  # noqa: F401 - the first two re-exported: rpc.client's public names
     RemoteTransactionError, register_exception, remote_exception)
@@ -68,7 +69,8 @@ class ClusterClient:
 
     def __init__(self, addresses: Iterable[str], secret: bytes, *, timeout: float = 10.0,
                  attempt_timeout: float = 1.5, ssl_context: Any = None, max_batch: int = MAX_BATCH,
-                 max_batch_bytes: int = MAX_BATCH_BYTES, calls_in_flight: int = CALLS_IN_FLIGHT):
+                 max_batch_bytes: int = MAX_BATCH_BYTES, calls_in_flight: int = CALLS_IN_FLIGHT,
+                 cluster: str | None = None, epoch: int | None = None):
         if type(calls_in_flight) is not int or not 1 <= calls_in_flight <= MAX_CALLS_IN_FLIGHT:
             raise PrevalenceError(f"calls_in_flight must be an integer from 1 to {MAX_CALLS_IN_FLIGHT}, "
                                   f"not {calls_in_flight!r:.40}")
@@ -89,6 +91,8 @@ class ClusterClient:
         if not self._route.addresses:
             raise PrevalenceError("rpc.connect needs at least one address")
         self._secret = check_secret(secret, "rpc.connect")
+        # a node of another cluster or an older epoch refuses the handshake (rpc.epochs)
+        self.wanted = check_wanted(cluster, epoch)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self._ssl = ssl_context
@@ -485,7 +489,7 @@ class ClusterClient:
                 conn = open_connection(parse_address(addr, "address"), self._secret, role="client", ident="client",
                                        connect_timeout=min(0.3, left), handshake_timeout=min(0.5, left),
                                        request_timeout=self.attempt_timeout, ssl_context=self._ssl,
-                                       deadline=until)
+                                       deadline=until, want=self.wanted)
             except PrevalenceError as exc:
                 errors.append(str(exc))
                 if isinstance(exc, AuthenticationFailed) and exc.key_refused:
@@ -524,9 +528,16 @@ class ClusterClient:
 def connect(addresses: Iterable[str], *, secret: bytes | None = None, secret_file: str | None = None,
             timeout: float = 10.0, attempt_timeout: float = 1.5, ssl_context: Any = None,
             max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES,
-            calls_in_flight: int = CALLS_IN_FLIGHT) -> ClusterClient:
+            calls_in_flight: int = CALLS_IN_FLIGHT, cluster: str | None = None,
+            epoch: int | None = None) -> ClusterClient:
     """A client of the cluster at ``addresses`` ("host:port"), authenticated by the client
     key (``client.secret``; the admin key also serves, and may change cluster settings).
+
+    ``cluster`` and ``epoch``: the cluster id and epoch this client talks to (what the
+    cluster directory's ``cluster-epoch.toml`` names, ``rpc.epochs``); a node of another
+    cluster or an older epoch (left out of a ``cluster recover``) is refused with one
+    line naming it. Given neither, the ``secret_file``'s directory's file is used if
+    there is one; else nothing is compared.
 
     ``max_batch`` and ``max_batch_bytes`` bound how many concurrent commands (and how
     many bytes of them) travel in one call; ``max_batch=1`` sends each on its own.
@@ -536,5 +547,8 @@ def connect(addresses: Iterable[str], *, secret: bytes | None = None, secret_fil
     if secret_file is not None and not isinstance(secret_file, (str, bytes, os.PathLike)):
         raise PrevalenceError(f"secret_file must be a path, not {type(secret_file).__name__}")
     key = secret if secret is not None else load_secret(secret_file)
+    if cluster is None and epoch is None and secret_file is not None:
+        cluster, epoch = secret_file_epoch(secret_file) or (None, None)
     return ClusterClient(addresses, key, timeout=timeout, attempt_timeout=attempt_timeout, ssl_context=ssl_context,
-                         max_batch=max_batch, max_batch_bytes=max_batch_bytes, calls_in_flight=calls_in_flight)
+                         max_batch=max_batch, max_batch_bytes=max_batch_bytes, calls_in_flight=calls_in_flight,
+                         cluster=cluster, epoch=epoch)

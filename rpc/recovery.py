@@ -13,7 +13,10 @@ a cluster back. Recovery works on the stopped survivor's data only:
   membership (a node added later learns it from the log, ``rpc.identity``): every node
   still holding data of the old epoch is refused by the handshake (``rpc.auth``) until it
   is wiped and added back as a learner (``cluster add``), so the old members cannot
-  elect among themselves and rejoin with a conflicting log.
+  elect among themselves and rejoin with a conflicting log;
+- it names the new epoch in the cluster directory (``rpc.epochs.EPOCH_FILE``): the
+  programs that open the directory refuse a node of the old epoch (which may still elect
+  a master among its own kind) instead of having their commands acknowledged there.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from replication.journal_storage import (
 from replication.membership import Membership, encode_membership
 from replication.messages import HardState
 from rpc.config import ConfigError, format_address, load_config
+from rpc.epochs import EPOCH_FILE, write_directory_epoch
 
 __all__ = ["recover_survivor", "add_recover_parser"]
 
@@ -101,6 +105,9 @@ def recover_survivor(directory: str, survivor: str) -> dict:
                                               time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), cluster, epoch))
     finally:
         lock.release()
+    # the directory's clients want the new epoch: a node left in the old one refuses them
+    # rather than acknowledge their commands in a cluster of its own (rpc.epochs)
+    write_directory_epoch(directory, cluster, epoch)
     return {"last_index": last, "last_term": last_term, "commit": hs.commit, "cluster": cluster, "epoch": epoch,
             "config": cfg.path, "lost": lost}
 
@@ -118,6 +125,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     print(f"start it: prevalence node --config {kept['config']}; then, for each other node: move its data and "
           f"config aside, prevalence cluster add --cluster {args.cluster} --id ID --address HOST:PORT, start it, "
           "prevalence cluster promote once it has caught up. A node of the old epoch is refused until wiped")
+    print(f"{os.path.join(args.cluster, EPOCH_FILE)} names epoch {kept['epoch']}: programs given this directory (or "
+          f"a key file copied with it) refuse the nodes of an older epoch; copy it wherever the directory's keys go")
     return 0
 
 

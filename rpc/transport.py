@@ -131,6 +131,7 @@ def connect_authenticated(
     server_hostname: str | None = None,
     deadline: float | None = None,
     target: str | None = None,
+    want: tuple[str, int] | None = None,
 ) -> socket.socket:
     """Connect and authenticate as ``(role, ident)``; return the socket, its writes
     bounded by ``write_timeout`` (a write to a party that stopped reading fails then
@@ -150,7 +151,8 @@ def connect_authenticated(
         if deadline is not None:
             handshake_timeout = max(0.001, min(handshake_timeout, deadline - time.monotonic()))
         sock = client_handshake(sock, secret, role, ident, address=where, timeout=handshake_timeout,
-                                ssl_context=ssl_context, server_hostname=server_hostname, target=target)
+                                ssl_context=ssl_context, server_hostname=server_hostname, target=target,
+                                want=want)
         sock.settimeout(write_timeout)
         return sock
     except BaseException:
@@ -176,6 +178,7 @@ def open_connection(
     max_frame: int | None = None,
     deadline: float | None = None,
     frame_timeout: float | None = None,
+    want: tuple[str, int] | None = None,
 ) -> rpyc.Connection:
     """Connect, authenticate as ``(role, ident)`` and start RPyC over the socket (a
     client or an admin program; nodes speak :class:`PeerChannel` to each other).
@@ -189,13 +192,15 @@ def open_connection(
     back (default: :data:`REPLY_MAX_FRAME`), ``frame_timeout`` how long a begun frame may
     take (default :data:`FRAME_TIMEOUT`); compressed frames are refused. Raises
     :class:`ConnectFailed` or :class:`AuthenticationFailed`, both naming the address.
+    ``want``: the cluster id and epoch the program wants (``rpc.epochs``).
     """
     if role == "peer":
         raise TransportError("nodes speak to each other through PeerChannel, not RPyC")
     began = time.monotonic()
     sock = connect_authenticated(address, secret, role=role, ident=ident, connect_timeout=connect_timeout,
                                  handshake_timeout=handshake_timeout, write_timeout=request_timeout,
-                                 ssl_context=ssl_context, server_hostname=server_hostname, deadline=deadline)
+                                 ssl_context=ssl_context, server_hostname=server_hostname, deadline=deadline,
+                                 want=want)
     try:
         # the root (its GETROOT and the INSPECT of its class) now, by the deadline: a
         # node that authenticates and then stalls held the first call, whatever time it
@@ -374,13 +379,15 @@ class NodeLink:
     status round passes :data:`STATUS_MAX_FRAME` and its own timeout). ``call`` returns the node's decoded reply (``["ok", ...]`` or a refusal) and
     raises what the connection raised (:class:`ConnectFailed` says whether it was
     refused) after closing it. ``secret`` is the client key, or the admin key with
-    ``role="admin"``.
+    ``role="admin"``; ``want``: the cluster id and epoch the program wants (``rpc.epochs``).
     """
 
     def __init__(self, address: tuple[str, int], secret: bytes, *, ident: str = "client", timeout: float = 1.0,
                  connect_timeout: float | None = None, ssl_context: ssl.SSLContext | None = None,
-                 role: str = "client", max_frame: int | None = None, frame_timeout: float | None = None):
+                 role: str = "client", max_frame: int | None = None, frame_timeout: float | None = None,
+                 want: tuple[str, int] | None = None):
         self.address = address
+        self._want = want  # the cluster id and epoch wanted (rpc.epochs); None: not compared
         self._secret, self._ident, self._timeout, self._ssl = secret, ident, timeout, ssl_context
         self._role, self._max_frame, self._frame_timeout = role, max_frame, frame_timeout
         self._connect_timeout = min(0.5, timeout) if connect_timeout is None else connect_timeout
@@ -398,7 +405,7 @@ class NodeLink:
                                              connect_timeout=self._connect_timeout, handshake_timeout=self._timeout,
                                              request_timeout=self._timeout, ssl_context=self._ssl,
                                              max_frame=self._max_frame, frame_timeout=self._frame_timeout,
-                                             deadline=deadline)
+                                             deadline=deadline, want=self._want)
             reply = call_within(self._conn, method, args, max(0.001, deadline - time.monotonic()))
             return unpack_reply(reply)
         except BaseException:

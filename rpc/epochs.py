@@ -1,0 +1,119 @@
+"""Which epoch of a cluster a client, a command or a node takes part in.
+
+``cluster recover`` (and ``grid recover``) moves a cluster into a new epoch; the nodes of
+the old epoch are refused by the new one's peers (``rpc.auth``). Yet nodes of the old
+epoch started again with their old data and config (a PC unreachable during the
+recovery, back as a service) still elect a master of their own when enough of them
+come back: a client that reaches them would get its commands acknowledged there, a
+split brain the operator cannot see. This keeps that from happening:
+
+the cluster directory names the epoch its clients want: ``cluster recover`` writes
+:data:`EPOCH_FILE` (cluster id and epoch) next to the node configs and keys. Every
+program that opens the directory (the CLI, the grid window, :class:`LocalCluster`), or a
+``client.secret`` copied with that file beside it, sends the wanted id and epoch in its
+hello, and a node refuses a client that wants another cluster or a later epoch than its
+data's (:func:`client_mismatch`), naming itself, its epoch and the wanted one. A
+directory without the file (made before this release) wants nothing: nothing checked.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+
+from prevalence._platform import NotRegularFile, read_small_file
+from prevalence.fs import OS, write_file_durably
+from replication.membership import cluster_id_problem
+from rpc.config import ConfigError
+
+__all__ = ["EPOCH_FILE", "Wanted", "write_directory_epoch", "directory_epoch", "secret_file_epoch",
+           "check_wanted", "client_mismatch", "epoch_refusal", "REBUILD"]
+
+#: The file in a cluster directory naming the cluster id and epoch its clients want.
+EPOCH_FILE = "cluster-epoch.toml"
+#: What an operator does with a node of an older epoch (docs/operations.md).
+REBUILD = "stop it and rebuild it (docs/operations.md, \"A majority of PCs replaced\")"
+
+#: (cluster id, epoch) a client wants; the id "" when only the epoch is known.
+Wanted = tuple[str, int]
+
+
+def write_directory_epoch(directory: str, cluster: str, epoch: int) -> str:
+    """Name ``cluster`` at ``epoch`` as the one the clients of ``directory`` want; the
+    file's path. Written durably (a crash leaves the old file or the new one)."""
+    problem = cluster_id_problem(cluster, epoch)
+    if problem:
+        raise ConfigError(f"{directory}: {problem}")
+    path = os.path.join(os.path.abspath(directory), EPOCH_FILE)
+    text = ("# The cluster and epoch that the clients of this directory talk to: a node of\n"
+            "# another cluster or an older epoch refuses them (written by `cluster recover`).\n"
+            f"cluster = \"{cluster}\"\nepoch = {epoch}\n")
+    write_file_durably(OS, path, [text.encode("utf-8")])
+    return path
+
+
+def directory_epoch(directory: str) -> Wanted | None:
+    """The cluster id and epoch that ``directory`` names, None when it names none (a
+    directory of an earlier release, or never recovered). A damaged file is refused
+    (ConfigError naming it): guessing would let a client talk to the old epoch."""
+    path = os.path.join(os.path.abspath(directory), EPOCH_FILE)
+    try:
+        data, _ = read_small_file(path, 4096)
+    except FileNotFoundError:
+        return None
+    except NotRegularFile:
+        raise ConfigError(f"{path}: not a regular file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    problem = cluster_id_problem(doc.get("cluster"), doc.get("epoch"))
+    if problem:
+        raise ConfigError(f"{path}: {problem} (write it again: cluster = \"ID\", epoch = N)")
+    return doc["cluster"], doc["epoch"]
+
+
+def secret_file_epoch(secret_file: str | os.PathLike | bytes) -> Wanted | None:
+    """What the directory of a key file copied from a cluster directory names (an
+    operator's PC holds ``client.secret`` and, beside it, the directory's epoch file)."""
+    path = os.fsdecode(secret_file)
+    return directory_epoch(os.path.dirname(os.path.abspath(path)))
+
+
+def check_wanted(cluster: object, epoch: object) -> Wanted | None:
+    """``rpc.connect``'s ``cluster`` and ``epoch`` arguments as one wanted pair, checked:
+    None when neither is given (nothing compared, as before this release)."""
+    if cluster is None and epoch is None:
+        return None
+    from prevalence.errors import PrevalenceError
+
+    if cluster is not None:
+        problem = cluster_id_problem(cluster, 0 if epoch is None else epoch)
+    else:
+        problem = cluster_id_problem("x", epoch)
+    if problem:
+        raise PrevalenceError(f"rpc.connect: {problem}")
+    return ("" if cluster is None else cluster), (0 if epoch is None else epoch)
+
+
+def epoch_refusal(node: str, epoch: int, wanted: int) -> str:
+    """The one line that a node of an older epoch is refused with (client side or its own);
+    ``node`` "" where the line is already about that node."""
+    named = f" ({node})" if node else ""
+    return f"this node{named} belongs to epoch {epoch}, the cluster was recovered into epoch {wanted}: {REBUILD}"
+
+
+def client_mismatch(node: str, ours: Wanted, wanted: Wanted) -> str | None:
+    """Why a node whose data is ``ours`` must not serve a client that wants ``wanted``, or
+    None. A later epoch than wanted serves (the client's directory predates a recover it
+    did not see); a node whose data names no cluster yet is not compared."""
+    if not ours[0]:
+        return None
+    if wanted[0] and wanted[0] != ours[0]:
+        return (f"this node ({node}) is of cluster {ours[0]}, the client wants cluster {wanted[0]}: another "
+                "cluster that shares the client key; check the addresses and the directory this client was given")
+    if ours[1] < wanted[1]:
+        return epoch_refusal(node, ours[1], wanted[1])
+    return None
+
