@@ -54,7 +54,7 @@ from rpyc.utils.authenticators import AuthenticationError
 from prevalence.errors import PrevalenceError
 from replication.membership import cluster_id_problem
 
-from .epochs import client_mismatch
+from .epochs import REBUILD, client_mismatch
 from .secret import KEY_FILES, SecretError, check_secret, key_strength_problem
 from .wire import (
     CHALLENGE,
@@ -172,12 +172,14 @@ class ClusterKey(bytes):
 
     _binding: tuple[str, int]
     _seen: dict[str, int]
+    _newer: dict[str, int]  # later epochs of a cluster that refused peers proved (rpc.epochs)
     _MAX_SEEN = 16  # clusters remembered: a key shared by more is a misconfiguration anyway
 
     def __new__(cls, key: bytes, cluster: str = "", epoch: int = 0) -> "ClusterKey":
         self = super().__new__(cls, key)
         self._binding = (str(cluster), int(epoch))
         self._seen = {}
+        self._newer = {}
         return self
 
     def saw(self, cluster: str, epoch: int) -> None:
@@ -190,6 +192,23 @@ class ClusterKey(bytes):
     def newest_seen(self, cluster: str) -> int:
         """The newest epoch of ``cluster`` a peer proved in a handshake here, -1 if none."""
         return self._seen.get(cluster, -1)
+
+    def heard_newer(self, cluster: str, epoch: int) -> bool:
+        """A peer proved (with this key) that ``cluster`` is at ``epoch``, later than this
+        node's data: refused, yet proof that this node was left out of a recover
+        (``rpc.epochs``). True the first time that epoch is heard of."""
+        with _SEEN_LOCK:
+            if epoch <= self._newer.get(cluster, -1) or (cluster not in self._newer and
+                                                          len(self._newer) >= self._MAX_SEEN):
+                return False
+            self._newer = {**self._newer, cluster: epoch}
+            return True
+
+    def superseded(self) -> int | None:
+        """The later epoch of this node's own cluster that a peer proved, None if none."""
+        cluster, epoch = self._binding
+        newer = self._newer.get(cluster, -1) if cluster else -1
+        return newer if newer > epoch else None
 
     def rebind(self, cluster: str, epoch: int) -> None:
         """The cluster this key now speaks for (one assignment: a handshake sees the old
@@ -361,6 +380,15 @@ class ServerAuthenticator:
         more = f" ({seen[1]} more like it in the last {now - seen[0]:.0f} s)" if seen is not None and seen[1] else ""
         log.warning("refused connection from %s%s: %s%s", peer, claim, reason, more)
 
+    def _heard_newer(self, key: bytes, ident: str, cluster: str, epoch: int) -> None:
+        """A peer proved a later epoch of this node's own cluster: this node was left out of
+        a ``cluster recover`` (``rpc.epochs``); said once per epoch, at ERROR."""
+        ours = self.cluster
+        if isinstance(key, ClusterKey) and cluster == ours[0] and epoch > ours[1] and key.heard_newer(cluster, epoch):
+            log.error("%s: %s proved that cluster %s was recovered into epoch %d; this node's data is of epoch %d: "
+                      "it takes no command, query or subscription from now on: %s", self.node_id or "this node",
+                      f"{ident!r:.40}", cluster, epoch, ours[1], REBUILD)
+
     def _refuse(self, sock, deadline: float, reason: str, public: str) -> None:
         try:
             write_frame(sock, encode_frame(REFUSED, public), max(deadline, time.monotonic() + 0.2))
@@ -407,6 +435,7 @@ class ServerAuthenticator:
         if role == "peer":  # the key is right; the data behind it may belong elsewhere
             mismatch = cluster_mismatch(ident, (cluster, epoch), self.cluster)
             if mismatch:
+                self._heard_newer(key, ident, cluster, epoch)
                 self._refuse(sock, deadline, mismatch, CLUSTER_MISMATCH + mismatch)
             if cluster and isinstance(key, ClusterKey):
                 key.saw(cluster, epoch)

@@ -5,15 +5,23 @@ the old epoch are refused by the new one's peers (``rpc.auth``). Yet nodes of th
 epoch started again with their old data and config (a PC unreachable during the
 recovery, back as a service) still elect a master of their own when enough of them
 come back: a client that reaches them would get its commands acknowledged there, a
-split brain the operator cannot see. This keeps that from happening:
+split brain the operator cannot see. Two things keep that from happening:
 
-the cluster directory names the epoch its clients want: ``cluster recover`` writes
-:data:`EPOCH_FILE` (cluster id and epoch) next to the node configs and keys. Every
-program that opens the directory (the CLI, the grid window, :class:`LocalCluster`), or a
-``client.secret`` copied with that file beside it, sends the wanted id and epoch in its
-hello, and a node refuses a client that wants another cluster or a later epoch than its
-data's (:func:`client_mismatch`), naming itself, its epoch and the wanted one. A
-directory without the file (made before this release) wants nothing: nothing checked.
+- the cluster directory names the epoch its clients want: ``cluster recover`` writes
+  :data:`EPOCH_FILE` (cluster id and epoch) next to the node configs and keys. Every
+  program that opens the directory (the CLI, the grid window, :class:`LocalCluster`), or a
+  ``client.secret`` copied with that file beside it, sends the wanted id and epoch in its
+  hello, and a node refuses a client that wants another cluster or a later epoch than
+  its data's (:func:`client_mismatch`), naming itself, its epoch and the wanted one. A
+  directory without the file (made before this release) wants nothing: nothing checked;
+- a node that a peer of a later epoch of its own cluster dialled (proved with the peer
+  key: the proof is checked before the refusal) knows for certain it was left out of a
+  recover: it logs it, reports ``superseded_by`` in its status, and refuses commands,
+  queries and subscriptions from then on (:func:`superseded_refusal`), so that a client
+  given no epoch (an older program) is not acknowledged there either. It keeps running
+  its Raft loop and its application's agent: the new epoch's master still pushes to the
+  agent on that PC. A refusal that the node only *read* (its own dial refused by a node
+  of a later epoch) proves nothing (no proof follows a refusal): it is only logged;
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ from replication.membership import cluster_id_problem
 from rpc.config import ConfigError
 
 __all__ = ["EPOCH_FILE", "Wanted", "write_directory_epoch", "directory_epoch", "secret_file_epoch",
-           "check_wanted", "client_mismatch", "epoch_refusal", "REBUILD"]
+           "check_wanted", "client_mismatch", "epoch_refusal", "superseded_refusal", "REBUILD"]
 
 #: The file in a cluster directory naming the cluster id and epoch its clients want.
 EPOCH_FILE = "cluster-epoch.toml"
@@ -116,4 +124,9 @@ def client_mismatch(node: str, ours: Wanted, wanted: Wanted) -> str | None:
     if ours[1] < wanted[1]:
         return epoch_refusal(node, ours[1], wanted[1])
     return None
+
+
+def superseded_refusal(node: str, epoch: int, newer: int) -> str:
+    """What a node that a peer of a later epoch dialled answers commands with."""
+    return f"{epoch_refusal(node, epoch, newer)}; it takes no command, query or subscription"
 

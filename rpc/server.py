@@ -20,6 +20,7 @@ from rpc.config import (
     tls_contexts,
 )
 from rpc.auth import ClusterKey, check_role_keys
+from rpc.epochs import superseded_refusal
 from rpc.identity import ClusterIdentity
 from rpc.secret import KEY_FILES, load_secret
 from rpc.wire import PEER_PROTOCOL_VERSION
@@ -214,6 +215,17 @@ class NodeProcess:
         addr = self.cfg.peers.get(node_id)
         return known or (format_address(addr) if addr else None)
 
+    def superseded_by(self) -> int | None:
+        """The later epoch of this node's cluster that a peer proved (this node was left out
+        of a `cluster recover`, rpc.epochs); None otherwise."""
+        newer = max((k.superseded() or -1 for k in self.keys["peer"] if isinstance(k, ClusterKey)), default=-1)
+        return newer if newer >= 0 else None
+
+    def superseded(self) -> str | None:
+        """Why this node takes no command (``superseded_by``), None when it takes them."""
+        newer = self.superseded_by()
+        return None if newer is None else superseded_refusal(self.cfg.id, self.identity.epoch, newer)
+
     def status(self) -> dict:
         st = self.node.status()
         ident = self.identity  # read once: the apply thread may replace it between two reads
@@ -223,6 +235,9 @@ class NodeProcess:
                   peer_protocol=PEER_PROTOCOL_VERSION,  # status names a node of another release
                   peers={p: {k: v for k, v in s.items() if k in ("connected", "queued", "dropped")}
                          for p, s in self.transport.peer_status().items()})
+        newer = self.superseded_by()
+        if newer is not None:  # a node of an older epoch: `status` names it so (rpc.epochs)
+            st["superseded_by"] = newer
         return st
 
 

@@ -173,6 +173,11 @@ def _not_admin(what: str) -> bytes:
     return _reply("error", _NEEDS_ADMIN.format(what=what))
 
 
+#: The calls a node left in an older epoch refuses (rpc.epochs): all but status and app_call.
+_EPOCH_BOUND = frozenset(("execute", "execute_batch", "query", "register_session", "read_log", "change_membership",
+                          "transfer_leadership", "backup_begin", "backup_chunk", "backup_end"))
+
+
 class ClientService(rpyc.Service):
     """One per client connection; exposes only the methods below."""
 
@@ -192,9 +197,24 @@ class ClientService(rpyc.Service):
             # it, so a new bound method per lookup would let a client grow our memory
             bound = self.__dict__.setdefault("_bound", {})
             if name not in bound:
-                bound[name] = getattr(self, "exposed_" + name)
+                method = getattr(self, "exposed_" + name)
+                bound[name] = self._epoch_bound(method) if name in _EPOCH_BOUND else method
             return bound[name]
         raise AttributeError(f"{name!r:.60} is not exposed to clients")
+
+    def _epoch_bound(self, method: Callable[..., bytes]) -> Callable[..., bytes]:
+        """``method``, refused at each call (a client looks a method up once per
+        connection) once this node knows it was left out of a `cluster recover`
+        (rpc.epochs): nothing done here would reach the recovered cluster. Status and the
+        agent's app_call still answer."""
+        superseded = getattr(self._p, "superseded", None)  # a host of tests may have none
+        if superseded is None:
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> bytes:
+            why = superseded()
+            return _reply("error", why) if why else method(*args, **kwargs)
+        return call
 
     def _check(self, data: Any) -> bytes:
         if type(data) is not bytes:
