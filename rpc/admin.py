@@ -66,8 +66,10 @@ class _NoLeader(ConfigError):
 
 def _admin_round(directory: str, configs: dict[str, NodeConfig], secret: bytes, method: str, args: tuple) -> Any:
     """One round of :func:`admin`: the status, then the leader first, the others next."""
+    from rpc.epochs import leader_first
+
     rows = cluster_status(directory)
-    order = [r["id"] for r in rows if r["role"] == "leader"] + [r["id"] for r in rows if r["reachable"]]
+    order = leader_first(rows, directory)  # never a leader that an old epoch elected (rpc.epochs)
     tried, silent = [], []
     for nid in order:
         if nid in tried or nid not in configs:  # a status may claim any id: only configured nodes are asked

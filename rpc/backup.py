@@ -233,12 +233,13 @@ def _begin_on_leader(directory: str) -> tuple[_Link, list]:
     following its redirections; the admin key."""
     from rpc.cluster import cluster_status, directory_key, node_config_paths
     from rpc.config import ConfigError, load_config
+    from rpc.epochs import leader_first
     from rpc.status_report import unreachable_summary
 
     configs = {c.id: c for c in (load_config(p) for p in node_config_paths(directory))}
     secret = directory_key(directory, "admin")
     rows = cluster_status(directory)
-    order = [r["id"] for r in rows if r["role"] == "leader"] + [r["id"] for r in rows if r["reachable"]]
+    order = leader_first(rows, directory)  # never a leader that an old epoch elected (rpc.epochs)
     tried: list[str] = []
     for nid in order:
         if nid in tried:

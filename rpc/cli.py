@@ -51,11 +51,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     _tabulate.MIN_PADDING = 0  # headers no wider than their words: the table fits 80 columns
 
     from rpc.cluster import cluster_status
+    from rpc.epochs import directory_epoch, epoch_notes
     from rpc.status_report import FIELDS, describe_master, other_releases, unreachable_summary, why_no_status
 
     rows = cluster_status(args.cluster)
+    # nodes of another epoch first: they are no members, whatever their role or term says
+    notes = epoch_notes(rows, directory_epoch(args.cluster))
+    members = [r for r in rows if not r.get("other_epoch")]
     # nodes that take no part
-    notes = other_releases(rows) + other_clusters(rows) + not_members(rows) + stale_leaders(rows)
+    notes = other_releases(rows) + notes + not_members(members) + stale_leaders(members)
     if args.json:
         # each node exactly the contract's fields (DESIGN.md); what the table says beside them
         noted: dict[str, str] = {}
@@ -63,17 +67,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             noted[node] = f"{noted[node]}; {note}" if node in noted else note
         conditions = {r["id"]: {"disk_full": r.get("disk_full") is True, "snapshot_error": r.get("snapshot_error"),
                                 "apply_blocked": r.get("apply_blocked"),
-                                "error": why_no_status(r), "note": noted.get(r["id"])} for r in rows}
-        print(json.dumps({"nodes": [{k: r[k] for k in FIELDS} for r in rows], "master": describe_master(rows),
+                                "error": why_no_status(r), "note": noted.get(r["id"]),
+                                "other_epoch": bool(r.get("other_epoch"))} for r in rows}
+        print(json.dumps({"nodes": [{k: r[k] for k in FIELDS} for r in rows], "master": describe_master(members),
                           "conditions": conditions}, indent=2))
     else:
         here = os.path.abspath(args.cluster)
         shown = [{**r, "config": os.path.relpath(r["config"], here) if os.path.dirname(r["config"]) == here
                   else r["config"], "reachable": "yes" if r["reachable"] else "no",
-                  "role": _role_shown(r, _newest_term(rows))} for r in rows]
+                  "role": _role_shown(r, _newest_term(members))} for r in rows]
         headers = [{"commit_index": "commit", "applied_index": "applied"}.get(k, k) for k in FIELDS]
         print(tabulate([[r[k] if r[k] is not None else "-" for k in FIELDS] for r in shown], headers=headers))
-        print(describe_master(rows))  # who is master, or why there is none
+        print(describe_master(members))  # who is master, or why there is none
         for node, note in notes:
             print(f"{node}: {note}")
         summary = unreachable_summary(rows)  # why, each cause once
@@ -89,35 +94,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _role_shown(row: dict, newest: int | None = None) -> str | None:
     """The role, with what is wrong with the node although it serves (``newest``: the
-    newest term that answers; a leader of an older one is stale)."""
+    newest term that answers; a leader of an older one is stale). A node of another
+    epoch or cluster has no role in this one (``rpc.epochs``)."""
+    if row.get("other_epoch"):
+        return row["other_epoch"]
     stale = row["role"] == "leader" and type(row["term"]) is int and newest is not None and row["term"] < newest
     notes = [note for note, on in (("stale", stale), ("disk full", row.get("disk_full")),
                                    ("snapshots failing", row.get("snapshot_error")),
                                    ("cannot apply", row.get("apply_blocked"))) if on]
     return ", ".join([row["role"], *notes]) if notes and row["role"] is not None else row["role"]
-
-
-def other_clusters(rows: list[dict]) -> list[tuple[str, str]]:
-    """A node and a note for each node whose data is of another cluster, or epoch, than
-    most nodes': it answers status, yet every peer refuses it (docs/operations.md,
-    "Cluster identity")."""
-    from collections import Counter
-
-    ids = Counter((r["cluster"], r["epoch"]) for r in rows if r.get("cluster"))
-    if len(ids) < 2:
-        return []
-    (main_id, main_epoch), _ = ids.most_common(1)[0]
-    lines = []
-    for r in rows:
-        if r.get("cluster") and (r["cluster"], r["epoch"]) != (main_id, main_epoch):
-            why = ("its data is from before a `cluster recover`: wipe it and add it back as a learner"
-                   if r["cluster"] == main_id and r["epoch"] < main_epoch else
-                   "another cluster: check its data directory" if r["cluster"] != main_id else
-                   "a later epoch than the others': they are the ones left out of a `cluster recover`")
-            lines.append((r["id"], f"cluster {r['cluster']} epoch {r['epoch']}, the others {main_id} epoch "
-                                   f"{main_epoch}: {why}; its peers refuse it "
-                                   "(docs/operations.md, \"Cluster identity\")"))
-    return lines
 
 
 def wait_for_leader(directory: str, node_id: str, timeout: float | None = None) -> int:

@@ -290,6 +290,8 @@ def cluster_status(directory: str, timeout: float | None = None) -> list[dict]:
         st = reply[1] if isinstance(reply, list) and reply[0] == "ok" else {}
         if type(st.get("cluster")) is str and type(st.get("epoch")) is int:  # whose data it runs on
             rows[-1].update(cluster=one_line(st["cluster"], 64), epoch=st["epoch"])
+        if type(st.get("superseded_by")) is int:  # a peer proved a later epoch (rpc.epochs)
+            rows[-1]["superseded_by"] = st["superseded_by"]
         learners = st.get("learners")
         if type(learners) is list and all(type(x) is str for x in learners):
             rows[-1]["learners"] = learners[:1000]

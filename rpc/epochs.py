@@ -5,7 +5,7 @@ the old epoch are refused by the new one's peers (``rpc.auth``). Yet nodes of th
 epoch started again with their old data and config (a PC unreachable during the
 recovery, back as a service) still elect a master of their own when enough of them
 come back: a client that reaches them would get its commands acknowledged there, a
-split brain the operator cannot see. Two things keep that from happening:
+split brain the operator cannot see. Three things keep that from happening:
 
 - the cluster directory names the epoch its clients want: ``cluster recover`` writes
   :data:`EPOCH_FILE` (cluster id and epoch) next to the node configs and keys. Every
@@ -22,6 +22,8 @@ split brain the operator cannot see. Two things keep that from happening:
   its Raft loop and its application's agent: the new epoch's master still pushes to the
   agent on that PC. A refusal that the node only *read* (its own dial refused by a node
   of a later epoch) proves nothing (no proof follows a refusal): it is only logged;
+- ``prevalence status`` ranks the nodes by epoch before term: a node of an older epoch of
+  the wanted cluster is shown as not a member of it, never as a second master.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from replication.membership import cluster_id_problem
 from rpc.config import ConfigError
 
 __all__ = ["EPOCH_FILE", "Wanted", "write_directory_epoch", "directory_epoch", "secret_file_epoch",
-           "check_wanted", "client_mismatch", "epoch_refusal", "superseded_refusal", "REBUILD"]
+           "check_wanted", "client_mismatch", "epoch_refusal", "superseded_refusal", "REBUILD", "current_epoch",
+           "epoch_notes", "leader_first"]
 
 #: The file in a cluster directory naming the cluster id and epoch its clients want.
 EPOCH_FILE = "cluster-epoch.toml"
@@ -130,3 +133,55 @@ def superseded_refusal(node: str, epoch: int, newer: int) -> str:
     """What a node that a peer of a later epoch dialled answers commands with."""
     return f"{epoch_refusal(node, epoch, newer)}; it takes no command, query or subscription"
 
+
+def current_epoch(rows: list[dict], wanted: Wanted | None) -> Wanted | None:
+    """The cluster and epoch a status report's nodes are members of: the one the
+    directory names, or else the cluster id most nodes report; at the newest epoch any
+    node of that cluster reports (epochs only rise: an older one was left behind by a
+    recover). None when no node names a cluster."""
+    ids = [r["cluster"] for r in rows if r.get("cluster")]
+    cluster = wanted[0] if wanted and wanted[0] else max(set(ids), key=ids.count) if ids else None
+    if cluster is None:
+        return None
+    epochs = [r["epoch"] for r in rows if r.get("cluster") == cluster and type(r.get("epoch")) is int]
+    return cluster, max(epochs + ([wanted[1]] if wanted else []), default=0)
+
+
+def epoch_notes(rows: list[dict], wanted: Wanted | None) -> list[tuple[str, str]]:
+    """A node and a note for each node that is not a member of the current epoch
+    (:func:`current_epoch`), whose row is marked ``row["other_epoch"]`` (what the table
+    shows instead of its role: it is no second master); and one for a directory whose
+    epoch file is older than the nodes' epoch."""
+    current = current_epoch(rows, wanted)
+    if current is None:
+        return []
+    cluster, epoch = current
+    notes = []
+    for r in rows:
+        theirs = r.get("cluster")
+        if not theirs or (theirs, r.get("epoch")) == current and r.get("superseded_by") is None:
+            continue
+        if theirs != cluster:
+            r["other_epoch"] = "another cluster"
+            why = (f"cluster {theirs} epoch {r['epoch']}, the others {cluster} epoch {epoch}: another cluster that "
+                   "shares the client key; check its data directory (docs/operations.md, \"Cluster identity\")")
+        else:
+            newer = max(epoch, r.get("superseded_by") or 0)
+            r["other_epoch"] = f"not of epoch {newer}"
+            why = f"not a member of epoch {newer}: {epoch_refusal('', r['epoch'], newer)}"
+        notes.append((r["id"], why))
+    if wanted and wanted[0] == cluster and wanted[1] < epoch:
+        notes.append(("directory", f"its {EPOCH_FILE} names epoch {wanted[1]}, yet nodes of epoch {epoch} answer: "
+                                   "a recover was made from another copy of this directory; copy that one's "
+                                   f"{EPOCH_FILE} here"))
+    return notes
+
+
+def leader_first(rows: list[dict], directory: str) -> list[str]:
+    """The ids to ask an administrative call of (a membership change, a backup): the
+    leader first, then the others that answer, leaving out the nodes of another epoch or
+    cluster than the directory's (:func:`epoch_notes`): the leader an old epoch elected
+    among its own must not take the change."""
+    epoch_notes(rows, directory_epoch(directory))
+    rows = [r for r in rows if not r.get("other_epoch")]
+    return [r["id"] for r in rows if r["role"] == "leader"] + [r["id"] for r in rows if r["reachable"]]
