@@ -374,9 +374,15 @@ def _why_no_master(args: argparse.Namespace) -> str:
             addresses, secret = cluster_addresses(args.cluster, secret_file, args.cluster_from)
             targets = [(parse_address(a, "address"), None) for a in addresses]
             rows = [status_row(a, a, None, reply) for a, reply in zip(addresses, ask_status(targets, secret, None))]
+        from rpc.epochs import epoch_notes
+
+        # the old epoch's master (a grid recover left it behind) is none of this grid's
+        wanted = cluster_epoch(args.cluster, secret_file)
+        epoch_notes(rows, (wanted["cluster"], wanted["epoch"]) if wanted else None)
     except (PrevalenceError, OSError):  # the diagnosis adds to the error; without it the error stands
         return ""
-    return "; ".join(filter(None, [describe_master(rows), *unreachable_summary(rows).splitlines()]))
+    members = [r for r in rows if not r.get("other_epoch")]
+    return "; ".join(filter(None, [describe_master(members), *unreachable_summary(rows).splitlines()]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

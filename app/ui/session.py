@@ -32,6 +32,7 @@ from app.ui.model import Link, describe
 from replication.client_policy import shown
 from rpc.subscription import Compacted
 from rpc.config import parse_address
+from rpc.epochs import epoch_refusal
 from prevalence.errors import PrevalenceError
 from prevalence.text import one_line
 from rpc.transport import STATUS_MAX_FRAME, NodeLink
@@ -139,7 +140,8 @@ class UiSession:
             log.info("no node's copy of the grid read: %s", exc)
 
     def _monitor(self) -> None:
-        watch = MasterWatch(self.client.addresses, self._secret, self._ssl)
+        watch = MasterWatch(self.client.addresses, self._secret, self._ssl,
+                            want=getattr(self.client, "wanted", None))
         try:
             while not self._stop.is_set():
                 began = time.monotonic()
@@ -166,11 +168,13 @@ class MasterWatch:
     reported ``silent``, and the window shows it down."""
 
     def __init__(self, addresses: list[str], secret: bytes, ssl_context: Any = None, timeout: float = 1.0,
-                 sweep_timeout: float = 0.5):
+                 sweep_timeout: float = 0.5, want: tuple[str, int] | None = None):
+        # ``want``: the cluster and epoch of the window's directory (rpc.epochs): a node of
+        # an older epoch refuses the status call, and says why
         def link(address: str, wait: float) -> NodeLink:
             return NodeLink(parse_address(address, "address"), secret, ident="ui", timeout=wait,
                             connect_timeout=min(0.3, wait), ssl_context=ssl_context, max_frame=STATUS_MAX_FRAME,
-                            frame_timeout=wait)
+                            frame_timeout=wait, want=want)
 
         self._link_to = lambda address: link(address, timeout)
         self._links = {a: link(a, sweep_timeout) for a in addresses}
@@ -238,6 +242,16 @@ class MasterWatch:
         for node, address in list(self._silent.items()):
             if address in answers:
                 del self._silent[node]
+        # a node of an older epoch of the cluster than another that answers was left out of
+        # a recover: whatever it leads is no master of this grid (rpc.epochs)
+        newest: dict[str, int] = {}
+        for st in answers.values():
+            if st["cluster"]:
+                newest[st["cluster"]] = max(newest.get(st["cluster"], 0), st["epoch"])
+        for address, st in list(answers.items()):
+            if st["cluster"] and st["epoch"] < newest[st["cluster"]]:
+                del answers[address]
+                self._unanswered[address] = epoch_refusal("", st["epoch"], newest[st["cluster"]])
         return answers
 
     def _probe_silent(self) -> None:
@@ -298,6 +312,11 @@ def _status(link: NodeLink) -> dict:
     voters, leader = st.get("voters"), st.get("leader")
     st["voters"] = voters if type(voters) is list and all(type(v) is str for v in voters) else []
     st["leader"] = one_line(leader, 130) if type(leader) is str and leader else None
+    newer = st.get("superseded_by")
+    if type(newer) is int and type(st.get("epoch")) is int:  # it knows it was left out of a recover
+        raise NoStatus(epoch_refusal("", st["epoch"], newer))
+    cluster, epoch = st.get("cluster"), st.get("epoch")  # a node of a release before cluster ids has none
+    st["cluster"], st["epoch"] = (cluster, epoch) if type(cluster) is str and type(epoch) is int else ("", 0)
     if type(st.get("commit_index")) is not int:
         st["commit_index"] = -1  # only compared: which of the answers is the newest
     st["id"], st["address"] = one_line(st["id"], 130), one_line(st["address"], 300)  # shown in the header

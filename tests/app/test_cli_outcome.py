@@ -83,3 +83,25 @@ def test_grid_demo_refuses_a_size_it_cannot_show_before_starting(tmp_path, capsy
     assert message in captured.err and captured.err.count("\n") == 1, captured.err
     assert "GridError" not in captured.err and "[1/6]" not in captured.out
     assert not data.exists()
+
+
+def test_a_grid_command_that_got_no_master_never_names_the_old_epochs_one(tmp_path, monkeypatch):
+    """The diagnosis after "no master answered" named the master an old epoch elected
+    (its nodes left out of grid recover, in a higher term) as the grid's."""
+    import argparse
+
+    import rpc.cluster
+    from rpc.status_report import FIELDS
+
+    def row(nid, role, term, epoch):
+        r = dict.fromkeys(FIELDS)
+        r.update(id=nid, address=f"127.0.0.1:{7100 + int(nid[1:])}", role=role, term=term, commit_index=9,
+                 applied_index=9, reachable=True, leader=nid if role == "leader" else None,
+                 voters=["n1"] if epoch else ["n1", "n2", "n3"], cluster="a1a1a1a1", epoch=epoch)
+        return r
+
+    rows = [row("n1", "leader", 3, 1), row("n2", "leader", 9, 0), row("n3", "follower", 9, 0)]
+    monkeypatch.setattr(rpc.cluster, "cluster_status", lambda directory: rows)
+    args = argparse.Namespace(cluster=str(tmp_path), secret_file=None, cluster_from="--cluster")
+    said = app.cli._why_no_master(args)
+    assert said.startswith("n1 leads (term 3)") and "n2 leads" not in said, said

@@ -80,3 +80,34 @@ def test_a_leaders_id_and_address_reach_the_header_as_one_bounded_line(replies):
         assert text.startswith("Connected · master n1") and len(text) < 500 and text.isprintable(), text[:300]
     finally:
         watch.close()
+
+
+def test_the_master_an_old_epoch_elected_is_never_the_windows(replies):
+    """After grid recover, n2 and n3 came back with their old data and elected a master of
+    their own, in a higher term than the recovered n1's: the window took n2 for the master
+    (the highest term), and its grid for the grid."""
+    def of_epoch(nid, role, term, epoch, **more):
+        st = status(nid, role, term, voters=["n1"] if epoch else ["n1", "n2", "n3"])
+        st[1].update(cluster="a1a1a1a1", epoch=epoch, **more)
+        return st
+
+    replies.update({"127.0.0.1:7101": of_epoch("n1", "leader", 3, 1),
+                    "127.0.0.1:7102": of_epoch("n2", "leader", 9, 0),
+                    "127.0.0.1:7103": of_epoch("n3", "follower", 9, 0)})
+    watch = MasterWatch(list(replies), b"k" * 32)
+    try:
+        link = watch.check()
+        assert link.state == "connected" and link.master == "n1"
+    finally:
+        watch.close()
+    # n1 does not answer this window: n2 is still no master, and it says why
+    replies.update({"127.0.0.1:7101": TimeoutError("no answer"),
+                    "127.0.0.1:7102": of_epoch("n2", "leader", 9, 0, superseded_by=1)})
+    watch = MasterWatch(list(replies), b"k" * 32)
+    try:
+        link = watch.check()
+        assert link.state != "connected"
+        assert any("belongs to epoch 0, the cluster was recovered into epoch 1" in why
+                   for _, _, why in link.unanswered), link
+    finally:
+        watch.close()
