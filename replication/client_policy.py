@@ -157,14 +157,19 @@ class Route:
 
 def leader_among(statuses: Iterable[tuple[str, dict | None]]) -> str | None:
     """Of the nodes' answers to a status call (None: no answer), the address of the one
-    that says it leads in the highest term; None when none does."""
-    best: tuple[int, str] | None = None
+    that says it leads in the newest epoch, then the highest term; None when none does.
+    A node that knows a later epoch exists (``superseded_by``: a peer of it dialled this
+    one) was left out of a ``cluster recover``: its leadership is none of the cluster's."""
+    best: tuple[int, int, str] | None = None
     for addr, st in statuses:
         if type(st) is not dict or st.get("role") != "leader" or type(st.get("term")) is not int:
             continue  # no answer, or not a leader's (or not a status at all)
-        if best is None or st["term"] > best[0]:
-            best = (st["term"], addr)
-    return None if best is None else best[1]
+        if type(st.get("superseded_by")) is int:
+            continue
+        epoch = st.get("epoch") if type(st.get("epoch")) is int else 0  # a release before epochs: none
+        if best is None or (epoch, st["term"]) > best[:2]:
+            best = (epoch, st["term"], addr)
+    return None if best is None else best[2]
 
 
 class Step(NamedTuple):

@@ -137,6 +137,7 @@ class LeaderWatch:
                     return None
                 link = self._links[addr] = NodeLink(parse_address(addr, "address"), c._secret, timeout=0.3,
                                                     connect_timeout=0.2, ssl_context=c._ssl,
-                                                    max_frame=STATUS_MAX_FRAME, frame_timeout=0.3)
+                                                    max_frame=STATUS_MAX_FRAME, frame_timeout=0.3,
+                                                    want=getattr(c, "wanted", None))  # an older epoch refuses
         reply = link.call("status")  # closes itself on failure, reopens on the next call
         return reply[1] if reply[0] == "ok" else None

@@ -122,6 +122,17 @@ def test_the_leader_is_the_one_claiming_the_highest_term():
     assert leader_among(odd) == "e"
 
 
+def test_a_leader_is_picked_by_epoch_before_term_and_never_one_left_behind():
+    """After `cluster recover`, the old epoch's nodes elect among themselves in terms that
+    pass the recovered master's: the client's leader watch moved to their master."""
+    new = ("a", {"role": "leader", "term": 3, "epoch": 1})
+    old = ("b", {"role": "leader", "term": 9, "epoch": 0})
+    assert leader_among([old, new]) == "a"
+    knows = ("b", {"role": "leader", "term": 9, "epoch": 1, "superseded_by": 2})  # told by a newer peer
+    assert leader_among([knows]) is None
+    assert leader_among([("c", {"role": "leader", "term": 4, "epoch": "1"})]) == "c"  # odd epoch: as none
+
+
 def test_well_formed_replies():
     good = [["ok", 1], ["ok", 5, [1]], ["expired", "m"], ["error", "m"], ["unavailable", "m"],
             ["failed", "T", "m"], ["rejected", "T", "m"], ["not_leader", None, None], ["compacted", 3]]
