@@ -442,7 +442,8 @@ class ServerAuthenticator:
         else:  # a program's hello may name the cluster and epoch it wants (rpc.epochs)
             mismatch = client_mismatch(self.node_id or "unnamed", self.cluster, (cluster, epoch))
             if mismatch:
-                self._refuse(sock, deadline, f"{ident!r:.40} ({role}) {mismatch}", CLUSTER_MISMATCH + mismatch)
+                wants = f"{ident!r:.40} ({role}) wants cluster {cluster or '(any)'} epoch {epoch}"
+                self._refuse(sock, deadline, f"{wants}: {mismatch}", CLUSTER_MISMATCH + mismatch)
         write_frame(sock, encode_frame(OK, _server_mac(key, transcript, role), role), deadline)
         return Identity(role, ident)
 

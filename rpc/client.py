@@ -533,11 +533,9 @@ def connect(addresses: Iterable[str], *, secret: bytes | None = None, secret_fil
     """A client of the cluster at ``addresses`` ("host:port"), authenticated by the client
     key (``client.secret``; the admin key also serves, and may change cluster settings).
 
-    ``cluster`` and ``epoch``: the cluster id and epoch this client talks to (what the
-    cluster directory's ``cluster-epoch.toml`` names, ``rpc.epochs``); a node of another
-    cluster or an older epoch (left out of a ``cluster recover``) is refused with one
-    line naming it. Given neither, the ``secret_file``'s directory's file is used if
-    there is one; else nothing is compared.
+    ``cluster``, ``epoch``: what this client talks to (default: what ``cluster-epoch.toml``
+    beside ``secret_file`` names, if any); a node of another cluster or an older epoch,
+    left out of a ``cluster recover``, is refused with one line naming it (rpc.epochs).
 
     ``max_batch`` and ``max_batch_bytes`` bound how many concurrent commands (and how
     many bytes of them) travel in one call; ``max_batch=1`` sends each on its own.

@@ -103,3 +103,14 @@ def test_the_epoch_file_is_not_taken_for_a_node_configuration(tmp_path):
     (tmp_path / "n1.toml").write_text('id = "n1"\nlisten = "127.0.0.1:7100"\n')
     write_directory_epoch(str(tmp_path), CLUSTER, 1)
     assert node_config_paths(str(tmp_path)) == [str(tmp_path / "n1.toml")]
+
+
+def test_the_node_logs_whom_it_refused_and_what_was_wanted(listener, caplog):  # noqa: F811
+    server = run_server_side(listener, ServerAuthenticator(dict(KEYS, peer=ClusterKey(SECRET, CLUSTER, 0)),
+                                                           timeout=2, node_id="n3"))
+    with connect(listener) as sock, pytest.raises(AuthenticationFailed):
+        client_handshake(sock, CLIENT_SECRET, "client", "op", timeout=2, want=(CLUSTER, 1))
+    server["thread"].join(3)
+    logged = [r.getMessage() for r in caplog.records if "refused connection" in r.getMessage()]
+    assert len(logged) == 1 and "'op' (client) wants cluster a1a1a1a1 epoch 1: this node (n3) belongs to epoch 0" \
+        in logged[0], logged
