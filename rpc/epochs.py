@@ -19,11 +19,14 @@ split brain the operator cannot see. Three things keep that from happening:
   recover: it logs it, reports ``superseded_by`` in its status, and refuses commands,
   queries and subscriptions from then on (:func:`superseded_refusal`), so that a client
   given no epoch (an older program) is not acknowledged there either. It keeps running
-  its Raft loop and its application's agent: the new epoch's master still pushes to the
-  agent on that PC. A refusal that the node only *read* (its own dial refused by a node
+  its Raft loop (the core knows no epochs, and an old-epoch election that gets nothing
+  acknowledged harms nothing) and its application's agent: the new epoch's master still
+  pushes to the agent on that PC, and the agents are fenced by (epoch, term). A refusal that the node only *read* (its own dial refused by a node
   of a later epoch) proves nothing (no proof follows a refusal): it is only logged;
 - ``prevalence status`` ranks the nodes by epoch before term: a node of an older epoch of
-  the wanted cluster is shown as not a member of it, never as a second master.
+  the wanted cluster is shown as not a member of it, never as a second master; so do the
+  grid window, a grid command's diagnosis, the client's leader watch, and the choice of
+  the leader that takes a membership change or a backup.
 """
 from __future__ import annotations
 
