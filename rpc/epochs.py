@@ -143,7 +143,8 @@ def current_epoch(rows: list[dict], wanted: Wanted | None) -> Wanted | None:
     node of that cluster reports (epochs only rise: an older one was left behind by a
     recover). None when no node names a cluster."""
     ids = [r["cluster"] for r in rows if r.get("cluster")]
-    cluster = wanted[0] if wanted and wanted[0] else max(set(ids), key=ids.count) if ids else None
+    # a tie between two ids: the same one at every run (the smaller)
+    cluster = wanted[0] if wanted and wanted[0] else max(sorted(set(ids)), key=ids.count) if ids else None
     if cluster is None:
         return None
     epochs = [r["epoch"] for r in rows if r.get("cluster") == cluster and type(r.get("epoch")) is int]
