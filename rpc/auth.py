@@ -46,7 +46,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import msgpack
 from rpyc.utils.authenticators import AuthenticationError
@@ -173,6 +173,8 @@ class ClusterKey(bytes):
     _binding: tuple[str, int]
     _seen: dict[str, int]
     _newer: dict[str, int]  # later epochs of a cluster that refused peers proved (rpc.epochs)
+    #: called (cluster, epoch) when a peer first proves a later epoch: the node keeps it on disk
+    on_newer: Callable[[str, int], None] | None
     _MAX_SEEN = 16  # clusters remembered: a key shared by more is a misconfiguration anyway
 
     def __new__(cls, key: bytes, cluster: str = "", epoch: int = 0) -> "ClusterKey":
@@ -180,6 +182,7 @@ class ClusterKey(bytes):
         self._binding = (str(cluster), int(epoch))
         self._seen = {}
         self._newer = {}
+        self.on_newer = None
         return self
 
     def saw(self, cluster: str, epoch: int) -> None:
@@ -385,6 +388,11 @@ class ServerAuthenticator:
         a ``cluster recover`` (``rpc.epochs``); said once per epoch, at ERROR."""
         ours = self.cluster
         if isinstance(key, ClusterKey) and cluster == ours[0] and epoch > ours[1] and key.heard_newer(cluster, epoch):
+            if key.on_newer is not None:
+                try:
+                    key.on_newer(cluster, epoch)
+                except Exception as exc:  # noqa: BLE001 - kept in memory still; said, not fatal
+                    log.error("%s: could not keep epoch %d on disk: %s", self.node_id or "this node", epoch, exc)
             log.error("%s: %s proved that cluster %s was recovered into epoch %d; this node's data is of epoch %d: "
                       "it takes no command, query or subscription from now on: %s", self.node_id or "this node",
                       f"{ident!r:.40}", cluster, epoch, ours[1], REBUILD)

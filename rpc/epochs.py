@@ -16,7 +16,9 @@ split brain the operator cannot see. Three things keep that from happening:
   directory without the file (made before this release) wants nothing: nothing checked;
 - a node that a peer of a later epoch of its own cluster dialled (proved with the peer
   key: the proof is checked before the refusal) knows for certain it was left out of a
-  recover: it logs it, reports ``superseded_by`` in its status, and refuses commands,
+  recover: it logs it, keeps it in its data (:data:`SUPERSEDED_FILE`: after a reboot
+  while the new epoch is down it must not serve the old one again), reports
+  ``superseded_by`` in its status, and refuses commands,
   queries and subscriptions from then on (:func:`superseded_refusal`), so that a client
   given no epoch (an older program) is not acknowledged there either. It keeps running
   its Raft loop (the core knows no epochs, and an old-epoch election that gets nothing
@@ -40,12 +42,16 @@ from rpc.config import ConfigError
 
 __all__ = ["EPOCH_FILE", "Wanted", "write_directory_epoch", "directory_epoch", "secret_file_epoch",
            "check_wanted", "client_mismatch", "epoch_refusal", "superseded_refusal", "REBUILD", "current_epoch",
-           "epoch_notes", "leader_first"]
+           "epoch_notes", "leader_first", "SUPERSEDED_FILE", "write_superseded", "read_superseded"]
 
 #: The file in a cluster directory naming the cluster id and epoch its clients want.
 EPOCH_FILE = "cluster-epoch.toml"
 #: What an operator does with a node of an older epoch (docs/operations.md).
 REBUILD = "stop it and rebuild it (docs/operations.md, \"A majority of PCs replaced\")"
+
+#: The file in a node's data directory naming the later epoch a peer proved (kept across
+#: restarts: this data can never rejoin, and its PC may reboot while the new epoch is down).
+SUPERSEDED_FILE = "superseded.toml"
 
 #: (cluster id, epoch) a client wants; the id "" when only the epoch is known.
 Wanted = tuple[str, int]
@@ -65,11 +71,11 @@ def write_directory_epoch(directory: str, cluster: str, epoch: int) -> str:
     return path
 
 
-def directory_epoch(directory: str) -> Wanted | None:
+def directory_epoch(directory: str, name: str = EPOCH_FILE) -> Wanted | None:
     """The cluster id and epoch that ``directory`` names, None when it names none (a
     directory of an earlier release, or never recovered). A damaged file is refused
     (ConfigError naming it): guessing would let a client talk to the old epoch."""
-    path = os.path.join(os.path.abspath(directory), EPOCH_FILE)
+    path = os.path.join(os.path.abspath(directory), name)
     try:
         data, _ = read_small_file(path, 4096)
     except FileNotFoundError:
@@ -86,6 +92,21 @@ def directory_epoch(directory: str) -> Wanted | None:
     if problem:
         raise ConfigError(f"{path}: {problem} (write it again: cluster = \"ID\", epoch = N)")
     return doc["cluster"], doc["epoch"]
+
+
+def write_superseded(data_dir: str, cluster: str, epoch: int) -> None:
+    """Remember, in the node's data, that a peer proved ``cluster`` at ``epoch`` (durable:
+    after a reboot the node must not take commands for the old epoch again)."""
+    text = ("# A peer proved that this node's cluster was recovered into this epoch: this data was\n"
+            "# left out, and the node takes no command (docs/operations.md, \"Nodes left in an old epoch\").\n"
+            f"cluster = \"{cluster}\"\nepoch = {epoch}\n")
+    write_file_durably(OS, os.path.join(data_dir, SUPERSEDED_FILE), [text.encode("utf-8")])
+
+
+def read_superseded(data_dir: str) -> Wanted | None:
+    """What :func:`write_superseded` wrote in ``data_dir``, None if nothing. A damaged file
+    is as good as none (ConfigError, for the caller to log): the next proof writes it again."""
+    return directory_epoch(data_dir, SUPERSEDED_FILE)
 
 
 def secret_file_epoch(secret_file: str | os.PathLike | bytes) -> Wanted | None:

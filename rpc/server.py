@@ -20,7 +20,7 @@ from rpc.config import (
     tls_contexts,
 )
 from rpc.auth import ClusterKey, check_role_keys
-from rpc.epochs import superseded_refusal
+from rpc.epochs import REBUILD, read_superseded, superseded_refusal, write_superseded
 from rpc.identity import ClusterIdentity
 from rpc.secret import KEY_FILES, load_secret
 from rpc.wire import PEER_PROTOCOL_VERSION
@@ -82,6 +82,7 @@ class NodeProcess:
             # id: from its creation, or from the log (rpc.identity)
             self.keys["peer"] = tuple(ClusterKey(k) for k in self.keys["peer"])
             self.cluster_identity = ClusterIdentity(cfg.data, identity, self.keys["peer"])
+            self._remember_superseded(cfg)
             peers = {p: a for p, a in cfg.peers.items() if p != cfg.id}
             # answers slower than the shortest election timeout: elections over them cannot complete
             self.transport = PeerTransport(cfg.id, self.keys["peer"][0], peers, ssl_context=self.client_tls,
@@ -95,6 +96,21 @@ class NodeProcess:
         self._members: tuple | None = None  # (voters, learners) the transport was last pointed at
         self._membership_changed(self.node.membership)  # members added before a restart
         self.server: PeerServer | None = None
+
+    def _remember_superseded(self, cfg: NodeConfig) -> None:
+        """A later epoch a peer proved before a restart holds after it (rpc.epochs): the PC
+        may reboot while the new epoch's nodes are down, and must not serve the old one."""
+        try:
+            known = read_superseded(cfg.data)
+        except ConfigError as exc:
+            log.warning("%s (ignored: the next node of the later epoch that dials this one proves it again)", exc)
+            known = None
+        for key in self.keys["peer"]:
+            if known is not None and key.heard_newer(*known) and key is self.keys["peer"][0] and key.superseded():
+                log.error("%s: a peer proved before this start that cluster %s was recovered into epoch %d; this "
+                          "node's data is of epoch %d: it takes no command, query or subscription: %s", cfg.id,
+                          known[0], known[1], key.epoch, REBUILD)
+            key.on_newer = lambda cluster, epoch: write_superseded(cfg.data, cluster, epoch)
 
     @property
     def identity(self) -> DataIdentity:

@@ -61,5 +61,15 @@ def test_an_old_epoch_that_elects_its_own_master_gets_no_command_acknowledged(tm
         assert "later epoch than the others" not in notes and "stale" not in out
         with c.client() as client:
             client.execute(Stamp("after"))
+
+        # n2 restarts (its PC rebooted) while n1 is down: it remembers what n1 proved
+        c.kill("n1")
+        c.kill("n2")
+        c.start("n2")
+        c.wait_for("n2 to answer", lambda: c.status()["n2"]["reachable"], 10)
+        assert c.status()["n2"].get("superseded_by") == 1
+        with rpc.connect([c.addresses["n2"], c.addresses["n3"]], secret=c.secret, timeout=3) as client:
+            with pytest.raises(PrevalenceError, match="recovered into epoch 1: stop it and rebuild it"):
+                client.execute(Stamp("split"))
     finally:
         c.stop()

@@ -27,6 +27,8 @@ def _peer(listener, node_key, peer_key):  # noqa: F811
 
 def test_a_node_dialled_by_a_peer_of_a_later_epoch_knows_it_was_left_behind(listener, caplog):  # noqa: F811
     old = ClusterKey(SECRET, CLUSTER, 0)
+    kept = []
+    old.on_newer = lambda cluster, epoch: kept.append((cluster, epoch))  # the node writes it to its data
     _peer(listener, old, ClusterKey(SECRET, "b0b0b0b0", 4))  # another cluster: says nothing of ours
     _peer(listener, old, ClusterKey(SECRET, CLUSTER, 0))  # its own epoch
     assert old.superseded() is None
@@ -36,6 +38,7 @@ def test_a_node_dialled_by_a_peer_of_a_later_epoch_knows_it_was_left_behind(list
     assert len(errors) == 1 and "recovered into epoch 1" in errors[0] and "stop it and rebuild it" in errors[0]
     _peer(listener, old, ClusterKey(SECRET, CLUSTER, 1))  # said once per epoch
     assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+    assert kept == [(CLUSTER, 1)]
     # the new epoch's node, dialled by the old one, learns nothing of the kind
     new = ClusterKey(SECRET, CLUSTER, 1)
     _peer(listener, new, ClusterKey(SECRET, CLUSTER, 0))
