@@ -37,7 +37,7 @@ from replication.journal_storage import (
 from replication.membership import Membership, encode_membership
 from replication.messages import HardState
 from rpc.config import ConfigError, format_address, load_config
-from rpc.epochs import EPOCH_FILE, write_directory_epoch
+from rpc.epochs import EPOCH_FILE, read_superseded, write_directory_epoch
 
 __all__ = ["recover_survivor", "add_recover_parser"]
 
@@ -90,7 +90,11 @@ def recover_survivor(directory: str, survivor: str) -> dict:
             # that set it, applied but not yet written when the node stopped (rpc.identity)
             in_log = _log_identity(storage)
             cluster = in_log[0] or identity.cluster or new_cluster_id()
-            epoch = max((e for c, e in (in_log, (identity.cluster, identity.epoch)) if c == cluster), default=0) + 1
+            # past an epoch a peer proved to this node too (rpc.epochs): a node left out of an
+            # earlier recover, recovered in turn, must not make a second, different epoch N
+            heard = read_superseded(cfg.data) or ("", 0)
+            epoch = max((e for c, e in (in_log, (identity.cluster, identity.epoch), heard) if c == cluster),
+                        default=0) + 1
             # the new epoch travels in the log too: a node added later with no id learns it there
             # the address its peers dial ([peers]), not the one it listens on (maybe 0.0.0.0)
             address = format_address(cfg.address)

@@ -114,3 +114,26 @@ def test_the_node_logs_whom_it_refused_and_what_was_wanted(listener, caplog):  #
     logged = [r.getMessage() for r in caplog.records if "refused connection" in r.getMessage()]
     assert len(logged) == 1 and "'op' (client) wants cluster a1a1a1a1 epoch 1: this node (n3) belongs to epoch 0" \
         in logged[0], logged
+
+
+def test_recover_names_the_epoch_in_the_directory_past_any_epoch_the_survivor_heard_of(tmp_path):
+    """A survivor left out of an earlier recover (a peer of epoch 1 proved it, and it kept
+    that in its data) recovered again: into epoch 2, not a second, different epoch 1 that
+    the handshake could not tell from the first."""
+    import os
+
+    from replication.journal_storage import node_data_identity
+    from rpc.cluster import free_port_block, write_cluster
+    from rpc.config import load_config
+    from rpc.epochs import read_superseded, write_superseded
+    from rpc.recovery import recover_survivor
+
+    directory = str(tmp_path)
+    write_cluster(directory, 3, free_port_block(3), "tests.prevalence.domain:Store")
+    data = load_config(os.path.join(directory, "n2.toml")).data
+    cluster = node_data_identity(data, "n2").cluster
+    write_superseded(data, cluster, 1)
+    assert read_superseded(data) == (cluster, 1)
+    kept = recover_survivor(directory, "n2")
+    assert kept["epoch"] == 2 and directory_epoch(directory) == (cluster, 2)
+    assert (node_data_identity(data, "n2").cluster, node_data_identity(data, "n2").epoch) == (cluster, 2)
