@@ -72,13 +72,19 @@ def _client_of(g, *ids):
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX node processes, as the other grid tests")
 def test_after_grid_recover_the_old_nodes_master_cannot_override_the_new_masters_settings(tmp_path):
     """grid recover made n1 the one voter of a new epoch; n2 and n3 come back with data of
-    the old epoch (their PCs' services start them) and elect a master of their own. The agents
-    must run what the recovered grid's master says, not flip between the two masters."""
+    the old epoch (their PCs' services start them) and elect a master of their own, whose
+    state still asks for volume 99. The agents must run what the recovered grid's master
+    says, not flip between the two masters; and the old master takes no command once n1
+    has dialled its nodes (rpc.epochs), even from a program given no epoch."""
     from app.agent import AgentLink
     from app.cli import main
     from app.local import grid_view
+    from prevalence.errors import PrevalenceError
 
     with running_grid(str(tmp_path), 1, 3) as g:
+        with _client_of(g, "n1", "n2", "n3") as before:
+            before.execute(SetSettings(("all",), {"volume": "99"}))
+        g.wait_converged()
         g.stop()
         assert main(["recover", "--survivor", "n1", "--cluster", str(tmp_path)]) == 0
         g.start()  # n1 (grid up holds n2 and n3 back); their PCs' services start them with their old data:
@@ -88,7 +94,14 @@ def test_after_grid_recover_the_old_nodes_master_cannot_override_the_new_masters
         agent = AgentLink("n3", format_address(g.configs["n3"].listen), g.secret)
         try:
             new.execute(SetSettings(("all",), {"volume": "20"}))
-            g.wait_for("the old nodes' own master", lambda: old.execute(SetSettings(("all",), {"volume": "99"})), 30)
+
+            def refused() -> bool:
+                try:
+                    old.execute(SetSettings(("all",), {"volume": "98"}), timeout=2.0)
+                except PrevalenceError as exc:
+                    return "the cluster was recovered into epoch 1" in str(exc)
+                return False
+            g.wait_for("the old nodes to refuse commands", refused, 30)
             g.wait_for("n3's agent runs the new master's settings", lambda: agent.status()["settings"] == {"volume": 20}, 30)
             seen = set()
             for _ in range(20):  # both controllers cycle every 0.5 s
