@@ -54,7 +54,7 @@ from rpyc.utils.authenticators import AuthenticationError
 from prevalence.errors import PrevalenceError
 from replication.membership import cluster_id_problem
 
-from .epochs import REBUILD, client_mismatch
+from .epochs import client_mismatch, peer_proved_epoch
 from .secret import KEY_FILES, SecretError, check_secret, key_strength_problem
 from .wire import (
     CHALLENGE,
@@ -383,20 +383,6 @@ class ServerAuthenticator:
         more = f" ({seen[1]} more like it in the last {now - seen[0]:.0f} s)" if seen is not None and seen[1] else ""
         log.warning("refused connection from %s%s: %s%s", peer, claim, reason, more)
 
-    def _heard_newer(self, key: bytes, ident: str, cluster: str, epoch: int) -> None:
-        """A peer proved a later epoch of this node's own cluster: this node was left out of
-        a ``cluster recover`` (``rpc.epochs``); said once per epoch, at ERROR."""
-        ours = self.cluster
-        if isinstance(key, ClusterKey) and cluster == ours[0] and epoch > ours[1] and key.heard_newer(cluster, epoch):
-            if key.on_newer is not None:
-                try:
-                    key.on_newer(cluster, epoch)
-                except Exception as exc:  # noqa: BLE001 - kept in memory still; said, not fatal
-                    log.error("%s: could not keep epoch %d on disk: %s", self.node_id or "this node", epoch, exc)
-            log.error("%s: %s proved that cluster %s was recovered into epoch %d; this node's data is of epoch %d: "
-                      "it takes no command, query or subscription from now on: %s", self.node_id or "this node",
-                      f"{ident!r:.40}", cluster, epoch, ours[1], REBUILD)
-
     def _refuse(self, sock, deadline: float, reason: str, public: str) -> None:
         try:
             write_frame(sock, encode_frame(REFUSED, public), max(deadline, time.monotonic() + 0.2))
@@ -443,7 +429,8 @@ class ServerAuthenticator:
         if role == "peer":  # the key is right; the data behind it may belong elsewhere
             mismatch = cluster_mismatch(ident, (cluster, epoch), self.cluster)
             if mismatch:
-                self._heard_newer(key, ident, cluster, epoch)
+                # refused, yet proof (the peer key's) that this node was left out of a recover
+                peer_proved_epoch(key, self.node_id or "this node", ident, (cluster, epoch), self.cluster)
                 self._refuse(sock, deadline, mismatch, CLUSTER_MISMATCH + mismatch)
             if cluster and isinstance(key, ClusterKey):
                 key.saw(cluster, epoch)

@@ -18,13 +18,14 @@ split brain the operator cannot see. Three things keep that from happening:
   key: the proof is checked before the refusal) knows for certain it was left out of a
   recover: it logs it, keeps it in its data (:data:`SUPERSEDED_FILE`: after a reboot
   while the new epoch is down it must not serve the old one again), reports
-  ``superseded_by`` in its status, and refuses commands,
-  queries and subscriptions from then on (:func:`superseded_refusal`), so that a client
-  given no epoch (an older program) is not acknowledged there either. It keeps running
-  its Raft loop (the core knows no epochs, and an old-epoch election that gets nothing
-  acknowledged harms nothing) and its application's agent: the new epoch's master still
-  pushes to the agent on that PC, and the agents are fenced by (epoch, term). A refusal that the node only *read* (its own dial refused by a node
-  of a later epoch) proves nothing (no proof follows a refusal): it is only logged;
+  ``superseded_by`` in its status, and refuses commands, queries and subscriptions from
+  then on (:func:`superseded_refusal`), so that a client given no epoch (an older
+  program) is not acknowledged there either. It keeps running its Raft loop (the core
+  knows no epochs, and an old-epoch election that gets nothing acknowledged harms
+  nothing) and its application's agent: the new epoch's master still pushes to the agent
+  on that PC, and the agents are fenced by (epoch, term). A refusal that the node only
+  *read* (its own dial refused by a node of a later epoch) proves nothing (no proof
+  follows a refusal): it is only logged;
 - ``prevalence status`` ranks the nodes by epoch before term: a node of an older epoch of
   the wanted cluster is shown as not a member of it, never as a second master; so do the
   grid window, a grid command's diagnosis, the client's leader watch, and the choice of
@@ -32,17 +33,22 @@ split brain the operator cannot see. Three things keep that from happening:
 """
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
+from typing import Any, Callable
 
 from prevalence._platform import NotRegularFile, read_small_file
 from prevalence.fs import OS, write_file_durably
 from replication.membership import cluster_id_problem
 from rpc.config import ConfigError
 
+log = logging.getLogger("rpc.auth")  # where the handshake's other refusals are said
+
 __all__ = ["EPOCH_FILE", "Wanted", "write_directory_epoch", "directory_epoch", "secret_file_epoch",
            "check_wanted", "client_mismatch", "epoch_refusal", "superseded_refusal", "REBUILD", "current_epoch",
-           "epoch_notes", "leader_first", "SUPERSEDED_FILE", "write_superseded", "read_superseded"]
+           "epoch_notes", "leader_first", "SUPERSEDED_FILE", "write_superseded", "read_superseded",
+           "peer_proved_epoch", "refused_when_superseded"]
 
 #: The file in a cluster directory naming the cluster id and epoch its clients want.
 EPOCH_FILE = "cluster-epoch.toml"
@@ -151,6 +157,36 @@ def client_mismatch(node: str, ours: Wanted, wanted: Wanted) -> str | None:
     if ours[1] < wanted[1]:
         return epoch_refusal(node, ours[1], wanted[1])
     return None
+
+
+def peer_proved_epoch(key: object, node: str, peer: str, theirs: Wanted, ours: Wanted) -> None:
+    """The handshake's hook when a peer whose proof matched ``key`` (the peer key, a
+    ``rpc.auth.ClusterKey``) is refused for its cluster or epoch: a later epoch of this
+    node's own cluster means this node was left out of a recover. Said once per epoch at
+    ERROR, and kept on disk through the key's ``on_newer`` (the node's data)."""
+    heard = getattr(key, "heard_newer", None)
+    if heard is None or theirs[0] != ours[0] or not ours[0] or theirs[1] <= ours[1] or not heard(*theirs):
+        return
+    if key.on_newer is not None:  # type: ignore[attr-defined]
+        try:
+            key.on_newer(*theirs)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - kept in memory still; said, not fatal
+            log.error("%s: could not keep epoch %d on disk: %s", node, theirs[1], exc)
+    log.error("%s: %s proved that cluster %s was recovered into epoch %d; this node's data is of epoch %d: it "
+              "takes no command, query or subscription from now on: %s", node, f"{peer!r:.40}", theirs[0], theirs[1],
+              ours[1], REBUILD)
+
+
+def refused_when_superseded(method: Callable[..., bytes], superseded: Callable[[], str | None],
+                            refusal: Callable[[str], bytes]) -> Callable[..., bytes]:
+    """``method`` (a client service's), answered ``refusal(why)`` at each call once
+    ``superseded()`` says why (a client looks a method up once per connection, so the
+    check cannot be at the lookup): nothing done on a left-behind node would reach the
+    recovered cluster."""
+    def call(*args: Any, **kwargs: Any) -> bytes:
+        why = superseded()
+        return refusal(why) if why else method(*args, **kwargs)
+    return call
 
 
 def superseded_refusal(node: str, epoch: int, newer: int) -> str:

@@ -31,6 +31,7 @@ from replication.client_policy import refusal_reply
 from replication.errors import NodeHalted, ProposalRefused
 from replication.node import Node
 from rpc.decode_budget import BUDGET
+from rpc.epochs import refused_when_superseded
 from rpc.transport import MAX_REQUEST, REPLY_MAX_FRAME
 from rpc.wire import headed_unpacker
 
@@ -203,18 +204,11 @@ class ClientService(rpyc.Service):
         raise AttributeError(f"{name!r:.60} is not exposed to clients")
 
     def _epoch_bound(self, method: Callable[..., bytes]) -> Callable[..., bytes]:
-        """``method``, refused at each call (a client looks a method up once per
-        connection) once this node knows it was left out of a `cluster recover`
-        (rpc.epochs): nothing done here would reach the recovered cluster. Status and the
-        agent's app_call still answer."""
+        """``method``, refused once this node knows it was left out of a `cluster recover`
+        (rpc.epochs); status and the agent's app_call are not epoch-bound."""
         superseded = getattr(self._p, "superseded", None)  # a host of tests may have none
-        if superseded is None:
-            return method
-
-        def call(*args: Any, **kwargs: Any) -> bytes:
-            why = superseded()
-            return _reply("error", why) if why else method(*args, **kwargs)
-        return call
+        return method if superseded is None else refused_when_superseded(method, superseded,
+                                                                         lambda why: _reply("error", why))
 
     def _check(self, data: Any) -> bytes:
         if type(data) is not bytes:
