@@ -29,7 +29,7 @@ from replication.membership import (
     ChangeType, ConfigChange, ConfigHistory, Membership, apply_change, encode_membership,
 )
 from replication.messages import (
-    Append, AppendResp, HardState, Heartbeat, InstallSnapshot, PreVote, PreVoteResp,
+    MAX_TERM, Append, AppendResp, HardState, Heartbeat, InstallSnapshot, PreVote, PreVoteResp,
     ReadIndex, SnapshotMeta, Vote, VoteResp,
 )
 from replication.config import RaftConfig
@@ -252,6 +252,8 @@ class RaftNode(FollowerMixin, LeaderMixin):
         voters need, so it must be able to lead long enough to commit its removal.
         It does not count its own vote then (only voters of the latest config count).
         """
+        if self.term >= MAX_TERM:
+            return False  # a campaign would step past it (the host says so)
         if self.id in self.membership.voters:
             return True
         latest = self.configs.latest_index

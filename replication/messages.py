@@ -182,6 +182,14 @@ Message = Union[
 # data] and snapshot metadata as [index, term, [voters, learners]].
 
 _MAX_INT = (1 << 63) - 1
+#: The largest term and log index a message may carry. Far above any real cluster (a
+#: term a second for 10**11 years), and far below what the decoders and the journal take
+#: (2**63 - 1, 2**64 - 1): a node never steps past it (it refuses to campaign there), so
+#: no term or index it sends can overflow anywhere, and a peer's message carrying more is
+#: refused here rather than adopted, which would leave no term to elect in.
+MAX_TERM = 1 << 62
+MAX_INDEX = 1 << 62
+_INDEX_FIELDS = frozenset({"index", "last_index", "prev_index", "hint_index", "commit"})
 _TYPES: list[type] = [
     PreVote, PreVoteResp, Vote, VoteResp, Append, AppendResp, Heartbeat, HeartbeatResp,
     InstallSnapshot, SnapshotResp, TimeoutNow, ReadIndex, ReadIndexResp,
@@ -225,6 +233,18 @@ def _int(v: object, what: str) -> int:
     return v
 
 
+def _term(v: object, what: str) -> int:
+    if _int(v, what) > MAX_TERM:
+        raise DecodeError(f"{what} {v} is past the largest term a node takes (2**62)")
+    return v
+
+
+def _index(v: object, what: str) -> int:
+    if _int(v, what) > MAX_INDEX:
+        raise DecodeError(f"{what} {v} is past the largest log index a node takes (2**62)")
+    return v
+
+
 def _str(v: object, what: str) -> str:
     if type(v) is not str or not v or len(v) > 256:
         raise DecodeError(f"{what} must be a non-empty node id string, got {_show(v)}")
@@ -251,8 +271,8 @@ def _entries(v: object, what: str) -> list:
     for raw in v:
         if type(raw) is not list or len(raw) != 4:
             raise DecodeError(f"{what}: an entry must be [index, term, kind, data]")
-        index = _int(raw[0], "entry index")
-        term = _int(raw[1], "entry term")
+        index = _index(raw[0], f"{what} index")
+        term = _term(raw[1], f"{what} term")
         kind = _int(raw[2], "entry kind")
         if kind not in _ENTRY_KINDS:
             raise DecodeError(f"{what}: unknown entry kind {kind}")
@@ -272,7 +292,7 @@ def _entries(v: object, what: str) -> list:
 def _meta(v: object, what: str) -> SnapshotMeta:
     if type(v) is not list or len(v) != 3:
         raise DecodeError(f"{what} must be [index, term, membership]")
-    return SnapshotMeta(_int(v[0], "snapshot index"), _int(v[1], "snapshot term"), Membership.from_wire(v[2]))
+    return SnapshotMeta(_index(v[0], f"{what}.index"), _term(v[1], f"{what}.term"), Membership.from_wire(v[2]))
 
 
 _CHECK = {int: _int, str: _str, bool: _bool, bytes: _bytes, list: _entries, SnapshotMeta: _meta}
@@ -282,7 +302,12 @@ for _cls in _TYPES:
     for _f in fields(_cls):
         _t = _f.type
         kind = {"str": str, "int": int, "bool": bool, "bytes": bytes, "list": list, "SnapshotMeta": SnapshotMeta}[_t]
-        _spec.append((_f.name, _CHECK[kind]))
+        check = _CHECK[kind]
+        if kind is int and _f.name.endswith("term"):
+            check = _term
+        elif kind is int and _f.name in _INDEX_FIELDS:
+            check = _index
+        _spec.append((_f.name, check))
     _SCHEMA[_cls] = tuple(_spec)
 
 

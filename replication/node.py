@@ -207,7 +207,7 @@ class Node(ApplierMixin):
 
         ``sender`` (default: ``reply_to``) is the peer id the transport authenticated:
         a message that does not come from it, or from a peer that is no member, is
-        dropped (see :meth:`NodeMachine._admit`)."""
+        dropped (see :class:`replication.runtime.admission.Admission`)."""
         sender = reply_to if sender is None else sender
         for payload in payloads:
             self._inbox.put(PeerMsg(sender, payload))

@@ -25,9 +25,10 @@ from prevalence.state import encode_command, newest_stamp
 from prevalence.text import error_text
 from replication.clock import JournalClock
 from replication.core import RaftNode
-from replication.errors import DecodeError, NoDiskSpace, NotLeader, RaftError
-from replication.messages import AppendResp, HeartbeatResp, InstallSnapshot, decode, encode
+from replication.errors import NoDiskSpace, NotLeader, RaftError
+from replication.messages import MAX_TERM, AppendResp, HeartbeatResp, InstallSnapshot, encode
 from replication.ready import Ready, Role
+from replication.runtime.admission import Admission
 from replication.runtime.events import (
     ApplyBlocked, ApplyWork, Call, Complete, DiskState, DiskWork, Effect, MembershipChanged, PeerMsg, Persisted,
     Propose, Read, Send, SnapshotWritten,
@@ -74,7 +75,8 @@ class NodeMachine:
         self.snapshot_backoff = 0.0
         self.snapshot_error: str | None = None  # why the last snapshot failed, until one succeeds
         self.checks_due = 0.0  # a leader's periodic checks
-        self.refused_peers: dict[tuple[str, str], float] = {}  # (sender, why) -> when last logged
+        self.admission = Admission(node_id)  # which peer messages reach the core
+        self.term_said = -120.0  # when the term bound was last said (see _run_ticks)
         self.clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
         self.lost_log_said: dict[str, float] = {}  # node whose log lost entries -> when last said
         self.apply_guard = ApplyGuard(node_id, core, tick_interval)  # an entry this program cannot read
@@ -123,13 +125,8 @@ class NodeMachine:
     def _input(self, ev: Any, now: float) -> None:
         t = type(ev)
         if t is PeerMsg:
-            try:
-                m = decode(ev.payload)
-            except Exception as exc:  # noqa: BLE001 - hostile bytes never stop the loop
-                log.warning("%s: dropped a malformed peer message: %s", self.id,
-                            exc if isinstance(exc, DecodeError) else type(exc).__name__)
-                return
-            if ev.sender is not None and not self._admit(ev.sender, m, now):
+            m = self.admission.admit(ev.sender, ev.payload, self.core, now)
+            if m is None:
                 return
             if type(m) in _CLOCKED:
                 self.clock.observe(m.src, m.wall_us, now)
@@ -206,29 +203,6 @@ class NodeMachine:
                   "Until then a majority counted on a copy that was gone: check that disk, and never put back a "
                   "node's old data (docs/operations.md, \"Rebuilding a node\")", self.id, what)
 
-    def _admit(self, sender: str, m: Any, now: float) -> bool:
-        """Peers are bound to the membership: ``m`` must come from ``sender``, the peer id
-        the transport authenticated, and that peer must be a member (a node being added
-        is one as soon as its change is in the log; a node that knows no member yet, one
-        joining, takes its first leader from whoever reaches it). Else it is dropped, and
-        logged once a minute per sender and reason."""
-        if m.src != sender:
-            why = "sends messages that claim another sender"
-        else:
-            ms = self.core.membership
-            if ms.is_member(sender) or not (ms.voters or ms.learners):
-                return True
-            why = "is not a member"
-        key = (sender, why)
-        if now - self.refused_peers.get(key, -120.0) >= 60.0:
-            if len(self.refused_peers) > 256:
-                self.refused_peers.clear()
-            self.refused_peers[key] = now
-            src = m.src[:64] if type(m.src) is str else f"<{type(m.src).__name__}>"  # never repr() a hostile value
-            log.warning("%s: dropping messages from peer %r: it %s (%s from %r); peers are bound to the membership",
-                        self.id, sender[:64], why, type(m).__name__, src)
-        return False
-
     def _propose(self, batch: list[Propose], now: float, wall_us: int) -> None:
         out = self._out
         if self.disk_full or self.apply_guard.blocked:  # blocked: committed, never applied (and answered) here
@@ -268,6 +242,12 @@ class NodeMachine:
         while now >= self.next_tick:
             self.core.tick()
             self.next_tick += interval
+        if (self.core.term >= MAX_TERM and self.role != Role.LEADER and self.id in self.membership.voters
+                and now - self.term_said >= 60.0):
+            self.term_said = now  # the core refuses to campaign past the bound (RaftNode.promotable)
+            log.error("%s: this node will not campaign: its term %d is at the largest a node takes (2**62), which "
+                      "only a member sending a forged or corrupt term can have brought it to (docs/security.md, "
+                      "\"Peer message bounds\")", self.id, self.core.term)
 
     # -- Readies -----------------------------------------------------------------------------
     def _process_ready(self, now: float, wall_us: int) -> None:

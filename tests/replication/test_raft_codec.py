@@ -9,13 +9,15 @@ from prevalence.entry import Entry
 from replication.errors import DecodeError, RaftError
 from replication.membership import Membership, encode_membership
 from replication.messages import (
-    Append, AppendResp, Heartbeat, HeartbeatResp, InstallSnapshot, PreVote, PreVoteResp,
+    MAX_INDEX, MAX_TERM, Append, AppendResp, Heartbeat, HeartbeatResp, InstallSnapshot, PreVote, PreVoteResp,
     ReadIndex, ReadIndexResp, SnapshotMeta, SnapshotResp, TimeoutNow, Vote, VoteResp,
     decode, encode,
 )
 
 ids = st.text(min_size=1, max_size=12)
 u64 = st.integers(min_value=0, max_value=(1 << 63) - 1)
+terms = st.integers(min_value=0, max_value=MAX_TERM)  # past it, a message is refused (test_peer_bounds)
+idx = st.integers(min_value=0, max_value=MAX_INDEX)
 blobs = st.binary(max_size=64)
 
 
@@ -28,7 +30,7 @@ def entry_lists(draw):
         kind = draw(st.sampled_from([0, 1, 2]))
         # a CONFIG entry's data is a membership: the decoder refuses anything else
         data = encode_membership(draw(memberships)) if kind == 2 else draw(blobs)
-        out.append(Entry(start + i, draw(u64), kind, data))
+        out.append(Entry(start + i, draw(terms), kind, data))
     return out
 
 
@@ -36,22 +38,22 @@ memberships = st.builds(
     lambda v, l: Membership(tuple(v), tuple(x for x in l if x not in v)),
     st.lists(ids, max_size=4), st.lists(ids, max_size=3),
 )
-metas = st.builds(SnapshotMeta, u64, u64, memberships)
+metas = st.builds(SnapshotMeta, idx, terms, memberships)
 
 messages = st.one_of(
-    st.builds(PreVote, ids, ids, u64, u64, u64),
-    st.builds(PreVoteResp, ids, ids, u64, st.booleans()),
-    st.builds(Vote, ids, ids, u64, u64, u64, st.booleans()),
-    st.builds(VoteResp, ids, ids, u64, st.booleans()),
-    st.builds(Append, ids, ids, u64, u64, u64, entry_lists(), u64),
-    st.builds(AppendResp, ids, ids, u64, u64, st.booleans(), u64, u64),
-    st.builds(Heartbeat, ids, ids, u64, u64, blobs, u64),
-    st.builds(HeartbeatResp, ids, ids, u64, blobs, u64),
-    st.builds(InstallSnapshot, ids, ids, u64, metas, u64, blobs, st.booleans()),
-    st.builds(SnapshotResp, ids, ids, u64, u64, u64),
-    st.builds(TimeoutNow, ids, ids, u64),
-    st.builds(ReadIndex, ids, ids, u64, blobs),
-    st.builds(ReadIndexResp, ids, ids, u64, blobs, u64),
+    st.builds(PreVote, ids, ids, terms, idx, terms),
+    st.builds(PreVoteResp, ids, ids, terms, st.booleans()),
+    st.builds(Vote, ids, ids, terms, idx, terms, st.booleans()),
+    st.builds(VoteResp, ids, ids, terms, st.booleans()),
+    st.builds(Append, ids, ids, terms, idx, terms, entry_lists(), idx),
+    st.builds(AppendResp, ids, ids, terms, idx, st.booleans(), idx, terms),
+    st.builds(Heartbeat, ids, ids, terms, idx, blobs, u64),
+    st.builds(HeartbeatResp, ids, ids, terms, blobs, u64),
+    st.builds(InstallSnapshot, ids, ids, terms, metas, u64, blobs, st.booleans()),
+    st.builds(SnapshotResp, ids, ids, terms, idx, u64),
+    st.builds(TimeoutNow, ids, ids, terms),
+    st.builds(ReadIndex, ids, ids, terms, blobs),
+    st.builds(ReadIndexResp, ids, ids, terms, blobs, idx),
 )
 
 

@@ -1,0 +1,73 @@
+"""Which peer messages reach the Raft core: the trust boundary of the peer protocol.
+
+The decoder (:func:`replication.messages.decode`) checks what a message says on its own:
+types, ranges, and that no term or index is past MAX_TERM / MAX_INDEX. What only this
+node's state can refute is checked here: the sender is the member the transport
+authenticated.
+A refused message is dropped, never stepped, and said once a minute per sender and
+reason at WARNING, naming both: the node goes on serving. Pure: times are arguments.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prevalence.text import one_line
+from replication.core import RaftNode
+from replication.errors import DecodeError
+from replication.messages import Message, decode
+
+log = logging.getLogger("replication.node")
+
+REPEAT_AFTER = 60.0  # seconds before the same sender's same fault is said again
+
+
+class Admission:
+    """Decodes a peer's bytes and decides whether the core may step them."""
+
+    def __init__(self, node_id: str) -> None:
+        self.id = node_id
+        self.said: dict[tuple[str, str], float] = {}  # (sender, reason) -> when last logged
+
+    def admit(self, sender: str | None, payload: bytes, core: RaftNode, now: float) -> Message | None:
+        """The message to step, or None: dropped (and said, see the module docstring).
+        ``sender`` is the peer id the transport authenticated (None: an in-process
+        transport that needs no binding)."""
+        who = "a peer" if sender is None else f"peer {sender[:64]!r}"
+        try:
+            m = decode(payload)
+        except Exception as exc:  # noqa: BLE001 - hostile bytes never stop the loop
+            text = one_line(str(exc)) if isinstance(exc, DecodeError) else type(exc).__name__
+            # keyed by its first word (the field named), not by the value that varies
+            self._say(sender or "", text.split(" ", 1)[0], now, "dropped a malformed peer message from %s: %s",
+                      who, text)
+            return None
+        if sender is not None and not self._bound(sender, m, core, now):
+            return None
+        return m
+
+    def _bound(self, sender: str, m: Any, core: RaftNode, now: float) -> bool:
+        """Peers are bound to the membership: ``m`` must come from ``sender``, and that
+        peer must be a member (a node being added is one as soon as its change is in the
+        log; a node that knows no member yet, one joining, takes its first leader from
+        whoever reaches it)."""
+        if m.src != sender:
+            why = "sends messages that claim another sender"
+        else:
+            ms = core.membership
+            if ms.is_member(sender) or not (ms.voters or ms.learners):
+                return True
+            why = "is not a member"
+        src = m.src[:64] if type(m.src) is str else f"<{type(m.src).__name__}>"  # never repr() a hostile value
+        self._say(sender, why, now, "dropping messages from peer %r: it %s (%s from %r); peers are bound to the "
+                  "membership", sender[:64], why, type(m).__name__, src)
+        return False
+
+    def _say(self, sender: str, why: str, now: float, fmt: str, *args: Any) -> None:
+        key = (sender, why)
+        if now - self.said.get(key, -2 * REPEAT_AFTER) < REPEAT_AFTER:
+            return
+        if len(self.said) > 256:
+            self.said.clear()
+        self.said[key] = now
+        log.warning("%s: " + fmt, self.id, *args)
