@@ -3,7 +3,7 @@
 The decoder (:func:`replication.messages.decode`) checks what a message says on its own:
 types, ranges, and that no term or index is past MAX_TERM / MAX_INDEX. What only this
 node's state can refute is checked here: the sender is the member the transport
-authenticated.
+authenticated, and a leader's answers do not acknowledge what the leader never sent.
 A refused message is dropped, never stepped, and said once a minute per sender and
 reason at WARNING, naming both: the node goes on serving. Pure: times are arguments.
 """
@@ -15,11 +15,31 @@ from typing import Any
 from prevalence.text import one_line
 from replication.core import RaftNode
 from replication.errors import DecodeError
-from replication.messages import Message, decode
+from replication.messages import AppendResp, HeartbeatResp, Message, decode
+from replication.ready import Role
 
 log = logging.getLogger("replication.node")
 
 REPEAT_AFTER = 60.0  # seconds before the same sender's same fault is said again
+
+
+def impossible(core: RaftNode, m: Message) -> str | None:
+    """What in ``m`` a correct member cannot have sent to this node as it is now, or None.
+
+    Only a leader's answers are refutable here: a follower acknowledges only what its
+    leader sent it (an index up to the leader's last; the leader never shortens its log
+    in its term), and echoes the tick of the heartbeat it answers. Taken, an index past
+    the log pinned that follower's progress there for the term (no entry ever reached it
+    again), and a tick past the leader's clock made its lease last until it stepped down.
+    """
+    if core.role != Role.LEADER or m.term != core.term:
+        return None  # the core drops or acts on these by their term alone
+    t = type(m)
+    if t is AppendResp and m.index > core.log.last_index():
+        return f"AppendResp.index {m.index} is past the leader's last index {core.log.last_index()}"
+    if t is HeartbeatResp and m.seq > core.clock:
+        return f"HeartbeatResp.seq {m.seq} is past the leader's clock {core.clock}: no heartbeat of it said that"
+    return None
 
 
 class Admission:
@@ -43,6 +63,10 @@ class Admission:
                       who, text)
             return None
         if sender is not None and not self._bound(sender, m, core, now):
+            return None
+        why = impossible(core, m)
+        if why is not None:
+            self._say(sender or "", why.split(" ", 1)[0], now, "dropped a message from %s: %s", who, why)
             return None
         return m
 

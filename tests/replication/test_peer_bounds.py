@@ -153,3 +153,60 @@ def test_a_message_at_the_term_bound_is_taken_but_the_node_goes_no_further():
         sh.now += TICK
         sh.step(tick=True)
     assert sh.m.core.term == MAX_TERM
+
+
+# ------------------------------------------------------------- a leader's answers
+def test_an_ack_past_the_leaders_log_is_dropped_and_the_follower_still_gets_entries(caplog):
+    """Taken, it counted toward the commit and pinned n2's progress past the log: every
+    append to n2 then failed to read its prev entry, and n2 got nothing for the term."""
+    sh = leader()
+    core = sh.m.core
+    last = core.log.last_index()
+    with caplog.at_level(logging.WARNING, logger="replication.node"):
+        sh.step([PeerMsg("n2", encode(AppendResp("n2", "n1", core.term, 1 << 40)))])
+    assert core.log.committed < last  # n3 and n2 acknowledged nothing: nothing committed
+    said = [w for w in warnings(caplog) if "AppendResp.index" in w]
+    assert len(said) == 1 and "'n2'" in said[0], warnings(caplog)
+    sh.step([PeerMsg("n2", encode(AppendResp("n2", "n1", core.term, last)))])
+    assert core.log.committed == last
+    sh.sent.clear()
+    sh.step([Propose(CODEC.to_plain(Add("x", 1)), None, 1)])
+    assert any(type(x) is Append and x.dst == "n2" and x.entries and x.entries[-1].index == last + 1
+               for x in sh.sent), sh.sent
+
+
+def _lease_leader() -> Shell:
+    sh = leader(lease_read=True)
+    core = sh.m.core
+    sh.step([PeerMsg("n2", encode(AppendResp("n2", "n1", core.term, core.log.last_index())))])
+    assert core.log.committed == core.log.last_index()  # its no-op: reads may be served
+    return sh
+
+
+def _served_at_once(sh: Shell, token: int) -> bool:
+    before = len(sh.applied)
+    sh.step([Read("q", token)])
+    return any(it[0] == "read" and it[1][1] == token for it in sh.applied[before:])
+
+
+def test_a_heartbeat_answer_from_past_the_leaders_clock_earns_no_lease(caplog):
+    """Taken, n2's lease tick stayed ahead of the leader's clock for the whole term: the
+    leader served reads from a lease nobody had granted, until CheckQuorum deposed it,
+    while the others could already elect a new leader and commit."""
+    sh = _lease_leader()
+    core = sh.m.core
+    with caplog.at_level(logging.WARNING, logger="replication.node"):
+        sh.step([PeerMsg("n2", encode(HeartbeatResp("n2", "n1", core.term, b"", 1 << 40)))])
+    assert not _served_at_once(sh, 7)  # nobody answered a heartbeat: it asks a quorum first
+    assert any("HeartbeatResp.seq" in w and "'n2'" in w for w in warnings(caplog)), warnings(caplog)
+
+
+def test_an_answered_heartbeat_still_earns_the_lease():
+    sh = _lease_leader()
+    core = sh.m.core
+    while not any(type(x) is Heartbeat and x.dst == "n2" for x in sh.sent):
+        sh.now += TICK
+        sh.step(tick=True)
+    hb = next(x for x in sh.sent if type(x) is Heartbeat and x.dst == "n2")
+    sh.step([PeerMsg("n2", encode(HeartbeatResp("n2", "n1", core.term, hb.ctx, hb.seq)))])
+    assert _served_at_once(sh, 8)
