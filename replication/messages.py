@@ -311,6 +311,33 @@ for _cls in _TYPES:
     _SCHEMA[_cls] = tuple(_spec)
 
 
+def _check_terms(m: Message) -> None:
+    """A log's terms never decrease along it, and a member that sends in term t knows of
+    no entry of a later term: a message naming one is from a bug or a forger. (Taken, an
+    entry of a term nobody reached made the follower's log the most up to date there is.)"""
+    t = type(m)
+    named = []
+    if t is Vote or t is PreVote:
+        named.append(("last_term", m.last_term))
+    elif t is AppendResp:
+        named.append(("hint_term", m.hint_term))
+    elif t is InstallSnapshot:
+        named.append(("meta.term", m.meta.term))
+    elif t is Append:
+        named.append(("prev_term", m.prev_term))
+        prev = m.prev_term
+        for e in m.entries:
+            if e.term < prev:
+                raise DecodeError(f"Append.entries term {e.term} of entry {e.index} is below the term {prev} before "
+                                  "it: a log's terms never decrease")
+            prev = e.term
+        if m.entries:
+            named.append(("entries term", prev))
+    for name, term in named:
+        if term > m.term:
+            raise DecodeError(f"{t.__name__}.{name} {term} is past the message's own term {m.term}")
+
+
 def decode(data: bytes) -> Message:
     """Parse untrusted bytes into a message, or raise DecodeError saying what is wrong."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -337,4 +364,6 @@ def decode(data: bytes) -> Message:
         raise
     except Exception as exc:  # noqa: BLE001 - hostile input: whatever breaks is a decode error
         raise DecodeError(f"{cls.__name__}: malformed ({type(exc).__name__})") from None
-    return cls(*values)
+    msg = cls(*values)
+    _check_terms(msg)
+    return msg

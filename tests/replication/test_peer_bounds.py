@@ -210,3 +210,35 @@ def test_an_answered_heartbeat_still_earns_the_lease():
     hb = next(x for x in sh.sent if type(x) is Heartbeat and x.dst == "n2")
     sh.step([PeerMsg("n2", encode(HeartbeatResp("n2", "n1", core.term, hb.ctx, hb.seq)))])
     assert _served_at_once(sh, 8)
+
+
+# ------------------------------------------------------------- terms from the future
+def _noop(index: int, term: int) -> Entry:
+    return Entry(index, term, int(EntryKind.NOOP), b"")
+
+
+@pytest.mark.parametrize("msg, field", [
+    (Append("n1", "n3", 1, 0, 0, [_noop(1, 5)], 0), "Append.entries term"),
+    (Append("n1", "n3", 3, 0, 0, [_noop(1, 3), _noop(2, 2)], 0), "Append.entries term"),
+    (Append("n1", "n3", 3, 1, 3, [_noop(2, 2)], 0), "Append.entries term"),
+    (Append("n1", "n3", 1, 1, 2, [], 0), "Append.prev_term"),
+    (Vote("n1", "n3", 1, 1, 2), "Vote.last_term"),
+    (PreVote("n1", "n3", 1, 1, 2), "PreVote.last_term"),
+    (AppendResp("n1", "n3", 1, 1, True, 1, 2), "AppendResp.hint_term"),
+    (InstallSnapshot("n1", "n3", 1, SnapshotMeta(1, 2, Membership(TRIO)), 0, b"", True), "InstallSnapshot.meta.term"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_message_naming_a_term_past_its_own_or_a_log_whose_terms_go_back_is_refused(msg, field):
+    """A log's terms never decrease, and nothing a member sends in term t can name an
+    entry of a later term. A follower that appended an entry of a term nobody reached
+    held the most up-to-date log there is: it won the next election with it, and
+    replicated an entry of that term after entries of later ones."""
+    with pytest.raises(DecodeError, match=f"^{re.escape(field)}"):
+        decode(encode(msg))
+
+
+def test_a_follower_keeps_its_log_when_its_leader_sends_an_entry_from_a_later_term(caplog):
+    sh = Shell(machine("n3"))
+    with caplog.at_level(logging.WARNING, logger="replication.node"):
+        sh.step([PeerMsg("n1", encode(Append("n1", "n3", 1, 0, 0, [_noop(1, MAX_TERM)], 0)))])
+    assert sh.m.core.log.last_index() == 0
+    assert any("'n1'" in w and "Append.entries term" in w for w in warnings(caplog)), warnings(caplog)
