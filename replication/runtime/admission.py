@@ -15,7 +15,7 @@ from typing import Any
 from prevalence.text import one_line
 from replication.core import RaftNode
 from replication.errors import DecodeError
-from replication.messages import AppendResp, HeartbeatResp, Message, decode
+from replication.messages import AppendResp, HeartbeatResp, Message, ReadIndexResp, decode
 from replication.ready import Role
 
 log = logging.getLogger("replication.node")
@@ -26,15 +26,21 @@ REPEAT_AFTER = 60.0  # seconds before the same sender's same fault is said again
 def impossible(core: RaftNode, m: Message) -> str | None:
     """What in ``m`` a correct member cannot have sent to this node as it is now, or None.
 
-    Only a leader's answers are refutable here: a follower acknowledges only what its
-    leader sent it (an index up to the leader's last; the leader never shortens its log
-    in its term), and echoes the tick of the heartbeat it answers. Taken, an index past
-    the log pinned that follower's progress there for the term (no entry ever reached it
-    again), and a tick past the leader's clock made its lease last until it stepped down.
+    Only answers are refutable here. A follower acknowledges only what its leader sent
+    it (an index up to the leader's last; the leader never shortens its log in its term),
+    and echoes the tick of the heartbeat it answers; a follower asks its reads of its
+    leader only. Taken, an index past the log pinned that follower's progress there for
+    the term (no entry ever reached it again), a tick past the leader's clock made its
+    lease last until it stepped down, and another member's read answers for far indexes
+    were each kept until the node applied that far.
     """
-    if core.role != Role.LEADER or m.term != core.term:
+    if m.term != core.term:
         return None  # the core drops or acts on these by their term alone
     t = type(m)
+    if core.role != Role.LEADER:
+        if t is ReadIndexResp and m.src != core.leader:
+            return f"ReadIndexResp from {m.src[:64]!r}, not from this follower's leader {core.leader!r}, which it asked"
+        return None
     if t is AppendResp and m.index > core.log.last_index():
         return f"AppendResp.index {m.index} is past the leader's last index {core.log.last_index()}"
     if t is HeartbeatResp and m.seq > core.clock:

@@ -242,3 +242,18 @@ def test_a_follower_keeps_its_log_when_its_leader_sends_an_entry_from_a_later_te
         sh.step([PeerMsg("n1", encode(Append("n1", "n3", 1, 0, 0, [_noop(1, MAX_TERM)], 0)))])
     assert sh.m.core.log.last_index() == 0
     assert any("'n1'" in w and "Append.entries term" in w for w in warnings(caplog)), warnings(caplog)
+
+
+# ---------------------------------------------------------------- a follower's reads
+def test_read_answers_are_taken_only_from_the_leader_the_follower_asked(caplog):
+    """A follower asks only its leader. Answers from another member for far indexes were
+    each kept until the node applied that far: memory, and a scan of them all at every
+    step, that grew with every message."""
+    sh = Shell(machine("n3"))
+    sh.step([PeerMsg("n1", encode(Heartbeat("n1", "n3", 1)))])
+    assert sh.m.core.leader == "n1"
+    with caplog.at_level(logging.WARNING, logger="replication.node"):
+        sh.step([PeerMsg("n2", encode(ReadIndexResp("n2", "n3", 1, i.to_bytes(4, "big"), MAX_INDEX)))
+                 for i in range(500)])
+    assert sh.m.core.read_states == []
+    assert sum("ReadIndexResp" in w and "'n2'" in w for w in warnings(caplog)) == 1, warnings(caplog)
