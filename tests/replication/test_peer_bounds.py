@@ -146,12 +146,17 @@ def test_a_node_at_the_term_bound_refuses_to_campaign_with_an_error(caplog):
 
 
 def test_a_message_at_the_term_bound_is_taken_but_the_node_goes_no_further():
+    """Even with a voter granting every (pre)vote it asks."""
     sh = Shell(machine("n3"))
     sh.step([PeerMsg("n2", encode(Vote("n2", "n3", MAX_TERM, 0, 0)))])
     assert sh.m.core.term == MAX_TERM
     for _ in range(200):
         sh.now += TICK
         sh.step(tick=True)
+        for m in [x for x in sh.sent if type(x) in (Vote, PreVote) and x.dst == "n2"]:
+            resp = VoteResp if type(m) is Vote else PreVoteResp
+            sh.step([PeerMsg("n2", encode(resp("n2", "n3", m.term, False)))])
+        sh.sent.clear()
     assert sh.m.core.term == MAX_TERM
 
 
@@ -257,3 +262,70 @@ def test_read_answers_are_taken_only_from_the_leader_the_follower_asked(caplog):
                  for i in range(500)])
     assert sh.m.core.read_states == []
     assert sum("ReadIndexResp" in w and "'n2'" in w for w in warnings(caplog)) == 1, warnings(caplog)
+
+
+# ------------------------------------------------------------------------ property
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_ints = st.sampled_from([0, 1, 2, 3, 5, 1 << 20, MAX_TERM - 1, MAX_TERM, MAX_TERM + 1, TOP])
+_src = st.sampled_from(["n1", "n2", "n3"])
+
+
+@st.composite
+def _entries(draw):
+    start = draw(_ints) + 1
+    return [_noop(start + k, draw(_ints)) for k in range(draw(st.integers(0, 3)))]
+
+
+_meta = st.builds(SnapshotMeta, _ints, _ints, st.just(Membership(TRIO)))
+_any = st.one_of(
+    st.builds(PreVote, _src, st.just(""), _ints, _ints, _ints),
+    st.builds(PreVoteResp, _src, st.just(""), _ints, st.booleans()),
+    st.builds(Vote, _src, st.just(""), _ints, _ints, _ints, st.booleans()),
+    st.builds(VoteResp, _src, st.just(""), _ints, st.booleans()),
+    st.builds(Append, _src, st.just(""), _ints, _ints, _ints, _entries(), _ints),
+    st.builds(AppendResp, _src, st.just(""), _ints, _ints, st.booleans(), _ints, _ints, _ints),
+    st.builds(Heartbeat, _src, st.just(""), _ints, _ints, st.binary(max_size=2), _ints),
+    st.builds(HeartbeatResp, _src, st.just(""), _ints, st.binary(max_size=2), _ints, _ints),
+    st.builds(InstallSnapshot, _src, st.just(""), _ints, _meta, _ints, st.binary(max_size=4), st.booleans()),
+    st.builds(SnapshotResp, _src, st.just(""), _ints, _ints, _ints),
+    st.builds(TimeoutNow, _src, st.just(""), _ints),
+    st.builds(ReadIndex, _src, st.just(""), _ints, st.binary(max_size=2)),
+    st.builds(ReadIndexResp, _src, st.just(""), _ints, st.binary(max_size=2), _ints),
+)
+
+
+def _as_role(role: str) -> Shell:
+    if role == "leader":
+        return leader()
+    sh = Shell(machine("n3" if role == "follower" else "n2"))
+    if role == "follower":
+        sh.step([PeerMsg("n1", encode(Heartbeat("n1", "n3", 1)))])
+    return sh
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["leader", "follower", "fresh"]), st.lists(_any, min_size=1, max_size=6))
+def test_no_message_in_the_decoders_range_stops_a_node_or_leaves_it_no_term_to_elect_in(role, msgs):
+    """Whatever a member sends, the node serves on: it never raises, its term stays
+    below the bound unless a message carried the bound itself, a leader's view of its
+    followers stays within its log, and everything it sends decodes."""
+    sh = _as_role(role)
+    me = sh.m.id
+    for m in msgs:
+        m.dst = me
+        try:
+            payload = encode(m)
+        except (OverflowError, ValueError):
+            continue
+        sh.step([PeerMsg(m.src, payload)])  # sh decodes what it sends: a DecodeError fails here
+        core = sh.m.core
+        assert core.term <= MAX_TERM
+        assert core.log.committed <= core.log.last_index()
+        if core.role == Role.LEADER:
+            assert all(pr.match <= core.log.last_index() for pr in core.prs.values())
+            assert all(pr.lease_seq <= core.clock for pr in core.prs.values())
+    for _ in range(30):
+        sh.now += TICK
+        sh.step(tick=True)
+    assert sh.m.core.term <= MAX_TERM
