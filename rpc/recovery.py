@@ -35,7 +35,7 @@ from replication.journal_storage import (
     write_identity,
 )
 from replication.membership import Membership, encode_membership
-from replication.messages import HardState
+from replication.messages import MAX_TERM, HardState
 from rpc.config import ConfigError, format_address, load_config
 from rpc.epochs import EPOCH_FILE, read_superseded, write_directory_epoch
 
@@ -86,6 +86,10 @@ def recover_survivor(directory: str, survivor: str) -> dict:
             last = storage.last_index()
             last_term = storage.term(last) if last else 0
             term = max(hs.term, last_term) + 1
+            if term > MAX_TERM:  # no node would take a message of it, this one included
+                raise RaftError(f"{cfg.data}: node {survivor!r} is at term {term - 1}, the largest term a node "
+                                "takes (2**62): a recovered cluster could elect no leader; restore a backup taken "
+                                "before that term instead (docs/security.md, \"Peer message bounds\")")
             # the log's own identity wins over the file's: the file may predate the entry
             # that set it, applied but not yet written when the node stopped (rpc.identity)
             in_log = _log_identity(storage)
