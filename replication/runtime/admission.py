@@ -29,18 +29,21 @@ def impossible(core: RaftNode, m: Message) -> str | None:
     Only answers are refutable here. A follower acknowledges only what its leader sent
     it (an index up to the leader's last; the leader never shortens its log in its term),
     and echoes the tick of the heartbeat it answers; a follower asks its reads of its
-    leader only. Taken, an index past the log pinned that follower's progress there for
+    leader only, and an answer comes in the term of the question. Taken, an index past the log pinned that follower's progress there for
     the term (no entry ever reached it again), a tick past the leader's clock made its
     lease last until it stepped down, and another member's read answers for far indexes
     were each kept until the node applied that far.
     """
-    if m.term != core.term:
-        return None  # the core drops or acts on these by their term alone
+    if m.term < core.term:
+        return None  # stale: the core drops it
     t = type(m)
-    if core.role != Role.LEADER:
-        if t is ReadIndexResp and m.src != core.leader:
-            return f"ReadIndexResp from {m.src[:64]!r}, not from this follower's leader {core.leader!r}, which it asked"
+    if t is ReadIndexResp:  # answered in the term it was asked in, which this node is still in
+        if m.term > core.term or core.role != Role.FOLLOWER or m.src != core.leader:
+            return (f"ReadIndexResp from {m.src[:64]!r} in term {m.term}: this node asked it nothing (a follower "
+                    f"asks its leader of its term only; it is {core.role} in term {core.term}, leader {core.leader!r})")
         return None
+    if m.term > core.term or core.role != Role.LEADER:
+        return None  # the core acts on these by their term alone
     if t is AppendResp and m.index > core.log.last_index():
         return f"AppendResp.index {m.index} is past the leader's last index {core.log.last_index()}"
     if t is HeartbeatResp and m.seq > core.clock:

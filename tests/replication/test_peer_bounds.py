@@ -262,6 +262,18 @@ def test_read_answers_are_taken_only_from_the_leader_the_follower_asked(caplog):
                  for i in range(500)])
     assert sh.m.core.read_states == []
     assert sum("ReadIndexResp" in w and "'n2'" in w for w in warnings(caplog)) == 1, warnings(caplog)
+    # nor in a term it has not reached: the core took the term, then the answer
+    sh.step([PeerMsg("n2", encode(ReadIndexResp("n2", "n3", 1 + i, b"c", MAX_INDEX))) for i in range(1, 50)])
+    sh.step([PeerMsg("n1", encode(ReadIndexResp("n1", "n3", 1 + i, b"c", MAX_INDEX))) for i in range(1, 50)])
+    assert sh.m.core.read_states == [] and sh.m.core.term == 1
+
+
+def test_a_stale_read_answer_is_dropped_quietly(caplog):
+    sh = Shell(machine("n3"))
+    sh.step([PeerMsg("n1", encode(Heartbeat("n1", "n3", 2)))])
+    with caplog.at_level(logging.WARNING, logger="replication.node"):
+        sh.step([PeerMsg("n2", encode(ReadIndexResp("n2", "n3", 1, b"c", 1)))])
+    assert sh.m.core.read_states == [] and not warnings(caplog)
 
 
 # ------------------------------------------------------------------------ property
