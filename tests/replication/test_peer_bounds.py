@@ -13,6 +13,7 @@ import random
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from prevalence.codec import CODEC
 from prevalence.entry import Entry, EntryKind
@@ -22,8 +23,8 @@ from replication.core import RaftNode
 from replication.errors import DecodeError
 from replication.membership import Membership
 from replication.messages import (
-    MAX_INDEX, MAX_TERM, Append, AppendResp, Heartbeat, HeartbeatResp, InstallSnapshot, PreVote, PreVoteResp, ReadIndex,
-    ReadIndexResp, SnapshotMeta, SnapshotResp, TimeoutNow, Vote, VoteResp, decode, encode,
+    MAX_INDEX, MAX_TERM, Append, AppendResp, HardState, Heartbeat, HeartbeatResp, InstallSnapshot, PreVote,
+    PreVoteResp, ReadIndex, ReadIndexResp, SnapshotMeta, SnapshotResp, TimeoutNow, Vote, VoteResp, decode, encode,
 )
 from replication.ready import Role
 from replication.runtime.events import PeerMsg, Propose, Read
@@ -39,7 +40,6 @@ TRIO = ("n1", "n2", "n3")
 def machine(node_id: str = "n1", voters: tuple[str, ...] = TRIO, term: int = 0, **cfg_kw) -> NodeMachine:
     storage = MemoryStorage(Membership(voters))
     if term:
-        from replication.messages import HardState
         storage.set_hard_state(HardState(term, None, 0))
     cfg = RaftConfig(election_tick=10, heartbeat_tick=5, **cfg_kw)
     cfg.async_storage_writes = True
@@ -277,8 +277,6 @@ def test_a_stale_read_answer_is_dropped_quietly(caplog):
 
 
 # ------------------------------------------------------------------------ property
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-
 _ints = st.sampled_from([0, 1, 2, 3, 5, 1 << 20, MAX_TERM - 1, MAX_TERM, MAX_TERM + 1, TOP])
 _src = st.sampled_from(["n1", "n2", "n3"])
 
