@@ -120,6 +120,9 @@ class BoundedChannel(Channel):
 
     __slots__ = ("max_frame", "frame_timeout", "where", "_buf")
 
+    #: Bytes after a frame's body: the CRC-32 (rpc.frame_mac's channel: a MAC).
+    TRAILER_SIZE = _TRAILER.size
+
     def __init__(self, stream, max_frame: int, frame_timeout: float = FRAME_TIMEOUT, where: str = "?"):
         super().__init__(stream, compress=False)
         self.max_frame = int(max_frame)
@@ -134,13 +137,18 @@ class BoundedChannel(Channel):
         """RPyC's frame, ended by the CRC-32 of its header and body instead of a newline:
         a bit flipped on the way where TCP's 16-bit checksum did not see it (a broken NIC,
         switch or middlebox) must not become a command, a log entry or a reply."""
-        if len(data) + 9 <= self.stream.MAX_IO_CHUNK:
-            self.stream.write(frame(data))
-        else:  # large: no copy of the body; the header leaves before the checksum is made
-            header = self.FRAME_HEADER.pack(len(data), 0)
+        header = self.FRAME_HEADER.pack(len(data), 0)
+        if len(data) + 5 + self.TRAILER_SIZE <= self.stream.MAX_IO_CHUNK:
+            self.stream.write(header + data + self._trailer(header, data))
+        else:  # large: no copy of the body; the header leaves before the trailer is made
             self.stream.write(header)
             self.stream.write(data)
-            self.stream.write(_TRAILER.pack(zlib.crc32(data, zlib.crc32(header))))
+            self.stream.write(self._trailer(header, data))
+
+    def _trailer(self, header: bytes, body) -> bytes:
+        """What ends a frame: here the CRC-32 of its header and body (rpc.frame_mac's
+        channel ends a peer's frames with a MAC instead)."""
+        return _TRAILER.pack(zlib.crc32(body, zlib.crc32(header)))
 
     def recv(self):
         deadline = time.monotonic() + self.frame_timeout
@@ -154,27 +162,29 @@ class BoundedChannel(Channel):
             self._refuse(f"compressed frame ({length} bytes) refused: compression from the other side is not accepted")
         if length > self.max_frame:
             self._refuse(f"frame of {length} bytes announced, limit {self.max_frame}")
-        end = header + length + _TRAILER.size
+        end = header + length + self.TRAILER_SIZE
         if length < _LARGE or len(buf) >= end:
             self._fill(end, deadline, polled=False)
             with memoryview(buf) as view:
-                self._check(zlib.crc32(view[:header + length]), view[header + length:end], length)
                 data = bytes(view[header:header + length])
+                self._check(bytes(view[:header]), data, view[header + length:end], length)
             del buf[:end]
             return data
         # a large frame: into one buffer of its own, past what was read ahead
-        crc = zlib.crc32(buf[:header])
-        out = bytearray(length + _TRAILER.size)
+        head = bytes(buf[:header])
+        out = bytearray(length + self.TRAILER_SIZE)
         have = len(buf) - header
         out[:have] = buf[header:]
         buf.clear()
         self._read_into(memoryview(out)[have:], deadline)
         body = memoryview(out)[:length]
-        self._check(zlib.crc32(body, crc), memoryview(out)[length:], length)
+        self._check(head, body, memoryview(out)[length:], length)
         return body
 
-    def _check(self, crc: int, trailer, length: int) -> None:
-        if _TRAILER.unpack(trailer)[0] != crc:
+    def _check(self, header: bytes, body, trailer, length: int) -> None:
+        """Refuse (close, FrameRefused) a frame whose trailer does not match its header
+        and body."""
+        if _TRAILER.unpack(trailer)[0] != zlib.crc32(body, zlib.crc32(header)):
             self._refuse(f"frame of {length} bytes damaged in transit (checksum mismatch): dropped with its "
                          "connection, so that it is sent again")
 
