@@ -46,7 +46,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import msgpack
 from rpyc.utils.authenticators import AuthenticationError
@@ -55,6 +55,7 @@ from prevalence.errors import PrevalenceError
 from replication.membership import cluster_id_problem
 
 from .epochs import client_mismatch, peer_proved_epoch
+from .frame_mac import FrameKeys, frame_keys
 from .secret import KEY_FILES, SecretError, check_secret, key_strength_problem
 from .wire import (
     CHALLENGE,
@@ -82,10 +83,12 @@ from .wire import (
 __all__ = [
     "ClusterKey",
     "Identity",
+    "PeerIdentity",
     "AuthenticationFailed",
     "ConnectFailed",
     "ServerAuthenticator",
     "client_handshake",
+    "peer_handshake",
     "format_address",
     "check_role_keys",
     "DEFAULT_SERVER_HANDSHAKE_TIMEOUT",
@@ -115,6 +118,14 @@ class Identity(NamedTuple):
 
     role: str
     id: str
+
+
+class PeerIdentity(Identity):
+    """The Identity of a peer connection, with the keys its frames are authenticated with
+    (``frame_keys``, rpc.frame_mac): an Identity still, which compares, unpacks and prints
+    as one (the keys never appear in it)."""
+
+    frame_keys: FrameKeys
 
 
 class AuthenticationFailed(PrevalenceError):
@@ -440,10 +451,20 @@ class ServerAuthenticator:
                 wants = f"{ident!r:.40} ({role}) wants cluster {cluster or '(any)'} epoch {epoch}"
                 self._refuse(sock, deadline, f"{wants}: {mismatch}", CLUSTER_MISMATCH + mismatch)
         write_frame(sock, encode_frame(OK, _server_mac(key, transcript, role), role), deadline)
-        return Identity(role, ident)
+        if role != "peer":
+            return Identity(role, ident)
+        identity = PeerIdentity(role, ident)
+        identity.frame_keys = frame_keys(key, transcript)  # what follows is authenticated frame by frame
+        return identity
 
 
-def client_handshake(
+def client_handshake(sock: socket.socket, secret: bytes, role: str, ident: str, **options: Any) -> socket.socket:
+    """:func:`peer_handshake`'s socket alone (a client or an admin program; a node needs
+    the frame keys for what follows). ``options`` as there."""
+    return peer_handshake(sock, secret, role, ident, **options)[0]
+
+
+def peer_handshake(
     sock: socket.socket,
     secret: bytes,
     role: str,
@@ -455,11 +476,13 @@ def client_handshake(
     server_hostname: str | None = None,
     target: str | None = None,
     want: tuple[str, int] | None = None,
-) -> socket.socket:
+) -> tuple[socket.socket, FrameKeys | None]:
     """Authenticate a freshly connected socket with ``secret``, the key of ``role``;
-    return the socket. ``target``: the id of the node dialled (a node names it, so that
-    its proof is good for that node only). ``want``: the cluster id and epoch a program
-    wants (``rpc.epochs``); a node of another cluster or an older epoch refuses it.
+    return the socket and, for role ``"peer"``, the keys of the frames that follow
+    (:func:`rpc.frame_mac.frame_keys`; None for a program). ``target``: the id of the node
+    dialled (a node names it, so that its proof is good for that node only). ``want``:
+    the cluster id and epoch a program wants (``rpc.epochs``); a node of another cluster
+    or an older epoch refuses it.
 
     The server grants the role whose key the proof matches; a grant other than ``role``
     (or, for ``"client"``, ``"admin"``) is refused here: the wrong key file is configured.
@@ -552,7 +575,7 @@ def client_handshake(
                                    address=address) from None
     except OSError as exc:
         raise ConnectFailed(f"{address}: connection lost during the handshake: {exc}", address=address) from None
-    return sock
+    return sock, (frame_keys(secret, transcript) if role == "peer" else None)
 
 
 def _a(role: str) -> str:

@@ -27,6 +27,7 @@ from . import pending
 from .brine_shape import MAX_OBJECTS, check_request
 from .decode_budget import BUDGET
 from .auth import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, Identity, ServerAuthenticator, format_address
+from .frame_mac import ACCEPTOR, mac_channel
 from .pending import PendingHandshakes
 from .transport import (
     CLIENT_MAX_FRAME, FRAME_TIMEOUT, MAX_CONNECTIONS, PEER_MAX_FRAME, SAFE_PROTOCOL_CONFIG, SERVER_WRITE_TIMEOUT,
@@ -396,7 +397,12 @@ class _Server(ThreadedServer):
             return
         if isinstance(credentials, Identity) and credentials.role == "peer":
             who = f"peer {credentials.id!r} at {format_address(peer)}"
-            self._serve_peer(PeerChannel(_channel(sock, self.max_peer_frame, who, self.frame_timeout)),
+            keys = getattr(credentials, "frame_keys", None)
+            if keys is None:  # an authenticator that drew no frame keys: nothing here could be trusted
+                log.warning("connection with %s closed: no frame keys from its handshake", who)
+                return
+            self._serve_peer(PeerChannel(mac_channel(sock, keys, ACCEPTOR, self.max_peer_frame, who,
+                                                     self.frame_timeout)),
                              self.service.inbox(credentials), who)
             return
         config = dict(self.protocol_config, credentials=credentials,

@@ -29,12 +29,13 @@ from rpyc.utils.factory import connect_channel
 from prevalence.codec import unpack_reply
 from prevalence.errors import PrevalenceError
 
-from .auth import ConnectFailed, client_handshake, format_address
+from .auth import ConnectFailed, format_address, peer_handshake
 from .channel import __all__ as _CHANNEL_NAMES
 from .channel import (  # noqa: F401 - the bounded channel and its limits, re-exported: imported from here
     CLIENT_MAX_FRAME, FRAME_TIMEOUT, MAX_REQUEST, PEER_MAX_FRAME, REPLY_MAX_FRAME, BoundedChannel, FrameRefused,
     _channel,
 )
+from .frame_mac import DIALLER, FrameKeys, mac_channel
 from .wire import decode_batch, encode_batch
 
 __all__ = [
@@ -138,6 +139,18 @@ def connect_authenticated(
     instead of blocking for ever). With ``deadline`` (a ``time.monotonic()`` value) the
     handshake also ends by then, whatever the connect took. Raises :class:`ConnectFailed`
     or :class:`AuthenticationFailed`, both naming the address."""
+    return _connect_authenticated(address, secret, role=role, ident=ident, connect_timeout=connect_timeout,
+                                  handshake_timeout=handshake_timeout, write_timeout=write_timeout,
+                                  ssl_context=ssl_context, server_hostname=server_hostname, deadline=deadline,
+                                  target=target)[0]
+
+
+def _connect_authenticated(address: tuple[str, int], secret: bytes, *, role: str, ident: str,
+                           connect_timeout: float, handshake_timeout: float, write_timeout: float,
+                           ssl_context: ssl.SSLContext | None, server_hostname: str | None = None,
+                           deadline: float | None = None,
+                           target: str | None = None) -> tuple[socket.socket, FrameKeys | None]:
+    """:func:`connect_authenticated`, with the frame keys of a peer connection."""
     where = format_address(address)
     try:
         sock = socket.create_connection(tuple(address), timeout=connect_timeout)
@@ -150,11 +163,11 @@ def connect_authenticated(
         tune_socket(sock)
         if deadline is not None:
             handshake_timeout = max(0.001, min(handshake_timeout, deadline - time.monotonic()))
-        sock = client_handshake(sock, secret, role, ident, address=where, timeout=handshake_timeout,
-                                ssl_context=ssl_context, server_hostname=server_hostname, target=target,
-                                want=want)
+        sock, keys = peer_handshake(sock, secret, role, ident, address=where, timeout=handshake_timeout,
+                                    ssl_context=ssl_context, server_hostname=server_hostname, target=target,
+                                    want=want)
         sock.settimeout(write_timeout)
-        return sock
+        return sock, keys
     except BaseException:
         try:
             sock.close()
@@ -321,11 +334,12 @@ def open_peer_channel(
     target: str | None = None,
 ) -> PeerChannel:
     """Connect to a node as node ``ident`` and authenticate with the peer key; ``target``
-    is the id of the node meant (a node always names it: rpc.auth)."""
-    sock = connect_authenticated(address, secret, role="peer", ident=ident, connect_timeout=connect_timeout,
-                                 handshake_timeout=handshake_timeout, write_timeout=write_timeout,
-                                 ssl_context=ssl_context, target=target)
-    return PeerChannel(_channel(sock, max_frame, format_address(address), frame_timeout))
+    is the id of the node meant (a node always names it: rpc.auth). Every frame either
+    way carries a MAC under a key drawn from the handshake (rpc.frame_mac)."""
+    sock, keys = _connect_authenticated(address, secret, role="peer", ident=ident, connect_timeout=connect_timeout,
+                                        handshake_timeout=handshake_timeout, write_timeout=write_timeout,
+                                        ssl_context=ssl_context, target=target)
+    return PeerChannel(mac_channel(sock, keys, DIALLER, max_frame, format_address(address), frame_timeout))
 
 
 def hard_close(conn: rpyc.Connection) -> None:

@@ -56,11 +56,13 @@ MAX_CLUSTER_LEN = 64
 #: 4: what a client or admin program says; RPyC follows the handshake, each frame ended
 #: by a CRC-32 (rpc.channel). 2 had RPyC's plain frames; 1 had a claimed role.
 PROTOCOL_VERSION = 4
-#: 6: what a node says to a node; its hello names the node it dials (bound into its proof),
-#: length-prefixed batches follow the handshake, each frame ended by a CRC-32. 5 named no
-#: target (a party the leader dialled could relay its proof to another node), 3 had plain
-#: frames, 2 spoke RPyC between nodes: none of these can share a cluster.
-PEER_PROTOCOL_VERSION = 6
+#: 7: what a node says to a node; its hello names the node it dials (bound into its proof),
+#: length-prefixed batches follow the handshake, each frame ended by a MAC under a key drawn
+#: from the handshake (rpc.frame_mac). 6 ended them with a CRC-32 (a relay of the handshake
+#: could write its own frames after it), 5 named no target (a party the leader dialled could
+#: relay its proof to another node), 3 had plain frames, 2 spoke RPyC between nodes: none of
+#: these can share a cluster.
+PEER_PROTOCOL_VERSION = 7
 VERSIONS = (PROTOCOL_VERSION, PEER_PROTOCOL_VERSION)
 ROLES = ("peer", "client", "admin")
 

@@ -9,7 +9,7 @@ import threading
 import time
 
 from rpc.auth import ServerAuthenticator
-from rpc.channel import _channel, frame
+from rpc.frame_mac import ACCEPTOR, MacChannel, mac_channel
 from rpc.wire import decode_batch, encode_batch
 
 from .conftest import HOST, KEYS, SECRET, wait_until
@@ -24,16 +24,17 @@ def _listener() -> socket.socket:
     return ls
 
 
-def _authenticate(ls: socket.socket) -> socket.socket | None:
+def _authenticate(ls: socket.socket, max_frame: int = 1 << 20) -> MacChannel | None:
+    """The accepting side's channel of the next connection (frames MACed as a node's)."""
     try:
         sock, _ = ls.accept()
     except OSError:
         return None
     try:
-        sock, _ = ServerAuthenticator({"peer": SECRET}, timeout=2)(sock)
+        sock, identity = ServerAuthenticator({"peer": SECRET}, timeout=2)(sock)
     except Exception:  # noqa: BLE001 - a handshake cut short: next
         return None
-    return sock
+    return mac_channel(sock, identity.frame_keys, ACCEPTOR, max_frame, "test")
 
 
 def test_a_connection_that_dies_right_after_the_handshake_is_dialled_again(make_transport):
@@ -47,15 +48,14 @@ def test_a_connection_that_dies_right_after_the_handshake_is_dialled_again(make_
 
     def serve() -> None:
         while True:
-            sock = _authenticate(ls)
-            if sock is None:
+            chan = _authenticate(ls)
+            if chan is None:
                 if ls.fileno() < 0:
                     return
                 continue
             if not serving.is_set():
-                sock.close()
+                chan.stream.close()
                 continue
-            chan = _channel(sock, 1 << 20, "test")
             answering.set()
             try:
                 while chan.poll(5.0):
@@ -105,14 +105,12 @@ def test_an_answer_before_the_batch_is_written_lets_nothing_write_alongside(make
     frames: list = []
 
     def serve() -> None:
-        sock = _authenticate(ls)
-        sock.recv(1, socket.MSG_PEEK)  # the big batch is being written
+        chan = _authenticate(ls, 8 << 20)
+        chan.stream.sock.recv(1, socket.MSG_PEEK)  # the big batch is being written
         time.sleep(0.1)
-        body = encode_batch([])
-        sock.sendall(frame(body))  # answered, unread
+        chan.send(encode_batch([]))  # answered, unread
         answered.set()
         time.sleep(0.5)  # the small message is sent meanwhile
-        chan = _channel(sock, 8 << 20, "test")
         try:
             while chan.poll(1.5):
                 frames.append(decode_batch(chan.recv()))

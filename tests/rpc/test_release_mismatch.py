@@ -17,7 +17,7 @@ import pytest
 
 import rpc
 from rpc import AuthenticationFailed, ServerAuthenticator, client_handshake
-from rpc.wire import HELLO, MAX_FRAME, REFUSED, encode_frame, read_frame
+from rpc.wire import HELLO, MAX_FRAME, REFUSED, decode_message, encode_frame, read_frame
 
 from .conftest import CLIENT_SECRET, HOST, KEYS, SECRET, free_port, wait_until
 
@@ -198,3 +198,42 @@ def test_a_grid_command_against_nodes_of_another_release_says_so(old_node, tmp_p
     err = capsys.readouterr().err
     assert time.monotonic() - began < 3 and err.count("\n") == 1, err
     assert "another release" in err and "refused the key" not in err, err
+
+
+def test_a_node_of_the_release_before_frame_macs_is_refused_with_the_release_named(caplog):
+    """Protocol 6 ended a peer's frames with a CRC-32, 7 with a MAC: a node of 6 would
+    take a MAC for a damaged frame, and one of 7 every frame of 6 for a forged one. The
+    hello says which; each side says in one line that the releases differ."""
+    ls = socket.socket()
+    ls.bind((HOST, 0))
+    ls.listen(1)
+    with ls, socket.create_connection(ls.getsockname(), timeout=2) as c:
+        server, _ = ls.accept()
+        c.sendall(encode_frame(HELLO, 6, "n2", b"c" * 32, "", 0, "n1"))
+        with caplog.at_level(logging.WARNING, logger="rpc.auth"), pytest.raises(Exception):
+            ServerAuthenticator(KEYS, timeout=2, node_id="n1")(server)
+        (tag, (reason,)) = decode_message(read_frame(c, time.monotonic() + 2), (REFUSED,))
+    assert reason.startswith("unsupported handshake version 6 (this node speaks 4 to clients and 7 to nodes")
+    (line,) = [r.getMessage() for r in caplog.records if "refused connection" in r.getMessage()]
+    assert "unsupported handshake version 6" in line and "same release" in line and "full restart" in line
+
+
+def test_this_node_refused_by_a_node_of_the_release_before_frame_macs_is_told_so(monkeypatch, make_server,
+                                                                                 make_transport, caplog):
+    """The node of 6, as it answers (its versions, its words), dialled by this one."""
+    import rpc.wire
+
+    monkeypatch.setattr(rpc.wire, "VERSIONS", (4, 6))
+    monkeypatch.setattr(rpc.wire, "PEER_PROTOCOL_VERSION", 6)
+    old = make_server(node_id="n2")
+    with socket.create_connection(old.address, timeout=2) as sock:
+        with pytest.raises(AuthenticationFailed) as caught:
+            client_handshake(sock, SECRET, "peer", "n1", target="n2", timeout=2)
+    message = str(caught.value)
+    assert "runs another release" in message and "unsupported handshake version 7" in message, message
+    assert "6 to nodes" in message and "full restart" in message and caught.value.key_refused
+    with caplog.at_level(logging.WARNING, logger="rpc.transport"):
+        t = make_transport("n1", {"n2": old.address})
+        t.send("n2", b"x")
+        assert wait_until(lambda: any("runs another release" in r.getMessage() for r in caplog.records), 5)
+    assert t.peer_status()["n2"]["delivered"] == 0
