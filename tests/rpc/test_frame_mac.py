@@ -5,6 +5,7 @@ pass frames on, or stop, but cannot inject, replay, reorder, drop and splice, or
 one: the frame closes the connection and nothing of it is delivered."""
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rpc.channel import FrameRefused
-from rpc.frame_mac import ACCEPTOR, DIALLER, TAG_SIZE, FrameKeys, frame_keys, mac_channel
+from rpc.frame_mac import ACCEPTOR, DIALLER, TAG_SIZE, FrameKeys, _Hmac, frame_keys, mac_channel
 from rpc.peer_server import PeerServer
 from rpc.transport import open_peer_channel
 from rpc.wire import decode_batch, encode_batch
@@ -223,6 +224,13 @@ def test_the_keys_differ_per_direction_and_per_handshake():
     assert frame_keys(SECRET, b"transcript 2").dialler != a.dialler
     assert frame_keys(KEYS["client"], b"transcript 1").dialler != a.dialler
     assert SECRET.hex() not in repr(a) and a.dialler.hex() not in repr(a)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(min_size=0, max_size=64), parts=st.lists(st.binary(max_size=200), max_size=4))
+def test_the_frame_hmac_is_hmac_sha256(key, parts):
+    """The per-frame HMAC with its padded keys made once equals the standard library's."""
+    assert _Hmac(key).digest(*parts) == hmac.digest(key, b"".join(parts), "sha256")
 
 
 # ---------------------------------------------------------------------------- property
