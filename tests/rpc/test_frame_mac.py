@@ -11,7 +11,6 @@ import os
 import socket
 import struct
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
