@@ -271,7 +271,10 @@ class PeerChannel:
     node sends batches (:func:`rpc.wire.encode_batch`, each one frame of a
     :class:`BoundedChannel`) and the accepting node answers every batch, in order, with
     one batch of its replies (often empty). Each side bounds what it reads exactly as
-    for RPyC: the frame's size, no compression, the whole frame within its timeout.
+    for RPyC: the frame's size, no compression, the whole frame within its timeout; and
+    every frame ends with a MAC under keys drawn from the handshake
+    (:class:`rpc.frame_mac.MacChannel`): a frame its other end did not send, as it sent
+    it and in order, closes the connection unread.
 
     RPyC cost each batch a request and a reply through its dispatch (brine, sequence
     numbers, locks, a result object, a callback): at two batches and two replies per
