@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+import msgpack
 import pytest
 
 from rpc.channel import frame
@@ -61,7 +62,8 @@ def test_an_admin_relaying_the_leaders_handshake_to_the_node_it_names_cannot_spe
             acked = client.execute(Add("acked", 1))
         victim = next(n for n in sorted(c.procs) if n != leader)
         admin = NodeLink(c.configs[leader].listen, c.admin_key, ident="admin", role="admin", timeout=10.0)
-        assert admin.call("change_membership", "remove", victim)[0] == "ok"
+        reply = admin.call("change_membership", "remove", victim)
+        assert reply[0] == "ok", reply
         with NodeLink(c.configs[leader].listen, key(c, "client"), ident="probe", timeout=5.0) as link:
             st = link.call("status")[1]
         marker = str(tmp_path / "ran")
@@ -75,10 +77,15 @@ def test_an_admin_relaying_the_leaders_handshake_to_the_node_it_names_cannot_spe
 
         def relay() -> None:
             try:
-                conn, _ = listener.accept()  # the leader, dialling the learner named after the victim
-                conn.settimeout(5.0)
+                while True:  # every member dials the new learner: wait for the leader
+                    conn, _ = listener.accept()
+                    conn.settimeout(5.0)
+                    hello = _frame(conn)
+                    if msgpack.unpackb(hello[4:])[2] == leader:
+                        break
+                    conn.close()
                 out = socket.create_connection(c.configs[victim].listen, timeout=5.0)
-                out.sendall(_frame(conn))  # its hello, naming the victim
+                out.sendall(hello)  # the leader's hello, naming the victim
                 conn.sendall(_frame(out))  # the victim's challenge
                 out.sendall(_frame(conn))  # the leader's proof
                 answer = _frame(out)
@@ -93,7 +100,8 @@ def test_an_admin_relaying_the_leaders_handshake_to_the_node_it_names_cannot_spe
         thread = threading.Thread(target=relay, daemon=True)
         thread.start()
         address = f"127.0.0.1:{listener.getsockname()[1]}"
-        assert admin.call("change_membership", "add_learner", victim, address)[0] == "ok"
+        reply = admin.call("change_membership", "add_learner", victim, address)
+        assert reply[0] == "ok", reply
         thread.join(10.0)
         time.sleep(0.5)
         assert b"pvl-ok" in outcome.get("answer", b""), outcome  # the handshake itself passes: it names the victim
