@@ -142,14 +142,14 @@ def connect_authenticated(
     return _connect_authenticated(address, secret, role=role, ident=ident, connect_timeout=connect_timeout,
                                   handshake_timeout=handshake_timeout, write_timeout=write_timeout,
                                   ssl_context=ssl_context, server_hostname=server_hostname, deadline=deadline,
-                                  target=target)[0]
+                                  target=target, want=want)[0]
 
 
 def _connect_authenticated(address: tuple[str, int], secret: bytes, *, role: str, ident: str,
                            connect_timeout: float, handshake_timeout: float, write_timeout: float,
                            ssl_context: ssl.SSLContext | None, server_hostname: str | None = None,
-                           deadline: float | None = None,
-                           target: str | None = None) -> tuple[socket.socket, FrameKeys | None]:
+                           deadline: float | None = None, target: str | None = None,
+                           want: tuple[str, int] | None = None) -> tuple[socket.socket, FrameKeys | None]:
     """:func:`connect_authenticated`, with the frame keys of a peer connection."""
     where = format_address(address)
     try:
