@@ -17,7 +17,7 @@ from prevalence.entry import Entry, EntryKind
 from prevalence.errors import UnreadableEntry
 from prevalence.snapshots import decode_file, deserialize
 from prevalence.state import StateMachine
-from replication.errors import CannotApply, ProposalRefused
+from replication.errors import CannotApply, CommittedUnapplied, ProposalRefused
 from replication.membership import Membership, decode_membership
 from replication.runtime.events import ApplyBlocked, SnapshotWritten
 
@@ -155,7 +155,7 @@ class Applier:
                         sm.unreadable = err
                 if sm.unreadable is not None:  # committed, not applied here: the others tell its outcome
                     if w is not None:
-                        complete(w[1], None, self.refusal())
+                        complete(w[1], None, self.refusal(committed=w[0] == e.term, index=e.index))
                     continue
                 if e.kind == _CONFIG and on_config is not None:
                     configs.append(decode_membership(e.data))  # the core decoded it already
@@ -185,10 +185,15 @@ class Applier:
             sm.lock.release_write()
         log.info("%s: installed snapshot %d from the leader", self.id, new.applied_index)
 
-    def refusal(self) -> CannotApply:
-        """What a caller waiting on this node's state hears while it cannot apply."""
-        return CannotApply(f"node {self.id!r} cannot apply the log past {self.sm.unreadable}: upgrade this node; "
-                           "the command's outcome is decided by the other nodes: retry it on the leader")
+    def refusal(self, committed: bool = False, index: int = 0) -> ProposalRefused:
+        """What a caller waiting on this node's state hears while it cannot apply.
+        ``committed``: its own entry ``index`` is committed, so the other nodes apply it
+        (a caller whose index another leader's entry took was not: EntryLost)."""
+        if index and not committed:
+            return EntryLost(f"entry {index} was replaced by another leader's entry")
+        kind = CommittedUnapplied if committed else CannotApply
+        return kind(f"node {self.id!r} cannot apply the log past {self.sm.unreadable}: upgrade this node; "
+                    "the command's outcome is decided by the other nodes: retry it on the leader")
 
     def write_snapshot(self, index: int, term: int, membership: Membership) -> SnapshotWritten:
         """Capture the state, applied exactly to ``index`` (the machine queued this item

@@ -59,6 +59,13 @@ class CannotApply(ProposalRefused):
     client retries on the leader (the hint) under the same session number."""
 
 
+class CommittedUnapplied(CannotApply):
+    """A caller's command (or membership change) reached the log, and its entry is
+    committed, but this node cannot apply it: the other nodes do. Its outcome is
+    theirs to tell, as after :class:`NodeHalted`: a retry under the same session number
+    learns it, and one without a session could apply it twice (its outcome is unknown)."""
+
+
 class ConfigChangeRefused(RaftError):
     """A membership change was refused (invalid, or another one is pending)."""
 

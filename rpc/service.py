@@ -28,7 +28,7 @@ from prevalence.errors import OutcomeUnknown, PrevalenceError
 from prevalence.sessions import TOKEN_MIN, RegisterSession, SetSessionExpiry
 from prevalence.text import error_text
 from replication.client_policy import refusal_reply
-from replication.errors import NodeHalted, ProposalRefused
+from replication.errors import CommittedUnapplied, NodeHalted, ProposalRefused
 from replication.node import Node
 from rpc.decode_budget import BUDGET
 from rpc.epochs import refused_when_superseded
@@ -248,7 +248,7 @@ class ClientService(rpyc.Service):
     def _outcome_once(pending: Any) -> Any:
         try:
             return pending.result(BATCH_TIMEOUT)
-        except NodeHalted as exc:  # it may still commit elsewhere: a retry could apply it twice
+        except (NodeHalted, CommittedUnapplied) as exc:  # it may commit, or did, elsewhere: a retry could apply it twice
             raise OutcomeUnknown(f"{exc}; sent without a session, its outcome is unknown") from None
         except TimeoutError:  # proposed, not yet committed: "unavailable" would invite that retry
             raise OutcomeUnknown(f"no commit within {BATCH_TIMEOUT:g} s; sent without a session, its outcome "
@@ -399,7 +399,7 @@ class ClientService(rpyc.Service):
         def changed() -> tuple:
             try:
                 return ("ok", self._p.node.change_membership(change))
-            except NodeHalted as exc:  # proposed, maybe: "not_leader" would say nothing changed
+            except (NodeHalted, CommittedUnapplied) as exc:  # proposed: "not_leader" would say nothing changed
                 return ("unavailable", f"{error_text(exc, 300)}; the change may still take effect")
 
         return self._guard(changed)
