@@ -20,13 +20,31 @@ def _json_default(obj: object) -> object:
     return repr(obj)
 
 
+_JSON_KEYS = (str, int, float, bool, type(None))
+
+
+def _json_keys(obj: object) -> object:
+    """``obj`` with every map key JSON cannot take (bytes: a plain ``dict`` field may
+    hold them) written as a value of its type is (hex, else its repr)."""
+    if isinstance(obj, dict):
+        return {(k if isinstance(k, _JSON_KEYS) else _json_default(k)): _json_keys(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_keys(v) for v in obj]
+    return obj
+
+
 def _json(obj: object) -> str:
     """One line of JSON, keys sorted where they can be: a map whose keys mix types (1 and
-    "a") cannot be sorted, and is written in its own order rather than not at all."""
+    "a") cannot be sorted, and is written in its own order rather than not at all; a
+    key that is no JSON key (bytes) is written as its value would be."""
     try:
         return json.dumps(obj, default=_json_default, sort_keys=True)
     except TypeError:
+        pass
+    try:
         return json.dumps(obj, default=_json_default)
+    except TypeError:
+        return json.dumps(_json_keys(obj), default=_json_default)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

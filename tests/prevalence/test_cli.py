@@ -202,3 +202,18 @@ def test_dump_shows_an_entry_whose_map_mixes_key_types(tmp_path, capsys):
         out = capsys.readouterr().out.strip()
         fields = json.loads(out)["fields"] if extra else json.loads(out.split("\t")[-1])
         assert fields == {"table": {"1": 10, "a": 20, "null": 30}}, out
+
+
+def test_dump_shows_an_entry_whose_map_has_bytes_keys(tmp_path, capsys):
+    """A map keyed by bytes (a client may send one where a field is a plain ``dict``) is
+    no JSON key at all: sorted or not, json.dumps raised and the dump ended in a
+    traceback at that entry. Such a key is written as a bytes value is (hex)."""
+    with prevalence.open(tmp_path, Store) as db:
+        db.execute(_Mixed({b"\x01k": 10, "a": 20}))
+        db.execute(_Mixed({"b": 1}))
+    for extra in ([], ["--json"]):
+        assert main(["journal", "dump", str(tmp_path), *extra]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 2, lines
+        fields = json.loads(lines[0])["fields"] if extra else json.loads(lines[0].split("\t")[-1])
+        assert fields == {"table": {"016b": 10, "a": 20}}, lines[0]
