@@ -111,7 +111,8 @@ def write_superseded(data_dir: str, cluster: str, epoch: int) -> None:
 
 def read_superseded(data_dir: str) -> Wanted | None:
     """What :func:`write_superseded` wrote in ``data_dir``, None if nothing. A damaged file
-    is as good as none (ConfigError, for the caller to log): the next proof writes it again."""
+    raises ConfigError: only a proof writes one, so the node (rpc.server) takes it for a
+    proof of an epoch past its own rather than for none."""
     return directory_epoch(data_dir, SUPERSEDED_FILE)
 
 

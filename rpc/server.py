@@ -103,14 +103,27 @@ class NodeProcess:
         try:
             known = read_superseded(cfg.data)
         except ConfigError as exc:
-            log.warning("%s (ignored: the next node of the later epoch that dials this one proves it again)", exc)
-            known = None
+            known = self._damaged_superseded(exc)
         for key in self.keys["peer"]:
             if known is not None and key.heard_newer(*known) and key is self.keys["peer"][0] and key.superseded():
                 log.error("%s: a peer proved before this start that cluster %s was recovered into epoch %d; this "
                           "node's data is of epoch %d: it takes no command, query or subscription: %s", cfg.id,
                           known[0], known[1], key.epoch, REBUILD)
             key.on_newer = lambda cluster, epoch: write_superseded(cfg.data, cluster, epoch)
+
+    def _damaged_superseded(self, exc: ConfigError) -> tuple[str, int] | None:
+        """A superseded file that is there but does not read: only a peer's proof writes
+        it (atomically), so a proof came: the node stays out of its old epoch, as of a
+        later one whose number the disk lost (fail-closed, as for a damaged journal)."""
+        key = self.keys["peer"][0]
+        cluster, epoch = key.cluster, key.epoch
+        if not cluster:
+            log.warning("%s (ignored: this node's data names no cluster yet)", exc)
+            return None
+        log.error("%s: %s; it is written only once a peer proved a later epoch of cluster %s, so this node takes "
+                  "no command, query or subscription: %s (or, if this data was never left out of a recover, "
+                  "remove the file)", self.cfg.id, exc, cluster, REBUILD)
+        return cluster, epoch + 1
 
     @property
     def identity(self) -> DataIdentity:
