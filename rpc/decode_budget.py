@@ -17,6 +17,8 @@ and at most 8,192 other objects). Requests of at most 64 KiB have a share of the
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 #: Request bytes decoding at once in one process: two requests of the default limit
 #: (1 MiB), so at most about 150 MB of msgpack-decoded objects however many clients send.
@@ -58,6 +60,15 @@ class DecodeBudget:
                 self._room.wait()
             self.used += size
         return size
+
+    @contextmanager
+    def holding(self, size: int) -> Iterator[None]:
+        """``take(size)`` for the time of a ``with`` block."""
+        held = self.take(size)
+        try:
+            yield
+        finally:
+            self.give(held)
 
     def give(self, size: int) -> None:
         with self._room:

@@ -241,7 +241,7 @@ class ClientService(rpyc.Service):
             return _reply(*old)
         # the node returns the session's reply: the transaction's errors are inside it;
         # submitted, then waited for: the decoded command is not kept while it waits
-        return self._guard(lambda: self._p.node.submit(self._decode(data), session=(session_id, seq))
+        return self._guard(lambda: self._submit(data, lambda tx: self._p.node.submit(tx, session=(session_id, seq)))
                            .result(BATCH_TIMEOUT))
 
     @staticmethod
@@ -281,7 +281,8 @@ class ClientService(rpyc.Service):
         replies: list = [None] * len(items)
         keys: list[int] = []  # where each loaded command's reply goes
         loaded: list[tuple[Any, tuple[int, int]]] = []
-        held = BUDGET.take(size)
+        # held until the commands are proposed: the node decodes a copy of each (its read-back check)
+        held = [BUDGET.take(size)]
         try:
             for k, (data, sid, seq) in enumerate(items):
                 if not _valid_session(sid, seq):
@@ -296,8 +297,9 @@ class ClientService(rpyc.Service):
                     replies[k] = ("error", error_text(exc, 1000))
                 else:
                     keys.append(k)
-        finally:
-            BUDGET.give(held)
+        except BaseException:
+            BUDGET.give(held.pop())
+            raise
 
         def outcome() -> tuple:
             # a refusal answers the whole batch as soon as all before it are settled
@@ -305,6 +307,7 @@ class ClientService(rpyc.Service):
                 proposals = self._p.node.propose_many(loaded, ProposalRefused)
             finally:
                 loaded.clear()  # journal bytes now: the decoded objects are not kept while waiting
+                BUDGET.give(held.pop())
             proposals.wait(BATCH_TIMEOUT)  # then the first unsettled one raises TimeoutError
             for j, k in enumerate(keys):
                 try:
@@ -489,18 +492,21 @@ class ClientService(rpyc.Service):
         finally:
             BUDGET.give(held)
 
+    def _submit(self, data: Any, submit: Callable[[Any], Any]) -> Any:
+        """``submit`` (a node's) of the command ``data`` decodes to, within the decode budget
+        from the decoding to the proposal: the node decodes a copy (its read-back check)."""
+        with BUDGET.holding(len(data) if type(data) is bytes else 0):
+            return submit(self._load(data))
+
     def _run(self, data: Any, call, then: Callable[[Any], Any] | None = None) -> bytes:
         """A call whose own exceptions (the transaction's or query's) are its reply.
         With ``then``, ``call`` only submits, and ``then`` waits for what it returned:
         a command waits as journal bytes, without the objects it was decoded to."""
         def outcome() -> tuple:
-            obj = self._decode(data)
             try:
-                value = call(obj)
                 if then is None:
-                    return ("ok", value)
-                obj = None
-                return ("ok", then(value))
+                    return ("ok", call(self._decode(data)))
+                return ("ok", then(self._submit(data, call)))  # the decoded command is not kept
             except (PrevalenceError, TimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001 - the transaction's or query's own error
