@@ -229,7 +229,9 @@ class Node(ApplierMixin):
         Proposals queued while another thread steps the core are taken into one batch
         (one Ready, one fsync, one append per follower).
         """
-        plain = CODEC.to_plain(tx)  # may raise: before queueing
+        # checked to read back as every apply lane reads it (as the engine checks): one that
+        # does not would stop every node before it for good. May raise: before queueing
+        plain = CODEC.journal_copy(tx)[0]
         token, fut = self._callers.take()
         self._inbox.put(Propose(plain, session, token))
         self._kick()
@@ -241,7 +243,7 @@ class Node(ApplierMixin):
         they go into one Ready (one fsync, one append per follower) however the threads
         are scheduled, and their outcomes are settled in one :class:`Proposals`
         (``decisive`` as there)."""
-        plain = [(CODEC.to_plain(tx), session) for tx, session in items]  # may raise: before queueing
+        plain = [(CODEC.journal_copy(tx)[0], session) for tx, session in items]  # as submit's
         batch = Proposals(len(plain), decisive)
         put = self._inbox.put
         for token, (p, session) in zip(self._callers.take_batch(batch), plain):

@@ -1,0 +1,48 @@
+"""A command this very program could not read back from the log is refused before it is
+proposed, as the embedded engine refuses it (prevalence.codec.journal_copy).
+
+The replicated node journaled ``CODEC.to_plain(tx)`` unchecked: an object built in the
+process (the application's own code calling ``Node.execute``, a leader hook, a plugin)
+whose plain form does not decode (a float in an int field, a map with tuple keys) was
+committed, and then every replica, the leader included, met an entry it cannot read:
+once a crash loop of every node, now every node stuck before it (nothing applied, no
+leader able to serve) until a program patched to read it runs, since an upgrade to any
+release reads it no better."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+import prevalence
+from prevalence.errors import CodecError
+from tests.prevalence.domain import Get, Put, Store
+from tests.replication.test_node import Cluster
+
+
+@dataclass(frozen=True)
+class _Cells(prevalence.Transaction, name="test.unreadable.Cells"):
+    cells: dict[tuple[int, int], str]
+
+    def execute(self, root: Store, ctx: prevalence.Context) -> None:
+        root.values["cells"] = len(self.cells)
+
+
+@pytest.mark.parametrize("tx", [Put("a", 1.5), _Cells({(1, 2): "x"})], ids=["float-in-int", "tuple-keys"])
+def test_a_command_that_would_not_read_back_is_refused_and_the_cluster_applies_on(tmp_path, tx):
+    c = Cluster(tmp_path)
+    try:
+        leader = c.leader()
+        leader.execute(Put("a", 1))
+        before = leader.core.log.last_index()
+        with pytest.raises(CodecError, match="read back"):
+            leader.execute(tx, timeout=5)
+        assert leader.core.log.last_index() == before, "the command was proposed"
+        with pytest.raises(CodecError, match="read back"):
+            leader.propose_many([(Put("b", 2), None), (tx, None)]).wait(5)
+        assert leader.execute(Put("a", 2), timeout=5) == 2
+        c.converge("a", 2)
+        assert all(n.status()["apply_blocked"] is None for n in c.net.nodes.values())
+        assert leader.query(Get("b")) is None  # the batch was refused whole, before anything was proposed
+    finally:
+        c.stop()
