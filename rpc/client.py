@@ -521,6 +521,16 @@ class ClusterClient:
             raise AuthenticationFailed(f"{first}{others}")
         raise PrevalenceError("; ".join(errors) or "no address to try")
 
+    def _move_line(self, line: Line, leader_addr: str | None) -> None:
+        """The node on ``line`` cannot serve what it asks (it cannot apply the log): it
+        reconnects, to ``leader_addr`` if named, that node tried last for a while."""
+        with self._lock:
+            now = time.monotonic()
+            if line.addr is not None:
+                self._route.failed(line.addr, now)
+            self._route.redirected(leader_addr, now)
+            self._drop(line)
+
     def _drop(self, line: Line | None = None) -> None:
         (line or self._main).drop()
 

@@ -30,6 +30,7 @@ from prevalence.text import error_text
 from replication.client_policy import refusal_reply
 from replication.errors import CommittedUnapplied, NodeHalted, ProposalRefused
 from replication.node import Node
+from replication.runtime.unreadable import past_state
 from rpc.decode_budget import BUDGET
 from rpc.epochs import refused_when_superseded
 from rpc.transport import MAX_REQUEST, REPLY_MAX_FRAME
@@ -358,6 +359,8 @@ class ClientService(rpyc.Service):
         from prevalence.state import describe_command
 
         node = self._p.node
+        if (stuck := past_state(node, start)) is not None:
+            raise stuck  # the subscriber goes where it points (rpc.subscription)
         node.wait_applied(start, max(0.0, min(float(wait), 5.0)))
         first, entries = node.committed_log(start, max(1, min(limit, 4096)))
         if start < first:

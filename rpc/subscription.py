@@ -96,6 +96,10 @@ class Subscription:
                     self._deliver(Compacted(self.index, reply[1]))
                     self.index = reply[1]
                     continue
+                if reply[0] == "not_leader":  # it cannot apply the log to there: elsewhere, from the same index
+                    c._move_line(self._line, reply[2] if type(reply[2]) is str else None)
+                    self._stop.wait(0.05)
+                    continue
                 if reply[0] == "ok" and type(reply[1]) is int:
                     events = [(index, ts, type_name, fields) for index, ts, type_name, fields in reply[2]]
                     for k, (index, *_rest) in enumerate(events):

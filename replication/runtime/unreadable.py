@@ -111,3 +111,13 @@ class ApplyGuard:
     def status(self) -> dict[str, Any] | None:
         """For ``status``: under the node's ``conditions``, None while it applies."""
         return None if not self.blocked else {"index": self.index, "reason": self.reason, "applied": self.applied}
+
+
+def past_state(node: Any, index: int) -> CannotApply | None:
+    """The refusal of a read of the log from ``index`` (a subscription's long poll) on a
+    node (``replication.node.Node``) whose state is stuck before it: it will never get
+    there, and a poll answered "nothing new" meanwhile freezes its subscriber."""
+    sm = node.sm
+    if getattr(sm, "unreadable", None) is None or index <= sm.applied_index:
+        return None
+    return node.machine.apply_guard.refusal()
