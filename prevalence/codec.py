@@ -186,6 +186,8 @@ class Codec:
             fields = self._upgrade(spec, version, fields)
         try:
             return spec.structure_quick(fields, cls)
+        except MemoryError:  # this process's state, not the data's: an entry read again may decode
+            raise
         except Exception as exc:  # noqa: BLE001 - a hook may raise anything: a refusal either way
             if not detail:
                 raise CodecError(f"{name}: fields do not fit: {error_text(exc)}") from None
@@ -211,6 +213,8 @@ class Codec:
             )
         try:
             new = upgrade(dict(fields), version)
+        except MemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a hook may raise anything: a refusal either way
             raise CodecError(f"{spec.name}: upgrade from version {version} failed: {exc!r}") from exc
         if not isinstance(new, dict):
@@ -233,6 +237,8 @@ def unpack(data: bytes) -> Any:
     """msgpack decoding with the error turned into a CodecError; no extension types."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except MemoryError:  # not malformed: a replica that meets it stops and decodes it again at its restart
+        raise
     except Exception as exc:
         raise CodecError(f"malformed message ({len(data)} bytes): {exc}") from None
 

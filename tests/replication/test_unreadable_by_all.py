@@ -46,3 +46,40 @@ def test_a_command_that_would_not_read_back_is_refused_and_the_cluster_applies_o
         assert leader.query(Get("b")) is None  # the batch was refused whole, before anything was proposed
     finally:
         c.stop()
+
+
+_HUNGRY = {"on": False}
+
+
+@dataclass(frozen=True)
+class _Hungry(prevalence.Transaction, name="test.unreadable.Hungry"):
+    n: int
+
+    def __post_init__(self) -> None:
+        if _HUNGRY["on"]:
+            raise MemoryError()  # as a PC short of memory decoding a large command
+
+    def execute(self, root: Store, ctx: prevalence.Context) -> None:
+        root.values["hungry"] = self.n
+
+
+def test_running_out_of_memory_while_decoding_an_entry_is_no_unreadable_entry():
+    """A MemoryError is this PC's state, not the entry's: the node stops (fail-stop) and
+    its restart decodes the entry again. Taken for an entry this program cannot read, it
+    left the node stuck before it for good, saying "upgrade this node"."""
+    from prevalence.codec import CODEC
+    from prevalence.entry import Entry, EntryKind
+    from prevalence.state import StateMachine, encode_command
+    from replication.apply import Applier
+
+    sm = StateMachine(Store())
+    applier = Applier("n2", sm, None, lambda *a: None)
+    entry = Entry(1, 1, int(EntryKind.COMMAND), encode_command(1, CODEC.to_plain(_Hungry(3))))
+    _HUNGRY["on"] = True
+    try:
+        with pytest.raises(MemoryError):
+            applier.apply(None, [entry], {})
+    finally:
+        _HUNGRY["on"] = False
+    assert sm.unreadable is None and sm.applied_index == 0
+    assert applier.apply(None, [entry], {}) is None and sm.root.values["hungry"] == 3
