@@ -257,5 +257,7 @@ class SnapshotStore:
         meta, body = self.read(index)
         try:
             return meta, deserialize(body)
+        except MemoryError:  # this process's state, not the file's: skipped as damaged, a node started stuck
+            raise
         except Exception as exc:
             raise UnpicklableSnapshot(f"{meta.path}: cannot unpickle the root: {exc!r}") from exc

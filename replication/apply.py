@@ -45,6 +45,8 @@ def _readable_snapshot(snapshot: Any) -> StateMachine:
     meta, body = decode_file(where, snapshot.data)
     try:
         root = deserialize(body)
+    except MemoryError:  # this PC's state, not the snapshot's: the node stops, and reads it again
+        raise
     except Exception as exc:  # noqa: BLE001 - anything the unpickler raises
         raise UnreadableEntry(meta.index, f"cannot unpickle the root (from the leader): {exc!r}", snapshot=True) from None
     return StateMachine.from_snapshot(meta, root)

@@ -83,3 +83,32 @@ def test_running_out_of_memory_while_decoding_an_entry_is_no_unreadable_entry():
         _HUNGRY["on"] = False
     assert sm.unreadable is None and sm.applied_index == 0
     assert applier.apply(None, [entry], {}) is None and sm.root.values["hungry"] == 3
+
+
+def test_running_out_of_memory_while_unpickling_a_snapshot_is_no_unreadable_snapshot(tmp_path, monkeypatch):
+    """The same for a snapshot, from the leader or from the node's own disk at its start:
+    on a 2 GB PC the whole state unpickled may not fit while something else runs. Taken
+    for a snapshot of a newer release, the node at its start skipped it as damaged and,
+    its journal compacted to it, started stuck on an empty state."""
+    import prevalence.snapshots as snapshots
+    import replication.apply as apply
+    from prevalence.snapshots import SnapshotMeta, SnapshotStore, serialize
+    from prevalence.state import StateMachine
+    from replication.apply import Applier
+    from tests.replication.test_node_unreadable import _newer_snapshot
+
+    def hungry(body):
+        raise MemoryError()
+
+    snap = _newer_snapshot(40)
+    monkeypatch.setattr(apply, "deserialize", hungry)
+    sm = StateMachine(Store(), applied_index=12)
+    with pytest.raises(MemoryError):
+        Applier("n2", sm, None, lambda *a: None).apply(snap, [], {})
+    assert sm.unreadable is None
+    store = SnapshotStore(str(tmp_path))
+    body, serializer = serialize(Store())
+    store.write(SnapshotMeta(5, 1, 0, serializer), body)
+    monkeypatch.setattr(snapshots, "deserialize", hungry)
+    with pytest.raises(MemoryError):
+        store.load(5)
