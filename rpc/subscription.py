@@ -97,8 +97,9 @@ class Subscription:
                     self.index = reply[1]
                     continue
                 if reply[0] == "not_leader":  # it cannot apply the log to there: elsewhere, from the same index
-                    c._move_line(self._line, reply[2] if type(reply[2]) is str else None)
-                    self._stop.wait(0.05)
+                    hint = reply[2] if type(reply[2]) is str else None
+                    c._move_line(self._line, hint)
+                    self._stop.wait(0.05 if hint else 0.5)  # none named: every node may be stuck
                     continue
                 if reply[0] == "ok" and type(reply[1]) is int:
                     events = [(index, ts, type_name, fields) for index, ts, type_name, fields in reply[2]]
