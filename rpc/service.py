@@ -28,7 +28,7 @@ from prevalence.errors import OutcomeUnknown, PrevalenceError
 from prevalence.sessions import TOKEN_MIN, RegisterSession, SetSessionExpiry
 from prevalence.text import error_text
 from replication.client_policy import refusal_reply
-from replication.errors import CommittedUnapplied, NodeHalted, ProposalRefused
+from replication.errors import CannotApply, CommittedUnapplied, NodeHalted, ProposalRefused
 from replication.node import Node
 from replication.runtime.unreadable import past_state
 from rpc.decode_budget import BUDGET
@@ -178,6 +178,13 @@ def _not_admin(what: str) -> bytes:
 #: The calls a node left in an older epoch refuses (rpc.epochs): all but status and app_call.
 _EPOCH_BOUND = frozenset(("execute", "execute_batch", "query", "register_session", "read_log", "change_membership",
                           "transfer_leadership", "backup_begin", "backup_chunk", "backup_end"))
+
+
+def _local_read(node: Node, q: Any) -> Any:
+    try:
+        return node.query(q, linearizable=False)
+    except CannotApply as exc:  # a stuck node (replication.runtime.unreadable): said, not redirected
+        raise PrevalenceError(str(exc)) from None
 
 
 class ClientService(rpyc.Service):
@@ -335,6 +342,8 @@ class ClientService(rpyc.Service):
                 return ("not_leader", leader, self._p.address_of(leader))
 
             return self._guard(redirect)
+        if consistency == "local":  # any node's answer: a refusal names why, not a leader to go to
+            return self._run(data, lambda obj: _local_read(node, obj))
         return self._run(data, lambda obj: node.query(obj, linearizable=consistency == "linearizable"))
 
     def exposed_read_log(self, start: int, limit: int = 256, wait: float = 1.0) -> bytes:

@@ -114,3 +114,24 @@ def test_the_subscription_moves_to_where_the_stuck_node_points_and_resumes_at_th
         sub.close()
     assert client.moved == [(client.line, "10.0.0.1:7100")]
     assert client.calls[:2] == [8, 8] and [e.index for e in seen] == [8]
+
+
+class _StuckForReads:
+    is_leader = True
+
+    def query(self, q, linearizable=True):
+        raise _Guard().refusal()
+
+
+def test_a_local_read_on_a_stuck_node_says_why_not_where_the_leader_is():
+    """A `local` read goes to whichever node the client is on (any_node): a "not_leader"
+    reply there is the answer, and the client raised it as an error whose whole text was
+    the leader's address ("10.0.0.1:7100"), or "None"."""
+    from prevalence.codec import CODEC
+    from tests.prevalence.domain import Get
+
+    svc = service.ClientService(_Host(_StuckForReads()), "client")
+    reply = msgpack.unpackb(svc.exposed_query(CODEC.dumps(Get("a")), "local"))
+    assert reply[0] == "error" and "cannot apply the log past entry 7" in reply[1], reply
+    # the other consistencies still send the client to the leader
+    assert msgpack.unpackb(svc.exposed_query(CODEC.dumps(Get("a")), "linearizable"))[0] == "not_leader"
