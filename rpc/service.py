@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any, Callable, Protocol
 
-import msgpack
 import rpyc
 
 from prevalence.codec import CODEC
 from prevalence.errors import OutcomeUnknown, PrevalenceError
-from prevalence.sessions import TOKEN_MIN, RegisterSession, SetSessionExpiry
+from prevalence.sessions import RegisterSession, SetSessionExpiry
 from prevalence.text import error_text
 from replication.client_policy import refusal_reply
 from replication.errors import CannotApply, CommittedUnapplied, NodeHalted, ProposalRefused
@@ -33,8 +31,10 @@ from replication.node import Node
 from replication.runtime.unreadable import past_state
 from rpc.decode_budget import BUDGET
 from rpc.epochs import refused_when_superseded
-from rpc.transport import MAX_REQUEST, REPLY_MAX_FRAME
-from rpc.wire import headed_unpacker
+from rpc.requests import (
+    BATCH_TIMEOUT, DEFAULT_MAX_REQUEST, MAX_BATCH_ITEMS, MAX_ID, MAX_NAME, U63, bad_address, guessable,
+    log_unexpected, reply, show, unpack_batch, valid_id, valid_session,
+)
 
 log = logging.getLogger("rpc.service")
 
@@ -50,121 +50,9 @@ class Host(Protocol):
     def address_of(self, node_id: str | None) -> str | None: ...
 
 
-DEFAULT_MAX_REQUEST = MAX_REQUEST
-MAX_BATCH_ITEMS = 1024  # commands in one execute_batch call at most
-BATCH_TIMEOUT = 10.0  # seconds a batch waits for its commands to apply (as Node.execute)
-MAX_REPLY = REPLY_MAX_FRAME - (64 << 10)  # what a client reads back at most, framing aside
-MAX_ID = 128  # characters of a node id (as in the handshake)
-MAX_NAME = 256  # characters of an address or an application call's name
-U63 = 1 << 63  # ids, sequence numbers and log indexes are below this (a signed 64-bit integer)
-
-# Every argument is checked by exact type: RPyC passes brine values (bytes, str, int,
-# float, bool, None, tuples) by value and anything else by reference, and isinstance()
-# on such a netref asks the client what its class is. The connection refuses references
-# anyway (rpc.peer_server._PlainConnection); these checks do not depend on it.
-
-
 #: Transactions that change how the cluster runs rather than the application's state:
 #: only a connection holding the admin key may send them.
 ADMIN_TRANSACTIONS: tuple[type, ...] = (SetSessionExpiry,)
-
-
-def _unpack_batch(data: bytes, max_request: int) -> Any:
-    """A msgpack-encoded batch, bounded before it is decoded: its size, then read as it
-    must be, header first: an array of at most MAX_BATCH_ITEMS three-item arrays of
-    scalars. msgpack allocates an array at its header and a list_hook sees it only once
-    it completes, so a hook cannot stop arrays that never complete (nested 1,024 deep,
-    each filled with empty maps: 1 MB became 70 MB); reading the two known levels by
-    their headers, with no array, map or extension type allowed below them, can."""
-    if len(data) > max_request + 64 * MAX_BATCH_ITEMS:  # the commands plus their numbers
-        raise PrevalenceError(f"{len(data)} bytes, over the limit of {max_request} bytes of commands")
-    u = headed_unpacker(data, _not_a_batch, use_list=False, max_bin_len=max_request, max_str_len=MAX_NAME)
-    try:
-        n = u.read_array_header()
-        if n > MAX_BATCH_ITEMS:
-            raise ValueError(f"{_NOT_A_BATCH}: {n} commands, over the limit of {MAX_BATCH_ITEMS}")
-        items = []
-        for _ in range(n):
-            if u.read_array_header() != 3:
-                raise ValueError(_NOT_A_BATCH)
-            items.append((u.unpack(), u.unpack(), u.unpack()))
-    except msgpack.OutOfData:
-        raise ValueError("incomplete input") from None
-    except ValueError as exc:  # msgpack's own (a header not of an array, a length over its limit) or ours
-        if _NOT_A_BATCH in str(exc):
-            raise
-        raise ValueError(f"{_NOT_A_BATCH} ({exc})") from None
-    if u.tell() != len(data):
-        raise ValueError("extra data after the batch")
-    return tuple(items)
-
-
-_NOT_A_BATCH = "a batch is an array of (data, session, seq) arrays"
-
-
-def _not_a_batch(*_args: Any) -> Any:
-    raise ValueError(_NOT_A_BATCH)
-
-
-def _valid_session(sid: Any, seq: Any) -> bool:
-    """Exactly ints (no bool, no proxy posing as one) that the journal can hold."""
-    return type(sid) is int and type(seq) is int and 0 < sid < U63 and 0 < seq < U63
-
-
-def _guessable(sid: int, seq: int) -> tuple | None:
-    """An id below the random ones (version 1: its entry's index) can be guessed: refused
-    as expired, before the log, so that its client opens a new session."""
-    if sid >= TOKEN_MIN:
-        return None
-    return ("expired", f"session {sid} was opened before session ids were random, and its id can be guessed: "
-                       f"open a new one; whether command {seq} was applied is unknown")
-
-
-def _show(value: Any) -> str:
-    """A client's value in an error message: its repr if a short string, else its type."""
-    if type(value) is str:
-        return repr(value) if len(value) <= 40 else repr(value[:37]) + "..."
-    return f"a value of type {type(value).__name__}"
-
-
-def _reply(*items: Any) -> bytes:
-    try:
-        data = msgpack.packb(list(items), use_bin_type=True)
-    except Exception as exc:  # noqa: BLE001 - TypeError, ValueError (nesting), OverflowError (ints)
-        return msgpack.packb(["error", f"the result cannot be sent as plain data: {error_text(exc, 300)}"])
-    if len(data) > MAX_REPLY:
-        return msgpack.packb(["error", f"the result is {len(data)} bytes, over the limit of {MAX_REPLY} bytes "
-                                       "for one reply"])
-    return data
-
-
-_logged: dict[str, float] = {}
-
-
-def _log_unexpected(client: str, exc: BaseException) -> None:
-    """An error no check foresaw: logged at most once a minute per type (a hostile
-    client must not be able to flood the log)."""
-    kind = type(exc).__name__
-    now = time.monotonic()
-    if now - _logged.get(kind, -1e9) >= 60.0:
-        _logged[kind] = now
-        log.warning("request from client %r failed: %s: %s (answered as an error; further %s not logged for 60 s)",
-                    client, kind, error_text(exc, 300), kind)
-
-
-def _bad_address(address: str) -> bool:
-    """True when ``address`` is not one a node can dial (rpc.config.parse_address)."""
-    from rpc.config import ConfigError, parse_address
-
-    try:
-        parse_address(address, "address")
-    except ConfigError:
-        return True
-    return False
-
-
-def _valid_id(value: Any) -> bool:
-    return type(value) is str and 0 < len(value) <= MAX_ID and value.isprintable()
 
 
 _NEEDS_ADMIN = ("{what} is cluster administration: it needs the admin key (admin.secret); this connection "
@@ -172,7 +60,7 @@ _NEEDS_ADMIN = ("{what} is cluster administration: it needs the admin key (admin
 
 
 def _not_admin(what: str) -> bytes:
-    return _reply("error", _NEEDS_ADMIN.format(what=what))
+    return reply("error", _NEEDS_ADMIN.format(what=what))
 
 
 #: The calls a node left in an older epoch refuses (rpc.epochs): all but status and app_call.
@@ -216,11 +104,11 @@ class ClientService(rpyc.Service):
         (rpc.epochs); status and the agent's app_call are not epoch-bound."""
         superseded = getattr(self._p, "superseded", None)  # a host of tests may have none
         return method if superseded is None else refused_when_superseded(method, superseded,
-                                                                         lambda why: _reply("error", why))
+                                                                         lambda why: reply("error", why))
 
     def _check(self, data: Any) -> bytes:
         if type(data) is not bytes:
-            raise PrevalenceError(f"expected the request as bytes, got {_show(data)}")
+            raise PrevalenceError(f"expected the request as bytes, got {show(data)}")
         if len(data) > self._max:
             raise PrevalenceError(f"request of {len(data)} bytes is over the limit of {self._max} bytes")
         return data
@@ -228,9 +116,9 @@ class ClientService(rpyc.Service):
     def exposed_status(self) -> bytes:
         """This node's own status, from its live Raft loop: an error if it has failed."""
         try:
-            return _reply("ok", self._p.status())
+            return reply("ok", self._p.status())
         except Exception as exc:  # noqa: BLE001 - a failed or hung node never reports itself healthy
-            return _reply("error", f"node status unavailable: {error_text(exc, 1000)}")
+            return reply("error", f"node status unavailable: {error_text(exc, 1000)}")
 
     def exposed_register_session(self) -> bytes:
         from prevalence.sessions import RegisterSession, mint_session_id
@@ -242,11 +130,11 @@ class ClientService(rpyc.Service):
         """Without a session: at most once per call. With one: exactly once across retries."""
         if session_id is None:
             return self._run(data, lambda tx: self._p.node.submit(tx), self._outcome_once)
-        if not _valid_session(session_id, seq):
-            return _reply("error", "session id and sequence number must be positive 63-bit integers")
-        old = _guessable(session_id, seq)
+        if not valid_session(session_id, seq):
+            return reply("error", "session id and sequence number must be positive 63-bit integers")
+        old = guessable(session_id, seq)
         if old is not None:
-            return _reply(*old)
+            return reply(*old)
         # the node returns the session's reply: the transaction's errors are inside it;
         # submitted, then waited for: the decoded command is not kept while it waits
         return self._guard(lambda: self._submit(data, lambda tx: self._p.node.submit(tx, session=(session_id, seq)))
@@ -275,17 +163,17 @@ class ClientService(rpyc.Service):
         """
         if type(items) is bytes:
             try:
-                items = _unpack_batch(items, self._max)
+                items = unpack_batch(items, self._max)
             except Exception as exc:  # noqa: BLE001 - any decoding failure refuses the batch
-                return _reply("error", f"malformed batch: {error_text(exc, 200)}")
+                return reply("error", f"malformed batch: {error_text(exc, 200)}")
         if type(items) is not tuple or not items or len(items) > MAX_BATCH_ITEMS:
-            return _reply("error", f"a batch is a tuple of 1 to {MAX_BATCH_ITEMS} (data, session, seq) tuples")
+            return reply("error", f"a batch is a tuple of 1 to {MAX_BATCH_ITEMS} (data, session, seq) tuples")
         ok = all(type(it) is tuple and len(it) == 3 for it in items)
         size = sum(len(it[0]) for it in items if type(it[0]) is bytes) if ok else 0
         if not ok:
-            return _reply("error", "a batch is a tuple of (data, session, seq) tuples")
+            return reply("error", "a batch is a tuple of (data, session, seq) tuples")
         if size > self._max:
-            return _reply("error", f"request of {size} bytes is over the limit of {self._max} bytes")
+            return reply("error", f"request of {size} bytes is over the limit of {self._max} bytes")
         replies: list = [None] * len(items)
         keys: list[int] = []  # where each loaded command's reply goes
         loaded: list[tuple[Any, tuple[int, int]]] = []
@@ -293,10 +181,10 @@ class ClientService(rpyc.Service):
         held = [BUDGET.take(size)]
         try:
             for k, (data, sid, seq) in enumerate(items):
-                if not _valid_session(sid, seq):
+                if not valid_session(sid, seq):
                     replies[k] = ("error", "session id and sequence number must be positive 63-bit integers")
                     continue
-                if (old := _guessable(sid, seq)) is not None:
+                if (old := guessable(sid, seq)) is not None:
                     replies[k] = old
                     continue
                 try:
@@ -334,7 +222,7 @@ class ClientService(rpyc.Service):
         if type(consistency) is bool:  # older clients: True / False
             consistency = "linearizable" if consistency else "local"
         if type(consistency) is not str or consistency not in ("linearizable", "leader", "local"):
-            return _reply("error", f"unknown consistency {_show(consistency)} (one of linearizable, leader, local)")
+            return reply("error", f"unknown consistency {show(consistency)} (one of linearizable, leader, local)")
         node = self._p.node
         if consistency == "leader" and not node.is_leader:
             def redirect() -> tuple:
@@ -356,11 +244,11 @@ class ClientService(rpyc.Service):
         ``["compacted", first_index]`` when ``start`` is no longer in the log.
         """
         if not all(type(v) is int and 0 < v < U63 for v in (start, limit)):
-            return _reply("error", "start and limit must be positive 63-bit integers")
+            return reply("error", "start and limit must be positive 63-bit integers")
         # an int is checked by its range: one past a float's (brine carries any int)
         # makes math.isfinite raise OverflowError instead of answering
         if not ((type(wait) is int and -U63 < wait < U63) or (type(wait) is float and math.isfinite(wait))):
-            return _reply("error", "wait must be a number of seconds")
+            return reply("error", "wait must be a number of seconds")
         return self._guard(lambda: self._read_log(start, limit, wait))
 
     def _read_log(self, start: int, limit: int, wait: float) -> tuple | bytes:
@@ -386,7 +274,7 @@ class ClientService(rpyc.Service):
                     d = describe_command(e.data)
                     if not d["type"].startswith("prevalence."):  # sessions are bookkeeping, not events
                         events.append([e.index, d["timestamp_us"], d["type"], d["fields"]])
-            return _reply("ok", entries[-1].index + 1 if entries else start, events)
+            return reply("ok", entries[-1].index + 1 if entries else start, events)
         finally:
             BUDGET.give(held)
 
@@ -399,14 +287,14 @@ class ClientService(rpyc.Service):
         if not self._is_admin:
             return _not_admin("change_membership")
         if type(op) is not str or op not in kinds:
-            return _reply("error", f"unknown membership change {_show(op)} (one of {', '.join(kinds)})")
-        if not _valid_id(node_id):
-            return _reply("error", f"node id must be 1-{MAX_ID} printable characters, got {_show(node_id)}")
+            return reply("error", f"unknown membership change {show(op)} (one of {', '.join(kinds)})")
+        if not valid_id(node_id):
+            return reply("error", f"node id must be 1-{MAX_ID} printable characters, got {show(node_id)}")
         if not (address is None or (type(address) is str and 0 < len(address) <= MAX_NAME)):
-            return _reply("error", f"address must be HOST:PORT (at most {MAX_NAME} characters), got {_show(address)}")
-        if address is not None and _bad_address(address):
+            return reply("error", f"address must be HOST:PORT (at most {MAX_NAME} characters), got {show(address)}")
+        if address is not None and bad_address(address):
             # every node dials the address of a committed change: refused here, not in the log
-            return _reply("error", f"address must be HOST:PORT with a port from 1 to 65535, got {_show(address)}")
+            return reply("error", f"address must be HOST:PORT with a port from 1 to 65535, got {show(address)}")
         change = ConfigChange(kinds[op], node_id, address)
         identity = getattr(self._p, "cluster_identity", None)
         if identity is not None:  # a new cluster's first leader sets its id first (rpc.identity)
@@ -422,8 +310,8 @@ class ClientService(rpyc.Service):
     def exposed_transfer_leadership(self, to: str) -> bytes:
         if not self._is_admin:
             return _not_admin("transfer_leadership")
-        if not _valid_id(to):
-            return _reply("error", f"node id must be 1-{MAX_ID} printable characters, got {_show(to)}")
+        if not valid_id(to):
+            return reply("error", f"node id must be 1-{MAX_ID} printable characters, got {show(to)}")
         return self._admin(lambda: self._p.node.transfer_leadership(to))
 
     # -- backups (rpc/backup.py): the whole state, so the admin key's; streamed in chunks --
@@ -443,9 +331,9 @@ class ClientService(rpyc.Service):
 
         problem = session_id_problem(session)
         if problem:
-            return _reply("error", problem)
+            return reply("error", problem)
         if type(offset) is not int or not 0 <= offset < U63:
-            return _reply("error", f"offset must be a non-negative 63-bit integer, got {_show(offset)}")
+            return reply("error", f"offset must be a non-negative 63-bit integer, got {show(offset)}")
         return self._guard(lambda: ("ok", sessions_of(self._p).read(session, offset)))
 
     def exposed_backup_end(self, session: str) -> bytes:
@@ -456,7 +344,7 @@ class ClientService(rpyc.Service):
 
         problem = session_id_problem(session)
         if problem:
-            return _reply("error", problem)
+            return reply("error", problem)
         return self._guard(lambda: ("ok", sessions_of(self._p).end(session)))
 
     _EXPOSED = _EXPOSED + ("backup_begin", "backup_chunk", "backup_end")
@@ -465,7 +353,7 @@ class ClientService(rpyc.Service):
         """A handler of the application hosted in this node (bytes in, bytes out)."""
         handler = self._p.handlers.get(name) if type(name) is str and len(name) <= MAX_NAME else None
         if handler is None:
-            return _reply("error", f"this node has no application call {_show(name)}")
+            return reply("error", f"this node has no application call {show(name)}")
         def call() -> tuple:
             request = self._check(data)
             # the handler decodes the request as it likes (the grid's agent.apply: msgpack,
@@ -526,16 +414,16 @@ class ClientService(rpyc.Service):
 
         return self._guard(outcome)
 
-    def _guard(self, reply) -> bytes:
-        """The framework's refusals as replies: redirect, error, time-out. ``reply``
+    def _guard(self, answer) -> bytes:
+        """The framework's refusals as replies: redirect, error, time-out. ``answer``
         returns the reply's items, or the reply already packed."""
         try:
-            out = reply()
-            return out if type(out) is bytes else _reply(*out)
+            out = answer()
+            return out if type(out) is bytes else reply(*out)
         except Exception as exc:  # noqa: BLE001 - RecursionError, OverflowError...: an answer, the node serves on
             refusal = refusal_reply(exc, self._p.address_of, lambda e: error_text(e, 1000))
             if refusal is not None:
-                return _reply(*refusal)
-            _log_unexpected(self._client, exc)
-            return _reply("error", f"{type(exc).__name__}: {error_text(exc, 300)}")
+                return reply(*refusal)
+            log_unexpected(self._client, exc)
+            return reply("error", f"{type(exc).__name__}: {error_text(exc, 300)}")
 

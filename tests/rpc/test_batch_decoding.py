@@ -1,4 +1,4 @@
-"""A client's execute_batch arrives as one msgpack value (rpc.service._unpack_batch).
+"""A client's execute_batch arrives as one msgpack value (rpc.requests.unpack_batch).
 Its size is bounded before decoding; what it decodes to must be bounded too: a small
 value can be made of millions of tiny objects."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from prevalence.errors import PrevalenceError
-from rpc.service import DEFAULT_MAX_REQUEST, MAX_BATCH_ITEMS, _unpack_batch
+from rpc.requests import DEFAULT_MAX_REQUEST, MAX_BATCH_ITEMS, unpack_batch as _unpack_batch
 
 LIMIT = DEFAULT_MAX_REQUEST
 

@@ -8,7 +8,7 @@ import tracemalloc
 
 import pytest
 
-from rpc.service import DEFAULT_MAX_REQUEST, MAX_BATCH_ITEMS, _unpack_batch
+from rpc.requests import DEFAULT_MAX_REQUEST, MAX_BATCH_ITEMS, unpack_batch as _unpack_batch
 from rpc.wire import MAX_BATCH_FRAMES, BatchError, decode_batch
 
 

@@ -3,7 +3,7 @@ client takes for a lost connection."""
 from __future__ import annotations
 
 from rpc.client import _read_reply
-from rpc.service import _reply
+from rpc.requests import reply as _reply
 
 
 def test_a_result_with_int_keys_reads_back_and_one_no_reader_takes_is_the_calls_error():
