@@ -87,6 +87,7 @@ class RaftNode(FollowerMixin, LeaderMixin):
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_timeout = config.election_tick
+        self.election_slack = 0  # ticks more before campaigning: the host's disk is slow (DiskPace)
         self.lead_transferee: str | None = None
         self.term_start = 0  # index of this leader's no-op
         self.lead_ticks = 0  # ticks since this node last became leader
@@ -118,7 +119,7 @@ class RaftNode(FollowerMixin, LeaderMixin):
             self._tick_leader()
             return
         self.election_elapsed += 1
-        if self.election_elapsed >= self.randomized_timeout and self.may_campaign():
+        if self.election_elapsed >= self.randomized_timeout + self.election_slack and self.may_campaign():
             self.election_elapsed = 0
             self._campaign(transfer=False)
 

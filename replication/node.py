@@ -532,8 +532,10 @@ class Node(ApplierMixin):
 
     def _report_persisted(self, seqs: list[int]) -> None:
         """The disk lane's report (any thread): queued like any input, so it reaches the
-        machine after every report queued before it."""
-        self._inbox.put(Persisted(seqs))
+        machine after every report queued before it. It runs on the thread that wrote, so
+        the lane's batch is still the one just written: its duration paces elections."""
+        started = self._disk.batch_started
+        self._inbox.put(Persisted(seqs, 0.0 if started is None else time.monotonic() - started))
 
     def _disk_full(self, full: bool) -> None:
         """The disk lane's news (any thread): the disk filled up, or has space again."""

@@ -80,6 +80,7 @@ class DiskLane:
         self._failed: BaseException | None = None
         self._worker = DiskWorker(storage, send, report, on_full)
         self._retry_at = 0.0  # monotonic time of the next try while full
+        self.batch_started: float | None = None  # monotonic start of the batch under way (None: idle)
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def start(self) -> None:
@@ -148,6 +149,7 @@ class DiskLane:
         """A batch ended (its report is out): the lane may be idle now."""
         with self._work:
             self._busy = False
+            self.batch_started = None
             if self._queue:  # queued during an inline run; no wake-up otherwise
                 self._work.notify()
 
@@ -155,6 +157,7 @@ class DiskLane:
         """Write, send what the writes promise, report: in that order, or fail for good.
         False: the disk is full; the batch is back at the head of the queue and the lane
         thread tries it again every DISK_FULL_RETRY seconds."""
+        self.batch_started = time.monotonic()  # read by ``report`` (how long it took) and status
         try:
             if self._worker.run(batch):
                 return True

@@ -47,8 +47,10 @@ class Call:
 
 @dataclass(slots=True)
 class Persisted:
-    """The disk lane wrote these items (sequence numbers, in the order written)."""
+    """The disk lane wrote these items (sequence numbers, in the order written), in
+    ``seconds`` (0: not measured, as in a simulation)."""
     seqs: list[int]
+    seconds: float = 0.0
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ from replication.errors import NoDiskSpace, NotLeader, RaftError
 from replication.messages import MAX_TERM, AppendResp, HeartbeatResp, InstallSnapshot, encode
 from replication.ready import Ready, Role
 from replication.runtime.admission import Admission
+from replication.runtime.disk_pace import DiskPace
 from replication.runtime.events import (
     ApplyBlocked, ApplyWork, Call, Complete, DiskState, DiskWork, Effect, MembershipChanged, PeerMsg, Persisted,
     Propose, Read, Send, SnapshotWritten,
@@ -66,8 +67,9 @@ class NodeMachine:
         self.disk_seq = 0  # sequence number of the last DiskWork emitted
         self.disk_inflight: deque[DiskWork] = deque()  # emitted, not yet reported
         self.snapshot_sent: dict[str, int] = {}  # peer -> index last announced in the log
-        self.disk_lag: tuple[int, float] | None = None  # see _watch_own_disk
+        self.disk_lag: tuple[int, float, float] | None = None  # see _watch_own_disk
         self.disk_full = False  # the disk lane reported ENOSPC and retries: commands are refused
+        self.pace = DiskPace(node_id, tick_interval, core.cfg.election_tick)  # a slow disk delays campaigns
         self.snapshot_every = snapshot_every  # entries applied between automatic snapshots (0: never)
         self.last_snapshot_index = self.storage.first_index() - 1
         self.snapshotting: list[int] | None = None  # a snapshot under way: the tokens waiting for it
@@ -135,6 +137,8 @@ class NodeMachine:
             self.core.step(m)
         elif t is Persisted:
             self._persisted(ev.seqs)
+            if ev.seconds:
+                self.core.election_slack = self.pace.observe(ev.seconds, now)
         elif t is Read:
             ctx = self.rng.randbytes(16)
             try:
@@ -234,11 +238,15 @@ class NodeMachine:
         term = self.core.term
         for k, token in enumerate(tokens):
             self.waiting[first + k] = (term, token)
+        if tokens:
+            self.pace.appended(first + len(tokens) - 1, now)
 
     def _run_ticks(self, now: float) -> None:
         interval = self.tick_interval
         if now - self.next_tick > 4 * self.core.cfg.election_tick * interval:
             self.next_tick = now  # we were paused (SIGSTOP, a frozen VM): no burst of ticks
+        if self.core.election_slack:  # a disk that writes no more, or fast again, gives it back in time
+            self.core.election_slack = self.pace.observe(0.0, now)
         while now >= self.next_tick:
             self.core.tick()
             self.next_tick += interval
@@ -441,20 +449,24 @@ class NodeMachine:
         followers commit without it) hands leadership to the most up-to-date voter: it
         applies, and so answers, only what its own disk holds, so every client would wait
         for its slowest fsync. Measured on one index at a time: an index committed at t
-        and still not durable here at t + limit, so a disk a few ms behind never counts."""
+        and still not durable here at t + limit, so a disk a few ms behind never counts;
+        nor a disk as slow as the followers' (every PC on the same SD card): handing over
+        to them gains nothing and costs an election each time, so the lag must also be
+        twice what the followers took to commit that index."""
         limit = self.slow_disk_handover
         if limit is None:
             limit = self.core.cfg.election_tick * self.tick_interval
         core = self.core
         me = core.prs.get(self.id)
-        lag = self.disk_lag  # (committed index, when it was seen committed and not durable here)
+        lag = self.disk_lag  # (committed index, when seen committed and not durable here, its commit time)
         if not limit or me is None or core.lead_transferee is not None or (lag is not None and me.match >= lag[0]):
             self.disk_lag = lag = None
         if me is None or me.match >= core.log.committed:
             return
         if lag is None:
-            self.disk_lag = (core.log.committed, now)
-        elif now - lag[1] >= limit:
+            proposed = self.pace.proposed_at(core.log.committed)
+            self.disk_lag = (core.log.committed, now, 0.0 if proposed is None else now - proposed)
+        elif now - lag[1] >= max(limit, 2 * lag[2]):
             self.disk_lag = None
             try:
                 self.transfer_to_best()
