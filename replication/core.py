@@ -88,6 +88,7 @@ class RaftNode(FollowerMixin, LeaderMixin):
         self.heartbeat_elapsed = 0
         self.randomized_timeout = config.election_tick
         self.election_slack = 0  # ticks more before campaigning: the host's disk is slow (DiskPace)
+        self.transfer_until = 0  # self.clock at which a leadership transfer under way is aborted
         self.lead_transferee: str | None = None
         self.term_start = 0  # index of this leader's no-op
         self.lead_ticks = 0  # ticks since this node last became leader
@@ -228,6 +229,8 @@ class RaftNode(FollowerMixin, LeaderMixin):
             return
         self.lead_transferee = to
         self.election_elapsed = 0
+        # the target's campaign waits for its disk and its voters': on slow disks, longer
+        self.transfer_until = self.clock + self.cfg.election_tick + self.election_slack
         if self.prs[to].match == self.log.last_index():
             self._send_timeout_now(to)
         else:

@@ -74,7 +74,8 @@ class LeaderMixin:
             if self.cfg.check_quorum and not active:
                 self._become_follower(self.term, None)  # CheckQuorum: we may be cut off
                 return
-            self.lead_transferee = None  # a transfer not done within a timeout is aborted
+        if self.lead_transferee is not None and self.clock >= self.transfer_until:
+            self.lead_transferee = None  # a transfer not done within a timeout (and the disk's slack) is aborted
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self._bcast_heartbeat(self.readonly.last_ctx() or b"")
