@@ -535,7 +535,10 @@ class Node(ApplierMixin):
         machine after every report queued before it. It runs on the thread that wrote, so
         the lane's batch is still the one just written: its duration paces elections."""
         started = self._disk.batch_started
-        self._inbox.put(Persisted(seqs, 0.0 if started is None else time.monotonic() - started))
+        seconds = 0.0 if started is None else time.monotonic() - started
+        if seconds >= SLOW_WRITE:  # still slow on the lane thread: no inline write may hold the core meanwhile
+            self._inline_off_until = max(self._inline_off_until, time.monotonic() + SLOW_WRITE_BACKOFF)
+        self._inbox.put(Persisted(seqs, seconds))
 
     def _disk_full(self, full: bool) -> None:
         """The disk lane's news (any thread): the disk filled up, or has space again."""

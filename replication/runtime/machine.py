@@ -474,9 +474,9 @@ class NodeMachine:
                 log.warning("%s: this node's disk lags the commit, and leadership cannot be handed over: %s",
                             self.id, exc)
                 return
-            log.warning("%s: this node's disk is more than %.1f s behind the commit (durable %d, committed %d): "
-                        "handing leadership to %s", self.id, limit, me.match, core.log.committed,
-                        core.lead_transferee)
+            log.warning("%s: this node's disk is %.1f s behind the commit (durable %d, committed %d, which the "
+                        "followers committed %.2f s after its proposal): handing leadership to %s", self.id,
+                        now - lag[1], me.match, core.log.committed, lag[2], core.lead_transferee)
 
     def _report_clocks(self, now: float, wall_us: int) -> None:
         """A voter whose wall clock is far from the others' is named in the log (once a
