@@ -357,7 +357,9 @@ class Node(ApplierMixin):
         try:
             return self._call(self._status_now).result(timeout)
         except TimeoutError:
-            raise TimeoutError(f"node {self.id!r}: its raft loop did not answer within {timeout:g} s") from None
+            stalled = self._disk.stalled_for(time.monotonic())  # a write holding the loop (inline) says why
+            why = f": a write to its disk has been under way for {stalled:g} s" if stalled else ""
+            raise TimeoutError(f"node {self.id!r}: its raft loop did not answer within {timeout:g} s{why}") from None
 
     def _status_now(self) -> dict:
         """status() on a thread that holds the core lock."""
@@ -369,6 +371,7 @@ class Node(ApplierMixin):
             "voters": list(st.voters), "learners": list(st.learners),
             "disk_full": self.machine.disk_full, "snapshot_error": self.machine.snapshot_error,
             "apply_blocked": self.machine.apply_guard.status(),
+            "disk_stalled": self._disk.stalled_for(time.monotonic()),
         }
 
     @property

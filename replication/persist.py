@@ -46,6 +46,7 @@ __all__ = ["DiskLane", "DiskWork", "DiskWorker", "run_disk_batch", "write_batch"
 log = logging.getLogger("replication.persist")
 
 DISK_FULL_RETRY = 1.0  # seconds between tries of a write the disk had no space for
+DISK_STALL = 1.0  # seconds: a write under way this long is reported in the node's status
 
 
 class DiskLane:
@@ -104,6 +105,14 @@ class DiskLane:
         finally:
             self._done()
         return written
+
+    def stalled_for(self, now: float) -> float:
+        """How long the write under way has taken, once that is DISK_STALL or more (else
+        0): a node whose disk stalls (an SD card's garbage collection, an antivirus, a
+        frozen file system) still answers and looks like a healthy follower, while it can
+        acknowledge nothing and its vote waits for the disk."""
+        started = self.batch_started
+        return 0.0 if started is None or now - started < DISK_STALL else round(now - started, 1)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued, then end the thread."""

@@ -65,8 +65,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         noted: dict[str, str] = {}
         for node, note in notes:  # a node may have more than one (removed, and a stale leader)
             noted[node] = f"{noted[node]}; {note}" if node in noted else note
-        conditions = {r["id"]: {"disk_full": r.get("disk_full") is True, "snapshot_error": r.get("snapshot_error"),
-                                "apply_blocked": r.get("apply_blocked"),
+        conditions = {r["id"]: {"disk_full": r.get("disk_full") is True, "disk_stalled": r.get("disk_stalled", 0.0),
+                                "snapshot_error": r.get("snapshot_error"), "apply_blocked": r.get("apply_blocked"),
                                 "error": why_no_status(r), "note": noted.get(r["id"]),
                                 "other_epoch": bool(r.get("other_epoch"))} for r in rows}
         print(json.dumps({"nodes": [{k: r[k] for k in FIELDS} for r in rows], "master": describe_master(members),
@@ -99,7 +99,9 @@ def _role_shown(row: dict, newest: int | None = None) -> str | None:
     if row.get("other_epoch"):
         return row["other_epoch"]
     stale = row["role"] == "leader" and type(row["term"]) is int and newest is not None and row["term"] < newest
+    stalled = row.get("disk_stalled") or 0.0
     notes = [note for note, on in (("stale", stale), ("disk full", row.get("disk_full")),
+                                   (f"disk stalled {stalled:.0f} s", stalled),
                                    ("snapshots failing", row.get("snapshot_error")),
                                    ("cannot apply", row.get("apply_blocked"))) if on]
     return ", ".join([row["role"], *notes]) if notes and row["role"] is not None else row["role"]

@@ -59,7 +59,7 @@ def ask_status(targets: list[tuple[tuple[str, int], SSLContext | None]], secret:
 
 def status_row(node_id: str, address: str, config: str | None, reply: list | Exception) -> dict[str, Any]:
     """One row of the table from a node's answer: FIELDS, plus ``leader`` and ``voters``
-    (whom it follows, who votes: what :func:`describe_master` reads), ``disk_full``,
+    (whom it follows, who votes: what :func:`describe_master` reads), ``disk_full``, ``disk_stalled``,
     ``snapshot_error`` (why its snapshots fail, the journal growing meanwhile),
     ``apply_blocked`` (an entry its program cannot read: it applies nothing past it), and
     ``error`` (and ``answered``) when it gave no status."""
@@ -71,7 +71,7 @@ def status_row(node_id: str, address: str, config: str | None, reply: list | Exc
         st = reply[1]
         snap = st.get("snapshot_error")
         row.update({k: _field(st[k]) for k in FIELDS if k in st and k != "reachable"}, reachable=True,
-                   disk_full=st.get("disk_full") is True,
+                   disk_full=st.get("disk_full") is True, disk_stalled=_stalled(st.get("disk_stalled")),
                    snapshot_error=one_line(snap, 300) if type(snap) is str and snap else None,
                    apply_blocked=_apply_blocked(st.get("apply_blocked")))
         proto = st.get("peer_protocol")  # a node of a release before 6 says none
@@ -85,6 +85,12 @@ def status_row(node_id: str, address: str, config: str | None, reply: list | Exc
     else:  # it answered, without a status (its Raft loop failed or hangs): say why
         row.update(answered=True, error=reply[-1])
     return row
+
+
+def _stalled(value: Any) -> float:
+    """Seconds a node's disk write has been under way (0: none that long), from its reply."""
+    ok = type(value) in (int, float) and 0 < value < 1e9  # a hostile or older node's field: shown as none
+    return float(value) if ok else 0.0
 
 
 def describe_master(rows: list[dict]) -> str:

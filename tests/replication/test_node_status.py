@@ -58,3 +58,62 @@ def test_status_is_current(cluster):
         leader.execute(Add("x", 1))
         st = leader.status()
         assert st["commit_index"] >= st["applied_index"], (k, st)
+
+
+def test_a_node_whose_disk_stalls_says_so_in_its_status(cluster, monkeypatch):
+    """A disk that stops answering for seconds (an SD card's garbage collection, an
+    antivirus, a frozen file system): the node kept answering status as a healthy
+    follower (measured: 15 s of fsfreeze under a node process, "follower" throughout),
+    while it could acknowledge nothing and its vote waited for the disk."""
+    import threading
+
+    from replication.journal_storage import JournalStorage
+
+    victim = cluster.leader()
+    gate = threading.Event()
+    original = JournalStorage.sync
+
+    def sync(self):
+        if self is victim.storage:
+            gate.wait(10)
+        original(self)
+
+    monkeypatch.setattr(JournalStorage, "sync", sync)
+    try:
+        threading.Thread(target=lambda: victim.submit(Add("x", 1)), daemon=True).start()
+        time.sleep(1.5)
+        stalled = victim.status()["disk_stalled"]
+        assert stalled >= 1.0, victim.status()
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 5
+    while victim.status()["disk_stalled"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert victim.status()["disk_stalled"] == 0.0
+
+
+def test_a_loop_held_by_a_stalled_write_says_why_it_does_not_answer(cluster, monkeypatch):
+    """A follower writes inline, holding its loop, and its disk stalls: status times
+    out, and the reason names the write that holds it, not only "did not answer"."""
+    import threading
+
+    from replication.journal_storage import JournalStorage
+
+    leader = cluster.leader()
+    victim = next(n for n in cluster.net.nodes.values() if n is not leader)
+    gate = threading.Event()
+    original = JournalStorage.sync
+
+    def sync(self):
+        if self is victim.storage:
+            gate.wait(10)
+        original(self)
+
+    monkeypatch.setattr(JournalStorage, "sync", sync)
+    try:
+        threading.Thread(target=lambda: leader.submit(Add("x", 1)), daemon=True).start()
+        time.sleep(0.3)
+        with pytest.raises(TimeoutError, match=r"a write to its disk has been under way for \d"):
+            victim.status()
+    finally:
+        gate.set()

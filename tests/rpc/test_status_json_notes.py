@@ -49,3 +49,17 @@ def test_a_node_that_cannot_apply_an_entry_says_so_under_conditions_and_in_the_t
     table = capsys.readouterr().out
     assert "follower, cannot apply" in table
     assert "n2: cannot apply entry 8 (upgrade.Label version 2): written as version 2: upgrade this node" in table
+
+
+def test_a_stalled_disk_is_shown_in_the_table_and_under_conditions(monkeypatch, capsys):
+    """A node whose disk write has hung for 15 s still answers: the table said
+    "follower", as of a healthy node."""
+    rows = [_row("n1", "leader", 5, ["n1", "n2"]), _row("n2", "follower", 5, ["n1", "n2"])]
+    rows[1]["disk_stalled"] = 15.2
+    monkeypatch.setattr(rpc.cluster, "cluster_status", lambda directory: rows)
+    assert main(["status", "--cluster", "/nowhere"]) == 0
+    table = capsys.readouterr().out
+    assert "follower, disk stalled 15 s" in table, table
+    assert main(["status", "--cluster", "/nowhere", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["conditions"]["n2"]["disk_stalled"] == 15.2 and out["conditions"]["n1"]["disk_stalled"] == 0.0
