@@ -3,7 +3,9 @@
 A transaction sees ``ctx.now``, session expiry is measured in it, and ``journal dump``
 and subscriptions show it, so one node's wrong wall clock must not decide it. The
 leader therefore stamps the *voters'* time: each follower sends its wall clock with its
-acknowledgements (``AppendResp.wall_us``, ``HeartbeatResp.wall_us``); the leader keeps
+answers to heartbeats (``HeartbeatResp.wall_us``; not with its acknowledgements of
+entries, which wait for its disk: behind a slow fsync they read as a clock set back by
+seconds); the leader keeps
 the latest reading of each, carried forward by its own monotonic clock, and stamps the
 lower median of those estimates and its own wall clock (CockroachDB's idea of bounded
 offsets, Marzullo-style without the intervals). With 2f + 1 voters, f clocks that are

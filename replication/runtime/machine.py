@@ -307,9 +307,8 @@ class NodeMachine:
             out.append(apply)  # durable here already: apply while the rest goes on
         if rd.entries and self.role != Role.LEADER:
             self.clock.saw_stamp(newest_stamp(rd.entries))  # a leader's stamps: ours never go below
-        for m in rd.persisted_messages:
+        for m in rd.persisted_messages:  # no wall clock: they leave after the disk, seconds late on a slow one
             if type(m) is AppendResp:
-                m.wall_us = wall_us  # the leader's journal clock reads the voters' clocks
                 if m.reject and m.index == 0:
                     self._lost_log(self.id, m.hint_index, now, m.dst)
         for m in rd.messages:
