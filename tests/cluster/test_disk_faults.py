@@ -1,7 +1,7 @@
 """A node's disk under real faults, with real processes: a journal deleted or cut off
 under a stopped node, damaged snapshot and identity files, a disk that fails with EIO (a
-loop device), full disks at start, on every node at once, and under a backup or a
-restore. (A failed fsync and a full leader or follower while running: test_fail_stop.py,
+loop device), a disk frozen for seconds (fsfreeze), full disks at start, on every node
+at once, and under a backup or a restore. (A failed fsync and a full leader or follower while running: test_fail_stop.py,
 test_node_data.py.) Tests that need root, a tmpfs or a loop device skip without them."""
 from __future__ import annotations
 
@@ -436,3 +436,48 @@ def test_when_every_disk_is_full_a_client_is_told_so_and_writes_resume_when_spac
         c.stop()
         for nid in ("n1", "n2", "n3"):
             subprocess.run(["umount", "-l", str(tmp_path / nid)], capture_output=True)
+
+
+def test_a_node_whose_disk_freezes_is_named_stalled_and_catches_up_after(tmp_path, failing_disk):
+    """A disk that stops answering for seconds (an SD card's garbage collection, an
+    antivirus; here `fsfreeze` on its file system): the others go on, and status must
+    not call the node healthy meanwhile (it said "follower" for 15 s), then it catches up
+    by itself with nothing acknowledged lost."""
+    from rpc.cluster import cluster_status
+
+    if shutil.which("fsfreeze") is None:
+        pytest.skip("no fsfreeze here (util-linux)")
+    c = LocalCluster(tmp_path / "c", 3, start=False)
+    disk = os.path.join(c.dir, "n1")
+    try:
+        failing_disk(disk)  # n1's data on ext4 on a loop device, before n1 starts
+        for nid in c.configs:
+            c.start(nid)
+        c.leader()
+        acked, slowest = 0, 0.0
+        with c.client(timeout=20) as client:
+            for _ in range(20):
+                client.execute(Add("x", 1))
+                acked += 1
+            c.wait_converged("n1")
+            assert _run("fsfreeze", "-f", disk).returncode == 0
+            try:
+                said, deadline = "", time.monotonic() + 10
+                while not said:
+                    t0 = time.monotonic()
+                    client.execute(Add("x", 1))  # the two others go on
+                    acked += 1
+                    slowest = max(slowest, time.monotonic() - t0)
+                    row = next(r for r in cluster_status(c.dir) if r["id"] == "n1")  # as `prevalence status` waits
+                    said = (f"disk stalled {row['disk_stalled']:g} s" if row.get("disk_stalled") else
+                            row.get("error", "") if "under way" in row.get("error", "") else "")
+                    assert time.monotonic() < deadline, f"n1's disk frozen for 10 s, its status: {row}"
+            finally:
+                _run("fsfreeze", "-u", disk)
+            assert slowest < 3.0, f"a write waited {slowest:.1f} s for a frozen disk under one node"
+            c.wait_converged("n1", timeout=20)
+            assert client.query(Get("x")) == acked
+        c.check_alive()
+    finally:
+        _run("fsfreeze", "-u", disk)
+        c.stop()
