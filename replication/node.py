@@ -65,6 +65,7 @@ __all__ = ["EntryLost", "LocalNetwork", "Node", "NodeOptions", "Transport"]
 STATUS_TIMEOUT = 1.0  # seconds status() waits for the raft loop to answer
 SLOW_WRITE = 0.1  # seconds: an inline follower write this slow...
 SLOW_WRITE_BACKOFF = 10.0  # ...sends the next ones to the disk lane thread for this long
+SLOW_LANE_WRITE = 0.2  # seconds: a lane write this slow keeps them there SLOW_WRITE_BACKOFF longer
 
 
 def _run_each(node_id: str, steps: tuple[Callable[[], None], ...]) -> BaseException | None:
@@ -539,7 +540,7 @@ class Node(ApplierMixin):
         the lane's batch is still the one just written: its duration paces elections."""
         started = self._disk.batch_started
         seconds = 0.0 if started is None else time.monotonic() - started
-        if seconds >= SLOW_WRITE:  # still slow on the lane thread: no inline write may hold the core meanwhile
+        if seconds >= SLOW_LANE_WRITE:  # still slow on the lane thread: no inline write may hold the core meanwhile
             self._inline_off_until = max(self._inline_off_until, time.monotonic() + SLOW_WRITE_BACKOFF)
         self._inbox.put(Persisted(seqs, seconds))
 

@@ -57,6 +57,7 @@ def test_a_report_queued_by_the_writer_reaches_the_core_before_a_later_inline_wr
     """
     monkeypatch.setattr(node_mod, "SLOW_WRITE", 0.0)  # every inline write backs off...
     monkeypatch.setattr(node_mod, "SLOW_WRITE_BACKOFF", 0.2)  # ...for a moment only
+    monkeypatch.setattr(node_mod, "SLOW_LANE_WRITE", 60.0)  # rd1's held write must not keep T's off the thread
 
     release_writer = threading.Event()
     writer_done = threading.Event()
