@@ -10,7 +10,7 @@ reason at WARNING, naming both: the node goes on serving. Pure: times are argume
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from prevalence.text import one_line
 from replication.core import RaftNode
@@ -23,7 +23,7 @@ log = logging.getLogger("replication.node")
 REPEAT_AFTER = 60.0  # seconds before the same sender's same fault is said again
 
 
-def impossible(core: RaftNode, m: Message) -> str | None:
+def impossible(core: RaftNode, m: Message, asked: Callable[[bytes], bool] | None = None) -> str | None:
     """What in ``m`` a correct member cannot have sent to this node as it is now, or None.
 
     Only answers are refutable here. A follower acknowledges only what its leader sent
@@ -33,12 +33,21 @@ def impossible(core: RaftNode, m: Message) -> str | None:
     the term (no entry ever reached it again), a tick past the leader's clock made its
     lease last until it stepped down, and another member's read answers for far indexes
     were each kept until the node applied that far.
+
+    ``asked(ctx)``: whether this node still waits for the answer to the read ``ctx``
+    (None: not checked). A follower that lost a pre-vote, or a pre-candidate, knows no
+    leader in the term it asked in, yet its leader's answer is the one it waits for; an
+    answer to a read it is waiting for is then taken from whoever sends it (only the
+    leader asked, and the members its heartbeats named the read to, know ``ctx``): one
+    answer per read asked, never more.
     """
     if m.term < core.term:
         return None  # stale: the core drops it
     t = type(m)
     if t is ReadIndexResp:  # answered in the term it was asked in, which this node is still in
-        if m.term > core.term or core.role != Role.FOLLOWER or m.src != core.leader:
+        if (m.term > core.term or core.role not in (Role.FOLLOWER, Role.PRE_CANDIDATE)
+                or (core.leader is not None and m.src != core.leader)
+                or (asked is not None and not asked(m.ctx))):
             return (f"ReadIndexResp from {m.src[:64]!r} in term {m.term}: this node asked it nothing (a follower "
                     f"asks its leader of its term only; it is {core.role} in term {core.term}, leader {core.leader!r})")
         return None
@@ -54,8 +63,9 @@ def impossible(core: RaftNode, m: Message) -> str | None:
 class Admission:
     """Decodes a peer's bytes and decides whether the core may step them."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, asked: Callable[[bytes], bool] | None = None) -> None:
         self.id = node_id
+        self.asked = asked  # ctx -> does this node wait for that read's answer (impossible)
         self.said: dict[tuple[str, str], float] = {}  # (sender, reason) -> when last logged
 
     def admit(self, sender: str | None, payload: bytes, core: RaftNode, now: float) -> Message | None:
@@ -73,7 +83,7 @@ class Admission:
             return None
         if sender is not None and not self._bound(sender, m, core, now):
             return None
-        why = impossible(core, m)
+        why = impossible(core, m, self.asked)
         if why is not None:
             self._say(sender or "", why.split(" ", 1)[0], now, "dropped a message from %s: %s", who, why)
             return None

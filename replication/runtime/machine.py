@@ -77,7 +77,8 @@ class NodeMachine:
         self.snapshot_backoff = 0.0
         self.snapshot_error: str | None = None  # why the last snapshot failed, until one succeeds
         self.checks_due = 0.0  # a leader's periodic checks
-        self.admission = Admission(node_id)  # which peer messages reach the core
+        # which peer messages reach the core; a read answer only for a read still waiting
+        self.admission = Admission(node_id, lambda ctx: any(r[0] == ctx for r in self.reads))
         self.term_said = -120.0  # when the term bound was last said (see _run_ticks)
         self.clock_warned: dict[str, float] = {}  # node -> when its clock was last reported
         self.lost_log_said: dict[str, float] = {}  # node whose log lost entries -> when last said

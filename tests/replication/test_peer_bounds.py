@@ -339,3 +339,34 @@ def test_no_message_in_the_decoders_range_stops_a_node_or_leaves_it_no_term_to_e
         sh.now += TICK
         sh.step(tick=True)
     assert sh.m.core.term <= MAX_TERM
+
+
+def test_a_read_answer_is_served_after_a_lost_pre_vote_cleared_the_leader(caplog):
+    """A follower that stops hearing its leader for an election timeout pre-votes (same
+    term, no leader), loses (the others still hear the leader) and is a follower with no
+    leader in the term it asked its read in. The leader's answer to that read, the first
+    thing the link brings back, is the answer it asked for: served, not said to be one it
+    never asked."""
+    sh = Shell(machine("n3"))
+    sh.step([PeerMsg("n1", encode(Heartbeat("n1", "n3", 1)))])
+    sh.step([Read("q", 7)])
+    (ask,) = [m for m in sh.sent if type(m) is ReadIndex]
+    assert ask.dst == "n1" and ask.term == 1
+    sh.sent.clear()
+    while not any(type(m) is PreVote for m in sh.sent):  # n1 silent: the election timeout fires
+        sh.now += TICK
+        sh.step(tick=True)
+        assert sh.now < 5.0, "no pre-vote"
+    assert sh.m.core.role == Role.PRE_CANDIDATE and sh.m.core.term == 1
+    sh.step([PeerMsg(v, encode(PreVoteResp(v, "n3", 1, True))) for v in ("n1", "n2")])
+    assert sh.m.core.role == Role.FOLLOWER and sh.m.core.term == 1 and sh.m.core.leader is None
+    with caplog.at_level(logging.WARNING, logger="replication.node"):
+        sh.step([PeerMsg("n1", encode(ReadIndexResp("n1", "n3", 1, ask.ctx, 0)))])
+    assert [it for it in sh.applied if it[0] == "read"] == [("read", (0, 7, "q"))]
+    assert not warnings(caplog), warnings(caplog)
+    # with no leader known, still no answer to a read it is not waiting for, from anyone
+    with caplog.at_level(logging.WARNING, logger="replication.node"):
+        sh.step([PeerMsg("n2", encode(ReadIndexResp("n2", "n3", 1, c, MAX_INDEX)))
+                 for c in [ask.ctx] + [i.to_bytes(4, "big") for i in range(200)]])
+    assert sh.m.core.read_states == [] and sh.m.core.leader is None
+    assert sum("ReadIndexResp" in w for w in warnings(caplog)) == 1, warnings(caplog)
