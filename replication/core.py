@@ -110,7 +110,9 @@ class RaftNode(FollowerMixin, LeaderMixin):
         self._prev_soft = SoftState(None, FOLLOWER)
         self._outstanding = False
         self._written_upto = storage.last_index()  # async writes: last index handed out
-        self._become_follower(self.term, None)
+        # A crash between a Ready's entries and its term leaves the log's last term past the
+        # stored one; our messages must not name it before our term (no vote in it was sent)
+        self._become_follower(max(self.term, log.last_term()), None)
 
     # ================================================================ host inputs
     def tick(self) -> None:

@@ -27,7 +27,7 @@ from replication.messages import (
     PreVoteResp, ReadIndex, ReadIndexResp, SnapshotMeta, SnapshotResp, TimeoutNow, Vote, VoteResp, decode, encode,
 )
 from replication.ready import Role
-from replication.runtime.events import PeerMsg, Propose, Read
+from replication.runtime.events import PeerMsg, Propose, Read, Send
 from replication.runtime.machine import NodeMachine
 from replication.storage import MemoryStorage
 from tests.prevalence.domain import Add
@@ -370,3 +370,56 @@ def test_a_read_answer_is_served_after_a_lost_pre_vote_cleared_the_leader(caplog
                  for c in [ask.ctx] + [i.to_bytes(4, "big") for i in range(200)]])
     assert sh.m.core.read_states == [] and sh.m.core.leader is None
     assert sum("ReadIndexResp" in w for w in warnings(caplog)) == 1, warnings(caplog)
+
+
+# ------------------------------------------------- a log ahead of the term after a crash
+class _Wire(Shell):
+    """A Shell whose sent messages stay bytes, (destination, payload): what a peer's
+    decoder refuses is the receiver's to drop, not an error of the sender's shell."""
+
+    def _take(self, effects: list) -> None:
+        self.sent.extend((e.dst, e.payload) for e in effects if type(e) is Send)
+        super()._take([e for e in effects if type(e) is not Send])
+
+    def write(self) -> None:
+        rd = self.disk[0].rd
+        super().write()
+        if rd.persisted_messages:  # the base class keeps them as messages
+            del self.sent[-len(rd.persisted_messages):]
+            self.sent.extend((m.dst, encode(m)) for m in rd.persisted_messages)
+
+
+def test_a_node_restarted_with_its_log_ahead_of_its_term_can_still_be_elected():
+    """The disk lane syncs a Ready's entries, then stores its term: a crash between the two
+    (or a kill once the entries are written) leaves a log whose last term is past the
+    stored one. n3 took term-3 entries from the leader n2 while at term 1 and came back at
+    term 1; n2 is gone and n1 never got those entries, so only n3 can be elected. Its
+    pre-vote named last_term 3 in term 2, which n1's decoder refused as a term past the
+    message's own: no answer, n3 never learned term 3, n1 could not win, and the two live
+    voters of three never elected a leader again."""
+    a = machine("n1", term=3)
+    a.storage.append([_noop(1, 1), _noop(2, 2)])
+    c = machine("n3", term=1)
+    c.storage.append([_noop(1, 1), _noop(2, 2), _noop(3, 3), _noop(4, 3)])
+    c = NodeMachine("n3", RaftNode("n3", c.storage, c.core.cfg, random.Random(3)), tick_interval=TICK, max_batch=512,
+                    max_entry_bytes=1 << 20, slow_disk_handover=None, clock=JournalClock("n3", 500_000),
+                    rng=random.Random(4), now=0.0)
+    a = NodeMachine("n1", RaftNode("n1", a.storage, a.core.cfg, random.Random(5)), tick_interval=TICK, max_batch=512,
+                    max_entry_bytes=1 << 20, slow_disk_handover=None, clock=JournalClock("n1", 500_000),
+                    rng=random.Random(6), now=0.0)
+    shells = {"n1": _Wire(a), "n3": _Wire(c)}
+    now = 0.0
+    while not any(sh.m.role == Role.LEADER for sh in shells.values()):
+        now += TICK
+        assert now < 10.0, (f"no leader in 10 s: n1 term {a.core.term}, n3 term {c.core.term} "
+                            f"(its log's last term {c.core.log.last_term()})")
+        for sh in shells.values():
+            sh.now = now
+            sh.step(tick=True)
+        for _ in range(4):  # deliver what each sent (n2 is down: its messages are lost)
+            for sh in shells.values():
+                out, sh.sent = sh.sent, []
+                for dst, payload in out:
+                    if dst in shells:
+                        shells[dst].step([PeerMsg(sh.m.id, payload)])
+    assert c.role == Role.LEADER and c.core.log.last_term() == c.core.term
