@@ -70,6 +70,10 @@ class Shell:
         """The disk lane: write the oldest item, send what it promises, report it."""
         work = self.disk.pop(0)
         st, rd = self.m.storage, work.rd
+        if rd.snapshot is not None:  # as replication.persist.write_batch, in its order
+            st.apply_snapshot(rd.snapshot)
+        if rd.truncate_from is not None:
+            st.truncate(rd.truncate_from)
         if rd.entries:
             st.append(rd.entries)
         if rd.hard_state is not None:
