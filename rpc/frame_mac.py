@@ -72,9 +72,9 @@ class _Hmac:
     __slots__ = ("_inner", "_outer")
 
     def __init__(self, key: bytes):
-        if len(key) > _BLOCK:
-            raise ValueError("a frame key is a 32-byte digest")
-        padded = key.ljust(_BLOCK, b"\0")
+        if len(key) > _BLOCK:  # RFC 2104: a key longer than a block is its digest (a frame key is 32 bytes)
+            key = hashlib.sha256(key).digest()
+        padded = bytes(key).ljust(_BLOCK, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
 
