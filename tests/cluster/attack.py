@@ -117,3 +117,24 @@ class Target:
 
     def close(self) -> None:
         self.link.close()
+
+
+class CreatesFile:
+    """A pickle whose loading creates ``path``: proof that a snapshot ran code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def handshake_frame(sock: socket.socket) -> bytes:
+    """One handshake frame, header included, as it came."""
+    data = b""
+    while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError("closed")
+        data += chunk
+    return data

@@ -20,7 +20,7 @@ from prevalence.codec import CODEC
 from prevalence.entry import Entry, EntryKind
 from replication.messages import Append, encode
 from rpc.transport import NodeLink, open_peer_channel
-from tests.cluster.attack import key, proc_kb, reset_peak
+from tests.cluster.attack import CreatesFile, handshake_frame, key, proc_kb, reset_peak
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Get
 
@@ -362,27 +362,6 @@ def test_a_config_entry_that_holds_no_membership_is_dropped_at_the_boundary(trio
 
 # ---------------------------------------------------------------------------- admin key
 
-class _CreatesFile:
-    """A pickle whose loading creates ``path``: proof that a snapshot ran code."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def _frame(sock: socket.socket) -> bytes:
-    """One handshake frame, header included, as it came."""
-    data = b""
-    while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError("closed")
-        data += chunk
-    return data
-
-
 def test_an_admin_cannot_relay_the_leaders_handshake_to_act_as_a_peer(trio, tmp_path):
     """With the admin key alone: add a learner at our own address; the leader dials it and
     we relay its handshake to a follower, then speak on that connection as the leader. The
@@ -404,7 +383,7 @@ def test_an_admin_cannot_relay_the_leaders_handshake_to_act_as_a_peer(trio, tmp_
     members = Membership(tuple(sorted(trio.configs)), ())
     meta = FileMeta(index=st["commit_index"] + 100, term=st["term"], timestamp_us=0, serializer="pickle",
                     extra={"membership": members.to_wire()})
-    body = b"".join(encode_file(meta, pickle.dumps(_CreatesFile(marker))))
+    body = b"".join(encode_file(meta, pickle.dumps(CreatesFile(marker))))
     snap = InstallSnapshot(leader, follower, st["term"], SnapshotMeta(meta.index, st["term"], members), 0, body, True)
     listener = socket.create_server(("127.0.0.1", 0))
     outcome: dict = {}
@@ -414,10 +393,10 @@ def test_an_admin_cannot_relay_the_leaders_handshake_to_act_as_a_peer(trio, tmp_
             conn, _ = listener.accept()  # the leader, dialling the learner
             conn.settimeout(5.0)
             out = socket.create_connection(trio.configs[follower].listen, timeout=5.0)
-            out.sendall(_frame(conn))  # its hello
-            conn.sendall(_frame(out))  # the follower's challenge
-            out.sendall(_frame(conn))  # the leader's proof
-            answer = _frame(out)
+            out.sendall(handshake_frame(conn))  # its hello
+            conn.sendall(handshake_frame(out))  # the follower's challenge
+            out.sendall(handshake_frame(conn))  # the leader's proof
+            answer = handshake_frame(out)
             outcome["answer"] = answer
             if b"pvl-ok" in answer:
                 outcome["reply"] = PeerChannel(_channel(out, PEER_MAX_FRAME, "relay")).call([encode(snap)], timeout=5.0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-import struct
 import sys
 import threading
 import time
@@ -21,32 +20,11 @@ import pytest
 from rpc.channel import frame
 from rpc.transport import NodeLink
 from rpc.wire import encode_batch
-from tests.cluster.attack import key
+from tests.cluster.attack import CreatesFile, handshake_frame, key
 from tests.cluster.harness import LocalCluster
 from tests.prevalence.domain import Add, Get
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="multi-process, POSIX")]
-
-
-class _CreatesFile:
-    """A pickle whose loading creates ``path``: proof that a snapshot ran code."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def _frame(sock: socket.socket) -> bytes:
-    """One handshake frame, header included, as it came."""
-    data = b""
-    while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError("closed")
-        data += chunk
-    return data
 
 
 def test_an_admin_relaying_the_leaders_handshake_to_the_node_it_names_cannot_speak_as_the_leader(tmp_path):
@@ -70,7 +48,7 @@ def test_an_admin_relaying_the_leaders_handshake_to_the_node_it_names_cannot_spe
         members = Membership(tuple(sorted(c.configs)), ())
         meta = FileMeta(index=st["commit_index"] + 100, term=st["term"], timestamp_us=0, serializer="pickle",
                         extra={"membership": members.to_wire()})
-        body = b"".join(encode_file(meta, pickle.dumps(_CreatesFile(marker))))
+        body = b"".join(encode_file(meta, pickle.dumps(CreatesFile(marker))))
         snap = InstallSnapshot(leader, victim, st["term"], SnapshotMeta(meta.index, st["term"], members), 0, body,
                                True)
         outcome: dict = {}
@@ -80,15 +58,15 @@ def test_an_admin_relaying_the_leaders_handshake_to_the_node_it_names_cannot_spe
                 while True:  # every member dials the new learner: wait for the leader
                     conn, _ = listener.accept()
                     conn.settimeout(5.0)
-                    hello = _frame(conn)
+                    hello = handshake_frame(conn)
                     if msgpack.unpackb(hello[4:])[2] == leader:
                         break
                     conn.close()
                 out = socket.create_connection(c.configs[victim].listen, timeout=5.0)
                 out.sendall(hello)  # the leader's hello, naming the victim
-                conn.sendall(_frame(out))  # the victim's challenge
-                out.sendall(_frame(conn))  # the leader's proof
-                answer = _frame(out)
+                conn.sendall(handshake_frame(out))  # the victim's challenge
+                out.sendall(handshake_frame(conn))  # the leader's proof
+                answer = handshake_frame(out)
                 outcome["answer"] = answer
                 # our own frame, well framed; its trailer the length of a MAC we cannot make
                 out.sendall(frame(encode_batch([encode(snap)])) + os.urandom(28))
