@@ -387,11 +387,13 @@ def _why_no_master(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``grid`` command; Ctrl-C ends it with one line and the shell's 130, wherever it waits."""
+    from prevalence import interrupt
+
     try:
-        return _main(argv)
+        with interrupt.guarded():  # Ctrl-C ends the command even if Python loses the exception
+            return _main(argv)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return interrupt.say_interrupted()
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -271,12 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from prevalence import interrupt
+
     try:
-        args = build_parser().parse_args(argv)
-        return engine_cli.run(args, configure_logging=args.command != "node")  # a node sets up its own
+        with interrupt.guarded():  # Ctrl-C ends the command even if Python loses the exception
+            args = build_parser().parse_args(argv)
+            return engine_cli.run(args, configure_logging=args.command != "node")  # a node sets up its own
     except KeyboardInterrupt:  # Ctrl-C before a command set its own handler (a node still starting)
-        print("interrupted", file=sys.stderr)
-        return 130
+        return interrupt.say_interrupted()
 
 
 if __name__ == "__main__":

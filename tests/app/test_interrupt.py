@@ -26,9 +26,11 @@ def test_ctrl_c_while_waiting_for_a_master_is_one_line(tmp_path):
         p = subprocess.Popen([sys.executable, "-m", "app", "show", "--cluster", address, "--secret-file", str(secret),
                               "--timeout", "60"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env={**os.environ, "PYTHONPATH": ROOT})
-        time.sleep(4)  # imports done, waiting for an answer
+        hole.settimeout(30)
+        conn, _ = hole.accept()  # imports done, waiting for an answer (a fixed sleep was short in CI)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=20)
+        conn.close()
     finally:
         hole.close()
     text = err.decode()
@@ -99,3 +101,25 @@ def test_ctrl_c_during_grid_demo_says_interrupted_and_exits_130(tmp_path, monkey
     assert app.demo.run_demo(data=str(tmp_path / "demo")) == 130
     out = capsys.readouterr().out
     assert "demo interrupted" in out and "FAILED" not in out, out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="raise_signal(SIGINT) in a child, as above")
+@pytest.mark.parametrize("command", ["app.cli", "rpc.cli"])
+def test_ctrl_c_ends_the_command_even_when_python_loses_the_keyboard_interrupt(command):
+    """A KeyboardInterrupt raised while a finalizer runs (a connection collected between
+    two retries) is printed as "Exception ignored" and dropped: `grid show` against a
+    node that never answers went on waiting after Ctrl-C (CI saw it, about one Ctrl-C in
+    twenty here under load). Here the command swallows it, as such a finalizer would."""
+    code = (f"import signal, sys, time\nimport {command} as cli\n"
+            "def waits(*args, **kwargs):\n"
+            "    try:\n"
+            "        signal.raise_signal(signal.SIGINT)\n"
+            "    except KeyboardInterrupt:\n"
+            "        pass  # lost, as in a __del__\n"
+            "    time.sleep(30)\n"
+            "    return 0\n"
+            f"cli.{'_main' if command == 'app.cli' else 'build_parser'} = waits\n"
+            "sys.exit(cli.main([]))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=15,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert p.returncode == 130 and p.stderr == "interrupted\n", (p.returncode, p.stderr)
