@@ -14,6 +14,7 @@ import pytest
 import prevalence
 
 GATE = threading.Event()
+STARTED = threading.Event()  # Slow is executing: the queue has a head that waits on GATE
 
 
 class Counter:
@@ -24,6 +25,7 @@ class Counter:
 @dataclass(frozen=True)
 class Slow(prevalence.Transaction, name="interrupted.Slow"):
     def execute(self, root: Counter, ctx: prevalence.Context) -> None:
+        STARTED.set()
         GATE.wait(10)
         root.n += 1
 
@@ -41,10 +43,11 @@ def test_a_caller_interrupted_in_the_queue_leaves_it_usable(tmp_path):
     while it waited; the leader then handed the head of the queue to that caller, which
     was gone, and every later execute waited forever."""
     GATE.clear()
+    STARTED.clear()
     db = prevalence.open(tmp_path, Counter)
     slow = threading.Thread(target=db.execute, args=(Slow(),), daemon=True)
     slow.start()
-    time.sleep(0.2)  # Slow leads and holds the queue
+    assert STARTED.wait(10)  # Slow leads and holds the queue (a fixed sleep was too short in CI)
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
         db.execute(Bump())  # queued behind Slow, interrupted while it waits
@@ -76,8 +79,9 @@ def test_an_interrupt_in_the_leaders_fsync_wait_is_the_leaders_alone(tmp_path, m
 
     monkeypatch.setattr(db.journal, "wait", wait)
     first = threading.Thread(target=db.execute, args=(Slow(),), daemon=True)
+    STARTED.clear()
     first.start()
-    time.sleep(0.2)  # Slow leads; A, then B, queue behind it and form the next batch
+    assert STARTED.wait(10)  # Slow leads; A, then B, queue behind it and form the next batch
     outcomes: dict = {}
 
     def run(name: str) -> None:
