@@ -8,7 +8,7 @@ import pytest
 
 from replication.sim_runtime import RtConfig, RuntimeSim, run_seed
 
-CI_SEEDS = 200  # about 25 s; the soak (docs/raft.md) runs thousands
+CI_SEEDS = 100  # about 20 s; the soak (docs/raft.md) runs thousands
 
 
 @pytest.fixture(autouse=True)
