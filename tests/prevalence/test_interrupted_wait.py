@@ -14,6 +14,17 @@ import pytest
 import prevalence
 
 GATE = threading.Event()
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Python's own SIGINT handler for these tests: they are about a KeyboardInterrupt,
+    and in a full run an earlier test may have left another handler installed (CI: the
+    interrupt never came, DID NOT RAISE)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
 STARTED = threading.Event()  # Slow is executing: the queue has a head that waits on GATE
 
 
