@@ -178,7 +178,14 @@ def test_a_flapping_link_leaves_no_thread_or_connection_behind(lab):
         lab.heal()
         time.sleep(2)
     check_exactly_once(lab, w)
-    after = {n: _threads(lab, n) for n in lab.configs}
+    # a connection cut mid-handshake ends at its timeouts: counted once they have passed
+    # (CI once saw 3 more threads 2 s after the heal); a leak stays
+    deadline = time.monotonic() + 10
+    while True:
+        after = {n: _threads(lab, n) for n in lab.configs}
+        if all(after[n] <= before[n] + 2 for n in lab.configs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert all(after[n] <= before[n] + 2 for n in lab.configs), (before, after)
 
 
